@@ -1,0 +1,223 @@
+"""The ``gfwlab`` command.
+
+Exit codes: 0 success, 2 usage or input error (one line on stderr naming what was wrong),
+1 anything else, 130 interrupted. Outputs are published only when a run completes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+import tempfile
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from gfwlab import __version__
+from gfwlab.errors import GfwlabError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="The Great Firewall of China, rebuilt for the lab.",
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Built-in profile name or TOML file.")]
+DateOpt = Annotated[
+    str | None, typer.Option("--date", help="Emulate the GFW as it was that day (YYYY-MM-DD).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a parameter: mechanism.parameter=value (repeatable)."),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for every random draw.")]
+
+
+class InputError(Exception):
+    """A user error found by the CLI itself (reported like GfwlabError, exit 2)."""
+
+
+def _profile(profile: str, date: str | None, sets: list[str] | None) -> Any:
+    from gfwlab.profiles import load_profile, parse_date  # noqa: PLC0415 - keeps --help fast
+
+    day = parse_date(date) if date else dt.date.today()
+    return load_profile(profile, date=day, overrides=sets or [])
+
+
+@app.command()
+def analyze(
+    capture: Annotated[str, typer.Argument(help="A pcap or pcapng capture.")],
+    profile: ProfileOpt = "gfw",
+    date: DateOpt = None,
+    sets: SetOpt = None,
+    seed: SeedOpt = 0,
+    events: Annotated[
+        str | None, typer.Option("--events", help="Write events as JSON lines to this file.")
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", help="Write the censored capture (pcap) to this file.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead.")] = False,
+) -> None:
+    """What the Great Firewall would have done to a capture, and why."""
+    from gfwlab.offline import analyze as run  # noqa: PLC0415
+
+    prof = _profile(profile, date, sets)
+    show_bar = err.is_terminal and not as_json
+    with Progress(
+        TextColumn("[bold]analysing[/]"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+        console=err, transient=True, disable=not show_bar,
+    ) as bar:
+        task = bar.add_task("analyse", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        summary = run(capture, prof, seed=seed, events_path=events, out_path=out, progress=progress)
+    if as_json:
+        print(json.dumps(summary.as_dict(), indent=2, ensure_ascii=False))
+    else:
+        _print_summary(summary)
+    if summary.truncated_at is not None:
+        raise InputError(
+            f"{capture}: capture truncated at byte {summary.truncated_at}; analysed the "
+            f"{summary.packets} packets before it (outputs cover those)"
+        )
+
+
+def _print_summary(summary: Any) -> None:
+    table = Table(title=f"What the GFW did ({summary.profile}, {summary.date or 'any date'}, "
+                        f"seed {summary.seed})", title_justify="left")
+    for col in ("time", "flow", "direction", "mechanism", "action", "rule", "residual until"):
+        table.add_column(col, overflow="fold")
+    limit = 60
+    for v in summary.verdicts[:limit]:
+        f = v.flow
+        src = f"[{f['src']}]" if ":" in f["src"] else f["src"]
+        dst = f"[{f['dst']}]" if ":" in f["dst"] else f["dst"]
+        table.add_row(
+            f"{v.first_ts:.3f}", f"{f['proto']} {src}:{f['sport']} → {dst}:{f['dport']}",
+            v.direction, v.mechanism, _styled(v.action), v.rule,
+            "" if v.residual_until is None else f"{v.residual_until:.3f}",
+        )
+    if summary.verdicts:
+        console.print(table)
+        if len(summary.verdicts) > limit:
+            console.print(f"… and {len(summary.verdicts) - limit} more flows (see --events or --json)")
+    else:
+        console.print("The GFW would not have acted on any flow in this capture.")
+    console.print(
+        f"{summary.packets} packets, {summary.flows} flows: {len(summary.verdicts)} acted on, "
+        f"{summary.dropped} packets dropped, {summary.injected} forged packets, "
+        f"{summary.anomalies} anomalies"
+        + (f" ({', '.join(f'{k} ×{n}' for k, n in sorted(summary.anomaly_kinds.items()))})"
+           if summary.anomaly_kinds else "")
+    )
+    passes = {k: n for k, n in summary.events.items() if k.endswith("/pass")}
+    if passes:
+        console.print("Matched but spared by a probability draw: "
+                      + ", ".join(f"{k.split('/')[0]} ×{n}" for k, n in passes.items()))
+    for kind, path in summary.outputs.items():
+        console.print(f"{kind.replace('_', ' ')}: {path}")
+
+
+def _styled(action: str) -> str:
+    colour = {"rst": "red", "drop": "magenta", "dns-inject": "yellow", "null-route": "magenta"}
+    return f"[{colour.get(action, 'white')}]{action}[/]"
+
+
+@app.command()
+def mechanisms(
+    profile: ProfileOpt = "gfw",
+    date: DateOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """The profile's mechanisms: active dates, whether they run on --date, and their sources."""
+    prof = _profile(profile, date, sets)
+    from gfwlab.mechanisms import registry  # noqa: PLC0415
+
+    known = registry()
+    active = prof.active()
+    table = Table(title=f"Mechanisms of profile {prof.name} on {prof.date}", title_justify="left")
+    for col in ("mechanism", "runs", "active", "direction", "source"):
+        table.add_column(col, overflow="fold")
+    for name, params in prof.mechanisms.items():
+        runs = "[green]yes[/]" if name in active else "[dim]no[/]"
+        table.add_row(name, runs, str(params.active), params.direction, known[name].citation)
+    console.print(table)
+
+
+@app.command()
+def demo(
+    directory: Annotated[
+        str | None, typer.Option("--dir", help="Keep the demo's files here (default: a temp dir).")
+    ] = None,
+    seed: SeedOpt = 1,
+) -> None:
+    """A tour: synthetic traffic through the emulated GFW, offline, with what each mechanism did."""
+    from gfwlab.offline import analyze as run  # noqa: PLC0415
+    from gfwlab.offline.synth import demo_traffic, merge  # noqa: PLC0415
+    from gfwlab.packet.pcap import PcapWriter  # noqa: PLC0415
+
+    prof = _profile("gfw", "2024-06-01", [])
+    keep = directory is not None
+    workdir = directory or tempfile.mkdtemp(prefix="gfwlab-demo-")
+    os.makedirs(workdir, exist_ok=True)
+    capture = os.path.join(workdir, "demo.pcap")
+    console.rule("[bold]gfwlab demo[/]: the Great Firewall as measured, on synthetic traffic")
+    scenarios = list(demo_traffic())
+    for i, (what, _pkts) in enumerate(scenarios, 1):
+        console.print(f"  {i}. {what}")
+    with PcapWriter(capture) as writer:
+        for ts, pkt in merge(*(p for _w, p in scenarios)):
+            writer.write(1_717_200_000.0 + ts, pkt)
+    events = os.path.join(workdir, "events.jsonl")
+    censored = os.path.join(workdir, "censored.pcap")
+    summary = run(capture, prof, seed=seed, events_path=events, out_path=censored)
+    _print_summary(summary)
+    console.print(
+        f"Open {censored} in Wireshark to see the forged packets"
+        + ("" if keep else " (a temporary folder; use --dir to choose one)")
+    )
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    print(__version__)
+
+
+def main() -> None:
+    """Entry point: run the app and map errors to exit codes."""
+    try:
+        app(standalone_mode=False)
+    except (GfwlabError, InputError) as exc:
+        err.print(f"gfwlab: error: {exc}", markup=False, highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("gfwlab: interrupted", markup=False)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("gfwlab: aborted", markup=False)
+        sys.exit(130)
+    except Exception as exc:  # click's usage errors
+        import click  # noqa: PLC0415
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2 if isinstance(exc, click.UsageError) else 1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""What the engine tells its adapter to do (Actions) and what it reports (Event).
+
+Actions are imperative and frozen: the adapter carries each out and never interprets the
+engine's state. Exactly one verdict (:class:`Accept` or :class:`Drop`) is returned for each fed
+packet; :class:`Inject` and :class:`Report` may accompany it or come later from
+``Censor.on_timer``. :class:`Bypass` says the flow's verdict is final so that an inline adapter
+can let the kernel forward the rest of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Direction = Literal["inside-out", "outside-in"]
+ActionName = Literal["rst", "drop", "dns-inject", "probe", "null-route", "pass", "anomaly"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlowId:
+    """A flow as events name it: ``src`` is the client (the side that opened the flow)."""
+
+    proto: Literal["tcp", "udp", "ip"]
+    """Transport protocol."""
+    src: str
+    """Client address, as text."""
+    sport: int
+    """Client port (0 if none)."""
+    dst: str
+    """Server address, as text."""
+    dport: int
+    """Server port (0 if none)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "proto": self.proto,
+            "src": self.src,
+            "sport": self.sport,
+            "dst": self.dst,
+            "dport": self.dport,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """One censor decision or observation, in the DESIGN.md event contract."""
+
+    ts: float
+    """When it happened (the time of the packet that caused it), seconds."""
+    flow: FlowId
+    """The flow it concerns."""
+    direction: Direction
+    """Whether the client is inside the border (``inside-out``) or outside (``outside-in``)."""
+    mechanism: str
+    """Registry name of the mechanism (or ``engine`` for anomalies the engine itself found)."""
+    action: ActionName
+    """What the censor did."""
+    rule: str
+    """What matched: a domain, keyword, exemption test or anomaly kind."""
+    residual_until: float | None = None
+    """Until when later connections on the residual key are blocked, or None."""
+    citation: str = ""
+    """Where the behaviour was measured."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Mechanism-specific details (injector, probability draw, offsets...)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ts": round(self.ts, 6),
+            "flow": self.flow.as_dict(),
+            "direction": self.direction,
+            "mechanism": self.mechanism,
+            "action": self.action,
+            "rule": self.rule,
+            "residual_until": None if self.residual_until is None else round(self.residual_until, 6),
+            "citation": self.citation,
+        }
+        for key, value in self.extra.items():
+            out.setdefault(key, value)
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Accept:
+    """Forward the packet."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Drop:
+    """Silently discard the packet."""
+
+    mechanism: str
+    """Which mechanism dropped it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Inject:
+    """Send a forged IP packet."""
+
+    packet: bytes
+    """The whole IP packet, checksums computed, with the injector's fingerprint."""
+    at: float
+    """When to send it (absolute time, same clock as ``now``)."""
+    toward: Literal["client", "server"]
+    """Which endpoint it is addressed to."""
+    mechanism: str
+    """Which mechanism forged it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bypass:
+    """The flow's verdict is final (it passes): later packets need not be shown to the engine."""
+
+    flow: FlowId
+    """The flow to bypass."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Report:
+    """Record an event."""
+
+    event: Event
+    """The event."""
+
+
+Action = Accept | Drop | Inject | Bypass | Report

@@ -1,0 +1,434 @@
+"""The censor: a sans-I/O engine that turns packets into verdicts.
+
+``Censor(profile, seed).feed(packet, now)`` returns the Actions for one raw IP packet;
+``next_deadline()`` and ``on_timer(now)`` release delayed injections and expire state. The engine
+never reads a clock, never draws from an unseeded RNG and never touches a socket: the same
+packets, times, profile and seed give the same Actions, offline or live.
+
+Per packet: parse → flow lookup (create) → the fast path for BLOCKED/BYPASSED flows → residual
+blocks → new-flow hooks → the censor's TCP view / UDP → dissectors → mechanism hooks → Decision →
+Actions. Malformed input becomes an ``anomaly`` event and the packet is accepted: nothing raised
+by a dissector escapes ``feed``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, FlowId, Inject, Report
+from gfwlab.engine.flows import Flow, FlowState, FlowTable, flow_key
+from gfwlab.engine.residual import ResidualEntry, ResidualTable
+from gfwlab.engine.tcb import Tcb, TcbInput, TcbState, transition_table
+from gfwlab.errors import MalformedPacket
+from gfwlab.mechanisms.base import Decision, Mechanism, Seen, hook_names, registry
+from gfwlab.packet.ip import (
+    ACK,
+    FIN,
+    PROTO_TCP,
+    PROTO_UDP,
+    RST,
+    SYN,
+    Packet,
+    addr_text,
+    checksum,
+    parse,
+)
+from gfwlab.profiles.loader import Profile
+from gfwlab.proto.dns import parse_query
+from gfwlab.proto.http import parse_request
+from gfwlab.proto.tls import parse_client_hello
+
+_ACCEPT = Accept()
+_HTTP_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters an adapter can show."""
+
+    packets: int = 0
+    bytes: int = 0
+    dropped: int = 0
+    injected: int = 0
+    anomalies: int = 0
+    fragments: int = 0
+    bypassed_pkts: int = 0
+    bypassed_bytes: int = 0
+    flows: int = 0
+    events: dict[str, int] = field(default_factory=dict)
+    """Events per ``mechanism/action``."""
+
+
+class Censor:
+    """The emulated GFW for one profile and seed."""
+
+    def __init__(self, profile: Profile, seed: int = 0) -> None:
+        self.profile = profile
+        self.seed = seed
+        eng = profile.engine
+        self.flows = FlowTable(eng.tcp_timeout_s, eng.udp_timeout_s)
+        self.residual = ResidualTable()
+        self.stats = Stats()
+        self._tcb_table = transition_table(profile.tcb)
+        self._timers: list[tuple[float, int, Inject]] = []
+        self._timer_seq = 0
+        self._next_sweep: float | None = None
+        self._rng = random.Random(f"{seed}:engine")
+        known = registry()
+        self.mechanisms: dict[str, Mechanism] = {}
+        hooks: dict[str, list[Mechanism]] = {}
+        for name, params in profile.active().items():
+            cls = known[name]
+            # Each mechanism draws from its own seeded stream, so turning one on or off does not
+            # change the draws of another.
+            mech = cls(params, random.Random(f"{seed}:{name}"))
+            self.mechanisms[name] = mech
+            for hook in hook_names(cls):
+                hooks.setdefault(hook, []).append(mech)
+        self._on_new_flow = hooks.get("on_new_flow", [])
+        self._on_dns = hooks.get("on_dns_query", [])
+        self._on_http = hooks.get("on_http_request", [])
+        self._on_hello = hooks.get("on_client_hello", [])
+        self._dns_ports = {m.params.port for m in self._on_dns}
+        self._max_name = min((m.params.max_name for m in self._on_dns), default=125)
+        self._inspect_tcp = bool(self._on_http or self._on_hello)
+
+    # ------------------------------------------------------------------ timers
+
+    def next_deadline(self) -> float | None:
+        """The earliest time ``on_timer`` has work to do, or None."""
+        deadline = self._timers[0][0] if self._timers else None
+        if self._next_sweep is not None and (deadline is None or self._next_sweep < deadline):
+            deadline = self._next_sweep
+        return deadline
+
+    def on_timer(self, now: float) -> list[Action]:
+        """Release injections due by ``now``; expire idle flows and ended residual blocks."""
+        out: list[Action] = []
+        while self._timers and self._timers[0][0] <= now:
+            out.append(heapq.heappop(self._timers)[2])
+        if self._next_sweep is not None and now >= self._next_sweep:
+            self._sweep(now)
+        return out
+
+    def flush(self) -> list[Action]:
+        """Release every pending injection (end of a capture)."""
+        out: list[Action] = [t[2] for t in sorted(self._timers)]
+        self._timers.clear()
+        return out
+
+    def _sweep(self, now: float) -> None:
+        self.flows.expire(now)
+        self.residual.expire(now)
+        self._next_sweep = (
+            now + self.profile.engine.sweep_s if (self.flows.flows or self.residual.entries) else None
+        )
+
+    # ------------------------------------------------------------------ packets
+
+    def feed(self, packet: bytes, now: float) -> list[Action]:
+        """The Actions for one raw IP packet seen at ``now``: one verdict, then the rest."""
+        st = self.stats
+        st.packets += 1
+        st.bytes += len(packet)
+        if self._next_sweep is None:
+            self._next_sweep = now + self.profile.engine.sweep_s
+        try:
+            pkt = parse(packet)
+        except MalformedPacket as exc:
+            return [_ACCEPT, self._anomaly_ip(packet, exc, now)]
+        if pkt.fragment:
+            st.fragments += 1
+            return [_ACCEPT]
+        if pkt.proto != PROTO_TCP and pkt.proto != PROTO_UDP:
+            return [_ACCEPT]
+        key = flow_key(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        flow = self.flows.flows.get(key)
+        new = flow is None
+        if flow is None:
+            flow = self._new_flow(pkt, now)
+            self.flows.flows[key] = flow
+        flow.last_seen = now
+        flow.packets += 1
+        c2s = pkt.src == flow.client and pkt.sport == flow.cport
+        state = flow.state
+        if state is FlowState.BYPASSED and not self.residual.entries:
+            st.bypassed_pkts += 1
+            st.bypassed_bytes += len(packet)
+            return [_ACCEPT]
+        if state is FlowState.BLOCKED:
+            return self._blocked_verdict(flow, c2s)
+        out: list[Action] = [_ACCEPT]
+        if self.residual.entries and self._residual_drop(flow, pkt, c2s, now, out):
+            return out
+        if state is FlowState.BYPASSED:
+            st.bypassed_pkts += 1
+            st.bypassed_bytes += len(packet)
+            return out
+        tcp = pkt.proto == PROTO_TCP
+        opening = new or (tcp and c2s and pkt.flags & (SYN | ACK) == SYN)
+        if opening:
+            seen = Seen(pkt=pkt, flow=flow, now=now, c2s=c2s)
+            for mech in self._on_new_flow:
+                if mech.admits(flow):
+                    decision = mech.on_new_flow(seen)
+                    if decision is not None:
+                        self._apply(mech, decision, seen, out)
+            if tcp and c2s and flow.state is FlowState.CLEAN and self.residual.entries:
+                self._residual_rst(flow, seen, out)
+            if flow.state is FlowState.BLOCKED:
+                return out
+        if tcp:
+            self._tcp(flow, pkt, c2s, now, out)
+        else:
+            self._udp(flow, pkt, c2s, now, out)
+        return out
+
+    def _new_flow(self, pkt: Packet, now: float) -> Flow:
+        """Decide who is the client and which way the flow crosses the border."""
+        src_is_client = True
+        if pkt.proto == PROTO_TCP:
+            if pkt.flags & (SYN | ACK) == SYN | ACK:
+                src_is_client = False
+            elif not pkt.flags & SYN:
+                src_is_client = pkt.sport >= pkt.dport  # mid-stream: the ephemeral port is the client's
+        elif pkt.sport in self._dns_ports and pkt.dport not in self._dns_ports:
+            src_is_client = False  # a DNS response seen before its query
+        if src_is_client:
+            client, cport, server, sport = pkt.src, pkt.sport, pkt.dst, pkt.dport
+        else:
+            client, cport, server, sport = pkt.dst, pkt.dport, pkt.src, pkt.sport
+        inside = self.profile.engine.inside
+        if inside:
+            ci, si = inside.contains(client), inside.contains(server)
+            crossing, direction = ci != si, "inside-out" if ci or not si else "outside-in"
+        else:
+            crossing, direction = True, "inside-out"
+        self.stats.flows += 1
+        flow = Flow(
+            proto=pkt.proto, client=client, cport=cport, server=server, sport=sport,
+            direction="inside-out" if direction == "inside-out" else "outside-in",
+            crossing=crossing, first_seen=now, last_seen=now,
+        )
+        if not crossing:
+            flow.finish()  # domestic traffic is not inspected (spec §1)
+        return flow
+
+    def _blocked_verdict(self, flow: Flow, c2s: bool) -> list[Action]:
+        block = flow.block
+        if block == "both" or (block == "c2s" and c2s) or (block == "s2c" and not c2s):
+            self.stats.dropped += 1
+            return [Drop(mechanism=flow.blocked_by)]
+        return [_ACCEPT]
+
+    # ------------------------------------------------------------------ residual blocks
+
+    def _residual_drop(self, flow: Flow, pkt: Packet, c2s: bool, now: float, out: list[Action]) -> bool:
+        if not c2s:
+            return False
+        entry = self.residual.lookup(flow, "drop-c2s", now)
+        if entry is None:
+            return False
+        self.stats.dropped += 1
+        out[0] = Drop(mechanism=entry.mechanism)
+        first = flow.state is not FlowState.BLOCKED
+        flow.block_flow("c2s", entry.mechanism)
+        if first:
+            self._report(out, flow, now, entry.mechanism, "drop", entry.rule, entry.until,
+                         {"residual": True})
+        return True
+
+    def _residual_rst(self, flow: Flow, seen: Seen, out: list[Action]) -> None:
+        entry = self.residual.lookup(flow, "rst", seen.now)
+        if entry is None:
+            return
+        mech = self.mechanisms.get(entry.mechanism)
+        if mech is None:
+            return
+        draw = mech.rng.random()
+        if draw >= entry.probability:
+            self._report(out, flow, seen.now, entry.mechanism, "pass", entry.rule, entry.until,
+                         {"residual": True, "draw": round(draw, 6), "probability": entry.probability})
+            return
+        decision = mech.residual_hit(seen, entry.rule)
+        if decision is not None:
+            # A residual hit does not extend the residual block.
+            self._apply(mech, decision, seen, out, residual_until=entry.until, extend=False)
+
+    # ------------------------------------------------------------------ transports
+
+    def _tcp(self, flow: Flow, pkt: Packet, c2s: bool, now: float, out: list[Action]) -> None:
+        if not self._inspect_tcp:
+            self._finish(flow, out)
+            return
+        params = self.profile.tcb
+        flags = pkt.flags
+        if params.check_checksum and not _tcp_checksum_ok(pkt):
+            return
+        tcb = flow.tcb
+        if tcb is None:
+            if c2s and flags & (SYN | ACK | RST) == SYN:
+                tcb = flow.tcb = Tcb(params, self._tcb_table, pkt.seq)
+            elif not params.require_syn and c2s and pkt.payload:
+                tcb = flow.tcb = Tcb(params, self._tcb_table, pkt.seq - 1)
+            else:
+                self._finish(flow, out)  # no client SYN: the censor keeps no TCB (S&P'25)
+                return
+        if flags & RST:
+            inp = TcbInput.RECV_RST
+        elif flags & SYN:
+            if c2s and not flags & ACK:
+                inp = TcbInput.RECV_SYN
+            elif not c2s and flags & ACK:
+                inp = TcbInput.RECV_SYNACK
+            else:
+                inp = TcbInput.RECV_ACK
+        elif c2s and pkt.payload:
+            inp = TcbInput.RECV_DATA
+        elif flags & FIN:
+            inp = TcbInput.RECV_FIN
+        else:
+            inp = TcbInput.RECV_ACK
+        grew = tcb.handle(inp, pkt.seq, pkt.payload)
+        if inp is TcbInput.RECV_DATA and flags & FIN:
+            tcb.handle(TcbInput.RECV_FIN, pkt.seq, b"")
+        if tcb.state is TcbState.CLOSED:
+            return  # torn down: inspection resumes only if a new client SYN arrives
+        if grew:
+            flow.inspected_c2s += 1
+            self._dissect_tcp(flow, tcb, pkt, c2s, now, out)
+
+    def _dissect_tcp(self, flow: Flow, tcb: Tcb, pkt: Packet, c2s: bool, now: float,
+                     out: list[Action]) -> None:
+        data = bytes(tcb.stream)
+        first = data[0]
+        seen = Seen(pkt=pkt, flow=flow, now=now, c2s=c2s)
+        try:
+            if first == 0x16 and self._on_hello:
+                hello = parse_client_hello(data)
+                if hello is None:
+                    if tcb.full:
+                        self._finish(flow, out)
+                    return
+                for anomaly in hello.anomalies:
+                    self._report(out, flow, now, "engine", "anomaly", anomaly, None, {})
+                for mech in self._on_hello:
+                    if mech.admits(flow):
+                        decision = mech.on_client_hello(seen, hello)
+                        if decision is not None:
+                            self._apply(mech, decision, seen, out)
+            elif first in _HTTP_START and self._on_http:
+                request = parse_request(data)
+                if request is None:
+                    if tcb.full:
+                        self._finish(flow, out)
+                    return
+                for mech in self._on_http:
+                    if mech.admits(flow):
+                        decision = mech.on_http_request(seen, request)
+                        if decision is not None:
+                            self._apply(mech, decision, seen, out)
+        except MalformedPacket as exc:
+            if not exc.kind.startswith("http.not_http"):
+                self._report(out, flow, now, "engine", "anomaly", exc.kind, None,
+                             {"offset": exc.offset, "detail": exc.detail})
+        if flow.state is FlowState.CLEAN:
+            self._finish(flow, out)
+
+    def _udp(self, flow: Flow, pkt: Packet, c2s: bool, now: float, out: list[Action]) -> None:
+        if not (self._on_dns and pkt.dport in self._dns_ports):
+            if not (self._on_dns and pkt.sport in self._dns_ports):
+                self._finish(flow, out)
+            return
+        try:
+            query = parse_query(pkt.payload, max_name=self._max_name)
+        except MalformedPacket as exc:
+            self._report(out, flow, now, "engine", "anomaly", exc.kind, None,
+                         {"offset": exc.offset, "detail": exc.detail})
+            return
+        if query is None:
+            return
+        seen = Seen(pkt=pkt, flow=flow, now=now, c2s=c2s)
+        for mech in self._on_dns:
+            if mech.admits(flow) and pkt.dport == mech.params.port:
+                decision = mech.on_dns_query(seen, query)
+                if decision is not None:
+                    self._apply(mech, decision, seen, out)
+
+    # ------------------------------------------------------------------ decisions
+
+    def _apply(self, mech: Mechanism, decision: Decision, seen: Seen, out: list[Action], *,
+               residual_until: float | None = None, extend: bool = True) -> None:
+        flow, now = seen.flow, seen.now
+        for forged in decision.injections:
+            inject = Inject(packet=forged.packet, at=now + forged.delay, toward=forged.toward,
+                            mechanism=mech.name)
+            self.stats.injected += 1
+            if forged.delay <= 0:
+                out.append(inject)
+            else:
+                self._timer_seq += 1
+                heapq.heappush(self._timers, (inject.at, self._timer_seq, inject))
+        if decision.drop and isinstance(out[0], Accept):
+            self.stats.dropped += 1
+            out[0] = Drop(mechanism=mech.name)
+        res = decision.residual
+        if res is not None and extend and res.seconds > 0:
+            residual_until = now + res.seconds
+            self.residual.add(flow, res.key, ResidualEntry(
+                mechanism=mech.name, rule=decision.rule, until=residual_until,
+                policy=res.policy, probability=res.probability))
+        if decision.action == "pass":
+            self._report(out, flow, now, mech.name, "pass", decision.rule, None, decision.extra)
+            return
+        if decision.action in ("rst", "drop", "null-route"):
+            flow.block_flow(decision.block, mech.name)
+        self._report(out, flow, now, mech.name, decision.action, decision.rule, residual_until,
+                     decision.extra)
+
+    def _finish(self, flow: Flow, out: list[Action]) -> None:
+        if flow.state is FlowState.CLEAN:
+            flow.finish()
+            out.append(Bypass(flow=flow.id()))
+
+    def _report(self, out: list[Action], flow: Flow, now: float, mechanism: str, action: Any,
+                rule: str, residual_until: float | None, extra: dict[str, Any]) -> None:
+        mech = self.mechanisms.get(mechanism)
+        event = Event(
+            ts=now, flow=flow.id(), direction=flow.direction, mechanism=mechanism, action=action,
+            rule=rule, residual_until=residual_until,
+            citation=mech.citation if mech is not None else "",
+            extra=extra,
+        )
+        key = f"{mechanism}/{action}"
+        self.stats.events[key] = self.stats.events.get(key, 0) + 1
+        if action == "anomaly":
+            self.stats.anomalies += 1
+        out.append(Report(event=event))
+
+    def _anomaly_ip(self, packet: bytes, exc: MalformedPacket, now: float) -> Report:
+        self.stats.anomalies += 1
+        key = "engine/anomaly"
+        self.stats.events[key] = self.stats.events.get(key, 0) + 1
+        src = dst = "?"
+        if len(packet) >= 20 and packet[0] >> 4 == 4:
+            src, dst = addr_text(packet[12:16]), addr_text(packet[16:20])
+        elif len(packet) >= 40 and packet[0] >> 4 == 6:
+            src, dst = addr_text(packet[8:24]), addr_text(packet[24:40])
+        return Report(event=Event(
+            ts=now, flow=FlowId(proto="ip", src=src, sport=0, dst=dst, dport=0),
+            direction="inside-out", mechanism="engine", action="anomaly", rule=exc.kind,
+            extra={"offset": exc.offset, "detail": exc.detail},
+        ))
+
+
+def _tcp_checksum_ok(pkt: Packet) -> bool:
+    seg = pkt.raw[pkt.l4 :]
+    if pkt.version == 4:
+        pseudo = pkt.src + pkt.dst + bytes((0, PROTO_TCP)) + len(seg).to_bytes(2, "big")
+    else:
+        pseudo = pkt.src + pkt.dst + len(seg).to_bytes(4, "big") + bytes((0, 0, 0, PROTO_TCP))
+    return checksum(pseudo + seg) == 0

@@ -1,0 +1,140 @@
+"""Flows: the censor's per-connection memory, keyed by 5-tuple, with idle expiry.
+
+A flow knows its client (the side that sent the TCP SYN or the first UDP datagram) and its
+server, and whether it crosses the border inside-out or outside-in (DESIGN.md "Flows"). The
+per-flow verdict state is a small table-driven machine (STYLE.md §4)::
+
+    CLEAN ──mechanism fires──► BLOCKED ──(idle expiry)──► gone
+      │
+      └──nothing left to inspect──► BYPASSED ──(idle expiry)──► gone
+
+A BLOCKED or BYPASSED flow gets its cached verdict before any reassembly or dissection.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gfwlab.engine.actions import Direction, FlowId
+from gfwlab.engine.tcb import Tcb
+from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, addr_text
+
+
+class FlowState(enum.Enum):
+    CLEAN = "clean"
+    BLOCKED = "blocked"
+    BYPASSED = "bypassed"
+
+
+class FlowInput(enum.Enum):
+    RECV_BLOCK = "block"
+    RECV_DONE = "done"
+
+
+_TRANSITIONS: dict[tuple[FlowState, FlowInput], FlowState] = {
+    (FlowState.CLEAN, FlowInput.RECV_BLOCK): FlowState.BLOCKED,
+    (FlowState.CLEAN, FlowInput.RECV_DONE): FlowState.BYPASSED,
+    # A residual hit or a second mechanism may block a flow another mechanism already blocked:
+    (FlowState.BLOCKED, FlowInput.RECV_BLOCK): FlowState.BLOCKED,
+    (FlowState.BLOCKED, FlowInput.RECV_DONE): FlowState.BLOCKED,
+    # A bypassed flow is never re-inspected; only a residual drop (outside the flow) can hit it.
+    (FlowState.BYPASSED, FlowInput.RECV_DONE): FlowState.BYPASSED,
+    (FlowState.BYPASSED, FlowInput.RECV_BLOCK): FlowState.BLOCKED,
+}
+
+Block = Literal["none", "c2s", "s2c", "both"]
+FlowKey = tuple[int, bytes, int, bytes, int]
+
+
+@dataclass(slots=True, eq=False)
+class Flow:
+    """One flow as the censor remembers it."""
+
+    proto: int
+    client: bytes
+    cport: int
+    server: bytes
+    sport: int
+    direction: Direction
+    crossing: bool
+    """False if both ends are on the same side of the border: the GFW does not see it (spec §1)."""
+    first_seen: float
+    last_seen: float
+    state: FlowState = FlowState.CLEAN
+    block: Block = "none"
+    """What a BLOCKED flow's later packets get: dropped client-to-server, server-to-client, both."""
+    blocked_by: str = ""
+    tcb: Tcb | None = None
+    packets: int = 0
+    inspected_c2s: int = 0
+    """Client-to-server packets shown to dissectors so far."""
+    seen_dns_ids: set[int] = field(default_factory=set)
+    ident: FlowId | None = None
+
+    def step(self, what: FlowInput) -> None:
+        try:
+            self.state = _TRANSITIONS[(self.state, what)]
+        except KeyError:  # pragma: no cover - the table is total
+            raise RuntimeError(f"flow: no transition from {self.state} on {what}") from None
+
+    def block_flow(self, block: Block, mechanism: str) -> None:
+        self.step(FlowInput.RECV_BLOCK)
+        if self.block == "none":
+            self.block, self.blocked_by = block, mechanism
+        elif block not in ("none", self.block):
+            self.block = "both"
+
+    def finish(self) -> None:
+        """Nothing more to inspect: the verdict is final."""
+        self.step(FlowInput.RECV_DONE)
+        self.tcb = None  # free the reassembly buffer
+
+    def id(self) -> FlowId:
+        if self.ident is None:
+            proto: Literal["tcp", "udp", "ip"] = (
+                "tcp" if self.proto == PROTO_TCP else "udp" if self.proto == PROTO_UDP else "ip"
+            )
+            self.ident = FlowId(
+                proto=proto,
+                src=addr_text(self.client),
+                sport=self.cport,
+                dst=addr_text(self.server),
+                dport=self.sport,
+            )
+        return self.ident
+
+    def is_c2s(self, src: bytes, sport: int) -> bool:
+        return src == self.client and sport == self.cport
+
+
+def flow_key(proto: int, a: bytes, ap: int, b: bytes, bp: int) -> FlowKey:
+    """The direction-independent key of a 5-tuple."""
+    if (a, ap) <= (b, bp):
+        return (proto, a, ap, b, bp)
+    return (proto, b, bp, a, ap)
+
+
+class FlowTable:
+    """Flows by key, with idle expiry driven by the engine's timer."""
+
+    def __init__(self, tcp_timeout: float, udp_timeout: float) -> None:
+        self.flows: dict[FlowKey, Flow] = {}
+        self.tcp_timeout = tcp_timeout
+        self.udp_timeout = udp_timeout
+        self.expired = 0
+
+    def __len__(self) -> int:
+        return len(self.flows)
+
+    def timeout(self, flow: Flow) -> float:
+        return self.tcp_timeout if flow.proto == PROTO_TCP else self.udp_timeout
+
+    def expire(self, now: float) -> int:
+        """Forget flows idle for longer than their timeout; returns how many."""
+        dead = [k for k, f in self.flows.items() if now - f.last_seen >= self.timeout(f)]
+        for key in dead:
+            del self.flows[key]
+        self.expired += len(dead)
+        return len(dead)

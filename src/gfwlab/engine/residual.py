@@ -1,0 +1,73 @@
+"""Residual blocks: after a mechanism acts, later flows on a key are hit for a while.
+
+Keys (spec §10b "Residual tables"): ``3-tuple`` is (client IP, server IP, server port), the
+key of the HTTP, SNI, ESNI and QUIC residuals; ``2-tuple`` (client IP, server IP);
+``server`` (server IP, server port) and ``server-ip`` for blocks that ignore the client, and
+``5-tuple`` for one connection. Entries outlive the flow that made them and are forgotten when
+they end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gfwlab.engine.flows import Flow
+from gfwlab.mechanisms.base import ResidualKey
+
+Key = tuple[object, ...]
+
+
+@dataclass(slots=True)
+class ResidualEntry:
+    mechanism: str
+    rule: str
+    until: float
+    policy: str
+    probability: float
+
+
+def residual_key(flow: Flow, kind: ResidualKey) -> Key:
+    if kind == "3-tuple":
+        return (flow.proto, flow.client, flow.server, flow.sport)
+    if kind == "2-tuple":
+        return (flow.client, flow.server)
+    if kind == "server":
+        return (flow.proto, flow.server, flow.sport)
+    if kind == "server-ip":
+        return (flow.server,)
+    return (flow.proto, flow.client, flow.cport, flow.server, flow.sport)
+
+
+class ResidualTable:
+    """Residual entries by (mechanism, key kind, key)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, ResidualKey, Key], ResidualEntry] = {}
+        self.kinds: dict[tuple[str, ResidualKey], str] = {}
+        """Every (mechanism, key kind) in use, with its policy, so lookups try only those."""
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, flow: Flow, kind: ResidualKey, entry: ResidualEntry) -> None:
+        self.kinds[(entry.mechanism, kind)] = entry.policy
+        key = (entry.mechanism, kind, residual_key(flow, kind))
+        old = self.entries.get(key)
+        if old is None or old.until < entry.until:
+            self.entries[key] = entry
+
+    def lookup(self, flow: Flow, policy: str, now: float) -> ResidualEntry | None:
+        """The live entry of ``policy`` that covers ``flow``, if any."""
+        for (mech, kind), pol in self.kinds.items():
+            if pol != policy:
+                continue
+            entry = self.entries.get((mech, kind, residual_key(flow, kind)))
+            if entry is not None and now < entry.until:
+                return entry
+        return None
+
+    def expire(self, now: float) -> int:
+        dead = [k for k, e in self.entries.items() if e.until <= now]
+        for key in dead:
+            del self.entries[key]
+        return len(dead)

@@ -1,0 +1,175 @@
+"""DNS injection: forged answers to queries for blocked names, racing the real answer.
+
+Sources: spec §2; Anonymous, Niaki, Hoang, Gill, Houmansadr, *Triplet Censors: Demystifying Great
+Firewall's DNS Censorship Behavior*, FOCI 2020 (several injectors, fingerprints, pools); Hoang et
+al., *How Great is the Great Firewall? Measuring China's DNS Censorship*, USENIX Security 2021
+(GFWatch: scale, over-blocking, forged IPs); Fan et al., *Wallbleed*, NDSS 2025 (Injector 3's
+parser and answer layout, round-robin pool, answer TTLs).
+
+Measured, and emulated here:
+
+- any UDP datagram to port 53 carrying a query (QR=0) of at least 12 bytes, toward **any**
+  address (no resolver need exist), in both directions; one question is parsed and the name is
+  flattened as the injector does (see :mod:`gfwlab.proto.dns`);
+- rules: end-anchored ``example.com`` (``(^|\\.)example\\.com$``), start-anchored
+  ``^shadowvpn.com`` and unanchored ``*69.mu*``; the unanchored kind over-blocks, as GFWatch
+  measured;
+- several injectors answer the same query, each with its own fingerprint (IP TTL or a mirror of
+  the query's TTL, IP-ID, DF, answer TTL, flags) and its own, overlapping share of the list
+  (``coverage``: a stable per-name draw, so a name is either always or never answered by it);
+- answers as Injector 3 builds them: the query copied through QCLASS, flags ``0x8180`` if RD
+  else ``0x8400`` (or a fixed value such as the ``0x8580`` seen in 2024-25), one answer
+  ``c0 0c``: AAAA for an AAAA query, A for any other type; answer TTL 102-240 s;
+- forged addresses come from each injector's pool in round-robin order; all forged AAAA seen by
+  GFWatch were in 2001::/32;
+- the real answer is not suppressed (the resolver's reply passes untouched).
+
+Unverified, so parameters (spec §12.2): per-injector IP TTL, IP-ID and DF, injection latency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gfwlab.mechanisms.base import (
+    CommonParams,
+    Decision,
+    Forged,
+    Mechanism,
+    Seen,
+    register_mechanism,
+)
+from gfwlab.packet.ip import addr_bytes, addr_text, build_udp
+from gfwlab.profiles.domains import DomainSet
+from gfwlab.proto.dns import DnsQuery, build_answer
+
+QTYPE_AAAA = 28
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DnsInjectorParams:
+    """One injector's fingerprint (profile: ``[[mechanisms.dns_injection.injectors]]``)."""
+
+    name: str
+    """A label for events and reports."""
+    coverage: float = 1.0
+    """Share of the blocked names this injector answers (a stable draw per name)."""
+    flags: int | None = None
+    """Fixed DNS flags, or None for Injector 3's rule (0x8180 if RD else 0x8400)."""
+    ip_ttl: tuple[int, int] = (64, 255)
+    """Range the forged packet's IP TTL is drawn from (unverified)."""
+    mirror_ttl: bool = False
+    """Copy the query's IP TTL instead (one Triplet injector does)."""
+    ip_id: Literal["random", "zero", "mirror"] = "random"
+    """IP-ID of the forged packet (unverified)."""
+    df: bool = False
+    """IPv4 don't-fragment bit of the forged packet (unverified)."""
+    dns_ttl: tuple[int, int] = (102, 240)
+    """Answer TTL range in seconds (Wallbleed test vectors: 102-240)."""
+    pool_v4: tuple[str, ...] = ("59.24.3.174",)
+    """Forged IPv4 answers, handed out round-robin."""
+    pool_v6: tuple[str, ...] = ("2001::1",)
+    """Forged IPv6 answers, handed out round-robin (GFWatch: all in 2001::/32)."""
+    latency_ms: tuple[float, float] = (0.5, 3.0)
+    """Injection latency range (unverified; the forged answer beats the real one)."""
+    _v4: tuple[bytes, ...] = field(default=(), init=False, repr=False)
+    _v6: tuple[bytes, ...] = field(default=(), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        try:
+            v4 = tuple(addr_bytes(a) for a in self.pool_v4)
+            v6 = tuple(addr_bytes(a) for a in self.pool_v6)
+        except ValueError as exc:
+            raise ValueError(f"injector {self.name}: {exc}") from None
+        if not v4 or any(len(a) != 4 for a in v4):
+            raise ValueError(f"injector {self.name}: pool_v4 needs IPv4 addresses")
+        if not v6 or any(len(a) != 16 for a in v6):
+            raise ValueError(f"injector {self.name}: pool_v6 needs IPv6 addresses")
+        if not 0.0 <= self.coverage <= 1.0:
+            raise ValueError(f"injector {self.name}: coverage must be between 0 and 1")
+        object.__setattr__(self, "_v4", v4)
+        object.__setattr__(self, "_v6", v6)
+
+
+DEFAULT_INJECTORS = (
+    DnsInjectorParams(name="injector3"),
+    DnsInjectorParams(name="flags-0x8580", flags=0x8580, coverage=0.9, df=True),
+    DnsInjectorParams(name="ttl-mirror", mirror_ttl=True, ip_id="zero", coverage=0.8),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DnsInjectionParams(CommonParams):
+    domains: DomainSet = DomainSet()
+    """Name rules: ``example.com``, ``=exact.name``, ``^prefix``, ``*substring*``."""
+    port: int = 53
+    """UDP destination port inspected."""
+    max_name: int = 125
+    """Longest flattened name the injector keeps (Injector 3: 125 characters)."""
+    require_class_in: bool = True
+    """Answer only QCLASS IN, as the patched injector does (Wallbleed v2)."""
+    injectors: tuple[DnsInjectorParams, ...] = DEFAULT_INJECTORS
+    """The injectors that answer, each with its fingerprint and pool."""
+
+
+def _share(name: str, injector: str) -> float:
+    digest = hashlib.blake2b(f"{injector}\0{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+class DnsInjection(Mechanism):
+    citation = (
+        "spec §2; Anonymous et al., Triplet Censors, FOCI 2020; Hoang et al., How Great is the "
+        "Great Firewall?, USENIX Security 2021; Fan et al., Wallbleed, NDSS 2025"
+    )
+    params_cls = DnsInjectionParams
+    params: DnsInjectionParams
+
+    def __init__(self, params: DnsInjectionParams, rng: object) -> None:
+        super().__init__(params, rng)  # type: ignore[arg-type]
+        self._next = [0] * len(params.injectors)
+
+    def on_dns_query(self, seen: Seen, query: DnsQuery) -> Decision | None:
+        p = self.params
+        if p.require_class_in and query.qclass != 1:
+            return None
+        rule = p.domains.match(query.qname)
+        if rule is None:
+            return None
+        pkt = seen.pkt
+        forged: list[Forged] = []
+        answered: list[dict[str, object]] = []
+        for index, inj in enumerate(p.injectors):
+            if inj.coverage < 1.0 and _share(query.qname, inj.name) >= inj.coverage:
+                continue
+            pool = inj._v6 if query.qtype == QTYPE_AAAA else inj._v4
+            addr = pool[self._next[index] % len(pool)]
+            self._next[index] += 1
+            flags = inj.flags if inj.flags is not None else (0x8180 if query.rd else 0x8400)
+            ttl = self.rng.randint(*inj.dns_ttl)
+            payload = build_answer(pkt.payload, query, addr, ttl, flags)
+            ip_ttl = pkt.ttl if inj.mirror_ttl else self.rng.randint(*inj.ip_ttl)
+            ip_id = {"random": self.rng.randint(0, 0xFFFF), "zero": 0, "mirror": pkt.ip_id}[inj.ip_id]
+            delay = self.rng.uniform(*inj.latency_ms) / 1000.0
+            forged.append(
+                Forged(
+                    packet=build_udp(pkt.dst, pkt.src, pkt.dport, pkt.sport, payload,
+                                     ttl=ip_ttl, ip_id=ip_id, df=inj.df),
+                    delay=delay,
+                    toward="client" if seen.c2s else "server",
+                )
+            )
+            answered.append({"injector": inj.name, "addr": addr_text(addr), "flags": f"0x{flags:04x}"})
+        if not forged:
+            return None
+        return Decision(
+            action="dns-inject",
+            rule=rule,
+            injections=tuple(forged),
+            extra={"qname": query.qname, "qtype": query.qtype, "answers": answered},
+        )
+
+
+register_mechanism("dns_injection", DnsInjection)

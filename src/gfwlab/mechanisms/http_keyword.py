@@ -1,0 +1,134 @@
+"""HTTP Host and keyword filtering: forged resets when a request names a blocked host or word.
+
+Sources: spec §3; R. Rambert, Z. Weinberg, D. Barradas, N. Christin, *Chinese Wall or Swiss
+Cheese? Keyword filtering in the Great Firewall of China*, WWW 2021 (fields, lists, ports,
+trigger rate, residual); R. Clayton, S. J. Murdoch, R. N. M. Watson, *Ignoring the Great
+Firewall of China*, PET 2006 (reset pattern); INTANG FAQ (90 s penalty); GFWeb, USENIX Security
+2024 (list scale).
+
+Measured, and emulated here:
+
+- only the request-line path and the Host header are inspected, after percent-decoding, in UTF-8
+  and GB18030 (cookies, other headers and bodies are not); on every TCP port;
+- ``domains`` are matched against the Host (bare domains include subdomains); ``keywords``
+  anywhere in the path or Host; ``search_keywords`` only when the request also contains the
+  word ``search`` (Rambert: requests with "search" are checked against a longer list);
+- about 75% of matching requests are reset (``probability``);
+- resets go to both ends; which injector the HTTP filter uses is unknown (spec §12.6), so
+  ``injector`` defaults to Clayton 2006's three-each-way pattern and may be any S&P'25 type;
+- residual ("penalty box"): 90 s on (client IP, server IP, server port), during which 50-75% of
+  new connections are blocked even without a keyword (``residual_probability``, default 0.625,
+  the middle of that range).
+
+Differences: a residual hit is reset on its SYN; only the first request of a connection is
+inspected (whether later keep-alive requests are is not published).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gfwlab.mechanisms._forge import Injector, forge_resets
+from gfwlab.mechanisms.base import (
+    CommonParams,
+    Decision,
+    Mechanism,
+    Residual,
+    ResidualKey,
+    Seen,
+    register_mechanism,
+)
+from gfwlab.profiles.domains import DomainSet, KeywordSet
+from gfwlab.proto.http import HttpRequest
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpKeywordParams(CommonParams):
+    domains: DomainSet = DomainSet()
+    """Host rules (bare domains include subdomains)."""
+    keywords: KeywordSet = KeywordSet()
+    """Words blocked anywhere in the decoded path or Host."""
+    search_keywords: KeywordSet = KeywordSet()
+    """Words blocked only in requests that also contain "search" (Rambert et al.)."""
+    probability: float = 0.75
+    """Share of matching requests that are reset (~75%, spec §3)."""
+    injector: Injector = "clayton2006"
+    """Reset fingerprint: clayton2006, type1, type2, type3 or mixed."""
+    latency_ms: tuple[float, float, float] = (11.52, 17.98, 445.38)
+    """First-reset latency (the SNI figures; HTTP's were not published separately)."""
+    residual_s: float = 90.0
+    """Penalty box length (spec §3; INTANG FAQ)."""
+    residual_key: ResidualKey = "3-tuple"
+    """(client IP, server IP, server port): other ports and server IPs are unaffected."""
+    residual_probability: float = 0.625
+    """Share of new connections blocked during the penalty box (50-75% measured)."""
+
+    def __post_init__(self) -> None:
+        for name in ("probability", "residual_probability"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+
+
+class HttpKeyword(Mechanism):
+    citation = (
+        "spec §3; Rambert et al., Chinese Wall or Swiss Cheese? Keyword filtering in the Great "
+        "Firewall of China, WWW 2021; Clayton et al., Ignoring the Great Firewall of China, PET 2006"
+    )
+    params_cls = HttpKeywordParams
+    params: HttpKeywordParams
+
+    def match(self, request: HttpRequest) -> str | None:
+        p = self.params
+        if request.host:
+            rule = p.domains.match(request.host)
+            if rule is not None:
+                return rule
+        for text in request.texts:
+            word = p.keywords.match(text)
+            if word is not None:
+                return word
+        if len(p.search_keywords) and any("search" in t.lower() for t in request.texts):
+            for text in request.texts:
+                word = p.search_keywords.match(text)
+                if word is not None:
+                    return f"search+{word}"
+        return None
+
+    def on_http_request(self, seen: Seen, request: HttpRequest) -> Decision | None:
+        rule = self.match(request)
+        if rule is None:
+            return None
+        p = self.params
+        draw = self.rng.random()
+        if draw >= p.probability:
+            return Decision(
+                action="pass",
+                rule=rule,
+                extra={"host": request.host, "draw": round(draw, 6), "probability": p.probability},
+            )
+        return self._reset(seen, rule, {"host": request.host, "path": request.path[:200]})
+
+    def residual_hit(self, seen: Seen, rule: str) -> Decision | None:
+        return self._reset(seen, rule, {"residual": True})
+
+    def _reset(self, seen: Seen, rule: str, extra: dict[str, object]) -> Decision:
+        p = self.params
+        kind, forged = forge_resets(
+            seen.pkt, c2s=seen.c2s, injector=p.injector, rng=self.rng, latency_ms=p.latency_ms
+        )
+        return Decision(
+            action="rst",
+            rule=rule,
+            injections=forged,
+            residual=Residual(
+                key=p.residual_key,
+                seconds=p.residual_s,
+                policy="rst",
+                probability=p.residual_probability,
+            ),
+            extra={**extra, "injector": kind},
+        )
+
+
+register_mechanism("http_keyword", HttpKeyword)

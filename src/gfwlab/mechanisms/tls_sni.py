@@ -1,0 +1,102 @@
+"""TLS SNI filtering: forged resets when a ClientHello names a blocked server.
+
+Source: spec §4a; M. Wu, A. Zohaib et al., *A Wall Behind A Wall: Emerging Regional Censorship in
+China*, IEEE S&P 2025 (fingerprints, residual, latency, parsing logic); GFWeb (USENIX Security
+2024) for list scale and asymmetry (spec §1).
+
+Measured, and emulated here:
+
+- trigger: the SNI of a TLS ClientHello, on any TCP port, matched against a list separate from
+  the HTTP list; the list is asymmetric (as of 2024-07-10, 68 Tranco domains such as google.com
+  and torproject.org were blocked only inside-out, none only outside-in): ``domains`` applies to
+  both directions and ``inside_out_only`` to inside-out flows only;
+- the client SYN must have been seen, the SYN/ACK need not be (``[tcb] require_syn``); TCP is
+  reassembled, TLS records are not (a ClientHello split across records passes, 2024-04-04);
+- action: resets to both ends from injector types I, II or III (``injector``; see ``_forge``),
+  first reset 11.52-445.38 ms after the ClientHello, mean 17.98 ms;
+- residual: 180 s for all three types, on (client IP, server IP, server port); new connections
+  on that key are reset.
+
+Differences: the emulator resets a residual connection on its SYN (when the measured devices
+act within the handshake is not published); ``residual_probability`` is 1 by default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gfwlab.mechanisms._forge import Injector, forge_resets
+from gfwlab.mechanisms.base import (
+    CommonParams,
+    Decision,
+    Mechanism,
+    Residual,
+    ResidualKey,
+    Seen,
+    register_mechanism,
+)
+from gfwlab.profiles.domains import DomainSet
+from gfwlab.proto.tls import ClientHello
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsSniParams(CommonParams):
+    domains: DomainSet = DomainSet()
+    """SNI rules blocked in both directions (bare domains include subdomains)."""
+    inside_out_only: DomainSet = DomainSet()
+    """SNI rules blocked only when the client is inside (spec §1 asymmetry)."""
+    injector: Injector = "mixed"
+    """Which reset fingerprint to use: type1, type2, type3, mixed (dataset proportions), clayton2006."""
+    latency_ms: tuple[float, float, float] = (11.52, 17.98, 445.38)
+    """First-reset latency after the ClientHello: min, mean, max in ms (S&P'25 §4)."""
+    residual_s: float = 180.0
+    """How long later connections on the residual key are reset."""
+    residual_key: ResidualKey = "3-tuple"
+    """What the residual block is keyed on."""
+    residual_probability: float = 1.0
+    """Chance that a new connection on the key is reset during the residual window."""
+
+
+class TlsSni(Mechanism):
+    citation = (
+        "spec §4a; Wu, Zohaib et al., A Wall Behind A Wall: Emerging Regional Censorship in "
+        "China, IEEE S&P 2025"
+    )
+    params_cls = TlsSniParams
+    params: TlsSniParams
+
+    def on_client_hello(self, seen: Seen, hello: ClientHello) -> Decision | None:
+        if hello.sni is None:
+            return None
+        p = self.params
+        rule = p.domains.match(hello.sni)
+        if rule is None and seen.flow.direction == "inside-out":
+            rule = p.inside_out_only.match(hello.sni)
+        if rule is None:
+            return None
+        return self._reset(seen, rule, {"sni": hello.sni})
+
+    def residual_hit(self, seen: Seen, rule: str) -> Decision | None:
+        return self._reset(seen, rule, {"residual": True})
+
+    def _reset(self, seen: Seen, rule: str, extra: dict[str, object]) -> Decision:
+        p = self.params
+        kind, forged = forge_resets(
+            seen.pkt, c2s=seen.c2s, injector=p.injector, rng=self.rng, latency_ms=p.latency_ms
+        )
+        return Decision(
+            action="rst",
+            rule=rule,
+            injections=forged,
+            block="none",
+            residual=Residual(
+                key=p.residual_key,
+                seconds=p.residual_s,
+                policy="rst",
+                probability=p.residual_probability,
+            ),
+            extra={**extra, "injector": kind},
+        )
+
+
+register_mechanism("tls_sni", TlsSni)

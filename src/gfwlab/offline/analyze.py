@@ -1,0 +1,248 @@
+"""The capture adapter: packets from a file through the censor, events and a censored capture out.
+
+The adapter does the I/O the engine must not: it reads packets and their capture timestamps,
+releases timers up to each packet's time (so forged packets land at the time the real GFW would
+send them), and carries out each Action through one ``match`` that ends in ``assert_never``.
+Outputs are written to temporary files and published only when the run completes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import IO, Any, assert_never
+
+from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, Report
+from gfwlab.engine.censor import Censor
+from gfwlab.errors import AdapterError
+from gfwlab.packet.pcap import CaptureReader, PcapWriter
+from gfwlab.profiles.loader import Profile
+
+ACTED = ("rst", "drop", "dns-inject", "null-route", "probe")
+
+
+@dataclass(slots=True)
+class FlowVerdict:
+    """One row of the summary: what the censor did to one flow."""
+
+    flow: dict[str, Any]
+    direction: str
+    mechanism: str
+    action: str
+    rule: str
+    first_ts: float
+    events: int = 1
+    residual_until: float | None = None
+
+
+@dataclass(slots=True)
+class Summary:
+    """What an analysis found."""
+
+    capture: str
+    profile: str
+    date: str | None
+    seed: int
+    packets: int = 0
+    skipped: int = 0
+    truncated_at: int | None = None
+    flows: int = 0
+    dropped: int = 0
+    injected: int = 0
+    anomalies: int = 0
+    bypassed_pkts: int = 0
+    events: dict[str, int] = field(default_factory=dict)
+    verdicts: list[FlowVerdict] = field(default_factory=list)
+    anomaly_kinds: dict[str, int] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "capture": self.capture,
+            "profile": self.profile,
+            "date": self.date,
+            "seed": self.seed,
+            "packets": self.packets,
+            "skipped_frames": self.skipped,
+            "truncated_at": self.truncated_at,
+            "flows": self.flows,
+            "dropped": self.dropped,
+            "injected": self.injected,
+            "anomalies": self.anomalies,
+            "anomaly_kinds": self.anomaly_kinds,
+            "bypassed_packets": self.bypassed_pkts,
+            "events": self.events,
+            "verdicts": [
+                {
+                    "flow": v.flow, "direction": v.direction, "mechanism": v.mechanism,
+                    "action": v.action, "rule": v.rule, "first_ts": round(v.first_ts, 6),
+                    "events": v.events,
+                    "residual_until": v.residual_until,
+                }
+                for v in self.verdicts
+            ],
+            "outputs": self.outputs,
+        }
+
+
+class AtomicText:
+    """A text file written under a temporary name and renamed into place on commit."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        directory = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise AdapterError(path, "cannot write: is a directory")
+        try:
+            fd, self._tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+        except OSError as exc:
+            raise AdapterError(path, f"cannot write: {exc.strerror or exc}") from None
+        self.fh: IO[str] = os.fdopen(fd, "w", encoding="utf-8")
+
+    def commit(self) -> None:
+        self.fh.close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self.fh.close()
+        if os.path.exists(self._tmp):
+            os.unlink(self._tmp)
+
+
+def analyze(
+    capture: str,
+    profile: Profile,
+    *,
+    seed: int = 0,
+    events_path: str | None = None,
+    out_path: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+) -> Summary:
+    """Run ``capture`` through a censor built from ``profile``; write the requested outputs.
+
+    Raises AdapterError for an unreadable capture or an unwritable output, before any output
+    is published. A truncated capture is analysed as far as it goes; ``Summary.truncated_at``
+    says where it ended.
+    """
+    reader = CaptureReader(capture)
+    events_out: AtomicText | None = None
+    pcap_out: PcapWriter | None = None
+    try:
+        if events_path is not None:
+            events_out = AtomicText(events_path)
+        if out_path is not None:
+            pcap_out = PcapWriter(out_path)
+        summary = _run(reader, profile, seed, events_out, pcap_out, progress, on_event)
+    except BaseException:
+        if events_out is not None:
+            events_out.abort()
+        if pcap_out is not None:
+            pcap_out.abort()
+        reader.close()
+        raise
+    if events_out is not None:
+        events_out.commit()
+        summary.outputs["events"] = events_path or ""
+    if pcap_out is not None:
+        pcap_out.commit()
+        summary.outputs["censored_capture"] = out_path or ""
+    reader.close()
+    return summary
+
+
+def _run(
+    reader: CaptureReader,
+    profile: Profile,
+    seed: int,
+    events_out: AtomicText | None,
+    pcap_out: PcapWriter | None,
+    progress: Callable[[int, int], None] | None,
+    on_event: Callable[[Event], None] | None,
+) -> Summary:
+    censor = Censor(profile, seed)
+    summary = Summary(
+        capture=reader.path,
+        profile=profile.name,
+        date=profile.date.isoformat() if profile.date else None,
+        seed=seed,
+    )
+    rows: dict[tuple[Any, ...], FlowVerdict] = {}
+    write_event = events_out.fh.write if events_out is not None else None
+    write_pkt = pcap_out.write if pcap_out is not None else None
+
+    def carry_out(actions: Iterable[Action], ts: float, packet: bytes | None) -> None:
+        for action in actions:
+            match action:
+                case Accept():
+                    if write_pkt is not None and packet is not None:
+                        write_pkt(ts, packet)
+                case Drop():
+                    pass
+                case Inject():
+                    if write_pkt is not None:
+                        write_pkt(action.at, action.packet)
+                case Report():
+                    _record(action.event, rows, summary, write_event, on_event)
+                case Bypass():
+                    pass
+                case _:
+                    assert_never(action)
+
+    count = 0
+    for ts, packet in reader:
+        deadline = censor.next_deadline()
+        while deadline is not None and deadline <= ts:
+            carry_out(censor.on_timer(deadline), deadline, None)
+            deadline = censor.next_deadline()
+        carry_out(censor.feed(packet, ts), ts, packet)
+        count += 1
+        if progress is not None and not count & 0x3FFF:
+            progress(reader.bytes_read, reader.size)
+    carry_out(censor.flush(), 0.0, None)
+    if progress is not None:
+        progress(reader.size, reader.size)
+    st = censor.stats
+    summary.packets = st.packets
+    summary.skipped = reader.skipped
+    summary.truncated_at = reader.truncated_at if reader.truncated else None
+    summary.flows = st.flows
+    summary.dropped = st.dropped
+    summary.injected = st.injected
+    summary.anomalies = st.anomalies
+    summary.bypassed_pkts = st.bypassed_pkts
+    summary.events = dict(sorted(st.events.items()))
+    summary.verdicts = sorted(rows.values(), key=lambda v: v.first_ts)
+    return summary
+
+
+def _record(
+    event: Event,
+    rows: dict[tuple[Any, ...], FlowVerdict],
+    summary: Summary,
+    write_event: Callable[[str], int] | None,
+    on_event: Callable[[Event], None] | None,
+) -> None:
+    if write_event is not None:
+        write_event(json.dumps(event.as_dict(), ensure_ascii=False, separators=(",", ":")) + "\n")
+    if on_event is not None:
+        on_event(event)
+    if event.action == "anomaly":
+        summary.anomaly_kinds[event.rule] = summary.anomaly_kinds.get(event.rule, 0) + 1
+        return
+    if event.action not in ACTED:
+        return
+    f = event.flow
+    key = (f.proto, f.src, f.sport, f.dst, f.dport, event.mechanism, event.action)
+    row = rows.get(key)
+    if row is None:
+        rows[key] = FlowVerdict(
+            flow=f.as_dict(), direction=event.direction, mechanism=event.mechanism,
+            action=event.action, rule=event.rule, first_ts=event.ts,
+            residual_until=event.residual_until,
+        )
+    else:
+        row.events += 1

@@ -1,0 +1,327 @@
+"""IPv4, IPv6, TCP and UDP: parsing as the censor reads them, building with correct checksums.
+
+Parsing is deliberately lenient where the GFW is lenient (spec §9): the TCP checksum is not
+checked, the TTL is kept but not judged, and any TCP header length that fits is accepted. What
+cannot be parsed at all raises :class:`~gfwlab.errors.MalformedPacket` with an ``ip.*``,
+``tcp.*`` or ``udp.*`` kind; the engine turns it into an anomaly event.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+
+from gfwlab.errors import MalformedPacket
+
+PROTO_TCP = 6
+PROTO_UDP = 17
+
+# TCP flag bits.
+FIN = 0x01
+SYN = 0x02
+RST = 0x04
+PSH = 0x08
+ACK = 0x10
+URG = 0x20
+ECE = 0x40
+CWR = 0x80
+
+# IPv6 extension headers that are skipped to reach the transport header.
+_IPV6_EXT = frozenset({0, 43, 60, 135, 139, 140})
+_IPV6_FRAGMENT = 44
+_IPV6_NONE = 59
+
+_V4 = struct.Struct("!BBHHHBBH4s4s")
+_TCP = struct.Struct("!HHIIBBHHH")
+_UDP = struct.Struct("!HHHH")
+
+
+@dataclass(slots=True)
+class Packet:
+    """One parsed IP packet. Addresses are kept as packed bytes (4 or 16) for speed."""
+
+    raw: bytes
+    """The whole IP packet, as given."""
+    version: int
+    """4 or 6."""
+    src: bytes
+    """Source address, packed."""
+    dst: bytes
+    """Destination address, packed."""
+    proto: int
+    """Transport protocol number (after IPv6 extension headers)."""
+    ttl: int
+    """IPv4 TTL or IPv6 hop limit."""
+    ip_id: int
+    """IPv4 identification (0 for IPv6)."""
+    df: bool
+    """IPv4 don't-fragment bit (False for IPv6)."""
+    fragment: bool
+    """True if this is an IP fragment (offset > 0 or more-fragments set)."""
+    l4: int
+    """Offset of the transport header in ``raw``."""
+    sport: int = 0
+    dport: int = 0
+    seq: int = 0
+    ack: int = 0
+    flags: int = 0
+    """TCP flags (0 for UDP)."""
+    window: int = 0
+    tcp_hlen: int = 0
+    """TCP header length in bytes, options included."""
+    payload: bytes = b""
+    """The transport payload (TCP segment data or UDP datagram body)."""
+
+    @property
+    def src_text(self) -> str:
+        return addr_text(self.src)
+
+    @property
+    def dst_text(self) -> str:
+        return addr_text(self.dst)
+
+    @property
+    def tcp_options(self) -> bytes:
+        if self.proto != PROTO_TCP:
+            return b""
+        return self.raw[self.l4 + 20 : self.l4 + self.tcp_hlen]
+
+
+def addr_text(addr: bytes) -> str:
+    """Packed IPv4/IPv6 address to text."""
+    return socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
+
+
+def addr_bytes(text: str) -> bytes:
+    """Text IPv4/IPv6 address to packed bytes; raises ValueError if it is neither."""
+    try:
+        return socket.inet_pton(socket.AF_INET, text)
+    except OSError:
+        pass
+    try:
+        return socket.inet_pton(socket.AF_INET6, text)
+    except OSError:
+        raise ValueError(f"not an IP address: {text!r}") from None
+
+
+def parse(raw: bytes) -> Packet:
+    """Parse an IP packet (IPv4 or IPv6) with its TCP or UDP header.
+
+    Other transport protocols are returned with ``payload`` set to the transport bytes and no
+    ports. Raises MalformedPacket if the IP or transport header does not fit.
+    """
+    if not raw:
+        raise MalformedPacket("ip.empty", 0)
+    version = raw[0] >> 4
+    if version == 4:
+        pkt = _parse_v4(raw)
+    elif version == 6:
+        pkt = _parse_v6(raw)
+    else:
+        raise MalformedPacket("ip.bad_version", 0, f"version {version}")
+    if pkt.fragment:
+        return pkt
+    if pkt.proto == PROTO_TCP:
+        _parse_tcp(pkt)
+    elif pkt.proto == PROTO_UDP:
+        _parse_udp(pkt)
+    return pkt
+
+
+def _parse_v4(raw: bytes) -> Packet:
+    if len(raw) < 20:
+        raise MalformedPacket("ip.truncated", 0, f"{len(raw)} bytes")
+    vihl, _tos, total, ip_id, frag, ttl, proto, _csum, src, dst = _V4.unpack_from(raw)
+    ihl = (vihl & 0x0F) * 4
+    if ihl < 20 or ihl > len(raw):
+        raise MalformedPacket("ip.bad_ihl", 0, f"header length {ihl}")
+    end = total if ihl <= total <= len(raw) else len(raw)
+    if total < ihl or total > len(raw):
+        # A capture may be snapped short or padded; trust what is there, but a total length
+        # shorter than the header is garbage.
+        if total < ihl:
+            raise MalformedPacket("ip.bad_total_length", 2, f"total length {total}")
+    fragment = (frag & 0x3FFF) != 0
+    return Packet(
+        raw=raw[:end],
+        version=4,
+        src=src,
+        dst=dst,
+        proto=proto,
+        ttl=ttl,
+        ip_id=ip_id,
+        df=bool(frag & 0x4000),
+        fragment=fragment,
+        l4=ihl,
+        payload=raw[ihl:end],
+    )
+
+
+def _parse_v6(raw: bytes) -> Packet:
+    if len(raw) < 40:
+        raise MalformedPacket("ip.truncated", 0, f"{len(raw)} bytes")
+    plen = (raw[4] << 8) | raw[5]
+    end = min(len(raw), 40 + plen) if plen else len(raw)
+    nxt = raw[6]
+    off = 40
+    fragment = False
+    while nxt in _IPV6_EXT or nxt == _IPV6_FRAGMENT:
+        if off + 8 > end:
+            raise MalformedPacket("ip.v6_ext_truncated", off)
+        if nxt == _IPV6_FRAGMENT:
+            frag = (raw[off + 2] << 8) | raw[off + 3]
+            fragment = fragment or (frag & 0xFFF9) != 0
+            nxt, off = raw[off], off + 8
+        elif nxt == 51:  # pragma: no cover - AH is not in _IPV6_EXT; kept for clarity
+            nxt, off = raw[off], off + (raw[off + 1] + 2) * 4
+        else:
+            nxt, off = raw[off], off + (raw[off + 1] + 1) * 8
+    if off > end:
+        raise MalformedPacket("ip.v6_ext_truncated", off)
+    return Packet(
+        raw=raw[:end],
+        version=6,
+        src=raw[8:24],
+        dst=raw[24:40],
+        proto=nxt if nxt != _IPV6_NONE else _IPV6_NONE,
+        ttl=raw[7],
+        ip_id=0,
+        df=False,
+        fragment=fragment,
+        l4=off,
+        payload=raw[off:end],
+    )
+
+
+def _parse_tcp(pkt: Packet) -> None:
+    raw, l4 = pkt.raw, pkt.l4
+    if len(raw) - l4 < 20:
+        raise MalformedPacket("tcp.truncated", l4, f"{len(raw) - l4} bytes")
+    sport, dport, seq, ack, off, flags, window, _csum, _urg = _TCP.unpack_from(raw, l4)
+    hlen = (off >> 4) * 4
+    if hlen < 20 or l4 + hlen > len(raw):
+        # The GFW parses any header length that fits (S&P'25); one that does not fit is garbage.
+        raise MalformedPacket("tcp.bad_data_offset", l4 + 12, f"header length {hlen}")
+    pkt.sport, pkt.dport, pkt.seq, pkt.ack = sport, dport, seq, ack
+    pkt.flags, pkt.window, pkt.tcp_hlen = flags | ((off & 0x01) << 8), window, hlen
+    pkt.payload = raw[l4 + hlen :]
+
+
+def _parse_udp(pkt: Packet) -> None:
+    raw, l4 = pkt.raw, pkt.l4
+    if len(raw) - l4 < 8:
+        raise MalformedPacket("udp.truncated", l4, f"{len(raw) - l4} bytes")
+    sport, dport, length, _csum = _UDP.unpack_from(raw, l4)
+    pkt.sport, pkt.dport = sport, dport
+    end = l4 + length if 8 <= length <= len(raw) - l4 else len(raw)
+    pkt.payload = raw[l4 + 8 : end]
+
+
+# --------------------------------------------------------------------------- building
+
+
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of ``data``."""
+    if len(data) % 2:
+        data += b"\x00"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _pseudo(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
+    if len(src) == 4:
+        return src + dst + struct.pack("!BBH", 0, proto, length)
+    return src + dst + struct.pack("!IxxxB", length, proto)
+
+
+def build_tcp(
+    src: bytes,
+    dst: bytes,
+    sport: int,
+    dport: int,
+    *,
+    seq: int = 0,
+    ack: int = 0,
+    flags: int = ACK,
+    window: int = 65535,
+    options: bytes = b"",
+    payload: bytes = b"",
+    ttl: int = 64,
+    ip_id: int = 0,
+    df: bool = True,
+    bad_checksum: bool = False,
+    data_offset: int | None = None,
+) -> bytes:
+    """Build an IP packet carrying a TCP segment, with correct IP and TCP checksums.
+
+    ``options`` is padded to a multiple of 4 bytes. ``data_offset`` (in 32-bit words) overrides
+    the header-length field, and ``bad_checksum`` corrupts the TCP checksum: both are for
+    insertion packets of evasion strategies (spec §9).
+    """
+    if len(options) % 4:
+        options += b"\x00" * (4 - len(options) % 4)
+    hlen = 20 + len(options)
+    off = data_offset if data_offset is not None else hlen // 4
+    hdr = struct.pack(
+        "!HHIIBBHHH",
+        sport,
+        dport,
+        seq & 0xFFFFFFFF,
+        ack & 0xFFFFFFFF,
+        (off << 4) | ((flags >> 8) & 1),
+        flags & 0xFF,
+        window,
+        0,
+        0,
+    )
+    seg = hdr + options + payload
+    csum = checksum(_pseudo(src, dst, PROTO_TCP, len(seg)) + seg)
+    if bad_checksum:
+        csum ^= 0xBEEF
+    seg = seg[:16] + struct.pack("!H", csum) + seg[18:]
+    return build_ip(src, dst, PROTO_TCP, seg, ttl=ttl, ip_id=ip_id, df=df)
+
+
+def build_udp(
+    src: bytes,
+    dst: bytes,
+    sport: int,
+    dport: int,
+    payload: bytes,
+    *,
+    ttl: int = 64,
+    ip_id: int = 0,
+    df: bool = False,
+) -> bytes:
+    """Build an IP packet carrying a UDP datagram, with correct checksums."""
+    length = 8 + len(payload)
+    dgram = struct.pack("!HHHH", sport, dport, length, 0) + payload
+    csum = checksum(_pseudo(src, dst, PROTO_UDP, length) + dgram) or 0xFFFF
+    dgram = dgram[:6] + struct.pack("!H", csum) + dgram[8:]
+    return build_ip(src, dst, PROTO_UDP, dgram, ttl=ttl, ip_id=ip_id, df=df)
+
+
+def build_ip(
+    src: bytes,
+    dst: bytes,
+    proto: int,
+    body: bytes,
+    *,
+    ttl: int = 64,
+    ip_id: int = 0,
+    df: bool = False,
+) -> bytes:
+    """Wrap ``body`` in an IPv4 or IPv6 header (chosen by the address length)."""
+    if len(src) != len(dst):
+        raise ValueError("source and destination address families differ")
+    if len(src) == 4:
+        hdr = _V4.pack(
+            0x45, 0, 20 + len(body), ip_id & 0xFFFF, 0x4000 if df else 0, ttl, proto, 0, src, dst
+        )
+        hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
+        return hdr + body
+    hdr = struct.pack("!IHBB", 6 << 28, len(body), proto, ttl) + src + dst
+    return hdr + body

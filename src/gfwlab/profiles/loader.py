@@ -1,0 +1,188 @@
+"""Profiles: TOML files that say which mechanisms run, with which parameters and lists.
+
+A profile has four top-level keys::
+
+    name = "gfw"
+    description = "..."
+    [engine]                        # EngineParams: inside prefixes, flow timeouts
+    [tcb]                           # TcbParams: the censor's TCP quirks
+    [mechanisms.tls_sni]            # one table per mechanism, by registry name
+    active = { start = "2008-01-01" }
+    domains = ["google.com", ...]   # or a list file path, relative to the profile
+
+``--set mechanism.parameter=value`` overrides any parameter (the value is read as a TOML value,
+or as a string if it is not one); ``--date YYYY-MM-DD`` keeps only the mechanisms active that
+day. Every error names the file (or ``--set``), the dotted key and the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from gfwlab.engine.tcb import TcbParams
+from gfwlab.errors import ConfigError
+from gfwlab.mechanisms.base import CommonParams, registry
+from gfwlab.profiles.schema import Context, Prefixes, build_params, coerce
+
+BUILTIN = ("gfw",)
+_TOP = {"name", "description", "engine", "tcb", "mechanisms"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineParams:
+    """Engine-wide settings (profile section ``[engine]``)."""
+
+    inside: Prefixes = Prefixes()
+    """Prefixes inside the border. Empty: the side that opens a flow is taken as inside."""
+    tcp_timeout_s: float = 120.0
+    """Idle seconds after which a TCP flow is forgotten (the GFW's value is not published)."""
+    udp_timeout_s: float = 60.0
+    """Idle seconds after which a UDP flow is forgotten (QUIC flow tracking: exactly 60 s, spec §5)."""
+    sweep_s: float = 10.0
+    """How often (in packet time) idle flows and ended residual blocks are swept."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Profile:
+    """A loaded, validated profile."""
+
+    name: str
+    source: str
+    description: str = ""
+    date: dt.date | None = None
+    """The emulated day, or None for every enabled mechanism regardless of dates."""
+    engine: EngineParams = EngineParams()
+    tcb: TcbParams = TcbParams()
+    mechanisms: dict[str, CommonParams] = field(default_factory=dict)
+    """Every mechanism the profile configures, active or not."""
+
+    def active(self) -> dict[str, CommonParams]:
+        """The mechanisms that run: enabled, and active on ``date`` if one is set."""
+        return {
+            name: p
+            for name, p in self.mechanisms.items()
+            if p.enabled and (self.date is None or p.active.contains(self.date))
+        }
+
+
+def builtin_path(name: str) -> str:
+    return str(resources.files("gfwlab.profiles").joinpath(f"{name}.toml"))
+
+
+def load_profile(
+    profile: str = "gfw",
+    *,
+    date: dt.date | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> Profile:
+    """Load a built-in profile by name or a profile file by path, apply ``--set`` overrides."""
+    path = builtin_path(profile) if profile in BUILTIN else profile
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(profile, None, "no such profile file (built-in: gfw)") from None
+    except IsADirectoryError:
+        raise ConfigError(profile, None, "is a directory, not a profile file") from None
+    except PermissionError:
+        raise ConfigError(profile, None, "profile file is not readable") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(profile, None, f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(profile, None, "not UTF-8 text") from None
+    source = profile if profile in BUILTIN else path
+    ctx = Context(source, os.path.dirname(os.path.abspath(path)))
+    for key in data:
+        if key not in _TOP:
+            raise ConfigError(source, key, f"unknown key (known: {', '.join(sorted(_TOP))})")
+    known = registry()
+    mech_tables = data.get("mechanisms", {})
+    if not isinstance(mech_tables, dict):
+        raise ConfigError(source, "mechanisms", "expected a table of mechanism tables")
+    for name in mech_tables:
+        if name not in known:
+            raise ConfigError(
+                source, f"mechanisms.{name}", f"unknown mechanism (known: {', '.join(sorted(known))})"
+            )
+    set_ctx = Context("--set", os.getcwd())
+    engine_t = dict(data.get("engine", {}))
+    tcb_t = dict(data.get("tcb", {}))
+    mech_t = {name: dict(table) for name, table in mech_tables.items()}
+    set_keys: dict[str, set[str]] = {}
+    for item in overrides:
+        section, key, value = _parse_override(item, known)
+        target = engine_t if section == "engine" else tcb_t if section == "tcb" else mech_t.setdefault(section, {})
+        target[key] = value
+        set_keys.setdefault(section, set()).add(key)
+
+    def params(cls: type[Any], table: dict[str, Any], prefix: str, section: str) -> Any:
+        # Values given with --set are validated (and their list paths resolved) as --set's own.
+        from_set = set_keys.get(section, set())
+        base = {k: v for k, v in table.items() if k not in from_set}
+        built = build_params(cls, base, ctx, prefix)
+        if from_set:
+            hints = typing.get_type_hints(cls)
+            changes = {}
+            for key in from_set:
+                if key not in hints:
+                    build_params(cls, {key: table[key]}, set_ctx, section)  # raises: unknown
+                changes[key] = coerce(table[key], hints[key], set_ctx, f"{section}.{key}")
+            try:
+                built = _replace(built, changes)
+            except ValueError as exc:
+                raise ConfigError("--set", section, str(exc)) from None
+        return built
+
+    mechanisms = {
+        name: params(known[name].params_cls, table, f"mechanisms.{name}", name)
+        for name, table in mech_t.items()
+    }
+    name = data.get("name", os.path.splitext(os.path.basename(path))[0])
+    if not isinstance(name, str):
+        raise ConfigError(source, "name", "expected a string")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(source, "description", "expected a string")
+    return Profile(
+        name=name,
+        source=source,
+        description=description,
+        date=date,
+        engine=params(EngineParams, engine_t, "engine", "engine"),
+        tcb=params(TcbParams, tcb_t, "tcb", "tcb"),
+        mechanisms=mechanisms,
+    )
+
+
+def _replace(obj: Any, changes: dict[str, Any]) -> Any:
+    return dataclasses.replace(obj, **changes)
+
+
+def _parse_override(item: str, known: dict[str, Any]) -> tuple[str, str, Any]:
+    target, eq, raw = item.partition("=")
+    section, dot, key = target.strip().partition(".")
+    if not eq or not dot or not key or "." in key:
+        raise ConfigError("--set", item, "expected mechanism.parameter=value")
+    if section not in known and section not in ("engine", "tcb"):
+        names = ", ".join(sorted([*known, "engine", "tcb"]))
+        raise ConfigError("--set", target, f"unknown section {section!r} (known: {names})")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return section, key, value
+
+
+def parse_date(text: str) -> dt.date:
+    """A ``--date`` value; raises ConfigError naming the option."""
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError("--date", None, f"expected YYYY-MM-DD, got {text!r}") from None
