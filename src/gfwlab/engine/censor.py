@@ -272,10 +272,12 @@ class Censor:
         if tcb is None:
             if c2s and flags & (SYN | ACK | RST) == SYN:
                 tcb = flow.tcb = Tcb(params, self._tcb_table, pkt.seq)
-            elif not params.require_syn and c2s and pkt.payload:
+            elif params.require_syn:
+                self._finish(flow, out)  # no client SYN: the censor keeps no TCB (S&P'25)
+                return
+            elif c2s and pkt.payload:
                 tcb = flow.tcb = Tcb(params, self._tcb_table, pkt.seq - 1)
             else:
-                self._finish(flow, out)  # no client SYN: the censor keeps no TCB (S&P'25)
                 return
         if flags & RST:
             inp = TcbInput.RECV_RST
@@ -326,6 +328,8 @@ class Censor:
                     if tcb.full:
                         self._finish(flow, out)
                     return
+                for anomaly in request.anomalies:
+                    self._report(out, flow, now, "engine", "anomaly", anomaly, None, {})
                 for mech in self._on_http:
                     if mech.admits(flow):
                         decision = mech.on_http_request(seen, request)
@@ -351,6 +355,8 @@ class Censor:
             return
         if query is None:
             return
+        for anomaly in query.anomalies:
+            self._report(out, flow, now, "engine", "anomaly", anomaly, None, {"qname": query.qname})
         seen = Seen(pkt=pkt, flow=flow, now=now, c2s=c2s)
         for mech in self._on_dns:
             if mech.admits(flow) and pkt.dport == mech.params.port:

@@ -1,0 +1,276 @@
+"""DNS queries as the GFW's DNS injector reads them, and the answers it forges (spec §2).
+
+The reference is the reverse-engineered injector in the Wallbleed artifact,
+``gfw-report/ndss25-wallbleed`` ``blackbox/blackbox.c`` ("Injector 3"). What it does, and so what
+:func:`parse_query` does:
+
+* It needs the 12-byte header and answers only messages with QR=0. It ignores QDCOUNT, ANCOUNT,
+  NSCOUNT and ARCOUNT and reads exactly one question starting at offset 12. The opcode is not
+  looked at.
+* It flattens QNAME into a NUL-terminated C string in a 126-byte buffer, so at most 125
+  characters: labels are joined with ``.``, label bytes are copied verbatim (a ``.`` inside a
+  label is indistinguishable from a separator), and because the blocklist regex runs on a C
+  string, a NUL byte inside a label ends the name. Matching is case-insensitive.
+* Truncation: before each label it checks that there is room for a dot, one byte and the NUL
+  (``len + 3 > 126`` stops, i.e. a name already 124 or 125 characters long takes no more
+  labels); otherwise it copies as much of the label as fits. When a label does not fit, parsing
+  stops in the middle of the name. QTYPE and QCLASS are then read from the two 16-bit words just
+  after the *length byte* of the label that did not fit, and the answer copies the query up to
+  the bytes the name loop consumed, plus 4. :func:`parse_query` reproduces both offsets, so that
+  :func:`build_answer` rebuilds the real injector's packet byte for byte (tested against a
+  hexdump from ``blackbox-tests.inc``).
+* It follows no compression pointers and checks no label-type bits: a length byte of 0xC0 is
+  taken as a 192-byte label. It also has no bounds checks: a label or a QTYPE that runs past the
+  end of the datagram is read from adjacent memory (the Wallbleed leak).
+
+Where a correct parser and the injector part ways, this module follows the injector, except for
+reads past the end of the datagram. Those cannot be emulated (the bytes would be the injector's
+memory), so they raise :class:`~gfwlab.errors.MalformedPacket` and the engine passes the query.
+A real Wallbleed-era injector would still have answered some of them (e.g. a name whose last
+label ends exactly at the end of the datagram, with no terminating zero and no QTYPE). Length
+bytes with the top bits set (0x40-0xFF) also raise (``dns.compression_in_query`` for a pointer,
+``dns.bad_label_type`` otherwise) even when the long "label" would fit in the datagram: the
+injector would flatten whatever bytes follow into the name, which no blocklist entry of a real
+name matches, and refusing them keeps non-DNS UDP on port 53 (e.g. QUIC) out of the matcher.
+The name loop is the unpatched ("Wallbleed v1") one; the partly patched v2 skips a label that
+does not fit whole and requires QCLASS=1 (the engine can check ``qclass``).
+
+:func:`is_forged_answer` recognises the Injector-3 answer layout, the same shape that the
+artifact's ``util/is-forged-response`` tool looks for.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gfwlab.errors import MalformedPacket
+
+TYPE_A = 1
+TYPE_AAAA = 28
+CLASS_IN = 1
+
+HEADER_LEN = 12
+DEFAULT_MAX_NAME = 125
+"""The injector's name buffer is 126 bytes including the C string's NUL (blackbox.c)."""
+
+_QR = 0x8000
+_RD = 0x0100
+_HEADER = struct.Struct("!HHHHHH")
+_RR_FIXED = struct.Struct("!HHIH")  # TYPE, CLASS, TTL, RDLENGTH after the name
+_POINTER_TO_QNAME = b"\xc0\x0c"
+# The shortest thing the injector copies before its answer: header, one length byte, QTYPE, QCLASS.
+_MIN_COPIED = HEADER_LEN + 1 + 4
+
+
+@dataclass(frozen=True, slots=True)
+class DnsQuery:
+    """One DNS query, read the way the injector reads it."""
+
+    id: int
+    """Transaction ID."""
+    flags: int
+    """The 16-bit flags word as sent."""
+    rd: bool
+    """Recursion desired. The injector's answer flags depend on it (:func:`forged_flags`)."""
+    opcode: int
+    """The 4-bit opcode. The injector does not look at it."""
+    qname: str
+    """The flattened name the blocklist regexes see: labels joined with ``.``, a ``.`` inside a
+    label kept as ``.``, cut at the first NUL, ASCII-lower-cased, latin-1 decoded, at most
+    ``max_name`` characters."""
+    qname_wire: bytes
+    """The name bytes the injector consumed: for an ordinary name, its labels and the
+    terminating zero; for a truncated name, up to where the injector stopped."""
+    qtype: int
+    """The 16-bit word the injector takes as QTYPE (inside the name if the name was truncated)."""
+    qclass: int
+    """The 16-bit word the injector takes as QCLASS."""
+    question_end: int
+    """The injector copies ``data[:question_end]`` into its answer: just after QCLASS for an
+    ordinary name."""
+    anomalies: tuple[str, ...] = ()
+    """Oddities seen: ``dns.name_truncated``, ``dns.dot_in_label``, ``dns.nul_in_label``,
+    ``dns.qdcount_not_one``."""
+
+
+def parse_query(data: bytes, *, max_name: int = DEFAULT_MAX_NAME) -> DnsQuery | None:
+    """Parse one UDP DNS payload the way the injector does.
+
+    Returns ``None`` for a response (QR=1): the injector does not answer those. DNS over UDP is
+    not a stream, so there is no "need more data": a datagram too short for its question raises.
+
+    Raises :class:`MalformedPacket` with kind ``dns.short_header`` (under 12 bytes),
+    ``dns.no_question`` (the data ends where a label length, QTYPE or QCLASS should be),
+    ``dns.label_overrun`` (a label runs past the end), ``dns.compression_in_query`` (a length
+    byte 0xC0-0xFF, i.e. a compression pointer) or ``dns.bad_label_type`` (0x40-0xBF).
+    """
+    if max_name < 1:
+        raise ValueError("max_name must be at least 1")
+    if len(data) < HEADER_LEN:
+        raise MalformedPacket("dns.short_header", len(data), f"{len(data)} bytes, need 12")
+    ident, flags, qdcount, _an, _ns, _ar = _HEADER.unpack_from(data)
+    if flags & _QR:
+        return None
+
+    anomalies: list[str] = []
+    if qdcount != 1:
+        anomalies.append("dns.qdcount_not_one")
+    name = bytearray()
+    pos = HEADER_LEN  # blackbox.c's query_i: bytes consumed by the name loop
+    qname_end = pos  # blackbox.c's qname_end: just after the last length byte read
+    truncated = False
+    while True:
+        if pos >= len(data):
+            # blackbox.c reads this length byte from past the end of the datagram.
+            raise MalformedPacket("dns.no_question", pos, "name not terminated")
+        length = data[pos]
+        pos += 1
+        qname_end = pos
+        if length == 0:
+            break
+        if length & 0xC0 == 0xC0:
+            # The injector would take this as a 192..255-byte label, not a pointer, and copy
+            # whatever follows (usually past the datagram). Not emulated: see module docstring.
+            raise MalformedPacket("dns.compression_in_query", pos - 1, f"length byte {length:#x}")
+        if length & 0xC0:
+            raise MalformedPacket("dns.bad_label_type", pos - 1, f"length byte {length:#x}")
+        # No room for a dot, one label byte and the C string's NUL: stop (name stays as is).
+        if len(name) + 2 > max_name:
+            truncated = True
+            break
+        if name:
+            name.append(0x2E)
+        take = min(length, max_name - len(name))
+        if pos + take > len(data):
+            raise MalformedPacket(
+                "dns.label_overrun", pos - 1, f"label of {length} bytes, {len(data) - pos} left"
+            )
+        label = data[pos : pos + take]
+        if 0x2E in label and "dns.dot_in_label" not in anomalies:
+            anomalies.append("dns.dot_in_label")
+        if 0 in label and "dns.nul_in_label" not in anomalies:
+            anomalies.append("dns.nul_in_label")
+        name += label
+        pos += take
+        if take < length:
+            truncated = True
+            break
+
+    # QTYPE/QCLASS are read at qname_end; the copy for the answer runs to pos + 4. The two differ
+    # only when the name was cut short inside a label (blackbox.c's "desync").
+    if qname_end + 4 > len(data) or pos + 4 > len(data):
+        raise MalformedPacket("dns.no_question", qname_end, "QTYPE/QCLASS missing")
+    qtype, qclass = struct.unpack_from("!HH", data, qname_end)
+    if truncated:
+        anomalies.append("dns.name_truncated")
+
+    nul = name.find(0)
+    if nul >= 0:
+        del name[nul:]
+    return DnsQuery(
+        id=ident,
+        flags=flags,
+        rd=bool(flags & _RD),
+        opcode=(flags >> 11) & 0xF,
+        qname=bytes(name).lower().decode("latin-1"),
+        qname_wire=bytes(data[HEADER_LEN:pos]),
+        qtype=qtype,
+        qclass=qclass,
+        question_end=pos + 4,
+        anomalies=tuple(anomalies),
+    )
+
+
+def forged_flags(rd: bool) -> int:
+    """Injector 3's answer flags: ``0x8180`` (QR, RD, RA) if RD was set, else ``0x8400`` (QR, AA).
+
+    Other injectors differ (spec §2 saw ``0x8580``), so :func:`build_answer` takes the flags.
+    """
+    return 0x8180 if rd else 0x8400
+
+
+def answer_type(q: DnsQuery) -> int:
+    """The record type Injector 3 answers with: AAAA if QTYPE is AAAA, A for any other QTYPE."""
+    return TYPE_AAAA if q.qtype == TYPE_AAAA else TYPE_A
+
+
+def build_answer(query_bytes: bytes, q: DnsQuery, addr: bytes, ttl: int, flags: int) -> bytes:
+    """The forged answer, laid out as Injector 3 lays it out (spec §2, "Forged response layout").
+
+    The query is copied through QTYPE/QCLASS (``query_bytes[:q.question_end]``); the flags word is
+    replaced by ``flags``; QDCOUNT=ANCOUNT=1 and NSCOUNT=ARCOUNT=0; then one answer follows: a
+    pointer to offset 12, TYPE (AAAA for a 16-byte ``addr``, else A), CLASS IN, TTL, RDLENGTH
+    and the address. Anything in the query after the question (e.g. an EDNS OPT record) is
+    dropped, as the injector drops it.
+    """
+    if len(addr) not in (4, 16):
+        raise ValueError(f"addr must be 4 or 16 bytes, got {len(addr)}")
+    if not 0 <= ttl <= 0xFFFFFFFF:
+        raise ValueError(f"ttl out of range: {ttl}")
+    if q.question_end > len(query_bytes):
+        raise ValueError("query_bytes is shorter than the parsed question")
+    head = bytearray(query_bytes[: q.question_end])
+    struct.pack_into("!HHHHH", head, 2, flags & 0xFFFF, 1, 1, 0, 0)
+    rtype = TYPE_AAAA if len(addr) == 16 else TYPE_A
+    return bytes(head) + _POINTER_TO_QNAME + _RR_FIXED.pack(rtype, CLASS_IN, ttl, len(addr)) + addr
+
+
+def is_forged_answer(payload: bytes) -> bool:
+    """True if ``payload`` has Injector 3's answer layout.
+
+    The layout: QR=1, RCODE=0, QDCOUNT=1, ANCOUNT=1, NSCOUNT=ARCOUNT=0, and the datagram *ends*
+    with exactly one A or AAAA record whose owner is the pointer ``c0 0c``, class IN and
+    RDLENGTH 4 or 16. The question in between is not parsed, because Wallbleed-era answers carry
+    leaked memory there. The Wallbleed tool also checks the address against the injector's IP
+    pool; without the pool, a minimal legitimate answer (one A record, no EDNS) has the same
+    layout, so this is a layout test, not proof of forgery.
+    """
+    if len(payload) < _MIN_COPIED + 2 + _RR_FIXED.size + 4:
+        return False
+    _ident, flags, qd, an, ns, ar = _HEADER.unpack_from(payload)
+    if not flags & _QR or flags & 0xF or (qd, an, ns, ar) != (1, 1, 0, 0):
+        return False
+    for rtype, rdlen in ((TYPE_A, 4), (TYPE_AAAA, 16)):
+        rr_len = 2 + _RR_FIXED.size + rdlen
+        start = len(payload) - rr_len
+        if start < _MIN_COPIED or payload[start : start + 2] != _POINTER_TO_QNAME:
+            continue
+        got_type, got_class, _ttl, got_rdlen = _RR_FIXED.unpack_from(payload, start + 2)
+        if (got_type, got_class, got_rdlen) == (rtype, CLASS_IN, rdlen):
+            return True
+    return False
+
+
+def build_query(
+    name: str | Sequence[bytes],
+    qtype: int = TYPE_A,
+    *,
+    id: int = 0x1234,
+    rd: bool = True,
+) -> bytes:
+    """A plain one-question query, class IN, no EDNS.
+
+    ``name`` is either dotted text (``"www.example.com"``; a trailing dot is allowed) or a
+    sequence of raw labels, which may hold any bytes (``[b"rsf.org"]``, ``[b"a\\x00b", b"com"]``)
+    so that tests can send the names the injector mis-reads.
+    """
+    if isinstance(name, str):
+        text = name.rstrip(".") if name not in ("", ".") else ""
+        labels = [part.encode("latin-1") for part in text.split(".")] if text else []
+        if any(not label for label in labels):
+            raise ValueError(f"empty label in {name!r}")
+    else:
+        labels = [bytes(label) for label in name]
+    wire = bytearray()
+    for label in labels:
+        if not 0 < len(label) < 64:
+            raise ValueError(f"label length {len(label)} not in 1..63")
+        wire.append(len(label))
+        wire += label
+    wire.append(0)
+    if isinstance(name, str) and len(wire) > 255:
+        raise ValueError(f"name is {len(wire)} bytes on the wire, over 255")
+    header = _HEADER.pack(id & 0xFFFF, _RD if rd else 0, 1, 0, 0, 0)
+    return header + bytes(wire) + struct.pack("!HH", qtype & 0xFFFF, CLASS_IN)

@@ -1,0 +1,342 @@
+"""TLS ClientHellos as the GFW's SNI, ESNI and ECH filters read them (spec §4).
+
+The input is the censor's reassembled TCP byte stream from the client: the GFW reassembles TCP
+segments but does **not** reassemble TLS records (spec §4a, S&P'25, confirmed 2024-04-04;
+Niere et al. CCS'23). A ClientHello whose handshake message does not fit inside the first TLS
+record is therefore unreadable to it, and :func:`parse_client_hello` raises
+``tls.client_hello_fragmented``, which the engine treats as "cannot parse, pass". A correct TLS
+stack would join the records; the censor does not, which is why record splitting evades it.
+
+Everything else follows the protocol: ``None`` while the first record is incomplete,
+``tls.not_handshake`` / ``tls.not_client_hello`` as soon as the first bytes say it is not a
+ClientHello, ``tls.truncated_field`` for a vector that overruns its enclosing block inside a
+complete record. Oddities that a lenient middlebox reads past (several SNI names, duplicate
+extensions, bytes after the extensions) are reported in ``anomalies``; for the SNI the first
+``host_name`` of the first server_name extension is used. Which one the GFW uses is not
+documented.
+
+:func:`parse_client_hello_body` reads just the handshake body, for the QUIC dissector's CRYPTO
+frames. :func:`build_client_hello` makes realistic, deterministic ClientHellos for tests and
+probes, including the record-split evasion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gfwlab.errors import MalformedPacket
+from gfwlab.proto._cursor import Cursor
+
+CONTENT_HANDSHAKE = 0x16
+HANDSHAKE_CLIENT_HELLO = 1
+RECORD_HEADER_LEN = 5
+HANDSHAKE_HEADER_LEN = 4
+MAX_RECORD = 1 << 14
+"""TLSPlaintext.length limit (RFC 8446 §5.1)."""
+
+EXT_SERVER_NAME = 0x0000
+EXT_ALPN = 0x0010
+EXT_ESNI = 0xFFCE
+"""encrypted_server_name (draft-ietf-tls-esni up to -06); its presence triggered the 2020 ESNI
+block (spec §4b)."""
+EXT_ECH = 0xFE0D
+"""encrypted_client_hello (RFC 9849 / draft-13 onwards)."""
+
+_TRUNCATED = "tls.truncated_field"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHello:
+    """What the censor extracts from a ClientHello."""
+
+    sni: str | None
+    """The first ``host_name`` of the server_name extension, ASCII-lower-cased, latin-1
+    decoded; ``None`` if there is none."""
+    sni_names: tuple[str, ...]
+    """Every ``host_name`` in every server_name extension, in order."""
+    alpn: tuple[str, ...]
+    """ALPN protocol names in order, latin-1 decoded."""
+    has_esni: bool
+    """Extension 0xffce (ESNI) is present."""
+    has_ech: bool
+    """Extension 0xfe0d (ECH) is present."""
+    extensions: tuple[int, ...]
+    """Extension types in the order sent, duplicates included."""
+    legacy_version: int
+    """ClientHello.legacy_version (0x0303 for TLS 1.2 and 1.3)."""
+    cipher_suites: tuple[int, ...]
+    """Offered cipher suites, GREASE values included."""
+    anomalies: tuple[str, ...]
+    """Oddities seen, e.g. ``tls.multiple_sni``, ``tls.duplicate_extension``."""
+    record_length: int
+    """Length of the first TLS record; 0 when parsed from a bare handshake body (QUIC)."""
+
+
+def parse_client_hello(data: bytes) -> ClientHello | None:
+    """Parse the ClientHello at the start of the client's reassembled TCP stream.
+
+    Returns ``None`` until the first TLS record is complete. Raises :class:`MalformedPacket`
+    with kind ``tls.not_handshake``, ``tls.not_client_hello``, ``tls.record_overflow``,
+    ``tls.client_hello_fragmented`` (the handshake message does not fit in the first record:
+    the censor does not reassemble records) or ``tls.truncated_field``. Bytes after the first
+    record are ignored.
+    """
+    if not data:
+        return None
+    if data[0] != CONTENT_HANDSHAKE:
+        raise MalformedPacket("tls.not_handshake", 0, f"content type {data[0]:#04x}")
+    if len(data) >= 2 and data[1] != 3:
+        raise MalformedPacket("tls.not_handshake", 1, f"record version major {data[1]}")
+    if len(data) < RECORD_HEADER_LEN:
+        return None
+    record_length = int.from_bytes(data[3:5], "big")
+    if record_length > MAX_RECORD:
+        raise MalformedPacket("tls.record_overflow", 3, f"record length {record_length}")
+    if record_length >= 1 and len(data) > RECORD_HEADER_LEN:
+        hs_type = data[RECORD_HEADER_LEN]
+        if hs_type != HANDSHAKE_CLIENT_HELLO:
+            raise MalformedPacket("tls.not_client_hello", RECORD_HEADER_LEN, f"type {hs_type}")
+    if record_length < HANDSHAKE_HEADER_LEN:
+        if record_length and len(data) == RECORD_HEADER_LEN:
+            return None  # wait for the handshake type before naming the problem
+        raise MalformedPacket(
+            "tls.client_hello_fragmented", 3, f"{record_length}-byte record splits the header"
+        )
+    body_start = RECORD_HEADER_LEN + HANDSHAKE_HEADER_LEN
+    if len(data) < body_start:
+        return None
+    hs_length = int.from_bytes(data[6:body_start], "big")
+    if HANDSHAKE_HEADER_LEN + hs_length > record_length:
+        raise MalformedPacket(
+            "tls.client_hello_fragmented",
+            6,
+            f"handshake message of {hs_length} bytes, first record holds "
+            f"{record_length - HANDSHAKE_HEADER_LEN}",
+        )
+    if len(data) < RECORD_HEADER_LEN + record_length:
+        return None
+    hello = parse_client_hello_body(data[body_start : body_start + hs_length], offset=body_start)
+    extra = (
+        ("tls.record_trailing_data",) if HANDSHAKE_HEADER_LEN + hs_length < record_length else ()
+    )
+    return dataclasses.replace(
+        hello, record_length=record_length, anomalies=hello.anomalies + extra
+    )
+
+
+def parse_client_hello_body(body: bytes, *, offset: int = 0) -> ClientHello:
+    """Parse a ClientHello handshake body (after the 4-byte handshake header).
+
+    ``body`` must be complete; a field that runs past its end raises ``tls.truncated_field``.
+    ``offset`` is added to reported offsets (where ``body`` starts in the caller's buffer).
+    ``record_length`` in the result is 0.
+    """
+    cur = Cursor(body, kind=_TRUNCATED, base=offset)
+    anomalies: list[str] = []
+    legacy_version = cur.pull_u16("legacy_version")
+    cur.pull_bytes(32, "random")
+    cur.pull_vector(1, "legacy_session_id")
+    suites_raw = cur.pull_vector(2, "cipher_suites")
+    if len(suites_raw) % 2:
+        _note(anomalies, "tls.odd_cipher_suites_length")
+    suites = tuple(
+        int.from_bytes(suites_raw[i : i + 2], "big") for i in range(0, len(suites_raw) - 1, 2)
+    )
+    cur.pull_vector(1, "legacy_compression_methods")
+
+    extensions: list[int] = []
+    sni_names: list[str] = []
+    alpn: list[str] = []
+    if not cur.eof():
+        block = cur.sub_vector(2, "extensions")
+        if not cur.eof():
+            _note(anomalies, "tls.trailing_data")
+        while not block.eof():
+            ext_type = block.pull_u16("extension_type")
+            ext = block.sub_vector(2, f"extension {ext_type:#06x}")
+            if ext_type in extensions:
+                _note(anomalies, "tls.duplicate_extension")
+            extensions.append(ext_type)
+            if ext_type == EXT_SERVER_NAME:
+                sni_names += _pull_server_names(ext, anomalies)
+            elif ext_type == EXT_ALPN:
+                alpn += _pull_alpn(ext, anomalies)
+    if len(sni_names) > 1:
+        _note(anomalies, "tls.multiple_sni")
+    return ClientHello(
+        sni=sni_names[0] if sni_names else None,
+        sni_names=tuple(sni_names),
+        alpn=tuple(alpn),
+        has_esni=EXT_ESNI in extensions,
+        has_ech=EXT_ECH in extensions,
+        extensions=tuple(extensions),
+        legacy_version=legacy_version,
+        cipher_suites=suites,
+        anomalies=tuple(anomalies),
+        record_length=0,
+    )
+
+
+def _pull_server_names(ext: Cursor, anomalies: list[str]) -> list[str]:
+    names: list[str] = []
+    if ext.eof():
+        # An empty server_name extension is what a *server* sends back; from a client it is odd.
+        _note(anomalies, "tls.empty_sni")
+        return names
+    name_list = ext.sub_vector(2, "server_name_list")
+    if not ext.eof():
+        _note(anomalies, "tls.extension_trailing_data")
+    while not name_list.eof():
+        name_type = name_list.pull_u8("name_type")
+        name = name_list.pull_vector(2, "host_name")
+        if name_type == 0:
+            names.append(name.lower().decode("latin-1"))
+        else:
+            _note(anomalies, "tls.unknown_sni_type")
+    if not names:
+        _note(anomalies, "tls.empty_sni")
+    return names
+
+
+def _pull_alpn(ext: Cursor, anomalies: list[str]) -> list[str]:
+    protocols: list[str] = []
+    proto_list = ext.sub_vector(2, "protocol_name_list")
+    if not ext.eof():
+        _note(anomalies, "tls.extension_trailing_data")
+    while not proto_list.eof():
+        name = proto_list.pull_vector(1, "protocol_name")
+        if not name:
+            _note(anomalies, "tls.empty_alpn")
+        protocols.append(name.decode("latin-1"))
+    return protocols
+
+
+def _note(anomalies: list[str], kind: str) -> None:
+    if kind not in anomalies:
+        anomalies.append(kind)
+
+
+# --- building -----------------------------------------------------------------------------
+
+# Firefox/Chrome-like offer: TLS 1.3 suites, then ECDHE-GCM/ChaCha, then legacy RSA suites.
+_CIPHER_SUITES = (
+    0x1301, 0x1302, 0x1303, 0xC02B, 0xC02F, 0xC02C, 0xC030, 0xCCA9, 0xCCA8,
+    0xC013, 0xC014, 0x009C, 0x009D, 0x002F, 0x0035,
+)  # fmt: skip
+_GROUPS = (0x001D, 0x0017, 0x0018)  # x25519, secp256r1, secp384r1
+_SIG_ALGS = (0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601)
+
+
+def _u8(n: int) -> bytes:
+    return struct.pack("!B", n)
+
+
+def _u16(n: int) -> bytes:
+    return struct.pack("!H", n)
+
+
+def _vec16(data: bytes) -> bytes:
+    return _u16(len(data)) + data
+
+
+def _filler(label: bytes, seed: bytes, n: int) -> bytes:
+    """``n`` random-looking but deterministic bytes."""
+    out = bytearray()
+    counter = 0
+    while len(out) < n:
+        out += hashlib.sha256(label + b"\x00" + seed + counter.to_bytes(4, "big")).digest()
+        counter += 1
+    return bytes(out[:n])
+
+
+def _record(fragment: bytes) -> bytes:
+    return bytes((CONTENT_HANDSHAKE, 3, 1)) + _u16(len(fragment)) + fragment
+
+
+def build_client_hello(
+    sni: str | None,
+    *,
+    alpn: tuple[str, ...] = (),
+    esni: bool = False,
+    ech: bool = False,
+    record_split: int | None = None,
+    extra_extensions: Sequence[tuple[int, bytes]] = (),
+) -> bytes:
+    """A realistic ClientHello in TLS records (record header ``16 03 01``).
+
+    The extensions are those of a TLS 1.3 browser: server_name (if ``sni``), extended master
+    secret, renegotiation_info, supported_groups, ec_point_formats, session_ticket, ALPN (if
+    given), status_request, signature_algorithms, key_share (x25519), psk_key_exchange_modes and
+    supported_versions; then ESNI (0xffce) and/or ECH (0xfe0d) with plausible contents, then
+    ``extra_extensions`` as ``(type, data)`` pairs, verbatim. Random values are derived from
+    ``sni``, so the output is deterministic.
+
+    ``record_split=N`` puts the first ``N`` bytes of the handshake message (header included) in
+    one record and the rest in a second, both in the returned bytes: the spec §4a evasion.
+    """
+    seed = (sni or "").encode("latin-1")
+    exts: list[tuple[int, bytes]] = []
+    if sni is not None:
+        name = sni.encode("latin-1")
+        exts.append((EXT_SERVER_NAME, _vec16(b"\x00" + _vec16(name))))
+    exts += [
+        (0x0017, b""),
+        (0xFF01, b"\x00"),
+        (0x000A, _vec16(b"".join(_u16(g) for g in _GROUPS))),
+        (0x000B, b"\x01\x00"),
+        (0x0023, b""),
+    ]
+    if alpn:
+        names = b"".join(_u8(len(p.encode("latin-1"))) + p.encode("latin-1") for p in alpn)
+        exts.append((EXT_ALPN, _vec16(names)))
+    key = _filler(b"key_share", seed, 32)
+    exts += [
+        (0x0005, b"\x01\x00\x00\x00\x00"),
+        (0x000D, _vec16(b"".join(_u16(s) for s in _SIG_ALGS))),
+        (0x0033, _vec16(_u16(0x001D) + _vec16(key))),
+        (0x002D, b"\x01\x01"),
+        (0x002B, b"\x04\x03\x04\x03\x03"),
+    ]
+    if esni:
+        # CipherSuite, KeyShareEntry, record_digest, encrypted_sni (draft-ietf-tls-esni-06 §5).
+        esni_body = (
+            _u16(0x1301)
+            + _u16(0x001D)
+            + _vec16(_filler(b"esni key", seed, 32))
+            + _vec16(_filler(b"esni digest", seed, 32))
+            + _vec16(_filler(b"esni sni", seed, 276))
+        )
+        exts.append((EXT_ESNI, esni_body))
+    if ech:
+        # ECHClientHello outer: type 0, HPKE KDF/AEAD, config_id, enc, payload.
+        ech_body = (
+            b"\x00"
+            + _u16(0x0001)
+            + _u16(0x0001)
+            + _filler(b"ech config", seed, 1)
+            + _vec16(_filler(b"ech enc", seed, 32))
+            + _vec16(_filler(b"ech payload", seed, 208))
+        )
+        exts.append((EXT_ECH, ech_body))
+    exts += [(t, bytes(d)) for t, d in extra_extensions]
+
+    ext_bytes = b"".join(_u16(t) + _vec16(d) for t, d in exts)
+    body = (
+        _u16(0x0303)
+        + _filler(b"random", seed, 32)
+        + _u8(32)
+        + _filler(b"session id", seed, 32)
+        + _vec16(b"".join(_u16(s) for s in _CIPHER_SUITES))
+        + b"\x01\x00"
+        + _vec16(ext_bytes)
+    )
+    message = _u8(HANDSHAKE_CLIENT_HELLO) + len(body).to_bytes(3, "big") + body
+    if record_split is None:
+        return _record(message)
+    if not 0 < record_split < len(message):
+        raise ValueError(f"record_split must be in 1..{len(message) - 1}, got {record_split}")
+    return _record(message[:record_split]) + _record(message[record_split:])

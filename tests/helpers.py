@@ -1,0 +1,70 @@
+"""Scenario helpers: run packets through a Censor the way the offline adapter does."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+
+from gfwlab.engine import Accept, Bypass, Censor, Drop, Event, Inject, Report
+from gfwlab.packet.ip import Packet, parse
+from gfwlab.profiles.loader import Profile, load_profile
+
+DAY = dt.date(2024, 6, 1)
+
+
+def profile(*sets: str, date: dt.date | None = DAY, name: str = "gfw") -> Profile:
+    return load_profile(name, date=date, overrides=list(sets))
+
+
+@dataclass
+class Run:
+    """What a censor did to a sequence of packets."""
+
+    verdicts: list[bool] = field(default_factory=list)
+    """Per fed packet: True if accepted."""
+    injected: list[Inject] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    bypassed: int = 0
+
+    def acted(self, action: str | None = None, mechanism: str | None = None) -> list[Event]:
+        return [
+            e for e in self.events
+            if (action is None or e.action == action)
+            and (mechanism is None or e.mechanism == mechanism)
+        ]
+
+    def forged(self, toward: str | None = None) -> list[Packet]:
+        return [parse(i.packet) for i in self.injected if toward is None or i.toward == toward]
+
+
+def run(censor: Censor, packets: list[tuple[float, bytes]], result: Run | None = None) -> Run:
+    """Feed ``packets`` in order, releasing timers up to each packet's time, then flush."""
+    out = result or Run()
+
+    def take(actions: list) -> None:  # type: ignore[type-arg]
+        for a in actions:
+            if isinstance(a, Inject):
+                out.injected.append(a)
+            elif isinstance(a, Report):
+                out.events.append(a.event)
+            elif isinstance(a, Bypass):
+                out.bypassed += 1
+
+    for ts, pkt in packets:
+        deadline = censor.next_deadline()
+        while deadline is not None and deadline <= ts:
+            take(censor.on_timer(deadline))
+            deadline = censor.next_deadline()
+        actions = censor.feed(pkt, ts)
+        assert isinstance(actions[0], Accept | Drop)
+        out.verdicts.append(isinstance(actions[0], Accept))
+        take(actions[1:])
+    take(censor.flush())
+    return out
+
+
+def binomial_interval(n: int, p: float, z: float = 2.576) -> tuple[float, float]:
+    """The interval a binomial proportion falls in with ~99% probability (normal approximation)."""
+    sd = math.sqrt(p * (1 - p) / n)
+    return p - z * sd, p + z * sd

@@ -1,0 +1,162 @@
+"""dns_injection against spec §2 (Triplet Censors, GFWatch, Wallbleed)."""
+
+from __future__ import annotations
+
+import dns.message
+import dns.rdatatype
+import pytest
+from gfwlab.engine import Censor
+from gfwlab.offline.synth import dns_exchange
+from gfwlab.packet.ip import addr_bytes, build_udp
+from gfwlab.proto.dns import build_query, is_forged_answer
+from helpers import profile, run
+
+C, R = "198.18.0.2", "198.19.0.53"
+POOL = "['198.19.9.1', '198.19.9.2', '198.19.9.3']"
+ONE = (
+    "dns_injection.injectors=[{name='only', pool_v4=" + POOL + ", pool_v6=['2001::7'],"
+    " ip_ttl=[70, 80], ip_id='zero', df=true}]"
+)
+
+
+def query_run(name: str, *sets: str, qtype: int = 1, seed: int = 1, ttl: int = 64):
+    censor = Censor(profile(*sets), seed)
+    return run(censor, dns_exchange(C, R, 33000, name, qtype=qtype, answer="198.19.0.80", ttl=ttl))
+
+
+def test_blocked_name_gets_forged_answers_before_the_real_one() -> None:
+    r = query_run("www.google.com")
+    (event,) = r.acted("dns-inject")
+    assert event.rule == "google.com" and event.extra["qname"] == "www.google.com"
+    assert all(r.verdicts)  # the real answer is not suppressed
+    forged = r.forged("client")
+    assert len(forged) >= 1
+    real_time = 0.03
+    assert all(i.at < real_time for i in r.injected)
+    for pkt in forged:
+        assert (pkt.src_text, pkt.sport, pkt.dst_text, pkt.dport) == (R, 53, C, 33000)
+        msg = dns.message.from_wire(pkt.payload)
+        assert msg.id == 0x1234
+        (rrset,) = msg.answer
+        assert rrset.rdtype == dns.rdatatype.A
+        assert 102 <= rrset.ttl <= 240
+        assert is_forged_answer(pkt.payload)
+
+
+def test_unblocked_name_gets_nothing() -> None:
+    r = query_run("example.org")
+    assert not r.injected and not r.acted("dns-inject")
+
+
+def test_several_injectors_with_distinct_fingerprints() -> None:
+    # The default injectors cover overlapping shares of the list; find a name all three answer.
+    censor = Censor(profile(), 1)
+    for i in range(50):
+        r = run(censor, dns_exchange(C, R, 33000 + i, f"n{i}.google.com", t0=i * 1.0, ttl=57))
+        if len(r.forged()) == 3:
+            break
+    else:
+        pytest.fail("no name drew answers from all three injectors")
+    flags = sorted(dns.message.from_wire(p.payload).flags for p in r.forged())
+    assert flags == sorted([0x8180, 0x8580, 0x8180])
+    assert any(p.ttl == 57 for p in r.forged())  # the TTL-mirroring injector (Triplet)
+
+
+def test_injector_coverage_is_a_stable_per_name_draw() -> None:
+    censor = Censor(profile(), 1)
+    answers = [len(run(censor, dns_exchange(C, R, 34000 + i, "n3.facebook.com", t0=i)).forged())
+               for i in range(5)]
+    assert len(set(answers)) == 1
+
+
+def test_flags_follow_the_rd_bit() -> None:
+    c, r = addr_bytes(C), addr_bytes(R)
+    for rd, flags in ((True, 0x8180), (False, 0x8400)):
+        q = build_udp(c, r, 33000, 53, build_query("twitter.com", rd=rd))
+        res = run(Censor(profile(ONE), 1), [(0.0, q)])
+        (pkt,) = res.forged()
+        assert dns.message.from_wire(pkt.payload).flags == flags
+
+
+@pytest.mark.parametrize(("qtype", "rdtype"), [(1, 1), (28, 28), (15, 1), (16, 1), (255, 1)])
+def test_aaaa_gets_aaaa_and_every_other_type_gets_a(qtype: int, rdtype: int) -> None:
+    r = query_run("youtube.com", ONE, qtype=qtype)
+    (pkt,) = r.forged()
+    msg = dns.message.from_wire(pkt.payload)
+    assert msg.question[0].rdtype == qtype
+    assert msg.answer[0].rdtype == rdtype
+
+
+def test_forged_pool_is_round_robin() -> None:
+    censor = Censor(profile(ONE), 1)
+    got = []
+    for i in range(6):
+        r = run(censor, dns_exchange(C, R, 35000 + i, "facebook.com", t0=i))
+        got.append(dns.message.from_wire(r.forged()[0].payload).answer[0][0].address)
+    assert got == ["198.19.9.1", "198.19.9.2", "198.19.9.3"] * 2
+
+
+def test_fingerprint_parameters_are_applied() -> None:
+    (pkt,) = query_run("facebook.com", ONE).forged()
+    assert 70 <= pkt.ttl <= 80 and pkt.ip_id == 0 and pkt.df
+
+
+@pytest.mark.parametrize(
+    ("rule", "name", "hit"),
+    [
+        ("google.com", "google.com", True),
+        ("google.com", "mail.google.com", True),
+        ("google.com", "notgoogle.com", False),
+        ("google.com", "google.com.evil.org", False),
+        ("^shadowvpn.com", "shadowvpn.com.example.org", True),
+        ("^shadowvpn.com", "x.shadowvpn.com", False),
+        ("*69.mu*", "www.x69.museum", True),  # the unanchored kind over-blocks (GFWatch)
+        ("=exact.org", "a.exact.org", False),
+        ("=exact.org", "exact.org", True),
+    ],
+)
+def test_rule_anchoring(rule: str, name: str, hit: bool) -> None:
+    r = query_run(name, f"dns_injection.domains=[{rule!r}]")
+    assert bool(r.acted("dns-inject")) is hit
+
+
+def test_a_dot_inside_a_label_acts_as_a_separator() -> None:
+    # The injector flattens the name to a dotted string (Wallbleed blackbox.c): the single label
+    # "www.google.com" (dots inside one label) matches the rule google.com.
+    c, r = addr_bytes(C), addr_bytes(R)
+    q = build_udp(c, r, 33000, 53, build_query([b"www.google", b"com"]))
+    assert run(Censor(profile(), 1), [(0.0, q)]).acted("dns-inject")
+
+
+def test_queries_toward_any_address_and_both_directions() -> None:
+    outside_in = "engine.inside=['198.19.0.0/16']"
+    r = query_run("google.com", outside_in)
+    assert r.acted("dns-inject")[0].direction == "outside-in"
+    r = run(Censor(profile(), 1), dns_exchange(C, "198.19.200.200", 33000, "google.com"))
+    assert r.acted("dns-inject")
+
+
+def test_only_port_53_and_only_queries() -> None:
+    c, r = addr_bytes(C), addr_bytes(R)
+    other_port = build_udp(c, r, 33000, 5353, build_query("google.com"))
+    assert not run(Censor(profile(), 1), [(0.0, other_port)]).acted("dns-inject")
+    response = bytearray(build_query("google.com"))
+    response[2] |= 0x80
+    resp = build_udp(c, r, 33000, 53, bytes(response))
+    assert not run(Censor(profile(), 1), [(0.0, resp)]).acted("dns-inject")
+
+
+def test_class_chaos_is_not_answered_by_the_patched_injector() -> None:
+    query = bytearray(build_query("google.com"))
+    query[-1] = 3  # QCLASS CH
+    pkt = build_udp(addr_bytes(C), addr_bytes(R), 33000, 53, bytes(query))
+    assert not run(Censor(profile(), 1), [(0.0, pkt)]).acted("dns-inject")
+    assert run(Censor(profile("dns_injection.require_class_in=false"), 1),
+               [(0.0, pkt)]).acted("dns-inject")
+
+
+def test_garbage_to_port_53_is_an_anomaly_not_a_crash() -> None:
+    pkt = build_udp(addr_bytes(C), addr_bytes(R), 33000, 53, bytes(12) + b"\x3fabc")
+    r = run(Censor(profile(), 1), [(0.0, pkt)])
+    assert r.verdicts == [True]
+    assert r.acted("anomaly") and r.acted("anomaly")[0].rule.startswith("dns.")

@@ -1,0 +1,250 @@
+"""Tests for gfwlab.proto.http: what the GFW's HTTP keyword filter reads (spec §3)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gfwlab.errors import MalformedPacket
+from gfwlab.proto.http import MAX_HEADER, HttpRequest, parse_request
+
+FALUN_GB18030 = "法轮".encode("gb18030")  # b7 a8 c2 d6
+FALUN_UTF8 = "法轮".encode()  # e6 b3 95 e8 bd ae
+
+
+def pct(raw: bytes) -> str:
+    return "".join(f"%{b:02X}" for b in raw)
+
+
+SIMPLE = (
+    b"GET /search?q=test HTTP/1.1\r\n"
+    b"Host: WWW.Example.COM:8080\r\n"
+    b"User-Agent: curl/8.5.0\r\n"
+    b"Cookie: falun=1\r\n"
+    b"\r\n"
+)
+
+
+def test_simple_request() -> None:
+    req = parse_request(SIMPLE)
+    assert req == HttpRequest(
+        method="GET",
+        target="/search?q=test",
+        path="/search?q=test",
+        host="www.example.com",
+        texts=("/search?q=test", "www.example.com"),
+        header_end=len(SIMPLE),
+    )
+
+
+def test_cookie_and_other_headers_not_inspected() -> None:
+    req = parse_request(SIMPLE)
+    assert req is not None
+    assert not any("falun" in text for text in req.texts)
+    assert not any("curl" in text for text in req.texts)
+
+
+def test_percent_decoding_path_and_host() -> None:
+    data = b"GET /a%20b/%7Euser/+x%zz HTTP/1.0\r\nhOsT: %77ww.example.org\r\n\r\n"
+    req = parse_request(data)
+    assert req is not None
+    assert req.target == "/a%20b/%7Euser/+x%zz"
+    assert req.path == "/a b/~user/+x%zz"  # '+' stays; a bad escape stays literal
+    assert req.host == "www.example.org"
+
+
+def test_gb18030_path_decoded_into_texts() -> None:
+    data = f"GET /{pct(FALUN_GB18030)} HTTP/1.1\r\nHost: a.cn\r\n\r\n".encode()
+    req = parse_request(data)
+    assert req is not None
+    # b7 a8 is not valid UTF-8, so the path reads as GB18030.
+    assert req.path == "/法轮"
+    assert "/法轮" in req.texts
+
+
+def test_utf8_path_read_both_ways() -> None:
+    data = f"GET /{pct(FALUN_UTF8)} HTTP/1.1\r\nHost: a.cn\r\n\r\n".encode()
+    req = parse_request(data)
+    assert req is not None
+    assert req.path == "/法轮"
+    # These bytes are also valid GB18030; the filter tries both readings (spec §3).
+    gb_reading = "/" + FALUN_UTF8.decode("gb18030")
+    assert req.texts == ("/法轮", gb_reading, "a.cn")
+
+
+def test_raw_utf8_bytes_in_path() -> None:
+    req = parse_request(b"GET /" + FALUN_UTF8 + b" HTTP/1.1\r\n\r\n")
+    assert req is not None
+    assert req.path == "/法轮"
+    assert req.host is None
+
+
+def test_neither_utf8_nor_gb18030_falls_back_to_latin1() -> None:
+    req = parse_request(b"GET /%FF%FF HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert req is not None
+    assert req.path == "/\xff\xff"
+    assert req.texts == ("/\xff\xff", "x")
+
+
+def test_gb18030_host() -> None:
+    host = pct("法轮功.com".encode("gb18030"))
+    req = parse_request(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    assert req is not None
+    assert req.host == "法轮功.com"
+    assert "法轮功.com" in req.texts
+
+
+@pytest.mark.parametrize(
+    ("value", "host"),
+    [
+        (b"example.com", "example.com"),
+        (b"Example.com:80", "example.com"),
+        (b"example.com:", "example.com"),
+        (b"[2001:DB8::1]:443", "2001:db8::1"),
+        (b"[2001:db8::1]", "2001:db8::1"),
+        (b"2001:db8::1", "2001:db8::1"),
+        (b"  spaced.example  ", "spaced.example"),
+    ],
+)
+def test_host_port_stripping(value: bytes, host: str) -> None:
+    req = parse_request(b"GET / HTTP/1.1\r\nHost:" + value + b"\r\n\r\n")
+    assert req is not None
+    assert req.host == host
+
+
+def test_absolute_form_and_other_methods() -> None:
+    data = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+    req = parse_request(data)
+    assert req is not None
+    assert (req.method, req.path, req.host) == ("CONNECT", "example.com:443", "example.com")
+    req = parse_request(b"M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\n\r\n")
+    assert req is not None
+    assert req.method == "M-SEARCH" and req.host == "239.255.255.250"
+    req = parse_request(b"GET http://falun.example/x HTTP/1.1\r\n\r\n")
+    assert req is not None
+    assert req.path == "http://falun.example/x"
+
+
+def test_bare_lf_and_anomalies() -> None:
+    data = b"GET / HTTP/1.1\nHost: first.example\nHost: second.example\nbogus\n folded\n\n"
+    req = parse_request(data)
+    assert req is not None
+    assert req.host == "first.example"
+    assert req.header_end == len(data)
+    assert set(req.anomalies) == {"http.multiple_host", "http.bad_header_line", "http.obs_fold"}
+
+
+# --- not HTTP, too long --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x16",  # a TLS record fails on its first byte
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        b"get / HTTP/1.1\r\n\r\n",
+        b" GET / HTTP/1.1\r\n\r\n",
+        b"GETTTTTTTTTTTTTTTTTTTTTTTTTTT",
+        b"GET /\x00binary",
+        b"GET / HTTP/1.1\x01",
+        b"GET /\r\n\r\n",  # no version: HTTP/0.9 is not read
+        b"GET / SIP/2.0\r\n\r\n",
+        b"GET  HTTP/1.1\r\n\r\n",
+        b"SSH-2.0-OpenSSH_9.6\r\n",
+    ],
+)
+def test_not_http(data: bytes) -> None:
+    with pytest.raises(MalformedPacket) as exc:
+        parse_request(data)
+    assert exc.value.kind == "http.not_http"
+
+
+def test_random_binary_fails_fast() -> None:
+    # Random-looking bytes are rejected from their first bytes, without waiting for 16 KiB.
+    blob = bytes((i * 73 + 41) % 256 for i in range(64))
+    with pytest.raises(MalformedPacket) as exc:
+        parse_request(blob[:8])
+    assert exc.value.kind == "http.not_http"
+
+
+def test_header_too_long() -> None:
+    head = b"GET / HTTP/1.1\r\nX-Pad: "
+    pad = b"a" * (MAX_HEADER - len(head) - 1)
+    assert parse_request(head + pad) is None
+    with pytest.raises(MalformedPacket) as exc:
+        parse_request(head + pad + b"a")
+    assert exc.value.kind == "http.header_too_long"
+    with pytest.raises(MalformedPacket) as exc:
+        parse_request(b"GET /" + b"a" * MAX_HEADER)
+    assert exc.value.kind == "http.header_too_long"
+    # A header block that ends only after the limit is too long, however it is chunked.
+    with pytest.raises(MalformedPacket):
+        parse_request(head + pad + b"aa\r\n\r\n")
+
+
+# --- fed in pieces -------------------------------------------------------------------------
+
+PIECE_CASES = [
+    SIMPLE,
+    f"POST /{pct(FALUN_GB18030)} HTTP/1.1\r\nHost: x.cn\r\nContent-Length: 3\r\n\r\n".encode(),
+    b"GET / HTTP/1.0\n\n",
+]
+
+
+@pytest.mark.parametrize("data", PIECE_CASES)
+def test_pieces(data: bytes) -> None:
+    whole = parse_request(data)
+    assert whole is not None
+    assert whole.header_end == len(data)
+    for n in range(len(data)):
+        assert parse_request(data[:n]) is None, n
+    # A body, a second pipelined request or junk after the headers changes nothing.
+    assert parse_request(data + b"abc") == whole
+    assert parse_request(data + b"GET /falun HTTP/1.1\r\nHost: b\r\n\r\n") == whole
+    assert parse_request(data + bytes(range(256))) == whole
+
+
+def test_header_split_across_calls() -> None:
+    buffer = b""
+    results = []
+    for chunk in (b"GET /fa", b"lun HTTP/1.1\r\nHo", b"st: example.com\r", b"\n", b"\r\n"):
+        buffer += chunk
+        results.append(parse_request(buffer))
+    assert results[:-1] == [None] * 4
+    final = results[-1]
+    assert final is not None
+    assert (final.path, final.host) == ("/falun", "example.com")
+
+
+# --- properties ----------------------------------------------------------------------------
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=400))
+def test_arbitrary_bytes(data: bytes) -> None:
+    try:
+        req = parse_request(data)
+    except MalformedPacket:
+        return
+    if req is not None:
+        assert 0 < req.header_end <= len(data)
+
+
+@settings(max_examples=500)
+@given(
+    st.sampled_from(["GET", "POST", "HEAD", "PUT", "OPTIONS"]),
+    st.binary(max_size=60),
+    st.binary(max_size=60),
+    st.binary(max_size=60),
+)
+def test_arbitrary_request_shaped(method: str, target: bytes, host: bytes, tail: bytes) -> None:
+    data = method.encode() + b" /" + target + b" HTTP/1.1\r\nHost: " + host + b"\r\n\r\n" + tail
+    try:
+        req = parse_request(data)
+    except MalformedPacket as exc:
+        assert exc.kind == "http.not_http"
+        return
+    if req is not None:
+        assert req.method == method
+        assert req.path in req.texts
