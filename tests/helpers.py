@@ -29,7 +29,8 @@ class Run:
 
     def acted(self, action: str | None = None, mechanism: str | None = None) -> list[Event]:
         return [
-            e for e in self.events
+            e
+            for e in self.events
             if (action is None or e.action == action)
             and (mechanism is None or e.mechanism == mechanism)
         ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dns.message
 import dns.rdatatype
 import pytest
+
 from gfwlab.engine import Censor
 from gfwlab.offline.synth import dns_exchange
 from gfwlab.packet.ip import addr_bytes, build_udp
@@ -64,8 +65,10 @@ def test_several_injectors_with_distinct_fingerprints() -> None:
 
 def test_injector_coverage_is_a_stable_per_name_draw() -> None:
     censor = Censor(profile(), 1)
-    answers = [len(run(censor, dns_exchange(C, R, 34000 + i, "n3.facebook.com", t0=i)).forged())
-               for i in range(5)]
+    answers = [
+        len(run(censor, dns_exchange(C, R, 34000 + i, "n3.facebook.com", t0=i)).forged())
+        for i in range(5)
+    ]
     assert len(set(answers)) == 1
 
 
@@ -151,8 +154,9 @@ def test_class_chaos_is_not_answered_by_the_patched_injector() -> None:
     query[-1] = 3  # QCLASS CH
     pkt = build_udp(addr_bytes(C), addr_bytes(R), 33000, 53, bytes(query))
     assert not run(Censor(profile(), 1), [(0.0, pkt)]).acted("dns-inject")
-    assert run(Censor(profile("dns_injection.require_class_in=false"), 1),
-               [(0.0, pkt)]).acted("dns-inject")
+    assert run(Censor(profile("dns_injection.require_class_in=false"), 1), [(0.0, pkt)]).acted(
+        "dns-inject"
+    )
 
 
 def test_garbage_to_port_53_is_an_anomaly_not_a_crash() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+
 from gfwlab.engine import Censor
 from gfwlab.offline.synth import http_conversation, http_get, https_conversation, tcp_conversation
 from gfwlab.packet.ip import ACK, RST, parse
@@ -15,7 +16,9 @@ ALWAYS = "http_keyword.probability=1.0"
 
 
 def http_run(host: str, path: str = "/", *sets: str, seed: int = 1, sport: int = 80):
-    return run(Censor(profile(*sets), seed), http_conversation(C, S, 40000, host, path, sport=sport))
+    return run(
+        Censor(profile(*sets), seed), http_conversation(C, S, 40000, host, path, sport=sport)
+    )
 
 
 @pytest.mark.parametrize(
@@ -90,8 +93,9 @@ def test_penalty_box_90_s_with_re_block_probability() -> None:
         if i < 20:
             later = run(censor, http_conversation(C, S, 40002, "example.org", "/", t0=91.0))
             assert not later.acted("rst")
-            other = run(censor, http_conversation(C, S, 40003, "example.org", "/", t0=31.0,
-                                                  sport=8080))
+            other = run(
+                censor, http_conversation(C, S, 40003, "example.org", "/", t0=31.0, sport=8080)
+            )
             assert not other.acted("rst")
     lo, hi = binomial_interval(n, 0.625)
     assert lo <= blocked / n <= hi
@@ -106,8 +110,13 @@ def test_search_conditional_list() -> None:
 # ------------------------------------------------------------------ esni
 
 
-def esni_run(*sets: str, date: dt.date = dt.date(2021, 1, 1), cport: int = 40000, t0: float = 0.0,
-             censor: Censor | None = None):
+def esni_run(
+    *sets: str,
+    date: dt.date = dt.date(2021, 1, 1),
+    cport: int = 40000,
+    t0: float = 0.0,
+    censor: Censor | None = None,
+):
     censor = censor or Censor(profile(*sets, date=date), 1)
     return censor, run(censor, https_conversation(C, S, cport, None, esni=True, t0=t0))
 
@@ -119,7 +128,7 @@ def test_esni_drops_client_to_server_only() -> None:
     (event,) = r.acted("drop", "esni")
     assert event.rule == "tls.extension:0xffce"
     assert not r.injected  # no resets
-    for (_t, pkt), ok in zip(conv[3:], r.verdicts[3:]):
+    for (_t, pkt), ok in zip(conv[3:], r.verdicts[3:], strict=True):
         c2s = parse(pkt).src_text == C
         assert ok is (not c2s)
 
@@ -134,9 +143,10 @@ def test_esni_residual_drops_new_connections() -> None:
     assert third.verdicts[0]
 
 
-@pytest.mark.parametrize(("date", "active"), [(dt.date(2020, 7, 28), False),
-                                              (dt.date(2020, 7, 29), True),
-                                              (dt.date(2025, 1, 1), True)])
+@pytest.mark.parametrize(
+    ("date", "active"),
+    [(dt.date(2020, 7, 28), False), (dt.date(2020, 7, 29), True), (dt.date(2025, 1, 1), True)],
+)
 def test_esni_active_from_2020_07_29(date: dt.date, active: bool) -> None:
     _, r = esni_run(date=date)
     assert bool(r.acted("drop", "esni")) is active
@@ -163,18 +173,22 @@ def test_null_route_drops_server_to_client(target: str) -> None:
     r = run(Censor(profile(f"null_route.targets=[{target!r}]"), 1), conv)
     (event,) = r.acted("null-route")
     assert event.rule == target
-    for (_t, pkt), ok in zip(conv, r.verdicts):
+    for (_t, pkt), ok in zip(conv, r.verdicts, strict=True):
         assert ok is (parse(pkt).src_text == C)  # the SYN reaches the server; nothing comes back
 
 
 def test_null_route_of_one_port_spares_the_others() -> None:
-    r = run(Censor(profile(f"null_route.targets=['{S}:443']"), 1),
-            https_conversation(C, S, 40000, "example.org", sport=8443))
+    r = run(
+        Censor(profile(f"null_route.targets=['{S}:443']"), 1),
+        https_conversation(C, S, 40000, "example.org", sport=8443),
+    )
     assert all(r.verdicts) and not r.acted("null-route")
 
 
 def test_null_route_ipv6() -> None:
     v6c, v6s = "2001:db8::2", "2001:db8:1::2"
-    r = run(Censor(profile(f"null_route.targets=['[{v6s}]:443']"), 1),
-            https_conversation(v6c, v6s, 40000, "example.org"))
+    r = run(
+        Censor(profile(f"null_route.targets=['[{v6s}]:443']"), 1),
+        https_conversation(v6c, v6s, 40000, "example.org"),
+    )
     assert r.acted("null-route")[0].flow.dst == v6s

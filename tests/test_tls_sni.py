@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+
 from gfwlab.engine import Censor
 from gfwlab.offline.synth import https_conversation, tcp_conversation
-from gfwlab.packet.ip import ACK, RST, SYN, addr_bytes, build_tcp
+from gfwlab.packet.ip import ACK, RST, SYN, addr_bytes, build_tcp, parse
 from gfwlab.proto.tls import build_client_hello
 from helpers import binomial_interval, profile, run
 
@@ -82,8 +83,6 @@ def test_injector_fingerprints(kind: str, seed: int) -> None:
 def test_resets_carry_the_sequence_numbers_the_endpoints_expect() -> None:
     conv = https_conversation(C, S, 40000, "youtube.com")
     hello_pkt = next(p for _t, p in conv if len(p) > 200)
-    from gfwlab.packet.ip import parse
-
     hello = parse(hello_pkt)
     censor = Censor(profile("tls_sni.injector='type3'"), 3)
     r = run(censor, conv)
@@ -112,8 +111,12 @@ def test_mixed_injector_follows_dataset_proportions() -> None:
     n = 1000
     censor = Censor(profile(), 7)
     for i in range(n):
-        r = run(censor, https_conversation(C, f"198.19.{i // 250}.{i % 250 + 1}", 40000,
-                                           "youtube.com", t0=i * 1.0))
+        r = run(
+            censor,
+            https_conversation(
+                C, f"198.19.{i // 250}.{i % 250 + 1}", 40000, "youtube.com", t0=i * 1.0
+            ),
+        )
         counts[r.acted("rst")[0].extra["injector"]] += 1
     total = 77_892 + 309_333 + 4_366
     for kind, weight in (("type1", 77_892), ("type2", 309_333)):
@@ -214,9 +217,15 @@ def test_checksum_validation_is_a_what_if() -> None:
 
 def test_syn_only_server_side_flags_do_not_create_tcb() -> None:
     c, s = addr_bytes(C), addr_bytes(S)
-    pkts = [(0.0, build_tcp(s, c, 443, 40000, flags=SYN | ACK)),
-            (0.1, build_tcp(c, s, 40000, 443, seq=1, flags=ACK,
-                            payload=build_client_hello("youtube.com")))]
+    pkts = [
+        (0.0, build_tcp(s, c, 443, 40000, flags=SYN | ACK)),
+        (
+            0.1,
+            build_tcp(
+                c, s, 40000, 443, seq=1, flags=ACK, payload=build_client_hello("youtube.com")
+            ),
+        ),
+    ]
     assert not run(Censor(profile(), 1), pkts).acted("rst")
 
 

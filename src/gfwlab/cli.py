@@ -28,9 +28,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+if not console.is_terminal:
+    console = Console(width=160)  # piped output: do not squeeze tables into 80 columns
 err = Console(stderr=True)
 
-ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Built-in profile name or TOML file.")]
+ProfileOpt = Annotated[
+    str, typer.Option("--profile", "-p", help="Built-in profile name or TOML file.")
+]
 DateOpt = Annotated[
     str | None, typer.Option("--date", help="Emulate the GFW as it was that day (YYYY-MM-DD).")
 ]
@@ -73,8 +77,13 @@ def analyze(
     prof = _profile(profile, date, sets)
     show_bar = err.is_terminal and not as_json
     with Progress(
-        TextColumn("[bold]analysing[/]"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-        console=err, transient=True, disable=not show_bar,
+        TextColumn("[bold]analysing[/]"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not show_bar,
     ) as bar:
         task = bar.add_task("analyse", total=None)
 
@@ -94,37 +103,57 @@ def analyze(
 
 
 def _print_summary(summary: Any) -> None:
-    table = Table(title=f"What the GFW did ({summary.profile}, {summary.date or 'any date'}, "
-                        f"seed {summary.seed})", title_justify="left")
-    for col in ("time", "flow", "direction", "mechanism", "action", "rule", "residual until"):
-        table.add_column(col, overflow="fold")
+    table = Table(
+        title=f"What the GFW did ({summary.profile}, {summary.date or 'any date'}, "
+        f"seed {summary.seed})",
+        title_justify="left",
+    )
+    table.add_column("t (s)", justify="right", no_wrap=True)
+    table.add_column("flow", overflow="fold")
+    table.add_column("dir", no_wrap=True)
+    table.add_column("mechanism", no_wrap=True)
+    table.add_column("action", no_wrap=True)
+    table.add_column("rule", overflow="fold")
+    table.add_column("residual", justify="right", no_wrap=True)
     limit = 60
+    start = summary.start_ts or 0.0
     for v in summary.verdicts[:limit]:
         f = v.flow
         src = f"[{f['src']}]" if ":" in f["src"] else f["src"]
         dst = f"[{f['dst']}]" if ":" in f["dst"] else f["dst"]
         table.add_row(
-            f"{v.first_ts:.3f}", f"{f['proto']} {src}:{f['sport']} → {dst}:{f['dport']}",
-            v.direction, v.mechanism, _styled(v.action), v.rule,
-            "" if v.residual_until is None else f"{v.residual_until:.3f}",
+            f"{v.first_ts - start:.3f}",
+            f"{f['proto']} {src}:{f['sport']} → {dst}:{f['dport']}",
+            "in→out" if v.direction == "inside-out" else "out→in",
+            v.mechanism,
+            _styled(v.action),
+            v.rule,
+            "" if v.residual_until is None else f"{v.residual_until - v.first_ts:.0f} s",
         )
     if summary.verdicts:
         console.print(table)
         if len(summary.verdicts) > limit:
-            console.print(f"… and {len(summary.verdicts) - limit} more flows (see --events or --json)")
+            console.print(
+                f"… and {len(summary.verdicts) - limit} more flows (see --events or --json)"
+            )
     else:
         console.print("The GFW would not have acted on any flow in this capture.")
     console.print(
         f"{summary.packets} packets, {summary.flows} flows: {len(summary.verdicts)} acted on, "
         f"{summary.dropped} packets dropped, {summary.injected} forged packets, "
         f"{summary.anomalies} anomalies"
-        + (f" ({', '.join(f'{k} ×{n}' for k, n in sorted(summary.anomaly_kinds.items()))})"
-           if summary.anomaly_kinds else "")
+        + (
+            f" ({', '.join(f'{k} ×{n}' for k, n in sorted(summary.anomaly_kinds.items()))})"
+            if summary.anomaly_kinds
+            else ""
+        )
     )
     passes = {k: n for k, n in summary.events.items() if k.endswith("/pass")}
     if passes:
-        console.print("Matched but spared by a probability draw: "
-                      + ", ".join(f"{k.split('/')[0]} ×{n}" for k, n in passes.items()))
+        console.print(
+            "Matched but spared by a probability draw: "
+            + ", ".join(f"{k.split('/')[0]} ×{n}" for k, n in passes.items())
+        )
     for kind, path in summary.outputs.items():
         console.print(f"{kind.replace('_', ' ')}: {path}")
 
@@ -198,9 +227,14 @@ def version() -> None:
 def main() -> None:
     """Entry point: run the app and map errors to exit codes."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            # The parser turns Ctrl-C into exit code 130 and returns it in this mode.
+            if code == 130:
+                print("gfwlab: interrupted", file=sys.stderr)
+            sys.exit(code)
     except (GfwlabError, InputError) as exc:
-        err.print(f"gfwlab: error: {exc}", markup=False, highlight=False)
+        print(f"gfwlab: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("gfwlab: interrupted", markup=False)
@@ -210,12 +244,13 @@ def main() -> None:
     except typer.Abort:
         err.print("gfwlab: aborted", markup=False)
         sys.exit(130)
-    except Exception as exc:  # click's usage errors
-        import click  # noqa: PLC0415
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2 if isinstance(exc, click.UsageError) else 1)
+    except Exception as exc:
+        # Usage errors from the command-line parser (typer ships its own copy of click, so match
+        # on the interface rather than the class): they print themselves and carry exit code 2.
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            sys.exit(code)
         raise
 
 

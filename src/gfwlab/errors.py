@@ -31,7 +31,7 @@ class ConfigError(GfwlabError):
         super().__init__(f"{where}: {reason}")
 
 
-class MalformedPacket(GfwlabError):  # noqa: N818 - the name says what the traffic is
+class MalformedPacket(GfwlabError):
     """Bytes that cannot be what they claim to be.
 
     ``kind`` is a dotted anomaly name such as ``"dns.label_overrun"``; ``offset`` is where in the
@@ -46,7 +46,7 @@ class MalformedPacket(GfwlabError):  # noqa: N818 - the name says what the traff
 
 
 class AdapterError(GfwlabError):
-    """An I/O problem in an adapter: a capture that cannot be read, an output that cannot be written.
+    """An I/O problem: a capture that cannot be read, an output that cannot be written.
 
     ``path`` names the file; ``offset`` (bytes into the file) says where, when known.
     """

@@ -72,7 +72,9 @@ class Event:
             "mechanism": self.mechanism,
             "action": self.action,
             "rule": self.rule,
-            "residual_until": None if self.residual_until is None else round(self.residual_until, 6),
+            "residual_until": None
+            if self.residual_until is None
+            else round(self.residual_until, 6),
             "citation": self.citation,
         }
         for key, value in self.extra.items():

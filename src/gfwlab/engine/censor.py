@@ -124,7 +124,9 @@ class Censor:
         self.flows.expire(now)
         self.residual.expire(now)
         self._next_sweep = (
-            now + self.profile.engine.sweep_s if (self.flows.flows or self.residual.entries) else None
+            now + self.profile.engine.sweep_s
+            if (self.flows.flows or self.residual.entries)
+            else None
         )
 
     # ------------------------------------------------------------------ packets
@@ -143,7 +145,7 @@ class Censor:
         if pkt.fragment:
             st.fragments += 1
             return [_ACCEPT]
-        if pkt.proto != PROTO_TCP and pkt.proto != PROTO_UDP:
+        if pkt.proto not in (PROTO_TCP, PROTO_UDP):
             return [_ACCEPT]
         key = flow_key(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
         flow = self.flows.flows.get(key)
@@ -194,7 +196,9 @@ class Censor:
             if pkt.flags & (SYN | ACK) == SYN | ACK:
                 src_is_client = False
             elif not pkt.flags & SYN:
-                src_is_client = pkt.sport >= pkt.dport  # mid-stream: the ephemeral port is the client's
+                src_is_client = (
+                    pkt.sport >= pkt.dport
+                )  # mid-stream: the ephemeral port is the client's
         elif pkt.sport in self._dns_ports and pkt.dport not in self._dns_ports:
             src_is_client = False  # a DNS response seen before its query
         if src_is_client:
@@ -209,9 +213,15 @@ class Censor:
             crossing, direction = True, "inside-out"
         self.stats.flows += 1
         flow = Flow(
-            proto=pkt.proto, client=client, cport=cport, server=server, sport=sport,
+            proto=pkt.proto,
+            client=client,
+            cport=cport,
+            server=server,
+            sport=sport,
             direction="inside-out" if direction == "inside-out" else "outside-in",
-            crossing=crossing, first_seen=now, last_seen=now,
+            crossing=crossing,
+            first_seen=now,
+            last_seen=now,
         )
         if not crossing:
             flow.finish()  # domestic traffic is not inspected (spec §1)
@@ -226,7 +236,9 @@ class Censor:
 
     # ------------------------------------------------------------------ residual blocks
 
-    def _residual_drop(self, flow: Flow, pkt: Packet, c2s: bool, now: float, out: list[Action]) -> bool:
+    def _residual_drop(
+        self, flow: Flow, pkt: Packet, c2s: bool, now: float, out: list[Action]
+    ) -> bool:
         if not c2s:
             return False
         entry = self.residual.lookup(flow, "drop-c2s", now)
@@ -237,8 +249,9 @@ class Censor:
         first = flow.state is not FlowState.BLOCKED
         flow.block_flow("c2s", entry.mechanism)
         if first:
-            self._report(out, flow, now, entry.mechanism, "drop", entry.rule, entry.until,
-                         {"residual": True})
+            self._report(
+                out, flow, now, entry.mechanism, "drop", entry.rule, entry.until, {"residual": True}
+            )
         return True
 
     def _residual_rst(self, flow: Flow, seen: Seen, out: list[Action]) -> None:
@@ -250,8 +263,16 @@ class Censor:
             return
         draw = mech.rng.random()
         if draw >= entry.probability:
-            self._report(out, flow, seen.now, entry.mechanism, "pass", entry.rule, entry.until,
-                         {"residual": True, "draw": round(draw, 6), "probability": entry.probability})
+            self._report(
+                out,
+                flow,
+                seen.now,
+                entry.mechanism,
+                "pass",
+                entry.rule,
+                entry.until,
+                {"residual": True, "draw": round(draw, 6), "probability": entry.probability},
+            )
             return
         decision = mech.residual_hit(seen, entry.rule)
         if decision is not None:
@@ -303,8 +324,9 @@ class Censor:
             flow.inspected_c2s += 1
             self._dissect_tcp(flow, tcb, pkt, c2s, now, out)
 
-    def _dissect_tcp(self, flow: Flow, tcb: Tcb, pkt: Packet, c2s: bool, now: float,
-                     out: list[Action]) -> None:
+    def _dissect_tcp(
+        self, flow: Flow, tcb: Tcb, pkt: Packet, c2s: bool, now: float, out: list[Action]
+    ) -> None:
         data = bytes(tcb.stream)
         first = data[0]
         seen = Seen(pkt=pkt, flow=flow, now=now, c2s=c2s)
@@ -337,8 +359,16 @@ class Censor:
                             self._apply(mech, decision, seen, out)
         except MalformedPacket as exc:
             if not exc.kind.startswith("http.not_http"):
-                self._report(out, flow, now, "engine", "anomaly", exc.kind, None,
-                             {"offset": exc.offset, "detail": exc.detail})
+                self._report(
+                    out,
+                    flow,
+                    now,
+                    "engine",
+                    "anomaly",
+                    exc.kind,
+                    None,
+                    {"offset": exc.offset, "detail": exc.detail},
+                )
         if flow.state is FlowState.CLEAN:
             self._finish(flow, out)
 
@@ -350,8 +380,16 @@ class Censor:
         try:
             query = parse_query(pkt.payload, max_name=self._max_name)
         except MalformedPacket as exc:
-            self._report(out, flow, now, "engine", "anomaly", exc.kind, None,
-                         {"offset": exc.offset, "detail": exc.detail})
+            self._report(
+                out,
+                flow,
+                now,
+                "engine",
+                "anomaly",
+                exc.kind,
+                None,
+                {"offset": exc.offset, "detail": exc.detail},
+            )
             return
         if query is None:
             return
@@ -366,12 +404,24 @@ class Censor:
 
     # ------------------------------------------------------------------ decisions
 
-    def _apply(self, mech: Mechanism, decision: Decision, seen: Seen, out: list[Action], *,
-               residual_until: float | None = None, extend: bool = True) -> None:
+    def _apply(
+        self,
+        mech: Mechanism,
+        decision: Decision,
+        seen: Seen,
+        out: list[Action],
+        *,
+        residual_until: float | None = None,
+        extend: bool = True,
+    ) -> None:
         flow, now = seen.flow, seen.now
         for forged in decision.injections:
-            inject = Inject(packet=forged.packet, at=now + forged.delay, toward=forged.toward,
-                            mechanism=mech.name)
+            inject = Inject(
+                packet=forged.packet,
+                at=now + forged.delay,
+                toward=forged.toward,
+                mechanism=mech.name,
+            )
             self.stats.injected += 1
             if forged.delay <= 0:
                 out.append(inject)
@@ -384,28 +434,58 @@ class Censor:
         res = decision.residual
         if res is not None and extend and res.seconds > 0:
             residual_until = now + res.seconds
-            self.residual.add(flow, res.key, ResidualEntry(
-                mechanism=mech.name, rule=decision.rule, until=residual_until,
-                policy=res.policy, probability=res.probability))
+            self.residual.add(
+                flow,
+                res.key,
+                ResidualEntry(
+                    mechanism=mech.name,
+                    rule=decision.rule,
+                    until=residual_until,
+                    policy=res.policy,
+                    probability=res.probability,
+                ),
+            )
         if decision.action == "pass":
             self._report(out, flow, now, mech.name, "pass", decision.rule, None, decision.extra)
             return
         if decision.action in ("rst", "drop", "null-route"):
             flow.block_flow(decision.block, mech.name)
-        self._report(out, flow, now, mech.name, decision.action, decision.rule, residual_until,
-                     decision.extra)
+        self._report(
+            out,
+            flow,
+            now,
+            mech.name,
+            decision.action,
+            decision.rule,
+            residual_until,
+            decision.extra,
+        )
 
     def _finish(self, flow: Flow, out: list[Action]) -> None:
         if flow.state is FlowState.CLEAN:
             flow.finish()
             out.append(Bypass(flow=flow.id()))
 
-    def _report(self, out: list[Action], flow: Flow, now: float, mechanism: str, action: Any,
-                rule: str, residual_until: float | None, extra: dict[str, Any]) -> None:
+    def _report(
+        self,
+        out: list[Action],
+        flow: Flow,
+        now: float,
+        mechanism: str,
+        action: Any,
+        rule: str,
+        residual_until: float | None,
+        extra: dict[str, Any],
+    ) -> None:
         mech = self.mechanisms.get(mechanism)
         event = Event(
-            ts=now, flow=flow.id(), direction=flow.direction, mechanism=mechanism, action=action,
-            rule=rule, residual_until=residual_until,
+            ts=now,
+            flow=flow.id(),
+            direction=flow.direction,
+            mechanism=mechanism,
+            action=action,
+            rule=rule,
+            residual_until=residual_until,
             citation=mech.citation if mech is not None else "",
             extra=extra,
         )
@@ -424,11 +504,17 @@ class Censor:
             src, dst = addr_text(packet[12:16]), addr_text(packet[16:20])
         elif len(packet) >= 40 and packet[0] >> 4 == 6:
             src, dst = addr_text(packet[8:24]), addr_text(packet[24:40])
-        return Report(event=Event(
-            ts=now, flow=FlowId(proto="ip", src=src, sport=0, dst=dst, dport=0),
-            direction="inside-out", mechanism="engine", action="anomaly", rule=exc.kind,
-            extra={"offset": exc.offset, "detail": exc.detail},
-        ))
+        return Report(
+            event=Event(
+                ts=now,
+                flow=FlowId(proto="ip", src=src, sport=0, dst=dst, dport=0),
+                direction="inside-out",
+                mechanism="engine",
+                action="anomaly",
+                rule=exc.kind,
+                extra={"offset": exc.offset, "detail": exc.detail},
+            )
+        )
 
 
 def _tcp_checksum_ok(pkt: Packet) -> bool:

@@ -101,7 +101,12 @@ class Tcb:
 
     __slots__ = ("_table", "next_seq", "ooo", "params", "state", "stream")
 
-    def __init__(self, params: TcbParams, table: dict[tuple[TcbState, TcbInput], tuple[Effect, TcbState]], isn: int) -> None:
+    def __init__(
+        self,
+        params: TcbParams,
+        table: dict[tuple[TcbState, TcbInput], tuple[Effect, TcbState]],
+        isn: int,
+    ) -> None:
         self.params = params
         self._table = table
         self.state = TcbState.SYN_SEEN

@@ -47,8 +47,8 @@ def draw_latency(rng: random.Random, latency_ms: tuple[float, float, float]) -> 
 def pick_injector(rng: random.Random, injector: Injector) -> Injector:
     if injector != "mixed":
         return injector
-    kind: Injector = rng.choices(("type1", "type2", "type3"), weights=MIXED_WEIGHTS)[0]  # type: ignore[assignment]
-    return kind
+    kinds: tuple[Injector, ...] = ("type1", "type2", "type3")
+    return rng.choices(kinds, weights=MIXED_WEIGHTS)[0]
 
 
 def forge_resets(
@@ -83,19 +83,67 @@ def forge_resets(
         ("server", client, server, cport, sport, to_server_seq, to_server_ack),
     ):
         if kind == "type1":
-            pkts = [build_tcp(src, dst, sp, dp, seq=seq, ack=0, flags=RST, window=0,
-                              ttl=rng.randint(55, 118), ip_id=0, df=False)]
+            pkts = [
+                build_tcp(
+                    src,
+                    dst,
+                    sp,
+                    dp,
+                    seq=seq,
+                    ack=0,
+                    flags=RST,
+                    window=0,
+                    ttl=rng.randint(55, 118),
+                    ip_id=0,
+                    df=False,
+                )
+            ]
         elif kind == "type2":
-            one = build_tcp(src, dst, sp, dp, seq=seq, ack=ack, flags=RST | ACK, window=0,
-                            ttl=rng.randint(39, 238), ip_id=rng.randint(0x00A3, 0xFE5F), df=True)
+            one = build_tcp(
+                src,
+                dst,
+                sp,
+                dp,
+                seq=seq,
+                ack=ack,
+                flags=RST | ACK,
+                window=0,
+                ttl=rng.randint(39, 238),
+                ip_id=rng.randint(0x00A3, 0xFE5F),
+                df=True,
+            )
             pkts = [one, one, one]
         elif kind == "type3":
-            pkts = [build_tcp(src, dst, sp, dp, seq=seq, ack=ack, flags=RST | ACK, window=0,
-                              ttl=248, ip_id=rng.randint(0x9916, 0x9933), df=False)]
+            pkts = [
+                build_tcp(
+                    src,
+                    dst,
+                    sp,
+                    dp,
+                    seq=seq,
+                    ack=ack,
+                    flags=RST | ACK,
+                    window=0,
+                    ttl=248,
+                    ip_id=rng.randint(0x9916, 0x9933),
+                    df=False,
+                )
+            ]
         else:  # clayton2006
             pkts = [
-                build_tcp(src, dst, sp, dp, seq=seq + off, ack=ack, flags=RST | ACK, window=0,
-                          ttl=rng.randint(40, 60), ip_id=rng.randint(0, 0xFFFF), df=False)
+                build_tcp(
+                    src,
+                    dst,
+                    sp,
+                    dp,
+                    seq=seq + off,
+                    ack=ack,
+                    flags=RST | ACK,
+                    window=0,
+                    ttl=rng.randint(40, 60),
+                    ip_id=rng.randint(0, 0xFFFF),
+                    df=False,
+                )
                 for off in (0, 1460, 4380)
             ]
         toward_lit: Literal["client", "server"] = "client" if toward == "client" else "server"

@@ -55,7 +55,7 @@ class Residual:
     key: ResidualKey
     seconds: float
     policy: Literal["drop-c2s", "rst"]
-    """``drop-c2s``: drop every client-to-server packet on the key; ``rst``: reset new connections."""
+    """``drop-c2s``: drop client-to-server packets on the key; ``rst``: reset new connections."""
     probability: float = 1.0
     """Chance that each new connection on the key is hit (HTTP: 50-75%, spec §3)."""
 
@@ -86,7 +86,7 @@ class Seen:
     """True if the packet goes from the flow's client to its server."""
 
 
-class Mechanism(ABC):  # noqa: B024 - hooks are optional; the ABC marks the family
+class Mechanism(ABC):
     """Base class of the GFW mechanisms. Subclasses override the hooks they need."""
 
     name: ClassVar[str]
@@ -99,7 +99,7 @@ class Mechanism(ABC):  # noqa: B024 - hooks are optional; the ABC marks the fami
 
     def admits(self, flow: Flow) -> bool:
         d = self.params.direction
-        return d == "both" or d == flow.direction
+        return d in ("both", flow.direction)
 
     # Hooks. Each returns a Decision to act, or None to let the packet be.
     def on_new_flow(self, seen: Seen) -> Decision | None:

@@ -151,17 +151,29 @@ class DnsInjection(Mechanism):
             ttl = self.rng.randint(*inj.dns_ttl)
             payload = build_answer(pkt.payload, query, addr, ttl, flags)
             ip_ttl = pkt.ttl if inj.mirror_ttl else self.rng.randint(*inj.ip_ttl)
-            ip_id = {"random": self.rng.randint(0, 0xFFFF), "zero": 0, "mirror": pkt.ip_id}[inj.ip_id]
+            ip_id = {"random": self.rng.randint(0, 0xFFFF), "zero": 0, "mirror": pkt.ip_id}[
+                inj.ip_id
+            ]
             delay = self.rng.uniform(*inj.latency_ms) / 1000.0
             forged.append(
                 Forged(
-                    packet=build_udp(pkt.dst, pkt.src, pkt.dport, pkt.sport, payload,
-                                     ttl=ip_ttl, ip_id=ip_id, df=inj.df),
+                    packet=build_udp(
+                        pkt.dst,
+                        pkt.src,
+                        pkt.dport,
+                        pkt.sport,
+                        payload,
+                        ttl=ip_ttl,
+                        ip_id=ip_id,
+                        df=inj.df,
+                    ),
                     delay=delay,
                     toward="client" if seen.c2s else "server",
                 )
             )
-            answered.append({"injector": inj.name, "addr": addr_text(addr), "flags": f"0x{flags:04x}"})
+            answered.append(
+                {"injector": inj.name, "addr": addr_text(addr), "flags": f"0x{flags:04x}"}
+            )
         if not forged:
             return None
         return Decision(

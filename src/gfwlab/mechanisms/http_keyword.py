@@ -73,7 +73,8 @@ class HttpKeywordParams(CommonParams):
 class HttpKeyword(Mechanism):
     citation = (
         "spec §3; Rambert et al., Chinese Wall or Swiss Cheese? Keyword filtering in the Great "
-        "Firewall of China, WWW 2021; Clayton et al., Ignoring the Great Firewall of China, PET 2006"
+        "Firewall of China, WWW 2021; "
+        "Clayton et al., Ignoring the Great Firewall of China, PET 2006"
     )
     params_cls = HttpKeywordParams
     params: HttpKeywordParams

@@ -46,7 +46,7 @@ class TlsSniParams(CommonParams):
     inside_out_only: DomainSet = DomainSet()
     """SNI rules blocked only when the client is inside (spec §1 asymmetry)."""
     injector: Injector = "mixed"
-    """Which reset fingerprint to use: type1, type2, type3, mixed (dataset proportions), clayton2006."""
+    """Reset fingerprint: type1, type2, type3, mixed (dataset proportions) or clayton2006."""
     latency_ms: tuple[float, float, float] = (11.52, 17.98, 445.38)
     """First-reset latency after the ClientHello: min, mean, max in ms (S&P'25 §4)."""
     residual_s: float = 180.0

@@ -47,6 +47,8 @@ class Summary:
     date: str | None
     seed: int
     packets: int = 0
+    start_ts: float | None = None
+    """Timestamp of the first packet."""
     skipped: int = 0
     truncated_at: int | None = None
     flows: int = 0
@@ -66,6 +68,7 @@ class Summary:
             "date": self.date,
             "seed": self.seed,
             "packets": self.packets,
+            "start_ts": self.start_ts,
             "skipped_frames": self.skipped,
             "truncated_at": self.truncated_at,
             "flows": self.flows,
@@ -77,8 +80,12 @@ class Summary:
             "events": self.events,
             "verdicts": [
                 {
-                    "flow": v.flow, "direction": v.direction, "mechanism": v.mechanism,
-                    "action": v.action, "rule": v.rule, "first_ts": round(v.first_ts, 6),
+                    "flow": v.flow,
+                    "direction": v.direction,
+                    "mechanism": v.mechanism,
+                    "action": v.action,
+                    "rule": v.rule,
+                    "first_ts": round(v.first_ts, 6),
                     "events": v.events,
                     "residual_until": v.residual_until,
                 }
@@ -194,6 +201,8 @@ def _run(
 
     count = 0
     for ts, packet in reader:
+        if not count:
+            summary.start_ts = ts
         deadline = censor.next_deadline()
         while deadline is not None and deadline <= ts:
             carry_out(censor.on_timer(deadline), deadline, None)
@@ -240,8 +249,12 @@ def _record(
     row = rows.get(key)
     if row is None:
         rows[key] = FlowVerdict(
-            flow=f.as_dict(), direction=event.direction, mechanism=event.mechanism,
-            action=event.action, rule=event.rule, first_ts=event.ts,
+            flow=f.as_dict(),
+            direction=event.direction,
+            mechanism=event.mechanism,
+            action=event.action,
+            rule=event.rule,
+            first_ts=event.ts,
             residual_until=event.residual_until,
         )
     else:

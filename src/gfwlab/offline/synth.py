@@ -45,20 +45,38 @@ def tcp_conversation(
     if syn:
         out.append((t, build_tcp(c, s, cport, sport, seq=isn_c, flags=SYN, options=_MSS)))
         t += rtt / 2
-        out.append((t, build_tcp(s, c, sport, cport, seq=isn_s, ack=isn_c + 1, flags=SYN | ACK,
-                                 options=_MSS)))
+        out.append(
+            (
+                t,
+                build_tcp(
+                    s, c, sport, cport, seq=isn_s, ack=isn_c + 1, flags=SYN | ACK, options=_MSS
+                ),
+            )
+        )
         t += rtt / 2
         out.append((t, build_tcp(c, s, cport, sport, seq=isn_c + 1, ack=isn_s + 1, flags=ACK)))
     cseq, sseq = isn_c + 1, isn_s + 1
     for seg in segments:
         t += 0.0005
-        out.append((t, build_tcp(c, s, cport, sport, seq=cseq, ack=sseq, flags=PSH | ACK,
-                                 payload=bytes(seg))))
+        out.append(
+            (
+                t,
+                build_tcp(
+                    c, s, cport, sport, seq=cseq, ack=sseq, flags=PSH | ACK, payload=bytes(seg)
+                ),
+            )
+        )
         cseq += len(seg)
     if response:
         t += rtt / 2
-        out.append((t, build_tcp(s, c, sport, cport, seq=sseq, ack=cseq, flags=PSH | ACK,
-                                 payload=response)))
+        out.append(
+            (
+                t,
+                build_tcp(
+                    s, c, sport, cport, seq=sseq, ack=cseq, flags=PSH | ACK, payload=response
+                ),
+            )
+        )
         sseq += len(response)
         t += rtt / 2
         out.append((t, build_tcp(c, s, cport, sport, seq=cseq, ack=sseq, flags=ACK)))
@@ -80,27 +98,67 @@ def http_get(host: str, path: str = "/", *, extra: str = "") -> bytes:
     return (
         f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n"
         f"{extra}\r\n"
-    ).encode("utf-8")
+    ).encode()
 
 
-def https_conversation(client: str, server: str, cport: int, sni: str | None, *, t0: float = 0.0,
-                       sport: int = 443, **hello: object) -> Packets:
+def https_conversation(
+    client: str,
+    server: str,
+    cport: int,
+    sni: str | None,
+    *,
+    t0: float = 0.0,
+    sport: int = 443,
+    **hello: object,
+) -> Packets:
     """A TLS connection whose first flight is a ClientHello naming ``sni``."""
     record = build_client_hello(sni, **hello)  # type: ignore[arg-type]
-    return tcp_conversation(client, server, cport, sport, record, t0=t0,
-                            response=b"\x16\x03\x03\x00\x04\x02\x00\x00\x00")
+    return tcp_conversation(
+        client,
+        server,
+        cport,
+        sport,
+        record,
+        t0=t0,
+        response=b"\x16\x03\x03\x00\x04\x02\x00\x00\x00",
+    )
 
 
-def http_conversation(client: str, server: str, cport: int, host: str, path: str = "/", *,
-                      t0: float = 0.0, sport: int = 80) -> Packets:
+def http_conversation(
+    client: str,
+    server: str,
+    cport: int,
+    host: str,
+    path: str = "/",
+    *,
+    t0: float = 0.0,
+    sport: int = 80,
+) -> Packets:
     """An HTTP connection with one GET and a short 200 answer."""
-    return tcp_conversation(client, server, cport, sport, http_get(host, path), t0=t0,
-                            response=b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    return tcp_conversation(
+        client,
+        server,
+        cport,
+        sport,
+        http_get(host, path),
+        t0=t0,
+        response=b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    )
 
 
-def dns_exchange(client: str, resolver: str, cport: int, name: str, *, qtype: int = 1,
-                 t0: float = 0.0, qid: int = 0x1234, answer: str | None = None,
-                 rtt: float = 0.03, ttl: int = 64) -> Packets:
+def dns_exchange(
+    client: str,
+    resolver: str,
+    cport: int,
+    name: str,
+    *,
+    qtype: int = 1,
+    t0: float = 0.0,
+    qid: int = 0x1234,
+    answer: str | None = None,
+    rtt: float = 0.03,
+    ttl: int = 64,
+) -> Packets:
     """A DNS query and (if ``answer`` is given) the resolver's real answer ``rtt`` later."""
     from gfwlab.proto.dns import build_answer, parse_query  # noqa: PLC0415
 
@@ -115,15 +173,27 @@ def dns_exchange(client: str, resolver: str, cport: int, name: str, *, qtype: in
     return out
 
 
-def udp_exchange(client: str, server: str, cport: int, sport: int, sizes: Iterable[int], *,
-                 t0: float = 0.0, rng: random.Random | None = None) -> Packets:
+def udp_exchange(
+    client: str,
+    server: str,
+    cport: int,
+    sport: int,
+    sizes: Iterable[int],
+    *,
+    t0: float = 0.0,
+    rng: random.Random | None = None,
+) -> Packets:
     """UDP datagrams of the given sizes, alternating client→server and server→client."""
     rng = rng or random.Random(0)
     c, s = addr_bytes(client), addr_bytes(server)
     out: Packets = []
     for i, size in enumerate(sizes):
         body = rng.randbytes(size)
-        pkt = build_udp(c, s, cport, sport, body) if i % 2 == 0 else build_udp(s, c, sport, cport, body)
+        pkt = (
+            build_udp(c, s, cport, sport, body)
+            if i % 2 == 0
+            else build_udp(s, c, sport, cport, body)
+        )
         out.append((t0 + i * 0.001, pkt))
     return out
 
@@ -137,19 +207,39 @@ def merge(*conversations: Packets) -> Packets:
 
 def demo_traffic() -> Iterator[tuple[str, Packets]]:
     """The offline demo's scenarios: (what it shows, packets)."""
-    yield "DNS query for a blocked name (forged answers race the real one)", dns_exchange(
-        CLIENT, RESOLVER, 40001, "www.google.com", t0=0.0, answer="198.19.0.80")
-    yield "DNS query for an unblocked name", dns_exchange(
-        CLIENT, RESOLVER, 40002, "example.org", t0=0.5, answer="198.19.0.80")
-    yield "HTTPS to a blocked SNI (reset by an S&P'25 injector)", https_conversation(
-        CLIENT, SERVER, 41001, "www.facebook.com", t0=1.0)
-    yield "HTTPS again within the 180 s residual window", https_conversation(
-        CLIENT, SERVER, 41002, "example.org", t0=3.0)
-    yield "HTTPS to an unblocked SNI on another server", https_conversation(
-        CLIENT, "198.19.0.3", 41003, "example.org", t0=4.0)
-    yield "HTTPS with the ClientHello split across two TLS records (evades)", https_conversation(
-        CLIENT, "198.19.0.4", 41004, "www.facebook.com", t0=5.0, record_split=40)
-    yield "HTTP GET with a blocked keyword in the path", http_conversation(
-        CLIENT, "198.19.0.5", 42001, "example.org", "/search?q=ultrasurf", t0=6.0)
-    yield "HTTPS with an ESNI extension (dropped)", https_conversation(
-        CLIENT, "198.19.0.6", 43001, None, t0=7.0, esni=True)
+    yield (
+        "DNS query for a blocked name (forged answers race the real one)",
+        dns_exchange(CLIENT, RESOLVER, 40001, "www.google.com", t0=0.0, answer="198.19.0.80"),
+    )
+    yield (
+        "DNS query for an unblocked name",
+        dns_exchange(CLIENT, RESOLVER, 40002, "example.org", t0=0.5, answer="198.19.0.80"),
+    )
+    yield (
+        "HTTPS to a blocked SNI (reset by an S&P'25 injector)",
+        https_conversation(CLIENT, SERVER, 41001, "www.facebook.com", t0=1.0),
+    )
+    yield (
+        "HTTPS again within the 180 s residual window",
+        https_conversation(CLIENT, SERVER, 41002, "example.org", t0=3.0),
+    )
+    yield (
+        "HTTPS to an unblocked SNI on another server",
+        https_conversation(CLIENT, "198.19.0.3", 41003, "example.org", t0=4.0),
+    )
+    yield (
+        "HTTPS with the ClientHello split across two TLS records (evades)",
+        https_conversation(
+            CLIENT, "198.19.0.4", 41004, "www.facebook.com", t0=5.0, record_split=40
+        ),
+    )
+    yield (
+        "HTTP GET with a blocked keyword in the path",
+        http_conversation(
+            CLIENT, "198.19.0.5", 42001, "example.org", "/search?q=ultrasurf", t0=6.0
+        ),
+    )
+    yield (
+        "HTTPS with an ESNI extension (dropped)",
+        https_conversation(CLIENT, "198.19.0.6", 43001, None, t0=7.0, esni=True),
+    )

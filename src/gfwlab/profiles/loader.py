@@ -44,7 +44,7 @@ class EngineParams:
     tcp_timeout_s: float = 120.0
     """Idle seconds after which a TCP flow is forgotten (the GFW's value is not published)."""
     udp_timeout_s: float = 60.0
-    """Idle seconds after which a UDP flow is forgotten (QUIC flow tracking: exactly 60 s, spec §5)."""
+    """Idle seconds before a UDP flow is forgotten (QUIC flow tracking: exactly 60 s, spec §5)."""
     sweep_s: float = 10.0
     """How often (in packet time) idle flows and ended residual blocks are swept."""
 
@@ -109,7 +109,9 @@ def load_profile(
     for name in mech_tables:
         if name not in known:
             raise ConfigError(
-                source, f"mechanisms.{name}", f"unknown mechanism (known: {', '.join(sorted(known))})"
+                source,
+                f"mechanisms.{name}",
+                f"unknown mechanism (known: {', '.join(sorted(known))})",
             )
     set_ctx = Context("--set", os.getcwd())
     engine_t = dict(data.get("engine", {}))
@@ -118,7 +120,13 @@ def load_profile(
     set_keys: dict[str, set[str]] = {}
     for item in overrides:
         section, key, value = _parse_override(item, known)
-        target = engine_t if section == "engine" else tcb_t if section == "tcb" else mech_t.setdefault(section, {})
+        target = (
+            engine_t
+            if section == "engine"
+            else tcb_t
+            if section == "tcb"
+            else mech_t.setdefault(section, {})
+        )
         target[key] = value
         set_keys.setdefault(section, set()).add(key)
 

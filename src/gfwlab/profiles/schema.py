@@ -84,14 +84,14 @@ def build_params(cls: type[Any], table: dict[str, Any], ctx: Context, prefix: st
         raise ConfigError(ctx.source, prefix, str(exc)) from None
 
 
-def coerce(value: Any, tp: Any, ctx: Context, key: str) -> Any:  # noqa: C901 - one branch per type
+def coerce(value: Any, tp: Any, ctx: Context, key: str) -> Any:
     """Check and convert one TOML value to the annotated type ``tp``."""
     origin = get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        if value is None or value == "" and type(None) in get_args(tp):
+        members = [a for a in get_args(tp) if a is not type(None)]
+        if value is None or (value == "" and type(None) in get_args(tp)):
             return None
-        return coerce(value, args[0], ctx, key)
+        return coerce(value, members[0], ctx, key)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -116,14 +116,17 @@ def coerce(value: Any, tp: Any, ctx: Context, key: str) -> Any:  # noqa: C901 - 
             ctx.source, key, f"must be one of {', '.join(map(repr, choices))}, got {value!r}"
         )
     if origin is tuple:
-        args = get_args(tp)
+        args: tuple[Any, ...] = get_args(tp)
         if not isinstance(value, list | tuple):
             raise _bad(ctx, key, "a list", value)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(coerce(v, args[0], ctx, f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(ctx.source, key, f"expected a list of {len(args)}, got {len(value)}")
-        return tuple(coerce(v, a, ctx, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(
+            coerce(v, a, ctx, f"{key}[{i}]")
+            for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
     if tp is DateRange:
         return _date_range(value, ctx, key)
     if tp is DomainSet:
@@ -147,7 +150,9 @@ def coerce(value: Any, tp: Any, ctx: Context, key: str) -> Any:  # noqa: C901 - 
             try:
                 nets.append(ipaddress.ip_network(str(item), strict=False))
             except ValueError:
-                raise ConfigError(ctx.source, f"{key}[{i}]", f"not an IP prefix: {item!r}") from None
+                raise ConfigError(
+                    ctx.source, f"{key}[{i}]", f"not an IP prefix: {item!r}"
+                ) from None
         return Prefixes(tuple(nets))
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return build_params(tp, value, ctx, key)
@@ -195,5 +200,11 @@ def _bad(ctx: Context, key: str, expected: str, value: Any) -> ConfigError:
 
 
 def _tname(value: Any) -> str:
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
-            dict: "table"}.get(type(value), type(value).__name__)
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "list",
+        dict: "table",
+    }.get(type(value), type(value).__name__)

@@ -1,0 +1,5 @@
+"""``python -m gfwlab``: the same as the ``gfwlab`` command."""
+
+from gfwlab.cli import main
+
+main()

@@ -1,0 +1,120 @@
+"""The parameter reference (``docs/profiles.md``), rendered from the parameter dataclasses.
+
+Each field's docstring (the string literal under it) is its documentation; a field without one
+is an error, so the reference cannot fall behind the code. ``python -m
+gfwlab.profiles.reference > docs/profiles.md`` regenerates the page; a test checks it is current.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import typing
+from typing import Any
+
+from gfwlab.engine.tcb import TcbParams
+from gfwlab.mechanisms.base import registry
+from gfwlab.profiles.loader import EngineParams
+
+HEADER = """# Profile reference
+
+A profile is a TOML file (the built-in one is `src/gfwlab/profiles/gfw.toml`). Every parameter
+below can also be set on the command line with `--set section.parameter=value`, where the value
+is read as TOML (`--set tls_sni.residual_s=5`, `--set "engine.inside=['198.18.0.0/16']"`) or, if it
+is not valid TOML, as a string (`--set tls_sni.domains=/path/list.txt`). List parameters take an
+inline list or a path to a file with one entry per line (relative paths are relative to the
+profile's folder, or to the current folder for `--set`).
+
+Domain rules: `example.com` matches the name and its subdomains; `=example.com` only the name;
+`^example.com` any name starting with that text; `*example*` any name containing it.
+
+Generated from the code by `python -m gfwlab.profiles.reference`; do not edit by hand.
+"""
+
+
+def field_docs(cls: type[Any]) -> dict[str, str]:
+    """The docstring under each field of ``cls`` and its dataclass bases."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        tree = ast.parse(inspect.getsource(klass).strip())
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, [*body[1:], None], strict=True):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                out[node.target.id] = " ".join(nxt.value.value.split())
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    text = getattr(tp, "__name__", None) if not typing.get_args(tp) else None
+    return text or str(tp).replace("typing.", "").replace("gfwlab.profiles.domains.", "")
+
+
+def _default(field: dataclasses.Field[Any]) -> str:
+    value = field.default
+    if value is dataclasses.MISSING:
+        return "required"
+    name = type(value).__name__
+    if name in ("DomainSet", "KeywordSet"):
+        return "empty list"
+    if name == "Prefixes":
+        return "none"
+    if name == "DateRange":
+        return "always"
+    if isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+        return f"{len(value)} injectors (see below)"
+    return f"`{value!r}`"
+
+
+def section(title: str, cls: type[Any], intro: str = "") -> list[str]:
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    lines = [f"## {title}", ""]
+    if intro:
+        lines += [intro, ""]
+    lines += ["| parameter | type | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.name not in docs:
+            raise RuntimeError(f"{cls.__name__}.{f.name} has no docstring")
+        kind = _type_name(hints[f.name]).replace("|", "or")
+        lines.append(f"| `{f.name}` | {kind} | {_default(f)} | {docs[f.name]} |")
+    return [*lines, ""]
+
+
+def render() -> str:
+    from gfwlab.mechanisms.dns_injection import DEFAULT_INJECTORS, DnsInjectorParams  # noqa: PLC0415
+
+    out = [HEADER]
+    out += section("[engine]", EngineParams)
+    out += section("[tcb]: the censor's view of TCP", TcbParams)
+    for name, cls in sorted(registry().items()):
+        doc = (cls.__module__ and inspect.getdoc(__import__(cls.__module__, fromlist=["x"]))) or ""
+        out += section(f"[mechanisms.{name}]", cls.params_cls, doc.split("\n\n")[0])
+        if name == "dns_injection":
+            out += section("[[mechanisms.dns_injection.injectors]]", DnsInjectorParams)
+            out.append(
+                "Default injectors: "
+                + ", ".join(
+                    f"`{i.name}` (coverage {i.coverage}, flags "
+                    f"{'by RD bit' if i.flags is None else hex(i.flags)}"
+                    f"{', mirrors TTL' if i.mirror_ttl else ''})"
+                    for i in DEFAULT_INJECTORS
+                )
+                + "."
+            )
+            out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")

@@ -1,0 +1,317 @@
+"""`gfwlab analyze` end to end: outputs, tshark, real captures, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gfwlab.offline.synth import (
+    demo_traffic,
+    dns_exchange,
+    https_conversation,
+    merge,
+    tcp_conversation,
+)
+from gfwlab.packet.pcap import PcapWriter
+from gfwlab.proto.tls import build_client_hello
+
+PCAPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pcaps"
+TSHARK = shutil.which("tshark")
+EVENT_KEYS = {
+    "ts",
+    "flow",
+    "direction",
+    "mechanism",
+    "action",
+    "rule",
+    "residual_until",
+    "citation",
+}
+T0 = 1_717_200_000.0
+
+
+def gfwlab(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gfwlab", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        check=False,
+    )
+
+
+def write_capture(path: Path, packets: list[tuple[float, bytes]]) -> Path:
+    with PcapWriter(str(path)) as w:
+        for t, p in packets:
+            w.write(T0 + t, p)
+    return path
+
+
+@pytest.fixture
+def demo_pcap(tmp_path: Path) -> Path:
+    return write_capture(tmp_path / "in.pcap", merge(*(p for _w, p in demo_traffic())))
+
+
+def test_analyze_writes_events_censored_capture_and_json(demo_pcap: Path, tmp_path: Path) -> None:
+    events, out = tmp_path / "ev.jsonl", tmp_path / "out.pcap"
+    res = gfwlab(
+        "analyze",
+        str(demo_pcap),
+        "--date",
+        "2024-06-01",
+        "--seed",
+        "1",
+        "--events",
+        str(events),
+        "--out",
+        str(out),
+        "--json",
+    )
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    mechs = {v["mechanism"] for v in summary["verdicts"]}
+    assert {"dns_injection", "tls_sni", "esni"} <= mechs
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    assert lines and all(set(e) >= EVENT_KEYS for e in lines)
+    assert all(set(e["flow"]) == {"proto", "src", "sport", "dst", "dport"} for e in lines)
+    assert {e["direction"] for e in lines} <= {"inside-out", "outside-in"}
+    assert out.stat().st_size > 0
+    assert sorted(os.listdir(tmp_path)) == ["ev.jsonl", "in.pcap", "out.pcap"]
+
+
+def test_table_output(demo_pcap: Path) -> None:
+    res = gfwlab("analyze", str(demo_pcap), "--date", "2024-06-01")
+    assert res.returncode == 0, res.stderr
+    assert "tls_sni" in res.stdout and "dns_injection" in res.stdout
+
+
+def test_same_seed_same_events(demo_pcap: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    for path in (a, b):
+        assert (
+            gfwlab(
+                "analyze",
+                str(demo_pcap),
+                "--seed",
+                "9",
+                "--date",
+                "2024-06-01",
+                "--events",
+                str(path),
+            ).returncode
+            == 0
+        )
+    assert a.read_bytes() == b.read_bytes()
+
+
+@pytest.mark.skipif(TSHARK is None, reason="tshark not installed")
+def test_tshark_reads_the_censored_capture_with_forged_packets(tmp_path: Path) -> None:
+    client, server, resolver = "198.18.0.2", "198.19.0.2", "198.19.0.53"
+    pkts = merge(
+        https_conversation(client, server, 40000, "www.youtube.com"),
+        dns_exchange(client, resolver, 40001, "www.google.com", t0=1.0, answer="198.19.0.80"),
+    )
+    src = write_capture(tmp_path / "in.pcap", pkts)
+    out = tmp_path / "out.pcap"
+    pool = "dns_injection.injectors=[{name='i3', pool_v4=['198.19.99.1']}]"
+    res = gfwlab(
+        "analyze", str(src), "--out", str(out), "--set", "tls_sni.injector='type2'", "--set", pool
+    )
+    assert res.returncode == 0, res.stderr
+    fields = subprocess.run(
+        [
+            TSHARK,
+            "-r",
+            str(out),
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "ip.flags.df",
+            "-e",
+            "tcp.flags.reset",
+            "-e",
+            "dns.flags.response",
+            "-e",
+            "dns.a",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    rows = [line.split("|") for line in fields]
+    resets = [r for r in rows if r[4] in ("1", "True")]
+    assert len(resets) == 6  # type II: three identical RST+ACK toward each end
+    assert {(r[1], r[2]) for r in resets} == {(server, client), (client, server)}
+    assert all(r[3] in ("1", "True") for r in resets)
+    answers = [r for r in rows if r[5] in ("1", "True")]
+    assert [r[6] for r in answers] == ["198.19.99.1", "198.19.0.80"]  # forged first, then real
+
+
+@pytest.mark.skipif(not PCAPS.is_dir(), reason="shared captures not present")
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in PCAPS.glob("*.pcap")) if PCAPS.is_dir() else []
+)
+def test_real_captures_analyse_without_error(name: str) -> None:
+    res = gfwlab("analyze", str(PCAPS / name), "--json", "--date", "2024-09-19")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["packets"] > 0 and summary["truncated_at"] is None
+
+
+@pytest.mark.skipif(not PCAPS.is_dir(), reason="shared captures not present")
+def test_real_quic_initial_sent_to_port_53_is_an_anomaly_not_a_query(tmp_path: Path) -> None:
+    # The availability-attack capture spoofs a 1294-byte QUIC Initial to UDP/53: the injector's
+    # parser cannot read it as a DNS question, so no answer is forged.
+    events = tmp_path / "ev.jsonl"
+    res = gfwlab(
+        "analyze",
+        str(PCAPS / "gfw-quic-sni-artifact--dns_attacker_client_anon.pcap"),
+        "--events",
+        str(events),
+        "--json",
+    )
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(x) for x in events.read_text().splitlines()]
+    assert lines and all(e["action"] == "anomaly" and e["rule"].startswith("dns.") for e in lines)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def one_line_error(res: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_not_a_capture(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello, this is not a capture\n")
+    out = tmp_path / "out.pcap"
+    one_line_error(gfwlab("analyze", str(bad), "--out", str(out)), str(bad), "not a pcap")
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+
+
+def test_missing_capture(tmp_path: Path) -> None:
+    one_line_error(gfwlab("analyze", str(tmp_path / "nope.pcap")), "nope.pcap")
+
+
+def test_unknown_link_type(tmp_path: Path) -> None:
+    path = tmp_path / "odd.pcap"
+    with PcapWriter(str(path), linktype=147) as w:
+        w.write(1.0, b"\x00" * 40)
+    one_line_error(gfwlab("analyze", str(path)), "147")
+
+
+def test_truncated_capture_processes_what_is_there(demo_pcap: Path, tmp_path: Path) -> None:
+    data = demo_pcap.read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[: len(data) // 2 + 7])
+    res = gfwlab("analyze", str(cut), "--json")
+    one_line_error(res, "truncated at byte", "analysed the")
+    summary = json.loads(res.stdout)
+    assert 0 < summary["packets"] < 58
+
+
+def test_broken_profile(tmp_path: Path, demo_pcap: Path) -> None:
+    prof = tmp_path / "p.toml"
+    prof.write_text("[mechanisms.tls_sni]\nresidual_s = 'x'\n")
+    one_line_error(
+        gfwlab("analyze", str(demo_pcap), "--profile", str(prof)),
+        str(prof),
+        "mechanisms.tls_sni.residual_s",
+    )
+
+
+def test_bad_set_and_date(demo_pcap: Path) -> None:
+    one_line_error(gfwlab("analyze", str(demo_pcap), "--set", "tls_sni.bogus=1"), "--set", "bogus")
+    one_line_error(gfwlab("analyze", str(demo_pcap), "--date", "yesterday"), "--date")
+
+
+@pytest.mark.parametrize("flag", ["--out", "--events"])
+def test_unwritable_output(demo_pcap: Path, tmp_path: Path, flag: str) -> None:
+    target = tmp_path / "missing-dir" / "x"
+    one_line_error(gfwlab("analyze", str(demo_pcap), flag, str(target)), str(target))
+    one_line_error(gfwlab("analyze", str(demo_pcap), flag, str(tmp_path)), "is a directory")
+    assert sorted(os.listdir(tmp_path)) == ["in.pcap"]
+
+
+def test_failure_after_one_output_opened_leaves_neither(demo_pcap: Path, tmp_path: Path) -> None:
+    events = tmp_path / "ev.jsonl"
+    res = gfwlab(
+        "analyze",
+        str(demo_pcap),
+        "--events",
+        str(events),
+        "--out",
+        str(tmp_path / "no" / "out.pcap"),
+    )
+    one_line_error(res)
+    assert sorted(os.listdir(tmp_path)) == ["in.pcap"]
+
+
+def test_interrupt_leaves_no_partial_output(tmp_path: Path) -> None:
+    big = tmp_path / "big.pcap"
+    hello = build_client_hello("example.org")
+    with PcapWriter(str(big)) as w:
+        for i in range(20_000):
+            conv = tcp_conversation("198.18.0.2", "198.19.0.2", 1024 + i, 443, hello, t0=i * 0.01)
+            for t, p in conv:
+                w.write(T0 + t, p)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gfwlab",
+            "analyze",
+            str(big),
+            "--events",
+            str(tmp_path / "e"),
+            "--out",
+            str(tmp_path / "o.pcap"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not any(n.startswith(".") for n in os.listdir(tmp_path)):  # outputs opened
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["big.pcap"]
+
+
+def test_usage_error_exit_code() -> None:
+    res = gfwlab("analyze")
+    assert res.returncode == 2
+
+
+def test_mechanisms_command() -> None:
+    res = gfwlab("mechanisms", "--date", "2020-07-01")
+    assert res.returncode == 0, res.stderr
+    assert "esni" in res.stdout and "S&P 2025" in res.stdout.replace("\n", " ")

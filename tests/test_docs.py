@@ -1,0 +1,24 @@
+"""The docs stay true to the code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gfwlab.mechanisms import registry
+from gfwlab.profiles.reference import render
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_profile_reference_is_current() -> None:
+    # Regenerate with: python -m gfwlab.profiles.reference > docs/profiles.md
+    assert (ROOT / "docs" / "profiles.md").read_text(encoding="utf-8") == render()
+
+
+def test_every_mechanism_cites_its_source_and_is_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name, cls in registry().items():
+        assert "spec §" in cls.citation, name
+        doc = __import__(cls.__module__, fromlist=["x"]).__doc__ or ""
+        assert "spec §" in doc and "Source" in doc, name
+        assert f"`{name}`" in readme, name
