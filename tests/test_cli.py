@@ -315,3 +315,21 @@ def test_mechanisms_command() -> None:
     res = gfwlab("mechanisms", "--date", "2020-07-01")
     assert res.returncode == 0, res.stderr
     assert "esni" in res.stdout and "S&P 2025" in res.stdout.replace("\n", " ")
+
+
+def test_special_and_symlinked_outputs(demo_pcap: Path, tmp_path: Path) -> None:
+    res = gfwlab("analyze", str(demo_pcap), "--events", "/dev/null", "--out", "/dev/null")
+    assert res.returncode == 0, res.stderr
+    assert Path("/dev/null").is_char_device()
+    target = tmp_path / "real.jsonl"
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    assert gfwlab("analyze", str(demo_pcap), "--events", str(link)).returncode == 0
+    assert link.is_symlink() and target.read_text().count("\n") > 3
+    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

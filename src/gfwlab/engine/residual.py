@@ -45,12 +45,15 @@ class ResidualTable:
         self.entries: dict[tuple[str, ResidualKey, Key], ResidualEntry] = {}
         self.kinds: dict[tuple[str, ResidualKey], str] = {}
         """Every (mechanism, key kind) in use, with its policy, so lookups try only those."""
+        self.drops = False
+        """Whether any ``drop-c2s`` block was ever added (the engine's fast path checks it)."""
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def add(self, flow: Flow, kind: ResidualKey, entry: ResidualEntry) -> None:
         self.kinds[(entry.mechanism, kind)] = entry.policy
+        self.drops = self.drops or entry.policy == "drop-c2s"
         key = (entry.mechanism, kind, residual_key(flow, kind))
         old = self.entries.get(key)
         if old is None or old.until < entry.until:
@@ -70,4 +73,5 @@ class ResidualTable:
         dead = [k for k, e in self.entries.items() if e.until <= now]
         for key in dead:
             del self.entries[key]
+        self.drops = any(e.policy == "drop-c2s" for e in self.entries.values())
         return len(dead)

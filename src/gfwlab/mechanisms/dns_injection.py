@@ -72,8 +72,9 @@ class DnsInjectorParams:
     """Forged IPv4 answers, handed out round-robin."""
     pool_v6: tuple[str, ...] = ("2001::1",)
     """Forged IPv6 answers, handed out round-robin (GFWatch: all in 2001::/32)."""
-    latency_ms: tuple[float, float] = (0.5, 3.0)
-    """Injection latency range (unverified; the forged answer beats the real one)."""
+    latency_ms: tuple[float, float] = (0.0, 0.0)
+    """Injection latency range in ms (unpublished). The forged answer beats the real one (spec
+    §2): at 0 the live censor sends it before it lets the query through."""
     _v4: tuple[bytes, ...] = field(default=(), init=False, repr=False)
     _v6: tuple[bytes, ...] = field(default=(), init=False, repr=False)
 
@@ -151,10 +152,12 @@ class DnsInjection(Mechanism):
             ttl = self.rng.randint(*inj.dns_ttl)
             payload = build_answer(pkt.payload, query, addr, ttl, flags)
             ip_ttl = pkt.ttl if inj.mirror_ttl else self.rng.randint(*inj.ip_ttl)
-            ip_id = {"random": self.rng.randint(0, 0xFFFF), "zero": 0, "mirror": pkt.ip_id}[
-                inj.ip_id
-            ]
-            delay = self.rng.uniform(*inj.latency_ms) / 1000.0
+            if inj.ip_id == "random":
+                ip_id = self.rng.randint(0, 0xFFFF)
+            else:
+                ip_id = 0 if inj.ip_id == "zero" else pkt.ip_id
+            lo, hi = inj.latency_ms
+            delay = self.rng.uniform(lo, hi) / 1000.0 if hi > 0 else 0.0
             forged.append(
                 Forged(
                     packet=build_udp(

@@ -8,16 +8,15 @@ Outputs are written to temporary files and published only when the run completes
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any, assert_never
 
+from gfwlab._outfile import OutputFile
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, Report
 from gfwlab.engine.censor import Censor
-from gfwlab.errors import AdapterError
 from gfwlab.packet.pcap import CaptureReader, PcapWriter
 from gfwlab.profiles.loader import Profile
 
@@ -96,27 +95,18 @@ class Summary:
 
 
 class AtomicText:
-    """A text file written under a temporary name and renamed into place on commit."""
+    """A UTF-8 text output published whole or not at all (see :mod:`gfwlab._outfile`)."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
-        directory = os.path.dirname(os.path.abspath(path))
-        if os.path.isdir(path):
-            raise AdapterError(path, "cannot write: is a directory")
-        try:
-            fd, self._tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
-        except OSError as exc:
-            raise AdapterError(path, f"cannot write: {exc.strerror or exc}") from None
-        self.fh: IO[str] = os.fdopen(fd, "w", encoding="utf-8")
+        self._out = OutputFile(path)
+        self.fh: IO[str] = io.TextIOWrapper(self._out.fh, encoding="utf-8", write_through=False)
 
     def commit(self) -> None:
-        self.fh.close()
-        os.replace(self._tmp, self.path)
+        self.fh.flush()
+        self._out.commit()
 
     def abort(self) -> None:
-        self.fh.close()
-        if os.path.exists(self._tmp):
-            os.unlink(self._tmp)
+        self._out.abort()
 
 
 def analyze(

@@ -24,6 +24,7 @@ import struct
 from collections.abc import Iterator
 from types import TracebackType
 
+from gfwlab._outfile import OutputFile
 from gfwlab.errors import AdapterError
 
 __all__ = [
@@ -504,83 +505,40 @@ class PcapWriter:
     on normal exit and aborts (removing everything it wrote) on an exception.
     """
 
-    __slots__ = (
-        "_done",
-        "_fh",
-        "_published",
-        "_rec",
-        "_scale",
-        "_tmp",
-        "count",
-        "linktype",
-        "path",
-    )
+    __slots__ = ("_out", "_rec", "_scale", "count", "linktype", "path")
 
     def __init__(self, path: str, linktype: int = LINKTYPE_RAW, nanosecond: bool = True) -> None:
         self.path = path
         self.linktype = linktype
         self.count = 0
-        self._done = True  # until the temporary file exists
-        self._published = False
         self._scale = 1_000_000_000 if nanosecond else 1_000_000
         self._rec = struct.Struct("<IIII")
-        if os.path.isdir(path):
-            raise AdapterError(path, "cannot write: is a directory")
-        directory, name = os.path.split(os.path.abspath(path))
-        self._tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
-        try:
-            self._fh = open(self._tmp, "wb", buffering=1 << 20)  # noqa: SIM115 - closed in commit/abort
-        except OSError as exc:
-            raise AdapterError(path, f"cannot write: {exc.strerror or exc}") from None
-        self._done = False
+        self._out = OutputFile(path)
         magic = 0xA1B23C4D if nanosecond else 0xA1B2C3D4
-        self._put(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, MAX_CAPLEN, linktype))
-
-    def _put(self, data: bytes) -> None:
-        try:
-            self._fh.write(data)
-        except OSError as exc:
-            self.abort()
-            raise AdapterError(self.path, f"cannot write: {exc.strerror or exc}") from None
+        self._out.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, MAX_CAPLEN, linktype))
 
     def write(self, ts: float, packet: bytes) -> None:
         """Append one record with timestamp ``ts`` (seconds since the epoch)."""
-        if self._done:
+        if self._out.done:
             raise ValueError("write to a committed or aborted PcapWriter")
         sec, frac = split_timestamp(ts, self._scale)
         n = len(packet)
         cap = n if n <= MAX_CAPLEN else MAX_CAPLEN
-        self._put(self._rec.pack(sec, frac, cap, n))
-        self._put(packet if cap == n else packet[:cap])
+        self._out.write(self._rec.pack(sec, frac, cap, n))
+        self._out.write(packet if cap == n else packet[:cap])
         self.count += 1
 
     def commit(self) -> None:
         """Flush, sync and move the capture into place. Idempotent after success; after
         :meth:`abort` (or a failed write) it raises ValueError, as there is nothing to publish."""
-        if self._done:
-            if self._published:
-                return
-            raise ValueError("commit of an aborted PcapWriter")
         try:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            os.replace(self._tmp, self.path)
-        except OSError as exc:
-            self.abort()
-            raise AdapterError(self.path, f"cannot write: {exc.strerror or exc}") from None
-        self._done = True
-        self._published = True
+            self._out.commit()
+        except ValueError:
+            raise ValueError("commit of an aborted PcapWriter") from None
 
     def abort(self) -> None:
         """Discard everything written; no file is left behind."""
-        if self._done:
-            return
-        self._done = True
-        with contextlib.suppress(OSError):
-            self._fh.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._tmp)
+        self._out.abort()
 
     def __enter__(self) -> PcapWriter:
         return self
@@ -598,5 +556,6 @@ class PcapWriter:
 
     def __del__(self) -> None:
         # A writer dropped without commit() leaves nothing behind.
-        if not getattr(self, "_done", True):
-            self.abort()
+        out = getattr(self, "_out", None)
+        if out is not None:
+            out.abort()
