@@ -6,6 +6,7 @@
     ├── ConfigError       the user's fault: a bad profile, option or list file (raised at load)
     ├── MalformedPacket   the traffic's fault: never escapes Censor.feed(), becomes an anomaly event
     └── AdapterError      I/O: an unreadable capture, an unwritable output path
+        └── LabError      the lab cannot be made or used: not root, already up, a missing tool
 
 Anything else that escapes is a bug.
 """
@@ -57,3 +58,14 @@ class AdapterError(GfwlabError):
         self.offset = offset
         at = f" at byte {offset}" if offset is not None else ""
         super().__init__(f"{path}{at}: {reason}")
+
+
+class LabError(AdapterError):
+    """The live lab cannot be made or used (not root, already up, a missing tool or feature)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("lab", reason)
+        self.args = (f"lab: {reason}",)
+
+    def __str__(self) -> str:
+        return f"lab: {self.reason}"

@@ -86,6 +86,11 @@ class Event:
 class Accept:
     """Forward the packet."""
 
+    hold_until: float | None = None
+    """Forward it no earlier than this: forged packets it triggered are due then. The GFW sits
+    nearer to both ends than they are to each other, so its forgeries arrive first; an inline
+    adapter whose peers are one hop apart holds the trigger to keep that order."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Drop:

@@ -157,14 +157,14 @@ class Censor:
         flow.packets += 1
         c2s = pkt.src == flow.client and pkt.sport == flow.cport
         state = flow.state
-        if state is FlowState.BYPASSED and not self.residual.entries:
+        if state is FlowState.BYPASSED and not self.residual.drops:
             st.bypassed_pkts += 1
             st.bypassed_bytes += len(packet)
             return [_ACCEPT]
         if state is FlowState.BLOCKED:
             return self._blocked_verdict(flow, c2s)
         out: list[Action] = [_ACCEPT]
-        if self.residual.entries and self._residual_drop(flow, pkt, c2s, now, out):
+        if self.residual.drops and self._residual_drop(flow, pkt, c2s, now, out):
             return out
         if state is FlowState.BYPASSED:
             st.bypassed_pkts += 1
@@ -415,6 +415,10 @@ class Censor:
         extend: bool = True,
     ) -> None:
         flow, now = seen.flow, seen.now
+        if decision.injections and self.profile.engine.hold_trigger and isinstance(out[0], Accept):
+            first = min(f.delay for f in decision.injections)
+            if first > 0:
+                out[0] = Accept(hold_until=now + first)
         for forged in decision.injections:
             inject = Inject(
                 packet=forged.packet,

@@ -82,6 +82,10 @@ class DomainSet:
     def __len__(self) -> int:
         return self.size
 
+    def names(self) -> list[str]:
+        """The plain names of the end-anchored and exact rules (for lab certificates)."""
+        return sorted(self._suffix | self._exact)
+
     def match(self, name: str) -> str | None:
         """The rule matching ``name`` (already lower-case, no trailing dot), or None."""
         if not name:

@@ -45,6 +45,9 @@ class EngineParams:
     """Idle seconds after which a TCP flow is forgotten (the GFW's value is not published)."""
     udp_timeout_s: float = 60.0
     """Idle seconds before a UDP flow is forgotten (QUIC flow tracking: exactly 60 s, spec §5)."""
+    hold_trigger: bool = True
+    """Live: deliver a packet that triggered forged packets only after they are sent, so they win
+    the race as they do on the real border, where the peer is further than the censor."""
     sweep_s: float = 10.0
     """How often (in packet time) idle flows and ended residual blocks are swept."""
 

@@ -59,6 +59,7 @@ _QR = 0x8000
 _RD = 0x0100
 _HEADER = struct.Struct("!HHHHHH")
 _RR_FIXED = struct.Struct("!HHIH")  # TYPE, CLASS, TTL, RDLENGTH after the name
+_QTYPE_QCLASS = struct.Struct("!HH")
 _POINTER_TO_QNAME = b"\xc0\x0c"
 # The shortest thing the injector copies before its answer: header, one length byte, QTYPE, QCLASS.
 _MIN_COPIED = HEADER_LEN + 1 + 4
@@ -117,7 +118,8 @@ def parse_query(data: bytes, *, max_name: int = DEFAULT_MAX_NAME) -> DnsQuery | 
     anomalies: list[str] = []
     if qdcount != 1:
         anomalies.append("dns.qdcount_not_one")
-    name = bytearray()
+    labels: list[bytes] = []  # as copied, so the last may be cut short
+    name_len = 0  # length of the flattened name so far, dots included
     pos = HEADER_LEN  # blackbox.c's query_i: bytes consumed by the name loop
     qname_end = pos  # blackbox.c's qname_end: just after the last length byte read
     truncated = False
@@ -137,22 +139,18 @@ def parse_query(data: bytes, *, max_name: int = DEFAULT_MAX_NAME) -> DnsQuery | 
         if length & 0xC0:
             raise MalformedPacket("dns.bad_label_type", pos - 1, f"length byte {length:#x}")
         # No room for a dot, one label byte and the C string's NUL: stop (name stays as is).
-        if len(name) + 2 > max_name:
+        if name_len + 2 > max_name:
             truncated = True
             break
-        if name:
-            name.append(0x2E)
-        take = min(length, max_name - len(name))
+        if labels:
+            name_len += 1  # the dot
+        take = length if length <= max_name - name_len else max_name - name_len
         if pos + take > len(data):
             raise MalformedPacket(
                 "dns.label_overrun", pos - 1, f"label of {length} bytes, {len(data) - pos} left"
             )
-        label = data[pos : pos + take]
-        if 0x2E in label and "dns.dot_in_label" not in anomalies:
-            anomalies.append("dns.dot_in_label")
-        if 0 in label and "dns.nul_in_label" not in anomalies:
-            anomalies.append("dns.nul_in_label")
-        name += label
+        labels.append(data[pos : pos + take])
+        name_len += take
         pos += take
         if take < length:
             truncated = True
@@ -162,25 +160,40 @@ def parse_query(data: bytes, *, max_name: int = DEFAULT_MAX_NAME) -> DnsQuery | 
     # only when the name was cut short inside a label (blackbox.c's "desync").
     if qname_end + 4 > len(data) or pos + 4 > len(data):
         raise MalformedPacket("dns.no_question", qname_end, "QTYPE/QCLASS missing")
-    qtype, qclass = struct.unpack_from("!HH", data, qname_end)
+    qtype, qclass = _QTYPE_QCLASS.unpack_from(data, qname_end)
+
+    name = b".".join(labels)
+    # More dots than separators, or any NUL: some label holds one (rare; find which first).
+    if labels and (name.count(0x2E) >= len(labels) or 0 in name):
+        anomalies += _label_anomalies(labels)
     if truncated:
         anomalies.append("dns.name_truncated")
-
     nul = name.find(0)
     if nul >= 0:
-        del name[nul:]
+        name = name[:nul]
     return DnsQuery(
         id=ident,
         flags=flags,
         rd=bool(flags & _RD),
         opcode=(flags >> 11) & 0xF,
-        qname=bytes(name).lower().decode("latin-1"),
+        qname=name.lower().decode("latin-1"),
         qname_wire=bytes(data[HEADER_LEN:pos]),
         qtype=qtype,
         qclass=qclass,
         question_end=pos + 4,
         anomalies=tuple(anomalies),
     )
+
+
+def _label_anomalies(labels: list[bytes]) -> list[str]:
+    """``dns.dot_in_label`` and ``dns.nul_in_label``, in the order the labels show them."""
+    found: list[str] = []
+    for label in labels:
+        if 0x2E in label and "dns.dot_in_label" not in found:
+            found.append("dns.dot_in_label")
+        if 0 in label and "dns.nul_in_label" not in found:
+            found.append("dns.nul_in_label")
+    return found
 
 
 def forged_flags(rd: bool) -> int:

@@ -30,6 +30,8 @@ MAX_HEADER = 16 * 1024
 
 _METHOD_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ-_")
 _MAX_METHOD = 20  # the longest registered method, UPDATEREDIRECTREF, has 17 characters
+_METHOD_SP = re.compile(rb"[A-Z_\-]{1,20} ")  # what _check_method accepts, as one match
+_BLANK_LINE = re.compile(rb"\n\r?\n")
 _VERSION = re.compile(rb"HTTP/\d\.\d")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _PORT = re.compile(rb"\d*")
@@ -65,39 +67,32 @@ def parse_request(data: bytes) -> HttpRequest | None:
     :class:`MalformedPacket` ``http.not_http`` for a stream that is not an HTTP request and
     ``http.header_too_long`` if no blank line ends the headers within :data:`MAX_HEADER` bytes.
     """
-    _check_method(data)
-    window = data[:MAX_HEADER]
-    first_nl = window.find(b"\n")
+    if _METHOD_SP.match(data) is None:
+        _check_method(data)  # raises, unless the method is still arriving
+    first_nl = data.find(b"\n", 0, MAX_HEADER)
     if first_nl < 0:
-        _check_line_chars(_strip_cr(window), 0)
+        _check_line_chars(_strip_cr(data[:MAX_HEADER]), 0)
         if len(data) >= MAX_HEADER:
             raise MalformedPacket("http.header_too_long", MAX_HEADER, "no end of request line")
         return None
-    request_line = _strip_cr(window[:first_nl])
+    request_line = _strip_cr(data[:first_nl])
     method, target, version_ok = _split_request_line(request_line)
     if not version_ok:
         raise MalformedPacket("http.not_http", 0, "request line is not METHOD target HTTP/x.y")
 
-    lines: list[bytes] = []
-    pos = first_nl + 1
-    while True:
-        nl = window.find(b"\n", pos)
-        if nl < 0:
-            if len(data) >= MAX_HEADER:
-                raise MalformedPacket("http.header_too_long", MAX_HEADER, "no end of headers")
-            return None
-        line = _strip_cr(window[pos:nl])
-        pos = nl + 1
-        if not line:
-            break
-        lines.append(line)
-
-    host_raw, anomalies = _find_host(lines)
-    path, path_texts = _decode(unquote_to_bytes(target))
+    # The header block ends at the first line that is empty once its ``\r`` is stripped.
+    blank = _BLANK_LINE.search(data, first_nl, MAX_HEADER)
+    if blank is None:
+        if len(data) >= MAX_HEADER:
+            raise MalformedPacket("http.header_too_long", MAX_HEADER, "no end of headers")
+        return None
+    headers = data[first_nl + 1 : blank.start()]
+    host_raw, anomalies = _find_host(headers.split(b"\n") if headers else [])
+    path, path_texts = _decode(_unquote(target))
     texts = list(path_texts)
     host: str | None = None
     if host_raw is not None:
-        host, host_texts = _decode(unquote_to_bytes(_strip_port(host_raw)))
+        host, host_texts = _decode(_unquote(_strip_port(host_raw)))
         host = host.lower()
         texts += [text.lower() for text in host_texts]
     return HttpRequest(
@@ -106,7 +101,7 @@ def parse_request(data: bytes) -> HttpRequest | None:
         path=path,
         host=host,
         texts=tuple(dict.fromkeys(texts)),
-        header_end=pos,
+        header_end=blank.end(),
         anomalies=tuple(anomalies),
     )
 
@@ -139,11 +134,17 @@ def _split_request_line(line: bytes) -> tuple[bytes, bytes, bool]:
     return method, target.strip(b" "), ok
 
 
+def _unquote(raw: bytes) -> bytes:
+    return unquote_to_bytes(raw) if b"%" in raw else raw
+
+
 def _strip_cr(line: bytes) -> bytes:
     return line[:-1] if line.endswith(b"\r") else line
 
 
 def _find_host(lines: list[bytes]) -> tuple[bytes | None, list[str]]:
+    """The first Host value and the header anomalies. ``lines`` may still end in ``\\r``: that
+    only matters for a value, after the colon, so it is stripped from the Host value alone."""
     host: bytes | None = None
     anomalies: list[str] = []
     for line in lines:
@@ -156,7 +157,7 @@ def _find_host(lines: list[bytes]) -> tuple[bytes | None, list[str]]:
             continue
         if name.lower() == b"host":
             if host is None:
-                host = value.strip(b" \t")
+                host = _strip_cr(value).strip(b" \t")
             else:
                 _note(anomalies, "http.multiple_host")
     return host, anomalies
@@ -180,6 +181,9 @@ def _strip_port(host: bytes) -> bytes:
 
 def _decode(raw: bytes) -> tuple[str, list[str]]:
     """The preferred reading of ``raw`` and every reading the filter tries."""
+    if raw.isascii():  # UTF-8 and GB18030 both read ASCII as ASCII
+        text = raw.decode("ascii")
+        return text, [text]
     readings: list[str] = []
     for codec in ("utf-8", "gb18030"):
         try:

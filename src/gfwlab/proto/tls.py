@@ -22,14 +22,12 @@ probes, including the record-split evasion.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gfwlab.errors import MalformedPacket
-from gfwlab.proto._cursor import Cursor
 
 CONTENT_HANDSHAKE = 0x16
 HANDSHAKE_CLIENT_HELLO = 1
@@ -47,6 +45,7 @@ EXT_ECH = 0xFE0D
 """encrypted_client_hello (RFC 9849 / draft-13 onwards)."""
 
 _TRUNCATED = "tls.truncated_field"
+_TYPE_LENGTH = struct.Struct("!HH")  # an extension's type and length
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +92,7 @@ def parse_client_hello(data: bytes) -> ClientHello | None:
         raise MalformedPacket("tls.not_handshake", 1, f"record version major {data[1]}")
     if len(data) < RECORD_HEADER_LEN:
         return None
-    record_length = int.from_bytes(data[3:5], "big")
+    record_length = (data[3] << 8) | data[4]
     if record_length > MAX_RECORD:
         raise MalformedPacket("tls.record_overflow", 3, f"record length {record_length}")
     if record_length >= 1 and len(data) > RECORD_HEADER_LEN:
@@ -109,7 +108,7 @@ def parse_client_hello(data: bytes) -> ClientHello | None:
     body_start = RECORD_HEADER_LEN + HANDSHAKE_HEADER_LEN
     if len(data) < body_start:
         return None
-    hs_length = int.from_bytes(data[6:body_start], "big")
+    hs_length = (data[6] << 16) | (data[7] << 8) | data[8]
     if HANDSHAKE_HEADER_LEN + hs_length > record_length:
         raise MalformedPacket(
             "tls.client_hello_fragmented",
@@ -119,13 +118,11 @@ def parse_client_hello(data: bytes) -> ClientHello | None:
         )
     if len(data) < RECORD_HEADER_LEN + record_length:
         return None
-    hello = parse_client_hello_body(data[body_start : body_start + hs_length], offset=body_start)
     extra = (
         ("tls.record_trailing_data",) if HANDSHAKE_HEADER_LEN + hs_length < record_length else ()
     )
-    return dataclasses.replace(
-        hello, record_length=record_length, anomalies=hello.anomalies + extra
-    )
+    # The body is read in place (no copy); offsets in ``data`` are already the ones to report.
+    return _parse_body(data, body_start, body_start + hs_length, 0, record_length, extra)
 
 
 def parse_client_hello_body(body: bytes, *, offset: int = 0) -> ClientHello:
@@ -135,66 +132,98 @@ def parse_client_hello_body(body: bytes, *, offset: int = 0) -> ClientHello:
     ``offset`` is added to reported offsets (where ``body`` starts in the caller's buffer).
     ``record_length`` in the result is 0.
     """
-    cur = Cursor(body, kind=_TRUNCATED, base=offset)
+    return _parse_body(body, 0, len(body), offset, 0, ())
+
+
+# The parser walks ``data[start:end]`` in place with plain integer positions, because it runs
+# for every ClientHello the censor sees. Each ``> end`` test guards one field and never lets a
+# short read through; the errors are built by _need and _overrun, which report ``shift + pos``
+# (an offset in the caller's buffer).
+
+
+def _parse_body(
+    data: bytes, start: int, end: int, shift: int, record_length: int, extra: tuple[str, ...]
+) -> ClientHello:
     anomalies: list[str] = []
-    legacy_version = cur.pull_u16("legacy_version")
-    cur.pull_bytes(32, "random")
-    cur.pull_vector(1, "legacy_session_id")
-    suites_raw = cur.pull_vector(2, "cipher_suites")
-    if len(suites_raw) % 2:
+    pos = start
+    if pos + 34 > end:  # legacy_version, random
+        if pos + 2 > end:
+            raise _need(shift, pos, end, 2, "legacy_version")
+        raise _need(shift, pos + 2, end, 32, "random")
+    legacy_version = (data[pos] << 8) | data[pos + 1]
+    pos += 34
+    pos = _skip_vector(data, pos, end, shift, 1, "legacy_session_id")
+    suites_at = pos + 2
+    pos = _skip_vector(data, pos, end, shift, 2, "cipher_suites")
+    if (pos - suites_at) % 2:
         _note(anomalies, "tls.odd_cipher_suites_length")
-    suites = tuple(
-        int.from_bytes(suites_raw[i : i + 2], "big") for i in range(0, len(suites_raw) - 1, 2)
-    )
-    cur.pull_vector(1, "legacy_compression_methods")
+    suites: tuple[int, ...] = struct.unpack_from(f"!{(pos - suites_at) // 2}H", data, suites_at)
+    pos = _skip_vector(data, pos, end, shift, 1, "legacy_compression_methods")
 
     extensions: list[int] = []
+    seen: set[int] = set()
     sni_names: list[str] = []
     alpn: list[str] = []
-    if not cur.eof():
-        block = cur.sub_vector(2, "extensions")
-        if not cur.eof():
+    if pos < end:
+        block = pos + 2
+        pos = _skip_vector(data, pos, end, shift, 2, "extensions")
+        if pos < end:
             _note(anomalies, "tls.trailing_data")
-        while not block.eof():
-            ext_type = block.pull_u16("extension_type")
-            ext = block.sub_vector(2, f"extension {ext_type:#06x}")
-            if ext_type in extensions:
+        block_end = pos
+        while block < block_end:
+            if block + 4 > block_end:
+                if block + 2 > block_end:
+                    raise _need(shift, block, block_end, 2, "extension_type")
+                ext_type = (data[block] << 8) | data[block + 1]
+                raise _need(shift, block + 2, block_end, 2, f"extension {ext_type:#06x}")
+            ext_type, length = _TYPE_LENGTH.unpack_from(data, block)
+            ext = block + 4
+            block = ext + length
+            if block > block_end:
+                raise _overrun(
+                    shift, ext - 2, block_end - ext, length, f"extension {ext_type:#06x}"
+                )
+            if ext_type in seen:
                 _note(anomalies, "tls.duplicate_extension")
+            else:
+                seen.add(ext_type)
             extensions.append(ext_type)
             if ext_type == EXT_SERVER_NAME:
-                sni_names += _pull_server_names(ext, anomalies)
+                sni_names += _server_names(data, ext, block, shift, anomalies)
             elif ext_type == EXT_ALPN:
-                alpn += _pull_alpn(ext, anomalies)
+                alpn += _alpn(data, ext, block, shift, anomalies)
     if len(sni_names) > 1:
         _note(anomalies, "tls.multiple_sni")
     return ClientHello(
         sni=sni_names[0] if sni_names else None,
         sni_names=tuple(sni_names),
         alpn=tuple(alpn),
-        has_esni=EXT_ESNI in extensions,
-        has_ech=EXT_ECH in extensions,
+        has_esni=EXT_ESNI in seen,
+        has_ech=EXT_ECH in seen,
         extensions=tuple(extensions),
         legacy_version=legacy_version,
         cipher_suites=suites,
-        anomalies=tuple(anomalies),
-        record_length=0,
+        anomalies=tuple(anomalies) + extra,
+        record_length=record_length,
     )
 
 
-def _pull_server_names(ext: Cursor, anomalies: list[str]) -> list[str]:
+def _server_names(data: bytes, pos: int, end: int, shift: int, anomalies: list[str]) -> list[str]:
     names: list[str] = []
-    if ext.eof():
+    if pos >= end:
         # An empty server_name extension is what a *server* sends back; from a client it is odd.
         _note(anomalies, "tls.empty_sni")
         return names
-    name_list = ext.sub_vector(2, "server_name_list")
-    if not ext.eof():
+    list_end = _skip_vector(data, pos, end, shift, 2, "server_name_list")
+    if list_end < end:
         _note(anomalies, "tls.extension_trailing_data")
-    while not name_list.eof():
-        name_type = name_list.pull_u8("name_type")
-        name = name_list.pull_vector(2, "host_name")
+    pos += 2
+    while pos < list_end:
+        name_type = data[pos]
+        name = pos + 3
+        pos = _skip_vector(data, pos + 1, list_end, shift, 2, "host_name")
         if name_type == 0:
-            names.append(name.lower().decode("latin-1"))
+            names.append(data[name:pos].lower().decode("latin-1"))
         else:
             _note(anomalies, "tls.unknown_sni_type")
     if not names:
@@ -202,17 +231,44 @@ def _pull_server_names(ext: Cursor, anomalies: list[str]) -> list[str]:
     return names
 
 
-def _pull_alpn(ext: Cursor, anomalies: list[str]) -> list[str]:
+def _alpn(data: bytes, pos: int, end: int, shift: int, anomalies: list[str]) -> list[str]:
     protocols: list[str] = []
-    proto_list = ext.sub_vector(2, "protocol_name_list")
-    if not ext.eof():
+    list_end = _skip_vector(data, pos, end, shift, 2, "protocol_name_list")
+    if list_end < end:
         _note(anomalies, "tls.extension_trailing_data")
-    while not proto_list.eof():
-        name = proto_list.pull_vector(1, "protocol_name")
-        if not name:
+    pos += 2
+    while pos < list_end:
+        name = pos + 1
+        pos = name + data[pos]
+        if pos > list_end:
+            raise _overrun(shift, name - 1, list_end - name, data[name - 1], "protocol_name")
+        if pos == name:
             _note(anomalies, "tls.empty_alpn")
-        protocols.append(name.decode("latin-1"))
+        protocols.append(data[name:pos].decode("latin-1"))
     return protocols
+
+
+def _skip_vector(data: bytes, pos: int, end: int, shift: int, size: int, what: str) -> int:
+    """The end of the ``size``-byte-length-prefixed vector at ``pos`` (TLS ``<..>``)."""
+    if pos + size > end:
+        raise _need(shift, pos, end, size, what)
+    n = data[pos] if size == 1 else (data[pos] << 8) | data[pos + 1]
+    vector_end = pos + size + n
+    if vector_end > end:
+        raise _overrun(shift, pos, end - pos - size, n, what)
+    return vector_end
+
+
+def _need(shift: int, pos: int, end: int, n: int, what: str) -> MalformedPacket:
+    """A fixed-size field at ``pos`` runs past ``end``."""
+    return MalformedPacket(
+        _TRUNCATED, shift + pos, f"{what}: need {n} bytes, {max(end - pos, 0)} left"
+    )
+
+
+def _overrun(shift: int, prefix: int, left: int, n: int, what: str) -> MalformedPacket:
+    """The vector whose length prefix is at ``prefix`` claims ``n`` bytes; ``left`` follow it."""
+    return MalformedPacket(_TRUNCATED, shift + prefix, f"{what}: length {n}, {left} bytes left")
 
 
 def _note(anomalies: list[str], kind: str) -> None:

@@ -1,0 +1,1 @@
+"""The live lab: network namespaces, the censor between them, and the services behind it."""

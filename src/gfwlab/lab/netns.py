@@ -1,0 +1,245 @@
+"""Namespaces, links, addresses, routes and firewall rules, made with iproute2 and iptables.
+
+Everything is made inside namespaces the lab creates; nothing here touches the host's own
+interfaces, routes or rules. The commands are the standard tools (``ip``, ``iptables``,
+``ip6tables``, ``sysctl``, ``ethtool``) run with ``ip netns exec``, which keeps each step visible
+and easy to reproduce by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+from gfwlab.errors import LabError
+from gfwlab.lab.topology import (
+    BYPASS_MARK,
+    CLIENT_GW_V4,
+    CLIENT_GW_V6,
+    CLIENT_LINK,
+    CLIENT_NS,
+    CLIENT_V4,
+    CLIENT_V6,
+    LINKS,
+    MTU,
+    NAMESPACES,
+    PREFIX,
+    SERVER_EXTRA_V4,
+    SERVER_GW_V4,
+    SERVER_GW_V6,
+    SERVER_LINK,
+    SERVER_NS,
+    SERVER_V4,
+    SERVER_V6,
+)
+
+REQUIRED_TOOLS = {"ip": "iproute2", "iptables": "iptables", "ip6tables": "iptables"}
+
+
+def run(argv: list[str], *, check: bool = True, timeout: float = 30.0) -> str:
+    """Run a command; on failure raise LabError with its first line of stderr."""
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise LabError(f"{argv[0]} not found") from None
+    except subprocess.TimeoutExpired:
+        raise LabError(f"{' '.join(argv)} timed out") from None
+    if check and res.returncode != 0:
+        detail = (res.stderr.strip() or res.stdout.strip()).splitlines()
+        raise LabError(f"{' '.join(argv)}: {detail[0] if detail else f'exit {res.returncode}'}")
+    return res.stdout
+
+
+def in_ns(ns: str, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, *argv]
+
+
+def existing_namespaces() -> list[str]:
+    out = run(["ip", "netns", "list"], check=False)
+    return [line.split()[0] for line in out.splitlines() if line.startswith(PREFIX)]
+
+
+def check_host() -> None:
+    """Root and the tools: one clear line if something is missing."""
+    if os.geteuid() != 0:
+        raise LabError("needs root (network namespaces and iptables); run it with sudo")
+    for tool, package in REQUIRED_TOOLS.items():
+        if shutil.which(tool) is None:
+            raise LabError(f"{tool} not found (install the Debian package {package})")
+    if not os.path.isdir("/proc/self/ns") or not os.path.exists("/proc/self/ns/net"):
+        raise LabError("this kernel has no network namespaces (CONFIG_NET_NS)")
+
+
+def make_namespace(ns: str) -> None:
+    run(["ip", "netns", "add", ns])
+    run(in_ns(ns, "ip", "link", "set", "lo", "up"))
+
+
+def make_topology() -> None:
+    """Links, addresses, routes and forwarding between the three namespaces."""
+    for link in LINKS:
+        run(
+            [
+                "ip",
+                "link",
+                "add",
+                link.a,
+                "netns",
+                link.a_ns,
+                "address",
+                link.a_mac,
+                "mtu",
+                str(MTU),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                link.b,
+                "netns",
+                link.b_ns,
+                "address",
+                link.b_mac,
+                "mtu",
+                str(MTU),
+            ]
+        )
+    c, s = CLIENT_LINK, SERVER_LINK
+    addrs = [
+        (CLIENT_NS, c.a, f"{CLIENT_V4}/24"),
+        (CLIENT_NS, c.a, f"{CLIENT_V6}/64"),
+        (c.b_ns, c.b, f"{CLIENT_GW_V4}/24"),
+        (c.b_ns, c.b, f"{CLIENT_GW_V6}/64"),
+        (s.a_ns, s.a, f"{SERVER_GW_V4}/24"),
+        (s.a_ns, s.a, f"{SERVER_GW_V6}/64"),
+        (SERVER_NS, s.b, f"{SERVER_V4}/24"),
+        (SERVER_NS, s.b, f"{SERVER_V6}/64"),
+    ] + [(SERVER_NS, s.b, f"{a}/24") for a in SERVER_EXTRA_V4]
+    for ns, dev, addr in addrs:
+        extra = ["nodad"] if ":" in addr else []
+        run(in_ns(ns, "ip", "addr", "add", addr, "dev", dev, *extra))
+    for link in LINKS:
+        run(in_ns(link.a_ns, "ip", "link", "set", link.a, "up"))
+        run(in_ns(link.b_ns, "ip", "link", "set", link.b, "up"))
+        # Correct checksums on the wire (so captures and the censor see real checksums) and no
+        # segmentation offload (so packets are MTU-sized, as on a real path).
+        if shutil.which("ethtool"):
+            for ns, dev in ((link.a_ns, link.a), (link.b_ns, link.b)):
+                run(
+                    in_ns(
+                        ns,
+                        "ethtool",
+                        "-K",
+                        dev,
+                        "tx",
+                        "off",
+                        "tso",
+                        "off",
+                        "gso",
+                        "off",
+                        "gro",
+                        "off",
+                    ),
+                    check=False,
+                )
+    run(in_ns(CLIENT_NS, "ip", "route", "add", "default", "via", CLIENT_GW_V4))
+    run(in_ns(CLIENT_NS, "ip", "-6", "route", "add", "default", "via", CLIENT_GW_V6))
+    run(in_ns(SERVER_NS, "ip", "route", "add", "default", "via", SERVER_GW_V4))
+    run(in_ns(SERVER_NS, "ip", "-6", "route", "add", "default", "via", SERVER_GW_V6))
+    censor = CLIENT_LINK.b_ns
+    for key in (
+        "net.ipv4.ip_forward=1",
+        "net.ipv6.conf.all.forwarding=1",
+        "net.ipv4.conf.all.rp_filter=0",
+    ):
+        run(in_ns(censor, "sysctl", "-q", "-w", key))
+
+
+def install_queue_rules(censor_ns: str, queue: int, *, fail_open: bool) -> None:
+    """Queue forwarded packets to the censor; let flows with a final verdict bypass it.
+
+    The queue is read in mangle PREROUTING, not FORWARD: a packet whose TTL expires at the censor
+    is dropped before FORWARD, and the real GFW sees TTL-limited insertion packets (spec §9 (b)).
+    """
+    bypass = f"0x{BYPASS_MARK:x}/0x{BYPASS_MARK:x}"
+    for tool in ("iptables", "ip6tables"):
+        ipt = in_ns(censor_ns, tool, "-w", "-t", "mangle")
+        run([*ipt, "-N", "GFWLAB"])
+        for dev in (CLIENT_LINK.b, SERVER_LINK.a):
+            run([*ipt, "-A", "PREROUTING", "-i", dev, "-j", "GFWLAB"])
+        run([*ipt, "-A", "GFWLAB", "-m", "connmark", "--mark", bypass, "-j", "ACCEPT"])
+        queue_rule = [*ipt, "-A", "GFWLAB", "-j", "NFQUEUE", "--queue-num", str(queue)]
+        if fail_open:
+            queue_rule.append("--queue-bypass")
+        try:
+            run(queue_rule)
+        except LabError as exc:
+            raise LabError(f"the kernel refused the NFQUEUE target (xt_NFQUEUE): {exc}") from None
+        # The censor marks a packet when its flow's verdict is final; remember it on the
+        # connection so the flow's later packets skip the queue (Suricata's NFQ bypass).
+        run(
+            [
+                *ipt,
+                "-A",
+                "FORWARD",
+                "-m",
+                "mark",
+                "--mark",
+                bypass,
+                "-j",
+                "CONNMARK",
+                "--save-mark",
+                "--mask",
+                f"0x{BYPASS_MARK:x}",
+            ]
+        )
+
+
+def kill_namespace_processes(ns: str, grace: float = 3.0) -> int:
+    """SIGTERM every process in ``ns``, then SIGKILL what is left; returns how many there were."""
+    pids = [int(p) for p in run(["ip", "netns", "pids", ns], check=False).split() if p.isdigit()]
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if _alive(p)]
+        if pids:
+            time.sleep(0.05)
+    for pid in pids:
+        _signal(pid, signal.SIGKILL)
+    return len(pids)
+
+
+def delete_namespace(ns: str) -> None:
+    """Delete ``ns``: its links, addresses and firewall rules go with it."""
+    run(["ip", "netns", "del", ns], check=False)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+__all__ = [
+    "NAMESPACES",
+    "check_host",
+    "delete_namespace",
+    "existing_namespaces",
+    "in_ns",
+    "install_queue_rules",
+    "kill_namespace_processes",
+    "make_namespace",
+    "make_topology",
+    "run",
+]

@@ -1,0 +1,56 @@
+"""The lab's fixed topology: three namespaces in a line, addresses from the benchmarking ranges.
+
+::
+
+    gfwlab-client            gfwlab-censor                      gfwlab-server
+    gfwc0 ───────────────── gfwc1        gfws1 ──────────────── gfws0
+    198.18.0.2/24           198.18.0.1   198.19.0.1             198.19.0.2/24 (+ .3 … .9)
+    2001:db8:c::2/64        2001:db8:c::1 2001:db8:5::1         2001:db8:5::2/64
+
+The client side (198.18.0.0/24, 2001:db8:c::/64) is inside the border; the server side is
+outside. Addresses come only from 198.18.0.0/15 (RFC 2544, benchmarking) and 2001:db8::/32
+(RFC 3849, documentation). MAC addresses are fixed and locally administered so the censor can
+write whole Ethernet frames when it injects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "gfwlab-"
+CLIENT_NS = f"{PREFIX}client"
+CENSOR_NS = f"{PREFIX}censor"
+SERVER_NS = f"{PREFIX}server"
+NAMESPACES = (CLIENT_NS, CENSOR_NS, SERVER_NS)
+ROLES = {"client": CLIENT_NS, "censor": CENSOR_NS, "server": SERVER_NS}
+
+CLIENT_V4, CLIENT_GW_V4 = "198.18.0.2", "198.18.0.1"
+SERVER_V4, SERVER_GW_V4 = "198.19.0.2", "198.19.0.1"
+SERVER_EXTRA_V4 = tuple(f"198.19.0.{i}" for i in range(3, 10))
+CLIENT_V6, CLIENT_GW_V6 = "2001:db8:c::2", "2001:db8:c::1"
+SERVER_V6, SERVER_GW_V6 = "2001:db8:5::2", "2001:db8:5::1"
+INSIDE = ("198.18.0.0/24", "2001:db8:c::/64")
+OUTSIDE = ("198.19.0.0/24", "2001:db8:5::/64")
+MTU = 1500
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One veth pair: ``a`` in namespace ``a_ns``, ``b`` in ``b_ns``."""
+
+    a: str
+    a_ns: str
+    a_mac: str
+    b: str
+    b_ns: str
+    b_mac: str
+
+
+CLIENT_LINK = Link("gfwc0", CLIENT_NS, "02:67:66:00:00:02", "gfwc1", CENSOR_NS, "02:67:66:00:00:01")
+SERVER_LINK = Link("gfws1", CENSOR_NS, "02:67:66:00:01:01", "gfws0", SERVER_NS, "02:67:66:00:01:02")
+LINKS = (CLIENT_LINK, SERVER_LINK)
+
+QUEUE_NUM = 7
+"""NFQUEUE number the censor reads."""
+BYPASS_MARK = 0x1
+"""Connection mark of flows whose verdict is final: the kernel forwards them without queueing."""

@@ -1,0 +1,279 @@
+"""The inline censor: packets from NFQUEUE through the engine, verdicts and forged packets out.
+
+Runs inside the censor namespace (``python -m gfwlab.live.daemon``, started by ``lab up``). It is
+the live adapter of the same sans-I/O engine the offline analyser uses:
+
+- each queued packet is fed to ``Censor.feed`` with a monotonic clock as ``now``;
+- ``Accept`` and ``Drop`` become NFQUEUE verdicts; a ``Bypass`` in the same batch marks the
+  packet so the kernel remembers the mark on the connection and forwards the flow's later
+  packets without queueing them (see ``netns.install_queue_rules``);
+- ``Inject`` is written as a whole Ethernet frame with an AF_PACKET socket on the link toward
+  its destination, so every header field (TTL, IP-ID 0, DF, flags) is exactly the injector's:
+  a raw IP socket would let the kernel replace an IP-ID of 0;
+- injections due later wait on the engine's ``next_deadline``;
+- events go to ``events.jsonl`` in the lab's state folder, counters to ``stats.json``, and a unix
+  socket (``censor.sock``) takes ``record PATH`` / ``stop`` for ``lab record``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from typing import Any, assert_never
+
+from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Inject, Report
+from gfwlab.engine.censor import Censor
+from gfwlab.errors import GfwlabError
+from gfwlab.lab.topology import BYPASS_MARK, CLIENT_LINK, INSIDE, QUEUE_NUM, SERVER_LINK
+from gfwlab.packet.pcap import PcapWriter
+from gfwlab.profiles.loader import load_profile, parse_date
+from gfwlab.profiles.schema import Prefixes
+
+ETH_P_IP = b"\x08\x00"
+ETH_P_IPV6 = b"\x86\xdd"
+
+
+class FrameInjector:
+    """Sends forged IP packets as Ethernet frames on the link toward their destination."""
+
+    def __init__(self) -> None:
+        import ipaddress  # noqa: PLC0415
+
+        self._inside = Prefixes(tuple(ipaddress.ip_network(p) for p in INSIDE))
+        self._links: dict[bool, tuple[socket.socket, bytes]] = {}
+        for inside, dev, src_mac, dst_mac in (
+            (True, CLIENT_LINK.b, CLIENT_LINK.b_mac, CLIENT_LINK.a_mac),
+            (False, SERVER_LINK.a, SERVER_LINK.a_mac, SERVER_LINK.b_mac),
+        ):
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+            sock.bind((dev, 0))
+            self._links[inside] = (sock, _mac(dst_mac) + _mac(src_mac))
+        self.sent = 0
+
+    def send(self, packet: bytes) -> None:
+        v6 = packet[0] >> 4 == 6
+        dst = packet[24:40] if v6 else packet[16:20]
+        sock, header = self._links[self._inside.contains(dst)]
+        sock.send(header + (ETH_P_IPV6 if v6 else ETH_P_IP) + packet)
+        self.sent += 1
+
+    def close(self) -> None:
+        for sock, _ in self._links.values():
+            sock.close()
+
+
+def _mac(text: str) -> bytes:
+    return bytes(int(part, 16) for part in text.split(":"))
+
+
+class LiveCensor:
+    """The NFQUEUE loop around one Censor."""
+
+    def __init__(self, censor: Censor, state_dir: str, injector: FrameInjector) -> None:
+        self.censor = censor
+        self.state_dir = state_dir
+        self.injector = injector
+        self.mono0 = time.monotonic()
+        self.wall0 = time.time()
+        self.events = open(os.path.join(state_dir, "events.jsonl"), "a", encoding="utf-8")  # noqa: SIM115
+        self.recorder: PcapWriter | None = None
+        self.held: list[tuple[float, int, Any]] = []
+        """Packets whose verdict waits for the forged packets they triggered."""
+        self._held_seq = 0
+        self.recorded = 0
+        self.stop = False
+        self.queued = 0
+        self.started = time.time()
+
+    def wall(self, now: float) -> float:
+        return self.wall0 + (now - self.mono0)
+
+    def on_packet(self, nfpkt: Any) -> None:
+        payload: bytes = nfpkt.get_payload()
+        now = time.monotonic()
+        self.queued += 1
+        if self.recorder is not None:
+            self.recorder.write(self.wall(now), payload)
+            self.recorded += 1
+        actions = self.censor.feed(payload, now)
+        if any(isinstance(a, Bypass) for a in actions):
+            nfpkt.set_mark(BYPASS_MARK)
+        # The verdict (always first) goes last: a forged packet due now leaves before the packet
+        # that triggered it, as it does from an on-path censor that is nearer than the peer.
+        self.carry_out(actions[1:], None)
+        self.carry_out(actions[:1], nfpkt)
+
+    def carry_out(self, actions: list[Action], nfpkt: Any | None) -> None:
+        for action in actions:
+            match action:
+                case Accept():
+                    if nfpkt is None:
+                        pass
+                    elif action.hold_until is not None and action.hold_until > time.monotonic():
+                        self._held_seq += 1
+                        heapq.heappush(self.held, (action.hold_until, self._held_seq, nfpkt))
+                    else:
+                        nfpkt.accept()
+                case Drop():
+                    if nfpkt is not None:
+                        nfpkt.drop()
+                case Inject():
+                    self.injector.send(action.packet)
+                    if self.recorder is not None:
+                        self.recorder.write(self.wall(time.monotonic()), action.packet)
+                        self.recorded += 1
+                case Report():
+                    event = action.event.as_dict()
+                    event["ts"] = round(self.wall(action.event.ts), 6)
+                    if event["residual_until"] is not None:
+                        event["residual_until"] = round(self.wall(event["residual_until"]), 6)
+                    self.events.write(json.dumps(event, ensure_ascii=False) + "\n")
+                    self.events.flush()
+                case Bypass():
+                    pass
+                case _:
+                    assert_never(action)
+
+    def timers(self) -> float | None:
+        """Run due timers; return seconds until the next one (None: none pending)."""
+        deadline = self.censor.next_deadline()
+        now = time.monotonic()
+        while deadline is not None and deadline <= now:
+            self.carry_out(self.censor.on_timer(deadline), None)
+            deadline = self.censor.next_deadline()
+        while self.held and self.held[0][0] <= now:
+            heapq.heappop(self.held)[2].accept()
+        if self.held and (deadline is None or self.held[0][0] < deadline):
+            deadline = self.held[0][0]
+        return None if deadline is None else max(0.0, deadline - now)
+
+    def control(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(2.0)
+            try:
+                line = conn.recv(4096).decode("utf-8", "replace").strip()
+            except OSError:
+                return
+            cmd, _, arg = line.partition(" ")
+            try:
+                if cmd == "record":
+                    if self.recorder is not None:
+                        raise GfwlabError("already recording")
+                    self.recorder = PcapWriter(arg)
+                    self.recorded = 0
+                    reply = "ok"
+                elif cmd == "stop":
+                    count = self.stop_recording()
+                    reply = f"ok {count}"
+                else:
+                    reply = f"error unknown command {cmd!r}"
+            except GfwlabError as exc:
+                reply = f"error {exc}"
+            conn.sendall(reply.encode() + b"\n")
+
+    def stop_recording(self) -> int:
+        if self.recorder is None:
+            return 0
+        self.recorder.commit()
+        self.recorder = None
+        return self.recorded
+
+    def write_stats(self) -> None:
+        st = self.censor.stats
+        data = {
+            "pid": os.getpid(),
+            "started": self.started,
+            "updated": time.time(),
+            "queued_packets": self.queued,
+            "engine_packets": st.packets,
+            "dropped": st.dropped,
+            "injected": self.injector.sent,
+            "anomalies": st.anomalies,
+            "flows": st.flows,
+            "flows_tracked": len(self.censor.flows),
+            "residual_blocks": len(self.censor.residual),
+            "events": st.events,
+            "recording": self.recorder is not None,
+            "mechanisms": sorted(self.censor.mechanisms),
+        }
+        path = os.path.join(self.state_dir, "stats.json")
+        with open(path + ".tmp", "w", encoding="utf-8") as fh:
+            json.dump(data, fh)
+        os.replace(path + ".tmp", path)
+
+
+def serve(live: LiveCensor, queue_num: int) -> None:
+    from netfilterqueue import NetfilterQueue  # noqa: PLC0415 - only the live adapter needs it
+
+    nfq = NetfilterQueue()
+    nfq.bind(queue_num, live.on_packet, max_len=8192)
+    sock_path = os.path.join(live.state_dir, "censor.sock")
+    if os.path.exists(sock_path):
+        os.unlink(sock_path)
+    ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    ctl.bind(sock_path)
+    ctl.listen(4)
+    nfq_fd: int = nfq.get_fd()
+    next_stats = 0.0
+    try:
+        while not live.stop:
+            wait = live.timers()
+            now = time.monotonic()
+            if now >= next_stats:
+                live.write_stats()
+                next_stats = now + 0.5
+            timeout = min(0.5, wait) if wait is not None else 0.5
+            try:
+                ready, _, _ = select.select([nfq_fd, ctl.fileno()], [], [], timeout)
+            except InterruptedError:
+                continue
+            if nfq_fd in ready:
+                nfq.run(block=False)
+            if ctl.fileno() in ready:
+                conn, _ = ctl.accept()
+                live.control(conn)
+    finally:
+        live.stop_recording()
+        live.write_stats()
+        nfq.unbind()
+        ctl.close()
+        if os.path.exists(sock_path):
+            os.unlink(sock_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gfwlab-censor", description=__doc__)
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--profile", default="gfw")
+    parser.add_argument("--date")
+    parser.add_argument("--set", action="append", default=[], dest="sets")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--queue", type=int, default=QUEUE_NUM)
+    args = parser.parse_args(argv)
+    try:
+        profile = load_profile(
+            args.profile, date=parse_date(args.date) if args.date else None, overrides=args.sets
+        )
+    except GfwlabError as exc:
+        print(f"gfwlab-censor: {exc}", file=sys.stderr)
+        return 2
+    live = LiveCensor(Censor(profile, args.seed), args.state_dir, FrameInjector())
+
+    def stop(_signum: int, _frame: object) -> None:
+        live.stop = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    serve(live, args.queue)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
