@@ -188,11 +188,61 @@ def mechanisms(
 @app.command()
 def demo(
     directory: Annotated[
-        str | None, typer.Option("--dir", help="Keep the demo's files here (default: a temp dir).")
+        str | None, typer.Option("--dir", help="Keep the offline demo's files here.")
     ] = None,
     seed: SeedOpt = 1,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="The offline tour even where the lab can run.")
+    ] = False,
 ) -> None:
-    """A tour: synthetic traffic through the emulated GFW, offline, with what each mechanism did."""
+    """A tour: real clients through the emulated GFW in the lab, or, without root, a capture."""
+    from gfwlab.lab.demo import can_run_live  # noqa: PLC0415
+
+    why = "--offline" if offline else can_run_live()
+    if why is None:
+        _demo_live(seed)
+    else:
+        console.print(f"[dim]live lab not available ({why}): the offline tour[/]")
+        _demo_offline(directory, seed)
+
+
+def _demo_live(seed: int) -> None:
+    from gfwlab.lab.demo import run_live  # noqa: PLC0415
+
+    console.rule("[bold]gfwlab demo[/]: real clients through the emulated GFW (2024-06-01)")
+    table = Table(title_justify="left")
+    for col in ("client in the lab", "the real GFW", "here", "detail"):
+        table.add_column(col, overflow="fold")
+
+    def report(what: str, expect: str, outcome: str, detail: str) -> None:
+        colour = "green" if outcome == "ok" else "red"
+        console.print(f"  {what}: [{colour}]{outcome}[/]")
+        table.add_row(what, expect, f"[{colour}]{outcome}[/]", detail)
+
+    with err.status("making the lab…"):
+        events = run_live(report, seed=seed)
+    console.print(table)
+    ev = Table(title="What the censor did (lab events)", title_justify="left")
+    for col in ("mechanism", "action", "rule", "flow", "detail"):
+        ev.add_column(col, overflow="fold")
+    for e in events:
+        f = e["flow"]
+        assert isinstance(f, dict)
+        extra = e.get("injector") or e.get("qname") or ""
+        ev.add_row(
+            str(e["mechanism"]),
+            _styled(str(e["action"])),
+            str(e["rule"]),
+            f"{f['proto']} {f['src']}:{f['sport']} → {f['dst']}:{f['dport']}",
+            str(extra),
+        )
+    console.print(ev)
+    console.print(
+        "The lab is down again. Make your own: gfwlab lab up; gfwlab lab exec client -- …"
+    )
+
+
+def _demo_offline(directory: str | None, seed: int) -> None:
     from gfwlab.offline import analyze as run  # noqa: PLC0415
     from gfwlab.offline.synth import demo_traffic, merge  # noqa: PLC0415
     from gfwlab.packet.pcap import PcapWriter  # noqa: PLC0415

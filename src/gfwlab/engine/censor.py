@@ -94,7 +94,9 @@ class Censor:
         self._on_hello = hooks.get("on_client_hello", [])
         self._dns_ports = {m.params.port for m in self._on_dns}
         self._max_name = min((m.params.max_name for m in self._on_dns), default=125)
-        self._inspect_tcp = bool(self._on_http or self._on_hello)
+        self._on_first_data = hooks.get("on_first_data", [])
+        self._on_first_dgram = hooks.get("on_first_datagram", [])
+        self._inspect_tcp = bool(self._on_http or self._on_hello or self._on_first_data)
 
     # ------------------------------------------------------------------ timers
 
@@ -315,6 +317,14 @@ class Censor:
             inp = TcbInput.RECV_FIN
         else:
             inp = TcbInput.RECV_ACK
+        if inp is TcbInput.RECV_DATA and not flow.first_data_seen:
+            flow.first_data_seen = True
+            if self._on_first_data:
+                self._run_hooks(
+                    self._on_first_data, "on_first_data", flow, pkt, c2s, now, out, pkt.payload
+                )
+                if flow.state is not FlowState.CLEAN:
+                    return
         grew = tcb.handle(inp, pkt.seq, pkt.payload)
         if inp is TcbInput.RECV_DATA and flags & FIN:
             tcb.handle(TcbInput.RECV_FIN, pkt.seq, b"")
@@ -373,6 +383,10 @@ class Censor:
             self._finish(flow, out)
 
     def _udp(self, flow: Flow, pkt: Packet, c2s: bool, now: float, out: list[Action]) -> None:
+        if self._on_first_dgram and c2s and flow.packets == 1:
+            self._run_hooks(self._on_first_dgram, "on_first_datagram", flow, pkt, c2s, now, out)
+            if flow.state is not FlowState.CLEAN:
+                return
         if not (self._on_dns and pkt.dport in self._dns_ports):
             if not (self._on_dns and pkt.sport in self._dns_ports):
                 self._finish(flow, out)
@@ -401,6 +415,39 @@ class Censor:
                 decision = mech.on_dns_query(seen, query)
                 if decision is not None:
                     self._apply(mech, decision, seen, out)
+
+    def _run_hooks(
+        self,
+        mechs: list[Mechanism],
+        hook: str,
+        flow: Flow,
+        pkt: Packet,
+        c2s: bool,
+        now: float,
+        out: list[Action],
+        *args: object,
+    ) -> None:
+        """Call ``hook`` on each admitting mechanism; a MalformedPacket becomes an anomaly."""
+        seen = Seen(pkt=pkt, flow=flow, now=now, c2s=c2s)
+        for mech in mechs:
+            if not mech.admits(flow):
+                continue
+            try:
+                decision = getattr(mech, hook)(seen, *args)
+            except MalformedPacket as exc:
+                self._report(
+                    out,
+                    flow,
+                    now,
+                    "engine",
+                    "anomaly",
+                    exc.kind,
+                    None,
+                    {"offset": exc.offset, "detail": exc.detail, "mechanism": mech.name},
+                )
+                continue
+            if decision is not None:
+                self._apply(mech, decision, seen, out)
 
     # ------------------------------------------------------------------ decisions
 

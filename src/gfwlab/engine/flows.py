@@ -70,6 +70,8 @@ class Flow:
     packets: int = 0
     inspected_c2s: int = 0
     """Client-to-server packets shown to dissectors so far."""
+    first_data_seen: bool = False
+    """The client's first TCP data packet has been shown to the first-packet mechanisms."""
     seen_dns_ids: set[int] = field(default_factory=set)
     ident: FlowId | None = None
 

@@ -115,6 +115,14 @@ class Mechanism(ABC):
     def on_client_hello(self, seen: Seen, hello: ClientHello) -> Decision | None:
         return None
 
+    def on_first_data(self, seen: Seen, payload: bytes) -> Decision | None:
+        """The client's first TCP data packet, its payload as sent (not reassembled)."""
+        return None
+
+    def on_first_datagram(self, seen: Seen) -> Decision | None:
+        """The first client-to-server UDP datagram of a flow (QUIC: the Initial)."""
+        return None
+
     def residual_hit(self, seen: Seen, rule: str) -> Decision | None:
         """A new connection on a residual key this mechanism blocked (``rst`` policy)."""
         return None
@@ -142,6 +150,13 @@ def hook_names(cls: type[Mechanism]) -> frozenset[str]:
     """The hooks ``cls`` overrides, so the engine calls only those."""
     return frozenset(
         h
-        for h in ("on_new_flow", "on_dns_query", "on_http_request", "on_client_hello")
+        for h in (
+            "on_new_flow",
+            "on_dns_query",
+            "on_http_request",
+            "on_client_hello",
+            "on_first_data",
+            "on_first_datagram",
+        )
         if getattr(cls, h) is not getattr(Mechanism, h)
     )

@@ -1,0 +1,1 @@
+"""Client-side evasion strategies: real clients that change what the censor sees."""
