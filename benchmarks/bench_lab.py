@@ -165,7 +165,8 @@ def main() -> int:
     results: dict[str, dict[str, float]] = {}
     try:
         for mode in ("plain", "censor"):
-            censor_off(mode == "plain")
+            if mode == "plain":
+                censor_off(True)
             try:
                 console.print(f"[bold]{mode}[/]: iperf3, wrk, first-packet delay…")
                 delays = first_packet_delays(args.connections)

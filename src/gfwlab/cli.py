@@ -215,7 +215,7 @@ def _demo_live(seed: int) -> None:
         table.add_column(col, overflow="fold")
 
     def report(what: str, expect: str, outcome: str, detail: str) -> None:
-        colour = "green" if outcome == "ok" else "red"
+        colour = "green" if outcome in ("ok", "real answer") else "red"
         console.print(f"  {what}: [{colour}]{outcome}[/]")
         table.add_row(what, expect, f"[{colour}]{outcome}[/]", detail)
 

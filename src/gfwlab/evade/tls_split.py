@@ -71,7 +71,10 @@ def fetch(
         response = b""
         while True:
             try:
-                response += tls.read(65536)
+                data = tls.read(65536)
+                if not data:  # the peer's close_notify
+                    break
+                response += data
             except ssl.SSLWantReadError:
                 chunk = sock.recv(65536)
                 if not chunk:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gfwlab.lab import lifecycle
-from gfwlab.lab.topology import SERVER_EXTRA_V4
+from gfwlab.lab.topology import SERVER_EXTRA_V4, SERVER_V4
 
 NEEDS = ("ip", "iptables", "nginx", "dnsmasq", "curl", "dig")
 
@@ -105,8 +105,14 @@ def run_live(
     try:
         for step in steps():
             argv = lifecycle.exec_argv("client", step.argv)
-            res = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-            outcome, detail = _outcome(res)
+            try:
+                res = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
+                outcome, detail = _outcome(res)
+                if step.argv[0] == "dig" and outcome == "ok":
+                    real = detail in (SERVER_V4, *SERVER_EXTRA_V4)
+                    outcome = "real answer" if real else "forged answer"
+            except subprocess.TimeoutExpired:
+                outcome, detail = "timed out", "no answer in 20 s"
             report(step.what, step.expect, outcome, detail)
             time.sleep(0.2)
         time.sleep(0.5)

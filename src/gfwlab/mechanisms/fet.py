@@ -1,0 +1,242 @@
+"""Fully encrypted traffic (FET): drop connections whose first data packet looks random.
+
+Source: spec §6 and §12.1; M. Wu, J. Sippe, D. Sivakumar, J. Burg, P. Anderson, X. Wang,
+K. Bock, A. Houmansadr, D. Levin, E. Wustrow, *How the Great Firewall of China Detects and
+Blocks Fully Encrypted Traffic*, USENIX Security 2023 (Algorithm 1; artifact
+``gfw-report/usenixsecurity23-artifact``, whose ``artifacts/utils/detect.py`` is the authors'
+reading of the exemptions); the 26.3% block rate from the authors' OONI write-up (OONI PR #1026,
+ooni/spec #271); the residual and the end of dynamic blocking from the artifact's
+``ceased-dynamic-blocking/README.md`` and net4people #69.
+
+Measured, and emulated here:
+
+- active from early November 2021 until dynamic blocking stopped between 2023-03-07 and
+  2023-03-15 (``active``);
+- seen on connections from China to some foreign data centres (``direction = "inside-out"``;
+  the targeted ranges are ``targets``);
+- only the client's first TCP data packet is inspected, as sent (not reassembled); later
+  packets never are;
+- it is exempt (Ex1-Ex5, in that order) if its set bits per byte are ≤ 3.4 or ≥ 4.6; its first
+  6 bytes are printable ASCII (0x20-0x7e); more than half its bytes are printable; it holds a
+  printable run longer than 20 bytes; or it starts like TLS (0x16 or 0x17, 0x03, 0x00-0x0f) or
+  with ``GET ``, ``PUT ``, ``POST `` or ``HEAD ``;
+- a non-exempt first packet to a targeted server is blocked with probability 0.263: that packet
+  and every later client-to-server packet are dropped, so the connection times out (no reset);
+  TCP only;
+- residual: a new connection to the same server port is dropped from its SYN for 180 s
+  ("usually 120 s or 180 s"), while other ports on the server still work.
+
+Every first packet to a targeted server yields an event: ``pass`` with the exemption that held
+(``fet:exempt:ex1-popcount`` ...), ``pass`` with the draw that spared a non-exempt packet, or
+``drop``; each carries the measured values.
+
+Differences: the real targeted ranges (Alibaba Cloud HK/SG, DigitalOcean SFO, Vultr; 142,827
+IPs on port 80 as of 2022-08-22) are not published as a list, so the built-in profile targets
+the lab's outside prefixes and captures need ``targets`` set. Whether the residual key holds
+the client address is unknown (spec §12.1): ``residual_key`` is ``3-tuple`` by default,
+``server`` for the other reading. The measured exception (one payload at 4.26 bits/byte never
+blocked) is not modelled. Static blocking (from 2022-08, whole server IP, server-to-client, days
+or weeks) is a separate mechanism: use ``null_route``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gfwlab.mechanisms.base import (
+    CommonParams,
+    Decision,
+    Mechanism,
+    Residual,
+    ResidualKey,
+    Seen,
+    register_mechanism,
+)
+from gfwlab.profiles.schema import Prefixes
+
+_PRINTABLE = bytes(range(0x20, 0x7F))
+_RUN = re.compile(rb"[\x20-\x7e]+")
+_PREFIX = re.compile(rb"[\x20-\x7e]*")
+
+EX1, EX2, EX3, EX4, EX5 = (
+    "ex1-popcount",
+    "ex2-printable-prefix",
+    "ex3-printable-fraction",
+    "ex4-printable-run",
+    "ex5-protocol",
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetParams(CommonParams):
+    direction: Literal["both", "inside-out", "outside-in"] = "inside-out"
+    """Blocking was observed on connections from China to foreign data centres (spec §6)."""
+    targets: Prefixes = Prefixes()
+    """Server prefixes the GFW targets; connections to other servers are not inspected (and
+    report nothing). Empty: nothing is targeted, so nothing is blocked."""
+    probability: float = 0.263
+    """Chance that a non-exempt first packet to a targeted server is blocked (OONI, ooni/spec
+    #271)."""
+    residual_s: float = 180.0
+    """How long new connections on the residual key are dropped ("usually 120 s or 180 s")."""
+    residual_key: ResidualKey = "3-tuple"
+    """Residual key: ``3-tuple`` (client IP, server IP, server port) or ``server`` (server IP
+    and port); which one is unknown (spec §12.1)."""
+    popcount_low: float = 3.4
+    """Ex1: exempt if the set bits per byte are at most this."""
+    popcount_high: float = 4.6
+    """Ex1: exempt if the set bits per byte are at least this."""
+    printable_prefix: int = 6
+    """Ex2: exempt if at least this many leading bytes are printable (0x20-0x7e)."""
+    printable_fraction: float = 0.5
+    """Ex3: exempt if more than this fraction of the bytes is printable."""
+    printable_run: int = 20
+    """Ex4: exempt if a run of printable bytes is longer than this."""
+    tls_prefix: tuple[tuple[int, int], ...] = ((0x16, 0x17), (0x03, 0x03), (0x00, 0x0F))
+    """Ex5: inclusive ranges the first bytes must fall in to be exempt as TLS: content type
+    0x16-0x17, version 0x03 then 0x00-0x0f (detect.py's ``range(0x00, 0x10)``; its comment says
+    0x00-0x09). Alerts (0x15) are not exempt. Empty: no TLS exemption."""
+    http_prefixes: tuple[str, ...] = ("GET ", "PUT ", "POST ", "HEAD ")
+    """Ex5: exact prefixes exempt as HTTP (``GET!`` is not exempt)."""
+    _http: tuple[bytes, ...] = field(default=(), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"probability must be between 0 and 1, got {self.probability}")
+        if self.residual_s < 0:
+            raise ValueError(f"residual_s must not be negative, got {self.residual_s}")
+        for lo, hi in self.tls_prefix:
+            if not 0 <= lo <= hi <= 0xFF:
+                raise ValueError(f"tls_prefix: bad byte range [{lo}, {hi}]")
+        try:
+            http = tuple(p.encode("ascii") for p in self.http_prefixes)
+        except UnicodeEncodeError:
+            raise ValueError("http_prefixes must be ASCII") from None
+        if b"" in http:
+            raise ValueError("http_prefixes: an empty prefix would exempt everything")
+        object.__setattr__(self, "_http", http)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Measures:
+    """What Algorithm 1 measures of a first data packet."""
+
+    length: int
+    """Payload bytes."""
+    set_bits: int
+    """Bits set to 1 in the whole payload."""
+    printable: int
+    """Bytes in 0x20-0x7e."""
+    printable_prefix: int
+    """Leading bytes in 0x20-0x7e."""
+    printable_run: int
+    """The longest run of bytes in 0x20-0x7e."""
+    protocol: str | None
+    """The TLS or HTTP fingerprint the payload starts with (``tls:16 03 01``, ``http:GET``)."""
+
+    @property
+    def popcount(self) -> float:
+        """Set bits per byte."""
+        return self.set_bits / self.length
+
+    @property
+    def printable_fraction(self) -> float:
+        return self.printable / self.length
+
+    def as_extra(self) -> dict[str, Any]:
+        return {
+            "length": self.length,
+            "set_bits": self.set_bits,
+            "popcount": self.popcount,
+            "printable_prefix": self.printable_prefix,
+            "printable_fraction": self.printable_fraction,
+            "printable_run": self.printable_run,
+            "protocol": self.protocol,
+        }
+
+
+def measure(payload: bytes, params: FetParams) -> Measures:
+    """Measure a non-empty payload (C-speed: one big-int popcount, translate and regexes)."""
+    n = len(payload)
+    protocol = None
+    tls = params.tls_prefix
+    if (
+        tls
+        and n >= len(tls)
+        and all(lo <= b <= hi for b, (lo, hi) in zip(payload, tls, strict=False))
+    ):
+        protocol = "tls:" + payload[: len(tls)].hex(" ")
+    else:
+        for prefix in params._http:
+            if payload.startswith(prefix):
+                protocol = "http:" + prefix.decode().strip()
+                break
+    prefix_match = _PREFIX.match(payload)
+    return Measures(
+        length=n,
+        set_bits=int.from_bytes(payload, "big").bit_count(),
+        printable=n - len(payload.translate(None, _PRINTABLE)),
+        printable_prefix=prefix_match.end() if prefix_match else 0,
+        printable_run=max(map(len, _RUN.findall(payload)), default=0),
+        protocol=protocol,
+    )
+
+
+def exemptions(m: Measures, params: FetParams) -> list[str]:
+    """The exemptions that hold, in Algorithm 1's order (Ex1-Ex5).
+
+    The comparisons are detect.py's: ``set_bits / length`` is a correctly rounded division, so
+    e.g. 170 bits in 50 bytes is exactly the float 3.4 and exempt, and a payload one bit over a
+    threshold differs from it by at least 1/length, far above float rounding.
+    """
+    out = []
+    p = m.popcount
+    if p <= params.popcount_low or p >= params.popcount_high:
+        out.append(EX1)
+    if m.printable_prefix >= params.printable_prefix:
+        out.append(EX2)
+    if m.printable_fraction > params.printable_fraction:
+        out.append(EX3)
+    if m.printable_run > params.printable_run:
+        out.append(EX4)
+    if m.protocol is not None:
+        out.append(EX5)
+    return out
+
+
+class Fet(Mechanism):
+    citation = (
+        "spec §6; Wu et al., How the Great Firewall of China Detects and Blocks Fully "
+        "Encrypted Traffic, USENIX Security 2023"
+    )
+    params_cls = FetParams
+    params: FetParams
+
+    def on_first_data(self, seen: Seen, payload: bytes) -> Decision | None:
+        # The engine calls this only for TCP and only with a non-empty payload.
+        p = self.params
+        if not p.targets.contains(seen.flow.server):
+            return None
+        m = measure(payload, p)
+        held = exemptions(m, p)
+        extra = {**m.as_extra(), "exempt": held}
+        if held:
+            return Decision(action="pass", rule=f"fet:exempt:{held[0]}", extra=extra)
+        draw = self.rng.random()
+        extra["draw"] = round(draw, 6)
+        extra["probability"] = p.probability
+        if draw >= p.probability:
+            return Decision(action="pass", rule="fet:no-exemption", extra=extra)
+        return Decision(
+            action="drop",
+            rule="fet:no-exemption",
+            drop=True,
+            block="c2s",
+            residual=Residual(key=p.residual_key, seconds=p.residual_s, policy="drop-c2s"),
+            extra=extra,
+        )
+
+
+register_mechanism("fet", Fet)
