@@ -176,20 +176,26 @@ def test_real_captures_analyse_without_error(name: str) -> None:
 
 
 @pytest.mark.skipif(not PCAPS.is_dir(), reason="shared captures not present")
-def test_real_quic_initial_sent_to_port_53_is_an_anomaly_not_a_query(tmp_path: Path) -> None:
-    # The availability-attack capture spoofs a 1294-byte QUIC Initial to UDP/53: the injector's
-    # parser cannot read it as a DNS question, so no answer is forged.
+def test_real_spoofed_quic_initial_to_port_53_is_blocked_not_answered(tmp_path: Path) -> None:
+    # The availability-attack capture spoofs a 1294-byte QUIC Initial (SNI google.com) to UDP/53
+    # from a source port above 53: the QUIC filter blocks that 3-tuple (the attack, spec §5),
+    # and the DNS injector, which cannot read it as a question, forges no answer.
     events = tmp_path / "ev.jsonl"
     res = gfwlab(
         "analyze",
         str(PCAPS / "gfw-quic-sni-artifact--dns_attacker_client_anon.pcap"),
+        "--date",
+        "2024-09-19",
+        "--set",
+        "quic_sni.domains=['google.com']",
         "--events",
         str(events),
         "--json",
     )
     assert res.returncode == 0, res.stderr
     lines = [json.loads(x) for x in events.read_text().splitlines()]
-    assert lines and all(e["action"] == "anomaly" and e["rule"].startswith("dns.") for e in lines)
+    assert any(e["mechanism"] == "quic_sni" and e["action"] == "drop" for e in lines), lines
+    assert not any(e["mechanism"] == "dns_injection" for e in lines)
 
 
 # ------------------------------------------------------------------ bad input

@@ -6,7 +6,17 @@ actions) can be imported by the profile loader without pulling in the whole engi
 
 from typing import TYPE_CHECKING, Any
 
-from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, FlowId, Inject, Report
+from gfwlab.engine.actions import (
+    Accept,
+    Action,
+    Bypass,
+    Drop,
+    Event,
+    FlowId,
+    Inject,
+    Probe,
+    Report,
+)
 
 if TYPE_CHECKING:
     from gfwlab.engine.censor import Censor, Stats
@@ -20,6 +30,7 @@ __all__ = [
     "Event",
     "FlowId",
     "Inject",
+    "Probe",
     "Report",
     "Stats",
 ]

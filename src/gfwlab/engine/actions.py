@@ -115,6 +115,38 @@ class Inject:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Probe:
+    """Connect to a suspected server as the GFW's active prober does and send ``payload``.
+
+    The adapter reports what the server did with ``Censor.on_probe_result(probe_id, ...)``; an
+    adapter that cannot connect (offline analysis) just records that the probe would be sent.
+    """
+
+    probe_id: int
+    """Identifies the probe in ``on_probe_result``."""
+    kind: str
+    """Probe type: ``R1``-``R5`` (replays, IMC'20), ``NR1``, ``NR2`` (random)."""
+    server: str
+    """The suspected server's address."""
+    port: int
+    """Its port."""
+    payload: bytes
+    """What the prober sends after the handshake."""
+    at: float
+    """When to send it."""
+    ttl: int
+    """IP TTL of the prober's packets (IMC'20: 46-50)."""
+    sport: int
+    """The prober's source port (IMC'20: 32768-60999 for ~90%)."""
+    tsval_hz: int
+    """Rate of the prober's TCP timestamp clock (IMC'20: 250 Hz)."""
+    linger: float
+    """Seconds the prober waits for a reaction before it closes with FIN/ACK (IMC'20: < 10 s)."""
+    mechanism: str
+    """Which mechanism sent it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Bypass:
     """The flow's verdict is final (it passes): later packets need not be shown to the engine."""
 
@@ -130,4 +162,4 @@ class Report:
     """The event."""
 
 
-Action = Accept | Drop | Inject | Bypass | Report
+Action = Accept | Drop | Inject | Probe | Bypass | Report

@@ -18,12 +18,30 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, FlowId, Inject, Report
+from gfwlab.engine.actions import (
+    Accept,
+    Action,
+    Bypass,
+    Drop,
+    Event,
+    FlowId,
+    Inject,
+    Probe,
+    Report,
+)
 from gfwlab.engine.flows import Flow, FlowState, FlowTable, flow_key
 from gfwlab.engine.residual import ResidualEntry, ResidualTable
 from gfwlab.engine.tcb import Tcb, TcbInput, TcbState, transition_table
 from gfwlab.errors import MalformedPacket
-from gfwlab.mechanisms.base import Decision, Mechanism, Seen, hook_names, registry
+from gfwlab.mechanisms.base import (
+    Decision,
+    Mechanism,
+    PlannedProbe,
+    ProbeResult,
+    Seen,
+    hook_names,
+    registry,
+)
 from gfwlab.packet.ip import (
     ACK,
     FIN,
@@ -42,6 +60,8 @@ from gfwlab.proto.http import parse_request
 from gfwlab.proto.tls import parse_client_hello
 
 _ACCEPT = Accept()
+_NO_PACKET = parse(bytes.fromhex("450000140000000040fd00000000000000000000"))
+"""Stands in for a trigger packet where there is none (a probe result)."""
 _HTTP_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
@@ -73,7 +93,9 @@ class Censor:
         self.residual = ResidualTable()
         self.stats = Stats()
         self._tcb_table = transition_table(profile.tcb)
-        self._timers: list[tuple[float, int, Inject]] = []
+        self._timers: list[tuple[float, int, Inject | Probe]] = []
+        self._probes: dict[int, tuple[Mechanism, Flow, PlannedProbe, dict[str, Any]]] = {}
+        self._probe_seq = 0
         self._timer_seq = 0
         self._next_sweep: float | None = None
         self._rng = random.Random(f"{seed}:engine")
@@ -85,6 +107,7 @@ class Censor:
             # Each mechanism draws from its own seeded stream, so turning one on or off does not
             # change the draws of another.
             mech = cls(params, random.Random(f"{seed}:{name}"))
+            mech.date = profile.date
             self.mechanisms[name] = mech
             for hook in hook_names(cls):
                 hooks.setdefault(hook, []).append(mech)
@@ -151,6 +174,12 @@ class Censor:
             return [_ACCEPT]
         key = flow_key(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
         flow = self.flows.flows.get(key)
+        if flow is not None and now - flow.last_seen >= self.flows.timeout(flow):
+            # Idle past its timeout: forgotten now, not at the next sweep, so that a datagram
+            # exactly udp_timeout_s after the last one starts a new flow (QUIC, spec §5).
+            del self.flows.flows[key]
+            self.flows.expired += 1
+            flow = None
         new = flow is None
         if flow is None:
             flow = self._new_flow(pkt, now)
@@ -241,18 +270,17 @@ class Censor:
     def _residual_drop(
         self, flow: Flow, pkt: Packet, c2s: bool, now: float, out: list[Action]
     ) -> bool:
-        if not c2s:
-            return False
-        entry = self.residual.lookup(flow, "drop-c2s", now)
+        entry = self.residual.lookup(flow, "drop-c2s" if c2s else "drop-s2c", now)
         if entry is None:
             return False
         self.stats.dropped += 1
         out[0] = Drop(mechanism=entry.mechanism)
         first = flow.state is not FlowState.BLOCKED
-        flow.block_flow("c2s", entry.mechanism)
+        flow.block_flow("c2s" if c2s else "s2c", entry.mechanism)
         if first:
+            action = "drop" if c2s else "null-route"
             self._report(
-                out, flow, now, entry.mechanism, "drop", entry.rule, entry.until, {"residual": True}
+                out, flow, now, entry.mechanism, action, entry.rule, entry.until, {"residual": True}
             )
         return True
 
@@ -484,7 +512,7 @@ class Censor:
             out[0] = Drop(mechanism=mech.name)
         res = decision.residual
         if res is not None and extend and res.seconds > 0:
-            residual_until = now + res.seconds
+            residual_until = now + res.delay + res.seconds
             self.residual.add(
                 flow,
                 res.key,
@@ -494,8 +522,11 @@ class Censor:
                     until=residual_until,
                     policy=res.policy,
                     probability=res.probability,
+                    start=now + res.delay,
                 ),
             )
+        for planned in decision.probes:
+            self._schedule_probe(mech, flow, planned, now, decision.rule, out)
         if decision.action == "pass":
             self._report(out, flow, now, mech.name, "pass", decision.rule, None, decision.extra)
             return
@@ -511,6 +542,95 @@ class Censor:
             residual_until,
             decision.extra,
         )
+
+    def _schedule_probe(
+        self,
+        mech: Mechanism,
+        flow: Flow,
+        planned: PlannedProbe,
+        now: float,
+        rule: str,
+        out: list[Action],
+    ) -> None:
+        self._probe_seq += 1
+        probe = Probe(
+            probe_id=self._probe_seq,
+            kind=planned.kind,
+            server=addr_text(flow.server),
+            port=flow.sport,
+            payload=planned.payload,
+            at=now + planned.delay,
+            ttl=planned.ttl,
+            sport=planned.sport,
+            tsval_hz=planned.tsval_hz,
+            linger=planned.linger,
+            mechanism=mech.name,
+        )
+        context: dict[str, Any] = {"rule": rule, "origin": planned.origin}
+        self._probes[probe.probe_id] = (mech, flow, planned, context)
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (probe.at, self._timer_seq, probe))
+        self._report(
+            out,
+            flow,
+            now,
+            mech.name,
+            "probe",
+            rule,
+            None,
+            {
+                "probe": planned.kind,
+                "probe_id": probe.probe_id,
+                "at": round(probe.at, 6),
+                "length": len(planned.payload),
+                "prober_sport": planned.sport,
+                "ttl": planned.ttl,
+            },
+        )
+
+    def on_probe_result(
+        self,
+        probe_id: int,
+        reaction: str,
+        now: float,
+        response_len: int = 0,
+    ) -> list[Action]:
+        """What the server did with a probe; returns the Actions that follow (more probes, a
+        block). Unknown ids are ignored (a result that arrives after the engine forgot them)."""
+        entry = self._probes.pop(probe_id, None)
+        if entry is None:
+            return []
+        mech, flow, planned, context = entry
+        out: list[Action] = [_ACCEPT]
+        result = ProbeResult(
+            probe_id=probe_id,
+            kind=planned.kind,
+            server=flow.server,
+            port=flow.sport,
+            reaction=reaction,  # type: ignore[arg-type]
+            response_len=response_len,
+            context=context,
+        )
+        self._report(
+            out,
+            flow,
+            now,
+            mech.name,
+            "probe",
+            context["rule"],
+            None,
+            {
+                "probe": planned.kind,
+                "probe_id": probe_id,
+                "reaction": reaction,
+                "response_len": response_len,
+            },
+        )
+        decision = mech.on_probe_result(result, now)
+        if decision is not None:
+            seen = Seen(pkt=_NO_PACKET, flow=flow, now=now, c2s=True)
+            self._apply(mech, decision, seen, out)
+        return out[1:]
 
     def _finish(self, flow: Flow, out: list[Action]) -> None:
         if flow.state is FlowState.CLEAN:

@@ -24,6 +24,8 @@ class ResidualEntry:
     until: float
     policy: str
     probability: float
+    start: float = 0.0
+    """When the block begins (static blocking starts days after detection)."""
 
 
 def residual_key(flow: Flow, kind: ResidualKey) -> Key:
@@ -46,14 +48,14 @@ class ResidualTable:
         self.kinds: dict[tuple[str, ResidualKey], str] = {}
         """Every (mechanism, key kind) in use, with its policy, so lookups try only those."""
         self.drops = False
-        """Whether any ``drop-c2s`` block was ever added (the engine's fast path checks it)."""
+        """Whether any drop block (either direction) is held (the engine's fast path checks it)."""
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def add(self, flow: Flow, kind: ResidualKey, entry: ResidualEntry) -> None:
         self.kinds[(entry.mechanism, kind)] = entry.policy
-        self.drops = self.drops or entry.policy == "drop-c2s"
+        self.drops = self.drops or entry.policy != "rst"
         key = (entry.mechanism, kind, residual_key(flow, kind))
         old = self.entries.get(key)
         if old is None or old.until < entry.until:
@@ -65,7 +67,7 @@ class ResidualTable:
             if pol != policy:
                 continue
             entry = self.entries.get((mech, kind, residual_key(flow, kind)))
-            if entry is not None and now < entry.until:
+            if entry is not None and entry.start <= now < entry.until:
                 return entry
         return None
 
@@ -73,5 +75,5 @@ class ResidualTable:
         dead = [k for k, e in self.entries.items() if e.until <= now]
         for key in dead:
             del self.entries[key]
-        self.drops = any(e.policy == "drop-c2s" for e in self.entries.values())
+        self.drops = any(e.policy != "rst" for e in self.entries.values())
         return len(dead)

@@ -102,11 +102,12 @@ def _up_locked(options: UpOptions, profile: Profile, log: Any, ca: Any, services
             log("namespaces and links")
             netns.make_topology()
             netns.install_queue_rules(CENSOR_NS, QUEUE_NUM, fail_open=options.fail_open)
-            etc = os.path.join(ETC_NETNS, CLIENT_NS)
-            st.record(kind="path", path=etc)
-            os.makedirs(etc, exist_ok=True)
-            with open(os.path.join(etc, "resolv.conf"), "w", encoding="ascii") as fh:
-                fh.write(f"nameserver {SERVER_V4}\nnameserver {SERVER_V6}\noptions timeout:2\n")
+            for ns in (CLIENT_NS, SERVER_NS):  # both resolve with the lab's DNS server
+                etc = os.path.join(ETC_NETNS, ns)
+                st.record(kind="path", path=etc)
+                os.makedirs(etc, exist_ok=True)
+                with open(os.path.join(etc, "resolv.conf"), "w", encoding="ascii") as fh:
+                    fh.write(f"nameserver {SERVER_V4}\nnameserver {SERVER_V6}\noptions timeout:2\n")
             log("lab CA and server certificate")
             ca_dir = st.file("ca")
             os.makedirs(ca_dir, exist_ok=True)

@@ -36,6 +36,7 @@ from gfwlab.lab.topology import (
     SERVER_V4,
     SERVER_V6,
 )
+from gfwlab.live.prober import PROBER_NET
 
 REQUIRED_TOOLS = {"ip": "iproute2", "iptables": "iptables", "ip6tables": "iptables"}
 
@@ -150,6 +151,8 @@ def make_topology() -> None:
     run(in_ns(SERVER_NS, "ip", "route", "add", "default", "via", SERVER_GW_V4))
     run(in_ns(SERVER_NS, "ip", "-6", "route", "add", "default", "via", SERVER_GW_V6))
     censor = CLIENT_LINK.b_ns
+    # The active prober's addresses: local to the censor namespace, inside the border.
+    run(in_ns(censor, "ip", "addr", "add", f"{PROBER_NET}.0/24", "dev", "lo"))
     for key in (
         "net.ipv4.ip_forward=1",
         "net.ipv6.conf.all.forwarding=1",
@@ -171,6 +174,12 @@ def install_queue_rules(censor_ns: str, queue: int, *, fail_open: bool) -> None:
         for dev in (CLIENT_LINK.b, SERVER_LINK.a):
             run([*ipt, "-A", "PREROUTING", "-i", dev, "-j", "GFWLAB"])
         run([*ipt, "-A", "GFWLAB", "-m", "connmark", "--mark", bypass, "-j", "ACCEPT"])
+        if tool == "iptables":
+            # The prober's own connections are not traffic the censor inspects, and the kernel
+            # must not reset the connections the prober's userspace TCP makes.
+            run([*ipt, "-A", "GFWLAB", "-d", f"{PROBER_NET}.0/24", "-j", "ACCEPT"])
+            run(in_ns(censor_ns, tool, "-w", "-A", "OUTPUT", "-s", f"{PROBER_NET}.0/24", "-p",
+                      "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP"))
         queue_rule = [*ipt, "-A", "GFWLAB", "-j", "NFQUEUE", "--queue-num", str(queue)]
         if fail_open:
             queue_rule.append("--queue-bypass")

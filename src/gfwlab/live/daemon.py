@@ -18,9 +18,11 @@ the live adapter of the same sans-I/O engine the offline analyser uses:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import heapq
 import json
 import os
+import queue
 import select
 import signal
 import socket
@@ -28,10 +30,11 @@ import sys
 import time
 from typing import Any, assert_never
 
-from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Inject, Report
+from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Inject, Probe, Report
 from gfwlab.engine.censor import Censor
 from gfwlab.errors import GfwlabError
 from gfwlab.lab.topology import BYPASS_MARK, CLIENT_LINK, INSIDE, QUEUE_NUM, SERVER_LINK
+from gfwlab.live.prober import Prober
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.profiles.loader import load_profile, parse_date
 from gfwlab.profiles.schema import Prefixes
@@ -76,8 +79,13 @@ def _mac(text: str) -> bytes:
 class LiveCensor:
     """The NFQUEUE loop around one Censor."""
 
-    def __init__(self, censor: Censor, state_dir: str, injector: FrameInjector) -> None:
+    def __init__(
+        self, censor: Censor, state_dir: str, injector: FrameInjector, seed: int = 0
+    ) -> None:
         self.censor = censor
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self.prober = Prober(self._wake, seed=seed)
         self.state_dir = state_dir
         self.injector = injector
         self.mono0 = time.monotonic()
@@ -134,12 +142,33 @@ class LiveCensor:
                     event["ts"] = round(self.wall(action.event.ts), 6)
                     if event["residual_until"] is not None:
                         event["residual_until"] = round(self.wall(event["residual_until"]), 6)
+                    if isinstance(event.get("at"), float):  # a probe's planned time
+                        event["at"] = round(self.wall(event["at"]), 6)
                     self.events.write(json.dumps(event, ensure_ascii=False) + "\n")
                     self.events.flush()
+                case Probe():
+                    self.prober.submit(action)
                 case Bypass():
                     pass
                 case _:
                     assert_never(action)
+
+    def _wake(self) -> None:
+        os.write(self._wake_w, b"!")
+
+    def probe_results(self) -> None:
+        """Hand the prober's finished probes to the engine."""
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_r, 4096)
+        while True:
+            try:
+                done = self.prober.results.get_nowait()
+            except queue.Empty:
+                return
+            actions = self.censor.on_probe_result(
+                done.probe_id, done.reaction, time.monotonic(), done.response_len
+            )
+            self.carry_out(actions, None)
 
     def timers(self) -> float | None:
         """Run due timers; return seconds until the next one (None: none pending)."""
@@ -195,6 +224,7 @@ class LiveCensor:
             "engine_packets": st.packets,
             "dropped": st.dropped,
             "injected": self.injector.sent,
+            "probe_packets": self.prober.sent,
             "anomalies": st.anomalies,
             "flows": st.flows,
             "flows_tracked": len(self.censor.flows),
@@ -231,16 +261,19 @@ def serve(live: LiveCensor, queue_num: int) -> None:
                 next_stats = now + 0.5
             timeout = min(0.5, wait) if wait is not None else 0.5
             try:
-                ready, _, _ = select.select([nfq_fd, ctl.fileno()], [], [], timeout)
+                ready, _, _ = select.select([nfq_fd, ctl.fileno(), live._wake_r], [], [], timeout)
             except InterruptedError:
                 continue
             if nfq_fd in ready:
                 nfq.run(block=False)
+            if live._wake_r in ready:
+                live.probe_results()
             if ctl.fileno() in ready:
                 conn, _ = ctl.accept()
                 live.control(conn)
     finally:
         live.stop_recording()
+        live.prober.close()
         live.write_stats()
         nfq.unbind()
         ctl.close()
@@ -264,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     except GfwlabError as exc:
         print(f"gfwlab-censor: {exc}", file=sys.stderr)
         return 2
-    live = LiveCensor(Censor(profile, args.seed), args.state_dir, FrameInjector())
+    live = LiveCensor(Censor(profile, args.seed), args.state_dir, FrameInjector(), args.seed)
 
     def stop(_signum: int, _frame: object) -> None:
         live.stop = True

@@ -9,6 +9,7 @@ hook returns a :class:`Decision` or None; it never touches the flow table itself
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 from abc import ABC
 from dataclasses import dataclass, field
@@ -49,13 +50,30 @@ class Forged:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PlannedProbe:
+    """A probe a mechanism wants sent ``delay`` seconds from now (see actions.Probe)."""
+
+    kind: str
+    payload: bytes
+    delay: float
+    ttl: int
+    sport: int
+    tsval_hz: int = 250
+    linger: float = 8.0
+    origin: bytes = b""
+    """The trigger payload a replay derives from (handed back in ProbeResult.context)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Residual:
     """A residual block a decision starts: later flows on ``key`` are hit until it ends."""
 
     key: ResidualKey
     seconds: float
-    policy: Literal["drop-c2s", "rst"]
-    """``drop-c2s``: drop client-to-server packets on the key; ``rst``: reset new connections."""
+    policy: Literal["drop-c2s", "drop-s2c", "rst"]
+    """``drop-c2s`` / ``drop-s2c``: drop one way on the key; ``rst``: reset new connections."""
+    delay: float = 0.0
+    """Seconds before the block starts (static blocking begins days after detection)."""
     probability: float = 1.0
     """Chance that each new connection on the key is hit (HTTP: 50-75%, spec §3)."""
 
@@ -72,7 +90,24 @@ class Decision:
     block: Block = "none"
     """What the flow's later packets get."""
     residual: Residual | None = None
+    probes: tuple[PlannedProbe, ...] = ()
+    """Active probes to send to the flow's server."""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeResult:
+    """What a suspected server did with one probe."""
+
+    probe_id: int
+    kind: str
+    server: bytes
+    port: int
+    reaction: Literal["data", "fin", "rst", "timeout", "unreachable"]
+    """It sent data, closed with FIN, reset, said nothing for ``linger`` s, or never accepted."""
+    response_len: int = 0
+    context: dict[str, Any] = field(default_factory=dict)
+    """What the mechanism attached when it planned the probe (the trigger's flow, rule...)."""
 
 
 @dataclass(slots=True)
@@ -92,6 +127,9 @@ class Mechanism(ABC):
     name: ClassVar[str]
     citation: ClassVar[str]
     params_cls: ClassVar[type[CommonParams]]
+    date: dt.date | None = None
+    """The emulated day (the profile's ``--date``), set by the engine; None if none was given.
+    For behaviour that changes within a mechanism's active window (quic_sni's direction)."""
 
     def __init__(self, params: Any, rng: random.Random) -> None:
         self.params = params
@@ -121,6 +159,10 @@ class Mechanism(ABC):
 
     def on_first_datagram(self, seen: Seen) -> Decision | None:
         """The first client-to-server UDP datagram of a flow (QUIC: the Initial)."""
+        return None
+
+    def on_probe_result(self, result: ProbeResult, now: float) -> Decision | None:
+        """A server's reaction to a probe this mechanism planned (live adapters only)."""
         return None
 
     def residual_hit(self, seen: Seen, rule: str) -> Decision | None:

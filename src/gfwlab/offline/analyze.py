@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, assert_never
 
 from gfwlab._outfile import OutputFile
-from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, Report
+from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, Probe, Report
 from gfwlab.engine.censor import Censor
 from gfwlab.packet.pcap import CaptureReader, PcapWriter
 from gfwlab.profiles.loader import Profile
@@ -184,6 +184,8 @@ def _run(
                         write_pkt(action.at, action.packet)
                 case Report():
                     _record(action.event, rows, summary, write_event, on_event)
+                case Probe():
+                    pass  # offline there is no server to probe: the event says when it would be
                 case Bypass():
                     pass
                 case _:

@@ -1,0 +1,245 @@
+"""Shadowsocks active probing: replay and random probes against suspected servers, then blocking.
+
+Source: spec §7a; Alice, Bob, Carol, J. Beznazwy, A. Houmansadr, *How China Detects and Blocks
+Shadowsocks*, ACM IMC 2020 (all numbers below), with the artifact's probe-length and replay-delay
+data (gfw-report/imc20-shadowsocks).
+
+Measured, and emulated here:
+
+- passive trigger: the first data-carrying packet of a connection; its length and entropy are the
+  features. Replayed payloads were almost all 160-700 bytes (max 999); a packet at 7.2 bits/byte
+  was about 4x likelier to be replayed than one at 3.0. Triggered inside-out and outside-in;
+- probes (``probe_mix``): replays R1 (identical), R2 (byte 0 changed), R3 (bytes 0-7 and 62-63
+  changed), R4 (byte 16 changed), R5 (bytes 6 and 16 changed); random NR1 at lengths 7-9, 11-13,
+  15-17, 21-23, 32-34, 40-42, 48-50 and NR2 of exactly 221 bytes (about 3x all NR1 together);
+- staging: R3, R4 and R5 are sent only after the server answered R1 or R2;
+- delay of the first replay: >20% within 1 s, >50% within 1 min, >75% within 15 min, min 0.28 s,
+  max 570 h (artifact: 24% / 52% / 76%, median 37.5 s). Drawn piecewise log-uniformly through those
+  points; ``delay_scale`` shrinks it so a lab run takes seconds;
+- prober fingerprint: IP TTL 46-50, source ports 32768-60999 (~90%), TCP timestamps from a
+  250 Hz clock, connection closed (FIN/ACK) within 10 s;
+- blocking: by dropping server-to-client packets of the server's port or whole address (null
+  routing). The paper saw it on only 3 servers and thought it human-driven, so when to block is
+  a parameter (``block_on``), and so is how long (``block_s``).
+
+Unverified, so parameters: the share of candidate connections that draw probes
+(``probability``), and the prober addresses (the lab uses its own inside range; IMC'20 saw 12,300
+addresses in AS4837, AS4134 and others). First packets that look like TLS or HTTP (the FET
+exemption Ex5, spec §6) are not candidates by default (``skip_protocols``): an inference, since
+the GFW probed Shadowsocks servers, not every HTTPS server.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from gfwlab.mechanisms.base import (
+    CommonParams,
+    Decision,
+    Mechanism,
+    PlannedProbe,
+    ProbeResult,
+    Residual,
+    Seen,
+    register_mechanism,
+)
+
+NR1_LENGTHS = tuple(n + d for n in (8, 12, 16, 22, 33, 41, 49) for d in (-1, 0, 1))
+"""NR1 probe lengths: trios around 8, 12, 16, 22, 33, 41, 49 (IMC'20 §4)."""
+NR2_LENGTH = 221
+DELAY_POINTS = ((0.0, 0.28), (0.24, 1.0), (0.52, 60.0), (0.76, 900.0), (1.0, 570 * 3600.0))
+"""(cumulative share, seconds) of the first replay's delay (IMC'20 artifact, 5,844 replays)."""
+REPLAYS = ("R1", "R2", "R3", "R4", "R5")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SsProbingParams(CommonParams):
+    probability: float = 0.5
+    """Share of candidate first packets that draw probes (unpublished)."""
+    min_length: int = 160
+    """Shortest first packet that is a candidate (replays were 160-999 bytes)."""
+    max_length: int = 999
+    """Longest first packet that is a candidate."""
+    typical_max: int = 700
+    """Above this length candidates are rarer (almost all replays were <= 700 bytes)."""
+    long_weight: float = 0.1
+    """Relative chance of a candidate longer than ``typical_max``."""
+    entropy_high: float = 7.2
+    """Entropy (bits/byte) at which the full ``probability`` applies."""
+    entropy_low: float = 3.0
+    """Entropy at which the chance is ``1 / entropy_ratio`` of it (linear in between)."""
+    entropy_ratio: float = 4.0
+    """How much likelier a 7.2 bits/byte packet is replayed than a 3.0 one (IMC'20: ~4x)."""
+    skip_protocols: bool = True
+    """TLS- or HTTP-looking first packets (FET Ex5) are not candidates (inference)."""
+    replays: int = 2
+    """R1/R2 replays in the first stage."""
+    random_probes: int = 1
+    """NR1/NR2 probes in the first stage (NR2 three times as likely as NR1)."""
+    delay_scale: float = 1.0
+    """Multiplies every probe delay (e.g. 0.001 for a lab run of seconds)."""
+    max_delay_s: float = 570 * 3600.0
+    """Longest delay drawn, before scaling."""
+    ttl: tuple[int, int] = (46, 50)
+    """Prober IP TTL range."""
+    sport: tuple[int, int] = (32768, 60999)
+    """Prober source port range."""
+    tsval_hz: int = 250
+    """Prober TCP timestamp clock."""
+    linger_s: float = 8.0
+    """How long a prober waits for a reaction before closing."""
+    block_on: Literal["never", "replay-answered", "any-answer"] = "replay-answered"
+    """When to block: never, once a replay (R1-R5) got data back, or any probe did."""
+    block: Literal["port", "ip"] = "port"
+    """Null-route the server's port (key ``server``) or its whole address (``server-ip``)."""
+    block_s: float = 7 * 86400.0
+    """How long the null route lasts (one server was unblocked after more than a week)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError("probability must be between 0 and 1")
+        if self.delay_scale < 0:
+            raise ValueError("delay_scale must not be negative")
+
+
+def entropy(data: bytes) -> float:
+    """Shannon entropy in bits per byte."""
+    if not data:
+        return 0.0
+    counts = [0] * 256
+    for b in data:
+        counts[b] += 1
+    n = len(data)
+    return -sum(c / n * math.log2(c / n) for c in counts if c)
+
+
+def _looks_like_protocol(payload: bytes) -> bool:
+    if len(payload) >= 3 and payload[0] in (0x16, 0x17) and payload[1] == 3 and payload[2] < 0x10:
+        return True
+    return payload.startswith((b"GET ", b"PUT ", b"POST ", b"HEAD "))
+
+
+class SsProbing(Mechanism):
+    citation = "spec §7a; Alice et al., How China Detects and Blocks Shadowsocks, IMC 2020"
+    params_cls = SsProbingParams
+    params: SsProbingParams
+
+    def chance(self, payload: bytes) -> tuple[float, float]:
+        """(probability that this first packet draws probes, its entropy)."""
+        p = self.params
+        n = len(payload)
+        h = entropy(payload)
+        if n < p.min_length or n > p.max_length:
+            return 0.0, h
+        if p.skip_protocols and _looks_like_protocol(payload):
+            return 0.0, h
+        # Linear in entropy through (entropy_low, 1/ratio) and (entropy_high, 1), clamped to [0, 1].
+        span = max(p.entropy_high - p.entropy_low, 1e-9)
+        low = 1.0 / p.entropy_ratio
+        weight = min(1.0, max(0.0, low + (h - p.entropy_low) / span * (1.0 - low)))
+        if n > p.typical_max:
+            weight *= p.long_weight
+        return p.probability * weight, h
+
+    def on_first_data(self, seen: Seen, payload: bytes) -> Decision | None:
+        chance, h = self.chance(payload)
+        if chance <= 0.0:
+            return None
+        draw = self.rng.random()
+        extra: dict[str, object] = {
+            "length": len(payload),
+            "entropy": round(h, 3),
+            "chance": round(chance, 4),
+            "draw": round(draw, 6),
+        }
+        if draw >= chance:
+            return Decision(action="pass", rule="ss:candidate", extra=extra)
+        probes = self._first_stage(payload)
+        extra["probes"] = [pr.kind for pr in probes]
+        return Decision(action="probe", rule="ss:candidate", probes=probes, extra=extra)
+
+    def _first_stage(self, payload: bytes) -> tuple[PlannedProbe, ...]:
+        p = self.params
+        out = [self._probe(REPLAYS[i % 2], payload) for i in range(p.replays)]
+        for _ in range(p.random_probes):
+            if self.rng.random() < 0.75:
+                out.append(self._probe("NR2", self.rng.randbytes(NR2_LENGTH)))
+            else:
+                out.append(self._probe("NR1", self.rng.randbytes(self.rng.choice(NR1_LENGTHS))))
+        return tuple(out)
+
+    def _probe(self, kind: str, payload: bytes) -> PlannedProbe:
+        p = self.params
+        return PlannedProbe(
+            kind=kind,
+            payload=mutate(kind, payload, self.rng.randbytes(10)),
+            delay=self.draw_delay() * p.delay_scale,
+            ttl=self.rng.randint(*p.ttl),
+            sport=self.rng.randint(*p.sport),
+            tsval_hz=p.tsval_hz,
+            linger=p.linger_s,
+            origin=payload,
+        )
+
+    def draw_delay(self) -> float:
+        """Seconds until a probe, from the measured first-replay delays (log-uniform pieces)."""
+        u = self.rng.random()
+        shares = [s for s, _ in DELAY_POINTS]
+        i = max(1, bisect.bisect_left(shares, u))
+        (s0, t0), (s1, t1) = DELAY_POINTS[i - 1], DELAY_POINTS[i]
+        f = (u - s0) / (s1 - s0) if s1 > s0 else 0.0
+        return min(self.params.max_delay_s, math.exp(math.log(t0) + f * math.log(t1 / t0)))
+
+    def on_probe_result(self, result: ProbeResult, now: float) -> Decision | None:
+        p = self.params
+        answered = result.reaction == "data"
+        replay = result.kind in REPLAYS
+        block = answered and (
+            p.block_on == "any-answer" or (p.block_on == "replay-answered" and replay)
+        )
+        extra = {"probe": result.kind, "reaction": result.reaction}
+        if block:
+            return Decision(
+                action="null-route",
+                rule=f"ss:{result.kind}-answered",
+                residual=Residual(
+                    key="server" if p.block == "port" else "server-ip",
+                    seconds=p.block_s,
+                    policy="drop-s2c",
+                ),
+                extra=extra,
+            )
+        if answered and result.kind in ("R1", "R2"):
+            # Staged probing: R3-R5 only once the server has answered R1 or R2 (IMC'20).
+            payload = result.context.get("origin", b"")
+            if isinstance(payload, bytes) and payload:
+                probes = tuple(self._probe(kind, payload) for kind in ("R3", "R4", "R5"))
+                return Decision(action="probe", rule="ss:staged", probes=probes, extra=extra)
+        return None
+
+
+def mutate(kind: str, payload: bytes, noise: bytes) -> bytes:
+    """The replay types' byte changes (IMC'20 §4.2); random probes are returned as given."""
+    data = bytearray(payload)
+
+    def flip(i: int, k: int) -> None:
+        if i < len(data):
+            data[i] ^= noise[k % len(noise)] | 1  # never 0: the byte always changes
+
+    if kind == "R2":
+        flip(0, 0)
+    elif kind == "R3":
+        for j, i in enumerate((*range(8), 62, 63)):
+            flip(i, j)
+    elif kind == "R4":
+        flip(16, 0)
+    elif kind == "R5":
+        flip(6, 0)
+        flip(16, 1)
+    return bytes(data)
+
+
+register_mechanism("ss_probing", SsProbing)

@@ -1,0 +1,336 @@
+"""quic_sni against spec §5 (USENIX Security 2025): first datagram, port rule, residual, flow
+tracking, dates and direction, the Table 3 payloads, probability and a real capture."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable
+
+import pytest
+
+from gfwlab.engine import Censor, Event
+from gfwlab.offline import analyze
+from gfwlab.packet.ip import addr_bytes, build_udp
+from gfwlab.proto.quic import QUIC_V2, build_initial, protect_initial, split_initials
+from helpers import binomial_interval, profile, run
+
+C, S = "198.18.0.2", "198.19.0.2"
+INSIDE = "engine.inside=['198.18.0.0/16']"  # C is inside the border, S outside
+Packets = list[tuple[float, bytes]]
+
+
+def udp(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
+    return build_udp(addr_bytes(src), addr_bytes(dst), sport, dport, payload)
+
+
+def quic_flow(
+    first: bytes,
+    *,
+    client: str = C,
+    server: str = S,
+    cport: int = 50000,
+    sport: int = 443,
+    t0: float = 0.0,
+    followups: int = 3,
+) -> Packets:
+    """The first datagram, the server's answer, then ``followups`` client datagrams (10 bytes,
+    as the artifact's quic-sni-sender sends)."""
+    out = [
+        (t0, udp(client, server, cport, sport, first)),
+        (t0 + 0.05, udp(server, client, sport, cport, bytes(1200))),
+    ]
+    out += [
+        (t0 + 0.2 + 0.1 * i, udp(client, server, cport, sport, b"\x10" * 10))
+        for i in range(followups)
+    ]
+    return out
+
+
+def quic_run(
+    first: bytes,
+    *sets: str,
+    date: dt.date | None = dt.date(2024, 6, 1),
+    seed: int = 1,
+    **kw: object,
+):
+    return run(Censor(profile(*sets, date=date), seed), quic_flow(first, **kw))  # type: ignore[arg-type]
+
+
+def blocked(r: object) -> bool:
+    return bool(r.acted("drop", "quic_sni"))  # type: ignore[attr-defined]
+
+
+def test_blocked_sni_drops_later_client_datagrams_only() -> None:
+    r = quic_run(build_initial("www.google.com"))
+    # Initial delivered, server answer delivered, the client's later datagrams dropped.
+    assert r.verdicts == [True, True, False, False, False]
+    (event,) = r.acted("drop", "quic_sni")
+    assert event.rule == "google.com"
+    assert event.extra == {"sni": "www.google.com", "quic_version": 1}
+    assert event.residual_until == pytest.approx(180.0)
+    assert not r.injected
+    assert "spec §5" in event.citation
+
+
+def test_unblocked_sni_passes_and_flow_is_bypassed() -> None:
+    r = quic_run(build_initial("example.org"))
+    assert all(r.verdicts) and not r.acted("drop") and r.bypassed == 1
+    assert not r.acted("anomaly")
+
+
+def test_residual_three_tuple_any_source_port() -> None:
+    censor = Censor(profile(), 1)
+    packets = quic_flow(build_initial("youtube.com"), cport=50000, followups=0)
+    # A new flow from another source port, with an innocuous payload, within 180 s.
+    packets += quic_flow(build_initial("example.org"), cport=50001, t0=100.0, followups=1)
+    # Other destination port and other destination IP: not on the key.
+    packets += quic_flow(build_initial("example.org"), cport=50002, sport=8443, t0=101.0)
+    packets += quic_flow(build_initial("example.org"), server="198.19.0.3", t0=102.0)
+    # After 180 s the key is free.
+    packets += quic_flow(build_initial("example.org"), cport=50003, t0=180.0, followups=1)
+    r = run(censor, packets)
+    assert r.verdicts[:2] == [True, True]
+    assert r.verdicts[2:5] == [False, True, False]  # dropped from its first datagram
+    assert all(r.verdicts[5:])
+    residual = [e for e in r.acted("drop", "quic_sni") if e.extra.get("residual")]
+    assert len(residual) == 1 and residual[0].flow.sport == 50001
+
+
+@pytest.mark.parametrize(
+    ("cport", "sport", "rule", "expect"),
+    [
+        (50000, 443, "sport>dport", True),
+        (443, 50000, "sport>dport", False),
+        (4000, 5000, "sport>dport", False),  # AE E2
+        (5000, 5000, "sport>dport", False),
+        (5000, 5000, "sport>=dport", True),
+        (4000, 5000, "sport>=dport", False),
+        (4000, 5000, "any", True),
+    ],
+)
+def test_port_rule(cport: int, sport: int, rule: str, expect: bool) -> None:
+    r = quic_run(
+        build_initial("google.com"), f"quic_sni.port_rule={rule!r}", cport=cport, sport=sport
+    )
+    assert blocked(r) is expect
+    if not expect:
+        (event,) = r.acted("pass", "quic_sni")
+        assert event.extra["why"] == rule
+        assert all(r.verdicts)
+
+
+def test_non_quic_first_datagram_exempts_the_flow() -> None:
+    # AE E4: 14 zero bytes first, then a blocked Initial on the same 4-tuple.
+    censor = Censor(profile(), 1)
+    packets = [(0.0, udp(C, S, 65535, 6126, bytes(14)))]
+    packets += quic_flow(build_initial("google.com"), cport=65535, sport=6126, t0=3.0)
+    r = run(censor, packets)
+    assert all(r.verdicts)
+    assert not r.acted("drop") and not r.acted("anomaly")
+
+
+def flow_tracking(gap: float) -> Packets:
+    packets = [(0.0, udp(C, S, 56182, 443, b"Hello World\n\x00"))]
+    packets += [(30.0, udp(C, S, 56182, 443, bytes(10)))]
+    packets += quic_flow(build_initial("google.com"), cport=56182, t0=30.0 + gap)
+    return packets
+
+
+def test_flow_forgotten_after_60_s_of_silence() -> None:
+    r = run(Censor(profile(), 1), flow_tracking(60.0))
+    assert blocked(r) and r.verdicts[-3:] == [False, False, False]
+    r = run(Censor(profile(), 1), flow_tracking(59.9))
+    assert not blocked(r) and all(r.verdicts)
+
+
+def test_engine_flow_timeout_is_the_60_s_tracking() -> None:
+    censor = Censor(profile(), 1)
+    assert censor.profile.engine.udp_timeout_s == 60.0
+    r = run(censor, flow_tracking(60.0))
+    assert censor.flows.expired >= 1 and blocked(r)
+
+
+def test_quic_v2_is_not_blocked_unless_configured() -> None:
+    r = quic_run(build_initial("google.com", version=QUIC_V2))
+    assert not blocked(r) and all(r.verdicts)
+    (event,) = r.acted("pass", "quic_sni")
+    assert event.extra["why"] == "version" and event.extra["quic_version"] == QUIC_V2
+    r = quic_run(build_initial("google.com", version=QUIC_V2), f"quic_sni.versions=[1, {QUIC_V2}]")
+    assert blocked(r)
+
+
+@pytest.mark.parametrize(
+    ("date", "active"), [(dt.date(2024, 4, 6), False), (dt.date(2024, 4, 7), True)]
+)
+def test_start_date(date: dt.date, active: bool) -> None:
+    assert ("quic_sni" in Censor(profile(date=date)).mechanisms) is active
+    assert blocked(quic_run(build_initial("google.com"), date=date)) is active
+
+
+@pytest.mark.parametrize(
+    ("date", "outside_in_blocked"),
+    [
+        (dt.date(2024, 9, 19), True),
+        (dt.date(2025, 3, 12), True),
+        (dt.date(2025, 3, 13), False),
+        (dt.date(2025, 3, 14), False),
+        (None, False),  # no --date: the latest behaviour
+    ],
+)
+def test_outbound_only_from_2025_03_13(date: dt.date | None, outside_in_blocked: bool) -> None:
+    censor = Censor(profile(INSIDE, date=date), 1)
+    assert censor.mechanisms["quic_sni"].date == date  # set by the engine
+    inside_out = quic_run(build_initial("google.com"), INSIDE, date=date)
+    assert blocked(inside_out)
+    assert inside_out.acted("drop", "quic_sni")[0].direction == "inside-out"
+    outside_in = quic_run(build_initial("google.com"), INSIDE, date=date, client=S, server=C)
+    assert blocked(outside_in) is outside_in_blocked
+
+
+def test_outbound_only_can_be_turned_off() -> None:
+    r = quic_run(
+        build_initial("google.com"),
+        INSIDE,
+        "quic_sni.outbound_only_from=''",
+        date=dt.date(2025, 6, 1),
+        client=S,
+        server=C,
+    )
+    assert blocked(r)
+
+
+def minimal_hello(sni: str) -> bytes:
+    """The ClientHello shape of the artifact's Table 3 payloads 4-6 (see test_proto_quic)."""
+    name = sni.encode()
+    ext = b"\x00\x00" + (len(name) + 5).to_bytes(2, "big") + (len(name) + 3).to_bytes(2, "big")
+    ext += b"\x00" + len(name).to_bytes(2, "big") + name
+    body = b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x00" + b"\x01\x00"
+    body += len(ext).to_bytes(2, "big") + ext
+    return b"\x01" + len(body).to_bytes(3, "big") + body
+
+
+def _bad_version() -> bytes:
+    d = build_initial("google.com", pn_len=1)
+    return d[:1] + b"\x00\x00\x00\x02" + d[5:]
+
+
+# Spec §5 Table 3 (artifact README, Experiment 3), each payload with the SNI google.com, and
+# the other evasions spec §5 lists.
+TABLE_3: list[tuple[str, Callable[[], bytes], bool, str | None]] = [
+    ("1 one-byte packet number", lambda: build_initial("google.com", pn_len=1, pad_to=0), True,
+     None),
+    ("2 last byte removed", lambda: build_initial("google.com", pn_len=1)[:-1], False,
+     "quic.truncated"),
+    ("3 bad version 0x00000002", _bad_version, False, None),
+    ("4 both connection IDs empty",
+     lambda: build_initial(None, client_hello=minimal_hello("google.com"), dcid=b"", scid=b"",
+                           pn_len=1, pad_to=0), True, None),
+    ("5 connection ID of 255 bytes",
+     lambda: build_initial(None, client_hello=minimal_hello("google.com"), dcid=bytes(255),
+                           scid=b"", pn_len=1), False, "quic.cid_too_long"),
+    ("6 CRYPTO length 0 with payload",
+     lambda: build_initial(None, client_hello=minimal_hello("google.com"),
+                           crypto_len_zero=True, pn_len=1, pad_to=0), True, None),
+    ("7 blocked name only in ALPN", lambda: build_initial(None, alpn=("google.com",)), False,
+     None),
+    ("8 CRYPTO frame among PING and PADDING frames",
+     lambda: build_initial("www.google.com", pn_len=1, leading_frames=b"\x01" + bytes(150),
+                           trailing_frames=bytes(600) + b"\x01\x01\x01", pad_to=0), False, None),
+    ("9 ECH, outer SNI cloudflare-ech.com",
+     lambda: build_initial("cloudflare-ech.com", ech=True), False, None),
+    ("10 QUIC v2", lambda: build_initial("google.com", version=QUIC_V2), False, None),
+    ("ClientHello split over two CRYPTO frames",
+     lambda: build_initial("google.com", split_crypto=60), False, None),
+    ("ClientHello split across two Initial packets",
+     lambda: split_initials("google.com", 60)[0], False, None),
+    ("PADDING before the CRYPTO frame (as in the captures)",
+     lambda: build_initial("google.com", leading_frames=bytes(40)), True, None),
+    ("Initial with junk coalesced after it",
+     lambda: build_initial("google.com", pad_to=600) + bytes(600), True, None),
+    ("CRYPTO frame with a non-zero offset only",
+     lambda: protect_initial(b"\x06\x05\x10" + bytes(16), dcid=b"abcdefgh"), False, None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("first", "expect", "anomaly"),
+    [pytest.param(f, e, a, id=name) for name, f, e, a in TABLE_3],
+)
+def test_table_3(first: Callable[[], bytes], expect: bool, anomaly: str | None) -> None:
+    r = quic_run(first(), cport=60001, sport=444)
+    assert blocked(r) is expect
+    assert r.verdicts == [True, True, *([not expect] * 3)]
+    kinds = {e.rule for e in r.acted("anomaly")}
+    if anomaly is not None:
+        assert anomaly in kinds
+        assert all(e.extra["mechanism"] == "quic_sni" for e in r.acted("anomaly"))
+
+
+def test_second_initial_in_the_same_flow_is_not_inspected() -> None:
+    censor = Censor(profile(), 1)
+    packets = [(0.0, udp(C, S, 50000, 443, build_initial("example.org")))]
+    packets += [(1.0, udp(C, S, 50000, 443, build_initial("google.com")))]
+    r = run(censor, packets)
+    assert all(r.verdicts) and not blocked(r)
+
+
+def test_probability() -> None:
+    censor = Censor(profile("quic_sni.probability=0.3"), 7)
+    n = 400
+    packets: Packets = []
+    for i in range(n):
+        client = f"198.18.{1 + i // 200}.{1 + i % 200}"
+        packets += quic_flow(build_initial("google.com"), client=client, t0=i, followups=1)
+    r = run(censor, packets)
+    drops = len(r.acted("drop", "quic_sni"))
+    lo, hi = binomial_interval(n, 0.3)
+    assert lo * n <= drops <= hi * n
+    assert drops + len(r.acted("pass", "quic_sni")) == n
+    assert all("draw" in e.extra for e in r.acted("pass", "quic_sni"))
+
+
+def test_probability_is_checked() -> None:
+    from gfwlab.errors import ConfigError  # noqa: PLC0415
+
+    with pytest.raises(ConfigError, match="probability"):
+        profile("quic_sni.probability=1.5")
+    with pytest.raises(ConfigError, match="outbound_only_from"):
+        profile("quic_sni.outbound_only_from='March'")
+
+
+# --- real captures (gfw-report/usenixsecurity25-quic-sni, read from ../shared/data) ----------
+
+PCAPS = "/work/shared/data/pcaps"
+ATTACKER = os.path.join(PCAPS, "gfw-quic-sni-artifact--quic_attacker_client_anon.pcap")
+FLOW_TRACKING = os.path.join(PCAPS, "gfw-quic-sni-artifact--flow-tracking-time.pcap")
+
+
+def analyse(path: str, date: dt.date) -> tuple[float, list[Event]]:
+    """The capture's first timestamp and the events, with google.com on the QUIC list."""
+    events: list[Event] = []
+    summary = analyze(
+        path, profile("quic_sni.domains=['google.com']", date=date), on_event=events.append
+    )
+    assert summary.start_ts is not None
+    return summary.start_ts, events
+
+
+@pytest.mark.skipif(not os.path.exists(ATTACKER), reason="the artifact's capture is missing")
+def test_real_spoofed_initial_is_blocked() -> None:
+    _start, events = analyse(ATTACKER, dt.date(2024, 9, 19))
+    drops = [e for e in events if e.mechanism == "quic_sni" and e.action == "drop"]
+    assert drops and drops[0].rule == "google.com" and drops[0].extra["sni"] == "google.com"
+    assert drops[0].flow.sport == 12345 and drops[0].flow.dport == 443
+    assert not [e for e in events if e.action == "anomaly"]
+
+
+@pytest.mark.skipif(not os.path.exists(FLOW_TRACKING), reason="the artifact's capture is missing")
+def test_real_flow_tracking_experiment() -> None:
+    # "Hello World" first, Initials 6-56 s later (each within 60 s of the last datagram): the flow
+    # is exempt. The Initial 62 s after the last datagram is a new flow's first: blocked.
+    start, events = analyse(FLOW_TRACKING, dt.date(2024, 9, 19))
+    drops = [e for e in events if e.mechanism == "quic_sni" and e.action == "drop"]
+    assert len(drops) == 1
+    assert drops[0].ts - start == pytest.approx(118.05, abs=0.01)
+    assert drops[0].extra["sni"] == "google.com"

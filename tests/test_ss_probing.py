@@ -1,0 +1,186 @@
+"""ss_probing against spec §7a (IMC'20): trigger, probe types, delays, staging, blocking."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from gfwlab.engine import Censor, Probe
+from gfwlab.mechanisms.ss_probing import NR1_LENGTHS, NR2_LENGTH, entropy, mutate
+from gfwlab.offline.synth import tcp_conversation
+from gfwlab.packet.ip import addr_bytes, build_tcp
+from helpers import binomial_interval, profile, run
+
+C, S = "198.18.0.2", "198.19.0.2"
+ALWAYS = "ss_probing.probability=1.0"
+
+
+def first_packet(n: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def trigger(
+    censor: Censor, payload: bytes, *, cport: int = 40000, sport: int = 8388, t0: float = 0.0
+):
+    return run(censor, tcp_conversation(C, S, cport, sport, payload, t0=t0, close=False))
+
+
+def probes_of(r) -> list[dict]:
+    return [e.extra for e in r.acted("probe") if "probe_id" in e.extra]
+
+
+@pytest.mark.parametrize(
+    ("length", "probed"),
+    [(159, False), (160, True), (500, True), (999, True), (1000, False), (50, False)],
+)
+def test_length_window(length: int, probed: bool) -> None:
+    # Entropy and the rarity of long candidates taken out: only the window decides here.
+    sets = (ALWAYS, "ss_probing.entropy_ratio=1.0", "ss_probing.long_weight=1.0")
+    r = trigger(Censor(profile(*sets), 1), first_packet(length))
+    assert bool(probes_of(r)) is probed
+
+
+def test_probe_types_lengths_and_fingerprint() -> None:
+    payload = first_packet(400)
+    kinds: dict[str, int] = {}
+    censor = Censor(profile(ALWAYS, "ss_probing.random_probes=3"), 4)
+    for i in range(200):
+        r = trigger(censor, payload, cport=20000 + i, sport=10000 + i, t0=i)
+        for p in probes_of(r):
+            kinds[p["probe"]] = kinds.get(p["probe"], 0) + 1
+            assert 46 <= p["ttl"] <= 50 and 32768 <= p["prober_sport"] <= 60999
+            if p["probe"] in ("R1", "R2"):
+                assert p["length"] == 400
+            elif p["probe"] == "NR2":
+                assert p["length"] == NR2_LENGTH
+            else:
+                assert p["probe"] == "NR1" and p["length"] in NR1_LENGTHS
+    assert set(kinds) == {"R1", "R2", "NR1", "NR2"}
+    # NR2 was about three times as frequent as all NR1 probes together (IMC'20).
+    share = kinds["NR2"] / (kinds["NR1"] + kinds["NR2"])
+    lo, hi = binomial_interval(kinds["NR1"] + kinds["NR2"], 0.75)
+    assert lo <= share <= hi
+
+
+def test_replay_byte_changes() -> None:
+    base = bytes(range(80))
+    noise = bytes(range(1, 11))
+    diff = {
+        k: [i for i, (a, b) in enumerate(zip(base, mutate(k, base, noise), strict=True)) if a != b]
+        for k in ("R1", "R2", "R3", "R4", "R5")
+    }
+    assert diff == {
+        "R1": [],
+        "R2": [0],
+        "R3": [0, 1, 2, 3, 4, 5, 6, 7, 62, 63],
+        "R4": [16],
+        "R5": [6, 16],
+    }
+
+
+def test_entropy_weighting_about_four_to_one() -> None:
+    low = bytes([0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48] * 50)  # 3.0 bits/byte
+    assert abs(entropy(low) - 3.0) < 1e-9
+    high = first_packet(400)
+    censor = Censor(profile(ALWAYS, "ss_probing.skip_protocols=false"), 1)
+    mech = censor.mechanisms["ss_probing"]
+    p_low, _ = mech.chance(low)  # type: ignore[attr-defined]
+    p_high, h = mech.chance(high)  # type: ignore[attr-defined]
+    assert h > 7.2 - 0.8
+    assert p_low == pytest.approx(0.25)
+    assert p_high / p_low > 3.0
+
+
+def test_tls_and_http_first_packets_are_not_candidates() -> None:
+    tls_like = b"\x16\x03\x01" + first_packet(400)
+    http_like = b"GET /" + first_packet(300)
+    for payload in (tls_like, http_like):
+        assert not probes_of(trigger(Censor(profile(ALWAYS), 1), payload))
+
+
+def test_trigger_probability_binomial() -> None:
+    n, hits = 400, 0
+    censor = Censor(profile("ss_probing.probability=0.4"), 9)
+    for i in range(n):
+        r = trigger(censor, first_packet(400, i), cport=20000 + i, sport=10000 + i, t0=i)
+        hits += bool(probes_of(r))
+    mech = censor.mechanisms["ss_probing"]
+    expected = sum(mech.chance(first_packet(400, i))[0] for i in range(n)) / n  # type: ignore[attr-defined]
+    lo, hi = binomial_interval(n, expected)
+    assert lo <= hits / n <= hi
+
+
+def test_delays_follow_the_measured_distribution() -> None:
+    censor = Censor(profile(ALWAYS), 3)
+    mech = censor.mechanisms["ss_probing"]
+    delays = sorted(mech.draw_delay() for _ in range(4000))  # type: ignore[attr-defined]
+    n = len(delays)
+    assert delays[0] >= 0.28
+    for limit, share in ((1.0, 0.24), (60.0, 0.52), (900.0, 0.76)):
+        got = sum(d <= limit for d in delays) / n
+        lo, hi = binomial_interval(n, share)
+        assert lo <= got <= hi, (limit, got)
+
+
+def test_offline_reports_when_probes_would_be_sent() -> None:
+    censor = Censor(profile(ALWAYS, "ss_probing.delay_scale=0.001"), 2)
+    r = trigger(censor, first_packet(400), t0=10.0)
+    planned = probes_of(r)
+    assert planned and all(10.0 <= p["at"] <= 10.0 + 570 * 3.6 + 1 for p in planned)
+    sent = [a for a in censor.flush() if isinstance(a, Probe)]
+    assert sent == []  # run() already released them: the Probe actions came from the timers
+
+
+def _probe_actions(censor: Censor, payload: bytes) -> list[Probe]:
+    out: list[Probe] = []
+    for t, pkt in tcp_conversation(C, S, 40000, 8388, payload, close=False):
+        censor.feed(pkt, t)
+    while (deadline := censor.next_deadline()) is not None and deadline < 1e6:
+        out += [a for a in censor.on_timer(deadline) if isinstance(a, Probe)]
+        if not censor._timers:
+            break
+    return out
+
+
+def test_staging_and_blocking_after_a_replay_is_answered() -> None:
+    censor = Censor(
+        profile(ALWAYS, "ss_probing.delay_scale=0.0001", "ss_probing.random_probes=0"), 5
+    )
+    probes = _probe_actions(censor, first_packet(400))
+    assert {p.kind for p in probes} == {"R1", "R2"}
+    r1 = next(p for p in probes if p.kind == "R1")
+    assert r1.server == S and r1.port == 8388 and r1.payload == first_packet(400)
+    # R1 answered with data: R3-R5 follow (staged) and the server's port is null-routed.
+    actions = censor.on_probe_result(r1.probe_id, "data", 100.0, response_len=32)
+    reports = [a.event for a in actions if hasattr(a, "event")]
+    assert any(e.action == "null-route" for e in reports)
+    c, s = addr_bytes(C), addr_bytes(S)
+    new_syn = build_tcp(c, s, 41000, 8388, seq=1, flags=0x02)
+    assert type(censor.feed(new_syn, 101.0)[0]).__name__ == "Accept"  # SYN reaches the server
+    synack = build_tcp(s, c, 8388, 41000, seq=9, ack=2, flags=0x12)
+    assert type(censor.feed(synack, 101.001)[0]).__name__ == "Drop"  # server-to-client dropped
+    other = build_tcp(s, c, 443, 41001, seq=9, ack=2, flags=0x12)
+    assert type(censor.feed(other, 101.002)[0]).__name__ == "Accept"  # another port is fine
+
+
+def test_staged_probes_need_an_answer_and_never_blocks() -> None:
+    sets = (
+        ALWAYS,
+        "ss_probing.delay_scale=0.0001",
+        "ss_probing.random_probes=0",
+        "ss_probing.block_on='never'",
+    )
+    censor = Censor(profile(*sets), 5)
+    probes = _probe_actions(censor, first_packet(400))
+    r2 = next(p for p in probes if p.kind == "R2")
+    assert censor.on_probe_result(r2.probe_id, "timeout", 50.0)
+    later = _probe_actions(censor, b"")  # nothing new was planned
+    assert later == []
+    actions = censor.on_probe_result(
+        next(p for p in probes if p.kind == "R1").probe_id, "data", 60.0
+    )
+    events = [a.event for a in actions if hasattr(a, "event")]
+    assert not any(e.action == "null-route" for e in events)
+    staged = [e.extra["probe"] for e in events if e.action == "probe" and "at" in e.extra]
+    assert sorted(staged) == ["R3", "R4", "R5"]
