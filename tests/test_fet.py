@@ -19,7 +19,7 @@ import pytest
 from gfwlab.engine import Censor
 from gfwlab.errors import ConfigError
 from gfwlab.mechanisms.fet import FetParams, exemptions, measure
-from gfwlab.offline.synth import tcp_conversation
+from gfwlab.offline.synth import https_conversation, tcp_conversation
 from gfwlab.packet.ip import parse
 from gfwlab.profiles.loader import Profile
 from helpers import Run, binomial_interval, profile, run
@@ -396,3 +396,28 @@ def test_bad_parameters_are_config_errors() -> None:
         profile("fet.tls_prefix=[[23, 22]]")
     with pytest.raises(ConfigError, match="http_prefixes"):
         profile("fet.http_prefixes=['']")
+
+
+def test_static_blocking_of_the_whole_address_is_optional() -> None:
+    """net4people #69: from August 2022, whole-IP blocking of server-to-client packets."""
+    sets = (
+        "fet.probability=1.0",
+        "fet.static_block=true",
+        "fet.static_delay_s=100",
+        "fet.static_block_s=1000",
+    )
+    censor = Censor(profile(*sets, date=dt.date(2022, 9, 1)), 1)
+    payload = bytes([0x8E]) * 50
+    run(censor, tcp_conversation(C, S, 40000, 8388, payload))
+    later = https_conversation(C, S, 40001, "example.org", t0=50.0, sport=443)
+    assert all(run(censor, later).verdicts)  # before the static block starts
+    blocked = run(censor, https_conversation(C, S, 40002, "example.org", t0=150.0, sport=443))
+    for (_t, pkt), ok in zip(https_conversation(C, S, 40002, "example.org", t0=150.0, sport=443),
+                             blocked.verdicts, strict=True):
+        assert ok is (parse(pkt).src_text == C)  # every server-to-client packet is dropped
+    assert any(e.action == "null-route" for e in blocked.events)
+    after = run(censor, https_conversation(C, S, 40003, "example.org", t0=1200.0, sport=443))
+    assert all(after.verdicts)
+    plain = Censor(profile("fet.probability=1.0", date=dt.date(2022, 9, 1)), 1)
+    run(plain, tcp_conversation(C, S, 40000, 8388, payload))
+    assert all(run(plain, https_conversation(C, S, 40002, "example.org", t0=150.0)).verdicts)

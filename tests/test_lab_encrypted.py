@@ -7,16 +7,21 @@ and client run through the censor. Skipped where the lab or shadowsocks-libev ca
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from test_lab import client, gfwlab, leftovers
 from test_lab import pytestmark as lab_marks
+from test_lab_record import _verdicts
 
+from gfwlab.lab.lifecycle import UpOptions, lab_sets
 from gfwlab.lab.topology import CLIENT_NS, SERVER_NS
 from helpers import binomial_interval
 
@@ -201,3 +206,134 @@ def test_quic_sni_blocks_after_the_first_initial(lab_factory: list[Lab]) -> None
     assert low.returncode == 0, low.stderr
     drops = [e for e in lab.events() if e["mechanism"] == "quic_sni" and e["action"] == "drop"]
     assert drops and drops[0]["flow"]["dport"] == 443  # type: ignore[index]
+
+
+# ------------------------------------------------------------------ obfs4
+
+
+def _pt(ns: str, env: dict[str, str], state: str, log: str) -> tuple[subprocess.Popen[str], str]:
+    """Start obfs4proxy as a managed pluggable transport; return it and its METHOD line."""
+    os.makedirs(state, exist_ok=True)
+    envs = [f"{k}={v}" for k, v in {"TOR_PT_MANAGED_TRANSPORT_VER": "1",
+                                     "TOR_PT_STATE_LOCATION": state, **env}.items()]
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, "env", *envs, "obfs4proxy"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=open(log, "w"), text=True)  # noqa: SIM115
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline().strip()
+        if line.startswith(("SMETHOD ", "CMETHOD ")):
+            return proc, line
+        assert line or proc.poll() is None, "obfs4proxy exited"
+    raise AssertionError("obfs4proxy did not report its method")
+
+
+SOCKS_CLIENT = """
+import socket, sys
+port, args = int(sys.argv[1]), sys.argv[2].encode()
+s = socket.create_connection(("127.0.0.1", port), timeout=3)
+s.sendall(b"\\x05\\x01\\x02")
+assert s.recv(2) == b"\\x05\\x02"
+user, pw = args[:255], args[255:] or b"\\x00"
+s.sendall(b"\\x01" + bytes([len(user)]) + user + bytes([len(pw)]) + pw)
+assert s.recv(2)[1] == 0
+s.sendall(b"\\x05\\x01\\x00\\x01" + socket.inet_aton("198.19.0.2") + (9443).to_bytes(2, "big"))
+reply = s.recv(10)
+assert reply[1] == 0, reply
+s.sendall(b"GET / HTTP/1.0\\r\\nHost: example.org\\r\\n\\r\\n")
+data = b""
+while chunk := s.recv(4096):
+    data += chunk
+print(data.decode(errors="replace"))
+"""
+
+
+class Obfs4Lab:
+    def __init__(self, *args: str) -> None:
+        gfwlab("lab", "down")
+        res = gfwlab("lab", "up", *args)
+        assert res.returncode == 0, res.stderr
+        self.server, line = _pt(SERVER_NS, {
+            "TOR_PT_SERVER_TRANSPORTS": "obfs4",
+            "TOR_PT_SERVER_BINDADDR": "obfs4-198.19.0.2:9443",
+            "TOR_PT_ORPORT": "198.19.0.2:80"}, "/run/gfwlab/obfs4-server", "/run/gfwlab/o4s.log")
+        args_part = line.split("ARGS:", 1)[1]
+        self.args = ";".join(a for a in args_part.split(",") if a)
+        self.client, cline = _pt(CLIENT_NS, {"TOR_PT_CLIENT_TRANSPORTS": "obfs4"},
+                                 "/run/gfwlab/obfs4-client", "/run/gfwlab/o4c.log")
+        self.port = int(cline.split()[-1].rsplit(":", 1)[1])
+
+    def fetch(self) -> bool:
+        res = subprocess.run(["ip", "netns", "exec", CLIENT_NS, sys.executable, "-c",
+                              SOCKS_CLIENT, str(self.port), self.args], capture_output=True,
+                             text=True, timeout=20, check=False)
+        return res.returncode == 0 and "gfwlab lab server" in res.stdout
+
+    def events(self) -> list[dict[str, object]]:
+        return [json.loads(x) for x in gfwlab("lab", "events").stdout.splitlines()]
+
+    def close(self) -> None:
+        for proc in (self.server, self.client):
+            proc.terminate()
+        gfwlab("lab", "down")
+
+
+@pytest.mark.skipif(shutil.which("obfs4proxy") is None, reason="obfs4proxy missing")
+@pytest.mark.parametrize(("date", "blocked_share"), [("2022-06-01", 0.263), ("2023-06-01", 0.0)])
+def test_obfs4_through_the_fet(date: str, blocked_share: float) -> None:
+    lab = Obfs4Lab("--date", date, "--seed", "11", "--set", "ss_probing.enabled=false",
+                   "--set", "fet.residual_s=0.01")
+    try:
+        n = 40
+        ok = [lab.fetch() for _ in range(n)]
+        decisions = fet_events(lab.events())
+        dropped = sum(e["action"] == "drop" for e in decisions)
+        if blocked_share == 0.0:
+            assert all(ok) and not decisions
+        else:
+            assert len(decisions) >= 0.9 * n
+            lo, hi = binomial_interval(len(decisions), blocked_share)
+            assert lo <= dropped / len(decisions) <= hi, (dropped, len(decisions))
+            assert n - sum(ok) >= dropped * 0.8
+    finally:
+        lab.close()
+    assert leftovers() == []
+
+
+# ------------------------------------------------------------------ live == offline
+
+
+@pytest.mark.parametrize("date", ["2022-06-01", "2024-06-01"])
+def test_recorded_encrypted_session_analyses_to_the_live_verdicts(
+    date: str, tmp_path: Path
+) -> None:
+    sets = ["ss_probing.enabled=false", "fet.residual_s=0.01", "quic_sni.residual_s=2"]
+    lab = Lab("--date", date, "--seed", "5", *[x for s in sets for x in ("--set", s)])
+    rec = tmp_path / "session.pcap"
+    try:
+        recorder = subprocess.Popen([sys.executable, "-m", "gfwlab", "lab", "record", str(rec)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        for _ in range(12):
+            lab.via_ss(max_time=1.5)
+        for name in ("example.org", "www.youtube.com", "example.org"):
+            client(*H3, f"https://{name}/", "--connect-ip", "198.19.0.9", "--timeout", "2")
+        time.sleep(0.5)
+        recorder.send_signal(signal.SIGINT)
+        _out, err = recorder.communicate(timeout=30)
+        assert recorder.returncode == 0, err
+        live = lab.events()
+    finally:
+        lab.close()
+    assert leftovers() == []
+    args = ["analyze", str(rec), "--date", date, "--seed", "5",
+            "--events", str(tmp_path / "offline.jsonl")]
+    for item in lab_sets(UpOptions(sets=sets)):
+        args += ["--set", item]
+    res = gfwlab(*args)
+    assert res.returncode == 0, res.stderr
+    offline = [json.loads(x) for x in (tmp_path / "offline.jsonl").read_text().splitlines()]
+    mechanisms = {"fet"} if date < "2023" else {"quic_sni"}
+    assert {v[0] for v in _verdicts(live)} >= mechanisms
+    assert _verdicts(offline) == _verdicts(live)

@@ -510,21 +510,17 @@ class Censor:
         if decision.drop and isinstance(out[0], Accept):
             self.stats.dropped += 1
             out[0] = Drop(mechanism=mech.name)
-        res = decision.residual
-        if res is not None and extend and res.seconds > 0:
-            residual_until = now + res.delay + res.seconds
-            self.residual.add(
-                flow,
-                res.key,
-                ResidualEntry(
-                    mechanism=mech.name,
-                    rule=decision.rule,
-                    until=residual_until,
-                    policy=res.policy,
-                    probability=res.probability,
-                    start=now + res.delay,
-                ),
-            )
+        if extend:
+            for k, res in enumerate((decision.residual, *decision.also)):
+                if res is None or res.seconds <= 0:
+                    continue
+                until = now + res.delay + res.seconds
+                if k == 0:
+                    residual_until = until
+                entry = ResidualEntry(mechanism=mech.name, rule=decision.rule, until=until,
+                                      policy=res.policy, probability=res.probability,
+                                      start=now + res.delay)
+                self.residual.add(flow, res.key, entry)
         for planned in decision.probes:
             self._schedule_probe(mech, flow, planned, now, decision.rule, out)
         if decision.action == "pass":

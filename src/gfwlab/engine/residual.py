@@ -41,12 +41,13 @@ def residual_key(flow: Flow, kind: ResidualKey) -> Key:
 
 
 class ResidualTable:
-    """Residual entries by (mechanism, key kind, key)."""
+    """Residual entries by (mechanism, key kind, policy, key)."""
 
     def __init__(self) -> None:
-        self.entries: dict[tuple[str, ResidualKey, Key], ResidualEntry] = {}
-        self.kinds: dict[tuple[str, ResidualKey], str] = {}
-        """Every (mechanism, key kind) in use, with its policy, so lookups try only those."""
+        self.entries: dict[tuple[str, ResidualKey, str, Key], ResidualEntry] = {}
+        self.kinds: dict[tuple[str, ResidualKey, str], None] = {}
+        """Every (mechanism, key kind, policy) in use, in the order first used (a dict, so
+        lookups are deterministic), so lookups try only those."""
         self.drops = False
         """Whether any drop block (either direction) is held (the engine's fast path checks it)."""
 
@@ -54,19 +55,19 @@ class ResidualTable:
         return len(self.entries)
 
     def add(self, flow: Flow, kind: ResidualKey, entry: ResidualEntry) -> None:
-        self.kinds[(entry.mechanism, kind)] = entry.policy
+        self.kinds.setdefault((entry.mechanism, kind, entry.policy), None)
         self.drops = self.drops or entry.policy != "rst"
-        key = (entry.mechanism, kind, residual_key(flow, kind))
+        key = (entry.mechanism, kind, entry.policy, residual_key(flow, kind))
         old = self.entries.get(key)
         if old is None or old.until < entry.until:
             self.entries[key] = entry
 
     def lookup(self, flow: Flow, policy: str, now: float) -> ResidualEntry | None:
         """The live entry of ``policy`` that covers ``flow``, if any."""
-        for (mech, kind), pol in self.kinds.items():
+        for mech, kind, pol in self.kinds:
             if pol != policy:
                 continue
-            entry = self.entries.get((mech, kind, residual_key(flow, kind)))
+            entry = self.entries.get((mech, kind, pol, residual_key(flow, kind)))
             if entry is not None and entry.start <= now < entry.until:
                 return entry
         return None

@@ -90,6 +90,8 @@ class Decision:
     block: Block = "none"
     """What the flow's later packets get."""
     residual: Residual | None = None
+    also: tuple[Residual, ...] = ()
+    """Further blocks the decision starts (static blocking of a whole address)."""
     probes: tuple[PlannedProbe, ...] = ()
     """Active probes to send to the flow's server."""
     extra: dict[str, Any] = field(default_factory=dict)

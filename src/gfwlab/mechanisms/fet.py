@@ -84,6 +84,13 @@ class FetParams(CommonParams):
     residual_key: ResidualKey = "3-tuple"
     """Residual key: ``3-tuple`` (client IP, server IP, server port) or ``server`` (server IP
     and port); which one is unknown (spec §12.1)."""
+    static_block: bool = False
+    """Also block the whole server address statically (net4people #69, from August 2022):
+    server-to-client packets of every protocol, after ``static_delay_s``, for ``static_block_s``."""
+    static_delay_s: float = 3 * 86400.0
+    """Delay before static blocking starts ("days or weeks"; unverified, a parameter)."""
+    static_block_s: float = 14 * 86400.0
+    """How long static blocking lasts ("days or weeks"; unverified, a parameter)."""
     popcount_low: float = 3.4
     """Ex1: exempt if the set bits per byte are at most this."""
     popcount_high: float = 4.6
@@ -235,6 +242,10 @@ class Fet(Mechanism):
             drop=True,
             block="c2s",
             residual=Residual(key=p.residual_key, seconds=p.residual_s, policy="drop-c2s"),
+            also=(
+                Residual(key="server-ip", seconds=p.static_block_s, policy="drop-s2c",
+                         delay=p.static_delay_s),
+            ) if p.static_block else (),
             extra=extra,
         )
 
