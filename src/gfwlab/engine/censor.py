@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,8 +57,8 @@ from gfwlab.packet.ip import (
 )
 from gfwlab.profiles.loader import Profile
 from gfwlab.proto.dns import parse_query
-from gfwlab.proto.http import parse_request
-from gfwlab.proto.tls import parse_client_hello
+from gfwlab.proto.http import HttpRequest, parse_request
+from gfwlab.proto.tls import ClientHello, parse_client_hello
 
 _ACCEPT = Accept()
 _NO_PACKET = parse(bytes.fromhex("450000140000000040fd00000000000000000000"))
@@ -367,46 +368,37 @@ class Censor:
     ) -> None:
         data = bytes(tcb.stream)
         first = data[0]
-        seen = Seen(pkt=pkt, flow=flow, now=now, c2s=c2s)
-        try:
-            if first == 0x16 and self._on_hello:
-                hello = parse_client_hello(data)
-                if hello is None:
+        parser: Callable[[bytes], ClientHello | HttpRequest | None]
+        if first == 0x16 and self._on_hello:
+            parser, hooks, hook = parse_client_hello, self._on_hello, "on_client_hello"
+        elif first in _HTTP_START and self._on_http:
+            parser, hooks, hook = parse_request, self._on_http, "on_http_request"
+        else:
+            hooks = []
+        if hooks:
+            try:
+                parsed = parser(data)
+            except MalformedPacket as exc:
+                parsed = None
+                if exc.kind != "http.not_http":  # not HTTP at all is no anomaly
+                    self._report(
+                        out,
+                        flow,
+                        now,
+                        "engine",
+                        "anomaly",
+                        exc.kind,
+                        None,
+                        {"offset": exc.offset, "detail": exc.detail},
+                    )
+            else:
+                if parsed is None:  # need more data
                     if tcb.full:
                         self._finish(flow, out)
                     return
-                for anomaly in hello.anomalies:
+                for anomaly in parsed.anomalies:
                     self._report(out, flow, now, "engine", "anomaly", anomaly, None, {})
-                for mech in self._on_hello:
-                    if mech.admits(flow):
-                        decision = mech.on_client_hello(seen, hello)
-                        if decision is not None:
-                            self._apply(mech, decision, seen, out)
-            elif first in _HTTP_START and self._on_http:
-                request = parse_request(data)
-                if request is None:
-                    if tcb.full:
-                        self._finish(flow, out)
-                    return
-                for anomaly in request.anomalies:
-                    self._report(out, flow, now, "engine", "anomaly", anomaly, None, {})
-                for mech in self._on_http:
-                    if mech.admits(flow):
-                        decision = mech.on_http_request(seen, request)
-                        if decision is not None:
-                            self._apply(mech, decision, seen, out)
-        except MalformedPacket as exc:
-            if not exc.kind.startswith("http.not_http"):
-                self._report(
-                    out,
-                    flow,
-                    now,
-                    "engine",
-                    "anomaly",
-                    exc.kind,
-                    None,
-                    {"offset": exc.offset, "detail": exc.detail},
-                )
+                self._run_hooks(hooks, hook, flow, pkt, c2s, now, out, parsed)
         if flow.state is FlowState.CLEAN:
             self._finish(flow, out)
 
@@ -517,9 +509,14 @@ class Censor:
                 until = now + res.delay + res.seconds
                 if k == 0:
                     residual_until = until
-                entry = ResidualEntry(mechanism=mech.name, rule=decision.rule, until=until,
-                                      policy=res.policy, probability=res.probability,
-                                      start=now + res.delay)
+                entry = ResidualEntry(
+                    mechanism=mech.name,
+                    rule=decision.rule,
+                    until=until,
+                    policy=res.policy,
+                    probability=res.probability,
+                    start=now + res.delay,
+                )
                 self.residual.add(flow, res.key, entry)
         for planned in decision.probes:
             self._schedule_probe(mech, flow, planned, now, decision.rule, out)

@@ -25,6 +25,7 @@ maximum (the distribution's shape was not published).
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Literal
 
 from gfwlab.mechanisms.base import Forged
@@ -34,6 +35,35 @@ Injector = Literal["type1", "type2", "type3", "mixed", "clayton2006"]
 
 MIXED_WEIGHTS = (77_892, 309_333, 4_366)
 """Packets of injector types I, II, III in the S&P'25 dataset (LaTeX comment of its table)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """How one injector forges its resets."""
+
+    flags: int
+    offsets: tuple[int, ...]
+    """One packet per entry, its sequence number offset from the expected one."""
+    identical: bool
+    """The copies are byte-identical (type II)."""
+    df: bool
+    ip_id: tuple[int, int]
+    ttl: tuple[int, int]
+
+
+FINGERPRINTS: dict[str, Fingerprint] = {
+    "type1": Fingerprint(RST, (0,), False, False, (0, 0), (55, 118)),
+    "type2": Fingerprint(RST | ACK, (0, 0, 0), True, True, (0x00A3, 0xFE5F), (39, 238)),
+    "type3": Fingerprint(RST | ACK, (0,), False, False, (0x9916, 0x9933), (248, 248)),
+    # Clayton et al. published the sequence pattern, not the TTL or IP-ID: those are guesses.
+    "clayton2006": Fingerprint(RST | ACK, (0, 1460, 4380), False, False, (0, 0xFFFF), (40, 60)),
+}
+"""The S&P'25 fingerprint table (types I-III) and the PET'06 pattern, as data."""
+
+
+def _draw(rng: random.Random, span: tuple[int, int]) -> int:
+    lo, hi = span
+    return lo if lo == hi else rng.randint(lo, hi)
 
 
 def draw_latency(rng: random.Random, latency_ms: tuple[float, float, float]) -> float:
@@ -77,77 +107,34 @@ def forge_resets(
         to_client_seq = trigger.seq + seg_len
         to_server_seq, to_server_ack = trigger.ack, trigger.seq + seg_len
         to_client_ack = trigger.ack
+    fp = FINGERPRINTS[kind]
     out: list[Forged] = []
-    for toward, src, dst, sp, dp, seq, ack in (
+    ends: tuple[tuple[Literal["client", "server"], bytes, bytes, int, int, int, int], ...] = (
         ("client", server, client, sport, cport, to_client_seq, to_client_ack),
         ("server", client, server, cport, sport, to_server_seq, to_server_ack),
-    ):
-        if kind == "type1":
-            pkts = [
+    )
+    for toward, src, dst, sp, dp, seq, ack in ends:
+        pkts: list[bytes] = []
+        for offset in fp.offsets:
+            if fp.identical and pkts:
+                pkts.append(pkts[0])
+                continue
+            pkts.append(
                 build_tcp(
                     src,
                     dst,
                     sp,
                     dp,
-                    seq=seq,
-                    ack=0,
-                    flags=RST,
+                    seq=seq + offset,
+                    ack=ack if fp.flags & ACK else 0,
+                    flags=fp.flags,
                     window=0,
-                    ttl=rng.randint(55, 118),
-                    ip_id=0,
-                    df=False,
+                    ttl=_draw(rng, fp.ttl),
+                    ip_id=_draw(rng, fp.ip_id),
+                    df=fp.df,
                 )
-            ]
-        elif kind == "type2":
-            one = build_tcp(
-                src,
-                dst,
-                sp,
-                dp,
-                seq=seq,
-                ack=ack,
-                flags=RST | ACK,
-                window=0,
-                ttl=rng.randint(39, 238),
-                ip_id=rng.randint(0x00A3, 0xFE5F),
-                df=True,
             )
-            pkts = [one, one, one]
-        elif kind == "type3":
-            pkts = [
-                build_tcp(
-                    src,
-                    dst,
-                    sp,
-                    dp,
-                    seq=seq,
-                    ack=ack,
-                    flags=RST | ACK,
-                    window=0,
-                    ttl=248,
-                    ip_id=rng.randint(0x9916, 0x9933),
-                    df=False,
-                )
-            ]
-        else:  # clayton2006
-            pkts = [
-                build_tcp(
-                    src,
-                    dst,
-                    sp,
-                    dp,
-                    seq=seq + off,
-                    ack=ack,
-                    flags=RST | ACK,
-                    window=0,
-                    ttl=rng.randint(40, 60),
-                    ip_id=rng.randint(0, 0xFFFF),
-                    df=False,
-                )
-                for off in (0, 1460, 4380)
-            ]
-        toward_lit: Literal["client", "server"] = "client" if toward == "client" else "server"
         out.extend(
-            Forged(packet=p, delay=delay + i * 1e-6, toward=toward_lit) for i, p in enumerate(pkts)
+            Forged(packet=p, delay=delay + i * 1e-6, toward=toward) for i, p in enumerate(pkts)
         )
     return kind, tuple(out)
