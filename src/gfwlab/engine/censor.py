@@ -381,16 +381,7 @@ class Censor:
             except MalformedPacket as exc:
                 parsed = None
                 if exc.kind != "http.not_http":  # not HTTP at all is no anomaly
-                    self._report(
-                        out,
-                        flow,
-                        now,
-                        "engine",
-                        "anomaly",
-                        exc.kind,
-                        None,
-                        {"offset": exc.offset, "detail": exc.detail},
-                    )
+                    self._malformed(out, flow, now, exc)
             else:
                 if parsed is None:  # need more data
                     if tcb.full:
@@ -414,16 +405,7 @@ class Censor:
         try:
             query = parse_query(pkt.payload, max_name=self._max_name)
         except MalformedPacket as exc:
-            self._report(
-                out,
-                flow,
-                now,
-                "engine",
-                "anomaly",
-                exc.kind,
-                None,
-                {"offset": exc.offset, "detail": exc.detail},
-            )
+            self._malformed(out, flow, now, exc)
             return
         if query is None:
             return
@@ -455,16 +437,7 @@ class Censor:
             try:
                 decision = getattr(mech, hook)(seen, *args)
             except MalformedPacket as exc:
-                self._report(
-                    out,
-                    flow,
-                    now,
-                    "engine",
-                    "anomaly",
-                    exc.kind,
-                    None,
-                    {"offset": exc.offset, "detail": exc.detail, "mechanism": mech.name},
-                )
+                self._malformed(out, flow, now, exc, mechanism=mech.name)
                 continue
             if decision is not None:
                 self._apply(mech, decision, seen, out)
@@ -658,6 +631,13 @@ class Censor:
         if action == "anomaly":
             self.stats.anomalies += 1
         out.append(Report(event=event))
+
+    def _malformed(
+        self, out: list[Action], flow: Flow, now: float, exc: MalformedPacket, **extra: Any
+    ) -> None:
+        """Report traffic the censor could not parse as an anomaly event (it passes)."""
+        detail = {"offset": exc.offset, "detail": exc.detail, **extra}
+        self._report(out, flow, now, "engine", "anomaly", exc.kind, None, detail)
 
     def _anomaly_ip(self, packet: bytes, exc: MalformedPacket, now: float) -> Report:
         self.stats.anomalies += 1
