@@ -33,14 +33,29 @@ SS_PORT = 8388
 CIPHER = ["-k", "gfwlab-test", "-m", "chacha20-ietf-poly1305"]
 
 
-class Lab:
-    """A lab made for one test, with ss-server and ss-local, always taken down."""
+class LabSession:
+    """A lab made for one test; ``close`` stops the test's processes and takes it down."""
 
     def __init__(self, *args: str) -> None:
         gfwlab("lab", "down")
         res = gfwlab("lab", "up", *args)
         assert res.returncode == 0, res.stderr
         self.procs: list[subprocess.Popen[str]] = []
+
+    def events(self) -> list[dict[str, object]]:
+        return [json.loads(x) for x in gfwlab("lab", "events").stdout.splitlines()]
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        gfwlab("lab", "down")
+
+
+class Lab(LabSession):
+    """A lab with ss-server and ss-local."""
+
+    def __init__(self, *args: str) -> None:
+        super().__init__(*args)
         self.ss_log = "/run/gfwlab/ss-server-test.log"
         self.spawn(
             SERVER_NS,
@@ -81,14 +96,6 @@ class Lab:
             "curl", "-sS", "--max-time", str(max_time), "--socks5-hostname", "127.0.0.1:1080", url
         )
         return res.returncode == 0 and "gfwlab lab server" in res.stdout
-
-    def events(self) -> list[dict[str, object]]:
-        return [json.loads(x) for x in gfwlab("lab", "events").stdout.splitlines()]
-
-    def close(self) -> None:
-        for p in self.procs:
-            p.terminate()
-        gfwlab("lab", "down")
 
 
 @pytest.fixture
@@ -214,11 +221,22 @@ def test_quic_sni_blocks_after_the_first_initial(lab_factory: list[Lab]) -> None
 def _pt(ns: str, env: dict[str, str], state: str, log: str) -> tuple[subprocess.Popen[str], str]:
     """Start obfs4proxy as a managed pluggable transport; return it and its METHOD line."""
     os.makedirs(state, exist_ok=True)
-    envs = [f"{k}={v}" for k, v in {"TOR_PT_MANAGED_TRANSPORT_VER": "1",
-                                     "TOR_PT_STATE_LOCATION": state, **env}.items()]
-    proc = subprocess.Popen(["ip", "netns", "exec", ns, "env", *envs, "obfs4proxy"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=open(log, "w"), text=True)  # noqa: SIM115
+    envs = [
+        f"{k}={v}"
+        for k, v in {
+            "TOR_PT_MANAGED_TRANSPORT_VER": "1",
+            "TOR_PT_STATE_LOCATION": state,
+            **env,
+        }.items()
+    ]
+    with open(log, "w") as err:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "env", *envs, "obfs4proxy"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
     assert proc.stdout is not None
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -249,41 +267,66 @@ print(data.decode(errors="replace"))
 """
 
 
-class Obfs4Lab:
+class Obfs4Lab(LabSession):
+    """A lab with obfs4proxy as a server (in front of nginx) and as a client."""
+
     def __init__(self, *args: str) -> None:
-        gfwlab("lab", "down")
-        res = gfwlab("lab", "up", *args)
-        assert res.returncode == 0, res.stderr
-        self.server, line = _pt(SERVER_NS, {
-            "TOR_PT_SERVER_TRANSPORTS": "obfs4",
-            "TOR_PT_SERVER_BINDADDR": "obfs4-198.19.0.2:9443",
-            "TOR_PT_ORPORT": "198.19.0.2:80"}, "/run/gfwlab/obfs4-server", "/run/gfwlab/o4s.log")
+        super().__init__(*args)
+        self.server, line = _pt(
+            SERVER_NS,
+            {
+                "TOR_PT_SERVER_TRANSPORTS": "obfs4",
+                "TOR_PT_SERVER_BINDADDR": "obfs4-198.19.0.2:9443",
+                "TOR_PT_ORPORT": "198.19.0.2:80",
+            },
+            "/run/gfwlab/obfs4-server",
+            "/run/gfwlab/o4s.log",
+        )
         args_part = line.split("ARGS:", 1)[1]
         self.args = ";".join(a for a in args_part.split(",") if a)
-        self.client, cline = _pt(CLIENT_NS, {"TOR_PT_CLIENT_TRANSPORTS": "obfs4"},
-                                 "/run/gfwlab/obfs4-client", "/run/gfwlab/o4c.log")
+        self.client, cline = _pt(
+            CLIENT_NS,
+            {"TOR_PT_CLIENT_TRANSPORTS": "obfs4"},
+            "/run/gfwlab/obfs4-client",
+            "/run/gfwlab/o4c.log",
+        )
+        self.procs += [self.server, self.client]
         self.port = int(cline.split()[-1].rsplit(":", 1)[1])
 
     def fetch(self) -> bool:
-        res = subprocess.run(["ip", "netns", "exec", CLIENT_NS, sys.executable, "-c",
-                              SOCKS_CLIENT, str(self.port), self.args], capture_output=True,
-                             text=True, timeout=20, check=False)
+        res = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                CLIENT_NS,
+                sys.executable,
+                "-c",
+                SOCKS_CLIENT,
+                str(self.port),
+                self.args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
         return res.returncode == 0 and "gfwlab lab server" in res.stdout
-
-    def events(self) -> list[dict[str, object]]:
-        return [json.loads(x) for x in gfwlab("lab", "events").stdout.splitlines()]
-
-    def close(self) -> None:
-        for proc in (self.server, self.client):
-            proc.terminate()
-        gfwlab("lab", "down")
 
 
 @pytest.mark.skipif(shutil.which("obfs4proxy") is None, reason="obfs4proxy missing")
 @pytest.mark.parametrize(("date", "blocked_share"), [("2022-06-01", 0.263), ("2023-06-01", 0.0)])
 def test_obfs4_through_the_fet(date: str, blocked_share: float) -> None:
-    lab = Obfs4Lab("--date", date, "--seed", "11", "--set", "ss_probing.enabled=false",
-                   "--set", "fet.residual_s=0.01")
+    lab = Obfs4Lab(
+        "--date",
+        date,
+        "--seed",
+        "11",
+        "--set",
+        "ss_probing.enabled=false",
+        "--set",
+        "fet.residual_s=0.01",
+    )
     try:
         n = 40
         ok = [lab.fetch() for _ in range(n)]
@@ -312,8 +355,12 @@ def test_recorded_encrypted_session_analyses_to_the_live_verdicts(
     lab = Lab("--date", date, "--seed", "5", *[x for s in sets for x in ("--set", s)])
     rec = tmp_path / "session.pcap"
     try:
-        recorder = subprocess.Popen([sys.executable, "-m", "gfwlab", "lab", "record", str(rec)],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        recorder = subprocess.Popen(
+            [sys.executable, "-m", "gfwlab", "lab", "record", str(rec)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(1.0)
         for _ in range(12):
             lab.via_ss(max_time=1.5)
@@ -327,8 +374,16 @@ def test_recorded_encrypted_session_analyses_to_the_live_verdicts(
     finally:
         lab.close()
     assert leftovers() == []
-    args = ["analyze", str(rec), "--date", date, "--seed", "5",
-            "--events", str(tmp_path / "offline.jsonl")]
+    args = [
+        "analyze",
+        str(rec),
+        "--date",
+        date,
+        "--seed",
+        "5",
+        "--events",
+        str(tmp_path / "offline.jsonl"),
+    ]
     for item in lab_sets(UpOptions(sets=sets)):
         args += ["--set", item]
     res = gfwlab(*args)

@@ -360,7 +360,6 @@ class Censor:
         if tcb.state is TcbState.CLOSED:
             return  # torn down: inspection resumes only if a new client SYN arrives
         if grew:
-            flow.inspected_c2s += 1
             self._dissect_tcp(flow, tcb, pkt, c2s, now, out)
 
     def _dissect_tcp(

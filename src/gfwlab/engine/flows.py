@@ -14,7 +14,7 @@ A BLOCKED or BYPASSED flow gets its cached verdict before any reassembly or diss
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from gfwlab.engine.actions import Direction, FlowId
@@ -68,11 +68,8 @@ class Flow:
     blocked_by: str = ""
     tcb: Tcb | None = None
     packets: int = 0
-    inspected_c2s: int = 0
-    """Client-to-server packets shown to dissectors so far."""
     first_data_seen: bool = False
     """The client's first TCP data packet has been shown to the first-packet mechanisms."""
-    seen_dns_ids: set[int] = field(default_factory=set)
     ident: FlowId | None = None
 
     def step(self, what: FlowInput) -> None:

@@ -8,7 +8,6 @@ text (IPv4 or IPv6); by default they come from the benchmarking range 198.18.0.0
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable, Iterator
 
 from gfwlab.packet.ip import ACK, FIN, PSH, SYN, addr_bytes, build_tcp, build_udp
@@ -170,31 +169,6 @@ def dns_exchange(
         assert parsed is not None
         real = build_answer(query, parsed, addr_bytes(answer), 300, 0x8180)
         out.append((t0 + rtt, build_udp(r, c, 53, cport, real)))
-    return out
-
-
-def udp_exchange(
-    client: str,
-    server: str,
-    cport: int,
-    sport: int,
-    sizes: Iterable[int],
-    *,
-    t0: float = 0.0,
-    rng: random.Random | None = None,
-) -> Packets:
-    """UDP datagrams of the given sizes, alternating client→server and server→client."""
-    rng = rng or random.Random(0)
-    c, s = addr_bytes(client), addr_bytes(server)
-    out: Packets = []
-    for i, size in enumerate(sizes):
-        body = rng.randbytes(size)
-        pkt = (
-            build_udp(c, s, cport, sport, body)
-            if i % 2 == 0
-            else build_udp(s, c, sport, cport, body)
-        )
-        out.append((t0 + i * 0.001, pkt))
     return out
 
 
