@@ -32,7 +32,7 @@ from gfwlab.engine.actions import (
 )
 from gfwlab.engine.flows import Flow, FlowState, FlowTable, flow_key
 from gfwlab.engine.residual import ResidualEntry, ResidualTable
-from gfwlab.engine.tcb import Tcb, TcbInput, TcbState, transition_table
+from gfwlab.engine.tcb import Tcb, TcbInput, TcbState, classify, transition_table
 from gfwlab.errors import MalformedPacket
 from gfwlab.mechanisms.base import (
     Decision,
@@ -331,21 +331,7 @@ class Censor:
                 tcb = flow.tcb = Tcb(params, self._tcb_table, pkt.seq - 1)
             else:
                 return
-        if flags & RST:
-            inp = TcbInput.RECV_RST
-        elif flags & SYN:
-            if c2s and not flags & ACK:
-                inp = TcbInput.RECV_SYN
-            elif not c2s and flags & ACK:
-                inp = TcbInput.RECV_SYNACK
-            else:
-                inp = TcbInput.RECV_ACK
-        elif c2s and pkt.payload:
-            inp = TcbInput.RECV_DATA
-        elif flags & FIN:
-            inp = TcbInput.RECV_FIN
-        else:
-            inp = TcbInput.RECV_ACK
+        inp = classify(flags, c2s, bool(pkt.payload))
         if inp is TcbInput.RECV_DATA and not flow.first_data_seen:
             flow.first_data_seen = True
             if self._on_first_data:

@@ -25,6 +25,8 @@ import enum
 from dataclasses import dataclass
 from typing import Literal
 
+from gfwlab.packet.ip import ACK, FIN, RST, SYN
+
 Effect = Literal["isn", "append", "resync_append", "teardown"] | None
 
 
@@ -66,6 +68,29 @@ class TcbInput(enum.Enum):
     RECV_ACK = "other segment"
     RECV_RST = "RST"
     RECV_FIN = "FIN"
+
+
+def classify(flags: int, c2s: bool, has_payload: bool) -> TcbInput:
+    """The TCB input one TCP segment is, from its flags, its direction and whether it carries data.
+
+    A RST wins over every other flag; a SYN is the client's SYN only without ACK and the server's
+    SYN/ACK only with it (a client-sent SYN/ACK or a server-sent bare SYN is just a segment);
+    client data wins over FIN (a data+FIN segment is fed as data, then as FIN, by the caller).
+    Server payload is not reassembled: it is an ordinary segment.
+    """
+    if flags & RST:
+        return TcbInput.RECV_RST
+    if flags & SYN:
+        if c2s and not flags & ACK:
+            return TcbInput.RECV_SYN
+        if not c2s and flags & ACK:
+            return TcbInput.RECV_SYNACK
+        return TcbInput.RECV_ACK
+    if c2s and has_payload:
+        return TcbInput.RECV_DATA
+    if flags & FIN:
+        return TcbInput.RECV_FIN
+    return TcbInput.RECV_ACK
 
 
 def transition_table(params: TcbParams) -> dict[tuple[TcbState, TcbInput], tuple[Effect, TcbState]]:
