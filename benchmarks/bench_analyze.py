@@ -57,6 +57,7 @@ TSHARK_FIELDS = (
 
 READER_ONLY = """
 import sys
+from gfwlab.profiles import build_censor
 from gfwlab.packet.pcap import CaptureReader
 n = 0
 with CaptureReader(sys.argv[1]) as reader:
@@ -79,13 +80,12 @@ print(n)
 
 LOAD_LISTS = """
 import datetime, json, sys, time
-from gfwlab.engine.censor import Censor
-from gfwlab.profiles.loader import load_profile
+from gfwlab.profiles import load_profile
 sets = sys.argv[1:]
 t0 = time.perf_counter()
 profile = load_profile("gfw", date=datetime.date(2024, 6, 1), overrides=sets)
 t1 = time.perf_counter()
-Censor(profile, 0)
+build_censor(profile, 0)
 t2 = time.perf_counter()
 print(json.dumps({"load_profile": t1 - t0, "censor": t2 - t1}))
 """
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             t = json.loads(proc.stdout)
             load_rows.append((f"load_profile, {label}", f"{t['load_profile']:.3f}"))
-            load_rows.append((f"Censor(profile), {label}", f"{t['censor']:.3f}"))
+            load_rows.append((f"build_censor(profile), {label}", f"{t['censor']:.3f}"))
 
         malformed = tshark_malformed(tshark, capture) if args.check and tshark else None
 

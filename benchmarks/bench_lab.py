@@ -32,7 +32,7 @@ from rich.table import Table
 
 from gfwlab.lab import lifecycle
 from gfwlab.lab.netns import in_ns
-from gfwlab.lab.topology import CENSOR_NS, CLIENT_NS, SERVER_NS, SERVER_V4
+from gfwlab.live.topology import CENSOR_NS, CLIENT_NS, SERVER_NS, SERVER_V4
 from gfwlab.packet.ip import PSH, parse
 from gfwlab.packet.pcap import CaptureReader
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from gfwlab.engine import Accept, Bypass, Censor, Drop, Event, Inject, Report
 from gfwlab.packet.ip import Packet, parse
-from gfwlab.profiles.loader import Profile, load_profile
+from gfwlab.profiles import Profile, load_profile
 
 DAY = dt.date(2024, 6, 1)
 

@@ -6,9 +6,9 @@ import dns.message
 import dns.rdatatype
 import pytest
 
-from gfwlab.engine import Censor
 from gfwlab.offline.synth import dns_exchange
 from gfwlab.packet.ip import addr_bytes, build_udp
+from gfwlab.profiles import build_censor
 from gfwlab.proto.dns import build_query, is_forged_answer
 from helpers import profile, run
 
@@ -21,7 +21,7 @@ ONE = (
 
 
 def query_run(name: str, *sets: str, qtype: int = 1, seed: int = 1, ttl: int = 64):
-    censor = Censor(profile(*sets), seed)
+    censor = build_censor(profile(*sets), seed)
     return run(censor, dns_exchange(C, R, 33000, name, qtype=qtype, answer="198.19.0.80", ttl=ttl))
 
 
@@ -51,7 +51,7 @@ def test_unblocked_name_gets_nothing() -> None:
 
 def test_several_injectors_with_distinct_fingerprints() -> None:
     # The default injectors cover overlapping shares of the list; find a name all three answer.
-    censor = Censor(profile(), 1)
+    censor = build_censor(profile(), 1)
     for i in range(50):
         r = run(censor, dns_exchange(C, R, 33000 + i, f"n{i}.google.com", t0=i * 1.0, ttl=57))
         if len(r.forged()) == 3:
@@ -64,7 +64,7 @@ def test_several_injectors_with_distinct_fingerprints() -> None:
 
 
 def test_injector_coverage_is_a_stable_per_name_draw() -> None:
-    censor = Censor(profile(), 1)
+    censor = build_censor(profile(), 1)
     answers = [
         len(run(censor, dns_exchange(C, R, 34000 + i, "n3.facebook.com", t0=i)).forged())
         for i in range(5)
@@ -76,7 +76,7 @@ def test_flags_follow_the_rd_bit() -> None:
     c, r = addr_bytes(C), addr_bytes(R)
     for rd, flags in ((True, 0x8180), (False, 0x8400)):
         q = build_udp(c, r, 33000, 53, build_query("twitter.com", rd=rd))
-        res = run(Censor(profile(ONE), 1), [(0.0, q)])
+        res = run(build_censor(profile(ONE), 1), [(0.0, q)])
         (pkt,) = res.forged()
         assert dns.message.from_wire(pkt.payload).flags == flags
 
@@ -91,7 +91,7 @@ def test_aaaa_gets_aaaa_and_every_other_type_gets_a(qtype: int, rdtype: int) -> 
 
 
 def test_forged_pool_is_round_robin() -> None:
-    censor = Censor(profile(ONE), 1)
+    censor = build_censor(profile(ONE), 1)
     got = []
     for i in range(6):
         r = run(censor, dns_exchange(C, R, 35000 + i, "facebook.com", t0=i))
@@ -128,39 +128,38 @@ def test_a_dot_inside_a_label_acts_as_a_separator() -> None:
     # "www.google.com" (dots inside one label) matches the rule google.com.
     c, r = addr_bytes(C), addr_bytes(R)
     q = build_udp(c, r, 33000, 53, build_query([b"www.google", b"com"]))
-    assert run(Censor(profile(), 1), [(0.0, q)]).acted("dns-inject")
+    assert run(build_censor(profile(), 1), [(0.0, q)]).acted("dns-inject")
 
 
 def test_queries_toward_any_address_and_both_directions() -> None:
     outside_in = "engine.inside=['198.19.0.0/16']"
     r = query_run("google.com", outside_in)
     assert r.acted("dns-inject")[0].direction == "outside-in"
-    r = run(Censor(profile(), 1), dns_exchange(C, "198.19.200.200", 33000, "google.com"))
+    r = run(build_censor(profile(), 1), dns_exchange(C, "198.19.200.200", 33000, "google.com"))
     assert r.acted("dns-inject")
 
 
 def test_only_port_53_and_only_queries() -> None:
     c, r = addr_bytes(C), addr_bytes(R)
     other_port = build_udp(c, r, 33000, 5353, build_query("google.com"))
-    assert not run(Censor(profile(), 1), [(0.0, other_port)]).acted("dns-inject")
+    assert not run(build_censor(profile(), 1), [(0.0, other_port)]).acted("dns-inject")
     response = bytearray(build_query("google.com"))
     response[2] |= 0x80
     resp = build_udp(c, r, 33000, 53, bytes(response))
-    assert not run(Censor(profile(), 1), [(0.0, resp)]).acted("dns-inject")
+    assert not run(build_censor(profile(), 1), [(0.0, resp)]).acted("dns-inject")
 
 
 def test_class_chaos_is_not_answered_by_the_patched_injector() -> None:
     query = bytearray(build_query("google.com"))
     query[-1] = 3  # QCLASS CH
     pkt = build_udp(addr_bytes(C), addr_bytes(R), 33000, 53, bytes(query))
-    assert not run(Censor(profile(), 1), [(0.0, pkt)]).acted("dns-inject")
-    assert run(Censor(profile("dns_injection.require_class_in=false"), 1), [(0.0, pkt)]).acted(
-        "dns-inject"
-    )
+    assert not run(build_censor(profile(), 1), [(0.0, pkt)]).acted("dns-inject")
+    lenient = build_censor(profile("dns_injection.require_class_in=false"), 1)
+    assert run(lenient, [(0.0, pkt)]).acted("dns-inject")
 
 
 def test_garbage_to_port_53_is_an_anomaly_not_a_crash() -> None:
     pkt = build_udp(addr_bytes(C), addr_bytes(R), 33000, 53, bytes(12) + b"\x3fabc")
-    r = run(Censor(profile(), 1), [(0.0, pkt)])
+    r = run(build_censor(profile(), 1), [(0.0, pkt)])
     assert r.verdicts == [True]
     assert r.acted("anomaly") and r.acted("anomaly")[0].rule.startswith("dns.")

@@ -5,14 +5,15 @@ from __future__ import annotations
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, given, settings
 
-from gfwlab.engine import Accept, Bypass, Censor, Drop, Inject, Report
+from gfwlab.engine import Accept, Bypass, Drop, Inject, Report
 from gfwlab.offline.synth import dns_exchange, http_conversation, https_conversation, merge
 from gfwlab.packet.ip import addr_bytes, build_tcp, build_udp
+from gfwlab.profiles import build_censor
 from gfwlab.proto.tls import build_client_hello
 from helpers import profile, run
 
 C, S = "198.18.0.2", "198.19.0.2"
-CENSOR = Censor(profile(), 1)
+CENSOR = build_censor(profile(), 1)
 
 
 def _valid_packets() -> list[bytes]:
@@ -51,7 +52,7 @@ def test_feed_never_raises_on_mutated_packets(pkt: bytes, data: st.DataObject) -
 @given(st.binary(min_size=0, max_size=600))
 def test_arbitrary_tcp_payloads_after_a_handshake(payload: bytes) -> None:
     c, s = addr_bytes(C), addr_bytes(S)
-    censor = Censor(profile(), 1)
+    censor = build_censor(profile(), 1)
     censor.feed(build_tcp(c, s, 1234, 443, seq=10, flags=0x02), 0.0)
     actions = censor.feed(build_tcp(c, s, 1234, 443, seq=11, flags=0x18, payload=payload), 0.1)
     assert isinstance(actions[0], Accept | Drop)
@@ -60,7 +61,7 @@ def test_arbitrary_tcp_payloads_after_a_handshake(payload: bytes) -> None:
 
 
 def test_malformed_ip_is_an_anomaly_event() -> None:
-    censor = Censor(profile(), 1)
+    censor = build_censor(profile(), 1)
     actions = censor.feed(b"\x45\x00\x00", 0.0)
     assert isinstance(actions[0], Accept)
     (report,) = [a for a in actions if isinstance(a, Report)]
@@ -69,7 +70,7 @@ def test_malformed_ip_is_an_anomaly_event() -> None:
 
 
 def _trace(seed: int) -> list[tuple[str, float, bytes]]:
-    censor = Censor(profile(), seed)
+    censor = build_censor(profile(), seed)
     out: list[tuple[str, float, bytes]] = []
     conv = merge(
         *(https_conversation(C, S, 40000 + i, "youtube.com", t0=i * 0.01) for i in range(20)),
@@ -94,7 +95,7 @@ def test_same_seed_same_actions_different_seed_different_draws() -> None:
 
 
 def test_delayed_injections_come_from_timers() -> None:
-    censor = Censor(profile("tls_sni.injector='type3'"), 1)
+    censor = build_censor(profile("tls_sni.injector='type3'"), 1)
     conv = https_conversation(C, S, 40000, "youtube.com")
     hello_t = conv[3][0]
     for t, pkt in conv[:4]:
@@ -109,7 +110,7 @@ def test_delayed_injections_come_from_timers() -> None:
 
 
 def test_idle_flows_expire_and_state_is_freed() -> None:
-    censor = Censor(profile("engine.tcp_timeout_s=30", "engine.udp_timeout_s=10"), 1)
+    censor = build_censor(profile("engine.tcp_timeout_s=30", "engine.udp_timeout_s=10"), 1)
     run(censor, https_conversation(C, S, 40000, "example.org"))
     run(censor, dns_exchange(C, "198.19.0.53", 40001, "example.org", t0=1.0))
     assert len(censor.flows) == 2
@@ -121,7 +122,7 @@ def test_idle_flows_expire_and_state_is_freed() -> None:
 
 
 def test_fast_path_bypasses_a_decided_flow_once() -> None:
-    censor = Censor(profile(), 1)
+    censor = build_censor(profile(), 1)
     c, s = addr_bytes(C), addr_bytes(S)
     conv = https_conversation(C, S, 40000, "example.org", t0=0.0)
     bypasses = 0
@@ -140,5 +141,5 @@ def test_fast_path_bypasses_a_decided_flow_once() -> None:
 def test_mid_stream_flow_without_syn_is_never_inspected() -> None:
     c, s = addr_bytes(C), addr_bytes(S)
     pkt = build_tcp(c, s, 40000, 443, seq=5, flags=0x18, payload=build_client_hello("youtube.com"))
-    r = run(Censor(profile(), 1), [(0.0, pkt)])
+    r = run(build_censor(profile(), 1), [(0.0, pkt)])
     assert not r.acted("rst") and r.bypassed == 1

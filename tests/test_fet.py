@@ -21,7 +21,7 @@ from gfwlab.errors import ConfigError
 from gfwlab.mechanisms.fet import FetParams, exemptions, measure
 from gfwlab.offline.synth import https_conversation, tcp_conversation
 from gfwlab.packet.ip import parse
-from gfwlab.profiles.loader import Profile
+from gfwlab.profiles import Profile, build_censor
 from helpers import Run, binomial_interval, profile, run
 
 C, S = "198.18.0.2", "198.19.0.2"  # S is in the built-in targets (the lab's outside prefix)
@@ -62,7 +62,7 @@ def conv(
 
 def connect(payload: bytes, *sets: str, censor: Censor | None = None, **kw: object) -> Run:
     packets = conv(payload, **kw)  # type: ignore[arg-type]
-    return run(censor or Censor(prof(ALWAYS, *sets), 1), packets)
+    return run(censor or build_censor(prof(ALWAYS, *sets), 1), packets)
 
 
 def assert_blocked(payload: bytes, r: Run, packets: list[tuple[float, bytes]]) -> dict:
@@ -92,7 +92,7 @@ def assert_exempt(payload: bytes, r: Run, exemption: str) -> dict:
 def check(payload: bytes, exemption: str | None) -> dict:
     """Run one connection with probability 1; ``exemption`` None means it must be blocked."""
     packets = conv(payload)
-    r = run(Censor(prof(ALWAYS), 1), packets)
+    r = run(build_censor(prof(ALWAYS), 1), packets)
     if exemption is None:
         return assert_blocked(payload, r, packets)
     return assert_exempt(payload, r, exemption)
@@ -261,7 +261,7 @@ def test_measures_match_a_byte_by_byte_count() -> None:
 def test_random_payloads_are_almost_never_exempt_and_26_percent_are_blocked() -> None:
     # spec §6: 50 random bytes is the artifact's default probe; p = 0.263 (ooni/spec #271).
     n = 600
-    censor = Censor(prof(), 3)
+    censor = build_censor(prof(), 3)
     drawn = blocked = 0
     for i in range(n):
         payload = random.Random(i).randbytes(50)
@@ -281,7 +281,7 @@ def test_random_payloads_are_almost_never_exempt_and_26_percent_are_blocked() ->
 
 
 def test_untargeted_servers_are_not_inspected() -> None:
-    censor = Censor(prof(ALWAYS), 3)
+    censor = build_censor(prof(ALWAYS), 3)
     for i in range(50):
         r = run(censor, conv(random.Random(i).randbytes(50), server=f"198.19.1.{i + 1}"))
         assert all(r.verdicts) and not r.acted(mechanism="fet")
@@ -294,7 +294,7 @@ def test_untargeted_servers_are_not_inspected() -> None:
 def test_ipv6_target() -> None:
     payload = random.Random(2).randbytes(50)
     packets = tcp_conversation("2001:db8:c::2", "2001:db8:5::2", 40000, 443, payload)
-    r = run(Censor(prof(ALWAYS), 1), packets)
+    r = run(build_censor(prof(ALWAYS), 1), packets)
     (event,) = r.acted("drop", "fet")
     assert event.flow.dst == "2001:db8:5::2"
     assert r.verdicts[:3] == [True, True, True] and not r.verdicts[3]
@@ -312,7 +312,7 @@ def test_only_the_first_data_packet_is_inspected() -> None:
     packets = tcp_conversation(
         C, S, 40000, PORT, [b"GET / HTTP/1.1\r\n\r\n", random.Random(1).randbytes(50)]
     )
-    r = run(Censor(prof(ALWAYS), 1), packets)
+    r = run(build_censor(prof(ALWAYS), 1), packets)
     (event,) = r.acted("pass", "fet")
     assert all(r.verdicts) and "ex2-printable-prefix" in event.extra["exempt"]
 
@@ -325,7 +325,7 @@ GOOD = b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n"
 
 
 def test_residual_drops_new_connections_to_the_port_for_180_s() -> None:
-    censor = Censor(prof(ALWAYS), 1)
+    censor = build_censor(prof(ALWAYS), 1)
     first = connect(BAD, censor=censor)
     (event,) = first.acted("drop", "fet")
     until = event.residual_until
@@ -347,7 +347,7 @@ def test_residual_drops_new_connections_to_the_port_for_180_s() -> None:
 
 
 def test_residual_keyed_on_the_server_hits_other_clients() -> None:
-    censor = Censor(prof(ALWAYS, "fet.residual_key='server'"), 1)
+    censor = build_censor(prof(ALWAYS, "fet.residual_key='server'"), 1)
     connect(BAD, censor=censor)
     other_client = connect(GOOD, censor=censor, client="198.18.0.3", t0=10.0)
     assert not other_client.verdicts[0] and other_client.acted("drop", "fet")
@@ -356,7 +356,7 @@ def test_residual_keyed_on_the_server_hits_other_clients() -> None:
 
 
 def test_residual_length_is_a_parameter() -> None:
-    censor = Censor(prof(ALWAYS, "fet.residual_s=120.0"), 1)
+    censor = build_censor(prof(ALWAYS, "fet.residual_s=120.0"), 1)
     connect(BAD, censor=censor)
     assert not connect(GOOD, censor=censor, cport=40001, t0=119.0).verdicts[0]
     assert all(connect(GOOD, censor=censor, cport=40002, t0=121.0).verdicts)
@@ -376,7 +376,7 @@ def test_residual_length_is_a_parameter() -> None:
     ],
 )
 def test_active_from_november_2021_to_march_2023(date: dt.date, active: bool) -> None:
-    r = run(Censor(prof(ALWAYS, date=date), 1), conv(BAD))
+    r = run(build_censor(prof(ALWAYS, date=date), 1), conv(BAD))
     assert bool(r.acted("drop", "fet")) is active
     assert all(r.verdicts) is not active
 
@@ -406,7 +406,7 @@ def test_static_blocking_of_the_whole_address_is_optional() -> None:
         "fet.static_delay_s=100",
         "fet.static_block_s=1000",
     )
-    censor = Censor(profile(*sets, date=dt.date(2022, 9, 1)), 1)
+    censor = build_censor(profile(*sets, date=dt.date(2022, 9, 1)), 1)
     payload = bytes([0x8E]) * 50
     run(censor, tcp_conversation(C, S, 40000, 8388, payload))
     later = https_conversation(C, S, 40001, "example.org", t0=50.0, sport=443)
@@ -418,6 +418,6 @@ def test_static_blocking_of_the_whole_address_is_optional() -> None:
     assert any(e.action == "null-route" for e in blocked.events)
     after = run(censor, https_conversation(C, S, 40003, "example.org", t0=1200.0, sport=443))
     assert all(after.verdicts)
-    plain = Censor(profile("fet.probability=1.0", date=dt.date(2022, 9, 1)), 1)
+    plain = build_censor(profile("fet.probability=1.0", date=dt.date(2022, 9, 1)), 1)
     run(plain, tcp_conversation(C, S, 40000, 8388, payload))
     assert all(run(plain, https_conversation(C, S, 40002, "example.org", t0=150.0)).verdicts)

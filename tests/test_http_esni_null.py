@@ -9,6 +9,7 @@ import pytest
 from gfwlab.engine import Censor
 from gfwlab.offline.synth import http_conversation, http_get, https_conversation, tcp_conversation
 from gfwlab.packet.ip import ACK, RST, parse
+from gfwlab.profiles import build_censor
 from helpers import binomial_interval, profile, run
 
 C, S = "198.18.0.2", "198.19.0.2"
@@ -17,7 +18,7 @@ ALWAYS = "http_keyword.probability=1.0"
 
 def http_run(host: str, path: str = "/", *sets: str, seed: int = 1, sport: int = 80):
     return run(
-        Censor(profile(*sets), seed), http_conversation(C, S, 40000, host, path, sport=sport)
+        build_censor(profile(*sets), seed), http_conversation(C, S, 40000, host, path, sport=sport)
     )
 
 
@@ -46,7 +47,7 @@ def test_unblocked_request_passes() -> None:
 
 def test_only_path_and_host_are_inspected() -> None:
     req = http_get("example.org", "/", extra="Cookie: q=ultrasurf\r\nX-Note: falun\r\n")
-    r = run(Censor(profile(ALWAYS), 1), tcp_conversation(C, S, 40000, 80, req))
+    r = run(build_censor(profile(ALWAYS), 1), tcp_conversation(C, S, 40000, 80, req))
     assert not r.acted("rst")
 
 
@@ -72,7 +73,7 @@ def test_injector_is_a_parameter() -> None:
 
 def test_trigger_probability_is_about_75_percent() -> None:
     n, hits = 600, 0
-    censor = Censor(profile(), 11)
+    censor = build_censor(profile(), 11)
     for i in range(n):
         server = f"198.19.{i // 200}.{i % 200 + 1}"
         r = run(censor, http_conversation(C, server, 40000, "example.org", "/falun", t0=i * 1.0))
@@ -86,7 +87,7 @@ def test_trigger_probability_is_about_75_percent() -> None:
 def test_penalty_box_90_s_with_re_block_probability() -> None:
     n, blocked = 400, 0
     for i in range(n):
-        censor = Censor(profile(ALWAYS), 1000 + i)
+        censor = build_censor(profile(ALWAYS), 1000 + i)
         run(censor, http_conversation(C, S, 40000, "example.org", "/falun", t0=0.0))
         again = run(censor, http_conversation(C, S, 40001, "example.org", "/", t0=30.0))
         blocked += bool(again.acted("rst"))
@@ -117,13 +118,13 @@ def esni_run(
     t0: float = 0.0,
     censor: Censor | None = None,
 ):
-    censor = censor or Censor(profile(*sets, date=date), 1)
+    censor = censor or build_censor(profile(*sets, date=date), 1)
     return censor, run(censor, https_conversation(C, S, cport, None, esni=True, t0=t0))
 
 
 def test_esni_drops_client_to_server_only() -> None:
     conv = https_conversation(C, S, 40000, None, esni=True)
-    censor = Censor(profile(date=dt.date(2021, 1, 1)), 1)
+    censor = build_censor(profile(date=dt.date(2021, 1, 1)), 1)
     r = run(censor, conv)
     (event,) = r.acted("drop", "esni")
     assert event.rule == "tls.extension:0xffce"
@@ -160,7 +161,8 @@ def test_esni_is_unidirectional_by_default() -> None:
 
 
 def test_ech_is_not_blocked() -> None:
-    r = run(Censor(profile(), 1), https_conversation(C, S, 40000, "cloudflare-ech.com", ech=True))
+    conv = https_conversation(C, S, 40000, "cloudflare-ech.com", ech=True)
+    r = run(build_censor(profile(), 1), conv)
     assert not r.acted("drop") and not r.acted("rst")
 
 
@@ -170,7 +172,7 @@ def test_ech_is_not_blocked() -> None:
 @pytest.mark.parametrize("target", [f"{S}:443", S, "198.19.0.0/24"])
 def test_null_route_drops_server_to_client(target: str) -> None:
     conv = https_conversation(C, S, 40000, "example.org")
-    r = run(Censor(profile(f"null_route.targets=[{target!r}]"), 1), conv)
+    r = run(build_censor(profile(f"null_route.targets=[{target!r}]"), 1), conv)
     (event,) = r.acted("null-route")
     assert event.rule == target
     for (_t, pkt), ok in zip(conv, r.verdicts, strict=True):
@@ -179,7 +181,7 @@ def test_null_route_drops_server_to_client(target: str) -> None:
 
 def test_null_route_of_one_port_spares_the_others() -> None:
     r = run(
-        Censor(profile(f"null_route.targets=['{S}:443']"), 1),
+        build_censor(profile(f"null_route.targets=['{S}:443']"), 1),
         https_conversation(C, S, 40000, "example.org", sport=8443),
     )
     assert all(r.verdicts) and not r.acted("null-route")
@@ -188,7 +190,7 @@ def test_null_route_of_one_port_spares_the_others() -> None:
 def test_null_route_ipv6() -> None:
     v6c, v6s = "2001:db8::2", "2001:db8:1::2"
     r = run(
-        Censor(profile(f"null_route.targets=['[{v6s}]:443']"), 1),
+        build_censor(profile(f"null_route.targets=['[{v6s}]:443']"), 1),
         https_conversation(v6c, v6s, 40000, "example.org"),
     )
     assert r.acted("null-route")[0].flow.dst == v6s

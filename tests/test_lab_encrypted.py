@@ -22,7 +22,7 @@ from test_lab import pytestmark as lab_marks
 from test_lab_record import _verdicts
 
 from gfwlab.lab.lifecycle import UpOptions, lab_sets
-from gfwlab.lab.topology import CLIENT_NS, SERVER_NS
+from gfwlab.live.topology import CLIENT_NS, SERVER_NS
 from helpers import binomial_interval
 
 pytestmark = [

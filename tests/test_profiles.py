@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from gfwlab.errors import ConfigError
-from gfwlab.profiles import DomainSet, KeywordSet, load_profile
-from gfwlab.profiles.loader import parse_date
+from gfwlab.profiles import DomainSet, KeywordSet, load_profile, parse_date
 
 BLOCKLISTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "blocklists"
 

@@ -9,9 +9,10 @@ from collections.abc import Callable
 
 import pytest
 
-from gfwlab.engine import Censor, Event
+from gfwlab.engine import Event
 from gfwlab.offline import analyze
 from gfwlab.packet.ip import addr_bytes, build_udp
+from gfwlab.profiles import build_censor
 from gfwlab.proto.quic import QUIC_V2, build_initial, protect_initial, split_initials
 from helpers import binomial_interval, profile, run
 
@@ -54,7 +55,7 @@ def quic_run(
     seed: int = 1,
     **kw: object,
 ):
-    return run(Censor(profile(*sets, date=date), seed), quic_flow(first, **kw))  # type: ignore[arg-type]
+    return run(build_censor(profile(*sets, date=date), seed), quic_flow(first, **kw))  # type: ignore[arg-type]
 
 
 def blocked(r: object) -> bool:
@@ -80,7 +81,7 @@ def test_unblocked_sni_passes_and_flow_is_bypassed() -> None:
 
 
 def test_residual_three_tuple_any_source_port() -> None:
-    censor = Censor(profile(), 1)
+    censor = build_censor(profile(), 1)
     packets = quic_flow(build_initial("youtube.com"), cport=50000, followups=0)
     # A new flow from another source port, with an innocuous payload, within 180 s.
     packets += quic_flow(build_initial("example.org"), cport=50001, t0=100.0, followups=1)
@@ -122,7 +123,7 @@ def test_port_rule(cport: int, sport: int, rule: str, expect: bool) -> None:
 
 def test_non_quic_first_datagram_exempts_the_flow() -> None:
     # AE E4: 14 zero bytes first, then a blocked Initial on the same 4-tuple.
-    censor = Censor(profile(), 1)
+    censor = build_censor(profile(), 1)
     packets = [(0.0, udp(C, S, 65535, 6126, bytes(14)))]
     packets += quic_flow(build_initial("google.com"), cport=65535, sport=6126, t0=3.0)
     r = run(censor, packets)
@@ -138,14 +139,14 @@ def flow_tracking(gap: float) -> Packets:
 
 
 def test_flow_forgotten_after_60_s_of_silence() -> None:
-    r = run(Censor(profile(), 1), flow_tracking(60.0))
+    r = run(build_censor(profile(), 1), flow_tracking(60.0))
     assert blocked(r) and r.verdicts[-3:] == [False, False, False]
-    r = run(Censor(profile(), 1), flow_tracking(59.9))
+    r = run(build_censor(profile(), 1), flow_tracking(59.9))
     assert not blocked(r) and all(r.verdicts)
 
 
 def test_engine_flow_timeout_is_the_60_s_tracking() -> None:
-    censor = Censor(profile(), 1)
+    censor = build_censor(profile(), 1)
     assert censor.profile.engine.udp_timeout_s == 60.0
     r = run(censor, flow_tracking(60.0))
     assert censor.flows.expired >= 1 and blocked(r)
@@ -164,7 +165,7 @@ def test_quic_v2_is_not_blocked_unless_configured() -> None:
     ("date", "active"), [(dt.date(2024, 4, 6), False), (dt.date(2024, 4, 7), True)]
 )
 def test_start_date(date: dt.date, active: bool) -> None:
-    assert ("quic_sni" in Censor(profile(date=date)).mechanisms) is active
+    assert ("quic_sni" in build_censor(profile(date=date)).mechanisms) is active
     assert blocked(quic_run(build_initial("google.com"), date=date)) is active
 
 
@@ -179,7 +180,7 @@ def test_start_date(date: dt.date, active: bool) -> None:
     ],
 )
 def test_outbound_only_from_2025_03_13(date: dt.date | None, outside_in_blocked: bool) -> None:
-    censor = Censor(profile(INSIDE, date=date), 1)
+    censor = build_censor(profile(INSIDE, date=date), 1)
     assert censor.mechanisms["quic_sni"].date == date  # set by the engine
     inside_out = quic_run(build_initial("google.com"), INSIDE, date=date)
     assert blocked(inside_out)
@@ -268,7 +269,7 @@ def test_table_3(first: Callable[[], bytes], expect: bool, anomaly: str | None) 
 
 
 def test_second_initial_in_the_same_flow_is_not_inspected() -> None:
-    censor = Censor(profile(), 1)
+    censor = build_censor(profile(), 1)
     packets = [(0.0, udp(C, S, 50000, 443, build_initial("example.org")))]
     packets += [(1.0, udp(C, S, 50000, 443, build_initial("google.com")))]
     r = run(censor, packets)
@@ -276,7 +277,7 @@ def test_second_initial_in_the_same_flow_is_not_inspected() -> None:
 
 
 def test_probability() -> None:
-    censor = Censor(profile("quic_sni.probability=0.3"), 7)
+    censor = build_censor(profile("quic_sni.probability=0.3"), 7)
     n = 400
     packets: Packets = []
     for i in range(n):

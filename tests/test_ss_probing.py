@@ -10,6 +10,7 @@ from gfwlab.engine import Censor, Probe
 from gfwlab.mechanisms.ss_probing import NR1_LENGTHS, NR2_LENGTH, entropy, mutate
 from gfwlab.offline.synth import tcp_conversation
 from gfwlab.packet.ip import addr_bytes, build_tcp
+from gfwlab.profiles import build_censor
 from helpers import binomial_interval, profile, run
 
 C, S = "198.18.0.2", "198.19.0.2"
@@ -37,14 +38,14 @@ def probes_of(r) -> list[dict]:
 def test_length_window(length: int, probed: bool) -> None:
     # Entropy and the rarity of long candidates taken out: only the window decides here.
     sets = (ALWAYS, "ss_probing.entropy_ratio=1.0", "ss_probing.long_weight=1.0")
-    r = trigger(Censor(profile(*sets), 1), first_packet(length))
+    r = trigger(build_censor(profile(*sets), 1), first_packet(length))
     assert bool(probes_of(r)) is probed
 
 
 def test_probe_types_lengths_and_fingerprint() -> None:
     payload = first_packet(400)
     kinds: dict[str, int] = {}
-    censor = Censor(profile(ALWAYS, "ss_probing.random_probes=3"), 4)
+    censor = build_censor(profile(ALWAYS, "ss_probing.random_probes=3"), 4)
     for i in range(200):
         r = trigger(censor, payload, cport=20000 + i, sport=10000 + i, t0=i)
         for p in probes_of(r):
@@ -83,7 +84,7 @@ def test_entropy_weighting_about_four_to_one() -> None:
     low = bytes([0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48] * 50)  # 3.0 bits/byte
     assert abs(entropy(low) - 3.0) < 1e-9
     high = first_packet(400)
-    censor = Censor(profile(ALWAYS, "ss_probing.skip_protocols=false"), 1)
+    censor = build_censor(profile(ALWAYS, "ss_probing.skip_protocols=false"), 1)
     mech = censor.mechanisms["ss_probing"]
     p_low, _ = mech.chance(low)  # type: ignore[attr-defined]
     p_high, h = mech.chance(high)  # type: ignore[attr-defined]
@@ -96,12 +97,12 @@ def test_tls_and_http_first_packets_are_not_candidates() -> None:
     tls_like = b"\x16\x03\x01" + first_packet(400)
     http_like = b"GET /" + first_packet(300)
     for payload in (tls_like, http_like):
-        assert not probes_of(trigger(Censor(profile(ALWAYS), 1), payload))
+        assert not probes_of(trigger(build_censor(profile(ALWAYS), 1), payload))
 
 
 def test_trigger_probability_binomial() -> None:
     n, hits = 400, 0
-    censor = Censor(profile("ss_probing.probability=0.4"), 9)
+    censor = build_censor(profile("ss_probing.probability=0.4"), 9)
     for i in range(n):
         r = trigger(censor, first_packet(400, i), cport=20000 + i, sport=10000 + i, t0=i)
         hits += bool(probes_of(r))
@@ -112,9 +113,10 @@ def test_trigger_probability_binomial() -> None:
 
 
 def test_delays_follow_the_measured_distribution() -> None:
-    censor = Censor(profile(ALWAYS), 3)
+    censor = build_censor(profile(ALWAYS), 3)
     mech = censor.mechanisms["ss_probing"]
-    delays = sorted(mech.draw_delay() for _ in range(4000))  # type: ignore[attr-defined]
+    rng = mech.keyed_rng("delays")  # draws come from the stream they are handed
+    delays = sorted(mech.draw_delay(rng) for _ in range(4000))  # type: ignore[attr-defined]
     n = len(delays)
     assert delays[0] >= 0.28
     for limit, share in ((1.0, 0.24), (60.0, 0.52), (900.0, 0.76)):
@@ -124,7 +126,7 @@ def test_delays_follow_the_measured_distribution() -> None:
 
 
 def test_offline_reports_when_probes_would_be_sent() -> None:
-    censor = Censor(profile(ALWAYS, "ss_probing.delay_scale=0.001"), 2)
+    censor = build_censor(profile(ALWAYS, "ss_probing.delay_scale=0.001"), 2)
     r = trigger(censor, first_packet(400), t0=10.0)
     planned = probes_of(r)
     assert planned and all(10.0 <= p["at"] <= 10.0 + 570 * 3.6 + 1 for p in planned)
@@ -138,13 +140,13 @@ def _probe_actions(censor: Censor, payload: bytes) -> list[Probe]:
         censor.feed(pkt, t)
     while (deadline := censor.next_deadline()) is not None and deadline < 1e6:
         out += [a for a in censor.on_timer(deadline) if isinstance(a, Probe)]
-        if not censor._timers:
+        if not censor.verdicts.timers:
             break
     return out
 
 
 def test_staging_and_blocking_after_a_replay_is_answered() -> None:
-    censor = Censor(
+    censor = build_censor(
         profile(ALWAYS, "ss_probing.delay_scale=0.0001", "ss_probing.random_probes=0"), 5
     )
     probes = _probe_actions(censor, first_packet(400))
@@ -171,7 +173,7 @@ def test_staged_probes_need_an_answer_and_never_blocks() -> None:
         "ss_probing.random_probes=0",
         "ss_probing.block_on='never'",
     )
-    censor = Censor(profile(*sets), 5)
+    censor = build_censor(profile(*sets), 5)
     probes = _probe_actions(censor, first_packet(400))
     r2 = next(p for p in probes if p.kind == "R2")
     assert censor.on_probe_result(r2.probe_id, "timeout", 50.0)

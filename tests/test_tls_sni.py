@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gfwlab.engine import Censor
 from gfwlab.offline.synth import https_conversation, tcp_conversation
 from gfwlab.packet.ip import ACK, RST, SYN, addr_bytes, build_tcp, parse
+from gfwlab.profiles import build_censor
 from gfwlab.proto.tls import build_client_hello
 from helpers import binomial_interval, profile, run
 
@@ -14,7 +14,7 @@ C, S = "198.18.0.2", "198.19.0.2"
 
 
 def sni_run(sni: str, *sets: str, seed: int = 1, **kw: object):
-    censor = Censor(profile(*sets), seed)
+    censor = build_censor(profile(*sets), seed)
     return run(censor, https_conversation(C, S, 40000, sni, **kw))  # type: ignore[arg-type]
 
 
@@ -47,7 +47,7 @@ def test_name_matching_is_label_aligned() -> None:
 
 @pytest.mark.parametrize("port", [443, 8443, 1, 65535])
 def test_any_port(port: int) -> None:
-    censor = Censor(profile(), 1)
+    censor = build_censor(profile(), 1)
     r = run(censor, https_conversation(C, S, 40000, "twitter.com", sport=port))
     assert r.acted("rst", "tls_sni")
 
@@ -84,7 +84,7 @@ def test_resets_carry_the_sequence_numbers_the_endpoints_expect() -> None:
     conv = https_conversation(C, S, 40000, "youtube.com")
     hello_pkt = next(p for _t, p in conv if len(p) > 200)
     hello = parse(hello_pkt)
-    censor = Censor(profile("tls_sni.injector='type3'"), 3)
+    censor = build_censor(profile("tls_sni.injector='type3'"), 3)
     r = run(censor, conv)
     (to_client,) = r.forged("client")
     (to_server,) = r.forged("server")
@@ -97,7 +97,7 @@ def test_latency_within_measured_range_and_mean() -> None:
     delays = []
     for seed in range(300):
         conv = https_conversation(C, S, 40000, "youtube.com")
-        r = run(Censor(profile("tls_sni.injector='type3'"), seed), conv)
+        r = run(build_censor(profile("tls_sni.injector='type3'"), seed), conv)
         hello_t = next(t for t, p in conv if len(p) > 200)
         delays.append(min(i.at for i in r.injected) - hello_t)
     assert min(delays) >= 0.01152 - 1e-9
@@ -109,7 +109,7 @@ def test_latency_within_measured_range_and_mean() -> None:
 def test_mixed_injector_follows_dataset_proportions() -> None:
     counts = {"type1": 0, "type2": 0, "type3": 0}
     n = 1000
-    censor = Censor(profile(), 7)
+    censor = build_censor(profile(), 7)
     for i in range(n):
         r = run(
             censor,
@@ -125,7 +125,7 @@ def test_mixed_injector_follows_dataset_proportions() -> None:
 
 
 def test_residual_block_resets_new_connections_for_180_s_on_the_3_tuple() -> None:
-    censor = Censor(profile(), 1)
+    censor = build_censor(profile(), 1)
     first = https_conversation(C, S, 40000, "youtube.com", t0=0.0)
     r = run(censor, first)
     until = r.acted("rst")[0].residual_until
@@ -141,7 +141,7 @@ def test_residual_block_resets_new_connections_for_180_s_on_the_3_tuple() -> Non
 
 
 def test_residual_window_is_a_parameter() -> None:
-    censor = Censor(profile("tls_sni.residual_s=5"), 1)
+    censor = build_censor(profile("tls_sni.residual_s=5"), 1)
     run(censor, https_conversation(C, S, 40000, "youtube.com", t0=0.0))
     assert run(censor, https_conversation(C, S, 40001, "x.org", t0=4.0)).acted("rst")
     assert not run(censor, https_conversation(C, S, 40002, "x.org", t0=5.1)).acted("rst")
@@ -150,32 +150,32 @@ def test_residual_window_is_a_parameter() -> None:
 def test_asymmetric_lists() -> None:
     # google.com is on the inside-out-only list (spec §1: 68 such domains, none the other way).
     inside = "tls_sni.direction='both'"
-    out_in = Censor(profile(inside, "engine.inside=['198.19.0.0/16']"), 1)
+    out_in = build_censor(profile(inside, "engine.inside=['198.19.0.0/16']"), 1)
     assert not run(out_in, https_conversation(C, S, 40000, "google.com")).acted("rst")
     assert run(out_in, https_conversation(C, S, 40001, "youtube.com", sport=444)).acted("rst")
-    in_out = Censor(profile(inside, "engine.inside=['198.18.0.0/16']"), 1)
+    in_out = build_censor(profile(inside, "engine.inside=['198.18.0.0/16']"), 1)
     r = run(in_out, https_conversation(C, S, 40000, "google.com"))
     assert r.acted("rst")[0].direction == "inside-out"
 
 
 def test_domestic_traffic_is_not_inspected() -> None:
-    censor = Censor(profile("engine.inside=['198.18.0.0/15']"), 1)
+    censor = build_censor(profile("engine.inside=['198.18.0.0/15']"), 1)
     assert not run(censor, https_conversation(C, S, 40000, "youtube.com")).acted("rst")
 
 
 def test_needs_client_syn_but_not_syn_ack() -> None:
     conv = https_conversation(C, S, 40000, "youtube.com")
     no_synack = [tp for i, tp in enumerate(conv) if i != 1]
-    assert run(Censor(profile(), 1), no_synack).acted("rst")
+    assert run(build_censor(profile(), 1), no_synack).acted("rst")
     no_syn = conv[1:]
-    assert not run(Censor(profile(), 1), no_syn).acted("rst")
-    assert run(Censor(profile("tcb.require_syn=false"), 1), conv[2:]).acted("rst")
+    assert not run(build_censor(profile(), 1), no_syn).acted("rst")
+    assert run(build_censor(profile("tcb.require_syn=false"), 1), conv[2:]).acted("rst")
 
 
 def test_tcp_segments_are_reassembled() -> None:
     hello = build_client_hello("youtube.com")
     pieces = [hello[:7], hello[7:50], hello[50:]]
-    r = run(Censor(profile(), 1), tcp_conversation(C, S, 40000, 443, pieces))
+    r = run(build_censor(profile(), 1), tcp_conversation(C, S, 40000, 443, pieces))
     assert r.acted("rst")
 
 
@@ -183,7 +183,7 @@ def test_out_of_order_segments_are_reassembled() -> None:
     hello = build_client_hello("youtube.com")
     conv = tcp_conversation(C, S, 40000, 443, [hello[:30], hello[30:]], close=False)
     conv[3], conv[4] = (conv[3][0], conv[4][1]), (conv[4][0], conv[3][1])
-    assert run(Censor(profile(), 1), conv).acted("rst")
+    assert run(build_censor(profile(), 1), conv).acted("rst")
 
 
 def test_tls_record_split_evades() -> None:
@@ -201,18 +201,18 @@ def _rst_insertion(conv, *, bad_checksum: bool = True):
 
 def test_rst_insertion_tears_down_the_tcb_by_default() -> None:
     conv = _rst_insertion(https_conversation(C, S, 40000, "youtube.com"))
-    assert not run(Censor(profile(), 1), conv).acted("rst")
+    assert not run(build_censor(profile(), 1), conv).acted("rst")
 
 
 @pytest.mark.parametrize("how", ["ignore", "resync"])
 def test_rst_insertion_fails_when_the_censor_does_not_tear_down(how: str) -> None:
     conv = _rst_insertion(https_conversation(C, S, 40000, "youtube.com"))
-    assert run(Censor(profile(f"tcb.on_rst={how!r}"), 1), conv).acted("rst")
+    assert run(build_censor(profile(f"tcb.on_rst={how!r}"), 1), conv).acted("rst")
 
 
 def test_checksum_validation_is_a_what_if() -> None:
     conv = _rst_insertion(https_conversation(C, S, 40000, "youtube.com"))
-    assert run(Censor(profile("tcb.check_checksum=true"), 1), conv).acted("rst")
+    assert run(build_censor(profile("tcb.check_checksum=true"), 1), conv).acted("rst")
 
 
 def test_syn_only_server_side_flags_do_not_create_tcb() -> None:
@@ -226,7 +226,7 @@ def test_syn_only_server_side_flags_do_not_create_tcb() -> None:
             ),
         ),
     ]
-    assert not run(Censor(profile(), 1), pkts).acted("rst")
+    assert not run(build_censor(profile(), 1), pkts).acted("rst")
 
 
 def test_disabled_by_date_or_flag() -> None:

@@ -196,7 +196,7 @@ def demo(
     ] = False,
 ) -> None:
     """A tour: real clients through the emulated GFW in the lab, or, without root, a capture."""
-    from gfwlab.lab.demo import can_run_live  # noqa: PLC0415
+    from gfwlab.demo import can_run_live  # noqa: PLC0415
 
     why = "--offline" if offline else can_run_live()
     if why is None:
@@ -207,7 +207,7 @@ def demo(
 
 
 def _demo_live(seed: int) -> None:
-    from gfwlab.lab.demo import run_live  # noqa: PLC0415
+    from gfwlab.demo import run_live  # noqa: PLC0415
 
     console.rule("[bold]gfwlab demo[/]: real clients through the emulated GFW (2024-06-01)")
     table = Table(title_justify="left")
@@ -301,7 +301,7 @@ def lab_up(
     )
     with err.status("making the lab…") as spinner:
         up(opts, log=lambda msg: spinner.update(f"making the lab: {msg}…"))
-    from gfwlab.lab import topology as t  # noqa: PLC0415
+    from gfwlab.live import topology as t  # noqa: PLC0415
 
     console.print(
         f"[green]lab up[/]: client {t.CLIENT_V4} [{t.CLIENT_V6}] → censor → server "

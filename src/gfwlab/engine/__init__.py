@@ -1,10 +1,4 @@
-"""The sans-I/O censor engine.
-
-``Censor`` and ``Stats`` are imported on first use, so that low-level modules (the TCB, the
-actions) can be imported by the profile loader without pulling in the whole engine.
-"""
-
-from typing import TYPE_CHECKING, Any
+"""The sans-I/O censor engine: the censor, its actions and events, and the mechanism contract."""
 
 from gfwlab.engine.actions import (
     Accept,
@@ -17,28 +11,39 @@ from gfwlab.engine.actions import (
     Probe,
     Report,
 )
-
-if TYPE_CHECKING:
-    from gfwlab.engine.censor import Censor, Stats
+from gfwlab.engine.censor import Censor
+from gfwlab.engine.mechanism import (
+    HOOKS,
+    Decision,
+    Forged,
+    Mechanism,
+    Needs,
+    PlannedProbe,
+    ProbeResult,
+    Residual,
+    Seen,
+)
+from gfwlab.engine.verdicts import Stats
 
 __all__ = [
+    "HOOKS",
     "Accept",
     "Action",
     "Bypass",
     "Censor",
+    "Decision",
     "Drop",
     "Event",
     "FlowId",
+    "Forged",
     "Inject",
+    "Mechanism",
+    "Needs",
+    "PlannedProbe",
     "Probe",
+    "ProbeResult",
     "Report",
+    "Residual",
+    "Seen",
     "Stats",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("Censor", "Stats"):
-        from gfwlab.engine import censor  # noqa: PLC0415
-
-        return getattr(censor, name)
-    raise AttributeError(name)

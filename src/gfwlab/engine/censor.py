@@ -1,159 +1,121 @@
 """The censor: a sans-I/O engine that turns packets into verdicts.
 
-``Censor(profile, seed).feed(packet, now)`` returns the Actions for one raw IP packet;
-``next_deadline()`` and ``on_timer(now)`` release delayed injections and expire state. The engine
-never reads a clock, never draws from an unseeded RNG and never touches a socket: the same
-packets, times, profile and seed give the same Actions, offline or live.
+``Censor(profile, seed, mechanisms=registry).feed(packet, now)`` returns the Actions for one raw
+IP packet; ``next_deadline()`` and ``on_timer(now)`` release delayed injections and expire state.
+The engine never reads a clock, never draws from an unseeded RNG and never touches a socket: the
+same packets, times, profile and seed give the same Actions, offline or live. It imports no
+mechanism: the registry is handed to it, and each mechanism says what it needs.
 
 Per packet: parse → flow lookup (create) → the fast path for BLOCKED/BYPASSED flows → residual
-blocks → new-flow hooks → the censor's TCP view / UDP → dissectors → mechanism hooks → Decision →
-Actions. Malformed input becomes an ``anomaly`` event and the packet is accepted: nothing raised
-by a dissector escapes ``feed``.
+blocks → new-flow hooks → the censor's TCP view / UDP → dissectors (:mod:`.dissect`) → mechanism
+hooks → Decision → Actions (:mod:`.verdicts`). Every hook is called through one path
+(:meth:`Censor._run_hooks`), where malformed input becomes an ``anomaly`` event and the packet is
+accepted: nothing raised by a dissector or a mechanism's parsing escapes ``feed``.
 """
 
 from __future__ import annotations
 
 import heapq
-import random
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
 
-from gfwlab.engine.actions import (
-    Accept,
-    Action,
-    Bypass,
-    Drop,
-    Event,
-    FlowId,
-    Inject,
-    Probe,
-    Report,
-)
+from gfwlab.engine.actions import Accept, Action, ActionName, Bypass, Drop
+from gfwlab.engine.dissect import DISSECTORS, Dissector, Options
 from gfwlab.engine.flows import Flow, FlowState, FlowTable, flow_key
-from gfwlab.engine.residual import ResidualEntry, ResidualTable
-from gfwlab.engine.tcb import Tcb, TcbInput, TcbState, classify, transition_table
+from gfwlab.engine.mechanism import Mechanism, Seen, overridden_hooks
+from gfwlab.engine.residual import ResidualTable
+from gfwlab.engine.tcb import Tcb, TcbInput, TcbState, classify, open_input, transition_table
+from gfwlab.engine.verdicts import Stats, Verdicts
 from gfwlab.errors import MalformedPacket
-from gfwlab.mechanisms.base import (
-    Decision,
-    Mechanism,
-    PlannedProbe,
-    ProbeResult,
-    Seen,
-    hook_names,
-    registry,
-)
-from gfwlab.packet.ip import (
-    ACK,
-    FIN,
-    PROTO_TCP,
-    PROTO_UDP,
-    RST,
-    SYN,
-    Packet,
-    addr_text,
-    checksum,
-    parse,
-)
-from gfwlab.profiles.loader import Profile
-from gfwlab.proto.dns import parse_query
-from gfwlab.proto.http import HttpRequest, parse_request
-from gfwlab.proto.tls import ClientHello, parse_client_hello
+from gfwlab.packet.ip import ACK, PROTO_TCP, PROTO_UDP, SYN, Packet, checksum, parse
+from gfwlab.proto.dns import DEFAULT_MAX_NAME
+from gfwlab.rules.profile import Profile
+
+__all__ = ["Censor", "Stats"]
 
 _ACCEPT = Accept()
-_NO_PACKET = parse(bytes.fromhex("450000140000000040fd00000000000000000000"))
-"""Stands in for a trigger packet where there is none (a probe result)."""
-_HTTP_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-
-
-@dataclass(slots=True)
-class Stats:
-    """Counters an adapter can show."""
-
-    packets: int = 0
-    bytes: int = 0
-    dropped: int = 0
-    injected: int = 0
-    anomalies: int = 0
-    fragments: int = 0
-    bypassed_pkts: int = 0
-    bypassed_bytes: int = 0
-    flows: int = 0
-    events: dict[str, int] = field(default_factory=dict)
-    """Events per ``mechanism/action``."""
 
 
 class Censor:
-    """The emulated GFW for one profile and seed."""
+    """The emulated GFW for one profile, seed and set of mechanism classes."""
 
-    def __init__(self, profile: Profile, seed: int = 0) -> None:
+    def __init__(
+        self, profile: Profile, seed: int = 0, *, mechanisms: Mapping[str, type[Mechanism]]
+    ) -> None:
         self.profile = profile
         self.seed = seed
         eng = profile.engine
         self.flows = FlowTable(eng.tcp_timeout_s, eng.udp_timeout_s)
         self.residual = ResidualTable()
-        self.stats = Stats()
-        self._tcb_table = transition_table(profile.tcb)
-        self._timers: list[tuple[float, int, Inject | Probe]] = []
-        self._probes: dict[int, tuple[Mechanism, Flow, PlannedProbe, dict[str, Any]]] = {}
-        self._probe_seq = 0
-        self._timer_seq = 0
-        self._next_sweep: float | None = None
-        self._rng = random.Random(f"{seed}:engine")
-        known = registry()
         self.mechanisms: dict[str, Mechanism] = {}
-        hooks: dict[str, list[Mechanism]] = {}
+        self.hooks: dict[str, list[Mechanism]] = {}
         for name, params in profile.active().items():
-            cls = known[name]
-            # Each mechanism draws from its own seeded stream, so turning one on or off does not
-            # change the draws of another.
-            mech = cls(params, random.Random(f"{seed}:{name}"))
-            mech.date = profile.date
+            cls = mechanisms[name]
+            mech = cls(params, seed=seed, date=profile.date)
             self.mechanisms[name] = mech
-            for hook in hook_names(cls):
-                hooks.setdefault(hook, []).append(mech)
-        self._on_new_flow = hooks.get("on_new_flow", [])
-        self._on_dns = hooks.get("on_dns_query", [])
-        self._on_http = hooks.get("on_http_request", [])
-        self._on_hello = hooks.get("on_client_hello", [])
-        self._dns_ports = {m.params.port for m in self._on_dns}
-        self._max_name = min((m.params.max_name for m in self._on_dns), default=125)
-        self._on_first_data = hooks.get("on_first_data", [])
-        self._on_first_dgram = hooks.get("on_first_datagram", [])
-        self._inspect_tcp = bool(self._on_http or self._on_hello or self._on_first_data)
+            for hook in overridden_hooks(cls):
+                self.hooks.setdefault(hook, []).append(mech)
+        self.verdicts = Verdicts(self.mechanisms, self.residual, hold_trigger=eng.hold_trigger)
+        self.stats = self.verdicts.stats
+        self._tcb_table = transition_table(profile.tcb)
+        self._next_sweep: float | None = None
+        rows = [d for d in DISSECTORS if self.hooks.get(d.hook)]
+        self._stream_rows = [d for d in rows if d.carrier == "tcp-stream"]
+        self._first_dgram_rows = [d for d in rows if d.carrier == "udp-first"]
+        self._port_rows = [d for d in rows if d.carrier == "udp-port"]
+        needs = {m.name: m.needs() for m in self.mechanisms.values()}
+        self._udp_ports = {
+            m.name: n.udp_ports
+            for row in self._port_rows
+            for m in self.hooks[row.hook]
+            if (n := needs[m.name]).udp_ports is not None
+        }
+        self._port_set = frozenset().union(*self._udp_ports.values())
+        limits = [n.dns_name_limit for n in needs.values() if n.dns_name_limit is not None]
+        self._options = Options(dns_name_limit=min(limits, default=DEFAULT_MAX_NAME))
+        self._inspect_tcp = bool(self._stream_rows or self.hooks.get("on_first_data"))
 
     # ------------------------------------------------------------------ timers
 
     def next_deadline(self) -> float | None:
         """The earliest time ``on_timer`` has work to do, or None."""
-        deadline = self._timers[0][0] if self._timers else None
+        timers = self.verdicts.timers
+        deadline = timers[0][0] if timers else None
         if self._next_sweep is not None and (deadline is None or self._next_sweep < deadline):
             deadline = self._next_sweep
         return deadline
 
     def on_timer(self, now: float) -> list[Action]:
         """Release injections due by ``now``; expire idle flows and ended residual blocks."""
+        timers = self.verdicts.timers
         out: list[Action] = []
-        while self._timers and self._timers[0][0] <= now:
-            out.append(heapq.heappop(self._timers)[2])
+        while timers and timers[0][0] <= now:
+            out.append(heapq.heappop(timers)[2])
         if self._next_sweep is not None and now >= self._next_sweep:
-            self._sweep(now)
+            self.flows.expire(now)
+            self.residual.expire(now)
+            live = self.flows.flows or self.residual.entries
+            self._next_sweep = now + self.profile.engine.sweep_s if live else None
         return out
 
     def flush(self) -> list[Action]:
         """Release every pending injection (end of a capture)."""
-        out: list[Action] = [t[2] for t in sorted(self._timers)]
-        self._timers.clear()
+        out: list[Action] = [t[2] for t in sorted(self.verdicts.timers)]
+        self.verdicts.timers.clear()
         return out
 
-    def _sweep(self, now: float) -> None:
-        self.flows.expire(now)
-        self.residual.expire(now)
-        self._next_sweep = (
-            now + self.profile.engine.sweep_s
-            if (self.flows.flows or self.residual.entries)
-            else None
-        )
+    def on_probe_result(
+        self, probe_id: int, reaction: str, now: float, response_len: int = 0
+    ) -> list[Action]:
+        """What the server did with a probe; returns the Actions that follow (more probes, a
+        block). Unknown ids are ignored (a result that arrives after the engine forgot them)."""
+        out: list[Action] = [_ACCEPT]
+        told = self.verdicts.probe_result(probe_id, reaction, now, response_len, out)
+        if told is not None:
+            mech, seen, result = told
+            decision = mech.on_probe_result(seen, result)
+            if decision is not None:
+                self.verdicts.apply(mech, decision, seen, out)
+        return out[1:]
 
     # ------------------------------------------------------------------ packets
 
@@ -167,12 +129,44 @@ class Censor:
         try:
             pkt = parse(packet)
         except MalformedPacket as exc:
-            return [_ACCEPT, self._anomaly_ip(packet, exc, now)]
+            return [_ACCEPT, self.verdicts.anomaly_ip(packet, exc, now)]
         if pkt.fragment:
             st.fragments += 1
             return [_ACCEPT]
         if pkt.proto not in (PROTO_TCP, PROTO_UDP):
             return [_ACCEPT]
+        flow, new = self._flow(pkt, now)
+        c2s = pkt.src == flow.client and pkt.sport == flow.cport
+        state = flow.state
+        if state is FlowState.BYPASSED and not self.residual.drops:
+            st.bypassed_pkts += 1
+            st.bypassed_bytes += len(packet)
+            return [_ACCEPT]
+        if state is FlowState.BLOCKED:
+            return self._blocked_verdict(flow, c2s)
+        out: list[Action] = [_ACCEPT]
+        if self.residual.drops and self._residual_drop(flow, c2s, now, out):
+            return out
+        if state is FlowState.BYPASSED:
+            st.bypassed_pkts += 1
+            st.bypassed_bytes += len(packet)
+            return out
+        tcp = pkt.proto == PROTO_TCP
+        seen = Seen(pkt=pkt, flow=flow, now=now, c2s=c2s)
+        if new or (tcp and c2s and pkt.flags & (SYN | ACK) == SYN):
+            self._run_hooks("on_new_flow", seen, out)
+            if tcp and c2s and flow.state is FlowState.CLEAN and self.residual.entries:
+                self._residual_rst(seen, out)
+            if flow.state is FlowState.BLOCKED:
+                return out
+        if tcp:
+            self._tcp(seen, out)
+        else:
+            self._udp(seen, out)
+        return out
+
+    def _flow(self, pkt: Packet, now: float) -> tuple[Flow, bool]:
+        """The packet's flow, made on its first packet (or after idling past its timeout)."""
         key = flow_key(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
         flow = self.flows.flows.get(key)
         if flow is not None and now - flow.last_seen >= self.flows.timeout(flow):
@@ -183,66 +177,29 @@ class Censor:
             flow = None
         new = flow is None
         if flow is None:
-            flow = self._new_flow(pkt, now)
-            self.flows.flows[key] = flow
+            flow = self.flows.flows[key] = self._new_flow(pkt, now)
         flow.last_seen = now
         flow.packets += 1
-        c2s = pkt.src == flow.client and pkt.sport == flow.cport
-        state = flow.state
-        if state is FlowState.BYPASSED and not self.residual.drops:
-            st.bypassed_pkts += 1
-            st.bypassed_bytes += len(packet)
-            return [_ACCEPT]
-        if state is FlowState.BLOCKED:
-            return self._blocked_verdict(flow, c2s)
-        out: list[Action] = [_ACCEPT]
-        if self.residual.drops and self._residual_drop(flow, pkt, c2s, now, out):
-            return out
-        if state is FlowState.BYPASSED:
-            st.bypassed_pkts += 1
-            st.bypassed_bytes += len(packet)
-            return out
-        tcp = pkt.proto == PROTO_TCP
-        opening = new or (tcp and c2s and pkt.flags & (SYN | ACK) == SYN)
-        if opening:
-            seen = Seen(pkt=pkt, flow=flow, now=now, c2s=c2s)
-            for mech in self._on_new_flow:
-                if mech.admits(flow):
-                    decision = mech.on_new_flow(seen)
-                    if decision is not None:
-                        self._apply(mech, decision, seen, out)
-            if tcp and c2s and flow.state is FlowState.CLEAN and self.residual.entries:
-                self._residual_rst(flow, seen, out)
-            if flow.state is FlowState.BLOCKED:
-                return out
-        if tcp:
-            self._tcp(flow, pkt, c2s, now, out)
-        else:
-            self._udp(flow, pkt, c2s, now, out)
-        return out
+        return flow, new
 
     def _new_flow(self, pkt: Packet, now: float) -> Flow:
         """Decide who is the client and which way the flow crosses the border."""
-        src_is_client = True
         if pkt.proto == PROTO_TCP:
             if pkt.flags & (SYN | ACK) == SYN | ACK:
                 src_is_client = False
-            elif not pkt.flags & SYN:
-                src_is_client = (
-                    pkt.sport >= pkt.dport
-                )  # mid-stream: the ephemeral port is the client's
-        elif pkt.sport in self._dns_ports and pkt.dport not in self._dns_ports:
-            src_is_client = False  # a DNS response seen before its query
+            else:  # a SYN; mid-stream, the ephemeral (higher) port is the client's
+                src_is_client = bool(pkt.flags & SYN) or pkt.sport >= pkt.dport
+        else:  # a response from a watched UDP port seen before its query comes from the server
+            src_is_client = not (pkt.sport in self._port_set and pkt.dport not in self._port_set)
         if src_is_client:
             client, cport, server, sport = pkt.src, pkt.sport, pkt.dst, pkt.dport
         else:
             client, cport, server, sport = pkt.dst, pkt.dport, pkt.src, pkt.sport
         inside = self.profile.engine.inside
+        crossing, outbound = True, True
         if inside:
             ci, si = inside.contains(client), inside.contains(server)
-            crossing, direction = ci != si, "inside-out" if ci or not si else "outside-in"
-        else:
-            crossing, direction = True, "inside-out"
+            crossing, outbound = ci != si, ci or not si
         self.stats.flows += 1
         flow = Flow(
             proto=pkt.proto,
@@ -250,7 +207,7 @@ class Censor:
             cport=cport,
             server=server,
             sport=sport,
-            direction="inside-out" if direction == "inside-out" else "outside-in",
+            direction="inside-out" if outbound else "outside-in",
             crossing=crossing,
             first_seen=now,
             last_seen=now,
@@ -268,9 +225,7 @@ class Censor:
 
     # ------------------------------------------------------------------ residual blocks
 
-    def _residual_drop(
-        self, flow: Flow, pkt: Packet, c2s: bool, now: float, out: list[Action]
-    ) -> bool:
+    def _residual_drop(self, flow: Flow, c2s: bool, now: float, out: list[Action]) -> bool:
         entry = self.residual.lookup(flow, "drop-c2s" if c2s else "drop-s2c", now)
         if entry is None:
             return False
@@ -279,371 +234,130 @@ class Censor:
         first = flow.state is not FlowState.BLOCKED
         flow.block_flow("c2s" if c2s else "s2c", entry.mechanism)
         if first:
-            action = "drop" if c2s else "null-route"
-            self._report(
-                out, flow, now, entry.mechanism, action, entry.rule, entry.until, {"residual": True}
-            )
+            action: ActionName = "drop" if c2s else "null-route"
+            extra = {"residual": True}
+            v = self.verdicts
+            v.report(out, flow, now, entry.mechanism, action, entry.rule, entry.until, extra)
         return True
 
-    def _residual_rst(self, flow: Flow, seen: Seen, out: list[Action]) -> None:
-        entry = self.residual.lookup(flow, "rst", seen.now)
-        if entry is None:
+    def _residual_rst(self, seen: Seen, out: list[Action]) -> None:
+        entry = self.residual.lookup(seen.flow, "rst", seen.now)
+        mech = self.mechanisms.get(entry.mechanism) if entry is not None else None
+        if entry is None or mech is None:
             return
-        mech = self.mechanisms.get(entry.mechanism)
-        if mech is None:
-            return
-        draw = mech.rng.random()
+        draw = mech.rng(seen).random()
         if draw >= entry.probability:
-            self._report(
-                out,
-                flow,
-                seen.now,
-                entry.mechanism,
-                "pass",
-                entry.rule,
-                entry.until,
-                {"residual": True, "draw": round(draw, 6), "probability": entry.probability},
+            extra = {"residual": True, "draw": round(draw, 6), "probability": entry.probability}
+            self.verdicts.report(
+                out, seen.flow, seen.now, entry.mechanism, "pass", entry.rule, entry.until, extra
             )
             return
         decision = mech.residual_hit(seen, entry.rule)
         if decision is not None:
             # A residual hit does not extend the residual block.
-            self._apply(mech, decision, seen, out, residual_until=entry.until, extend=False)
+            self.verdicts.apply(mech, decision, seen, out, residual_until=entry.until, extend=False)
 
     # ------------------------------------------------------------------ transports
 
-    def _tcp(self, flow: Flow, pkt: Packet, c2s: bool, now: float, out: list[Action]) -> None:
+    def _tcp(self, seen: Seen, out: list[Action]) -> None:
+        flow, pkt, c2s = seen.flow, seen.pkt, seen.c2s
         if not self._inspect_tcp:
             self._finish(flow, out)
             return
         params = self.profile.tcb
-        flags = pkt.flags
         if params.check_checksum and not _tcp_checksum_ok(pkt):
             return
         tcb = flow.tcb
         if tcb is None:
-            if c2s and flags & (SYN | ACK | RST) == SYN:
-                tcb = flow.tcb = Tcb(params, self._tcb_table, pkt.seq)
-            elif params.require_syn:
-                self._finish(flow, out)  # no client SYN: the censor keeps no TCB (S&P'25)
+            isn = open_input(params, pkt.flags, c2s, pkt.seq, bool(pkt.payload))
+            if isn is None:
+                if params.require_syn:
+                    self._finish(flow, out)  # no client SYN: the censor keeps no TCB (S&P'25)
                 return
-            elif c2s and pkt.payload:
-                tcb = flow.tcb = Tcb(params, self._tcb_table, pkt.seq - 1)
-            else:
-                return
-        inp = classify(flags, c2s, bool(pkt.payload))
+            tcb = flow.tcb = Tcb(params, self._tcb_table, isn)
+        inp = classify(pkt.flags, c2s, bool(pkt.payload))
         if inp is TcbInput.RECV_DATA and not flow.first_data_seen:
             flow.first_data_seen = True
-            if self._on_first_data:
-                self._run_hooks(
-                    self._on_first_data, "on_first_data", flow, pkt, c2s, now, out, pkt.payload
-                )
-                if flow.state is not FlowState.CLEAN:
-                    return
-        grew = tcb.handle(inp, pkt.seq, pkt.payload)
-        if inp is TcbInput.RECV_DATA and flags & FIN:
-            tcb.handle(TcbInput.RECV_FIN, pkt.seq, b"")
-        if tcb.state is TcbState.CLOSED:
-            return  # torn down: inspection resumes only if a new client SYN arrives
-        if grew:
-            self._dissect_tcp(flow, tcb, pkt, c2s, now, out)
-
-    def _dissect_tcp(
-        self, flow: Flow, tcb: Tcb, pkt: Packet, c2s: bool, now: float, out: list[Action]
-    ) -> None:
-        data = bytes(tcb.stream)
-        first = data[0]
-        parser: Callable[[bytes], ClientHello | HttpRequest | None]
-        if first == 0x16 and self._on_hello:
-            parser, hooks, hook = parse_client_hello, self._on_hello, "on_client_hello"
-        elif first in _HTTP_START and self._on_http:
-            parser, hooks, hook = parse_request, self._on_http, "on_http_request"
-        else:
-            hooks = []
-        if hooks:
-            try:
-                parsed = parser(data)
-            except MalformedPacket as exc:
-                parsed = None
-                if exc.kind != "http.not_http":  # not HTTP at all is no anomaly
-                    self._malformed(out, flow, now, exc)
-            else:
-                if parsed is None:  # need more data
-                    if tcb.full:
-                        self._finish(flow, out)
-                    return
-                for anomaly in parsed.anomalies:
-                    self._report(out, flow, now, "engine", "anomaly", anomaly, None, {})
-                self._run_hooks(hooks, hook, flow, pkt, c2s, now, out, parsed)
-        if flow.state is FlowState.CLEAN:
-            self._finish(flow, out)
-
-    def _udp(self, flow: Flow, pkt: Packet, c2s: bool, now: float, out: list[Action]) -> None:
-        if self._on_first_dgram and c2s and flow.packets == 1:
-            self._run_hooks(self._on_first_dgram, "on_first_datagram", flow, pkt, c2s, now, out)
+            self._run_hooks("on_first_data", seen, out, pkt.payload)
             if flow.state is not FlowState.CLEAN:
                 return
-        if not (self._on_dns and pkt.dport in self._dns_ports):
-            if not (self._on_dns and pkt.sport in self._dns_ports):
-                self._finish(flow, out)
-            return
+        if tcb.feed(inp, pkt.seq, pkt.payload, pkt.flags) and tcb.state is not TcbState.CLOSED:
+            self._dissect_stream(seen, tcb, out)
+
+    def _dissect_stream(self, seen: Seen, tcb: Tcb, out: list[Action]) -> None:
+        data = bytes(tcb.stream)
+        row = next((d for d in self._stream_rows if d.starts is None or data[0] in d.starts), None)
+        if row is not None and self._dissect(row, seen, data, out) is None and not tcb.full:
+            return  # need more data
+        if seen.flow.state is FlowState.CLEAN:
+            self._finish(seen.flow, out)
+
+    def _udp(self, seen: Seen, out: list[Action]) -> None:
+        flow, pkt = seen.flow, seen.pkt
+        if seen.c2s and flow.packets == 1:
+            self._run_hooks("on_first_datagram", seen, out)
+            for row in self._first_dgram_rows:
+                if flow.state is FlowState.CLEAN:
+                    self._dissect(row, seen, pkt.payload, out)
+            if flow.state is not FlowState.CLEAN:
+                return
+        if pkt.dport in self._port_set:
+            for row in self._port_rows:
+                self._dissect(row, seen, pkt.payload, out)
+        elif pkt.sport not in self._port_set:
+            self._finish(flow, out)
+
+    def _dissect(self, row: Dissector, seen: Seen, data: bytes, out: list[Action]) -> bool | None:
+        """Parse ``data`` with ``row`` and feed its hook; None means "need more data"."""
+        mechs = [m for m in self.hooks[row.hook] if m.admits(seen.flow)]
+        if row.carrier == "udp-port":
+            mechs = [m for m in mechs if seen.pkt.dport in (self._udp_ports.get(m.name) or ())]
+        if not mechs:
+            return False  # no mechanism looks at this flow: nothing to dissect
+        inspecting = [m for m in mechs if m.inspects(seen)]
         try:
-            query = parse_query(pkt.payload, max_name=self._max_name)
+            parsed = row.parse(data, self._options)
         except MalformedPacket as exc:
-            self._malformed(out, flow, now, exc)
-            return
-        if query is None:
-            return
-        for anomaly in query.anomalies:
-            self._report(out, flow, now, "engine", "anomaly", anomaly, None, {"qname": query.qname})
-        seen = Seen(pkt=pkt, flow=flow, now=now, c2s=c2s)
-        for mech in self._on_dns:
-            if mech.admits(flow) and pkt.dport == mech.params.port:
-                decision = mech.on_dns_query(seen, query)
-                if decision is not None:
-                    self._apply(mech, decision, seen, out)
+            if inspecting and exc.kind not in row.silent:
+                named = {"mechanism": inspecting[0].name} if row.names_mechanism else {}
+                self.verdicts.malformed(out, seen.flow, seen.now, exc, **named)
+            return False
+        if parsed is None:
+            return None
+        if row.report_anomalies:
+            detail = row.detail(parsed)
+            for anomaly in parsed.anomalies:
+                self.verdicts.report(
+                    out, seen.flow, seen.now, "engine", "anomaly", anomaly, None, dict(detail)
+                )
+        self._run_hooks(row.hook, seen, out, parsed, mechs=mechs)
+        return True
 
     def _run_hooks(
         self,
-        mechs: list[Mechanism],
         hook: str,
-        flow: Flow,
-        pkt: Packet,
-        c2s: bool,
-        now: float,
+        seen: Seen,
         out: list[Action],
         *args: object,
+        mechs: list[Mechanism] | None = None,
     ) -> None:
-        """Call ``hook`` on each admitting mechanism; a MalformedPacket becomes an anomaly."""
-        seen = Seen(pkt=pkt, flow=flow, now=now, c2s=c2s)
-        for mech in mechs:
-            if not mech.admits(flow):
+        """The one path every hook is called through: admitted mechanisms only, and a
+        MalformedPacket raised inside a mechanism becomes an anomaly event."""
+        for mech in self.hooks.get(hook, ()) if mechs is None else mechs:
+            if not mech.admits(seen.flow):
                 continue
             try:
                 decision = getattr(mech, hook)(seen, *args)
             except MalformedPacket as exc:
-                self._malformed(out, flow, now, exc, mechanism=mech.name)
+                self.verdicts.malformed(out, seen.flow, seen.now, exc, mechanism=mech.name)
                 continue
             if decision is not None:
-                self._apply(mech, decision, seen, out)
-
-    # ------------------------------------------------------------------ decisions
-
-    def _apply(
-        self,
-        mech: Mechanism,
-        decision: Decision,
-        seen: Seen,
-        out: list[Action],
-        *,
-        residual_until: float | None = None,
-        extend: bool = True,
-    ) -> None:
-        flow, now = seen.flow, seen.now
-        if decision.injections and self.profile.engine.hold_trigger and isinstance(out[0], Accept):
-            first = min(f.delay for f in decision.injections)
-            if first > 0:
-                out[0] = Accept(hold_until=now + first)
-        for forged in decision.injections:
-            inject = Inject(
-                packet=forged.packet,
-                at=now + forged.delay,
-                toward=forged.toward,
-                mechanism=mech.name,
-            )
-            self.stats.injected += 1
-            if forged.delay <= 0:
-                out.append(inject)
-            else:
-                self._timer_seq += 1
-                heapq.heappush(self._timers, (inject.at, self._timer_seq, inject))
-        if decision.drop and isinstance(out[0], Accept):
-            self.stats.dropped += 1
-            out[0] = Drop(mechanism=mech.name)
-        if extend:
-            for k, res in enumerate((decision.residual, *decision.also)):
-                if res is None or res.seconds <= 0:
-                    continue
-                until = now + res.delay + res.seconds
-                if k == 0:
-                    residual_until = until
-                entry = ResidualEntry(
-                    mechanism=mech.name,
-                    rule=decision.rule,
-                    until=until,
-                    policy=res.policy,
-                    probability=res.probability,
-                    start=now + res.delay,
-                )
-                self.residual.add(flow, res.key, entry)
-        for planned in decision.probes:
-            self._schedule_probe(mech, flow, planned, now, decision.rule, out)
-        if decision.action == "pass":
-            self._report(out, flow, now, mech.name, "pass", decision.rule, None, decision.extra)
-            return
-        if decision.action in ("rst", "drop", "null-route"):
-            flow.block_flow(decision.block, mech.name)
-        self._report(
-            out,
-            flow,
-            now,
-            mech.name,
-            decision.action,
-            decision.rule,
-            residual_until,
-            decision.extra,
-        )
-
-    def _schedule_probe(
-        self,
-        mech: Mechanism,
-        flow: Flow,
-        planned: PlannedProbe,
-        now: float,
-        rule: str,
-        out: list[Action],
-    ) -> None:
-        self._probe_seq += 1
-        probe = Probe(
-            probe_id=self._probe_seq,
-            kind=planned.kind,
-            server=addr_text(flow.server),
-            port=flow.sport,
-            payload=planned.payload,
-            at=now + planned.delay,
-            ttl=planned.ttl,
-            sport=planned.sport,
-            tsval_hz=planned.tsval_hz,
-            linger=planned.linger,
-            mechanism=mech.name,
-        )
-        context: dict[str, Any] = {"rule": rule, "origin": planned.origin}
-        self._probes[probe.probe_id] = (mech, flow, planned, context)
-        self._timer_seq += 1
-        heapq.heappush(self._timers, (probe.at, self._timer_seq, probe))
-        self._report(
-            out,
-            flow,
-            now,
-            mech.name,
-            "probe",
-            rule,
-            None,
-            {
-                "probe": planned.kind,
-                "probe_id": probe.probe_id,
-                "at": round(probe.at, 6),
-                "length": len(planned.payload),
-                "prober_sport": planned.sport,
-                "ttl": planned.ttl,
-            },
-        )
-
-    def on_probe_result(
-        self,
-        probe_id: int,
-        reaction: str,
-        now: float,
-        response_len: int = 0,
-    ) -> list[Action]:
-        """What the server did with a probe; returns the Actions that follow (more probes, a
-        block). Unknown ids are ignored (a result that arrives after the engine forgot them)."""
-        entry = self._probes.pop(probe_id, None)
-        if entry is None:
-            return []
-        mech, flow, planned, context = entry
-        out: list[Action] = [_ACCEPT]
-        result = ProbeResult(
-            probe_id=probe_id,
-            kind=planned.kind,
-            server=flow.server,
-            port=flow.sport,
-            reaction=reaction,  # type: ignore[arg-type]
-            response_len=response_len,
-            context=context,
-        )
-        self._report(
-            out,
-            flow,
-            now,
-            mech.name,
-            "probe",
-            context["rule"],
-            None,
-            {
-                "probe": planned.kind,
-                "probe_id": probe_id,
-                "reaction": reaction,
-                "response_len": response_len,
-            },
-        )
-        decision = mech.on_probe_result(result, now)
-        if decision is not None:
-            seen = Seen(pkt=_NO_PACKET, flow=flow, now=now, c2s=True)
-            self._apply(mech, decision, seen, out)
-        return out[1:]
+                self.verdicts.apply(mech, decision, seen, out)
 
     def _finish(self, flow: Flow, out: list[Action]) -> None:
         if flow.state is FlowState.CLEAN:
             flow.finish()
             out.append(Bypass(flow=flow.id()))
-
-    def _report(
-        self,
-        out: list[Action],
-        flow: Flow,
-        now: float,
-        mechanism: str,
-        action: Any,
-        rule: str,
-        residual_until: float | None,
-        extra: dict[str, Any],
-    ) -> None:
-        mech = self.mechanisms.get(mechanism)
-        event = Event(
-            ts=now,
-            flow=flow.id(),
-            direction=flow.direction,
-            mechanism=mechanism,
-            action=action,
-            rule=rule,
-            residual_until=residual_until,
-            citation=mech.citation if mech is not None else "",
-            extra=extra,
-        )
-        key = f"{mechanism}/{action}"
-        self.stats.events[key] = self.stats.events.get(key, 0) + 1
-        if action == "anomaly":
-            self.stats.anomalies += 1
-        out.append(Report(event=event))
-
-    def _malformed(
-        self, out: list[Action], flow: Flow, now: float, exc: MalformedPacket, **extra: Any
-    ) -> None:
-        """Report traffic the censor could not parse as an anomaly event (it passes)."""
-        detail = {"offset": exc.offset, "detail": exc.detail, **extra}
-        self._report(out, flow, now, "engine", "anomaly", exc.kind, None, detail)
-
-    def _anomaly_ip(self, packet: bytes, exc: MalformedPacket, now: float) -> Report:
-        self.stats.anomalies += 1
-        key = "engine/anomaly"
-        self.stats.events[key] = self.stats.events.get(key, 0) + 1
-        src = dst = "?"
-        if len(packet) >= 20 and packet[0] >> 4 == 4:
-            src, dst = addr_text(packet[12:16]), addr_text(packet[16:20])
-        elif len(packet) >= 40 and packet[0] >> 4 == 6:
-            src, dst = addr_text(packet[8:24]), addr_text(packet[24:40])
-        return Report(
-            event=Event(
-                ts=now,
-                flow=FlowId(proto="ip", src=src, sport=0, dst=dst, dport=0),
-                direction="inside-out",
-                mechanism="engine",
-                action="anomaly",
-                rule=exc.kind,
-                extra={"offset": exc.offset, "detail": exc.detail},
-            )
-        )
 
 
 def _tcp_checksum_ok(pkt: Packet) -> bool:

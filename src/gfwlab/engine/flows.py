@@ -14,6 +14,7 @@ A BLOCKED or BYPASSED flow gets its cached verdict before any reassembly or diss
 from __future__ import annotations
 
 import enum
+import random
 from dataclasses import dataclass
 from typing import Literal
 
@@ -71,6 +72,8 @@ class Flow:
     first_data_seen: bool = False
     """The client's first TCP data packet has been shown to the first-packet mechanisms."""
     ident: FlowId | None = None
+    rngs: dict[str, random.Random] | None = None
+    """Per-mechanism random streams of this flow, made on first use (see :meth:`draws`)."""
 
     def step(self, what: FlowInput) -> None:
         try:
@@ -89,6 +92,21 @@ class Flow:
         """Nothing more to inspect: the verdict is final."""
         self.step(FlowInput.RECV_DONE)
         self.tcb = None  # free the reassembly buffer
+
+    def draws(self, key: str) -> random.Random:
+        """The random stream of ``key`` (seed and mechanism) for this flow.
+
+        Keyed by the flow's 5-tuple and first-seen time, never by how many flows or packets came
+        before, so a flow's draws are the same however flows interleave, whichever packets of
+        other flows are left out, and on whichever worker the flow is analysed.
+        """
+        if self.rngs is None:
+            self.rngs = {}
+        rng = self.rngs.get(key)
+        if rng is None:
+            ident = (self.proto, self.client, self.cport, self.server, self.sport, self.first_seen)
+            rng = self.rngs[key] = random.Random(f"{key}:{ident!r}")
+        return rng
 
     def id(self) -> FlowId:
         if self.ident is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gfwlab.engine.flows import Flow
-from gfwlab.mechanisms.base import ResidualKey
+from gfwlab.rules.profile import ResidualKey
 
 Key = tuple[object, ...]
 

@@ -22,36 +22,12 @@ The transitions are a table (STYLE.md §4); a missing entry is a bug and raises.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Literal
 
 from gfwlab.packet.ip import ACK, FIN, RST, SYN
+from gfwlab.rules.profile import TcbParams
 
 Effect = Literal["isn", "append", "resync_append", "teardown"] | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TcbParams:
-    """How the censor tracks TCP (profile section ``[tcb]``)."""
-
-    require_syn: bool = True
-    """Inspect a TCP connection only if its client SYN was seen (S&P'25 parsing-logic table)."""
-    on_rst: Literal["teardown", "resync", "ignore"] = "teardown"
-    """What a RST (either direction, any checksum) does to the TCB (spec §9, unknown 3)."""
-    on_fin: Literal["teardown", "resync", "ignore"] = "ignore"
-    """What a FIN does to the TCB (spec §9: FIN insertion evades only ~53% of the time)."""
-    resync_on_syn: bool = False
-    """A second client SYN enters resynchronisation (IMC'17, unverified)."""
-    check_checksum: bool = False
-    """Ignore segments with a bad TCP checksum (the 2019 GFW did not: spec §9 (a))."""
-    inspect_bytes: int = 16384
-    """Client payload bytes the censor buffers per connection before it gives up on a flow."""
-    max_out_of_order: int = 64
-    """Out-of-order segments held per connection while waiting for a gap to fill."""
-
-    def __post_init__(self) -> None:
-        if self.inspect_bytes <= 0:
-            raise ValueError("tcb.inspect_bytes must be positive")
 
 
 class TcbState(enum.Enum):
@@ -91,6 +67,19 @@ def classify(flags: int, c2s: bool, has_payload: bool) -> TcbInput:
     if flags & FIN:
         return TcbInput.RECV_FIN
     return TcbInput.RECV_ACK
+
+
+def open_input(params: TcbParams, flags: int, c2s: bool, seq: int, has_payload: bool) -> int | None:
+    """The ISN a TCB is created with on this segment of a flow that has none, or None for none.
+
+    The client's SYN creates it (S&P'25: the server's SYN/ACK is not needed). Without
+    ``require_syn``, client data seen mid-stream creates one too, as if its SYN had just been seen.
+    """
+    if c2s and flags & (SYN | ACK | RST) == SYN:
+        return seq
+    if not params.require_syn and c2s and has_payload:
+        return (seq - 1) & 0xFFFFFFFF
+    return None
 
 
 def transition_table(params: TcbParams) -> dict[tuple[TcbState, TcbInput], tuple[Effect, TcbState]]:
@@ -161,6 +150,14 @@ class Tcb:
             self.next_seq = seq
             self.ooo.clear()
         return self._append(seq, data)
+
+    def feed(self, inp: TcbInput, seq: int, data: bytes, flags: int) -> bool:
+        """Apply one classified segment; a data segment that also carries FIN is applied as its
+        data, then as a FIN. Returns True if the client stream grew."""
+        grew = self.handle(inp, seq, data)
+        if inp is TcbInput.RECV_DATA and flags & FIN:
+            self.handle(TcbInput.RECV_FIN, seq, b"")
+        return grew
 
     @property
     def full(self) -> bool:

@@ -25,7 +25,7 @@ from typing import Any
 from gfwlab.errors import LabError
 from gfwlab.lab import netns
 from gfwlab.lab.state import LabState, locked, process_start_time, state_dir
-from gfwlab.lab.topology import (
+from gfwlab.live.topology import (
     CENSOR_NS,
     CLIENT_NS,
     INSIDE,
@@ -37,8 +37,8 @@ from gfwlab.lab.topology import (
     SERVER_V4,
     SERVER_V6,
 )
-from gfwlab.profiles.domains import DomainSet
-from gfwlab.profiles.loader import Profile, load_profile, parse_date
+from gfwlab.profiles import Profile, load_profile, parse_date
+from gfwlab.rules.domains import DomainSet
 
 ETC_NETNS = "/etc/netns"
 DEFAULT_NAMES = ("example.org", "example.com", "example.net", "lab.test", "localhost.test")

@@ -16,7 +16,8 @@ import subprocess
 import time
 
 from gfwlab.errors import LabError
-from gfwlab.lab.topology import (
+from gfwlab.live.prober import PROBER_NET
+from gfwlab.live.topology import (
     BYPASS_MARK,
     CLIENT_GW_V4,
     CLIENT_GW_V6,
@@ -36,7 +37,6 @@ from gfwlab.lab.topology import (
     SERVER_V4,
     SERVER_V6,
 )
-from gfwlab.live.prober import PROBER_NET
 
 REQUIRED_TOOLS = {"ip": "iproute2", "iptables": "iptables", "ip6tables": "iptables"}
 

@@ -30,14 +30,14 @@ import sys
 import time
 from typing import Any, assert_never
 
+from gfwlab.engine import Censor
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Inject, Probe, Report
-from gfwlab.engine.censor import Censor
 from gfwlab.errors import GfwlabError
-from gfwlab.lab.topology import BYPASS_MARK, CLIENT_LINK, INSIDE, QUEUE_NUM, SERVER_LINK
 from gfwlab.live.prober import Prober
+from gfwlab.live.topology import BYPASS_MARK, CLIENT_LINK, INSIDE, QUEUE_NUM, SERVER_LINK
 from gfwlab.packet.pcap import PcapWriter
-from gfwlab.profiles.loader import load_profile, parse_date
-from gfwlab.profiles.schema import Prefixes
+from gfwlab.profiles import build_censor, load_profile, parse_date
+from gfwlab.rules.schema import Prefixes
 
 ETH_P_IP = b"\x08\x00"
 ETH_P_IPV6 = b"\x86\xdd"
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     except GfwlabError as exc:
         print(f"gfwlab-censor: {exc}", file=sys.stderr)
         return 2
-    live = LiveCensor(Censor(profile, args.seed), args.state_dir, FrameInjector(), args.seed)
+    live = LiveCensor(build_censor(profile, args.seed), args.state_dir, FrameInjector(), args.seed)
 
     def stop(_signum: int, _frame: object) -> None:
         live.stop = True

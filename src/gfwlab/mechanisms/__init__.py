@@ -1,27 +1,35 @@
-"""The GFW mechanisms, one module each; importing this package registers the built-ins."""
+"""The GFW mechanisms, one module each, and their registry.
 
-from gfwlab.mechanisms import (
-    dns_injection,
-    esni,
-    fet,
-    http_keyword,
-    null_route,
-    quic_sni,
-    ss_probing,
-    tls_sni,
-)
-from gfwlab.mechanisms.base import Mechanism, register_mechanism, registry
+Every public module of this package defines one mechanism and ends with one
+:func:`register_mechanism` call. :func:`registry` imports the modules it finds here (so adding a
+mechanism is adding its module, with nothing to edit in this file) and returns the classes by
+name; the profile loader resolves names against it and hands it to the engine.
+"""
 
-__all__ = [
-    "Mechanism",
-    "dns_injection",
-    "esni",
-    "fet",
-    "http_keyword",
-    "null_route",
-    "quic_sni",
-    "register_mechanism",
-    "registry",
-    "ss_probing",
-    "tls_sni",
-]
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from gfwlab.engine.mechanism import Mechanism
+
+__all__ = ["Mechanism", "register_mechanism", "registry"]
+
+_REGISTRY: dict[str, type[Mechanism]] = {}
+
+
+def register_mechanism(name: str, cls: type[Mechanism]) -> None:
+    """Make ``cls`` available to profiles under ``name``."""
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise RuntimeError(f"mechanism {name!r} registered twice")
+    cls.name = name
+    _REGISTRY[name] = cls
+
+
+def registry() -> dict[str, type[Mechanism]]:
+    """Every mechanism by name: the modules of this package (not ``_private`` ones), imported on
+    first use so that nothing runs at import time."""
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+    return dict(sorted(_REGISTRY.items()))

@@ -28,7 +28,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from gfwlab.mechanisms.base import Forged
+from gfwlab.engine.mechanism import Forged
 from gfwlab.packet.ip import ACK, RST, Packet, build_tcp
 
 Injector = Literal["type1", "type2", "type3", "mixed", "clayton2006"]

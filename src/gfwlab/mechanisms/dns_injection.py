@@ -31,19 +31,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from gfwlab.mechanisms.base import (
-    CommonParams,
-    Decision,
-    Forged,
-    Mechanism,
-    Seen,
-    register_mechanism,
-)
+from gfwlab.engine.mechanism import Decision, Forged, Mechanism, Needs, Seen
+from gfwlab.mechanisms import register_mechanism
 from gfwlab.packet.ip import addr_bytes, addr_text, build_udp
-from gfwlab.profiles.domains import DomainSet
 from gfwlab.proto.dns import DnsQuery, build_answer
+from gfwlab.rules import CommonParams, DomainSet
 
 QTYPE_AAAA = 28
 
@@ -128,9 +122,18 @@ class DnsInjection(Mechanism):
     params_cls = DnsInjectionParams
     params: DnsInjectionParams
 
-    def __init__(self, params: DnsInjectionParams, rng: object) -> None:
-        super().__init__(params, rng)  # type: ignore[arg-type]
+    shared_state = (
+        "each injector's pool cursor: advanced once per answered query, in the order queries "
+        "are fed (packet-time order offline, arrival order live)",
+    )
+
+    def __init__(self, params: DnsInjectionParams, **kw: Any) -> None:
+        super().__init__(params, **kw)
         self._next = [0] * len(params.injectors)
+
+    def needs(self) -> Needs:
+        p = self.params
+        return Needs(udp_ports=frozenset({p.port}), dns_name_limit=p.max_name)
 
     def on_dns_query(self, seen: Seen, query: DnsQuery) -> Decision | None:
         p = self.params
@@ -140,6 +143,7 @@ class DnsInjection(Mechanism):
         if rule is None:
             return None
         pkt = seen.pkt
+        rng = self.rng(seen)
         forged: list[Forged] = []
         answered: list[dict[str, object]] = []
         for index, inj in enumerate(p.injectors):
@@ -149,15 +153,15 @@ class DnsInjection(Mechanism):
             addr = pool[self._next[index] % len(pool)]
             self._next[index] += 1
             flags = inj.flags if inj.flags is not None else (0x8180 if query.rd else 0x8400)
-            ttl = self.rng.randint(*inj.dns_ttl)
+            ttl = rng.randint(*inj.dns_ttl)
             payload = build_answer(pkt.payload, query, addr, ttl, flags)
-            ip_ttl = pkt.ttl if inj.mirror_ttl else self.rng.randint(*inj.ip_ttl)
+            ip_ttl = pkt.ttl if inj.mirror_ttl else rng.randint(*inj.ip_ttl)
             if inj.ip_id == "random":
-                ip_id = self.rng.randint(0, 0xFFFF)
+                ip_id = rng.randint(0, 0xFFFF)
             else:
                 ip_id = 0 if inj.ip_id == "zero" else pkt.ip_id
             lo, hi = inj.latency_ms
-            delay = self.rng.uniform(lo, hi) / 1000.0 if hi > 0 else 0.0
+            delay = rng.uniform(lo, hi) / 1000.0 if hi > 0 else 0.0
             forged.append(
                 Forged(
                     packet=build_udp(

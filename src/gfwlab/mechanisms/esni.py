@@ -21,16 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from gfwlab.mechanisms.base import (
-    CommonParams,
-    Decision,
-    Mechanism,
-    Residual,
-    ResidualKey,
-    Seen,
-    register_mechanism,
-)
+from gfwlab.engine.mechanism import Decision, Mechanism, Residual, Seen
+from gfwlab.mechanisms import register_mechanism
 from gfwlab.proto.tls import ClientHello
+from gfwlab.rules import CommonParams, ResidualKey
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

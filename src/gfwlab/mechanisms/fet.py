@@ -45,16 +45,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gfwlab.mechanisms.base import (
-    CommonParams,
-    Decision,
-    Mechanism,
-    Residual,
-    ResidualKey,
-    Seen,
-    register_mechanism,
-)
-from gfwlab.profiles.schema import Prefixes
+from gfwlab.engine.mechanism import Decision, Mechanism, Residual, Seen
+from gfwlab.mechanisms import register_mechanism
+from gfwlab.rules import CommonParams, ResidualKey
+from gfwlab.rules.schema import Prefixes
 
 _PRINTABLE = bytes(range(0x20, 0x7F))
 _RUN = re.compile(rb"[\x20-\x7e]+")
@@ -231,7 +225,7 @@ class Fet(Mechanism):
         extra = {**m.as_extra(), "exempt": held}
         if held:
             return Decision(action="pass", rule=f"fet:exempt:{held[0]}", extra=extra)
-        draw = self.rng.random()
+        draw = self.rng(seen).random()
         extra["draw"] = round(draw, 6)
         extra["probability"] = p.probability
         if draw >= p.probability:
@@ -243,9 +237,15 @@ class Fet(Mechanism):
             block="c2s",
             residual=Residual(key=p.residual_key, seconds=p.residual_s, policy="drop-c2s"),
             also=(
-                Residual(key="server-ip", seconds=p.static_block_s, policy="drop-s2c",
-                         delay=p.static_delay_s),
-            ) if p.static_block else (),
+                Residual(
+                    key="server-ip",
+                    seconds=p.static_block_s,
+                    policy="drop-s2c",
+                    delay=p.static_delay_s,
+                ),
+            )
+            if p.static_block
+            else (),
             extra=extra,
         )
 

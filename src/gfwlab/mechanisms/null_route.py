@@ -15,8 +15,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from gfwlab.mechanisms.base import CommonParams, Decision, Mechanism, Seen, register_mechanism
+from gfwlab.engine.mechanism import Decision, Mechanism, Seen
+from gfwlab.mechanisms import register_mechanism
 from gfwlab.packet.ip import addr_bytes
+from gfwlab.rules import CommonParams
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

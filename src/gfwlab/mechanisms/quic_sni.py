@@ -39,25 +39,14 @@ Beijing's overall 21.0%); the path-dependent coverage (Table 6) is not modelled.
 from __future__ import annotations
 
 import datetime as dt
-import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
-from gfwlab.errors import MalformedPacket
-from gfwlab.mechanisms.base import (
-    CommonParams,
-    Decision,
-    Mechanism,
-    Residual,
-    ResidualKey,
-    Seen,
-    register_mechanism,
-)
-from gfwlab.profiles.domains import DomainSet
-from gfwlab.proto.quic import QUIC_V1, QuicInitial, parse_initial
-
-if TYPE_CHECKING:
-    from gfwlab.engine.flows import Flow
+from gfwlab.engine.flows import Flow
+from gfwlab.engine.mechanism import Decision, Mechanism, Residual, Seen
+from gfwlab.mechanisms import register_mechanism
+from gfwlab.proto.quic import QUIC_V1, QuicInitial
+from gfwlab.rules import CommonParams, DomainSet, ResidualKey
 
 PortRule = Literal["sport>dport", "sport>=dport", "any"]
 
@@ -114,8 +103,8 @@ class QuicSni(Mechanism):
     params_cls = QuicSniParams
     params: QuicSniParams
 
-    def __init__(self, params: QuicSniParams, rng: random.Random) -> None:
-        super().__init__(params, rng)
+    def __init__(self, params: QuicSniParams, **kw: Any) -> None:
+        super().__init__(params, **kw)
         start = params.outbound_only_from
         self._outbound_from = dt.date.fromisoformat(start) if start else None
 
@@ -127,12 +116,13 @@ class QuicSni(Mechanism):
         # Outside-in flows trigger it only before the outbound-only date (spec §5).
         return self.date is not None and self.date < self._outbound_from
 
-    def on_first_datagram(self, seen: Seen) -> Decision | None:
+    def inspects(self, seen: Seen) -> bool:
+        return port_rule_admits(self.params.port_rule, seen.pkt.sport, seen.pkt.dport)
+
+    def on_quic_initial(self, seen: Seen, initial: QuicInitial) -> Decision | None:
         p = self.params
-        pkt = seen.pkt
-        inspected = port_rule_admits(p.port_rule, pkt.sport, pkt.dport)
-        initial = parse_initial(pkt.payload) if inspected else _quiet_parse(pkt.payload)
-        if initial is None or initial.sni is None:
+        inspected = self.inspects(seen)
+        if initial.sni is None:
             return None
         rule = p.domains.match(initial.sni)
         if rule is None:
@@ -143,7 +133,7 @@ class QuicSni(Mechanism):
         if initial.version not in p.versions:
             return Decision(action="pass", rule=rule, extra={**extra, "why": "version"})
         if p.probability < 1.0:
-            draw = self.rng.random()
+            draw = self.rng(seen).random()
             if draw >= p.probability:
                 return Decision(
                     action="pass",
@@ -158,14 +148,6 @@ class QuicSni(Mechanism):
             residual=Residual(key=p.residual_key, seconds=p.residual_s, policy="drop-c2s"),
             extra=extra,
         )
-
-
-def _quiet_parse(payload: bytes) -> QuicInitial | None:
-    """Parse a datagram the censor does not inspect, for a ``pass`` event only: no anomalies."""
-    try:
-        return parse_initial(payload)
-    except MalformedPacket:
-        return None
 
 
 register_mechanism("quic_sni", QuicSni)

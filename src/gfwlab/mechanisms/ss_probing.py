@@ -33,19 +33,13 @@ from __future__ import annotations
 
 import bisect
 import math
+import random
 from dataclasses import dataclass
 from typing import Literal
 
-from gfwlab.mechanisms.base import (
-    CommonParams,
-    Decision,
-    Mechanism,
-    PlannedProbe,
-    ProbeResult,
-    Residual,
-    Seen,
-    register_mechanism,
-)
+from gfwlab.engine.mechanism import Decision, Mechanism, PlannedProbe, ProbeResult, Residual, Seen
+from gfwlab.mechanisms import register_mechanism
+from gfwlab.rules import CommonParams
 
 NR1_LENGTHS = tuple(n + d for n in (8, 12, 16, 22, 33, 41, 49) for d in (-1, 0, 1))
 """NR1 probe lengths: trios around 8, 12, 16, 22, 33, 41, 49 (IMC'20 §4)."""
@@ -148,7 +142,8 @@ class SsProbing(Mechanism):
         chance, h = self.chance(payload)
         if chance <= 0.0:
             return None
-        draw = self.rng.random()
+        rng = self.rng(seen)
+        draw = rng.random()
         extra: dict[str, object] = {
             "length": len(payload),
             "entropy": round(h, 3),
@@ -157,43 +152,43 @@ class SsProbing(Mechanism):
         }
         if draw >= chance:
             return Decision(action="pass", rule="ss:candidate", extra=extra)
-        probes = self._first_stage(payload)
+        probes = self._first_stage(rng, payload)
         extra["probes"] = [pr.kind for pr in probes]
         return Decision(action="probe", rule="ss:candidate", probes=probes, extra=extra)
 
-    def _first_stage(self, payload: bytes) -> tuple[PlannedProbe, ...]:
+    def _first_stage(self, rng: random.Random, payload: bytes) -> tuple[PlannedProbe, ...]:
         p = self.params
-        out = [self._probe(REPLAYS[i % 2], payload) for i in range(p.replays)]
+        out = [self._probe(rng, REPLAYS[i % 2], payload) for i in range(p.replays)]
         for _ in range(p.random_probes):
-            if self.rng.random() < 0.75:
-                out.append(self._probe("NR2", self.rng.randbytes(NR2_LENGTH)))
+            if rng.random() < 0.75:
+                out.append(self._probe(rng, "NR2", rng.randbytes(NR2_LENGTH)))
             else:
-                out.append(self._probe("NR1", self.rng.randbytes(self.rng.choice(NR1_LENGTHS))))
+                out.append(self._probe(rng, "NR1", rng.randbytes(rng.choice(NR1_LENGTHS))))
         return tuple(out)
 
-    def _probe(self, kind: str, payload: bytes) -> PlannedProbe:
+    def _probe(self, rng: random.Random, kind: str, payload: bytes) -> PlannedProbe:
         p = self.params
         return PlannedProbe(
             kind=kind,
-            payload=mutate(kind, payload, self.rng.randbytes(10)),
-            delay=self.draw_delay() * p.delay_scale,
-            ttl=self.rng.randint(*p.ttl),
-            sport=self.rng.randint(*p.sport),
+            payload=mutate(kind, payload, rng.randbytes(10)),
+            delay=self.draw_delay(rng) * p.delay_scale,
+            ttl=rng.randint(*p.ttl),
+            sport=rng.randint(*p.sport),
             tsval_hz=p.tsval_hz,
             linger=p.linger_s,
             origin=payload,
         )
 
-    def draw_delay(self) -> float:
+    def draw_delay(self, rng: random.Random) -> float:
         """Seconds until a probe, from the measured first-replay delays (log-uniform pieces)."""
-        u = self.rng.random()
+        u = rng.random()
         shares = [s for s, _ in DELAY_POINTS]
         i = max(1, bisect.bisect_left(shares, u))
         (s0, t0), (s1, t1) = DELAY_POINTS[i - 1], DELAY_POINTS[i]
         f = (u - s0) / (s1 - s0) if s1 > s0 else 0.0
         return min(self.params.max_delay_s, math.exp(math.log(t0) + f * math.log(t1 / t0)))
 
-    def on_probe_result(self, result: ProbeResult, now: float) -> Decision | None:
+    def on_probe_result(self, seen: Seen, result: ProbeResult) -> Decision | None:
         p = self.params
         answered = result.reaction == "data"
         replay = result.kind in REPLAYS
@@ -216,7 +211,8 @@ class SsProbing(Mechanism):
             # Staged probing: R3-R5 only once the server has answered R1 or R2 (IMC'20).
             payload = result.context.get("origin", b"")
             if isinstance(payload, bytes) and payload:
-                probes = tuple(self._probe(kind, payload) for kind in ("R3", "R4", "R5"))
+                rng = self.rng(seen)
+                probes = tuple(self._probe(rng, k, payload) for k in ("R3", "R4", "R5"))
                 return Decision(action="probe", rule="ss:staged", probes=probes, extra=extra)
         return None
 

@@ -25,18 +25,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gfwlab.engine.mechanism import Decision, Mechanism, Residual, Seen
+from gfwlab.mechanisms import register_mechanism
 from gfwlab.mechanisms._forge import Injector, forge_resets
-from gfwlab.mechanisms.base import (
-    CommonParams,
-    Decision,
-    Mechanism,
-    Residual,
-    ResidualKey,
-    Seen,
-    register_mechanism,
-)
-from gfwlab.profiles.domains import DomainSet
 from gfwlab.proto.tls import ClientHello
+from gfwlab.rules import CommonParams, DomainSet, ResidualKey
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,7 +75,7 @@ class TlsSni(Mechanism):
     def _reset(self, seen: Seen, rule: str, extra: dict[str, object]) -> Decision:
         p = self.params
         kind, forged = forge_resets(
-            seen.pkt, c2s=seen.c2s, injector=p.injector, rng=self.rng, latency_ms=p.latency_ms
+            seen.pkt, c2s=seen.c2s, injector=p.injector, rng=self.rng(seen), latency_ms=p.latency_ms
         )
         return Decision(
             action="rst",

@@ -16,9 +16,8 @@ from typing import IO, Any, assert_never
 
 from gfwlab._outfile import OutputFile
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, Probe, Report
-from gfwlab.engine.censor import Censor
 from gfwlab.packet.pcap import CaptureReader, PcapWriter
-from gfwlab.profiles.loader import Profile
+from gfwlab.profiles import Profile, build_censor
 
 ACTED = ("rst", "drop", "dns-inject", "null-route", "probe")
 
@@ -160,7 +159,7 @@ def _run(
     progress: Callable[[int, int], None] | None,
     on_event: Callable[[Event], None] | None,
 ) -> Summary:
-    censor = Censor(profile, seed)
+    censor = build_censor(profile, seed)
     summary = Summary(
         capture=reader.path,
         profile=profile.name,

@@ -16,13 +16,16 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from gfwlab.errors import AdapterError
-from gfwlab.packet.pcap import LINK_MODES, MODE_ETH, FrameBuffer, strip, unsupported_link_type
-
-if TYPE_CHECKING:
-    from gfwlab.packet.pcap import CaptureReader
+from gfwlab.packet.link import (
+    LINK_MODES,
+    MODE_ETH,
+    FrameBuffer,
+    ReaderState,
+    strip,
+    unsupported_link_type,
+)
 
 __all__ = ["iterate", "scan_head"]
 
@@ -152,7 +155,7 @@ def scan_head(path: str, buf: FrameBuffer) -> list[int]:
     return linktypes
 
 
-def iterate(reader: CaptureReader, buf: FrameBuffer) -> Iterator[tuple[float, bytes]]:
+def iterate(reader: ReaderState, buf: FrameBuffer) -> Iterator[tuple[float, bytes]]:
     """Yield ``(timestamp, ip_packet)`` for every IP packet of the pcapng capture in ``buf``,
     updating ``reader``'s counters as it goes."""
     size = len(buf)

@@ -22,57 +22,22 @@ import datetime as dt
 import os
 import tomllib
 import typing
-from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from gfwlab.engine.tcb import TcbParams
+from gfwlab.engine.censor import Censor
 from gfwlab.errors import ConfigError
-from gfwlab.mechanisms.base import CommonParams, registry
-from gfwlab.profiles.schema import Context, Prefixes, build_params, coerce
+from gfwlab.mechanisms import registry
+from gfwlab.rules.profile import EngineParams, Profile, TcbParams
+from gfwlab.rules.schema import Context, build_params, coerce
 
 BUILTIN = ("gfw",)
 _TOP = {"name", "description", "engine", "tcb", "mechanisms"}
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EngineParams:
-    """Engine-wide settings (profile section ``[engine]``)."""
-
-    inside: Prefixes = Prefixes()
-    """Prefixes inside the border. Empty: the side that opens a flow is taken as inside."""
-    tcp_timeout_s: float = 120.0
-    """Idle seconds after which a TCP flow is forgotten (the GFW's value is not published)."""
-    udp_timeout_s: float = 60.0
-    """Idle seconds before a UDP flow is forgotten (QUIC flow tracking: exactly 60 s, spec §5)."""
-    hold_trigger: bool = True
-    """Live: deliver a packet that triggered forged packets only after they are sent, so they win
-    the race as they do on the real border, where the peer is further than the censor."""
-    sweep_s: float = 10.0
-    """How often (in packet time) idle flows and ended residual blocks are swept."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Profile:
-    """A loaded, validated profile."""
-
-    name: str
-    source: str
-    description: str = ""
-    date: dt.date | None = None
-    """The emulated day, or None for every enabled mechanism regardless of dates."""
-    engine: EngineParams = EngineParams()
-    tcb: TcbParams = TcbParams()
-    mechanisms: dict[str, CommonParams] = field(default_factory=dict)
-    """Every mechanism the profile configures, active or not."""
-
-    def active(self) -> dict[str, CommonParams]:
-        """The mechanisms that run: enabled, and active on ``date`` if one is set."""
-        return {
-            name: p
-            for name, p in self.mechanisms.items()
-            if p.enabled and (self.date is None or p.active.contains(self.date))
-        }
+def build_censor(profile: Profile, seed: int = 0) -> Censor:
+    """A censor for ``profile``, with the built-in mechanisms (the registry) handed to it."""
+    return Censor(profile, seed, mechanisms=registry())
 
 
 def builtin_path(name: str) -> str:

@@ -13,9 +13,9 @@ import inspect
 import typing
 from typing import Any
 
-from gfwlab.engine.tcb import TcbParams
-from gfwlab.mechanisms.base import registry
-from gfwlab.profiles.loader import EngineParams
+from gfwlab.mechanisms import registry
+from gfwlab.mechanisms.dns_injection import DEFAULT_INJECTORS, DnsInjectorParams
+from gfwlab.rules.profile import EngineParams, TcbParams
 
 HEADER = """# Profile reference
 
@@ -55,7 +55,7 @@ def field_docs(cls: type[Any]) -> dict[str, str]:
 
 def _type_name(tp: Any) -> str:
     text = getattr(tp, "__name__", None) if not typing.get_args(tp) else None
-    return text or str(tp).replace("typing.", "").replace("gfwlab.profiles.domains.", "")
+    return text or str(tp).replace("typing.", "").replace("gfwlab.rules.domains.", "")
 
 
 def _default(field: dataclasses.Field[Any]) -> str:
@@ -92,7 +92,6 @@ def section(title: str, cls: type[Any], intro: str = "") -> list[str]:
 
 
 def render() -> str:
-    from gfwlab.mechanisms.dns_injection import DEFAULT_INJECTORS, DnsInjectorParams  # noqa: PLC0415
 
     out = [HEADER]
     out += section("[engine]", EngineParams)

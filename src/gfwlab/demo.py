@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gfwlab.lab import lifecycle
-from gfwlab.lab.topology import SERVER_EXTRA_V4, SERVER_V4
+from gfwlab.live.topology import SERVER_EXTRA_V4, SERVER_V4
 
 NEEDS = ("ip", "iptables", "nginx", "dnsmasq", "curl", "dig")
 

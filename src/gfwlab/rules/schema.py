@@ -4,7 +4,7 @@ Every mechanism declares its parameters as a frozen dataclass (one docstring per
 loader turns a TOML table into such a dataclass with :func:`build_params`, naming the file and
 the dotted key in every error. Supported field types: ``bool``, ``int``, ``float``, ``str``,
 ``Literal[...]``, fixed and variable tuples of those, :class:`DateRange`,
-:class:`~gfwlab.profiles.domains.DomainSet`, :class:`~gfwlab.profiles.domains.KeywordSet`,
+:class:`~gfwlab.rules.domains.DomainSet`, :class:`~gfwlab.rules.domains.KeywordSet`,
 ``Prefixes`` and nested parameter dataclasses (as a list of tables).
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
 from gfwlab.errors import ConfigError
-from gfwlab.profiles.domains import DomainSet, KeywordSet, resolve_path
+from gfwlab.rules.domains import DomainSet, KeywordSet, resolve_path
 
 
 @dataclass(frozen=True, slots=True)

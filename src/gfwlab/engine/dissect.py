@@ -1,0 +1,101 @@
+"""The dissector table: which censor's-view parser reads what, and which hook it feeds.
+
+One row per dissector (STYLE.md §4, §5). A row names what it reads (``carrier``): the censor's
+reassembled client stream of a TCP connection, every UDP datagram to a port some mechanism
+declared (:class:`~gfwlab.engine.mechanism.Needs`), or the first client datagram of a UDP flow;
+the first bytes it can start with; its parser; and the hook it feeds. Adding a dissector is
+adding a row here and a hook method on :class:`~gfwlab.engine.mechanism.Mechanism`.
+
+Parsers return None for "need more data" and raise
+:class:`~gfwlab.errors.MalformedPacket` for garbage; the engine turns the latter into an
+``anomaly`` event (unless the row lists the kind as ``silent``: text that is not HTTP at all is
+no anomaly) and lets the packet pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from gfwlab.proto.dns import DEFAULT_MAX_NAME, parse_query
+from gfwlab.proto.http import parse_request
+from gfwlab.proto.quic import parse_initial
+from gfwlab.proto.tls import parse_client_hello
+
+Carrier = Literal["tcp-stream", "udp-port", "udp-first"]
+
+
+class Parsed(Protocol):
+    """What every dissector returns: the parsed message, with the oddities it noticed."""
+
+    @property
+    def anomalies(self) -> tuple[str, ...]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Parser settings the active mechanisms asked for (from their ``needs()``)."""
+
+    dns_name_limit: int = DEFAULT_MAX_NAME
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dissector:
+    """One row of the table."""
+
+    name: str
+    hook: str
+    """The :class:`~gfwlab.engine.mechanism.Mechanism` method it feeds."""
+    carrier: Carrier
+    starts: frozenset[int] | None = None
+    """First bytes the message can start with (None: any); other data is not offered to it."""
+    parse: Callable[[bytes, Options], Parsed | None]
+    silent: frozenset[str] = frozenset()
+    """Malformed kinds that are not reported (the data is simply not this protocol)."""
+    report_anomalies: bool = True
+    """Report the parsed message's ``anomalies`` as events."""
+    names_mechanism: bool = False
+    """Malformed input is reported with the mechanism that asked for the parse (a QUIC Initial
+    is decrypted on a mechanism's behalf, not as a matter of course)."""
+    detail: Callable[[Parsed], dict[str, object]] = lambda _parsed: {}
+    """Fields added to the events of the parsed message's anomalies."""
+
+
+def _dns_detail(parsed: Parsed) -> dict[str, object]:
+    return {"qname": getattr(parsed, "qname", "")}
+
+
+DISSECTORS: tuple[Dissector, ...] = (
+    Dissector(
+        name="tls",
+        hook="on_client_hello",
+        carrier="tcp-stream",
+        starts=frozenset({0x16}),
+        parse=lambda data, _o: parse_client_hello(data),
+    ),
+    Dissector(
+        name="http",
+        hook="on_http_request",
+        carrier="tcp-stream",
+        starts=frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
+        parse=lambda data, _o: parse_request(data),
+        silent=frozenset({"http.not_http"}),
+    ),
+    Dissector(
+        name="dns",
+        hook="on_dns_query",
+        carrier="udp-port",
+        parse=lambda data, o: parse_query(data, max_name=o.dns_name_limit),
+        detail=_dns_detail,
+    ),
+    Dissector(
+        name="quic",
+        hook="on_quic_initial",
+        carrier="udp-first",
+        parse=lambda data, _o: parse_initial(data),
+        report_anomalies=False,
+        names_mechanism=True,
+    ),
+)
+"""Every dissector, in the order the engine offers data to them."""

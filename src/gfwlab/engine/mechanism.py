@@ -1,0 +1,220 @@
+"""The mechanism contract: what a GFW mechanism is to the engine, and what it may answer.
+
+A mechanism is a small detector class (one module per measured GFW behaviour, under
+:mod:`gfwlab.mechanisms`). It declares ``name`` (its registry name, used in profiles, ``--set``
+and events), ``citation`` (the spec section and paper), ``params_cls`` (a frozen dataclass of its
+parameters, a :class:`~gfwlab.rules.CommonParams`), what it needs the engine to look at
+(:meth:`Mechanism.needs`) and the hooks it overrides. The hooks are the ``on_*`` methods of
+:class:`Mechanism`; :data:`HOOKS` is derived from them, so their names are written once.
+
+The engine calls a hook only for flows the mechanism's ``direction`` parameter admits and only
+while the mechanism is active on the emulated date. A hook returns a :class:`Decision` or None;
+it never touches the flow table itself. Random draws come from :meth:`Mechanism.rng`: a stream
+keyed by (seed, mechanism, flow), so a flow's draws do not depend on which other flows were seen,
+or in which order. State a mechanism shares across flows on purpose is declared in its
+``shared_state`` with the rule that keeps it deterministic.
+
+Nothing here imports a mechanism: the registry is handed to :class:`~gfwlab.engine.Censor`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from abc import ABC
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from gfwlab.engine.actions import ActionName
+from gfwlab.engine.flows import Block, Flow
+from gfwlab.packet.ip import Packet
+from gfwlab.proto.dns import DnsQuery
+from gfwlab.proto.http import HttpRequest
+from gfwlab.proto.quic import QuicInitial
+from gfwlab.proto.tls import ClientHello
+from gfwlab.rules.profile import CommonParams, ResidualKey
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Needs:
+    """What a mechanism asks the engine to look at. The engine reads no mechanism's parameters:
+    each mechanism states here what its hooks need."""
+
+    udp_ports: frozenset[int] | None = None
+    """Server UDP ports whose datagrams its per-datagram hooks (DNS) need; None: any port."""
+    dns_name_limit: int | None = None
+    """Longest flattened DNS name the dissector keeps for it (a censor's own limit)."""
+    inspect_bytes: int | None = None
+    """Client bytes per TCP connection it needs reassembled; None: up to the TCB's cap."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Forged:
+    """A forged packet a mechanism wants sent ``delay`` seconds after the trigger."""
+
+    packet: bytes
+    delay: float
+    toward: Literal["client", "server"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlannedProbe:
+    """A probe a mechanism wants sent ``delay`` seconds from now (see actions.Probe)."""
+
+    kind: str
+    payload: bytes
+    delay: float
+    ttl: int
+    sport: int
+    tsval_hz: int = 250
+    linger: float = 8.0
+    origin: bytes = b""
+    """The trigger payload a replay derives from (handed back in ProbeResult.context)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Residual:
+    """A residual block a decision starts: later flows on ``key`` are hit until it ends."""
+
+    key: ResidualKey
+    seconds: float
+    policy: Literal["drop-c2s", "drop-s2c", "rst"]
+    """``drop-c2s`` / ``drop-s2c``: drop one way on the key; ``rst``: reset new connections."""
+    delay: float = 0.0
+    """Seconds before the block starts (static blocking begins days after detection)."""
+    probability: float = 1.0
+    """Chance that each new connection on the key is hit (HTTP: 50-75%, spec §3)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """A mechanism's verdict on one trigger."""
+
+    action: ActionName
+    rule: str
+    injections: tuple[Forged, ...] = ()
+    drop: bool = False
+    """Drop the triggering packet itself."""
+    block: Block = "none"
+    """What the flow's later packets get."""
+    residual: Residual | None = None
+    also: tuple[Residual, ...] = ()
+    """Further blocks the decision starts (static blocking of a whole address)."""
+    probes: tuple[PlannedProbe, ...] = ()
+    """Active probes to send to the flow's server."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeResult:
+    """What a suspected server did with one probe."""
+
+    probe_id: int
+    kind: str
+    server: bytes
+    port: int
+    reaction: Literal["data", "fin", "rst", "timeout", "unreachable"]
+    """It sent data, closed with FIN, reset, said nothing for ``linger`` s, or never accepted."""
+    response_len: int = 0
+    context: dict[str, Any] = field(default_factory=dict)
+    """What the mechanism attached when it planned the probe (the trigger's flow, rule...)."""
+
+
+@dataclass(slots=True)
+class Seen:
+    """The packet a hook is looking at, with its flow and time."""
+
+    pkt: Packet
+    flow: Flow
+    now: float
+    c2s: bool
+    """True if the packet goes from the flow's client to its server."""
+
+
+class Mechanism(ABC):
+    """Base class of the GFW mechanisms. Subclasses override the hooks they need."""
+
+    name: ClassVar[str] = ""
+    """The registry name, set by the registry."""
+    citation: ClassVar[str]
+    params_cls: ClassVar[type[CommonParams]]
+    shared_state: ClassVar[tuple[str, ...]] = ()
+    """State this mechanism keeps across flows on purpose, each with the rule that keeps it
+    deterministic (e.g. "a pool cursor, advanced in packet-time order")."""
+
+    def __init__(self, params: Any, *, seed: int = 0, date: dt.date | None = None) -> None:
+        self.params = params
+        self.seed = seed
+        self.date = date
+        """The emulated day (the profile's ``--date``); None if none was given. For behaviour
+        that changes within a mechanism's active window (quic_sni's direction)."""
+        self._key = f"{seed}:{self.name}"
+
+    def needs(self) -> Needs:
+        """What this mechanism's hooks need the engine to look at (the default: nothing special)."""
+        return Needs()
+
+    def admits(self, flow: Flow) -> bool:
+        """Whether this mechanism looks at ``flow`` at all (its ``direction`` parameter)."""
+        d = self.params.direction
+        return d in ("both", flow.direction)
+
+    def inspects(self, seen: Seen) -> bool:
+        """Whether this packet of an admitted flow is inspected (a dissector's malformed-input
+        anomaly is reported only if some mechanism inspects the packet)."""
+        return True
+
+    def rng(self, seen: Seen) -> random.Random:
+        """This mechanism's random stream for the flow of ``seen``, keyed by (seed, mechanism,
+        flow): the n-th draw of a flow is the same whatever other flows were seen, in any order."""
+        return seen.flow.draws(self._key)
+
+    def keyed_rng(self, *key: object) -> random.Random:
+        """A fresh stream keyed by (seed, mechanism, ``key``): the same key, the same draws."""
+        return random.Random(f"{self._key}:{key!r}")
+
+    # Hooks. Each returns a Decision to act, or None to let the packet be.
+    def on_new_flow(self, seen: Seen) -> Decision | None:
+        """The first packet of a flow (a TCP SYN, or a UDP datagram)."""
+        return None
+
+    def on_dns_query(self, seen: Seen, query: DnsQuery) -> Decision | None:
+        return None
+
+    def on_http_request(self, seen: Seen, request: HttpRequest) -> Decision | None:
+        return None
+
+    def on_client_hello(self, seen: Seen, hello: ClientHello) -> Decision | None:
+        return None
+
+    def on_first_data(self, seen: Seen, payload: bytes) -> Decision | None:
+        """The client's first TCP data packet, its payload as sent (not reassembled)."""
+        return None
+
+    def on_first_datagram(self, seen: Seen) -> Decision | None:
+        """The first client-to-server UDP datagram of a flow, as sent."""
+        return None
+
+    def on_quic_initial(self, seen: Seen, initial: QuicInitial) -> Decision | None:
+        """The first client-to-server UDP datagram of a flow, read as a QUIC Initial."""
+        return None
+
+    def on_probe_result(self, seen: Seen, result: ProbeResult) -> Decision | None:
+        """A server's reaction to a probe this mechanism planned (live adapters only); ``seen``
+        is the flow that triggered the probe, at the time of the result."""
+        return None
+
+    def residual_hit(self, seen: Seen, rule: str) -> Decision | None:
+        """A new connection on a residual key this mechanism blocked (``rst`` policy)."""
+        return None
+
+
+HOOKS: tuple[str, ...] = tuple(
+    name for name in vars(Mechanism) if name.startswith("on_") and name != "on_probe_result"
+)
+"""The packet hooks, in the order they are defined above (the one place their names are written)."""
+
+
+def overridden_hooks(cls: type[Mechanism]) -> frozenset[str]:
+    """The hooks ``cls`` overrides, so the engine calls only those."""
+    return frozenset(h for h in HOOKS if getattr(cls, h) is not getattr(Mechanism, h))

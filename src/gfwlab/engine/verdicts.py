@@ -1,0 +1,258 @@
+"""From decisions to Actions: forged packets, drops, residual blocks, probes and events.
+
+:class:`Verdicts` is the half of the engine that acts. The censor hands it a mechanism's
+:class:`~gfwlab.engine.mechanism.Decision` with the packet it was about; it turns that into
+Actions for the adapter (now, or later through the timer heap), records residual blocks and
+planned probes, and builds the events of the DESIGN.md contract. It never looks at packets.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gfwlab.engine.actions import (
+    Accept,
+    Action,
+    ActionName,
+    Drop,
+    Event,
+    FlowId,
+    Inject,
+    Probe,
+    Report,
+)
+from gfwlab.engine.flows import Flow
+from gfwlab.engine.mechanism import Decision, Mechanism, PlannedProbe, ProbeResult, Seen
+from gfwlab.engine.residual import ResidualEntry, ResidualTable
+from gfwlab.errors import MalformedPacket
+from gfwlab.packet.ip import addr_text, parse
+
+NO_PACKET = parse(bytes.fromhex("450000140000000040fd00000000000000000000"))
+"""Stands in for a trigger packet where there is none (a probe result)."""
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters an adapter can show."""
+
+    packets: int = 0
+    bytes: int = 0
+    dropped: int = 0
+    injected: int = 0
+    anomalies: int = 0
+    fragments: int = 0
+    bypassed_pkts: int = 0
+    bypassed_bytes: int = 0
+    flows: int = 0
+    events: dict[str, int] = field(default_factory=dict)
+    """Events per ``mechanism/action``."""
+
+
+class Verdicts:
+    """Carries out decisions for one censor: its counters, timers, residual table and probes."""
+
+    def __init__(
+        self,
+        mechanisms: Mapping[str, Mechanism],
+        residual: ResidualTable,
+        *,
+        hold_trigger: bool,
+    ) -> None:
+        self.mechanisms = mechanisms
+        self.residual = residual
+        self.hold_trigger = hold_trigger
+        self.stats = Stats()
+        self.timers: list[tuple[float, int, Inject | Probe]] = []
+        self.probes: dict[int, tuple[Mechanism, Flow, PlannedProbe, dict[str, Any]]] = {}
+        self._probe_seq = 0
+        self._timer_seq = 0
+
+    def later(self, action: Inject | Probe) -> None:
+        """Hold ``action`` until its time comes (``Censor.on_timer``)."""
+        self._timer_seq += 1
+        heapq.heappush(self.timers, (action.at, self._timer_seq, action))
+
+    def apply(
+        self,
+        mech: Mechanism,
+        decision: Decision,
+        seen: Seen,
+        out: list[Action],
+        *,
+        residual_until: float | None = None,
+        extend: bool = True,
+    ) -> None:
+        """Carry out ``decision``; ``out[0]`` is the packet's verdict and may become a Drop."""
+        flow, now = seen.flow, seen.now
+        if decision.injections and self.hold_trigger and isinstance(out[0], Accept):
+            first = min(f.delay for f in decision.injections)
+            if first > 0:
+                out[0] = Accept(hold_until=now + first)
+        for forged in decision.injections:
+            inject = Inject(
+                packet=forged.packet,
+                at=now + forged.delay,
+                toward=forged.toward,
+                mechanism=mech.name,
+            )
+            self.stats.injected += 1
+            if forged.delay <= 0:
+                out.append(inject)
+            else:
+                self.later(inject)
+        if decision.drop and isinstance(out[0], Accept):
+            self.stats.dropped += 1
+            out[0] = Drop(mechanism=mech.name)
+        if extend:
+            for k, res in enumerate((decision.residual, *decision.also)):
+                if res is None or res.seconds <= 0:
+                    continue
+                until = now + res.delay + res.seconds
+                if k == 0:
+                    residual_until = until
+                entry = ResidualEntry(
+                    mechanism=mech.name,
+                    rule=decision.rule,
+                    until=until,
+                    policy=res.policy,
+                    probability=res.probability,
+                    start=now + res.delay,
+                )
+                self.residual.add(flow, res.key, entry)
+        for planned in decision.probes:
+            self._schedule_probe(mech, flow, planned, now, decision.rule, out)
+        if decision.action == "pass":
+            self.report(out, flow, now, mech.name, "pass", decision.rule, None, decision.extra)
+            return
+        if decision.action in ("rst", "drop", "null-route"):
+            flow.block_flow(decision.block, mech.name)
+        action = decision.action
+        self.report(
+            out, flow, now, mech.name, action, decision.rule, residual_until, decision.extra
+        )
+
+    def _schedule_probe(
+        self,
+        mech: Mechanism,
+        flow: Flow,
+        planned: PlannedProbe,
+        now: float,
+        rule: str,
+        out: list[Action],
+    ) -> None:
+        self._probe_seq += 1
+        probe = Probe(
+            probe_id=self._probe_seq,
+            kind=planned.kind,
+            server=addr_text(flow.server),
+            port=flow.sport,
+            payload=planned.payload,
+            at=now + planned.delay,
+            ttl=planned.ttl,
+            sport=planned.sport,
+            tsval_hz=planned.tsval_hz,
+            linger=planned.linger,
+            mechanism=mech.name,
+        )
+        context: dict[str, Any] = {"rule": rule, "origin": planned.origin}
+        self.probes[probe.probe_id] = (mech, flow, planned, context)
+        self.later(probe)
+        extra = {
+            "probe": planned.kind,
+            "probe_id": probe.probe_id,
+            "at": round(probe.at, 6),
+            "length": len(planned.payload),
+            "prober_sport": planned.sport,
+            "ttl": planned.ttl,
+        }
+        self.report(out, flow, now, mech.name, "probe", rule, None, extra)
+
+    def probe_result(
+        self, probe_id: int, reaction: str, now: float, response_len: int, out: list[Action]
+    ) -> tuple[Mechanism, Seen, ProbeResult] | None:
+        """Report a probe's result; returns what the planning mechanism is to be told, or None
+        for an unknown probe."""
+        entry = self.probes.pop(probe_id, None)
+        if entry is None:
+            return None
+        mech, flow, planned, context = entry
+        result = ProbeResult(
+            probe_id=probe_id,
+            kind=planned.kind,
+            server=flow.server,
+            port=flow.sport,
+            reaction=reaction,  # type: ignore[arg-type]
+            response_len=response_len,
+            context=context,
+        )
+        extra = {
+            "probe": planned.kind,
+            "probe_id": probe_id,
+            "reaction": reaction,
+            "response_len": response_len,
+        }
+        self.report(out, flow, now, mech.name, "probe", context["rule"], None, extra)
+        return mech, Seen(pkt=NO_PACKET, flow=flow, now=now, c2s=True), result
+
+    def report(
+        self,
+        out: list[Action],
+        flow: Flow,
+        now: float,
+        mechanism: str,
+        action: ActionName,
+        rule: str,
+        residual_until: float | None,
+        extra: dict[str, Any],
+    ) -> None:
+        """Append the event of one decision or observation to ``out``."""
+        mech = self.mechanisms.get(mechanism)
+        event = Event(
+            ts=now,
+            flow=flow.id(),
+            direction=flow.direction,
+            mechanism=mechanism,
+            action=action,
+            rule=rule,
+            residual_until=residual_until,
+            citation=mech.citation if mech is not None else "",
+            extra=extra,
+        )
+        self._count(mechanism, action)
+        out.append(Report(event=event))
+
+    def malformed(
+        self, out: list[Action], flow: Flow, now: float, exc: MalformedPacket, **extra: Any
+    ) -> None:
+        """Report traffic the censor could not parse as an anomaly event (it passes)."""
+        detail = {"offset": exc.offset, "detail": exc.detail, **extra}
+        self.report(out, flow, now, "engine", "anomaly", exc.kind, None, detail)
+
+    def anomaly_ip(self, packet: bytes, exc: MalformedPacket, now: float) -> Report:
+        """The event of a packet that is not even IP: it has no flow, only addresses."""
+        self._count("engine", "anomaly")
+        src = dst = "?"
+        if len(packet) >= 20 and packet[0] >> 4 == 4:
+            src, dst = addr_text(packet[12:16]), addr_text(packet[16:20])
+        elif len(packet) >= 40 and packet[0] >> 4 == 6:
+            src, dst = addr_text(packet[8:24]), addr_text(packet[24:40])
+        return Report(
+            event=Event(
+                ts=now,
+                flow=FlowId(proto="ip", src=src, sport=0, dst=dst, dport=0),
+                direction="inside-out",
+                mechanism="engine",
+                action="anomaly",
+                rule=exc.kind,
+                extra={"offset": exc.offset, "detail": exc.detail},
+            )
+        )
+
+    def _count(self, mechanism: str, action: str) -> None:
+        key = f"{mechanism}/{action}"
+        self.stats.events[key] = self.stats.events.get(key, 0) + 1
+        if action == "anomaly":
+            self.stats.anomalies += 1
