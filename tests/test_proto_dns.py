@@ -286,11 +286,11 @@ def test_name_of_124_chars_takes_no_more_labels() -> None:
     assert q.question_end == wire.index(b"\x05extra") + 5  # "\x05extr"
 
 
-def test_max_name_parameter() -> None:
-    q = parse_query(build_query("abcdef.example.com"), max_name=10)
+def test_name_limit_parameter() -> None:
+    q = parse_query(build_query("abcdef.example.com"), name_limit=10)
     assert q is not None
     assert q.qname == "abcdef.exa"
-    assert parse_query(build_query("a.b"), max_name=3) is not None
+    assert parse_query(build_query("a.b"), name_limit=3) is not None
 
 
 def test_qdcount_and_opcode_ignored() -> None:

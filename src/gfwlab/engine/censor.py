@@ -18,16 +18,23 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping
 
-from gfwlab.engine.actions import Accept, Action, ActionName, Bypass, Drop
-from gfwlab.engine.dissect import DISSECTORS, Dissector, Options
+from gfwlab.engine.actions import Accept, Action, Bypass, Drop
+from gfwlab.engine.dissect import Dissector, Plan
 from gfwlab.engine.flows import Flow, FlowState, FlowTable, flow_key
 from gfwlab.engine.mechanism import Mechanism, Seen, overridden_hooks
 from gfwlab.engine.residual import ResidualTable
-from gfwlab.engine.tcb import Tcb, TcbInput, TcbState, classify, open_input, transition_table
+from gfwlab.engine.tcb import (
+    Tcb,
+    TcbInput,
+    TcbState,
+    classify,
+    open_input,
+    tcp_checksum_ok,
+    transition_table,
+)
 from gfwlab.engine.verdicts import Stats, Verdicts
 from gfwlab.errors import MalformedPacket
-from gfwlab.packet.ip import ACK, PROTO_TCP, PROTO_UDP, SYN, Packet, checksum, parse
-from gfwlab.proto.dns import DEFAULT_MAX_NAME
+from gfwlab.packet.ip import ACK, PROTO_TCP, PROTO_UDP, SYN, Packet, parse
 from gfwlab.rules.profile import Profile
 
 __all__ = ["Censor", "Stats"]
@@ -58,20 +65,9 @@ class Censor:
         self.stats = self.verdicts.stats
         self._tcb_table = transition_table(profile.tcb)
         self._next_sweep: float | None = None
-        rows = [d for d in DISSECTORS if self.hooks.get(d.hook)]
-        self._stream_rows = [d for d in rows if d.carrier == "tcp-stream"]
-        self._first_dgram_rows = [d for d in rows if d.carrier == "udp-first"]
-        self._port_rows = [d for d in rows if d.carrier == "udp-port"]
-        needs = {m.name: m.needs() for m in self.mechanisms.values()}
-        self._udp_ports = {
-            m.name: n.udp_ports
-            for row in self._port_rows
-            for m in self.hooks[row.hook]
-            if (n := needs[m.name]).udp_ports is not None
-        }
-        self._port_set = frozenset().union(*self._udp_ports.values())
-        limits = [n.dns_name_limit for n in needs.values() if n.dns_name_limit is not None]
-        self._options = Options(dns_name_limit=min(limits, default=DEFAULT_MAX_NAME))
+        plan = Plan.of(self.hooks)
+        self._stream_rows, self._first_dgram_rows, self._port_rows = plan.rows
+        self._udp_ports, self._port_set, self._options = plan.udp_ports, plan.ports, plan.options
         self._inspect_tcp = bool(self._stream_rows or self.hooks.get("on_first_data"))
 
     # ------------------------------------------------------------------ timers
@@ -145,7 +141,7 @@ class Censor:
         if state is FlowState.BLOCKED:
             return self._blocked_verdict(flow, c2s)
         out: list[Action] = [_ACCEPT]
-        if self.residual.drops and self._residual_drop(flow, c2s, now, out):
+        if self.residual.drops and self.verdicts.residual_drop(flow, c2s, now, out):
             return out
         if state is FlowState.BYPASSED:
             st.bypassed_pkts += 1
@@ -156,7 +152,7 @@ class Censor:
         if new or (tcp and c2s and pkt.flags & (SYN | ACK) == SYN):
             self._run_hooks("on_new_flow", seen, out)
             if tcp and c2s and flow.state is FlowState.CLEAN and self.residual.entries:
-                self._residual_rst(seen, out)
+                self.verdicts.residual_rst(seen, out)
             if flow.state is FlowState.BLOCKED:
                 return out
         if tcp:
@@ -223,40 +219,6 @@ class Censor:
             return [Drop(mechanism=flow.blocked_by)]
         return [_ACCEPT]
 
-    # ------------------------------------------------------------------ residual blocks
-
-    def _residual_drop(self, flow: Flow, c2s: bool, now: float, out: list[Action]) -> bool:
-        entry = self.residual.lookup(flow, "drop-c2s" if c2s else "drop-s2c", now)
-        if entry is None:
-            return False
-        self.stats.dropped += 1
-        out[0] = Drop(mechanism=entry.mechanism)
-        first = flow.state is not FlowState.BLOCKED
-        flow.block_flow("c2s" if c2s else "s2c", entry.mechanism)
-        if first:
-            action: ActionName = "drop" if c2s else "null-route"
-            extra = {"residual": True}
-            v = self.verdicts
-            v.report(out, flow, now, entry.mechanism, action, entry.rule, entry.until, extra)
-        return True
-
-    def _residual_rst(self, seen: Seen, out: list[Action]) -> None:
-        entry = self.residual.lookup(seen.flow, "rst", seen.now)
-        mech = self.mechanisms.get(entry.mechanism) if entry is not None else None
-        if entry is None or mech is None:
-            return
-        draw = mech.rng(seen).random()
-        if draw >= entry.probability:
-            extra = {"residual": True, "draw": round(draw, 6), "probability": entry.probability}
-            self.verdicts.report(
-                out, seen.flow, seen.now, entry.mechanism, "pass", entry.rule, entry.until, extra
-            )
-            return
-        decision = mech.residual_hit(seen, entry.rule)
-        if decision is not None:
-            # A residual hit does not extend the residual block.
-            self.verdicts.apply(mech, decision, seen, out, residual_until=entry.until, extend=False)
-
     # ------------------------------------------------------------------ transports
 
     def _tcp(self, seen: Seen, out: list[Action]) -> None:
@@ -265,7 +227,7 @@ class Censor:
             self._finish(flow, out)
             return
         params = self.profile.tcb
-        if params.check_checksum and not _tcp_checksum_ok(pkt):
+        if params.check_checksum and not tcp_checksum_ok(pkt):
             return
         tcb = flow.tcb
         if tcb is None:
@@ -358,12 +320,3 @@ class Censor:
         if flow.state is FlowState.CLEAN:
             flow.finish()
             out.append(Bypass(flow=flow.id()))
-
-
-def _tcp_checksum_ok(pkt: Packet) -> bool:
-    seg = pkt.raw[pkt.l4 :]
-    if pkt.version == 4:
-        pseudo = pkt.src + pkt.dst + bytes((0, PROTO_TCP)) + len(seg).to_bytes(2, "big")
-    else:
-        pseudo = pkt.src + pkt.dst + len(seg).to_bytes(4, "big") + bytes((0, 0, 0, PROTO_TCP))
-    return checksum(pseudo + seg) == 0

@@ -14,10 +14,11 @@ no anomaly) and lets the packet pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from gfwlab.engine.mechanism import Mechanism
 from gfwlab.proto.dns import DEFAULT_MAX_NAME, parse_query
 from gfwlab.proto.http import parse_request
 from gfwlab.proto.quic import parse_initial
@@ -86,7 +87,7 @@ DISSECTORS: tuple[Dissector, ...] = (
         name="dns",
         hook="on_dns_query",
         carrier="udp-port",
-        parse=lambda data, o: parse_query(data, max_name=o.dns_name_limit),
+        parse=lambda data, o: parse_query(data, name_limit=o.dns_name_limit),
         detail=_dns_detail,
     ),
     Dissector(
@@ -99,3 +100,39 @@ DISSECTORS: tuple[Dissector, ...] = (
     ),
 )
 """Every dissector, in the order the engine offers data to them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The rows the active mechanisms use, and the parser settings and UDP ports they declared."""
+
+    rows: tuple[list[Dissector], list[Dissector], list[Dissector]]
+    """The rows fed by each carrier: TCP stream, first UDP datagram, UDP port."""
+    udp_ports: dict[str, frozenset[int]]
+    """Per mechanism on a UDP-port row: the server ports it declared."""
+    ports: frozenset[int]
+    """Every declared UDP port."""
+    options: Options
+
+    @classmethod
+    def of(cls, hooks: Mapping[str, Sequence[Mechanism]]) -> Plan:
+        """The plan for mechanisms grouped by the hooks they override."""
+        used = [d for d in DISSECTORS if hooks.get(d.hook)]
+        by = tuple(
+            [d for d in used if d.carrier == c] for c in ("tcp-stream", "udp-first", "udp-port")
+        )
+        mechs = {m.name: m for ms in hooks.values() for m in ms}
+        needs = {name: m.needs() for name, m in mechs.items()}
+        udp_ports = {
+            m.name: ports
+            for row in by[2]
+            for m in hooks[row.hook]
+            if (ports := needs[m.name].udp_ports) is not None
+        }
+        limits = [n.dns_name_limit for n in needs.values() if n.dns_name_limit is not None]
+        return cls(
+            rows=(by[0], by[1], by[2]),
+            udp_ports=udp_ports,
+            ports=frozenset().union(*udp_ports.values()),
+            options=Options(dns_name_limit=min(limits, default=DEFAULT_MAX_NAME)),
+        )

@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 from typing import Literal
 
-from gfwlab.packet.ip import ACK, FIN, RST, SYN
+from gfwlab.packet.ip import ACK, FIN, PROTO_TCP, RST, SYN, Packet, checksum
 from gfwlab.rules.profile import TcbParams
 
 Effect = Literal["isn", "append", "resync_append", "teardown"] | None
@@ -192,3 +192,13 @@ class Tcb:
             else:
                 break
         return True
+
+
+def tcp_checksum_ok(pkt: Packet) -> bool:
+    """Whether a TCP segment's checksum is right (only checked with ``check_checksum``)."""
+    seg = pkt.raw[pkt.l4 :]
+    if pkt.version == 4:
+        pseudo = pkt.src + pkt.dst + bytes((0, PROTO_TCP)) + len(seg).to_bytes(2, "big")
+    else:
+        pseudo = pkt.src + pkt.dst + len(seg).to_bytes(4, "big") + bytes((0, 0, 0, PROTO_TCP))
+    return checksum(pseudo + seg) == 0

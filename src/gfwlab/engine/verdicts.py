@@ -24,7 +24,7 @@ from gfwlab.engine.actions import (
     Probe,
     Report,
 )
-from gfwlab.engine.flows import Flow
+from gfwlab.engine.flows import Flow, FlowState
 from gfwlab.engine.mechanism import Decision, Mechanism, PlannedProbe, ProbeResult, Seen
 from gfwlab.engine.residual import ResidualEntry, ResidualTable
 from gfwlab.errors import MalformedPacket
@@ -133,6 +133,39 @@ class Verdicts:
         self.report(
             out, flow, now, mech.name, action, decision.rule, residual_until, decision.extra
         )
+
+    def residual_drop(self, flow: Flow, c2s: bool, now: float, out: list[Action]) -> bool:
+        """Drop a packet on a residual drop key; True if it was (``out[0]`` is then a Drop)."""
+        entry = self.residual.lookup(flow, "drop-c2s" if c2s else "drop-s2c", now)
+        if entry is None:
+            return False
+        self.stats.dropped += 1
+        out[0] = Drop(mechanism=entry.mechanism)
+        first = flow.state is not FlowState.BLOCKED
+        flow.block_flow("c2s" if c2s else "s2c", entry.mechanism)
+        if first:
+            action: ActionName = "drop" if c2s else "null-route"
+            extra = {"residual": True}
+            self.report(out, flow, now, entry.mechanism, action, entry.rule, entry.until, extra)
+        return True
+
+    def residual_rst(self, seen: Seen, out: list[Action]) -> None:
+        """A new connection on a residual ``rst`` key: drawn, then hit or spared."""
+        entry = self.residual.lookup(seen.flow, "rst", seen.now)
+        mech = self.mechanisms.get(entry.mechanism) if entry is not None else None
+        if entry is None or mech is None:
+            return
+        draw = mech.rng(seen).random()
+        if draw >= entry.probability:
+            extra = {"residual": True, "draw": round(draw, 6), "probability": entry.probability}
+            self.report(
+                out, seen.flow, seen.now, entry.mechanism, "pass", entry.rule, entry.until, extra
+            )
+            return
+        decision = mech.residual_hit(seen, entry.rule)
+        if decision is not None:
+            # A residual hit does not extend the residual block.
+            self.apply(mech, decision, seen, out, residual_until=entry.until, extend=False)
 
     def _schedule_probe(
         self,

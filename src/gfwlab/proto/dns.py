@@ -80,7 +80,7 @@ class DnsQuery:
     qname: str
     """The flattened name the blocklist regexes see: labels joined with ``.``, a ``.`` inside a
     label kept as ``.``, cut at the first NUL, ASCII-lower-cased, latin-1 decoded, at most
-    ``max_name`` characters."""
+    ``name_limit`` characters."""
     qname_wire: bytes
     """The name bytes the injector consumed: for an ordinary name, its labels and the
     terminating zero; for a truncated name, up to where the injector stopped."""
@@ -96,7 +96,7 @@ class DnsQuery:
     ``dns.qdcount_not_one``."""
 
 
-def parse_query(data: bytes, *, max_name: int = DEFAULT_MAX_NAME) -> DnsQuery | None:
+def parse_query(data: bytes, *, name_limit: int = DEFAULT_MAX_NAME) -> DnsQuery | None:
     """Parse one UDP DNS payload the way the injector does.
 
     Returns ``None`` for a response (QR=1): the injector does not answer those. DNS over UDP is
@@ -107,8 +107,8 @@ def parse_query(data: bytes, *, max_name: int = DEFAULT_MAX_NAME) -> DnsQuery | 
     ``dns.label_overrun`` (a label runs past the end), ``dns.compression_in_query`` (a length
     byte 0xC0-0xFF, i.e. a compression pointer) or ``dns.bad_label_type`` (0x40-0xBF).
     """
-    if max_name < 1:
-        raise ValueError("max_name must be at least 1")
+    if name_limit < 1:
+        raise ValueError("name_limit must be at least 1")
     if len(data) < HEADER_LEN:
         raise MalformedPacket("dns.short_header", len(data), f"{len(data)} bytes, need 12")
     ident, flags, qdcount, _an, _ns, _ar = _HEADER.unpack_from(data)
@@ -139,12 +139,12 @@ def parse_query(data: bytes, *, max_name: int = DEFAULT_MAX_NAME) -> DnsQuery | 
         if length & 0xC0:
             raise MalformedPacket("dns.bad_label_type", pos - 1, f"length byte {length:#x}")
         # No room for a dot, one label byte and the C string's NUL: stop (name stays as is).
-        if name_len + 2 > max_name:
+        if name_len + 2 > name_limit:
             truncated = True
             break
         if labels:
             name_len += 1  # the dot
-        take = length if length <= max_name - name_len else max_name - name_len
+        take = length if length <= name_limit - name_len else name_limit - name_len
         if pos + take > len(data):
             raise MalformedPacket(
                 "dns.label_overrun", pos - 1, f"label of {length} bytes, {len(data) - pos} left"
