@@ -147,7 +147,7 @@ class Mechanism(ABC):
         self.seed = seed
         self.date = date
         """The emulated day (the profile's ``--date``); None if none was given. For behaviour
-        that changes within a mechanism's active window (quic_sni's direction)."""
+        that changes within a mechanism's active window (a direction that changed on a date)."""
         self._key = f"{seed}:{self.name}"
 
     def needs(self) -> Needs:
