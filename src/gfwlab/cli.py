@@ -50,10 +50,14 @@ class InputError(Exception):
     """A user error found by the CLI itself (reported like GfwlabError, exit 2)."""
 
 
-def _profile(profile: str, date: str | None, sets: list[str] | None) -> Any:
+def _profile(
+    profile: str, date: str | None, sets: list[str] | None, *, today: bool = True
+) -> Any:
+    """The profile as of ``--date``; without it, today (or no date at all, for ``analyze``,
+    which then takes the capture's own date)."""
     from gfwlab.profiles import load_profile, parse_date  # noqa: PLC0415 - keeps --help fast
 
-    day = parse_date(date) if date else dt.date.today()
+    day = parse_date(date) if date else dt.date.today() if today else None
     return load_profile(profile, date=day, overrides=sets or [])
 
 
@@ -74,8 +78,12 @@ def analyze(
 ) -> None:
     """What the Great Firewall would have done to a capture, and why."""
     from gfwlab.offline import analyze as run  # noqa: PLC0415
+    from gfwlab.offline.analyze import dated  # noqa: PLC0415
 
-    prof = _profile(profile, date, sets)
+    prof = _profile(profile, date, sets, today=False)
+    source = "--date"
+    if date is None:
+        prof, source = dated(capture, prof)
     show_bar = err.is_terminal and not as_json
     with Progress(
         TextColumn("[bold]analysing[/]"),
@@ -91,7 +99,15 @@ def analyze(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        summary = run(capture, prof, seed=seed, events_path=events, out_path=out, progress=progress)
+        summary = run(
+            capture,
+            prof,
+            seed=seed,
+            events_path=events,
+            out_path=out,
+            progress=progress,
+            date_source=source,
+        )
     if as_json:
         print(json.dumps(summary.as_dict(), indent=2, ensure_ascii=False))
     else:
@@ -103,10 +119,16 @@ def analyze(
         )
 
 
+_DATE_NOTES = {
+    "capture": " (the capture's date)",
+    "reference": " (the profile's reference date: the capture is dated before every mechanism)",
+}
+
+
 def _print_summary(summary: Any) -> None:
     table = Table(
-        title=f"What the GFW did ({summary.profile}, {summary.date or 'any date'}, "
-        f"seed {summary.seed})",
+        title=f"What the GFW did ({summary.profile}, {summary.date or 'any date'}"
+        f"{_DATE_NOTES.get(summary.date_source, '')}, seed {summary.seed})",
         title_justify="left",
     )
     table.add_column("t (s)", justify="right", no_wrap=True)

@@ -14,6 +14,7 @@ A BLOCKED or BYPASSED flow gets its cached verdict before any reassembly or diss
 from __future__ import annotations
 
 import enum
+import hashlib
 import random
 from dataclasses import dataclass
 from typing import Literal
@@ -72,6 +73,8 @@ class Flow:
     first_data_seen: bool = False
     """The client's first TCP data packet has been shown to the first-packet mechanisms."""
     ident: FlowId | None = None
+    probes: int = 0
+    """Active probes planned because of this flow (numbers its probes)."""
     rngs: dict[str, random.Random] | None = None
     """Per-mechanism random streams of this flow, made on first use (see :meth:`draws`)."""
 
@@ -107,6 +110,14 @@ class Flow:
             ident = (self.proto, self.client, self.cport, self.server, self.sport, self.first_seen)
             rng = self.rngs[key] = random.Random(f"{key}:{ident!r}")
         return rng
+
+    def probe_id(self) -> int:
+        """A number for the next probe this flow causes: from the flow's identity and its own
+        count, so it does not depend on other flows (63 bits of a hash: unique in practice)."""
+        self.probes += 1
+        ident = (self.proto, self.client, self.cport, self.server, self.sport, self.first_seen)
+        digest = hashlib.blake2b(f"{ident!r}:{self.probes}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") >> 1
 
     def id(self) -> FlowId:
         if self.ident is None:

@@ -67,7 +67,6 @@ class Verdicts:
         self.stats = Stats()
         self.timers: list[tuple[float, int, Inject | Probe]] = []
         self.probes: dict[int, tuple[Mechanism, Flow, PlannedProbe, dict[str, Any]]] = {}
-        self._probe_seq = 0
         self._timer_seq = 0
 
     def later(self, action: Inject | Probe) -> None:
@@ -176,9 +175,8 @@ class Verdicts:
         rule: str,
         out: list[Action],
     ) -> None:
-        self._probe_seq += 1
         probe = Probe(
-            probe_id=self._probe_seq,
+            probe_id=flow.probe_id(),
             kind=planned.kind,
             server=addr_text(flow.server),
             port=flow.sport,

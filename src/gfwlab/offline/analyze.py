@@ -8,6 +8,8 @@ Outputs are written to temporary files and published only when the run completes
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import io
 import json
 from collections.abc import Callable, Iterable
@@ -44,6 +46,9 @@ class Summary:
     profile: str
     date: str | None
     seed: int
+    date_source: str = "--date"
+    """Why this day: ``--date``, ``capture`` (its first packet's day) or ``reference`` (the
+    profile's reference date, for a capture dated before every mechanism)."""
     packets: int = 0
     start_ts: float | None = None
     """Timestamp of the first packet."""
@@ -64,6 +69,7 @@ class Summary:
             "capture": self.capture,
             "profile": self.profile,
             "date": self.date,
+            "date_source": self.date_source,
             "seed": self.seed,
             "packets": self.packets,
             "start_ts": self.start_ts,
@@ -108,6 +114,28 @@ class AtomicText:
         self._out.abort()
 
 
+def dated(capture: str, profile: Profile) -> tuple[Profile, str]:
+    """``profile`` set to the day a capture analysed without ``--date`` emulates, and why.
+
+    The day of the capture's first packet (UTC), so that the same capture, profile and seed give
+    the same verdicts on any day they are analysed. A capture dated before every mechanism of the
+    profile (a synthetic capture at time 0) is analysed as of the profile's ``reference_date``.
+    An empty capture, or a profile without a reference date, keeps the profile as it is.
+    """
+    reader = CaptureReader(capture)
+    try:
+        first = next(iter(reader), None)
+    finally:
+        reader.close()
+    if first is None:
+        return profile, "capture"
+    day = dt.datetime.fromtimestamp(max(first[0], 0.0), dt.UTC).date()
+    earliest = profile.earliest_start()
+    if earliest is not None and day < earliest and profile.reference_date is not None:
+        return dataclasses.replace(profile, date=profile.reference_date), "reference"
+    return dataclasses.replace(profile, date=day), "capture"
+
+
 def analyze(
     capture: str,
     profile: Profile,
@@ -117,6 +145,7 @@ def analyze(
     out_path: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_event: Callable[[Event], None] | None = None,
+    date_source: str = "--date",
 ) -> Summary:
     """Run ``capture`` through a censor built from ``profile``; write the requested outputs.
 
@@ -133,6 +162,7 @@ def analyze(
         if out_path is not None:
             pcap_out = PcapWriter(out_path)
         summary = _run(reader, profile, seed, events_out, pcap_out, progress, on_event)
+        summary.date_source = date_source
     except BaseException:
         if events_out is not None:
             events_out.abort()

@@ -32,7 +32,15 @@ from gfwlab.rules.profile import EngineParams, Profile, TcbParams
 from gfwlab.rules.schema import Context, build_params, coerce
 
 BUILTIN = ("gfw",)
-_TOP = {"name", "description", "engine", "tcb", "mechanisms"}
+_TOP = {
+    "name",
+    "description",
+    "reference_date",
+    "measured_from",
+    "engine",
+    "tcb",
+    "mechanisms",
+}
 
 
 def build_censor(profile: Profile, seed: int = 0) -> Censor:
@@ -123,6 +131,7 @@ def load_profile(
     name = data.get("name", os.path.splitext(os.path.basename(path))[0])
     if not isinstance(name, str):
         raise ConfigError(source, "name", "expected a string")
+    reference, measured_from = (_day(data, source, k) for k in ("reference_date", "measured_from"))
     description = data.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(source, "description", "expected a string")
@@ -131,10 +140,19 @@ def load_profile(
         source=source,
         description=description,
         date=date,
+        reference_date=reference,
+        measured_from=measured_from,
         engine=params(EngineParams, engine_t, "engine", "engine"),
         tcb=params(TcbParams, tcb_t, "tcb", "tcb"),
         mechanisms=mechanisms,
     )
+
+
+def _day(data: dict[str, Any], source: str, key: str) -> dt.date | None:
+    value = data.get(key)
+    if value is not None and (not isinstance(value, dt.date) or isinstance(value, dt.datetime)):
+        raise ConfigError(source, key, "expected a date (YYYY-MM-DD, unquoted)")
+    return value
 
 
 def _replace(obj: Any, changes: dict[str, Any]) -> Any:

@@ -81,15 +81,36 @@ class Profile:
     description: str = ""
     date: dt.date | None = None
     """The emulated day, or None for every enabled mechanism regardless of dates."""
+    reference_date: dt.date | None = None
+    """The day a capture is analysed as when no ``--date`` is given and the capture's own date
+    is before anything was measured (a synthetic capture at time 0)."""
+    measured_from: dt.date | None = None
+    """The first day the profile's behaviour was measured; mechanisms without an ``active``
+    start are taken to be active from it."""
     engine: EngineParams = EngineParams()
     tcb: TcbParams = TcbParams()
     mechanisms: dict[str, CommonParams] = field(default_factory=dict)
     """Every mechanism the profile configures, active or not."""
 
+    def earliest_start(self) -> dt.date | None:
+        """The first day any enabled mechanism was active: its ``active`` start, or
+        ``measured_from`` for one without (None if neither is known)."""
+        starts = [
+            p.active.start or self.measured_from for p in self.mechanisms.values() if p.enabled
+        ]
+        known = [d for d in starts if d is not None]
+        return min(known) if known else None
+
     def active(self) -> dict[str, CommonParams]:
-        """The mechanisms that run: enabled, and active on ``date`` if one is set."""
+        """The mechanisms that run: enabled, and active on ``date`` if one is set (from
+        ``measured_from`` if their ``active`` range has no start)."""
+        day, since = self.date, self.measured_from
         return {
             name: p
             for name, p in self.mechanisms.items()
-            if p.enabled and (self.date is None or p.active.contains(self.date))
+            if p.enabled
+            and (
+                day is None
+                or (p.active.contains(day) and (p.active.start or since is None or day >= since))
+            )
         }
