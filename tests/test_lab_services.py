@@ -47,6 +47,7 @@ TOOLS = ("ip", "nginx", "dnsmasq", "curl", "dig")
 missing = [t for t in TOOLS if shutil.which(t) is None]
 UNABLE = "needs root" if os.geteuid() != 0 else f"missing programs: {', '.join(missing)}"
 live = pytest.mark.skipif(os.geteuid() != 0 or bool(missing), reason=UNABLE)
+pytestmark = pytest.mark.live
 
 
 def leaf(path: str) -> x509.Certificate:

@@ -1,4 +1,5 @@
-"""What the tests need from the machine: the shared data folder and the CI policy on skips.
+"""What the tests need from the machine: the shared data folder, the CI policy on skips, and the
+live lab's helpers (the ``gfwlab`` command, the lab client, leftovers after ``lab down``).
 
 A plain module, not a test module: test modules import from it (and from ``helpers``), never
 from each other. It imports nothing from gfwlab, so conftest.py can load it whatever shape the
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,3 +71,76 @@ def missing_tools(*tools: str) -> list[str]:
 def needs_tools(*tools: str) -> pytest.MarkDecorator:
     missing = missing_tools(*tools)
     return pytest.mark.skipif(bool(missing), reason=f"missing programs: {', '.join(missing)}")
+
+
+# --- the live lab --------------------------------------------------------------------------
+
+LAB_TOOLS = ("ip", "iptables", "nginx", "dnsmasq", "curl", "dig", "tcpdump")
+LAB_MARKS = [
+    pytest.mark.live,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
+    needs_tools(*LAB_TOOLS),
+]
+"""The marks of every test that makes the lab: ``pytestmark = LAB_MARKS``."""
+
+SETS = [
+    "tls_sni.residual_s=3",
+    "tls_sni.injector='type2'",
+    "http_keyword.probability=1.0",
+    "http_keyword.injector='type3'",
+    "http_keyword.residual_s=2",
+    "dns_injection.injectors=[{name='i3', pool_v4=['198.19.99.7'], latency_ms=[1.0, 2.0]}]",
+]
+UP = ["--date", "2024-06-01", "--seed", "3", *[x for s in SETS for x in ("--set", s)]]
+
+
+def gfwlab(*args: str, timeout: float = 120, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gfwlab", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **kw,
+    )  # type: ignore[call-overload]
+
+
+def client(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return gfwlab("lab", "exec", "client", "--", *argv, timeout=timeout)
+
+
+def curl(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return client("curl", "-sS", "--max-time", "5", *extra, url)
+
+
+def leftovers() -> list[str]:
+    found = []
+    out = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, check=False
+    ).stdout
+    found += [line for line in out.splitlines() if line.startswith("gfwlab-")]
+    if os.path.isdir("/etc/netns"):
+        found += [n for n in os.listdir("/etc/netns") if n.startswith("gfwlab-")]
+    ps = subprocess.run(
+        ["ps", "-eo", "pid,args"], capture_output=True, text=True, check=False
+    ).stdout
+    found += [
+        line
+        for line in ps.splitlines()
+        if ("gfwlab.live.daemon" in line or "/run/gfwlab" in line or "gfwlab.lab.h3" in line)
+        and "ps -eo" not in line
+    ]
+    if os.path.exists("/run/gfwlab"):
+        found.append("/run/gfwlab")
+    return found
+
+
+def _verdicts(events: list[dict[str, object]]) -> list[tuple[object, ...]]:
+    """The verdicts in a list of JSON events, comparable between a live and an offline run."""
+    out = []
+    for e in events:
+        if e["action"] in ("rst", "drop", "dns-inject", "null-route", "pass"):
+            f = e["flow"]
+            assert isinstance(f, dict)
+            out.append((e["mechanism"], e["action"], e["rule"], f["src"], f["dst"], f["dport"]))
+    return sorted(out)
