@@ -22,8 +22,10 @@ from gfwlab.offline.synth import (
 )
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.proto.tls import build_client_hello
+from testenv import SHARED_PCAPS, needs_shared, shared_pcaps
 
-PCAPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pcaps"
+PCAPS = SHARED_PCAPS
+SPOOFED_DNS = PCAPS / "gfw-quic-sni-artifact--dns_attacker_client_anon.pcap"
 TSHARK = shutil.which("tshark")
 EVENT_KEYS = {
     "ts",
@@ -164,10 +166,8 @@ def test_tshark_reads_the_censored_capture_with_forged_packets(tmp_path: Path) -
     assert [r[6] for r in answers] == ["198.19.99.1", "198.19.0.80"]  # forged first, then real
 
 
-@pytest.mark.skipif(not PCAPS.is_dir(), reason="shared captures not present")
-@pytest.mark.parametrize(
-    "name", sorted(p.name for p in PCAPS.glob("*.pcap")) if PCAPS.is_dir() else []
-)
+@needs_shared(PCAPS)
+@pytest.mark.parametrize("name", [Path(p).name for p in shared_pcaps("*.pcap")])
 def test_real_captures_analyse_without_error(name: str) -> None:
     res = gfwlab("analyze", str(PCAPS / name), "--json", "--date", "2024-09-19")
     assert res.returncode == 0, res.stderr
@@ -175,7 +175,7 @@ def test_real_captures_analyse_without_error(name: str) -> None:
     assert summary["packets"] > 0 and summary["truncated_at"] is None
 
 
-@pytest.mark.skipif(not PCAPS.is_dir(), reason="shared captures not present")
+@needs_shared(SPOOFED_DNS)
 def test_real_spoofed_quic_initial_to_port_53_is_blocked_not_answered(tmp_path: Path) -> None:
     # The availability-attack capture spoofs a 1294-byte QUIC Initial (SNI google.com) to UDP/53
     # from a source port above 53: the QUIC filter blocks that 3-tuple (the attack, spec §5),
@@ -183,7 +183,7 @@ def test_real_spoofed_quic_initial_to_port_53_is_blocked_not_answered(tmp_path: 
     events = tmp_path / "ev.jsonl"
     res = gfwlab(
         "analyze",
-        str(PCAPS / "gfw-quic-sni-artifact--dns_attacker_client_anon.pcap"),
+        str(SPOOFED_DNS),
         "--date",
         "2024-09-19",
         "--set",

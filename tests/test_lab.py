@@ -22,41 +22,9 @@ import pytest
 
 from gfwlab.packet.ip import ACK, RST, parse
 from gfwlab.packet.pcap import CaptureReader
+from testenv import LAB_MARKS, UP, client, curl, gfwlab, leftovers
 
-TOOLS = ("ip", "iptables", "nginx", "dnsmasq", "curl", "dig", "tcpdump")
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
-    pytest.mark.skipif(any(shutil.which(t) is None for t in TOOLS), reason="lab tools missing"),
-]
-
-SETS = [
-    "tls_sni.residual_s=3",
-    "tls_sni.injector='type2'",
-    "http_keyword.probability=1.0",
-    "http_keyword.injector='type3'",
-    "http_keyword.residual_s=2",
-    "dns_injection.injectors=[{name='i3', pool_v4=['198.19.99.7'], latency_ms=[1.0, 2.0]}]",
-]
-UP = ["--date", "2024-06-01", "--seed", "3", *[x for s in SETS for x in ("--set", s)]]
-
-
-def gfwlab(*args: str, timeout: float = 120, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gfwlab", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        **kw,
-    )  # type: ignore[call-overload]
-
-
-def client(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return gfwlab("lab", "exec", "client", "--", *argv, timeout=timeout)
-
-
-def curl(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return client("curl", "-sS", "--max-time", "5", *extra, url)
+pytestmark = LAB_MARKS
 
 
 def host_snapshot() -> dict[str, str]:
@@ -80,28 +48,6 @@ def host_snapshot() -> dict[str, str]:
         " ".join(sorted(os.listdir("/etc/netns"))) if os.path.isdir("/etc/netns") else ""
     )
     return snap
-
-
-def leftovers() -> list[str]:
-    found = []
-    out = subprocess.run(
-        ["ip", "netns", "list"], capture_output=True, text=True, check=False
-    ).stdout
-    found += [line for line in out.splitlines() if line.startswith("gfwlab-")]
-    if os.path.isdir("/etc/netns"):
-        found += [n for n in os.listdir("/etc/netns") if n.startswith("gfwlab-")]
-    ps = subprocess.run(
-        ["ps", "-eo", "pid,args"], capture_output=True, text=True, check=False
-    ).stdout
-    found += [
-        line
-        for line in ps.splitlines()
-        if ("gfwlab.live.daemon" in line or "/run/gfwlab" in line or "gfwlab.lab.h3" in line)
-        and "ps -eo" not in line
-    ]
-    if os.path.exists("/run/gfwlab"):
-        found.append("/run/gfwlab")
-    return found
 
 
 @pytest.fixture(scope="module")

@@ -17,16 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_lab import client, gfwlab, leftovers
-from test_lab import pytestmark as lab_marks
-from test_lab_record import _verdicts
 
 from gfwlab.lab.lifecycle import UpOptions, lab_sets
 from gfwlab.live.topology import CLIENT_NS, SERVER_NS
 from helpers import binomial_interval
+from testenv import LAB_MARKS, _verdicts, client, gfwlab, leftovers
 
 pytestmark = [
-    *lab_marks,
+    *LAB_MARKS,
     pytest.mark.skipif(shutil.which("ss-server") is None, reason="shadowsocks-libev missing"),
 ]
 SS_PORT = 8388

@@ -9,19 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from test_lab import SETS, UP, client, curl, gfwlab, leftovers, pytestmark  # noqa: F401
-
 from gfwlab.lab.lifecycle import UpOptions, lab_sets
+from testenv import LAB_MARKS, SETS, UP, _verdicts, client, curl, gfwlab, leftovers
 
-
-def _verdicts(events: list[dict[str, object]]) -> list[tuple[object, ...]]:
-    out = []
-    for e in events:
-        if e["action"] in ("rst", "drop", "dns-inject", "null-route", "pass"):
-            f = e["flow"]
-            assert isinstance(f, dict)
-            out.append((e["mechanism"], e["action"], e["rule"], f["src"], f["dst"], f["dport"]))
-    return sorted(out)
+pytestmark = LAB_MARKS
 
 
 def test_recorded_session_analysed_offline_gives_the_live_verdicts(tmp_path: Path) -> None:

@@ -45,10 +45,9 @@ FILLER = [f"www{i}.filler{i % 13}.example" for i in range(3000)]
 
 TOOLS = ("ip", "nginx", "dnsmasq", "curl", "dig")
 missing = [t for t in TOOLS if shutil.which(t) is None]
-live = pytest.mark.skipif(
-    os.geteuid() != 0 or bool(missing),
-    reason=f"needs root and {', '.join(missing) or 'the tools'}",
-)
+UNABLE = "needs root" if os.geteuid() != 0 else f"missing programs: {', '.join(missing)}"
+live = pytest.mark.skipif(os.geteuid() != 0 or bool(missing), reason=UNABLE)
+pytestmark = pytest.mark.live
 
 
 def leaf(path: str) -> x509.Certificate:
@@ -352,7 +351,7 @@ class Lab:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     if os.geteuid() != 0 or missing:
-        pytest.skip("needs root and the tools")
+        pytest.skip(UNABLE)
     delete_namespaces()  # left over from an interrupted run
     state = tmp_path_factory.mktemp("lab")
     logs: list[object] = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import struct
@@ -28,8 +27,9 @@ from gfwlab.packet import (
     parse,
 )
 from gfwlab.packet.pcap import MAX_CAPLEN, split_timestamp
+from testenv import SHARED_PCAPS, needs_shared, shared_pcaps, unprivileged
 
-REAL_PCAPS = sorted(glob.glob("/work/shared/data/pcaps/*.pcap"))
+REAL_PCAPS = shared_pcaps("*.pcap")
 TSHARK = shutil.which("tshark")
 
 V4A, V4B = addr_bytes("192.0.2.1"), addr_bytes("198.51.100.7")
@@ -274,7 +274,7 @@ def test_writer_path_is_directory(tmp_path):
     assert os.listdir(tmp_path / "d") == []
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+@unprivileged
 def test_writer_permission_denied(tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -664,7 +664,7 @@ def tshark_frames(path: str) -> list[tuple[float, bool]]:
     return rows
 
 
-@pytest.mark.skipif(not REAL_PCAPS, reason="no real captures in /work/shared/data/pcaps")
+@needs_shared(SHARED_PCAPS)
 @pytest.mark.parametrize("path", REAL_PCAPS, ids=os.path.basename)
 def test_real_capture(path):
     reader, got = read_all(path)
@@ -684,7 +684,7 @@ def test_real_capture(path):
     assert [ts for ts, _ in got] == pytest.approx(ip_stamps, abs=1e-6)
 
 
-@pytest.mark.skipif(not REAL_PCAPS, reason="no real captures in /work/shared/data/pcaps")
+@needs_shared(SHARED_PCAPS)
 def test_real_captures_include_sll2():
     linktypes = set()
     for path in REAL_PCAPS:

@@ -10,8 +10,6 @@ import pytest
 from gfwlab.errors import ConfigError
 from gfwlab.profiles import DomainSet, KeywordSet, load_profile, parse_date
 
-BLOCKLISTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "blocklists"
-
 
 def write(tmp_path: Path, text: str) -> str:
     path = tmp_path / "p.toml"
@@ -167,15 +165,14 @@ def test_domain_rules_and_keywords() -> None:
     assert ks.match("/FALUN/x") == "falun" and ks.match("/x") is None
 
 
-@pytest.mark.skipif(not BLOCKLISTS.is_dir(), reason="shared blocklists not present")
-def test_real_blocklists_load_and_match() -> None:
+def test_real_blocklists_load_and_match(shared_blocklists: Path) -> None:
     prof = load_profile(
         "gfw",
         date=dt.date(2024, 6, 1),
         overrides=[
-            f"tls_sni.domains={BLOCKLISTS / 'gfw-2024-https-blocklist.txt'}",
-            f"dns_injection.domains={BLOCKLISTS / 'gfw-2024-dns-blocklist.txt'}",
-            f"http_keyword.domains={BLOCKLISTS / 'gfw-2024-http-blocklist.txt'}",
+            f"tls_sni.domains={shared_blocklists / 'gfw-2024-https-blocklist.txt'}",
+            f"dns_injection.domains={shared_blocklists / 'gfw-2024-dns-blocklist.txt'}",
+            f"http_keyword.domains={shared_blocklists / 'gfw-2024-http-blocklist.txt'}",
         ],
     )
     sni = prof.mechanisms["tls_sni"].domains  # type: ignore[attr-defined]

@@ -18,7 +18,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gfwlab.errors import MalformedPacket
@@ -349,13 +349,47 @@ def test_quic_initial_on_port_53_is_malformed() -> None:
 
 # --- differential against dnspython --------------------------------------------------------
 
-_LABEL_BYTES = st.binary(min_size=1, max_size=63).filter(lambda b: b"." not in b and 0 not in b)
 _QTYPES = st.sampled_from([1, 2, 5, 6, 12, 15, 16, 28, 33, 64, 65, 255, 0xFF00])
 
 
+def _label_bytes(max_size: int) -> st.SearchStrategy[bytes]:
+    return st.binary(min_size=1, max_size=max_size).filter(lambda b: b"." not in b and 0 not in b)
+
+
+@st.composite
+def _legal_labels(draw: st.DrawFn, max_labels: int = 6) -> list[bytes]:
+    """The labels of a legal name (RFC 1035 §2.3.4): each 1..63 octets, and the whole name at
+    most 255 octets on the wire, counting each label's length byte and the root's zero."""
+    labels: list[bytes] = []
+    room = 255 - 1  # the root label
+    for _ in range(draw(st.integers(1, max_labels))):
+        if room < 2:
+            break
+        label = draw(_label_bytes(min(63, room - 1)))
+        labels.append(label)
+        room -= 1 + len(label)
+    return labels
+
+
+def _wire_length(labels: list[bytes]) -> int:
+    return sum(1 + len(label) for label in labels) + 1
+
+
+@given(_legal_labels(max_labels=200))
+def test_legal_labels_are_legal(labels: list[bytes]) -> None:
+    assert labels and all(1 <= len(label) <= 63 for label in labels)
+    assert _wire_length(labels) <= 255
+    assert len(dns.name.Name([*labels, b""]).to_wire()) == _wire_length(labels)
+
+
+LONGEST = [b"a" * 63, b"b" * 63, b"c" * 63, b"d" * 61]
+"""A name of exactly 255 octets on the wire, the most a name may have."""
+
+
 @settings(max_examples=300)
+@example(labels=LONGEST, qtype=1, ident=0, edns=False)
 @given(
-    labels=st.lists(_LABEL_BYTES, min_size=1, max_size=6),
+    labels=_legal_labels(),
     qtype=_QTYPES,
     ident=st.integers(0, 0xFFFF),
     edns=st.booleans(),

@@ -6,7 +6,6 @@ censor's readings of Table 3, real captures from the paper's artifact, and prope
 
 from __future__ import annotations
 
-import glob
 import os
 
 import pytest
@@ -30,6 +29,7 @@ from gfwlab.proto.quic import (
     quic_client_hello,
     split_initials,
 )
+from testenv import SHARED_PCAPS, needs_shared, shared_pcaps
 
 # --- vectors -------------------------------------------------------------------------------
 
@@ -452,13 +452,12 @@ def test_reserved_and_fixed_bits_are_anomalies() -> None:
 
 # --- real captures (gfw-report/usenixsecurity25-quic-sni, read from ../shared/data) ----------
 
-PCAPS = sorted(
-    glob.glob("/work/shared/data/pcaps/gfw-quic-sni-artifact--quic_*_anon.pcap")
-    + glob.glob("/work/shared/data/pcaps/gfw-quic-sni-artifact--flow-tracking-time.pcap")
+PCAPS = shared_pcaps(
+    "gfw-quic-sni-artifact--quic_*_anon.pcap", "gfw-quic-sni-artifact--flow-tracking-time.pcap"
 )
 
 
-@pytest.mark.skipif(not PCAPS, reason="the artifact's captures are not available")
+@needs_shared(SHARED_PCAPS)
 @pytest.mark.parametrize("path", PCAPS, ids=os.path.basename)
 def test_real_initials_decrypt(path: str, capsys: pytest.CaptureFixture[str]) -> None:
     snis: dict[str, int] = {}

@@ -4,7 +4,6 @@ tracking, dates and direction, the Table 3 payloads, probability and a real capt
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Callable
 
 import pytest
@@ -15,6 +14,7 @@ from gfwlab.packet.ip import addr_bytes, build_udp
 from gfwlab.profiles import build_censor
 from gfwlab.proto.quic import QUIC_V2, build_initial, protect_initial, split_initials
 from helpers import binomial_interval, profile, run
+from testenv import SHARED_PCAPS, needs_shared
 
 C, S = "198.18.0.2", "198.19.0.2"
 INSIDE = "engine.inside=['198.18.0.0/16']"  # C is inside the border, S outside
@@ -302,9 +302,8 @@ def test_probability_is_checked() -> None:
 
 # --- real captures (gfw-report/usenixsecurity25-quic-sni, read from ../shared/data) ----------
 
-PCAPS = "/work/shared/data/pcaps"
-ATTACKER = os.path.join(PCAPS, "gfw-quic-sni-artifact--quic_attacker_client_anon.pcap")
-FLOW_TRACKING = os.path.join(PCAPS, "gfw-quic-sni-artifact--flow-tracking-time.pcap")
+ATTACKER = str(SHARED_PCAPS / "gfw-quic-sni-artifact--quic_attacker_client_anon.pcap")
+FLOW_TRACKING = str(SHARED_PCAPS / "gfw-quic-sni-artifact--flow-tracking-time.pcap")
 
 
 def analyse(path: str, date: dt.date) -> tuple[float, list[Event]]:
@@ -317,7 +316,7 @@ def analyse(path: str, date: dt.date) -> tuple[float, list[Event]]:
     return summary.start_ts, events
 
 
-@pytest.mark.skipif(not os.path.exists(ATTACKER), reason="the artifact's capture is missing")
+@needs_shared(ATTACKER)
 def test_real_spoofed_initial_is_blocked() -> None:
     _start, events = analyse(ATTACKER, dt.date(2024, 9, 19))
     drops = [e for e in events if e.mechanism == "quic_sni" and e.action == "drop"]
@@ -326,7 +325,7 @@ def test_real_spoofed_initial_is_blocked() -> None:
     assert not [e for e in events if e.action == "anomaly"]
 
 
-@pytest.mark.skipif(not os.path.exists(FLOW_TRACKING), reason="the artifact's capture is missing")
+@needs_shared(FLOW_TRACKING)
 def test_real_flow_tracking_experiment() -> None:
     # "Hello World" first, Initials 6-56 s later (each within 60 s of the last datagram): the flow
     # is exempt. The Initial 62 s after the last datagram is a new flow's first: blocked.

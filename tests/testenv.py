@@ -1,0 +1,146 @@
+"""What the tests need from the machine: the shared data folder, the CI policy on skips, and the
+live lab's helpers (the ``gfwlab`` command, the lab client, leftovers after ``lab down``).
+
+A plain module, not a test module: test modules import from it (and from ``helpers``), never
+from each other. It imports nothing from gfwlab, so conftest.py can load it whatever shape the
+package has.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# --- the shared data folder ----------------------------------------------------------------
+
+
+def shared_dir() -> Path:
+    """``$GFWLAB_SHARED`` if set, else ``<repo>/../shared`` (where CI puts its read-only copy)."""
+    env = os.environ.get("GFWLAB_SHARED")
+    return Path(env).resolve() if env else REPO.parent / "shared"
+
+
+SHARED = shared_dir()
+SHARED_PCAPS = SHARED / "data" / "pcaps"
+SHARED_BLOCKLISTS = SHARED / "data" / "blocklists"
+
+
+def missing_shared(path: str | Path) -> str:
+    """The skip reason for shared data that is not there; it names the path (CI fails on it)."""
+    return f"shared data missing: {path} (set GFWLAB_SHARED to the shared folder)"
+
+
+def needs_shared(path: str | Path) -> pytest.MarkDecorator:
+    """Skip (fail under CI) unless ``path`` exists."""
+    return pytest.mark.skipif(not os.path.exists(path), reason=missing_shared(path))
+
+
+def shared_pcaps(*patterns: str) -> list[str]:
+    """The shared captures matching any of ``patterns``, sorted; empty if the folder is missing."""
+    return sorted({str(p) for pat in patterns for p in SHARED_PCAPS.glob(pat)})
+
+
+# --- CI: skips are failures ----------------------------------------------------------------
+
+MAY_SKIP = "may skip:"
+"""Prefix of the skip reasons CI allows: a test that cannot mean anything on this machine."""
+
+
+def ci_mode() -> bool:
+    """True when ``$CI`` is set to anything but empty, ``0`` or ``false``."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
+
+
+unprivileged = pytest.mark.skipif(
+    os.geteuid() == 0, reason=f"{MAY_SKIP} root ignores directory permissions"
+)
+"""For tests of permission errors: root never gets them, so the test skips, even under CI."""
+
+
+def missing_tools(*tools: str) -> list[str]:
+    return [t for t in tools if shutil.which(t) is None]
+
+
+def needs_tools(*tools: str) -> pytest.MarkDecorator:
+    missing = missing_tools(*tools)
+    return pytest.mark.skipif(bool(missing), reason=f"missing programs: {', '.join(missing)}")
+
+
+# --- the live lab --------------------------------------------------------------------------
+
+LAB_TOOLS = ("ip", "iptables", "nginx", "dnsmasq", "curl", "dig", "tcpdump")
+LAB_MARKS = [
+    pytest.mark.live,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
+    needs_tools(*LAB_TOOLS),
+]
+"""The marks of every test that makes the lab: ``pytestmark = LAB_MARKS``."""
+
+SETS = [
+    "tls_sni.residual_s=3",
+    "tls_sni.injector='type2'",
+    "http_keyword.probability=1.0",
+    "http_keyword.injector='type3'",
+    "http_keyword.residual_s=2",
+    "dns_injection.injectors=[{name='i3', pool_v4=['198.19.99.7'], latency_ms=[1.0, 2.0]}]",
+]
+UP = ["--date", "2024-06-01", "--seed", "3", *[x for s in SETS for x in ("--set", s)]]
+
+
+def gfwlab(*args: str, timeout: float = 120, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gfwlab", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **kw,
+    )  # type: ignore[call-overload]
+
+
+def client(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return gfwlab("lab", "exec", "client", "--", *argv, timeout=timeout)
+
+
+def curl(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return client("curl", "-sS", "--max-time", "5", *extra, url)
+
+
+def leftovers() -> list[str]:
+    found = []
+    out = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, check=False
+    ).stdout
+    found += [line for line in out.splitlines() if line.startswith("gfwlab-")]
+    if os.path.isdir("/etc/netns"):
+        found += [n for n in os.listdir("/etc/netns") if n.startswith("gfwlab-")]
+    ps = subprocess.run(
+        ["ps", "-eo", "pid,args"], capture_output=True, text=True, check=False
+    ).stdout
+    found += [
+        line
+        for line in ps.splitlines()
+        if ("gfwlab.live.daemon" in line or "/run/gfwlab" in line or "gfwlab.lab.h3" in line)
+        and "ps -eo" not in line
+    ]
+    if os.path.exists("/run/gfwlab"):
+        found.append("/run/gfwlab")
+    return found
+
+
+def _verdicts(events: list[dict[str, object]]) -> list[tuple[object, ...]]:
+    """The verdicts in a list of JSON events, comparable between a live and an offline run."""
+    out = []
+    for e in events:
+        if e["action"] in ("rst", "drop", "dns-inject", "null-route", "pass"):
+            f = e["flow"]
+            assert isinstance(f, dict)
+            out.append((e["mechanism"], e["action"], e["rule"], f["src"], f["dst"], f["dport"]))
+    return sorted(out)
