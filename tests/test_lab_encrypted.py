@@ -194,7 +194,8 @@ H3 = [sys.executable, "-m", "gfwlab.lab.h3", "get"]
 
 
 def test_quic_sni_blocks_after_the_first_initial(lab_factory: list[Lab]) -> None:
-    lab = Lab("--date", "2024-06-01", "--set", "quic_sni.residual_s=4")
+    # The residual must outlast the blocked fetch's 3 s timeout plus two client start-ups.
+    lab = Lab("--date", "2024-06-01", "--set", "quic_sni.residual_s=6")
     lab_factory.append(lab)
     ip = "198.19.0.9"
 
@@ -206,7 +207,7 @@ def test_quic_sni_blocks_after_the_first_initial(lab_factory: list[Lab]) -> None
     assert blocked.returncode == 28, blocked.stderr  # the handshake times out
     again = get("example.org")
     assert again.returncode == 28  # residual: same (client, server, port), any source port
-    time.sleep(4.2)
+    time.sleep(6.2)
     low = get("www.youtube.com", "--local-port", "400")  # source port below 443 evades
     assert low.returncode == 0, low.stderr
     drops = [e for e in lab.events() if e["mechanism"] == "quic_sni" and e["action"] == "drop"]

@@ -16,7 +16,6 @@ import subprocess
 import time
 
 from gfwlab.errors import LabError
-from gfwlab.live.prober import PROBER_NET
 from gfwlab.live.topology import (
     BYPASS_MARK,
     CLIENT_GW_V4,
@@ -29,6 +28,7 @@ from gfwlab.live.topology import (
     MTU,
     NAMESPACES,
     PREFIX,
+    PROBER_NET,
     SERVER_EXTRA_V4,
     SERVER_GW_V4,
     SERVER_GW_V6,

@@ -25,10 +25,8 @@ from dataclasses import dataclass
 
 from gfwlab.engine.actions import Probe
 from gfwlab.errors import MalformedPacket
+from gfwlab.live.topology import PROBER_NET
 from gfwlab.packet.ip import ACK, FIN, PSH, RST, SYN, Packet, addr_bytes, build_tcp, parse
-
-PROBER_NET = "198.18.1"
-"""Prober addresses are PROBER_NET.1 - .254, on the censor namespace's loopback."""
 
 
 @dataclass(frozen=True, slots=True)

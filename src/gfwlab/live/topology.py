@@ -54,3 +54,6 @@ QUEUE_NUM = 7
 """NFQUEUE number the censor reads."""
 BYPASS_MARK = 0x1
 """Connection mark of flows whose verdict is final: the kernel forwards them without queueing."""
+
+PROBER_NET = "198.18.1"
+"""Prober addresses are PROBER_NET.1 - .254, on the censor namespace's loopback."""
