@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gfwlab.mechanisms import registry
-from gfwlab.profiles.reference import render
+from gfwlab.profiles.reference import render, render_events
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -13,6 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_profile_reference_is_current() -> None:
     # Regenerate with: python -m gfwlab.profiles.reference > docs/profiles.md
     assert (ROOT / "docs" / "profiles.md").read_text(encoding="utf-8") == render()
+
+
+def test_event_field_reference_is_current() -> None:
+    # Regenerate with: python -m gfwlab.profiles.reference --events > docs/events.md
+    # (rendering fails on a declared event field without a docstring)
+    assert (ROOT / "docs" / "events.md").read_text(encoding="utf-8") == render_events()
 
 
 def test_every_mechanism_cites_its_source_and_is_in_the_readme() -> None:

@@ -9,11 +9,40 @@ can let the kernel forward the rest of it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Direction = Literal["inside-out", "outside-in"]
 ActionName = Literal["rst", "drop", "dns-inject", "probe", "null-route", "pass", "anomaly"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventFields:
+    """The fields an event adds to the DESIGN.md contract, declared and typed.
+
+    Each mechanism (and the engine, for its own events) declares a subclass per kind of event it
+    reports, with a docstring per field, and hands an instance to its Decision. In the JSON a
+    field appears under its own name, in declared order; a field whose default is None is left
+    out while it is None (it does not apply to that event), any other field is always present.
+    """
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.default is None:
+                continue
+            out[f.name] = _plain(value)
+        return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, EventFields):
+        return value.as_dict()
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -281,16 +281,16 @@ class Censor:
             parsed = row.parse(data, self._options)
         except MalformedPacket as exc:
             if inspecting and exc.kind not in row.silent:
-                named = {"mechanism": inspecting[0].name} if row.names_mechanism else {}
-                self.verdicts.malformed(out, seen.flow, seen.now, exc, **named)
+                named = inspecting[0].name if row.names_mechanism else None
+                self.verdicts.malformed(out, seen.flow, seen.now, exc, named)
             return False
         if parsed is None:
             return None
         if row.report_anomalies:
-            detail = row.detail(parsed)
+            fields = row.detail(parsed)
             for anomaly in parsed.anomalies:
                 self.verdicts.report(
-                    out, seen.flow, seen.now, "engine", "anomaly", anomaly, None, dict(detail)
+                    out, seen.flow, seen.now, "engine", "anomaly", anomaly, None, fields
                 )
         self._run_hooks(row.hook, seen, out, parsed, mechs=mechs)
         return True
@@ -311,7 +311,7 @@ class Censor:
             try:
                 decision = getattr(mech, hook)(seen, *args)
             except MalformedPacket as exc:
-                self.verdicts.malformed(out, seen.flow, seen.now, exc, mechanism=mech.name)
+                self.verdicts.malformed(out, seen.flow, seen.now, exc, mech.name)
                 continue
             if decision is not None:
                 self.verdicts.apply(mech, decision, seen, out)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Mechanism
 from gfwlab.proto.dns import DEFAULT_MAX_NAME, parse_query
 from gfwlab.proto.http import parse_request
@@ -59,12 +60,20 @@ class Dissector:
     names_mechanism: bool = False
     """Malformed input is reported with the mechanism that asked for the parse (a QUIC Initial
     is decrypted on a mechanism's behalf, not as a matter of course)."""
-    detail: Callable[[Parsed], dict[str, object]] = lambda _parsed: {}
+    detail: Callable[[Parsed], EventFields | None] = lambda _parsed: None
     """Fields added to the events of the parsed message's anomalies."""
 
 
-def _dns_detail(parsed: Parsed) -> dict[str, object]:
-    return {"qname": getattr(parsed, "qname", "")}
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueryFields(EventFields):
+    """An oddity of a DNS query."""
+
+    qname: str
+    """The name queried, as the censor flattened it."""
+
+
+def _dns_detail(parsed: Parsed) -> EventFields:
+    return QueryFields(qname=getattr(parsed, "qname", ""))
 
 
 DISSECTORS: tuple[Dissector, ...] = (

@@ -25,7 +25,7 @@ from abc import ABC
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from gfwlab.engine.actions import ActionName
+from gfwlab.engine.actions import ActionName, EventFields
 from gfwlab.engine.flows import Block, Flow
 from gfwlab.packet.ip import Packet
 from gfwlab.proto.dns import DnsQuery
@@ -102,7 +102,8 @@ class Decision:
     """Further blocks the decision starts (static blocking of a whole address)."""
     probes: tuple[PlannedProbe, ...] = ()
     """Active probes to send to the flow's server."""
-    extra: dict[str, Any] = field(default_factory=dict)
+    fields: EventFields | None = None
+    """The fields its event adds (the mechanism's declared event fields)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

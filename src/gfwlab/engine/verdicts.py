@@ -19,6 +19,7 @@ from gfwlab.engine.actions import (
     ActionName,
     Drop,
     Event,
+    EventFields,
     FlowId,
     Inject,
     Probe,
@@ -32,6 +33,64 @@ from gfwlab.packet.ip import addr_text, parse
 
 NO_PACKET = parse(bytes.fromhex("450000140000000040fd00000000000000000000"))
 """Stands in for a trigger packet where there is none (a probe result)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResidualFields(EventFields):
+    """A new connection met a residual block."""
+
+    residual: bool = True
+    """Always true: the flow was hit (or spared) by a block another flow started."""
+    draw: float | None = None
+    """The draw that spared it, for a probabilistic residual (HTTP: spec §3)."""
+    probability: float | None = None
+    """The residual's probability of hitting a new connection."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbePlannedFields(EventFields):
+    """An active probe was planned."""
+
+    probe: str
+    """The probe type (``R1``-``R5``, ``NR1``, ``NR2``)."""
+    probe_id: int
+    """Its number, as in the Probe action and the probe result."""
+    at: float
+    """When it is (or, offline, would be) sent."""
+    length: int
+    """Its payload's length."""
+    prober_sport: int
+    """The prober's source port."""
+    ttl: int
+    """The prober's IP TTL."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeResultFields(EventFields):
+    """What a probed server did."""
+
+    probe: str
+    """The probe type."""
+    probe_id: int
+    """Its number."""
+    reaction: str
+    """``data``, ``fin``, ``rst``, ``timeout`` or ``unreachable``."""
+    response_len: int
+    """Bytes the server sent back."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AnomalyFields(EventFields):
+    """Traffic the censor could not parse (it passes)."""
+
+    offset: int | None = None
+    """Where in the parsed bytes the problem is."""
+    detail: str | None = None
+    """What is wrong, in words."""
+    qname: str | None = None
+    """The DNS name of the query the anomaly is about."""
+    mechanism: str | None = None
+    """The mechanism on whose behalf the bytes were parsed."""
 
 
 @dataclass(slots=True)
@@ -124,13 +183,13 @@ class Verdicts:
         for planned in decision.probes:
             self._schedule_probe(mech, flow, planned, now, decision.rule, out)
         if decision.action == "pass":
-            self.report(out, flow, now, mech.name, "pass", decision.rule, None, decision.extra)
+            self.report(out, flow, now, mech.name, "pass", decision.rule, None, decision.fields)
             return
         if decision.action in ("rst", "drop", "null-route"):
             flow.block_flow(decision.block, mech.name)
         action = decision.action
         self.report(
-            out, flow, now, mech.name, action, decision.rule, residual_until, decision.extra
+            out, flow, now, mech.name, action, decision.rule, residual_until, decision.fields
         )
 
     def residual_drop(self, flow: Flow, c2s: bool, now: float, out: list[Action]) -> bool:
@@ -144,8 +203,8 @@ class Verdicts:
         flow.block_flow("c2s" if c2s else "s2c", entry.mechanism)
         if first:
             action: ActionName = "drop" if c2s else "null-route"
-            extra = {"residual": True}
-            self.report(out, flow, now, entry.mechanism, action, entry.rule, entry.until, extra)
+            fields = ResidualFields()
+            self.report(out, flow, now, entry.mechanism, action, entry.rule, entry.until, fields)
         return True
 
     def residual_rst(self, seen: Seen, out: list[Action]) -> None:
@@ -156,7 +215,7 @@ class Verdicts:
             return
         draw = mech.rng(seen).random()
         if draw >= entry.probability:
-            extra = {"residual": True, "draw": round(draw, 6), "probability": entry.probability}
+            extra = ResidualFields(draw=round(draw, 6), probability=entry.probability)
             self.report(
                 out, seen.flow, seen.now, entry.mechanism, "pass", entry.rule, entry.until, extra
             )
@@ -191,14 +250,14 @@ class Verdicts:
         context: dict[str, Any] = {"rule": rule, "origin": planned.origin}
         self.probes[probe.probe_id] = (mech, flow, planned, context)
         self.later(probe)
-        extra = {
-            "probe": planned.kind,
-            "probe_id": probe.probe_id,
-            "at": round(probe.at, 6),
-            "length": len(planned.payload),
-            "prober_sport": planned.sport,
-            "ttl": planned.ttl,
-        }
+        extra = ProbePlannedFields(
+            probe=planned.kind,
+            probe_id=probe.probe_id,
+            at=round(probe.at, 6),
+            length=len(planned.payload),
+            prober_sport=planned.sport,
+            ttl=planned.ttl,
+        )
         self.report(out, flow, now, mech.name, "probe", rule, None, extra)
 
     def probe_result(
@@ -219,12 +278,9 @@ class Verdicts:
             response_len=response_len,
             context=context,
         )
-        extra = {
-            "probe": planned.kind,
-            "probe_id": probe_id,
-            "reaction": reaction,
-            "response_len": response_len,
-        }
+        extra = ProbeResultFields(
+            probe=planned.kind, probe_id=probe_id, reaction=reaction, response_len=response_len
+        )
         self.report(out, flow, now, mech.name, "probe", context["rule"], None, extra)
         return mech, Seen(pkt=NO_PACKET, flow=flow, now=now, c2s=True), result
 
@@ -237,7 +293,7 @@ class Verdicts:
         action: ActionName,
         rule: str,
         residual_until: float | None,
-        extra: dict[str, Any],
+        fields: EventFields | None,
     ) -> None:
         """Append the event of one decision or observation to ``out``."""
         mech = self.mechanisms.get(mechanism)
@@ -250,17 +306,22 @@ class Verdicts:
             rule=rule,
             residual_until=residual_until,
             citation=mech.citation if mech is not None else "",
-            extra=extra,
+            extra=fields.as_dict() if fields is not None else {},
         )
         self._count(mechanism, action)
         out.append(Report(event=event))
 
     def malformed(
-        self, out: list[Action], flow: Flow, now: float, exc: MalformedPacket, **extra: Any
+        self,
+        out: list[Action],
+        flow: Flow,
+        now: float,
+        exc: MalformedPacket,
+        mechanism: str | None = None,
     ) -> None:
         """Report traffic the censor could not parse as an anomaly event (it passes)."""
-        detail = {"offset": exc.offset, "detail": exc.detail, **extra}
-        self.report(out, flow, now, "engine", "anomaly", exc.kind, None, detail)
+        fields = AnomalyFields(offset=exc.offset, detail=exc.detail, mechanism=mechanism)
+        self.report(out, flow, now, "engine", "anomaly", exc.kind, None, fields)
 
     def anomaly_ip(self, packet: bytes, exc: MalformedPacket, now: float) -> Report:
         """The event of a packet that is not even IP: it has no flow, only addresses."""
@@ -278,7 +339,7 @@ class Verdicts:
                 mechanism="engine",
                 action="anomaly",
                 rule=exc.kind,
-                extra={"offset": exc.offset, "detail": exc.detail},
+                extra=AnomalyFields(offset=exc.offset, detail=exc.detail).as_dict(),
             )
         )
 

@@ -28,6 +28,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
+from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Forged
 from gfwlab.packet.ip import ACK, RST, Packet, build_tcp
 
@@ -59,6 +60,16 @@ FINGERPRINTS: dict[str, Fingerprint] = {
     "clayton2006": Fingerprint(RST | ACK, (0, 1460, 4380), False, False, (0, 0xFFFF), (40, 60)),
 }
 """The S&P'25 fingerprint table (types I-III) and the PET'06 pattern, as data."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResidualResetFields(EventFields):
+    """A new connection reset because a residual block is on its key."""
+
+    residual: bool = True
+    """Always true: the match was made by an earlier connection."""
+    injector: str
+    """Which RST injector's fingerprint the forged packets carry (spec §4a, S&P'25)."""
 
 
 def _draw(rng: random.Random, span: tuple[int, int]) -> int:

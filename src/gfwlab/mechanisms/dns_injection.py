@@ -33,6 +33,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Forged, Mechanism, Needs, Seen
 from gfwlab.mechanisms import register_mechanism
 from gfwlab.packet.ip import addr_bytes, addr_text, build_udp
@@ -114,6 +115,30 @@ def _share(name: str, injector: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForgedAnswer(EventFields):
+    """One forged answer."""
+
+    injector: str
+    """The injector that sent it (its fingerprint: spec §2)."""
+    addr: str
+    """The forged address."""
+    flags: str
+    """The DNS header flags it carries, in hex."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InjectFields(EventFields):
+    """A query answered with forged responses."""
+
+    qname: str
+    """The name queried, as the injector flattened it."""
+    qtype: int
+    """The query type."""
+    answers: tuple[ForgedAnswer, ...]
+    """The forged answers, one per injector that answered."""
+
+
 class DnsInjection(Mechanism):
     citation = (
         "spec §2; Anonymous et al., Triplet Censors, FOCI 2020; Hoang et al., How Great is the "
@@ -145,7 +170,7 @@ class DnsInjection(Mechanism):
         pkt = seen.pkt
         rng = self.rng(seen)
         forged: list[Forged] = []
-        answered: list[dict[str, object]] = []
+        answered: list[ForgedAnswer] = []
         for index, inj in enumerate(p.injectors):
             if inj.coverage < 1.0 and _share(query.qname, inj.name) >= inj.coverage:
                 continue
@@ -179,7 +204,7 @@ class DnsInjection(Mechanism):
                 )
             )
             answered.append(
-                {"injector": inj.name, "addr": addr_text(addr), "flags": f"0x{flags:04x}"}
+                ForgedAnswer(injector=inj.name, addr=addr_text(addr), flags=f"0x{flags:04x}")
             )
         if not forged:
             return None
@@ -187,7 +212,7 @@ class DnsInjection(Mechanism):
             action="dns-inject",
             rule=rule,
             injections=tuple(forged),
-            extra={"qname": query.qname, "qtype": query.qtype, "answers": answered},
+            fields=InjectFields(qname=query.qname, qtype=query.qtype, answers=tuple(answered)),
         )
 
 

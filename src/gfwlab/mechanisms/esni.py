@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Mechanism, Residual, Seen
 from gfwlab.mechanisms import register_mechanism
 from gfwlab.proto.tls import ClientHello
@@ -35,6 +36,14 @@ class EsniParams(CommonParams):
     """Residual drop window: 120 or 180 s were both observed."""
     residual_key: ResidualKey = "3-tuple"
     """(source IP, destination IP, destination port)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EsniFields(EventFields):
+    """A ClientHello dropped for its encrypted_server_name extension."""
+
+    sni: str | None
+    """The plain-text SNI beside it, if any."""
 
 
 class Esni(Mechanism):
@@ -52,7 +61,7 @@ class Esni(Mechanism):
             drop=True,
             block="c2s",
             residual=Residual(key=p.residual_key, seconds=p.residual_s, policy="drop-c2s"),
-            extra={"sni": hello.sni},
+            fields=EsniFields(sni=hello.sni),
         )
 
 

@@ -41,10 +41,12 @@ or weeks) is a separate mechanism: use ``null_route``.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
+from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Mechanism, Residual, Seen
 from gfwlab.mechanisms import register_mechanism
 from gfwlab.rules import CommonParams, ResidualKey
@@ -121,6 +123,32 @@ class FetParams(CommonParams):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FetFields(EventFields):
+    """A first data packet to a targeted server, measured as Algorithm 1 measures it."""
+
+    length: int
+    """Payload bytes."""
+    set_bits: int
+    """Set bits in the payload."""
+    popcount: float
+    """Set bits per byte (Ex1: exempt if ≤ 3.4 or ≥ 4.6)."""
+    printable_prefix: int
+    """Leading printable bytes (Ex2: exempt from 6)."""
+    printable_fraction: float
+    """Share of printable bytes (Ex3: exempt above one half)."""
+    printable_run: int
+    """Longest run of printable bytes (Ex4: exempt above 20)."""
+    protocol: str | None
+    """The protocol its first bytes look like (Ex5: TLS or HTTP), or None."""
+    exempt: tuple[str, ...]
+    """The exemptions that held, in Algorithm 1's order."""
+    draw: float | None = None
+    """The draw, for a packet no exemption held; blocked when below ``probability``."""
+    probability: float | None = None
+    """The chance that a non-exempt first packet is blocked."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Measures:
     """What Algorithm 1 measures of a first data packet."""
 
@@ -146,16 +174,18 @@ class Measures:
     def printable_fraction(self) -> float:
         return self.printable / self.length
 
-    def as_extra(self) -> dict[str, Any]:
-        return {
-            "length": self.length,
-            "set_bits": self.set_bits,
-            "popcount": self.popcount,
-            "printable_prefix": self.printable_prefix,
-            "printable_fraction": self.printable_fraction,
-            "printable_run": self.printable_run,
-            "protocol": self.protocol,
-        }
+    def fields(self, exempt: list[str]) -> FetFields:
+        """These measures as event fields, with the exemptions that held."""
+        return FetFields(
+            length=self.length,
+            set_bits=self.set_bits,
+            popcount=self.popcount,
+            printable_prefix=self.printable_prefix,
+            printable_fraction=self.printable_fraction,
+            printable_run=self.printable_run,
+            protocol=self.protocol,
+            exempt=tuple(exempt),
+        )
 
 
 def measure(payload: bytes, params: FetParams) -> Measures:
@@ -222,14 +252,13 @@ class Fet(Mechanism):
             return None
         m = measure(payload, p)
         held = exemptions(m, p)
-        extra = {**m.as_extra(), "exempt": held}
+        measured = m.fields(held)
         if held:
-            return Decision(action="pass", rule=f"fet:exempt:{held[0]}", extra=extra)
+            return Decision(action="pass", rule=f"fet:exempt:{held[0]}", fields=measured)
         draw = self.rng(seen).random()
-        extra["draw"] = round(draw, 6)
-        extra["probability"] = p.probability
+        fields = dataclasses.replace(measured, draw=round(draw, 6), probability=p.probability)
         if draw >= p.probability:
-            return Decision(action="pass", rule="fet:no-exemption", extra=extra)
+            return Decision(action="pass", rule="fet:no-exemption", fields=fields)
         return Decision(
             action="drop",
             rule="fet:no-exemption",
@@ -246,7 +275,7 @@ class Fet(Mechanism):
             )
             if p.static_block
             else (),
-            extra=extra,
+            fields=fields,
         )
 
 

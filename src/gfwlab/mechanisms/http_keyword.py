@@ -28,9 +28,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Mechanism, Residual, Seen
 from gfwlab.mechanisms import register_mechanism
-from gfwlab.mechanisms._forge import Injector, forge_resets
+from gfwlab.mechanisms._forge import Injector, ResidualResetFields, forge_resets
 from gfwlab.proto.http import HttpRequest
 from gfwlab.rules import CommonParams, DomainSet, KeywordSet, ResidualKey
 
@@ -61,6 +62,30 @@ class HttpKeywordParams(CommonParams):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpSparedFields(EventFields):
+    """A matching request that the probability draw let through."""
+
+    host: str | None
+    """The Host header, as the censor read it (None: none)."""
+    draw: float
+    """The draw; a request is reset when it is below ``probability``."""
+    probability: float
+    """The chance that a matching request is reset (spec §3)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpResetFields(EventFields):
+    """A request reset for a keyword or host."""
+
+    host: str | None
+    """The Host header, as the censor read it (None: none)."""
+    path: str
+    """The request target (its first 200 characters)."""
+    injector: str
+    """Which RST injector's fingerprint the forged packets carry."""
 
 
 class HttpKeyword(Mechanism):
@@ -99,14 +124,16 @@ class HttpKeyword(Mechanism):
             return Decision(
                 action="pass",
                 rule=rule,
-                extra={"host": request.host, "draw": round(draw, 6), "probability": p.probability},
+                fields=HttpSparedFields(
+                    host=request.host, draw=round(draw, 6), probability=p.probability
+                ),
             )
-        return self._reset(seen, rule, {"host": request.host, "path": request.path[:200]})
+        return self._reset(seen, rule, request)
 
     def residual_hit(self, seen: Seen, rule: str) -> Decision | None:
-        return self._reset(seen, rule, {"residual": True})
+        return self._reset(seen, rule, None)
 
-    def _reset(self, seen: Seen, rule: str, extra: dict[str, object]) -> Decision:
+    def _reset(self, seen: Seen, rule: str, request: HttpRequest | None) -> Decision:
         p = self.params
         kind, forged = forge_resets(
             seen.pkt, c2s=seen.c2s, injector=p.injector, rng=self.rng(seen), latency_ms=p.latency_ms
@@ -121,7 +148,9 @@ class HttpKeyword(Mechanism):
                 policy="rst",
                 probability=p.residual_probability,
             ),
-            extra={**extra, "injector": kind},
+            fields=HttpResetFields(host=request.host, path=request.path[:200], injector=kind)
+            if request is not None
+            else ResidualResetFields(injector=kind),
         )
 
 

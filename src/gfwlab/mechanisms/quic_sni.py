@@ -42,6 +42,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gfwlab.engine.actions import EventFields
 from gfwlab.engine.flows import Flow
 from gfwlab.engine.mechanism import Decision, Mechanism, Residual, Seen
 from gfwlab.mechanisms import register_mechanism
@@ -95,6 +96,22 @@ def port_rule_admits(rule: PortRule, sport: int, dport: int) -> bool:
     return True
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuicFields(EventFields):
+    """A QUIC Initial whose SNI is listed."""
+
+    sni: str
+    """The SNI of the decrypted ClientHello."""
+    quic_version: int
+    """The Initial's QUIC version."""
+    why: str | None = None
+    """Why a listed Initial passed: its ports (the ``port_rule``) or its ``version``."""
+    draw: float | None = None
+    """The draw that spared it, with ``probability`` below 1."""
+    probability: float | None = None
+    """The chance that a listed Initial is blocked."""
+
+
 class QuicSni(Mechanism):
     citation = (
         "spec §5; Zohaib, Zao et al., Exposing and Circumventing SNI-based QUIC Censorship of "
@@ -127,18 +144,25 @@ class QuicSni(Mechanism):
         rule = p.domains.match(initial.sni)
         if rule is None:
             return None
-        extra: dict[str, object] = {"sni": initial.sni, "quic_version": initial.version}
+        sni, version = initial.sni, initial.version
         if not inspected:
-            return Decision(action="pass", rule=rule, extra={**extra, "why": p.port_rule})
+            fields = QuicFields(sni=sni, quic_version=version, why=p.port_rule)
+            return Decision(action="pass", rule=rule, fields=fields)
         if initial.version not in p.versions:
-            return Decision(action="pass", rule=rule, extra={**extra, "why": "version"})
+            fields = QuicFields(sni=sni, quic_version=version, why="version")
+            return Decision(action="pass", rule=rule, fields=fields)
         if p.probability < 1.0:
             draw = self.rng(seen).random()
             if draw >= p.probability:
                 return Decision(
                     action="pass",
                     rule=rule,
-                    extra={**extra, "draw": round(draw, 6), "probability": p.probability},
+                    fields=QuicFields(
+                        sni=sni,
+                        quic_version=version,
+                        draw=round(draw, 6),
+                        probability=p.probability,
+                    ),
                 )
         return Decision(
             action="drop",
@@ -146,7 +170,7 @@ class QuicSni(Mechanism):
             drop=False,  # the Initial itself is delivered
             block="c2s",
             residual=Residual(key=p.residual_key, seconds=p.residual_s, policy="drop-c2s"),
-            extra=extra,
+            fields=QuicFields(sni=sni, quic_version=version),
         )
 
 

@@ -32,11 +32,13 @@ the GFW probed Shadowsocks servers, not every HTTPS server.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
 from typing import Literal
 
+from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Mechanism, PlannedProbe, ProbeResult, Residual, Seen
 from gfwlab.mechanisms import register_mechanism
 from gfwlab.rules import CommonParams
@@ -116,6 +118,32 @@ def _looks_like_protocol(payload: bytes) -> bool:
     return payload.startswith((b"GET ", b"PUT ", b"POST ", b"HEAD "))
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CandidateFields(EventFields):
+    """A first data packet judged as a possible Shadowsocks connection."""
+
+    length: int
+    """Its payload length."""
+    entropy: float
+    """Its byte entropy (bits per byte)."""
+    chance: float
+    """The chance, from length and entropy, that it draws probes."""
+    draw: float
+    """The draw; probes follow when it is below ``chance``."""
+    probes: tuple[str, ...] | None = None
+    """The probes planned (types), when it drew them."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReactionFields(EventFields):
+    """What the server did with a probe, and what followed."""
+
+    probe: str
+    """The probe type."""
+    reaction: str
+    """``data``, ``fin``, ``rst``, ``timeout`` or ``unreachable``."""
+
+
 class SsProbing(Mechanism):
     citation = "spec §7a; Alice et al., How China Detects and Blocks Shadowsocks, IMC 2020"
     params_cls = SsProbingParams
@@ -144,17 +172,14 @@ class SsProbing(Mechanism):
             return None
         rng = self.rng(seen)
         draw = rng.random()
-        extra: dict[str, object] = {
-            "length": len(payload),
-            "entropy": round(h, 3),
-            "chance": round(chance, 4),
-            "draw": round(draw, 6),
-        }
+        seen_as = CandidateFields(
+            length=len(payload), entropy=round(h, 3), chance=round(chance, 4), draw=round(draw, 6)
+        )
         if draw >= chance:
-            return Decision(action="pass", rule="ss:candidate", extra=extra)
+            return Decision(action="pass", rule="ss:candidate", fields=seen_as)
         probes = self._first_stage(rng, payload)
-        extra["probes"] = [pr.kind for pr in probes]
-        return Decision(action="probe", rule="ss:candidate", probes=probes, extra=extra)
+        fields = dataclasses.replace(seen_as, probes=tuple(pr.kind for pr in probes))
+        return Decision(action="probe", rule="ss:candidate", probes=probes, fields=fields)
 
     def _first_stage(self, rng: random.Random, payload: bytes) -> tuple[PlannedProbe, ...]:
         p = self.params
@@ -195,7 +220,7 @@ class SsProbing(Mechanism):
         block = answered and (
             p.block_on == "any-answer" or (p.block_on == "replay-answered" and replay)
         )
-        extra = {"probe": result.kind, "reaction": result.reaction}
+        extra = ReactionFields(probe=result.kind, reaction=result.reaction)
         if block:
             return Decision(
                 action="null-route",
@@ -205,7 +230,7 @@ class SsProbing(Mechanism):
                     seconds=p.block_s,
                     policy="drop-s2c",
                 ),
-                extra=extra,
+                fields=extra,
             )
         if answered and result.kind in ("R1", "R2"):
             # Staged probing: R3-R5 only once the server has answered R1 or R2 (IMC'20).
@@ -213,7 +238,7 @@ class SsProbing(Mechanism):
             if isinstance(payload, bytes) and payload:
                 rng = self.rng(seen)
                 probes = tuple(self._probe(rng, k, payload) for k in ("R3", "R4", "R5"))
-                return Decision(action="probe", rule="ss:staged", probes=probes, extra=extra)
+                return Decision(action="probe", rule="ss:staged", probes=probes, fields=extra)
         return None
 
 

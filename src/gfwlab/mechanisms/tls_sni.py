@@ -25,9 +25,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Mechanism, Residual, Seen
 from gfwlab.mechanisms import register_mechanism
-from gfwlab.mechanisms._forge import Injector, forge_resets
+from gfwlab.mechanisms._forge import Injector, ResidualResetFields, forge_resets
 from gfwlab.proto.tls import ClientHello
 from gfwlab.rules import CommonParams, DomainSet, ResidualKey
 
@@ -50,6 +51,16 @@ class TlsSniParams(CommonParams):
     """Chance that a new connection on the key is reset during the residual window."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SniResetFields(EventFields):
+    """A connection reset for its SNI."""
+
+    sni: str
+    """The server name in the ClientHello."""
+    injector: str
+    """Which RST injector's fingerprint the forged packets carry (spec §4a, S&P'25)."""
+
+
 class TlsSni(Mechanism):
     citation = (
         "spec §4a; Wu, Zohaib et al., A Wall Behind A Wall: Emerging Regional Censorship in "
@@ -67,12 +78,12 @@ class TlsSni(Mechanism):
             rule = p.inside_out_only.match(hello.sni)
         if rule is None:
             return None
-        return self._reset(seen, rule, {"sni": hello.sni})
+        return self._reset(seen, rule, hello.sni)
 
     def residual_hit(self, seen: Seen, rule: str) -> Decision | None:
-        return self._reset(seen, rule, {"residual": True})
+        return self._reset(seen, rule, None)
 
-    def _reset(self, seen: Seen, rule: str, extra: dict[str, object]) -> Decision:
+    def _reset(self, seen: Seen, rule: str, sni: str | None) -> Decision:
         p = self.params
         kind, forged = forge_resets(
             seen.pkt, c2s=seen.c2s, injector=p.injector, rng=self.rng(seen), latency_ms=p.latency_ms
@@ -88,7 +99,9 @@ class TlsSni(Mechanism):
                 policy="rst",
                 probability=p.residual_probability,
             ),
-            extra={**extra, "injector": kind},
+            fields=SniResetFields(sni=sni, injector=kind)
+            if sni is not None
+            else ResidualResetFields(injector=kind),
         )
 
 

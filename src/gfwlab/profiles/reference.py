@@ -10,9 +10,13 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import re
+import sys
 import typing
 from typing import Any
 
+from gfwlab.engine import dissect, verdicts
+from gfwlab.engine.actions import EventFields
 from gfwlab.mechanisms import registry
 from gfwlab.mechanisms.dns_injection import DEFAULT_INJECTORS, DnsInjectorParams
 from gfwlab.rules.profile import EngineParams, TcbParams
@@ -55,7 +59,7 @@ def field_docs(cls: type[Any]) -> dict[str, str]:
 
 def _type_name(tp: Any) -> str:
     text = getattr(tp, "__name__", None) if not typing.get_args(tp) else None
-    return text or str(tp).replace("typing.", "").replace("gfwlab.rules.domains.", "")
+    return text or re.sub(r"\bgfwlab\.[\w.]+\.", "", str(tp).replace("typing.", ""))
 
 
 def _default(field: dataclasses.Field[Any]) -> str:
@@ -115,5 +119,70 @@ def render() -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+EVENTS_HEADER = """# Event fields
+
+Every event has the fields of the DESIGN.md contract (`ts`, `flow`, `direction`, `mechanism`,
+`action`, `rule`, `residual_until`, `citation`). The fields below come after them: each kind of
+event declares its own, typed, in code (`EventFields` subclasses). A field whose default is
+`None` is left out of an event where it does not apply.
+
+Generated from the code by `python -m gfwlab.profiles.reference --events`; do not edit by hand.
+"""
+
+
+def event_classes(module: Any) -> list[type[EventFields]]:
+    """The EventFields classes a module defines, in the order they are written."""
+    found = [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type)
+        and issubclass(obj, EventFields)
+        and obj is not EventFields
+        and obj.__module__ == module.__name__
+    ]
+    return sorted(found, key=lambda c: inspect.getsourcelines(c)[1])
+
+
+def _fields_table(cls: type[EventFields]) -> list[str]:
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    lines = [f"#### `{cls.__name__}`", "", inspect.getdoc(cls) or "", ""]
+    lines += ["| field | type | when | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(cls):
+        when = "if it applies" if f.default is None else "always"
+        kind = _type_name(hints[f.name]).replace("|", "or")
+        lines.append(f"| `{f.name}` | {kind} | {when} | {docs[f.name]} |")
+    return [*lines, ""]
+
+
+def render_events() -> str:
+    """docs/events.md: the declared fields of every kind of event."""
+    out = [EVENTS_HEADER, "## engine", ""]
+    for module in (verdicts, dissect):
+        for cls in event_classes(module):
+            out += _fields_table(cls)
+    seen: set[type[EventFields]] = set()
+    for name, mech in sorted(registry().items()):
+        module = sys.modules[mech.__module__]
+        classes = [c for c in event_classes(module) if c not in seen]
+        shared = {
+            c
+            for other in vars(module).values()
+            if isinstance(other, type) and issubclass(other, EventFields)
+            for c in (other,)
+            if c.__module__ != module.__name__ and c is not EventFields
+        }
+        out += [f"## {name}", ""]
+        for cls in classes:
+            out += _fields_table(cls)
+        for cls in sorted(shared, key=lambda c: c.__name__):
+            out += [f"Also `{cls.__name__}` (from `{cls.__module__}`).", ""]
+            if cls not in seen:
+                out += _fields_table(cls)
+            seen.add(cls)
+        seen.update(classes)
+    return "\n".join(out).rstrip() + "\n"
+
+
 if __name__ == "__main__":
-    print(render(), end="")
+    print(render_events() if "--events" in sys.argv[1:] else render(), end="")
