@@ -30,6 +30,11 @@ is not valid TOML, as a string (`--set tls_sni.domains=/path/list.txt`). List pa
 inline list or a path to a file with one entry per line (relative paths are relative to the
 profile's folder, or to the current folder for `--set`).
 
+Top-level keys: `name`, `description`, `reference_date` and `measured_from` (unquoted dates).
+`gfwlab analyze` without `--date` emulates the day of the capture's first packet; a capture dated
+before `measured_from` (a synthetic capture at time 0) is analysed as of `reference_date`, and
+mechanisms without an `active` start are active from `measured_from`.
+
 Domain rules: `example.com` matches the name and its subdomains; `=example.com` only the name;
 `^example.com` any name starting with that text; `*example*` any name containing it.
 
