@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import grimp
@@ -152,3 +154,16 @@ def test_hook_names_are_written_once() -> None:
     # The censor names only the hooks no dissector feeds (raw-packet hooks); the others come from
     # the dissector table.
     assert set(listed) <= {"on_new_flow", "on_first_data", "on_first_datagram"}
+
+
+def test_the_documented_layers_are_the_enforced_ones() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (layers,) = [c["layers"] for c in config["contracts"] if c["type"] == "layers"]
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    section = doc.split("<!-- layers:", 1)[1].split("\n\n", 1)[0]
+    documented = []
+    for line in section.splitlines():
+        m = re.match(r"\d+\. `([^`]*)`", line)
+        if m:
+            documented.append(" | ".join(re.findall(r"gfwlab[\w.]*", m.group(1))))
+    assert documented == layers
