@@ -16,6 +16,7 @@ accepted: nothing raised by a dissector or a mechanism's parsing escapes ``feed`
 from __future__ import annotations
 
 import heapq
+import zlib
 from collections.abc import Mapping
 
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop
@@ -206,6 +207,7 @@ class Censor:
             direction="inside-out" if outbound else "outside-in",
             crossing=crossing,
             first_seen=now,
+            salt=pkt.seq if pkt.proto == PROTO_TCP else zlib.crc32(pkt.payload[:64]),
             last_seen=now,
         )
         if not crossing:
