@@ -219,7 +219,7 @@ def test_a_missing_transition_raises(state: TcbState, inp: TcbInput) -> None:
 
 @pytest.mark.parametrize("bad", [0, -1])
 def test_params_reject_non_positive_inspect_bytes(bad: int) -> None:
-    with pytest.raises(ValueError, match="inspect_bytes"):
+    with pytest.raises(ValueError, match=r"^tcb\.inspect_bytes must be positive$"):
         TcbParams(inspect_bytes=bad)
     assert TcbParams(inspect_bytes=1).inspect_bytes == 1
 
