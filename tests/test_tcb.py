@@ -14,8 +14,17 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from gfwlab.engine.tcb import Tcb, TcbInput, TcbParams, TcbState, classify, transition_table
-from gfwlab.packet.ip import ACK, FIN, PSH, RST, SYN, URG
+from gfwlab.engine.tcb import (
+    Tcb,
+    TcbInput,
+    TcbState,
+    classify,
+    open_input,
+    tcp_checksum_ok,
+    transition_table,
+)
+from gfwlab.packet.ip import ACK, FIN, PSH, RST, SYN, URG, addr_bytes, build_tcp, parse
+from gfwlab.rules import TcbParams
 
 S, In = TcbState, TcbInput
 MOD = 1 << 32
@@ -738,3 +747,58 @@ Reassembly.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_reassembly_matches_model = Reassembly.TestCase
+
+
+# --- making a TCB, data with FIN, checksums --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "c2s", "payload", "require_syn", "isn"),
+    [
+        (SYN, True, False, True, 77),  # the client's SYN makes it, its seq is the ISN
+        (SYN, True, True, True, 77),  # a SYN carrying data still does
+        (SYN | ACK, True, False, True, None),  # a client-sent SYN/ACK does not
+        (SYN | ACK, False, False, True, None),  # nor the server's SYN/ACK
+        (SYN | RST, True, False, True, None),
+        (SYN, False, False, True, None),  # a bare SYN from the server side does not
+        (ACK | PSH, True, True, True, None),  # mid-stream data: no TCB while a SYN is required
+        (ACK | PSH, True, True, False, 76),  # without require_syn: as if its SYN were just seen
+        (ACK | PSH, True, False, False, None),  # but only data makes one
+        (ACK | PSH, False, True, False, None),  # and only the client's
+    ],
+)
+def test_open_input(
+    flags: int, c2s: bool, payload: bool, require_syn: bool, isn: int | None
+) -> None:
+    params = TcbParams(require_syn=require_syn)
+    assert open_input(params, flags, c2s, 77, payload) == isn
+
+
+def test_open_input_wraps_below_zero() -> None:
+    assert open_input(TcbParams(require_syn=False), ACK, True, 0, True) == MOD - 1
+
+
+def test_feed_applies_data_then_fin() -> None:
+    torn = established(on_fin="teardown")
+    assert torn.feed(TcbInput.RECV_DATA, 1001, b"GET", ACK | FIN) is True
+    assert torn.state is TcbState.CLOSED and bytes(torn.stream) == b""
+    kept = established()  # FIN ignored by default
+    assert kept.feed(TcbInput.RECV_DATA, 1001, b"GET", ACK | FIN) is True
+    assert kept.state is TcbState.ESTABLISHED and bytes(kept.stream) == b"GET"
+    plain = established(on_fin="teardown")
+    assert plain.feed(TcbInput.RECV_DATA, 1001, b"GET", ACK | PSH) is True
+    assert plain.state is TcbState.ESTABLISHED
+    # A FIN without data is fed once, as a FIN, by its own input.
+    fin = established(on_fin="teardown")
+    assert fin.feed(TcbInput.RECV_FIN, 1001, b"", ACK | FIN) is False
+    assert fin.state is TcbState.CLOSED
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_tcp_checksum(v6: bool) -> None:
+    c, s = ("2001:db8::2", "2001:db8:1::2") if v6 else ("198.18.0.2", "198.19.0.2")
+    raw = build_tcp(addr_bytes(c), addr_bytes(s), 40000, 80, seq=5, flags=ACK, payload=b"GET /")
+    assert tcp_checksum_ok(parse(raw))
+    bad = bytearray(raw)
+    bad[-1] ^= 0x01
+    assert not tcp_checksum_ok(parse(bytes(bad)))
