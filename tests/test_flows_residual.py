@@ -8,8 +8,9 @@ import pytest
 from gfwlab.engine.actions import FlowId
 from gfwlab.engine.flows import _TRANSITIONS, Flow, FlowInput, FlowState, FlowTable, flow_key
 from gfwlab.engine.residual import ResidualEntry, ResidualTable, residual_key
-from gfwlab.engine.tcb import Tcb, TcbParams, transition_table
+from gfwlab.engine.tcb import Tcb, transition_table
 from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, addr_bytes
+from gfwlab.rules import TcbParams
 
 C, S = addr_bytes("198.18.0.2"), addr_bytes("198.19.0.2")
 C6 = addr_bytes("2001:db8::2")
@@ -216,3 +217,23 @@ def test_residual_lookup_window_and_policy() -> None:
     other = flow(cport=40001)  # same 3-tuple, other source port: hit
     assert t.lookup(other, "drop-c2s", 15.0) is not None
     assert t.lookup(flow(sport=80), "drop-c2s", 15.0) is None
+
+
+def test_a_flows_stream_goes_on_across_calls_and_differs_by_key_and_salt() -> None:
+    f = flow()
+    first = [f.draws("1:tls_sni").random() for _ in range(3)]
+    again = flow()
+    whole = again.draws("1:tls_sni")
+    assert first == [whole.random() for _ in range(3)]  # one stream, not restarted per call
+    assert f.draws("1:tls_sni") is f.draws("1:tls_sni")
+    assert flow().draws("1:fet").random() != flow().draws("1:tls_sni").random()
+    assert flow(salt=7).draws("1:fet").random() != flow(salt=8).draws("1:fet").random()
+
+
+def test_probe_ids_are_unique_per_flow_and_fit_in_63_bits() -> None:
+    a, b = flow(), flow(cport=40001)
+    ids = [a.probe_id() for _ in range(50)] + [b.probe_id() for _ in range(50)]
+    assert len(set(ids)) == len(ids)
+    assert all(0 <= i < 1 << 63 for i in ids)
+    assert max(ids) >= 1 << 61  # the whole 63-bit range is used, not a small counter
+    assert flow().probe_id() == flow().probe_id()  # from the flow's identity alone
