@@ -28,6 +28,7 @@ from gfwlab.lab.state import LabState, locked, process_start_time, state_dir
 from gfwlab.live.topology import (
     CENSOR_NS,
     CLIENT_NS,
+    DEFAULT_HOPS,
     INSIDE,
     NAMESPACES,
     QUEUE_NUM,
@@ -53,6 +54,10 @@ class UpOptions:
     fail_open: bool = True
     names: list[str] = field(default_factory=list)
     """Extra host names the lab's certificate must cover."""
+    hops: int = DEFAULT_HOPS
+    """Routers between the censor and the server, for TTLs (see ``netns.install_path_hops``)."""
+    client_hops: int = 0
+    """Routers between the client and the censor, for TTLs."""
 
 
 def lab_sets(options: UpOptions) -> list[str]:
@@ -93,6 +98,8 @@ def _up_locked(options: UpOptions, profile: Profile, log: Any, ca: Any, services
             "sets": lab_sets(options),
             "seed": options.seed,
             "fail_open": options.fail_open,
+            "hops": options.hops,
+            "client_hops": options.client_hops,
         }
         st.save()
         try:
@@ -102,6 +109,7 @@ def _up_locked(options: UpOptions, profile: Profile, log: Any, ca: Any, services
             log("namespaces and links")
             netns.make_topology()
             netns.install_queue_rules(CENSOR_NS, QUEUE_NUM, fail_open=options.fail_open)
+            netns.install_path_hops(options.hops, options.client_hops)
             for ns in (CLIENT_NS, SERVER_NS):  # both resolve with the lab's DNS server
                 etc = os.path.join(ETC_NETNS, ns)
                 st.record(kind="path", path=etc)
