@@ -215,10 +215,12 @@ class _Parser:
             left = self.action()
             if self.peek(","):
                 self.i += 1
+                second = self.i
                 right = self.action()
-            self.eat(")", "')' closing the subtrees" if self.peek("") else "')'")
-            if right is not None and name not in ("duplicate", "fragment"):
-                self.fail(f"no second subtree: {name} has one packet")
+                if right is not None and name not in ("duplicate", "fragment"):
+                    self.i = second
+                    self.fail(f"')': {name} has one packet, so no second subtree")
+            self.eat(")", "',' or ')' closing the subtrees")
         return Action(name, params, left, right)
 
     def _check_params(self, start: int, name: str, params: tuple[str, ...]) -> None:
