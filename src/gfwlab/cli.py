@@ -59,10 +59,40 @@ def _profile(profile: str, date: str | None, sets: list[str] | None, *, today: b
     return load_profile(profile, date=day, overrides=sets or [])
 
 
+ProfilesOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--profile",
+        "-p",
+        help="Built-in profile name or TOML file; repeat for censors in series, in path order "
+        "from the client (e.g. -p henan -p gfw).",
+    ),
+]
+
+
+def _profiles(
+    names: list[str] | None, date: str | None, sets: list[str] | None, *, today: bool = True
+) -> list[Any]:
+    """One profile per ``--profile``; with several, each takes only the ``--set`` values of
+    its own sections (``engine``, ``tcb`` and the mechanisms it configures)."""
+    names = names or ["gfw"]
+    if len(names) == 1:
+        return [_profile(names[0], date, sets, today=today)]
+    out = []
+    for name in names:
+        own = _profile(name, date, [], today=today)
+        mine = [
+            x for x in sets or []
+            if x.split(".", 1)[0].strip() in ("engine", "tcb", *own.mechanisms)
+        ]  # fmt: skip
+        out.append(_profile(name, date, mine, today=today))
+    return out
+
+
 @app.command()
 def analyze(
     capture: Annotated[str, typer.Argument(help="A pcap or pcapng capture.")],
-    profile: ProfileOpt = "gfw",
+    profile: ProfilesOpt = None,
     date: DateOpt = None,
     sets: SetOpt = None,
     seed: SeedOpt = 0,
@@ -78,10 +108,11 @@ def analyze(
     from gfwlab.offline import analyze as run  # noqa: PLC0415
     from gfwlab.offline.analyze import dated  # noqa: PLC0415
 
-    prof = _profile(profile, date, sets, today=False)
+    profs = _profiles(profile, date, sets, today=False)
     source = "--date"
     if date is None:
-        prof, source = dated(capture, prof)
+        dated_all = [dated(capture, p) for p in profs]
+        profs, source = [p for p, _ in dated_all], dated_all[0][1]
     show_bar = err.is_terminal and not as_json
     with Progress(
         TextColumn("[bold]analysing[/]"),
@@ -99,7 +130,7 @@ def analyze(
 
         summary = run(
             capture,
-            prof,
+            profs if len(profs) > 1 else profs[0],
             seed=seed,
             events_path=events,
             out_path=out,

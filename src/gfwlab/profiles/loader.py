@@ -31,7 +31,7 @@ from gfwlab.mechanisms import registry
 from gfwlab.rules.profile import EngineParams, Profile, TcbParams
 from gfwlab.rules.schema import Context, build_params, coerce
 
-BUILTIN = ("gfw",)
+BUILTIN = ("gfw", "henan")
 _TOP = {
     "name",
     "description",
@@ -64,7 +64,8 @@ def load_profile(
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(profile, None, "no such profile file (built-in: gfw)") from None
+        builtin = ", ".join(BUILTIN)
+        raise ConfigError(profile, None, f"no such profile file (built-in: {builtin})") from None
     except IsADirectoryError:
         raise ConfigError(profile, None, "is a directory, not a profile file") from None
     except PermissionError:
