@@ -73,20 +73,11 @@ ProfilesOpt = Annotated[
 def _profiles(
     names: list[str] | None, date: str | None, sets: list[str] | None, *, today: bool = True
 ) -> list[Any]:
-    """One profile per ``--profile``; with several, each takes only the ``--set`` values of
-    its own sections (``engine``, ``tcb`` and the mechanisms it configures)."""
-    names = names or ["gfw"]
-    if len(names) == 1:
-        return [_profile(names[0], date, sets, today=today)]
-    out = []
-    for name in names:
-        own = _profile(name, date, [], today=today)
-        mine = [
-            x for x in sets or []
-            if x.split(".", 1)[0].strip() in ("engine", "tcb", *own.mechanisms)
-        ]  # fmt: skip
-        out.append(_profile(name, date, mine, today=today))
-    return out
+    """One profile per ``--profile`` (censors in series), as of ``--date`` (see _profile)."""
+    from gfwlab.profiles import load_profiles, parse_date  # noqa: PLC0415
+
+    day = parse_date(date) if date else dt.date.today() if today else None
+    return load_profiles(names or ["gfw"], date=day, overrides=sets or [])
 
 
 @app.command()
@@ -326,7 +317,7 @@ app.add_typer(lab_app, name="lab")
 
 @lab_app.command("up")
 def lab_up(
-    profile: ProfileOpt = "gfw",
+    profile: ProfilesOpt = None,
     date: DateOpt = None,
     sets: SetOpt = None,
     seed: SeedOpt = 0,
@@ -355,8 +346,10 @@ def lab_up(
     """Make the lab: client, censor and server namespaces, real services, the censor inline."""
     from gfwlab.lab.lifecycle import UpOptions, up  # noqa: PLC0415
 
+    names = profile or ["gfw"]
     opts = UpOptions(
-        profile=profile,
+        profile=names[0],
+        more_profiles=names[1:],
         date=date,
         sets=sets or [],
         seed=seed,

@@ -38,7 +38,7 @@ from gfwlab.live.topology import (
     SERVER_V4,
     SERVER_V6,
 )
-from gfwlab.profiles import Profile, load_profile, parse_date
+from gfwlab.profiles import Profile, load_profiles, parse_date
 from gfwlab.rules.domains import DomainSet
 
 ETC_NETNS = "/etc/netns"
@@ -48,6 +48,8 @@ DEFAULT_NAMES = ("example.org", "example.com", "example.net", "lab.test", "local
 @dataclass
 class UpOptions:
     profile: str = "gfw"
+    more_profiles: list[str] = field(default_factory=list)
+    """Further censors in series after ``profile``, in path order from the client."""
     date: str | None = None
     sets: list[str] = field(default_factory=list)
     seed: int = 0
@@ -69,8 +71,10 @@ def lab_sets(options: UpOptions) -> list[str]:
 
 
 def load_lab_profile(options: UpOptions) -> Profile:
+    """The first censor's profile; every profile is loaded, so a bad one fails here."""
     date = parse_date(options.date) if options.date else None
-    return load_profile(options.profile, date=date, overrides=lab_sets(options))
+    names = [options.profile, *options.more_profiles]
+    return load_profiles(names, date=date, overrides=lab_sets(options))[0]
 
 
 def up(options: UpOptions, log: Any = print) -> LabState:
@@ -94,6 +98,7 @@ def _up_locked(options: UpOptions, profile: Profile, log: Any, ca: Any, services
         st = LabState(path=old.path, status="starting")
         st.config = {
             "profile": options.profile,
+            "profiles": [options.profile, *options.more_profiles],
             "date": options.date,
             "sets": lab_sets(options),
             "seed": options.seed,
@@ -187,8 +192,7 @@ def censor_argv(st: LabState, options: UpOptions) -> list[str]:
         "gfwlab.live.daemon",
         "--state-dir",
         st.dir,
-        "--profile",
-        options.profile,
+        *[x for name in (options.profile, *options.more_profiles) for x in ("--profile", name)],
         "--seed",
         str(options.seed),
         "--queue",

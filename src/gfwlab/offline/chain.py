@@ -62,6 +62,16 @@ class Chain:
     def on_timer(self, now: float) -> list[Action]:
         return [_named(a, n) for n, c in self.censors for a in c.on_timer(now)]
 
+    def on_probe_result(
+        self, probe_id: int, reaction: str, now: float, response_len: int = 0
+    ) -> list[Action]:
+        """Every censor is told; one that did not plan the probe ignores its id."""
+        return [
+            _named(a, n)
+            for n, c in self.censors
+            for a in c.on_probe_result(probe_id, reaction, now, response_len)
+        ]
+
     def flush(self) -> list[Action]:
         return [_named(a, n) for n, c in self.censors for a in c.flush()]
 
