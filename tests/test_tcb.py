@@ -662,7 +662,7 @@ class Reassembly(RuleBasedStateMachine):
     """
 
     @initialize(
-        data=st.binary(min_size=1, max_size=80),
+        data=st.binary(min_size=10, max_size=80),
         isn=st.one_of(st.integers(MOD - 90, MOD - 1), st.integers(0, MOD - 1), st.just(MOD - 1)),
         cap=st.sampled_from([1, 7, 40, 10_000]),
     )
@@ -691,7 +691,12 @@ class Reassembly(RuleBasedStateMachine):
 
     @rule(a=st.integers(0, 80), n=st.integers(0, 20))
     def segment(self, a: int, n: int) -> None:
-        a = min(a, len(self.data))
+        a %= len(self.data) + 1
+        self.send(a, self.data[a : a + n])
+
+    @rule(gap=st.integers(1, 20), n=st.integers(1, 20))
+    def ahead(self, gap: int, n: int) -> None:
+        a = min(self.contiguous() + gap, len(self.data) - 1)
         self.send(a, self.data[a : a + n])
 
     @rule(n=st.integers(1, 20))
