@@ -655,10 +655,8 @@ class Reassembly(RuleBasedStateMachine):
     contiguous prefix from offset 0, capped at inspect_bytes.
 
     Segments are cut from one random byte string, so overlaps agree on their bytes except for
-    ``forged`` retransmissions, which only rewrite bytes before the expected sequence or bytes
-    nobody has sent yet (the held-versus-later case is the xfail test above). A later, longer
-    out-of-order segment at the seq of a shorter held one is lost by the TCB (the other xfail test
-    above); once that happens, only "the stream is a prefix of the model" is checked.
+    ``forged`` retransmissions, which rewrite bytes before the expected sequence, bytes nobody
+    has sent yet, or bytes of held segments (which must win, having been seen first).
     """
 
     @initialize(
