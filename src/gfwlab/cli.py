@@ -482,7 +482,8 @@ OfflineOpt = Annotated[
     bool,
     typer.Option(
         "--offline",
-        help="Scripted connections through the censor engine, no lab (the only mode so far).",
+        help="Scripted connections through the censor engine, no lab (default: live, in the "
+        "lab that is up: http_keyword only).",
     ),
 ]
 
@@ -518,7 +519,9 @@ def evade_run(
     from gfwlab.evade.strategy import parse_strategy  # noqa: PLC0415
 
     parse_strategy(strategy)  # a bad strategy is an error before anything else
-    _need_offline(offline)
+    if not offline:
+        _evade_live(strategy, against, side, trials, as_json)
+        return
     if side not in ("client", "server"):
         raise InputError(f"--side: expected client or server, got {side!r}")
     if against not in simulate.TARGETS:
@@ -550,6 +553,44 @@ def evade_run(
         console.print(f"trial seed {failed.seed} was censored; the censor's TCP view:")
         for pkt, view in failed.trace:
             console.print(f"  {pkt:<60} -> {view}", markup=False)
+
+
+def _evade_live(strategy: str, against: str, side: str, trials: int, as_json: bool) -> None:
+    from gfwlab.evade import live  # noqa: PLC0415
+    from gfwlab.evade.simulate import wilson  # noqa: PLC0415
+    from gfwlab.lab.state import LabState  # noqa: PLC0415
+    from gfwlab.profiles import load_profiles, parse_date  # noqa: PLC0415
+
+    if against != "http_keyword" or side != "client":
+        raise InputError("live: only --against http_keyword --side client so far; use --offline")
+    cfg = LabState.load().config
+    day = parse_date(cfg["date"]) if cfg.get("date") else None
+    names = cfg.get("profiles") or [cfg.get("profile", "gfw")]
+    profs = load_profiles(names, date=day, overrides=cfg.get("sets", []))
+    residual = max(
+        (float(getattr(p.mechanisms.get("http_keyword"), "residual_s", 0.0)) for p in profs),
+        default=0.0,
+    )
+    res = live.run_live(strategy, trials, residual)
+    lo, hi = wilson(res.successes, trials)
+    how = (
+        f"each trial on the server address used longest ago of {len(live.ADDRESSES)}; "
+        f"{res.waited} trials waited out a {residual:g} s residual window ({res.waited_s:.1f} s)"
+    )
+    if as_json:
+        print(json.dumps({
+            "strategy": strategy, "against": against, "side": side, "mode": "live",
+            "trials": trials, "successes": res.successes, "rate": res.successes / trials,
+            "interval_99": [round(lo, 4), round(hi, 4)], "independence": how,
+            "seed": cfg.get("seed"),
+        }))  # fmt: skip
+        return
+    console.print(
+        f"{res.successes}/{trials} evaded ({res.successes / trials:.0%}, 99% interval "
+        f"{lo:.0%}..{hi:.0%}) against {against}, live through the lab (seed {cfg.get('seed')}); "
+        + how,
+        markup=False,
+    )
 
 
 @evade_app.command("library")

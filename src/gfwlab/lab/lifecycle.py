@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gfwlab.errors import LabError
-from gfwlab.lab import netns
+from gfwlab.lab import attached, netns
 from gfwlab.lab.state import LabState, locked, process_start_time, state_dir
 from gfwlab.live.topology import (
     CENSOR_NS,
@@ -272,7 +272,7 @@ def down() -> list[str]:
     if os.geteuid() != 0:
         raise LabError("needs root (network namespaces and iptables); run it with sudo")
     with locked():
-        removed = _down_locked()
+        removed = attached.detach() + _down_locked()
     _remove_state_dir()
     return removed
 
@@ -326,6 +326,7 @@ class Status:
 
 
 def status() -> Status:
+    detached = attached.detach() if os.geteuid() == 0 else []  # left by a killed ``evade``
     st = LabState.load()
     namespaces = netns.existing_namespaces() if shutil.which("ip") else []
     procs = [{"name": e["name"], "pid": e.get("pid"), "alive": _alive(e)} for e in st.processes()]
@@ -347,6 +348,8 @@ def status() -> Status:
     for p in procs:
         if not p["alive"] and p["name"] != "censor":
             notes.append(f"{p['name']} is not running")
+    if detached:
+        notes.append("removed what a killed evade left attached: " + "; ".join(detached))
     return Status(
         up=st.status == "up" and bool(namespaces),
         state=st.status,
