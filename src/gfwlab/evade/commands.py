@@ -16,10 +16,11 @@ from rich.table import Table
 
 from gfwlab.errors import GfwlabError
 
-console = Console()
+# No emoji codes: a strategy's ":flags:" must print as written.
+console = Console(emoji=False)
 if not console.is_terminal:
-    console = Console(width=160)
-err = Console(stderr=True)
+    console = Console(width=160, emoji=False)
+err = Console(stderr=True, emoji=False)
 
 ProfileOpt = Annotated[
     str, typer.Option("--profile", "-p", help="Built-in profile name or TOML file.")
