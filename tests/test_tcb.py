@@ -119,7 +119,7 @@ DEFAULT_TABLE = {
     (S.SYN_SEEN, In.RECV_SYNACK): (None, S.ESTABLISHED),
     (S.SYN_SEEN, In.RECV_DATA): ("append", S.ESTABLISHED),
     (S.SYN_SEEN, In.RECV_ACK): (None, S.SYN_SEEN),
-    (S.SYN_SEEN, In.RECV_RST): ("teardown", S.CLOSED),
+    (S.SYN_SEEN, In.RECV_RST): (None, S.SYN_SEEN),
     (S.SYN_SEEN, In.RECV_FIN): ("teardown", S.CLOSED),
     (S.ESTABLISHED, In.RECV_SYN): (None, S.ESTABLISHED),
     (S.ESTABLISHED, In.RECV_SYNACK): (None, S.ESTABLISHED),
@@ -170,19 +170,26 @@ def test_default_table_exactly() -> None:
     assert transition_table(TcbParams()) == DEFAULT_TABLE
 
 
+@pytest.mark.parametrize("rst_before_synack", [False, True])
 @pytest.mark.parametrize("resync_on_syn", [False, True])
 @pytest.mark.parametrize("on_fin", HOWS)
 @pytest.mark.parametrize("on_rst", HOWS)
 def test_every_transition_for_every_parameter_value(
-    on_rst: str, on_fin: str, resync_on_syn: bool
+    on_rst: str, on_fin: str, resync_on_syn: bool, rst_before_synack: bool
 ) -> None:
-    table = transition_table(
-        TcbParams(on_rst=on_rst, on_fin=on_fin, resync_on_syn=resync_on_syn)  # type: ignore[arg-type]
+    params = TcbParams(
+        on_rst=on_rst,  # type: ignore[arg-type]
+        on_fin=on_fin,  # type: ignore[arg-type]
+        resync_on_syn=resync_on_syn,
+        rst_before_synack=rst_before_synack,
     )
+    table = transition_table(params)
     assert len(table) == 24
     assert set(table) == {(s, i) for s in S for i in In}  # total
     for (state, inp), got in table.items():
-        if state is not S.CLOSED and inp is In.RECV_RST:
+        if (state, inp) == (S.SYN_SEEN, In.RECV_RST) and not rst_before_synack:
+            want = (None, S.SYN_SEEN)  # a RST before the SYN/ACK is ignored
+        elif state is not S.CLOSED and inp is In.RECV_RST:
             want = RST_FIN_ROWS[on_rst][state]
         elif state is not S.CLOSED and inp is In.RECV_FIN:
             want = RST_FIN_ROWS[on_fin][state]

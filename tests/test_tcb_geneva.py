@@ -229,8 +229,15 @@ FAMILIES: list[Family] = [
     Family(
         "client SYN/ACK before its SYN (TCB turnaround)",
         0.03,
-        [("client SYN/ACK", c2s(SYN | ACK, CISN, ack=0)), SYN_PKT, SYNACK, HS_ACK, REQUEST],
-        [NONE, SYNS, EST, EST, BLOCKED],
+        [
+            ("client SYN/ACK", c2s(SYN | ACK, CISN, ack=0)),
+            SYN_PKT,
+            ("server RST answering the SYN/ACK", s2c(RST, 0, 0)),
+            SYNACK,
+            HS_ACK,
+            REQUEST,
+        ],
+        [NONE, SYNS, SYNS, EST, EST, BLOCKED],
         censored=True,
     ),
     Family(
@@ -323,6 +330,14 @@ def test_turnaround_parameter_lets_a_client_synack_swap_the_roles() -> None:
     (fam,) = [f for f in FAMILIES if "turnaround" in f.name]
     views, censored = play(fam, "tcb.turnaround=true")
     assert views[-1] == GONE and not censored
+
+
+def test_a_rst_before_the_synack_tears_down_only_with_rst_before_synack() -> None:
+    """The lab showed it: the server answers the client's SYN/ACK with a RST; were that RST to
+    tear the TCB down, the turnaround strategy would get through (published: 3%)."""
+    (fam,) = [f for f in FAMILIES if "turnaround" in f.name]
+    views, censored = play(fam, "tcb.rst_probability=1", "tcb.rst_before_synack=true")
+    assert views[2] == CLOSED and not censored
 
 
 def test_a_data_fin_that_does_not_act_is_inspected_as_data() -> None:

@@ -21,7 +21,9 @@ This is *not* an endpoint's TCP. It follows what was measured of the GFW (spec �
   (fitted: 0.515, which with the 3% baseline gives 53%). A FIN that acts is applied before the
   data it carries (Geneva's FIN copy carries the request's first bytes and still evades);
 - a client-sent SYN/ACK neither creates a TCB nor swaps the roles of client and server unless
-  ``turnaround`` is set (Geneva 2019: "TCB turnaround" got 3% on HTTP, spec §14c).
+  ``turnaround`` is set (Geneva 2019: "TCB turnaround" got 3% on HTTP, spec §14c), and the
+  server's RST answering it, seen before the server's SYN/ACK, does not tear the TCB down
+  unless ``rst_before_synack`` is set.
 - a second client SYN can put the TCB into resynchronisation (IMC'17, unverified: off by
   default, ``resync_on_syn``); in RESYNC the next client data packet sets the expected sequence.
 
@@ -99,7 +101,9 @@ def transition_table(params: TcbParams) -> dict[tuple[TcbState, TcbInput], tuple
         table[(state, i.RECV_SYNACK)] = (None, s.ESTABLISHED if state is s.SYN_SEEN else state)
         table[(state, i.RECV_ACK)] = (None, state)
         for inp, how in ((i.RECV_RST, params.on_rst), (i.RECV_FIN, params.on_fin)):
-            if how == "teardown":
+            if inp is i.RECV_RST and state is s.SYN_SEEN and not params.rst_before_synack:
+                table[(state, inp)] = (None, state)
+            elif how == "teardown":
                 table[(state, inp)] = ("teardown", s.CLOSED)
             elif how == "resync":
                 table[(state, inp)] = (None, s.RESYNC)

@@ -45,6 +45,10 @@ class TcbParams:
     stream. Fitted to Geneva's nine China teardown insertions (RST, RST+ACK and odd flag sets
     containing R after the handshake: 80-96%, spec §14c); 0.92 lies within the 99.9% binomial
     interval of each at 50 trials."""
+    rst_before_synack: bool = False
+    """A RST seen before the server's SYN/ACK (in syn-seen) acts too. Off: it is ignored. Geneva
+    2019: a client SYN/ACK sent before the SYN, which the server answers with a RST, got 3% on
+    HTTP (spec §14c), so that RST did not tear the TCB down."""
     on_fin: Literal["teardown", "resync", "ignore"] = "teardown"
     """What a FIN does to the TCB when it acts (spec §9, §14c)."""
     fin_probability: float = 0.515
