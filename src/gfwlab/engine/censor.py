@@ -27,7 +27,7 @@ from gfwlab.engine.residual import ResidualTable
 from gfwlab.engine.tcb import (
     Tcb,
     TcbInput,
-    TcbState,
+    acts,
     classify,
     open_input,
     tcp_checksum_ok,
@@ -35,7 +35,7 @@ from gfwlab.engine.tcb import (
 )
 from gfwlab.engine.verdicts import Stats, Verdicts
 from gfwlab.errors import MalformedPacket
-from gfwlab.packet.ip import ACK, PROTO_TCP, PROTO_UDP, SYN, Packet, parse
+from gfwlab.packet.ip import ACK, FIN, PROTO_TCP, PROTO_UDP, SYN, Packet, parse
 from gfwlab.rules.profile import Profile
 
 __all__ = ["Censor", "Stats"]
@@ -65,6 +65,8 @@ class Censor:
         self.verdicts = Verdicts(self.mechanisms, self.residual, hold_trigger=eng.hold_trigger)
         self.stats = self.verdicts.stats
         self._tcb_table = transition_table(profile.tcb)
+        self._min_segment = profile.tcb.min_segment(profile.date)
+        self._tcb_key = f"{seed}:engine.tcb"
         self._next_sweep: float | None = None
         plan = Plan.of(self.hooks)
         self._stream_rows, self._first_dgram_rows, self._port_rows = plan.rows
@@ -182,7 +184,7 @@ class Censor:
     def _new_flow(self, pkt: Packet, now: float) -> Flow:
         """Decide who is the client and which way the flow crosses the border."""
         if pkt.proto == PROTO_TCP:
-            if pkt.flags & (SYN | ACK) == SYN | ACK:
+            if pkt.flags & (SYN | ACK) == SYN | ACK and self.profile.tcb.turnaround:
                 src_is_client = False
             else:  # a SYN; mid-stream, the ephemeral (higher) port is the client's
                 src_is_client = bool(pkt.flags & SYN) or pkt.sport >= pkt.dport
@@ -235,18 +237,29 @@ class Censor:
         if tcb is None:
             isn = open_input(params, pkt.flags, c2s, pkt.seq, bool(pkt.payload))
             if isn is None:
-                if params.require_syn:
+                if params.require_syn and not pkt.flags & SYN:
                     self._finish(flow, out)  # no client SYN: the censor keeps no TCB (S&P'25)
                 return
-            tcb = flow.tcb = Tcb(params, self._tcb_table, isn)
+            tcb = flow.tcb = Tcb(params, self._tcb_table, isn, min_segment=self._min_segment)
         inp = classify(pkt.flags, c2s, bool(pkt.payload))
+        fin = acts(params, TcbInput.RECV_FIN, self._draw(flow)) if pkt.flags & FIN else False
+        rst_ignored = inp is TcbInput.RECV_RST and not acts(params, inp, self._draw(flow))
+        if rst_ignored or (inp is TcbInput.RECV_FIN and not fin):
+            inp = TcbInput.RECV_ACK  # a RST or FIN that does not act is just a segment
         if inp is TcbInput.RECV_DATA and not flow.first_data_seen:
             flow.first_data_seen = True
             self._run_hooks("on_first_data", seen, out, pkt.payload)
             if flow.state is not FlowState.CLEAN:
                 return
-        if tcb.feed(inp, pkt.seq, pkt.payload, pkt.flags) and tcb.state is not TcbState.CLOSED:
+        if tcb.feed(inp, pkt.seq, pkt.payload, pkt.flags, fin=fin):
+            if tcb.small_reassembled and not flow.small_noted:
+                flow.small_noted = True
+                self.verdicts.small_segment(out, flow, seen.now, params)
             self._dissect_stream(seen, tcb, out)
+
+    def _draw(self, flow: Flow) -> float:
+        """The next uniform draw of the flow's keyed TCB stream (RST and FIN acting)."""
+        return flow.draws(self._tcb_key).random()
 
     def _dissect_stream(self, seen: Seen, tcb: Tcb, out: list[Action]) -> None:
         data = bytes(tcb.stream)

@@ -76,6 +76,8 @@ class Flow:
     packets: int = 0
     first_data_seen: bool = False
     """The client's first TCP data packet has been shown to the first-packet mechanisms."""
+    small_noted: bool = False
+    """The event that a small segment was reassembled after the GFW's fix has been reported."""
     ident: FlowId | None = None
     probes: int = 0
     """Active probes planned because of this flow (numbers its probes)."""
