@@ -44,6 +44,16 @@ SetOpt = Annotated[
     typer.Option("--set", help="Override a parameter: mechanism.parameter=value (repeatable)."),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for every random draw.")]
+AtOpt = Annotated[
+    str | None,
+    typer.Option("--at", help="Emulate this UTC moment (YYYY-MM-DDTHH:MM), for dated events."),
+]
+NetworkOpt = Annotated[
+    str,
+    typer.Option(
+        "--network", help="The client's network: national, cernet, mobile, unicom, telecom."
+    ),
+]
 
 
 class InputError(Exception):
@@ -51,14 +61,19 @@ class InputError(Exception):
 
 
 def _profile(
-    profile: str, date: str | None, sets: list[str] | None, *, today: bool = True
+    profile: str,
+    date: str | None,
+    sets: list[str] | None,
+    *,
+    today: bool = True,
+    network: str = "national",
 ) -> Any:
     """The profile as of ``--date``; without it, today (or no date at all, for ``analyze``,
     which then takes the capture's own date)."""
     from gfwlab.profiles import load_profile, parse_date  # noqa: PLC0415 - keeps --help fast
 
     day = parse_date(date) if date else dt.date.today() if today else None
-    return load_profile(profile, date=day, overrides=sets or [])
+    return load_profile(profile, date=day, overrides=sets or [], network=network)
 
 
 @app.command()
@@ -66,6 +81,8 @@ def analyze(
     capture: Annotated[str, typer.Argument(help="A pcap or pcapng capture.")],
     profile: ProfileOpt = "gfw",
     date: DateOpt = None,
+    at: AtOpt = None,
+    network: NetworkOpt = "national",
     sets: SetOpt = None,
     seed: SeedOpt = 0,
     events: Annotated[
@@ -78,11 +95,18 @@ def analyze(
 ) -> None:
     """What the Great Firewall would have done to a capture, and why."""
     from gfwlab.offline import analyze as run  # noqa: PLC0415
-    from gfwlab.offline.analyze import dated  # noqa: PLC0415
+    from gfwlab.offline.analyze import at_moment, dated  # noqa: PLC0415
+    from gfwlab.profiles import parse_moment  # noqa: PLC0415
 
-    prof = _profile(profile, date, sets, today=False)
+    if at is not None and date is not None:
+        raise InputError("--at and --date: give one (--at sets the day too)")
+    moment = parse_moment(at) if at is not None else None
+    day = moment.date().isoformat() if moment is not None else date
+    prof = _profile(profile, day, sets, today=False, network=network)
     source = "--date"
-    if date is None:
+    if moment is not None:
+        prof, source = at_moment(capture, prof, moment), "--at"
+    elif date is None:
         prof, source = dated(capture, prof)
     show_bar = err.is_terminal and not as_json
     with Progress(
@@ -121,6 +145,7 @@ def analyze(
 
 _DATE_NOTES = {
     "capture": " (the capture's date)",
+    "--at": " (--at: the capture's clock shifted to that moment)",
     "reference": " (the profile's reference date: the capture is dated before every mechanism)",
 }
 
@@ -190,10 +215,11 @@ def _styled(action: str) -> str:
 def mechanisms(
     profile: ProfileOpt = "gfw",
     date: DateOpt = None,
+    network: NetworkOpt = "national",
     sets: SetOpt = None,
 ) -> None:
     """The profile's mechanisms: active dates, whether they run on --date, and their sources."""
-    prof = _profile(profile, date, sets)
+    prof = _profile(profile, date, sets, network=network)
     from gfwlab.mechanisms import registry  # noqa: PLC0415
 
     known = registry()
@@ -299,6 +325,8 @@ app.add_typer(lab_app, name="lab")
 def lab_up(
     profile: ProfileOpt = "gfw",
     date: DateOpt = None,
+    at: AtOpt = None,
+    network: NetworkOpt = "national",
     sets: SetOpt = None,
     seed: SeedOpt = 0,
     fail_open: Annotated[
@@ -313,9 +341,13 @@ def lab_up(
     """Make the lab: client, censor and server namespaces, real services, the censor inline."""
     from gfwlab.lab.lifecycle import UpOptions, up  # noqa: PLC0415
 
+    if at is not None and date is not None:
+        raise InputError("--at and --date: give one (--at sets the day too)")
     opts = UpOptions(
         profile=profile,
         date=date,
+        at=at,
+        network=network,
         sets=sets or [],
         seed=seed,
         fail_open=fail_open,

@@ -10,6 +10,7 @@ Nothing is made in the host's own network namespace.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import shutil
@@ -36,8 +37,9 @@ from gfwlab.live.topology import (
     SERVER_NS,
     SERVER_V4,
     SERVER_V6,
+    STANDS_FOR_1111,
 )
-from gfwlab.profiles import Profile, load_profile, parse_date
+from gfwlab.profiles import Profile, load_profile, parse_date, parse_moment
 from gfwlab.rules.domains import DomainSet
 
 ETC_NETNS = "/etc/netns"
@@ -53,6 +55,12 @@ class UpOptions:
     fail_open: bool = True
     names: list[str] = field(default_factory=list)
     """Extra host names the lab's certificate must cover."""
+    at: str | None = None
+    """The UTC moment (YYYY-MM-DDTHH:MM) the censor's clock shows at lab up (dated events)."""
+    network: str = "national"
+    """The client's network (``--network``)."""
+    clock_offset_s: float = 0.0
+    """Seconds the censor's clock runs ahead of the wall clock (set from ``at`` by lab up)."""
 
 
 def lab_sets(options: UpOptions) -> list[str]:
@@ -60,12 +68,20 @@ def lab_sets(options: UpOptions) -> list[str]:
     sets = list(options.sets)
     if not any(s.strip().startswith("engine.inside") for s in sets):
         sets.insert(0, "engine.inside=[" + ", ".join(f"'{p}'" for p in INSIDE) + "]")
+    if not any(s.strip().startswith("ip_port_rst.targets") for s in sets):
+        sets.insert(1, f"ip_port_rst.targets=['{STANDS_FOR_1111}/32']")  # never 1.1.1.1 itself
     return sets
 
 
 def load_lab_profile(options: UpOptions) -> Profile:
+    if options.at:
+        moment = parse_moment(options.at)
+        options.date = moment.date().isoformat()
+        options.clock_offset_s = round(moment.timestamp() - time.time(), 3)
     date = parse_date(options.date) if options.date else None
-    return load_profile(options.profile, date=date, overrides=lab_sets(options))
+    return load_profile(
+        options.profile, date=date, overrides=lab_sets(options), network=options.network
+    )
 
 
 def up(options: UpOptions, log: Any = print) -> LabState:
@@ -93,6 +109,9 @@ def _up_locked(options: UpOptions, profile: Profile, log: Any, ca: Any, services
             "sets": lab_sets(options),
             "seed": options.seed,
             "fail_open": options.fail_open,
+            "network": options.network,
+            "at": options.at,
+            "clock_offset_s": options.clock_offset_s,
         }
         st.save()
         try:
@@ -188,6 +207,7 @@ def censor_argv(st: LabState, options: UpOptions) -> list[str]:
     ]
     if options.date:
         argv += ["--date", options.date]
+    argv += ["--network", options.network, "--clock-offset", str(options.clock_offset_s)]
     for item in lab_sets(options):
         argv += ["--set", item]
     return argv
@@ -335,6 +355,13 @@ def status() -> Status:
     for p in procs:
         if not p["alive"] and p["name"] != "censor":
             notes.append(f"{p['name']} is not running")
+    offset = float(st.config.get("clock_offset_s") or 0.0)
+    if offset:
+        now = dt.datetime.fromtimestamp(time.time() + offset, dt.UTC)
+        notes.append(
+            f"censor clock: wall clock {offset:+.0f} s (lab up --at {st.config.get('at')}); "
+            f"it emulates {now:%Y-%m-%dT%H:%M:%SZ} now"
+        )
     return Status(
         up=st.status == "up" and bool(namespaces),
         state=st.status,

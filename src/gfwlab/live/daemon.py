@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import heapq
 import json
 import os
@@ -289,14 +290,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], dest="sets")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--queue", type=int, default=QUEUE_NUM)
+    parser.add_argument("--network", default="national")
+    parser.add_argument("--clock-offset", type=float, default=0.0, help="seconds (lab up --at)")
     args = parser.parse_args(argv)
     try:
         profile = load_profile(
-            args.profile, date=parse_date(args.date) if args.date else None, overrides=args.sets
+            args.profile,
+            date=parse_date(args.date) if args.date else None,
+            overrides=args.sets,
+            network=args.network,
         )
     except GfwlabError as exc:
         print(f"gfwlab-censor: {exc}", file=sys.stderr)
         return 2
+    # The engine's now is the monotonic clock; the emulated moment is the wall clock plus the
+    # fixed offset of lab up --at (dated events, spec §14a).
+    epoch = time.time() - time.monotonic() + args.clock_offset
+    profile = dataclasses.replace(profile, epoch_offset_s=epoch)
     live = LiveCensor(build_censor(profile, args.seed), args.state_dir, FrameInjector(), args.seed)
 
     def stop(_signum: int, _frame: object) -> None:

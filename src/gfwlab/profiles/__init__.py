@@ -5,9 +5,11 @@ and validates their parameters into the plain-data types of :mod:`gfwlab.rules`.
 """
 
 from gfwlab.profiles.loader import build_censor, builtin_path, load_profile, parse_date
+from gfwlab.profiles.networks import NETWORKS, parse_moment
 from gfwlab.rules import DateRange, DomainSet, EngineParams, KeywordSet, Prefixes, Profile
 
 __all__ = [
+    "NETWORKS",
     "DateRange",
     "DomainSet",
     "EngineParams",
@@ -18,4 +20,5 @@ __all__ = [
     "builtin_path",
     "load_profile",
     "parse_date",
+    "parse_moment",
 ]

@@ -28,6 +28,7 @@ from typing import Any
 from gfwlab.engine.censor import Censor
 from gfwlab.errors import ConfigError
 from gfwlab.mechanisms import registry
+from gfwlab.profiles.networks import network_sets
 from gfwlab.rules.profile import EngineParams, Profile, TcbParams
 from gfwlab.rules.schema import Context, build_params, coerce
 
@@ -57,8 +58,11 @@ def load_profile(
     *,
     date: dt.date | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    network: str = "national",
 ) -> Profile:
-    """Load a built-in profile by name or a profile file by path, apply ``--set`` overrides."""
+    """Load a built-in profile by name or a profile file by path, apply ``--network``'s
+    overrides, then the ``--set`` ones (which win: see :mod:`gfwlab.profiles.networks`)."""
+    overrides = [*network_sets(network), *overrides]
     path = builtin_path(profile) if profile in BUILTIN else profile
     try:
         with open(path, "rb") as fh:
