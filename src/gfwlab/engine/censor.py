@@ -69,8 +69,10 @@ class Censor:
         self._stream_rows, self._first_dgram_rows, self._port_rows = plan.rows
         self._udp_ports, self._port_set, self._options = plan.udp_ports, plan.ports, plan.options
         self._syn_ack = bool(self.hooks.get("on_syn_ack"))
+        watchers = self.hooks.get("on_tcp_packet", ())
+        self._watch = max((m.needs().watch_packets for m in watchers), default=0)
         first = self.hooks.get("on_first_data")
-        self._inspect_tcp = bool(self._stream_rows or first) or self._syn_ack
+        self._inspect_tcp = bool(self._stream_rows or first or self._watch) or self._syn_ack
 
     # ------------------------------------------------------------------ timers
 
@@ -165,6 +167,10 @@ class Censor:
             self._run_hooks("on_syn_ack", seen, out)
         if tcp:
             self._tcp(seen, out)
+            if self._watch and flow.state is FlowState.CLEAN:
+                self._run_hooks("on_tcp_packet", seen, out)
+                if flow.packets >= self._watch and flow.tcb is None:
+                    self._finish(flow, out)
         else:
             self._udp(seen, out)
         return out
@@ -325,6 +331,9 @@ class Censor:
                 self.verdicts.apply(mech, decision, seen, out)
 
     def _finish(self, flow: Flow, out: list[Action]) -> None:
+        if flow.state is FlowState.CLEAN and flow.packets < self._watch and flow.proto == PROTO_TCP:
+            flow.tcb = None  # nothing left to reassemble; on_tcp_packet watchers still count
+            return
         if flow.state is FlowState.CLEAN:
             flow.finish()
             out.append(Bypass(flow=flow.id()))

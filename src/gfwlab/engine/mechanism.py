@@ -48,6 +48,9 @@ class Needs:
     """Client bytes per TCP connection it needs reassembled; None: up to the TCB's cap."""
     tls_records: bool = False
     """A ClientHello split across TLS records is joined before it is parsed (spec §14d)."""
+    watch_packets: int = 0
+    """TCP packets per flow (both directions, from its first) its ``on_tcp_packet`` hook must
+    see: the engine does not bypass a clean flow before that many."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -203,6 +206,11 @@ class Mechanism(ABC):
     def on_syn_ack(self, seen: Seen) -> Decision | None:
         """The server's SYN/ACK, whatever the flow's state (a device that acts on the handshake
         alone keeps no per-flow verdict): called even after an earlier packet blocked the flow."""
+        return None
+
+    def on_tcp_packet(self, seen: Seen) -> Decision | None:
+        """Every TCP packet of a clean flow, both directions, up to the ``watch_packets``-th
+        (for detectors of packet sizes, directions and gaps)."""
         return None
 
     def on_dns_query(self, seen: Seen, query: DnsQuery) -> Decision | None:
