@@ -217,9 +217,19 @@ def mechanisms(
     date: DateOpt = None,
     network: NetworkOpt = "national",
     sets: SetOpt = None,
+    timeline: Annotated[
+        str | None,
+        typer.Option("--timeline", help="Draw every mechanism's active window to this SVG/PNG."),
+    ] = None,
 ) -> None:
     """The profile's mechanisms: active dates, whether they run on --date, and their sources."""
     prof = _profile(profile, date, sets, network=network)
+    if timeline is not None:
+        from gfwlab.profiles.timeline import write  # noqa: PLC0415 - matplotlib is slow to load
+
+        drawn = write(prof, timeline, network)
+        console.print(f"{timeline}: {len(drawn)} windows")
+        return
     from gfwlab.mechanisms import registry  # noqa: PLC0415
 
     known = registry()
