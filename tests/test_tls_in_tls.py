@@ -10,11 +10,13 @@ from helpers import Run, profile, run
 
 C, S = "198.18.0.2", "198.19.0.2"
 ON = ("tls_in_tls.enabled=true", "tls_in_tls.block_after=2")
-TUNNEL = (517, 2600, 700, 1900, 180, 900)
+TUNNEL = (517, 1800, 1248, 1992, 102, 900)
 """Outer ClientHello, outer server handshake, outer Finished + inner ClientHello, inner server
 handshake, inner Finished + request, response."""
-PLAIN = (517, 2600, 160, 1400, 24)
-"""HTTPS: ClientHello, server handshake, Finished + request, response, close_notify."""
+PLAIN = (517, 1813, 225, 1400, 31)
+"""HTTPS: ClientHello, server handshake, Finished + request, response, SETTINGS ack."""
+BROWSER = (1951, 2144, 621, 1729, 197)
+"""Chromium's flights in the lab, with a larger response: its next flight is not Finished-sized."""
 
 
 def _flow(
@@ -93,6 +95,7 @@ def test_tunnel_detected_plain_https_not() -> None:
     assert fields["evidence"] == "hypothesis" and fields["action"] == "pass"
     assert fields["flights"] == list(TUNNEL[:5]) and fields["blocked"] == "none"
     assert not _go(_flow(PLAIN, cport=40001), *ON).acted(mechanism="tls_in_tls")
+    assert not _go(_flow(BROWSER, cport=40002), *ON).acted(mechanism="tls_in_tls")
 
 
 def test_port_then_address_blocked_after_k_detections() -> None:
