@@ -112,6 +112,20 @@ def test_port_443_event_inside_and_outside_its_window(tmp_path: Path) -> None:
     assert _resets_to_client(out) == []
 
 
+def test_port_443_event_outside_in_only_the_syn_ack(tmp_path: Path) -> None:
+    # Declare the server side inside the border: the lab client is then an outside client
+    # connecting to a Chinese server, and only the server's SYN+ACK draws resets.
+    rec = tmp_path / "outside-in.pcap"
+    with lab("--at", "2025-08-19T17:00", "--set", "engine.inside=['198.19.0.0/24']"):
+        with recording(rec):
+            assert not _ok("https://example.org/", "--resolve", f"example.org:443:{SITE}")
+        events = [e for e in _events() if e["mechanism"] == "unconditional_rst_443"]
+    assert events and {e["trigger"] for e in events} == {"syn-ack"}
+    assert {e["direction"] for e in events} == {"outside-in"}
+    windows = [w for _seq, w, _ttl in _resets_to_client(rec)]
+    assert windows[:3] == [3293, 3294, 3295] and 1980 not in windows
+
+
 def test_one_one_one_one_mapped_to_a_lab_address(tmp_path: Path) -> None:
     rec = tmp_path / "cf.pcap"
     stand_in = STANDS_FOR_1111

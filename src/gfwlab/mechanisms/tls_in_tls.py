@@ -10,22 +10,27 @@ This mechanism is off in the built-in profile (``enabled = false``); every event
 carries ``"evidence": "hypothesis"``, and every threshold below is a parameter (status U).
 
 The detector follows the paper's reading of an encapsulated handshake on the flights of a flow
-(consecutive data packets one way; a flight ends when the other side sends data):
+(consecutive data packets one way; a flight ends when the other side sends data), among the
+first ``max_flights``:
 
 1. the client's first flight (the outer ClientHello), then the server's (the outer handshake);
-2. the client's next flight carries the outer Finished *and* the inner ClientHello with the
-   proxy's header: ``inner_hello_bytes`` (min, max);
+2. a later client flight carries the inner ClientHello with the proxy's header (and often the
+   outer Finished; the outer server's session tickets may split them): ``inner_hello_bytes``;
 3. the server answers with the inner server handshake, certificate included:
    at least ``inner_server_bytes``;
-4. the client's next flight is the inner Finished, sent within ``max_gap_ms`` of the server's
-   flight: ``inner_finished_bytes`` (min, max).
+4. the client's next flight is the inner Finished (perhaps with the first request), sent within
+   ``max_gap_ms`` of the server's flight: ``inner_finished_bytes`` (min, max).
 
 Plain HTTPS differs at step 2 (the outer Finished and a request are smaller than a ClientHello)
-or step 4 (nothing, or an HTTP/2 SETTINGS acknowledgement, is smaller than a TLS Finished; a
-request is larger). In the lab, trojan's flights were 517, 1800, 1248, 1992, 102 (517, 241,
-687, 1913, 102 resumed); curl's 517, 1813, 225, 636, 31; Chromium's 1951, 2144, 621, 729, 197.
-A browser whose first request and response fit steps 2-3 and whose next flight is Finished-sized
-would be a false positive: the paper's classifier uses more features than these thresholds.
+or step 3-4 (a first response smaller than a certificate-bearing handshake; nothing, or an
+HTTP/2 SETTINGS acknowledgement, after it). In the lab, trojan's flights were 517, 1797, 1294,
+1990, 291 (full), 517, 241, 687, 1911, 102 (resumed), and 517, 241, 170, 79, 539, 1832, 102
+(the outer tickets splitting the client's flight); curl's 517, 1813, 225, 636, 31; headless
+Chromium's 1951, 2144, 621, 729, 197. Known false positive: a browser whose first request is
+ClientHello-sized and whose first response exceeds ``inner_server_bytes`` before it sends a
+small flight (Chromium fetching a page over 1000 bytes would match). The paper's classifier
+uses more features than these thresholds; raise ``inner_server_bytes`` to trade detections for
+fewer false positives.
 Padding from small ranges only weakens the detection in the paper (0.859 to 0.687 for
 vmess-ws-tls); multiplexing defeats it more often. Neither is modelled beyond the thresholds.
 
@@ -55,16 +60,20 @@ class TlsInTlsParams(CommonParams):
     """The October 2022 reports concern proxies abroad used from China."""
     ports: tuple[int, ...] = ()
     """Server ports inspected; empty: every port."""
-    watch_packets: int = 40
+    watch_packets: int = 60
     """Packets per flow (both directions) the detector looks at before it gives up."""
+    max_flights: int = 8
+    """Flights per flow searched for the inner handshake: with 8, it may start at the client's
+    second or third flight (the outer server's session tickets can split the second)."""
     inner_hello_bytes: tuple[int, int] = (300, 4000)
     """Bytes of the client's second flight (outer Finished + inner ClientHello): min, max."""
     inner_server_bytes: int = 1000
     """Least bytes of the server's second flight (the inner handshake, with a certificate)."""
-    inner_finished_bytes: tuple[int, int] = (80, 160)
-    """Bytes of the client's third flight: min, max. A TLS 1.3 Finished with its
-    ChangeCipherSpec (64 or 80 bytes) in one outer record (+22), with room for a tunnel's
-    framing; plain HTTPS sends less here (an HTTP/2 SETTINGS ack, 31) or a request."""
+    inner_finished_bytes: tuple[int, int] = (80, 400)
+    """Bytes of the client flight after the inner server handshake: min, max. A TLS 1.3
+    Finished with its ChangeCipherSpec (64 or 80 bytes) in one outer record (+22), alone or
+    with the first request (trojan in the lab: 102, 210, 291); plain HTTPS sends less here (an
+    HTTP/2 SETTINGS ack, 31)."""
     max_gap_ms: float = 500.0
     """Most milliseconds from the end of the server's second flight to the client's third."""
     block_after: int = 3
@@ -145,21 +154,25 @@ class TlsInTls(Mechanism):
         if fl and fl[-1].client == seen.c2s:
             fl[-1].size += len(pkt.payload)
             fl[-1].last = seen.now
-        else:
-            fl.append(_Flight(seen.c2s, len(pkt.payload), seen.now, seen.now))
-        if len(fl) < 5:
             return None
-        trace.done = True
-        del self._traces[key]
-        if not self._matches(fl):
+        fl.append(_Flight(seen.c2s, len(pkt.payload), seen.now, seen.now))
+        # A flight has just ended: the candidate inner handshake is the client flight i (inner
+        # ClientHello), the server flight i+1 and the client flight i+2, all complete now.
+        i = len(fl) - 4
+        if i < 2 or i % 2:
             return None
-        return self._detected(seen, tuple(f.size for f in fl[:5]))
+        if self._matches(fl[i : i + 3]):
+            del self._traces[key]
+            return self._detected(seen, tuple(f.size for f in fl[: i + 3]))
+        if len(fl) >= self.params.max_flights:
+            trace.done = True
+        return None
 
-    def _matches(self, fl: list[_Flight]) -> bool:
+    def _matches(self, three: list[_Flight]) -> bool:
         p = self.params
-        if [f.client for f in fl[:5]] != [True, False, True, False, True]:
+        if [f.client for f in three] != [True, False, True]:
             return False
-        c2, s2, c3 = fl[2], fl[3], fl[4]
+        c2, s2, c3 = three
         gap_ms = (c3.first - s2.last) * 1000.0
         return (
             p.inner_hello_bytes[0] <= c2.size <= p.inner_hello_bytes[1]
