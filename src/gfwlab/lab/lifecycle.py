@@ -68,8 +68,10 @@ def lab_sets(options: UpOptions) -> list[str]:
     sets = list(options.sets)
     if not any(s.strip().startswith("engine.inside") for s in sets):
         sets.insert(0, "engine.inside=[" + ", ".join(f"'{p}'" for p in INSIDE) + "]")
-    if not any(s.strip().startswith("ip_port_rst.targets") for s in sets):
-        sets.insert(1, f"ip_port_rst.targets=['{STANDS_FOR_1111}/32']")  # never 1.1.1.1 itself
+    if not any(s.strip().startswith("ip_port_rst.targets") for s in sets) and "ip_port_rst" in (
+        load_profile(options.profile).mechanisms
+    ):  # a lab address stands for 1.1.1.1, which is never contacted
+        sets.insert(1, f"ip_port_rst.targets=['{STANDS_FOR_1111}/32']")
     return sets
 
 
