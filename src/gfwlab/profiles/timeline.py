@@ -94,6 +94,7 @@ def draw(profile: Profile, network: str = "national") -> tuple[Figure, list[Mark
     """The chart, and the marks drawn on it (one artist per mark, in the axes' ``gfwlab``
     group: see :func:`mark_artists`)."""
     plt.rcParams["svg.hashsalt"] = "gfwlab"
+    plt.rcParams["svg.fonttype"] = "none"  # text stays text: the labels can be read and checked
     ms = marks(profile)
     fig, ax = plt.subplots(figsize=(11, 0.5 * len(ms) + 1.6))
     ticks = _ticks(profile)
