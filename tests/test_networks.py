@@ -4,6 +4,7 @@ and ``--date`` chooses the era."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import subprocess
@@ -11,8 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gfwlab.errors import ConfigError
+from gfwlab.errors import ConfigError, MalformedPacket
 from gfwlab.evade.tls_split import split_record
 from gfwlab.offline.synth import tcp_conversation
 from gfwlab.packet.pcap import PcapWriter
@@ -102,3 +105,28 @@ def test_analyze_network_flag(tmp_path: Path) -> None:
     assert "tls_sni/rst" not in events()
     assert events("--network", "cernet").get("tls_sni/rst") == 1
     assert "tls_sni/rst" not in events("--network", "cernet", "--date", "2025-11-30")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_join_records_on_arbitrary_bytes(data: bytes) -> None:
+    """Never raises; what it returns parses, needs more data, or is reported as malformed."""
+    for candidate in (data, b"\x16\x03\x01" + data):
+        joined = join_records(candidate)
+        if joined is None:
+            continue
+        with contextlib.suppress(MalformedPacket):
+            parse_client_hello(joined)
+
+
+@given(st.integers(min_value=1, max_value=30), st.sampled_from(["a.example", "www.facebook.com"]))
+def test_any_record_split_is_joined(pieces: int, sni: str) -> None:
+    record = build_client_hello(sni)
+    body, out, step = record[5:], b"", max(1, (len(record) - 5) // pieces)
+    for i in range(0, len(body), step):
+        chunk = body[i : i + step]
+        out += record[:3] + len(chunk).to_bytes(2, "big") + chunk
+    joined = join_records(out)
+    assert joined is not None
+    hello = parse_client_hello(joined)
+    assert hello is not None and hello.sni == sni

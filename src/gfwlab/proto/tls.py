@@ -143,6 +143,8 @@ def join_records(data: bytes) -> bytes | None:
         length = (data[pos + 3] << 8) | data[pos + 4]
         end = pos + RECORD_HEADER_LEN + length
         if pos == 0 and length >= HANDSHAKE_HEADER_LEN:
+            if len(data) < RECORD_HEADER_LEN + HANDSHAKE_HEADER_LEN:
+                return None
             hs_length = (data[6] << 16) | (data[7] << 8) | data[8]
             if HANDSHAKE_HEADER_LEN + hs_length <= length:
                 return data  # not split: nothing to join
