@@ -48,7 +48,7 @@ from typing import Any, Literal
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Mechanism, Needs, Residual, Seen
 from gfwlab.mechanisms import register_mechanism
-from gfwlab.packet.ip import addr_text
+from gfwlab.packet.ip import SYN, addr_text
 from gfwlab.rules import CommonParams
 
 
@@ -114,8 +114,11 @@ class _Flight:
 
 @dataclass(slots=True)
 class _Trace:
+    last: float
+    """When the flow was last seen (traces idle for ``window_s`` are dropped)."""
     flights: list[_Flight] = field(default_factory=list)
     done: bool = False
+    """Decided (detected, or searched to ``max_flights``): later packets are not looked at."""
 
 
 class TlsInTls(Mechanism):
@@ -128,7 +131,8 @@ class TlsInTls(Mechanism):
     shared_state = (
         "per-server detection times and blocked ports: updated once per detected flow, in the "
         "order flows are detected (packet-time order offline, arrival order live)",
-        "per-flow flight traces, dropped when a flow is decided or idle for window_s",
+        "per-flow flight traces (emptied once a flow is decided, dropped when it is idle for "
+        "window_s), so a flow is counted at most once",
     )
 
     def __init__(self, params: TlsInTlsParams, **kw: Any) -> None:
@@ -147,7 +151,10 @@ class TlsInTls(Mechanism):
             return None
         key = (flow.client, flow.cport, flow.server, flow.sport)
         self._sweep(seen.now)
-        trace = self._traces.setdefault(key, _Trace())
+        trace = self._traces.get(key)
+        if trace is None or (seen.c2s and pkt.flags & SYN):  # a new connection on the 4-tuple
+            trace = self._traces[key] = _Trace(seen.now)
+        trace.last = seen.now
         if trace.done or not pkt.payload:
             return None
         fl = trace.flights
@@ -162,10 +169,12 @@ class TlsInTls(Mechanism):
         if i < 2 or i % 2:
             return None
         if self._matches(fl[i : i + 3]):
-            del self._traces[key]
-            return self._detected(seen, tuple(f.size for f in fl[: i + 3]))
+            trace.done, sizes = True, tuple(f.size for f in fl[: i + 3])
+            fl.clear()
+            return self._detected(seen, sizes)
         if len(fl) >= self.params.max_flights:
             trace.done = True
+            fl.clear()
         return None
 
     def _matches(self, three: list[_Flight]) -> bool:
@@ -210,11 +219,7 @@ class TlsInTls(Mechanism):
         if now - self._last_sweep < self.params.window_s:
             return
         self._last_sweep = now
-        stale = [
-            k
-            for k, t in self._traces.items()
-            if t.flights and now - t.flights[-1].last > self.params.window_s
-        ]
+        stale = [k for k, t in self._traces.items() if now - t.last > self.params.window_s]
         for k in stale:
             del self._traces[k]
 
