@@ -45,19 +45,36 @@ SetOpt = Annotated[
     typer.Option("--set", help="Override a parameter: mechanism.parameter=value (repeatable)."),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for every random draw.")]
+AtOpt = Annotated[
+    str | None,
+    typer.Option("--at", help="Emulate this UTC moment (YYYY-MM-DDTHH:MM), for dated events."),
+]
+NetworkOpt = Annotated[
+    str,
+    typer.Option(
+        "--network", help="The client's network: national, cernet, mobile, unicom, telecom."
+    ),
+]
 
 
 class InputError(Exception):
     """A user error found by the CLI itself (reported like GfwlabError, exit 2)."""
 
 
-def _profile(profile: str, date: str | None, sets: list[str] | None, *, today: bool = True) -> Any:
+def _profile(
+    profile: str,
+    date: str | None,
+    sets: list[str] | None,
+    *,
+    today: bool = True,
+    network: str = "national",
+) -> Any:
     """The profile as of ``--date``; without it, today (or no date at all, for ``analyze``,
     which then takes the capture's own date)."""
     from gfwlab.profiles import load_profile, parse_date  # noqa: PLC0415 - keeps --help fast
 
     day = parse_date(date) if date else dt.date.today() if today else None
-    return load_profile(profile, date=day, overrides=sets or [])
+    return load_profile(profile, date=day, overrides=sets or [], network=network)
 
 
 ProfilesOpt = Annotated[
@@ -72,13 +89,18 @@ ProfilesOpt = Annotated[
 
 
 def _profiles(
-    names: list[str] | None, date: str | None, sets: list[str] | None, *, today: bool = True
+    names: list[str] | None,
+    date: str | None,
+    sets: list[str] | None,
+    *,
+    today: bool = True,
+    network: str = "national",
 ) -> list[Any]:
     """One profile per ``--profile`` (censors in series), as of ``--date`` (see _profile)."""
     from gfwlab.profiles import load_profiles, parse_date  # noqa: PLC0415
 
     day = parse_date(date) if date else dt.date.today() if today else None
-    return load_profiles(names or ["gfw"], date=day, overrides=sets or [])
+    return load_profiles(names or ["gfw"], date=day, overrides=sets or [], network=network)
 
 
 @app.command()
@@ -86,6 +108,8 @@ def analyze(
     capture: Annotated[str, typer.Argument(help="A pcap or pcapng capture.")],
     profile: ProfilesOpt = None,
     date: DateOpt = None,
+    at: AtOpt = None,
+    network: NetworkOpt = "national",
     sets: SetOpt = None,
     seed: SeedOpt = 0,
     events: Annotated[
@@ -98,11 +122,18 @@ def analyze(
 ) -> None:
     """What the Great Firewall would have done to a capture, and why."""
     from gfwlab.offline import analyze as run  # noqa: PLC0415
-    from gfwlab.offline.analyze import dated  # noqa: PLC0415
+    from gfwlab.offline.analyze import at_moment, dated  # noqa: PLC0415
+    from gfwlab.profiles import parse_moment  # noqa: PLC0415
 
-    profs = _profiles(profile, date, sets, today=False)
+    if at is not None and date is not None:
+        raise InputError("--at and --date: give one (--at sets the day too)")
+    moment = parse_moment(at) if at is not None else None
+    day = moment.date().isoformat() if moment is not None else date
+    profs = _profiles(profile, day, sets, today=False, network=network)
     source = "--date"
-    if date is None:
+    if moment is not None:
+        profs, source = [at_moment(capture, p, moment) for p in profs], "--at"
+    elif date is None:
         dated_all = [dated(capture, p) for p in profs]
         profs, source = [p for p, _ in dated_all], dated_all[0][1]
     show_bar = err.is_terminal and not as_json
@@ -142,6 +173,7 @@ def analyze(
 
 _DATE_NOTES = {
     "capture": " (the capture's date)",
+    "--at": " (--at: the capture's clock shifted to that moment)",
     "reference": " (the profile's reference date: the capture is dated before every mechanism)",
 }
 
@@ -211,10 +243,21 @@ def _styled(action: str) -> str:
 def mechanisms(
     profile: ProfileOpt = "gfw",
     date: DateOpt = None,
+    network: NetworkOpt = "national",
     sets: SetOpt = None,
+    timeline: Annotated[
+        str | None,
+        typer.Option("--timeline", help="Draw every mechanism's active window to this SVG/PNG."),
+    ] = None,
 ) -> None:
     """The profile's mechanisms: active dates, whether they run on --date, and their sources."""
-    prof = _profile(profile, date, sets)
+    prof = _profile(profile, date, sets, network=network)
+    if timeline is not None:
+        from gfwlab.profiles.timeline import write  # noqa: PLC0415 - matplotlib is slow to load
+
+        drawn = write(prof, timeline, network)
+        console.print(f"{timeline}: {len(drawn)} windows")
+        return
     from gfwlab.mechanisms import registry  # noqa: PLC0415
 
     known = registry()
@@ -322,6 +365,8 @@ app.add_typer(lab_app, name="lab")
 def lab_up(
     profile: ProfilesOpt = None,
     date: DateOpt = None,
+    at: AtOpt = None,
+    network: NetworkOpt = "national",
     sets: SetOpt = None,
     seed: SeedOpt = 0,
     fail_open: Annotated[
@@ -350,10 +395,14 @@ def lab_up(
     from gfwlab.lab.lifecycle import UpOptions, up  # noqa: PLC0415
 
     names = profile or ["gfw"]
+    if at is not None and date is not None:
+        raise InputError("--at and --date: give one (--at sets the day too)")
     opts = UpOptions(
         profile=names[0],
         more_profiles=names[1:],
         date=date,
+        at=at,
+        network=network,
         sets=sets or [],
         seed=seed,
         fail_open=fail_open,

@@ -58,7 +58,7 @@ class Censor:
         self.hooks: dict[str, list[Mechanism]] = {}
         for name, params in profile.active().items():
             cls = mechanisms[name]
-            mech = cls(params, seed=seed, date=profile.date)
+            mech = cls(params, seed=seed, date=profile.date, epoch_offset=profile.epoch_offset_s)
             self.mechanisms[name] = mech
             for hook in overridden_hooks(cls):
                 self.hooks.setdefault(hook, []).append(mech)
@@ -71,7 +71,11 @@ class Censor:
         plan = Plan.of(self.hooks)
         self._stream_rows, self._first_dgram_rows, self._port_rows = plan.rows
         self._udp_ports, self._port_set, self._options = plan.udp_ports, plan.ports, plan.options
-        self._inspect_tcp = bool(self._stream_rows or self.hooks.get("on_first_data"))
+        self._syn_ack = bool(self.hooks.get("on_syn_ack"))
+        watchers = self.hooks.get("on_tcp_packet", ())
+        self._watch = max((m.needs().watch_packets for m in watchers), default=0)
+        first = self.hooks.get("on_first_data")
+        self._inspect_tcp = bool(self._stream_rows or first or self._watch) or self._syn_ack
 
     # ------------------------------------------------------------------ timers
 
@@ -141,9 +145,13 @@ class Censor:
             st.bypassed_pkts += 1
             st.bypassed_bytes += len(packet)
             return [_ACCEPT]
+        syn_ack = self._syn_ack and not c2s and pkt.flags & (SYN | ACK) == SYN | ACK
         if state is FlowState.BLOCKED:
-            return self._blocked_verdict(flow, c2s)
-        out: list[Action] = [_ACCEPT]
+            out = self._blocked_verdict(flow, c2s)
+            if syn_ack and pkt.proto == PROTO_TCP:
+                self._run_hooks("on_syn_ack", Seen(pkt=pkt, flow=flow, now=now, c2s=c2s), out)
+            return out
+        out = [_ACCEPT]
         if self.residual.drops and self.verdicts.residual_drop(flow, c2s, now, out):
             return out
         if state is FlowState.BYPASSED:
@@ -158,8 +166,14 @@ class Censor:
                 self.verdicts.residual_rst(seen, out)
             if flow.state is FlowState.BLOCKED:
                 return out
+        if tcp and syn_ack:
+            self._run_hooks("on_syn_ack", seen, out)
         if tcp:
             self._tcp(seen, out)
+            if self._watch and flow.state is FlowState.CLEAN:
+                self._run_hooks("on_tcp_packet", seen, out)
+                if flow.packets >= self._watch and flow.tcb is None:
+                    self._finish(flow, out)
         else:
             self._udp(seen, out)
         return out
@@ -332,6 +346,9 @@ class Censor:
                 self.verdicts.apply(mech, decision, seen, out)
 
     def _finish(self, flow: Flow, out: list[Action]) -> None:
+        if flow.state is FlowState.CLEAN and flow.packets < self._watch and flow.proto == PROTO_TCP:
+            flow.tcb = None  # nothing left to reassemble; on_tcp_packet watchers still count
+            return
         if flow.state is FlowState.CLEAN:
             flow.finish()
             out.append(Bypass(flow=flow.id()))

@@ -23,7 +23,7 @@ from gfwlab.engine.mechanism import Mechanism
 from gfwlab.proto.dns import DEFAULT_MAX_NAME, parse_query
 from gfwlab.proto.http import parse_request
 from gfwlab.proto.quic import parse_initial
-from gfwlab.proto.tls import parse_client_hello
+from gfwlab.proto.tls import join_records, parse_client_hello
 
 Carrier = Literal["tcp-stream", "udp-port", "udp-first"]
 
@@ -40,6 +40,8 @@ class Options:
     """Parser settings the active mechanisms asked for (from their ``needs()``)."""
 
     dns_name_limit: int = DEFAULT_MAX_NAME
+    tls_records: bool = False
+    """Join a ClientHello split across TLS records before parsing it (spec §14d)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +74,13 @@ class QueryFields(EventFields):
     """The name queried, as the censor flattened it."""
 
 
+def _client_hello(data: bytes, options: Options) -> Parsed | None:
+    if options.tls_records:
+        joined = join_records(data)
+        return None if joined is None else parse_client_hello(joined)
+    return parse_client_hello(data)
+
+
 def _dns_detail(parsed: Parsed) -> EventFields:
     return QueryFields(qname=getattr(parsed, "qname", ""))
 
@@ -82,7 +91,7 @@ DISSECTORS: tuple[Dissector, ...] = (
         hook="on_client_hello",
         carrier="tcp-stream",
         starts=frozenset({0x16}),
-        parse=lambda data, _o: parse_client_hello(data),
+        parse=_client_hello,
     ),
     Dissector(
         name="http",
@@ -143,5 +152,8 @@ class Plan:
             rows=(by[0], by[1], by[2]),
             udp_ports=udp_ports,
             ports=frozenset().union(*udp_ports.values()),
-            options=Options(dns_name_limit=min(limits, default=DEFAULT_MAX_NAME)),
+            options=Options(
+                dns_name_limit=min(limits, default=DEFAULT_MAX_NAME),
+                tls_records=any(n.tls_records for n in needs.values()),
+            ),
         )

@@ -46,6 +46,11 @@ class Needs:
     """Longest flattened DNS name the dissector keeps for it (a censor's own limit)."""
     inspect_bytes: int | None = None
     """Client bytes per TCP connection it needs reassembled; None: up to the TCB's cap."""
+    tls_records: bool = False
+    """A ClientHello split across TLS records is joined before it is parsed (spec §14d)."""
+    watch_packets: int = 0
+    """TCP packets per flow (both directions, from its first) its ``on_tcp_packet`` hook must
+    see: the engine does not bypass a clean flow before that many."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,13 +148,32 @@ class Mechanism(ABC):
     """State this mechanism keeps across flows on purpose, each with the rule that keeps it
     deterministic (e.g. "a pool cursor, advanced in packet-time order")."""
 
-    def __init__(self, params: Any, *, seed: int = 0, date: dt.date | None = None) -> None:
+    def __init__(
+        self,
+        params: Any,
+        *,
+        seed: int = 0,
+        date: dt.date | None = None,
+        epoch_offset: float = 0.0,
+    ) -> None:
         self.params = params
         self.seed = seed
         self.date = date
         """The emulated day (the profile's ``--date``); None if none was given. For behaviour
         that changes within a mechanism's active window (a direction that changed on a date)."""
+        self.epoch_offset = epoch_offset
+        """Seconds from the engine's ``now`` to the emulated UTC moment (the profile's
+        ``epoch_offset_s``): the engine is handed the offset, it never reads a clock."""
         self._key = f"{seed}:{self.name}"
+
+    def moment(self, now: float) -> dt.datetime:
+        """The emulated UTC moment of engine time ``now``."""
+        return dt.datetime.fromtimestamp(max(now + self.epoch_offset, 0.0), dt.UTC)
+
+    def in_window(self, seen: Seen) -> bool:
+        """Whether ``seen`` happened inside the ``active`` range, to the minute (dated events
+        act only then, whatever ``--date`` says; day-long mechanisms are chosen by day)."""
+        return bool(self.params.active.contains_moment(self.moment(seen.now)))
 
     def needs(self) -> Needs:
         """What this mechanism's hooks need the engine to look at (the default: nothing special)."""
@@ -177,6 +201,16 @@ class Mechanism(ABC):
     # Hooks. Each returns a Decision to act, or None to let the packet be.
     def on_new_flow(self, seen: Seen) -> Decision | None:
         """The first packet of a flow (a TCP SYN, or a UDP datagram)."""
+        return None
+
+    def on_syn_ack(self, seen: Seen) -> Decision | None:
+        """The server's SYN/ACK, whatever the flow's state (a device that acts on the handshake
+        alone keeps no per-flow verdict): called even after an earlier packet blocked the flow."""
+        return None
+
+    def on_tcp_packet(self, seen: Seen) -> Decision | None:
+        """Every TCP packet of a clean flow, both directions, up to the ``watch_packets``-th
+        (for detectors of packet sizes, directions and gaps)."""
         return None
 
     def on_dns_query(self, seen: Seen, query: DnsQuery) -> Decision | None:

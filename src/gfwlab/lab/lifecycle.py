@@ -10,6 +10,7 @@ Nothing is made in the host's own network namespace.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import shutil
@@ -37,8 +38,9 @@ from gfwlab.live.topology import (
     SERVER_NS,
     SERVER_V4,
     SERVER_V6,
+    STANDS_FOR_1111,
 )
-from gfwlab.profiles import Profile, load_profiles, parse_date
+from gfwlab.profiles import Profile, load_profile, load_profiles, parse_date, parse_moment
 from gfwlab.rules.domains import DomainSet
 
 ETC_NETNS = "/etc/netns"
@@ -60,6 +62,12 @@ class UpOptions:
     """Routers between the censor and the server, for TTLs (see ``netns.install_path_hops``)."""
     client_hops: int = 0
     """Routers between the client and the censor, for TTLs."""
+    at: str | None = None
+    """The UTC moment (YYYY-MM-DDTHH:MM) the censor's clock shows at lab up (dated events)."""
+    network: str = "national"
+    """The client's network (``--network``)."""
+    clock_offset_s: float = 0.0
+    """Seconds the censor's clock runs ahead of the wall clock (set from ``at`` by lab up)."""
 
 
 def lab_sets(options: UpOptions) -> list[str]:
@@ -67,14 +75,23 @@ def lab_sets(options: UpOptions) -> list[str]:
     sets = list(options.sets)
     if not any(s.strip().startswith("engine.inside") for s in sets):
         sets.insert(0, "engine.inside=[" + ", ".join(f"'{p}'" for p in INSIDE) + "]")
+    if not any(s.strip().startswith("ip_port_rst.targets") for s in sets) and "ip_port_rst" in (
+        load_profile(options.profile).mechanisms
+    ):  # a lab address stands for 1.1.1.1, which is never contacted
+        sets.insert(1, f"ip_port_rst.targets=['{STANDS_FOR_1111}/32']")
     return sets
 
 
 def load_lab_profile(options: UpOptions) -> Profile:
     """The first censor's profile; every profile is loaded, so a bad one fails here."""
+    if options.at:
+        moment = parse_moment(options.at)
+        options.date = moment.date().isoformat()
+        options.clock_offset_s = round(moment.timestamp() - time.time(), 3)
     date = parse_date(options.date) if options.date else None
     names = [options.profile, *options.more_profiles]
-    return load_profiles(names, date=date, overrides=lab_sets(options))[0]
+    sets = lab_sets(options)
+    return load_profiles(names, date=date, overrides=sets, network=options.network)[0]
 
 
 def up(options: UpOptions, log: Any = print) -> LabState:
@@ -105,6 +122,9 @@ def _up_locked(options: UpOptions, profile: Profile, log: Any, ca: Any, services
             "fail_open": options.fail_open,
             "hops": options.hops,
             "client_hops": options.client_hops,
+            "network": options.network,
+            "at": options.at,
+            "clock_offset_s": options.clock_offset_s,
         }
         st.save()
         try:
@@ -200,6 +220,7 @@ def censor_argv(st: LabState, options: UpOptions) -> list[str]:
     ]
     if options.date:
         argv += ["--date", options.date]
+    argv += ["--network", options.network, "--clock-offset", str(options.clock_offset_s)]
     for item in lab_sets(options):
         argv += ["--set", item]
     return argv
@@ -350,6 +371,13 @@ def status() -> Status:
             notes.append(f"{p['name']} is not running")
     if detached:
         notes.append("removed what a killed evade left attached: " + "; ".join(detached))
+    offset = float(st.config.get("clock_offset_s") or 0.0)
+    if offset:
+        now = dt.datetime.fromtimestamp(time.time() + offset, dt.UTC)
+        notes.append(
+            f"censor clock: wall clock {offset:+.0f} s (lab up --at {st.config.get('at')}); "
+            f"it emulates {now:%Y-%m-%dT%H:%M:%SZ} now"
+        )
     return Status(
         up=st.status == "up" and bool(namespaces),
         state=st.status,

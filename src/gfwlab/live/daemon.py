@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import heapq
 import json
 import os
@@ -292,16 +293,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], dest="sets")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--queue", type=int, default=QUEUE_NUM)
+    parser.add_argument("--network", default="national")
+    parser.add_argument("--clock-offset", type=float, default=0.0, help="seconds (lab up --at)")
     args = parser.parse_args(argv)
     try:
         profiles = load_profiles(
             args.profiles or ["gfw"],
             date=parse_date(args.date) if args.date else None,
             overrides=args.sets,
+            network=args.network,
         )
     except GfwlabError as exc:
         print(f"gfwlab-censor: {exc}", file=sys.stderr)
         return 2
+    # The engine's now is the monotonic clock; the emulated moment is the wall clock plus the
+    # fixed offset of lab up --at (dated events, spec §14a).
+    epoch = time.time() - time.monotonic() + args.clock_offset
+    profiles = [dataclasses.replace(p, epoch_offset_s=epoch) for p in profiles]
     censor: Censor | Chain = build_censor(profiles[0], args.seed)
     if len(profiles) > 1:
         censor = Chain([(p.name, build_censor(p, args.seed)) for p in profiles])

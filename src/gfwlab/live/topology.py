@@ -27,6 +27,9 @@ ROLES = {"client": CLIENT_NS, "censor": CENSOR_NS, "server": SERVER_NS}
 CLIENT_V4, CLIENT_GW_V4 = "198.18.0.2", "198.18.0.1"
 SERVER_V4, SERVER_GW_V4 = "198.19.0.2", "198.19.0.1"
 SERVER_EXTRA_V4 = tuple(f"198.19.0.{i}" for i in range(3, 10))
+STANDS_FOR_1111 = SERVER_EXTRA_V4[-1]
+"""The lab server address that stands for 1.1.1.1 (``ip_port_rst``, spec §14a): lab up maps the
+mechanism's targets to it, so nothing is ever sent to 1.1.1.1."""
 CLIENT_V6, CLIENT_GW_V6 = "2001:db8:c::2", "2001:db8:c::1"
 SERVER_V6, SERVER_GW_V6 = "2001:db8:5::2", "2001:db8:5::1"
 INSIDE = ("198.18.0.0/24", "2001:db8:c::/64")

@@ -11,7 +11,9 @@ Measured, and emulated here:
   and torproject.org were blocked only inside-out, none only outside-in): ``domains`` applies to
   both directions and ``inside_out_only`` to inside-out flows only;
 - the client SYN must have been seen, the SYN/ACK need not be (``[tcb] require_syn``); TCP is
-  reassembled, TLS records are not (a ClientHello split across records passes, 2024-04-04);
+  reassembled, TLS records are not (a ClientHello split across records passes, 2024-04-04),
+  except on networks that join records (``record_reassembly_from``: CERNET and China Mobile
+  from December 2025, spec §14d; set by ``--network``, see :mod:`gfwlab.profiles.networks`);
 - action: resets to both ends from injector types I, II or III (``injector``; see ``_forge``),
   first reset 11.52-445.38 ms after the ClientHello, mean 17.98 ms;
 - residual: 180 s for all three types, on (client IP, server IP, server port); new connections
@@ -23,10 +25,11 @@ act within the handshake is not published); ``residual_probability`` is 1 by def
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from gfwlab.engine.actions import EventFields
-from gfwlab.engine.mechanism import Decision, Mechanism, Residual, Seen
+from gfwlab.engine.mechanism import Decision, Mechanism, Needs, Residual, Seen
 from gfwlab.mechanisms import register_mechanism
 from gfwlab.mechanisms._forge import Injector, ResidualResetFields, forge_resets
 from gfwlab.proto.tls import ClientHello
@@ -49,6 +52,20 @@ class TlsSniParams(CommonParams):
     """What the residual block is keyed on."""
     residual_probability: float = 1.0
     """Chance that a new connection on the key is reset during the residual window."""
+    record_reassembly_from: str = ""
+    """From this day (a quoted YYYY-MM-DD) a ClientHello split across TLS records is joined and
+    read (CERNET, China Mobile: December 2025, spec §14d); with no ``--date``, the latest
+    behaviour. Empty: never (the national GFW, 2024-04-04)."""
+
+    def __post_init__(self) -> None:
+        if self.record_reassembly_from:
+            try:
+                dt.date.fromisoformat(self.record_reassembly_from)
+            except ValueError:
+                raise ValueError(
+                    "record_reassembly_from must be YYYY-MM-DD or empty, "
+                    f"got {self.record_reassembly_from!r}"
+                ) from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,6 +85,11 @@ class TlsSni(Mechanism):
     )
     params_cls = TlsSniParams
     params: TlsSniParams
+
+    def needs(self) -> Needs:
+        since = self.params.record_reassembly_from
+        joins = bool(since) and (self.date is None or self.date >= dt.date.fromisoformat(since))
+        return Needs(tls_records=joins)
 
     def on_client_hello(self, seen: Seen, hello: ClientHello) -> Decision | None:
         if hello.sni is None:

@@ -138,6 +138,21 @@ def dated(capture: str, profile: Profile) -> tuple[Profile, str]:
     return dataclasses.replace(profile, date=day), "capture"
 
 
+def at_moment(capture: str, profile: Profile, moment: dt.datetime) -> Profile:
+    """``profile`` set so the capture's first packet happens at the UTC ``moment`` (``--at``):
+    the capture's clock is shifted by a fixed offset (the engine's ``epoch_offset_s``) and the
+    emulated day is the moment's. The packets' own timestamps, and the output capture's, are
+    left as they were."""
+    reader = CaptureReader(capture)
+    try:
+        first = next(iter(reader), None)
+    finally:
+        reader.close()
+    start = first[0] if first is not None else 0.0
+    offset = moment.timestamp() - start
+    return dataclasses.replace(profile, date=moment.date(), epoch_offset_s=offset)
+
+
 def analyze(
     capture: str,
     profile: Profile | list[Profile],

@@ -11,9 +11,11 @@ from gfwlab.profiles.loader import (
     load_profiles,
     parse_date,
 )
+from gfwlab.profiles.networks import NETWORKS, parse_moment
 from gfwlab.rules import DateRange, DomainSet, EngineParams, KeywordSet, Prefixes, Profile
 
 __all__ = [
+    "NETWORKS",
     "DateRange",
     "DomainSet",
     "EngineParams",
@@ -25,4 +27,5 @@ __all__ = [
     "load_profile",
     "load_profiles",
     "parse_date",
+    "parse_moment",
 ]

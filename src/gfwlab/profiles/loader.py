@@ -28,6 +28,7 @@ from typing import Any
 from gfwlab.engine.censor import Censor
 from gfwlab.errors import ConfigError
 from gfwlab.mechanisms import registry
+from gfwlab.profiles.networks import network_sets
 from gfwlab.rules.profile import EngineParams, Profile, TcbParams
 from gfwlab.rules.schema import Context, build_params, coerce
 
@@ -53,19 +54,24 @@ def builtin_path(name: str) -> str:
 
 
 def load_profiles(
-    names: list[str], *, date: dt.date | None = None, overrides: list[str] | tuple[str, ...] = ()
+    names: list[str],
+    *,
+    date: dt.date | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    network: str = "national",
 ) -> list[Profile]:
     """Several profiles for censors in series; with more than one, each takes only the
-    ``--set`` values of its own sections (``engine``, ``tcb`` and the mechanisms it configures),
-    so that a value meant for one censor does not switch a mechanism on in another."""
+    ``--network`` and ``--set`` values of its own sections (``engine``, ``tcb`` and the
+    mechanisms it configures), so that a value meant for one censor does not switch a mechanism
+    on in another."""
     if len(names) == 1:
-        return [load_profile(names[0], date=date, overrides=overrides)]
+        return [load_profile(names[0], date=date, overrides=overrides, network=network)]
     out = []
     for name in names:
         own = load_profile(name, date=date)
-        mine = [
-            o for o in overrides if o.split(".", 1)[0].strip() in ("engine", "tcb", *own.mechanisms)
-        ]
+        sections = ("engine", "tcb", *own.mechanisms)
+        given = [*network_sets(network), *overrides]
+        mine = [o for o in given if o.split(".", 1)[0].strip() in sections]
         out.append(load_profile(name, date=date, overrides=mine))
     return out
 
@@ -75,8 +81,11 @@ def load_profile(
     *,
     date: dt.date | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    network: str = "national",
 ) -> Profile:
-    """Load a built-in profile by name or a profile file by path, apply ``--set`` overrides."""
+    """Load a built-in profile by name or a profile file by path, apply ``--network``'s
+    overrides, then the ``--set`` ones (which win: see :mod:`gfwlab.profiles.networks`)."""
+    overrides = [*network_sets(network), *overrides]
     path = builtin_path(profile) if profile in BUILTIN else profile
     try:
         with open(path, "rb") as fh:

@@ -125,6 +125,44 @@ def parse_client_hello(data: bytes) -> ClientHello | None:
     return _parse_body(data, body_start, body_start + hs_length, 0, record_length, extra)
 
 
+def join_records(data: bytes) -> bytes | None:
+    """The handshake records at the start of ``data`` joined into one record, for a censor that
+    reassembles TLS records (CERNET and China Mobile from December 2025, spec §14d).
+
+    Consecutive handshake records are read until their fragments hold the whole first handshake
+    message; the result is one record carrying it (then :func:`parse_client_hello` reads it as
+    usual). Returns ``None`` while more records are needed, and ``data`` unchanged if it does
+    not start with a handshake record or the first record already holds the message.
+    """
+    pos, body = 0, bytearray()
+    while True:
+        if len(data) < pos + RECORD_HEADER_LEN:
+            return None
+        if data[pos] != CONTENT_HANDSHAKE or data[pos + 1] != 3:
+            return data if pos == 0 else _one_record(data, bytes(body))
+        length = (data[pos + 3] << 8) | data[pos + 4]
+        end = pos + RECORD_HEADER_LEN + length
+        if pos == 0 and length >= HANDSHAKE_HEADER_LEN:
+            if len(data) < RECORD_HEADER_LEN + HANDSHAKE_HEADER_LEN:
+                return None
+            hs_length = (data[6] << 16) | (data[7] << 8) | data[8]
+            if HANDSHAKE_HEADER_LEN + hs_length <= length:
+                return data  # not split: nothing to join
+        if len(data) < end:
+            return None
+        body += data[pos + RECORD_HEADER_LEN : end]
+        pos = end
+        if len(body) >= HANDSHAKE_HEADER_LEN:
+            need = HANDSHAKE_HEADER_LEN + ((body[1] << 16) | (body[2] << 8) | body[3])
+            if len(body) >= need or len(body) > MAX_RECORD:
+                return _one_record(data, bytes(body))
+
+
+def _one_record(data: bytes, body: bytes) -> bytes:
+    body = body[:MAX_RECORD]
+    return data[:3] + len(body).to_bytes(2, "big") + body
+
+
 def parse_client_hello_body(body: bytes, *, offset: int = 0) -> ClientHello:
     """Parse a ClientHello handshake body (after the 4-byte handshake header).
 

@@ -122,6 +122,10 @@ class Profile:
     measured_from: dt.date | None = None
     """The first day the profile's behaviour was measured; mechanisms without an ``active``
     start are taken to be active from it."""
+    epoch_offset_s: float = 0.0
+    """Seconds added to the engine's ``now`` to give the emulated UTC moment (POSIX seconds).
+    Offline ``now`` is the capture's clock (0 unless ``--at`` shifts it); live it is a monotonic
+    clock, so the daemon sets the wall clock's offset plus ``lab up --at``'s shift."""
     engine: EngineParams = EngineParams()
     tcb: TcbParams = TcbParams()
     mechanisms: dict[str, CommonParams] = field(default_factory=dict)
@@ -133,7 +137,8 @@ class Profile:
         starts = [
             p.active.start or self.measured_from for p in self.mechanisms.values() if p.enabled
         ]
-        known = [d for d in starts if d is not None]
+        # A moment (a dated event's start) counts as its day.
+        known = [d.date() if isinstance(d, dt.datetime) else d for d in starts if d is not None]
         return min(known) if known else None
 
     def active(self) -> dict[str, CommonParams]:

@@ -24,18 +24,58 @@ from gfwlab.rules.domains import DomainSet, KeywordSet, resolve_path
 
 @dataclass(frozen=True, slots=True)
 class DateRange:
-    """The days a mechanism was active; either end may be open. ``end`` is exclusive."""
+    """When a mechanism was active; either end may be open. ``end`` is exclusive.
+
+    An end is a day, or a moment to the minute (a UTC ``datetime``) for events that lasted
+    minutes or hours (spec §14a): such a range "contains" every day it overlaps, and
+    :meth:`contains_moment` says whether one instant is inside it.
+    """
 
     start: dt.date | None = None
     end: dt.date | None = None
 
+    @property
+    def timed(self) -> bool:
+        """Whether an end carries a time of day (a dated event rather than a span of days)."""
+        return isinstance(self.start, dt.datetime) or isinstance(self.end, dt.datetime)
+
     def contains(self, day: dt.date) -> bool:
-        return (self.start is None or day >= self.start) and (self.end is None or day < self.end)
+        """Whether the range overlaps ``day`` (for day bounds: start <= day < end)."""
+        lo, hi = _moment(day), _moment(day + dt.timedelta(days=1))
+        return (self.start is None or _moment(self.start) < hi) and (
+            self.end is None or _moment(self.end) > lo
+        )
+
+    def contains_moment(self, when: dt.datetime) -> bool:
+        """Whether the UTC instant ``when`` is inside the range (start inclusive, end exclusive)."""
+        return (self.start is None or when >= _moment(self.start)) and (
+            self.end is None or when < _moment(self.end)
+        )
+
+    def bounds(self) -> tuple[dt.datetime | None, dt.datetime | None]:
+        """Both ends as UTC instants (a day's bound is its midnight)."""
+        return (
+            None if self.start is None else _moment(self.start),
+            None if self.end is None else _moment(self.end),
+        )
 
     def __str__(self) -> str:
-        start = self.start.isoformat() if self.start else "…"
-        end = self.end.isoformat() if self.end else "…"
-        return f"{start} → {end}"
+        return f"{_text(self.start)} → {_text(self.end)}"
+
+
+def _moment(value: dt.date) -> dt.datetime:
+    """A day or a moment as a UTC instant (a day is its midnight; a naive time is UTC)."""
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+    return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+
+
+def _text(value: dt.date | None) -> str:
+    if value is None:
+        return "…"
+    if isinstance(value, dt.datetime):
+        return _moment(value).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%MZ")
+    return value.isoformat()
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,15 +224,17 @@ def _date(value: Any, ctx: Context, key: str) -> dt.date | None:
     if value is None or value == "":
         return None
     if isinstance(value, dt.datetime):
-        return value.date()
+        return _moment(value)
     if isinstance(value, dt.date):
         return value
     if isinstance(value, str):
         try:
+            if "T" in value or " " in value.strip():
+                return _moment(dt.datetime.fromisoformat(value.strip()))
             return dt.date.fromisoformat(value)
         except ValueError:
             pass
-    raise _bad(ctx, key, "a date YYYY-MM-DD", value)
+    raise _bad(ctx, key, "a date YYYY-MM-DD or a UTC moment YYYY-MM-DDTHH:MMZ", value)
 
 
 def _bad(ctx: Context, key: str, expected: str, value: Any) -> ConfigError:
