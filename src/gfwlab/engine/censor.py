@@ -16,12 +16,11 @@ accepted: nothing raised by a dissector or a mechanism's parsing escapes ``feed`
 from __future__ import annotations
 
 import heapq
-import zlib
 from collections.abc import Mapping
 
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop
 from gfwlab.engine.dissect import Dissector, Plan
-from gfwlab.engine.flows import Flow, FlowState, FlowTable, flow_key
+from gfwlab.engine.flows import Flow, FlowState, FlowTable, flow_key, open_flow
 from gfwlab.engine.mechanism import Mechanism, Seen, overridden_hooks
 from gfwlab.engine.residual import ResidualTable
 from gfwlab.engine.tcb import (
@@ -196,39 +195,9 @@ class Censor:
         return flow, new
 
     def _new_flow(self, pkt: Packet, now: float) -> Flow:
-        """Decide who is the client and which way the flow crosses the border."""
-        if pkt.proto == PROTO_TCP:
-            if pkt.flags & (SYN | ACK) == SYN | ACK and self.profile.tcb.turnaround:
-                src_is_client = False
-            else:  # a SYN; mid-stream, the ephemeral (higher) port is the client's
-                src_is_client = bool(pkt.flags & SYN) or pkt.sport >= pkt.dport
-        else:  # a response from a watched UDP port seen before its query comes from the server
-            src_is_client = not (pkt.sport in self._port_set and pkt.dport not in self._port_set)
-        if src_is_client:
-            client, cport, server, sport = pkt.src, pkt.sport, pkt.dst, pkt.dport
-        else:
-            client, cport, server, sport = pkt.dst, pkt.dport, pkt.src, pkt.sport
-        inside = self.profile.engine.inside
-        crossing, outbound = True, True
-        if inside:
-            ci, si = inside.contains(client), inside.contains(server)
-            crossing, outbound = ci != si, ci or not si
         self.stats.flows += 1
-        flow = Flow(
-            proto=pkt.proto,
-            client=client,
-            cport=cport,
-            server=server,
-            sport=sport,
-            direction="inside-out" if outbound else "outside-in",
-            crossing=crossing,
-            first_seen=now,
-            salt=pkt.seq if pkt.proto == PROTO_TCP else zlib.crc32(pkt.payload[:64]),
-            last_seen=now,
-        )
-        if not crossing:
-            flow.finish()  # domestic traffic is not inspected (spec §1)
-        return flow
+        turnaround, inside = self.profile.tcb.turnaround, self.profile.engine.inside
+        return open_flow(pkt, now, turnaround=turnaround, udp_ports=self._port_set, inside=inside)
 
     def _blocked_verdict(self, flow: Flow, c2s: bool) -> list[Action]:
         block = flow.block

@@ -16,12 +16,14 @@ from __future__ import annotations
 import enum
 import hashlib
 import random
+import zlib
 from dataclasses import dataclass
 from typing import Literal
 
 from gfwlab.engine.actions import Direction, FlowId
 from gfwlab.engine.tcb import Tcb
-from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, addr_text
+from gfwlab.packet.ip import ACK, PROTO_TCP, PROTO_UDP, SYN, Packet, addr_text
+from gfwlab.rules.schema import Prefixes
 
 
 class FlowState(enum.Enum):
@@ -174,3 +176,45 @@ class FlowTable:
             del self.flows[key]
         self.expired += len(dead)
         return len(dead)
+
+
+def open_flow(
+    pkt: Packet, now: float, *, turnaround: bool, udp_ports: frozenset[int], inside: Prefixes
+) -> Flow:
+    """A new flow from its first packet: who is the client, and which way it crosses the border.
+
+    TCP: the sender of a SYN is the client, and of a SYN/ACK the server (with ``turnaround``:
+    see TcbParams); mid-stream, the ephemeral (higher) port is the client's. UDP: the sender,
+    unless a response from a watched port (DNS) is seen before its query. A flow whose ends are
+    on the same side of the border is finished at once: the GFW does not see it (spec §1).
+    """
+    if pkt.proto == PROTO_TCP:
+        if pkt.flags & (SYN | ACK) == SYN | ACK and turnaround:
+            src_is_client = False
+        else:
+            src_is_client = bool(pkt.flags & SYN) or pkt.sport >= pkt.dport
+    else:
+        src_is_client = not (pkt.sport in udp_ports and pkt.dport not in udp_ports)
+    if src_is_client:
+        client, cport, server, sport = pkt.src, pkt.sport, pkt.dst, pkt.dport
+    else:
+        client, cport, server, sport = pkt.dst, pkt.dport, pkt.src, pkt.sport
+    crossing, outbound = True, True
+    if inside:
+        ci, si = inside.contains(client), inside.contains(server)
+        crossing, outbound = ci != si, ci or not si
+    flow = Flow(
+        proto=pkt.proto,
+        client=client,
+        cport=cport,
+        server=server,
+        sport=sport,
+        direction="inside-out" if outbound else "outside-in",
+        crossing=crossing,
+        first_seen=now,
+        salt=pkt.seq if pkt.proto == PROTO_TCP else zlib.crc32(pkt.payload[:64]),
+        last_seen=now,
+    )
+    if not crossing:
+        flow.finish()
+    return flow
