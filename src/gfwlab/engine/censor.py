@@ -139,7 +139,7 @@ class Censor:
             st.bypassed_bytes += len(packet)
             return [_ACCEPT]
         if state is FlowState.BLOCKED:
-            return self._blocked_verdict(flow, c2s)
+            return self._blocked_verdict(flow, c2s, now)
         out: list[Action] = [_ACCEPT]
         if self.residual.drops and self.verdicts.residual_drop(flow, c2s, now, out):
             return out
@@ -212,8 +212,10 @@ class Censor:
             flow.finish()  # domestic traffic is not inspected (spec §1)
         return flow
 
-    def _blocked_verdict(self, flow: Flow, c2s: bool) -> list[Action]:
+    def _blocked_verdict(self, flow: Flow, c2s: bool, now: float) -> list[Action]:
         block = flow.block
+        if now < flow.blocked_from:
+            return [_ACCEPT]  # the block has not taken effect yet
         if block == "both" or (block == "c2s" and c2s) or (block == "s2c" and not c2s):
             self.stats.dropped += 1
             return [Drop(mechanism=flow.blocked_by)]

@@ -22,7 +22,7 @@ from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Mechanism
 from gfwlab.proto.dns import DEFAULT_MAX_NAME, parse_query
 from gfwlab.proto.http import parse_request
-from gfwlab.proto.quic import parse_initial
+from gfwlab.proto.quic import CRYPTO_READINGS, CryptoReading, parse_initial
 from gfwlab.proto.tls import parse_client_hello
 
 Carrier = Literal["tcp-stream", "udp-port", "udp-first"]
@@ -40,6 +40,7 @@ class Options:
     """Parser settings the active mechanisms asked for (from their ``needs()``)."""
 
     dns_name_limit: int = DEFAULT_MAX_NAME
+    quic_crypto_reading: CryptoReading = CRYPTO_READINGS[0]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,7 +104,7 @@ DISSECTORS: tuple[Dissector, ...] = (
         name="quic",
         hook="on_quic_initial",
         carrier="udp-first",
-        parse=lambda data, _o: parse_initial(data),
+        parse=lambda data, o: parse_initial(data, crypto_reading=o.quic_crypto_reading),
         report_anomalies=False,
         names_mechanism=True,
     ),
@@ -139,9 +140,13 @@ class Plan:
             if (ports := needs[m.name].udp_ports) is not None
         }
         limits = [n.dns_name_limit for n in needs.values() if n.dns_name_limit is not None]
+        readings = [r for n in needs.values() if (r := n.quic_crypto_reading) is not None]
         return cls(
             rows=(by[0], by[1], by[2]),
             udp_ports=udp_ports,
             ports=frozenset().union(*udp_ports.values()),
-            options=Options(dns_name_limit=min(limits, default=DEFAULT_MAX_NAME)),
+            options=Options(
+                dns_name_limit=min(limits, default=DEFAULT_MAX_NAME),
+                quic_crypto_reading=readings[0] if readings else CRYPTO_READINGS[0],
+            ),
         )

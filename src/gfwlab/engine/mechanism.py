@@ -30,7 +30,7 @@ from gfwlab.engine.flows import Block, Flow
 from gfwlab.packet.ip import Packet
 from gfwlab.proto.dns import DnsQuery
 from gfwlab.proto.http import HttpRequest
-from gfwlab.proto.quic import QuicInitial
+from gfwlab.proto.quic import CryptoReading, QuicInitial
 from gfwlab.proto.tls import ClientHello
 from gfwlab.rules.profile import CommonParams, ResidualKey
 
@@ -46,6 +46,9 @@ class Needs:
     """Longest flattened DNS name the dissector keeps for it (a censor's own limit)."""
     inspect_bytes: int | None = None
     """Client bytes per TCP connection it needs reassembled; None: up to the TCB's cap."""
+    quic_crypto_reading: CryptoReading | None = None
+    """How the QUIC dissector reads a zero-Length CRYPTO frame that carries data (spec §14e);
+    None: the dissector's default."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,6 +100,9 @@ class Decision:
     """Drop the triggering packet itself."""
     block: Block = "none"
     """What the flow's later packets get."""
+    block_after: float = 0.0
+    """Seconds after the trigger before ``block`` (and ``residual``, unless it has a delay of its
+    own) takes effect: packets in between pass (a censor's reaction time)."""
     residual: Residual | None = None
     also: tuple[Residual, ...] = ()
     """Further blocks the decision starts (static blocking of a whole address)."""
