@@ -67,4 +67,3 @@ def cdf(table: Quantiles, x: float) -> float:
         return s1
     f = math.log(x / v0) / math.log(v1 / v0) if v0 > 0 and v1 > 0 else (x - v0) / (v1 - v0)
     return s0 + f * (s1 - s0)
-
