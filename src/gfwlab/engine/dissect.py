@@ -40,6 +40,7 @@ class Options:
     """Parser settings the active mechanisms asked for (from their ``needs()``)."""
 
     dns_name_limit: int = DEFAULT_MAX_NAME
+    dns_lenient: bool = False
     quic_crypto_reading: CryptoReading = CRYPTO_READINGS[0]
 
 
@@ -97,7 +98,7 @@ DISSECTORS: tuple[Dissector, ...] = (
         name="dns",
         hook="on_dns_query",
         carrier="udp-port",
-        parse=lambda data, o: parse_query(data, name_limit=o.dns_name_limit),
+        parse=lambda data, o: parse_query(data, name_limit=o.dns_name_limit, lenient=o.dns_lenient),
         detail=_dns_detail,
     ),
     Dissector(
@@ -147,6 +148,7 @@ class Plan:
             ports=frozenset().union(*udp_ports.values()),
             options=Options(
                 dns_name_limit=min(limits, default=DEFAULT_MAX_NAME),
+                dns_lenient=any(n.dns_lenient for n in needs.values()),
                 quic_crypto_reading=readings[0] if readings else CRYPTO_READINGS[0],
             ),
         )

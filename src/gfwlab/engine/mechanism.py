@@ -46,6 +46,9 @@ class Needs:
     """Longest flattened DNS name the dissector keeps for it (a censor's own limit)."""
     inspect_bytes: int | None = None
     """Client bytes per TCP connection it needs reassembled; None: up to the TCB's cap."""
+    dns_lenient: bool = False
+    """Hand DNS queries that a bounds-checked read rejects to the hook too (``overrun`` set),
+    for a mechanism that reads them its own way."""
     quic_crypto_reading: CryptoReading | None = None
     """How the QUIC dissector reads a zero-Length CRYPTO frame that carries data (spec §14e);
     None: the dissector's default."""
