@@ -13,6 +13,8 @@ and the lengths of the leaked runs below agree with those hexdumps.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gfwlab.proto import wallbleed
 
@@ -118,3 +120,13 @@ def test_short_queries_read_the_zeroed_head() -> None:
     query = Q + b"\x0269\x02m"  # 17 bytes: the label runs one byte past
     reading = wallbleed.read_query(wallbleed.injector_buffer(query, _memory(False)), 17, "v1")
     assert reading is not None and reading.name == b"69.m"
+
+
+@given(
+    st.binary(max_size=300), st.binary(min_size=300, max_size=300), st.sampled_from(["v1", "v2"])
+)
+def test_arbitrary_queries_never_crash(query: bytes, memory: bytes, era: str) -> None:
+    reading = wallbleed.read_query(wallbleed.injector_buffer(query, memory), len(query), era)  # type: ignore[arg-type]
+    if reading is not None:
+        assert len(reading.name) <= 125 and reading.overread <= 259
+        assert reading.copied[: len(query)] == query[: len(reading.copied)]
