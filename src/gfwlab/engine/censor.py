@@ -19,6 +19,7 @@ import heapq
 from collections.abc import Mapping
 
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop
+from gfwlab.engine.defrag import Defragmenter
 from gfwlab.engine.dissect import Dissector, Plan
 from gfwlab.engine.flows import Flow, FlowState, FlowTable, flow_key
 from gfwlab.engine.mechanism import Mechanism, Seen, overridden_hooks
@@ -65,6 +66,9 @@ class Censor:
         self.stats = self.verdicts.stats
         self._tcb_table = transition_table(profile.tcb)
         self._next_sweep: float | None = None
+        self.defrag = (
+            Defragmenter(eng.ip_overlap, eng.ip_fragment_timeout_s) if eng.ip_reassembly else None
+        )
         plan = Plan.of(self.hooks)
         self._stream_rows, self._first_dgram_rows, self._port_rows = plan.rows
         self._udp_ports, self._port_set, self._options = plan.udp_ports, plan.ports, plan.options
@@ -89,6 +93,8 @@ class Censor:
         if self._next_sweep is not None and now >= self._next_sweep:
             self.flows.expire(now)
             self.residual.expire(now)
+            if self.defrag:
+                self.defrag.expire(now)
             live = self.flows.flows or self.residual.entries
             self._next_sweep = now + self.profile.engine.sweep_s if live else None
         return out
@@ -128,7 +134,10 @@ class Censor:
             return [_ACCEPT, self.verdicts.anomaly_ip(packet, exc, now)]
         if pkt.fragment:
             st.fragments += 1
-            return [_ACCEPT]
+            whole = self.defrag.add(pkt, now) if self.defrag and pkt.version == 4 else None
+            if whole is None:
+                return self._fragment_verdict(pkt, now)
+            packet, pkt = whole, parse(whole)  # rebuilt with valid headers: parses
         if pkt.proto not in (PROTO_TCP, PROTO_UDP):
             return [_ACCEPT]
         flow, new = self._flow(pkt, now)
@@ -211,6 +220,16 @@ class Censor:
         if not crossing:
             flow.finish()  # domestic traffic is not inspected (spec §1)
         return flow
+
+    def _fragment_verdict(self, pkt: Packet, now: float) -> list[Action]:
+        """A fragment that completes nothing gets its flow's verdict if that flow is blocked."""
+        ports = self.defrag.ports(pkt) if self.defrag else None
+        if ports is None:
+            return [_ACCEPT]
+        flow = self.flows.flows.get(flow_key(pkt.proto, pkt.src, ports[0], pkt.dst, ports[1]))
+        if flow is None or flow.state is not FlowState.BLOCKED:
+            return [_ACCEPT]
+        return self._blocked_verdict(flow, pkt.src == flow.client and ports[0] == flow.cport, now)
 
     def _blocked_verdict(self, flow: Flow, c2s: bool, now: float) -> list[Action]:
         block = flow.block

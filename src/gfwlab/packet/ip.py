@@ -300,3 +300,33 @@ def build_ip(
         return hdr + body
     hdr = struct.pack("!IHBB", 6 << 28, len(body), proto, ttl) + src + dst
     return hdr + body
+
+
+def build_fragment(packet: bytes, offset: int, data: bytes, *, more: bool) -> bytes:
+    """An IPv4 fragment of ``packet`` (a whole IPv4 packet, used for its header): ``data`` at
+    byte ``offset`` (a multiple of 8) of the original payload, with more-fragments ``more``."""
+    if packet[0] >> 4 != 4:
+        raise ValueError("only IPv4 packets are fragmented here")
+    if offset % 8:
+        raise ValueError(f"fragment offsets are multiples of 8, got {offset}")
+    ihl = (packet[0] & 0x0F) * 4
+    hdr = bytearray(packet[:ihl])
+    struct.pack_into("!H", hdr, 2, ihl + len(data))
+    frag = (struct.unpack_from("!H", hdr, 6)[0] & 0x4000) | (0x2000 if more else 0) | offset // 8
+    struct.pack_into("!H", hdr, 6, frag)
+    struct.pack_into("!H", hdr, 10, 0)
+    struct.pack_into("!H", hdr, 10, checksum(bytes(hdr)))
+    return bytes(hdr) + data
+
+
+def fragment(packet: bytes, size: int) -> list[bytes]:
+    """``packet`` (IPv4) cut into fragments carrying ``size`` payload bytes each (a multiple
+    of 8), in order; the IP ID is kept, so set a non-zero one when building ``packet``."""
+    if size <= 0 or size % 8:
+        raise ValueError(f"fragment size must be a positive multiple of 8, got {size}")
+    ihl = (packet[0] & 0x0F) * 4
+    body = packet[ihl:]
+    return [
+        build_fragment(packet, off, body[off : off + size], more=off + size < len(body))
+        for off in range(0, len(body), size)
+    ]
