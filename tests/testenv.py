@@ -75,7 +75,7 @@ def needs_tools(*tools: str) -> pytest.MarkDecorator:
 
 # --- the live lab --------------------------------------------------------------------------
 
-LAB_TOOLS = ("ip", "iptables", "nginx", "dnsmasq", "curl", "dig", "tcpdump")
+LAB_TOOLS = ("ip", "iptables", "nft", "nginx", "dnsmasq", "curl", "dig", "tcpdump")
 LAB_MARKS = [
     pytest.mark.live,
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),

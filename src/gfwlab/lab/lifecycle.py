@@ -102,6 +102,7 @@ def _up_locked(options: UpOptions, profile: Profile, log: Any, ca: Any, services
             log("namespaces and links")
             netns.make_topology()
             netns.install_queue_rules(CENSOR_NS, QUEUE_NUM, fail_open=options.fail_open)
+            netns.untrack_fragments(CENSOR_NS)
             for ns in (CLIENT_NS, SERVER_NS):  # both resolve with the lab's DNS server
                 etc = os.path.join(ETC_NETNS, ns)
                 st.record(kind="path", path=etc)

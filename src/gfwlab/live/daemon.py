@@ -226,6 +226,7 @@ class LiveCensor:
             "injected": self.injector.sent,
             "probe_packets": self.prober.sent,
             "anomalies": st.anomalies,
+            "fragments": st.fragments,
             "flows": st.flows,
             "flows_tracked": len(self.censor.flows),
             "residual_blocks": len(self.censor.residual),
