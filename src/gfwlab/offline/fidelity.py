@@ -38,6 +38,7 @@ from gfwlab.offline.synth import (
 )
 from gfwlab.packet.ip import ACK, Packet, addr_bytes, build_udp, parse
 from gfwlab.profiles import build_censor, load_profile
+from gfwlab.proto.dns import build_query
 from gfwlab.proto.quic import QUIC_V2, build_initial
 from gfwlab.rules import quantiles
 from gfwlab.rules.quantiles import Quantiles
@@ -493,13 +494,66 @@ def dns_checks() -> list[Check]:
             ttls.append(int.from_bytes(body[-10:-6], "big"))
     inside = sum(68 <= t <= 252 for t in ttls)
     return [
+        *_wallbleed_checks(),
         rate_check(
             "Forged answer TTL within the measured 68–252 s",
             inside,
             len(ttls),
             1.0,
             "Wallbleed blackbox-tests.inc hexdumps, n=36 (spec §2)",
+        ),
+    ]
+
+
+I3 = "injector3"
+
+
+def _wallbleed_checks() -> list[Check]:
+    """The Wallbleed-type injector on a day of the v1 era: its leak and its ordered pool."""
+    censor = _censor("dns_injection.domains=['4.tt', '3.tt']", date=dt.date(2022, 6, 1))
+    header = b"\x12\x34\x01\x20\x00\x01\x00\x00\x00\x00\x00\x00"
+    leaks = []
+    for label in range(1, 256):  # one over-long label after the name, every length
+        query = header + bytes((label,)) + b"4.tt\x00"
+        pkt = build_udp(
+            addr_bytes("198.18.0.2"), addr_bytes("198.19.0.53"), 20000 + label, 53, query
         )
+        for e in feed(censor, [(label * 1.0, pkt)]).events:
+            leaks += [a["leaked"] for a in e.extra.get("answers", ()) if a["injector"] == I3]
+    scan = [
+        (
+            i / 100,
+            build_udp(
+                addr_bytes("198.18.0.2"),
+                addr_bytes("198.19.0.53"),
+                33000,
+                53,
+                build_query("4.tt", 1, id=i & 0xFFFF),
+            ),
+        )
+        for i in range(3 * 592 + 30)
+    ]
+    answers = [a for e in feed(censor, scan).events for a in e.extra.get("answers", ())]
+    addrs = [a["addr"] for a in answers if a["injector"] == I3]
+    return [
+        Check(
+            quantity="Most leaked bytes in one answer (v1 era, every label length)",
+            measured="125",
+            emitted=f"{max(leaks)} (n={len(leaks)} answers)",
+            statistic="maximum",
+            bound="equal",
+            ok=max(leaks) == 125,
+            source="Wallbleed §III-B (spec §14f)",
+        ),
+        Check(
+            quantity="Distinct forged IPv4 in a scan of 4.tt (1,806 queries, one 4-tuple)",
+            measured="592",
+            emitted=str(len(set(addrs))),
+            statistic="count",
+            bound="equal",
+            ok=len(set(addrs)) == 592,
+            source="Wallbleed artifact ordered-ip-pool-injector-3-a.txt (spec §14f)",
+        ),
     ]
 
 
@@ -514,6 +568,9 @@ SECTIONS: tuple[tuple[str, Callable[[], list[Check]]], ...] = (
 UNMEASURED = (
     "esni: residual 120 or 180 s and the drop action are fixed values, not distributions.",
     "null_route: no measured distribution (targets are configured).",
+    "IP fragment reassembly (engine): the overlap rule (Khattak'13) is a rule, not a "
+    "distribution; tests/test_fragments.py checks each layout.",
+    "The QUIC censor's load-dependent blocking rate is one fixed probability (1 by default).",
 )
 
 
