@@ -8,7 +8,7 @@ import itertools
 import dns.message
 import dns.rdatatype
 import pytest
-from test_wallbleed import A_SUFFIX, AAAA_SUFFIX, V1_CASES, Q
+from test_wallbleed import A_SUFFIX, AAAA_SUFFIX, V1_CASES, V2_CASES, Q
 
 from gfwlab.mechanisms._wallbleed_pools import POOL_V4
 from gfwlab.offline.synth import dns_exchange
@@ -185,14 +185,19 @@ def _raw_query_run(query: bytes, day: dt.date, *sets: str, seed: int = 1):
     return run(censor, [(0.0, packet)])
 
 
-@pytest.mark.parametrize(("query", "digest", "expected"), V1_CASES)
-def test_v1_era_answers_exactly_what_the_real_injector_answered(
-    query: bytes, digest: bool, expected: bytes
+ERA_CASES = [(dt.date(2022, 6, 1), *c) for c in V1_CASES] + [
+    (dt.date(2024, 1, 15), *c) for c in V2_CASES
+]
+
+
+@pytest.mark.parametrize(("day", "query", "digest", "expected"), ERA_CASES)
+def test_each_era_answers_exactly_what_the_real_injector_answered(
+    day: dt.date, query: bytes, digest: bool, expected: bytes
 ) -> None:
-    # The artifact's v1 test cases through the whole engine on a day of the v1 era: the same
-    # queries are answered, each answer as long as the real one (the leaked run included) and
-    # equal to it up to the leaked bytes, the TTL and the address.
-    r = _raw_query_run(query, dt.date(2022, 6, 1))
+    # The artifact's v1 and v2 test cases through the whole engine on a day of each era: the
+    # same queries are answered, each answer as long as the real one (the leaked run included)
+    # and equal to it up to the leaked bytes, the TTL and the address.
+    r = _raw_query_run(query, day)
     forged = r.forged("client")
     assert bool(forged) is bool(expected)
     if expected:

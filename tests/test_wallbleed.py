@@ -75,6 +75,49 @@ V1_CASES: list[tuple[bytes, bool, bytes]] = [
 ]  # fmt: skip
 
 
+A15 = b"\x0f" + b"a" * 15
+LONG = b"\x10" + b"a" * 16 + A15 * 6 + b"\x08facebook\x03com\x00\x00\x01\x00\x01"
+# The first part of ``blackbox-tests-patched.inc`` (the v2 era, after the first patch): QTYPE and
+# QCLASS may no longer be omitted, QCLASS must be 1; the long-name cases at the 125-character
+# limit are answered.
+V2_CASES: list[tuple[bytes, bool, bytes]] = [
+    (Q + b"\x0269\x02mu\x00\x00\x01\x00\x01", False,
+     R + b"\x0269\x02mu\x00\x00\x01\x00\x01" + A_SUFFIX),
+    (Q + b"\x08facebook\x03com\x00\x00\x01\x00\x01", False,
+     R + b"\x08facebook\x03com\x00\x00\x01\x00\x01" + A_SUFFIX),
+    (Q + b"\x07example\x03com\x00\x00\x01\x00\x01", False, b""),
+    (Q + b"\x0269\x02mu\x00\x00\x1c\x00\x01", False,
+     R + b"\x0269\x02mu\x00\x00\x1c\x00\x01" + AAAA_SUFFIX),
+    (Q + b"\x07example\x03com\x00\x00\x1c\x00\x01", False, b""),
+    (Q[:4] + bytes(8) + b"\x0269\x02mu\x00\x00\x01\x00\x01", False,
+     R + b"\x0269\x02mu\x00\x00\x01\x00\x01" + A_SUFFIX),
+    (Q[:4] + bytes(range(1, 9)) + b"\x0269\x02mu\x00\x00\x01\x00\x01", False,
+     R + b"\x0269\x02mu\x00\x00\x01\x00\x01" + A_SUFFIX),
+    (Q + b"\x08facebook\xffcom", False, b""),
+    (Q + b"\x08facebook\x03com", False, b""),
+    (Q + b"\x08facebook\xffcom\x00", False, b""),
+    (Q33 + b"\x07rsf.org", False, b""),
+    (Q33 + b"\x07rsf.org\x1f", False, b""),
+    (Q33 + b"\x07rsf\x03org", False, b""),
+    (Q + b"\x0269\x02mu\x00\x00\x01\x00", False, b""),
+    (Q + b"\x0269\x02mu\x00\x00\x01", False, b""),
+    (Q + b"\x0269\x02mu\x00\x00", False, b""),
+    (Q + b"\x0269\x02mu\x00", False, b""),
+    (Q + b"\x0269\x02mu", False, b""),
+    (Q + b"\x0269\x02mu\x77\x00\x1c", False, b""),
+    (Q + b"\x0269\x02mu\x78\x00\x1c", False, b""),
+    (Q + b"\x0569.mu", False, b""),
+    (Q + b"\x0569.mu\x00\x00\x01\x00\x01", False, R + b"\x0569.mu\x00\x00\x01\x00\x01" + A_SUFFIX),
+    (Q + b"\xff69.mu\x00", False, b""),
+    (Q + b"\x7769.mu\x00", False, b""),
+    (Q + b"\x7869.mu\x00", False, b""),
+    (Q + b"\x0569.mu\x68", False, b""),
+    (Q33 + b"\x03rsf\x03org", False, b""),
+    (Q33 + b"\x10" + b"a" * 16 + b"\x08facebook\x03com\x00\x00\x01\x00\x01", False,
+     R33 + b"\x10" + b"a" * 16 + b"\x08facebook\x03com\x00\x00\x01\x00\x01" + A_SUFFIX),
+    (Q33 + LONG, False, R33 + LONG + A_SUFFIX),
+]  # fmt: skip
+
 def _memory(digest: bool) -> bytes:
     return (b"DDDD" if digest else b"") + X * 600
 
@@ -86,6 +129,12 @@ def _answer(qtype: int) -> tuple[bytes, int]:
 @pytest.mark.parametrize(("query", "digest", "expected"), V1_CASES)
 def test_v1_artifact_cases(query: bytes, digest: bool, expected: bytes) -> None:
     got = wallbleed.respond(query, _memory(digest), "v1", BLOCKLIST, _answer)
+    assert (got or b"") == expected
+
+
+@pytest.mark.parametrize(("query", "digest", "expected"), V2_CASES)
+def test_v2_artifact_cases(query: bytes, digest: bool, expected: bytes) -> None:
+    got = wallbleed.respond(query, _memory(digest), "v2", BLOCKLIST, _answer)
     assert (got or b"") == expected
 
 
