@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gfwlab.engine.defrag import Defragmenter
 from gfwlab.offline.synth import dns_exchange, http_get, https_conversation, tcp_conversation
-from gfwlab.packet.ip import addr_bytes, build_fragment, build_udp, checksum, fragment
+from gfwlab.packet.ip import addr_bytes, build_fragment, build_udp, checksum, fragment, parse
 from gfwlab.profiles import build_censor
 from gfwlab.proto.quic import build_initial
 from helpers import profile, run
@@ -161,3 +162,27 @@ def test_arbitrary_fragments_never_crash(parts: list[tuple[int, bytes, bool]]) -
     base = with_ip_id(build_udp(addr_bytes(C), addr_bytes(S), 5353, 53, bytes(8)), 5)
     for k, (off, data, more) in enumerate(parts):
         censor.feed(build_fragment(base, off * 8, data, more=more), k * 0.01)
+
+
+@given(
+    st.binary(min_size=1, max_size=300),
+    st.lists(st.tuples(st.integers(0, 40), st.integers(1, 12)), max_size=20),
+    st.randoms(use_true_random=False),
+    st.sampled_from(["first", "last", "khattak2013"]),
+)
+def test_any_cover_of_a_datagram_reassembles_to_it(
+    body: bytes, extra: list[tuple[int, int]], order: object, policy: str
+) -> None:
+    # Fragments cut from one datagram, overlapping and in any order: whatever the policy, the
+    # reassembled datagram is the original (all copies of a byte agree).
+    whole = with_ip_id(build_udp(addr_bytes(C), addr_bytes(S), 5353, 53, body), 9)
+    size = len(whole) - 20
+    spans = [(a, min(a + 8, size)) for a in range(0, size, 8)]
+    spans += [(8 * a, min(8 * (a + n), size)) for a, n in extra if 8 * a < size]
+    order.shuffle(spans)  # type: ignore[attr-defined]
+    d = Defragmenter(policy, 30.0)  # type: ignore[arg-type]
+    out = None
+    for a, b in spans:
+        got = d.add(parse(build_fragment(whole, a, whole[20 + a : 20 + b], more=b < size)), 0.0)
+        out = out or got
+    assert out == whole
