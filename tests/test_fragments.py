@@ -14,6 +14,7 @@ from gfwlab.engine.defrag import Defragmenter
 from gfwlab.offline.synth import dns_exchange, http_get, https_conversation, tcp_conversation
 from gfwlab.packet.ip import addr_bytes, build_fragment, build_udp, checksum, fragment, parse
 from gfwlab.profiles import build_censor
+from gfwlab.proto.dns import build_query
 from gfwlab.proto.quic import build_initial
 from helpers import profile, run
 
@@ -186,3 +187,15 @@ def test_any_cover_of_a_datagram_reassembles_to_it(
         got = d.add(parse(build_fragment(whole, a, whole[20 + a : 20 + b], more=b < size)), 0.0)
         out = out or got
     assert out == whole
+
+
+def test_ipv6_fragments_are_reassembled() -> None:
+    c6, s6 = addr_bytes("2001:db8:c::2"), addr_bytes("2001:db8:5::2")
+    query = build_udp(c6, s6, 33000, 53, build_query("www.google.com", 28, id=3))
+    frags = fragment(query, 16, ident=0xABCD)
+    assert len(frags) == 3 and all(parse(f).fragment for f in frags)
+    r = run(build_censor(profile(), 1), [(k * 1e-3, f) for k, f in enumerate(reversed(frags))])
+    (event,) = r.acted("dns-inject")
+    assert event.extra["qname"] == "www.google.com" and event.extra["qtype"] == 28
+    off = run(build_censor(profile("engine.ip_reassembly=false"), 1), [(0.0, f) for f in frags])
+    assert not off.acted("dns-inject")

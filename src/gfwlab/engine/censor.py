@@ -134,7 +134,7 @@ class Censor:
             return [_ACCEPT, self.verdicts.anomaly_ip(packet, exc, now)]
         if pkt.fragment:
             st.fragments += 1
-            whole = self.defrag.add(pkt, now) if self.defrag and pkt.version == 4 else None
+            whole = self.defrag.add(pkt, now) if self.defrag else None
             if whole is None:
                 return self._fragment_verdict(pkt, now)
             packet, pkt = whole, parse(whole)  # rebuilt with valid headers: parses

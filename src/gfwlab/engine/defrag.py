@@ -9,7 +9,8 @@ spec dates no change to IP reassembly, so it is on for every date. How long the 
 incomplete datagram is not published. Both are parameters (:class:`~gfwlab.rules.EngineParams`:
 ``ip_reassembly``, ``ip_overlap``, ``ip_fragment_timeout_s``).
 
-IPv4 only: IPv6 fragments are counted and passed uninspected, as before.
+IPv6 fragments are reassembled too when the Fragment header follows the fixed header directly
+(the usual layout; the ID is the Fragment header's); others pass uninspected.
 
 A datagram is keyed by (source, destination, protocol, IP ID). Its bytes are kept with, per
 byte, the fragment that supplied it, so an overlap is settled byte by byte under the policy:
@@ -55,7 +56,7 @@ class _Pending:
 
 
 class Defragmenter:
-    """Incomplete IPv4 datagrams, reassembled under an overlap policy."""
+    """Incomplete IP datagrams, reassembled under an overlap policy."""
 
     def __init__(self, overlap: Overlap, timeout: float) -> None:
         self.overlap = overlap
@@ -65,9 +66,12 @@ class Defragmenter:
         self.expired = 0
 
     def add(self, pkt: Packet, now: float) -> bytes | None:
-        """Take one fragment; the whole datagram as an IPv4 packet once it is complete."""
+        """Take one fragment; the whole datagram as an IP packet once it is complete."""
         raw = pkt.raw
-        key = (pkt.src, pkt.dst, pkt.proto, pkt.ip_id)
+        frag_at = _fragment_field(pkt)
+        if frag_at is None:
+            return None
+        key = _key(pkt)
         entry = self.pending.get(key)
         if entry is not None and now - entry.started > self.timeout:
             del self.pending[key]
@@ -77,17 +81,21 @@ class Defragmenter:
             if len(self.pending) >= MAX_PENDING:
                 del self.pending[next(iter(self.pending))]
             entry = self.pending[key] = _Pending(started=now)
-        frag = struct.unpack_from("!H", raw, 6)[0]
-        start = (frag & 0x1FFF) * 8
+        frag = struct.unpack_from("!H", raw, frag_at)[0]
+        if pkt.version == 4:
+            start, more, header = (frag & 0x1FFF) * 8, frag & 0x2000, raw[: pkt.l4]
+        else:  # offset in the top 13 bits, M in the lowest; the header loses its Fragment header
+            start, more = frag & 0xFFF8, frag & 1
+            header = raw[:6] + bytes((pkt.proto,)) + raw[7:40]
         body = raw[pkt.l4 :]
         end = start + len(body)
         if end > MAX_DATAGRAM:
             return None
         if start == 0:
-            entry.header = raw[: pkt.l4]
+            entry.header = header
             if len(body) >= 4:
                 entry.ports = struct.unpack_from("!HH", body)
-        if not frag & 0x2000:
+        if not more:
             entry.length = end
         self._place(entry, start, body)
         done = entry.length is not None and all(o >= 0 for o in entry.owner[: entry.length])
@@ -99,7 +107,9 @@ class Defragmenter:
 
     def ports(self, pkt: Packet) -> tuple[int, int] | None:
         """The ports of the datagram ``pkt`` belongs to, if its first fragment was seen."""
-        entry = self.pending.get((pkt.src, pkt.dst, pkt.proto, pkt.ip_id))
+        if _fragment_field(pkt) is None:
+            return None
+        entry = self.pending.get(_key(pkt))
         return entry.ports if entry is not None else None
 
     def expire(self, now: float) -> None:
@@ -132,7 +142,24 @@ class Defragmenter:
         return new[0] < old[0] and new[1] > old[1]  # left-long and right-long (Khattak'13)
 
 
+def _fragment_field(pkt: Packet) -> int | None:
+    """Where the fragment offset field is: IPv4's header, or an IPv6 Fragment header right
+    after the fixed header (None for any other layout)."""
+    if pkt.version == 4:
+        return 6
+    if pkt.raw[6] == 44 and pkt.l4 == 48:
+        return 42
+    return None
+
+
+def _key(pkt: Packet) -> Key:
+    ident = pkt.ip_id if pkt.version == 4 else int.from_bytes(pkt.raw[44:48], "big")
+    return (pkt.src, pkt.dst, pkt.proto, ident)
+
+
 def _rebuild(header: bytes, payload: bytes) -> bytes:
+    if header[0] >> 4 == 6:
+        return header[:4] + struct.pack("!H", len(payload)) + header[6:40] + payload
     hdr = bytearray(header)
     struct.pack_into("!H", hdr, 2, len(hdr) + len(payload))
     struct.pack_into("!H", hdr, 6, struct.unpack_from("!H", hdr, 6)[0] & 0x4000)

@@ -218,7 +218,7 @@ def install_queue_rules(censor_ns: str, queue: int, *, fail_open: bool) -> None:
 
 
 def untrack_fragments(censor_ns: str) -> None:
-    """Let the censor's queue see IPv4 fragments as sent, not the kernel's reassembly.
+    """Let the censor's queue see IP fragments as sent, not the kernel's reassembly.
 
     Connection tracking (which the bypass connmark needs) makes the kernel reassemble fragments
     at prerouting priority -400, before any iptables table, and settle overlaps its own way
@@ -229,13 +229,14 @@ def untrack_fragments(censor_ns: str) -> None:
     (``engine/defrag.py``), and they are forwarded as sent; the server reassembles them.
     """
     devs = ", ".join(f'"{dev}"' for dev in (CLIENT_LINK.b, SERVER_LINK.a))
-    rules = (
-        "table ip gfwlab_frag {\n"
+    rules = "".join(
+        f"table {family} gfwlab_frag {{\n"
         "  chain pre {\n"
         "    type filter hook prerouting priority -450; policy accept;\n"
-        f"    iifname {{ {devs} }} ip frag-off & 0x3fff != 0 notrack\n"
+        f"    iifname {{ {devs} }} {match} notrack\n"
         "  }\n"
         "}\n"
+        for family, match in (("ip", "ip frag-off & 0x3fff != 0"), ("ip6", "exthdr frag exists"))
     )
     run(in_ns(censor_ns, "nft", "-f", "-"), stdin=rules)
 
