@@ -1,5 +1,6 @@
 """The live lab sees IP fragments as sent: a fragmented ClientHello, HTTP request and DNS query
-carrying blocked names are censored (spec §3; engine/defrag.py; lab/netns.untrack_fragments).
+carrying blocked names are censored, over IPv4 and (a DNS query) IPv6 (spec §3;
+engine/defrag.py; lab/netns.untrack_fragments).
 
 The client sends hand-built packets from a raw socket (a SYN and then the data segment cut into
 IPv4 fragments, or a fragmented UDP query); the censor's queue must get each fragment (its
@@ -50,7 +51,14 @@ SEND = textwrap.dedent(
     frags = fragment(query, 16)
     for f in frags:
         send(f)
-    print(n + len(frags))
+    # An IPv6 query for AAAA, in three fragments (Fragment header after the fixed header).
+    raw6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    c6, s6 = addr_bytes("2001:db8:c::2"), addr_bytes("2001:db8:5::2")
+    query6 = build_udp(c6, s6, 41004, 53, build_query("www.facebook.com", 28, id=8))
+    frags6 = fragment(query6, 16, ident=0x4444)
+    for f in frags6:
+        raw6.sendto(f, ("2001:db8:5::2", 0))
+    print(n + len(frags) + len(frags6))
     """
 )
 
@@ -85,4 +93,6 @@ def test_fragmented_client_hello_http_and_dns_are_censored(lab: None) -> None:
                for e in events)  # fmt: skip
     assert ("http_keyword", "rst") in got
     assert any(e["mechanism"] == "dns_injection" and e.get("qname") == "www.google.com"
+               for e in events)  # fmt: skip
+    assert any(e["mechanism"] == "dns_injection" and e.get("qname") == "www.facebook.com"
                for e in events)  # fmt: skip
