@@ -35,6 +35,8 @@ Q = b"\x00\x00\x01\x20\x00\x01\x00\x00\x00\x00\x00\x00"  # ID 0, RD, QDCOUNT 1
 R = b"\x00\x00\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00"
 Q33, R33 = b"\x33\x33" + Q[2:], b"\x33\x33" + R[2:]
 X = b"X"
+A15 = b"\x0f" + b"a" * 15
+LONG = b"\x10" + b"a" * 16 + A15 * 6 + b"\x08facebook\x03com\x00\x00\x01\x00\x01"
 
 # (query, uses_digest, expected answer or b"" for silence)
 V1_CASES: list[tuple[bytes, bool, bytes]] = [
@@ -72,11 +74,22 @@ V1_CASES: list[tuple[bytes, bool, bytes]] = [
     (Q + b"\x0569.mu", False, R + b"\x0569.muXXXXX" + A_SUFFIX),
     (Q + b"\xff69.mu\x00", True, R + b"\xff69.mu\x00DDDD" + X * 119 + A_SUFFIX),
     (Q + b"\xff69.mu\x00", False, R + b"\xff69.mu\x00" + X * 123 + A_SUFFIX),
+    (Q + b"\x7769.mu\x00", True, R + b"\x7769.mu\x00DDDD" + X * 114 + A_SUFFIX),
+    (Q + b"\x7769.mu\x00", False, R + b"\x7769.mu\x00" + X * 118 + A_SUFFIX),
+    (Q33 + b"\x03rsf\x03org", True, R33 + b"\x03rsf\x03orgDDDDX" + A_SUFFIX),
+    (Q33 + b"\x03rsf\x03org", False, R33 + b"\x03rsf\x03orgXXXXX" + A_SUFFIX),
+    (Q33 + b"\x10" + b"a" * 16 + b"\x08facebook\x03com\x00\x00\x01\x00\x01", True,
+     R33 + b"\x10" + b"a" * 16 + b"\x08facebook\x03com\x00\x00\x01\x00\x01" + A_SUFFIX),
+    (Q33 + LONG, True, R33 + LONG + A_SUFFIX),
+    (Q33 + b"\x11" + b"a" * 17 + A15 * 6 + b"\x08facebook\x03com\x00\x00\x01\x00\x01", True,
+     b""),
+    (Q33 + LONG[:-5] + b"\x05extra\x00\x00\x01\x00\x01", True,
+     R33 + LONG[:-5] + b"\x05extr" + A_SUFFIX),
+    (Q33 + A15 * 7 + b"\x08facebook\x03com\x05extra\x00\x00\x01\x00\x01", True,
+     R33 + A15 * 7 + b"\x08facebook\x03com\x05extr" + A_SUFFIX),
 ]  # fmt: skip
 
 
-A15 = b"\x0f" + b"a" * 15
-LONG = b"\x10" + b"a" * 16 + A15 * 6 + b"\x08facebook\x03com\x00\x00\x01\x00\x01"
 # The first part of ``blackbox-tests-patched.inc`` (the v2 era, after the first patch): QTYPE and
 # QCLASS may no longer be omitted, QCLASS must be 1; the long-name cases at the 125-character
 # limit are answered.
