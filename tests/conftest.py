@@ -9,6 +9,7 @@ permission test run as root) stay skips. Expected failures (xfail) are left alon
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator
 from pathlib import Path
 
@@ -78,3 +79,41 @@ def pytest_make_collect_report(
     report = yield
     _refuse_skip(report)
     return report
+
+
+# --- time budgets --------------------------------------------------------------------------
+
+BUDGETS_S = {"live": 420.0, "slow": 1800.0, "": 300.0}
+"""Seconds each group of tests may take on a 2-core machine (CI has 90 minutes for everything):
+``live`` (the lab tests), ``slow`` (long runs, a stage of their own) and unmarked tests. The
+summary prints each group's time against its budget, so a growing suite is seen before it is a
+surprise; it never fails a test on time."""
+
+_SPENT: dict[str, float] = {}
+
+
+def _group(item: pytest.Item) -> str:
+    return next((m for m in ("slow", "live") if item.get_closest_marker(m)), "")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    start = time.monotonic()
+    try:
+        return (yield)
+    finally:
+        group = _group(item)
+        _SPENT[group] = _SPENT.get(group, 0.0) + time.monotonic() - start
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _SPENT:
+        return
+    terminalreporter.section("time budgets")
+    for group, spent in sorted(_SPENT.items()):
+        budget = BUDGETS_S[group]
+        over = "  OVER BUDGET" if spent > budget else ""
+        name = group or "unmarked"
+        terminalreporter.write_line(f"{name}: {spent:.0f} s of {budget:.0f} s{over}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gfwlab.mechanisms import registry
-from gfwlab.profiles.reference import render, render_events
+from gfwlab.profiles.reference import render, render_events, render_tcb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,3 +28,8 @@ def test_every_mechanism_cites_its_source_and_is_in_the_readme() -> None:
         doc = __import__(cls.__module__, fromlist=["x"]).__doc__ or ""
         assert "spec §" in doc and "Source" in doc, name
         assert f"`{name}`" in readme, name
+
+
+def test_tcb_diagram_is_current() -> None:
+    # Regenerate with: python -m gfwlab.profiles.reference --tcb > docs/tcb.md
+    assert (ROOT / "docs" / "tcb.md").read_text(encoding="utf-8") == render_tcb()

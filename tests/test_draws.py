@@ -136,3 +136,35 @@ def test_a_different_seed_changes_the_draws() -> None:
     other = build_censor(load_profile("gfw", date=DAY, overrides=SETS), 12)
     b = _per_flow(other, packets)
     assert a != b
+
+
+PerFlow = dict[tuple[object, ...], list[object]]
+
+
+def _timeless(got: PerFlow) -> PerFlow:
+    """Per flow, what happened without the times (events' ts, at, residual_until; inject times)."""
+    out: PerFlow = {}
+    for key, items in got.items():
+        kept: list[object] = []
+        for item in items:
+            kind = item[0]  # type: ignore[index]
+            if kind == "event":
+                e = {k: v for k, v in item[1].items() if k not in ("ts", "at", "residual_until")}  # type: ignore[index]
+                kept.append(("event", e))
+            elif kind == "inject":
+                kept.append(("inject", item[1], item[3]))  # type: ignore[index]
+            else:
+                kept.append(item)
+        out[key] = kept
+    return out
+
+
+def test_draws_do_not_depend_on_the_clock() -> None:
+    """Live, the censor's clock is monotonic; a recording of the same session is analysed on
+    wall-clock time: the same packets at shifted times draw alike."""
+    flows = _flows()
+    packets = sorted((p for f in flows.values() for p in f), key=lambda tp: tp[0])
+    shifted = [(t + 1_733_000_000.123457, p) for t, p in packets]
+    a = _timeless(_per_flow(_censor(), packets))
+    b = _timeless(_per_flow(_censor(), shifted))
+    assert a == b

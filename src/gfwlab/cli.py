@@ -21,6 +21,7 @@ from rich.table import Table
 
 from gfwlab import __version__
 from gfwlab.errors import GfwlabError
+from gfwlab.evade.commands import evade_app
 
 app = typer.Typer(
     add_completion=False,
@@ -50,9 +51,7 @@ class InputError(Exception):
     """A user error found by the CLI itself (reported like GfwlabError, exit 2)."""
 
 
-def _profile(
-    profile: str, date: str | None, sets: list[str] | None, *, today: bool = True
-) -> Any:
+def _profile(profile: str, date: str | None, sets: list[str] | None, *, today: bool = True) -> Any:
     """The profile as of ``--date``; without it, today (or no date at all, for ``analyze``,
     which then takes the capture's own date)."""
     from gfwlab.profiles import load_profile, parse_date  # noqa: PLC0415 - keeps --help fast
@@ -61,10 +60,31 @@ def _profile(
     return load_profile(profile, date=day, overrides=sets or [])
 
 
+ProfilesOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--profile",
+        "-p",
+        help="Built-in profile name or TOML file; repeat for censors in series, in path order "
+        "from the client (e.g. -p henan -p gfw).",
+    ),
+]
+
+
+def _profiles(
+    names: list[str] | None, date: str | None, sets: list[str] | None, *, today: bool = True
+) -> list[Any]:
+    """One profile per ``--profile`` (censors in series), as of ``--date`` (see _profile)."""
+    from gfwlab.profiles import load_profiles, parse_date  # noqa: PLC0415
+
+    day = parse_date(date) if date else dt.date.today() if today else None
+    return load_profiles(names or ["gfw"], date=day, overrides=sets or [])
+
+
 @app.command()
 def analyze(
     capture: Annotated[str, typer.Argument(help="A pcap or pcapng capture.")],
-    profile: ProfileOpt = "gfw",
+    profile: ProfilesOpt = None,
     date: DateOpt = None,
     sets: SetOpt = None,
     seed: SeedOpt = 0,
@@ -80,10 +100,11 @@ def analyze(
     from gfwlab.offline import analyze as run  # noqa: PLC0415
     from gfwlab.offline.analyze import dated  # noqa: PLC0415
 
-    prof = _profile(profile, date, sets, today=False)
+    profs = _profiles(profile, date, sets, today=False)
     source = "--date"
     if date is None:
-        prof, source = dated(capture, prof)
+        dated_all = [dated(capture, p) for p in profs]
+        profs, source = [p for p, _ in dated_all], dated_all[0][1]
     show_bar = err.is_terminal and not as_json
     with Progress(
         TextColumn("[bold]analysing[/]"),
@@ -101,7 +122,7 @@ def analyze(
 
         summary = run(
             capture,
-            prof,
+            profs if len(profs) > 1 else profs[0],
             seed=seed,
             events_path=events,
             out_path=out,
@@ -291,13 +312,15 @@ def _demo_offline(directory: str | None, seed: int) -> None:
     )
 
 
+app.add_typer(evade_app, name="evade")
+
 lab_app = typer.Typer(no_args_is_help=True, help="The live lab: namespaces with the GFW between.")
 app.add_typer(lab_app, name="lab")
 
 
 @lab_app.command("up")
 def lab_up(
-    profile: ProfileOpt = "gfw",
+    profile: ProfilesOpt = None,
     date: DateOpt = None,
     sets: SetOpt = None,
     seed: SeedOpt = 0,
@@ -309,17 +332,34 @@ def lab_up(
         list[str] | None,
         typer.Option("--name", help="Extra host name the lab certificate covers (repeatable)."),
     ] = None,
+    hops: Annotated[
+        int,
+        typer.Option(
+            "--hops",
+            min=0,
+            max=64,
+            help="Routers between censor and server: TTL-limited packets die before the server.",
+        ),
+    ] = 12,
+    client_hops: Annotated[
+        int,
+        typer.Option("--client-hops", min=0, max=64, help="Routers between client and censor."),
+    ] = 0,
 ) -> None:
     """Make the lab: client, censor and server namespaces, real services, the censor inline."""
     from gfwlab.lab.lifecycle import UpOptions, up  # noqa: PLC0415
 
+    names = profile or ["gfw"]
     opts = UpOptions(
-        profile=profile,
+        profile=names[0],
+        more_profiles=names[1:],
         date=date,
         sets=sets or [],
         seed=seed,
         fail_open=fail_open,
         names=names or [],
+        hops=hops,
+        client_hops=client_hops,
     )
     with err.status("making the lab…") as spinner:
         up(opts, log=lambda msg: spinner.update(f"making the lab: {msg}…"))

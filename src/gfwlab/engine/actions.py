@@ -92,6 +92,8 @@ class Event:
     """Where the behaviour was measured."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Mechanism-specific details (injector, probability draw, offsets...)."""
+    censor: str = ""
+    """Which censor of a chain acted (its profile's name); empty for a single censor."""
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -106,6 +108,8 @@ class Event:
             else round(self.residual_until, 6),
             "citation": self.citation,
         }
+        if self.censor:
+            out["censor"] = self.censor
         for key, value in self.extra.items():
             out.setdefault(key, value)
         return out

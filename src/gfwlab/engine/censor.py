@@ -16,6 +16,7 @@ accepted: nothing raised by a dissector or a mechanism's parsing escapes ``feed`
 from __future__ import annotations
 
 import heapq
+import zlib
 from collections.abc import Mapping
 
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop
@@ -27,7 +28,7 @@ from gfwlab.engine.residual import ResidualTable
 from gfwlab.engine.tcb import (
     Tcb,
     TcbInput,
-    TcbState,
+    acts,
     classify,
     open_input,
     tcp_checksum_ok,
@@ -35,7 +36,7 @@ from gfwlab.engine.tcb import (
 )
 from gfwlab.engine.verdicts import Stats, Verdicts
 from gfwlab.errors import MalformedPacket
-from gfwlab.packet.ip import ACK, PROTO_TCP, PROTO_UDP, SYN, Packet, parse
+from gfwlab.packet.ip import ACK, FIN, PROTO_TCP, PROTO_UDP, SYN, Packet, parse
 from gfwlab.rules.profile import Profile
 
 __all__ = ["Censor", "Stats"]
@@ -65,10 +66,10 @@ class Censor:
         self.verdicts = Verdicts(self.mechanisms, self.residual, hold_trigger=eng.hold_trigger)
         self.stats = self.verdicts.stats
         self._tcb_table = transition_table(profile.tcb)
+        self._min_segment = profile.tcb.min_segment(profile.date)
+        self._tcb_key = f"{seed}:engine.tcb"
         self._next_sweep: float | None = None
-        self.defrag = (
-            Defragmenter(eng.ip_overlap, eng.ip_fragment_timeout_s) if eng.ip_reassembly else None
-        )
+        self.defrag = Defragmenter(eng.ip_overlap, eng.ip_fragment_timeout_s, eng.ip_reassembly)
         plan = Plan.of(self.hooks)
         self._stream_rows, self._first_dgram_rows, self._port_rows = plan.rows
         self._udp_ports, self._port_set, self._options = plan.udp_ports, plan.ports, plan.options
@@ -93,8 +94,7 @@ class Censor:
         if self._next_sweep is not None and now >= self._next_sweep:
             self.flows.expire(now)
             self.residual.expire(now)
-            if self.defrag:
-                self.defrag.expire(now)
+            self.defrag.expire(now)
             live = self.flows.flows or self.residual.entries
             self._next_sweep = now + self.profile.engine.sweep_s if live else None
         return out
@@ -134,8 +134,7 @@ class Censor:
             return [_ACCEPT, self.verdicts.anomaly_ip(packet, exc, now)]
         if pkt.fragment:
             st.fragments += 1
-            whole = self.defrag.add(pkt, now) if self.defrag else None
-            if whole is None:
+            if (whole := self.defrag.add(pkt, now)) is None:
                 return self._fragment_verdict(pkt, now)
             packet, pkt = whole, parse(whole)  # rebuilt with valid headers: parses
         if pkt.proto not in (PROTO_TCP, PROTO_UDP):
@@ -190,7 +189,7 @@ class Censor:
     def _new_flow(self, pkt: Packet, now: float) -> Flow:
         """Decide who is the client and which way the flow crosses the border."""
         if pkt.proto == PROTO_TCP:
-            if pkt.flags & (SYN | ACK) == SYN | ACK:
+            if pkt.flags & (SYN | ACK) == SYN | ACK and self.profile.tcb.turnaround:
                 src_is_client = False
             else:  # a SYN; mid-stream, the ephemeral (higher) port is the client's
                 src_is_client = bool(pkt.flags & SYN) or pkt.sport >= pkt.dport
@@ -215,6 +214,7 @@ class Censor:
             direction="inside-out" if outbound else "outside-in",
             crossing=crossing,
             first_seen=now,
+            salt=pkt.seq if pkt.proto == PROTO_TCP else zlib.crc32(pkt.payload[:64]),
             last_seen=now,
         )
         if not crossing:
@@ -223,18 +223,13 @@ class Censor:
 
     def _fragment_verdict(self, pkt: Packet, now: float) -> list[Action]:
         """A fragment that completes nothing gets its flow's verdict if that flow is blocked."""
-        ports = self.defrag.ports(pkt) if self.defrag else None
-        if ports is None:
-            return [_ACCEPT]
-        flow = self.flows.flows.get(flow_key(pkt.proto, pkt.src, ports[0], pkt.dst, ports[1]))
-        if flow is None or flow.state is not FlowState.BLOCKED:
-            return [_ACCEPT]
-        return self._blocked_verdict(flow, pkt.src == flow.client and ports[0] == flow.cport, now)
+        key, sport = self.defrag.flow_of(pkt)
+        if (flow := self.flows.flows.get(key) if key else None) and flow.state is FlowState.BLOCKED:
+            return self._blocked_verdict(flow, pkt.src == flow.client and sport == flow.cport, now)
+        return [_ACCEPT]
 
     def _blocked_verdict(self, flow: Flow, c2s: bool, now: float) -> list[Action]:
-        block = flow.block
-        if now < flow.blocked_from:
-            return [_ACCEPT]  # the block has not taken effect yet
+        block = flow.block if now >= flow.blocked_from else "none"  # not in effect yet
         if block == "both" or (block == "c2s" and c2s) or (block == "s2c" and not c2s):
             self.stats.dropped += 1
             return [Drop(mechanism=flow.blocked_by)]
@@ -254,18 +249,29 @@ class Censor:
         if tcb is None:
             isn = open_input(params, pkt.flags, c2s, pkt.seq, bool(pkt.payload))
             if isn is None:
-                if params.require_syn:
+                if params.require_syn and not pkt.flags & SYN:
                     self._finish(flow, out)  # no client SYN: the censor keeps no TCB (S&P'25)
                 return
-            tcb = flow.tcb = Tcb(params, self._tcb_table, isn)
+            tcb = flow.tcb = Tcb(params, self._tcb_table, isn, min_segment=self._min_segment)
         inp = classify(pkt.flags, c2s, bool(pkt.payload))
+        fin = acts(params, TcbInput.RECV_FIN, self._draw(flow)) if pkt.flags & FIN else False
+        rst_ignored = inp is TcbInput.RECV_RST and not acts(params, inp, self._draw(flow))
+        if rst_ignored or (inp is TcbInput.RECV_FIN and not fin):
+            inp = TcbInput.RECV_ACK  # a RST or FIN that does not act is just a segment
         if inp is TcbInput.RECV_DATA and not flow.first_data_seen:
             flow.first_data_seen = True
             self._run_hooks("on_first_data", seen, out, pkt.payload)
             if flow.state is not FlowState.CLEAN:
                 return
-        if tcb.feed(inp, pkt.seq, pkt.payload, pkt.flags) and tcb.state is not TcbState.CLOSED:
+        if tcb.feed(inp, pkt.seq, pkt.payload, pkt.flags, fin=fin):
+            if tcb.small_reassembled and not flow.small_noted:
+                flow.small_noted = True
+                self.verdicts.small_segment(out, flow, seen.now, params)
             self._dissect_stream(seen, tcb, out)
+
+    def _draw(self, flow: Flow) -> float:
+        """The next uniform draw of the flow's keyed TCB stream (RST and FIN acting)."""
+        return flow.draws(self._tcb_key).random()
 
     def _dissect_stream(self, seen: Seen, tcb: Tcb, out: list[Action]) -> None:
         data = bytes(tcb.stream)

@@ -29,6 +29,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gfwlab.engine.flows import FlowKey, flow_key
 from gfwlab.packet.ip import Packet, checksum
 
 Overlap = Literal["first", "last", "khattak2013"]
@@ -58,9 +59,11 @@ class _Pending:
 class Defragmenter:
     """Incomplete IP datagrams, reassembled under an overlap policy."""
 
-    def __init__(self, overlap: Overlap, timeout: float) -> None:
+    def __init__(self, overlap: Overlap, timeout: float, enabled: bool = True) -> None:
         self.overlap = overlap
         self.timeout = timeout
+        self.enabled = enabled
+        """Off: fragments are neither held nor reassembled (they pass uninspected)."""
         self.pending: dict[Key, _Pending] = {}
         self.completed = 0
         self.expired = 0
@@ -69,7 +72,7 @@ class Defragmenter:
         """Take one fragment; the whole datagram as an IP packet once it is complete."""
         raw = pkt.raw
         frag_at = _fragment_field(pkt)
-        if frag_at is None:
+        if frag_at is None or not self.enabled:
             return None
         key = _key(pkt)
         entry = self.pending.get(key)
@@ -111,6 +114,14 @@ class Defragmenter:
             return None
         entry = self.pending.get(_key(pkt))
         return entry.ports if entry is not None else None
+
+    def flow_of(self, pkt: Packet) -> tuple[FlowKey | None, int]:
+        """The flow key of the datagram ``pkt`` belongs to (None if its first fragment was not
+        seen) and its source port."""
+        ports = self.ports(pkt)
+        if ports is None:
+            return None, 0
+        return flow_key(pkt.proto, pkt.src, ports[0], pkt.dst, ports[1]), ports[0]
 
     def expire(self, now: float) -> None:
         """Forget datagrams incomplete for longer than the timeout."""

@@ -64,6 +64,10 @@ class Flow:
     """False if both ends are on the same side of the border: the GFW does not see it (spec §1)."""
     first_seen: float
     last_seen: float
+    salt: int = 0
+    """What tells this flow from an earlier one on the same 5-tuple, taken from its first packet
+    (a TCP sequence number, a hash of a datagram's first bytes): with the 5-tuple it keys the
+    flow's random draws, so they depend on the packets alone, not on clocks or arrival order."""
     state: FlowState = FlowState.CLEAN
     block: Block = "none"
     """What a BLOCKED flow's later packets get: dropped client-to-server, server-to-client, both."""
@@ -75,6 +79,8 @@ class Flow:
     packets: int = 0
     first_data_seen: bool = False
     """The client's first TCP data packet has been shown to the first-packet mechanisms."""
+    small_noted: bool = False
+    """The event that a small segment was reassembled after the GFW's fix has been reported."""
     ident: FlowId | None = None
     probes: int = 0
     """Active probes planned because of this flow (numbers its probes)."""
@@ -102,25 +108,27 @@ class Flow:
     def draws(self, key: str) -> random.Random:
         """The random stream of ``key`` (seed and mechanism) for this flow.
 
-        Keyed by the flow's 5-tuple and first-seen time, never by how many flows or packets came
-        before, so a flow's draws are the same however flows interleave, whichever packets of
-        other flows are left out, and on whichever worker the flow is analysed.
+        Keyed by the flow's 5-tuple and its ``salt``, never by time or by how many flows or
+        packets came before, so a flow's draws are the same however flows interleave, whichever
+        packets of other flows are left out, on whichever worker it is analysed, and live or
+        offline (where the clocks differ).
         """
         if self.rngs is None:
             self.rngs = {}
         rng = self.rngs.get(key)
         if rng is None:
-            ident = (self.proto, self.client, self.cport, self.server, self.sport, self.first_seen)
-            rng = self.rngs[key] = random.Random(f"{key}:{ident!r}")
+            rng = self.rngs[key] = random.Random(f"{key}:{self._ident()!r}")
         return rng
 
     def probe_id(self) -> int:
         """A number for the next probe this flow causes: from the flow's identity and its own
         count, so it does not depend on other flows (63 bits of a hash: unique in practice)."""
         self.probes += 1
-        ident = (self.proto, self.client, self.cport, self.server, self.sport, self.first_seen)
-        digest = hashlib.blake2b(f"{ident!r}:{self.probes}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big") >> 1
+        digest = hashlib.blake2b(f"{self._ident()!r}:{self.probes}".encode(), digest_size=8)
+        return int.from_bytes(digest.digest(), "big") >> 1
+
+    def _ident(self) -> tuple[object, ...]:
+        return (self.proto, self.client, self.cport, self.server, self.sport, self.salt)
 
     def id(self) -> FlowId:
         if self.ident is None:

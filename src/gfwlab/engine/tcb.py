@@ -6,13 +6,24 @@ This is *not* an endpoint's TCP. It follows what was measured of the GFW (spec �
 - the TCP checksum is not checked and the TTL is not judged (Geneva strategies with bad
   checksums or low TTLs succeed 80-98% against it, spec §9 (a), (b)); ``check_checksum`` turns
   checksum validation on for what-if experiments;
-- in-order client payload is reassembled (in-order segmentation alone fails as an evasion,
-  spec §9 (d)), out-of-order segments are held until the gap fills, and where segments overlap the
-  first bytes seen win ("TCP5"-style later-wins preferences of 2013 are history, spec §3);
+- in-order client payload is reassembled, out-of-order segments are held until the gap fills, and
+  where segments overlap the first bytes seen win, whichever segment carried them ("TCP5"-style
+  later-wins preferences of 2013 are history, spec §3);
+- before the GFW's reassembly fix (``small_segment_reassembly``; GFWeb, USENIX Security 2024,
+  reports the fix within Feb 2022 - Sep 2023 without a date) a client segment shorter than
+  ``small_segment_bytes`` is not reassembled: it leaves a gap the stream never fills (Geneva
+  2019: in-order segmentation at offsets 8 and 4 evades 98%, halving the request 3%; spec §14c);
 - what a RST or FIN does to the TCB is a parameter (``on_rst``, ``on_fin``: ``teardown``,
   ``resync`` or ``ignore``), because the sources disagree: Geneva's censor8b tears down, its
-  censor10/11 resynchronise (spec §9, unknown 3). Default: RST tears down (client-side RST
-  insertion evades in ≥ 87% of trials, spec §9 (c)), FIN is ignored.
+  censor10/11 resynchronise (spec §9, unknown 3). Each acts with a probability
+  (``rst_probability``, ``fin_probability``) drawn by the engine from the flow's keyed stream:
+  Geneva's China teardown insertions succeed 80-96% (fitted: 0.92), its FIN insertion 53%
+  (fitted: 0.515, which with the 3% baseline gives 53%). A FIN that acts is applied before the
+  data it carries (Geneva's FIN copy carries the request's first bytes and still evades);
+- a client-sent SYN/ACK neither creates a TCB nor swaps the roles of client and server unless
+  ``turnaround`` is set (Geneva 2019: "TCB turnaround" got 3% on HTTP, spec §14c), and the
+  server's RST answering it, seen before the server's SYN/ACK, does not tear the TCB down
+  unless ``rst_before_synack`` is set.
 - a second client SYN can put the TCB into resynchronisation (IMC'17, unverified: off by
   default, ``resync_on_syn``); in RESYNC the next client data packet sets the expected sequence.
 
@@ -51,7 +62,7 @@ def classify(flags: int, c2s: bool, has_payload: bool) -> TcbInput:
 
     A RST wins over every other flag; a SYN is the client's SYN only without ACK and the server's
     SYN/ACK only with it (a client-sent SYN/ACK or a server-sent bare SYN is just a segment);
-    client data wins over FIN (a data+FIN segment is fed as data, then as FIN, by the caller).
+    client data wins over FIN (:meth:`Tcb.feed` applies the FIN of a data+FIN segment).
     Server payload is not reassembled: it is an ordinary segment.
     """
     if flags & RST:
@@ -90,7 +101,9 @@ def transition_table(params: TcbParams) -> dict[tuple[TcbState, TcbInput], tuple
         table[(state, i.RECV_SYNACK)] = (None, s.ESTABLISHED if state is s.SYN_SEEN else state)
         table[(state, i.RECV_ACK)] = (None, state)
         for inp, how in ((i.RECV_RST, params.on_rst), (i.RECV_FIN, params.on_fin)):
-            if how == "teardown":
+            if inp is i.RECV_RST and state is s.SYN_SEEN and not params.rst_before_synack:
+                table[(state, inp)] = (None, state)
+            elif how == "teardown":
                 table[(state, inp)] = ("teardown", s.CLOSED)
             elif how == "resync":
                 table[(state, inp)] = (None, s.RESYNC)
@@ -110,16 +123,42 @@ def transition_table(params: TcbParams) -> dict[tuple[TcbState, TcbInput], tuple
     return table
 
 
-class Tcb:
-    """One connection's censor-side state and client-to-server byte stream."""
+def acts(params: TcbParams, inp: TcbInput, draw: float) -> bool:
+    """Whether a RST or FIN takes effect, given a uniform ``draw`` from the flow's keyed stream
+    (``rst_probability``, ``fin_probability``); every other input always does."""
+    if inp is TcbInput.RECV_RST:
+        return draw < params.rst_probability
+    if inp is TcbInput.RECV_FIN:
+        return draw < params.fin_probability
+    return True
 
-    __slots__ = ("_table", "next_seq", "ooo", "params", "state", "stream")
+
+class Tcb:
+    """One connection's censor-side state and client-to-server byte stream.
+
+    ``min_segment``: client segments shorter than this are not reassembled (0: all are); the
+    engine sets it from ``small_segment_reassembly`` and the emulated date. ``small_reassembled``
+    records that a segment shorter than ``small_segment_bytes`` did reach the stream.
+    """
+
+    __slots__ = (
+        "_table",
+        "min_segment",
+        "next_seq",
+        "ooo",
+        "params",
+        "small_reassembled",
+        "state",
+        "stream",
+    )
 
     def __init__(
         self,
         params: TcbParams,
         table: dict[tuple[TcbState, TcbInput], tuple[Effect, TcbState]],
         isn: int,
+        *,
+        min_segment: int = 0,
     ) -> None:
         self.params = params
         self._table = table
@@ -127,6 +166,8 @@ class Tcb:
         self.next_seq = (isn + 1) & 0xFFFFFFFF
         self.stream = bytearray()
         self.ooo: dict[int, bytes] = {}
+        self.min_segment = min_segment
+        self.small_reassembled = False
 
     def handle(self, inp: TcbInput, seq: int, data: bytes) -> bool:
         """Apply one segment; returns True if the client stream grew."""
@@ -151,47 +192,69 @@ class Tcb:
             self.ooo.clear()
         return self._append(seq, data)
 
-    def feed(self, inp: TcbInput, seq: int, data: bytes, flags: int) -> bool:
-        """Apply one classified segment; a data segment that also carries FIN is applied as its
-        data, then as a FIN. Returns True if the client stream grew."""
-        grew = self.handle(inp, seq, data)
-        if inp is TcbInput.RECV_DATA and flags & FIN:
+    def feed(self, inp: TcbInput, seq: int, data: bytes, flags: int, *, fin: bool = True) -> bool:
+        """Apply one classified segment. A data segment that also carries a FIN that acts
+        (``fin``) is applied as a FIN first, so its data is not seen; with a FIN that does not
+        act, as its data alone. Returns True if the client stream grew."""
+        if inp is TcbInput.RECV_DATA and flags & FIN and fin:
             self.handle(TcbInput.RECV_FIN, seq, b"")
-        return grew
+        return self.handle(inp, seq, data)
 
     @property
     def full(self) -> bool:
         return len(self.stream) >= self.params.inspect_bytes
 
     def _append(self, seq: int, data: bytes) -> bool:
-        delta = (seq - self.next_seq) & 0xFFFFFFFF
-        if delta >= 0x80000000:
-            delta -= 0x100000000
+        """Add one client segment: first bytes seen win, whichever segment carried them."""
+        if not data or len(data) < self.min_segment:
+            return False
+        delta = _diff(seq, self.next_seq)
         if delta > 0:
-            if delta < 1 << 20 and len(self.ooo) < self.params.max_out_of_order:
-                self.ooo.setdefault(seq, data)
+            if delta < 1 << 20:
+                held = self.ooo.get(seq)
+                if held is None and len(self.ooo) < self.params.max_out_of_order:
+                    self.ooo[seq] = data
+                elif held is not None and len(data) > len(held):
+                    self.ooo[seq] = held + data[len(held) :]  # keep the held bytes, add the rest
             return False
-        fresh = data[-delta:] if delta < 0 else data
-        if not fresh:
-            return False
-        room = self.params.inspect_bytes - len(self.stream)
-        self.stream += fresh[:room]
-        self.next_seq = (self.next_seq + len(fresh)) & 0xFFFFFFFF
+        before = len(self.stream)
+        self._take(data[-delta:] if delta < 0 else data)
         while self.ooo:
-            for pseq in list(self.ooo):
-                off = (pseq - self.next_seq) & 0xFFFFFFFF
-                if off == 0 or off >= 0x80000000:
+            for index, pseq in enumerate(list(self.ooo)):
+                off = _diff(pseq, self.next_seq)
+                if off <= 0:
                     chunk = self.ooo.pop(pseq)
-                    skip = 0 if off == 0 else 0x100000000 - off
-                    if skip < len(chunk):
-                        rest = chunk[skip:]
-                        room = self.params.inspect_bytes - len(self.stream)
-                        self.stream += rest[:room]
-                        self.next_seq = (self.next_seq + len(rest)) & 0xFFFFFFFF
+                    if -off < len(chunk):
+                        self._take(chunk[-off:], index)
                     break
             else:
                 break
-        return True
+        if len(data) < self.params.small_segment_bytes and len(self.stream) > before:
+            self.small_reassembled = True
+        return len(self.stream) > before
+
+    def _take(self, fresh: bytes, seen_before: int | None = None) -> None:
+        """Append bytes at ``next_seq``, except where a held segment was seen first: its bytes
+        win over the ones given here. ``seen_before``: only the first that many held segments
+        were seen before these bytes (all of them if None)."""
+        if not fresh:
+            return
+        buf = bytearray(fresh)
+        held = list(self.ooo.items())[:seen_before]
+        for pseq, chunk in reversed(held):  # the first seen is written last
+            off = _diff(pseq, self.next_seq)
+            if 0 < off < len(buf):
+                n = min(len(chunk), len(buf) - off)
+                buf[off : off + n] = chunk[:n]
+        room = self.params.inspect_bytes - len(self.stream)
+        self.stream += buf[: max(room, 0)]
+        self.next_seq = (self.next_seq + len(buf)) & 0xFFFFFFFF
+
+
+def _diff(a: int, b: int) -> int:
+    """``a - b`` in sequence space, in [-2**31, 2**31)."""
+    d = (a - b) & 0xFFFFFFFF
+    return d - 0x100000000 if d >= 0x80000000 else d
 
 
 def tcp_checksum_ok(pkt: Packet) -> bool:

@@ -30,6 +30,7 @@ from gfwlab.engine.mechanism import Decision, Mechanism, PlannedProbe, ProbeResu
 from gfwlab.engine.residual import ResidualEntry, ResidualTable
 from gfwlab.errors import MalformedPacket
 from gfwlab.packet.ip import addr_text, parse
+from gfwlab.rules.profile import TcbParams
 
 NO_PACKET = parse(bytes.fromhex("450000140000000040fd00000000000000000000"))
 """Stands in for a trigger packet where there is none (a probe result)."""
@@ -91,6 +92,23 @@ class AnomalyFields(EventFields):
     """The DNS name of the query the anomaly is about."""
     mechanism: str | None = None
     """The mechanism on whose behalf the bytes were parsed."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReassemblyFields(EventFields):
+    """The censor reassembled a client segment it would not have before the GFW's fix."""
+
+    segment_bytes: int
+    """The shortest segment size not reassembled before the fix (``tcb.small_segment_bytes``)."""
+    reassembled_since: str
+    """The first day small segments are reassembled (``tcb.small_segment_reassembly``)."""
+
+
+SMALL_SEGMENT_CITATION = (
+    "spec §14c, §14d; Hoang et al., GFWeb, USENIX Security 2024 (the GFW was upgraded to "
+    "reassemble fragmented packets, within Feb 2022 - Sep 2023); Bock et al., Geneva, CCS 2019 "
+    "(small in-order segments evaded in 2019)"
+)
 
 
 @dataclass(slots=True)
@@ -323,6 +341,26 @@ class Verdicts:
         """Report traffic the censor could not parse as an anomaly event (it passes)."""
         fields = AnomalyFields(offset=exc.offset, detail=exc.detail, mechanism=mechanism)
         self.report(out, flow, now, "engine", "anomaly", exc.kind, None, fields)
+
+    def small_segment(self, out: list[Action], flow: Flow, now: float, tcb: TcbParams) -> None:
+        """Report, once per flow, that a small segment was reassembled on a date after the fix."""
+        self._count("engine", "pass")
+        since = tcb.small_segment_reassembly.start
+        fields = ReassemblyFields(
+            segment_bytes=tcb.small_segment_bytes,
+            reassembled_since=since.isoformat() if since else "always",
+        )
+        event = Event(
+            ts=now,
+            flow=flow.id(),
+            direction=flow.direction,
+            mechanism="engine",
+            action="pass",
+            rule="tcb.small-segment-reassembled",
+            citation=SMALL_SEGMENT_CITATION,
+            extra=fields.as_dict(),
+        )
+        out.append(Report(event=event))
 
     def anomaly_ip(self, packet: bytes, exc: MalformedPacket, now: float) -> Report:
         """The event of a packet that is not even IP: it has no flow, only addresses."""

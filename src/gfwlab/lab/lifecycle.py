@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gfwlab.errors import LabError
-from gfwlab.lab import netns
+from gfwlab.lab import attached, netns
 from gfwlab.lab.state import LabState, locked, process_start_time, state_dir
 from gfwlab.live.topology import (
     CENSOR_NS,
     CLIENT_NS,
+    DEFAULT_HOPS,
     INSIDE,
     NAMESPACES,
     QUEUE_NUM,
@@ -37,7 +38,7 @@ from gfwlab.live.topology import (
     SERVER_V4,
     SERVER_V6,
 )
-from gfwlab.profiles import Profile, load_profile, parse_date
+from gfwlab.profiles import Profile, load_profiles, parse_date
 from gfwlab.rules.domains import DomainSet
 
 ETC_NETNS = "/etc/netns"
@@ -47,12 +48,18 @@ DEFAULT_NAMES = ("example.org", "example.com", "example.net", "lab.test", "local
 @dataclass
 class UpOptions:
     profile: str = "gfw"
+    more_profiles: list[str] = field(default_factory=list)
+    """Further censors in series after ``profile``, in path order from the client."""
     date: str | None = None
     sets: list[str] = field(default_factory=list)
     seed: int = 0
     fail_open: bool = True
     names: list[str] = field(default_factory=list)
     """Extra host names the lab's certificate must cover."""
+    hops: int = DEFAULT_HOPS
+    """Routers between the censor and the server, for TTLs (see ``netns.install_path_hops``)."""
+    client_hops: int = 0
+    """Routers between the client and the censor, for TTLs."""
 
 
 def lab_sets(options: UpOptions) -> list[str]:
@@ -64,8 +71,10 @@ def lab_sets(options: UpOptions) -> list[str]:
 
 
 def load_lab_profile(options: UpOptions) -> Profile:
+    """The first censor's profile; every profile is loaded, so a bad one fails here."""
     date = parse_date(options.date) if options.date else None
-    return load_profile(options.profile, date=date, overrides=lab_sets(options))
+    names = [options.profile, *options.more_profiles]
+    return load_profiles(names, date=date, overrides=lab_sets(options))[0]
 
 
 def up(options: UpOptions, log: Any = print) -> LabState:
@@ -89,10 +98,13 @@ def _up_locked(options: UpOptions, profile: Profile, log: Any, ca: Any, services
         st = LabState(path=old.path, status="starting")
         st.config = {
             "profile": options.profile,
+            "profiles": [options.profile, *options.more_profiles],
             "date": options.date,
             "sets": lab_sets(options),
             "seed": options.seed,
             "fail_open": options.fail_open,
+            "hops": options.hops,
+            "client_hops": options.client_hops,
         }
         st.save()
         try:
@@ -103,6 +115,7 @@ def _up_locked(options: UpOptions, profile: Profile, log: Any, ca: Any, services
             netns.make_topology()
             netns.install_queue_rules(CENSOR_NS, QUEUE_NUM, fail_open=options.fail_open)
             netns.untrack_fragments(CENSOR_NS)
+            netns.install_path_hops(options.hops, options.client_hops)
             for ns in (CLIENT_NS, SERVER_NS):  # both resolve with the lab's DNS server
                 etc = os.path.join(ETC_NETNS, ns)
                 st.record(kind="path", path=etc)
@@ -180,8 +193,7 @@ def censor_argv(st: LabState, options: UpOptions) -> list[str]:
         "gfwlab.live.daemon",
         "--state-dir",
         st.dir,
-        "--profile",
-        options.profile,
+        *[x for name in (options.profile, *options.more_profiles) for x in ("--profile", name)],
         "--seed",
         str(options.seed),
         "--queue",
@@ -261,7 +273,7 @@ def down() -> list[str]:
     if os.geteuid() != 0:
         raise LabError("needs root (network namespaces and iptables); run it with sudo")
     with locked():
-        removed = _down_locked()
+        removed = attached.detach() + _down_locked()
     _remove_state_dir()
     return removed
 
@@ -315,6 +327,7 @@ class Status:
 
 
 def status() -> Status:
+    detached = attached.detach() if os.geteuid() == 0 else []  # left by a killed ``evade``
     st = LabState.load()
     namespaces = netns.existing_namespaces() if shutil.which("ip") else []
     procs = [{"name": e["name"], "pid": e.get("pid"), "alive": _alive(e)} for e in st.processes()]
@@ -336,6 +349,8 @@ def status() -> Status:
     for p in procs:
         if not p["alive"] and p["name"] != "censor":
             notes.append(f"{p['name']} is not running")
+    if detached:
+        notes.append("removed what a killed evade left attached: " + "; ".join(detached))
     return Status(
         up=st.status == "up" and bool(namespaces),
         state=st.status,

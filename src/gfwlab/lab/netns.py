@@ -18,6 +18,7 @@ import time
 from gfwlab.errors import LabError
 from gfwlab.live.topology import (
     BYPASS_MARK,
+    CENSOR_NS,
     CLIENT_GW_V4,
     CLIENT_GW_V6,
     CLIENT_LINK,
@@ -241,6 +242,31 @@ def untrack_fragments(censor_ns: str) -> None:
     run(in_ns(censor_ns, "nft", "-f", "-"), stdin=rules)
 
 
+def install_path_hops(server_hops: int, client_hops: int = 0) -> None:
+    """Make the path ``server_hops`` routers long behind the censor (and ``client_hops`` before
+    it), as far as TTLs go: a packet that would expire on the way is dropped where it would
+    arrive, so TTL-limited insertion packets reach the censor and die before the server (spec §9
+    (b), §14c), as on the real path.
+
+    Done with the kernel's ``ttl``/``hl`` match in the raw PREROUTING chain (before the censor's
+    queue) of the namespace a packet enters after crossing the emulated routers, both ways, not
+    with a path namespace: a packet leaving a router with TTL t crosses n more only if t > n.
+    Surviving packets keep their TTL, so the forged packets' fingerprints are unchanged.
+    """
+    rules = [(SERVER_NS, SERVER_LINK.b, server_hops), (CENSOR_NS, SERVER_LINK.a, server_hops)]
+    if client_hops:
+        rules += [(CENSOR_NS, CLIENT_LINK.b, client_hops), (CLIENT_NS, CLIENT_LINK.a, client_hops)]
+    for ns, dev, hops in rules:
+        if hops <= 0:
+            continue
+        for tool, match in (("iptables", ["ttl", "--ttl-lt"]), ("ip6tables", ["hl", "--hl-lt"])):
+            rule = ["-t", "raw", "-A", "PREROUTING", "-i", dev, "-m", match[0], match[1]]
+            try:
+                run(in_ns(ns, tool, "-w", *rule, str(hops + 1), "-j", "DROP"))
+            except LabError as exc:
+                raise LabError(f"the kernel refused the {match[0]} match (--hops): {exc}") from None
+
+
 def kill_namespace_processes(ns: str, grace: float = 3.0) -> int:
     """SIGTERM every process in ``ns``, then SIGKILL what is left; returns how many there were."""
     pids = [int(p) for p in run(["ip", "netns", "pids", ns], check=False).split() if p.isdigit()]
@@ -280,6 +306,7 @@ __all__ = [
     "delete_namespace",
     "existing_namespaces",
     "in_ns",
+    "install_path_hops",
     "install_queue_rules",
     "kill_namespace_processes",
     "make_namespace",

@@ -35,8 +35,9 @@ from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Inject, Probe, R
 from gfwlab.errors import GfwlabError
 from gfwlab.live.prober import Prober
 from gfwlab.live.topology import BYPASS_MARK, CLIENT_LINK, INSIDE, QUEUE_NUM, SERVER_LINK
+from gfwlab.offline.chain import Chain
 from gfwlab.packet.pcap import PcapWriter
-from gfwlab.profiles import build_censor, load_profile, parse_date
+from gfwlab.profiles import build_censor, load_profiles, parse_date
 from gfwlab.rules.schema import Prefixes
 
 ETH_P_IP = b"\x08\x00"
@@ -80,7 +81,7 @@ class LiveCensor:
     """The NFQUEUE loop around one Censor."""
 
     def __init__(
-        self, censor: Censor, state_dir: str, injector: FrameInjector, seed: int = 0
+        self, censor: Censor | Chain, state_dir: str, injector: FrameInjector, seed: int = 0
     ) -> None:
         self.censor = censor
         self._wake_r, self._wake_w = os.pipe()
@@ -216,6 +217,8 @@ class LiveCensor:
 
     def write_stats(self) -> None:
         st = self.censor.stats
+        chain = self.censor
+        censors = [c for _, c in chain.censors] if isinstance(chain, Chain) else [chain]
         data = {
             "pid": os.getpid(),
             "started": self.started,
@@ -228,11 +231,11 @@ class LiveCensor:
             "anomalies": st.anomalies,
             "fragments": st.fragments,
             "flows": st.flows,
-            "flows_tracked": len(self.censor.flows),
-            "residual_blocks": len(self.censor.residual),
+            "flows_tracked": sum(len(c.flows) for c in censors),
+            "residual_blocks": sum(len(c.residual) for c in censors),
             "events": st.events,
             "recording": self.recorder is not None,
-            "mechanisms": sorted(self.censor.mechanisms),
+            "mechanisms": sorted({m for c in censors for m in c.mechanisms}),
         }
         path = os.path.join(self.state_dir, "stats.json")
         with open(path + ".tmp", "w", encoding="utf-8") as fh:
@@ -285,20 +288,25 @@ def serve(live: LiveCensor, queue_num: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gfwlab-censor", description=__doc__)
     parser.add_argument("--state-dir", required=True)
-    parser.add_argument("--profile", default="gfw")
+    parser.add_argument("--profile", action="append", dest="profiles")
     parser.add_argument("--date")
     parser.add_argument("--set", action="append", default=[], dest="sets")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--queue", type=int, default=QUEUE_NUM)
     args = parser.parse_args(argv)
     try:
-        profile = load_profile(
-            args.profile, date=parse_date(args.date) if args.date else None, overrides=args.sets
+        profiles = load_profiles(
+            args.profiles or ["gfw"],
+            date=parse_date(args.date) if args.date else None,
+            overrides=args.sets,
         )
     except GfwlabError as exc:
         print(f"gfwlab-censor: {exc}", file=sys.stderr)
         return 2
-    live = LiveCensor(build_censor(profile, args.seed), args.state_dir, FrameInjector(), args.seed)
+    censor: Censor | Chain = build_censor(profiles[0], args.seed)
+    if len(profiles) > 1:
+        censor = Chain([(p.name, build_censor(p, args.seed)) for p in profiles])
+    live = LiveCensor(censor, args.state_dir, FrameInjector(), args.seed)
 
     def stop(_signum: int, _frame: object) -> None:
         live.stop = True

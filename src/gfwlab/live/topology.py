@@ -50,6 +50,11 @@ CLIENT_LINK = Link("gfwc0", CLIENT_NS, "02:67:66:00:00:02", "gfwc1", CENSOR_NS, 
 SERVER_LINK = Link("gfws1", CENSOR_NS, "02:67:66:00:01:01", "gfws0", SERVER_NS, "02:67:66:00:01:02")
 LINKS = (CLIENT_LINK, SERVER_LINK)
 
+DEFAULT_HOPS = 12
+"""Routers between the censor and the server (``lab up --hops``): Geneva's TTL-limited insertions
+(TTL 8 and 10) pass the censor and die before the server, as on the real path (the GFW sits
+7-8 hops from Chinese vantage points, spec §1; servers abroad are further)."""
+
 QUEUE_NUM = 7
 """NFQUEUE number the censor reads."""
 BYPASS_MARK = 0x1

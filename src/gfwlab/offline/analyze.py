@@ -18,6 +18,8 @@ from typing import IO, Any, assert_never
 
 from gfwlab._outfile import OutputFile
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, Probe, Report
+from gfwlab.engine.censor import Censor
+from gfwlab.offline.chain import Chain
 from gfwlab.packet.pcap import CaptureReader, PcapWriter
 from gfwlab.profiles import Profile, build_censor
 
@@ -138,7 +140,7 @@ def dated(capture: str, profile: Profile) -> tuple[Profile, str]:
 
 def analyze(
     capture: str,
-    profile: Profile,
+    profile: Profile | list[Profile],
     *,
     seed: int = 0,
     events_path: str | None = None,
@@ -147,7 +149,8 @@ def analyze(
     on_event: Callable[[Event], None] | None = None,
     date_source: str = "--date",
 ) -> Summary:
-    """Run ``capture`` through a censor built from ``profile``; write the requested outputs.
+    """Run ``capture`` through a censor built from ``profile`` (several: censors in series, in
+    path order from the client, see :mod:`.chain`); write the requested outputs.
 
     Raises AdapterError for an unreadable capture or an unwritable output, before any output
     is published. A truncated capture is analysed as far as it goes; ``Summary.truncated_at``
@@ -182,17 +185,21 @@ def analyze(
 
 def _run(
     reader: CaptureReader,
-    profile: Profile,
+    profile: Profile | list[Profile],
     seed: int,
     events_out: AtomicText | None,
     pcap_out: PcapWriter | None,
     progress: Callable[[int, int], None] | None,
     on_event: Callable[[Event], None] | None,
 ) -> Summary:
-    censor = build_censor(profile, seed)
+    profiles = profile if isinstance(profile, list) else [profile]
+    profile = profiles[0]
+    censor: Censor | Chain = build_censor(profile, seed)
+    if len(profiles) > 1:
+        censor = Chain([(p.name, build_censor(p, seed)) for p in profiles])
     summary = Summary(
         capture=reader.path,
-        profile=profile.name,
+        profile="+".join(p.name for p in profiles),
         date=profile.date.isoformat() if profile.date else None,
         seed=seed,
     )

@@ -4,7 +4,13 @@ The loader resolves a profile's mechanism names against the registry (:mod:`gfwl
 and validates their parameters into the plain-data types of :mod:`gfwlab.rules`.
 """
 
-from gfwlab.profiles.loader import build_censor, builtin_path, load_profile, parse_date
+from gfwlab.profiles.loader import (
+    build_censor,
+    builtin_path,
+    load_profile,
+    load_profiles,
+    parse_date,
+)
 from gfwlab.rules import DateRange, DomainSet, EngineParams, KeywordSet, Prefixes, Profile
 
 __all__ = [
@@ -17,5 +23,6 @@ __all__ = [
     "build_censor",
     "builtin_path",
     "load_profile",
+    "load_profiles",
     "parse_date",
 ]

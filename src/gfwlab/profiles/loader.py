@@ -31,7 +31,7 @@ from gfwlab.mechanisms import registry
 from gfwlab.rules.profile import EngineParams, Profile, TcbParams
 from gfwlab.rules.schema import Context, build_params, coerce
 
-BUILTIN = ("gfw",)
+BUILTIN = ("gfw", "henan")
 _TOP = {
     "name",
     "description",
@@ -52,6 +52,24 @@ def builtin_path(name: str) -> str:
     return str(resources.files("gfwlab.profiles").joinpath(f"{name}.toml"))
 
 
+def load_profiles(
+    names: list[str], *, date: dt.date | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> list[Profile]:
+    """Several profiles for censors in series; with more than one, each takes only the
+    ``--set`` values of its own sections (``engine``, ``tcb`` and the mechanisms it configures),
+    so that a value meant for one censor does not switch a mechanism on in another."""
+    if len(names) == 1:
+        return [load_profile(names[0], date=date, overrides=overrides)]
+    out = []
+    for name in names:
+        own = load_profile(name, date=date)
+        mine = [
+            o for o in overrides if o.split(".", 1)[0].strip() in ("engine", "tcb", *own.mechanisms)
+        ]
+        out.append(load_profile(name, date=date, overrides=mine))
+    return out
+
+
 def load_profile(
     profile: str = "gfw",
     *,
@@ -64,7 +82,8 @@ def load_profile(
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(profile, None, "no such profile file (built-in: gfw)") from None
+        builtin = ", ".join(BUILTIN)
+        raise ConfigError(profile, None, f"no such profile file (built-in: {builtin})") from None
     except IsADirectoryError:
         raise ConfigError(profile, None, "is a directory, not a profile file") from None
     except PermissionError:

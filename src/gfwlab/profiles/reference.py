@@ -17,6 +17,7 @@ from typing import Any
 
 from gfwlab.engine import dissect, verdicts
 from gfwlab.engine.actions import EventFields
+from gfwlab.engine.tcb import TcbInput, TcbState, transition_table
 from gfwlab.mechanisms import registry
 from gfwlab.mechanisms.dns_injection import DEFAULT_INJECTORS, DnsInjectorParams
 from gfwlab.rules.profile import EngineParams, TcbParams
@@ -135,6 +136,45 @@ Generated from the code by `python -m gfwlab.profiles.reference --events`; do no
 """
 
 
+def render_tcb() -> str:
+    """``docs/tcb.md``: the censor's TCP transition table for the default parameters, as a
+    table and a Mermaid diagram, both generated from :func:`gfwlab.engine.tcb.transition_table`."""
+    params = TcbParams()
+    table = transition_table(params)
+    out = [
+        "# The censor's TCP view: transition table",
+        "",
+        "Generated from `gfwlab.engine.tcb.transition_table(TcbParams())` by",
+        "`python -m gfwlab.profiles.reference --tcb`; do not edit by hand. The parameters that",
+        "change it are in [profiles.md](profiles.md) under `[tcb]`. A RST acts with probability",
+        f"`rst_probability` ({params.rst_probability}) and a FIN with `fin_probability`",
+        f"({params.fin_probability}), drawn per packet from the flow's keyed stream; one that does",
+        "not act is an *other segment*. Reassembly (first bytes seen win; segments shorter than",
+        f"`small_segment_bytes` ({params.small_segment_bytes}) not reassembled before",
+        f"`small_segment_reassembly` ({params.small_segment_reassembly})) is not a state: see",
+        "`Tcb._append`.",
+        "",
+        "| state | input | effect | next state |",
+        "|---|---|---|---|",
+    ]
+    for state in TcbState:
+        for inp in TcbInput:
+            if (state, inp) in table:
+                effect, nxt = table[(state, inp)]
+                out.append(f"| {state.value} | {inp.value} | {effect or '—'} | {nxt.value} |")
+    out += ["", "```mermaid", "stateDiagram-v2", "    [*] --> syn_seen: client SYN"]
+    edges: dict[tuple[str, str], list[str]] = {}
+    for (state, inp), (effect, nxt) in table.items():
+        if nxt is state and effect is None:
+            continue  # self-loops without effect are in the table above
+        label = inp.value + (f" / {effect}" if effect else "")
+        edges.setdefault((state.value, nxt.value), []).append(label)
+    for (a, b), labels in edges.items():
+        out.append(f"    {a.replace('-', '_')} --> {b.replace('-', '_')}: {', '.join(labels)}")
+    out += ["```", ""]
+    return "\n".join(out)
+
+
 def event_classes(module: Any) -> list[type[EventFields]]:
     """The EventFields classes a module defines, in the order they are written."""
     found = [
@@ -190,4 +230,8 @@ def render_events() -> str:
 
 
 if __name__ == "__main__":
-    print(render_events() if "--events" in sys.argv[1:] else render(), end="")
+    args = sys.argv[1:]
+    print(
+        render_events() if "--events" in args else render_tcb() if "--tcb" in args else render(),
+        end="",
+    )

@@ -38,21 +38,56 @@ class TcbParams:
     require_syn: bool = True
     """Inspect a TCP connection only if its client SYN was seen (S&P'25 parsing-logic table)."""
     on_rst: Literal["teardown", "resync", "ignore"] = "teardown"
-    """What a RST (either direction, any checksum) does to the TCB (spec §9, unknown 3)."""
-    on_fin: Literal["teardown", "resync", "ignore"] = "ignore"
-    """What a FIN does to the TCB (spec §9: FIN insertion evades only ~53% of the time)."""
+    """What a RST (either direction, any checksum, TTL or other flags) does to the TCB when it acts
+    (spec §9, unknown 3)."""
+    rst_probability: float = 0.92
+    """How often a RST acts; otherwise it is ignored. Drawn per packet from the flow's keyed
+    stream. Fitted to Geneva's nine China teardown insertions (RST, RST+ACK and odd flag sets
+    containing R after the handshake: 80-96%, spec §14c); 0.92 lies within the 99.9% binomial
+    interval of each at 50 trials."""
+    rst_before_synack: bool = False
+    """A RST seen before the server's SYN/ACK (in syn-seen) acts too. Off: it is ignored. Geneva
+    2019: a client SYN/ACK sent before the SYN, which the server answers with a RST, got 3% on
+    HTTP (spec §14c), so that RST did not tear the TCB down."""
+    on_fin: Literal["teardown", "resync", "ignore"] = "teardown"
+    """What a FIN does to the TCB when it acts (spec §9, §14c)."""
+    fin_probability: float = 0.515
+    """How often a FIN acts; otherwise it is ignored. Geneva's FIN insertion (a FIN copy of the
+    request with a short IP length) evades 53% in China: 0.515 plus the 3% baseline of the
+    remaining trials gives 53% (spec §14c)."""
     resync_on_syn: bool = False
     """A second client SYN enters resynchronisation (IMC'17, unverified)."""
+    turnaround: bool = False
+    """A SYN/ACK that opens a flow makes its sender the server ("TCB turnaround"). Off: the roles
+    come from the ports and a client-sent SYN/ACK changes nothing (Geneva 2019: 3% on HTTP; it
+    worked only against 2020 ESNI blocking, spec §14c)."""
     check_checksum: bool = False
     """Ignore segments with a bad TCP checksum (the 2019 GFW did not: spec §9 (a))."""
     inspect_bytes: int = 16384
     """Client payload bytes the censor buffers per connection before it gives up on a flow."""
     max_out_of_order: int = 64
     """Out-of-order segments held per connection while waiting for a gap to fill."""
+    small_segment_bytes: int = 16
+    """Client segments shorter than this were not reassembled before the fix (not published: chosen
+    so that Geneva's 2019 cuts at offsets 4 and 8 evade and halving a request does not)."""
+    small_segment_reassembly: DateRange = DateRange(start=dt.date(2022, 2, 1))
+    """The days small segments are reassembled. GFWeb (USENIX Security 2024, data Feb 2022 -
+    Sep 2023) reports the GFW "upgraded to mitigate ... failure in reassembling fragmented
+    packets" without a date; default: from the start of GFWeb's data, 2022-02-01. Without
+    ``--date`` they are."""
 
     def __post_init__(self) -> None:
         if self.inspect_bytes <= 0:
             raise ValueError("tcb.inspect_bytes must be positive")
+        for name in ("rst_probability", "fin_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"tcb.{name} must be between 0 and 1")
+
+    def min_segment(self, day: dt.date | None) -> int:
+        """The shortest client segment reassembled on ``day`` (0: all are)."""
+        if day is None or self.small_segment_reassembly.contains(day):
+            return 0
+        return self.small_segment_bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

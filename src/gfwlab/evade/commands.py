@@ -1,0 +1,246 @@
+"""The ``gfwlab evade`` commands (registered on the main command in :mod:`gfwlab.cli`).
+
+Errors are one line on stderr and exit 2 (:class:`UsageError` and every GfwlabError, such as a
+bad strategy naming its column).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gfwlab.errors import GfwlabError
+
+# No emoji codes: a strategy's ":flags:" must print as written.
+console = Console(emoji=False)
+if not console.is_terminal:
+    console = Console(width=160, emoji=False)
+err = Console(stderr=True, emoji=False)
+
+ProfileOpt = Annotated[
+    str, typer.Option("--profile", "-p", help="Built-in profile name or TOML file.")
+]
+DateOpt = Annotated[
+    str | None, typer.Option("--date", help="Emulate the GFW as it was that day (YYYY-MM-DD).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a parameter: mechanism.parameter=value (repeatable)."),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for every random draw.")]
+
+
+class UsageError(GfwlabError):
+    """A bad combination of options for ``evade`` (exit 2, one line)."""
+
+
+def _profiles(names: list[str], date: str | None, sets: list[str] | None) -> list[Any]:
+    from gfwlab.profiles import load_profiles, parse_date  # noqa: PLC0415 - keeps --help fast
+
+    day = parse_date(date) if date else dt.date.today()
+    return load_profiles(names, date=day, overrides=sets or [])
+
+
+evade_app = typer.Typer(
+    no_args_is_help=True, help="Evasion strategies in Geneva's language against the censor."
+)
+StrategyOpt = Annotated[str, typer.Option("--strategy", "-s", help="A Geneva strategy.")]
+OfflineOpt = Annotated[
+    bool,
+    typer.Option(
+        "--offline",
+        help="Scripted connections through the censor engine, no lab (default: live, in the "
+        "lab that is up: http_keyword only).",
+    ),
+]
+
+
+@evade_app.command("run")
+def evade_run(
+    strategy: StrategyOpt,
+    against: Annotated[
+        str, typer.Option("--against", help="http_keyword or tls_sni (offline).")
+    ] = "http_keyword",
+    side: Annotated[str, typer.Option("--side", help="client or server.")] = "client",
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Independent trials.")] = 50,
+    profile: ProfileOpt = "gfw",
+    date: DateOpt = None,
+    sets: SetOpt = None,
+    seed: SeedOpt = 0,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="The censor's TCP view of the first failed trial.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    offline: OfflineOpt = False,
+) -> None:
+    """Run a strategy N times and report its success rate with a 99% interval."""
+    from gfwlab.evade import simulate  # noqa: PLC0415
+    from gfwlab.evade.strategy import parse_strategy  # noqa: PLC0415
+
+    parse_strategy(strategy)  # a bad strategy is an error before anything else
+    if not offline:
+        _evade_live(strategy, against, side, trials, as_json)
+        return
+    if side not in ("client", "server"):
+        raise UsageError(f"--side: expected client or server, got {side!r}")
+    if against not in simulate.TARGETS:
+        raise UsageError(f"--against: expected {' or '.join(simulate.TARGETS)} offline")
+    sets = ["http_keyword.residual_s=0", *(sets or [])]
+    prof = _profiles([profile], date, sets)[0]
+    res = simulate.run(strategy, against, prof, trials, seed, side)
+    lo, hi = res.interval()
+    failed = next((t for t in res.trials if not t.evaded), None)
+    if as_json:
+        doc: dict[str, Any] = {
+            "strategy": strategy, "against": against, "side": side, "mode": "offline",
+            "date": prof.date.isoformat() if prof.date else None, "trials": trials,
+            "seeds": [seed, seed + trials - 1], "successes": res.successes,
+            "rate": res.successes / trials, "interval_99": [round(lo, 4), round(hi, 4)],
+            "independence": "a fresh censor per trial (no residual carries over)",
+        }  # fmt: skip
+        if explain and failed is not None:
+            doc["explain"] = {"seed": failed.seed, "trace": failed.trace}
+        print(json.dumps(doc))
+        return
+    console.print(
+        f"{res.successes}/{trials} evaded ({res.successes / trials:.0%}, 99% interval "
+        f"{lo:.0%}..{hi:.0%}) against {against}, {side} side, offline, seeds "
+        f"{seed}..{seed + trials - 1}, a fresh censor per trial",
+        markup=False,
+    )
+    if explain and failed is not None:
+        console.print(f"trial seed {failed.seed} was censored; the censor's TCP view:")
+        for pkt, view in failed.trace:
+            console.print(f"  {pkt:<60} -> {view}", markup=False)
+
+
+def _library_live(trials: int, dates: list[str] | None) -> tuple[list[Any], int]:
+    """The library in the lab that is up (its date and seed; --date must agree)."""
+    from gfwlab.evade import library, live  # noqa: PLC0415
+    from gfwlab.lab.state import LabState  # noqa: PLC0415
+    from gfwlab.profiles import parse_date  # noqa: PLC0415
+
+    cfg = LabState.load().config
+    day = parse_date(cfg["date"]) if cfg.get("date") else None
+    if dates and [parse_date(d) for d in dates] != [day]:
+        raise UsageError("live: the lab runs one date; bring it up with that --date")
+    residual = _lab_residual(cfg)
+    rows = []
+    for entry in library.CHINA:
+        res = live.run_live(entry.strategy, trials, residual)
+        note = f"{res.waited} waited {res.waited_s:.0f} s" if res.waited else ""
+        rows.append(library.Row(entry, res.successes, trials, day, note))
+        err.print(f"{res.successes}/{trials} {entry.strategy}", markup=False)
+    return rows, int(cfg.get("seed", 0))
+
+
+def _lab_residual(cfg: dict[str, Any]) -> float:
+    """The longest HTTP keyword residual window of the lab's censors."""
+    from gfwlab.profiles import load_profiles, parse_date  # noqa: PLC0415
+
+    day = parse_date(cfg["date"]) if cfg.get("date") else None
+    names = cfg.get("profiles") or [cfg.get("profile", "gfw")]
+    profs = load_profiles(names, date=day, overrides=cfg.get("sets", []))
+    return max(
+        (float(getattr(p.mechanisms.get("http_keyword"), "residual_s", 0.0)) for p in profs),
+        default=0.0,
+    )
+
+
+def _evade_live(strategy: str, against: str, side: str, trials: int, as_json: bool) -> None:
+    from gfwlab.evade import live  # noqa: PLC0415
+    from gfwlab.evade.simulate import wilson  # noqa: PLC0415
+    from gfwlab.lab.state import LabState  # noqa: PLC0415
+
+    if against != "http_keyword" or side != "client":
+        raise UsageError("live: only --against http_keyword --side client so far; use --offline")
+    cfg = LabState.load().config
+    residual = _lab_residual(cfg)
+    res = live.run_live(strategy, trials, residual)
+    lo, hi = wilson(res.successes, trials)
+    how = (
+        f"each trial on the server address used longest ago of {len(live.ADDRESSES)}; "
+        f"{res.waited} trials waited out a {residual:g} s residual window ({res.waited_s:.1f} s)"
+    )
+    if as_json:
+        print(json.dumps({
+            "strategy": strategy, "against": against, "side": side, "mode": "live",
+            "trials": trials, "successes": res.successes, "rate": res.successes / trials,
+            "interval_99": [round(lo, 4), round(hi, 4)], "independence": how,
+            "seed": cfg.get("seed"),
+        }))  # fmt: skip
+        return
+    console.print(
+        f"{res.successes}/{trials} evaded ({res.successes / trials:.0%}, 99% interval "
+        f"{lo:.0%}..{hi:.0%}) against {against}, live through the lab (seed {cfg.get('seed')}); "
+        + how,
+        markup=False,
+    )
+
+
+@evade_app.command("library")
+def evade_library(
+    dates: Annotated[
+        list[str] | None, typer.Option("--date", help="Emulated day (repeatable).")
+    ] = None,
+    trials: Annotated[int, typer.Option("--trials", min=1)] = 50,
+    seed: SeedOpt = 0,
+    write: Annotated[
+        str | None, typer.Option("--write", help="Write the matrix (Markdown) to this file.")
+    ] = None,
+    offline: OfflineOpt = False,
+) -> None:
+    """The built-in library (Geneva's China rows) against the censor, next to the published
+    rates; disagreements are marked."""
+    from gfwlab._outfile import OutputFile  # noqa: PLC0415
+    from gfwlab.evade import library  # noqa: PLC0415
+
+    if offline:
+        days = dates or ["2020-01-15"]
+        sets = ["http_keyword.probability=0.97", "http_keyword.residual_s=0"]
+        profiles = [_profiles(["gfw"], d, sets)[0] for d in days]
+        rows = library.matrix(profiles, trials, seed)
+        command = "gfwlab evade library --offline " + " ".join(f"--date {d}" for d in days)
+    else:
+        rows, seed = _library_live(trials, dates)
+        command = "gfwlab evade library"
+    command += f" --trials {trials} --seed {seed}" + (f" --write {write}" if write else "")
+    text = library.render(rows, trials, seed, command, live=not offline)
+    if write:
+        out = OutputFile(write)
+        out.write(text.encode())
+        out.commit()
+    table = Table("date", "family", "published", "successes", "interval", "")
+    for r in rows:
+        lo, hi = r.entry.bounds(trials)
+        table.add_row(
+            r.day.isoformat() if r.day else "any", r.entry.family, f"{r.entry.published:.0%}",
+            f"{r.successes}/{trials}", f"{lo}..{hi}", "ok" if r.passes else "DIFFERS",
+        )  # fmt: skip
+    console.print(table)
+    bad = sum(not r.passes for r in rows)
+    console.print(f"{len(rows) - bad} of {len(rows)} rows within their published interval")
+
+
+@evade_app.command("apply")
+def evade_apply(
+    strategy: StrategyOpt,
+    capture: Annotated[str, typer.Argument(help="A pcap or pcapng capture.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="The rewritten capture (pcap).")],
+    side: Annotated[str, typer.Option("--side", help="client or server.")] = "client",
+) -> None:
+    """Apply a strategy to one side's packets in a capture (offline); the other side's and
+    non-IPv4 packets are copied unchanged. Analyse the result with ``gfwlab analyze``."""
+    from gfwlab.evade.apply import apply_capture  # noqa: PLC0415
+
+    if side not in ("client", "server"):
+        raise UsageError(f"--side: expected client or server, got {side!r}")
+    n_in, n_out = apply_capture(strategy, capture, out, side)
+    console.print(f"{n_in} packets in, {n_out} out, written to {out}", markup=False)
+
+

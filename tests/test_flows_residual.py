@@ -1,0 +1,239 @@
+"""engine/flows.py and engine/residual.py as pieces: the flow-state table, block directions, flow
+ids, keys, idle expiry, and residual entries' keys, windows and expiry (spec §1, §10b)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gfwlab.engine.actions import FlowId
+from gfwlab.engine.flows import _TRANSITIONS, Flow, FlowInput, FlowState, FlowTable, flow_key
+from gfwlab.engine.residual import ResidualEntry, ResidualTable, residual_key
+from gfwlab.engine.tcb import Tcb, transition_table
+from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, addr_bytes
+from gfwlab.rules import TcbParams
+
+C, S = addr_bytes("198.18.0.2"), addr_bytes("198.19.0.2")
+C6 = addr_bytes("2001:db8::2")
+F, In = FlowState, FlowInput
+
+
+def flow(proto: int = PROTO_TCP, client: bytes = C, cport: int = 40000, **kw: object) -> Flow:
+    fields: dict = {
+        "server": S,
+        "sport": 443,
+        "direction": "inside-out",
+        "crossing": True,
+        "first_seen": 0.0,
+        "last_seen": 0.0,
+    }
+    fields.update(kw)
+    return Flow(proto=proto, client=client, cport=cport, **fields)
+
+
+# ------------------------------------------------------------------ flows
+
+FLOW_TABLE = {
+    (F.CLEAN, In.RECV_BLOCK): F.BLOCKED,
+    (F.CLEAN, In.RECV_DONE): F.BYPASSED,
+    (F.BLOCKED, In.RECV_BLOCK): F.BLOCKED,
+    (F.BLOCKED, In.RECV_DONE): F.BLOCKED,
+    (F.BYPASSED, In.RECV_DONE): F.BYPASSED,
+    (F.BYPASSED, In.RECV_BLOCK): F.BLOCKED,
+}
+
+
+def test_flow_table_is_total_and_exact() -> None:
+    assert _TRANSITIONS == FLOW_TABLE
+    assert set(_TRANSITIONS) == {(s, i) for s in F for i in In}
+
+
+@pytest.mark.parametrize(("start", "inp"), list(FLOW_TABLE))
+def test_flow_step(start: FlowState, inp: FlowInput) -> None:
+    f = flow(state=start)
+    f.step(inp)
+    assert f.state is FLOW_TABLE[(start, inp)]
+
+
+def test_flow_step_without_a_transition_raises() -> None:
+    f = flow()
+    f.state = "bogus"  # type: ignore[assignment]
+    with pytest.raises(
+        RuntimeError, match=r"^flow: no transition from bogus on FlowInput\.RECV_DONE$"
+    ):
+        f.step(In.RECV_DONE)
+
+
+def test_first_block_names_direction_and_mechanism() -> None:
+    f = flow()
+    f.block_flow("c2s", "http")
+    assert (f.state, f.block, f.blocked_by) == (F.BLOCKED, "c2s", "http")
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "result"),
+    [
+        ("c2s", "c2s", "c2s"),
+        ("c2s", "s2c", "both"),
+        ("s2c", "c2s", "both"),
+        ("c2s", "none", "c2s"),
+        ("both", "c2s", "both"),
+        ("s2c", "both", "both"),
+    ],
+)
+def test_second_block_widens_the_direction(first: str, second: str, result: str) -> None:
+    f = flow()
+    f.block_flow(first, "one")  # type: ignore[arg-type]
+    f.block_flow(second, "two")  # type: ignore[arg-type]
+    assert (f.state, f.block, f.blocked_by) == (F.BLOCKED, result, "one")
+
+
+def test_a_none_block_leaves_the_direction_open_for_the_next() -> None:
+    f = flow()
+    f.block_flow("none", "one")
+    assert (f.state, f.block, f.blocked_by) == (F.BLOCKED, "none", "one")
+    f.block_flow("s2c", "two")  # the first block that drops names the direction and mechanism
+    assert (f.block, f.blocked_by) == ("s2c", "two")
+
+
+def test_finish_bypasses_a_clean_flow_and_frees_its_tcb() -> None:
+    p = TcbParams()
+    f = flow(tcb=Tcb(p, transition_table(p), 1))
+    f.finish()
+    assert f.state is F.BYPASSED
+    assert f.tcb is None
+    g = flow(state=F.BLOCKED)
+    g.finish()
+    assert g.state is F.BLOCKED
+
+
+@pytest.mark.parametrize(
+    ("proto", "client", "name", "src"),
+    [
+        (PROTO_TCP, C, "tcp", "198.18.0.2"),
+        (PROTO_UDP, C, "udp", "198.18.0.2"),
+        (1, C, "ip", "198.18.0.2"),
+        (PROTO_TCP, C6, "tcp", "2001:db8::2"),
+    ],
+)
+def test_flow_id(proto: int, client: bytes, name: str, src: str) -> None:
+    f = flow(proto, client, 40000)
+    ident = f.id()
+    assert ident == FlowId(proto=name, src=src, sport=40000, dst="198.19.0.2", dport=443)  # type: ignore[arg-type]
+    assert f.id() is ident  # computed once
+
+
+@pytest.mark.parametrize(
+    ("src", "sport", "c2s"),
+    [(C, 40000, True), (S, 443, False), (C, 443, False), (S, 40000, False)],
+)
+def test_is_c2s_needs_address_and_port(src: bytes, sport: int, c2s: bool) -> None:
+    assert flow().is_c2s(src, sport) is c2s
+
+
+def test_flow_key_is_direction_independent() -> None:
+    fwd = flow_key(PROTO_TCP, C, 40000, S, 443)
+    assert fwd == flow_key(PROTO_TCP, S, 443, C, 40000) == (PROTO_TCP, C, 40000, S, 443)
+    # the same address on both sides: the port orders them
+    assert (
+        flow_key(PROTO_UDP, C, 9, C, 5)
+        == flow_key(PROTO_UDP, C, 5, C, 9)
+        == (PROTO_UDP, C, 5, C, 9)
+    )
+
+
+def test_flow_table_expires_idle_flows_at_their_timeout() -> None:
+    table = FlowTable(tcp_timeout=60.0, udp_timeout=30.0)
+    assert (len(table), table.expired) == (0, 0)
+    tcp, udp = flow(PROTO_TCP, last_seen=10.0), flow(PROTO_UDP, last_seen=10.0)
+    table.flows[(1,)] = tcp  # type: ignore[index]
+    table.flows[(2,)] = udp  # type: ignore[index]
+    assert (table.timeout(tcp), table.timeout(udp)) == (60.0, 30.0)
+    assert table.expire(39.9) == 0
+    assert table.expire(40.0) == 1  # idle for exactly the UDP timeout
+    assert (len(table), table.expired) == (1, 1)
+    assert table.expire(69.9) == 0
+    assert table.expire(70.0) == 1
+    assert (len(table), table.expired) == (0, 2)  # counted across sweeps
+
+
+# ------------------------------------------------------------------ residual
+
+
+def entry(
+    policy: str = "rst", until: float = 100.0, start: float = 0.0, rule: str = "r"
+) -> ResidualEntry:
+    return ResidualEntry("m", rule, until, policy, 1.0, start)
+
+
+@pytest.mark.parametrize(
+    ("kind", "key"),
+    [
+        ("3-tuple", (PROTO_TCP, C, S, 443)),
+        ("2-tuple", (C, S)),
+        ("server", (PROTO_TCP, S, 443)),
+        ("server-ip", (S,)),
+        ("5-tuple", (PROTO_TCP, C, 40000, S, 443)),
+    ],
+)
+def test_residual_keys(kind: str, key: tuple) -> None:
+    assert residual_key(flow(), kind) == key  # type: ignore[arg-type]
+
+
+def test_residual_drops_flag_tracks_drop_entries() -> None:
+    t = ResidualTable()
+    assert t.drops is False
+    t.add(flow(), "3-tuple", entry("rst"))
+    assert t.drops is False
+    assert t.kinds == {("m", "3-tuple", "rst"): None}
+    t.add(flow(), "2-tuple", entry("drop-c2s", until=50.0))
+    assert t.drops is True
+    t.add(flow(), "server", entry("rst"))
+    assert t.drops is True
+    assert t.expire(50.0) == 1  # an entry ending now is gone
+    assert t.drops is False
+    assert len(t) == 2
+
+
+def test_residual_add_keeps_the_longest_entry() -> None:
+    t = ResidualTable()
+    f = flow()
+    t.add(f, "3-tuple", entry(until=100.0, rule="first"))
+    t.add(f, "3-tuple", entry(until=90.0, rule="shorter"))
+    t.add(f, "3-tuple", entry(until=100.0, rule="as long"))
+    assert [e.rule for e in t.entries.values()] == ["first"]
+    t.add(f, "3-tuple", entry(until=120.0, rule="longer"))
+    assert [e.rule for e in t.entries.values()] == ["longer"]
+
+
+def test_residual_lookup_window_and_policy() -> None:
+    t = ResidualTable()
+    f = flow()
+    t.add(f, "3-tuple", entry("drop-c2s", start=10.0, until=20.0))
+    assert t.lookup(f, "drop-c2s", 9.9) is None
+    assert t.lookup(f, "drop-c2s", 10.0) is not None  # starts now
+    assert t.lookup(f, "drop-c2s", 19.9) is not None
+    assert t.lookup(f, "drop-c2s", 20.0) is None  # ended now
+    assert t.lookup(f, "rst", 15.0) is None
+    other = flow(cport=40001)  # same 3-tuple, other source port: hit
+    assert t.lookup(other, "drop-c2s", 15.0) is not None
+    assert t.lookup(flow(sport=80), "drop-c2s", 15.0) is None
+
+
+def test_a_flows_stream_goes_on_across_calls_and_differs_by_key_and_salt() -> None:
+    f = flow()
+    first = [f.draws("1:tls_sni").random() for _ in range(3)]
+    again = flow()
+    whole = again.draws("1:tls_sni")
+    assert first == [whole.random() for _ in range(3)]  # one stream, not restarted per call
+    assert f.draws("1:tls_sni") is f.draws("1:tls_sni")
+    assert flow().draws("1:fet").random() != flow().draws("1:tls_sni").random()
+    assert flow(salt=7).draws("1:fet").random() != flow(salt=8).draws("1:fet").random()
+
+
+def test_probe_ids_are_unique_per_flow_and_fit_in_63_bits() -> None:
+    a, b = flow(), flow(cport=40001)
+    ids = [a.probe_id() for _ in range(50)] + [b.probe_id() for _ in range(50)]
+    assert len(set(ids)) == len(ids)
+    assert all(0 <= i < 1 << 63 for i in ids)
+    assert max(ids) >= 1 << 61  # the whole 63-bit range is used, not a small counter
+    assert flow().probe_id() == flow().probe_id()  # from the flow's identity alone

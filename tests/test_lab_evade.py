@@ -1,0 +1,85 @@
+"""gfwlab evade run, live: a strategy on the client's real packets, real curl through the lab.
+
+Verdicts come from the packets on the wire (the censor daemon has no channel from evade); TTL-
+limited insertions die before the server on the default topology (--hops 12). Nothing stays
+attached after evade ends, after Ctrl-C, or (via the record on disk) after kill -9.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from testenv import LAB_MARKS, client, gfwlab
+
+pytestmark = LAB_MARKS
+
+UP = ["--date", "2020-01-15", "--seed", "5", "--set", "http_keyword.probability=1.0",
+      "--set", "http_keyword.residual_s=1"]  # fmt: skip
+SEGMENTED = "[TCP:flags:PA]-fragment{tcp:8:True}(,fragment{tcp:4:True})-| \\/"
+TTL_DESYNC = (
+    "[TCP:flags:PA]-duplicate(tamper{TCP:dataofs:replace:10}(tamper{IP:ttl:replace:10},),)-| \\/"
+)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[None]:
+    gfwlab("lab", "down")
+    res = gfwlab("lab", "up", *UP)
+    assert res.returncode == 0, res.stderr + res.stdout
+    try:
+        yield
+    finally:
+        gfwlab("lab", "down")
+
+
+def attached() -> list[str]:
+    rules = client("iptables", "-w", "-t", "mangle", "-S").stdout.splitlines()
+    return [r for r in rules if "NFQUEUE" in r]
+
+
+def evade(strategy: str, trials: int) -> dict[str, object]:
+    res = gfwlab("evade", "run", "-s", strategy, "--trials", str(trials), "--json", timeout=300)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.mark.usefixtures("lab")
+def test_baseline_is_censored_and_published_strategies_get_through() -> None:
+    assert evade("\\/", 4)["successes"] == 0
+    assert evade(SEGMENTED, 4)["successes"] == 4
+    # The TTL-10 copy passes the censor and dies on the 12 routers behind it.
+    assert evade(TTL_DESYNC, 4)["successes"] == 4
+    assert attached() == []
+
+
+@pytest.mark.usefixtures("lab")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_nothing_stays_attached_after_ctrl_c_or_kill_9(sig: signal.Signals) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gfwlab", "evade", "run", "-s", SEGMENTED, "--trials", "200"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not attached():
+        assert time.monotonic() < deadline, "evade never attached"
+        time.sleep(0.1)
+    record = json.loads(Path("/run/gfwlab/evade.json").read_text(encoding="utf-8"))
+    proc.send_signal(sig)
+    proc.wait(timeout=20)
+    if sig == signal.SIGKILL:
+        assert attached(), "kill -9 leaves the rules; the record on disk names them"
+        status = gfwlab("lab", "status")
+        assert "removed what a killed evade left attached" in status.stdout + status.stderr
+    assert attached() == []
+    assert not Path("/run/gfwlab/evade.json").exists()
+    stat = Path(f"/proc/{record['pid']}/stat")
+    time.sleep(0.2)
+    assert not stat.exists() or ") Z " in stat.read_text()
