@@ -38,11 +38,14 @@ parameter of :class:`ResetParams`:
   measured 12.07/14.69/17.93 ms differ from type I's by under 0.4 ms).
 
 The TTL columns are what the measurement endpoints *observed* (after some hops); the emulator
-draws the sent TTL uniformly from that range.
+draws the sent TTL of types I and II from the measured per-type quantiles (spec §14j,
+:data:`TTL_RECEIVED`), so the receiver sees the measured distribution when the censor is next to
+it; type III's is fixed at 248.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Literal
@@ -162,6 +165,19 @@ class ResidualResetFields(EventFields):
     """Which RST injector's fingerprint the forged packets carry (spec §4a, S&P'25)."""
 
 
+TTL_RECEIVED: dict[str, Quantiles] = {
+    "type1": ((0.0, 43.0), (0.01, 55.0), (0.5, 87.0), (0.99, 118.0), (1.0, 118.0)),
+    "type2": ((0.0, 39.0), (0.01, 40.0), (0.5, 136.0), (0.99, 236.0), (1.0, 238.0)),
+}
+"""IP TTL of the resets as received (spec §14j: min / p1 / median / p99 / max per type). The sent
+TTL is drawn from these (rounded up, so the median is the measured one); type III's is 248."""
+
+
+def _ttl(rng: random.Random, kind: str, fp: Fingerprint) -> int:
+    table = TTL_RECEIVED.get(kind)
+    return math.ceil(quantiles.sample(table, rng)) if table else _draw(rng, fp.ttl)
+
+
 def _draw(rng: random.Random, span: tuple[int, int]) -> int:
     lo, hi = span
     return lo if lo == hi else rng.randint(lo, hi)
@@ -237,7 +253,7 @@ def forge_resets(
                     ack=ack if fp.flags & ACK else 0,
                     flags=fp.flags,
                     window=0,
-                    ttl=_draw(rng, fp.ttl),
+                    ttl=_ttl(rng, kind, fp),
                     ip_id=_draw(rng, fp.ip_id),
                     df=fp.df,
                 )
