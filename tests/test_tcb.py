@@ -773,18 +773,20 @@ def test_open_input_wraps_below_zero() -> None:
     assert open_input(TcbParams(require_syn=False), ACK, True, 0, True) == MOD - 1
 
 
-def test_feed_applies_data_then_fin() -> None:
+def test_feed_applies_a_fin_that_acts_before_its_data() -> None:
     torn = established(on_fin="teardown")
-    assert torn.feed(TcbInput.RECV_DATA, 1001, b"GET", ACK | FIN) is True
+    assert torn.feed(TcbInput.RECV_DATA, 1001, b"GET", ACK | FIN) is False
     assert torn.state is TcbState.CLOSED and bytes(torn.stream) == b""
-    kept = established()  # FIN ignored by default
-    assert kept.feed(TcbInput.RECV_DATA, 1001, b"GET", ACK | FIN) is True
-    assert kept.state is TcbState.ESTABLISHED and bytes(kept.stream) == b"GET"
+    spared = established(on_fin="teardown")  # the FIN's draw said it does not act
+    assert spared.feed(TcbInput.RECV_DATA, 1001, b"GET", ACK | FIN, fin=False) is True
+    assert spared.state is TcbState.ESTABLISHED and bytes(spared.stream) == b"GET"
+    ignored = established(on_fin="ignore")
+    assert ignored.feed(TcbInput.RECV_DATA, 1001, b"GET", ACK | FIN) is True
+    assert ignored.state is TcbState.ESTABLISHED and bytes(ignored.stream) == b"GET"
     plain = established(on_fin="teardown")
     assert plain.feed(TcbInput.RECV_DATA, 1001, b"GET", ACK | PSH) is True
     assert plain.state is TcbState.ESTABLISHED
-    # A FIN without data is fed once, as a FIN, by its own input.
-    fin = established(on_fin="teardown")
+    fin = established(on_fin="teardown")  # a bare FIN is fed as a FIN by its own input
     assert fin.feed(TcbInput.RECV_FIN, 1001, b"", ACK | FIN) is False
     assert fin.state is TcbState.CLOSED
 
