@@ -24,6 +24,7 @@ from helpers import binomial_interval, profile, run
 
 C, S = "198.18.0.2", "198.19.0.2"
 ALWAYS = "ss_probing.probability=1.0"
+TWO_REPLAYS = ("ss_probing.replays_mean=1000", "ss_probing.max_replays=2")  # exactly R1 and R2
 
 
 def first_packet(n: int, seed: int = 1) -> bytes:
@@ -175,7 +176,10 @@ def _probe_actions(censor: Censor, payload: bytes) -> list[Probe]:
 
 def test_staging_and_blocking_after_a_replay_is_answered() -> None:
     censor = build_censor(
-        profile(ALWAYS, "ss_probing.delay_scale=0.0001", "ss_probing.random_probes=0"), 5
+        profile(
+            ALWAYS, "ss_probing.delay_scale=0.0001", "ss_probing.random_probes=0", *TWO_REPLAYS
+        ),
+        5,
     )
     probes = _probe_actions(censor, first_packet(400))
     assert {p.kind for p in probes} == {"R1", "R2"}
@@ -200,6 +204,7 @@ def test_staged_probes_need_an_answer_and_never_blocks() -> None:
         "ss_probing.delay_scale=0.0001",
         "ss_probing.random_probes=0",
         "ss_probing.block_on='never'",
+        *TWO_REPLAYS,
     )
     censor = build_censor(profile(*sets), 5)
     probes = _probe_actions(censor, first_packet(400))
