@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
+
 import dns.message
 import dns.rdatatype
 import pytest
+from test_wallbleed import A_SUFFIX, AAAA_SUFFIX, BLOCKLIST, V1_CASES, V2_CASES, Q, _answer
 
+from gfwlab.mechanisms._wallbleed_pools import POOL_V4
 from gfwlab.offline.synth import dns_exchange
 from gfwlab.packet.ip import addr_bytes, build_udp
 from gfwlab.profiles import build_censor
+from gfwlab.proto import wallbleed
 from gfwlab.proto.dns import build_query, is_forged_answer
 from helpers import profile, run
 
@@ -40,7 +46,7 @@ def test_blocked_name_gets_forged_answers_before_the_real_one() -> None:
         assert msg.id == 0x1234
         (rrset,) = msg.answer
         assert rrset.rdtype == dns.rdatatype.A
-        assert 102 <= rrset.ttl <= 240
+        assert 68 <= rrset.ttl <= 252  # spec §2: 68-252 s (n=36)
         assert is_forged_answer(pkt.payload)
 
 
@@ -163,3 +169,122 @@ def test_garbage_to_port_53_is_an_anomaly_not_a_crash() -> None:
     r = run(build_censor(profile(), 1), [(0.0, pkt)])
     assert r.verdicts == [True]
     assert r.acted("anomaly") and r.acted("anomaly")[0].rule.startswith("dns.")
+
+
+# --- Wallbleed era (spec §14f) -------------------------------------------------------------------
+
+WALLBLEED_RULES = (
+    "dns_injection.domains=['*69.mu*', 'facebook.com', 'rsf.org', '3.tt', '4.tt', 'google.com',"
+    " '^shadowvpn.com']"
+)
+ONLY_I3 = "dns_injection.injectors=[{name='injector3', wallbleed=true}]"
+
+
+def _raw_query_run(query: bytes, day: dt.date, *sets: str, seed: int = 1):
+    censor = build_censor(profile(WALLBLEED_RULES, ONLY_I3, *sets, date=day), seed)
+    packet = build_udp(addr_bytes(C), addr_bytes(R), 33000, 53, query)
+    return run(censor, [(0.0, packet)])
+
+
+def _memory_independent(query: bytes, era: str) -> bool:
+    """Whether the injector's answer (its presence and length) is the same whatever its memory
+    holds: the engine-level cases run with generated memory, the artifact's with ``X`` bytes."""
+    got = [
+        wallbleed.respond(query, mem, era, BLOCKLIST, _answer)  # type: ignore[arg-type]
+        for mem in (b"X" * 600, bytes(600), b"\x01" * 600)
+    ]
+    return len({None if g is None else len(g) for g in got}) == 1
+
+
+ERA_CASES = [
+    (day, *c)
+    for day, era, cases in (
+        (dt.date(2022, 6, 1), "v1", V1_CASES),
+        (dt.date(2024, 1, 15), "v2", V2_CASES),
+    )
+    for c in cases
+    if _memory_independent(c[0], era)
+]
+
+
+@pytest.mark.parametrize(("day", "query", "digest", "expected"), ERA_CASES)
+def test_each_era_answers_exactly_what_the_real_injector_answered(
+    day: dt.date, query: bytes, digest: bool, expected: bytes
+) -> None:
+    # The artifact's v1 and v2 test cases through the whole engine on a day of each era: the
+    # same queries are answered, each answer as long as the real one (the leaked run included)
+    # and equal to it up to the leaked bytes, the TTL and the address.
+    r = _raw_query_run(query, day)
+    forged = r.forged("client")
+    assert bool(forged) is bool(expected)
+    if expected:
+        (pkt,) = forged
+        assert len(pkt.payload) == len(expected)
+        assert pkt.payload[: len(query)] == expected[: len(query)]
+        (answer,) = r.acted("dns-inject")[0].extra["answers"]
+        aaaa = expected.endswith(b"6" * 16)
+        copied = len(expected) - (len(AAAA_SUFFIX) if aaaa else len(A_SUFFIX))
+        assert answer["leaked"] == max(0, copied - len(query))
+
+
+def test_leaked_tail_is_generated_memory_and_only_in_the_leaking_eras() -> None:
+    leak = Q + b"\xff69.mu\x00"  # a 255-byte label: 123 bytes past the query are copied
+    v1 = _raw_query_run(leak, dt.date(2022, 6, 1))
+    (pkt,) = v1.forged("client")
+    tail = pkt.payload[len(leak) : -16]
+    assert len(tail) == 123
+    again = _raw_query_run(leak, dt.date(2022, 6, 1)).forged("client")[0].payload
+    other_seed = _raw_query_run(leak, dt.date(2022, 6, 1), seed=2).forged("client")[0].payload
+    assert again == pkt.payload and other_seed[len(leak) : -16] != tail  # seeded, per flow
+    # v2 (first patch, to March 2024): a label of length 0xff after the name still leaks (it is
+    # skipped, not copied), with QTYPE and QCLASS=1 right after its length byte.
+    v2_leak = Q + b"\x0269\x02mu\xff\x00\x01\x00\x01"
+    (pkt2,) = _raw_query_run(v2_leak, dt.date(2024, 1, 15)).forged("client")
+    assert len(pkt2.payload) - 16 == 12 + 6 + 1 + 119 + 4  # 119 bytes skipped, then 4 copied
+    assert not _raw_query_run(leak, dt.date(2024, 1, 15)).forged()  # v2: no name, no answer
+    chaos = Q + b"\x0269\x02mu\x00\x00\x01\x00\x03"  # QCLASS 3
+    assert not _raw_query_run(chaos, dt.date(2024, 1, 15)).forged()
+    assert _raw_query_run(chaos, dt.date(2022, 6, 1)).forged()
+    # Fixed (from March 2024) and before monitoring began (Oct 2021): no over-read is answered.
+    for day in (dt.date(2024, 6, 1), dt.date(2021, 6, 1)):
+        assert not _raw_query_run(leak, day).forged()
+        ok = _raw_query_run(Q + b"\x0269\x02mu\x00\x00\x01\x00\x01", day).forged("client")
+        assert len(ok) == 1 and len(ok[0].payload) == len(Q) + 11 + 16
+
+
+def test_flags_tell_the_cyclic_injector_apart() -> None:
+    # Spec §14f: for a query with flags 0 the Wallbleed-type injector answers 0x8400; with RD
+    # it answers 0x8180, as the 0x8180-only injectors do.
+    no_rd = b"\x12\x34\x00\x00" + Q[4:] + b"\x06google\x03com\x00\x00\x01\x00\x01"
+    (pkt,) = _raw_query_run(no_rd, dt.date(2024, 6, 1)).forged("client")
+    assert pkt.payload[2:4] == b"\x84\x00"
+    rd = b"\x12\x34\x01\x00" + Q[4:] + b"\x06google\x03com\x00\x00\x01\x00\x01"
+    (pkt,) = _raw_query_run(rd, dt.date(2024, 6, 1)).forged("client")
+    assert pkt.payload[2:4] == b"\x81\x80"
+
+
+def test_a_long_scan_of_one_name_shows_the_cyclic_pool_order() -> None:
+    # Spec §14f: one name probed at 100 queries/s over one 4-tuple; each of the injector's
+    # processes hands out the artifact's ordered pool (592 addresses for 4.tt) in order and wraps
+    # around, so the answers fall into parallel linear sequences (three here, as in Fig. 8).
+    censor = build_censor(profile(WALLBLEED_RULES, date=dt.date(2023, 5, 9)), 5)
+    packets = []
+    for i in range(2400):
+        query = build_query("4.tt", 1, id=i)
+        packets.append((i / 100, build_udp(addr_bytes(C), addr_bytes(R), 33000, 53, query)))
+    r = run(censor, packets)
+    addrs = [a["addr"] for e in r.acted("dns-inject") for a in e.extra["answers"]
+             if a["injector"] == "injector3"]  # fmt: skip
+    assert len(addrs) == 2400
+    index = [POOL_V4.index(a) for a in addrs]
+    sequences: list[list[int]] = []
+    for i in index:
+        for seq in sequences:
+            if (seq[-1] + 1) % len(POOL_V4) == i:
+                seq.append(i)
+                break
+        else:
+            sequences.append([i])
+    assert len(sequences) == 3
+    assert all(len(seq) > len(POOL_V4) for seq in sequences)  # each wrapped around
+    assert all(sum(b < a for a, b in itertools.pairwise(seq)) >= 1 for seq in sequences)

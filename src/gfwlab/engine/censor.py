@@ -19,6 +19,7 @@ import heapq
 from collections.abc import Mapping
 
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop
+from gfwlab.engine.defrag import Defragmenter
 from gfwlab.engine.dissect import Dissector, Plan
 from gfwlab.engine.flows import Flow, FlowState, FlowTable, flow_key, open_flow
 from gfwlab.engine.mechanism import Mechanism, Seen, overridden_hooks
@@ -67,6 +68,7 @@ class Censor:
         self._min_segment = profile.tcb.min_segment(profile.date)
         self._tcb_key = f"{seed}:engine.tcb"
         self._next_sweep: float | None = None
+        self.defrag = Defragmenter(eng.ip_overlap, eng.ip_fragment_timeout_s, eng.ip_reassembly)
         plan = Plan.of(self.hooks)
         self._stream_rows, self._first_dgram_rows, self._port_rows = plan.rows
         self._udp_ports, self._port_set, self._options = plan.udp_ports, plan.ports, plan.options
@@ -95,6 +97,7 @@ class Censor:
         if self._next_sweep is not None and now >= self._next_sweep:
             self.flows.expire(now)
             self.residual.expire(now)
+            self.defrag.expire(now)
             live = self.flows.flows or self.residual.entries
             self._next_sweep = now + self.profile.engine.sweep_s if live else None
         return out
@@ -134,7 +137,9 @@ class Censor:
             return [_ACCEPT, self.verdicts.anomaly_ip(packet, exc, now)]
         if pkt.fragment:
             st.fragments += 1
-            return [_ACCEPT]
+            if (whole := self.defrag.add(pkt, now)) is None:
+                return self._fragment_verdict(pkt, now)
+            packet, pkt = whole, parse(whole)  # rebuilt with valid headers: parses
         if pkt.proto not in (PROTO_TCP, PROTO_UDP):
             return [_ACCEPT]
         flow, new = self._flow(pkt, now)
@@ -146,7 +151,7 @@ class Censor:
             return [_ACCEPT]
         syn_ack = self._syn_ack and not c2s and pkt.flags & (SYN | ACK) == SYN | ACK
         if state is FlowState.BLOCKED:
-            out = self._blocked_verdict(flow, c2s)
+            out = self._blocked_verdict(flow, c2s, now)
             if syn_ack and pkt.proto == PROTO_TCP:
                 self._run_hooks("on_syn_ack", Seen(pkt=pkt, flow=flow, now=now, c2s=c2s), out)
             return out
@@ -199,8 +204,15 @@ class Censor:
         turnaround, inside = self.profile.tcb.turnaround, self.profile.engine.inside
         return open_flow(pkt, now, turnaround=turnaround, udp_ports=self._port_set, inside=inside)
 
-    def _blocked_verdict(self, flow: Flow, c2s: bool) -> list[Action]:
-        block = flow.block
+    def _fragment_verdict(self, pkt: Packet, now: float) -> list[Action]:
+        """A fragment that completes nothing gets its flow's verdict if that flow is blocked."""
+        key, sport = self.defrag.flow_of(pkt)
+        if (flow := self.flows.flows.get(key) if key else None) and flow.state is FlowState.BLOCKED:
+            return self._blocked_verdict(flow, pkt.src == flow.client and sport == flow.cport, now)
+        return [_ACCEPT]
+
+    def _blocked_verdict(self, flow: Flow, c2s: bool, now: float) -> list[Action]:
+        block = flow.block if now >= flow.blocked_from else "none"  # not in effect yet
         if block == "both" or (block == "c2s" and c2s) or (block == "s2c" and not c2s):
             self.stats.dropped += 1
             return [Drop(mechanism=flow.blocked_by)]

@@ -22,7 +22,7 @@ from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Mechanism
 from gfwlab.proto.dns import DEFAULT_MAX_NAME, parse_query
 from gfwlab.proto.http import parse_request
-from gfwlab.proto.quic import parse_initial
+from gfwlab.proto.quic import CRYPTO_READINGS, CryptoReading, parse_initial
 from gfwlab.proto.tls import join_records, parse_client_hello
 
 Carrier = Literal["tcp-stream", "udp-port", "udp-first"]
@@ -42,6 +42,8 @@ class Options:
     dns_name_limit: int = DEFAULT_MAX_NAME
     tls_records: bool = False
     """Join a ClientHello split across TLS records before parsing it (spec §14d)."""
+    dns_lenient: bool = False
+    quic_crypto_reading: CryptoReading = CRYPTO_READINGS[0]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,14 +107,14 @@ DISSECTORS: tuple[Dissector, ...] = (
         name="dns",
         hook="on_dns_query",
         carrier="udp-port",
-        parse=lambda data, o: parse_query(data, name_limit=o.dns_name_limit),
+        parse=lambda data, o: parse_query(data, name_limit=o.dns_name_limit, lenient=o.dns_lenient),
         detail=_dns_detail,
     ),
     Dissector(
         name="quic",
         hook="on_quic_initial",
         carrier="udp-first",
-        parse=lambda data, _o: parse_initial(data),
+        parse=lambda data, o: parse_initial(data, crypto_reading=o.quic_crypto_reading),
         report_anomalies=False,
         names_mechanism=True,
     ),
@@ -148,6 +150,7 @@ class Plan:
             if (ports := needs[m.name].udp_ports) is not None
         }
         limits = [n.dns_name_limit for n in needs.values() if n.dns_name_limit is not None]
+        readings = [r for n in needs.values() if (r := n.quic_crypto_reading) is not None]
         return cls(
             rows=(by[0], by[1], by[2]),
             udp_ports=udp_ports,
@@ -155,5 +158,7 @@ class Plan:
             options=Options(
                 dns_name_limit=min(limits, default=DEFAULT_MAX_NAME),
                 tls_records=any(n.tls_records for n in needs.values()),
+                dns_lenient=any(n.dns_lenient for n in needs.values()),
+                quic_crypto_reading=readings[0] if readings else CRYPTO_READINGS[0],
             ),
         )

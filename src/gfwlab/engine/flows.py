@@ -74,6 +74,9 @@ class Flow:
     block: Block = "none"
     """What a BLOCKED flow's later packets get: dropped client-to-server, server-to-client, both."""
     blocked_by: str = ""
+    blocked_from: float = 0.0
+    """When the block takes effect (a censor that needs time to act lets packets through until
+    then: QUIC, spec §5 "Block latency")."""
     tcb: Tcb | None = None
     packets: int = 0
     first_data_seen: bool = False
@@ -92,10 +95,10 @@ class Flow:
         except KeyError:  # pragma: no cover - the table is total
             raise RuntimeError(f"flow: no transition from {self.state} on {what}") from None
 
-    def block_flow(self, block: Block, mechanism: str) -> None:
+    def block_flow(self, block: Block, mechanism: str, start: float = 0.0) -> None:
         self.step(FlowInput.RECV_BLOCK)
         if self.block == "none":
-            self.block, self.blocked_by = block, mechanism
+            self.block, self.blocked_by, self.blocked_from = block, mechanism, start
         elif block not in ("none", self.block):
             self.block = "both"
 

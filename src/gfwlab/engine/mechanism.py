@@ -30,7 +30,7 @@ from gfwlab.engine.flows import Block, Flow
 from gfwlab.packet.ip import Packet
 from gfwlab.proto.dns import DnsQuery
 from gfwlab.proto.http import HttpRequest
-from gfwlab.proto.quic import QuicInitial
+from gfwlab.proto.quic import CryptoReading, QuicInitial
 from gfwlab.proto.tls import ClientHello
 from gfwlab.rules.profile import CommonParams, ResidualKey
 
@@ -51,6 +51,12 @@ class Needs:
     watch_packets: int = 0
     """TCP packets per flow (both directions, from its first) its ``on_tcp_packet`` hook must
     see: the engine does not bypass a clean flow before that many."""
+    dns_lenient: bool = False
+    """Hand DNS queries that a bounds-checked read rejects to the hook too (``overrun`` set),
+    for a mechanism that reads them its own way."""
+    quic_crypto_reading: CryptoReading | None = None
+    """How the QUIC dissector reads a zero-Length CRYPTO frame that carries data (spec §14e);
+    None: the dissector's default."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,6 +108,9 @@ class Decision:
     """Drop the triggering packet itself."""
     block: Block = "none"
     """What the flow's later packets get."""
+    block_after: float = 0.0
+    """Seconds after the trigger before ``block`` (and ``residual``, unless it has a delay of its
+    own) takes effect: packets in between pass (a censor's reaction time)."""
     residual: Residual | None = None
     also: tuple[Residual, ...] = ()
     """Further blocks the decision starts (static blocking of a whole address)."""

@@ -186,7 +186,8 @@ class Verdicts:
             for k, res in enumerate((decision.residual, *decision.also)):
                 if res is None or res.seconds <= 0:
                     continue
-                until = now + res.delay + res.seconds
+                delay = res.delay or decision.block_after
+                until = now + delay + res.seconds
                 if k == 0:
                     residual_until = until
                 entry = ResidualEntry(
@@ -195,7 +196,7 @@ class Verdicts:
                     until=until,
                     policy=res.policy,
                     probability=res.probability,
-                    start=now + res.delay,
+                    start=now + delay,
                 )
                 self.residual.add(flow, res.key, entry)
         for planned in decision.probes:
@@ -204,7 +205,7 @@ class Verdicts:
             self.report(out, flow, now, mech.name, "pass", decision.rule, None, decision.fields)
             return
         if decision.action in ("rst", "drop", "null-route"):
-            flow.block_flow(decision.block, mech.name)
+            flow.block_flow(decision.block, mech.name, now + decision.block_after)
         action = decision.action
         self.report(
             out, flow, now, mech.name, action, decision.rule, residual_until, decision.fields

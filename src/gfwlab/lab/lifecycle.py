@@ -134,6 +134,7 @@ def _up_locked(options: UpOptions, profile: Profile, log: Any, ca: Any, services
             log("namespaces and links")
             netns.make_topology()
             netns.install_queue_rules(CENSOR_NS, QUEUE_NUM, fail_open=options.fail_open)
+            netns.untrack_fragments(CENSOR_NS)
             netns.install_path_hops(options.hops, options.client_hops)
             for ns in (CLIENT_NS, SERVER_NS):  # both resolve with the lab's DNS server
                 etc = os.path.join(ETC_NETNS, ns)

@@ -39,13 +39,23 @@ from gfwlab.live.topology import (
     SERVER_V6,
 )
 
-REQUIRED_TOOLS = {"ip": "iproute2", "iptables": "iptables", "ip6tables": "iptables"}
+REQUIRED_TOOLS = {
+    "ip": "iproute2",
+    "iptables": "iptables",
+    "ip6tables": "iptables",
+    "nft": "nftables",
+}
 
 
-def run(argv: list[str], *, check: bool = True, timeout: float = 30.0) -> str:
-    """Run a command; on failure raise LabError with its first line of stderr."""
+def run(
+    argv: list[str], *, check: bool = True, timeout: float = 30.0, stdin: str | None = None
+) -> str:
+    """Run a command (``stdin`` as its input); on failure raise LabError with its first line of
+    stderr."""
     try:
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        res = subprocess.run(
+            argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+        )
     except FileNotFoundError:
         raise LabError(f"{argv[0]} not found") from None
     except subprocess.TimeoutExpired:
@@ -208,6 +218,30 @@ def install_queue_rules(censor_ns: str, queue: int, *, fail_open: bool) -> None:
         )
 
 
+def untrack_fragments(censor_ns: str) -> None:
+    """Let the censor's queue see IP fragments as sent, not the kernel's reassembly.
+
+    Connection tracking (which the bypass connmark needs) makes the kernel reassemble fragments
+    at prerouting priority -400, before any iptables table, and settle overlaps its own way
+    (recent kernels drop a datagram whose fragments overlap). Reassembly is skipped for a packet
+    already marked untracked, and an nftables chain at priority -450 can mark it (this kernel
+    has no nftables queue, so the queue stays in iptables). The fragments then reach the queue
+    in mangle PREROUTING one by one, the censor reassembles and judges them itself
+    (``engine/defrag.py``), and they are forwarded as sent; the server reassembles them.
+    """
+    devs = ", ".join(f'"{dev}"' for dev in (CLIENT_LINK.b, SERVER_LINK.a))
+    rules = "".join(
+        f"table {family} gfwlab_frag {{\n"
+        "  chain pre {\n"
+        "    type filter hook prerouting priority -450; policy accept;\n"
+        f"    iifname {{ {devs} }} {match} notrack\n"
+        "  }\n"
+        "}\n"
+        for family, match in (("ip", "ip frag-off & 0x3fff != 0"), ("ip6", "exthdr frag exists"))
+    )
+    run(in_ns(censor_ns, "nft", "-f", "-"), stdin=rules)
+
+
 def install_path_hops(server_hops: int, client_hops: int = 0) -> None:
     """Make the path ``server_hops`` routers long behind the censor (and ``client_hops`` before
     it), as far as TTLs go: a packet that would expire on the way is dropped where it would
@@ -278,4 +312,5 @@ __all__ = [
     "make_namespace",
     "make_topology",
     "run",
+    "untrack_fragments",
 ]

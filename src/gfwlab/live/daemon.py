@@ -230,6 +230,7 @@ class LiveCensor:
             "injected": self.injector.sent,
             "probe_packets": self.prober.sent,
             "anomalies": st.anomalies,
+            "fragments": st.fragments,
             "flows": st.flows,
             "flows_tracked": sum(len(c.flows) for c in censors),
             "residual_blocks": sum(len(c.residual) for c in censors),

@@ -10,20 +10,42 @@ type2     RST+ACK           3 (identical)  1  0x00A3-0xFE5F      39-238
 type3     RST+ACK           1      0     0x9916-0x9933          248
 ========  ================  =====  ====  =====================  ==============
 
-All are sent to both client and server, with no payload. ``mixed`` picks a type per trigger in
-the dataset's proportions (77,892 : 309,333 : 4,366 packets). ``clayton2006`` is the pattern of
+All are sent to both client and server, with no payload. ``clayton2006`` is the pattern of
 Clayton, Murdoch & Watson (PET 2006, spec §3): three resets each way with sequence numbers
 base, base+1460 and base+4380. Whether the HTTP filter uses the same injectors as the SNI filter
 is unknown (spec §12.6), so ``http_keyword`` takes ``injector`` as a parameter.
 
+Measured distributions (spec §14j, S&P'25 artifact, per-trigger RST fingerprints), each a
+parameter of :class:`ResetParams`:
+
+- ``mixed`` picks a type **per trigger** in the measured proportions (22,084 triggers): type I
+  60.66%, type II 38.69%, type III 0.65% (``injector_mix``). The paper's per-*packet* counts
+  (77,892 : 309,333 : 4,366) are not per-trigger weights: type II sends three packets.
+- the type is sticky per name: of 4,245 SNIs measured twice or more, 74.3% always drew the same
+  type (11% expected if drawn independently). Modelled as a share of names pinned to one type
+  (``sticky_share``), drawn once per name from ``keyed_rng`` in the same proportions; the other
+  names draw per trigger. 0.717 makes 74.3% of names tested five times single-typed (five
+  triggers per name is what makes the independent figure about 9-11%); the number of triggers
+  per name was not published.
+- the delay from the ClientHello to the first reset toward the client is drawn per type from a
+  quantile table (:data:`RST_DELAY_MS`). The all-types quantiles are the spec's (p1 11.86 ...
+  p95 29.86 ms; min 11.52 ms from S&P'25 §4), with the tail of 2.1% beyond 0.5 s and 1.0%
+  beyond 5 s (``delay_tail``: the spec suspects artefacts; on by default; its longest value,
+  30 s, is a guess). The per-type tables share the all-types values and differ in their
+  shares: each is the all-types table read through a monotone map chosen so that type I's
+  p10/p50/p90 are 12.04/14.69/18.26 ms and type II's 13.41/16.58/22.27 ms exactly, while the
+  I/II/III mixture reproduces the all-types table exactly (type III uses type I's map; its
+  measured 12.07/14.69/17.93 ms differ from type I's by under 0.4 ms).
+
 The TTL columns are what the measurement endpoints *observed* (after some hops); the emulator
-draws the sent TTL uniformly from that range. First-RST latency (spec §4a): 11.52-445.38 ms,
-mean 17.98 ms; drawn as the minimum plus an exponential with the remaining mean, capped at the
-maximum (the distribution's shape was not published).
+draws the sent TTL of types I and II from the measured per-type quantiles (spec §14j,
+:data:`TTL_RECEIVED`), so the receiver sees the measured distribution when the censor is next to
+it; type III's is fixed at 248.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Literal
@@ -31,11 +53,82 @@ from typing import Literal
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Forged
 from gfwlab.packet.ip import ACK, RST, Packet, build_tcp
+from gfwlab.rules import CommonParams, quantiles
+from gfwlab.rules.quantiles import Quantiles
 
 Injector = Literal["type1", "type2", "type3", "mixed", "clayton2006"]
+TYPES: tuple[Injector, ...] = ("type1", "type2", "type3")
 
-MIXED_WEIGHTS = (77_892, 309_333, 4_366)
-"""Packets of injector types I, II, III in the S&P'25 dataset (LaTeX comment of its table)."""
+INJECTOR_MIX = (60.66, 38.69, 0.65)
+"""Per-trigger shares (%) of injector types I, II, III (S&P'25 artifact, 22,084 triggers)."""
+
+_ALL_MS = (11.52, 11.86, 12.0, 12.04, 12.14, 13.41, 13.72, 14.46, 14.69, 14.75, 15.41, 16.18,
+           16.58, 17.2, 18.0, 18.26, 20.44, 22.27, 29.86, 500.0, 5000.0, 30000.0)  # fmt: skip
+"""The values shared by the delay tables (ms): the spec's all-types quantiles and the per-type
+p10/p50/p90, each at its all-types share."""
+
+
+def _table(shares: tuple[float, ...]) -> Quantiles:
+    return tuple(zip(shares, _ALL_MS, strict=True))
+
+
+RST_DELAY_MS: dict[str, Quantiles] = {
+    "all": _table((0.0, 0.01, 0.05, 0.0643, 0.10, 0.1813, 0.20, 0.30, 0.3795, 0.40, 0.50, 0.60,
+                   0.6399, 0.70, 0.80, 0.8113, 0.90, 0.9113, 0.95, 0.979, 0.99, 1.0)),
+    "type1": _table((0.0, 0.0155, 0.0777, 0.10, 0.1404, 0.2326, 0.2578, 0.3928, 0.50, 0.518,
+                     0.6056, 0.6933, 0.7283, 0.7885, 0.8887, 0.90, 0.9164, 0.9184, 0.954, 0.9807,
+                     0.9908, 1.0)),
+    "type2": _table((0.0, 0.0012, 0.0061, 0.0078, 0.0359, 0.10, 0.1083, 0.153, 0.1885, 0.213,
+                     0.3326, 0.4522, 0.50, 0.5598, 0.6595, 0.6707, 0.8741, 0.90, 0.9436, 0.9763,
+                     0.9887, 1.0)),
+}  # fmt: skip
+"""Delay from the trigger to the first reset toward the client, ms, as (share, value) tables:
+``all`` is spec §14j's all-types row; ``type1``/``type2`` are fitted (see the module docstring)."""
+
+TAIL_FROM_MS = 500.0
+"""Where the suspected-artefact tail begins (spec §14j: 2.1% of resets beyond 0.5 s)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResetParams(CommonParams):
+    """The parameters of a mechanism that forges resets (``tls_sni``, ``http_keyword``)."""
+
+    injector: Injector = "mixed"
+    """Reset fingerprint: type1, type2, type3, mixed (the measured per-trigger mix, sticky per
+    name) or clayton2006."""
+    injector_mix: tuple[float, float, float] = INJECTOR_MIX
+    """Relative per-trigger weights of types I, II, III under ``mixed`` (S&P'25: 60.66, 38.69,
+    0.65)."""
+    sticky_share: float = 0.717
+    """Share of names pinned to one injector type under ``mixed`` (fitted to 74.3% of names
+    always drawing one type)."""
+    delay_ms_type1: Quantiles = RST_DELAY_MS["type1"]
+    """Quantile table ([share, ms] pairs) of the delay to the first type I reset."""
+    delay_ms_type2: Quantiles = RST_DELAY_MS["type2"]
+    """Quantile table of the delay to the first type II reset."""
+    delay_ms_type3: Quantiles = RST_DELAY_MS["type1"]
+    """Quantile table of the delay to the first type III reset (type I's shape; measured p50
+    14.69 ms as type I)."""
+    delay_ms_other: Quantiles = RST_DELAY_MS["all"]
+    """Quantile table of the delay for ``clayton2006`` (the all-types measurement)."""
+    delay_tail: bool = True
+    """Keep the measured tail beyond 0.5 s (2.1% of resets; possibly measurement artefacts)."""
+
+    def __post_init__(self) -> None:
+        for name in ("delay_ms_type1", "delay_ms_type2", "delay_ms_type3", "delay_ms_other"):
+            quantiles.check(getattr(self, name), name)
+        if not 0.0 <= self.sticky_share <= 1.0:
+            raise ValueError("sticky_share must be between 0 and 1")
+        if min(self.injector_mix) < 0 or sum(self.injector_mix) <= 0:
+            raise ValueError("injector_mix needs non-negative weights with a positive sum")
+
+    def delay_table(self, kind: Injector) -> Quantiles:
+        """The delay table of injector ``kind``."""
+        return {
+            "type1": self.delay_ms_type1,
+            "type2": self.delay_ms_type2,
+            "type3": self.delay_ms_type3,
+        }.get(kind, self.delay_ms_other)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,41 +165,61 @@ class ResidualResetFields(EventFields):
     """Which RST injector's fingerprint the forged packets carry (spec §4a, S&P'25)."""
 
 
+TTL_RECEIVED: dict[str, Quantiles] = {
+    "type1": ((0.0, 43.0), (0.01, 55.0), (0.5, 87.0), (0.99, 118.0), (1.0, 118.0)),
+    "type2": ((0.0, 39.0), (0.01, 40.0), (0.5, 136.0), (0.99, 236.0), (1.0, 238.0)),
+}
+"""IP TTL of the resets as received (spec §14j: min / p1 / median / p99 / max per type). The sent
+TTL is drawn from these (rounded up, so the median is the measured one); type III's is 248."""
+
+
+def _ttl(rng: random.Random, kind: str, fp: Fingerprint) -> int:
+    table = TTL_RECEIVED.get(kind)
+    return math.ceil(quantiles.sample(table, rng)) if table else _draw(rng, fp.ttl)
+
+
 def _draw(rng: random.Random, span: tuple[int, int]) -> int:
     lo, hi = span
     return lo if lo == hi else rng.randint(lo, hi)
 
 
-def draw_latency(rng: random.Random, latency_ms: tuple[float, float, float]) -> float:
-    """Seconds from trigger to first forged packet: min + Exp(mean - min), capped at max."""
-    lo, mean, hi = latency_ms
-    if mean <= lo:
-        return lo / 1000.0
-    return min(hi, lo + rng.expovariate(1.0 / (mean - lo))) / 1000.0
+def draw_delay(rng: random.Random, params: ResetParams, kind: Injector) -> float:
+    """Seconds from trigger to the first forged packet of injector ``kind`` (one draw)."""
+    table = params.delay_table(kind)
+    upto = 1.0 if params.delay_tail else quantiles.cdf(table, TAIL_FROM_MS)
+    return quantiles.sample(table, rng, upto=upto) / 1000.0
 
 
-def pick_injector(rng: random.Random, injector: Injector) -> Injector:
-    if injector != "mixed":
-        return injector
-    kinds: tuple[Injector, ...] = ("type1", "type2", "type3")
-    return rng.choices(kinds, weights=MIXED_WEIGHTS)[0]
+def pick_injector(
+    rng: random.Random, params: ResetParams, name_rng: random.Random | None
+) -> Injector:
+    """The injector type for one trigger: fixed, or under ``mixed`` the name's pinned type (a
+    ``sticky_share`` of names, drawn from ``name_rng``, the name's own stream) or a per-trigger
+    draw from ``rng``."""
+    if params.injector != "mixed":
+        return params.injector
+    if name_rng is not None and name_rng.random() < params.sticky_share:
+        return name_rng.choices(TYPES, weights=params.injector_mix)[0]
+    return rng.choices(TYPES, weights=params.injector_mix)[0]
 
 
 def forge_resets(
     trigger: Packet,
     *,
     c2s: bool,
-    injector: Injector,
+    params: ResetParams,
     rng: random.Random,
-    latency_ms: tuple[float, float, float],
+    name_rng: random.Random | None = None,
 ) -> tuple[Injector, tuple[Forged, ...]]:
     """Resets to both ends of ``trigger``'s connection; returns the injector type used too.
 
     ``c2s`` says whether ``trigger`` went client-to-server. The reset toward each end carries
-    the sequence number that end expects next, so a real TCP stack accepts it.
+    the sequence number that end expects next, so a real TCP stack accepts it. ``rng`` is the
+    flow's stream; ``name_rng`` a fresh stream keyed by the name that triggered (per-name
+    stickiness of the injector type), or None when no name is known.
     """
-    kind = pick_injector(rng, injector)
-    delay = draw_latency(rng, latency_ms)
+    kind = pick_injector(rng, params, name_rng)
+    delay = draw_delay(rng, params, kind)
     seg_len = len(trigger.payload) + (1 if trigger.flags & 0x03 else 0)  # SYN/FIN count as 1
     if c2s:
         client, server, cport, sport = trigger.src, trigger.dst, trigger.sport, trigger.dport
@@ -140,7 +253,7 @@ def forge_resets(
                     ack=ack if fp.flags & ACK else 0,
                     flags=fp.flags,
                     window=0,
-                    ttl=_draw(rng, fp.ttl),
+                    ttl=_ttl(rng, kind, fp),
                     ip_id=_draw(rng, fp.ip_id),
                     df=fp.df,
                 )

@@ -19,9 +19,23 @@ Measured, and emulated here:
   (``coverage``: a stable per-name draw, so a name is either always or never answered by it);
 - answers as Injector 3 builds them: the query copied through QCLASS, flags ``0x8180`` if RD
   else ``0x8400`` (or a fixed value such as the ``0x8580`` seen in 2024-25), one answer
-  ``c0 0c``: AAAA for an AAAA query, A for any other type; answer TTL 102-240 s;
+  ``c0 0c``: AAAA for an AAAA query, A for any other type; answer TTL 68-252 s;
 - forged addresses come from each injector's pool in round-robin order; all forged AAAA seen by
   GFWatch were in 2001::/32;
+- the Wallbleed-type injector ("Injector 3", spec §14f; flags 0x8400 for a query without RD,
+  0x8180 with it): its own query parsing (:mod:`gfwlab.proto.wallbleed`), era by date
+  (``wallbleed``, ``wallbleed_dates``): v1 from October 2021 (when monitoring began) to the first
+  patch (Sep-Nov 2023; 2023-11-01 here), v2 to March 2024 (2024-03-01 here), then fixed (a
+  bounds-checked reading, no leak). In the v1 and v2 eras it answers exactly the queries the
+  reverse-engineered injector answers, including those whose labels overrun the datagram, that
+  lack a terminator or QTYPE/QCLASS, and its answers copy what it read past the datagram: the
+  leaked-bytes tail, up to 125 bytes, filled from a seeded generator of plausible memory content
+  (:mod:`gfwlab.mechanisms._memory`), never from the emulator's own memory. Its pools are the
+  artifact's ordered pools for ``4.tt`` (592 IPv4, 30 IPv6); each of its ``processes`` walks the
+  pool from its own starting point and wraps around, so a long scan of one name over one 4-tuple
+  shows interleaved linear sequences (3 processes in the paper's Fig. 8). Which process answers a
+  query is not known; here it is a draw from the flow's stream, and the processes start evenly
+  spaced around the pool;
 - the real answer is not suppressed (the resolver's reply passes untouched).
 
 Unverified, so parameters (spec §12.2): per-injector IP TTL, IP-ID and DF, injection latency.
@@ -29,16 +43,23 @@ Unverified, so parameters (spec §12.2): per-injector IP TTL, IP-ID and DF, inje
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Forged, Mechanism, Needs, Seen
 from gfwlab.mechanisms import register_mechanism
+from gfwlab.mechanisms._memory import plausible_memory
+from gfwlab.mechanisms._wallbleed_pools import POOL_V4, POOL_V6
 from gfwlab.packet.ip import addr_bytes, addr_text, build_udp
+from gfwlab.proto import wallbleed
 from gfwlab.proto.dns import DnsQuery, build_answer
 from gfwlab.rules import CommonParams, DomainSet
+
+Era = Literal["v1", "v2", "fixed"]
 
 QTYPE_AAAA = 28
 
@@ -61,8 +82,9 @@ class DnsInjectorParams:
     """IP-ID of the forged packet (unverified)."""
     df: bool = False
     """IPv4 don't-fragment bit of the forged packet (unverified)."""
-    dns_ttl: tuple[int, int] = (102, 240)
-    """Answer TTL range in seconds (Wallbleed test vectors: 102-240)."""
+    dns_ttl: tuple[int, int] = (68, 252)
+    """Answer TTL range in seconds (the real forged answers hexdumped in the Wallbleed test
+    vectors: 68-252 s, n=36, spec §2 as corrected in Dec 2026)."""
     pool_v4: tuple[str, ...] = ("59.24.3.174",)
     """Forged IPv4 answers, handed out round-robin."""
     pool_v6: tuple[str, ...] = ("2001::1",)
@@ -70,6 +92,11 @@ class DnsInjectorParams:
     latency_ms: tuple[float, float] = (0.0, 0.0)
     """Injection latency range in ms (unpublished). The forged answer beats the real one (spec
     §2): at 0 the live censor sends it before it lets the query through."""
+    wallbleed: bool = False
+    """This is the Wallbleed-type injector: it reads queries its own way in the v1 and v2 eras
+    (only one injector type was affected, spec §2)."""
+    processes: int = 1
+    """Injector processes, each with its own cursor over the ordered pool (spec §14f)."""
     _v4: tuple[bytes, ...] = field(default=(), init=False, repr=False)
     _v6: tuple[bytes, ...] = field(default=(), init=False, repr=False)
 
@@ -85,12 +112,16 @@ class DnsInjectorParams:
             raise ValueError(f"injector {self.name}: pool_v6 needs IPv6 addresses")
         if not 0.0 <= self.coverage <= 1.0:
             raise ValueError(f"injector {self.name}: coverage must be between 0 and 1")
+        if self.processes < 1:
+            raise ValueError(f"injector {self.name}: processes must be at least 1")
         object.__setattr__(self, "_v4", v4)
         object.__setattr__(self, "_v6", v6)
 
 
 DEFAULT_INJECTORS = (
-    DnsInjectorParams(name="injector3"),
+    DnsInjectorParams(
+        name="injector3", wallbleed=True, processes=3, pool_v4=POOL_V4, pool_v6=POOL_V6
+    ),
     DnsInjectorParams(name="flags-0x8580", flags=0x8580, coverage=0.9, df=True),
     DnsInjectorParams(name="ttl-mirror", mirror_ttl=True, ip_id="zero", coverage=0.8),
 )
@@ -108,6 +139,30 @@ class DnsInjectionParams(CommonParams):
     """Answer only QCLASS IN, as the patched injector does (Wallbleed v2)."""
     injectors: tuple[DnsInjectorParams, ...] = DEFAULT_INJECTORS
     """The injectors that answer, each with its fingerprint and pool."""
+    wallbleed: Literal["by-date", "v1", "v2", "fixed"] = "by-date"
+    """How the Wallbleed-type injector reads queries: by the emulated date, or one era."""
+    wallbleed_dates: tuple[str, str, str] = ("2021-10-01", "2023-11-01", "2024-03-01")
+    """By date: v1 from the first day, v2 from the second, fixed from the third (YYYY-MM-DD);
+    before the first (and with no ``--date``), fixed."""
+
+    def __post_init__(self) -> None:
+        try:
+            days = [dt.date.fromisoformat(d) for d in self.wallbleed_dates]
+        except ValueError:
+            raise ValueError("wallbleed_dates must be three YYYY-MM-DD dates") from None
+        if days != sorted(days):
+            raise ValueError("wallbleed_dates must be in order")
+
+    def era(self, day: dt.date | None) -> Era:
+        """The Wallbleed-type injector's era on ``day``."""
+        if self.wallbleed != "by-date":
+            return self.wallbleed
+        if day is None:
+            return "fixed"
+        v1, v2, fixed = (dt.date.fromisoformat(d) for d in self.wallbleed_dates)
+        if v1 <= day < v2:
+            return "v1"
+        return "v2" if v2 <= day < fixed else "fixed"
 
 
 def _share(name: str, injector: str) -> float:
@@ -125,6 +180,8 @@ class ForgedAnswer(EventFields):
     """The forged address."""
     flags: str
     """The DNS header flags it carries, in hex."""
+    leaked: int = 0
+    """Bytes of (generated) injector memory the answer carries past the query (Wallbleed)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,71 +205,106 @@ class DnsInjection(Mechanism):
     params: DnsInjectionParams
 
     shared_state = (
-        "each injector's pool cursor: advanced once per answered query, in the order queries "
-        "are fed (packet-time order offline, arrival order live)",
+        "each injector process's pool cursor (per address family): advanced once per answer it "
+        "sends, in the order queries are fed (packet-time order offline, arrival order live)",
     )
 
     def __init__(self, params: DnsInjectionParams, **kw: Any) -> None:
         super().__init__(params, **kw)
-        self._next = [0] * len(params.injectors)
+        self._next: dict[tuple[int, int, bool], int] = {}
+        self._era = params.era(self.date)
 
     def needs(self) -> Needs:
         p = self.params
-        return Needs(udp_ports=frozenset({p.port}), dns_name_limit=p.max_name)
+        lenient = self._era != "fixed" and any(i.wallbleed for i in p.injectors)
+        return Needs(udp_ports=frozenset({p.port}), dns_name_limit=p.max_name, dns_lenient=lenient)
+
+    def _address(self, index: int, inj: DnsInjectorParams, v6: bool, process: int) -> bytes:
+        """The next address of ``inj``'s process ``process`` (ordered, cyclic pools)."""
+        pool = inj._v6 if v6 else inj._v4
+        key = (index, process, v6)
+        start = process * len(pool) // inj.processes
+        n = self._next.get(key, 0)
+        self._next[key] = n + 1
+        return pool[(start + n) % len(pool)]
 
     def on_dns_query(self, seen: Seen, query: DnsQuery) -> Decision | None:
         p = self.params
-        if p.require_class_in and query.qclass != 1:
-            return None
-        rule = p.domains.match(query.qname)
-        if rule is None:
-            return None
         pkt = seen.pkt
         rng = self.rng(seen)
+        strict_rule = None
+        if query.overrun is None and (not p.require_class_in or query.qclass == 1):
+            strict_rule = p.domains.match(query.qname)
         forged: list[Forged] = []
         answered: list[ForgedAnswer] = []
+        rules: list[str] = []
+        qname, qtype = query.qname, query.qtype
         for index, inj in enumerate(p.injectors):
-            if inj.coverage < 1.0 and _share(query.qname, inj.name) >= inj.coverage:
-                continue
-            pool = inj._v6 if query.qtype == QTYPE_AAAA else inj._v4
-            addr = pool[self._next[index] % len(pool)]
-            self._next[index] += 1
-            flags = inj.flags if inj.flags is not None else (0x8180 if query.rd else 0x8400)
-            ttl = rng.randint(*inj.dns_ttl)
-            payload = build_answer(pkt.payload, query, addr, ttl, flags)
-            ip_ttl = pkt.ttl if inj.mirror_ttl else rng.randint(*inj.ip_ttl)
-            if inj.ip_id == "random":
-                ip_id = rng.randint(0, 0xFFFF)
+            reading = None
+            if inj.wallbleed and self._era != "fixed":
+                memory = plausible_memory(rng, 300)
+                buffer = wallbleed.injector_buffer(pkt.payload, memory)
+                reading = wallbleed.read_query(buffer, len(pkt.payload), self._era)
+                if reading is None or (self._era == "v2" and reading.qclass != 1):
+                    continue
+                name = reading.name.lower().decode("latin-1")
+                rule = p.domains.match(name)
+                if rule is None:
+                    continue
+                qname, qtype = name, reading.qtype
             else:
-                ip_id = 0 if inj.ip_id == "zero" else pkt.ip_id
-            lo, hi = inj.latency_ms
-            delay = rng.uniform(lo, hi) / 1000.0 if hi > 0 else 0.0
-            forged.append(
-                Forged(
-                    packet=build_udp(
-                        pkt.dst,
-                        pkt.src,
-                        pkt.dport,
-                        pkt.sport,
-                        payload,
-                        ttl=ip_ttl,
-                        ip_id=ip_id,
-                        df=inj.df,
-                    ),
-                    delay=delay,
-                    toward="client" if seen.c2s else "server",
-                )
-            )
+                rule, name = strict_rule, query.qname
+            if rule is None:
+                continue
+            if inj.coverage < 1.0 and _share(name, inj.name) >= inj.coverage:
+                continue
+            rtype = reading.qtype if reading is not None else query.qtype
+            process = rng.randrange(inj.processes) if inj.processes > 1 else 0
+            addr = self._address(index, inj, rtype == QTYPE_AAAA, process)
+            ttl = rng.randint(*inj.dns_ttl)
+            if reading is not None:
+                payload = wallbleed.build(reading, addr, ttl)
+                if inj.flags is not None:
+                    payload = payload[:2] + inj.flags.to_bytes(2, "big") + payload[4:]
+                flags = int.from_bytes(payload[2:4], "big")
+                leaked = reading.overread
+            else:
+                flags = inj.flags if inj.flags is not None else (0x8180 if query.rd else 0x8400)
+                payload = build_answer(pkt.payload, query, addr, ttl, flags)
+                leaked = 0
+            forged.append(self._forge(seen, inj, payload, rng))
+            rules.append(rule)
             answered.append(
-                ForgedAnswer(injector=inj.name, addr=addr_text(addr), flags=f"0x{flags:04x}")
+                ForgedAnswer(
+                    injector=inj.name, addr=addr_text(addr), flags=f"0x{flags:04x}", leaked=leaked
+                )
             )
         if not forged:
             return None
         return Decision(
             action="dns-inject",
-            rule=rule,
+            rule=rules[0],
             injections=tuple(forged),
-            fields=InjectFields(qname=query.qname, qtype=query.qtype, answers=tuple(answered)),
+            fields=InjectFields(qname=qname, qtype=qtype, answers=tuple(answered)),
+        )
+
+    def _forge(
+        self, seen: Seen, inj: DnsInjectorParams, payload: bytes, rng: random.Random
+    ) -> Forged:
+        pkt = seen.pkt
+        ip_ttl = pkt.ttl if inj.mirror_ttl else rng.randint(*inj.ip_ttl)
+        if inj.ip_id == "random":
+            ip_id = rng.randint(0, 0xFFFF)
+        else:
+            ip_id = 0 if inj.ip_id == "zero" else pkt.ip_id
+        lo, hi = inj.latency_ms
+        delay = rng.uniform(lo, hi) / 1000.0 if hi > 0 else 0.0
+        return Forged(
+            packet=build_udp(
+                pkt.dst, pkt.src, pkt.dport, pkt.sport, payload, ttl=ip_ttl, ip_id=ip_id, df=inj.df
+            ),
+            delay=delay,
+            toward="client" if seen.c2s else "server",
         )
 
 

@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Mechanism, Residual, Seen
 from gfwlab.mechanisms import register_mechanism
-from gfwlab.mechanisms._forge import Injector, ResidualResetFields, forge_resets
+from gfwlab.mechanisms._forge import Injector, ResetParams, ResidualResetFields, forge_resets
 from gfwlab.proto.http import HttpRequest
-from gfwlab.rules import CommonParams, DomainSet, KeywordSet, ResidualKey
+from gfwlab.rules import DomainSet, KeywordSet, ResidualKey
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class HttpKeywordParams(CommonParams):
+class HttpKeywordParams(ResetParams):
     domains: DomainSet = DomainSet()
     """Host rules (bare domains include subdomains)."""
     keywords: KeywordSet = KeywordSet()
@@ -47,9 +47,8 @@ class HttpKeywordParams(CommonParams):
     probability: float = 0.75
     """Share of matching requests that are reset (~75%, spec §3)."""
     injector: Injector = "clayton2006"
-    """Reset fingerprint: clayton2006, type1, type2, type3 or mixed."""
-    latency_ms: tuple[float, float, float] = (11.52, 17.98, 445.38)
-    """First-reset latency (the SNI figures; HTTP's were not published separately)."""
+    """Reset fingerprint: clayton2006, type1, type2, type3 or mixed (delays: the SNI
+    measurements; HTTP's were not published separately)."""
     residual_s: float = 90.0
     """Penalty box length (spec §3; INTANG FAQ)."""
     residual_key: ResidualKey = "3-tuple"
@@ -58,6 +57,7 @@ class HttpKeywordParams(CommonParams):
     """Share of new connections blocked during the penalty box (50-75% measured)."""
 
     def __post_init__(self) -> None:
+        ResetParams.__post_init__(self)
         for name in ("probability", "residual_probability"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -135,8 +135,13 @@ class HttpKeyword(Mechanism):
 
     def _reset(self, seen: Seen, rule: str, request: HttpRequest | None) -> Decision:
         p = self.params
+        host = request.host if request is not None else None
         kind, forged = forge_resets(
-            seen.pkt, c2s=seen.c2s, injector=p.injector, rng=self.rng(seen), latency_ms=p.latency_ms
+            seen.pkt,
+            c2s=seen.c2s,
+            params=p,
+            rng=self.rng(seen),
+            name_rng=self.keyed_rng("injector", host or rule),
         )
         return Decision(
             action="rst",

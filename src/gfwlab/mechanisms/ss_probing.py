@@ -13,14 +13,27 @@ Measured, and emulated here:
   changed), R4 (byte 16 changed), R5 (bytes 6 and 16 changed); random NR1 at lengths 7-9, 11-13,
   15-17, 21-23, 32-34, 40-42, 48-50 and NR2 of exactly 221 bytes (about 3x all NR1 together);
 - staging: R3, R4 and R5 are sent only after the server answered R1 or R2;
-- delay of the first replay: >20% within 1 s, >50% within 1 min, >75% within 15 min, min 0.28 s,
-  max 570 h (artifact: 24% / 52% / 76%, median 37.5 s). Drawn piecewise log-uniformly through those
-  points; ``delay_scale`` shrinks it so a lab run takes seconds;
+- replays per connection and their delays (spec §14j, artifact replay-delay data): a replayed
+  connection gets 3.43 replays on average (20,028 over 5,844 connections; one payload was
+  replayed 47 times), drawn here as 1 + a geometric count with that mean, capped at
+  ``max_replays``. The first replay's delay after the trigger follows :data:`FIRST_REPLAY_S`
+  (p10 0.67 s, median 37.5 s, p90 1,157 s; min 0.28 s and max 570 h from the paper), each later
+  one :data:`LATER_REPLAY_S` (median 1,037 s, 7.5% beyond 2.3 h), sampled log-linearly between
+  the published quantiles from the flow's stream. ``delay_scale`` shrinks them so a lab run
+  takes seconds. Random probes and staged R3-R5 use the first-replay table (their own delays
+  were not published);
 - prober fingerprint: IP TTL 46-50, source ports 32768-60999 (~90%), TCP timestamps from a
   250 Hz clock, connection closed (FIN/ACK) within 10 s;
 - blocking: by dropping server-to-client packets of the server's port or whole address (null
   routing). The paper saw it on only 3 servers and thought it human-driven, so when to block is
   a parameter (``block_on``), and so is how long (``block_s``).
+
+Differences: later replays are drawn independently of the first, so about 38% of connections
+with more than one replay have a later replay earlier than their first (the first is the first
+one planned). The two
+published marginals cannot both hold with ordered replays at 3.43 per connection: conditioning
+later replays on coming after the first moves their distribution by a KS distance of 0.17, and
+calling the earliest draw the first moves the first-replay distribution by 0.15.
 
 Unverified, so parameters: the share of candidate connections that draw probes
 (``probability``), and the prober addresses (the lab uses its own inside range; IMC'20 saw 12,300
@@ -31,7 +44,6 @@ the GFW probed Shadowsocks servers, not every HTTPS server.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import math
 import random
@@ -41,13 +53,29 @@ from typing import Literal
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Mechanism, PlannedProbe, ProbeResult, Residual, Seen
 from gfwlab.mechanisms import register_mechanism
-from gfwlab.rules import CommonParams
+from gfwlab.rules import CommonParams, quantiles
+from gfwlab.rules.quantiles import Quantiles
 
 NR1_LENGTHS = tuple(n + d for n in (8, 12, 16, 22, 33, 41, 49) for d in (-1, 0, 1))
 """NR1 probe lengths: trios around 8, 12, 16, 22, 33, 41, 49 (IMC'20 §4)."""
 NR2_LENGTH = 221
-DELAY_POINTS = ((0.0, 0.28), (0.24, 1.0), (0.52, 60.0), (0.76, 900.0), (1.0, 570 * 3600.0))
-"""(cumulative share, seconds) of the first replay's delay (IMC'20 artifact, 5,844 replays)."""
+_MAX_S = 570 * 3600.0
+FIRST_REPLAY_S: Quantiles = (
+    (0.0, 0.28), (0.01, 0.45), (0.05, 0.58), (0.10, 0.67), (0.20, 0.86), (0.30, 1.72),
+    (0.40, 4.20), (0.50, 37.5), (0.60, 140.0), (0.70, 782.0), (0.80, 964.0), (0.90, 1157.0),
+    (0.95, 1303.0), (0.99, 8443.0), (1.0, _MAX_S),
+)  # fmt: skip
+"""Seconds from the trigger to a connection's first replay (spec §14j, IMC'20 artifact, 5,844
+first replays; min 0.28 s and max 570 h from the paper)."""
+LATER_REPLAY_S: Quantiles = (
+    (0.0, 0.28), (0.01, 1.4), (0.05, 10.5), (0.10, 23.1), (0.20, 92.0), (0.30, 335.0),
+    (0.40, 858.0), (0.50, 1037.0), (0.60, 1218.0), (0.70, 1611.0), (0.80, 2570.0),
+    (0.90, 6168.0), (0.95, 12308.0), (0.99, 87862.0), (1.0, _MAX_S),
+)  # fmt: skip
+"""Seconds from the trigger to each later replay of the same connection (spec §14j, 14,184
+replays; the minimum is not published and is taken as the first replays' 0.28 s)."""
+REPLAYS_MEAN = 20_028 / 5_844
+"""Replays per replayed connection (spec §14j): 3.43."""
 REPLAYS = ("R1", "R2", "R3", "R4", "R5")
 
 
@@ -71,8 +99,14 @@ class SsProbingParams(CommonParams):
     """How much likelier a 7.2 bits/byte packet is replayed than a 3.0 one (IMC'20: ~4x)."""
     skip_protocols: bool = True
     """TLS- or HTTP-looking first packets (FET Ex5) are not candidates (inference)."""
-    replays: int = 2
-    """R1/R2 replays in the first stage."""
+    replays_mean: float = REPLAYS_MEAN
+    """Mean number of R1/R2 replays per probed connection (1 + geometric; IMC'20: 3.43)."""
+    max_replays: int = 47
+    """Most replays of one connection (IMC'20: one payload was replayed 47 times)."""
+    first_replay_s: Quantiles = FIRST_REPLAY_S
+    """Quantile table ([share, seconds] pairs) of the delay to a connection's first replay."""
+    later_replay_s: Quantiles = LATER_REPLAY_S
+    """Quantile table of the delay to each later replay of the connection."""
     random_probes: int = 1
     """NR1/NR2 probes in the first stage (NR2 three times as likely as NR1)."""
     delay_scale: float = 1.0
@@ -99,6 +133,10 @@ class SsProbingParams(CommonParams):
             raise ValueError("probability must be between 0 and 1")
         if self.delay_scale < 0:
             raise ValueError("delay_scale must not be negative")
+        if self.replays_mean < 1.0 or self.max_replays < 1:
+            raise ValueError("replays_mean and max_replays must be at least 1")
+        quantiles.check(self.first_replay_s, "first_replay_s")
+        quantiles.check(self.later_replay_s, "later_replay_s")
 
 
 def entropy(data: bytes) -> float:
@@ -183,7 +221,14 @@ class SsProbing(Mechanism):
 
     def _first_stage(self, rng: random.Random, payload: bytes) -> tuple[PlannedProbe, ...]:
         p = self.params
-        out = [self._probe(rng, REPLAYS[i % 2], payload) for i in range(p.replays)]
+        n = 1
+        more = 1.0 - 1.0 / p.replays_mean  # 1 + geometric: the mean is replays_mean
+        while n < p.max_replays and rng.random() < more:
+            n += 1
+        out = [
+            self._probe(rng, REPLAYS[i % 2], payload, p.first_replay_s if i == 0 else None)
+            for i in range(n)
+        ]
         for _ in range(p.random_probes):
             if rng.random() < 0.75:
                 out.append(self._probe(rng, "NR2", rng.randbytes(NR2_LENGTH)))
@@ -191,12 +236,18 @@ class SsProbing(Mechanism):
                 out.append(self._probe(rng, "NR1", rng.randbytes(rng.choice(NR1_LENGTHS))))
         return tuple(out)
 
-    def _probe(self, rng: random.Random, kind: str, payload: bytes) -> PlannedProbe:
+    def _probe(
+        self, rng: random.Random, kind: str, payload: bytes, table: Quantiles | None = None
+    ) -> PlannedProbe:
+        """A probe; replays after the first draw from ``later_replay_s`` (``table`` None and
+        ``kind`` a replay), the rest from ``table`` or the first-replay table."""
         p = self.params
+        if table is None:
+            table = p.later_replay_s if kind in ("R1", "R2") else p.first_replay_s
         return PlannedProbe(
             kind=kind,
             payload=mutate(kind, payload, rng.randbytes(10)),
-            delay=self.draw_delay(rng) * p.delay_scale,
+            delay=self.draw_delay(rng, table) * p.delay_scale,
             ttl=rng.randint(*p.ttl),
             sport=rng.randint(*p.sport),
             tsval_hz=p.tsval_hz,
@@ -204,14 +255,10 @@ class SsProbing(Mechanism):
             origin=payload,
         )
 
-    def draw_delay(self, rng: random.Random) -> float:
-        """Seconds until a probe, from the measured first-replay delays (log-uniform pieces)."""
-        u = rng.random()
-        shares = [s for s, _ in DELAY_POINTS]
-        i = max(1, bisect.bisect_left(shares, u))
-        (s0, t0), (s1, t1) = DELAY_POINTS[i - 1], DELAY_POINTS[i]
-        f = (u - s0) / (s1 - s0) if s1 > s0 else 0.0
-        return min(self.params.max_delay_s, math.exp(math.log(t0) + f * math.log(t1 / t0)))
+    def draw_delay(self, rng: random.Random, table: Quantiles | None = None) -> float:
+        """Seconds until a probe, drawn from ``table`` (default: the first-replay delays)."""
+        drawn = quantiles.sample(table or self.params.first_replay_s, rng)
+        return min(self.params.max_delay_s, drawn)
 
     def on_probe_result(self, seen: Seen, result: ProbeResult) -> Decision | None:
         p = self.params

@@ -14,8 +14,9 @@ Measured, and emulated here:
   reassembled, TLS records are not (a ClientHello split across records passes, 2024-04-04),
   except on networks that join records (``record_reassembly_from``: CERNET and China Mobile
   from December 2025, spec §14d; set by ``--network``, see :mod:`gfwlab.profiles.networks`);
-- action: resets to both ends from injector types I, II or III (``injector``; see ``_forge``),
-  first reset 11.52-445.38 ms after the ClientHello, mean 17.98 ms;
+- action: resets to both ends from injector types I, II or III (``injector``; see ``_forge``):
+  per trigger 60.66% / 38.69% / 0.65%, sticky per name; the first reset after the ClientHello
+  from the measured per-type delay distributions (p50 14.69 ms for type I, 16.58 ms for type II);
 - residual: 180 s for all three types, on (client IP, server IP, server port); new connections
   on that key are reset.
 
@@ -31,21 +32,17 @@ from dataclasses import dataclass
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Mechanism, Needs, Residual, Seen
 from gfwlab.mechanisms import register_mechanism
-from gfwlab.mechanisms._forge import Injector, ResidualResetFields, forge_resets
+from gfwlab.mechanisms._forge import ResetParams, ResidualResetFields, forge_resets
 from gfwlab.proto.tls import ClientHello
-from gfwlab.rules import CommonParams, DomainSet, ResidualKey
+from gfwlab.rules import DomainSet, ResidualKey
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TlsSniParams(CommonParams):
+class TlsSniParams(ResetParams):
     domains: DomainSet = DomainSet()
     """SNI rules blocked in both directions (bare domains include subdomains)."""
     inside_out_only: DomainSet = DomainSet()
     """SNI rules blocked only when the client is inside (spec §1 asymmetry)."""
-    injector: Injector = "mixed"
-    """Reset fingerprint: type1, type2, type3, mixed (dataset proportions) or clayton2006."""
-    latency_ms: tuple[float, float, float] = (11.52, 17.98, 445.38)
-    """First-reset latency after the ClientHello: min, mean, max in ms (S&P'25 §4)."""
     residual_s: float = 180.0
     """How long later connections on the residual key are reset."""
     residual_key: ResidualKey = "3-tuple"
@@ -108,7 +105,11 @@ class TlsSni(Mechanism):
     def _reset(self, seen: Seen, rule: str, sni: str | None) -> Decision:
         p = self.params
         kind, forged = forge_resets(
-            seen.pkt, c2s=seen.c2s, injector=p.injector, rng=self.rng(seen), latency_ms=p.latency_ms
+            seen.pkt,
+            c2s=seen.c2s,
+            params=p,
+            rng=self.rng(seen),
+            name_rng=self.keyed_rng("injector", sni or rule),
         )
         return Decision(
             action="rst",

@@ -300,3 +300,40 @@ def build_ip(
         return hdr + body
     hdr = struct.pack("!IHBB", 6 << 28, len(body), proto, ttl) + src + dst
     return hdr + body
+
+
+def build_fragment(packet: bytes, offset: int, data: bytes, *, more: bool, ident: int = 0) -> bytes:
+    """A fragment of ``packet`` (a whole IP packet, used for its header): ``data`` at byte
+    ``offset`` (a multiple of 8) of the original payload, with more-fragments ``more``. IPv4
+    keeps the packet's IP ID; an IPv6 fragment gets a Fragment header with ID ``ident`` right
+    after the fixed header (``packet`` must have no extension headers)."""
+    if offset % 8:
+        raise ValueError(f"fragment offsets are multiples of 8, got {offset}")
+    if packet[0] >> 4 == 6:
+        frag = struct.pack("!BBHI", packet[6], 0, offset | int(more), ident)
+        head = packet[:4] + struct.pack("!H", 8 + len(data)) + bytes((_IPV6_FRAGMENT,))
+        return head + packet[7:40] + frag + data
+    ihl = (packet[0] & 0x0F) * 4
+    hdr = bytearray(packet[:ihl])
+    struct.pack_into("!H", hdr, 2, ihl + len(data))
+    frag = (struct.unpack_from("!H", hdr, 6)[0] & 0x4000) | (0x2000 if more else 0) | offset // 8
+    struct.pack_into("!H", hdr, 6, frag)
+    struct.pack_into("!H", hdr, 10, 0)
+    struct.pack_into("!H", hdr, 10, checksum(bytes(hdr)))
+    return bytes(hdr) + data
+
+
+def fragment(packet: bytes, size: int, *, ident: int = 0) -> list[bytes]:
+    """``packet`` cut into fragments carrying ``size`` payload bytes each (a multiple of 8), in
+    order. IPv4 keeps the IP ID (set a non-zero one when building ``packet``); IPv6 fragments
+    carry ``ident``."""
+    if size <= 0 or size % 8:
+        raise ValueError(f"fragment size must be a positive multiple of 8, got {size}")
+    head = 40 if packet[0] >> 4 == 6 else (packet[0] & 0x0F) * 4
+    body = packet[head:]
+    return [
+        build_fragment(
+            packet, off, body[off : off + size], more=off + size < len(body), ident=ident
+        )
+        for off in range(0, len(body), size)
+    ]

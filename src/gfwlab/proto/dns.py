@@ -94,9 +94,46 @@ class DnsQuery:
     anomalies: tuple[str, ...] = ()
     """Oddities seen: ``dns.name_truncated``, ``dns.dot_in_label``, ``dns.nul_in_label``,
     ``dns.qdcount_not_one``."""
+    overrun: str | None = None
+    """In lenient mode, for a query the injector would read past the datagram (or through a
+    length byte 0x40-0xFF): the kind a bounds-checked read raised. The name fields are then
+    empty; the Wallbleed-era injector reads such queries itself (:mod:`gfwlab.proto.wallbleed`)."""
 
 
-def parse_query(data: bytes, *, name_limit: int = DEFAULT_MAX_NAME) -> DnsQuery | None:
+OVERRUN_KINDS = frozenset(
+    {"dns.no_question", "dns.label_overrun", "dns.compression_in_query", "dns.bad_label_type"}
+)
+"""The malformed kinds that a buggy injector would still have read (past the datagram)."""
+
+
+def parse_query(
+    data: bytes, *, name_limit: int = DEFAULT_MAX_NAME, lenient: bool = False
+) -> DnsQuery | None:
+    """:func:`parse_strict`; with ``lenient``, a query that reads past the datagram comes back
+    as a :class:`DnsQuery` with ``overrun`` set (and the kind as its anomaly) instead of
+    raising, so that a mechanism with its own reading (Wallbleed) sees it."""
+    try:
+        return parse_strict(data, name_limit=name_limit)
+    except MalformedPacket as exc:
+        if not lenient or exc.kind not in OVERRUN_KINDS:
+            raise
+        ident, flags = _HEADER.unpack_from(data)[:2]
+        return DnsQuery(
+            id=ident,
+            flags=flags,
+            rd=bool(flags & _RD),
+            opcode=(flags >> 11) & 0xF,
+            qname="",
+            qname_wire=b"",
+            qtype=0,
+            qclass=0,
+            question_end=len(data),
+            anomalies=(exc.kind,),
+            overrun=exc.kind,
+        )
+
+
+def parse_strict(data: bytes, *, name_limit: int = DEFAULT_MAX_NAME) -> DnsQuery | None:
     """Parse one UDP DNS payload the way the injector does.
 
     Returns ``None`` for a response (QR=1): the injector does not answer those. DNS over UDP is

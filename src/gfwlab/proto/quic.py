@@ -22,8 +22,15 @@ Initial where the RFC leaves it room or the client breaks the rules. Each readin
   is not an Initial here (``None``); v2 is parsed and reported with its version;
 - row 5 (a connection ID of length 255, not blocked): a CID longer than 20 bytes is malformed
   for v1 and v2 (RFC 9000 §17.2), ``quic.cid_too_long``;
-- row 6 (CRYPTO frame of length 0 that still carries data, blocked): a CRYPTO Length of 0 is read
-  as "to the end of the packet", and the handshake message's own length bounds the ClientHello;
+- row 6 (CRYPTO frame of length 0 that still carries data, blocked): the published payload
+  (``exp10.bin``, spec §14e) is ``06 00 00 00 01 00 00 3c ...``: CRYPTO, Offset 0, Length 0, one
+  more zero byte, then the ClientHello. How the censor reads it is unknown (spec §12.8); the three
+  readings consistent with rows 6 and 8 are :data:`CRYPTO_READINGS`, chosen with
+  ``crypto_reading``: ``skip-zeros`` (the default: after a zero Length, zero bytes are skipped as
+  PADDING and the data runs to the end of the packet), ``scan`` (after a zero Length, scan forward
+  for a handshake header ``01`` + 3-byte length that fits) and ``two-byte-length`` (the Length is
+  read as a fixed two-byte field, ``00 00`` meaning "to the end of the packet"). In each, the
+  handshake message's own length bounds the ClientHello;
 - row 7 (blocked name only in ALPN, not blocked): only the server_name extension is read;
 - row 8 (one CRYPTO frame after a PING frame and PADDING, with PINGs after it, not blocked):
   the censor reads the ClientHello from the **first frame that is not PADDING** only. That frame
@@ -56,7 +63,7 @@ import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -87,6 +94,10 @@ FRAME_PING = 0x01
 FRAME_ACK = 0x02
 FRAME_ACK_ECN = 0x03
 FRAME_CRYPTO = 0x06
+CryptoReading = Literal["skip-zeros", "scan", "two-byte-length"]
+CRYPTO_READINGS: tuple[CryptoReading, ...] = ("skip-zeros", "scan", "two-byte-length")
+"""How the censor reads a CRYPTO frame whose Length is zero but which carries data (Table 3 row
+6, spec §14e): the candidate readings, the default first."""
 FRAME_CONNECTION_CLOSE = 0x1C
 
 # Per version: initial salt (RFC 9001 §5.2, RFC 9369 §3.3.1), key/iv/hp labels (RFC 9001 §5.1,
@@ -237,12 +248,14 @@ def _need_varint(data: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
 # --- dissecting ------------------------------------------------------------------------------
 
 
-def parse_initial(datagram: bytes) -> QuicInitial | None:
+def parse_initial(
+    datagram: bytes, *, crypto_reading: CryptoReading = "skip-zeros"
+) -> QuicInitial | None:
     """Read the first packet of a UDP datagram as the GFW reads a client Initial.
 
     Returns None if the datagram is not a long-header Initial of QUIC v1 or v2; raises
     :class:`MalformedPacket` (``quic.*``) if it claims to be one and cannot be read. See the
-    module docstring for the Table 3 readings.
+    module docstring for the Table 3 readings; ``crypto_reading`` picks the row-6 one.
     """
     n = len(datagram)
     if n < 5 or not datagram[0] & 0x80:
@@ -310,7 +323,7 @@ def parse_initial(datagram: bytes) -> QuicInitial | None:
         ) from None
     if first_plain & 0x0C:
         anomalies.append("quic.reserved_bits")  # RFC 9000 §17.2: must be 0 after unprotection
-    frames, crypto = _walk_frames(payload, anomalies)
+    frames, crypto = _walk_frames(payload, anomalies, crypto_reading)
     hello = _censor_client_hello(payload, frames, crypto, anomalies)
     return QuicInitial(
         version=version,
@@ -328,7 +341,7 @@ def parse_initial(datagram: bytes) -> QuicInitial | None:
 
 
 def _walk_frames(
-    payload: bytes, anomalies: list[str]
+    payload: bytes, anomalies: list[str], reading: CryptoReading = "skip-zeros"
 ) -> tuple[list[str], list[tuple[int, int, int]]]:
     """Frame kinds in order and each CRYPTO frame as (offset, data start, data end).
 
@@ -361,7 +374,7 @@ def _walk_frames(
             continue
         frames.append(name)
         try:
-            pos = _skip_frame(payload, ftype, body, n, crypto, anomalies)
+            pos = _skip_frame(payload, ftype, body, n, crypto, anomalies, reading)
         except MalformedPacket:
             anomalies.append("quic.frame_truncated")
             break
@@ -375,19 +388,25 @@ def _skip_frame(
     n: int,
     crypto: list[tuple[int, int, int]],
     anomalies: list[str],
+    reading: CryptoReading = "skip-zeros",
 ) -> int:
     """The position after the frame whose body starts at ``pos``."""
     if ftype == FRAME_PING:
         return pos
     if ftype == FRAME_CRYPTO:
         offset, pos = _need_varint(payload, pos, n, "CRYPTO offset")
-        length, pos = _need_varint(payload, pos, n, "CRYPTO length")
+        if reading == "two-byte-length":
+            if pos + 2 > n:
+                raise MalformedPacket("quic.truncated", pos, "CRYPTO length")
+            length, pos = int.from_bytes(payload[pos : pos + 2], "big") & 0x3FFF, pos + 2
+        else:
+            length, pos = _need_varint(payload, pos, n, "CRYPTO length")
         if length == 0 and pos < n:
             # Table 3 row 6: a CRYPTO frame of Length 0 that still carries the ClientHello is
-            # blocked. Reading: the censor takes a zero Length as "the rest of the packet" (the
-            # handshake message's own length then bounds the ClientHello).
+            # blocked. The data runs to the end of the packet (the handshake message's own length
+            # then bounds the ClientHello); where it starts depends on the reading.
             anomalies.append("quic.crypto_length_zero_with_data")
-            crypto.append((offset, pos, n))
+            crypto.append((offset, _zero_length_data(payload, pos, n, reading), n))
             return n
         if pos + length > n:
             raise MalformedPacket("quic.truncated", pos, f"CRYPTO data of {length} bytes")
@@ -409,6 +428,19 @@ def _skip_frame(
     if pos + reason > n:
         raise MalformedPacket("quic.truncated", pos, f"reason of {reason} bytes")
     return pos + reason
+
+
+def _zero_length_data(payload: bytes, pos: int, n: int, reading: CryptoReading) -> int:
+    """Where the data of a zero-Length CRYPTO frame starts under ``reading`` (spec §14e)."""
+    if reading == "skip-zeros":
+        while pos < n - 1 and payload[pos] == 0:
+            pos += 1
+    elif reading == "scan":
+        for at in range(pos, n - HANDSHAKE_HEADER_LEN + 1):
+            size = int.from_bytes(payload[at + 1 : at + HANDSHAKE_HEADER_LEN], "big")
+            if payload[at] == HANDSHAKE_CLIENT_HELLO and at + HANDSHAKE_HEADER_LEN + size <= n:
+                return at
+    return pos
 
 
 def _censor_client_hello(

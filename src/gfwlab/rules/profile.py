@@ -105,6 +105,14 @@ class EngineParams:
     the race as they do on the real border, where the peer is further than the censor."""
     sweep_s: float = 10.0
     """How often (in packet time) idle flows and ended residual blocks are swept."""
+    ip_reassembly: bool = True
+    """Reassemble IPv4 fragments before inspecting them (Khattak'13, spec §3); off: fragments
+    pass uninspected."""
+    ip_overlap: Literal["first", "last", "khattak2013"] = "khattak2013"
+    """Whose bytes win where fragments overlap: the first to arrive, the last, or the first
+    unless the later one covers it on both sides (Khattak'13, spec §3)."""
+    ip_fragment_timeout_s: float = 30.0
+    """How long an incomplete datagram is held (the GFW's value is not published)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
