@@ -50,9 +50,7 @@ class InputError(Exception):
     """A user error found by the CLI itself (reported like GfwlabError, exit 2)."""
 
 
-def _profile(
-    profile: str, date: str | None, sets: list[str] | None, *, today: bool = True
-) -> Any:
+def _profile(profile: str, date: str | None, sets: list[str] | None, *, today: bool = True) -> Any:
     """The profile as of ``--date``; without it, today (or no date at all, for ``analyze``,
     which then takes the capture's own date)."""
     from gfwlab.profiles import load_profile, parse_date  # noqa: PLC0415 - keeps --help fast
@@ -75,6 +73,14 @@ def analyze(
         str | None, typer.Option("--out", help="Write the censored capture (pcap) to this file.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead.")] = False,
+    exact: Annotated[
+        bool,
+        typer.Option(
+            "--exact",
+            help="Feed every packet to the engine (slower; the reference the default fast path "
+            "is tested against: same events and censored capture).",
+        ),
+    ] = False,
 ) -> None:
     """What the Great Firewall would have done to a capture, and why."""
     from gfwlab.offline import analyze as run  # noqa: PLC0415
@@ -107,7 +113,10 @@ def analyze(
             out_path=out,
             progress=progress,
             date_source=source,
+            exact=exact,
         )
+    for warning in summary.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if as_json:
         print(json.dumps(summary.as_dict(), indent=2, ensure_ascii=False))
     else:
@@ -184,6 +193,62 @@ def _print_summary(summary: Any) -> None:
 def _styled(action: str) -> str:
     colour = {"rst": "red", "drop": "magenta", "dns-inject": "yellow", "null-route": "magenta"}
     return f"[{colour.get(action, 'white')}]{action}[/]"
+
+
+@app.command()
+def synth(
+    out: Annotated[str, typer.Argument(help="The pcap file to write.")],
+    flows: Annotated[
+        int | None, typer.Option("--flows", help="Conversations to start (all written whole).")
+    ] = None,
+    packets: Annotated[
+        int | None, typer.Option("--packets", help="Or: stop after this many packets.")
+    ] = None,
+    seed: SeedOpt = 1,
+    mix: Annotated[
+        str, typer.Option("--mix", help="realistic (25-40 packets per flow) or flow-heavy.")
+    ] = "realistic",
+    lists: Annotated[
+        str | None,
+        typer.Option("--lists", help="Directory of the gfw-2024-*.txt name lists (else built-in)."),
+    ] = None,
+    pps: Annotated[float, typer.Option("--pps", help="Mean packets per second.")] = 8000.0,
+) -> None:
+    """Write a deterministic synthetic capture: DNS, HTTP, TLS, QUIC, random TCP and bulk."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from gfwlab.offline.synth import MIXES, generate, load_names  # noqa: PLC0415
+
+    if (flows is None) == (packets is None):
+        raise InputError("give --flows N or --packets N")
+    if (flows or packets or 0) < 1:
+        raise InputError("--flows/--packets must be at least 1")
+    if mix not in MIXES:
+        raise InputError(f"unknown --mix {mix!r}; one of: {', '.join(MIXES)}")
+    try:
+        names = load_names(Path(lists) if lists else None)
+    except OSError as exc:
+        raise InputError(f"{lists}: cannot read the name lists ({exc.strerror or exc})") from None
+    with Progress(
+        TextColumn("[bold]writing[/]"),
+        BarColumn(),
+        TextColumn("{task.completed} packets"),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("synth", total=packets)
+        info = generate(
+            out,
+            flows=flows,
+            packets=packets,
+            seed=seed,
+            mix=mix,
+            names=names,
+            pps=pps,
+            progress=lambda n: bar.update(task, completed=n),
+        )
+    print(json.dumps(info, indent=2))
 
 
 @app.command()

@@ -234,7 +234,8 @@ def _classify(buf: U8, start: I64, length: I64) -> _Fields:
     top = buf.shape[0] - 1
 
     def byte(off: I64 | int, at: I64) -> npt.NDArray[np.int64]:
-        return buf[np.minimum(at + off, top)].astype(np.int64)
+        got: npt.NDArray[np.int64] = buf[np.minimum(at + off, top)].astype(np.int64)
+        return got
 
     def be16(at: I64) -> npt.NDArray[np.int64]:
         word: npt.NDArray[np.int64] = (byte(0, at) << 8) | byte(1, at)
