@@ -26,6 +26,7 @@ What keeps it identical to the every-packet path (``tests/test_fastpath.py``):
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -36,9 +37,11 @@ import numpy as np
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, Probe, Report
 from gfwlab.engine.censor import Censor
 from gfwlab.engine.flows import Flow, FlowState, flow_key
+from gfwlab.engine.residual import Key, residual_key
 from gfwlab.offline.index import I64, CaptureIndex
 from gfwlab.packet.ip import parse
 from gfwlab.packet.pcap import MAX_CAPLEN, PcapWriter
+from gfwlab.rules.profile import ResidualKey
 
 Writes = list[tuple[float, bytes]]
 
@@ -100,7 +103,6 @@ def run(
     lookup = censor.residual.lookup
     handled = np.zeros(n, dtype=np.bool_)
     plan = Plan()
-    residual = censor.residual
     table = censor.flows.flows
 
     def collect(actions: Iterable[Action], at: float, packet: bytes | None, out: Writes) -> None:
@@ -131,35 +133,50 @@ def run(
     heap: list[tuple[int, int, int]] = []
     life_of = lives.life_of
     pos = lives.pos
+    # Residual drop blocks: which bypassed flows a drop entry's key covers (see _DropWatch).
+    watch = _DropWatch(censor)
+    suspect = bytearray(n_lives)
     nl = 0
     last = -1
     fed = 0
+
+    def push_next(life: int, after: int) -> None:
+        lo, hi = lstart[life], lstart[life] + lcount[life]
+        at = bisect.bisect_right(order, after, lo, hi)
+        if at < hi:
+            heapq.heappush(heap, (order[at], life, at - lo))
+
+    def suspects(lives_hit: Iterable[int]) -> None:
+        for hit in lives_hit:
+            if status[hit] == 1 and not suspect[hit]:
+                suspect[hit] = 1
+                push_next(hit, last)
+
     while True:
-        if residual.drops:
-            i = last + 1
-        else:
-            i = heap[0][0] if heap else n
-            if nl < n_lives and first[nl] < i:
-                i = first[nl]
+        i = heap[0][0] if heap else n
+        if nl < n_lives and first[nl] < i:
+            i = first[nl]
         if i >= n:
             break
         now = tsl[i]
         timers(now, last)
+        watch.forget_expired()
         last = i
         if heap and heap[0][0] == i:
             _, life, k = heapq.heappop(heap)
-        elif nl < n_lives and first[nl] == i:
+        else:
             life, k = nl, 0
             nl += 1
-        else:  # a later packet of a finished flow, while a residual drop block is held
-            life, k = int(life_of[i]), int(pos[i])
-            if status[life] != 1:
-                continue  # blocked: its verdict is cached, counted in bulk below
+        if status[life] == 1:  # a bypassed flow that a drop entry's key covers
+            if k + 1 < lcount[life]:
+                heapq.heappush(heap, (order[lstart[life] + k + 1], life, k + 1))
             held = flows[life]
             assert held is not None
             c2s = lower[i] == client_lower[life]
             if lookup(held, "drop-c2s" if c2s else "drop-s2c", now) is None:
-                continue  # no drop block covers it: it stays bypassed, counted in bulk
+                continue  # not blocked now: it stays bypassed, counted in bulk
+        elif status[life] == 2:
+            continue  # blocked since it was queued: its verdict is cached
         flow = flows[life]
         if flow is not None:
             flow.packets = k
@@ -170,6 +187,8 @@ def run(
         fed += 1
         if progress is not None and not fed & 0x3FFF:
             progress(int(index.start[i]), index.size)
+        if watch.changed():
+            suspects(watch.new_hits())
         if not keyed[life]:
             status[life] = 3
             continue
@@ -190,6 +209,8 @@ def run(
             if status[life] == 0:
                 status[life] = 1
                 bypass_from[life] = k + 1
+                if k + 1 < lcount[life] and watch.register(life, flow):
+                    suspects((life,))
         elif status[life] == 0 and k + 1 < lcount[life]:
             heapq.heappush(heap, (order[lstart[life] + k + 1], life, k + 1))
     if n:
@@ -201,6 +222,68 @@ def run(
     )  # fmt: skip
     plan.fed = fed
     return plan
+
+
+_DROP_POLICIES = ("drop-c2s", "drop-s2c")
+
+
+class _DropWatch:
+    """Which bypassed flows a residual drop entry could cover, without looking at each packet.
+
+    The engine looks every packet of a bypassed flow up in the residual table while any drop
+    block is held; an entry can only cover a flow whose residual key (of the entry's kind) is
+    the entry's key. So each bypassed flow with packets still to come is registered under its
+    key of every kind in use by drop entries, and each new drop entry names the flows it hits:
+    only their later packets are looked up (with the engine's own lookup) and, if covered,
+    fed. Entries are only added while a packet is fed and only removed by the timer's sweep.
+    """
+
+    def __init__(self, censor: Censor) -> None:
+        self.residual = censor.residual
+        self.known: set[tuple[str, ResidualKey, str, Key]] = set()
+        self.keys: set[tuple[ResidualKey, Key]] = set()
+        self.kinds: dict[ResidualKey, dict[Key, list[int]]] = {}
+        self.flows: dict[int, Flow] = {}
+        self.size = 0
+        self.fresh: list[tuple[str, ResidualKey, str, Key]] = []
+
+    def forget_expired(self) -> None:
+        entries = self.residual.entries
+        if len(entries) < self.size:
+            self.known = {k for k in self.known if k in entries}
+            self.keys = {(kind, key) for _m, kind, _p, key in self.known}
+            self.size = len(entries)
+
+    def changed(self) -> bool:
+        entries = self.residual.entries
+        if len(entries) == self.size:
+            return False
+        self.size = len(entries)
+        self.fresh = [k for k in entries if k[2] in _DROP_POLICIES and k not in self.known]
+        self.known.update(self.fresh)
+        self.keys.update((kind, key) for _m, kind, _p, key in self.fresh)
+        return bool(self.fresh)
+
+    def new_hits(self) -> list[int]:
+        hits: list[int] = []
+        for _mech, kind, _policy, key in self.fresh:
+            table = self.kinds.get(kind)
+            if table is None:  # a kind not used before: register every bypassed flow under it
+                table = self.kinds[kind] = {}
+                for life, flow in self.flows.items():
+                    table.setdefault(residual_key(flow, kind), []).append(life)
+            hits.extend(table.get(key, ()))
+        return hits
+
+    def register(self, life: int, flow: Flow) -> bool:
+        """Register a newly bypassed flow; True if a drop entry already covers its key."""
+        self.flows[life] = flow
+        hit = False
+        for kind, table in self.kinds.items():
+            key = residual_key(flow, kind)
+            table.setdefault(key, []).append(life)
+            hit = hit or (kind, key) in self.keys
+        return hit
 
 
 def _account(
