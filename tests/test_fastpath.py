@@ -172,3 +172,14 @@ def test_synth_is_deterministic(tmp_path: Path) -> None:
     assert 20 <= ia["packets_per_flow"] <= 45
     heavy = generate(str(c), packets=20_000, seed=1, mix="flow-heavy")
     assert 100_000 <= heavy["flows_started"] * 1_000_000 / heavy["packets"] <= 160_000
+
+
+@pytest.mark.parametrize("max_flows", [5, 40])
+def test_full_flow_table_evicts_identically(tmp_path: Path, max_flows: int) -> None:
+    """A table smaller than the capture's concurrent flows: the oldest flows are evicted, the
+    count is in the summary, and the fast path follows the engine's new flows exactly."""
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=200, seed=8, mix="realistic", pps=40_000.0)
+    se, sf = _both(tmp_path, str(cap), _profile(f"engine.max_flows={max_flows}"))
+    assert se.flows_evicted > 0 and sf.flows_evicted == se.flows_evicted
+    assert se.flows > 200  # evicted flows seen again are new flows

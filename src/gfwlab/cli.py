@@ -179,6 +179,12 @@ def _print_summary(summary: Any) -> None:
             if summary.anomaly_kinds
             else ""
         )
+        + (
+            f"; {summary.flows_evicted} flows evicted from the full flow table "
+            "(engine.max_flows)"
+            if summary.flows_evicted
+            else ""
+        )
     )
     passes = {k: n for k, n in summary.events.items() if k.endswith("/pass")}
     if passes:

@@ -62,6 +62,8 @@ class Summary:
     injected: int = 0
     anomalies: int = 0
     bypassed_pkts: int = 0
+    flows_evicted: int = 0
+    """Flows forgotten because the flow table was full (``engine.max_flows``)."""
     engine_packets: int = 0
     """Packets fed to the engine one by one (the fast path accounts for the rest in bulk)."""
     warnings: list[str] = field(default_factory=list)
@@ -87,6 +89,7 @@ class Summary:
             "anomalies": self.anomalies,
             "anomaly_kinds": self.anomaly_kinds,
             "bypassed_packets": self.bypassed_pkts,
+            "flows_evicted": self.flows_evicted,
             "engine_packets": self.engine_packets,
             "warnings": self.warnings,
             "events": self.events,
@@ -238,6 +241,7 @@ def _run_fast(
     if len(index):
         summary.start_ts = float(index.ts[0])
     _fill(summary, censor.stats, rows)
+    summary.flows_evicted = censor.flows.evicted
     summary.engine_packets = plan.fed
     summary.skipped = index.skipped
     summary.truncated_at = index.truncated_at
@@ -300,6 +304,7 @@ def _run(
     if progress is not None:
         progress(reader.size, reader.size)
     _fill(summary, censor.stats, rows)
+    summary.flows_evicted = censor.flows.evicted
     summary.engine_packets = censor.stats.packets
     summary.skipped = reader.skipped
     summary.truncated_at = reader.truncated_at if reader.truncated else None

@@ -93,11 +93,11 @@ def run(
     n_lives = len(first)
     status = bytearray(n_lives)  # 0 inspecting, 1 bypassed, 2 blocked, 3 done
     flows: list[Flow | None] = [None] * n_lives
-    big = np.iinfo(np.int64).max
-    bypass_from = np.full(n_lives, big, dtype=np.int64)
-    block_from = np.full(n_lives, big, dtype=np.int64)
-    block_code = np.zeros(n_lives, dtype=np.int8)
-    client_lower = np.zeros(n_lives, dtype=np.bool_)
+    big = int(np.iinfo(np.int64).max)
+    bypass_from = [big] * n_lives
+    block_from = [big] * n_lives
+    block_code = [0] * n_lives
+    client_lower = [False] * n_lives
     """Whether the flow's client is the lower endpoint of its key."""
     lower: list[bool] = index.lower.tolist()
     lookup = censor.residual.lookup
@@ -136,6 +136,37 @@ def run(
     # Residual drop blocks: which bypassed flows a drop entry's key covers (see _DropWatch).
     watch = _DropWatch(censor)
     suspect = bytearray(n_lives)
+    # A full flow table evicts flows (oldest first): a life whose flow is evicted goes on as a
+    # new life from its next packet, as the engine makes a new flow for it.
+    evicted = censor.flows.evicted_log = [] if n_lives > censor.flows.max_flows else None
+    life_by_flow: dict[int, int] = {}
+
+    def split(flow: Flow) -> None:
+        life = life_by_flow.pop(id(flow), None)
+        if life is None:
+            return
+        lo, hi = lstart[life], lstart[life] + lcount[life]
+        at = bisect.bisect_right(order, last, lo, hi)
+        if at == hi:
+            return
+        new = len(first)
+        lstart.append(at)
+        lcount.append(hi - at)
+        lcount[life] = at - lo
+        first.append(order[at])
+        final.append(final[life])
+        keyed.append(True)
+        status.append(0)
+        flows.append(None)
+        suspect.append(0)
+        for arr, value in ((bypass_from, big), (block_from, big), (block_code, 0)):
+            arr.append(value)
+        client_lower.append(False)
+        rest = lives.order[at:hi]
+        life_of[rest] = new
+        pos[rest] -= at - lo
+        heapq.heappush(heap, (order[at], new, 0))
+
     nl = 0
     last = -1
     fed = 0
@@ -164,6 +195,8 @@ def run(
         last = i
         if heap and heap[0][0] == i:
             _, life, k = heapq.heappop(heap)
+            if k >= lcount[life]:
+                continue  # queued before its flow was evicted: the new life has it
         else:
             life, k = nl, 0
             nl += 1
@@ -189,6 +222,10 @@ def run(
             progress(int(index.start[i]), index.size)
         if watch.changed():
             suspects(watch.new_hits())
+        if evicted:
+            for gone in evicted:
+                split(gone)
+            evicted.clear()
         if not keyed[life]:
             status[life] = 3
             continue
@@ -198,9 +235,14 @@ def run(
             if flow is None:
                 raise FastPathError(f"{index.path}: packet {i} made no flow")
             flows[life] = flow
+            if evicted is not None:
+                life_by_flow[id(flow)] = life
             client_lower[life] = lower[i] == (pkt.src == flow.client and pkt.sport == flow.cport)
         flow.last_seen = final[life]
         state = flow.state
+        if k + 1 >= lcount[life]:  # its last packet: nothing more will need the flow
+            flows[life] = None
+            life_by_flow.pop(id(flow), None)
         if state is FlowState.BLOCKED:
             status[life] = 2
             block_from[life] = k + 1
@@ -216,9 +258,11 @@ def run(
     if n:
         timers(tsl[n - 1], last)
     collect(censor.flush(), 0.0, None, plan.tail)
+    censor.flows.evicted_log = None
     _account(
-        index, censor, handled, life_of, pos, bypass_from, block_from, block_code, client_lower,
-        plan,
+        index, censor, handled, life_of, pos, np.asarray(bypass_from, dtype=np.int64),
+        np.asarray(block_from, dtype=np.int64), np.asarray(block_code, dtype=np.int8),
+        np.asarray(client_lower, dtype=np.bool_), plan,
     )  # fmt: skip
     plan.fed = fed
     return plan
