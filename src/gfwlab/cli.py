@@ -180,8 +180,7 @@ def _print_summary(summary: Any) -> None:
             else ""
         )
         + (
-            f"; {summary.flows_evicted} flows evicted from the full flow table "
-            "(engine.max_flows)"
+            f"; {summary.flows_evicted} flows evicted from the full flow table (engine.max_flows)"
             if summary.flows_evicted
             else ""
         )
@@ -212,7 +211,12 @@ def synth(
     ] = None,
     seed: SeedOpt = 1,
     mix: Annotated[
-        str, typer.Option("--mix", help="realistic (25-40 packets per flow) or flow-heavy.")
+        str,
+        typer.Option(
+            "--mix",
+            help="realistic (25-40 packets per flow), flow-heavy (~130k flows per million "
+            "packets), syn-flood (N spoofed SYNs) or concurrent (N flows held at once).",
+        ),
     ] = "realistic",
     lists: Annotated[
         str | None,
@@ -223,14 +227,14 @@ def synth(
     """Write a deterministic synthetic capture: DNS, HTTP, TLS, QUIC, random TCP and bulk."""
     from pathlib import Path  # noqa: PLC0415
 
-    from gfwlab.offline.synth import MIXES, generate, load_names  # noqa: PLC0415
+    from gfwlab.offline.synth import FLOODS, MIXES, generate, load_names  # noqa: PLC0415
 
     if (flows is None) == (packets is None):
         raise InputError("give --flows N or --packets N")
     if (flows or packets or 0) < 1:
         raise InputError("--flows/--packets must be at least 1")
-    if mix not in MIXES:
-        raise InputError(f"unknown --mix {mix!r}; one of: {', '.join(MIXES)}")
+    if mix not in MIXES and mix not in FLOODS:
+        raise InputError(f"unknown --mix {mix!r}; one of: {', '.join([*MIXES, *FLOODS])}")
     try:
         names = load_names(Path(lists) if lists else None)
     except OSError as exc:

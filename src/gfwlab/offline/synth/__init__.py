@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from gfwlab.offline.synth.capture import MIXES, Mix, generate, load_names
+from gfwlab.offline.synth.capture import FLOODS, MIXES, Mix, generate, load_names
 from gfwlab.packet.ip import ACK, FIN, PSH, SYN, addr_bytes, build_tcp, build_udp
 from gfwlab.proto.dns import build_query
 from gfwlab.proto.tls import build_client_hello
 
-__all__ = ["MIXES", "Mix", "generate", "load_names"]
+__all__ = ["FLOODS", "MIXES", "Mix", "generate", "load_names"]
 
 Packets = list[tuple[float, bytes]]
 

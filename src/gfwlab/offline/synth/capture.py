@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gfwlab.offline.synth import flood
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.proto.dns import build_query
 from gfwlab.proto.quic import build_initial
@@ -70,6 +71,9 @@ MIXES = {
     ),
 }
 """``flow-heavy``: ~130k flows per million packets; ``realistic``: 25-40 packets per flow."""
+FLOODS = ("syn-flood", "concurrent")
+"""Mixes for the flow table's limits (:mod:`.flood`): ``flows`` SYNs from spoofed sources, or
+``flows`` connections held open at once."""
 BLOCKED_SHARE = 0.25
 V6_SHARE = 0.10
 KEYWORDS = ("falun", "ultrasurf", "freegate", "tiananmen", "dalai")
@@ -612,6 +616,8 @@ def generate(
     """
     if (flows is None) == (packets is None):
         raise ValueError("give flows or packets")
+    if mix in FLOODS:
+        return flood.write(out, mix, flows or packets or 0, seed)
     chosen = MIXES[mix]
     lists = names if names is not None else load_names(None)
     gen = Generator(seed, lists, packets or (flows or 0) * 30, chosen)
