@@ -183,3 +183,30 @@ def test_full_flow_table_evicts_identically(tmp_path: Path, max_flows: int) -> N
     se, sf = _both(tmp_path, str(cap), _profile(f"engine.max_flows={max_flows}"))
     assert se.flows_evicted > 0 and sf.flows_evicted == se.flows_evicted
     assert se.flows > 200  # evicted flows seen again are new flows
+
+
+def test_dask_two_workers_match_single_process(tmp_path: Path) -> None:
+    """A real local cluster of two worker processes, one task per capture: the same events and
+    censored captures as analysing each file alone."""
+    from gfwlab.offline.scale import ProfileSpec, analyze_many, outputs_for
+
+    caps = []
+    for seed, mix in ((1, "realistic"), (2, "flow-heavy"), (3, "realistic")):
+        cap = tmp_path / f"cap{seed}.pcap"
+        generate(str(cap), flows=60, seed=seed, mix=mix)
+        caps.append(str(cap))
+    spec = ProfileSpec("gfw", DAY, EVERY_MECHANISM)
+    seen: list[int] = []
+    out_dir = tmp_path / "dask"
+    summaries = analyze_many(
+        caps, spec, seed=5, out_dir=str(out_dir), workers=2,
+        progress=lambda done, total: seen.append(done),
+    )  # fmt: skip
+    assert seen[-1] == len(caps)
+    for cap, summary in zip(caps, summaries, strict=True):
+        ev, out = tmp_path / "one.jsonl", tmp_path / "one.pcap"
+        alone = analyze(cap, _profile(), seed=5, events_path=str(ev), out_path=str(out))
+        dask_ev, dask_out = outputs_for(cap, str(out_dir))
+        assert Path(dask_ev).read_bytes() == ev.read_bytes()
+        assert Path(dask_out).read_bytes() == out.read_bytes()
+        assert _plain(summary) == _plain(alone)

@@ -61,7 +61,12 @@ def _profile(profile: str, date: str | None, sets: list[str] | None, *, today: b
 
 @app.command()
 def analyze(
-    capture: Annotated[str, typer.Argument(help="A pcap or pcapng capture.")],
+    captures: Annotated[
+        list[str],
+        typer.Argument(
+            help="A pcap or pcapng capture (several: one Dask task each).", metavar="CAPTURE..."
+        ),
+    ],
     profile: ProfileOpt = "gfw",
     date: DateOpt = None,
     sets: SetOpt = None,
@@ -81,11 +86,31 @@ def analyze(
             "is tested against: same events and censored capture).",
         ),
     ] = False,
+    out_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--out-dir",
+            help="Several captures: write CAPTURE.events.jsonl and CAPTURE.out.pcap here.",
+        ),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler", help="A Dask scheduler (tcp://host:8786); else a local cluster."
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Worker processes of the local Dask cluster.")
+    ] = 2,
 ) -> None:
     """What the Great Firewall would have done to a capture, and why."""
     from gfwlab.offline import analyze as run  # noqa: PLC0415
     from gfwlab.offline.analyze import dated  # noqa: PLC0415
 
+    if len(captures) > 1 or scheduler is not None or out_dir is not None:
+        _analyze_many(captures, profile, date, sets, seed, out_dir, scheduler, workers, as_json)
+        return
+    capture = captures[0]
     prof = _profile(profile, date, sets, today=False)
     source = "--date"
     if date is None:
@@ -126,6 +151,52 @@ def analyze(
             f"{capture}: capture truncated at byte {summary.truncated_at}; analysed the "
             f"{summary.packets} packets before it (outputs cover those)"
         )
+
+
+def _analyze_many(
+    captures: list[str],
+    profile: str,
+    date: str | None,
+    sets: list[str] | None,
+    seed: int,
+    out_dir: str | None,
+    scheduler: str | None,
+    workers: int,
+    as_json: bool,
+) -> None:
+    """Several captures (or a cluster): one Dask task per capture (see gfwlab.offline.scale)."""
+    from gfwlab.offline.scale import ProfileSpec, analyze_many  # noqa: PLC0415
+    from gfwlab.profiles import parse_date  # noqa: PLC0415
+
+    if out_dir is None:
+        raise InputError("several captures (or --scheduler) need --out-dir for their outputs")
+    _profile(profile, date, sets, today=False)  # bad options fail here, before any work
+    spec = ProfileSpec(profile, parse_date(date) if date else None, tuple(sets or ()))
+    with Progress(
+        TextColumn("[bold]analysing[/]"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} captures"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal or as_json,
+    ) as bar:
+        task = bar.add_task("analyse", total=len(captures))
+        summaries = analyze_many(
+            captures,
+            spec,
+            seed=seed,
+            out_dir=out_dir,
+            scheduler=scheduler,
+            workers=workers,
+            progress=lambda done, _total: bar.update(task, completed=done),
+        )
+    if as_json:
+        print(json.dumps([s.as_dict() for s in summaries], indent=2, ensure_ascii=False))
+        return
+    for summary in summaries:
+        console.print(f"[bold]{summary.capture}[/]")
+        _print_summary(summary)
 
 
 _DATE_NOTES = {
