@@ -12,6 +12,7 @@ import pytest
 
 from gfwlab.offline.analyze import Summary, analyze
 from gfwlab.offline.index import build_index
+from gfwlab.offline.scale import ProfileSpec, analyze_many, outputs_for
 from gfwlab.offline.synth import generate, load_names
 from gfwlab.packet.pcap import CaptureReader, PcapWriter
 from gfwlab.profiles import Profile, load_profile
@@ -188,8 +189,6 @@ def test_full_flow_table_evicts_identically(tmp_path: Path, max_flows: int) -> N
 def test_dask_two_workers_match_single_process(tmp_path: Path) -> None:
     """A real local cluster of two worker processes, one task per capture: the same events and
     censored captures as analysing each file alone."""
-    from gfwlab.offline.scale import ProfileSpec, analyze_many, outputs_for
-
     caps = []
     for seed, mix in ((1, "realistic"), (2, "flow-heavy"), (3, "realistic")):
         cap = tmp_path / f"cap{seed}.pcap"

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gfwlab.offline.analyze import Summary, analyze
+from gfwlab.offline.analyze import Summary, analyze, dated
 from gfwlab.profiles import load_profile
 
 
@@ -51,8 +51,6 @@ def analyze_one(capture: str, spec: ProfileSpec, seed: int, out_dir: str) -> Sum
     profile = load_profile(spec.name, date=spec.date, overrides=list(spec.sets))
     source = "--date"
     if spec.date is None:
-        from gfwlab.offline.analyze import dated  # noqa: PLC0415
-
         profile, source = dated(capture, profile)
     events, out = outputs_for(capture, out_dir)
     return analyze(
