@@ -209,3 +209,19 @@ def test_dask_two_workers_match_single_process(tmp_path: Path) -> None:
         assert Path(dask_ev).read_bytes() == ev.read_bytes()
         assert Path(dask_out).read_bytes() == out.read_bytes()
         assert _plain(summary) == _plain(alone)
+
+
+def test_capture_beyond_the_index_limit_streams(tmp_path: Path) -> None:
+    """More packets than the index may hold: analysed streaming, the same outputs, a warning."""
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=40, seed=6, mix="realistic")
+    prof = _profile()
+    runs = []
+    for limit in (10**9, 100):
+        ev, out = tmp_path / f"ev{limit}.jsonl", tmp_path / f"out{limit}.pcap"
+        s = analyze(str(cap), prof, events_path=str(ev), out_path=str(out), max_index=limit)
+        runs.append((s, ev.read_bytes(), out.read_bytes()))
+    (fast, ev_f, out_f), (streamed, ev_s, out_s) = runs
+    assert ev_f == ev_s and out_f == out_s and _plain(fast) == _plain(streamed)
+    assert streamed.engine_packets == streamed.packets > fast.engine_packets
+    assert streamed.warnings and "streaming" in streamed.warnings[0]

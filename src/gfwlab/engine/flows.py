@@ -154,7 +154,7 @@ class FlowTable:
     were made, so every adapter (and the offline fast path) evicts the same ones.
     """
 
-    def __init__(self, tcp_timeout: float, udp_timeout: float, max_flows: int = 2_000_000) -> None:
+    def __init__(self, tcp_timeout: float, udp_timeout: float, max_flows: int = 1_500_000) -> None:
         self.flows: OrderedDict[FlowKey, Flow] = OrderedDict()
         self.tcp_timeout = tcp_timeout
         self.udp_timeout = udp_timeout

@@ -20,7 +20,7 @@ from gfwlab._outfile import OutputFile
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, Probe, Report
 from gfwlab.engine.verdicts import Stats
 from gfwlab.offline import fast
-from gfwlab.offline.index import CaptureIndex, build_index
+from gfwlab.offline.index import MAX_PACKETS, CaptureIndex, build_index
 from gfwlab.packet.pcap import CaptureReader, PcapWriter
 from gfwlab.profiles import Profile, build_censor
 
@@ -158,11 +158,14 @@ def analyze(
     on_event: Callable[[Event], None] | None = None,
     date_source: str = "--date",
     exact: bool = False,
+    max_index: int = MAX_PACKETS,
 ) -> Summary:
     """Run ``capture`` through a censor built from ``profile``; write the requested outputs.
 
     By default only the packets that can change a verdict reach the engine (:mod:`.fast`);
-    ``exact`` feeds every packet (the reference the fast path is tested against). A capture
+    ``exact`` feeds every packet (the reference the fast path is tested against), as does a
+    capture of more than ``max_index`` packets (the fast path's index grows with the capture;
+    the every-packet path's memory is bounded by the flow table). A capture
     whose timestamps go backwards is analysed in file order by the every-packet path, with a
     warning. Raises AdapterError for an unreadable capture or an unwritable output, before any
     output is published. A truncated capture is analysed as far as it goes;
@@ -171,8 +174,13 @@ def analyze(
     warnings: list[str] = []
     index: CaptureIndex | None = None
     if not exact:
-        index = build_index(capture)
-        if not index.in_order:
+        index = build_index(capture, max_index)
+        if index is None:
+            warnings.append(
+                f"{capture}: more than {max_index:,} packets; analysed streaming, every packet "
+                "through the engine (bounded memory)"
+            )
+        elif not index.in_order:
             back = int((index.ts[1:] < index.ts[:-1]).sum())
             warnings.append(
                 f"{capture}: {back} records are earlier than the record before them; "

@@ -19,6 +19,7 @@ fed to the engine on its own.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 from dataclasses import dataclass
 
@@ -160,24 +161,34 @@ class CaptureIndex:
         )
 
 
-def build_index(path: str) -> CaptureIndex:
-    """Index ``path``; raises AdapterError as :class:`CaptureReader` does."""
+MAX_PACKETS = 4_000_000
+"""The index holds about 300 bytes per packet while the fast path runs (arrays, and the Python
+lists it walks): beyond this many packets a capture is analysed streaming instead, so that
+memory stays bounded (the every-packet path holds only the flow table)."""
+
+
+def build_index(path: str, max_packets: int = MAX_PACKETS) -> CaptureIndex | None:
+    """Index ``path``, or None if it holds more than ``max_packets`` IP packets; raises
+    AdapterError as :class:`CaptureReader` does."""
     reader = CaptureReader(path)
     try:
-        return _build(reader)
+        index = _build(reader, max_packets)
     except BaseException:
         reader.close()
         raise
+    if index is None:
+        reader.close()
+    return index
 
 
-def _build(reader: CaptureReader) -> CaptureIndex:
+def _build(reader: CaptureReader, max_packets: int) -> CaptureIndex | None:
     ts_list: list[float] = []
     start_list: list[int] = []
     len_list: list[int] = []
     data: bytes | bytearray | mmap.mmap
     if reader.format == "pcap":
         data = reader.mapping
-        for ts, pkt in reader:
+        for ts, pkt in itertools.islice(reader, max_packets + 1):
             ts_list.append(ts)
             n = len(pkt)
             len_list.append(n)
@@ -185,12 +196,14 @@ def _build(reader: CaptureReader) -> CaptureIndex:
         raw = reader.raw_records
     else:
         joined = bytearray()
-        for ts, pkt in reader:
+        for ts, pkt in itertools.islice(reader, max_packets + 1):
             ts_list.append(ts)
             start_list.append(len(joined))
             len_list.append(len(pkt))
             joined += pkt
         data, raw = joined, False
+    if len(ts_list) > max_packets:
+        return None
     ts_arr = np.asarray(ts_list, dtype=np.float64)
     start = np.asarray(start_list, dtype=np.int64)
     length = np.asarray(len_list, dtype=np.int64)

@@ -70,10 +70,10 @@ class EngineParams:
     the race as they do on the real border, where the peer is further than the censor."""
     sweep_s: float = 10.0
     """How often (in packet time) idle flows and ended residual blocks are swept."""
-    max_flows: int = 2_000_000
+    max_flows: int = 1_500_000
     """Flows remembered at once. A new flow beyond it evicts the oldest flow (the first made
     of those still held), as a middlebox's full connection table does; evictions are counted
-    (``flows_evicted`` in the summary), never silent. About 0.5 KiB per flow."""
+    (``flows_evicted`` in the summary), never silent. About 1 KiB of memory per flow held."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
