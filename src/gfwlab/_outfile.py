@@ -52,7 +52,7 @@ class OutputFile:
         except OSError as exc:
             raise AdapterError(path, f"cannot write: {exc.strerror or exc}") from None
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         try:
             self.fh.write(data)
         except OSError as exc:

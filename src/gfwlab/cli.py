@@ -105,7 +105,12 @@ def _profiles(
 
 @app.command()
 def analyze(
-    capture: Annotated[str, typer.Argument(help="A pcap or pcapng capture.")],
+    captures: Annotated[
+        list[str],
+        typer.Argument(
+            help="A pcap or pcapng capture (several: one Dask task each).", metavar="CAPTURE..."
+        ),
+    ],
     profile: ProfilesOpt = None,
     date: DateOpt = None,
     at: AtOpt = None,
@@ -119,12 +124,45 @@ def analyze(
         str | None, typer.Option("--out", help="Write the censored capture (pcap) to this file.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead.")] = False,
+    exact: Annotated[
+        bool,
+        typer.Option(
+            "--exact",
+            help="Feed every packet to the engine (slower; the reference the default fast path "
+            "is tested against: same events and censored capture).",
+        ),
+    ] = False,
+    out_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--out-dir",
+            help="Several captures: write CAPTURE.events.jsonl and CAPTURE.out.pcap here.",
+        ),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler", help="A Dask scheduler (tcp://host:8786); else a local cluster."
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Worker processes of the local Dask cluster.")
+    ] = 2,
 ) -> None:
     """What the Great Firewall would have done to a capture, and why."""
     from gfwlab.offline import analyze as run  # noqa: PLC0415
     from gfwlab.offline.analyze import at_moment, dated  # noqa: PLC0415
     from gfwlab.profiles import parse_moment  # noqa: PLC0415
 
+    if len(captures) > 1 or scheduler is not None or out_dir is not None:
+        names = profile or ["gfw"]
+        if len(names) > 1 or at is not None or network != "national":
+            raise InputError(
+                "several captures (or --scheduler) take one --profile and no --at or --network"
+            )
+        _analyze_many(captures, names[0], date, sets, seed, out_dir, scheduler, workers, as_json)
+        return
+    capture = captures[0]
     if at is not None and date is not None:
         raise InputError("--at and --date: give one (--at sets the day too)")
     moment = parse_moment(at) if at is not None else None
@@ -159,7 +197,10 @@ def analyze(
             out_path=out,
             progress=progress,
             date_source=source,
+            exact=exact,
         )
+    for warning in summary.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if as_json:
         print(json.dumps(summary.as_dict(), indent=2, ensure_ascii=False))
     else:
@@ -169,6 +210,52 @@ def analyze(
             f"{capture}: capture truncated at byte {summary.truncated_at}; analysed the "
             f"{summary.packets} packets before it (outputs cover those)"
         )
+
+
+def _analyze_many(
+    captures: list[str],
+    profile: str,
+    date: str | None,
+    sets: list[str] | None,
+    seed: int,
+    out_dir: str | None,
+    scheduler: str | None,
+    workers: int,
+    as_json: bool,
+) -> None:
+    """Several captures (or a cluster): one Dask task per capture (see gfwlab.offline.scale)."""
+    from gfwlab.offline.scale import ProfileSpec, analyze_many  # noqa: PLC0415
+    from gfwlab.profiles import parse_date  # noqa: PLC0415
+
+    if out_dir is None:
+        raise InputError("several captures (or --scheduler) need --out-dir for their outputs")
+    _profile(profile, date, sets, today=False)  # bad options fail here, before any work
+    spec = ProfileSpec(profile, parse_date(date) if date else None, tuple(sets or ()))
+    with Progress(
+        TextColumn("[bold]analysing[/]"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} captures"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal or as_json,
+    ) as bar:
+        task = bar.add_task("analyse", total=len(captures))
+        summaries = analyze_many(
+            captures,
+            spec,
+            seed=seed,
+            out_dir=out_dir,
+            scheduler=scheduler,
+            workers=workers,
+            progress=lambda done, _total: bar.update(task, completed=done),
+        )
+    if as_json:
+        print(json.dumps([s.as_dict() for s in summaries], indent=2, ensure_ascii=False))
+        return
+    for summary in summaries:
+        console.print(f"[bold]{summary.capture}[/]")
+        _print_summary(summary)
 
 
 _DATE_NOTES = {
@@ -223,6 +310,11 @@ def _print_summary(summary: Any) -> None:
             if summary.anomaly_kinds
             else ""
         )
+        + (
+            f"; {summary.flows_evicted} flows evicted from the full flow table (engine.max_flows)"
+            if summary.flows_evicted
+            else ""
+        )
     )
     passes = {k: n for k, n in summary.events.items() if k.endswith("/pass")}
     if passes:
@@ -237,6 +329,67 @@ def _print_summary(summary: Any) -> None:
 def _styled(action: str) -> str:
     colour = {"rst": "red", "drop": "magenta", "dns-inject": "yellow", "null-route": "magenta"}
     return f"[{colour.get(action, 'white')}]{action}[/]"
+
+
+@app.command()
+def synth(
+    out: Annotated[str, typer.Argument(help="The pcap file to write.")],
+    flows: Annotated[
+        int | None, typer.Option("--flows", help="Conversations to start (all written whole).")
+    ] = None,
+    packets: Annotated[
+        int | None, typer.Option("--packets", help="Or: stop after this many packets.")
+    ] = None,
+    seed: SeedOpt = 1,
+    mix: Annotated[
+        str,
+        typer.Option(
+            "--mix",
+            help="realistic (25-40 packets per flow), flow-heavy (~130k flows per million "
+            "packets), syn-flood (N spoofed SYNs) or concurrent (N flows held at once).",
+        ),
+    ] = "realistic",
+    lists: Annotated[
+        str | None,
+        typer.Option("--lists", help="Directory of the gfw-2024-*.txt name lists (else built-in)."),
+    ] = None,
+    pps: Annotated[float, typer.Option("--pps", help="Mean packets per second.")] = 8000.0,
+) -> None:
+    """Write a deterministic synthetic capture: DNS, HTTP, TLS, QUIC, random TCP and bulk."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from gfwlab.offline.synth import FLOODS, MIXES, generate, load_names  # noqa: PLC0415
+
+    if (flows is None) == (packets is None):
+        raise InputError("give --flows N or --packets N")
+    if (flows or packets or 0) < 1:
+        raise InputError("--flows/--packets must be at least 1")
+    if mix not in MIXES and mix not in FLOODS:
+        raise InputError(f"unknown --mix {mix!r}; one of: {', '.join([*MIXES, *FLOODS])}")
+    try:
+        names = load_names(Path(lists) if lists else None)
+    except OSError as exc:
+        raise InputError(f"{lists}: cannot read the name lists ({exc.strerror or exc})") from None
+    with Progress(
+        TextColumn("[bold]writing[/]"),
+        BarColumn(),
+        TextColumn("{task.completed} packets"),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("synth", total=packets)
+        info = generate(
+            out,
+            flows=flows,
+            packets=packets,
+            seed=seed,
+            mix=mix,
+            names=names,
+            pps=pps,
+            progress=lambda n: bar.update(task, completed=n),
+        )
+    print(json.dumps(info, indent=2))
 
 
 @app.command()

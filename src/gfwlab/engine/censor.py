@@ -52,7 +52,7 @@ class Censor:
         self.profile = profile
         self.seed = seed
         eng = profile.engine
-        self.flows = FlowTable(eng.tcp_timeout_s, eng.udp_timeout_s)
+        self.flows = FlowTable(eng.tcp_timeout_s, eng.udp_timeout_s, eng.max_flows)
         self.residual = ResidualTable()
         self.mechanisms: dict[str, Mechanism] = {}
         self.hooks: dict[str, list[Mechanism]] = {}
@@ -194,7 +194,8 @@ class Censor:
             flow = None
         new = flow is None
         if flow is None:
-            flow = self.flows.flows[key] = self._new_flow(pkt, now)
+            flow = self._new_flow(pkt, now)
+            self.flows.add(key, flow)
         flow.last_seen = now
         flow.packets += 1
         return flow, new

@@ -17,6 +17,7 @@ import enum
 import hashlib
 import random
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 
@@ -158,13 +159,33 @@ def flow_key(proto: int, a: bytes, ap: int, b: bytes, bp: int) -> FlowKey:
 
 
 class FlowTable:
-    """Flows by key, with idle expiry driven by the engine's timer."""
+    """Flows by key, with idle expiry driven by the engine's timer and a bound on their number.
 
-    def __init__(self, tcp_timeout: float, udp_timeout: float) -> None:
-        self.flows: dict[FlowKey, Flow] = {}
+    The table is ordered by when each flow was made; when a new flow would make it hold more
+    than ``max_flows``, the oldest is evicted first (a SYN flood of spoofed sources cycles
+    through the table instead of growing it). Which flow goes depends only on the order flows
+    were made, so every adapter (and the offline fast path) evicts the same ones.
+    """
+
+    def __init__(self, tcp_timeout: float, udp_timeout: float, max_flows: int = 1_500_000) -> None:
+        self.flows: OrderedDict[FlowKey, Flow] = OrderedDict()
         self.tcp_timeout = tcp_timeout
         self.udp_timeout = udp_timeout
+        self.max_flows = max_flows
         self.expired = 0
+        self.evicted = 0
+        self.evicted_log: list[Flow] | None = None
+        """If a list, every evicted flow is appended to it (for an adapter that must know)."""
+
+    def add(self, key: FlowKey, flow: Flow) -> None:
+        """Hold a new flow, evicting the oldest if the table is full."""
+        flows = self.flows
+        while len(flows) >= self.max_flows:
+            _key, old = flows.popitem(last=False)
+            self.evicted += 1
+            if self.evicted_log is not None:
+                self.evicted_log.append(old)
+        flows[key] = flow
 
     def __len__(self) -> int:
         return len(self.flows)

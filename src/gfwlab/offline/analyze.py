@@ -19,7 +19,10 @@ from typing import IO, Any, assert_never
 from gfwlab._outfile import OutputFile
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, Probe, Report
 from gfwlab.engine.censor import Censor
+from gfwlab.engine.verdicts import Stats
+from gfwlab.offline import fast
 from gfwlab.offline.chain import Chain
+from gfwlab.offline.index import MAX_PACKETS, CaptureIndex, build_index
 from gfwlab.packet.pcap import CaptureReader, PcapWriter
 from gfwlab.profiles import Profile, build_censor
 
@@ -61,6 +64,11 @@ class Summary:
     injected: int = 0
     anomalies: int = 0
     bypassed_pkts: int = 0
+    flows_evicted: int = 0
+    """Flows forgotten because the flow table was full (``engine.max_flows``)."""
+    engine_packets: int = 0
+    """Packets fed to the engine one by one (the fast path accounts for the rest in bulk)."""
+    warnings: list[str] = field(default_factory=list)
     events: dict[str, int] = field(default_factory=dict)
     verdicts: list[FlowVerdict] = field(default_factory=list)
     anomaly_kinds: dict[str, int] = field(default_factory=dict)
@@ -83,6 +91,9 @@ class Summary:
             "anomalies": self.anomalies,
             "anomaly_kinds": self.anomaly_kinds,
             "bypassed_packets": self.bypassed_pkts,
+            "flows_evicted": self.flows_evicted,
+            "engine_packets": self.engine_packets,
+            "warnings": self.warnings,
             "events": self.events,
             "verdicts": [
                 {
@@ -163,15 +174,39 @@ def analyze(
     progress: Callable[[int, int], None] | None = None,
     on_event: Callable[[Event], None] | None = None,
     date_source: str = "--date",
+    exact: bool = False,
+    max_index: int = MAX_PACKETS,
 ) -> Summary:
     """Run ``capture`` through a censor built from ``profile`` (several: censors in series, in
     path order from the client, see :mod:`.chain`); write the requested outputs.
 
-    Raises AdapterError for an unreadable capture or an unwritable output, before any output
-    is published. A truncated capture is analysed as far as it goes; ``Summary.truncated_at``
-    says where it ended.
+    By default only the packets that can change a verdict reach the engine (:mod:`.fast`);
+    ``exact`` feeds every packet (the reference the fast path is tested against), as does a
+    capture of more than ``max_index`` packets (the fast path's index grows with the capture;
+    the every-packet path's memory is bounded by the flow table). A capture
+    whose timestamps go backwards is analysed in file order by the every-packet path, with a
+    warning. Raises AdapterError for an unreadable capture or an unwritable output, before any
+    output is published. A truncated capture is analysed as far as it goes;
+    ``Summary.truncated_at`` says where it ended.
     """
-    reader = CaptureReader(capture)
+    warnings: list[str] = []
+    index: CaptureIndex | None = None
+    if not exact and not isinstance(profile, list):  # censors in series: every packet
+        index = build_index(capture, max_index)
+        if index is None:
+            warnings.append(
+                f"{capture}: more than {max_index:,} packets; analysed streaming, every packet "
+                "through the engine (bounded memory)"
+            )
+        elif not index.in_order:
+            back = int((index.ts[1:] < index.ts[:-1]).sum())
+            warnings.append(
+                f"{capture}: {back} records are earlier than the record before them; "
+                "analysed in file order, every packet through the engine"
+            )
+            index.close()
+            index = None
+    reader = index.reader if index is not None else CaptureReader(capture)
     events_out: AtomicText | None = None
     pcap_out: PcapWriter | None = None
     try:
@@ -179,8 +214,12 @@ def analyze(
             events_out = AtomicText(events_path)
         if out_path is not None:
             pcap_out = PcapWriter(out_path)
-        summary = _run(reader, profile, seed, events_out, pcap_out, progress, on_event)
+        if index is not None and not isinstance(profile, list):
+            summary = _run_fast(index, profile, seed, events_out, pcap_out, progress, on_event)
+        else:
+            summary = _run(reader, profile, seed, events_out, pcap_out, progress, on_event)
         summary.date_source = date_source
+        summary.warnings = warnings
     except BaseException:
         if events_out is not None:
             events_out.abort()
@@ -195,6 +234,44 @@ def analyze(
         pcap_out.commit()
         summary.outputs["censored_capture"] = out_path or ""
     reader.close()
+    return summary
+
+
+def _run_fast(
+    index: CaptureIndex,
+    profile: Profile,
+    seed: int,
+    events_out: AtomicText | None,
+    pcap_out: PcapWriter | None,
+    progress: Callable[[int, int], None] | None,
+    on_event: Callable[[Event], None] | None,
+) -> Summary:
+    censor = build_censor(profile, seed)
+    summary = Summary(
+        capture=index.path,
+        profile=profile.name,
+        date=profile.date.isoformat() if profile.date else None,
+        seed=seed,
+    )
+    rows: dict[tuple[Any, ...], FlowVerdict] = {}
+    write_event = events_out.fh.write if events_out is not None else None
+
+    def report(event: Event) -> None:
+        _record(event, rows, summary, write_event, on_event)
+
+    plan = fast.run(index, censor, report, keep=pcap_out is not None, progress=progress)
+    if pcap_out is not None:
+        fast.write(index, plan, pcap_out)
+    if progress is not None:
+        progress(index.size, index.size)
+    if len(index):
+        summary.start_ts = float(index.ts[0])
+    _fill(summary, censor.stats, rows)
+    censors = censor.censors if isinstance(censor, Chain) else [("", censor)]
+    summary.flows_evicted = sum(c.flows.evicted for _, c in censors)
+    summary.engine_packets = plan.fed
+    summary.skipped = index.skipped
+    summary.truncated_at = index.truncated_at
     return summary
 
 
@@ -257,10 +334,17 @@ def _run(
     carry_out(censor.flush(), 0.0, None)
     if progress is not None:
         progress(reader.size, reader.size)
-    st = censor.stats
-    summary.packets = st.packets
+    _fill(summary, censor.stats, rows)
+    censors = censor.censors if isinstance(censor, Chain) else [("", censor)]
+    summary.flows_evicted = sum(c.flows.evicted for _, c in censors)
+    summary.engine_packets = censor.stats.packets
     summary.skipped = reader.skipped
     summary.truncated_at = reader.truncated_at if reader.truncated else None
+    return summary
+
+
+def _fill(summary: Summary, st: Stats, rows: dict[tuple[Any, ...], FlowVerdict]) -> None:
+    summary.packets = st.packets
     summary.flows = st.flows
     summary.dropped = st.dropped
     summary.injected = st.injected
@@ -268,7 +352,6 @@ def _run(
     summary.bypassed_pkts = st.bypassed_pkts
     summary.events = dict(sorted(st.events.items()))
     summary.verdicts = sorted(rows.values(), key=lambda v: v.first_ts)
-    return summary
 
 
 def _record(

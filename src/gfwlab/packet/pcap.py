@@ -169,7 +169,6 @@ class CaptureReader:
             raise AdapterError(self.path, f"not a pcap or pcapng capture ({size}-byte file)", 0)
         magic = _U32LE.unpack_from(buf, 0)[0]
         if magic == _PCAPNG_SHB:
-
             self.format = "pcapng"
             self.linktypes = pcapng.scan_head(self.path, buf)
             return
@@ -208,6 +207,17 @@ class CaptureReader:
             return self._iter_pcap_eth() if self._mode == MODE_ETH else self._iter_pcap()
 
         return pcapng.iterate(self, self._buf)
+
+    @property
+    def mapping(self) -> FrameBuffer:
+        """The whole file as mapped at open (read-only; valid until :meth:`close`)."""
+        return self._buf
+
+    @property
+    def raw_records(self) -> bool:
+        """A classic pcap of raw IP with 16-byte record headers: each IP packet is its whole
+        record's body, right after the record header."""
+        return self.format == "pcap" and self._mode == MODE_RAW and self._rec_len == 16
 
     @property
     def closed(self) -> bool:
@@ -390,6 +400,14 @@ class PcapWriter:
         self._out.write(self._rec.pack(sec, frac, cap, n))
         self._out.write(packet if cap == n else packet[:cap])
         self.count += 1
+
+    def write_records(self, records: bytes | memoryview, count: int) -> None:
+        """Append ``count`` whole records already in this writer's format (header and frame
+        each, as :meth:`write` would have written them): bulk copies of unchanged packets."""
+        if self._out.done:
+            raise ValueError("write to a committed or aborted PcapWriter")
+        self._out.write(records)
+        self.count += count
 
     def commit(self) -> None:
         """Flush, sync and move the capture into place. Idempotent after success; after

@@ -366,8 +366,7 @@ def _walk_frames(
             anomalies.append("quic.unexpected_frame")
             break
         if ftype == FRAME_PADDING:
-            while body < n and payload[body] == 0:
-                body += 1
+            body = n - len(payload[body:n].lstrip(b"\x00"))  # past the run of zero bytes
             if not frames or frames[-1] != name:
                 frames.append(name)
             pos = body

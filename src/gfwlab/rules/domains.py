@@ -19,6 +19,7 @@ length (one probe per distinct length); unanchored rules share one Aho-Corasick 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 
 import ahocorasick
@@ -41,20 +42,33 @@ class DomainSet:
         self.size = 0
         substrings: list[str] = []
         lengths: set[int] = set()
+        suffix = self._suffix
+        add_suffix = suffix.add
+        has_space = _HAS_SPACE
         for line_no, raw in enumerate(rules, 1):
             rule = raw.strip().lower()
-            if not rule or rule.startswith("#"):
+            if not rule:
                 continue
-            if rule.startswith("="):
+            first = rule[0]
+            if first not in _MARKS:  # the common case: a bare, end-anchored domain
+                plain = rule.rstrip(".")
+                if not plain or has_space(plain):
+                    _clean(rule, source, line_no)  # raises with the line's number
+                add_suffix(plain)
+                self.size += 1
+                continue
+            if first == "#":
+                continue
+            if first == "=":
                 self._exact.add(_clean(rule[1:], source, line_no))
-            elif rule.startswith("^"):
+            elif first == "^":
                 prefix = _clean(rule[1:], source, line_no)
                 self._prefixes.add(prefix)
                 lengths.add(len(prefix))
             elif rule.startswith("*") and rule.endswith("*") and len(rule) > 2:
                 substrings.append(_clean(rule[1:-1], source, line_no))
             else:
-                self._suffix.add(_clean(rule, source, line_no))
+                add_suffix(_clean(rule, source, line_no))
             self.size += 1
         self._prefix_lengths = tuple(sorted(lengths))
         if substrings:
@@ -69,7 +83,7 @@ class DomainSet:
         """Load a list file (one rule per line, ``#`` comments allowed)."""
         try:
             with open(path, encoding="utf-8", errors="strict") as fh:
-                return cls(fh, source=path)
+                text = fh.read()
         except FileNotFoundError:
             raise ConfigError(path, None, "list file not found") from None
         except IsADirectoryError:
@@ -78,6 +92,30 @@ class DomainSet:
             raise ConfigError(path, None, "list file is not readable") from None
         except UnicodeDecodeError as exc:
             raise ConfigError(path, None, f"not UTF-8 text (byte {exc.start})") from None
+        return cls._from_text(text, path)
+
+    @classmethod
+    def _from_text(cls, text: str, source: str) -> DomainSet:
+        """A list file's text (read with universal newlines, as iterating the file splits it).
+
+        A published blocklist is bare domains only: then the whole list goes into the suffix
+        set in a few passes over the text, without a Python step per rule's characters. Any
+        other rule (or a bad line, for its error message) takes the line-by-line path.
+        """
+        lowered = text.lower()
+        joined = "\n" + lowered
+        if lowered.isascii() and not any(c in lowered for c in _ASCII_SPACE) and not any(
+            "\n" + mark in joined for mark in _MARKS
+        ):  # no whitespace but newlines, no marked rule: every line is a bare domain as it is
+            rules = [line for line in lowered.split("\n") if line]
+            if ".\n" in lowered or lowered.endswith("."):
+                rules = [rule.rstrip(".") for rule in rules]
+            if "" not in rules:
+                out = cls((), source=source)
+                out._suffix = set(rules)
+                out.size = len(rules)
+                return out
+        return cls(text.split("\n"), source=source)
 
     def __len__(self) -> int:
         return self.size
@@ -154,9 +192,15 @@ class KeywordSet:
         return None
 
 
+_MARKS = frozenset("#=^*")
+_ASCII_SPACE = tuple(c for c in map(chr, range(128)) if c.isspace() and c != "\n")
+_HAS_SPACE = re.compile(r"\s").search
+"""Finds any character ``str.isspace`` accepts (``\\s`` on a str pattern is Unicode whitespace)."""
+
+
 def _clean(rule: str, source: str, line_no: int) -> str:
     rule = rule.rstrip(".")
-    if not rule or any(c.isspace() for c in rule):
+    if not rule or _HAS_SPACE(rule):
         raise ConfigError(source, f"line {line_no}", f"not a domain rule: {rule!r}")
     return rule
 

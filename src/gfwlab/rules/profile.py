@@ -113,6 +113,10 @@ class EngineParams:
     unless the later one covers it on both sides (Khattak'13, spec §3)."""
     ip_fragment_timeout_s: float = 30.0
     """How long an incomplete datagram is held (the GFW's value is not published)."""
+    max_flows: int = 1_500_000
+    """Flows remembered at once. A new flow beyond it evicts the oldest flow (the first made
+    of those still held), as a middlebox's full connection table does; evictions are counted
+    (``flows_evicted`` in the summary), never silent. About 1 KiB of memory per flow held."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,5 +1,8 @@
 """Synthetic traffic built with the project's own packet builder: scenarios, demos, benchmarks.
 
+Whole captures of many conversations come from :func:`generate` (:mod:`.capture`, the
+``gfwlab synth`` command); the functions here build single conversations for tests and demos.
+
 Each function returns ``(timestamp, ip_packet)`` pairs for one conversation, as a capture on the
 censor's link would hold them: a TCP handshake, the client's first flight, the server's answer
 and a FIN exchange; a DNS query and its real answer; a QUIC-sized UDP exchange. Addresses are
@@ -10,9 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from gfwlab.offline.synth.capture import FLOODS, MIXES, Mix, generate, load_names
 from gfwlab.packet.ip import ACK, FIN, PSH, SYN, addr_bytes, build_tcp, build_udp
 from gfwlab.proto.dns import build_query
 from gfwlab.proto.tls import build_client_hello
+
+__all__ = ["FLOODS", "MIXES", "Mix", "generate", "load_names"]
 
 Packets = list[tuple[float, bytes]]
 

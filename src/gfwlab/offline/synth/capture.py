@@ -1,54 +1,49 @@
-#!/usr/bin/env python3
-"""Write a large, realistic mixed capture for benchmarking ``gfwlab analyze``.
+"""One deterministic synthetic-capture generator: DNS, HTTP, TLS, QUIC, random TCP and bulk.
 
-    python benchmarks/gen_capture.py OUT.pcap --packets 1000000 --seed 1
+``generate(OUT, flows=N, seed=S, mix="realistic")`` writes a raw-IP classic pcap (link type 101,
+nanosecond timestamps) starting at 2024-06-01 00:00 UTC; ``gfwlab synth`` is its command.
+Conversations of each kind are started at random times and interleaved by timestamp:
 
-The capture is raw-IP classic pcap (link type 101, nanosecond timestamps) starting at
-2024-06-01 00:00 UTC. By packets, it holds roughly:
+* DNS: a query (A or AAAA) and the resolver's answer (some NXDOMAIN, a few unanswered);
+* HTTP: whole TCP connections with a browser's GET and a response over several segments;
+* TLS: whole TCP connections with a browser-shaped ClientHello (:func:`build_client_hello`),
+  the server's flight, client Finished, encrypted requests and application data;
+* QUIC: a client Initial that decrypts (:func:`build_initial`, with the name in its SNI), a
+  server Initial, then short-header packets both ways with random protected payloads;
+* random TCP: handshakes with random payloads both ways between random high ports, and SYN
+  scans answered with RST;
+* bulk (``realistic`` mix): long TLS downloads and uploads.
 
-* 15 % DNS: a query (A or AAAA) and the resolver's answer (some NXDOMAIN, a few unanswered);
-* 20 % HTTP: whole TCP connections with a GET and a response body over several segments;
-* 30 % TLS: whole TCP connections with a ClientHello, the server's flight, client Finished,
-  an encrypted request and bulk application data;
-* 15 % QUIC-sized UDP: 1200-1350-byte datagrams to and from port 443, shaped like QUIC v1:
-  a client Initial, a server Initial, then short-header packets, all with real headers and
-  connection IDs but random protected payloads (tshark tracks the connections and reports that
-  it cannot decrypt them; nothing is malformed);
-* 20 % random TCP: handshakes with random payloads both ways between random high ports, plus
-  some SYN scans answered with RST.
+Mixes (:data:`MIXES`): ``flow-heavy`` (about 130,000 flows per million packets: nearly every
+packet a handshake or first-data packet, the mix of the original benchmark) and ``realistic``
+(25 to 40 packets per flow, as in real network traces). A quarter of the names come from the
+``blocked`` list and the rest from the ``popular`` list (:func:`load_names`; built-in names if
+no list directory is given). Addresses come only from 198.18.0.0/15 (clients in 198.18/16,
+servers and resolvers in 198.19/16) and 2001:db8::/32 (about 10 % of conversations are IPv6).
+The output depends only on the arguments and the list files.
 
-About a quarter of the names (DNS QNAMEs, HTTP Hosts, TLS SNIs) come from the 2024 GFW
-blocklists and the rest from the Tranco top-10k list, both read at run time from
-``--lists`` (default ``<repo>/../shared/data/blocklists``); a few HTTP paths carry keywords the
-built-in profile blocks. Addresses come only from 198.18.0.0/15 (clients in 198.18/16, servers
-and resolvers in 198.19/16) and 2001:db8::/32 (about 10 % of conversations are IPv6). The
-output depends only on ``--seed``, ``--packets``, ``--pps`` and the list files.
-
-Speed comes from building headers directly: checksums are the ones'-complement sum computed
-as ``int.from_bytes(data) % 0xFFFF`` (2**16 = 1 mod 0xFFFF), header words are summed
+Speed comes from building headers directly: checksums are the ones'-complement sum computed as
+``int.from_bytes(data) % 0xFFFF`` (2**16 = 1 mod 0xFFFF), header words are summed
 arithmetically, and payloads are slices of a pre-drawn random pool. Every IPv4 header, TCP and
 UDP checksum is correct.
 """
 
 from __future__ import annotations
 
-import argparse
 import heapq
-import json
 import random
 import struct
-import sys
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gfwlab.offline.synth import flood
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.proto.dns import build_query
+from gfwlab.proto.quic import build_initial
 from gfwlab.proto.tls import build_client_hello
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_LISTS = REPO.parent / "shared" / "data" / "blocklists"
 LIST_FILES = {
     "dns": "gfw-2024-dns-blocklist.txt",
     "http": "gfw-2024-http-blocklist.txt",
@@ -57,8 +52,28 @@ LIST_FILES = {
 }
 T0 = 1_717_200_000.0  # 2024-06-01 00:00:00 UTC
 
-KINDS = ("dns", "http", "tls", "quic", "tcp")
-MIX = {"dns": 0.15, "http": 0.20, "tls": 0.30, "quic": 0.15, "tcp": 0.20}
+KINDS = ("dns", "http", "tls", "quic", "tcp", "bulk")
+
+
+@dataclass(frozen=True, slots=True)
+class Mix:
+    """What a capture holds: each kind's share of the packets, and how long transfers are."""
+
+    shares: dict[str, float]
+    scale: float
+    """Multiplies the mean length of responses, downloads and QUIC connections."""
+
+
+MIXES = {
+    "flow-heavy": Mix({"dns": 0.15, "http": 0.20, "tls": 0.30, "quic": 0.15, "tcp": 0.20}, 1.0),
+    "realistic": Mix(
+        {"dns": 0.02, "http": 0.12, "tls": 0.36, "quic": 0.20, "tcp": 0.05, "bulk": 0.25}, 3.0
+    ),
+}
+"""``flow-heavy``: ~130k flows per million packets; ``realistic``: 25-40 packets per flow."""
+FLOODS = ("syn-flood", "concurrent")
+"""Mixes for the flow table's limits (:mod:`.flood`): ``flows`` SYNs from spoofed sources, or
+``flows`` connections held open at once."""
 BLOCKED_SHARE = 0.25
 V6_SHARE = 0.10
 KEYWORDS = ("falun", "ultrasurf", "freegate", "tiananmen", "dalai")
@@ -95,8 +110,7 @@ def _finish(total: int) -> int:
 class Conn:
     """Two endpoints; builds correct IPv4/IPv6 + TCP/UDP packets between them, either way."""
 
-    __slots__ = ("addr_sum", "c", "cport", "ipid_c", "ipid_s", "s", "sport", "ttl_c", "ttl_s",
-                 "v6")
+    __slots__ = ("addr_sum", "c", "cport", "ipid_c", "ipid_s", "s", "sport", "ttl_c", "ttl_s", "v6")
 
     def __init__(self, rng: random.Random, c: bytes, s: bytes, cport: int, sport: int) -> None:
         self.c, self.s, self.cport, self.sport = c, s, cport, sport
@@ -122,15 +136,35 @@ class Conn:
         csum = _finish(0x4500 + total + ipid + frag + (ttl << 8 | proto) + self.addr_sum)
         return _V4_HDR.pack(0x45, 0, total, ipid, frag, ttl, proto, csum, src, dst) + body
 
-    def tcp(self, c2s: bool, seq: int, ack: int, flags: int, *, payload: bytes = b"",
-            options: bytes = b"", window: int = 64240) -> bytes:
+    def tcp(
+        self,
+        c2s: bool,
+        seq: int,
+        ack: int,
+        flags: int,
+        *,
+        payload: bytes = b"",
+        options: bytes = b"",
+        window: int = 64240,
+    ) -> bytes:
         sport, dport = (self.cport, self.sport) if c2s else (self.sport, self.cport)
         seq &= 0xFFFFFFFF
         ack &= 0xFFFFFFFF
         off = (20 + len(options)) >> 2
         seglen = 20 + len(options) + len(payload)
-        total = (self.addr_sum + 6 + seglen + sport + dport + (seq >> 16) + (seq & 0xFFFF)
-                 + (ack >> 16) + (ack & 0xFFFF) + (off << 12 | flags) + window)
+        total = (
+            self.addr_sum
+            + 6
+            + seglen
+            + sport
+            + dport
+            + (seq >> 16)
+            + (seq & 0xFFFF)
+            + (ack >> 16)
+            + (ack & 0xFFFF)
+            + (off << 12 | flags)
+            + window
+        )
         if options:
             total += _fold(options)
         if payload:
@@ -165,8 +199,14 @@ class Tcp:
         c = self.conn
         self.out.append((self.t, c.tcp(True, self.cseq, 0, SYN, options=SYN_OPTIONS)))
         self.t += self.rtt / 2
-        self.out.append((self.t, c.tcp(False, self.sseq, self.cseq + 1, SYN | ACK,
-                                       options=SYN_OPTIONS, window=65160)))
+        self.out.append(
+            (
+                self.t,
+                c.tcp(
+                    False, self.sseq, self.cseq + 1, SYN | ACK, options=SYN_OPTIONS, window=65160
+                ),
+            )
+        )
         self.cseq += 1
         self.sseq += 1
         self.t += self.rtt / 2
@@ -177,13 +217,15 @@ class Tcp:
     def send(self, c2s: bool, payload: bytes, dt: float) -> None:
         self.t += dt
         if c2s:
-            self.out.append((self.t, self.conn.tcp(True, self.cseq, self.sseq, PSH | ACK,
-                                                   payload=payload)))
+            self.out.append(
+                (self.t, self.conn.tcp(True, self.cseq, self.sseq, PSH | ACK, payload=payload))
+            )
             self.cseq += len(payload)
             self.last_c = (self.cseq, self.sseq)
         else:
-            self.out.append((self.t, self.conn.tcp(False, self.sseq, self.cseq, PSH | ACK,
-                                                   payload=payload)))
+            self.out.append(
+                (self.t, self.conn.tcp(False, self.sseq, self.cseq, PSH | ACK, payload=payload))
+            )
             self.sseq += len(payload)
             self.last_s = (self.sseq, self.cseq)
 
@@ -228,31 +270,49 @@ def _tls_record(ctype: int, body: bytes) -> bytes:
 class Generator:
     """Builds conversations of each kind from one seeded RNG."""
 
-    def __init__(self, seed: int, lists: dict[str, list[str]], packets: int) -> None:
+    def __init__(
+        self, seed: int, lists: dict[str, list[str]], packets: int, mix: Mix = MIXES["flow-heavy"]
+    ) -> None:
         self.rng = rng = random.Random(seed)
+        self.scale = mix.scale
         self.lists = lists
         self.pool = rng.randbytes(1 << 22)
         letters = b"abcdefghijklmnopqrstuvwxyz      \n<>/=\"'.,-0123456789"
         self.text = bytes(letters[b % len(letters)] for b in rng.randbytes(1 << 20))
         n_clients = max(2000, packets // 40)
-        self.clients4 = [bytes((198, 18, 1 + i // 254 % 255, 1 + i % 254)) for i in
-                         rng.sample(range(255 * 254), min(n_clients, 255 * 254))]
-        self.clients6 = [bytes.fromhex("20010db8000c0000") + rng.randbytes(8)
-                         for _ in range(max(200, n_clients // 10))]
+        self.clients4 = [
+            bytes((198, 18, 1 + i // 254 % 255, 1 + i % 254))
+            for i in rng.sample(range(255 * 254), min(n_clients, 255 * 254))
+        ]
+        self.clients6 = [
+            bytes.fromhex("20010db8000c0000") + rng.randbytes(8)
+            for _ in range(max(200, n_clients // 10))
+        ]
         n_servers = max(1000, packets // 100)
-        self.servers4 = [bytes((198, 19, 1 + i // 254 % 255, 1 + i % 254)) for i in
-                         rng.sample(range(255 * 254), min(n_servers, 255 * 254))]
-        self.servers6 = [bytes.fromhex("20010db800050000") + rng.randbytes(8)
-                         for _ in range(max(100, n_servers // 10))]
-        self.resolvers4 = [bytes((198, 19, 0, 53)), bytes((198, 19, 0, 54)),
-                           bytes((198, 19, 1, 53))]
+        self.servers4 = [
+            bytes((198, 19, 1 + i // 254 % 255, 1 + i % 254))
+            for i in rng.sample(range(255 * 254), min(n_servers, 255 * 254))
+        ]
+        self.servers6 = [
+            bytes.fromhex("20010db800050000") + rng.randbytes(8)
+            for _ in range(max(100, n_servers // 10))
+        ]
+        self.resolvers4 = [
+            bytes((198, 19, 0, 53)),
+            bytes((198, 19, 0, 54)),
+            bytes((198, 19, 1, 53)),
+        ]
         self.resolvers6 = [bytes.fromhex("20010db8000500000000000000000053")]
         self.by_name: dict[tuple[str, bool], bytes] = {}
         self.hellos: dict[str, bytes] = {}
         self.flows = 0
         self.builders: dict[str, Callable[[float], Packets]] = {
-            "dns": self.dns, "http": self.http, "tls": self.tls, "quic": self.quic,
+            "dns": self.dns,
+            "http": self.http,
+            "tls": self.tls,
+            "quic": self.quic,
             "tcp": self.random_tcp,
+            "bulk": self.bulk,
         }
 
     # ------------------------------------------------------------------ helpers
@@ -304,8 +364,9 @@ class Generator:
         name = self.name("dns")
         qtype = 28 if rng.random() < 0.25 else 1
         query = build_query(name, qtype, id=rng.getrandbits(16))
-        conn = self.conn(self.client(v6), rng.choice(self.resolvers6 if v6 else self.resolvers4),
-                         53)
+        conn = self.conn(
+            self.client(v6), rng.choice(self.resolvers6 if v6 else self.resolvers4), 53
+        )
         out: Packets = [(t, conn.udp(True, query))]
         r = rng.random()
         if r < 0.04:
@@ -318,10 +379,12 @@ class Generator:
             count = rng.choice((1, 1, 1, 2, 2, 3, 4))
             parts = []
             for _ in range(count):
-                addr = (rng.choice(self.servers6) if qtype == 28 else
-                        rng.choice(self.servers4))
-                parts.append(b"\xc0\x0c" + struct.pack("!HHIH", qtype, 1, rng.randint(30, 3600),
-                                                        len(addr)) + addr)
+                addr = rng.choice(self.servers6) if qtype == 28 else rng.choice(self.servers4)
+                parts.append(
+                    b"\xc0\x0c"
+                    + struct.pack("!HHIH", qtype, 1, rng.randint(30, 3600), len(addr))
+                    + addr
+                )
             answers = b"".join(parts)
         head = query[:2] + struct.pack("!HHHHH", flags, 1, count, 0, 0)
         out.append((t + rng.uniform(0.002, 0.12), conn.udp(False, head + query[12:] + answers)))
@@ -338,21 +401,31 @@ class Generator:
             if rng.random() < 0.08:
                 path = f"/search?q={rng.choice(KEYWORDS)}&lang=en"
             else:
-                path = rng.choice(("/", "/index.html", "/favicon.ico", "/news",
-                                   f"/static/app.{rng.getrandbits(32):08x}.js",
-                                   f"/img/{rng.randint(1, 99999)}.png"))
-            request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\n"
-                       "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:126.0) Gecko/20100101 "
-                       "Firefox/126.0\r\nAccept: */*\r\nAccept-Language: en-US,en;q=0.5\r\n"
-                       "Connection: keep-alive\r\n\r\n").encode("latin-1")
+                path = rng.choice(
+                    (
+                        "/",
+                        "/index.html",
+                        "/favicon.ico",
+                        "/news",
+                        f"/static/app.{rng.getrandbits(32):08x}.js",
+                        f"/img/{rng.randint(1, 99999)}.png",
+                    )
+                )
+            request = (
+                f"GET {path} HTTP/1.1\r\nHost: {host}\r\n"
+                "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:126.0) Gecko/20100101 "
+                "Firefox/126.0\r\nAccept: */*\r\nAccept-Language: en-US,en;q=0.5\r\n"
+                "Connection: keep-alive\r\n\r\n"
+            ).encode("latin-1")
             tcp.send(True, request, 0.0005 if req == 0 else tcp.rtt)
             if rng.random() < 0.5:
                 tcp.ack(False, tcp.rtt / 2)
-            segs = min(12, int(rng.expovariate(1 / 3.0)) + 1)
+            segs = min(int(12 * self.scale), int(rng.expovariate(1 / (3.0 * self.scale))) + 1)
             length = (segs - 1) * MSS_PAYLOAD + rng.randint(50, MSS_PAYLOAD - 200)
-            head = (f"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/html; charset=utf-8"
-                    f"\r\nContent-Length: {length}\r\nConnection: keep-alive\r\n\r\n"
-                    ).encode("latin-1")
+            head = (
+                f"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/html; charset=utf-8"
+                f"\r\nContent-Length: {length}\r\nConnection: keep-alive\r\n\r\n"
+            ).encode("latin-1")
             body = self.words(length)
             data = head + body
             for i in range(0, len(data), MSS_PAYLOAD):
@@ -365,10 +438,16 @@ class Generator:
     def server_flight(self) -> list[bytes]:
         """ServerHello + ChangeCipherSpec + encrypted handshake, as 1 to 3 segments."""
         rng = self.rng
-        exts = (b"\x00\x2b\x00\x02\x03\x04" + b"\x00\x33\x00\x24\x00\x1d\x00\x20"
-                + self.blob(32))
-        body = (b"\x03\x03" + self.blob(32) + b"\x20" + self.blob(32) + b"\x13\x01\x00"
-                + len(exts).to_bytes(2, "big") + exts)
+        exts = b"\x00\x2b\x00\x02\x03\x04" + b"\x00\x33\x00\x24\x00\x1d\x00\x20" + self.blob(32)
+        body = (
+            b"\x03\x03"
+            + self.blob(32)
+            + b"\x20"
+            + self.blob(32)
+            + b"\x13\x01\x00"
+            + len(exts).to_bytes(2, "big")
+            + exts
+        )
         hello = _tls_record(22, b"\x02" + len(body).to_bytes(3, "big") + body)
         first = hello + _tls_record(20, b"\x01")
         # Encrypted extensions, certificate, verify, finished: 2.5 kB to 4.5 kB of records.
@@ -384,7 +463,11 @@ class Generator:
             remaining -= n
         return segs
 
-    def tls(self, t: float) -> Packets:
+    def bulk(self, t: float) -> Packets:
+        """A long TLS download (or, one time in five, upload)."""
+        return self.tls(t, bulk=True)
+
+    def tls(self, t: float, *, bulk: bool = False) -> Packets:
         rng = self.rng
         v6 = rng.random() < V6_SHARE
         sni = self.name("https")
@@ -407,11 +490,13 @@ class Generator:
         tcp.send(True, _tls_record(20, b"\x01") + _tls_record(23, self.blob(53)), 0.002)
         for _ in range(1 if rng.random() < 0.85 else rng.randint(2, 4)):
             tcp.send(True, _tls_record(23, self.blob(rng.randint(60, 700))), 0.001)
-            n = min(60, int(rng.expovariate(1 / 8.0)))
+            mean = 8.0 * self.scale * (25 if bulk else 1)
+            n = min(int(60 * self.scale * (25 if bulk else 1)), int(rng.expovariate(1 / mean)))
+            up = bulk and rng.random() < 0.2
             for i in range(n):
                 size = MSS_PAYLOAD - 5 if i < n - 1 else rng.randint(30, MSS_PAYLOAD - 5)
-                tcp.send(False, _tls_record(23, self.blob(size)), tcp.rtt / 2 if i == 0 else 2e-4)
-                self.ack_every_other(tcp, False, i)
+                tcp.send(up, _tls_record(23, self.blob(size)), tcp.rtt / 2 if i == 0 else 2e-4)
+                self.ack_every_other(tcp, up, i)
             tcp.ack(True, 0.0002)
         tcp.send(True, _tls_record(23, self.blob(19)), 0.05)  # close_notify
         tcp.close()
@@ -419,30 +504,40 @@ class Generator:
 
     def quic_long(self, dcid: bytes, scid: bytes, size: int) -> bytes:
         """A QUIC v1 Initial of ``size`` bytes: real header, random protected payload."""
-        head = (bytes((0xC0 | self.rng.getrandbits(2),)) + b"\x00\x00\x00\x01\x08" + dcid
-                + b"\x08" + scid + b"\x00")
+        head = (
+            bytes((0xC0 | self.rng.getrandbits(2),))
+            + b"\x00\x00\x00\x01\x08"
+            + dcid
+            + b"\x08"
+            + scid
+            + b"\x00"
+        )
         rest = size - len(head) - 2
         return head + (0x4000 | rest).to_bytes(2, "big") + self.blob(rest)
 
     def quic(self, t: float) -> Packets:
-        """Client Initial, server Initial, then 1-RTT short-header packets both ways."""
+        """A client Initial that decrypts (its SNI from the names), a server Initial, then
+        1-RTT short-header packets both ways."""
         rng = self.rng
         v6 = rng.random() < V6_SHARE
-        conn = self.conn(self.client(v6), rng.choice(self.servers6 if v6 else self.servers4),
-                         443)
+        sni = self.name("quic")
+        conn = self.conn(self.client(v6), self.server_for(sni, v6), 443)
         odcid, ccid, scid = self.blob(8), self.blob(8), self.blob(8)
-        n = min(80, 2 + int(rng.expovariate(1 / 8.0)))
+        n = min(int(80 * self.scale), 2 + int(rng.expovariate(1 / (8.0 * self.scale))))
         out: Packets = []
         for i in range(n):
             size = rng.randint(1200, 1350)
             if i == 0:
-                c2s, body = True, self.quic_long(odcid, ccid, size)
+                c2s, body = True, build_initial(sni, dcid=odcid, scid=ccid, pad_to=size)
             elif i == 1:
                 c2s, body = False, self.quic_long(ccid, scid, size)
             else:
                 c2s = rng.random() < 0.3
-                body = (bytes((0x40 | rng.getrandbits(5),)) + (scid if c2s else ccid)
-                        + self.blob(size - 9))
+                body = (
+                    bytes((0x40 | rng.getrandbits(5),))
+                    + (scid if c2s else ccid)
+                    + self.blob(size - 9)
+                )
             out.append((t, conn.udp(c2s, body)))
             t += rng.uniform(0.0002, 0.01) if i != 0 else rng.uniform(0.008, 0.25)
         return out
@@ -450,8 +545,11 @@ class Generator:
     def random_tcp(self, t: float) -> Packets:
         rng = self.rng
         v6 = rng.random() < V6_SHARE
-        conn = self.conn(self.client(v6), rng.choice(self.servers6 if v6 else self.servers4),
-                         rng.randint(*RANDOM_SERVER_PORTS))
+        conn = self.conn(
+            self.client(v6),
+            rng.choice(self.servers6 if v6 else self.servers4),
+            rng.randint(*RANDOM_SERVER_PORTS),
+        )
         tcp = Tcp(rng, conn, t, self.rtt())
         if rng.random() < 0.1:  # a scan: SYN, RST/ACK
             tcp.out.append((t, conn.tcp(True, tcp.cseq, 0, SYN, options=SYN_OPTIONS)))
@@ -473,30 +571,58 @@ class Generator:
 
 
 def read_list(path: Path) -> list[str]:
+    """A list file's names, lower-cased, without blanks and ``#`` comments."""
     with open(path, encoding="utf-8") as fh:
         names = [line.strip().lower() for line in fh]
     return [n for n in names if n and not n.startswith("#")]
 
 
-def load_lists(directory: Path) -> tuple[dict[str, list[str]], bool]:
-    """The name lists, and whether the real files were found."""
-    try:
-        return {key: read_list(directory / name) for key, name in LIST_FILES.items()}, True
-    except OSError:
-        blocked = ["www.google.com", "www.facebook.com", "twitter.com", "www.youtube.com",
-                   "en.wikipedia.org", "www.nytimes.com", "www.torproject.org",
-                   "www.instagram.com"]
+BUILTIN_BLOCKED = (
+    "www.google.com", "www.facebook.com", "twitter.com", "www.youtube.com", "en.wikipedia.org",
+    "www.nytimes.com", "www.torproject.org", "www.instagram.com",
+)  # fmt: skip
+
+
+def load_names(directory: Path | None) -> dict[str, list[str]]:
+    """The name lists by use (``dns``, ``http``, ``https``, ``quic``, ``tranco``): the 2024 lists
+    in ``directory`` (:data:`LIST_FILES`), or built-in names if ``directory`` is None. Raises
+    OSError for a directory without them."""
+    if directory is None:
+        blocked = list(BUILTIN_BLOCKED)
         popular = [f"site{i}.example.com" for i in range(10_000)]
-        return {"dns": blocked, "http": blocked, "https": blocked, "tranco": popular}, False
+        return {"dns": blocked, "http": blocked, "https": blocked, "quic": blocked,
+                "tranco": popular}  # fmt: skip
+    lists = {key: read_list(directory / name) for key, name in LIST_FILES.items()}
+    lists.setdefault("quic", lists["https"])
+    return lists
 
 
-def generate(out: str, packets: int, seed: int, lists_dir: Path, pps: float) -> dict[str, Any]:
-    """Write the capture; return what it holds."""
-    lists, real = load_lists(lists_dir)
-    if not real:
-        print(f"gen_capture: {lists_dir} has no blocklists; using a few built-in names",
-              file=sys.stderr)
-    gen = Generator(seed, lists, packets)
+def generate(
+    out: str,
+    *,
+    flows: int | None = None,
+    packets: int | None = None,
+    seed: int = 1,
+    mix: str = "realistic",
+    names: dict[str, list[str]] | None = None,
+    pps: float = 8000.0,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Write the capture to ``out`` (published whole, or not at all); return what it holds.
+
+    ``flows``: start this many conversations and write all their packets; ``packets``: stop
+    after this many packets (the last conversations cut short). ``pps`` is the mean packet rate
+    of capture time. ``progress`` is called with the packets written so far.
+    """
+    if (flows is None) == (packets is None):
+        raise ValueError("give flows or packets")
+    if mix in FLOODS:
+        return flood.write(out, mix, flows or packets or 0, seed)
+    chosen = MIXES[mix]
+    lists = names if names is not None else load_names(None)
+    gen = Generator(seed, lists, packets or (flows or 0) * 30, chosen)
+    shares = {k: chosen.shares.get(k, 0.0) for k in KINDS}
+    kinds = [k for k in KINDS if shares[k] > 0]
     rng = gen.rng
     made = dict.fromkeys(KINDS, 0)
     written = dict.fromkeys(KINDS, 0)
@@ -505,25 +631,31 @@ def generate(out: str, packets: int, seed: int, lists_dir: Path, pps: float) -> 
     counter = 0
     next_start = T0 + 0.001
     total_made = 0
+    started = 0
     v6_packets = 0
     n = 0
     nbytes = 0
+    t = T0
+    limit = packets if packets is not None else -1
     with PcapWriter(out) as writer:
         write = writer.write
-        while n < packets:
-            while not heap or next_start <= heap[0][0]:
+        while n != limit:
+            while (flows is None or started < flows) and (not heap or next_start <= heap[0][0]):
                 # The kind furthest below its share of the packets made so far goes next.
-                kind_i, kind = max(enumerate(KINDS),
-                                   key=lambda ik: MIX[ik[1]] * (total_made + 1) - made[ik[1]])
+                kind = max(kinds, key=lambda k: shares[k] * (total_made + 1) - made[k])
+                kind_i = KINDS.index(kind)
                 conv = gen.builders[kind](next_start)
                 convs[kind] += 1
+                started += 1
                 made[kind] += len(conv)
                 total_made += len(conv)
-                for t, pkt in conv:
-                    heapq.heappush(heap, (t, counter, kind_i, pkt))
+                for ct, pkt in conv:
+                    heapq.heappush(heap, (ct, counter, kind_i, pkt))
                     counter += 1
-                mean = total_made / sum(convs.values())
+                mean = total_made / started
                 next_start += rng.expovariate(pps / mean)
+            if not heap:
+                break
             t, _c, kind_i, pkt = heapq.heappop(heap)
             write(t, pkt)
             written[KINDS[kind_i]] += 1
@@ -531,49 +663,19 @@ def generate(out: str, packets: int, seed: int, lists_dir: Path, pps: float) -> 
             if pkt[0] >> 4 == 6:
                 v6_packets += 1
             n += 1
-        duration = t - T0
+            if progress is not None and not n & 0x3FFF:
+                progress(n)
     return {
         "packets": n,
         "seed": seed,
+        "mix": mix,
         "pps_target": pps,
         "bytes_ip": nbytes,
-        "capture_seconds": round(duration, 3),
+        "capture_seconds": round(t - T0, 3),
         "flows_started": gen.flows,
+        "packets_per_flow": round(n / max(gen.flows, 1), 1),
         "conversations": convs,
         "packets_by_kind": written,
-        "share_by_kind": {k: round(v / n, 4) for k, v in written.items()},
+        "share_by_kind": {k: round(v / max(n, 1), 4) for k, v in written.items()},
         "ipv6_packets": v6_packets,
-        "real_lists": real,
-        "lists_dir": str(lists_dir),
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("out", help="the pcap file to write")
-    ap.add_argument("--packets", type=int, default=1_000_000, help="packets to write")
-    ap.add_argument("--seed", type=int, default=1, help="seed for every random draw")
-    ap.add_argument("--pps", type=float, default=8000.0,
-                    help="mean packets per second of capture time (sets the time span)")
-    ap.add_argument("--lists", type=Path, default=DEFAULT_LISTS,
-                    help="directory holding the gfw-2024-*.txt lists")
-    ap.add_argument("--meta", help="also write what the capture holds, as JSON, to this file")
-    args = ap.parse_args(argv)
-    if args.packets < 1:
-        ap.error("--packets must be at least 1")
-    started = time.perf_counter()
-    info = generate(args.out, args.packets, args.seed, args.lists, args.pps)
-    info["generation_seconds"] = round(time.perf_counter() - started, 2)
-    if args.meta:
-        with open(args.meta, "w", encoding="utf-8") as fh:
-            json.dump(info, fh, indent=2)
-            fh.write("\n")
-    share = ", ".join(f"{k} {v:.1%}" for k, v in info["share_by_kind"].items())
-    print(f"{args.out}: {info['packets']} packets ({share}), {info['flows_started']} flows, "
-          f"{info['ipv6_packets']} IPv6 packets, {info['capture_seconds']} s of traffic, "
-          f"written in {info['generation_seconds']} s", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

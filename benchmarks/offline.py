@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Offline analysis against reading the file and against tshark, on two mixes, in one run.
+
+    python benchmarks/offline.py --keep /tmp/gfwlab-bench          # 1,300,000 packets per mix
+    python benchmarks/offline.py --packets 100000                  # a quick run
+    python benchmarks/offline.py --keep DIR --exact                # also the every-packet path
+
+Generates with ``gfwlab synth`` (or reuses from ``--keep DIR``) a ``realistic`` capture (25-40
+packets per flow) and a ``flow-heavy`` one (about 130,000 flows per million packets), names from
+the 2024 lists in ``../shared/data/blocklists``, then times over each file, each as its own
+process (wall clock, process start included), and prints the peak memory of each:
+
+* ``cat FILE > /dev/null`` (reading the file: the floor);
+* ``gfwlab analyze --json --events`` with the full ``gfw`` profile on 2024-06-01 with every
+  mechanism active (FET's dynamic blocking, which ended in 2023, kept on) and the built-in lists;
+  the same with the real 2024 lists (DNS, HTTP, HTTPS, QUIC), and with a generated
+  1,000,000-name list for every domain rule; how many packets reached the engine;
+* ``gfwlab analyze --exact`` with the built-in lists (with ``--exact``);
+* ``tshark -r FILE -T fields`` with the DNS, HTTP Host and TLS SNI fields (and addresses).
+
+Each analyze command is also timed on a one-flow capture: its fixed cost (process start,
+imports, loading the lists), which is how long loading a list takes. The goals are those of
+issue 12; the benchmark reports the gap to them and never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+HERE = Path(__file__).resolve().parent
+LISTS = HERE.parent.parent / "shared" / "data" / "blocklists"
+REAL_LISTS = {
+    "dns_injection.domains": "gfw-2024-dns-blocklist.txt",
+    "http_keyword.domains": "gfw-2024-http-blocklist.txt",
+    "tls_sni.domains": "gfw-2024-https-blocklist.txt",
+    "quic_sni.domains": "gfw-2024-quic-blocklist.txt",
+}
+EVERY_MECHANISM = ["--date", "2024-06-01", "--set", "fet.active={start='2021-11-01'}"]
+TSHARK_FIELDS = (
+    "ip.src", "ip.dst", "tcp.srcport", "tcp.dstport", "udp.srcport", "udp.dstport",
+    "dns.qry.name", "http.host", "tls.handshake.extensions_server_name",
+)  # fmt: skip
+GOALS = {  # mix: (packets/s, times tshark, times cat at most)
+    "realistic": (1_500_000, 30.0, 10.0),
+    "flow-heavy": (500_000, 10.0, None),
+}
+console = Console() if sys.stdout.isatty() else Console(width=140)
+
+
+@dataclass
+class Timed:
+    seconds: float
+    rss_mib: float
+    code: int
+    stdout: str
+    stderr: str
+
+
+def timed(cmd: list[str], stdout_path: str | None = None) -> Timed:
+    """Run ``cmd``: wall seconds, the child's own peak resident memory, its outputs."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        sink = open(stdout_path, "wb") if stdout_path else out  # noqa: SIM115
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=err)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        if stdout_path:
+            sink.close()
+        out.seek(0)
+        err.seek(0)
+        return Timed(seconds, usage.ru_maxrss / 1024, code, out.read().decode(),
+                     err.read().decode())  # fmt: skip
+
+
+def gfwlab() -> list[str]:
+    exe = shutil.which("gfwlab", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "gfwlab"]
+
+
+def ensure_capture(
+    directory: Path, mix: str, packets: int, seed: int
+) -> tuple[Path, dict[str, Any]]:
+    cap = directory / f"{mix}-{packets}-s{seed}.pcap"
+    meta = directory / f"{mix}-{packets}-s{seed}.json"
+    if cap.exists() and meta.exists():
+        console.print(f"reusing {cap}")
+        return cap, json.loads(meta.read_text())
+    console.print(f"generating {cap} ...")
+    lists = ["--lists", str(LISTS)] if LISTS.is_dir() else []
+    cmd = [*gfwlab(), "synth", str(cap), "--packets", str(packets), "--seed", str(seed),
+           "--mix", mix, *lists]  # fmt: skip
+    run = timed(cmd, str(meta))
+    if run.code:
+        raise SystemExit(f"gfwlab synth failed: {run.stderr.strip()}")
+    return cap, json.loads(meta.read_text())
+
+
+def million_names(directory: Path) -> Path:
+    """A 1,000,000-entry domain list (deterministic names, a few real blocked ones)."""
+    path = directory / "generated-1000000.txt"
+    if not path.exists():
+        tlds = ("com", "net", "org", "cn", "io", "info", "de", "jp")
+        with open(path, "w", encoding="utf-8") as fh:
+            for i in range(1_000_000):
+                fh.write(f"host{i:x}.site{i % 9973}.{tlds[i % len(tlds)]}\n")
+    return path
+
+
+def one_flow(directory: Path) -> Path:
+    path = directory / "one-flow.pcap"
+    if not path.exists():
+        timed([*gfwlab(), "synth", str(path), "--flows", "1", "--mix", "flow-heavy"])
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--packets", type=int, default=1_300_000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--keep", type=Path, help="keep (and reuse) captures and lists here")
+    ap.add_argument("--mix", action="append", choices=sorted(GOALS), help="default: both")
+    ap.add_argument("--exact", action="store_true", help="also time the every-packet path")
+    ap.add_argument("--no-tshark", action="store_true")
+    args = ap.parse_args(argv)
+    tmp = None
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        directory = args.keep
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="gfwlab-bench-")
+        directory = Path(tmp.name)
+    tshark = None if args.no_tshark else shutil.which("tshark")
+    big = million_names(directory)
+    variants: dict[str, list[str]] = {"built-in lists": []}
+    if LISTS.is_dir():
+        variants["2024 lists"] = [
+            a for key, name in REAL_LISTS.items() for a in ("--set", f"{key}={LISTS / name}")
+        ]
+    variants["1M-name list"] = [a for key in REAL_LISTS for a in ("--set", f"{key}={big}")]
+    tiny = one_flow(directory)
+    fixed: dict[str, float] = {}
+    for name, sets in variants.items():
+        run = timed([*gfwlab(), "analyze", str(tiny), *EVERY_MECHANISM, *sets, "--json"])
+        fixed[name] = run.seconds
+    report: dict[str, Any] = {"fixed_cost_s": fixed, "mixes": {}}
+    for mix in args.mix or ["realistic", "flow-heavy"]:
+        cap, info = ensure_capture(directory, mix, args.packets, args.seed)
+        rows: list[tuple[str, Timed, int | None]] = []
+        rows.append(("cat > /dev/null", timed(["cat", str(cap)], os.devnull), None))
+        cat = rows[0][1].seconds
+        cat = min(cat, timed(["cat", str(cap)], os.devnull).seconds)  # warm cache, best of two
+        rows[0] = ("cat > /dev/null", Timed(cat, rows[0][1].rss_mib, 0, "", ""), None)
+        for name, sets in variants.items():
+            events = str(directory / f"events-{mix}.jsonl")
+            cmd = [*gfwlab(), "analyze", str(cap), *EVERY_MECHANISM, *sets, "--json",
+                   "--events", events]  # fmt: skip
+            run = timed(cmd)
+            summary = json.loads(run.stdout) if run.code == 0 else {}
+            rows.append((f"gfwlab analyze, {name}", run, summary.get("engine_packets")))
+        if args.exact:
+            cmd = [*gfwlab(), "analyze", str(cap), *EVERY_MECHANISM, "--json", "--exact"]
+            run = timed(cmd)
+            summary = json.loads(run.stdout) if run.code == 0 else {}
+            rows.append(("gfwlab analyze --exact, built-in", run, summary.get("engine_packets")))
+        if tshark:
+            fields = [a for f in TSHARK_FIELDS for a in ("-e", f)]
+            run = timed([tshark, "-n", "-r", str(cap), "-T", "fields", *fields], os.devnull)
+            rows.append(("tshark -T fields", run, None))
+        report["mixes"][mix] = show(mix, info, rows, fixed)
+    if args.keep:
+        (directory / "report.json").write_text(json.dumps(report, indent=2))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+def show(mix: str, info: dict[str, Any], rows: list[tuple[str, Timed, int | None]],
+         fixed: dict[str, float]) -> dict[str, Any]:  # fmt: skip
+    n = info["packets"]
+    cat = rows[0][1].seconds
+    tshark = next((t.seconds for name, t, _ in rows if name.startswith("tshark")), None)
+    table = Table(
+        title=f"{mix}: {n:,} packets, {info['flows_started']:,} flows "
+        f"({info['packets_per_flow']} per flow), {info['bytes_ip'] / 2**30:.2f} GiB"
+    )
+    for col in ("tool", "seconds", "packets/s", "× cat", "tshark ×", "to engine", "peak MiB",
+                "ok"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "tool" else "right")
+    out: dict[str, Any] = {"packets": n, "flows": info["flows_started"], "rows": {}}
+    for name, t, fed in rows:
+        pps = n / t.seconds if t.seconds else 0.0
+        rss = f"{t.rss_mib:.0f}"
+        table.add_row(
+            name, f"{t.seconds:.2f}", f"{pps:,.0f}", f"{t.seconds / cat:.1f}",
+            f"{tshark / t.seconds:.1f}" if tshark else "-",
+            f"{fed:,} ({fed / n:.1%})" if fed is not None else "-",
+            rss, "yes" if t.code == 0 else f"exit {t.code}",
+        )  # fmt: skip
+        out["rows"][name] = {"seconds": round(t.seconds, 3), "pps": round(pps),
+                             "engine_packets": fed, "peak_rss_mib": round(t.rss_mib)}  # fmt: skip
+    console.print(table)
+    goal_pps, goal_tshark, goal_cat = GOALS[mix]
+    base = next(t.seconds for name, t, _ in rows if name.endswith("built-in lists"))
+    pps = n / base
+    gaps = [f"goal ≥ {goal_pps:,} packets/s: {pps:,.0f} ({pps / goal_pps:.0%} of it)"]
+    if tshark:
+        gaps.append(f"goal ≥ {goal_tshark:.0f}× tshark: {tshark / base:.1f}×")
+    if goal_cat:
+        gaps.append(f"goal within {goal_cat:.0f}× cat: {base / cat:.0f}×")
+    for name, t, _ in rows:
+        if ("analyze" in name and "lists" not in name.split(", ")[-1]) or "built-in" in name:
+            continue
+        if "analyze" in name:
+            gaps.append(f"{name.split(', ')[-1]}: {base / t.seconds:.0%} of the built-in "
+                        "throughput (goal ≥ 80%)")  # fmt: skip
+    gaps.append("fixed cost per run (one-flow capture): "
+                + ", ".join(f"{k} {v:.2f} s" for k, v in fixed.items()))  # fmt: skip
+    for line in gaps:
+        console.print(f"  {line}")
+    out["gaps"] = gaps
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,443 @@
+"""The fast path of ``gfwlab analyze``: feed the engine only what can change a verdict.
+
+The engine's own flow state says what can: once a flow is BYPASSED (nothing left to inspect) a
+later packet of it only adds to counters, unless a residual *drop* block is held somewhere
+(then every packet is looked up); once a flow is BLOCKED, each later packet gets the cached
+verdict of its direction. So, over a :class:`~gfwlab.offline.index.CaptureIndex`:
+
+1. every flow life's packets are fed in file order, interleaved with the other lives' and with
+   the engine's timers exactly as the every-packet path interleaves them, until the flow is
+   BYPASSED or BLOCKED after a packet; packets outside flows are always fed;
+2. while the engine holds a residual drop block, every packet is fed;
+3. the rest of a BYPASSED flow is counted in bulk; the rest of a BLOCKED flow is dropped or
+   passed in bulk by its direction; both are copied to the censored capture in bulk.
+
+What keeps it identical to the every-packet path (``tests/test_fastpath.py``):
+
+* draws are keyed per flow (``Flow.draws``), so leaving packets out changes no draw;
+* a flow's ``packets`` count is set to its position before each packet is fed, and its
+  ``last_seen`` is set to the time of the life's last packet after each: within a life the
+  gaps are shorter than the idle timeout, so the engine's expiry (at a packet or a sweep)
+  forgets the flow exactly when the every-packet path would;
+* a timer released before a fed packet is written before the first packet at or after its
+  deadline, where the every-packet path would have released it;
+* timestamps must not go backwards (the caller falls back to the every-packet path if they do).
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import assert_never
+
+import numpy as np
+
+from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, Probe, Report
+from gfwlab.engine.censor import Censor
+from gfwlab.engine.flows import Flow, FlowState, flow_key
+from gfwlab.engine.residual import Key, residual_key
+from gfwlab.offline.index import I64, CaptureIndex
+from gfwlab.packet.ip import parse
+from gfwlab.packet.pcap import MAX_CAPLEN, PcapWriter
+from gfwlab.rules.profile import ResidualKey
+
+Writes = list[tuple[float, bytes]]
+
+_BLOCK_CODES = {"none": 0, "c2s": 1, "s2c": 2, "both": 3}
+_CHUNK = 32 << 20
+
+
+class FastPathError(RuntimeError):
+    """The index and the engine disagree about a packet (a bug: use ``--exact``)."""
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the censored capture holds, relative to the input's packets."""
+
+    before: dict[int, Writes] = field(default_factory=dict)
+    """Packets released by timers, written before input packet ``i``."""
+    at: dict[int, Writes] = field(default_factory=dict)
+    """What a fed packet's actions wrote (itself if accepted, then injections)."""
+    tail: Writes = field(default_factory=list)
+    """Injections released at the end of the capture."""
+    dropped: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """Input packets dropped in bulk (later packets of blocked flows)."""
+    fed: int = 0
+    """Packets that reached the engine."""
+
+
+def run(
+    index: CaptureIndex,
+    censor: Censor,
+    report: Callable[[Event], None],
+    *,
+    keep: bool,
+    progress: Callable[[int, int], None] | None = None,
+) -> Plan:
+    """Analyse ``index`` with ``censor``; Reports go to ``report`` in the every-packet order.
+    ``keep``: remember what to write to a censored capture."""
+    eng = censor.profile.engine
+    lives = index.lives(eng.tcp_timeout_s, eng.udp_timeout_s)
+    n = len(index)
+    ts = index.ts
+    tsl: list[float] = ts.tolist()
+    order: list[int] = lives.order.tolist()
+    lstart: list[int] = lives.start.tolist()
+    lcount: list[int] = lives.count.tolist()
+    first: list[int] = lives.first.tolist()
+    final: list[float] = lives.final_ts.tolist()
+    keyed: list[bool] = lives.keyed.tolist()
+    n_lives = len(first)
+    status = bytearray(n_lives)  # 0 inspecting, 1 bypassed, 2 blocked, 3 done
+    flows: list[Flow | None] = [None] * n_lives
+    big = int(np.iinfo(np.int64).max)
+    bypass_from = [big] * n_lives
+    block_from = [big] * n_lives
+    block_code = [0] * n_lives
+    client_lower = [False] * n_lives
+    """Whether the flow's client is the lower endpoint of its key."""
+    lower: list[bool] = index.lower.tolist()
+    lookup = censor.residual.lookup
+    handled = np.zeros(n, dtype=np.bool_)
+    plan = Plan()
+    table = censor.flows.flows
+
+    def collect(actions: Iterable[Action], at: float, packet: bytes | None, out: Writes) -> None:
+        for action in actions:
+            match action:
+                case Accept():
+                    if keep and packet is not None:
+                        out.append((at, packet))
+                case Drop() | Probe() | Bypass():
+                    pass
+                case Inject():
+                    if keep:
+                        out.append((action.at, action.packet))
+                case Report():
+                    report(action.event)
+                case _:
+                    assert_never(action)
+
+    def timers(until: float, last: int) -> None:
+        deadline = censor.next_deadline()
+        while deadline is not None and deadline <= until:
+            actions = censor.on_timer(deadline)
+            if actions:
+                j = max(last + 1, int(np.searchsorted(ts, deadline, side="left")))
+                collect(actions, deadline, None, plan.before.setdefault(j, []))
+            deadline = censor.next_deadline()
+
+    heap: list[tuple[int, int, int]] = []
+    life_of = lives.life_of
+    pos = lives.pos
+    # Residual drop blocks: which bypassed flows a drop entry's key covers (see _DropWatch).
+    watch = _DropWatch(censor)
+    suspect = bytearray(n_lives)
+    # A full flow table evicts flows (oldest first): a life whose flow is evicted goes on as a
+    # new life from its next packet, as the engine makes a new flow for it.
+    evicted = censor.flows.evicted_log = [] if n_lives > censor.flows.max_flows else None
+    life_by_flow: dict[int, int] = {}
+
+    def split(flow: Flow) -> None:
+        life = life_by_flow.pop(id(flow), None)
+        if life is None:
+            return
+        lo, hi = lstart[life], lstart[life] + lcount[life]
+        at = bisect.bisect_right(order, last, lo, hi)
+        if at == hi:
+            return
+        new = len(first)
+        lstart.append(at)
+        lcount.append(hi - at)
+        lcount[life] = at - lo
+        first.append(order[at])
+        final.append(final[life])
+        keyed.append(True)
+        status.append(0)
+        flows.append(None)
+        suspect.append(0)
+        for arr, value in ((bypass_from, big), (block_from, big), (block_code, 0)):
+            arr.append(value)
+        client_lower.append(False)
+        rest = lives.order[at:hi]
+        life_of[rest] = new
+        pos[rest] -= at - lo
+        heapq.heappush(heap, (order[at], new, 0))
+
+    nl = 0
+    last = -1
+    fed = 0
+
+    def push_next(life: int, after: int) -> None:
+        lo, hi = lstart[life], lstart[life] + lcount[life]
+        at = bisect.bisect_right(order, after, lo, hi)
+        if at < hi:
+            heapq.heappush(heap, (order[at], life, at - lo))
+
+    def suspects(lives_hit: Iterable[int]) -> None:
+        for hit in lives_hit:
+            if status[hit] == 1 and not suspect[hit]:
+                suspect[hit] = 1
+                push_next(hit, last)
+
+    while True:
+        i = heap[0][0] if heap else n
+        if nl < n_lives and first[nl] < i:
+            i = first[nl]
+        if i >= n:
+            break
+        now = tsl[i]
+        timers(now, last)
+        watch.forget_expired()
+        last = i
+        if heap and heap[0][0] == i:
+            _, life, k = heapq.heappop(heap)
+            if k >= lcount[life]:
+                continue  # queued before its flow was evicted: the new life has it
+        else:
+            life, k = nl, 0
+            nl += 1
+        if status[life] == 1:  # a bypassed flow that a drop entry's key covers
+            if k + 1 < lcount[life]:
+                heapq.heappush(heap, (order[lstart[life] + k + 1], life, k + 1))
+            held = flows[life]
+            assert held is not None
+            c2s = lower[i] == client_lower[life]
+            if lookup(held, "drop-c2s" if c2s else "drop-s2c", now) is None:
+                continue  # not blocked now: it stays bypassed, counted in bulk
+        elif status[life] == 2:
+            continue  # blocked since it was queued: its verdict is cached
+        flow = flows[life]
+        if flow is not None:
+            flow.packets = k
+        packet = index.packet(i)
+        out: Writes = plan.at.setdefault(i, []) if keep else []
+        collect(censor.feed(packet, now), now, packet, out)
+        handled[i] = True
+        fed += 1
+        if progress is not None and not fed & 0x3FFF:
+            progress(int(index.start[i]), index.size)
+        if watch.changed():
+            suspects(watch.new_hits())
+        if evicted:
+            for gone in evicted:
+                split(gone)
+            evicted.clear()
+        if not keyed[life]:
+            status[life] = 3
+            continue
+        if flow is None:
+            pkt = parse(packet)
+            flow = table.get(flow_key(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport))
+            if flow is None:
+                raise FastPathError(f"{index.path}: packet {i} made no flow")
+            flows[life] = flow
+            if evicted is not None:
+                life_by_flow[id(flow)] = life
+            client_lower[life] = lower[i] == (pkt.src == flow.client and pkt.sport == flow.cport)
+        flow.last_seen = final[life]
+        state = flow.state
+        if k + 1 >= lcount[life]:  # its last packet: nothing more will need the flow
+            flows[life] = None
+            life_by_flow.pop(id(flow), None)
+        if state is FlowState.BLOCKED:
+            status[life] = 2
+            block_from[life] = k + 1
+            block_code[life] = _BLOCK_CODES[flow.block]
+        elif state is FlowState.BYPASSED:
+            if status[life] == 0:
+                status[life] = 1
+                bypass_from[life] = k + 1
+                if k + 1 < lcount[life] and watch.register(life, flow):
+                    suspects((life,))
+        elif status[life] == 0 and k + 1 < lcount[life]:
+            heapq.heappush(heap, (order[lstart[life] + k + 1], life, k + 1))
+    if n:
+        timers(tsl[n - 1], last)
+    collect(censor.flush(), 0.0, None, plan.tail)
+    censor.flows.evicted_log = None
+    _account(
+        index, censor, handled, life_of, pos, np.asarray(bypass_from, dtype=np.int64),
+        np.asarray(block_from, dtype=np.int64), np.asarray(block_code, dtype=np.int8),
+        np.asarray(client_lower, dtype=np.bool_), plan,
+    )  # fmt: skip
+    plan.fed = fed
+    return plan
+
+
+_DROP_POLICIES = ("drop-c2s", "drop-s2c")
+
+
+class _DropWatch:
+    """Which bypassed flows a residual drop entry could cover, without looking at each packet.
+
+    The engine looks every packet of a bypassed flow up in the residual table while any drop
+    block is held; an entry can only cover a flow whose residual key (of the entry's kind) is
+    the entry's key. So each bypassed flow with packets still to come is registered under its
+    key of every kind in use by drop entries, and each new drop entry names the flows it hits:
+    only their later packets are looked up (with the engine's own lookup) and, if covered,
+    fed. Entries are only added while a packet is fed and only removed by the timer's sweep.
+    """
+
+    def __init__(self, censor: Censor) -> None:
+        self.residual = censor.residual
+        self.known: set[tuple[str, ResidualKey, str, Key]] = set()
+        self.keys: set[tuple[ResidualKey, Key]] = set()
+        self.kinds: dict[ResidualKey, dict[Key, list[int]]] = {}
+        self.flows: dict[int, Flow] = {}
+        self.size = 0
+        self.fresh: list[tuple[str, ResidualKey, str, Key]] = []
+
+    def forget_expired(self) -> None:
+        entries = self.residual.entries
+        if len(entries) < self.size:
+            self.known = {k for k in self.known if k in entries}
+            self.keys = {(kind, key) for _m, kind, _p, key in self.known}
+            self.size = len(entries)
+
+    def changed(self) -> bool:
+        entries = self.residual.entries
+        if len(entries) == self.size:
+            return False
+        self.size = len(entries)
+        self.fresh = [k for k in entries if k[2] in _DROP_POLICIES and k not in self.known]
+        self.known.update(self.fresh)
+        self.keys.update((kind, key) for _m, kind, _p, key in self.fresh)
+        return bool(self.fresh)
+
+    def new_hits(self) -> list[int]:
+        hits: list[int] = []
+        for _mech, kind, _policy, key in self.fresh:
+            table = self.kinds.get(kind)
+            if table is None:  # a kind not used before: register every bypassed flow under it
+                table = self.kinds[kind] = {}
+                for life, flow in self.flows.items():
+                    table.setdefault(residual_key(flow, kind), []).append(life)
+            hits.extend(table.get(key, ()))
+        return hits
+
+    def register(self, life: int, flow: Flow) -> bool:
+        """Register a newly bypassed flow; True if a drop entry already covers its key."""
+        self.flows[life] = flow
+        hit = False
+        for kind, table in self.kinds.items():
+            key = residual_key(flow, kind)
+            table.setdefault(key, []).append(life)
+            hit = hit or (kind, key) in self.keys
+        return hit
+
+
+def _account(
+    index: CaptureIndex,
+    censor: Censor,
+    handled: np.ndarray,
+    life_of: I64,
+    pos: I64,
+    bypass_from: I64,
+    block_from: I64,
+    block_code: np.ndarray,
+    client_lower: np.ndarray,
+    plan: Plan,
+) -> None:
+    """Count the packets not fed: bypassed ones, and blocked ones dropped or passed."""
+    rest = ~handled
+    blocked = rest & (pos >= block_from[life_of])
+    bypassed = rest & (pos >= bypass_from[life_of]) & ~blocked
+    if not np.array_equal(rest, blocked | bypassed):
+        raise FastPathError(f"{index.path}: a packet was neither fed nor accounted for")
+    c2s = index.lower == client_lower[life_of]
+    code = block_code[life_of]
+    drop = blocked & ((code == 3) | ((code == 1) & c2s) | ((code == 2) & ~c2s))
+    st = censor.stats
+    st.packets += int(rest.sum())
+    st.bytes += int(index.length[rest].sum())
+    st.bypassed_pkts += int(bypassed.sum())
+    st.bypassed_bytes += int(index.length[bypassed].sum())
+    st.dropped += int(drop.sum())
+    plan.dropped = np.flatnonzero(drop)
+
+
+def write(index: CaptureIndex, plan: Plan, writer: PcapWriter) -> None:
+    """Write the censored capture: the input's packets in order, less drops, with the engine's
+    own writes in their places; runs of untouched packets are copied in bulk."""
+    n = len(index)
+    special = np.zeros(n + 1, dtype=np.bool_)
+    special[n] = True
+    for i in plan.before:
+        special[i] = True
+    for i in plan.at:
+        special[i] = True
+    special[plan.dropped] = True
+    dropped = np.zeros(n, dtype=np.bool_)
+    dropped[plan.dropped] = True
+    heads = _record_heads(index) if index.raw_records else None
+    cur = 0
+    for s in np.flatnonzero(special).tolist():
+        if s > cur:
+            _plain(index, cur, s, writer, heads)
+        if s == n:
+            break
+        for at, packet in plan.before.get(s, ()):
+            writer.write(at, packet)
+        mine = plan.at.get(s)
+        if mine is not None:
+            for at, packet in mine:
+                writer.write(at, packet)
+        elif not dropped[s]:
+            _plain(index, s, s + 1, writer, heads)
+        cur = s + 1
+    for at, packet in plan.tail:
+        writer.write(at, packet)
+
+
+def _record_heads(index: CaptureIndex) -> np.ndarray | None:
+    """The record header :class:`PcapWriter` writes for each input packet (nanoseconds)."""
+    if index.length.size and int(index.length.max()) > MAX_CAPLEN:
+        return None
+    ts = index.ts
+    if ts.size and (not np.all(np.isfinite(ts)) or float(ts.min()) < 0):
+        return None
+    sec = np.floor(ts)
+    frac = np.round((ts - sec) * 1_000_000_000)
+    carry = frac >= 1_000_000_000
+    sec = sec + carry
+    frac = frac - carry * 1_000_000_000
+    if ts.size and float(sec.max()) > 0xFFFFFFFF:
+        return None
+    heads = np.empty((ts.shape[0], 4), dtype="<u4")
+    heads[:, 0] = sec.astype(np.uint64)
+    heads[:, 1] = frac.astype(np.uint64)
+    heads[:, 2] = index.length
+    heads[:, 3] = index.length
+    return heads.view(np.uint8).reshape(-1, 16)
+
+
+def _plain(
+    index: CaptureIndex, a: int, b: int, writer: PcapWriter, heads: np.ndarray | None
+) -> None:
+    """Input packets ``a`` to ``b - 1`` as they are."""
+    if heads is None:
+        tsl = index.ts[a:b].tolist()
+        for j, i in enumerate(range(a, b)):
+            writer.write(tsl[j], index.packet(i))
+        return
+    start, length, data = index.start, index.length, index.data
+    if b - a <= 8:  # a few records: cheaper one by one than through NumPy
+        for i in range(a, b):
+            s = int(start[i])
+            writer.write_records(heads[i].tobytes() + data[s : s + int(length[i])], 1)
+        return
+    while a < b:
+        base = int(start[a]) - 16
+        limit = base + _CHUNK
+        c = int(np.searchsorted(start[a:b], limit, side="right")) + a
+        c = max(c, a + 1)
+        end = int(start[c - 1] + length[c - 1])
+        chunk = np.frombuffer(bytearray(data[base:end]), dtype=np.uint8)
+        offs = (start[a:c] - 16 - base)[:, None] + np.arange(16)
+        chunk[offs] = heads[a:c]
+        writer.write_records(chunk.data, c - a)
+        a = c

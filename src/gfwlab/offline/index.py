@@ -1,0 +1,358 @@
+"""A NumPy index of a capture: where each IP packet is, when it was seen, and which flow it is.
+
+:func:`build_index` walks the capture's record framing once with the project's own
+:class:`~gfwlab.packet.pcap.CaptureReader` (so truncation, skipped frames and link types are
+handled exactly as the every-packet path handles them), keeping for each IP packet its
+timestamp and where its bytes are. For a classic pcap the bytes stay in the memory-mapped
+file (each IP packet is a suffix of its record, ending where the reader's offset is); for
+pcapng they are gathered into one buffer. Everything else is array operations over that
+buffer: version, protocol, addresses, ports, TCP flags, payload offsets, and a flow key that
+is the same in both directions. :meth:`CaptureIndex.lives` groups packets into flow lives:
+one 5-tuple's packets, cut wherever the gap between two of them reaches the engine's idle
+timeout (the engine forgets a flow then and makes a new one).
+
+A packet the vectorised reading cannot classify for certain (IPv6 extension headers) is
+parsed with :func:`gfwlab.packet.ip.parse`, the engine's own parser; a packet that is not a
+whole TCP or UDP packet (fragments, ICMP, malformed headers) belongs to no flow and is always
+fed to the engine on its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import mmap
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from gfwlab.errors import MalformedPacket
+from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, parse
+from gfwlab.packet.pcap import CaptureReader
+
+U8 = npt.NDArray[np.uint8]
+I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
+F64 = npt.NDArray[np.float64]
+Bools = npt.NDArray[np.bool_]
+
+_V6_SIMPLE = (PROTO_TCP, PROTO_UDP)
+
+
+@dataclass(slots=True)
+class Lives:
+    """Packets grouped into flow lives (see the module docstring)."""
+
+    order: I64
+    """Packet indices sorted by life, then by file order."""
+    start: I64
+    """Where each life begins in ``order``; life ids follow their first packet's file order."""
+    count: I64
+    """Packets in each life."""
+    first: I64
+    """File index of each life's first packet (increasing)."""
+    final_ts: F64
+    """Timestamp of each life's last packet."""
+    life_of: I64
+    """Each packet's life (every packet has one; a packet outside any flow is a life alone)."""
+    pos: I64
+    """Each packet's position in its life."""
+    keyed: Bools
+    """Whether each life is a flow (False: a packet the engine sees outside any flow)."""
+
+
+@dataclass(slots=True)
+class CaptureIndex:
+    """Where each IP packet of a capture is, and what the engine's flow table will make of it."""
+
+    path: str
+    format: str
+    size: int
+    raw_records: bool
+    """Classic little/big-endian pcap of raw IP with 16-byte record headers: each packet is its
+    whole record's body, so runs of records can be copied from the file in bulk."""
+    data: bytes | bytearray | mmap.mmap
+    ts: F64
+    start: I64
+    length: I64
+    skipped: int
+    truncated_at: int | None
+    in_order: bool
+    """Timestamps never go backwards in file order."""
+    flow: Bools
+    """A whole, unfragmented TCP or UDP packet: it belongs to a flow."""
+    proto: U8
+    flags: npt.NDArray[np.uint16]
+    payload_off: I64
+    """Offset of the transport payload from the packet's start (0 outside flows)."""
+    src: U64
+    """Source endpoint as three words per packet (address high, low, port): shape (n, 3)."""
+    dst: U64
+    key: U64
+    """Direction-independent flow key: (version and protocol, lower endpoint, higher one)."""
+    lower: Bools
+    """The packet's source is the key's lower endpoint."""
+    reader: CaptureReader
+
+    def __len__(self) -> int:
+        return int(self.ts.shape[0])
+
+    def packet(self, i: int) -> bytes:
+        s = int(self.start[i])
+        return bytes(self.data[s : s + int(self.length[i])])
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def lives(self, tcp_timeout: float, udp_timeout: float) -> Lives:
+        """Group packets into flow lives (the engine's flows, given its idle timeouts)."""
+        n = len(self)
+        idx = np.arange(n, dtype=np.int64)
+        keyed = self.flow
+        digest = _hash_rows(self.key)
+        # Packets outside flows sort as their own groups: give them unique digests.
+        digest = np.where(keyed, digest, np.uint64(0))
+        order = np.lexsort((idx, digest, ~keyed))
+        k = self.key[order]
+        same = np.zeros(n, dtype=np.bool_)
+        if n > 1:
+            same[1:] = np.all(k[1:] == k[:-1], axis=1) & keyed[order][1:] & keyed[order][:-1]
+            collide = (digest[order][1:] == digest[order][:-1]) & ~same[1:] & keyed[order][1:]
+            if collide.any():  # two keys share a digest: sort by the keys themselves
+                cols = tuple(self.key[:, j] for j in range(self.key.shape[1] - 1, -1, -1))
+                order = np.lexsort((idx, *cols, ~keyed))
+                k = self.key[order]
+                same[1:] = np.all(k[1:] == k[:-1], axis=1) & keyed[order][1:] & keyed[order][:-1]
+        ts = self.ts[order]
+        timeout = np.where(self.proto[order] == PROTO_TCP, tcp_timeout, udp_timeout)
+        cont = same.copy()
+        if n > 1:
+            cont[1:] &= (ts[1:] - ts[:-1]) < timeout[1:]
+        new = ~cont
+        raw_id = np.cumsum(new) - 1
+        starts = np.flatnonzero(new)
+        firsts = order[starts]
+        # Number lives by their first packet's file order.
+        relabel = np.empty(starts.shape[0], dtype=np.int64)
+        by_first = np.argsort(firsts, kind="stable")
+        relabel[by_first] = np.arange(starts.shape[0], dtype=np.int64)
+        life_sorted = relabel[raw_id]
+        order2 = np.lexsort((np.arange(n), life_sorted))
+        order = order[order2]
+        life_sorted = life_sorted[order2]
+        counts = np.bincount(life_sorted, minlength=starts.shape[0]).astype(np.int64)
+        start = np.zeros(counts.shape[0], dtype=np.int64)
+        if counts.shape[0]:
+            start[1:] = np.cumsum(counts)[:-1]
+        life_of = np.empty(n, dtype=np.int64)
+        life_of[order] = life_sorted
+        pos = np.empty(n, dtype=np.int64)
+        pos[order] = np.arange(n, dtype=np.int64) - start[life_sorted]
+        last = order[start + counts - 1] if n else order[:0]
+        return Lives(
+            order=order,
+            start=start,
+            count=counts,
+            first=firsts[by_first],
+            final_ts=self.ts[last],
+            life_of=life_of,
+            pos=pos,
+            keyed=keyed[order[start]] if n else keyed[:0],
+        )
+
+
+MAX_PACKETS = 4_000_000
+"""The index holds about 300 bytes per packet while the fast path runs (arrays, and the Python
+lists it walks): beyond this many packets a capture is analysed streaming instead, so that
+memory stays bounded (the every-packet path holds only the flow table)."""
+
+
+def build_index(path: str, max_packets: int = MAX_PACKETS) -> CaptureIndex | None:
+    """Index ``path``, or None if it holds more than ``max_packets`` IP packets; raises
+    AdapterError as :class:`CaptureReader` does."""
+    reader = CaptureReader(path)
+    try:
+        index = _build(reader, max_packets)
+    except BaseException:
+        reader.close()
+        raise
+    if index is None:
+        reader.close()
+    return index
+
+
+def _build(reader: CaptureReader, max_packets: int) -> CaptureIndex | None:
+    ts_list: list[float] = []
+    start_list: list[int] = []
+    len_list: list[int] = []
+    data: bytes | bytearray | mmap.mmap
+    if reader.format == "pcap":
+        data = reader.mapping
+        for ts, pkt in itertools.islice(reader, max_packets + 1):
+            ts_list.append(ts)
+            n = len(pkt)
+            len_list.append(n)
+            start_list.append(reader.bytes_read - n)
+        raw = reader.raw_records
+    else:
+        joined = bytearray()
+        for ts, pkt in itertools.islice(reader, max_packets + 1):
+            ts_list.append(ts)
+            start_list.append(len(joined))
+            len_list.append(len(pkt))
+            joined += pkt
+        data, raw = joined, False
+    if len(ts_list) > max_packets:
+        return None
+    ts_arr = np.asarray(ts_list, dtype=np.float64)
+    start = np.asarray(start_list, dtype=np.int64)
+    length = np.asarray(len_list, dtype=np.int64)
+    buf = np.frombuffer(data, dtype=np.uint8) if len(data) else np.zeros(1, dtype=np.uint8)
+    fields = _classify(buf, start, length)
+    _parse_leftovers(data, start, length, fields)
+    flow, proto, flags, payload_off, src, dst = fields
+    key, lower = _flow_keys(proto, src, dst)
+    in_order = bool(np.all(ts_arr[1:] >= ts_arr[:-1])) if ts_arr.shape[0] > 1 else True
+    return CaptureIndex(
+        path=reader.path,
+        format=reader.format,
+        size=reader.size,
+        raw_records=raw,
+        data=data,
+        ts=ts_arr,
+        start=start,
+        length=length,
+        skipped=reader.skipped,
+        truncated_at=reader.truncated_at if reader.truncated else None,
+        in_order=in_order,
+        flow=flow,
+        proto=proto,
+        flags=flags,
+        payload_off=payload_off,
+        src=src,
+        dst=dst,
+        key=key,
+        lower=lower,
+        reader=reader,
+    )
+
+
+_Fields = tuple[Bools, U8, npt.NDArray[np.uint16], I64, U64, U64]
+
+
+def _classify(buf: U8, start: I64, length: I64) -> _Fields:
+    """Vectorised header reading; ``flow`` is False where the engine would not make a flow or
+    where the reading is not certain (those packets are parsed one by one afterwards)."""
+    n = start.shape[0]
+    top = buf.shape[0] - 1
+
+    def byte(off: I64 | int, at: I64) -> npt.NDArray[np.int64]:
+        got: npt.NDArray[np.int64] = buf[np.minimum(at + off, top)].astype(np.int64)
+        return got
+
+    def be16(at: I64) -> npt.NDArray[np.int64]:
+        word: npt.NDArray[np.int64] = (byte(0, at) << 8) | byte(1, at)
+        return word
+
+    def be64(at: I64) -> U64:
+        cols = buf[np.minimum(at[:, None] + np.arange(8), top)]
+        words: U64 = np.ascontiguousarray(cols).view(">u8").ravel().astype(np.uint64)
+        return words
+
+    b0 = byte(0, start)
+    version = np.where(length > 0, b0 >> 4, 0)
+    v4 = (version == 4) & (length >= 20)
+    v6 = (version == 6) & (length >= 40)
+    ihl = (b0 & 0x0F) * 4
+    total = be16(start + 2)
+    frag = be16(start + 6) & 0x3FFF
+    plen = be16(start + 4)
+    proto = np.where(v4, byte(9, start), np.where(v6, byte(6, start), 0))
+    l4 = np.where(v4, ihl, 40)
+    eff = np.where(
+        v4,
+        np.minimum(length, total),
+        np.where(plen > 0, np.minimum(length, 40 + plen), length),
+    )
+    ok_ip = (v4 & (ihl >= 20) & (ihl <= length) & (total >= ihl) & (frag == 0)) | (
+        v6 & np.isin(proto, _V6_SIMPLE)
+    )
+    tcp = ok_ip & (proto == PROTO_TCP)
+    udp = ok_ip & (proto == PROTO_UDP)
+    at4 = start + l4
+    off_byte = byte(12, at4)
+    hlen = (off_byte >> 4) * 4
+    tcp &= (eff - l4 >= 20) & (hlen >= 20) & (l4 + hlen <= eff)
+    udp &= eff - l4 >= 8
+    flow = tcp | udp
+    flags = np.where(tcp, byte(13, at4) | ((off_byte & 1) << 8), 0).astype(np.uint16)
+    payload_off = np.where(tcp, l4 + hlen, np.where(udp, l4 + 8, 0)).astype(np.int64)
+    sport = np.where(flow, be16(at4), 0)
+    dport = np.where(flow, be16(at4 + 2), 0)
+    src = np.zeros((n, 3), dtype=np.uint64)
+    dst = np.zeros((n, 3), dtype=np.uint64)
+    w4 = np.flatnonzero(flow & v4)
+    if w4.shape[0]:
+        s4 = start[w4]
+        src[w4, 1] = ((be16(s4 + 12) << 16) | be16(s4 + 14)).astype(np.uint64)
+        dst[w4, 1] = ((be16(s4 + 16) << 16) | be16(s4 + 18)).astype(np.uint64)
+    w6 = np.flatnonzero(flow & v6)
+    if w6.shape[0]:
+        s6 = start[w6]
+        src[w6, 0], src[w6, 1] = be64(s6 + 8), be64(s6 + 16)
+        dst[w6, 0], dst[w6, 1] = be64(s6 + 24), be64(s6 + 32)
+    src[:, 2] = sport.astype(np.uint64)
+    dst[:, 2] = dport.astype(np.uint64)
+    # Leftovers: IPv6 with extension headers is parsed one by one.
+    unsure = (version == 6) & (length >= 40) & ~np.isin(proto, _V6_SIMPLE)
+    proto = np.where(unsure, 255, proto)  # marks them for _parse_leftovers
+    fam = np.where(v6, 6, 4).astype(np.uint64)
+    src[:, 2] |= fam << np.uint64(32)
+    dst[:, 2] |= fam << np.uint64(32)
+    return flow, proto.astype(np.uint8), flags, payload_off, src, dst
+
+
+def _parse_leftovers(
+    data: bytes | bytearray | mmap.mmap, start: I64, length: I64, fields: _Fields
+) -> None:
+    flow, proto, flags, payload_off, src, dst = fields
+    for i in np.flatnonzero(proto == 255).tolist():
+        s = int(start[i])
+        try:
+            pkt = parse(bytes(data[s : s + int(length[i])]))
+        except MalformedPacket:
+            proto[i] = 0
+            continue
+        proto[i] = pkt.proto
+        if pkt.fragment or pkt.proto not in (PROTO_TCP, PROTO_UDP):
+            continue
+        flow[i] = True
+        flags[i] = pkt.flags
+        payload_off[i] = len(pkt.raw) - len(pkt.payload)
+        for arr, addr, port in ((src, pkt.src, pkt.sport), (dst, pkt.dst, pkt.dport)):
+            arr[i, 0] = int.from_bytes(addr[:8], "big")
+            arr[i, 1] = int.from_bytes(addr[8:], "big")
+            arr[i, 2] = port | (6 << 32)
+
+
+def _flow_keys(proto: U8, src: U64, dst: U64) -> tuple[U64, Bools]:
+    """(protocol, lower endpoint, higher endpoint): the same for both directions."""
+    lower = (
+        (src[:, 0] < dst[:, 0])
+        | ((src[:, 0] == dst[:, 0]) & (src[:, 1] < dst[:, 1]))
+        | ((src[:, 0] == dst[:, 0]) & (src[:, 1] == dst[:, 1]) & (src[:, 2] <= dst[:, 2]))
+    )
+    a = np.where(lower[:, None], src, dst)
+    b = np.where(lower[:, None], dst, src)
+    return np.concatenate((proto.astype(np.uint64)[:, None], a, b), axis=1), lower
+
+
+def _hash_rows(key: U64) -> U64:
+    """A 64-bit mix of each row (groups equal rows; collisions are checked by the caller)."""
+    h = np.full(key.shape[0], 0x9E3779B97F4A7C15, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(key.shape[1]):
+            h ^= key[:, j]
+            h *= np.uint64(0xBF58476D1CE4E5B9)
+            h ^= h >> np.uint64(31)
+    return h

@@ -1,0 +1,227 @@
+"""The fast path of ``gfwlab analyze`` against the every-packet path: byte-identical events,
+censored captures and summaries, on generated and real captures, with every mechanism on."""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gfwlab.offline.analyze import Summary, analyze
+from gfwlab.offline.index import build_index
+from gfwlab.offline.scale import ProfileSpec, analyze_many, outputs_for
+from gfwlab.offline.synth import generate, load_names
+from gfwlab.packet.pcap import CaptureReader, PcapWriter
+from gfwlab.profiles import Profile, load_profile
+from testenv import SHARED_BLOCKLISTS, SHARED_PCAPS, needs_shared, shared_pcaps
+
+DAY = dt.date(2024, 6, 1)
+EVERY_MECHANISM = (
+    "fet.active={start='2021-11-01'}",  # FET's dynamic blocking ended in 2023: keep it on
+    "null_route.targets=['198.19.0.0/26', '2001:db8:5::/80']",
+)
+
+
+def _profile(*sets: str, date: dt.date | None = DAY) -> Profile:
+    prof = load_profile("gfw", date=date, overrides=[*EVERY_MECHANISM, *sets])
+    assert set(prof.active()) == {
+        "dns_injection", "esni", "fet", "http_keyword", "null_route", "quic_sni", "ss_probing",
+        "tls_sni",
+    }  # fmt: skip
+    return prof
+
+
+def _both(tmp_path: Path, capture: str, prof: Profile, seed: int = 3) -> tuple[Summary, Summary]:
+    """Analyse ``capture`` both ways; assert identical outputs; return both summaries."""
+    runs: dict[bool, tuple[Summary, bytes, bytes]] = {}
+    for exact in (True, False):
+        ev, out = tmp_path / f"ev-{exact}.jsonl", tmp_path / f"out-{exact}.pcap"
+        s = analyze(capture, prof, seed=seed, events_path=str(ev), out_path=str(out), exact=exact)
+        runs[exact] = (s, ev.read_bytes(), out.read_bytes())
+    (se, ev_e, out_e), (sf, ev_f, out_f) = runs[True], runs[False]
+    assert ev_f == ev_e
+    assert out_f == out_e
+    assert _plain(sf) == _plain(se)
+    assert se.engine_packets == se.packets
+    return se, sf
+
+
+def _plain(s: Summary) -> dict[str, Any]:
+    d = s.as_dict()
+    for key in ("engine_packets", "outputs", "warnings"):
+        d.pop(key)
+    return d
+
+
+@pytest.mark.parametrize("mix", ["realistic", "flow-heavy"])
+def test_generated_capture_identical(tmp_path: Path, mix: str) -> None:
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=400, seed=7, mix=mix)
+    se, sf = _both(tmp_path, str(cap), _profile())
+    assert se.events and sf.dropped == se.dropped > 0
+    assert sf.engine_packets < se.packets
+
+
+@needs_shared(SHARED_BLOCKLISTS)
+def test_generated_capture_real_lists_identical(tmp_path: Path) -> None:
+    """The 2024 lists block about a quarter of the names: many blocked flows and residuals."""
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=300, seed=11, mix="realistic", names=load_names(SHARED_BLOCKLISTS))
+    lists = SHARED_BLOCKLISTS
+    prof = _profile(
+        f"tls_sni.domains={lists}/gfw-2024-https-blocklist.txt",
+        f"http_keyword.domains={lists}/gfw-2024-http-blocklist.txt",
+        f"dns_injection.domains={lists}/gfw-2024-dns-blocklist.txt",
+        f"quic_sni.domains={lists}/gfw-2024-quic-blocklist.txt",
+    )
+    se, _sf = _both(tmp_path, str(cap), prof)
+    assert {"tls_sni/rst", "quic_sni/drop", "dns_injection/dns-inject"} <= set(se.events)
+
+
+def test_null_route_everything_identical(tmp_path: Path) -> None:
+    """A drop block held all along: every packet is looked up against it."""
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=150, seed=5, mix="realistic")
+    prof = _profile("null_route.targets=['0.0.0.0/0', '::/0']")
+    se, _ = _both(tmp_path, str(cap), prof)
+    assert se.dropped > 0
+
+
+@needs_shared(SHARED_PCAPS)
+@pytest.mark.parametrize("capture", shared_pcaps("*.pcap"), ids=lambda p: Path(p).name)
+def test_real_captures_identical(tmp_path: Path, capture: str) -> None:
+    _both(tmp_path, capture, _profile(date=dt.date(2024, 6, 1)))
+    _both(tmp_path, capture, _profile("null_route.targets=['0.0.0.0/0', '::/0']"))
+
+
+def _pcapng(src: Path, dst: Path) -> None:
+    """``src`` (raw-IP pcap) as a little-endian pcapng with one raw-IP interface (ns)."""
+
+    def block(btype: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        n = len(body) + 12
+        return struct.pack("<II", btype, n) + body + struct.pack("<I", n)
+
+    opts = struct.pack("<HHB3x", 9, 1, 9) + struct.pack("<HH", 0, 0)  # if_tsresol = 10^-9
+    out = [block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))]
+    out.append(block(1, struct.pack("<HHI", 101, 0, 0) + opts))
+    with CaptureReader(str(src)) as reader:
+        for ts, pkt in reader:
+            units = round(ts * 1e9)
+            head = struct.pack("<IIIII", 0, units >> 32, units & 0xFFFFFFFF, len(pkt), len(pkt))
+            out.append(block(6, head + pkt))
+    dst.write_bytes(b"".join(out))
+
+
+def test_pcapng_identical(tmp_path: Path) -> None:
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=120, seed=9, mix="realistic")
+    ng = tmp_path / "cap.pcapng"
+    _pcapng(cap, ng)
+    se, sf = _both(tmp_path, str(ng), _profile())
+    assert sf.engine_packets < se.packets
+
+
+def test_truncated_capture_identical(tmp_path: Path) -> None:
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=80, seed=4, mix="realistic")
+    cut = tmp_path / "cut.pcap"
+    data = cap.read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    se, sf = _both(tmp_path, str(cut), _profile())
+    assert se.truncated_at is not None and sf.truncated_at == se.truncated_at
+
+
+def test_out_of_order_capture_warns_and_matches(tmp_path: Path) -> None:
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=60, seed=4, mix="realistic")
+    with CaptureReader(str(cap)) as reader:
+        packets = list(reader)
+    packets[10], packets[20] = packets[20], packets[10]
+    shuffled = tmp_path / "shuffled.pcap"
+    with PcapWriter(str(shuffled)) as writer:
+        for ts, pkt in packets:
+            writer.write(ts, pkt)
+    se, sf = _both(tmp_path, str(shuffled), _profile())
+    assert sf.warnings and "file order" in sf.warnings[0]
+    assert not se.warnings  # --exact reads in file order without looking
+
+
+def test_index_groups_flows_both_ways(tmp_path: Path) -> None:
+    cap = tmp_path / "cap.pcap"
+    info = generate(str(cap), flows=50, seed=2, mix="flow-heavy")
+    index = build_index(str(cap))
+    try:
+        lives = index.lives(3600.0, 3600.0)
+        assert len(index) == info["packets"]
+        assert int(lives.keyed.sum()) == info["flows_started"]
+        assert lives.count.sum() == len(index)
+    finally:
+        index.close()
+
+
+def test_synth_is_deterministic(tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a.pcap", tmp_path / "b.pcap", tmp_path / "c.pcap"
+    ia = generate(str(a), flows=200, seed=1, mix="realistic")
+    generate(str(b), flows=200, seed=1, mix="realistic")
+    generate(str(c), flows=200, seed=2, mix="realistic")
+    assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+    assert ia["flows_started"] == 200
+    assert 20 <= ia["packets_per_flow"] <= 45
+    heavy = generate(str(c), packets=20_000, seed=1, mix="flow-heavy")
+    assert 100_000 <= heavy["flows_started"] * 1_000_000 / heavy["packets"] <= 160_000
+
+
+@pytest.mark.parametrize("max_flows", [5, 40])
+def test_full_flow_table_evicts_identically(tmp_path: Path, max_flows: int) -> None:
+    """A table smaller than the capture's concurrent flows: the oldest flows are evicted, the
+    count is in the summary, and the fast path follows the engine's new flows exactly."""
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=200, seed=8, mix="realistic", pps=40_000.0)
+    se, sf = _both(tmp_path, str(cap), _profile(f"engine.max_flows={max_flows}"))
+    assert se.flows_evicted > 0 and sf.flows_evicted == se.flows_evicted
+    assert se.flows > 200  # evicted flows seen again are new flows
+
+
+def test_dask_two_workers_match_single_process(tmp_path: Path) -> None:
+    """A real local cluster of two worker processes, one task per capture: the same events and
+    censored captures as analysing each file alone."""
+    caps = []
+    for seed, mix in ((1, "realistic"), (2, "flow-heavy"), (3, "realistic")):
+        cap = tmp_path / f"cap{seed}.pcap"
+        generate(str(cap), flows=60, seed=seed, mix=mix)
+        caps.append(str(cap))
+    spec = ProfileSpec("gfw", DAY, EVERY_MECHANISM)
+    seen: list[int] = []
+    out_dir = tmp_path / "dask"
+    summaries = analyze_many(
+        caps, spec, seed=5, out_dir=str(out_dir), workers=2,
+        progress=lambda done, total: seen.append(done),
+    )  # fmt: skip
+    assert seen[-1] == len(caps)
+    for cap, summary in zip(caps, summaries, strict=True):
+        ev, out = tmp_path / "one.jsonl", tmp_path / "one.pcap"
+        alone = analyze(cap, _profile(), seed=5, events_path=str(ev), out_path=str(out))
+        dask_ev, dask_out = outputs_for(cap, str(out_dir))
+        assert Path(dask_ev).read_bytes() == ev.read_bytes()
+        assert Path(dask_out).read_bytes() == out.read_bytes()
+        assert _plain(summary) == _plain(alone)
+
+
+def test_capture_beyond_the_index_limit_streams(tmp_path: Path) -> None:
+    """More packets than the index may hold: analysed streaming, the same outputs, a warning."""
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=40, seed=6, mix="realistic")
+    prof = _profile()
+    runs = []
+    for limit in (10**9, 100):
+        ev, out = tmp_path / f"ev{limit}.jsonl", tmp_path / f"out{limit}.pcap"
+        s = analyze(str(cap), prof, events_path=str(ev), out_path=str(out), max_index=limit)
+        runs.append((s, ev.read_bytes(), out.read_bytes()))
+    (fast, ev_f, out_f), (streamed, ev_s, out_s) = runs
+    assert ev_f == ev_s and out_f == out_s and _plain(fast) == _plain(streamed)
+    assert streamed.engine_packets == streamed.packets > fast.engine_packets
+    assert streamed.warnings and "streaming" in streamed.warnings[0]
