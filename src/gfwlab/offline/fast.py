@@ -170,6 +170,7 @@ def run(
     nl = 0
     last = -1
     fed = 0
+    sees_blocked = bool(censor.hooks.get("on_syn_ack"))  # it runs on blocked flows too
 
     def push_next(life: int, after: int) -> None:
         lo, hi = lstart[life], lstart[life] + lcount[life]
@@ -243,7 +244,13 @@ def run(
         if k + 1 >= lcount[life]:  # its last packet: nothing more will need the flow
             flows[life] = None
             life_by_flow.pop(id(flow), None)
-        if state is FlowState.BLOCKED:
+        nxt = order[lstart[life] + k + 1] if k + 1 < lcount[life] else n
+        later = nxt < n and (sees_blocked or flow.blocked_from > tsl[nxt])
+        if state is FlowState.BLOCKED and later:
+            # The block is not in effect yet (it starts later), or a hook looks at blocked flows:
+            # their next packets still go to the engine.
+            heapq.heappush(heap, (nxt, life, k + 1))
+        elif state is FlowState.BLOCKED:
             status[life] = 2
             block_from[life] = k + 1
             block_code[life] = _BLOCK_CODES[flow.block]
