@@ -19,6 +19,7 @@ from gfwlab.engine.tcb import (
     Tcb,
     TcbInput,
     TcbState,
+    acts,
     classify,
     open_input,
     tcp_checksum_ok,
@@ -799,3 +800,40 @@ def test_tcp_checksum(v6: bool) -> None:
     bad = bytearray(raw)
     bad[-1] ^= 0x01
     assert not tcp_checksum_ok(parse(bytes(bad)))
+
+
+# --- probabilistic teardown, small segments ----------------------------------------------------
+
+
+def test_a_rst_or_fin_acts_below_its_probability_only() -> None:
+    params = TcbParams(rst_probability=0.5, fin_probability=0.25)
+    assert acts(params, TcbInput.RECV_RST, 0.4999) and not acts(params, TcbInput.RECV_RST, 0.5)
+    assert acts(params, TcbInput.RECV_FIN, 0.2499) and not acts(params, TcbInput.RECV_FIN, 0.25)
+    for inp in (TcbInput.RECV_SYN, TcbInput.RECV_DATA, TcbInput.RECV_ACK, TcbInput.RECV_SYNACK):
+        assert acts(params, inp, 0.999999)
+
+
+def test_every_segment_is_reassembled_by_default() -> None:
+    t = Tcb(TcbParams(), transition_table(TcbParams()), 1000)
+    assert t.min_segment == 0
+    assert t.handle(TcbInput.RECV_DATA, 1001, b"G") is True
+    assert bytes(t.stream) == b"G"
+
+
+@pytest.mark.parametrize(("size", "kept"), [(3, False), (4, True), (5, True)])
+def test_segments_shorter_than_min_segment_leave_a_gap(size: int, kept: bool) -> None:
+    params = TcbParams()
+    t = Tcb(params, transition_table(params), 1000, min_segment=4)
+    assert t.handle(TcbInput.RECV_DATA, 1001, b"x" * size) is kept
+    assert bytes(t.stream) == (b"x" * size if kept else b"")
+
+
+def test_small_reassembled_notes_only_a_short_segment_that_grew_the_stream() -> None:
+    t = established()
+    assert t.small_reassembled is False
+    assert t.handle(TcbInput.RECV_DATA, 1001, b"A" * 16) is True  # exactly 16: not small
+    assert t.small_reassembled is False
+    assert t.handle(TcbInput.RECV_DATA, 1001, b"AAA") is False  # a short retransmission
+    assert t.small_reassembled is False
+    assert t.handle(TcbInput.RECV_DATA, 1017, b"BBB") is True  # short and new
+    assert t.small_reassembled is True
