@@ -172,6 +172,12 @@ def test_probes_reach_ss_server_and_events_name_them(lab_factory: list[Lab]) -> 
         "ss_probing.delay_scale=0.0005",
         "--set",
         "ss_probing.linger_s=2.0",
+        # Replays per connection follow the measured 1 + geometric (mean 3.43); this test wants
+        # the two first-stage replays R1 and R2, so nearly every connection gets two.
+        "--set",
+        "ss_probing.replays_mean=1000",
+        "--set",
+        "ss_probing.max_replays=2",
     )
     lab_factory.append(lab)
     lab.via_ss(max_time=5)

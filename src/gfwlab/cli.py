@@ -547,12 +547,12 @@ def lab_up(
     """Make the lab: client, censor and server namespaces, real services, the censor inline."""
     from gfwlab.lab.lifecycle import UpOptions, up  # noqa: PLC0415
 
-    names = profile or ["gfw"]
+    chain = profile or ["gfw"]
     if at is not None and date is not None:
         raise InputError("--at and --date: give one (--at sets the day too)")
     opts = UpOptions(
-        profile=names[0],
-        more_profiles=names[1:],
+        profile=chain[0],
+        more_profiles=chain[1:],
         date=date,
         at=at,
         network=network,
