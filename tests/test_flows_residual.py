@@ -3,14 +3,35 @@ ids, keys, idle expiry, and residual entries' keys, windows and expiry (spec §1
 
 from __future__ import annotations
 
+import ipaddress
+import zlib
+
 import pytest
 
 from gfwlab.engine.actions import FlowId
-from gfwlab.engine.flows import _TRANSITIONS, Flow, FlowInput, FlowState, FlowTable, flow_key
+from gfwlab.engine.flows import (
+    _TRANSITIONS,
+    Flow,
+    FlowInput,
+    FlowState,
+    FlowTable,
+    flow_key,
+    open_flow,
+)
 from gfwlab.engine.residual import ResidualEntry, ResidualTable, residual_key
 from gfwlab.engine.tcb import Tcb, transition_table
-from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, addr_bytes
-from gfwlab.rules import TcbParams
+from gfwlab.packet.ip import (
+    ACK,
+    PROTO_TCP,
+    PROTO_UDP,
+    SYN,
+    Packet,
+    addr_bytes,
+    build_tcp,
+    build_udp,
+    parse,
+)
+from gfwlab.rules import Prefixes, TcbParams
 
 C, S = addr_bytes("198.18.0.2"), addr_bytes("198.19.0.2")
 C6 = addr_bytes("2001:db8::2")
@@ -237,3 +258,65 @@ def test_probe_ids_are_unique_per_flow_and_fit_in_63_bits() -> None:
     assert all(0 <= i < 1 << 63 for i in ids)
     assert max(ids) >= 1 << 61  # the whole 63-bit range is used, not a small counter
     assert flow().probe_id() == flow().probe_id()  # from the flow's identity alone
+
+
+# --- open_flow: who is the client, which way the flow crosses ------------------------------
+
+IN_C, OUT_S = "198.18.0.2", "198.19.0.2"
+INSIDE = Prefixes((ipaddress.ip_network("198.18.0.0/24"),))
+NONE = Prefixes()
+
+
+def _tcp(src: str, dst: str, sport: int, dport: int, flags: int) -> Packet:
+    return parse(build_tcp(addr_bytes(src), addr_bytes(dst), sport, dport, seq=7, flags=flags))
+
+
+def _open(pkt: Packet, *, turnaround: bool = False, ports: frozenset[int] = frozenset(),
+          inside: Prefixes = NONE) -> Flow:  # fmt: skip
+    return open_flow(pkt, 1.5, turnaround=turnaround, udp_ports=ports, inside=inside)
+
+
+@pytest.mark.parametrize(
+    ("pkt", "turnaround", "client", "cport"),
+    [
+        (_tcp(IN_C, OUT_S, 40000, 443, SYN), False, IN_C, 40000),  # the SYN's sender
+        (_tcp(OUT_S, IN_C, 443, 40000, SYN | ACK), True, IN_C, 40000),  # turnaround: receiver
+        (_tcp(OUT_S, IN_C, 443, 40000, SYN | ACK), False, OUT_S, 443),  # else its sender
+        (_tcp(OUT_S, IN_C, 443, 40000, ACK), False, IN_C, 40000),  # mid-stream: higher port
+        (_tcp(IN_C, OUT_S, 40000, 443, ACK), False, IN_C, 40000),
+        (_tcp(IN_C, OUT_S, 8080, 8080, ACK), False, IN_C, 8080),  # equal ports: the sender
+    ],
+)
+def test_open_flow_tcp_client(pkt: Packet, turnaround: bool, client: str, cport: int) -> None:
+    f = _open(pkt, turnaround=turnaround)
+    assert (f.client, f.cport) == (addr_bytes(client), cport)
+    assert f.first_seen == f.last_seen == 1.5 and f.salt == 7 and f.proto == PROTO_TCP
+
+
+def test_open_flow_udp_response_seen_first_comes_from_the_server() -> None:
+    ports = frozenset({53})
+    answer = parse(build_udp(addr_bytes(OUT_S), addr_bytes(IN_C), 53, 40000, b"x"))
+    query = parse(build_udp(addr_bytes(IN_C), addr_bytes(OUT_S), 40000, 53, b"y"))
+    both = parse(build_udp(addr_bytes(OUT_S), addr_bytes(IN_C), 53, 53, b"z"))
+    for pkt, client in ((answer, IN_C), (query, IN_C), (both, OUT_S)):
+        assert _open(pkt, ports=ports).client == addr_bytes(client)
+    assert _open(query, ports=ports).salt == zlib.crc32(b"y")
+    assert _open(answer).client == addr_bytes(OUT_S)  # no watched port: the sender
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "crossing", "direction", "state"),
+    [
+        (IN_C, OUT_S, True, "inside-out", FlowState.CLEAN),
+        (OUT_S, IN_C, True, "outside-in", FlowState.CLEAN),
+        (IN_C, "198.18.0.9", False, "inside-out", FlowState.BYPASSED),  # domestic: not seen
+        (OUT_S, "198.19.0.9", False, "inside-out", FlowState.BYPASSED),
+    ],
+)
+def test_open_flow_border(
+    src: str, dst: str, crossing: bool, direction: str, state: FlowState
+) -> None:
+    f = _open(_tcp(src, dst, 40000, 443, SYN), inside=INSIDE)
+    assert (f.crossing, f.direction, f.state) == (crossing, direction, state)
+    empty = _open(_tcp(src, dst, 40000, 443, SYN))
+    assert (empty.crossing, empty.direction, empty.state) == (True, "inside-out", FlowState.CLEAN)
