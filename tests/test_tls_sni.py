@@ -183,6 +183,19 @@ def test_residual_block_resets_new_connections_for_180_s_on_the_3_tuple() -> Non
     assert not after.acted("rst")
 
 
+@pytest.mark.parametrize("kind", ["type1", "type2", "type3"])
+def test_a_residual_reset_on_the_syn_acknowledges_it(kind: str) -> None:
+    """A client in SYN-SENT ignores a RST without ACK (RFC 793): the reset of a residual hit
+    toward the client acknowledges the SYN, whatever the type's usual flags."""
+    censor = build_censor(profile(f"tls_sni.injector='{kind}'"), 1)
+    run(censor, https_conversation(C, S, 40000, "youtube.com", t0=0.0))
+    syn = https_conversation(C, S, 40001, "example.org", t0=10.0)[0]
+    hit = run(censor, [syn])
+    toward_client = hit.forged("client")
+    assert toward_client and all(p.flags & (RST | ACK) == RST | ACK for p in toward_client)
+    assert all(p.ack == (parse(syn[1]).seq + 1) & 0xFFFFFFFF for p in toward_client)
+
+
 def test_residual_window_is_a_parameter() -> None:
     censor = build_censor(profile("tls_sni.residual_s=5"), 1)
     run(censor, https_conversation(C, S, 40000, "youtube.com", t0=0.0))

@@ -52,7 +52,7 @@ from typing import Literal
 
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Forged
-from gfwlab.packet.ip import ACK, RST, Packet, build_tcp
+from gfwlab.packet.ip import ACK, RST, SYN, Packet, build_tcp
 from gfwlab.rules import CommonParams, quantiles
 from gfwlab.rules.quantiles import Quantiles
 
@@ -214,7 +214,10 @@ def forge_resets(
     """Resets to both ends of ``trigger``'s connection; returns the injector type used too.
 
     ``c2s`` says whether ``trigger`` went client-to-server. The reset toward each end carries
-    the sequence number that end expects next, so a real TCP stack accepts it. ``rng`` is the
+    the sequence number that end expects next, so a real TCP stack accepts it. A client's SYN
+    (a residual hit) is answered toward the client with RST+ACK acknowledging it, whatever the
+    type's flags: a bare RST is ignored in SYN-SENT (RFC 793 §3.4), and how the measured
+    injectors reset a connection within its handshake is not published. ``rng`` is the
     flow's stream; ``name_rng`` a fresh stream keyed by the name that triggered (per-name
     stickiness of the injector type), or None when no name is known.
     """
@@ -232,12 +235,14 @@ def forge_resets(
         to_server_seq, to_server_ack = trigger.ack, trigger.seq + seg_len
         to_client_ack = trigger.ack
     fp = FINGERPRINTS[kind]
+    syn = c2s and trigger.flags & (SYN | ACK) == SYN
     out: list[Forged] = []
     ends: tuple[tuple[Literal["client", "server"], bytes, bytes, int, int, int, int], ...] = (
         ("client", server, client, sport, cport, to_client_seq, to_client_ack),
         ("server", client, server, cport, sport, to_server_seq, to_server_ack),
     )
     for toward, src, dst, sp, dp, seq, ack in ends:
+        flags = fp.flags | ACK if syn and toward == "client" else fp.flags
         pkts: list[bytes] = []
         for offset in fp.offsets:
             if fp.identical and pkts:
@@ -250,8 +255,8 @@ def forge_resets(
                     sp,
                     dp,
                     seq=seq + offset,
-                    ack=ack if fp.flags & ACK else 0,
-                    flags=fp.flags,
+                    ack=ack if flags & ACK else 0,
+                    flags=flags,
                     window=0,
                     ttl=_ttl(rng, kind, fp),
                     ip_id=_draw(rng, fp.ip_id),
