@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from gfwlab.engine import Accept, Bypass, Censor, Drop, Event, Inject, Report
+from gfwlab.evade.simulate import binomial_counts  # noqa: F401 - the tests' one
 from gfwlab.packet.ip import Packet, parse
 from gfwlab.profiles import Profile, load_profile
 
@@ -69,19 +70,3 @@ def binomial_interval(n: int, p: float, z: float = 2.576) -> tuple[float, float]
     """The interval a binomial proportion falls in with ~99% probability (normal approximation)."""
     sd = math.sqrt(p * (1 - p) / n)
     return p - z * sd, p + z * sd
-
-
-def binomial_counts(n: int, p: float, confidence: float = 0.999) -> tuple[int, int]:
-    """The two-sided ``confidence`` interval of a Binomial(n, p) count, exactly: the smallest
-    k_lo and largest k_hi with P(X < k_lo) <= alpha/2 and P(X > k_hi) <= alpha/2."""
-    alpha = (1 - confidence) / 2
-    pmf = [math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1)]
-    lo, below = 0, 0.0
-    while below + pmf[lo] <= alpha:
-        below += pmf[lo]
-        lo += 1
-    hi, above = n, 0.0
-    while above + pmf[hi] <= alpha:
-        above += pmf[hi]
-        hi -= 1
-    return lo, hi
