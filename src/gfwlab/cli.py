@@ -6,22 +6,34 @@ Exit codes: 0 success, 2 usage or input error (one line on stderr naming what wa
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import sys
 import tempfile
-import time
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from gfwlab import __version__
 from gfwlab.errors import GfwlabError
 from gfwlab.evade.commands import evade_app
+from gfwlab.lab.commands import lab_app
+from gfwlab.options import (
+    AtOpt,
+    DateOpt,
+    InputError,
+    NetworkOpt,
+    ProfileOpt,
+    ProfilesOpt,
+    SeedOpt,
+    SetOpt,
+    console,
+    err,
+    profile_from,
+    profiles_from,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -29,78 +41,6 @@ app = typer.Typer(
     help="The Great Firewall of China, rebuilt for the lab.",
     pretty_exceptions_enable=False,
 )
-console = Console()
-if not console.is_terminal:
-    console = Console(width=160)  # piped output: do not squeeze tables into 80 columns
-err = Console(stderr=True)
-
-ProfileOpt = Annotated[
-    str, typer.Option("--profile", "-p", help="Built-in profile name or TOML file.")
-]
-DateOpt = Annotated[
-    str | None, typer.Option("--date", help="Emulate the GFW as it was that day (YYYY-MM-DD).")
-]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a parameter: mechanism.parameter=value (repeatable)."),
-]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for every random draw.")]
-AtOpt = Annotated[
-    str | None,
-    typer.Option("--at", help="Emulate this UTC moment (YYYY-MM-DDTHH:MM), for dated events."),
-]
-NetworkOpt = Annotated[
-    str,
-    typer.Option(
-        "--network", help="The client's network: national, cernet, mobile, unicom, telecom."
-    ),
-]
-
-
-class InputError(Exception):
-    """A user error found by the CLI itself (reported like GfwlabError, exit 2)."""
-
-
-def _profile(
-    profile: str,
-    date: str | None,
-    sets: list[str] | None,
-    *,
-    today: bool = True,
-    network: str = "national",
-) -> Any:
-    """The profile as of ``--date``; without it, today (or no date at all, for ``analyze``,
-    which then takes the capture's own date)."""
-    from gfwlab.profiles import load_profile, parse_date  # noqa: PLC0415 - keeps --help fast
-
-    day = parse_date(date) if date else dt.date.today() if today else None
-    return load_profile(profile, date=day, overrides=sets or [], network=network)
-
-
-ProfilesOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--profile",
-        "-p",
-        help="Built-in profile name or TOML file; repeat for censors in series, in path order "
-        "from the client (e.g. -p henan -p gfw).",
-    ),
-]
-
-
-def _profiles(
-    names: list[str] | None,
-    date: str | None,
-    sets: list[str] | None,
-    *,
-    today: bool = True,
-    network: str = "national",
-) -> list[Any]:
-    """One profile per ``--profile`` (censors in series), as of ``--date`` (see _profile)."""
-    from gfwlab.profiles import load_profiles, parse_date  # noqa: PLC0415
-
-    day = parse_date(date) if date else dt.date.today() if today else None
-    return load_profiles(names or ["gfw"], date=day, overrides=sets or [], network=network)
 
 
 @app.command()
@@ -167,7 +107,7 @@ def analyze(
         raise InputError("--at and --date: give one (--at sets the day too)")
     moment = parse_moment(at) if at is not None else None
     day = moment.date().isoformat() if moment is not None else date
-    profs = _profiles(profile, day, sets, today=False, network=network)
+    profs = profiles_from(profile, day, sets, today=False, network=network)
     source = "--date"
     if moment is not None:
         profs, source = [at_moment(capture, p, moment) for p in profs], "--at"
@@ -229,7 +169,7 @@ def _analyze_many(
 
     if out_dir is None:
         raise InputError("several captures (or --scheduler) need --out-dir for their outputs")
-    _profile(profile, date, sets, today=False)  # bad options fail here, before any work
+    profile_from(profile, date, sets, today=False)  # bad options fail here, before any work
     spec = ProfileSpec(profile, parse_date(date) if date else None, tuple(sets or ()))
     with Progress(
         TextColumn("[bold]analysing[/]"),
@@ -404,7 +344,7 @@ def mechanisms(
     ] = None,
 ) -> None:
     """The profile's mechanisms: active dates, whether they run on --date, and their sources."""
-    prof = _profile(profile, date, sets, network=network)
+    prof = profile_from(profile, date, sets, network=network)
     if timeline is not None:
         from gfwlab.profiles.timeline import write  # noqa: PLC0415 - matplotlib is slow to load
 
@@ -486,7 +426,7 @@ def _demo_offline(directory: str | None, seed: int) -> None:
     from gfwlab.offline.synth import demo_traffic, merge  # noqa: PLC0415
     from gfwlab.packet.pcap import PcapWriter  # noqa: PLC0415
 
-    prof = _profile("gfw", "2024-06-01", [])
+    prof = profile_from("gfw", "2024-06-01", [])
     keep = directory is not None
     workdir = directory or tempfile.mkdtemp(prefix="gfwlab-demo-")
     os.makedirs(workdir, exist_ok=True)
@@ -510,172 +450,7 @@ def _demo_offline(directory: str | None, seed: int) -> None:
 
 app.add_typer(evade_app, name="evade")
 
-lab_app = typer.Typer(no_args_is_help=True, help="The live lab: namespaces with the GFW between.")
 app.add_typer(lab_app, name="lab")
-
-
-@lab_app.command("up")
-def lab_up(
-    profile: ProfilesOpt = None,
-    date: DateOpt = None,
-    at: AtOpt = None,
-    network: NetworkOpt = "national",
-    sets: SetOpt = None,
-    seed: SeedOpt = 0,
-    fail_open: Annotated[
-        bool,
-        typer.Option("--fail-open/--fail-closed", help="If the censor dies, traffic passes."),
-    ] = True,
-    names: Annotated[
-        list[str] | None,
-        typer.Option("--name", help="Extra host name the lab certificate covers (repeatable)."),
-    ] = None,
-    hops: Annotated[
-        int,
-        typer.Option(
-            "--hops",
-            min=0,
-            max=64,
-            help="Routers between censor and server: TTL-limited packets die before the server.",
-        ),
-    ] = 12,
-    client_hops: Annotated[
-        int,
-        typer.Option("--client-hops", min=0, max=64, help="Routers between client and censor."),
-    ] = 0,
-) -> None:
-    """Make the lab: client, censor and server namespaces, real services, the censor inline."""
-    from gfwlab.lab.lifecycle import UpOptions, up  # noqa: PLC0415
-
-    chain = profile or ["gfw"]
-    if at is not None and date is not None:
-        raise InputError("--at and --date: give one (--at sets the day too)")
-    opts = UpOptions(
-        profile=chain[0],
-        more_profiles=chain[1:],
-        date=date,
-        at=at,
-        network=network,
-        sets=sets or [],
-        seed=seed,
-        fail_open=fail_open,
-        names=names or [],
-        hops=hops,
-        client_hops=client_hops,
-    )
-    with err.status("making the lab…") as spinner:
-        up(opts, log=lambda msg: spinner.update(f"making the lab: {msg}…"))
-    from gfwlab.live import topology as t  # noqa: PLC0415
-
-    console.print(
-        f"[green]lab up[/]: client {t.CLIENT_V4} [{t.CLIENT_V6}] → censor → server "
-        f"{t.SERVER_V4} [{t.SERVER_V6}]; try: gfwlab lab exec client -- curl "
-        "https://example.org/"
-    )
-
-
-@lab_app.command("down")
-def lab_down() -> None:
-    """Remove every namespace, link, rule, file and process the lab made."""
-    from gfwlab.lab.lifecycle import down  # noqa: PLC0415
-
-    removed = down()
-    console.print("lab down: " + (f"removed {len(removed)} things" if removed else "nothing to do"))
-
-
-@lab_app.command("status")
-def lab_status(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Namespaces, services and the censor's counters per mechanism."""
-    from gfwlab.lab.lifecycle import status  # noqa: PLC0415
-
-    s = status()
-    if as_json:
-        print(json.dumps(s.__dict__, indent=2))
-        return
-    console.print(
-        f"lab: [bold]{'up' if s.up else 'down'}[/] (state {s.state}); namespaces: "
-        + (", ".join(s.namespaces) or "none")
-    )
-    if s.processes:
-        table = Table(title="processes", title_justify="left")
-        for col in ("name", "pid", "running"):
-            table.add_column(col)
-        for p in s.processes:
-            table.add_row(p["name"], str(p["pid"]), "[green]yes[/]" if p["alive"] else "[red]no[/]")
-        console.print(table)
-    if s.stats:
-        st = s.stats
-        console.print(
-            f"censor: {st.get('queued_packets', 0)} packets queued, "
-            f"{st.get('dropped', 0)} dropped, {st.get('injected', 0)} forged, "
-            f"{st.get('flows', 0)} flows, {st.get('residual_blocks', 0)} residual blocks"
-        )
-        if st.get("events"):
-            table = Table(title="events per mechanism", title_justify="left")
-            table.add_column("mechanism/action")
-            table.add_column("count", justify="right")
-            for key, n in sorted(st["events"].items()):
-                table.add_row(key, str(n))
-            console.print(table)
-    for note in s.notes:
-        console.print(f"[yellow]note[/]: {note}")
-
-
-@lab_app.command(
-    "exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
-)
-def lab_exec(
-    ctx: typer.Context,
-    role: Annotated[str, typer.Argument(help="client, censor or server")],
-) -> None:
-    """Run a command in a lab namespace: gfwlab lab exec client -- curl https://example.org/"""
-    from gfwlab.lab.lifecycle import exec_argv  # noqa: PLC0415
-
-    argv = exec_argv(role, list(ctx.args))
-    sys.stdout.flush()
-    os.execvp(argv[0], argv)
-
-
-@lab_app.command("events")
-def lab_events(
-    follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep printing new events.")
-    ] = False,
-) -> None:
-    """The censor's events (DESIGN.md JSON), one per line."""
-    from gfwlab.lab.lifecycle import follow_events  # noqa: PLC0415
-
-    for line in follow_events(follow):
-        print(line, flush=True)
-
-
-@lab_app.command("record")
-def lab_record(
-    path: Annotated[str, typer.Argument(help="The pcap file to write.")],
-    duration: Annotated[
-        float | None, typer.Option("--duration", help="Seconds to record (default: until Ctrl-C).")
-    ] = None,
-) -> None:
-    """Record what the censor sees, with the packets it injects, to a pcap file."""
-    from gfwlab.lab.lifecycle import control  # noqa: PLC0415
-
-    target = os.path.abspath(path)
-    control(f"record {target}")
-    try:
-        if duration is None:
-            err.print("recording; Ctrl-C stops")
-            while True:
-                time.sleep(3600)
-        else:
-            time.sleep(duration)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        reply = control("stop")
-    count = reply.split()[1] if len(reply.split()) > 1 else "?"
-    console.print(f"recorded {count} packets to {target}")
 
 
 @app.command()
@@ -693,7 +468,7 @@ def main() -> None:
             if code == 130:
                 print("gfwlab: interrupted", file=sys.stderr)
             sys.exit(code)
-    except (GfwlabError, InputError) as exc:
+    except GfwlabError as exc:
         print(f"gfwlab: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

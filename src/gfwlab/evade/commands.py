@@ -15,24 +15,13 @@ from rich.console import Console
 from rich.table import Table
 
 from gfwlab.errors import GfwlabError
+from gfwlab.options import DateOpt, ProfileOpt, SeedOpt, SetOpt
 
 # No emoji codes: a strategy's ":flags:" must print as written.
 console = Console(emoji=False)
 if not console.is_terminal:
     console = Console(width=160, emoji=False)
 err = Console(stderr=True, emoji=False)
-
-ProfileOpt = Annotated[
-    str, typer.Option("--profile", "-p", help="Built-in profile name or TOML file.")
-]
-DateOpt = Annotated[
-    str | None, typer.Option("--date", help="Emulate the GFW as it was that day (YYYY-MM-DD).")
-]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a parameter: mechanism.parameter=value (repeatable)."),
-]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for every random draw.")]
 
 
 class UsageError(GfwlabError):
@@ -242,5 +231,3 @@ def evade_apply(
         raise UsageError(f"--side: expected client or server, got {side!r}")
     n_in, n_out = apply_capture(strategy, capture, out, side)
     console.print(f"{n_in} packets in, {n_out} out, written to {out}", markup=False)
-
-

@@ -37,6 +37,8 @@ from gfwlab.live.topology import (
     SERVER_NS,
     SERVER_V4,
     SERVER_V6,
+    SITES_V4,
+    SITES_V6,
 )
 
 REQUIRED_TOOLS = {
@@ -162,6 +164,12 @@ def make_topology() -> None:
     run(in_ns(SERVER_NS, "ip", "route", "add", "default", "via", SERVER_GW_V4))
     run(in_ns(SERVER_NS, "ip", "-6", "route", "add", "default", "via", SERVER_GW_V6))
     censor = CLIENT_LINK.b_ns
+    # The lab's sites (topology.SITES_V4/V6): local to the server, routed to it by the censor.
+    for net in SITES_V4:
+        run(in_ns(SERVER_NS, "ip", "route", "add", "local", net, "dev", "lo"))
+        run(in_ns(censor, "ip", "route", "add", net, "via", SERVER_V4))
+    run(in_ns(SERVER_NS, "ip", "-6", "route", "add", "local", SITES_V6, "dev", "lo"))
+    run(in_ns(censor, "ip", "-6", "route", "add", SITES_V6, "via", SERVER_V6))
     # The active prober's addresses: local to the censor namespace, inside the border.
     run(in_ns(censor, "ip", "addr", "add", f"{PROBER_NET}.0/24", "dev", "lo"))
     for key in (

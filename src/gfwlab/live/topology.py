@@ -32,6 +32,14 @@ STANDS_FOR_1111 = SERVER_EXTRA_V4[-1]
 mechanism's targets to it, so nothing is ever sent to 1.1.1.1."""
 CLIENT_V6, CLIENT_GW_V6 = "2001:db8:c::2", "2001:db8:c::1"
 SERVER_V6, SERVER_GW_V6 = "2001:db8:5::2", "2001:db8:5::1"
+SITES_V4 = tuple(f"198.19.{1 << k}.0/{24 - k}" for k in range(8))
+"""Every address from 198.19.1.0 to 198.19.255.255 is the server's (a local route on its
+loopback, so services listening on the wildcard address answer on all of them): lab sites get an
+address each, so that a residual block on one never touches another. 198.19.0.0/24 stays the
+server link's own subnet. Ranges in use: probe sites 198.19.1.0 - 198.19.239.255, tool trials
+198.19.240.0/20."""
+SITES_V6 = "2001:db8:5:100::/56"
+"""The IPv6 counterpart of SITES_V4 (local on the server's loopback)."""
 INSIDE = ("198.18.0.0/24", "2001:db8:c::/64")
 OUTSIDE = ("198.19.0.0/24", "2001:db8:5::/64")
 MTU = 1500

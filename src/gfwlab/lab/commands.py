@@ -1,0 +1,190 @@
+"""The ``gfwlab lab`` commands (registered on the main command in :mod:`gfwlab.cli`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from gfwlab.options import (
+    AtOpt,
+    DateOpt,
+    InputError,
+    NetworkOpt,
+    ProfilesOpt,
+    SeedOpt,
+    SetOpt,
+    console,
+    err,
+)
+
+lab_app = typer.Typer(no_args_is_help=True, help="The live lab: namespaces with the GFW between.")
+
+
+@lab_app.command("up")
+def lab_up(
+    profile: ProfilesOpt = None,
+    date: DateOpt = None,
+    at: AtOpt = None,
+    network: NetworkOpt = "national",
+    sets: SetOpt = None,
+    seed: SeedOpt = 0,
+    fail_open: Annotated[
+        bool,
+        typer.Option("--fail-open/--fail-closed", help="If the censor dies, traffic passes."),
+    ] = True,
+    names: Annotated[
+        list[str] | None,
+        typer.Option("--name", help="Extra host name the lab certificate covers (repeatable)."),
+    ] = None,
+    hops: Annotated[
+        int,
+        typer.Option(
+            "--hops",
+            min=0,
+            max=64,
+            help="Routers between censor and server: TTL-limited packets die before the server.",
+        ),
+    ] = 12,
+    client_hops: Annotated[
+        int,
+        typer.Option("--client-hops", min=0, max=64, help="Routers between client and censor."),
+    ] = 0,
+) -> None:
+    """Make the lab: client, censor and server namespaces, real services, the censor inline."""
+    from gfwlab.lab.lifecycle import UpOptions, up  # noqa: PLC0415
+
+    chain = profile or ["gfw"]
+    if at is not None and date is not None:
+        raise InputError("--at and --date: give one (--at sets the day too)")
+    opts = UpOptions(
+        profile=chain[0],
+        more_profiles=chain[1:],
+        date=date,
+        at=at,
+        network=network,
+        sets=sets or [],
+        seed=seed,
+        fail_open=fail_open,
+        names=names or [],
+        hops=hops,
+        client_hops=client_hops,
+    )
+    with err.status("making the lab…") as spinner:
+        up(opts, log=lambda msg: spinner.update(f"making the lab: {msg}…"))
+    from gfwlab.live import topology as t  # noqa: PLC0415
+
+    console.print(
+        f"[green]lab up[/]: client {t.CLIENT_V4} [{t.CLIENT_V6}] → censor → server "
+        f"{t.SERVER_V4} [{t.SERVER_V6}]; try: gfwlab lab exec client -- curl "
+        "https://example.org/"
+    )
+
+
+@lab_app.command("down")
+def lab_down() -> None:
+    """Remove every namespace, link, rule, file and process the lab made."""
+    from gfwlab.lab.lifecycle import down  # noqa: PLC0415
+
+    removed = down()
+    console.print("lab down: " + (f"removed {len(removed)} things" if removed else "nothing to do"))
+
+
+@lab_app.command("status")
+def lab_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Namespaces, services and the censor's counters per mechanism."""
+    from gfwlab.lab.lifecycle import status  # noqa: PLC0415
+
+    s = status()
+    if as_json:
+        print(json.dumps(s.__dict__, indent=2))
+        return
+    console.print(
+        f"lab: [bold]{'up' if s.up else 'down'}[/] (state {s.state}); namespaces: "
+        + (", ".join(s.namespaces) or "none")
+    )
+    if s.processes:
+        table = Table(title="processes", title_justify="left")
+        for col in ("name", "pid", "running"):
+            table.add_column(col)
+        for p in s.processes:
+            table.add_row(p["name"], str(p["pid"]), "[green]yes[/]" if p["alive"] else "[red]no[/]")
+        console.print(table)
+    if s.stats:
+        st = s.stats
+        console.print(
+            f"censor: {st.get('queued_packets', 0)} packets queued, "
+            f"{st.get('dropped', 0)} dropped, {st.get('injected', 0)} forged, "
+            f"{st.get('flows', 0)} flows, {st.get('residual_blocks', 0)} residual blocks"
+        )
+        if st.get("events"):
+            table = Table(title="events per mechanism", title_justify="left")
+            table.add_column("mechanism/action")
+            table.add_column("count", justify="right")
+            for key, n in sorted(st["events"].items()):
+                table.add_row(key, str(n))
+            console.print(table)
+    for note in s.notes:
+        console.print(f"[yellow]note[/]: {note}")
+
+
+@lab_app.command(
+    "exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def lab_exec(
+    ctx: typer.Context,
+    role: Annotated[str, typer.Argument(help="client, censor or server")],
+) -> None:
+    """Run a command in a lab namespace: gfwlab lab exec client -- curl https://example.org/"""
+    from gfwlab.lab.lifecycle import exec_argv  # noqa: PLC0415
+
+    argv = exec_argv(role, list(ctx.args))
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)
+
+
+@lab_app.command("events")
+def lab_events(
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events.")
+    ] = False,
+) -> None:
+    """The censor's events (DESIGN.md JSON), one per line."""
+    from gfwlab.lab.lifecycle import follow_events  # noqa: PLC0415
+
+    for line in follow_events(follow):
+        print(line, flush=True)
+
+
+@lab_app.command("record")
+def lab_record(
+    path: Annotated[str, typer.Argument(help="The pcap file to write.")],
+    duration: Annotated[
+        float | None, typer.Option("--duration", help="Seconds to record (default: until Ctrl-C).")
+    ] = None,
+) -> None:
+    """Record what the censor sees, with the packets it injects, to a pcap file."""
+    from gfwlab.lab.lifecycle import control  # noqa: PLC0415
+
+    target = os.path.abspath(path)
+    control(f"record {target}")
+    try:
+        if duration is None:
+            err.print("recording; Ctrl-C stops")
+            while True:
+                time.sleep(3600)
+        else:
+            time.sleep(duration)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        reply = control("stop")
+    count = reply.split()[1] if len(reply.split()) > 1 else "?"
+    console.print(f"recorded {count} packets to {target}")

@@ -1,0 +1,1 @@
+"""The measurer's side: ``gfwlab probe`` and ``gfwlab grade``, test lists, OONI measurements."""

@@ -1,0 +1,1 @@
+"""``gfwlab report``: self-contained HTML reports with plots."""

@@ -1,0 +1,1 @@
+"""Results in an embedded database (DuckDB): measurements, events and verdicts of every run."""
