@@ -75,7 +75,7 @@ def needs_tools(*tools: str) -> pytest.MarkDecorator:
 
 # --- the live lab --------------------------------------------------------------------------
 
-LAB_TOOLS = ("ip", "iptables", "nft", "nginx", "dnsmasq", "curl", "dig", "tcpdump")
+LAB_TOOLS = ("ip", "iptables", "nft", "ipset", "nginx", "dnsmasq", "curl", "dig", "tcpdump")
 LAB_MARKS = [
     pytest.mark.live,
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
@@ -133,6 +133,9 @@ def leftovers() -> list[str]:
     ]
     if os.path.exists("/run/gfwlab"):
         found.append("/run/gfwlab")
+    if shutil.which("ipset"):  # the residual block sets live in the censor namespace only
+        sets = subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True, check=False)
+        found += [f"ipset {n}" for n in sets.stdout.split() if n.startswith("gfwlab")]
     return found
 
 

@@ -77,6 +77,11 @@ class Censor:
         self._watch = max((m.needs().watch_packets for m in watchers), default=0)
         first = self.hooks.get("on_first_data")
         self._inspect_tcp = bool(self._stream_rows or first or self._watch) or self._syn_ack
+        self.rebypass = False
+        """Answer every packet of a bypassed flow that passes with a Bypass again (not just the
+        packet that made its verdict final). For an inline adapter whose kernel shows it such a
+        packet when a residual block may cover the flow (``live/kernel.py``): if the block does
+        not cover it, the kernel is told to bypass the flow again."""
 
     # ------------------------------------------------------------------ timers
 
@@ -148,7 +153,7 @@ class Censor:
         if state is FlowState.BYPASSED and not self.residual.drops:
             st.bypassed_pkts += 1
             st.bypassed_bytes += len(packet)
-            return [_ACCEPT]
+            return [_ACCEPT, Bypass(flow=flow.id())] if self.rebypass else [_ACCEPT]
         syn_ack = self._syn_ack and not c2s and pkt.flags & (SYN | ACK) == SYN | ACK
         if state is FlowState.BLOCKED:
             out = self._blocked_verdict(flow, c2s, now)
@@ -161,6 +166,8 @@ class Censor:
         if state is FlowState.BYPASSED:
             st.bypassed_pkts += 1
             st.bypassed_bytes += len(packet)
+            if self.rebypass:
+                out.append(Bypass(flow=flow.id()))
             return out
         tcp = pkt.proto == PROTO_TCP
         seen = Seen(pkt=pkt, flow=flow, now=now, c2s=c2s)

@@ -50,6 +50,10 @@ class ResidualTable:
         lookups are deterministic), so lookups try only those."""
         self.drops = False
         """Whether any drop block (either direction) is held (the engine's fast path checks it)."""
+        self.journal: list[tuple[ResidualKey, Key, ResidualEntry]] | None = None
+        """If a list, every entry added or lengthened is appended to it as (key kind, key,
+        entry): an inline adapter drains it to mirror drop blocks in the kernel (which then
+        shows it the packets of flows it had let bypass it). None: nothing is kept."""
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -61,6 +65,8 @@ class ResidualTable:
         old = self.entries.get(key)
         if old is None or old.until < entry.until:
             self.entries[key] = entry
+            if self.journal is not None:
+                self.journal.append((kind, key[3], entry))
 
     def lookup(self, flow: Flow, policy: str, now: float) -> ResidualEntry | None:
         """The live entry of ``policy`` that covers ``flow``, if any."""

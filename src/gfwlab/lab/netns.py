@@ -16,6 +16,7 @@ import subprocess
 import time
 
 from gfwlab.errors import LabError
+from gfwlab.live import kernel
 from gfwlab.live.topology import (
     BYPASS_MARK,
     CENSOR_NS,
@@ -46,7 +47,11 @@ REQUIRED_TOOLS = {
     "iptables": "iptables",
     "ip6tables": "iptables",
     "nft": "nftables",
+    "ipset": "ipset",
 }
+
+BYPASSED_CHAIN = "GFWLAB_BYPASSED"
+"""The censor namespace's mangle chain that bypassed packets cross (residual block sets)."""
 
 
 def run(
@@ -187,12 +192,24 @@ def install_queue_rules(censor_ns: str, queue: int, *, fail_open: bool) -> None:
     is dropped before FORWARD, and the real GFW sees TTL-limited insertion packets (spec §9 (b)).
     """
     bypass = f"0x{BYPASS_MARK:x}/0x{BYPASS_MARK:x}"
+    try:
+        run(in_ns(censor_ns, "ipset", "restore"), stdin=kernel.create_commands())
+    except LabError as exc:
+        raise LabError(f"could not make the residual block sets (ipset): {exc}") from None
     for tool in ("iptables", "ip6tables"):
         ipt = in_ns(censor_ns, tool, "-w", "-t", "mangle")
         run([*ipt, "-N", "GFWLAB"])
+        run([*ipt, "-N", BYPASSED_CHAIN])
         for dev in (CLIENT_LINK.b, SERVER_LINK.a):
             run([*ipt, "-A", "PREROUTING", "-i", dev, "-j", "GFWLAB"])
-        run([*ipt, "-A", "GFWLAB", "-m", "connmark", "--mark", bypass, "-j", "ACCEPT"])
+        # A bypassed flow skips the queue unless a residual drop block started since may cover
+        # it (live/kernel.py): then it loses its bypass mark and the engine sees it again.
+        run([*ipt, "-A", "GFWLAB", "-m", "connmark", "--mark", bypass, "-j", BYPASSED_CHAIN])
+        for rule in kernel.bypassed_chain_rules(BYPASS_MARK, v6=tool == "ip6tables"):
+            try:
+                run([*ipt, "-A", BYPASSED_CHAIN, *rule])
+            except LabError as exc:
+                raise LabError(f"the kernel refused the set match (xt_set): {exc}") from None
         if tool == "iptables":
             # The prober's own connections are not traffic the censor inspects, and the kernel
             # must not reset the connections the prober's userspace TCP makes.

@@ -11,6 +11,8 @@ the live adapter of the same sans-I/O engine the offline analyser uses:
   its destination, so every header field (TTL, IP-ID 0, DF, flags) is exactly the injector's:
   a raw IP socket would let the kernel replace an IP-ID of 0;
 - injections due later wait on the engine's ``next_deadline``;
+- residual drop blocks the engine starts are mirrored as kernel ipset entries
+  (``live/kernel.py``), so that they reach flows the kernel already bypasses;
 - events go to ``events.jsonl`` in the lab's state folder, counters to ``stats.json``, and a unix
   socket (``censor.sock``) takes ``record PATH`` / ``stop`` for ``lab record``.
 """
@@ -34,6 +36,7 @@ from typing import Any, assert_never
 from gfwlab.engine import Censor
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Inject, Probe, Report
 from gfwlab.errors import GfwlabError
+from gfwlab.live.kernel import Kernel
 from gfwlab.live.prober import Prober
 from gfwlab.live.topology import BYPASS_MARK, CLIENT_LINK, INSIDE, QUEUE_NUM, SERVER_LINK
 from gfwlab.offline.chain import Chain
@@ -82,9 +85,21 @@ class LiveCensor:
     """The NFQUEUE loop around one Censor."""
 
     def __init__(
-        self, censor: Censor | Chain, state_dir: str, injector: FrameInjector, seed: int = 0
+        self,
+        censor: Censor | Chain,
+        state_dir: str,
+        injector: FrameInjector,
+        seed: int = 0,
+        kernel: Kernel | None = None,
     ) -> None:
         self.censor = censor
+        self.kernel = kernel
+        self.journals: list[list[Any]] = []
+        if kernel is not None:
+            for one in censor.censors if isinstance(censor, Chain) else [(None, censor)]:
+                one[1].rebypass = True
+                one[1].residual.journal = []
+                self.journals.append(one[1].residual.journal)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self.prober = Prober(self._wake, seed=seed)
@@ -115,6 +130,8 @@ class LiveCensor:
         actions = self.censor.feed(payload, now)
         if any(isinstance(a, Bypass) for a in actions):
             nfpkt.set_mark(BYPASS_MARK)
+        if self.kernel is not None:
+            self.mirror(now)
         # The verdict (always first) goes last: a forged packet due now leaves before the packet
         # that triggered it, as it does from an on-path censor that is nearer than the peer.
         self.carry_out(actions[1:], None)
@@ -167,10 +184,25 @@ class LiveCensor:
                 done = self.prober.results.get_nowait()
             except queue.Empty:
                 return
+            now = time.monotonic()
             actions = self.censor.on_probe_result(
-                done.probe_id, done.reaction, time.monotonic(), done.response_len
+                done.probe_id, done.reaction, now, done.response_len
             )
+            if self.kernel is not None:
+                self.mirror(now)
             self.carry_out(actions, None)
+
+    def mirror(self, now: float) -> None:
+        """Write the drop blocks the engine started since the last call to the kernel's sets
+        (before the packet's verdict, so the flows they cover are shown to the engine again)."""
+        assert self.kernel is not None
+        for journal in self.journals:
+            for kind, key, entry in journal:
+                try:
+                    self.kernel.add_residual(kind, entry.policy, key, entry.start, entry.until, now)
+                except GfwlabError as exc:
+                    print(f"gfwlab-censor: {exc}", file=sys.stderr, flush=True)
+            journal.clear()
 
     def timers(self) -> float | None:
         """Run due timers; return seconds until the next one (None: none pending)."""
@@ -181,6 +213,12 @@ class LiveCensor:
             deadline = self.censor.next_deadline()
         while self.held and self.held[0][0] <= now:
             heapq.heappop(self.held)[2].accept()
+        if self.kernel is not None:
+            with contextlib.suppress(GfwlabError):
+                self.kernel.tick(now)
+            due = self.kernel.next_due()
+            if due is not None and (deadline is None or due < deadline):
+                deadline = due
         if self.held and (deadline is None or self.held[0][0] < deadline):
             deadline = self.held[0][0]
         return None if deadline is None else max(0.0, deadline - now)
@@ -234,6 +272,7 @@ class LiveCensor:
             "flows": st.flows,
             "flows_tracked": sum(len(c.flows) for c in censors),
             "residual_blocks": sum(len(c.residual) for c in censors),
+            "kernel_residuals": self.kernel.added if self.kernel is not None else 0,
             "events": st.events,
             "recording": self.recorder is not None,
             "mechanisms": sorted({m for c in censors for m in c.mechanisms}),
@@ -314,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     censor: Censor | Chain = build_censor(profiles[0], args.seed)
     if len(profiles) > 1:
         censor = Chain([(p.name, build_censor(p, args.seed)) for p in profiles])
-    live = LiveCensor(censor, args.state_dir, FrameInjector(), args.seed)
+    live = LiveCensor(censor, args.state_dir, FrameInjector(), args.seed, Kernel())
 
     def stop(_signum: int, _frame: object) -> None:
         live.stop = True

@@ -1,0 +1,247 @@
+"""Kernel state derived from the engine's verdicts: residual drop blocks as ipset entries.
+
+Once the censor has let a flow bypass its queue (``netns.install_queue_rules``), the kernel
+forwards the flow's packets without showing them to the engine. A residual drop block that
+starts later on the flow's key (spec §10b "Residual tables": ESNI, FET, QUIC and SNI drops on
+(client IP, server IP, server port); static blocking and Shadowsocks/TLS-in-TLS null routes on a
+server address or port, spec §6, §7, §12) must still reach it, as it does offline. So each drop
+block the engine starts is mirrored here as an entry of an ipset with a timeout; a rule of the
+censor namespace (before the bypass accept) takes the bypass mark off a bypassed connection
+whose packet matches a set, and the packet goes to the queue. The engine, still the one source
+of truth, then drops it (and reports the drop, so ``lab events`` and the analysis of a ``lab
+record`` recording both show it) or, if its own table says the block does not cover the flow,
+bypasses the flow again (``Censor.rebypass``).
+
+The kernel sets only decide which bypassed packets the engine sees again, so a set may cover
+more than its key (never less):
+
+=========  ====================================  ===================  ====================
+key kind   set element                           client-to-server     server-to-client
+=========  ====================================  ===================  ====================
+3-tuple    hash:ip,port,ip (client, port, srv)   ``src,dst,dst``      ``dst,src,src``
+5-tuple    the 3-tuple set (covers the flow)     ``src,dst,dst``      ``dst,src,src``
+server     hash:ip,port (server, port)           ``dst,dst``          ``src,src``
+server-ip  hash:ip (server)                      ``dst``              ``src``
+2-tuple    the server-ip set (covers more)       ``dst``              ``src``
+=========  ====================================  ===================  ====================
+
+``drop-c2s`` blocks go in the sets matched on client-to-server packets, ``drop-s2c`` blocks in
+those matched on server-to-client packets; IPv6 keys in sets of family ``inet6``. The ``rst``
+policy (HTTP's and SNI's residual resets, which hit a new connection with a probability, spec §3)
+has no set: a new connection's SYN always reaches the engine, which draws. Entries expire by
+themselves (the timeout is the block's remaining time rounded up to a second: a packet the set
+still matches in that last fraction of a second is shown to the engine, which lets it pass).
+A block that starts later (FET's static blocking, days after detection) is kept here and
+added when it starts.
+
+The sets live in the censor namespace and go with it (``lab down``); they outlive the censor
+process, so a restarted censor can read them back (:meth:`Kernel.residuals`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import math
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gfwlab.errors import LabError
+from gfwlab.rules.profile import ResidualKey
+
+IPSET_MAX_TIMEOUT = 2147483
+"""The longest timeout ipset accepts, in seconds (~24.8 days)."""
+
+_TABLES: dict[str, tuple[str, str, str]] = {
+    # table: (set type, client-to-server match, server-to-client match)
+    "tuple": ("hash:ip,port,ip", "src,dst,dst", "dst,src,src"),
+    "port": ("hash:ip,port", "dst,dst", "src,src"),
+    "addr": ("hash:ip", "dst", "src"),
+}
+_TABLE_OF: dict[ResidualKey, str] = {
+    "3-tuple": "tuple",
+    "5-tuple": "tuple",
+    "server": "port",
+    "server-ip": "addr",
+    "2-tuple": "addr",
+}
+_POLICIES = {"drop-c2s": "c2s", "drop-s2c": "s2c"}
+_PROTO_NAMES = {6: "tcp", 17: "udp"}
+
+
+@dataclass(frozen=True, slots=True)
+class KernelSet:
+    """One ipset of residual drop blocks."""
+
+    name: str
+    type: str
+    family: str
+    """``inet`` or ``inet6``."""
+    match: str
+    """The ``--match-set`` direction flags of the packets it blocks."""
+
+
+def kernel_sets() -> list[KernelSet]:
+    """Every set, in rule order (names fit ipset's 31 characters)."""
+    out = []
+    for table, (kind, c2s, s2c) in _TABLES.items():
+        for direction, match in (("c2s", c2s), ("s2c", s2c)):
+            for family in ("inet", "inet6"):
+                v = "6" if family == "inet6" else "4"
+                out.append(KernelSet(f"gfwlab-{table}-{direction}{v}", kind, family, match))
+    return out
+
+
+def set_name(kind: ResidualKey, policy: str, v6: bool) -> str | None:
+    """The set a block of ``kind`` and ``policy`` goes in; None if it has none (``rst``)."""
+    direction = _POLICIES.get(policy)
+    if direction is None:
+        return None
+    return f"gfwlab-{_TABLE_OF[kind]}-{direction}{'6' if v6 else '4'}"
+
+
+def element(kind: ResidualKey, key: tuple[object, ...]) -> tuple[str, bool]:
+    """The set element of a residual key (``engine.residual.residual_key``) and whether it is
+    IPv6."""
+    if kind in ("3-tuple", "5-tuple"):
+        if kind == "3-tuple":
+            proto, client, server, sport = key
+        else:
+            proto, client, _cport, server, sport = key
+        c, s = _addr(client), _addr(server)
+        return f"{c},{_PROTO_NAMES.get(int(proto), str(proto))}:{sport},{s}", c.version == 6  # type: ignore[call-overload]
+    if kind == "server":
+        proto, server, sport = key
+        s = _addr(server)
+        return f"{s},{_PROTO_NAMES.get(int(proto), str(proto))}:{sport}", s.version == 6  # type: ignore[call-overload]
+    server = key[0] if kind == "server-ip" else key[1]
+    s = _addr(server)
+    return str(s), s.version == 6
+
+
+def _addr(raw: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    assert isinstance(raw, bytes)
+    return ipaddress.ip_address(raw)
+
+
+def create_commands() -> str:
+    """``ipset restore`` input that makes every set (empty, with timeouts)."""
+    lines = [
+        f"create {s.name} {s.type} family {s.family} timeout {IPSET_MAX_TIMEOUT // 2}\n"
+        for s in kernel_sets()
+    ]
+    return "".join(lines)
+
+
+def bypassed_chain_rules(bypass_mark: int, v6: bool) -> list[list[str]]:
+    """The rules (iptables arguments after ``-A CHAIN``) of the chain a bypassed packet crosses:
+    a packet a residual set matches loses its connection's bypass mark (and goes on to the
+    queue); any other goes through."""
+    family = "inet6" if v6 else "inet"
+    mark = f"0x{bypass_mark:x}"
+    rules = [
+        [
+            "-m",
+            "set",
+            "--match-set",
+            s.name,
+            s.match,
+            "-j",
+            "CONNMARK",
+            "--set-xmark",
+            f"0x0/{mark}",
+        ]
+        for s in kernel_sets()
+        if s.family == family
+    ]
+    rules.append(["-m", "connmark", "--mark", f"{mark}/{mark}", "-j", "ACCEPT"])
+    return rules
+
+
+class Kernel:
+    """Mirrors the engine's residual drop blocks into the censor namespace's ipsets.
+
+    ``argv`` prefixes each command (empty inside the censor namespace; ``ip netns exec NS``
+    from outside it).
+    """
+
+    def __init__(self, argv: Sequence[str] = ()) -> None:
+        self.argv = list(argv)
+        self.pending: list[tuple[float, int, str, str, float]] = []
+        """Blocks that start later: (start, seq, set, element, until)."""
+        self._seq = 0
+        self.added = 0
+        """Entries written to the kernel."""
+        self.errors = 0
+
+    def add_residual(
+        self,
+        kind: ResidualKey,
+        policy: str,
+        key: tuple[object, ...],
+        start: float,
+        until: float,
+        now: float,
+    ) -> bool:
+        """Mirror one block (engine times); False if it has no kernel set (``rst``)."""
+        elem, v6 = element(kind, key)
+        name = set_name(kind, policy, v6)
+        if name is None:
+            return False
+        if start > now:
+            self._seq += 1
+            heapq.heappush(self.pending, (start, self._seq, name, elem, until))
+            return True
+        self._add(name, elem, until - now)
+        return True
+
+    def next_due(self) -> float | None:
+        """When the next block that starts later is due, or None."""
+        return self.pending[0][0] if self.pending else None
+
+    def tick(self, now: float) -> int:
+        """Add the blocks that have started by ``now``; returns how many."""
+        n = 0
+        while self.pending and self.pending[0][0] <= now:
+            _start, _seq, name, elem, until = heapq.heappop(self.pending)
+            if until > now:
+                self._add(name, elem, until - now)
+                n += 1
+        return n
+
+    def _add(self, name: str, elem: str, seconds: float) -> None:
+        timeout = min(max(1, math.ceil(seconds)), IPSET_MAX_TIMEOUT)
+        self._run(["ipset", "-exist", "add", name, elem, "timeout", str(timeout)])
+        self.added += 1
+
+    def flush(self) -> None:
+        """Forget every block (sets emptied, later ones dropped)."""
+        self.pending.clear()
+        for s in kernel_sets():
+            self._run(["ipset", "flush", s.name])
+
+    def residuals(self) -> list[tuple[str, str, int]]:
+        """The entries now in force: (set, element, seconds left)."""
+        out = []
+        for s in kernel_sets():
+            text = self._run(["ipset", "list", s.name, "-output", "save"])
+            for line in text.splitlines():
+                parts = line.split()
+                if len(parts) >= 5 and parts[0] == "add" and parts[3] == "timeout":
+                    out.append((parts[1], parts[2], int(parts[4])))
+        return out
+
+    def _run(self, argv: list[str]) -> str:
+        try:
+            res = subprocess.run(
+                [*self.argv, *argv], capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            self.errors += 1
+            raise LabError(f"{' '.join(argv)}: {exc}") from None
+        if res.returncode != 0:
+            self.errors += 1
+            detail = (res.stderr.strip() or f"exit {res.returncode}").splitlines()[0]
+            raise LabError(f"{' '.join(argv)}: {detail}")
+        return res.stdout
