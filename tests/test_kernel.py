@@ -1,0 +1,102 @@
+"""live/kernel.py without the kernel: residual keys as set elements, which set each block goes in,
+the bypassed chain's rules; and the engine's side of it: the residual journal and re-bypass
+(spec §10b "Residual tables")."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from gfwlab.engine import Accept, Bypass, Drop
+from gfwlab.live import kernel
+from gfwlab.offline.synth import https_conversation
+from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, addr_bytes, build_tcp
+from gfwlab.profiles import build_censor
+from helpers import profile
+
+C, S = addr_bytes("198.18.0.2"), addr_bytes("198.19.0.5")
+C6, S6 = addr_bytes("2001:db8:c::2"), addr_bytes("2001:db8:5::2")
+
+
+@pytest.mark.parametrize(
+    ("kind", "key", "elem", "v6"),
+    [
+        ("3-tuple", (PROTO_TCP, C, S, 443), "198.18.0.2,tcp:443,198.19.0.5", False),
+        ("3-tuple", (PROTO_UDP, C6, S6, 443), "2001:db8:c::2,udp:443,2001:db8:5::2", True),
+        ("5-tuple", (PROTO_TCP, C, 40000, S, 443), "198.18.0.2,tcp:443,198.19.0.5", False),
+        ("server", (PROTO_TCP, S, 8388), "198.19.0.5,tcp:8388", False),
+        ("server", (PROTO_UDP, S6, 53), "2001:db8:5::2,udp:53", True),
+        ("server-ip", (S,), "198.19.0.5", False),
+        ("2-tuple", (C6, S6), "2001:db8:5::2", True),  # covers more than the key: the server
+    ],
+)
+def test_elements(kind: str, key: tuple[object, ...], elem: str, v6: bool) -> None:
+    assert kernel.element(kind, key) == (elem, v6)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kind", "policy", "v6", "name"),
+    [
+        ("3-tuple", "drop-c2s", False, "gfwlab-tuple-c2s4"),
+        ("5-tuple", "drop-s2c", True, "gfwlab-tuple-s2c6"),
+        ("server", "drop-s2c", False, "gfwlab-port-s2c4"),
+        ("server-ip", "drop-s2c", True, "gfwlab-addr-s2c6"),
+        ("2-tuple", "drop-c2s", False, "gfwlab-addr-c2s4"),
+        ("3-tuple", "rst", False, None),  # drawn per new connection: the engine's alone
+    ],
+)
+def test_set_of_each_block(kind: str, policy: str, v6: bool, name: str | None) -> None:
+    assert kernel.set_name(kind, policy, v6) == name  # type: ignore[arg-type]
+    if name is not None:
+        assert name in {s.name for s in kernel.kernel_sets()}
+
+
+def test_sets_and_rules() -> None:
+    sets = kernel.kernel_sets()
+    assert len({s.name for s in sets}) == len(sets) == 12
+    assert all(len(s.name) <= 31 for s in sets)  # ipset's limit
+    made = kernel.create_commands().splitlines()
+    assert made[0] == "create gfwlab-tuple-c2s4 hash:ip,port,ip family inet timeout 1073741"
+    for v6 in (False, True):
+        rules = kernel.bypassed_chain_rules(0x1, v6=v6)
+        assert len(rules) == 7
+        assert rules[-1] == ["-m", "connmark", "--mark", "0x1/0x1", "-j", "ACCEPT"]
+        # A block's set is matched on the packets it blocks, and only takes the bypass off.
+        first = rules[0]
+        assert first[:5] == [
+            "-m",
+            "set",
+            "--match-set",
+            f"gfwlab-tuple-c2s{6 if v6 else 4}",
+            "src,dst,dst",
+        ]
+        assert first[5:] == ["-j", "CONNMARK", "--set-xmark", "0x0/0x1"]
+
+
+def test_engine_journals_the_blocks_it_starts() -> None:
+    censor = build_censor(profile(date=dt.date(2021, 1, 1)), 1)
+    censor.residual.journal = []
+    for t, pkt in https_conversation("198.18.0.2", "198.19.0.5", 40000, None, esni=True):
+        censor.feed(pkt, t)
+    ((kind, key, entry),) = censor.residual.journal
+    assert (kind, entry.mechanism, entry.policy) == ("3-tuple", "esni", "drop-c2s")
+    assert kernel.element(kind, key) == ("198.18.0.2,tcp:443,198.19.0.5", False)
+    assert entry.until - entry.start == 180.0
+
+
+def test_rebypass_bypasses_again_unless_a_block_covers_the_flow() -> None:
+    """A packet the kernel shows again: bypassed again if no block covers it, dropped if one
+    does; without ``rebypass`` the engine bypasses a flow once (tests/test_engine.py)."""
+    censor = build_censor(profile(date=dt.date(2021, 1, 1)), 1)
+    censor.rebypass = True
+    conv = https_conversation("198.18.0.2", "198.19.0.5", 40000, "example.org")
+    for t, pkt in conv:
+        censor.feed(pkt, t)
+    late = build_tcp(C, S, 40000, 443, seq=90000, ack=1, flags=0x18, payload=b"x" * 10)
+    out = censor.feed(late, 2.0)
+    assert isinstance(out[0], Accept) and any(isinstance(a, Bypass) for a in out)
+    for t, pkt in https_conversation("198.18.0.2", "198.19.0.5", 40001, None, esni=True, t0=3.0):
+        censor.feed(pkt, t)
+    out = censor.feed(late, 5.0)  # the ESNI block now covers the 3-tuple
+    assert isinstance(out[0], Drop) and not any(isinstance(a, Bypass) for a in out)
