@@ -61,6 +61,7 @@ def test_sets_and_rules() -> None:
     for v6 in (False, True):
         rules = kernel.bypassed_chain_rules(0x1, v6=v6)
         assert len(rules) == 7
+        assert kernel.jump_rule(0x1)[-2:] == ["-j", kernel.BYPASSED_CHAIN]
         assert rules[-1] == ["-m", "connmark", "--mark", "0x1/0x1", "-j", "ACCEPT"]
         # A block's set is matched on the packets it blocks, and only takes the bypass off.
         first = rules[0]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gfwlab.lab.lifecycle import UpOptions, lab_sets
 from gfwlab.lab.netns import in_ns
-from gfwlab.live.kernel import Kernel
+from gfwlab.live.kernel import Kernel, jump_rule
 from gfwlab.live.topology import CENSOR_NS
 from testenv import LAB_MARKS, SETS, UP, _verdicts, client, curl, gfwlab, leftovers
 
@@ -161,8 +161,13 @@ def test_residual_blocks_reach_bypassed_flows_as_offline(tmp_path: Path) -> None
         stats = json.loads(gfwlab("lab", "status", "--json").stdout)["stats"]
         kernel = Kernel(in_ns(CENSOR_NS))
         held = {(name, elem) for name, elem, left in kernel.residuals() if 0 < left <= 180}
-        kernel.flush()
+        check = ["iptables", "-w", "-t", "mangle", "-C", "GFWLAB", *jump_rule()]
+        jumped = subprocess.run(in_ns(CENSOR_NS, *check), capture_output=True, check=False)
+        kernel.armed = True
+        kernel.flush()  # the blocks and the jump to their sets go
         assert kernel.residuals() == []
+        gone = subprocess.run(in_ns(CENSOR_NS, *check), capture_output=True, check=False)
+        assert gone.returncode != 0
     finally:
         gfwlab("lab", "down")
     assert leftovers() == []
@@ -171,6 +176,7 @@ def test_residual_blocks_reach_bypassed_flows_as_offline(tmp_path: Path) -> None
     assert seen["a2_first"] > 0 and seen["a2_second"] == -1, seen
     assert h3.returncode != 0
     assert stats["kernel_residuals"] >= 3
+    assert jumped.returncode == 0  # bypassed packets cross the sets while blocks are in force
     assert held >= {
         ("gfwlab-tuple-c2s4", "198.18.0.2,tcp:80,198.19.0.5"),  # ESNI's 3-tuple
         ("gfwlab-tuple-c2s4", "198.18.0.2,tcp:443,198.19.0.8"),  # FET's

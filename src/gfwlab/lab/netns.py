@@ -50,9 +50,6 @@ REQUIRED_TOOLS = {
     "ipset": "ipset",
 }
 
-BYPASSED_CHAIN = "GFWLAB_BYPASSED"
-"""The censor namespace's mangle chain that bypassed packets cross (residual block sets)."""
-
 
 def run(
     argv: list[str], *, check: bool = True, timeout: float = 30.0, stdin: str | None = None
@@ -199,15 +196,16 @@ def install_queue_rules(censor_ns: str, queue: int, *, fail_open: bool) -> None:
     for tool in ("iptables", "ip6tables"):
         ipt = in_ns(censor_ns, tool, "-w", "-t", "mangle")
         run([*ipt, "-N", "GFWLAB"])
-        run([*ipt, "-N", BYPASSED_CHAIN])
+        run([*ipt, "-N", kernel.BYPASSED_CHAIN])
         for dev in (CLIENT_LINK.b, SERVER_LINK.a):
             run([*ipt, "-A", "PREROUTING", "-i", dev, "-j", "GFWLAB"])
-        # A bypassed flow skips the queue unless a residual drop block started since may cover
-        # it (live/kernel.py): then it loses its bypass mark and the engine sees it again.
-        run([*ipt, "-A", "GFWLAB", "-m", "connmark", "--mark", bypass, "-j", BYPASSED_CHAIN])
+        run([*ipt, "-A", "GFWLAB", "-m", "connmark", "--mark", bypass, "-j", "ACCEPT"])
+        # While a residual drop block is in force, the censor puts a jump to this chain first
+        # (live/kernel.py): a bypassed packet a block may cover loses its connection's bypass
+        # mark and goes to the queue, so the engine sees it again.
         for rule in kernel.bypassed_chain_rules(BYPASS_MARK, v6=tool == "ip6tables"):
             try:
-                run([*ipt, "-A", BYPASSED_CHAIN, *rule])
+                run([*ipt, "-A", kernel.BYPASSED_CHAIN, *rule])
             except LabError as exc:
                 raise LabError(f"the kernel refused the set match (xt_set): {exc}") from None
         if tool == "iptables":

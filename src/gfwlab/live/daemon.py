@@ -216,7 +216,7 @@ class LiveCensor:
         if self.kernel is not None:
             with contextlib.suppress(GfwlabError):
                 self.kernel.tick(now)
-            due = self.kernel.next_due()
+            due = self.kernel.next_check()
             if due is not None and (deadline is None or due < deadline):
                 deadline = due
         if self.held and (deadline is None or self.held[0][0] < deadline):
@@ -353,7 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     censor: Censor | Chain = build_censor(profiles[0], args.seed)
     if len(profiles) > 1:
         censor = Chain([(p.name, build_censor(p, args.seed)) for p in profiles])
-    live = LiveCensor(censor, args.state_dir, FrameInjector(), args.seed, Kernel())
+    kernel = Kernel()
+    with contextlib.suppress(GfwlabError):
+        kernel.adopt(time.monotonic())
+    live = LiveCensor(censor, args.state_dir, FrameInjector(), args.seed, kernel)
 
     def stop(_signum: int, _frame: object) -> None:
         live.stop = True
