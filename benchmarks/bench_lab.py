@@ -1,10 +1,13 @@
 """Forwarding cost of the live censor, against plain kernel forwarding in the same lab.
 
-    python benchmarks/bench_lab.py [--seconds 5] [--connections 300]
+    python benchmarks/bench_lab.py [--seconds 5] [--connections 300] [--idle 10000]
 
-Brings the lab up with the full ``gfw`` profile, then measures, once with every forwarded packet
-going through the censor's queue rules and once with them skipped (one ACCEPT rule put first in
-the censor namespace's mangle PREROUTING, so the kernel forwards everything itself):
+Brings the lab up with the full ``gfw`` profile on 2022-06-01 (every mechanism of the profile
+active: FET's dynamic blocking and Shadowsocks probing included), then measures, once with every
+forwarded packet going through the censor's queue rules and once with them skipped (one ACCEPT
+rule put first in the censor namespace's mangle PREROUTING, so the kernel forwards everything
+itself), and then both again with ``--idle`` idle TCP connections held open through the lab
+(opened, never used: each is a flow the censor tracks and the kernel's conntrack holds):
 
 - iperf3 bulk throughput, client → server, one TCP stream;
 - new HTTP connections per second: wrk with ``Connection: close`` against nginx;
@@ -90,6 +93,70 @@ def wrk(seconds: float) -> float:
     return float(match.group(1))
 
 
+IDLE_PORT = 9000
+IDLE_SERVER = """
+import resource, socket, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+srv = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], int(sys.argv[2])))
+srv.listen(4096)
+held = []
+print("ready", flush=True)
+while True:
+    held.append(srv.accept()[0])
+"""
+IDLE_CLIENT = """
+import resource, socket, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+held = []
+for i in range(int(sys.argv[3])):
+    held.append(socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10))
+print("held", len(held), flush=True)
+sys.stdin.read()
+"""
+
+
+class Idle:
+    """``n`` idle TCP connections from the client to the server, held open while in use."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def __enter__(self) -> Idle:
+        if not self.n:
+            return self
+        server = subprocess.Popen(
+            in_ns(SERVER_NS, sys.executable, "-c", IDLE_SERVER, SERVER_V4, str(IDLE_PORT)),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.procs.append(server)
+        assert server.stdout is not None
+        server.stdout.readline()
+        client = subprocess.Popen(
+            in_ns(
+                CLIENT_NS, sys.executable, "-c", IDLE_CLIENT, SERVER_V4, str(IDLE_PORT), str(self.n)
+            ),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.procs.append(client)
+        assert client.stdout is not None
+        line = client.stdout.readline().split()
+        if line[:1] != ["held"] or int(line[1]) != self.n:
+            raise RuntimeError(f"could not hold {self.n} idle connections: {line}")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for proc in reversed(self.procs):
+            proc.kill()
+            proc.wait()
+        self.procs.clear()
+
+
 CLIENT_SCRIPT = """
 import socket, sys, time
 for i in range(int(sys.argv[1])):
@@ -158,38 +225,48 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=300)
+    parser.add_argument("--idle", type=int, default=10000, help="idle connections (0: none)")
+    parser.add_argument("--date", default="2022-06-01")
     args = parser.parse_args()
     console = Console()
     lifecycle.down()
-    lifecycle.up(lifecycle.UpOptions(date="2024-06-01"), log=lambda _m: None)
-    results: dict[str, dict[str, float]] = {}
+    lifecycle.up(lifecycle.UpOptions(date=args.date), log=lambda _m: None)
+    results: dict[tuple[int, str], dict[str, float]] = {}
+    loads = [0, args.idle] if args.idle else [0]
     try:
-        for mode in ("plain", "censor"):
-            if mode == "plain":
-                censor_off(True)
-            try:
-                console.print(f"[bold]{mode}[/]: iperf3, wrk, first-packet delay…")
-                delays = first_packet_delays(args.connections)
-                results[mode] = {
-                    "iperf3 Gbit/s": iperf(args.seconds) / 1e9,
-                    "wrk conn/s": wrk(args.seconds),
-                    "first data packet p50 µs": pct(delays, 0.50) * 1e6,
-                    "first data packet p99 µs": pct(delays, 0.99) * 1e6,
-                    "samples": float(len(delays)),
-                }
-            finally:
-                if mode == "plain":
-                    censor_off(False)
+        for idle in loads:
+            with Idle(idle):
+                for mode in ("plain", "censor"):
+                    if mode == "plain":
+                        censor_off(True)
+                    try:
+                        console.print(f"[bold]{mode}[/], {idle} idle: iperf3, wrk, first data…")
+                        delays = first_packet_delays(args.connections)
+                        results[(idle, mode)] = {
+                            "iperf3 Gbit/s": iperf(args.seconds) / 1e9,
+                            "wrk conn/s": wrk(args.seconds),
+                            "first data packet p50 µs": pct(delays, 0.50) * 1e6,
+                            "first data packet p99 µs": pct(delays, 0.99) * 1e6,
+                            "samples": float(len(delays)),
+                        }
+                    finally:
+                        if mode == "plain":
+                            censor_off(False)
     finally:
         lifecycle.down()
-    table = Table(title=f"gfwlab lab forwarding ({os.cpu_count()} cores, {sys.version.split()[0]})")
-    for col in ("measure", "plain kernel", "through the censor", "censor / plain"):
-        table.add_column(col, justify="right")
-    for key in results["plain"]:
-        plain, cens = results["plain"][key], results["censor"][key]
-        ratio = f"{cens / plain:.2f}" if plain and key != "samples" else ""
-        table.add_row(key, f"{plain:,.2f}", f"{cens:,.2f}", ratio)
-    console.print(table)
+    load = os.getloadavg()[0]
+    for idle in loads:
+        table = Table(
+            title=f"gfwlab lab forwarding, gfw profile on {args.date}, {idle:,} idle connections "
+            f"({os.cpu_count()} cores, load average {load:.1f}, {sys.version.split()[0]})"
+        )
+        for col in ("measure", "plain kernel", "through the censor", "censor / plain"):
+            table.add_column(col, justify="right")
+        for key in results[(idle, "plain")]:
+            plain, cens = results[(idle, "plain")][key], results[(idle, "censor")][key]
+            ratio = f"{cens / plain:.2f}" if plain and key != "samples" else ""
+            table.add_row(key, f"{plain:,.2f}", f"{cens:,.2f}", ratio)
+        console.print(table)
     return 0
 
 

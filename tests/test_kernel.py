@@ -101,3 +101,14 @@ def test_rebypass_bypasses_again_unless_a_block_covers_the_flow() -> None:
         censor.feed(pkt, t)
     out = censor.feed(late, 5.0)  # the ESNI block now covers the 3-tuple
     assert isinstance(out[0], Drop) and not any(isinstance(a, Bypass) for a in out)
+
+
+def test_queue_rule_packets_reads_the_nfqueue_counters() -> None:
+    listing = """Chain GFWLAB (2 references)
+    pkts      bytes target     prot opt in     out     source               destination
+  431000  571000000 ACCEPT     0    --  *      *       0.0.0.0/0   0.0.0.0/0  connmark match  0x1/0x1
+       0          0 ACCEPT     0    --  *      *       0.0.0.0/0            198.18.1.0/24
+   14444    1006000 NFQUEUE    0    --  *      *       0.0.0.0/0   0.0.0.0/0  NFQUEUE num 7 bypass
+"""
+    assert kernel.queue_rule_packets(listing) == 14444
+    assert kernel.queue_rule_packets("") == 0

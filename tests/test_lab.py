@@ -211,6 +211,8 @@ def test_zz_down_after_kill_9_of_the_censor_leaves_nothing(
         curl("https://www.facebook.com/", "--resolve", "www.facebook.com:443:198.19.0.8").returncode
         == 0
     )
+    stats = json.loads(gfwlab("lab", "status", "--json").stdout)["stats"]
+    assert stats["uninspected"] >= 4  # at least the handshake and the request passed unread
     assert gfwlab("lab", "down").returncode == 0
     assert leftovers() == []
     assert host_snapshot() == host_before

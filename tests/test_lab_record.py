@@ -96,6 +96,13 @@ b, out["b_port"] = connect("198.19.0.5", 80)
 b.sendall(build_client_hello("example.org", esni=True))
 time.sleep(0.3)
 out["a1_second"] = ask(a1)
+# The same over IPv6.
+a6, out["a6_port"] = connect("2001:db8:5::2", 80)
+out["a6_first"] = ask(a6)
+b6, out["b6_port"] = connect("2001:db8:5::2", 80)
+b6.sendall(build_client_hello("example.org", esni=True))
+time.sleep(0.3)
+out["a6_second"] = ask(a6)
 # The same for a static block (a null route: server-to-client packets of the server dropped),
 # which starts a second after the FET drop that decided it.
 a2, out["a2_port"] = connect("198.19.0.8", 80)
@@ -174,6 +181,7 @@ def test_residual_blocks_reach_bypassed_flows_as_offline(tmp_path: Path) -> None
     # Live: answered before the block, nothing after it; the QUIC request fails.
     assert seen["a1_first"] > 0 and seen["a1_second"] == -1, seen
     assert seen["a2_first"] > 0 and seen["a2_second"] == -1, seen
+    assert seen["a6_first"] > 0 and seen["a6_second"] == -1, seen
     assert h3.returncode != 0
     assert stats["kernel_residuals"] >= 3
     assert jumped.returncode == 0  # bypassed packets cross the sets while blocks are in force
@@ -181,6 +189,7 @@ def test_residual_blocks_reach_bypassed_flows_as_offline(tmp_path: Path) -> None
         ("gfwlab-tuple-c2s4", "198.18.0.2,tcp:80,198.19.0.5"),  # ESNI's 3-tuple
         ("gfwlab-tuple-c2s4", "198.18.0.2,tcp:443,198.19.0.8"),  # FET's
         ("gfwlab-addr-s2c4", "198.19.0.8"),  # FET's static block
+        ("gfwlab-tuple-c2s6", "2001:db8:c::2,tcp:80,2001:db8:5::2"),  # ESNI's, over IPv6
     }, held
 
     def acted(events: list[dict[str, object]], mech: str, action: str, port: int) -> bool:
@@ -191,6 +200,7 @@ def test_residual_blocks_reach_bypassed_flows_as_offline(tmp_path: Path) -> None
 
     assert acted(live, "esni", "drop", seen["b_port"])
     assert acted(live, "esni", "drop", seen["a1_port"])  # the residual reached the bypassed flow
+    assert acted(live, "esni", "drop", seen["a6_port"])
     assert acted(live, "fet", "drop", seen["f_port"])
     assert acted(live, "fet", "null-route", seen["a2_port"])
     assert any(e["mechanism"] == "quic_sni" and e["action"] == "drop" for e in live)

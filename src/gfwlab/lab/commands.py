@@ -124,6 +124,12 @@ def lab_status(
             f"{st.get('dropped', 0)} dropped, {st.get('injected', 0)} forged, "
             f"{st.get('flows', 0)} flows, {st.get('residual_blocks', 0)} residual blocks"
         )
+        if "uninspected" in st:
+            console.print(
+                f"kernel: {st['kernel_queued']} packets to the queue, {st['uninspected']} passed "
+                f"uninspected (fail-open, no censor reading), {st['queue_dropped']} dropped by a "
+                f"full queue, {st.get('kernel_residuals', 0)} residual blocks in ipsets"
+            )
         if st.get("events"):
             table = Table(title="events per mechanism", title_justify="left")
             table.add_column("mechanism/action")

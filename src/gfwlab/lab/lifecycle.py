@@ -26,6 +26,7 @@ from typing import Any
 from gfwlab.errors import LabError
 from gfwlab.lab import attached, netns
 from gfwlab.lab.state import LabState, locked, process_start_time, state_dir
+from gfwlab.live import kernel
 from gfwlab.live.topology import (
     CENSOR_NS,
     CLIENT_NS,
@@ -355,6 +356,14 @@ def status() -> Status:
     stats: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError), open(st.file("stats.json")) as fh:
         stats = json.load(fh)
+    if CENSOR_NS in namespaces and os.geteuid() == 0:
+        # Fail-open: what the queue rules took minus what the censor read passed uninspected
+        # (no censor reading the queue); the censor's count is at most half a second old.
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            counters = kernel.queue_counters(netns.in_ns(CENSOR_NS))
+            stats.update(counters)
+            read = int(stats.get("queued_packets", 0))
+            stats["uninspected"] = max(0, counters["kernel_queued"] - read)
     notes: list[str] = []
     censor = next((p for p in procs if p["name"] == "censor"), None)
     if censor is not None and not censor["alive"]:

@@ -308,3 +308,41 @@ class Kernel:
             detail = (res.stderr.strip() or f"exit {res.returncode}").splitlines()[0]
             raise LabError(f"{' '.join(argv)}: {detail}")
         return res.stdout
+
+
+def queue_rule_packets(iptables_listing: str) -> int:
+    """Packets that hit the NFQUEUE rules, from ``iptables -t mangle -L GFWLAB -v -x -n``."""
+    total = 0
+    for line in iptables_listing.splitlines():
+        parts = line.split()
+        if len(parts) > 2 and parts[2] == "NFQUEUE" and parts[0].isdigit():
+            total += int(parts[0])
+    return total
+
+
+def queue_counters(argv: Sequence[str] = ()) -> dict[str, int]:
+    """The kernel's side of the queue, read in the censor namespace (``argv`` enters it):
+    ``kernel_queued``, packets the queue rules took (IPv4 and IPv6, since ``lab up``), and
+    ``queue_dropped``, packets the kernel dropped because the censor's queue was full."""
+    out = {"kernel_queued": 0, "queue_dropped": 0}
+    for tool in ("iptables", "ip6tables"):
+        res = subprocess.run(
+            [*argv, tool, "-w", "-t", "mangle", "-L", QUEUE_CHAIN, "-v", "-x", "-n"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        out["kernel_queued"] += queue_rule_packets(res.stdout)
+    res = subprocess.run(
+        [*argv, "cat", "/proc/net/netfilter/nfnetlink_queue"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    for line in res.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 7 and all(p.isdigit() for p in parts[:7]):
+            out["queue_dropped"] += int(parts[5]) + int(parts[6])
+    return out
