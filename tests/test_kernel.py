@@ -106,7 +106,7 @@ def test_rebypass_bypasses_again_unless_a_block_covers_the_flow() -> None:
 def test_queue_rule_packets_reads_the_nfqueue_counters() -> None:
     listing = """Chain GFWLAB (2 references)
     pkts      bytes target     prot opt in     out     source               destination
-  431000  571000000 ACCEPT     0    --  *      *       0.0.0.0/0   0.0.0.0/0  connmark match  0x1/0x1
+  431000  571000000 ACCEPT     0    --  *      *       0.0.0.0/0   0.0.0.0/0  connmark match 0x1/0x1
        0          0 ACCEPT     0    --  *      *       0.0.0.0/0            198.18.1.0/24
    14444    1006000 NFQUEUE    0    --  *      *       0.0.0.0/0   0.0.0.0/0  NFQUEUE num 7 bypass
 """
