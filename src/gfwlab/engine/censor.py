@@ -77,6 +77,11 @@ class Censor:
         self._watch = max((m.needs().watch_packets for m in watchers), default=0)
         first = self.hooks.get("on_first_data")
         self._inspect_tcp = bool(self._stream_rows or first or self._watch) or self._syn_ack
+        self.needs_handshake_ack = bool(self._watch) or any(
+            m.needs().handshake_ack for m in self.mechanisms.values()
+        )
+        """Whether the client's data-less handshake ACK must be shown to the engine
+        (``Needs.handshake_ack``, ``Needs.watch_packets``)."""
         self.rebypass = False
         """Answer every packet of a bypassed flow that passes with a Bypass again (not just the
         packet that made its verdict final). For an inline adapter whose kernel shows it such a

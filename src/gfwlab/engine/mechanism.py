@@ -57,6 +57,11 @@ class Needs:
     quic_crypto_reading: CryptoReading | None = None
     """How the QUIC dissector reads a zero-Length CRYPTO frame that carries data (spec §14e);
     None: the dissector's default."""
+    handshake_ack: bool = False
+    """The client's data-less ACK that ends the handshake matters to it (a decision on the SYN or
+    SYN/ACK that drops the client's later packets). Without any such mechanism (and without
+    ``watch_packets``) an inline adapter may let the kernel forward that ACK unqueued: to the
+    engine it changes nothing but a packet count."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

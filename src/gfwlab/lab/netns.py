@@ -214,6 +214,9 @@ def install_queue_rules(censor_ns: str, queue: int, *, fail_open: bool) -> None:
             run([*ipt, "-A", "GFWLAB", "-d", f"{PROBER_NET}.0/24", "-j", "ACCEPT"])
             run(in_ns(censor_ns, tool, "-w", "-A", "OUTPUT", "-s", f"{PROBER_NET}.0/24", "-p",
                       "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP"))
+        # What no active mechanism needs is let through here (filled by the censor: live/kernel.py).
+        run([*ipt, "-N", kernel.SKIP_CHAIN])
+        run([*ipt, "-A", "GFWLAB", "-j", kernel.SKIP_CHAIN])
         queue_rule = [*ipt, "-A", "GFWLAB", "-j", "NFQUEUE", "--queue-num", str(queue)]
         if fail_open:
             queue_rule.append("--queue-bypass")

@@ -356,6 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     kernel = Kernel()
     with contextlib.suppress(GfwlabError):
         kernel.adopt(time.monotonic())
+    censors = [c for _, c in censor.censors] if isinstance(censor, Chain) else [censor]
+    try:
+        kernel.set_skip(not any(c.needs_handshake_ack for c in censors))
+    except GfwlabError as exc:  # the queue then takes everything, as before
+        print(f"gfwlab-censor: {exc}", file=sys.stderr, flush=True)
     live = LiveCensor(censor, args.state_dir, FrameInjector(), args.seed, kernel)
 
     def stop(_signum: int, _frame: object) -> None:

@@ -60,6 +60,22 @@ BYPASSED_CHAIN = "GFWLAB_BYPASSED"
 """The censor namespace's mangle chain of the residual set rules."""
 QUEUE_CHAIN = "GFWLAB"
 """The censor namespace's mangle chain that queues packets (``netns.install_queue_rules``)."""
+SKIP_CHAIN = "GFWLAB_SKIP"
+"""The chain, crossed just before the queue, of packets the engine does not need to see."""
+
+_PURE_ACK_V4 = (
+    "13,48 0 0 0,84 0 0 15,100 0 0 2,7 0 0 0,80 0 0 12,84 0 0 240,116 0 0 2,12 0 0 0,7 0 0 0,"
+    "40 0 0 2,29 0 1 0,6 0 0 1,6 0 0 0"
+)
+"""Classic BPF, run on the IPv4 packet: true if it carries no TCP payload (total length = IP
+header + TCP header): ``ldb [0]; and #15; lsh #2; tax; ldb [x+12]; and #0xf0; rsh #2; add x;
+tax; ldh [2]; jeq x, 1, 0; ret #1; ret #0``."""
+_PURE_ACK_V6 = (
+    "10,48 0 0 6,21 0 6 6,48 0 0 52,84 0 0 240,116 0 0 2,7 0 0 0,40 0 0 4,29 1 0 0,6 0 0 0,6 0 0 1"
+)
+"""The same for IPv6 without extension headers (next header TCP, payload length = TCP
+header): ``ldb [6]; jeq #6, 0, 6; ldb [52]; and #0xf0; rsh #2; tax; ldh [4]; jeq x, 1, 0;
+ret #0; ret #1``."""
 
 IPSET_MAX_TIMEOUT = 2147483
 """The longest timeout ipset accepts, in seconds (~24.8 days)."""
@@ -176,6 +192,21 @@ def bypassed_chain_rules(bypass_mark: int, v6: bool) -> list[list[str]]:
     return rules
 
 
+def skip_rules(v6: bool) -> list[list[str]]:
+    """The rules (after ``-A GFWLAB_SKIP``) of packets forwarded without the engine: the
+    client's handshake ACK (no SYN, FIN or RST, no payload, the second packet of the connection
+    in its original direction) when no mechanism needs it (``Needs.handshake_ack``). A RETURN
+    put first while residual drop blocks are in force (:meth:`Kernel.set_skip`) stops them: a
+    block may drop such an ACK, and only the engine knows."""
+    return [
+        ["-p", "tcp", "--tcp-flags", "SYN,ACK,FIN,RST", "ACK",
+         "-m", "connbytes", "--connbytes", "2:2", "--connbytes-dir", "original",
+         "--connbytes-mode", "packets",
+         "-m", "bpf", "--bytecode", _PURE_ACK_V6 if v6 else _PURE_ACK_V4,
+         "-j", "ACCEPT"],
+    ]  # fmt: skip
+
+
 class Kernel:
     """Mirrors the engine's residual drop blocks into the censor namespace's ipsets.
 
@@ -190,6 +221,8 @@ class Kernel:
         """Whether bypassed packets now cross the sets (the jump is in place)."""
         self.in_force_until = 0.0
         """When the last block written to the kernel has surely expired (engine time)."""
+        self.skip = False
+        """Whether the skip rules are in force (:func:`skip_rules`)."""
         self.pending: list[tuple[float, int, str, str, float]] = []
         """Blocks that start later: (start, seq, set, element, until)."""
         self._seq = 0
@@ -259,6 +292,31 @@ class Kernel:
             elif not on and present:
                 self._run([*ipt, "-D", QUEUE_CHAIN, *self.jump])
         self.armed = on
+        self._skip_state()
+
+    def set_skip(self, on: bool) -> None:
+        """Let the kernel forward what no active mechanism needs (:func:`skip_rules`), except
+        while residual drop blocks are in force."""
+        for tool in ("iptables", "ip6tables"):
+            ipt = [tool, "-w", "-t", "mangle"]
+            self._run([*ipt, "-F", SKIP_CHAIN])
+            if on:
+                for rule in skip_rules(v6=tool == "ip6tables"):
+                    self._run([*ipt, "-A", SKIP_CHAIN, *rule])
+        self.skip = on
+        self._skip_state()
+
+    def _skip_state(self) -> None:
+        """A RETURN first in the skip chain while blocks are in force (counters stay)."""
+        if not self.skip:
+            return
+        for tool in ("iptables", "ip6tables"):
+            ipt = [tool, "-w", "-t", "mangle"]
+            present = self._ok([*ipt, "-C", SKIP_CHAIN, "-j", "RETURN"])
+            if self.armed and not present:
+                self._run([*ipt, "-I", SKIP_CHAIN, "1", "-j", "RETURN"])
+            elif not self.armed and present:
+                self._run([*ipt, "-D", SKIP_CHAIN, "-j", "RETURN"])
 
     def adopt(self, now: float) -> None:
         """Take over what a previous censor process left in the kernel (a restart): the blocks
@@ -310,12 +368,12 @@ class Kernel:
         return res.stdout
 
 
-def queue_rule_packets(iptables_listing: str) -> int:
-    """Packets that hit the NFQUEUE rules, from ``iptables -t mangle -L GFWLAB -v -x -n``."""
+def queue_rule_packets(iptables_listing: str, target: str = "NFQUEUE") -> int:
+    """Packets that hit the rules of ``target``, from ``iptables -t mangle -L CHAIN -v -x -n``."""
     total = 0
     for line in iptables_listing.splitlines():
         parts = line.split()
-        if len(parts) > 2 and parts[2] == "NFQUEUE" and parts[0].isdigit():
+        if len(parts) > 2 and parts[2] == target and parts[0].isdigit():
             total += int(parts[0])
     return total
 
@@ -324,16 +382,20 @@ def queue_counters(argv: Sequence[str] = ()) -> dict[str, int]:
     """The kernel's side of the queue, read in the censor namespace (``argv`` enters it):
     ``kernel_queued``, packets the queue rules took (IPv4 and IPv6, since ``lab up``), and
     ``queue_dropped``, packets the kernel dropped because the censor's queue was full."""
-    out = {"kernel_queued": 0, "queue_dropped": 0}
+    out = {"kernel_queued": 0, "kernel_skipped": 0, "queue_dropped": 0}
     for tool in ("iptables", "ip6tables"):
-        res = subprocess.run(
-            [*argv, tool, "-w", "-t", "mangle", "-L", QUEUE_CHAIN, "-v", "-x", "-n"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        out["kernel_queued"] += queue_rule_packets(res.stdout)
+        for chain, key, target in (
+            (QUEUE_CHAIN, "kernel_queued", "NFQUEUE"),
+            (SKIP_CHAIN, "kernel_skipped", "ACCEPT"),
+        ):
+            res = subprocess.run(
+                [*argv, tool, "-w", "-t", "mangle", "-L", chain, "-v", "-x", "-n"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+            out[key] += queue_rule_packets(res.stdout, target)
     res = subprocess.run(
         [*argv, "cat", "/proc/net/netfilter/nfnetlink_queue"],
         capture_output=True,
