@@ -184,6 +184,7 @@ def test_residual_blocks_reach_bypassed_flows_as_offline(tmp_path: Path) -> None
     assert seen["a6_first"] > 0 and seen["a6_second"] == -1, seen
     assert h3.returncode != 0
     assert stats["kernel_residuals"] >= 3
+    assert stats["kernel_skipped"] >= 1  # handshake ACKs before the first block: not queued
     assert jumped.returncode == 0  # bypassed packets cross the sets while blocks are in force
     assert held >= {
         ("gfwlab-tuple-c2s4", "198.18.0.2,tcp:80,198.19.0.5"),  # ESNI's 3-tuple
