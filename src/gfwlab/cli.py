@@ -29,11 +29,14 @@ from gfwlab.options import (
     ProfilesOpt,
     SeedOpt,
     SetOpt,
+    ResultsOpt,
     console,
     err,
     profile_from,
     profiles_from,
 )
+from gfwlab.report.commands import report
+from gfwlab.results.commands import results
 
 app = typer.Typer(
     add_completion=False,
@@ -88,6 +91,7 @@ def analyze(
     workers: Annotated[
         int, typer.Option("--workers", help="Worker processes of the local Dask cluster.")
     ] = 2,
+    results_dir: ResultsOpt = None,
 ) -> None:
     """What the Great Firewall would have done to a capture, and why."""
     from gfwlab.offline import analyze as run  # noqa: PLC0415
@@ -95,6 +99,8 @@ def analyze(
     from gfwlab.profiles import parse_moment  # noqa: PLC0415
 
     if len(captures) > 1 or scheduler is not None or out_dir is not None:
+        if results_dir is not None:
+            raise InputError("--results takes one capture (no --out-dir or --scheduler)")
         names = profile or ["gfw"]
         if len(names) > 1 or at is not None or network != "national":
             raise InputError(
@@ -114,6 +120,13 @@ def analyze(
     elif date is None:
         dated_all = [dated(capture, p) for p in profs]
         profs, source = [p for p, _ in dated_all], dated_all[0][1]
+    from gfwlab.results.folder import now  # noqa: PLC0415
+
+    started = now()
+    if results_dir is not None:
+        os.makedirs(results_dir, exist_ok=True)
+        events = events or os.path.join(results_dir, "events.jsonl")
+        out = out or os.path.join(results_dir, "censored.pcap")
     show_bar = err.is_terminal and not as_json
     with Progress(
         TextColumn("[bold]analysing[/]"),
@@ -141,15 +154,41 @@ def analyze(
         )
     for warning in summary.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if results_dir is not None and events is not None:
+        _save_analyze(results_dir, events, summary, started)
     if as_json:
         print(json.dumps(summary.as_dict(), indent=2, ensure_ascii=False))
     else:
         _print_summary(summary)
+        if results_dir is not None:
+            console.print(f"results: {results_dir} (gfwlab results / gfwlab report)")
     if summary.truncated_at is not None:
         raise InputError(
             f"{capture}: capture truncated at byte {summary.truncated_at}; analysed the "
             f"{summary.packets} packets before it (outputs cover those)"
         )
+
+
+def _save_analyze(folder: str, events: str, summary: Any, started: str) -> None:
+    """``analyze --results DIR``: the events in DIR, run.json, and DIR/results.duckdb."""
+    import shutil  # noqa: PLC0415
+
+    from gfwlab.results.folder import write_run  # noqa: PLC0415
+    from gfwlab.results.ingest import ingest_dir  # noqa: PLC0415
+
+    target = os.path.join(folder, "events.jsonl")
+    if os.path.realpath(events) != os.path.realpath(target):
+        shutil.copyfile(events, target)
+    write_run(
+        folder,
+        "analyze",
+        started=started,
+        profile=summary.profile.split("+") if summary.profile else [],
+        date=summary.date,
+        seed=summary.seed,
+        capture=summary.capture,
+    )
+    ingest_dir(folder)
 
 
 def _analyze_many(
@@ -451,6 +490,10 @@ def _demo_offline(directory: str | None, seed: int) -> None:
 app.add_typer(evade_app, name="evade")
 
 app.add_typer(lab_app, name="lab")
+
+app.command()(results)
+
+app.command()(report)
 
 
 @app.command()
