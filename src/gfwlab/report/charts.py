@@ -282,7 +282,7 @@ def tools_heatmap(con: duckdb.DuckDBPyConnection) -> Chart | None:
         href="href:N",
         tooltip=["tool:N", "date:O", "outcome:N", "successes:Q", "trials:Q", "mechanisms:N"],
     )  # fmt: skip
-    text = base.mark_text(fontSize=11).encode(text="label:N")
+    text = base.mark_text(fontSize=11).encode(text="label:N", href="href:N")
     chart = alt.layer(cells, text).properties(width=alt.Step(110), height=alt.Step(28))
     return Chart("tools", "Circumvention tools × dates (click a cell for its evidence)",
                  _spec(chart))  # fmt: skip
