@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - the fixtures keep one site, one event per line
 """Small results folders written the way gfwlab's commands write them, for the results and
 report tests: a probe run (OONI Web Connectivity measurements with gfwlab's attribution, and the
 lab censor's events of the same sites), a tools matrix, and an evasion matrix.

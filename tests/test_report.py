@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from results_fixtures import probe_folder, tools_folder
 
 from gfwlab.offline.synth import demo_traffic, merge
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.report.html import TABLE_LIMIT, write_report
 from gfwlab.results.store import connect
-from results_fixtures import probe_folder, tools_folder
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -36,7 +36,8 @@ COUNT_MARKS = """(id) => {
   const out = {};
   document.querySelectorAll('#' + id + ' g.role-mark').forEach((g) => {
     const kind = [...g.classList].find((c) => c.startsWith('mark-'));
-    out[kind] = (out[kind] || 0) + g.querySelectorAll(':scope > path, :scope > text, :scope > line').length;
+    const items = g.querySelectorAll(':scope > path, :scope > text, :scope > line');
+    out[kind] = (out[kind] || 0) + items.length;
   });
   return out;
 }"""
@@ -76,7 +77,10 @@ def _open(browser: Any, report: Path, name: str) -> Page:
     errors: list[str] = []
     requests: list[str] = []
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+    page.on(
+        "console",
+        lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None,
+    )
     page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
 
     def refuse(route: Any) -> None:
@@ -110,7 +114,9 @@ def _q(folder: Path, sql: str) -> Any:
 
 def _check_censor(p: Page, folder: Path) -> None:
     events = _q(folder, "SELECT count(*) FROM events")
-    windows = _q(folder, "SELECT count(*) FROM events WHERE residual_until IS NOT NULL AND NOT residual")
+    windows = _q(
+        folder, "SELECT count(*) FROM events WHERE residual_until IS NOT NULL AND NOT residual"
+    )
     marks = p.marks("timeline")
     assert marks.get("mark-symbol") == events
     assert marks.get("mark-rect", 0) == windows
@@ -210,3 +216,34 @@ def test_report_command_writes_one_file(tmp_path: Path) -> None:
     assert "<script src" not in head and "<link" not in head  # the browser tests refuse the rest
     assert sorted(x.name for x in tmp_path.iterdir()) == ["probe", "r.html"]
     shutil.rmtree(folder)
+
+
+def test_evasion_matrix_report(browser: Any, tmp_path: Path) -> None:
+    folder = tmp_path / "ev"
+    res = subprocess.run(
+        [sys.executable, "-m", "gfwlab", "evade", "library", "--offline", "--trials", "5",
+         "--results", str(folder)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    run = json.loads((folder / "run.json").read_text())
+    assert run["kind"] == "evade-matrix" and run["date"] == "2020-01-15"
+    p = _open(browser, Path(write_report(folder)), "evasion")
+    rows = _q(folder, "SELECT count(*) FROM evasion")
+    assert rows == 25
+    assert p.marks("evasion") == {"mark-rect": 2 * rows}  # a bar and a published-rate tick each
+    assert p.rows("evasion") == rows
+
+
+def test_offline_demo_ends_with_its_report(browser: Any, tmp_path: Path) -> None:
+    folder = tmp_path / "demo"
+    res = subprocess.run(
+        [sys.executable, "-m", "gfwlab", "demo", "--offline", "--dir", str(folder)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    last = res.stdout.strip().splitlines()[-1]
+    assert last == f"report: {folder / 'report.html'}"
+    assert json.loads((folder / "run.json").read_text())["kind"] == "analyze"
+    p = _open(browser, folder / "report.html", "demo-offline")
+    _check_censor(p, folder)

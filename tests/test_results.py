@@ -12,13 +12,13 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+from results_fixtures import SITES, TOOLS, events_for, probe_folder, tools_folder, write_lines
 
 from gfwlab.offline.synth import demo_traffic, merge
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.results.ingest import ingest_dir
 from gfwlab.results.queries import QUERIES, run_query
 from gfwlab.results.store import SCHEMA_VERSION, ResultsError, connect
-from results_fixtures import SITES, TOOLS, events_for, probe_folder, tools_folder, write_lines
 
 BLOCKED = ("dns", "tcp_ip", "http-failure", "http-diff")
 
@@ -128,9 +128,13 @@ def test_results_command_json_and_sql(tmp_path: Path) -> None:
     folder = probe_folder(tmp_path / "probe")
     res = gfwlab("results", str(folder), "-q", "events-by-mechanism", "--json")
     assert res.returncode == 0, res.stderr
-    got = {(r["mechanism"], r["action"]): r["events"] for r in map(json.loads, res.stdout.splitlines())}
+    got = {
+        (r["mechanism"], r["action"]): r["events"] for r in map(json.loads, res.stdout.splitlines())
+    }
     assert got == dict(Counter((e["mechanism"], e["action"]) for e in events_for(SITES)))
-    res = gfwlab("results", str(folder), "--sql", "SELECT count(*) AS n FROM measurements", "--json")
+    res = gfwlab(
+        "results", str(folder), "--sql", "SELECT count(*) AS n FROM measurements", "--json"
+    )
     assert json.loads(res.stdout) == {"n": len(SITES)}
     res = gfwlab("results", str(folder))
     assert res.returncode == 0 and "blocked-by-category" in res.stdout
@@ -150,7 +154,7 @@ def test_analyze_writes_a_results_folder(tmp_path: Path) -> None:
     run = json.loads((folder / "run.json").read_text())
     assert run["kind"] == "analyze" and run["format"] == 1 and run["date"] == "2024-06-01"
     con = connect(folder, read_only=True)
-    cols, rows = run_query(con, "verdicts")
+    _cols, rows = run_query(con, "verdicts")
     assert len(rows) == len(summary["verdicts"])
     n_events = sum(1 for _ in (folder / "events.jsonl").open())
     assert con.execute("SELECT count(*) FROM events").fetchone() == (n_events,)
@@ -220,7 +224,7 @@ def test_a_failed_ingest_keeps_the_previous_load(tmp_path: Path) -> None:
     folder = probe_folder(tmp_path / "p")
     before = ingest_dir(folder).counts
     (folder / "events.jsonl").write_text("{broken\n")
-    with pytest.raises(ResultsError, match="events.jsonl:1"):
+    with pytest.raises(ResultsError, match=r"events\.jsonl:1"):
         ingest_dir(folder)
     con = connect(folder, read_only=True)
     assert con.execute("SELECT count(*) FROM events").fetchone() == (before["events"],)

@@ -27,9 +27,9 @@ from gfwlab.options import (
     NetworkOpt,
     ProfileOpt,
     ProfilesOpt,
+    ResultsOpt,
     SeedOpt,
     SetOpt,
-    ResultsOpt,
     console,
     err,
     profile_from,
@@ -406,27 +406,37 @@ def mechanisms(
 @app.command()
 def demo(
     directory: Annotated[
-        str | None, typer.Option("--dir", help="Keep the offline demo's files here.")
+        str | None,
+        typer.Option("--dir", help="Keep the demo's files (events, results, HTML report) here."),
     ] = None,
     seed: SeedOpt = 1,
     offline: Annotated[
         bool, typer.Option("--offline", help="The offline tour even where the lab can run.")
     ] = False,
 ) -> None:
-    """A tour: real clients through the emulated GFW in the lab, or, without root, a capture."""
+    """A tour: real clients through the emulated GFW in the lab, or, without root, a capture;
+    ends with an HTML report of what happened."""
     from gfwlab.demo import can_run_live  # noqa: PLC0415
 
     why = "--offline" if offline else can_run_live()
     if why is None:
-        _demo_live(seed)
+        _demo_live(directory, seed)
     else:
         console.print(f"[dim]live lab not available ({why}): the offline tour[/]")
         _demo_offline(directory, seed)
 
 
-def _demo_live(seed: int) -> None:
-    from gfwlab.demo import run_live  # noqa: PLC0415
+def _demo_folder(directory: str | None) -> str:
+    folder = directory or tempfile.mkdtemp(prefix="gfwlab-demo-")
+    os.makedirs(folder, exist_ok=True)
+    return folder
 
+
+def _demo_live(directory: str | None, seed: int) -> None:
+    from gfwlab.demo import run_live, save_results  # noqa: PLC0415
+    from gfwlab.results.folder import now  # noqa: PLC0415
+
+    started = now()
     console.rule("[bold]gfwlab demo[/]: real clients through the emulated GFW (2024-06-01)")
     table = Table(title_justify="left")
     for col in ("client in the lab", "the real GFW", "here", "detail"):
@@ -458,17 +468,23 @@ def _demo_live(seed: int) -> None:
     console.print(
         "The lab is down again. Make your own: gfwlab lab up; gfwlab lab exec client -- …"
     )
+    folder = _demo_folder(directory)
+    with err.status("writing the report…"):
+        page = save_results(folder, "lab", started=started, seed=seed, events=events)
+    console.print(f"report: {page}", highlight=False)
 
 
 def _demo_offline(directory: str | None, seed: int) -> None:
+    from gfwlab.demo import save_results  # noqa: PLC0415
     from gfwlab.offline import analyze as run  # noqa: PLC0415
     from gfwlab.offline.synth import demo_traffic, merge  # noqa: PLC0415
     from gfwlab.packet.pcap import PcapWriter  # noqa: PLC0415
+    from gfwlab.results.folder import now  # noqa: PLC0415
 
+    started = now()
     prof = profile_from("gfw", "2024-06-01", [])
     keep = directory is not None
-    workdir = directory or tempfile.mkdtemp(prefix="gfwlab-demo-")
-    os.makedirs(workdir, exist_ok=True)
+    workdir = _demo_folder(directory)
     capture = os.path.join(workdir, "demo.pcap")
     console.rule("[bold]gfwlab demo[/]: the Great Firewall as measured, on synthetic traffic")
     scenarios = list(demo_traffic())
@@ -485,6 +501,9 @@ def _demo_offline(directory: str | None, seed: int) -> None:
         f"Open {censored} in Wireshark to see the forged packets"
         + ("" if keep else " (a temporary folder; use --dir to choose one)")
     )
+    with err.status("writing the report…"):
+        page = save_results(workdir, "analyze", started=started, seed=seed, capture=capture)
+    console.print(f"report: {page}", highlight=False)
 
 
 app.add_typer(evade_app, name="evade")

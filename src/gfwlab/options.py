@@ -89,6 +89,7 @@ def profiles_from(
     day = parse_date(date) if date else dt.date.today() if today else None
     return load_profiles(names or ["gfw"], date=day, overrides=sets or [], network=network)
 
+
 ResultsOpt = Annotated[
     str | None,
     typer.Option(

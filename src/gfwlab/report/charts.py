@@ -7,6 +7,7 @@ queries. Each function returns None where the folder has nothing to draw.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,11 @@ class Chart:
     note: str = ""
 
 
+def _data(values: list[dict[str, Any]]) -> Any:
+    """Inline data for a chart (Altair's Data is untyped)."""
+    return alt.Data(values=values)  # type: ignore[no-untyped-call]
+
+
 def _records(cols: list[str], data: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
     return [dict(zip(cols, (_plain(v) for v in r), strict=True)) for r in data]
 
@@ -64,7 +70,7 @@ def blocked_by_category(con: duckdb.DuckDBPyConnection) -> Chart | None:
     if not data:
         return None
     chart = (
-        alt.Chart(alt.Data(values=data))
+        alt.Chart(_data(data))
         .mark_bar()
         .encode(
             x=alt.X("blocked_share:Q", title="blocked share", axis=alt.Axis(format="%"),
@@ -85,7 +91,7 @@ def blocked_by_mechanism(con: duckdb.DuckDBPyConnection) -> Chart | None:
     if not data:
         return None
     chart = (
-        alt.Chart(alt.Data(values=data))
+        alt.Chart(_data(data))
         .mark_bar()
         .encode(
             x=alt.X("blocked:Q", title="blocked measurements"),
@@ -105,7 +111,7 @@ def flows_by_mechanism(con: duckdb.DuckDBPyConnection) -> Chart | None:
     if not data:
         return None
     chart = (
-        alt.Chart(alt.Data(values=data))
+        alt.Chart(_data(data))
         .mark_bar()
         .encode(
             x=alt.X("flows:Q", title="flows acted on"),
@@ -142,7 +148,7 @@ def timeline(con: duckdb.DuckDBPyConnection) -> Chart | None:
         [limit, limit],
     )
     spans = (
-        alt.Chart(alt.Data(values=_records(wcols, windows)))
+        alt.Chart(_data(_records(wcols, windows)))
         .mark_rect(opacity=0.25, height=14)
         .encode(
             x=alt.X("start:Q", title="seconds since the first event"),
@@ -153,7 +159,7 @@ def timeline(con: duckdb.DuckDBPyConnection) -> Chart | None:
         )
     )
     points = (
-        alt.Chart(alt.Data(values=_records(cols, data)))
+        alt.Chart(_data(_records(cols, data)))
         .mark_point(filled=True, size=60)
         .encode(
             x=alt.X("t:Q"),
@@ -176,7 +182,7 @@ def injectors(con: duckdb.DuckDBPyConnection) -> Chart | None:
     if not data:
         return None
     chart = (
-        alt.Chart(alt.Data(values=data))
+        alt.Chart(_data(data))
         .mark_bar()
         .encode(
             x=alt.X("events:Q", title="events"),
@@ -190,7 +196,7 @@ def injectors(con: duckdb.DuckDBPyConnection) -> Chart | None:
 
 
 def _quantile(table: tuple[tuple[float, float], ...], share: float) -> float:
-    for (s0, v0), (s1, v1) in zip(table, table[1:], strict=False):
+    for (s0, v0), (s1, v1) in itertools.pairwise(table):
         if s0 <= share <= s1:
             return v0 if s1 == s0 else v0 + (v1 - v0) * (share - s0) / (s1 - s0)
     return table[-1][1]
@@ -205,7 +211,9 @@ def spec_fingerprints() -> list[dict[str, Any]]:
         fp = FINGERPRINTS[kind]
         ttl = TTL_RECEIVED.get(kind)
         lo, mid, hi = (
-            (ttl[0][1], _quantile(ttl, 0.5), ttl[-1][1]) if ttl else (fp.ttl[0], fp.ttl[0], fp.ttl[1])
+            (ttl[0][1], _quantile(ttl, 0.5), ttl[-1][1])
+            if ttl
+            else (fp.ttl[0], fp.ttl[0], fp.ttl[1])
         )
         out.append({"injector": kind, "quantity": "TTL", "lo": lo, "mid": mid, "hi": hi})
         ip_lo, ip_hi = fp.ip_id
@@ -232,14 +240,14 @@ def fingerprints(con: duckdb.DuckDBPyConnection) -> Chart | None:
         return None
     measured = _records(cols, data)
     ref = spec_fingerprints()
-    base_ref = alt.Chart(alt.Data(values=ref))
+    base_ref = alt.Chart(_data(ref))
     spans = base_ref.mark_rule(strokeWidth=10, opacity=0.35, color="#1f77b4").encode(
         x=alt.X("lo:Q", title=None), x2="hi:Q", y=alt.Y("injector:N"),
         tooltip=["injector:N", "lo:Q", "mid:Q", "hi:Q"],
     )  # fmt: skip
     mids = base_ref.mark_tick(color="#1f77b4", thickness=2).encode(x="mid:Q", y="injector:N")
     points = (
-        alt.Chart(alt.Data(values=measured))
+        alt.Chart(_data(measured))
         .mark_circle(size=50, color="#d62728", opacity=0.8)
         .encode(x="value:Q", y="injector:N", tooltip=["injector:N", "quantity:N", "value:Q"])
     )
@@ -260,7 +268,7 @@ def fingerprints(con: duckdb.DuckDBPyConnection) -> Chart | None:
 
 
 def tools_heatmap(con: duckdb.DuckDBPyConnection) -> Chart | None:
-    """Tools: the tool × date matrix, one cell each, coloured by outcome, linked to its
+    """Tools: the tool x date matrix, one cell each, coloured by outcome, linked to its
     drill-down (issue 15)."""
     cols, data = rows(
         con,
@@ -273,7 +281,7 @@ def tools_heatmap(con: duckdb.DuckDBPyConnection) -> Chart | None:
     values = _records(cols, data)
     for v in values:
         v["label"] = "-" if v["rate"] is None else f"{v['rate']:.0%}"
-    base = alt.Chart(alt.Data(values=values)).encode(
+    base = alt.Chart(_data(values)).encode(
         x=alt.X("date:O", title="emulated date"), y=alt.Y("tool:N", title="tool")
     )
     cells = base.mark_rect(stroke="white").encode(
@@ -298,7 +306,7 @@ def evasion(con: duckdb.DuckDBPyConnection) -> Chart | None:
     )
     if not data:
         return None
-    base = alt.Chart(alt.Data(values=_records(cols, data))).encode(
+    base = alt.Chart(_data(_records(cols, data))).encode(
         y=alt.Y("row:N", sort=None, title="strategy (row, family)")
     )
     bars = base.mark_bar().encode(

@@ -32,6 +32,9 @@ TABLE_LIMIT = 2000
 """Rows shown per table (the rest are in the database: ``gfwlab results --export``)."""
 
 
+_GLOBALS = "window.vegaEmbed = vegaEmbed; window.vega = vega; window.vegaLite = vegaLite;"
+
+
 @functools.cache
 def vega_bundle() -> str:
     """Vega, Vega-Lite and Vega-Embed as one script that sets ``window.vegaEmbed``."""
@@ -40,7 +43,7 @@ def vega_bundle() -> str:
 
     want = ".".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
     version = want if want in vlc.get_vegalite_versions() else None
-    bundle: str = vlc.javascript_bundle(vl_version=version)
+    bundle: str = vlc.javascript_bundle(_GLOBALS, version)
     return bundle.replace("</script", "<\\/script")
 
 
@@ -77,7 +80,7 @@ def render(con: duckdb.DuckDBPyConnection, folder: str, notes: list[str]) -> str
         for c in present:
             note = f' <span class="note">({html.escape(c.note)})</span>' if c.note else ""
             body.append(
-                f'<figure><figcaption>{html.escape(c.title)}{note}</figcaption>'
+                f"<figure><figcaption>{html.escape(c.title)}{note}</figcaption>"
                 f'<div class="chart" id="chart-{c.key}"></div></figure>'
             )
         body.extend(tables)
@@ -104,9 +107,7 @@ def _header(run: dict[str, Any], folder: str, notes: list[str]) -> str:
         ("command", run.get("argv") or "-"),
         ("gfwlab", run.get("gfwlab_version") or "-"),
     ]
-    dl = "".join(
-        f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items
-    )
+    dl = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items)
     note = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
     return f"<header><h1>gfwlab report</h1><dl>{dl}</dl>{note}</header>"
 
@@ -214,7 +215,9 @@ def _evidence(extra: Any) -> str:
     for k, v in fields.items():
         if k in ("answers", "injector", "sni", "qname", "residual"):
             continue  # shown in their own columns
-        parts.append(f"{k}={json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v}")
+        parts.append(
+            f"{k}={json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v}"
+        )
     return "; ".join(parts)
 
 
@@ -229,8 +232,9 @@ def _tools(con: duckdb.DuckDBPyConnection) -> str | None:
     if not data:
         return None
     out = ['<table id="table-tools"><caption>each cell: outcome and evidence</caption><thead><tr>']
-    out += [f"<th>{h}</th>" for h in ("tool", "date", "outcome", "successes", "rate (CI)",
-                                      "mechanisms", "trials", "first packet", "citation")]  # fmt: skip
+    heads = ("tool", "date", "outcome", "successes", "rate (CI)", "mechanisms", "trial mode",
+             "first packet", "citation")  # fmt: skip
+    out += [f"<th>{h}</th>" for h in heads]
     out.append("</tr></thead><tbody>")
     for r in data:
         d = dict(zip(cols, r, strict=True))
@@ -247,7 +251,7 @@ def _tools(con: duckdb.DuckDBPyConnection) -> str | None:
         out.append(
             f'<tr id="cell-{d["idx"]}" class="outcome-{html.escape(d["outcome"])}">'
             f"<td>{html.escape(d['tool'])}</td><td>{html.escape(str(d['date']))}</td>"
-            f"<td>{html.escape(d['outcome'])}</td><td class=\"num\">{d['successes']}/{d['trials']}"
+            f'<td>{html.escape(d["outcome"])}</td><td class="num">{d["successes"]}/{d["trials"]}'
             f"</td><td>{rate}</td><td>{html.escape(d['mechanisms'] or '-')}</td>"
             f"<td>{html.escape(d['trial_mode'] or '-')}</td><td>{packet}</td>"
             f"<td>{html.escape(d['citation'] or '-')}</td></tr>"
@@ -266,7 +270,7 @@ table{border-collapse:collapse;margin:1em 0;font-size:12px;width:100%}
 caption{text-align:left;font-weight:600;padding:.3em 0}
 th,td{border:1px solid #ddd;padding:2px 6px;vertical-align:top;text-align:left}
 th{background:#f4f4f4;position:sticky;top:0} td.num{text-align:right}
-td.none{color:#aaa} td.yes{color:#b00} .note{color:#777;font-weight:normal}
+td.none{color:#aaa} .note{color:#777;font-weight:normal}
 tr:target{outline:3px solid #1f77b4} pre{margin:0;font-size:11px;white-space:pre-wrap}
 .outcome-works td:nth-child(3){color:#2ca02c}.outcome-blocked td:nth-child(3){color:#d62728}
 """
@@ -281,7 +285,8 @@ _PAGE = """<!DOCTYPE html>
 <script>
 const specs = {specs};
 const keys = Object.keys(specs);
-Promise.all(keys.map((k) => vegaEmbed("#chart-" + k, specs[k], {{renderer: "svg", actions: false}})))
+const options = {{renderer: "svg", actions: false}};
+Promise.all(keys.map((k) => vegaEmbed("#chart-" + k, specs[k], options)))
   .then(() => {{ document.body.dataset.rendered = "yes"; }})
   .catch((e) => {{ document.body.dataset.rendered = "error"; console.error(e); }});
 </script>

@@ -45,7 +45,9 @@ def export(
             raise
         return [str(target)]
     if target.exists() and not target.is_dir():
-        raise ResultsError(f"{out}: exists and is not a folder (the export writes one file per table)")
+        raise ResultsError(
+            f"{out}: exists and is not a folder (the export writes one file per table)"
+        )
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
     try:
         names = []

@@ -97,9 +97,12 @@ def read_run(root: Path, present: list[str]) -> tuple[dict[str, Any], list[str]]
     path = root / "run.json"
     if "run.json" not in present:
         if "events.jsonl" not in present:
-            raise ResultsError(f"{path}: missing (every results folder but a bare events one has it)")
+            raise ResultsError(
+                f"{path}: missing (every results folder but a bare events one has it)"
+            )
         legacy = {"kind": "analyze", "format": 0, "gfwlab_version": None, "started": None,
-                  "finished": None, "profile": [], "date": None, "seed": None, "argv": []}  # fmt: skip
+                  "finished": None, "profile": [], "date": None, "seed": None,
+                  "argv": []}  # fmt: skip
         return legacy, ["no run.json: read as the events of an analyze run (format 0)"]
     try:
         run = json.loads(path.read_text(encoding="utf-8"))
@@ -111,7 +114,9 @@ def read_run(root: Path, present: list[str]) -> tuple[dict[str, Any], list[str]]
         raise ResultsError(f"{path}: expected a JSON object")
     fmt = run.get("format")
     if not isinstance(fmt, int) or isinstance(fmt, bool):
-        raise ResultsError(f"{path}: key 'format' missing or not an integer (this gfwlab reads {FORMAT})")
+        raise ResultsError(
+            f"{path}: key 'format' missing or not an integer (this gfwlab reads {FORMAT})"
+        )
     if fmt > FORMAT:
         raise ResultsError(
             f"{path}: format {fmt} is newer than this gfwlab reads ({FORMAT}; written by gfwlab "
@@ -120,7 +125,9 @@ def read_run(root: Path, present: list[str]) -> tuple[dict[str, Any], list[str]]
     if fmt < 1:
         raise ResultsError(f"{path}: format {fmt} is not a format gfwlab ever wrote")
     if run.get("kind") not in KINDS:
-        raise ResultsError(f"{path}: key 'kind' is {run.get('kind')!r}, not one of {', '.join(KINDS)}")
+        raise ResultsError(
+            f"{path}: key 'kind' is {run.get('kind')!r}, not one of {', '.join(KINDS)}"
+        )
     for key in ("started", "finished"):
         if run.get(key) is not None:
             run[key] = _timestamp(run[key], f"{path}: key {key!r}")
@@ -194,7 +201,9 @@ def _measurement(where: str, m: dict[str, Any]) -> tuple[Any, ...]:
     if blocking is False:
         blocking = "false"
     elif blocking is not None and blocking not in BLOCKING:
-        raise ValueError(f"test_keys.blocking is {blocking!r}, not false, null or one of {BLOCKING}")
+        raise ValueError(
+            f"test_keys.blocking is {blocking!r}, not false, null or one of {BLOCKING}"
+        )
     x = tk.get("x_gfwlab") or {}
     answers = [
         a.get("ipv4") or a.get("ipv6")
@@ -243,7 +252,16 @@ def _measurement(where: str, m: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-_EVENT_KEYS = ("ts", "flow", "direction", "mechanism", "action", "rule", "residual_until", "citation")
+_EVENT_KEYS = (
+    "ts",
+    "flow",
+    "direction",
+    "mechanism",
+    "action",
+    "rule",
+    "residual_until",
+    "citation",
+)
 
 
 def _event(_where: str, e: dict[str, Any]) -> tuple[Any, ...]:
@@ -408,8 +426,7 @@ def _replace(
 ) -> None:
     con.execute("BEGIN")
     try:
-        for table in ("files", "runs", "measurements", "events", "forged", "tool_cells",
-                      "evasion"):
+        for table in ("files", "runs", "measurements", "events", "forged", "tool_cells", "evasion"):
             con.execute(f"DELETE FROM {table}")
         con.execute(
             "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -30,84 +30,144 @@ class Query:
 QUERIES: dict[str, Query] = {
     q.name: q
     for q in (
-        Query("runs", "the runs in the folder", """
+        Query(
+            "runs",
+            "the runs in the folder",
+            """
             SELECT kind, format, gfwlab_version, started, finished, profile, date, seed,
                    array_to_string(argv, ' ') AS argv, note
-            FROM runs ORDER BY started"""),
-        Query("blocked-by-category", "probe: blocked share per Citizen Lab category", f"""
+            FROM runs ORDER BY started""",
+        ),
+        Query(
+            "blocked-by-category",
+            "probe: blocked share per Citizen Lab category",
+            f"""
             SELECT coalesce(category_code, '?') AS category, count(*) AS measured,
                    count(*) FILTER ({BLOCKED}) AS blocked,
                    count(*) FILTER (blocking IS NULL) AS undetermined,
                    round(count(*) FILTER ({BLOCKED}) / count(*), 4) AS blocked_share
-            FROM measurements GROUP BY ALL ORDER BY blocked_share DESC, category"""),
-        Query("blocked-by-mechanism", "probe: blocked measurements per GFW mechanism and "
-              "OONI blocking type", f"""
+            FROM measurements GROUP BY ALL ORDER BY blocked_share DESC, category""",
+        ),
+        Query(
+            "blocked-by-mechanism",
+            "probe: blocked measurements per GFW mechanism and OONI blocking type",
+            f"""
             SELECT coalesce(mechanism, '(none named)') AS mechanism, blocking,
                    count(*) AS blocked, count(*) FILTER (residual) AS residual,
                    round(count(*) / (SELECT count(*) FROM measurements), 4) AS share
             FROM measurements WHERE {BLOCKED}
-            GROUP BY ALL ORDER BY blocked DESC, mechanism, blocking"""),
-        Query("blocked-by-day", "probe: blocked share per day", f"""
+            GROUP BY ALL ORDER BY blocked DESC, mechanism, blocking""",
+        ),
+        Query(
+            "blocked-by-day",
+            "probe: blocked share per day",
+            f"""
             SELECT CAST(measurement_start_time AS DATE) AS day, count(*) AS measured,
                    count(*) FILTER ({BLOCKED}) AS blocked,
                    count(*) FILTER (blocking IS NULL) AS undetermined,
                    round(count(*) FILTER ({BLOCKED}) / count(*), 4) AS blocked_share
-            FROM measurements GROUP BY ALL ORDER BY day"""),
-        Query("blocking-types", "probe: measurements per OONI blocking value", """
+            FROM measurements GROUP BY ALL ORDER BY day""",
+        ),
+        Query(
+            "blocking-types",
+            "probe: measurements per OONI blocking value",
+            """
             SELECT coalesce(blocking, 'null') AS blocking, count(*) AS measurements,
                    count(*) FILTER (control_failure) AS control_failures
-            FROM measurements GROUP BY ALL ORDER BY measurements DESC, blocking"""),
-        Query("accuracy", "probe --lab: verdicts graded against the censor's events", """
+            FROM measurements GROUP BY ALL ORDER BY measurements DESC, blocking""",
+        ),
+        Query(
+            "accuracy",
+            "probe --lab: verdicts graded against the censor's events",
+            """
             SELECT coalesce(truth->>'blocking', '?') AS expected,
                    coalesce(blocking, 'null') AS verdict,
                    count(*) AS measurements,
                    count(*) FILTER (correct) AS correct,
                    count(*) FILTER (NOT correct) AS wrong
             FROM measurements WHERE correct IS NOT NULL
-            GROUP BY ALL ORDER BY expected, verdict"""),
-        Query("sites", "probe: each site's verdict with its evidence", """
+            GROUP BY ALL ORDER BY expected, verdict""",
+        ),
+        Query(
+            "sites",
+            "probe: each site's verdict with its evidence",
+            """
             SELECT input AS url, category_code AS category, coalesce(blocking, 'null') AS blocking,
                    accessible, mechanism, injector, residual, control_failure, correct,
                    array_to_string(dns_answers, ' ') AS dns_answers,
                    array_to_string(failures, ' ') AS failures, http_status
-            FROM measurements ORDER BY idx"""),
-        Query("events-by-mechanism", "censor: events per mechanism and action", """
+            FROM measurements ORDER BY idx""",
+        ),
+        Query(
+            "events-by-mechanism",
+            "censor: events per mechanism and action",
+            """
             SELECT mechanism, action, count(*) AS events,
                    count(DISTINCT (proto, src, sport, dst, dport)) AS flows,
-                   count(*) FILTER (residual_until IS NOT NULL AND NOT residual) AS residual_windows,
+                   count(*) FILTER (residual_until IS NOT NULL AND NOT residual)
+                       AS residual_windows,
                    count(*) FILTER (residual) AS residual_hits,
                    make_timestamp(CAST(min(ts) * 1e6 AS BIGINT)) AS first,
                    make_timestamp(CAST(max(ts) * 1e6 AS BIGINT)) AS last
-            FROM events GROUP BY ALL ORDER BY events DESC, mechanism, action"""),
-        Query("flows-by-mechanism", "censor: flows acted on per mechanism and action", """
+            FROM events GROUP BY ALL ORDER BY events DESC, mechanism, action""",
+        ),
+        Query(
+            "flows-by-mechanism",
+            "censor: flows acted on per mechanism and action",
+            """
             SELECT mechanism, action, count(*) AS flows FROM verdicts
-            GROUP BY ALL ORDER BY flows DESC, mechanism, action"""),
-        Query("verdicts", "censor: what it did to each flow, with the evidence", """
+            GROUP BY ALL ORDER BY flows DESC, mechanism, action""",
+        ),
+        Query(
+            "verdicts",
+            "censor: what it did to each flow, with the evidence",
+            """
             SELECT round(first_ts - (SELECT min(ts) FROM events), 3) AS t,
                    proto, src, sport, dst, dport, mechanism, action, rule, injector, name,
                    array_to_string(forged_ips, ' ') AS forged_ips, residual,
                    round(residual_until - first_ts, 3) AS residual_s, events, citation
-            FROM verdicts ORDER BY first_ts, src, sport"""),
-        Query("residual-windows", "censor: residual blocks, start and end", """
+            FROM verdicts ORDER BY first_ts, src, sport""",
+        ),
+        Query(
+            "residual-windows",
+            "censor: residual blocks, start and end",
+            """
             SELECT mechanism, rule, src, dst, dport, ts AS start, residual_until AS until,
                    round(residual_until - ts, 3) AS seconds
             FROM events WHERE residual_until IS NOT NULL AND NOT residual
-            ORDER BY ts"""),
-        Query("injectors", "censor: forged packets per injector type", """
+            ORDER BY ts""",
+        ),
+        Query(
+            "injectors",
+            "censor: forged packets per injector type",
+            """
             SELECT mechanism, coalesce(injector, '?') AS injector, action, count(*) AS events
             FROM events WHERE action IN ('rst', 'dns-inject') GROUP BY ALL
-            ORDER BY events DESC, mechanism, injector"""),
-        Query("anomalies", "censor: traffic it could not parse", """
+            ORDER BY events DESC, mechanism, injector""",
+        ),
+        Query(
+            "anomalies",
+            "censor: traffic it could not parse",
+            """
             SELECT rule AS kind, count(*) AS events FROM events WHERE action = 'anomaly'
-            GROUP BY ALL ORDER BY events DESC, kind"""),
-        Query("tools-matrix", "tools: each tool x date cell", """
+            GROUP BY ALL ORDER BY events DESC, kind""",
+        ),
+        Query(
+            "tools-matrix",
+            "tools: each tool x date cell",
+            """
             SELECT tool, date, outcome, successes, trials, rate, ci_lo, ci_hi,
                    array_to_string(mechanisms, ', ') AS mechanisms, trial_mode, citation
-            FROM tool_cells ORDER BY tool, date"""),
-        Query("evasion-matrix", "evasion: each strategy against the censor", """
+            FROM tool_cells ORDER BY tool, date""",
+        ),
+        Query(
+            "evasion-matrix",
+            "evasion: each strategy against the censor",
+            """
             SELECT date, family, strategy, published, successes, trials,
                    round(successes / trials, 4) AS rate, lo, hi, passes, mode, note
-            FROM evasion ORDER BY idx"""),
+            FROM evasion ORDER BY idx""",
+        ),
     )
 }
 

@@ -89,7 +89,9 @@ def db_path(folder: str | os.PathLike[str]) -> Path:
     return Path(folder) / DB_NAME
 
 
-def connect(folder: str | os.PathLike[str], *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def connect(
+    folder: str | os.PathLike[str], *, read_only: bool = False
+) -> duckdb.DuckDBPyConnection:
     """Open (or, unless ``read_only``, create) the folder's database at the current schema.
 
     A database of an older schema is rebuilt empty (the caller ingests the files again); one of a
@@ -128,7 +130,9 @@ def connect(folder: str | os.PathLike[str], *, read_only: bool = False) -> duckd
 
 def schema_version(con: duckdb.DuckDBPyConnection) -> int | None:
     """The schema version stored in ``meta``; None for an empty database (no tables at all)."""
-    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    tables = {
+        r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+    }
     if not tables:
         return None
     if "meta" not in tables:
@@ -156,9 +160,9 @@ def _create(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("COMMIT")
 
 
-def rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> tuple[
-    list[str], list[tuple[Any, ...]]
-]:
+def rows(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None
+) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Column names and rows of a query."""
     cur = con.execute(sql, params or [])
     names = [d[0] for d in cur.description or []]
