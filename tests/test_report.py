@@ -18,143 +18,42 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from results_fixtures import probe_folder, tools_folder
 
 from gfwlab.offline.synth import demo_traffic, merge
 from gfwlab.packet.pcap import PcapWriter
-from gfwlab.report.html import TABLE_LIMIT, write_report
-from gfwlab.results.store import connect
+from gfwlab.report.html import write_report
+from report_browser import check_censor, launch, needs_chromium, open_report, q
+from results_fixtures import probe_folder, tools_folder
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing (apt-get install chromium)"
-)
-
-COUNT_MARKS = """(id) => {
-  const out = {};
-  document.querySelectorAll('#' + id + ' g.role-mark').forEach((g) => {
-    const kind = [...g.classList].find((c) => c.startsWith('mark-'));
-    const items = g.querySelectorAll(':scope > path, :scope > text, :scope > line');
-    out[kind] = (out[kind] || 0) + items.length;
-  });
-  return out;
-}"""
-
-
-class Page:
-    """One report, opened and drawn."""
-
-    def __init__(self, page: Any, errors: list[str], requests: list[str]) -> None:
-        self.page, self.errors, self.requests = page, errors, requests
-
-    def marks(self, key: str) -> dict[str, int]:
-        got: dict[str, int] = self.page.evaluate(COUNT_MARKS, f"chart-{key}")
-        return got
-
-    def rows(self, key: str) -> int:
-        n: int = self.page.locator(f"#table-{key} tbody tr").count()
-        return n
-
-    def charts(self) -> list[str]:
-        ids: list[str] = self.page.evaluate(
-            "Array.from(document.querySelectorAll('.chart')).map((e) => e.id)"
-        )
-        return ids
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield b
-        b.close()
-
-
-def _open(browser: Any, report: Path, name: str) -> Page:
-    errors: list[str] = []
-    requests: list[str] = []
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.on(
-        "console",
-        lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None,
-    )
-    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-
-    def refuse(route: Any) -> None:
-        if not route.request.url.startswith("file://"):
-            requests.append(route.request.url)
-            route.abort()
-        else:
-            route.continue_()
-
-    page.route("**/*", refuse)
-    page.goto(report.as_uri())
-    page.wait_for_selector("body[data-rendered=yes], body[data-rendered=error]", timeout=60_000)
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / f"report-{name}.png"
-    page.screenshot(path=str(shot), full_page=True)
-    print(f"screenshot: {shot}")
-    assert page.evaluate("document.body.dataset.rendered") == "yes", errors
-    assert errors == []
-    assert requests == [], "the report asked the network for " + ", ".join(requests)
-    return Page(page, errors, requests)
-
-
-def _q(folder: Path, sql: str) -> Any:
-    con = connect(folder, read_only=True)
-    try:
-        row = con.execute(sql).fetchone()
-        return row[0] if row else None
-    finally:
-        con.close()
-
-
-def _check_censor(p: Page, folder: Path) -> None:
-    events = _q(folder, "SELECT count(*) FROM events")
-    windows = _q(
-        folder, "SELECT count(*) FROM events WHERE residual_until IS NOT NULL AND NOT residual"
-    )
-    marks = p.marks("timeline")
-    assert marks.get("mark-symbol") == events
-    assert marks.get("mark-rect", 0) == windows
-    flows = _q(folder, "SELECT count(*) FROM (SELECT DISTINCT mechanism, action FROM verdicts)")
-    assert p.marks("flows") == {"mark-rect": flows}
-    assert p.rows("verdicts") == min(TABLE_LIMIT, _q(folder, "SELECT count(*) FROM verdicts"))
-    assert p.rows("events") == _q(
-        folder, "SELECT count(*) FROM (SELECT DISTINCT mechanism, action FROM events)"
-    )
-    injectors = _q(
-        folder,
-        "SELECT count(*) FROM (SELECT DISTINCT mechanism, coalesce(injector, '?'), action "
-        "FROM events WHERE action IN ('rst', 'dns-inject'))",
-    )
-    assert p.marks("injectors") == {"mark-rect": injectors}
+    yield from launch()
 
 
 def test_probe_report_in_a_browser(browser: Any, tmp_path: Path) -> None:
     folder = probe_folder(tmp_path / "probe")
     report = Path(write_report(folder))
-    p = _open(browser, report, "probe")
+    p = open_report(browser, report, "probe")
     assert p.charts() == ["chart-category", "chart-mechanism", "chart-flows", "chart-timeline",
                           "chart-injectors"]  # fmt: skip
-    categories = _q(folder, "SELECT count(DISTINCT category_code) FROM measurements")
+    categories = q(folder, "SELECT count(DISTINCT category_code) FROM measurements")
     assert p.marks("category") == {"mark-rect": categories}
-    segments = _q(
+    segments = q(
         folder,
         "SELECT count(*) FROM (SELECT DISTINCT mechanism, blocking FROM measurements "
         "WHERE blocking NOT IN ('false'))",
     )
     assert p.marks("mechanism") == {"mark-rect": segments}
-    assert p.rows("sites") == _q(folder, "SELECT count(*) FROM measurements")
-    assert p.rows("accuracy") == _q(
+    assert p.rows("sites") == q(folder, "SELECT count(*) FROM measurements")
+    assert p.rows("accuracy") == q(
         folder,
         "SELECT count(*) FROM (SELECT DISTINCT truth->>'blocking', blocking FROM measurements "
         "WHERE correct IS NOT NULL)",
     )
-    _check_censor(p, folder)
+    check_censor(p, folder)
     # the evidence is on the page: forged addresses and the citation of each flow
     text = p.page.inner_text("#table-verdicts")
     assert "59.24.3.174 208.77.47.172" in text and "spec §4a" in text
@@ -173,11 +72,11 @@ def test_analyze_report_with_fingerprints_in_a_browser(browser: Any, tmp_path: P
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     report = Path(write_report(folder, str(tmp_path / "analyze.html")))
-    p = _open(browser, report, "analyze")
-    _check_censor(p, folder)
+    p = open_report(browser, report, "analyze")
+    check_censor(p, folder)
     # one point per measured TTL, IP-ID and (toward the client) delay of every forged reset;
     # one span and one median tick per spec injector type and quantity (3 x 3)
-    values = _q(folder, "SELECT count(ttl) + count(ip_id) + count(latency_ms) FROM forged")
+    values = q(folder, "SELECT count(ttl) + count(ip_id) + count(latency_ms) FROM forged")
     assert values > 0
     assert p.marks("fingerprints") == {"mark-symbol": values, "mark-rule": 9, "mark-rect": 9}
 
@@ -185,12 +84,12 @@ def test_analyze_report_with_fingerprints_in_a_browser(browser: Any, tmp_path: P
 def test_tools_report_heat_map_and_drill_down(browser: Any, tmp_path: Path) -> None:
     folder = tools_folder(tmp_path / "tools")
     report = Path(write_report(folder))
-    p = _open(browser, report, "tools")
-    cells = _q(folder, "SELECT count(*) FROM tool_cells")
+    p = open_report(browser, report, "tools")
+    cells = q(folder, "SELECT count(*) FROM tool_cells")
     assert p.marks("tools") == {"mark-rect": cells, "mark-text": cells}
     assert p.rows("tools") == cells
     # a cell links to its drill-down row, which shows the first packet that gave the tool away
-    idx = _q(folder, "SELECT idx FROM tool_cells WHERE first_packet IS NOT NULL ORDER BY idx")
+    idx = q(folder, "SELECT idx FROM tool_cells WHERE first_packet IS NOT NULL ORDER BY idx")
     cell = p.page.locator("#chart-tools g.mark-rect.role-mark path").nth(idx)
     box = cell.bounding_box()
     assert box is not None
@@ -199,7 +98,7 @@ def test_tools_report_heat_map_and_drill_down(browser: Any, tmp_path: Path) -> N
     row = p.page.locator(f"#cell-{idx}")
     assert "fet" in row.inner_text()
     row.locator("summary").click()
-    fp = json.loads(_q(folder, f"SELECT first_packet FROM tool_cells WHERE idx = {idx}"))
+    fp = json.loads(q(folder, f"SELECT first_packet FROM tool_cells WHERE idx = {idx}"))
     assert fp["hex"] in row.inner_text()
 
 
@@ -228,8 +127,8 @@ def test_evasion_matrix_report(browser: Any, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     run = json.loads((folder / "run.json").read_text())
     assert run["kind"] == "evade-matrix" and run["date"] == "2020-01-15"
-    p = _open(browser, Path(write_report(folder)), "evasion")
-    rows = _q(folder, "SELECT count(*) FROM evasion")
+    p = open_report(browser, Path(write_report(folder)), "evasion")
+    rows = q(folder, "SELECT count(*) FROM evasion")
     assert rows == 25
     assert p.marks("evasion") == {"mark-rect": 2 * rows}  # a bar and a published-rate tick each
     assert p.rows("evasion") == rows
@@ -245,5 +144,5 @@ def test_offline_demo_ends_with_its_report(browser: Any, tmp_path: Path) -> None
     last = res.stdout.strip().splitlines()[-1]
     assert last == f"report: {folder / 'report.html'}"
     assert json.loads((folder / "run.json").read_text())["kind"] == "analyze"
-    p = _open(browser, folder / "report.html", "demo-offline")
-    _check_censor(p, folder)
+    p = open_report(browser, folder / "report.html", "demo-offline")
+    check_censor(p, folder)

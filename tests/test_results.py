@@ -12,13 +12,13 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
-from results_fixtures import SITES, TOOLS, events_for, probe_folder, tools_folder, write_lines
 
 from gfwlab.offline.synth import demo_traffic, merge
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.results.ingest import ingest_dir
 from gfwlab.results.queries import QUERIES, run_query
 from gfwlab.results.store import SCHEMA_VERSION, ResultsError, connect
+from results_fixtures import SITES, TOOLS, events_for, probe_folder, tools_folder, write_lines
 
 BLOCKED = ("dns", "tcp_ip", "http-failure", "http-diff")
 
