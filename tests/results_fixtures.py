@@ -9,7 +9,11 @@ The measurements follow OONI's base data format and the web_connectivity test ke
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +217,32 @@ def tools_folder(path: Path) -> Path:
     (path / "run.json").write_text(json.dumps(run_json("tools", date=None)))
     write_lines(path / "tools.jsonl", [tool_cell(t, d) for t in TOOLS for d in DATES])
     return path
+
+
+@dataclass
+class Ran:
+    """What a ``gfwlab`` command run in this process printed, and its exit code."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def gfwlab_here(*args: str) -> Ran:
+    """Run ``gfwlab ARGS`` through its real entry point (argument parsing, error mapping, exit
+    codes) in this process: a fresh interpreter per command costs a second or more here."""
+    from gfwlab.cli import main  # noqa: PLC0415
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["gfwlab", *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = argv
+    return Ran(code, out.getvalue(), err.getvalue())

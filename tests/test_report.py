@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from gfwlab.offline.synth import demo_traffic, merge
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.report.html import write_report
 from report_browser import check_censor, launch, needs_chromium, open_report, q
-from results_fixtures import probe_folder, tools_folder
+from results_fixtures import gfwlab_here, probe_folder, tools_folder
 
 pytestmark = needs_chromium
 
@@ -65,11 +63,7 @@ def test_analyze_report_with_fingerprints_in_a_browser(browser: Any, tmp_path: P
         for ts, pkt in merge(*(p for _w, p in demo_traffic())):
             w.write(1_717_200_000.0 + ts, pkt)
     folder = tmp_path / "res"
-    res = subprocess.run(
-        [sys.executable, "-m", "gfwlab", "analyze", str(cap), "--date", "2024-06-01",
-         "--results", str(folder)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    res = gfwlab_here("analyze", str(cap), "--date", "2024-06-01", "--results", str(folder))
     assert res.returncode == 0, res.stderr
     report = Path(write_report(folder, str(tmp_path / "analyze.html")))
     p = open_report(browser, report, "analyze")
@@ -105,10 +99,7 @@ def test_tools_report_heat_map_and_drill_down(browser: Any, tmp_path: Path) -> N
 def test_report_command_writes_one_file(tmp_path: Path) -> None:
     folder = probe_folder(tmp_path / "probe")
     out = tmp_path / "r.html"
-    res = subprocess.run(
-        [sys.executable, "-m", "gfwlab", "report", str(folder), "--out", str(out)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    res = gfwlab_here("report", str(folder), "--out", str(out))
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().endswith(str(out))
     head = out.read_text().split("<script>")[0]
@@ -119,11 +110,7 @@ def test_report_command_writes_one_file(tmp_path: Path) -> None:
 
 def test_evasion_matrix_report(browser: Any, tmp_path: Path) -> None:
     folder = tmp_path / "ev"
-    res = subprocess.run(
-        [sys.executable, "-m", "gfwlab", "evade", "library", "--offline", "--trials", "5",
-         "--results", str(folder)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    res = gfwlab_here("evade", "library", "--offline", "--trials", "5", "--results", str(folder))
     assert res.returncode == 0, res.stderr
     run = json.loads((folder / "run.json").read_text())
     assert run["kind"] == "evade-matrix" and run["date"] == "2020-01-15"
@@ -136,10 +123,7 @@ def test_evasion_matrix_report(browser: Any, tmp_path: Path) -> None:
 
 def test_offline_demo_ends_with_its_report(browser: Any, tmp_path: Path) -> None:
     folder = tmp_path / "demo"
-    res = subprocess.run(
-        [sys.executable, "-m", "gfwlab", "demo", "--offline", "--dir", str(folder)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    res = gfwlab_here("demo", "--offline", "--dir", str(folder))
     assert res.returncode == 0, res.stderr
     last = res.stdout.strip().splitlines()[-1]
     assert last == f"report: {folder / 'report.html'}"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -18,19 +16,24 @@ from gfwlab.packet.pcap import PcapWriter
 from gfwlab.results.ingest import ingest_dir
 from gfwlab.results.queries import QUERIES, run_query
 from gfwlab.results.store import SCHEMA_VERSION, ResultsError, connect
-from results_fixtures import SITES, TOOLS, events_for, probe_folder, tools_folder, write_lines
+from results_fixtures import (
+    SITES,
+    TOOLS,
+    Ran,
+    events_for,
+    gfwlab_here,
+    probe_folder,
+    tools_folder,
+    write_lines,
+)
 
 BLOCKED = ("dns", "tcp_ip", "http-failure", "http-diff")
 
 
-def gfwlab(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gfwlab", *args],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+gfwlab = gfwlab_here
 
 
-def one_line_error(res: subprocess.CompletedProcess[str], *needles: str) -> None:
+def one_line_error(res: Ran, *needles: str) -> None:
     assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
