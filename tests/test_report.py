@@ -35,8 +35,8 @@ def test_probe_report_in_a_browser(browser: Any, tmp_path: Path) -> None:
     folder = probe_folder(tmp_path / "probe")
     report = Path(write_report(folder))
     p = open_report(browser, report, "probe")
-    assert p.charts() == ["chart-category", "chart-mechanism", "chart-flows", "chart-timeline",
-                          "chart-injectors"]  # fmt: skip
+    assert p.charts() == ["chart-category", "chart-mechanism", "chart-day", "chart-flows",
+                          "chart-timeline", "chart-injectors"]  # fmt: skip
     categories = q(folder, "SELECT count(DISTINCT category_code) FROM measurements")
     assert p.marks("category") == {"mark-rect": categories}
     segments = q(
@@ -45,6 +45,10 @@ def test_probe_report_in_a_browser(browser: Any, tmp_path: Path) -> None:
         "WHERE blocking NOT IN ('false'))",
     )
     assert p.marks("mechanism") == {"mark-rect": segments}
+    days = q(
+        folder, "SELECT count(DISTINCT CAST(measurement_start_time AS DATE)) FROM measurements"
+    )
+    assert days == 2 and p.marks("day") == {"mark-rect": days}
     assert p.rows("sites") == q(folder, "SELECT count(*) FROM measurements")
     assert p.rows("accuracy") == q(
         folder,

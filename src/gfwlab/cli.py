@@ -155,7 +155,18 @@ def analyze(
     for warning in summary.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if results_dir is not None and events is not None:
-        _save_analyze(results_dir, events, summary, started)
+        from gfwlab.results.folder import save_events  # noqa: PLC0415
+
+        save_events(
+            results_dir,
+            events,
+            "analyze",
+            started=started,
+            profile=summary.profile.split("+") if summary.profile else [],
+            date=summary.date,
+            seed=summary.seed,
+            capture=summary.capture,
+        )
     if as_json:
         print(json.dumps(summary.as_dict(), indent=2, ensure_ascii=False))
     else:
@@ -167,28 +178,6 @@ def analyze(
             f"{capture}: capture truncated at byte {summary.truncated_at}; analysed the "
             f"{summary.packets} packets before it (outputs cover those)"
         )
-
-
-def _save_analyze(folder: str, events: str, summary: Any, started: str) -> None:
-    """``analyze --results DIR``: the events in DIR, run.json, and DIR/results.duckdb."""
-    import shutil  # noqa: PLC0415
-
-    from gfwlab.results.folder import write_run  # noqa: PLC0415
-    from gfwlab.results.ingest import ingest_dir  # noqa: PLC0415
-
-    target = os.path.join(folder, "events.jsonl")
-    if os.path.realpath(events) != os.path.realpath(target):
-        shutil.copyfile(events, target)
-    write_run(
-        folder,
-        "analyze",
-        started=started,
-        profile=summary.profile.split("+") if summary.profile else [],
-        date=summary.date,
-        seed=summary.seed,
-        capture=summary.capture,
-    )
-    ingest_dir(folder)
 
 
 def _analyze_many(

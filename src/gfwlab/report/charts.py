@@ -84,6 +84,26 @@ def blocked_by_category(con: duckdb.DuckDBPyConnection) -> Chart | None:
     return Chart("category", "Blocked share per category", _spec(chart))
 
 
+def blocked_by_day(con: duckdb.DuckDBPyConnection) -> Chart | None:
+    """Probe: the blocked share per day (one bar each), for runs over more than one day."""
+    data = _records(*run_query(con, "blocked-by-day"))
+    if len(data) < 2:
+        return None
+    chart = (
+        alt.Chart(_data(data))
+        .mark_bar()
+        .encode(
+            x=alt.X("day:O", title="day"),
+            y=alt.Y("blocked_share:Q", title="blocked share", axis=alt.Axis(format="%"),
+                    scale=alt.Scale(domain=[0, 1])),
+            tooltip=["day:O", "measured:Q", "blocked:Q", "undetermined:Q",
+                     alt.Tooltip("blocked_share:Q", format=".1%")],
+        )
+        .properties(width=alt.Step(40))
+    )  # fmt: skip
+    return Chart("day", "Blocked share per day", _spec(chart))
+
+
 def blocked_by_mechanism(con: duckdb.DuckDBPyConnection) -> Chart | None:
     """Probe: blocked measurements per GFW mechanism, split by OONI blocking type (one bar
     segment per mechanism and type)."""
@@ -323,8 +343,8 @@ def evasion(con: duckdb.DuckDBPyConnection) -> Chart | None:
 def all_charts(con: duckdb.DuckDBPyConnection) -> list[Chart]:
     """The charts that apply to this folder, in page order."""
     makers = (
-        blocked_by_category, blocked_by_mechanism, flows_by_mechanism, timeline, injectors,
-        fingerprints, tools_heatmap, evasion,
+        blocked_by_category, blocked_by_mechanism, blocked_by_day, flows_by_mechanism, timeline,
+        injectors, fingerprints, tools_heatmap, evasion,
     )  # fmt: skip
     return [c for c in (m(con) for m in makers) if c is not None]
 

@@ -114,7 +114,7 @@ def _header(run: dict[str, Any], folder: str, notes: list[str]) -> str:
 
 def _sections(con: duckdb.DuckDBPyConnection) -> list[tuple[str, list[str], list[str]]]:
     return [
-        ("Measurements (OONI Web Connectivity)", ["category", "mechanism"],
+        ("Measurements (OONI Web Connectivity)", ["category", "mechanism", "day"],
          [t for t in (_accuracy(con), _sites(con)) if t]),
         ("What the censor did", ["flows", "timeline"],
          [t for t in (_table(con, "events", "events-by-mechanism"), _verdicts(con)) if t]),

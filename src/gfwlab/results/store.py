@@ -104,6 +104,8 @@ def connect(
     try:
         con = duckdb.connect(str(path), read_only=read_only)
     except duckdb.Error as exc:
+        if "lock" in str(exc).lower():
+            raise ResultsError(f"{path}: in use by another gfwlab process; try again") from None
         raise ResultsError(f"{path}: not a readable DuckDB database ({_first_line(exc)})") from None
     try:
         version = schema_version(con) if exists else None
