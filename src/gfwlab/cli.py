@@ -155,7 +155,7 @@ def analyze(
     for warning in summary.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if results_dir is not None and events is not None:
-        from gfwlab.results.folder import save_events  # noqa: PLC0415
+        from gfwlab.results.ingest import save_events  # noqa: PLC0415
 
         save_events(
             results_dir,

@@ -69,27 +69,3 @@ def write_text(path: str | os.PathLike[str], text: str) -> str:
     finally:
         out.abort()
     return str(path)
-
-
-def save_events(
-    folder: str,
-    events: str,
-    kind: str,
-    *,
-    started: str,
-    profile: list[str],
-    date: str | None,
-    seed: int | None,
-    **extra: Any,
-) -> None:
-    """A results folder of one run's events (``analyze --results DIR``): the events file copied
-    into it (unless written there), ``run.json``, and the loaded ``results.duckdb``."""
-    import shutil  # noqa: PLC0415
-
-    from gfwlab.results.ingest import ingest_dir  # noqa: PLC0415
-
-    target = os.path.join(folder, "events.jsonl")
-    if os.path.realpath(events) != os.path.realpath(target):
-        shutil.copyfile(events, target)
-    write_run(folder, kind, started=started, profile=profile, date=date, seed=seed, **extra)
-    ingest_dir(folder)

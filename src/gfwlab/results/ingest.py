@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import duckdb
 import pyarrow as pa
 
-from gfwlab.results.folder import FORMAT, KINDS
+from gfwlab.results.folder import FORMAT, KINDS, write_run
 from gfwlab.results.store import ResultsError, connect
 
 FILES = ("run.json", "measurements.jsonl", "events.jsonl", "tools.jsonl", "evasion.jsonl")
@@ -468,3 +468,25 @@ def _counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
         row = con.execute(f"SELECT count(*) FROM {table}").fetchone()
         out[table] = int(row[0]) if row else 0
     return out
+
+
+def save_events(
+    folder: str,
+    events: str,
+    kind: str,
+    *,
+    started: str,
+    profile: list[str],
+    date: str | None,
+    seed: int | None,
+    **extra: Any,
+) -> None:
+    """A results folder of one run's events (``analyze --results DIR``): the events file copied
+    into it (unless written there), ``run.json``, and the loaded ``results.duckdb``."""
+    import shutil  # noqa: PLC0415
+
+    target = os.path.join(folder, "events.jsonl")
+    if os.path.realpath(events) != os.path.realpath(target):
+        shutil.copyfile(events, target)
+    write_run(folder, kind, started=started, profile=profile, date=date, seed=seed, **extra)
+    ingest_dir(folder)
