@@ -50,6 +50,10 @@ def test_probe_report_in_a_browser(browser: Any, tmp_path: Path) -> None:
     )
     assert days == 2 and p.marks("day") == {"mark-rect": days}
     assert p.rows("sites") == q(folder, "SELECT count(*) FROM measurements")
+    facebook = p.page.locator("#table-sites tbody tr").first.inner_text()
+    assert "tls_sni rst" in facebook and "spec §4a" in facebook
+    bbc = p.page.locator("#table-sites tbody tr").nth(5)  # unblocked: no event of the censor's
+    assert "bbc" in bbc.inner_text() and bbc.locator("td").nth(12).inner_text() == "-"
     assert p.rows("accuracy") == q(
         folder,
         "SELECT count(*) FROM (SELECT DISTINCT truth->>'blocking', blocking FROM measurements "

@@ -178,11 +178,19 @@ def _sites(con: duckdb.DuckDBPyConnection) -> str | None:
 
 
 _SITES = """
-SELECT input AS url, category_code AS category, coalesce(blocking, 'null') AS blocking,
-       accessible, mechanism, injector, residual, control_failure, correct,
-       array_to_string(dns_answers, ' ') AS dns_answers, array_to_string(failures, ' ') AS failures,
-       http_status
-FROM measurements ORDER BY idx"""
+WITH ev AS (
+    SELECT m.idx, string_agg(DISTINCT v.mechanism || ' ' || v.action, ', ') AS censor_events,
+           string_agg(DISTINCT v.citation, ' | ') AS citation
+    FROM measurements m
+    JOIN verdicts v ON v.name = m.hostname OR list_contains(m.dns_answers, v.dst)
+    GROUP BY m.idx)
+SELECT m.input AS url, m.category_code AS category, coalesce(m.blocking, 'null') AS blocking,
+       m.accessible, m.mechanism, m.injector, m.residual, m.control_failure, m.correct,
+       array_to_string(m.dns_answers, ' ') AS dns_answers,
+       array_to_string(m.failures, ' ') AS failures, m.http_status, ev.censor_events, ev.citation
+FROM measurements m LEFT JOIN ev USING (idx) ORDER BY m.idx"""
+"""Each site with its evidence and, where the folder has the censor's events (probe --lab), what
+the censor did to the site's name or address, with the citation."""
 
 _VERDICTS = """
 SELECT round(first_ts - (SELECT min(ts) FROM events), 3) AS t,
