@@ -271,3 +271,13 @@ def test_events_only_folder_is_read_as_format_0(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "format 0" in res.stderr
     assert sum(json.loads(x)["events"] for x in res.stdout.splitlines()) == len(events_for(SITES))
+
+
+def test_report_to_an_unwritable_place(tmp_path: Path) -> None:
+    folder = probe_folder(tmp_path / "p")
+    one_line_error(
+        gfwlab("report", str(folder), "--out", str(tmp_path / "no" / "r.html")), "r.html"
+    )
+    one_line_error(gfwlab("report", str(folder), "--out", str(tmp_path)), "is a directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]

@@ -458,6 +458,9 @@ def _demo_live(directory: str | None, seed: int) -> None:
         "The lab is down again. Make your own: gfwlab lab up; gfwlab lab exec client -- …"
     )
     folder = _demo_folder(directory)
+    # The probe of a small list through the lab (gfwlab.measure) goes here: it writes its
+    # measurements.jsonl into `folder` and the report shows them beside the events (the run's
+    # kind then becomes "probe").
     with err.status("writing the report…"):
         page = save_results(folder, "lab", started=started, seed=seed, events=events)
     console.print(f"report: {page}", highlight=False)

@@ -51,13 +51,13 @@ def write_report(folder: str | os.PathLike[str], out: str | None = None) -> str:
     """Ingest ``folder`` if needed and write its report (default ``folder/report.html``)."""
     info = ingest_dir(folder)
     target = out or str(Path(folder) / "report.html")
-    con = connect(folder, read_only=True)
+    fh = OutputFile(target)  # an unwritable target fails here, before any work
     try:
-        page = render(con, info.folder, info.notes)
-    finally:
-        con.close()
-    fh = OutputFile(target)
-    try:
+        con = connect(folder, read_only=True)
+        try:
+            page = render(con, info.folder, info.notes)
+        finally:
+            con.close()
         fh.write(page.encode())
         fh.commit()
     finally:
