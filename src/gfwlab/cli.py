@@ -27,6 +27,7 @@ from gfwlab.options import (
     NetworkOpt,
     ProfileOpt,
     ProfilesOpt,
+    ResultsOpt,
     SeedOpt,
     SetOpt,
     console,
@@ -34,6 +35,8 @@ from gfwlab.options import (
     profile_from,
     profiles_from,
 )
+from gfwlab.report.commands import report
+from gfwlab.results.commands import results
 
 app = typer.Typer(
     add_completion=False,
@@ -88,6 +91,7 @@ def analyze(
     workers: Annotated[
         int, typer.Option("--workers", help="Worker processes of the local Dask cluster.")
     ] = 2,
+    results_dir: ResultsOpt = None,
 ) -> None:
     """What the Great Firewall would have done to a capture, and why."""
     from gfwlab.offline import analyze as run  # noqa: PLC0415
@@ -95,6 +99,8 @@ def analyze(
     from gfwlab.profiles import parse_moment  # noqa: PLC0415
 
     if len(captures) > 1 or scheduler is not None or out_dir is not None:
+        if results_dir is not None:
+            raise InputError("--results takes one capture (no --out-dir or --scheduler)")
         names = profile or ["gfw"]
         if len(names) > 1 or at is not None or network != "national":
             raise InputError(
@@ -114,6 +120,13 @@ def analyze(
     elif date is None:
         dated_all = [dated(capture, p) for p in profs]
         profs, source = [p for p, _ in dated_all], dated_all[0][1]
+    from gfwlab.results.folder import now  # noqa: PLC0415
+
+    started = now()
+    if results_dir is not None:
+        os.makedirs(results_dir, exist_ok=True)
+        events = events or os.path.join(results_dir, "events.jsonl")
+        out = out or os.path.join(results_dir, "censored.pcap")
     show_bar = err.is_terminal and not as_json
     with Progress(
         TextColumn("[bold]analysing[/]"),
@@ -141,10 +154,25 @@ def analyze(
         )
     for warning in summary.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if results_dir is not None and events is not None:
+        from gfwlab.results.ingest import save_events  # noqa: PLC0415
+
+        save_events(
+            results_dir,
+            events,
+            "analyze",
+            started=started,
+            profile=summary.profile.split("+") if summary.profile else [],
+            date=summary.date,
+            seed=summary.seed,
+            capture=summary.capture,
+        )
     if as_json:
         print(json.dumps(summary.as_dict(), indent=2, ensure_ascii=False))
     else:
         _print_summary(summary)
+        if results_dir is not None:
+            console.print(f"results: {results_dir} (gfwlab results / gfwlab report)")
     if summary.truncated_at is not None:
         raise InputError(
             f"{capture}: capture truncated at byte {summary.truncated_at}; analysed the "
@@ -367,27 +395,37 @@ def mechanisms(
 @app.command()
 def demo(
     directory: Annotated[
-        str | None, typer.Option("--dir", help="Keep the offline demo's files here.")
+        str | None,
+        typer.Option("--dir", help="Keep the demo's files (events, results, HTML report) here."),
     ] = None,
     seed: SeedOpt = 1,
     offline: Annotated[
         bool, typer.Option("--offline", help="The offline tour even where the lab can run.")
     ] = False,
 ) -> None:
-    """A tour: real clients through the emulated GFW in the lab, or, without root, a capture."""
+    """A tour: real clients through the emulated GFW in the lab, or, without root, a capture;
+    ends with an HTML report of what happened."""
     from gfwlab.demo import can_run_live  # noqa: PLC0415
 
     why = "--offline" if offline else can_run_live()
     if why is None:
-        _demo_live(seed)
+        _demo_live(directory, seed)
     else:
         console.print(f"[dim]live lab not available ({why}): the offline tour[/]")
         _demo_offline(directory, seed)
 
 
-def _demo_live(seed: int) -> None:
-    from gfwlab.demo import run_live  # noqa: PLC0415
+def _demo_folder(directory: str | None) -> str:
+    folder = directory or tempfile.mkdtemp(prefix="gfwlab-demo-")
+    os.makedirs(folder, exist_ok=True)
+    return folder
 
+
+def _demo_live(directory: str | None, seed: int) -> None:
+    from gfwlab.demo import run_live, save_results  # noqa: PLC0415
+    from gfwlab.results.folder import now  # noqa: PLC0415
+
+    started = now()
     console.rule("[bold]gfwlab demo[/]: real clients through the emulated GFW (2024-06-01)")
     table = Table(title_justify="left")
     for col in ("client in the lab", "the real GFW", "here", "detail"):
@@ -419,17 +457,26 @@ def _demo_live(seed: int) -> None:
     console.print(
         "The lab is down again. Make your own: gfwlab lab up; gfwlab lab exec client -- …"
     )
+    folder = _demo_folder(directory)
+    # The probe of a small list through the lab (gfwlab.measure) goes here: it writes its
+    # measurements.jsonl into `folder` and the report shows them beside the events (the run's
+    # kind then becomes "probe").
+    with err.status("writing the report…"):
+        page = save_results(folder, "lab", started=started, seed=seed, events=events)
+    console.print(f"report: {page}", highlight=False)
 
 
 def _demo_offline(directory: str | None, seed: int) -> None:
+    from gfwlab.demo import save_results  # noqa: PLC0415
     from gfwlab.offline import analyze as run  # noqa: PLC0415
     from gfwlab.offline.synth import demo_traffic, merge  # noqa: PLC0415
     from gfwlab.packet.pcap import PcapWriter  # noqa: PLC0415
+    from gfwlab.results.folder import now  # noqa: PLC0415
 
+    started = now()
     prof = profile_from("gfw", "2024-06-01", [])
     keep = directory is not None
-    workdir = directory or tempfile.mkdtemp(prefix="gfwlab-demo-")
-    os.makedirs(workdir, exist_ok=True)
+    workdir = _demo_folder(directory)
     capture = os.path.join(workdir, "demo.pcap")
     console.rule("[bold]gfwlab demo[/]: the Great Firewall as measured, on synthetic traffic")
     scenarios = list(demo_traffic())
@@ -446,11 +493,18 @@ def _demo_offline(directory: str | None, seed: int) -> None:
         f"Open {censored} in Wireshark to see the forged packets"
         + ("" if keep else " (a temporary folder; use --dir to choose one)")
     )
+    with err.status("writing the report…"):
+        page = save_results(workdir, "analyze", started=started, seed=seed, capture=capture)
+    console.print(f"report: {page}", highlight=False)
 
 
 app.add_typer(evade_app, name="evade")
 
 app.add_typer(lab_app, name="lab")
+
+app.command()(results)
+
+app.command()(report)
 
 
 @app.command()

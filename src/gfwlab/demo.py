@@ -122,6 +122,34 @@ def run_live(
     return events
 
 
+def save_results(
+    folder: str,
+    kind: str,
+    *,
+    started: str,
+    seed: int,
+    events: list[dict[str, object]] | None = None,
+    capture: str | None = None,
+) -> str:
+    """Write the demo's results folder (run.json, events.jsonl unless already there, the DuckDB
+    file) and its HTML report; returns the report's path.
+
+    The live demo passes its lab session's events; the offline demo has already written
+    ``events.jsonl`` and ``censored.pcap`` there with its analyze run. A live demo that also
+    probes a list (``gfwlab probe``) writes its ``measurements.jsonl`` into the same folder
+    before this is called, and the report shows it beside the events.
+    """
+    from gfwlab.report.html import write_report  # noqa: PLC0415
+    from gfwlab.results.folder import write_jsonl, write_run  # noqa: PLC0415
+
+    os.makedirs(folder, exist_ok=True)
+    if events is not None:
+        write_jsonl(os.path.join(folder, "events.jsonl"), events)
+    write_run(folder, kind, started=started, profile=["gfw"], date="2024-06-01", seed=seed,
+              capture=capture)  # fmt: skip
+    return write_report(folder)
+
+
 def _outcome(res: subprocess.CompletedProcess[str]) -> tuple[str, str]:
     text = (res.stdout.strip() or res.stderr.strip()).splitlines()
     first = text[0] if text else ""

@@ -88,3 +88,13 @@ def profiles_from(
 
     day = parse_date(date) if date else dt.date.today() if today else None
     return load_profiles(names or ["gfw"], date=day, overrides=sets or [], network=network)
+
+
+ResultsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--results",
+        help="Also write a results folder here (run.json, the files, results.duckdb) for "
+        "gfwlab results and gfwlab report.",
+    ),
+]

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gfwlab.errors import GfwlabError
-from gfwlab.options import DateOpt, ProfileOpt, SeedOpt, SetOpt
+from gfwlab.options import DateOpt, ProfileOpt, ResultsOpt, SeedOpt, SetOpt
 
 # No emoji codes: a strategy's ":flags:" must print as written.
 console = Console(emoji=False)
@@ -183,12 +183,15 @@ def evade_library(
         str | None, typer.Option("--write", help="Write the matrix (Markdown) to this file.")
     ] = None,
     offline: OfflineOpt = False,
+    results_dir: ResultsOpt = None,
 ) -> None:
     """The built-in library (Geneva's China rows) against the censor, next to the published
     rates; disagreements are marked."""
     from gfwlab._outfile import OutputFile  # noqa: PLC0415
     from gfwlab.evade import library  # noqa: PLC0415
+    from gfwlab.results.folder import now  # noqa: PLC0415
 
+    started = now()
     if offline:
         days = dates or ["2020-01-15"]
         sets = ["http_keyword.probability=0.97", "http_keyword.residual_s=0"]
@@ -204,6 +207,8 @@ def evade_library(
         out = OutputFile(write)
         out.write(text.encode())
         out.commit()
+    if results_dir is not None:
+        _save_library(results_dir, rows, trials, seed, offline, started)
     table = Table("date", "family", "published", "successes", "interval", "")
     for r in rows:
         lo, hi = r.entry.bounds(trials)
@@ -214,6 +219,34 @@ def evade_library(
     console.print(table)
     bad = sum(not r.passes for r in rows)
     console.print(f"{len(rows) - bad} of {len(rows)} rows within their published interval")
+
+
+def _save_library(
+    folder: str, rows: list[Any], trials: int, seed: int, offline: bool, started: str
+) -> None:
+    """``evade library --results DIR``: one line per row in DIR/evasion.jsonl, run.json, and
+    DIR/results.duckdb (for gfwlab results and gfwlab report)."""
+    import os  # noqa: PLC0415
+
+    from gfwlab.results.folder import write_jsonl, write_run  # noqa: PLC0415
+    from gfwlab.results.ingest import ingest_dir  # noqa: PLC0415
+
+    os.makedirs(folder, exist_ok=True)
+    lines = []
+    for r in rows:
+        lo, hi = r.entry.bounds(r.trials)
+        lines.append({
+            "date": r.day.isoformat() if r.day else None, "family": r.entry.family,
+            "strategy": r.entry.strategy, "published": r.entry.published, "also": r.entry.also,
+            "trials": r.trials, "successes": r.successes, "lo": lo, "hi": hi,
+            "passes": r.passes, "note": r.note, "mode": "offline" if offline else "live",
+        })  # fmt: skip
+    write_jsonl(os.path.join(folder, "evasion.jsonl"), lines)
+    days = sorted({ln["date"] for ln in lines if ln["date"]})
+    write_run(folder, "evade-matrix", started=started, profile=["gfw"],
+              date=days[0] if len(days) == 1 else None, seed=seed, trials=trials)  # fmt: skip
+    ingest_dir(folder)
+    console.print(f"results: {folder} (gfwlab results / gfwlab report)", markup=False)
 
 
 @evade_app.command("apply")

@@ -194,3 +194,49 @@ def lab_record(
         reply = control("stop")
     count = reply.split()[1] if len(reply.split()) > 1 else "?"
     console.print(f"recorded {count} packets to {target}")
+
+
+@lab_app.command("save")
+def lab_save(
+    folder: Annotated[str, typer.Argument(help="The results folder to write.")],
+) -> None:
+    """Save the lab session so far as a results folder: its events, run.json and the DuckDB
+    file (then: gfwlab results DIR; gfwlab report DIR)."""
+    import datetime as dt  # noqa: PLC0415
+
+    from gfwlab.lab.lifecycle import follow_events  # noqa: PLC0415
+    from gfwlab.lab.state import LabState  # noqa: PLC0415
+    from gfwlab.results.folder import now, write_jsonl, write_run  # noqa: PLC0415
+    from gfwlab.results.ingest import ingest_dir  # noqa: PLC0415
+
+    state = LabState.load()
+    if state.status != "up":
+        raise InputError("no lab is up (gfwlab lab up), so there is no session to save")
+    events = [json.loads(line) for line in follow_events(False)]
+    cfg = state.config
+    started = (
+        dt.datetime.fromtimestamp(min(float(e["ts"]) for e in events), dt.UTC)
+        .isoformat(timespec="seconds")
+        .replace("+00:00", "Z")
+        if events and min(float(e["ts"]) for e in events) > 1e9
+        else now()
+    )
+    os.makedirs(folder, exist_ok=True)
+    write_jsonl(os.path.join(folder, "events.jsonl"), events)
+    write_run(
+        folder,
+        "lab",
+        started=started,
+        profile=list(cfg.get("profiles") or [cfg.get("profile", "gfw")]),
+        date=cfg.get("date"),
+        seed=cfg.get("seed"),
+        sets=cfg.get("sets", []),
+        network=cfg.get("network"),
+        at=cfg.get("at"),
+    )
+    info = ingest_dir(folder)
+    console.print(
+        f"saved {len(events)} events to {folder} ({info.counts.get('verdicts', 0)} flows acted "
+        "on); gfwlab report " + folder,
+        highlight=False,
+    )
