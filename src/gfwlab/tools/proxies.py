@@ -109,7 +109,7 @@ class VMess(SocksTool):
             "outbounds": [{
                 "protocol": "vmess",
                 "settings": {"vnext": [{
-                    "address": VIRTUAL, "port": self.port,
+                    "address": VIRTUAL, "port": self.wire_port,
                     "users": [{"id": user, "alterId": 0, "security": "aes-128-gcm"}],
                 }]},
                 "streamSettings": self.stream_settings(False),
@@ -126,6 +126,7 @@ class VMess(SocksTool):
 
 class VMessTls(VMess):
     port = 10087
+    public_port = 443
 
     def stream_settings(self, server: bool) -> dict[str, object]:
         if server:
@@ -153,6 +154,7 @@ class Trojan(SocksTool):
     """trojan (TLS, a password; non-trojan requests fall back to the lab's nginx)."""
 
     port = 4443
+    public_port = 443
     socks_port = 1082
 
     def start(self) -> None:
@@ -165,7 +167,7 @@ class Trojan(SocksTool):
         }  # fmt: skip
         client = {
             "run_type": "client", "local_addr": "127.0.0.1", "local_port": self.socks_port,
-            "remote_addr": VIRTUAL, "remote_port": self.port, "password": [password],
+            "remote_addr": VIRTUAL, "remote_port": self.wire_port, "password": [password],
             "log_level": 2,
             "ssl": {"verify": True, "verify_hostname": True, "cert": lab_ca()[0],
                     "sni": TOOL_NAME, "alpn": ["h2", "http/1.1"]},
@@ -181,6 +183,7 @@ class Stunnel(ForwardTool):
     """stunnel4: a TLS tunnel from a local port in the client to the origin's HTTPS port."""
 
     port = 8444
+    public_port = 443
     local_port = 8443
 
     def start(self) -> None:
@@ -191,7 +194,7 @@ class Stunnel(ForwardTool):
         )
         client = (
             "foreground = yes\npid =\n[tools]\nclient = yes\n"
-            f"accept = 127.0.0.1:{self.local_port}\nconnect = {VIRTUAL}:{self.port}\n"
+            f"accept = 127.0.0.1:{self.local_port}\nconnect = {VIRTUAL}:{self.wire_port}\n"
             f"sni = {TOOL_NAME}\nverifyChain = yes\nCAfile = {lab_ca()[0]}\n"
             f"checkHost = {TOOL_NAME}\n"
         )

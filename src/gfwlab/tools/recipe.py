@@ -31,7 +31,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, ClassVar
 
 from gfwlab.lab.services import in_netns, tool_path, wait_until
 from gfwlab.lab.state import state_dir
@@ -46,6 +46,8 @@ WEB_NAME = "example.org"
 TOOL_NAME = "tools.lab.test"
 """The name on the certificates the TLS tools get (no domain list holds it)."""
 NFT_TABLE = "gfwlab_tools"
+TOOL_RANGE = "198.19.240.0/20"
+"""The trial addresses (``topology.SITES_V4``: the tool trials' range)."""
 DOWNLOAD_BYTES = 10 << 20
 """The multi-megabyte download, once per cell (nginx serves ``/bytes/<N>``)."""
 
@@ -66,6 +68,12 @@ class Session:
     directory: str = ""
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     redirect: bool = False
+    port: ClassVar[int] = 0
+    """The port the tool's server listens on."""
+    public_port: ClassVar[int] = 0
+    """The port its clients connect to, as the censor sees it (0: ``port``). TLS proxies are
+    deployed on 443; their servers listen on ``port`` and the server namespace redirects the
+    tool range's port 443 to it (nginx holds 443 on the lab's own addresses)."""
 
     def __post_init__(self) -> None:
         self.directory = os.path.join(workspace_root(), self.name)
@@ -164,9 +172,20 @@ class Session:
 
     # -- the per-trial redirect ------------------------------------------------------------
 
+    @property
+    def wire_port(self) -> int:
+        return self.public_port or self.port
+
     def setup_redirect(self) -> None:
         self.redirect = True
         self.retarget(VIRTUAL)
+        if self.public_port and self.public_port != self.port:
+            self._nft(
+                SERVER_NS,
+                f"table ip {NFT_TABLE} {{\n chain pre {{\n  type nat hook prerouting priority "
+                f"-100; policy accept;\n  ip daddr {TOOL_RANGE} tcp dport {self.public_port} "
+                f"redirect to :{self.port}\n }}\n}}\n",
+            )
 
     def retarget(self, address: str) -> None:
         """New TCP connections to VIRTUAL go to ``address`` from now on (earlier ones keep
@@ -176,8 +195,11 @@ class Session:
             f" policy accept;\n }}\n}}\nflush chain ip {NFT_TABLE} out\n"
             f"add rule ip {NFT_TABLE} out ip daddr {VIRTUAL} dnat to {address}\n"
         )
+        self._nft(CLIENT_NS, script)
+
+    def _nft(self, ns: str, script: str) -> None:
         res = subprocess.run(
-            ["ip", "netns", "exec", CLIENT_NS, tool_path("nft"), "-f", "-"],
+            ["ip", "netns", "exec", ns, tool_path("nft"), "-f", "-"],
             input=script,
             capture_output=True,
             text=True,
@@ -185,7 +207,7 @@ class Session:
             check=False,
         )
         if res.returncode != 0:
-            raise RecipeError(f"nft in the client namespace: {res.stderr.strip()}")
+            raise RecipeError(f"nft in {ns}: {res.stderr.strip()}")
 
     def stop(self) -> None:
         """Stop every process, remove the redirect, the configurations, keys and logs."""
@@ -194,11 +216,12 @@ class Session:
         finally:
             if self.redirect:
                 self.redirect = False
-                subprocess.run(
-                    ["ip", "netns", "exec", CLIENT_NS, tool_path("nft"), "delete", "table", "ip",
-                     NFT_TABLE],
-                    capture_output=True, timeout=10, check=False,
-                )  # fmt: skip
+                for ns in (CLIENT_NS, SERVER_NS):
+                    subprocess.run(
+                        ["ip", "netns", "exec", ns, tool_path("nft"), "delete", "table", "ip",
+                         NFT_TABLE],
+                        capture_output=True, timeout=10, check=False,
+                    )  # fmt: skip
             shutil.rmtree(self.directory, ignore_errors=True)
             with contextlib.suppress(OSError):
                 os.rmdir(workspace_root())
