@@ -237,7 +237,9 @@ def _check_out(out: str) -> None:
         raise InputError(f"--out {out}: cannot write in {parent}")
 
 
-def _write_out(out: str, rows: list[dict[str, Any]], lines: list[str], meta: dict[str, Any]) -> None:
+def _write_out(
+    out: str, rows: list[dict[str, Any]], lines: list[str], meta: dict[str, Any]
+) -> None:
     """Write the three files into a temporary folder beside ``out``, then rename it: a reader
     sees all of them or none."""
     target = os.path.abspath(out)

@@ -240,7 +240,9 @@ def _https_get(sock: socket.socket, path: str, timeout: float) -> int:
     """An HTTPS GET for ``path`` over ``sock`` (to the lab's nginx); the body's length."""
     deadline = time.monotonic() + timeout
     with _tls_context().wrap_socket(sock, server_hostname=WEB_NAME) as tls:
-        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {WEB_NAME}\r\nConnection: close\r\n\r\n".encode())
+        tls.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: {WEB_NAME}\r\nConnection: close\r\n\r\n".encode()
+        )
         data = bytearray()
         while chunk := tls.recv(1 << 16):
             data += chunk
@@ -252,7 +254,9 @@ def _https_get(sock: socket.socket, path: str, timeout: float) -> int:
     return len(body)
 
 
-def _socks_connect(port: int, host: str, dport: int, timeout: float, auth: bytes | None) -> socket.socket:
+def _socks_connect(
+    port: int, host: str, dport: int, timeout: float, auth: bytes | None
+) -> socket.socket:
     """A SOCKS5 CONNECT to ``host:dport`` through the proxy on 127.0.0.1:``port``.
 
     ``auth`` (user, then password, each at most 255 bytes) is how obfs4proxy takes the bridge's
@@ -305,9 +309,7 @@ def socks_fetch(
     return in_netns(CLIENT_NS, go)
 
 
-def plain_fetch(
-    host: str, port: int, path: str = "/", timeout: float = 3.0
-) -> int:
+def plain_fetch(host: str, port: int, path: str = "/", timeout: float = 3.0) -> int:
     """HTTPS from the client namespace to ``host:port`` (a local tunnel entrance, or the origin
     routed through a VPN's interface); the body length (raises on failure)."""
 
@@ -392,7 +394,9 @@ class ForwardTool(ToolSession):
     def download(self, address: str, size: int, timeout: float) -> bool:
         self.retarget(address)
         return attempt(
-            lambda: _check_size(plain_fetch("127.0.0.1", self.local_port, f"/bytes/{size}", timeout), size)
+            lambda: _check_size(
+                plain_fetch("127.0.0.1", self.local_port, f"/bytes/{size}", timeout), size
+            )
         )
 
 

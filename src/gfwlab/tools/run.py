@@ -9,10 +9,11 @@ processes stay up across its trials; each trial is a new tunnel connection to a 
 (see :mod:`gfwlab.tools.recipe`), so the cost of a trial is one connection and one short HTTPS
 request (tens of milliseconds), or a timeout when the censor drops it.
 
-Addresses. Trials take addresses from 198.19.240.0/20 in order, across the whole run (every
-date, every cell), never twice: cell by cell in run order, each cell's trials first, then its
-download. An event belongs to the cell whose address its flow reaches (or comes from, for
-probes and injected packets), so ``events.jsonl`` maps back to cells by address.
+Addresses. Trials take addresses from 198.19.240.0/20 in order, across the whole run, never
+twice: cell by cell in run order (date by date, tool by tool), each cell a fixed block of its
+trials' count plus DOWNLOAD_TRIES addresses (its trials first, then its download attempts), see
+:func:`cell_addresses`. An event belongs to the cell whose address its flow reaches (or comes
+from, for probes and injected packets), so ``events.jsonl`` maps back to cells by address.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def run(plan: Plan, progress: Progress | None = None) -> tuple[list[Cell], list[
             "fewer --trials, tools or dates"
         )
     note = progress or (lambda _text, _n: None)
-    pool = addresses()
+    blocks = iter(cell_addresses(plan))
     cells: list[Cell] = []
     lines: list[str] = []
     for when in plan.whens:
@@ -105,7 +106,7 @@ def run(plan: Plan, progress: Progress | None = None) -> tuple[list[Cell], list[
         try:
             owned: list[tuple[Cell, Recipe, set[str]]] = []
             for recipe in plan.tools:
-                cell, used = run_cell(recipe, when, plan, pool, note)
+                cell, used = run_cell(recipe, when, plan, next(blocks)[2], note)
                 owned.append((cell, recipe, used))
             time.sleep(0.5)  # events of the last packets reach the file
             date_lines = list(_events())
@@ -121,8 +122,18 @@ def run(plan: Plan, progress: Progress | None = None) -> tuple[list[Cell], list[
     return cells, lines
 
 
+def cell_addresses(plan: Plan) -> list[tuple[str, str, list[str]]]:
+    """(tool, date label, addresses) of every cell, in run order."""
+    pool = addresses()
+    return [
+        (r.name, w.label, [next(pool) for _ in range(plan.trials_of(r.name) + DOWNLOAD_TRIES)])
+        for w in plan.whens
+        for r in plan.tools
+    ]
+
+
 def run_cell(
-    recipe: Recipe, when: When, plan: Plan, pool: Iterator[str], note: Progress
+    recipe: Recipe, when: When, plan: Plan, block: list[str], note: Progress
 ) -> tuple[Cell, set[str]]:
     cell = Cell(recipe.name, when.label)
     used: set[str] = set()
@@ -133,6 +144,7 @@ def run_cell(
         cell.skip_reason = f"{', '.join(missing)} missing (apt-get install {recipe.package})"
         note(f"{recipe.name} {when.label}: skipped", n)
         return cell, used
+    pool = iter(block)
     started = time.monotonic()
     session = recipe.make()
     try:

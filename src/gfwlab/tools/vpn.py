@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import os
-
 import datetime as dt
+import os
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -32,7 +31,6 @@ from gfwlab.lab.services import wait_until
 from gfwlab.tools.proxies import lab_ca, tool_cert
 from gfwlab.tools.recipe import (
     ORIGIN,
-    TOOL_NAME,
     VIRTUAL,
     RecipeError,
     ToolSession,
@@ -124,9 +122,15 @@ def client_cert(directory: str) -> tuple[str, str]:
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )  # fmt: skip
@@ -134,13 +138,21 @@ def client_cert(directory: str) -> tuple[str, str]:
         .sign(ca_key, hashes.SHA256())
     )
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    cert_path, key_path = os.path.join(directory, "client.pem"), os.path.join(directory, "client.key")
+    cert_path, key_path = (
+        os.path.join(directory, "client.pem"),
+        os.path.join(directory, "client.key"),
+    )
     with open(cert_path, "wb") as fh:
         fh.write(cert.public_bytes(serialization.Encoding.PEM))
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
-        fh.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption()))
+        fh.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
     return cert_path, key_path
 
 
@@ -192,7 +204,9 @@ class WireGuard(ToolSession):
 
     def download(self, address: str, size: int, timeout: float) -> bool:
         self._point(address)
-        return attempt(lambda: _check_size(plain_fetch(ORIGIN, 443, f"/bytes/{size}", timeout), size))
+        return attempt(
+            lambda: _check_size(plain_fetch(ORIGIN, 443, f"/bytes/{size}", timeout), size)
+        )
 
     def stop(self) -> None:
         try:
