@@ -20,7 +20,6 @@ from gfwlab import __version__
 from gfwlab.errors import GfwlabError
 from gfwlab.evade.commands import evade_app
 from gfwlab.lab.commands import lab_app
-from gfwlab.tools.commands import tools_app
 from gfwlab.options import (
     AtOpt,
     DateOpt,
@@ -35,6 +34,7 @@ from gfwlab.options import (
     profile_from,
     profiles_from,
 )
+from gfwlab.tools.commands import tools_app
 
 app = typer.Typer(
     add_completion=False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -15,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gfwlab import __version__
+from gfwlab._outfile import OutputFile
 from gfwlab.options import InputError, ProfileOpt, SeedOpt, SetOpt, console, err
 
 tools_app = typer.Typer(
@@ -43,7 +45,7 @@ def tools_list(
     """The recipes, and which tools are installed (a missing one fails under CI)."""
     from gfwlab.tools.recipes import RECIPES  # noqa: PLC0415
 
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "tool": r.name,
             "summary": r.summary,
@@ -117,6 +119,10 @@ def tools_run(
         str | None,
         typer.Option("--out", help="Write tools.jsonl, events.jsonl and run.json to this folder."),
     ] = None,
+    write: Annotated[
+        str | None,
+        typer.Option("--write", help="Also write the matrix as Markdown (docs/tools.md)."),
+    ] = None,
 ) -> None:
     """The matrix: each tool x each date, N trials per cell, each through the lab's censor."""
     from gfwlab.tools.matrix import BUILTIN, parse_when  # noqa: PLC0415
@@ -151,6 +157,8 @@ def tools_run(
         raise InputError(str(exc)) from None
     if out is not None:
         _check_out(out)
+    if write is not None and not os.access(os.path.dirname(os.path.abspath(write)), os.W_OK):
+        raise InputError(f"--write {write}: cannot write there")
     if os.geteuid() != 0:
         raise InputError("gfwlab tools run makes the lab: it needs root")
     plan = Plan(recipes, whens, trials, per_tool, timeout, download, profile, sets or [], seed)
@@ -186,6 +194,11 @@ def tools_run(
             "argv": sys.argv[1:],
         }
         _write_out(out, rows, lines, meta)
+    if write is not None:
+        from gfwlab.tools.matrix import markdown  # noqa: PLC0415
+
+        command = "gfwlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        _write_text(write, markdown(cells, whens, command, finished[:10]))
     if as_json:
         print(json.dumps(rows, indent=2))
     else:
@@ -227,6 +240,15 @@ def _table(cells: list[Any], whens: list[Any]) -> None:
             values.append(text)
         table.add_row(name, *values)
     console.print(table)
+
+
+def _write_text(path: str, text: str) -> None:
+    out = OutputFile(path)
+    try:
+        out.write(text.encode())
+        out.commit()
+    finally:
+        out.abort()
 
 
 def _check_out(out: str) -> None:

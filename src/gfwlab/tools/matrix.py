@@ -171,7 +171,7 @@ def _rule(event: dict[str, Any]) -> str:
 
 
 def explain(events: list[dict[str, Any]], cell: Cell) -> str:
-    """Per mechanism, what it did how often: ``fet drop ×13 (fet:no-exemption), ...``."""
+    """Per mechanism, what it did how often: ``fet drop x13 (fet:no-exemption), ...``."""
     counts: Counter[tuple[str, str, str]] = Counter(
         (str(e["mechanism"]), str(e["action"]), _rule(e)) for e in events
     )
@@ -180,3 +180,63 @@ def explain(events: list[dict[str, Any]], cell: Cell) -> str:
     if failed and not any(e.get("action") in BLOCKING for e in events):
         parts.append(f"{failed} failed trials without a censor event (the tool itself)")
     return "; ".join(parts) if parts else "no event"
+
+
+def markdown(cells: list[Cell], whens: list[When], command: str, generated: str) -> str:
+    """The matrix as docs/tools.md: a table of outcomes, then each cell's explanation."""
+    tools = list(dict.fromkeys(c.tool for c in cells))
+    by = {(c.tool, c.date): c for c in cells}
+    out = [
+        "# The circumvention-tool matrix",
+        "",
+        f"Generated {generated} by `{command}` (root; it makes and removes the lab once per",
+        "date). Each cell is one tool on one date: N trials, each a new tunnel connection to a",
+        "fresh server address (198.19.240.0/20, so no trial meets an earlier trial's residual",
+        "block) carrying a short HTTPS request, plus one 10 MB download. The interval is the 99%",
+        'Wilson interval of the success rate. "passes here: no published mechanism" means no',
+        "mechanism of the lab acted on or even judged the tool's traffic: it says nothing about",
+        "the real GFW. See `gfwlab.tools.matrix` for the outcomes and `gfwlab.tools.run` for",
+        "what one trial is.",
+        "",
+        "| tool | " + " | ".join(w.label for w in whens) + " |",
+        "|---|" + "---|" * len(whens),
+    ]
+    for tool in tools:
+        row = []
+        for w in whens:
+            c = by.get((tool, w.label))
+            if c is None:
+                row.append("")
+            elif c.outcome == "skipped":
+                row.append(c.label())
+            else:
+                lo, hi = c.ci
+                row.append(f"{c.label()}: {c.successes}/{c.trials} [{lo:.2f}, {hi:.2f}]")
+        out.append(f"| {tool} | " + " | ".join(row) + " |")
+    out += ["", "Eras: " + "; ".join(f"{w.label}: {w.era}" for w in whens if w.era) + ".", ""]
+    out += ["## Each cell, explained by the censor's events", ""]
+    for c in cells:
+        if c.outcome == "skipped":
+            continue
+        first = ""
+        if c.first_packet is not None:
+            fp = c.first_packet
+            flow = fp.get("flow", {})
+            first = (
+                f" First packet that gave it away: {fp.get('mechanism')} {fp.get('action')} "
+                f"({fp.get('rule')}) on tcp/{flow.get('dport')}"
+                + (
+                    f", {fp['length']} bytes, {fp['popcount']:.2f} bits/byte"
+                    if "length" in fp
+                    else ""
+                )
+                + "."
+            )
+        download = (
+            "" if c.download is None else f" 10 MB download: {'ok' if c.download else 'failed'}."
+        )
+        out.append(
+            f"- **{c.tool}, {c.date}**: {c.label()}. Events: {c.explanation}.{first}{download}"
+            f" Source: {c.citation}."
+        )
+    return "\n".join(out) + "\n"

@@ -79,6 +79,13 @@ class ShadowsocksObfsHttp(Shadowsocks):
     plugin = ("obfs-server", "obfs=http", "obfs-local", f"obfs=http;obfs-host={TOOL_NAME}")
 
 
+class ShadowsocksV2rayPlugin(Shadowsocks):
+    """shadowsocks-libev with v2ray-plugin in its default mode (WebSocket, no TLS)."""
+
+    port = 8390
+    plugin = ("v2ray-plugin", "server", "v2ray-plugin", f"host={TOOL_NAME}")
+
+
 class VMess(SocksTool):
     """v2ray (4.x) with a VMess inbound (AEAD headers: alterId 0) and a SOCKS client."""
 

@@ -35,6 +35,11 @@ RECIPES: dict[str, Recipe] = {
                ("ss-server", "ss-local", "obfs-server", "obfs-local"), "tcp", 8389,
                "spec §6 Ex5 (an HTTP-looking first packet is exempt)",
                lambda: proxies.ShadowsocksObfsHttp("ss-obfs-http")),
+        Recipe("ss-v2ray-plugin", "shadowsocks-libev with v2ray-plugin (WebSocket, no TLS)",
+               "shadowsocks-libev shadowsocks-v2ray-plugin",
+               ("ss-server", "ss-local", "v2ray-plugin"), "tcp", 8390,
+               "spec §6 Ex5 (an HTTP-looking first packet is exempt)",
+               lambda: proxies.ShadowsocksV2rayPlugin("ss-v2ray-plugin")),
         Recipe("vmess-tcp", "v2ray, VMess (AEAD) over TCP", "v2ray", ("v2ray",), "tcp", 10086,
                FET, lambda: proxies.VMess("vmess-tcp")),
         Recipe("vmess-tls", "v2ray, VMess over TLS, on port 443", "v2ray", ("v2ray",), "tcp",
@@ -77,9 +82,10 @@ def fill(argv: list[str], server: str, port: int) -> list[str]:
     values = {"{server}": server, "{port}": str(port), "{client}": CLIENT_V4, "{origin}": ORIGIN}
     out = []
     for arg in argv:
+        filled = arg
         for key, value in values.items():
-            arg = arg.replace(key, value)
-        out.append(arg)
+            filled = filled.replace(key, value)
+        out.append(filled)
     return out
 
 

@@ -19,6 +19,7 @@ import base64
 import contextlib
 import datetime as dt
 import os
+import subprocess
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -67,7 +68,7 @@ class OpenVpnTcp(ToolSession):
         proc = self.spawn("server", server)
         self.wait_listening("server", self.port, proc)
 
-    def _start_client(self) -> tuple[str, object]:
+    def _start_client(self) -> tuple[str, subprocess.Popen[bytes]]:
         argv = [
             "openvpn", "--client", "--proto", "tcp-client", "--remote", VIRTUAL, str(self.port),
             "--dev", OVPN_DEV, "--dev-type", "tun", "--nobind", "--ca", lab_ca()[0],
@@ -92,10 +93,9 @@ class OpenVpnTcp(ToolSession):
         try:
             if not self._connected(entry[0], timeout):
                 return False
-            fetch = lambda: plain_fetch(ORIGIN, 443, path, timeout)  # noqa: E731
             if size is None:
-                return attempt(fetch)
-            return attempt(lambda: _check_size(fetch(), size))
+                return attempt(lambda: plain_fetch(ORIGIN, 443, path, timeout))
+            return attempt(lambda: _check_size(plain_fetch(ORIGIN, 443, path, timeout), size))
         finally:
             self.stop_procs([entry])
 
@@ -133,7 +133,7 @@ def client_cert(directory: str) -> tuple[str, str]:
                 decipher_only=False,
             ),
             critical=True,
-        )  # fmt: skip
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
