@@ -154,3 +154,21 @@ def test_tools_list_json() -> None:
     assert res.returncode == 0
     ci = gfwlab("tools", "list", env={"PATH": "/nonexistent", "CI": "1"})
     assert ci.returncode == 1 and "CI is set" in ci.stderr
+
+
+def test_markdown_has_the_date_the_command_and_every_cell() -> None:
+    from gfwlab.tools.matrix import markdown  # noqa: PLC0415
+
+    drop = event("fet", "drop", "fet:no-exemption", length=120, popcount=4.0, exempt=[])
+    cells = [
+        cell(50, 37, drop),
+        judge(Cell("wireguard", "2022-06-01", 50, 50), "none"),
+        Cell("trojan", "2022-06-01", outcome="skipped", skip_reason="trojan missing"),
+    ]
+    cells[0].tool = "ss-aead"
+    text = markdown(cells, [parse_when("2022-06-01")], "gfwlab tools run", "2026-12-01")
+    assert "Generated 2026-12-01 by `gfwlab tools run`" in text
+    assert "| ss-aead | degraded (13/50 blocked): 37/50 [" in text
+    assert "| wireguard | passes here: no published mechanism: 50/50" in text
+    assert "| trojan | skipped: trojan missing |" in text
+    assert "120 bytes, 4.00 bits/byte" in text
