@@ -172,3 +172,25 @@ def _exemptions(events: list[dict[str, Any]], addresses: set[str]) -> list[list[
         for e in events
         if e["mechanism"] == "fet" and e["action"] == "pass" and e["flow"]["dst"] in addresses
     ]
+
+
+@pytest.mark.slow
+def test_waited_trials_reuse_one_address_after_each_residual_ends(tmp_path: Path) -> None:
+    gfwlab("lab", "down")
+    out = tmp_path / "waited"
+    res = gfwlab("tools", "run", "--tool", "ss-aead", "--date", "2022-06-01", "--trials", "16",
+                 "--seed", "2", "--wait-residuals", "--set", "fet.residual_s=3",
+                 "--set", "ss_probing.enabled=false", "--no-download", "--out", str(out),
+                 timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    rows, events, _ = read_out(out)
+    assert clean() == []
+    (row,) = rows
+    assert row["trial_mode"] == "waited"
+    fet = [e for e in events if e["mechanism"] == "fet"]
+    assert len({e["flow"]["dst"] for e in fet}) == 1  # one server address for every trial
+    drops = [e for e in fet if e["action"] == "drop"]
+    assert drops, "no FET block in 16 trials (seeded: expected some)"
+    # Each block was waited out: no trial met an earlier trial's residual block.
+    assert not [e for e in fet if e.get("residual")]
+    assert len(drops) == row["trials"] - row["successes"]

@@ -9,6 +9,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import time
 from typing import Annotated, Any
 
 import typer
@@ -95,6 +96,14 @@ def tools_run(
     timeout: Annotated[
         float, typer.Option("--timeout", min=0.5, help="Seconds a trial may take.")
     ] = 3.0,
+    wait_residuals: Annotated[
+        bool,
+        typer.Option(
+            "--wait-residuals",
+            help="Reuse one server address per cell and wait out each residual block (slow: "
+            "180 s per FET block) instead of a fresh address per trial.",
+        ),
+    ] = False,
     download: Annotated[
         bool,
         typer.Option("--download/--no-download", help="A 10 MB download per cell, once."),
@@ -131,6 +140,7 @@ def tools_run(
     from gfwlab.tools.run import Plan, run  # noqa: PLC0415
 
     started = _now()
+    clock = time.monotonic()
     recipes = []
     for t in tool or ([] if client else list(RECIPES)):
         if t not in RECIPES:
@@ -161,7 +171,10 @@ def tools_run(
         raise InputError(f"--write {write}: cannot write there")
     if os.geteuid() != 0:
         raise InputError("gfwlab tools run makes the lab: it needs root")
-    plan = Plan(recipes, whens, trials, per_tool, timeout, download, profile, sets or [], seed)
+    plan = Plan(
+        recipes, whens, trials, per_tool, timeout, download, profile, sets or [], seed,
+        wait_residuals,
+    )  # fmt: skip
     total = sum(plan.trials_of(r.name) for r in recipes) * len(whens)
     with Progress(
         TextColumn("[bold]{task.description}[/]"),
@@ -203,6 +216,14 @@ def tools_run(
         print(json.dumps(rows, indent=2))
     else:
         _table(cells, whens)
+        took = time.monotonic() - clock
+        ran = [c for c in cells if c.outcome != "skipped"]
+        console.print(
+            f"{len(cells)} cells in {took:.0f} s ({len(whens)} lab up/down included): "
+            f"{took / max(1, len(cells)):.1f} s per cell; the tools' own time per cell "
+            f"{sum(c.seconds for c in ran) / max(1, len(ran)):.1f} s, per trial "
+            f"{1000 * sum(c.seconds for c in ran) / max(1, sum(c.trials for c in ran)):.0f} ms"
+        )
         if out is not None:
             console.print(f"wrote {out}/tools.jsonl, events.jsonl, run.json")
     if ci_mode() and any(c.outcome == "skipped" for c in cells):

@@ -27,7 +27,7 @@ from typing import Any
 
 from gfwlab.errors import LabError
 from gfwlab.lab import lifecycle, netns
-from gfwlab.lab.state import state_dir
+from gfwlab.lab.state import LabState, state_dir
 from gfwlab.tools.matrix import Cell, When, judge
 from gfwlab.tools.recipe import DOWNLOAD_BYTES, TOOL_RANGE, VIRTUAL, Recipe, RecipeError
 
@@ -61,6 +61,9 @@ class Plan:
     profile: str = "gfw"
     sets: list[str] = field(default_factory=list)
     seed: int = 0
+    wait_residuals: bool = False
+    """Trials reuse one server address per cell and wait out every residual block the censor
+    reports on it (``trial_mode: waited``) instead of taking fresh addresses."""
 
     def trials_of(self, tool: str) -> int:
         return self.tool_trials.get(tool, self.trials)
@@ -145,6 +148,9 @@ def run_cell(
         note(f"{recipe.name} {when.label}: skipped", n)
         return cell, used
     pool = iter(block)
+    if plan.wait_residuals:
+        cell.trial_mode = "waited"
+        pool = iter([block[0]] * n + block[n:])
     started = time.monotonic()
     session = recipe.make()
     try:
@@ -155,6 +161,9 @@ def run_cell(
             ok = session.trial(address, plan.timeout)
             cell.trials += 1
             cell.successes += ok
+            if not ok and plan.wait_residuals:
+                note(f"{recipe.name} {when.label}: waiting out a residual block", 0)
+                wait_out(address)
             note(f"{recipe.name} {when.label}", 1)
         if plan.download:
             cell.download = False
@@ -172,6 +181,24 @@ def run_cell(
         session.stop()
     cell.seconds = time.monotonic() - started
     return cell, used
+
+
+def wait_out(address: str) -> None:
+    """Sleep until every residual block the censor reported on ``address`` has ended (event
+    times are the censor's clock: the wall clock plus ``lab up --at``'s offset)."""
+    time.sleep(0.3)  # the event of the failed trial reaches the file
+    offset = float(LabState.load().config.get("clock_offset_s") or 0.0)
+    until = 0.0
+    for line in _events():
+        e = _parse(line)
+        if e is None or not _touches(e, {address}):
+            continue
+        residual = e.get("residual_until")
+        if isinstance(residual, int | float):
+            until = max(until, float(residual))
+    delay = until - (time.time() + offset)
+    if delay > 0:
+        time.sleep(delay + 0.2)
 
 
 def _events() -> Iterator[str]:
