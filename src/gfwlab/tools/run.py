@@ -35,6 +35,10 @@ FET_TARGETS = "fet.targets=['198.19.0.0/24', '2001:db8:5::/64', '198.19.240.0/20
 """The tool servers stand at addresses the FET targets (spec §6: "certain popular foreign data
 centers"); the lab's default targets are its server link, so the tool range is added."""
 DOWNLOAD_TRIES = 3
+MAX_WAIT_S = 600.0
+"""The longest residual block ``--wait-residuals`` waits out (the FET's is 180 s, spec §6);
+longer blocks (a null-routed port, days in spec §8) are not waited for: the next trials meet
+them, and their events say so."""
 
 
 def addresses() -> Iterator[str]:
@@ -197,7 +201,7 @@ def wait_out(address: str) -> None:
         if isinstance(residual, int | float):
             until = max(until, float(residual))
     delay = until - (time.time() + offset)
-    if delay > 0:
+    if 0 < delay <= MAX_WAIT_S:
         time.sleep(delay + 0.2)
 
 
