@@ -37,6 +37,7 @@ from gfwlab.options import (
 )
 from gfwlab.report.commands import report
 from gfwlab.results.commands import results
+from gfwlab.tools.commands import tools_app
 
 app = typer.Typer(
     add_completion=False,
@@ -501,6 +502,7 @@ def _demo_offline(directory: str | None, seed: int) -> None:
 app.add_typer(evade_app, name="evade")
 
 app.add_typer(lab_app, name="lab")
+app.add_typer(tools_app, name="tools")
 
 app.command()(results)
 
