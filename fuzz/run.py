@@ -14,6 +14,7 @@ coverage (C: edges of gfwlab's code reached). ``scripts/fuzz`` runs every target
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import sys
@@ -75,7 +76,19 @@ def main() -> None:
     import atexit  # noqa: PLC0415
 
     atexit.register(cleanup)
-    atheris.Setup(flags, harness.TARGETS[args.target])
+    target = harness.TARGETS[args.target]
+
+    def checked(data: bytes) -> None:
+        try:
+            target(data)
+        except BaseException:
+            # libFuzzer does not always write the input of an uncaught Python exception.
+            name = args.artifacts / f"crash-{hashlib.sha1(data).hexdigest()}"
+            name.write_bytes(data)
+            print(f"fuzz {args.target}: input written to {name}", file=sys.stderr, flush=True)
+            raise
+
+    atheris.Setup(flags, checked)
     atheris.Fuzz()
 
 

@@ -22,6 +22,7 @@ from gfwlab.engine.dissect import DISSECTORS, Options
 from gfwlab.errors import MalformedPacket
 from gfwlab.offline.synth import tcp_conversation
 from gfwlab.packet.ip import ACK, SYN, addr_bytes, build_tcp, build_udp
+from gfwlab.packet.ip import parse as parse_ip
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.proto.dns import build_query
 from gfwlab.proto.quic import build_initial
@@ -205,3 +206,28 @@ def test_capture_reading_grows_linearly(tmp_path: Path) -> None:
     n1, n8 = count_lines(small), count_lines(large)
     harness.remove_scratch()
     assert n8 <= 12 * n1, f"{n1} lines at 50 packets, {n8} at 400"
+
+
+# --- what fuzzing found ------------------------------------------------------------------------
+
+
+def _v6(next_header: int, body: bytes) -> bytes:
+    head = bytes((0x60, 0, 0, 0)) + struct.pack("!HBB", len(body), next_header, 64)
+    return head + addr_bytes("2001:db8:c::2") + addr_bytes("2001:db8:5::2") + body
+
+
+@pytest.mark.parametrize(
+    "ext",
+    [
+        bytes((6, 120)) + bytes(6),  # hop-by-hop options claiming 968 bytes, 8 given
+        bytes((0, 0)) + bytes(6) + bytes((6, 200)) + bytes(6),  # the second one overruns
+    ],
+)
+def test_ipv6_extension_overrun_offset_is_inside_the_packet(ext: bytes) -> None:
+    """Found by the capture target: an IPv6 extension header whose length runs past the
+    packet was reported at the offset it would have ended at (1000 in a 1000-byte packet)."""
+    packet = _v6(0, ext)
+    with pytest.raises(MalformedPacket) as info:
+        parse_ip(packet)
+    assert info.value.kind == "ip.v6_ext_truncated"
+    assert 0 <= info.value.offset < len(packet)
