@@ -56,6 +56,8 @@ def restart_censor(timeout: float = 20.0) -> dict[str, Any]:
     """Start the lab's censor again; returns its new process entry (name, pid, argv)."""
     if os.geteuid() != 0:
         raise LabError("needs root (network namespaces); run it with sudo")
+    if not os.path.exists(LabState.load().path):  # checked first: locking makes the folder
+        raise LabError("the lab is not up (gfwlab lab up)")
     with locked():
         st = LabState.load()
         if st.status != "up" or CENSOR_NS not in netns.existing_namespaces():
