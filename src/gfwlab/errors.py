@@ -28,8 +28,19 @@ class ConfigError(GfwlabError):
         self.source = source
         self.key = key
         self.reason = reason
-        where = f"{source}: {key}" if key else source
-        super().__init__(f"{where}: {reason}")
+        where = f"{_one_line(source)}: {_one_line(key)}" if key else _one_line(source)
+        super().__init__(f"{where}: {_one_line(reason, 300)}")
+
+
+def _one_line(text: str, limit: int = 120) -> str:
+    """``text`` on one line (line breaks and other control characters escaped) and at most about
+    ``limit`` characters: a hostile or over-long value still gives a one-line error."""
+    if text.isprintable() and len(text) <= limit:
+        return text
+    flat = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
+    if len(text) > limit:
+        return f"{flat[:limit]}... ({len(text)} characters)"
+    return flat
 
 
 class MalformedPacket(GfwlabError):

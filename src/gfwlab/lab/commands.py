@@ -95,6 +95,19 @@ def lab_down() -> None:
     console.print("lab down: " + (f"removed {len(removed)} things" if removed else "nothing to do"))
 
 
+@lab_app.command("restart-censor")
+def lab_restart_censor() -> None:
+    """Start the censor again (after a crash) without taking the lab down; blocks are kept."""
+    from gfwlab.lab.restart import restart_censor  # noqa: PLC0415
+
+    with err.status("restarting the censor…"):
+        entry = restart_censor()
+    console.print(
+        f"censor restarted (pid {entry['pid']}, restart {entry['restarts']}); blocks active "
+        "before it stopped are back in force"
+    )
+
+
 @lab_app.command("status")
 def lab_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -129,6 +142,11 @@ def lab_status(
                 f"kernel: {st['kernel_queued']} packets to the queue, {st['uninspected']} passed "
                 f"uninspected (fail-open, no censor reading), {st['queue_dropped']} dropped by a "
                 f"full queue, {st.get('kernel_residuals', 0)} residual blocks in ipsets"
+            )
+        if st.get("anomaly_events_suppressed"):
+            console.print(
+                f"anomaly events over the rate limit, not written: "
+                f"{st['anomaly_events_suppressed']} (live/ratelimit.py)"
             )
         if st.get("events"):
             table = Table(title="events per mechanism", title_justify="left")

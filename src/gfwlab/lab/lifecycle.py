@@ -370,11 +370,12 @@ def status() -> Status:
         if st.config.get("fail_open", True):
             notes.append(
                 "the censor process is not running: traffic passes uncensored "
-                "(fail-open); gfwlab lab down, then up, restarts it"
+                "(fail-open); gfwlab lab restart-censor restarts it"
             )
         else:
             notes.append(
-                "the censor process is not running: forwarded traffic is dropped (fail-closed)"
+                "the censor process is not running: forwarded traffic is dropped (fail-closed); "
+                "gfwlab lab restart-censor restarts it"
             )
     for p in procs:
         if not p["alive"] and p["name"] != "censor":
@@ -388,9 +389,10 @@ def status() -> Status:
             f"censor clock: wall clock {offset:+.0f} s (lab up --at {st.config.get('at')}); "
             f"it emulates {now:%Y-%m-%dT%H:%M:%SZ} now"
         )
+    degraded = st.status == "up" and censor is not None and not censor["alive"]
     return Status(
         up=st.status == "up" and bool(namespaces),
-        state=st.status,
+        state="degraded" if degraded else st.status,  # the censor died (lab/restart.py)
         namespaces=namespaces,
         processes=procs,
         stats=stats,

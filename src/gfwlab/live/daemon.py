@@ -37,7 +37,9 @@ from gfwlab.engine import Censor
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Inject, Probe, Report
 from gfwlab.errors import GfwlabError
 from gfwlab.live.kernel import Kernel
+from gfwlab.live.persist import BlockStore
 from gfwlab.live.prober import Prober
+from gfwlab.live.ratelimit import TokenBucket
 from gfwlab.live.topology import BYPASS_MARK, CLIENT_LINK, INSIDE, QUEUE_NUM, SERVER_LINK
 from gfwlab.offline.chain import Chain
 from gfwlab.packet.pcap import PcapWriter
@@ -116,6 +118,8 @@ class LiveCensor:
         self.stop = False
         self.queued = 0
         self.started = time.time()
+        self.blocks = BlockStore(state_dir)  # blocks outlive a crash (live/persist.py)
+        self.anomaly_limit = TokenBucket()  # anomaly events only (live/ratelimit.py)
 
     def wall(self, now: float) -> float:
         return self.wall0 + (now - self.mono0)
@@ -157,6 +161,10 @@ class LiveCensor:
                         self.recorder.write(self.wall(time.monotonic()), action.packet)
                         self.recorded += 1
                 case Report():
+                    if action.event.action == "anomaly" and not self.anomaly_limit.allow(
+                        time.monotonic()
+                    ):
+                        continue
                     event = action.event.as_dict()
                     event["ts"] = round(self.wall(action.event.ts), 6)
                     if event["residual_until"] is not None:
@@ -276,7 +284,10 @@ class LiveCensor:
             "events": st.events,
             "recording": self.recorder is not None,
             "mechanisms": sorted({m for c in censors for m in c.mechanisms}),
+            "anomaly_events_suppressed": self.anomaly_limit.suppressed,
+            "blocks_restored": self.blocks.restored,
         }
+        self.blocks.save(self.censor, time.monotonic(), time.time())
         path = os.path.join(self.state_dir, "stats.json")
         with open(path + ".tmp", "w", encoding="utf-8") as fh:
             json.dump(data, fh)
@@ -362,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     except GfwlabError as exc:  # the queue then takes everything, as before
         print(f"gfwlab-censor: {exc}", file=sys.stderr, flush=True)
     live = LiveCensor(censor, args.state_dir, FrameInjector(), args.seed, kernel)
+    live.blocks.restore(censor, time.monotonic(), time.time())  # after a crash: restart-censor
 
     def stop(_signum: int, _frame: object) -> None:
         live.stop = True

@@ -176,10 +176,14 @@ def _parse_v6(raw: bytes) -> tuple[bytes, int, bool, int]:
     end = min(len(raw), 40 + plen) if plen else len(raw)
     nxt = raw[6]
     off = 40
+    ext_at = 6  # where the header that named the next one is (its length field is read)
     fragment = False
     while nxt in _IPV6_EXT or nxt == _IPV6_FRAGMENT:
         if off + 8 > end:
-            raise MalformedPacket("ip.v6_ext_truncated", off)
+            # An offset inside the packet: the extension header that does not fit, or the one
+            # whose length ran past the end.
+            raise MalformedPacket("ip.v6_ext_truncated", off if off <= end else ext_at)
+        ext_at = off
         if nxt == _IPV6_FRAGMENT:
             frag = (raw[off + 2] << 8) | raw[off + 3]
             fragment = fragment or (frag & 0xFFF9) != 0
@@ -189,7 +193,7 @@ def _parse_v6(raw: bytes) -> tuple[bytes, int, bool, int]:
         else:
             nxt, off = raw[off], off + (raw[off + 1] + 1) * 8
     if off > end:
-        raise MalformedPacket("ip.v6_ext_truncated", off)
+        raise MalformedPacket("ip.v6_ext_truncated", ext_at, f"extension header runs to {off}")
     return raw[:end], nxt, fragment, off
 
 

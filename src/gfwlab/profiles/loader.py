@@ -101,6 +101,8 @@ def load_profile(
         raise ConfigError(profile, None, f"not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(profile, None, "not UTF-8 text") from None
+    except ValueError as exc:  # valid TOML that Python will not convert (a 5000-digit number)
+        raise ConfigError(profile, None, f"unusable value: {exc}") from None
     source = profile if profile in BUILTIN else path
     ctx = Context(source, os.path.dirname(os.path.abspath(path)))
     for key in data:
@@ -199,6 +201,8 @@ def _parse_override(item: str, known: dict[str, Any]) -> tuple[str, str, Any]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+    except ValueError as exc:  # valid TOML that Python will not convert (a 5000-digit number)
+        raise ConfigError("--set", target, f"unusable value: {exc}") from None
     return section, key, value
 
 

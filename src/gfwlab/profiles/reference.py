@@ -107,7 +107,7 @@ def render() -> str:
     out += section("[engine]", EngineParams)
     out += section("[tcb]: the censor's view of TCP", TcbParams)
     for name, cls in sorted(registry().items()):
-        doc = (cls.__module__ and inspect.getdoc(__import__(cls.__module__, fromlist=["x"]))) or ""
+        doc = (cls.__module__ and inspect.getdoc(sys.modules[cls.__module__])) or ""
         out += section(f"[mechanisms.{name}]", cls.params_cls, doc.split("\n\n")[0])
         if name == "dns_injection":
             out += section("[[mechanisms.dns_injection.injectors]]", DnsInjectorParams)

@@ -52,7 +52,7 @@ class DomainSet:
             first = rule[0]
             if first not in _MARKS:  # the common case: a bare, end-anchored domain
                 plain = rule.rstrip(".")
-                if not plain or has_space(plain):
+                if not plain or len(plain) > MAX_RULE or has_space(plain):
                     _clean(rule, source, line_no)  # raises with the line's number
                 add_suffix(plain)
                 self.size += 1
@@ -104,13 +104,15 @@ class DomainSet:
         """
         lowered = text.lower()
         joined = "\n" + lowered
-        if lowered.isascii() and not any(c in lowered for c in _ASCII_SPACE) and not any(
-            "\n" + mark in joined for mark in _MARKS
+        if (
+            lowered.isascii()
+            and not any(c in lowered for c in _ASCII_SPACE)
+            and not any("\n" + mark in joined for mark in _MARKS)
         ):  # no whitespace but newlines, no marked rule: every line is a bare domain as it is
             rules = [line for line in lowered.split("\n") if line]
             if ".\n" in lowered or lowered.endswith("."):
                 rules = [rule.rstrip(".") for rule in rules]
-            if "" not in rules:
+            if "" not in rules and max(map(len, rules), default=0) <= MAX_RULE + 1:
                 out = cls((), source=source)
                 out._suffix = set(rules)
                 out.size = len(rules)
@@ -198,8 +200,20 @@ _HAS_SPACE = re.compile(r"\s").search
 """Finds any character ``str.isspace`` accepts (``\\s`` on a str pattern is Unicode whitespace)."""
 
 
+MAX_RULE = 253
+"""The longest rule: a DNS name is at most 253 characters as text (RFC 1035 §2.3.4), so a longer
+rule can match nothing and is taken for a mistake (or a hostile list)."""
+
+
 def _clean(rule: str, source: str, line_no: int) -> str:
     rule = rule.rstrip(".")
+    if len(rule) > MAX_RULE:
+        raise ConfigError(
+            source,
+            f"line {line_no}",
+            f"rule of {len(rule)} characters, over {MAX_RULE} (a DNS name's longest): "
+            f"{rule[:40]!r}...",
+        )
     if not rule or _HAS_SPACE(rule):
         raise ConfigError(source, f"line {line_no}", f"not a domain rule: {rule!r}")
     return rule

@@ -204,7 +204,8 @@ def _load_list(loader: Any, value: str, ctx: Context, key: str) -> Any:
     try:
         return loader(path)
     except ConfigError as exc:
-        raise ConfigError(ctx.source, key, f"{path}: {exc.reason}") from None
+        where = f"{path}: {exc.key}" if exc.key else path  # the list file's line, if known
+        raise ConfigError(ctx.source, key, f"{where}: {exc.reason}") from None
 
 
 def _date_range(value: Any, ctx: Context, key: str) -> DateRange:
