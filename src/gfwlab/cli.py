@@ -20,6 +20,7 @@ from gfwlab import __version__
 from gfwlab.errors import GfwlabError
 from gfwlab.evade.commands import evade_app
 from gfwlab.lab.commands import lab_app
+from gfwlab.measure import commands as measure_commands
 from gfwlab.options import (
     AtOpt,
     DateOpt,
@@ -451,6 +452,9 @@ def _demo_offline(directory: str | None, seed: int) -> None:
 app.add_typer(evade_app, name="evade")
 
 app.add_typer(lab_app, name="lab")
+
+app.command()(measure_commands.probe)
+app.command()(measure_commands.grade)
 
 
 @app.command()
