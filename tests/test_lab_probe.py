@@ -286,7 +286,11 @@ def test_verdicts_unchanged_with_events_hidden_and_naive_scores_lower(
     seen = session.probe_lab(entries(*keys), concurrency=4)
     time.sleep(2.5)  # http_keyword.residual_s
     hidden = session.probe_lab(entries(*keys), concurrency=4, hide_events=True)
-    assert [_key(m) for m in seen.measurements] == [_key(m) for m in hidden.measurements]
+    assert [_key(m) for m in seen.measurements] == [_key(m) for m in hidden.measurements], (
+        hidden.events,
+        [m["test_keys"]["x_gfwlab"]["reasons"] for m in hidden.measurements],
+        [m["test_keys"]["tcp_connect"] for m in hidden.measurements],
+    )
     assert hidden.grade is not None and hidden.grade.wrong == 0 and hidden.grade.right == 4
     time.sleep(2.5)
     naive = session.probe_lab(

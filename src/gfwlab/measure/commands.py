@@ -321,8 +321,8 @@ def grade(
     from gfwlab.measure import grade as grading  # noqa: PLC0415
 
     try:
-        rows = grading.read_results(results)
         events, addresses = grading.read_session(session)
+        rows = grading.read_results(results)
     except grading.GradeError as exc:
         raise InputError(str(exc)) from None
     g = grading.grade(rows, events, addresses)
