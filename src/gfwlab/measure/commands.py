@@ -107,6 +107,9 @@ def probe(
             "flight; prints the rate and the injected names.",
         ),
     ] = False,
+    h3: Annotated[
+        bool, typer.Option("--h3/--no-h3", help="Also try HTTP/3 (off for large scans).")
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Measure a test list: DNS (with a control), TCP, TLS with the SNI, HTTP(S), HTTP/3;
@@ -116,7 +119,7 @@ def probe(
         _dns_scan(got, lab, control_resolver, as_json)
         return
     if not lab:
-        _probe_system(got, concurrency, out, control_netns, control_resolver, naive, as_json)
+        _probe_system(got, concurrency, out, control_netns, control_resolver, naive, h3, as_json)
         return
     from gfwlab.lab import lifecycle  # noqa: PLC0415
     from gfwlab.measure import session  # noqa: PLC0415
@@ -143,6 +146,7 @@ def probe(
                 control_resolver=control_resolver,
                 argv=sys.argv,
                 naive=naive,
+                h3=h3,
                 progress=lambda n: bar.update(task, completed=n),
             )
     finally:
@@ -158,6 +162,7 @@ def _probe_system(
     control_netns: str | None,
     control_resolver: str | None,
     naive: bool,
+    h3: bool,
     as_json: bool,
 ) -> None:
     import time  # noqa: PLC0415
@@ -169,6 +174,7 @@ def _probe_system(
     if control_netns is not None and not os.path.exists(os.path.join("/run/netns", control_netns)):
         raise InputError(f"--control-netns {control_netns}: no such network namespace")
     setup = probing.system_setup(control_netns, control_resolver if control_netns else None)
+    setup.h3 = h3
     started = time.time()
     with _bar("probing", len(got.entries), as_json or not err.is_terminal) as bar:
         task = bar.add_task("probe", total=len(got.entries))
