@@ -43,6 +43,7 @@ NAMES = {
     "open3": "https://www.open3.example.test/",
 }
 ORDER = list(NAMES)
+SCENARIOS = [k for k in ORDER if k != "fet"]  # FET's residual drops come last (own test)
 ADDR = {k: sites.site_address(i) for i, k in enumerate(ORDER)}
 SETS = [
     "dns_injection.domains=['dns.blocked.test']",
@@ -95,7 +96,6 @@ def lab() -> Iterator[None]:
     try:
         sites.install([Entry(NAMES[k]).host for k in ORDER])
         h3 = _h3_server(ADDR["quic"], "quic.blocked.test")
-        _trigger_fet(ADDR["fet"])
         yield
     finally:
         if h3 is not None:
@@ -181,15 +181,23 @@ def _key(m: dict[str, Any]) -> tuple[object, ...]:
 @pytest.fixture(scope="module")
 def scenario_run(lab: None, tmp_path_factory: pytest.TempPathFactory) -> session.ProbeRun:
     out = tmp_path_factory.mktemp("probe") / "out"
-    return session.probe_lab(entries(*ORDER), out_dir=str(out), concurrency=4)
+    return session.probe_lab(entries(*SCENARIOS), out_dir=str(out), concurrency=4)
 
 
 def test_each_interference_gets_the_experts_verdict(scenario_run: session.ProbeRun) -> None:
     got = _by_host(scenario_run)
-    for key, (blocking, mechanism, injector) in EXPECTED.items():
+    for key in SCENARIOS:
+        blocking, mechanism, injector = EXPECTED[key]
         m = got[NAMES[key]]
         tk, x = m["test_keys"], m["test_keys"]["x_gfwlab"]
-        assert tk["blocking"] == blocking, (key, tk["blocking"], x["reasons"])
+        assert tk["blocking"] == blocking, (
+            key,
+            tk["blocking"],
+            x["reasons"],
+            tk["tcp_connect"],
+            tk["tls_handshakes"],
+            scenario_run.events,
+        )
         assert x["mechanism"] == mechanism, (key, x, tk["x_h3"], x["reasons"])
         if injector is not None:
             assert x["injector"] == injector, (key, x)
@@ -353,3 +361,15 @@ def test_dns_scan_counts_the_injected_names(lab: None, tmp_path: Path) -> None:
     assert got.returncode == 0, got.stderr
     summary = json.loads(got.stdout)
     assert summary["injected_names"] == ["dns.blocked.test"]
+
+
+def test_fet_residual_drop_is_tcp_ip_fet(scenario_run: session.ProbeRun) -> None:
+    """Last: fully encrypted bytes to the FET site black-hole its port (spec §6); the probe
+    sees its SYN vanish before the server and names the FET residual."""
+    _trigger_fet(ADDR["fet"])
+    run = session.probe_lab(entries("fet", "open"), concurrency=2)
+    fet, other = run.measurements
+    x = fet["test_keys"]["x_gfwlab"]
+    assert fet["test_keys"]["blocking"] == "tcp_ip", x
+    assert (x["mechanism"], x["residual"], x["correct"]) == ("fet", True, True), x
+    assert other["test_keys"]["blocking"] is False  # another site: its own address, untouched
