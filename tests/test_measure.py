@@ -380,3 +380,51 @@ def test_probe_and_grade_bad_input_exit_2(tmp_path: Path) -> None:
     assert got.returncode == 2 and "not 'web_connectivity'" in got.stderr
     got = gfwlab("grade", str(res), "--session", str(tmp_path / "nope"))
     assert got.returncode == 2 and "no such session folder" in got.stderr
+
+
+def test_measurement_contract() -> None:
+    m = ooni.measurement(_result(_obs(_web())), report="r", test_start=1.8e9)
+    assert {
+        "test_name",
+        "input",
+        "measurement_start_time",
+        "probe_asn",
+        "report_id",
+        "test_keys",
+        "annotations",
+    } <= set(m)
+    assert m["test_name"] == "web_connectivity" and m["annotations"]["category_code"] == "NEWS"
+    tk = m["test_keys"]
+    assert {
+        "queries",
+        "tcp_connect",
+        "tls_handshakes",
+        "requests",
+        "control",
+        "blocking",
+        "accessible",
+    } <= set(tk)
+    assert set(tk["x_gfwlab"]) >= {
+        "mechanism",
+        "injector",
+        "residual",
+        "control_failure",
+        "truth",
+        "correct",
+    }
+    assert tk["x_gfwlab"]["truth"] is None and tk["x_gfwlab"]["correct"] is None
+    info = ooni.run_info(
+        started=1.8e9, finished=1.8e9 + 1, profile="gfw", date=None, seed=0, argv=["gfwlab"]
+    )
+    assert list(info) == [
+        "kind",
+        "format",
+        "gfwlab_version",
+        "started",
+        "finished",
+        "profile",
+        "date",
+        "seed",
+        "argv",
+    ]
+    assert (info["kind"], info["format"]) == ("probe", 1)
