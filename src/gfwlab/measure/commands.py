@@ -124,9 +124,10 @@ def probe(
     from gfwlab.lab import lifecycle  # noqa: PLC0415
     from gfwlab.measure import session  # noqa: PLC0415
 
-    st = lifecycle.status()
+    from gfwlab.lab.state import LabState  # noqa: PLC0415
+
     made = False
-    if not st.up:
+    if LabState.load().status != "up":
         opts = lifecycle.UpOptions(profile=profile or "gfw", date=date, sets=sets or [], seed=seed)
         with err.status("making the lab…"):
             lifecycle.up(opts, log=lambda _m: None)

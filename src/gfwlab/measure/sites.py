@@ -101,6 +101,25 @@ def _signal(st: LabState, name: str) -> None:
     raise LabError(f"the lab has no {name} (is it up? gfwlab lab up)")
 
 
+def _check_serves_sites(st: LabState) -> None:
+    """Refuse, before writing or signalling anything, a lab whose services were not started
+    to read the site files (a lab made by an older gfwlab)."""
+    dnsmasq = [p for p in st.processes() if p.get("name") == "dnsmasq"]
+    hosts_ok = any(
+        any(str(a).startswith("--addn-hosts=") for a in p.get("argv", [])) for p in dnsmasq
+    )
+    try:
+        with open(st.file("nginx.conf"), encoding="utf-8") as fh:
+            nginx_ok = "$gfwlab_site_cert" in fh.read()
+    except OSError:
+        nginx_ok = False
+    if not (hosts_ok and nginx_ok):
+        raise LabError(
+            "the lab that is up cannot serve probe sites (it was made by another gfwlab "
+            "version); gfwlab lab down, then lab up"
+        )
+
+
 def install(hosts: Sequence[str], *, timeout: float = 60.0) -> dict[str, str]:
     """Serve ``hosts`` in the running lab (with the names served before); return host name
     -> address for ``hosts``.
@@ -111,6 +130,7 @@ def install(hosts: Sequence[str], *, timeout: float = 60.0) -> dict[str, str]:
     st = LabState.load()
     if st.status != "up":
         raise LabError("the lab is not up (gfwlab lab up)")
+    _check_serves_sites(st)
     everything = assign(hosts, served(st.file("sites.hosts")))
     mapping = {h: everything[h] for h in dict.fromkeys(hosts)}
     names = [h for h in everything if ca.dns_name(h) == h]
