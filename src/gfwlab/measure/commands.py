@@ -122,9 +122,8 @@ def probe(
         _probe_system(got, concurrency, out, control_netns, control_resolver, naive, h3, as_json)
         return
     from gfwlab.lab import lifecycle  # noqa: PLC0415
-    from gfwlab.measure import session  # noqa: PLC0415
-
     from gfwlab.lab.state import LabState  # noqa: PLC0415
+    from gfwlab.measure import session  # noqa: PLC0415
 
     made = False
     if LabState.load().status != "up":
