@@ -428,3 +428,10 @@ def test_measurement_contract() -> None:
         "argv",
     ]
     assert (info["kind"], info["format"]) == ("probe", 1)
+
+
+def test_grade_refuses_a_results_folder_of_another_format(tmp_path: Path) -> None:
+    (tmp_path / "run.json").write_text('{"kind": "probe", "format": 99, "gfwlab_version": "9"}')
+    (tmp_path / "measurements.jsonl").write_text("")
+    with pytest.raises(grade.GradeError, match="results format 99"):
+        grade.read_results(str(tmp_path))

@@ -253,9 +253,32 @@ def read_jsonl(path: str, what: str) -> list[dict[str, Any]]:
     return out
 
 
+RUN_FORMAT = 1
+"""The ``format`` of ``run.json`` this version reads (see :mod:`gfwlab.measure.ooni`)."""
+
+
+def _check_format(directory: str) -> None:
+    path = os.path.join(directory, "run.json")
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as fh:
+            info = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise GradeError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(info, dict) or info.get("kind") != "probe":
+        raise GradeError(f"{path}: not a probe's results folder")
+    if info.get("format") != RUN_FORMAT:
+        raise GradeError(
+            f"{path}: results format {info.get('format')!r} (gfwlab "
+            f"{info.get('gfwlab_version', '?')}); this gfwlab reads format {RUN_FORMAT}"
+        )
+
+
 def read_results(path: str) -> list[dict[str, Any]]:
     """web_connectivity measurements from a JSON-lines file (or a probe's folder)."""
     if os.path.isdir(path):
+        _check_format(path)
         path = os.path.join(path, "measurements.jsonl")
     rows = read_jsonl(path, "results")
     for n, r in enumerate(rows, 1):
