@@ -250,10 +250,9 @@ def test_out_folder_contract_and_oonidata(scenario_run: session.ProbeRun, tmp_pa
         "http_keyword",
         "null_route",
         "quic_sni",
-        "fet",
     }
     lines = (out / "measurements.jsonl").read_text().splitlines()
-    assert len(lines) == len(ORDER)
+    assert len(lines) == len(SCENARIOS)
     for line in lines:
         raw = json.loads(line)
         msmt = load_measurement(msmt=raw)
