@@ -8,6 +8,8 @@ import json
 import random
 from pathlib import Path
 
+import dns.message
+import dns.rrset
 import pytest
 from oonidata.dataclient import load_measurement
 from oonidata.models.nettests import WebConnectivity
@@ -435,3 +437,15 @@ def test_grade_refuses_a_results_folder_of_another_format(tmp_path: Path) -> Non
     (tmp_path / "measurements.jsonl").write_text("")
     with pytest.raises(grade.GradeError, match="results format 99"):
         grade.read_results(str(tmp_path))
+
+
+def test_scan_wire_format_matches_dnspython() -> None:
+    q = dns.message.from_wire(dnscheck.wire_query("www.Example.test", 0x1234))
+    assert q.id == 0x1234 and str(q.question[0].name) == "www.Example.test."
+    reply = dns.message.make_response(q)
+    reply.answer.append(
+        dns.rrset.from_text("www.example.test.", 60, "IN", "A", "198.19.1.7", "59.24.3.174")
+    )
+    assert sorted(dnscheck.wire_answers(reply.to_wire()) or []) == ["198.19.1.7", "59.24.3.174"]
+    assert dnscheck.wire_answers(q.to_wire()) is None  # a query, not a reply
+    assert dnscheck.wire_answers(reply.to_wire()[:30]) is None  # truncated
