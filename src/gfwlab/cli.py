@@ -20,6 +20,7 @@ from gfwlab import __version__
 from gfwlab.errors import GfwlabError
 from gfwlab.evade.commands import evade_app
 from gfwlab.lab.commands import lab_app
+from gfwlab.measure import commands as measure_commands
 from gfwlab.options import (
     AtOpt,
     DateOpt,
@@ -507,6 +508,9 @@ app.add_typer(tools_app, name="tools")
 app.command()(results)
 
 app.command()(report)
+
+app.command()(measure_commands.probe)
+app.command()(measure_commands.grade)
 
 
 @app.command()

@@ -159,7 +159,13 @@ def _up_locked(options: UpOptions, profile: Profile, log: Any, ca: Any, services
                 "nginx",
                 SERVER_NS,
                 services.nginx_argv(
-                    st.dir, cert, key, listen_v4=v4, listen_v6=[SERVER_V6], sni_certs=extra
+                    st.dir,
+                    cert,
+                    key,
+                    listen_v4=[*v4, "0.0.0.0"],  # and every site address (SITES_V4)
+                    listen_v6=[SERVER_V6],
+                    sni_certs=extra,
+                    site_cert_map=st.file("site-certs.map"),
                 ),
             )
             spawn(
@@ -167,7 +173,11 @@ def _up_locked(options: UpOptions, profile: Profile, log: Any, ca: Any, services
                 "dnsmasq",
                 SERVER_NS,
                 services.dnsmasq_argv(
-                    st.dir, answer_v4=SERVER_V4, answer_v6=SERVER_V6, listen=[SERVER_V4, SERVER_V6]
+                    st.dir,
+                    answer_v4=SERVER_V4,
+                    answer_v6=SERVER_V6,
+                    listen=[SERVER_V4, SERVER_V6],
+                    hosts_file=st.file("sites.hosts"),  # probe sites (gfwlab.measure.sites)
                 ),
             )
             spawn(

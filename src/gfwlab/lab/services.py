@@ -107,6 +107,7 @@ def nginx_argv(
     sni_certs: Sequence[ServerCert] = (),
     alt_svc_h3: int | None = None,
     bytes_sizes: Iterable[int] = BYTES_SIZES,
+    site_cert_map: str | None = None,
 ) -> list[str]:
     """Write ``nginx.conf`` for a foreground nginx; return its argv.
 
@@ -119,6 +120,12 @@ def nginx_argv(
     names. ``access_log=False`` turns the access log off (for benchmarks); ``alt_svc_h3`` set
     to a port adds ``Alt-Svc: h3=":PORT"`` so browsers try HTTP/3. Everything nginx writes
     (pid, logs, temp files) stays in ``state_dir``.
+
+    ``site_cert_map`` names a file of nginx ``map`` lines (``NAME CERT;``, written by
+    :mod:`gfwlab.measure.sites` for probe sites): the default server then picks its certificate
+    by SNI from it (``CERT``, and ``CERT`` with ``.pem`` replaced by ``.key``), falling back to
+    ``cert``; nginx rereads it on SIGHUP, so many thousands of names can be added to a running
+    lab without a certificate list that clients would refuse as too large.
     """
     if not listen_v4 and not listen_v6:
         raise ValueError("nginx needs at least one listen address")
@@ -156,6 +163,27 @@ def nginx_argv(
         "    ssl_session_cache shared:gfwlab:10m;",
     ]
     names = sum(len(c.names) for c in sni_certs)
+    maps: list[str] = []
+    default_cert = [f"    ssl_certificate {cert};", f"    ssl_certificate_key {key};"]
+    if site_cert_map is not None:
+        site_cert_map = _path(site_cert_map)
+        if not os.path.exists(site_cert_map):
+            with open(site_cert_map, "w", encoding="ascii"):
+                pass
+        maps = [
+            "    map_hash_max_size 262144;",
+            "    map_hash_bucket_size 256;",
+            "    map $ssl_server_name $gfwlab_site_cert {",
+            f"        default {cert};",
+            f"        include {site_cert_map};",
+            "    }",
+            "    map $gfwlab_site_cert $gfwlab_site_key {",
+            f"        default {key};",
+            "        ~^(?<stem>.+)\\.pem$ $stem.key;",
+            "    }",
+        ]
+        default_cert = ["    ssl_certificate $gfwlab_site_cert;",
+                        "    ssl_certificate_key $gfwlab_site_key;"]
     lines = [
         "# Written by gfwlab; regenerated on every start.",
         "daemon off;",
@@ -183,12 +211,12 @@ def nginx_argv(
         "    server_tokens off;",
         "    server_names_hash_bucket_size 512;",
         f"    server_names_hash_max_size {max(1024, 4 * names)};",
+        *maps,
         "    server {",
         *listen(http_port, False, True),
         *listen(https_port, True, True),
         "    server_name _;",
-        f"    ssl_certificate {cert};",
-        f"    ssl_certificate_key {key};",
+        *default_cert,
         *tls,
         *body,
         "    }",
@@ -276,6 +304,7 @@ def dnsmasq_argv(
     listen: list[str],
     port: int = 53,
     ttl: int = 60,
+    hosts_file: str | None = None,
 ) -> list[str]:
     """Return the argv of a foreground dnsmasq answering every A with ``answer_v4``.
 
@@ -284,7 +313,9 @@ def dnsmasq_argv(
     file, no DHCP and no configuration file. It listens only on the addresses in ``listen``
     (``--bind-dynamic``, so addresses that appear later, and IPv6 addresses still in DAD, are
     picked up) and runs as root (no ``dnsmasq`` user needed). Queries are logged to
-    ``state_dir/dnsmasq.log``.
+    ``state_dir/dnsmasq.log``. ``hosts_file`` (``--addn-hosts``, created empty if missing)
+    maps further names to their own addresses; its entries take precedence over the catch-all
+    answers and dnsmasq rereads it on SIGHUP (probe sites, :mod:`gfwlab.measure.sites`).
     """
     if not listen:
         raise ValueError("dnsmasq needs at least one listen address")
@@ -310,6 +341,12 @@ def dnsmasq_argv(
     ]
     if answer_v6:
         argv.append(f"--address=/#/{ipaddress.IPv6Address(answer_v6)}")
+    if hosts_file is not None:
+        hosts_file = os.path.abspath(hosts_file)
+        if not os.path.exists(hosts_file):
+            with open(hosts_file, "w", encoding="ascii"):
+                pass
+        argv.append(f"--addn-hosts={hosts_file}")
     return argv
 
 

@@ -1,0 +1,186 @@
+"""Probe sites in the lab: every host name of a test list gets its own address, DNS and TLS.
+
+The ``i``-th name the lab is asked to serve gets ``198.19.1.0 + i`` (up to 198.19.239.255:
+61,184 sites) and keeps it while the lab is up, an address
+local to the server namespace (:data:`gfwlab.live.topology.SITES_V4`), so a residual block that
+one site's measurement starts (keyed on client IP, server IP and port, spec §3, §4a, §5) never
+touches another site's. For the running lab this module writes:
+
+- ``sites.hosts`` in the lab's state folder (``ADDRESS NAME`` lines), which dnsmasq reads with
+  ``--addn-hosts`` and rereads on SIGHUP: the lab's DNS answers each name with its address;
+- ``site-certs/`` (certificates signed by the lab CA, a few dozen names each, so none comes
+  near OpenSSL's 100 kB limit, see :mod:`gfwlab.lab.ca`) and ``site-certs.map``, the nginx
+  ``map`` from SNI to certificate that the lab's default HTTPS server reads, reloaded by SIGHUP.
+
+nginx already answers any host name on every address (the default server listens on the
+wildcard address). Nothing here reaches the censor: the files are written on the host and the
+services are signalled by pid.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import ssl
+import time
+from collections.abc import Sequence
+
+from gfwlab.errors import LabError
+from gfwlab.lab import ca
+from gfwlab.lab.services import in_netns
+from gfwlab.lab.state import LabState
+from gfwlab.live.topology import SERVER_NS, SERVER_V4
+
+FIRST_SITE = int(ipaddress.IPv4Address("198.19.1.0"))
+LAST_SITE = int(ipaddress.IPv4Address("198.19.239.255"))
+MAX_SITES = LAST_SITE - FIRST_SITE + 1
+SHARD_BYTES = 2000
+"""Subject-alternative-name bytes per site certificate (a few dozen names)."""
+
+
+def site_address(index: int) -> str:
+    """The lab address of site number ``index`` (0-based)."""
+    if not 0 <= index < MAX_SITES:
+        raise LabError(f"the lab has addresses for {MAX_SITES} probe sites, not {index + 1}")
+    return str(ipaddress.IPv4Address(FIRST_SITE + index))
+
+
+def assign(hosts: Sequence[str], known: dict[str, str] | None = None) -> dict[str, str]:
+    """Host name -> its lab address: the ``known`` ones keep theirs (a name keeps its address
+    for the lab's lifetime, so runs with different lists never share an address), new ones
+    take the next free addresses in list order."""
+    if len(hosts) > MAX_SITES:
+        raise LabError(f"{len(hosts)} host names: the lab has addresses for {MAX_SITES} sites")
+    out = dict(known or {})
+    new = [h for h in dict.fromkeys(hosts) if h not in out]
+    if len(out) + len(new) > MAX_SITES:  # start over: only this list's names
+        out = {}
+        new = list(dict.fromkeys(hosts))
+    used = {int(ipaddress.IPv4Address(a)) - FIRST_SITE for a in out.values()}
+    index = 0
+    for h in new:
+        while index in used:
+            index += 1
+        out[h] = site_address(index)
+        index += 1
+    return out
+
+
+def served(path: str) -> dict[str, str]:
+    """The names a ``sites.hosts`` file maps, name -> address."""
+    out: dict[str, str] = {}
+    try:
+        with open(path, encoding="ascii") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) == 2:
+                    out[parts[1]] = parts[0]
+    except (OSError, UnicodeDecodeError):
+        return {}
+    return out
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="ascii") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _signal(st: LabState, name: str) -> None:
+    for entry in st.processes():
+        if entry.get("name") == name and isinstance(entry.get("pid"), int):
+            try:
+                os.kill(entry["pid"], signal.SIGHUP)
+            except ProcessLookupError:
+                raise LabError(f"the lab's {name} is not running (gfwlab lab status)") from None
+            return
+    raise LabError(f"the lab has no {name} (is it up? gfwlab lab up)")
+
+
+def _check_serves_sites(st: LabState) -> None:
+    """Refuse, before writing or signalling anything, a lab whose services were not started
+    to read the site files (a lab made by an older gfwlab)."""
+    dnsmasq = [p for p in st.processes() if p.get("name") == "dnsmasq"]
+    hosts_ok = any(
+        any(str(a).startswith("--addn-hosts=") for a in p.get("argv", [])) for p in dnsmasq
+    )
+    try:
+        with open(st.file("nginx.conf"), encoding="utf-8") as fh:
+            nginx_ok = "$gfwlab_site_cert" in fh.read()
+    except OSError:
+        nginx_ok = False
+    if not (hosts_ok and nginx_ok):
+        raise LabError(
+            "the lab that is up cannot serve probe sites (it was made by another gfwlab "
+            "version); gfwlab lab down, then lab up"
+        )
+
+
+def install(hosts: Sequence[str], *, timeout: float = 60.0) -> dict[str, str]:
+    """Serve ``hosts`` in the running lab (with the names served before); return host name
+    -> address for ``hosts``.
+
+    Waits until dnsmasq answers the last name with its address and nginx presents a
+    certificate for it (both checked from the server namespace, without the censor).
+    """
+    st = LabState.load()
+    if st.status != "up":
+        raise LabError("the lab is not up (gfwlab lab up)")
+    _check_serves_sites(st)
+    everything = assign(hosts, served(st.file("sites.hosts")))
+    mapping = {h: everything[h] for h in dict.fromkeys(hosts)}
+    names = [h for h in everything if ca.dns_name(h) == h]
+    cert_dir = st.file("site-certs")
+    shutil.rmtree(cert_dir, ignore_errors=True)
+    os.makedirs(cert_dir, exist_ok=True)
+    ca_cert, ca_key = st.file("ca/ca.pem"), st.file("ca/ca.key")
+    certs = ca.make_server_certs(cert_dir, ca_cert, ca_key, names, [], max_bytes=SHARD_BYTES)
+    lines = []
+    for c in certs:
+        lines += [f"{n} {os.path.abspath(c.cert)};" for n in c.names]
+    _write_atomic(st.file("site-certs.map"), "\n".join(lines) + "\n")
+    _write_atomic(st.file("sites.hosts"), "".join(f"{a} {h}\n" for h, a in everything.items()))
+    _signal(st, "dnsmasq")
+    _signal(st, "nginx")
+    if mapping:
+        last = list(mapping)[-1]
+        _wait_served(last, mapping[last], st.file("ca/ca.pem"), timeout)
+    return mapping
+
+
+def _wait_served(host: str, address: str, ca_file: str, timeout: float) -> None:
+    import dns.message  # noqa: PLC0415
+    import dns.query  # noqa: PLC0415
+
+    ctx = ssl.create_default_context(cafile=ca_file)
+
+    def check() -> str | None:
+        deadline = time.monotonic() + timeout
+        why = "not tried"
+        while time.monotonic() < deadline:
+            try:
+                reply = dns.query.udp(dns.message.make_query(host, "A"), SERVER_V4, timeout=1)
+                got = [r.address for rr in reply.answer for r in rr if hasattr(r, "address")]
+                if got != [address]:
+                    why = f"DNS answers {got} for {host}"
+                    time.sleep(0.1)
+                    continue
+                with (
+                    socket.create_connection((address, 443), timeout=2) as raw,
+                    ctx.wrap_socket(raw, server_hostname=host),
+                ):
+                    return None
+            except (OSError, ssl.SSLError, dns.exception.DNSException) as exc:
+                why = f"{host}: {exc}"
+                time.sleep(0.1)
+        return why
+
+    import dns.exception  # noqa: PLC0415
+
+    why = in_netns(SERVER_NS, check)
+    if why is not None:
+        raise LabError(f"the lab did not start serving the probe sites: {why}")
