@@ -98,3 +98,22 @@ def test_nothing_stays_attached_after_ctrl_c_or_kill_9(sig: signal.Signals) -> N
     stat = Path(f"/proc/{record['pid']}/stat")
     time.sleep(0.2)
     assert not stat.exists() or ") Z " in stat.read_text()
+
+
+SCAPY = Path(__file__).resolve().parent / "scapy_geneva.py"
+BY_HAND = {"baseline": "\\/", "ttl_desync": TTL_DESYNC, "segments": SEGMENTED}
+
+
+@pytest.mark.usefixtures("lab")
+def test_packets_built_with_scapy_get_the_verdicts_evade_gets() -> None:
+    """The censor has no channel from evade: the same strategies' packets, built with scapy from
+    the published descriptions and sent without gfwlab, get the same verdicts live."""
+    for i, (family, strategy) in enumerate(BY_HAND.items()):
+        by_evade = evade(strategy, 1)["successes"]
+        time.sleep(1.2)  # out of the 1 s residual window the last trial may have left
+        res = client(sys.executable, str(SCAPY), "198.19.0.9", str(51000 + i), family)
+        assert res.returncode == 0, res.stderr
+        by_scapy = res.stdout.strip()
+        assert by_evade in (0, 1), (family, by_evade)
+        assert by_scapy == ("evaded" if by_evade == 1 else "censored"), (family, by_evade)
+    assert attached() == []
