@@ -6,9 +6,9 @@ Run as root inside the client namespace::
 
     python tests/scapy_geneva.py 198.19.0.7 51000 ttl_desync
 
-prints ``evaded`` (the server's 200 came back and no reset) or ``censored``. The kernel has no socket for the
-connection, so its RSTs to the server's segments are dropped for the run (an iptables rule on
-this connection's port, removed at the end).
+prints ``evaded`` (the server's 200 came back and no reset) or ``censored``. The kernel has no
+socket for the connection, so its RSTs to the server's segments are dropped for the run (an
+iptables rule on this connection's port, removed at the end).
 """
 
 from __future__ import annotations
