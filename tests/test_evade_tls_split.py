@@ -6,6 +6,8 @@ per date and network. Live: tests/test_lab_evade_targets.py."""
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 
 import pytest
 
@@ -82,3 +84,22 @@ def test_expected_result_per_date_and_network(day: dt.date, network: str, evades
     # TCP segmentation of the same ClientHello: evades only before the reassembly fix (2022).
     seg = run("[TCP:flags:PA]-fragment{tcp:8:True}(,fragment{tcp:4:True})-|", "tls_sni", prof, 3)
     assert seg.successes == (3 if day.year < 2022 else 0)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--against", "smtp"], "--against: expected http_keyword or tls_sni or dns_injection "
+         "or quic_sni live"),
+        (["--side", "middle"], "--side: expected client or server, got 'middle'"),
+    ],
+)  # fmt: skip
+def test_live_run_rejects_a_bad_target_or_side_before_touching_the_lab(
+    args: list[str], message: str
+) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "gfwlab", "evade", "run", "-s", "\\/", *args],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [f"gfwlab: error: {message}"]
