@@ -17,7 +17,10 @@ shell.
 Trials: one trial is one real fetch (spec sections in brackets):
 
 - ``http_keyword``: curl ``http://<server>/?q=ultrasurf`` (Geneva's test request, §3, §14c);
-  evaded when nginx's 200 comes back;
+  evaded when an HTTP response comes back, whatever its status, and the connection was not
+  reset: Geneva's own criterion (its HTTP client plugin, ``plugins/http/client.py``, scores
+  any response to ``requests.get`` as a success), so that a strategy whose insertion packet
+  reaches the server and garbles the request (nginx answers 400) counts as Geneva counted it;
 - ``tls_sni``: curl ``https://www.facebook.com/`` with ``--resolve`` to the server address, so
   the SNI is the blocked name (§4a); evaded when the 200 comes back;
 - ``dns_injection``: dig ``www.google.com A`` at the lab resolver (§2); evaded when the first
@@ -99,18 +102,20 @@ def _run(argv: list[str], timeout: float = 15) -> subprocess.CompletedProcess[st
     )
 
 
-def _curl(url: str, *extra: str) -> bool:
+def _curl(url: str, *extra: str) -> str | None:
+    """The HTTP status curl got, or None if it got no response (reset, timeout, TLS error)."""
     res = _run(["curl", "-sS", "--max-time", "3", "-o", "/dev/null", "-w", "%{http_code}",
                 *extra, url])  # fmt: skip
-    return res.returncode == 0 and res.stdout.strip() == "200"
+    code = res.stdout.strip()
+    return code if res.returncode == 0 and code.isdigit() and code != "000" else None
 
 
 def fetch_http(addr: str) -> bool:
-    return _curl(f"http://{addr}{HTTP_PATH}")
+    return _curl(f"http://{addr}{HTTP_PATH}") is not None
 
 
 def fetch_tls(addr: str) -> bool:
-    return _curl(f"https://{TLS_NAME}/", "--resolve", f"{TLS_NAME}:443:{addr}")
+    return _curl(f"https://{TLS_NAME}/", "--resolve", f"{TLS_NAME}:443:{addr}") == "200"
 
 
 def fetch_dns(addr: str) -> bool:
