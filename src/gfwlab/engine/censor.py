@@ -35,7 +35,7 @@ from gfwlab.engine.tcb import (
 )
 from gfwlab.engine.verdicts import Stats, Verdicts
 from gfwlab.errors import MalformedPacket
-from gfwlab.packet.ip import ACK, FIN, PROTO_TCP, PROTO_UDP, SYN, Packet, parse
+from gfwlab.packet.ip import ACK, FIN, PROTO_TCP, PROTO_UDP, RST, SYN, Packet, parse
 from gfwlab.rules.profile import Profile
 
 __all__ = ["Censor", "Stats"]
@@ -198,6 +198,14 @@ class Censor:
         """The packet's flow, made on its first packet (or after idling past its timeout)."""
         key = flow_key(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
         flow = self.flows.flows.get(key)
+        if (
+            flow is not None
+            and flow.synless
+            and flow.state is FlowState.BYPASSED
+            and pkt.flags & (SYN | ACK | RST) == SYN
+        ):
+            del self.flows.flows[key]  # let go for want of a SYN: this SYN opens it (Flow.synless)
+            flow = None
         if flow is not None and now - flow.last_seen >= self.flows.timeout(flow):
             # Idle past its timeout: forgotten now, not at the next sweep, so that a datagram
             # exactly udp_timeout_s after the last one starts a new flow (QUIC, spec §5).
@@ -246,6 +254,7 @@ class Censor:
             isn = open_input(params, pkt.flags, c2s, pkt.seq, bool(pkt.payload))
             if isn is None:
                 if params.require_syn and not pkt.flags & SYN:
+                    flow.synless = True
                     self._finish(flow, out)  # no client SYN: the censor keeps no TCB (S&P'25)
                 return
             tcb = flow.tcb = Tcb(params, self._tcb_table, isn, min_segment=self._min_segment)

@@ -84,6 +84,10 @@ class Flow:
     """The client's first TCP data packet has been shown to the first-packet mechanisms."""
     small_noted: bool = False
     """The event that a small segment was reassembled after the GFW's fix has been reported."""
+    synless: bool = False
+    """Let go because no client SYN had been seen (S&P'25: no TCB without one); a SYN on the same
+    5-tuple later starts the flow anew (a client's SYN/ACK answered by the server's RST before the
+    client's own SYN must not hide the connection that SYN opens, spec §14c)."""
     ident: FlowId | None = None
     probes: int = 0
     """Active probes planned because of this flow (numbers its probes)."""

@@ -44,7 +44,7 @@ OfflineOpt = Annotated[
     typer.Option(
         "--offline",
         help="Scripted connections through the censor engine, no lab (default: live, in the "
-        "lab that is up: http_keyword only).",
+        "lab that is up).",
     ),
 ]
 
@@ -53,7 +53,11 @@ OfflineOpt = Annotated[
 def evade_run(
     strategy: StrategyOpt,
     against: Annotated[
-        str, typer.Option("--against", help="http_keyword or tls_sni (offline).")
+        str,
+        typer.Option(
+            "--against",
+            help="http_keyword, tls_sni, dns_injection or quic_sni (offline: the first two).",
+        ),
     ] = "http_keyword",
     side: Annotated[str, typer.Option("--side", help="client or server.")] = "client",
     trials: Annotated[int, typer.Option("--trials", min=1, help="Independent trials.")] = 50,
@@ -62,7 +66,12 @@ def evade_run(
     sets: SetOpt = None,
     seed: SeedOpt = 0,
     explain: Annotated[
-        bool, typer.Option("--explain", help="The censor's TCP view of the first failed trial.")
+        bool,
+        typer.Option(
+            "--explain",
+            help="The censor's TCP view of the first failed trial (live: recorded by the "
+            "censor, replayed offline through the same engine).",
+        ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     offline: OfflineOpt = False,
@@ -73,7 +82,7 @@ def evade_run(
 
     parse_strategy(strategy)  # a bad strategy is an error before anything else
     if not offline:
-        _evade_live(strategy, against, side, trials, as_json)
+        _evade_live(strategy, against, side, trials, as_json, explain)
         return
     if side not in ("client", "server"):
         raise UsageError(f"--side: expected client or server, got {side!r}")
@@ -128,48 +137,99 @@ def _library_live(trials: int, dates: list[str] | None) -> tuple[list[Any], int]
     return rows, int(cfg.get("seed", 0))
 
 
-def _lab_residual(cfg: dict[str, Any]) -> float:
-    """The longest HTTP keyword residual window of the lab's censors."""
+def _lab_residual(cfg: dict[str, Any], mechanism: str = "http_keyword") -> float:
+    """The longest residual window of ``mechanism`` among the lab's censors."""
     from gfwlab.profiles import load_profiles, parse_date  # noqa: PLC0415
 
     day = parse_date(cfg["date"]) if cfg.get("date") else None
     names = cfg.get("profiles") or [cfg.get("profile", "gfw")]
     profs = load_profiles(names, date=day, overrides=cfg.get("sets", []))
     return max(
-        (float(getattr(p.mechanisms.get("http_keyword"), "residual_s", 0.0)) for p in profs),
+        (float(getattr(p.mechanisms.get(mechanism), "residual_s", 0.0) or 0.0) for p in profs),
         default=0.0,
     )
 
 
-def _evade_live(strategy: str, against: str, side: str, trials: int, as_json: bool) -> None:
+def _evade_live(
+    strategy: str, against: str, side: str, trials: int, as_json: bool, explain: bool
+) -> None:
+    import os  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from gfwlab.evade import explain as explainer  # noqa: PLC0415
     from gfwlab.evade import live  # noqa: PLC0415
     from gfwlab.evade.simulate import wilson  # noqa: PLC0415
+    from gfwlab.lab.lifecycle import control  # noqa: PLC0415
     from gfwlab.lab.state import LabState  # noqa: PLC0415
+    from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, addr_bytes  # noqa: PLC0415
 
-    if against != "http_keyword" or side != "client":
-        raise UsageError("live: only --against http_keyword --side client so far; use --offline")
+    if side not in live.SIDES:
+        raise UsageError(f"--side: expected client or server, got {side!r}")
+    if against not in live.TARGETS:
+        raise UsageError(f"--against: expected {' or '.join(live.TARGETS)} live")
+    target = live.TARGETS[against]
     cfg = LabState.load().config
-    residual = _lab_residual(cfg)
-    res = live.run_live(strategy, trials, residual)
+    residual = _lab_residual(cfg, target.mechanism)
+    recording = None
+    if explain:
+        fd, recording = tempfile.mkstemp(prefix="gfwlab-evade-", suffix=".pcap")
+        os.close(fd)
+        control(f"record {recording}")
+    try:
+        res = live.run_live(strategy, trials, residual, against, side)
+    finally:
+        if recording is not None:
+            control("stop")
     lo, hi = wilson(res.successes, trials)
     how = (
-        f"each trial on the server address used longest ago of {len(live.ADDRESSES)}; "
+        f"each trial on the server address used longest ago of {len(target.addresses)}; "
         f"{res.waited} trials waited out a {residual:g} s residual window ({res.waited_s:.1f} s)"
     )
+    failed = next((t for t in res.log if not t.evaded), None)
+    explained = None
+    if recording is not None:
+        try:
+            if failed is not None:
+                proto = PROTO_TCP if target.proto == "tcp" else PROTO_UDP
+                explained = explainer.replay(
+                    recording, addr_bytes(failed.addr), proto, target.port, failed.start,
+                    failed.end, target.mechanism,
+                )  # fmt: skip
+        finally:
+            os.unlink(recording)
     if as_json:
-        print(json.dumps({
+        doc: dict[str, Any] = {
             "strategy": strategy, "against": against, "side": side, "mode": "live",
             "trials": trials, "successes": res.successes, "rate": res.successes / trials,
             "interval_99": [round(lo, 4), round(hi, 4)], "independence": how,
-            "seed": cfg.get("seed"),
-        }))  # fmt: skip
+            "seed": cfg.get("seed"), "outcomes": [t.evaded for t in res.log],
+        }  # fmt: skip
+        if explained is not None and failed is not None:
+            doc["explain"] = {
+                "trial": res.log.index(failed), "address": failed.addr,
+                "how": "recorded by the censor, replayed offline through the same engine",
+                "verdict": explained.verdict, "replay_censored": explained.censored,
+                "trace": explained.trace,
+            }  # fmt: skip
+        print(json.dumps(doc))
         return
     console.print(
         f"{res.successes}/{trials} evaded ({res.successes / trials:.0%}, 99% interval "
-        f"{lo:.0%}..{hi:.0%}) against {against}, live through the lab (seed {cfg.get('seed')}); "
-        + how,
+        f"{lo:.0%}..{hi:.0%}) against {against}, {side} side, live through the lab (seed "
+        f"{cfg.get('seed')}); " + how,
         markup=False,
     )
+    if explain and failed is None:
+        console.print("no trial failed: nothing to explain")
+    if explained is not None and failed is not None:
+        console.print(
+            f"trial {res.log.index(failed) + 1} ({failed.addr}) failed; the censor's view of it, "
+            "recorded by the censor and replayed offline through the same engine:",
+            markup=False,
+        )
+        for pkt, view in explained.trace:
+            console.print(f"  {pkt:<60} -> {view}", markup=False)
+        console.print(f"  {explained.verdict}", markup=False)
 
 
 @evade_app.command("library")

@@ -7,6 +7,15 @@ randomness from a seeded stream; the live adapter and the offline simulator both
 only (an IPv6 packet passes unchanged). As in Geneva, every packet a tamper touched gets its
 lengths and checksums recomputed unless the tamper set that very field, and a segment made by
 ``fragment`` gets a fresh data offset.
+
+``fragment{tls:size:in_order}`` (a gfwlab addition, spec §4a) re-frames the TLS handshake
+record carrying a ClientHello at the start of a TCP payload as two records, the first holding
+``size`` bytes of the body (-1: half), and sends them as two segments (the second also carries
+the rest of the payload). The wire then carries 5 bytes more than the endpoint's TCP sent, so
+the interpreter of that connection shifts the sequence numbers of its later outbound segments
+and the acknowledgement numbers of the segments it receives (``inbound``) by what its splits
+added: the endpoints' TCP never sees the change. Any other payload passes on the left branch
+unchanged (an encrypted record cannot be cut: each one carries its own MAC).
 """
 
 from __future__ import annotations
@@ -171,21 +180,42 @@ class Interpreter:
     strategy: Strategy
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     used: dict[int, int] = field(default_factory=dict)  # tree id -> times fired (gas)
+    tls_splits: dict[int, int] = field(default_factory=dict)
+    """Sequence number (as the endpoint sent it) of each TLS-split segment -> bytes it added."""
+    _shift: int = 0
 
     def outbound(self, raw: bytes) -> list[bytes]:
-        return self._forest(self.strategy.outbound, raw)
+        return self._forest(self.strategy.outbound, raw, outbound=True)
 
     def inbound(self, raw: bytes) -> list[bytes]:
-        return self._forest(self.strategy.inbound, raw)
+        return self._forest(self.strategy.inbound, raw, outbound=False)
 
-    def _forest(self, trees: tuple[Tree, ...], raw: bytes) -> list[bytes]:
+    def _forest(self, trees: tuple[Tree, ...], raw: bytes, outbound: bool) -> list[bytes]:
         pkt = Pkt.parse(raw)
         if pkt is None:
             return [raw]
+        shifted = False
+        if self.tls_splits and pkt.proto == PROTO_TCP and pkt.l4:
+            shifted = self._apply_shift(pkt, outbound)
         for tree in trees:
             if self._fires(tree, pkt):
                 return [p.build() for p in self.run(tree.action, pkt)]
-        return [raw]
+        return [pkt.build()] if shifted else [raw]
+
+    def _apply_shift(self, pkt: Pkt, outbound: bool) -> bool:
+        """Move a segment from the endpoint's sequence space to the wire's (outbound) or an
+        acknowledgement from the wire's to the endpoint's (inbound); True if anything moved."""
+        if outbound:
+            seq = pkt.l4["seq"]
+            self._shift = sum(e for k, e in self.tls_splits.items() if _before(k, seq))
+            pkt.l4["seq"] = (seq + self._shift) & 0xFFFFFFFF
+            return self._shift != 0
+        ack, total = pkt.l4["ack"], 0
+        for k, extra in sorted(self.tls_splits.items()):
+            if _before(k + total, ack):
+                total += extra
+        pkt.l4["ack"] = (ack - total) & 0xFFFFFFFF
+        return total != 0
 
     def _fires(self, tree: Tree, pkt: Pkt) -> bool:
         if not matches(tree.trigger, pkt):
@@ -207,8 +237,36 @@ class Interpreter:
         if action.name == "duplicate":
             second = pkt.copy()  # before the left subtree tampers with the first
             return self.run(action.left, pkt) + self.run(action.right, second)
-        first, second = self.fragment(pkt, action.params)
+        if action.params[0].lower() == "tls":
+            parts = self.fragment_tls(pkt, action.params)
+            if parts is None:
+                return self.run(action.left, pkt)
+            first, second = parts
+        else:
+            first, second = self.fragment(pkt, action.params)
         return self.run(action.left, first) + self.run(action.right, second)
+
+    def fragment_tls(self, pkt: Pkt, params: tuple[str, ...]) -> tuple[Pkt, Pkt] | None:
+        """The ClientHello record starting the payload as two records in two segments (above)."""
+        load = pkt.load
+        if pkt.proto != PROTO_TCP or not pkt.l4 or len(load) < 7 or load[0] != 22 or load[5] != 1:
+            return None  # not a handshake record holding a ClientHello
+        body_len = int.from_bytes(load[3:5], "big")
+        if body_len < 2 or len(load) < 5 + body_len:
+            return None  # a record that does not fit in this segment is left alone
+        size, in_order = int(params[1]), params[2] == "True"
+        cut = body_len // 2 if size == -1 or not 0 < size < body_len else size
+        head, body, rest = load[:3], load[5 : 5 + body_len], load[5 + body_len :]
+        one = head + cut.to_bytes(2, "big") + body[:cut]
+        two = head + (body_len - cut).to_bytes(2, "big") + body[cut:] + rest
+        a, b = pkt.copy(), pkt.copy()
+        a.load, b.load = one, two
+        b.l4["seq"] = (pkt.l4["seq"] + len(one)) & 0xFFFFFFFF
+        for p in (a, b):
+            for k in ("TCP.dataofs", "TCP.chksum", "IP.len", "IP.chksum"):
+                p.fixed.pop(k, None)
+        self.tls_splits.setdefault((pkt.l4["seq"] - self._shift) & 0xFFFFFFFF, 5)
+        return (a, b) if in_order else (b, a)
 
     def tamper(self, pkt: Pkt, params: tuple[str, ...]) -> Pkt:
         proto, name, how = params[0], params[1], params[2]
@@ -273,6 +331,11 @@ class Interpreter:
                 p.fixed.pop("IP.len", None)
                 p.fixed.pop("IP.chksum", None)
         return (a, b) if in_order else (b, a)
+
+
+def _before(a: int, b: int) -> bool:
+    """Whether sequence number ``a`` comes before ``b`` (modulo 2**32)."""
+    return a != b and (b - a) & 0xFFFFFFFF < 1 << 31
 
 
 def _option_value(kind: int, size: int, value: str) -> bytes:

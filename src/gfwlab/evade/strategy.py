@@ -9,7 +9,10 @@ Each tree is ``[PROTO:field:value(:gas)]-ACTION-|``: a trigger, then an action t
 ``fragment`` send their first packet down ``left`` and their second down ``right``; ``tamper``
 sends its one packet down ``left``. ``drop`` and ``send`` are leaves; an empty subtree sends.
 The parameters are ``tamper{PROTO:field:replace:value}``, ``tamper{PROTO:field:corrupt}`` and
-``fragment{tcp|ip:size:True|False(:overlap)}``. A strategy pasted from Geneva's documentation is
+``fragment{tcp|ip:size:True|False(:overlap)}``. gfwlab adds ``fragment{tls:size:True|False}``
+(not in Geneva): the TLS record at the start of a TCP payload re-framed as two records after
+``size`` bytes of its body, each in its own segment (spec §4a: the GFW does not reassemble TLS
+records; :mod:`gfwlab.evade.interp`). A strategy pasted from Geneva's documentation is
 accepted as written (a trailing ``-|`` or not, ``\\/`` or ``/``, any spacing between trees).
 
 Errors are :class:`StrategyError`: one line naming the position (1-based column) and what was
@@ -94,6 +97,18 @@ class Strategy:
 
     def __str__(self) -> str:
         return " ".join(map(str, self.outbound)) + " \\/ " + " ".join(map(str, self.inbound))
+
+    @property
+    def splits_tls(self) -> bool:
+        """Whether it re-frames TLS records (its endpoint's received ACKs then need fixing)."""
+
+        def walk(a: Action | None) -> bool:
+            if a is None:
+                return False
+            here = a.name == "fragment" and a.params[0].lower() == "tls"
+            return here or walk(a.left) or walk(a.right)
+
+        return any(walk(t.action) for t in self.outbound)
 
 
 def parse_strategy(text: str) -> Strategy:
@@ -238,8 +253,10 @@ class _Parser:
                 return
             at(2, "'replace:value' or 'corrupt'")
         elif name == "fragment":
-            if len(params) not in (3, 4) or params[0].lower() not in ("tcp", "ip"):
-                at(0, "fragment{tcp|ip:size:True|False} or with ':overlap'")
+            if len(params) not in (3, 4) or params[0].lower() not in ("tcp", "ip", "tls"):
+                at(0, "fragment{tcp|ip|tls:size:True|False} or with ':overlap'")
+            if params[0].lower() == "tls" and len(params) == 4:
+                at(3, "no overlap for fragment{tls:...}")
             if not params[1].lstrip("-").isdigit():
                 at(1, "a whole number (where to cut; -1 cuts in half)")
             if params[2] not in ("True", "False"):

@@ -2,8 +2,9 @@
 attached, so that whatever a killed ``evade`` left behind is removed by the next ``evade``,
 ``lab status`` or ``lab down``.
 
-The record (``<state dir>/evade.json``) holds the mangle-table rules (as iptables arguments
-after ``-t mangle -A``) and the worker's pid.
+The record (``<state dir>/evade.json``) holds the namespace (``ns``: the client's, or the
+server's for a server-side strategy), the mangle-table rules (as iptables arguments after
+``-t mangle -A``) and the worker's pid.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from gfwlab.errors import LabError
 from gfwlab.lab import netns
 from gfwlab.lab.state import state_dir
-from gfwlab.live.topology import CLIENT_NS
+from gfwlab.live.topology import CLIENT_NS, SERVER_NS
 
 RECORD = "evade.json"
 
@@ -47,8 +48,9 @@ def detach() -> list[str]:
     except (OSError, ValueError):
         return []
     done: list[str] = []
+    ns = rec.get("ns") if rec.get("ns") in (CLIENT_NS, SERVER_NS) else CLIENT_NS
     for rule in rec.get("rules", []):
-        argv = netns.in_ns(CLIENT_NS, "iptables", "-w", "-t", "mangle", "-D", *rule)
+        argv = netns.in_ns(ns, "iptables", "-w", "-t", "mangle", "-D", *rule)
         with contextlib.suppress(LabError):
             netns.run(argv, check=False)
         done.append("rule " + " ".join(rule))
