@@ -96,7 +96,8 @@ def wrk(seconds: float) -> float:
 IDLE_PORT = 9000
 IDLE_SERVER = """
 import resource, socket, sys, time
-resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 srv = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind((sys.argv[1], int(sys.argv[2])))
@@ -108,7 +109,8 @@ while True:
 """
 IDLE_CLIENT = """
 import resource, socket, sys, time
-resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 held = []
 for i in range(int(sys.argv[3])):
     held.append(socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10))
@@ -252,22 +254,27 @@ def main() -> int:
                     finally:
                         if mode == "plain":
                             censor_off(False)
+            show(console, results, idle, args.date)
     finally:
         lifecycle.down()
-    load = os.getloadavg()[0]
-    for idle in loads:
-        table = Table(
-            title=f"gfwlab lab forwarding, gfw profile on {args.date}, {idle:,} idle connections "
-            f"({os.cpu_count()} cores, load average {load:.1f}, {sys.version.split()[0]})"
-        )
-        for col in ("measure", "plain kernel", "through the censor", "censor / plain"):
-            table.add_column(col, justify="right")
-        for key in results[(idle, "plain")]:
-            plain, cens = results[(idle, "plain")][key], results[(idle, "censor")][key]
-            ratio = f"{cens / plain:.2f}" if plain and key != "samples" else ""
-            table.add_row(key, f"{plain:,.2f}", f"{cens:,.2f}", ratio)
-        console.print(table)
     return 0
+
+
+def show(
+    console: Console, results: dict[tuple[int, str], dict[str, float]], idle: int, date: str
+) -> None:
+    load = os.getloadavg()[0]
+    table = Table(
+        title=f"gfwlab lab forwarding, gfw profile on {date}, {idle:,} idle connections "
+        f"({os.cpu_count()} cores, load average {load:.1f}, {sys.version.split()[0]})"
+    )
+    for col in ("measure", "plain kernel", "through the censor", "censor / plain"):
+        table.add_column(col, justify="right")
+    for key in results[(idle, "plain")]:
+        plain, cens = results[(idle, "plain")][key], results[(idle, "censor")][key]
+        ratio = f"{cens / plain:.2f}" if plain and key != "samples" else ""
+        table.add_row(key, f"{plain:,.2f}", f"{cens:,.2f}", ratio)
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -112,3 +112,53 @@ def test_queue_rule_packets_reads_the_nfqueue_counters() -> None:
 """
     assert kernel.queue_rule_packets(listing) == 14444
     assert kernel.queue_rule_packets("") == 0
+
+
+def _run_cbpf(program: str, packet: bytes) -> int:
+    """A classic BPF interpreter for the instructions the skip programs use (what xt_bpf runs
+    on the packet from its IP header)."""
+    insns = [tuple(int(x) for x in ins.split()) for ins in program.split(",")[1:]]
+    assert len(insns) == int(program.split(",", maxsplit=1)[0])
+    a = x = pc = 0
+    while True:
+        code, jt, jf, k = insns[pc]
+        pc += 1
+        if code == 48:  # ldb [k]
+            a = packet[k]
+        elif code == 80:  # ldb [x+k]
+            a = packet[x + k]
+        elif code == 40:  # ldh [k]
+            a = int.from_bytes(packet[k : k + 2], "big")
+        elif code == 84:  # and #k
+            a &= k
+        elif code == 100:  # lsh #k
+            a = (a << k) & 0xFFFFFFFF
+        elif code == 116:  # rsh #k
+            a >>= k
+        elif code == 12:  # add x
+            a = (a + x) & 0xFFFFFFFF
+        elif code == 7:  # tax
+            x = a
+        elif code == 21:  # jeq #k
+            pc += jt if a == k else jf
+        elif code == 29:  # jeq x
+            pc += jt if a == x else jf
+        elif code == 6:  # ret #k
+            return k
+        else:
+            raise AssertionError(f"instruction {code} not expected")
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_the_skip_program_matches_tcp_segments_without_payload(v6: bool) -> None:
+    c, s = (C6, S6) if v6 else (C, S)
+    program = kernel.skip_rules(v6)[0][-3]
+    ts = bytes([8, 10]) + bytes(8) + bytes([1, 1])  # timestamps + padding: a 32-byte header
+    for payload, options, match in (
+        (b"", b"", True),
+        (b"", ts, True),
+        (b"x", b"", False),
+        (b"GET / HTTP/1.1\r\n\r\n", ts, False),
+    ):
+        pkt = build_tcp(c, s, 40000, 80, seq=1, ack=1, options=options, payload=payload)
+        assert bool(_run_cbpf(program, pkt)) is match, (payload, options)
