@@ -83,7 +83,7 @@ class ShadowsocksV2rayPlugin(Shadowsocks):
     """shadowsocks-libev with v2ray-plugin in its default mode (WebSocket, no TLS)."""
 
     port = 8390
-    plugin = ("v2ray-plugin", "server", "v2ray-plugin", f"host={TOOL_NAME}")
+    plugin = ("ss-v2ray-plugin", "server", "ss-v2ray-plugin", f"host={TOOL_NAME}")
 
 
 class VMess(SocksTool):
