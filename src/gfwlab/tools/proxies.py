@@ -80,10 +80,12 @@ class ShadowsocksObfsHttp(Shadowsocks):
 
 
 class ShadowsocksV2rayPlugin(Shadowsocks):
-    """shadowsocks-libev with v2ray-plugin in its default mode (WebSocket, no TLS)."""
+    """shadowsocks-libev with v2ray-plugin in its default mode (WebSocket, no TLS), without
+    multiplexing (``mux=0``): with it, every trial would share the plugin's first WebSocket
+    connection, so no trial would be a new connection to its own address."""
 
     port = 8390
-    plugin = ("v2ray-plugin", "server", "v2ray-plugin", f"host={TOOL_NAME}")
+    plugin = ("ss-v2ray-plugin", "server", "ss-v2ray-plugin", f"host={TOOL_NAME};mux=0")
 
 
 class VMess(SocksTool):

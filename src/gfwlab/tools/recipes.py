@@ -37,7 +37,7 @@ RECIPES: dict[str, Recipe] = {
                lambda: proxies.ShadowsocksObfsHttp("ss-obfs-http")),
         Recipe("ss-v2ray-plugin", "shadowsocks-libev with v2ray-plugin (WebSocket, no TLS)",
                "shadowsocks-libev shadowsocks-v2ray-plugin",
-               ("ss-server", "ss-local", "v2ray-plugin"), "tcp", 8390,
+               ("ss-server", "ss-local", "ss-v2ray-plugin"), "tcp", 8390,
                "spec §6 Ex5 (an HTTP-looking first packet is exempt)",
                lambda: proxies.ShadowsocksV2rayPlugin("ss-v2ray-plugin")),
         Recipe("vmess-tcp", "v2ray, VMess (AEAD) over TCP", "v2ray", ("v2ray",), "tcp", 10086,
