@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,6 +62,9 @@ def host_snapshot() -> dict[str, str]:
     which count down by themselves, are left out."""
     snap = {}
     for key, argv in HOST_COMMANDS.items():
+        if shutil.which(argv[0]) is None:  # ipset is not installed everywhere
+            snap[key] = f"({argv[0]} not installed)"
+            continue
         res = subprocess.run(argv, capture_output=True, text=True, check=False)
         lines = [ln for ln in res.stdout.splitlines() if not ln.startswith("#")]
         snap[key] = _LIFETIMES.sub("", "\n".join(lines)) + f"\n(exit {res.returncode})"
