@@ -358,12 +358,13 @@ def test_syn_and_udp_floods(lab_up: Any) -> None:
 
 
 def test_soak_short(lab_up: Any) -> None:
-    """The soak of scripts/soak for one minute: every client outcome as expected, events equal
-    to the traffic, memory within 16 MiB of the first sample, no descriptor growth."""
+    """The soak of scripts/soak for one minute: unblocked traffic always works, blocked traffic
+    looks blocked (95%), verdict events equal to the traffic, memory within 16 MiB of the first
+    sample, no descriptor growth."""
     from gfwlab.lab.soak import SOAK_SETS, soak  # noqa: PLC0415
 
     lab_up(*[x for s in SOAK_SETS for x in ("--set", s)])
     result = soak(60.0, 20.0, 16 * 1024, log=print)
     assert result.rounds >= 3, result
     assert len(result.samples) >= 3
-    assert result.problems == [], result.problems
+    assert result.problems == [], (result.problems, result.odd)

@@ -12,7 +12,9 @@ file descriptors, its packet count and the events written so far. At the end the
 counted against the traffic: one ``tls_sni`` reset per blocked HTTPS connection, one
 ``http_keyword`` reset per blocked request, at least one ``dns-inject`` per blocked query, and
 no verdict on the unblocked traffic. The settings ``scripts/soak`` uses make every verdict
-deterministic (residual windows off, keyword probability 1), so the counts must match exactly.
+deterministic (residual windows off, keyword probability 1), so the event counts must match
+exactly; unblocked traffic must always work, and blocked attempts must look blocked to the client
+at least 95% of the time (on a loaded machine the client now and then sees the race otherwise).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ SOAK_SETS = (
 """The ``--set`` values of ``scripts/soak``: every verdict deterministic."""
 
 UNBLOCKED_IP, BLOCKED_IP, KEYWORD_IP = "198.19.0.3", "198.19.0.4", "198.19.0.5"
+Run = subprocess.CompletedProcess[str]
 
 
 @dataclass
@@ -63,6 +66,8 @@ class Result:
     events: dict[str, int] = field(default_factory=dict)
     """Events per mechanism/action at the end."""
     samples: list[Sample] = field(default_factory=list)
+    odd: dict[str, list[str]] = field(default_factory=dict)
+    """What the client saw, for the first few attempts of each kind that went otherwise."""
     problems: list[str] = field(default_factory=list)
 
 
@@ -80,25 +85,27 @@ def _curl(url: str, name: str, ip: str) -> subprocess.CompletedProcess[str]:
 
 
 def one_round(result: Result) -> None:
-    checks: dict[str, Callable[[], bool]] = {
-        "https-ok": lambda: _curl("https://example.org/", "example.org", UNBLOCKED_IP).returncode
-        == 0,
-        "https-blocked": lambda: "reset"
-        in _curl("https://www.facebook.com/", "www.facebook.com", BLOCKED_IP).stderr.lower(),
-        "http-keyword": lambda: "reset"
-        in _curl("http://example.org/?q=ultrasurf", "example.org", KEYWORD_IP).stderr.lower(),
-        "dns-ok": lambda: _client(
-            "dig", "+time=2", "+tries=1", "+short", "@198.19.0.2", "example.org", "A"
-        ).stdout.strip() == "198.19.0.2",
-        "dns-blocked": lambda: "198.19.99.7"
-        in _client(
-            "dig", "+time=2", "+tries=1", "+short", "@198.19.0.2", "www.google.com", "A"
-        ).stdout,
+    def dig(name: str) -> subprocess.CompletedProcess[str]:
+        return _client("dig", "+time=2", "+tries=1", "+short", "@198.19.0.2", name, "A")
+
+    fb, kw = "www.facebook.com", "http://example.org/?q=ultrasurf"
+    attempts: dict[str, tuple[Callable[[], Run], Callable[[Run], bool]]] = {
+        "https-ok": (lambda: _curl("https://example.org/", "example.org", UNBLOCKED_IP),
+                     lambda r: r.returncode == 0),
+        "https-blocked": (lambda: _curl(f"https://{fb}/", fb, BLOCKED_IP),
+                          lambda r: "reset" in r.stderr.lower()),
+        "http-keyword": (lambda: _curl(kw, "example.org", KEYWORD_IP),
+                         lambda r: "reset" in r.stderr.lower()),
+        "dns-ok": (lambda: dig("example.org"), lambda r: r.stdout.strip() == "198.19.0.2"),
+        "dns-blocked": (lambda: dig("www.google.com"), lambda r: "198.19.99.7" in r.stdout),
     }  # fmt: skip
-    for kind, check in checks.items():
+    for kind, (attempt, expected) in attempts.items():
         result.sent[kind] = result.sent.get(kind, 0) + 1
-        if check():
+        res = attempt()
+        if expected(res):
             result.outcomes[kind] = result.outcomes.get(kind, 0) + 1
+        elif len(seen := result.odd.setdefault(kind, [])) < 3:
+            seen.append(f"exit {res.returncode}: {(res.stdout + res.stderr).strip()[:200]}")
 
 
 def censor_pid() -> int:
@@ -132,8 +139,12 @@ def check(result: Result, rss_bound_kib: int) -> list[str]:
     """What went wrong: outcomes, events against traffic, memory growth, descriptor growth."""
     problems = []
     for kind, n in result.sent.items():
-        if result.outcomes.get(kind, 0) != n:
-            problems.append(f"{kind}: {result.outcomes.get(kind, 0)} of {n} as expected")
+        got = result.outcomes.get(kind, 0)
+        # Unblocked traffic must always work. A blocked attempt's client may, rarely, see the
+        # race otherwise (the real answer or response first, on a loaded machine): the censor's
+        # verdict is counted exactly below, the client's view must agree 95% of the time.
+        if got != n if kind in ("https-ok", "dns-ok") else got < 0.95 * n:
+            problems.append(f"{kind}: {got} of {n} as expected")
     ev = result.events
     if ev.get("tls_sni/rst", 0) != result.sent.get("https-blocked", 0):
         problems.append(f"tls_sni/rst events {ev.get('tls_sni/rst', 0)} for "
