@@ -134,7 +134,10 @@ def main() -> int:
     ap.add_argument("--h3", action="store_true")
     args = ap.parse_args()
     hosts = names(max(args.dns, args.sites))
-    out = [one(k, hosts, args.sites, args.concurrency, args.h3) for k in ("gfw", "pass-all")]
+    out = []
+    for kind in ("gfw", "pass-all"):
+        out.append(one(kind, hosts, args.sites, args.concurrency, args.h3))
+        print(json.dumps(out[-1]), flush=True)  # each run as soon as it ends
     gfw, plain = out
     summary = {
         "runs": out,
