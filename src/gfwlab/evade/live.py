@@ -19,8 +19,7 @@ Trials: one trial is one real fetch (spec sections in brackets):
 - ``http_keyword``: curl ``http://<server>/?q=ultrasurf`` (Geneva's test request, §3, §14c);
   evaded when an HTTP response comes back, whatever its status, and the connection was not
   reset: Geneva's own criterion (its HTTP client plugin, ``plugins/http/client.py``, scores
-  any response to ``requests.get`` as a success), so that a strategy whose insertion packet
-  reaches the server and garbles the request (nginx answers 400) counts as Geneva counted it;
+  any response to ``requests.get`` as a success);
 - ``tls_sni``: curl ``https://www.facebook.com/`` with ``--resolve`` to the server address, so
   the SNI is the blocked name (§4a); evaded when the 200 comes back;
 - ``dns_injection``: dig ``www.google.com A`` at the lab resolver (§2); evaded when the first
