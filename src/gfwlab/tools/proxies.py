@@ -79,15 +79,6 @@ class ShadowsocksObfsHttp(Shadowsocks):
     plugin = ("obfs-server", "obfs=http", "obfs-local", f"obfs=http;obfs-host={TOOL_NAME}")
 
 
-class ShadowsocksV2rayPlugin(Shadowsocks):
-    """shadowsocks-libev with v2ray-plugin in its default mode (WebSocket, no TLS), without
-    multiplexing (``mux=0``): with it, every trial would share the plugin's first WebSocket
-    connection, so no trial would be a new connection to its own address."""
-
-    port = 8390
-    plugin = ("ss-v2ray-plugin", "server", "ss-v2ray-plugin", f"host={TOOL_NAME};mux=0")
-
-
 class VMess(SocksTool):
     """v2ray (4.x) with a VMess inbound (AEAD headers: alterId 0) and a SOCKS client."""
 
