@@ -14,10 +14,16 @@ from collections.abc import Generator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from testenv import MAY_SKIP, SHARED, SHARED_BLOCKLISTS, SHARED_PCAPS, ci_mode, missing_shared
 
 pytest_plugins = ["pytester"]
+
+# Property tests check what is computed, never how fast: on a loaded 2-core machine a per-example
+# deadline only adds flakes (speed is measured in benchmarks/).
+settings.register_profile("gfwlab", deadline=None)
+settings.load_profile("gfwlab")
 
 
 def _require(path: Path) -> Path:
