@@ -153,6 +153,7 @@ def _lab_residual(cfg: dict[str, Any], mechanism: str = "http_keyword") -> float
 def _evade_live(
     strategy: str, against: str, side: str, trials: int, as_json: bool, explain: bool
 ) -> None:
+    import contextlib  # noqa: PLC0415
     import os  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
 
@@ -171,32 +172,34 @@ def _evade_live(
     cfg = LabState.load().config
     residual = _lab_residual(cfg, target.mechanism)
     recording = None
-    if explain:
-        fd, recording = tempfile.mkstemp(prefix="gfwlab-evade-", suffix=".pcap")
-        os.close(fd)
-        control(f"record {recording}")
-    try:
-        res = live.run_live(strategy, trials, residual, against, side)
+    try:  # the recording is removed whatever happens, Ctrl-C included
+        if explain:
+            fd, recording = tempfile.mkstemp(prefix="gfwlab-evade-", suffix=".pcap")
+            os.close(fd)
+            control(f"record {recording}")
+        try:
+            res = live.run_live(strategy, trials, residual, against, side)
+        finally:
+            if recording is not None:
+                with contextlib.suppress(GfwlabError):
+                    control("stop")
+        failed = next((t for t in res.log if not t.evaded), None)
+        explained = None
+        if recording is not None and failed is not None:
+            proto = PROTO_TCP if target.proto == "tcp" else PROTO_UDP
+            explained = explainer.replay(
+                recording, addr_bytes(failed.addr), proto, target.port, failed.start,
+                failed.end, target.mechanism,
+            )  # fmt: skip
     finally:
         if recording is not None:
-            control("stop")
+            with contextlib.suppress(OSError):
+                os.unlink(recording)
     lo, hi = wilson(res.successes, trials)
     how = (
         f"each trial on the server address used longest ago of {len(target.addresses)}; "
         f"{res.waited} trials waited out a {residual:g} s residual window ({res.waited_s:.1f} s)"
     )
-    failed = next((t for t in res.log if not t.evaded), None)
-    explained = None
-    if recording is not None:
-        try:
-            if failed is not None:
-                proto = PROTO_TCP if target.proto == "tcp" else PROTO_UDP
-                explained = explainer.replay(
-                    recording, addr_bytes(failed.addr), proto, target.port, failed.start,
-                    failed.end, target.mechanism,
-                )  # fmt: skip
-        finally:
-            os.unlink(recording)
     if as_json:
         doc: dict[str, Any] = {
             "strategy": strategy, "against": against, "side": side, "mode": "live",
