@@ -88,30 +88,35 @@ def dissector_target(name: str) -> Callable[[bytes], None]:
     return target
 
 
-_SCRATCH: dict[str, str] = {}
+_SCRATCH: dict[str, Any] = {}
 
 
 def _scratch_file() -> str:
-    """One file per process in a tmpfs if there is one, for the reader targets."""
+    """One unlinked file per process (in a tmpfs if there is one), named through /proc, for the
+    reader targets: nothing is left behind, also when libFuzzer ends the process."""
     if "path" not in _SCRATCH:
         base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        fd, path = tempfile.mkstemp(prefix="gfwlab-fuzz-", suffix=".cap", dir=base)
-        os.close(fd)
-        _SCRATCH["path"] = path
-    return _SCRATCH["path"]
+        fh = tempfile.TemporaryFile(prefix="gfwlab-fuzz-", dir=base)  # noqa: SIM115
+        _SCRATCH["file"] = fh
+        _SCRATCH["path"] = f"/proc/self/fd/{fh.fileno()}"
+    return str(_SCRATCH["path"])
 
 
 def remove_scratch() -> None:
-    path = _SCRATCH.pop("path", None)
-    if path is not None and os.path.exists(path):
-        os.unlink(path)
+    fh = _SCRATCH.pop("file", None)
+    _SCRATCH.pop("path", None)
+    if fh is not None:
+        fh.close()
 
 
 def check_capture(data: bytes, limit: int = 4096) -> tuple[int, int]:
     """Read ``data`` as a capture file; return (packets yielded, of those that parsed as IP)."""
     path = _scratch_file()
-    with open(path, "wb") as fh:
-        fh.write(data)
+    fh = _SCRATCH["file"]
+    fh.seek(0)
+    fh.truncate()
+    fh.write(data)
+    fh.flush()
     try:
         reader = CaptureReader(path)
     except AdapterError:
