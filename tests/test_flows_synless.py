@@ -55,3 +55,36 @@ def test_a_synless_flow_stays_let_go_without_a_syn() -> None:
     for i, raw in enumerate(mid):
         actions = censor.feed(raw, float(i))
         assert not any(isinstance(a, Report) and a.event.action != "pass" for a in actions)
+
+
+def _conversation(cport: int, isn: int, host: str = "198.19.0.2") -> list[bytes]:
+    """A client connection to port 80 that asks for a forbidden keyword (handshake, request)."""
+    sisn = isn + 77_000
+    req = REQ.replace(b"198.19.0.2", host.encode())
+    return [
+        build_tcp(C, S, cport, 80, seq=isn, flags=SYN),
+        build_tcp(S, C, 80, cport, seq=sisn, ack=isn + 1, flags=SYN | ACK),
+        build_tcp(C, S, cport, 80, seq=isn + 1, ack=sisn + 1, flags=ACK),
+        build_tcp(C, S, cport, 80, seq=isn + 1, ack=sisn + 1, flags=PSH | ACK, payload=req),
+    ]
+
+
+@pytest.mark.parametrize(("second_isn", "judged"), [(900_000, 2), (1000, 1)])
+def test_a_new_connection_on_a_blocked_flows_5_tuple_is_judged_anew(
+    second_isn: int, judged: int
+) -> None:
+    """A client that reuses its source port after the reset (no TIME_WAIT follows a RST) opens a
+    new connection: the engine judges it anew, as the GFW makes a TCB on each client SYN. A
+    retransmission of the first SYN (same ISN) stays with the blocked flow."""
+    prof = load_profile(
+        "gfw",
+        date=dt.date(2020, 1, 15),
+        overrides=["http_keyword.probability=1", "http_keyword.residual_s=0"],
+    )
+    censor = build_censor(prof, 1)
+    resets = 0
+    stream = _conversation(40003, 1000) + _conversation(40003, second_isn)
+    for i, raw in enumerate(stream):
+        for a in censor.feed(raw, 10.0 * (i // 4) + 0.001 * (i + 1)):
+            resets += isinstance(a, Report) and a.event.action == "rst"
+    assert resets == judged

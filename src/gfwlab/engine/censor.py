@@ -35,7 +35,7 @@ from gfwlab.engine.tcb import (
 )
 from gfwlab.engine.verdicts import Stats, Verdicts
 from gfwlab.errors import MalformedPacket
-from gfwlab.packet.ip import ACK, FIN, PROTO_TCP, PROTO_UDP, RST, SYN, Packet, parse
+from gfwlab.packet.ip import ACK, FIN, PROTO_TCP, PROTO_UDP, SYN, Packet, parse
 from gfwlab.rules.profile import Profile
 
 __all__ = ["Censor", "Stats"]
@@ -80,13 +80,10 @@ class Censor:
         self.needs_handshake_ack = bool(self._watch) or any(
             m.needs().handshake_ack for m in self.mechanisms.values()
         )
-        """Whether the client's data-less handshake ACK must be shown to the engine
-        (``Needs.handshake_ack``, ``Needs.watch_packets``)."""
+        """The engine needs the client's data-less handshake ACK (``Needs.handshake_ack``)."""
         self.rebypass = False
-        """Answer every packet of a bypassed flow that passes with a Bypass again (not just the
-        packet that made its verdict final). For an inline adapter whose kernel shows it such a
-        packet when a residual block may cover the flow (``live/kernel.py``): if the block does
-        not cover it, the kernel is told to bypass the flow again."""
+        """Answer each passing packet of a bypassed flow with Bypass again: the kernel shows the
+        engine such packets while a residual block may cover them (``live/kernel.py``)."""
 
     # ------------------------------------------------------------------ timers
 
@@ -198,13 +195,8 @@ class Censor:
         """The packet's flow, made on its first packet (or after idling past its timeout)."""
         key = flow_key(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
         flow = self.flows.flows.get(key)
-        if (
-            flow is not None
-            and flow.synless
-            and flow.state is FlowState.BYPASSED
-            and pkt.flags & (SYN | ACK | RST) == SYN
-        ):
-            del self.flows.flows[key]  # let go for want of a SYN: this SYN opens it (Flow.synless)
+        if flow is not None and flow.opened_anew_by(pkt):
+            del self.flows.flows[key]
             flow = None
         if flow is not None and now - flow.last_seen >= self.flows.timeout(flow):
             # Idle past its timeout: forgotten now, not at the next sweep, so that a datagram

@@ -23,7 +23,7 @@ from typing import Literal
 
 from gfwlab.engine.actions import Direction, FlowId
 from gfwlab.engine.tcb import Tcb
-from gfwlab.packet.ip import ACK, PROTO_TCP, PROTO_UDP, SYN, Packet, addr_text
+from gfwlab.packet.ip import ACK, PROTO_TCP, PROTO_UDP, RST, SYN, Packet, addr_text
 from gfwlab.rules.schema import Prefixes
 
 
@@ -111,6 +111,25 @@ class Flow:
         """Nothing more to inspect: the verdict is final."""
         self.step(FlowInput.RECV_DONE)
         self.tcb = None  # free the reassembly buffer
+
+    def opened_anew_by(self, pkt: Packet) -> bool:
+        """Whether ``pkt``, a packet of this flow's 5-tuple, starts a new connection: a bare SYN
+        after the flow was let go for want of a SYN (:attr:`synless`), or a client's bare SYN
+        with a new initial sequence number after the flow was blocked. The GFW makes a TCB on a
+        client's SYN (spec §3 and §14c); a client that reuses its source port toward the same
+        server after a reset (no TIME_WAIT follows a RST) opens a new connection, judged anew
+        (residual blocks on its key still apply to it). A retransmitted SYN (the same ISN) stays
+        with its flow."""
+        if pkt.proto != PROTO_TCP or pkt.flags & (SYN | ACK | RST) != SYN:
+            return False
+        if self.synless and self.state is FlowState.BYPASSED:
+            return True
+        return (
+            self.state is FlowState.BLOCKED
+            and pkt.src == self.client
+            and pkt.sport == self.cport
+            and pkt.seq != self.salt
+        )
 
     def draws(self, key: str) -> random.Random:
         """The random stream of ``key`` (seed and mechanism) for this flow.
