@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import re
 import socket
 import ssl
@@ -148,6 +149,15 @@ def _dechunk(data: bytes) -> bytes:
     return bytes(out)
 
 
+@functools.lru_cache(maxsize=8)
+def tls_context(ca_file: str | None, verify: bool = True) -> ssl.SSLContext:
+    """One client context per trust file, shared by every fetch: loading a CA bundle costs
+    tens of milliseconds, and an SSLContext may serve several threads at once."""
+    ctx = ssl.create_default_context(cafile=ca_file) if verify else ssl._create_unverified_context()
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
 def fetch(
     url: str,
     host: str,
@@ -181,12 +191,7 @@ def fetch(
         res.local_port = sock.getsockname()[1]
         res.tcp = Step(None, time.monotonic() - start)
         if https:
-            ctx = (
-                ssl.create_default_context(cafile=ca_file)
-                if verify
-                else (ssl._create_unverified_context())
-            )
-            ctx.set_alpn_protocols(["http/1.1"])
+            ctx = tls_context(ca_file, verify)
             try:
                 conn = ctx.wrap_socket(sock, server_hostname=sni or host)
             except OSError as exc:
