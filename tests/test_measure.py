@@ -5,6 +5,7 @@ injection analysis, verdicts, grading, the naive probe, OONI measurements (loade
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -14,11 +15,19 @@ import pytest
 from oonidata.dataclient import load_measurement
 from oonidata.models.nettests import WebConnectivity
 
+from gfwlab.lab import ca
 from gfwlab.measure import dnscheck, grade, lists, ooni, sites, sniff
 from gfwlab.measure.dnscheck import DnsResult, Reply
 from gfwlab.measure.probe import SiteResult
 from gfwlab.measure.verdict import Observation, decide, naive
-from gfwlab.measure.web import H3Result, HttpResult, Step, WebResult, parse_response
+from gfwlab.measure.web import (
+    H3Result,
+    HttpResult,
+    Step,
+    WebResult,
+    parse_response,
+    tls_context,
+)
 from gfwlab.mechanisms._forge import ResetParams, forge_resets
 from gfwlab.packet.ip import ACK, PSH, addr_bytes, build_tcp, parse
 from testenv import SHARED_BLOCKLISTS, gfwlab, needs_shared
@@ -449,3 +458,13 @@ def test_scan_wire_format_matches_dnspython() -> None:
     assert sorted(dnscheck.wire_answers(reply.to_wire()) or []) == ["198.19.1.7", "59.24.3.174"]
     assert dnscheck.wire_answers(q.to_wire()) is None  # a query, not a reply
     assert dnscheck.wire_answers(reply.to_wire()[:30]) is None  # truncated
+
+
+def test_tls_context_follows_a_new_trust_file(tmp_path: Path) -> None:
+    first = ca.make_ca(str(tmp_path))[0]
+    a = tls_context(first)
+    assert tls_context(first) is a  # cached
+    os.unlink(first)
+    os.unlink(str(tmp_path / "ca.key"))
+    ca.make_ca(str(tmp_path))  # a new lab: a new CA at the same path
+    assert tls_context(first) is not a

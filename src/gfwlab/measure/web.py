@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import os
 import re
 import socket
 import ssl
@@ -148,6 +150,27 @@ def _dechunk(data: bytes) -> bytes:
     return bytes(out)
 
 
+def tls_context(ca_file: str | None, verify: bool = True) -> ssl.SSLContext:
+    """One client context per trust file (and version of it), shared by every fetch: loading
+    a CA bundle costs tens of milliseconds, and an SSLContext may serve several threads. A
+    new lab writes a new CA to the same path, so the file's mtime and size are in the key."""
+    stamp: tuple[int, int] = (0, 0)
+    if ca_file is not None:
+        try:
+            st = os.stat(ca_file)
+            stamp = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            pass
+    return _context(ca_file, stamp, verify)
+
+
+@functools.lru_cache(maxsize=8)
+def _context(ca_file: str | None, _stamp: tuple[int, int], verify: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=ca_file) if verify else ssl._create_unverified_context()
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
 def fetch(
     url: str,
     host: str,
@@ -181,12 +204,7 @@ def fetch(
         res.local_port = sock.getsockname()[1]
         res.tcp = Step(None, time.monotonic() - start)
         if https:
-            ctx = (
-                ssl.create_default_context(cafile=ca_file)
-                if verify
-                else (ssl._create_unverified_context())
-            )
-            ctx.set_alpn_protocols(["http/1.1"])
+            ctx = tls_context(ca_file, verify)
             try:
                 conn = ctx.wrap_socket(sock, server_hostname=sni or host)
             except OSError as exc:
