@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from oonidata.dataclient import load_measurement
-from oonidata.models.nettests import WebConnectivity
 
 from gfwlab.lab.services import wait_quic
 from gfwlab.lab.state import state_dir
 from gfwlab.measure import session, sites
 from gfwlab.measure.lists import Entry, write
+from oonicheck import load_with_oonidata
 from testenv import LAB_MARKS, gfwlab, leftovers
 
 pytestmark = LAB_MARKS
@@ -256,13 +255,12 @@ def test_out_folder_contract_and_oonidata(scenario_run: session.ProbeRun, tmp_pa
     }
     lines = (out / "measurements.jsonl").read_text().splitlines()
     assert len(lines) == len(SCENARIOS)
-    for line in lines:
-        raw = json.loads(line)
-        msmt = load_measurement(msmt=raw)
-        assert isinstance(msmt, WebConnectivity)
-        assert msmt.test_keys.blocking == raw["test_keys"]["blocking"]
-        assert msmt.annotations is not None and msmt.annotations["category_code"] == "MISC"
-        assert msmt.test_keys.queries and msmt.test_keys.queries[0].hostname
+    raws = [json.loads(line) for line in lines]
+    for raw, msmt in zip(raws, load_with_oonidata(raws), strict=True):
+        assert msmt["type"] == "WebConnectivity"
+        assert msmt["blocking"] == raw["test_keys"]["blocking"]
+        assert msmt["annotations"] is not None and msmt["annotations"]["category_code"] == "MISC"
+        assert msmt["first_query_hostname"]
 
 
 def test_residual_block_on_the_next_probe(scenario_run: session.ProbeRun) -> None:

@@ -4,7 +4,6 @@ injection analysis, verdicts, grading, the naive probe, OONI measurements (loade
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from pathlib import Path
@@ -12,8 +11,6 @@ from pathlib import Path
 import dns.message
 import dns.rrset
 import pytest
-from oonidata.dataclient import load_measurement
-from oonidata.models.nettests import WebConnectivity
 
 from gfwlab.lab import ca
 from gfwlab.measure import dnscheck, grade, lists, ooni, sites, sniff
@@ -30,6 +27,7 @@ from gfwlab.measure.web import (
 )
 from gfwlab.mechanisms._forge import ResetParams, forge_resets
 from gfwlab.packet.ip import ACK, PSH, addr_bytes, build_tcp, parse
+from oonicheck import load_with_oonidata
 from testenv import SHARED_BLOCKLISTS, gfwlab, needs_shared
 
 HEADER = ",".join(lists.HEADER)
@@ -318,11 +316,10 @@ def test_measurements_load_with_oonidata_and_grade() -> None:
         _result(_obs(_web()), "https://c.example/"),
     ]
     ms = [ooni.measurement(r, report=ooni.report_id(1.8e9, 0), test_start=1.8e9) for r in results]
-    for raw in ms:
-        m = load_measurement(msmt=json.loads(json.dumps(raw)))
-        assert isinstance(m, WebConnectivity)
-        assert m.test_keys.blocking == raw["test_keys"]["blocking"]
-        assert m.annotations == {
+    for raw, m in zip(ms, load_with_oonidata(ms), strict=True):
+        assert m["type"] == "WebConnectivity"
+        assert m["blocking"] == raw["test_keys"]["blocking"]
+        assert m["annotations"] == {
             "category_code": "NEWS",
             "engine_name": "gfwlab",
             "platform": "linux",
