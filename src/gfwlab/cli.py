@@ -438,8 +438,9 @@ def _demo_live(directory: str | None, seed: int) -> None:
         console.print(f"  {what}: [{colour}]{outcome}[/]")
         table.add_row(what, expect, f"[{colour}]{outcome}[/]", detail)
 
-    with err.status("making the lab…"):
-        events = run_live(report, seed=seed)
+    folder = _demo_folder(directory)
+    with err.status("making the lab, then probing a small list through it…"):
+        events = run_live(report, seed=seed, probe_into=folder)
     console.print(table)
     ev = Table(title="What the censor did (lab events)", title_justify="left")
     for col in ("mechanism", "action", "rule", "flow", "detail"):
@@ -459,13 +460,24 @@ def _demo_live(directory: str | None, seed: int) -> None:
     console.print(
         "The lab is down again. Make your own: gfwlab lab up; gfwlab lab exec client -- …"
     )
-    folder = _demo_folder(directory)
-    # The probe of a small list through the lab (gfwlab.measure) goes here: it writes its
-    # measurements.jsonl into `folder` and the report shows them beside the events (the run's
-    # kind then becomes "probe").
+    _print_demo_probe(os.path.join(folder, "measurements.jsonl"))
     with err.status("writing the report…"):
-        page = save_results(folder, "lab", started=started, seed=seed, events=events)
+        page = save_results(folder, "probe", started=started, seed=seed, events=events)
     console.print(f"report: {page}", highlight=False)
+
+
+def _print_demo_probe(path: str) -> None:
+    """The demo probe's verdicts, one row per site (OONI's terms, then gfwlab's attribution)."""
+    table = Table(title="gfwlab probe through the lab (OONI terms)", title_justify="left")
+    for col in ("site", "blocking", "mechanism", "graded against the censor"):
+        table.add_column(col, overflow="fold")
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            m = json.loads(line)
+            keys, own = m["test_keys"], m["test_keys"]["x_gfwlab"]
+            right = {True: "[green]right[/]", False: "[red]wrong[/]"}.get(own["correct"], "-")
+            table.add_row(m["input"], str(keys["blocking"]), own["mechanism"] or "", right)
+    console.print(table)
 
 
 def _demo_offline(directory: str | None, seed: int) -> None:

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,9 +98,14 @@ def _curl(url: str, ip: str, host: str) -> list[str]:
 
 
 def run_live(
-    report: Callable[[str, str, str, str], None], *, seed: int = 1
+    report: Callable[[str, str, str, str], None],
+    *,
+    seed: int = 1,
+    probe_into: str | None = None,
 ) -> list[dict[str, object]]:
-    """Make the lab, run each step, report (what, expected, outcome, detail); take it down."""
+    """Make the lab, run each step, report (what, expected, outcome, detail); with
+    ``probe_into``, then probe a small list through it (``gfwlab probe``) and put the
+    measurements in that folder; take the lab down."""
     lifecycle.down()
     lifecycle.up(lifecycle.UpOptions(date="2024-06-01", seed=seed), log=lambda _m: None)
     try:
@@ -115,11 +121,27 @@ def run_live(
                 outcome, detail = "timed out", "no answer in 20 s"
             report(step.what, step.expect, outcome, detail)
             time.sleep(0.2)
+        if probe_into is not None:
+            _probe(probe_into)
         time.sleep(0.5)
         events = [json.loads(line) for line in lifecycle.follow_events(False)]
     finally:
         lifecycle.down()
     return events
+
+
+def _probe(folder: str) -> None:
+    """The demo's probe, written to a scratch folder (a probe publishes whole folders) and its
+    measurements and site addresses moved into ``folder``, beside the session's events."""
+    from gfwlab.measure.session import demo_probe  # noqa: PLC0415
+
+    scratch = tempfile.mkdtemp(prefix="gfwlab-demo-probe-")
+    try:
+        demo_probe(os.path.join(scratch, "probe"))
+        for name in ("measurements.jsonl", "sites.json"):
+            shutil.move(os.path.join(scratch, "probe", name), os.path.join(folder, name))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def save_results(
