@@ -12,6 +12,7 @@ import dns.message
 import dns.rrset
 import pytest
 
+from gfwlab.errors import GfwlabError
 from gfwlab.lab import ca
 from gfwlab.measure import dnscheck, grade, lists, ooni, sites, sniff
 from gfwlab.measure.dnscheck import DnsResult, Reply
@@ -465,3 +466,18 @@ def test_tls_context_follows_a_new_trust_file(tmp_path: Path) -> None:
     os.unlink(str(tmp_path / "ca.key"))
     ca.make_ca(str(tmp_path))  # a new lab: a new CA at the same path
     assert tls_context(first) is not a
+
+
+def test_out_never_replaces_a_folder_of_other_files(tmp_path: Path) -> None:
+    """``--out`` pointed at a folder that holds anything a probe does not write is refused, and
+    the folder is left as it was; a probe's own folder is replaced whole."""
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "chapter1.tex").write_text("keep me")
+    with pytest.raises(GfwlabError, match=r"chapter1\.tex"):
+        ooni.publish(str(mine), {"measurements.jsonl": "", "run.json": "{}\n"})
+    assert sorted(os.listdir(mine)) == ["chapter1.tex"]
+    probe_dir = tmp_path / "probe"
+    ooni.publish(str(probe_dir), {"measurements.jsonl": "a\n", "run.json": "{}\n"})
+    ooni.publish(str(probe_dir), {"measurements.jsonl": "b\n", "run.json": "{}\n"})
+    assert (probe_dir / "measurements.jsonl").read_text() == "b\n"

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gfwlab import __version__
+from gfwlab.errors import GfwlabError
 from gfwlab.measure.dnscheck import DnsResult
 from gfwlab.measure.probe import SiteResult
 from gfwlab.measure.web import WebResult, as_ooni_http
@@ -255,8 +256,18 @@ def jsonl(items: Sequence[dict[str, Any]]) -> str:
 
 
 def publish(out_dir: str, files: dict[str, str]) -> None:
-    """Write ``files`` (name -> text) as the folder ``out_dir``, whole or not at all."""
+    """Write ``files`` (name -> text) as the folder ``out_dir``, whole or not at all. An existing
+    folder is replaced only if it holds nothing but what a probe writes (and a results
+    database), so that ``--out`` pointed at a folder of other files never deletes them."""
     out_dir = os.path.abspath(out_dir)
+    if os.path.isdir(out_dir):
+        ours = {*files, "results.duckdb", "results.duckdb.wal", "report.html"}
+        others = sorted(set(os.listdir(out_dir)) - ours)
+        if others:
+            raise GfwlabError(
+                f"{out_dir}: not a probe's results folder (it holds {others[0]!r}); "
+                "choose a new or empty folder for --out"
+            )
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", dir=parent)
