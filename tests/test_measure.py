@@ -345,10 +345,10 @@ def test_measurements_load_with_oonidata_and_grade() -> None:
 
 def test_publish_is_whole_or_nothing(tmp_path: Path) -> None:
     out = tmp_path / "res"
-    ooni.publish(str(out), {"a.jsonl": "1\n"})
-    ooni.publish(str(out), {"b.jsonl": "2\n"})
+    ooni.publish(str(out), {"events.jsonl": "1\n"})
+    ooni.publish(str(out), {"run.json": "2\n"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["res"]
-    assert [p.name for p in out.iterdir()] == ["b.jsonl"]
+    assert [p.name for p in out.iterdir()] == ["run.json"]
 
 
 def test_site_addresses_stay_with_their_names() -> None:

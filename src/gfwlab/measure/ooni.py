@@ -255,13 +255,17 @@ def jsonl(items: Sequence[dict[str, Any]]) -> str:
     return "".join(json.dumps(x, ensure_ascii=False, sort_keys=True) + "\n" for x in items)
 
 
+PROBE_FILES = ("measurements.jsonl", "events.jsonl", "sites.json", "run.json")
+"""What a probe's results folder holds (:func:`gfwlab.measure.session.write`)."""
+
+
 def publish(out_dir: str, files: dict[str, str]) -> None:
     """Write ``files`` (name -> text) as the folder ``out_dir``, whole or not at all. An existing
     folder is replaced only if it holds nothing but what a probe writes (and a results
     database), so that ``--out`` pointed at a folder of other files never deletes them."""
     out_dir = os.path.abspath(out_dir)
     if os.path.isdir(out_dir):
-        ours = {*files, "results.duckdb", "results.duckdb.wal", "report.html"}
+        ours = {*files, *PROBE_FILES, "results.duckdb", "results.duckdb.wal", "report.html"}
         others = sorted(set(os.listdir(out_dir)) - ours)
         if others:
             raise GfwlabError(
