@@ -24,9 +24,10 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from gfwlab.engine import Action, Censor, Inject, Report
-from gfwlab.engine.flows import FlowState, flow_key
+from gfwlab.engine.flows import flow_key
 from gfwlab.errors import LabError, MalformedPacket
 from gfwlab.evade.interp import flags_text
+from gfwlab.evade.simulate import describe
 from gfwlab.lab.state import LabState
 from gfwlab.offline.chain import Chain
 from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, SYN, Packet, parse
@@ -88,17 +89,7 @@ def summary(pkt: Packet, client: bytes) -> str:
 def view(censor: Censor | Chain, key: tuple[int, bytes, int, bytes, int]) -> str:
     """The censor's view of one flow: its TCB state, or let go, blocked, or none."""
     first = censor.censors[0][1] if isinstance(censor, Chain) else censor
-    flow = first.flows.flows.get(flow_key(*key))
-    if flow is None:
-        return "no flow"
-    if flow.state is FlowState.BLOCKED:
-        return "blocked"
-    if flow.state is FlowState.BYPASSED:
-        return "let go (no more inspection)"
-    if flow.tcb is None:
-        return "tracked (no TCB)"
-    t = flow.tcb
-    return f"{t.state.value}, stream {len(t.stream)} bytes, {len(t.ooo)} held"
+    return describe(first.flows.flows.get(flow_key(*key)))
 
 
 def _sig(pkt: Packet) -> tuple[object, ...]:

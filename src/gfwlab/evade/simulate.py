@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gfwlab.engine import Censor, Inject, Report
-from gfwlab.engine.flows import FlowState, flow_key
+from gfwlab.engine.flows import Flow, FlowState, flow_key
 from gfwlab.evade.interp import Interpreter, Pkt, flags_text
 from gfwlab.evade.strategy import Strategy, parse_strategy
 from gfwlab.offline.synth import tcp_conversation
@@ -118,7 +118,12 @@ def summary(raw: bytes) -> str:
 def view(censor: Censor, cport: int, sport: int) -> str:
     """The censor's view of the trial's flow: its TCB state, or let go, blocked, or none."""
     key = flow_key(PROTO_TCP, addr_bytes(CLIENT), cport, addr_bytes(SERVER), sport)
-    flow = censor.flows.flows.get(key)
+    return describe(censor.flows.flows.get(key))
+
+
+def describe(flow: Flow | None) -> str:
+    """A flow as the censor sees it: its TCB state, or let go, blocked, or none (the trace of
+    offline trials here and of ``evade run --explain``)."""
     if flow is None:
         return "no flow"
     if flow.state is FlowState.BLOCKED:
