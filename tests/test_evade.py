@@ -163,6 +163,11 @@ SAME = {
     "client SYN/ACK before its SYN (TCB turnaround)": 23,
     "request with a corrupted UTO option": 24,
 }
+SIMULTANEOUS_OPEN = (
+    "[TCP:flags:SA]-duplicate(tamper{TCP:flags:replace:FREC}(duplicate,),"
+    "tamper{TCP:flags:replace:FSEC})-| \\/"
+)
+SERVER_SIDE = {"server side: simultaneous open": SIMULTANEOUS_OPEN}
 
 
 @pytest.mark.parametrize("day", [OLD, dt.date(2024, 6, 1)])
@@ -171,15 +176,21 @@ def test_independently_built_packets_get_the_same_verdict(fam: object, day: dt.d
     """The censor has no channel from evade: packets built by hand from the published
     description and packets made by the interpreter from the strategy get the same verdict."""
     name = fam.name  # type: ignore[attr-defined]
-    sets = ("http_keyword.probability=1", "tcb.rst_probability=1", "tcb.fin_probability=1")
+    sets = (
+        "http_keyword.probability=1", "tcb.rst_probability=1", "tcb.fin_probability=1",
+        "tcb.simultaneous_open_probability=1",
+    )  # fmt: skip
     _, by_hand = play(fam, *sets[1:], day=day)  # type: ignore[arg-type]
     prof = profile(*sets, "http_keyword.residual_s=0", date=day)
-    res = run(CHINA[SAME[name]].strategy, "http_keyword", prof, 3)
+    if name in SERVER_SIDE:
+        res = run(SERVER_SIDE[name], "http_keyword", prof, 3, side="server")
+    else:
+        res = run(CHINA[SAME[name]].strategy, "http_keyword", prof, 3)
     assert {not t.evaded for t in res.trials} == {by_hand}, name
 
 
 def test_every_family_has_its_strategy() -> None:
-    assert set(SAME) == {f.name for f in FAMILIES}
+    assert set(SAME) | set(SERVER_SIDE) == {f.name for f in FAMILIES}
 
 
 # ------------------------------------------------------------------ the matrix, offline
@@ -194,6 +205,24 @@ def test_library_matrix_offline_matches_every_published_row_in_2020() -> None:
         lo, hi = entry.bounds(50)
         print(f"{entry.strategy}: {res.successes}/50, seeds 0..49, interval {lo}..{hi}")
         assert lo <= res.successes <= hi, entry.strategy
+
+
+def test_server_side_simultaneous_open_gets_its_published_rate() -> None:
+    """Come as You Are's simultaneous open (43% on HTTP in China, spec §9): the scripted client
+    answers the server's FIN+SYN with its own SYN/ACK, the server's TCP acknowledges it, and
+    the censor turns its TCB around in the fitted share of flows."""
+    prof = profile("http_keyword.probability=0.97", "http_keyword.residual_s=0", date=OLD)
+    res = run(SIMULTANEOUS_OPEN, "http_keyword", prof, 50, seed=0, side="server")
+    lo, hi = binomial_counts(50, 0.43)
+    print(f"simultaneous open: {res.successes}/50, seeds 0..49, interval {lo}..{hi}")
+    assert lo <= res.successes <= hi
+    wire = [summary for summary, _ in res.trials[0].trace]
+    assert [w.split(" seq")[0] for w in wire[:7]] == [
+        "client S", "server FREC", "server FREC", "server FSEC", "client SA", "server A",
+        "client A",
+    ]  # fmt: skip
+    turned = [t for t in res.trials if "roles swapped" in t.trace[3][1]]
+    assert turned and all(t.evaded for t in turned)  # the rest: the 3% baseline
 
 
 def test_segmentation_fails_in_2024_with_the_citation() -> None:

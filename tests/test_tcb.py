@@ -58,8 +58,9 @@ CLASSIFY_VECTORS = [
     (SYN | ACK | FIN, False, False, In.RECV_SYNACK),
     (SYN | ACK, True, False, In.RECV_ACK),  # a client-sent SYN/ACK is just a segment
     (SYN | ACK, True, True, In.RECV_ACK),
-    (SYN, False, False, In.RECV_ACK),  # a server-sent bare SYN is just a segment
-    (SYN, False, True, In.RECV_ACK),
+    (SYN, False, False, In.RECV_SERVER_SYN),  # a server's bare SYN: a simultaneous open
+    (SYN, False, True, In.RECV_SERVER_SYN),
+    (SYN | FIN, False, False, In.RECV_SERVER_SYN),  # Come as You Are's FSEC
     (RST, True, False, In.RECV_RST),
     (RST, False, False, In.RECV_RST),
     (RST | ACK, True, True, In.RECV_RST),  # RST wins over data
@@ -98,6 +99,8 @@ def _expected_input(flags: int, c2s: bool, payload: bool) -> TcbInput:
             return In.RECV_SYN
         case (False, True, True, False):
             return In.RECV_SYNACK
+        case (False, True, False, False):
+            return In.RECV_SERVER_SYN
         case (False, True, _, _):
             return In.RECV_ACK
     if c2s and payload:
@@ -129,24 +132,28 @@ DEFAULT_TABLE = {
     (S.SYN_SEEN, In.RECV_SYNACK): (None, S.ESTABLISHED),
     (S.SYN_SEEN, In.RECV_DATA): ("append", S.ESTABLISHED),
     (S.SYN_SEEN, In.RECV_ACK): (None, S.SYN_SEEN),
+    (S.SYN_SEEN, In.RECV_SERVER_SYN): ("turnaround", S.SYN_SEEN),
     (S.SYN_SEEN, In.RECV_RST): (None, S.SYN_SEEN),
     (S.SYN_SEEN, In.RECV_FIN): ("teardown", S.CLOSED),
     (S.ESTABLISHED, In.RECV_SYN): (None, S.ESTABLISHED),
     (S.ESTABLISHED, In.RECV_SYNACK): (None, S.ESTABLISHED),
     (S.ESTABLISHED, In.RECV_DATA): ("append", S.ESTABLISHED),
     (S.ESTABLISHED, In.RECV_ACK): (None, S.ESTABLISHED),
+    (S.ESTABLISHED, In.RECV_SERVER_SYN): (None, S.ESTABLISHED),
     (S.ESTABLISHED, In.RECV_RST): ("teardown", S.CLOSED),
     (S.ESTABLISHED, In.RECV_FIN): ("teardown", S.CLOSED),
     (S.RESYNC, In.RECV_SYN): (None, S.RESYNC),
     (S.RESYNC, In.RECV_SYNACK): (None, S.RESYNC),
     (S.RESYNC, In.RECV_DATA): ("resync_append", S.ESTABLISHED),
     (S.RESYNC, In.RECV_ACK): (None, S.RESYNC),
+    (S.RESYNC, In.RECV_SERVER_SYN): (None, S.RESYNC),
     (S.RESYNC, In.RECV_RST): ("teardown", S.CLOSED),
     (S.RESYNC, In.RECV_FIN): ("teardown", S.CLOSED),
     (S.CLOSED, In.RECV_SYN): ("isn", S.SYN_SEEN),
     (S.CLOSED, In.RECV_SYNACK): (None, S.CLOSED),
     (S.CLOSED, In.RECV_DATA): (None, S.CLOSED),
     (S.CLOSED, In.RECV_ACK): (None, S.CLOSED),
+    (S.CLOSED, In.RECV_SERVER_SYN): (None, S.CLOSED),
     (S.CLOSED, In.RECV_RST): (None, S.CLOSED),
     (S.CLOSED, In.RECV_FIN): (None, S.CLOSED),
 }
@@ -194,7 +201,7 @@ def test_every_transition_for_every_parameter_value(
         rst_before_synack=rst_before_synack,
     )
     table = transition_table(params)
-    assert len(table) == 24
+    assert len(table) == 28
     assert set(table) == {(s, i) for s in S for i in In}  # total
     for (state, inp), got in table.items():
         if (state, inp) == (S.SYN_SEEN, In.RECV_RST) and not rst_before_synack:

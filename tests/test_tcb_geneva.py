@@ -264,6 +264,32 @@ FAMILIES: list[Family] = [
 ]
 
 
+# Come as You Are (SIGCOMM 2020), server side, the one China rate the spec confirms (§9, §14c):
+# ``[TCP:flags:SA]-duplicate(tamper{TCP:flags:replace:FREC}(duplicate,),
+# tamper{TCP:flags:replace:FSEC})-|``. The server sends two FIN+RST and a FIN+SYN instead of its
+# SYN/ACK; the client, in SYN-SENT, answers the SYN with a SYN/ACK of its own (simultaneous open),
+# which the server's TCP acknowledges; then the request.
+SIMULTANEOUS_OPEN = Family(
+    "server side: simultaneous open",
+    0.43,
+    [
+        SYN_PKT,
+        ("server FIN+RST", s2c(FIN | RST | ECE | CWR, SISN, CISN + 1)),
+        ("server FIN+RST again", s2c(FIN | RST | ECE | CWR, SISN, CISN + 1)),
+        ("server FIN+SYN", s2c(FIN | SYN | ECE | CWR, SISN, CISN + 1)),
+        ("client SYN/ACK", c2s(SYN | ACK, CISN, ack=SISN + 1)),
+        ("server ACK", s2c(ACK, SISN + 1, CISN + 1)),
+        REQUEST,
+    ],
+    # The FIN+RSTs come before any SYN/ACK (ignored); the FIN+SYN turns the TCB around; the
+    # client's SYN/ACK is then the "server's" SYN/ACK, and its request the "server's" data.
+    [SYNS, SYNS, SYNS, SYNS, EST, EST, EST],
+    censored=False,
+    sets=("tcb.simultaneous_open_probability=1",),
+)
+FAMILIES.append(SIMULTANEOUS_OPEN)
+
+
 def view(censor: Censor) -> str:
     key = flow_key(PROTO_TCP, C, CPORT, S, SPORT)
     flow = censor.flows.flows.get(key)
@@ -338,6 +364,33 @@ def test_a_rst_before_the_synack_tears_down_only_with_rst_before_synack() -> Non
     (fam,) = [f for f in FAMILIES if "turnaround" in f.name]
     views, censored = play(fam, "tcb.rst_probability=1", "tcb.rst_before_synack=true")
     assert views[2] == CLOSED and not censored
+
+
+def test_a_server_syn_that_does_not_act_leaves_the_roles_and_the_request_is_seen() -> None:
+    views, censored = play(SIMULTANEOUS_OPEN, "tcb.simultaneous_open_probability=0")
+    assert views == [SYNS, SYNS, SYNS, SYNS, SYNS, SYNS, BLOCKED] and censored
+
+
+def test_a_server_syn_after_the_synack_changes_nothing() -> None:
+    """Only a SYN before the server's SYN/ACK can be a simultaneous open (the table: syn-seen)."""
+    fam = Family(
+        "late server SYN",
+        0.03,
+        [*HANDSHAKE, ("server SYN", s2c(SYN, SISN, 0)), REQUEST],
+        [SYNS, EST, EST, EST, BLOCKED],
+        censored=True,
+        sets=("tcb.simultaneous_open_probability=1",),
+    )
+    views, censored = play(fam, *fam.sets)
+    assert views == fam.views and censored
+
+
+def test_a_turned_flow_reports_the_swapped_roles() -> None:
+    censor = build_censor(profile("tcb.simultaneous_open_probability=1"), 0)
+    run(censor, fam_packets(SIMULTANEOUS_OPEN))
+    flow = censor.flows.flows[flow_key(PROTO_TCP, C, CPORT, S, SPORT)]
+    assert flow.turned
+    assert (flow.client, flow.cport, flow.server, flow.sport) == (S, SPORT, C, CPORT)
 
 
 def test_a_data_fin_that_does_not_act_is_inspected_as_data() -> None:

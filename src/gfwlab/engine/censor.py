@@ -251,6 +251,9 @@ class Censor:
                 return
             tcb = flow.tcb = Tcb(params, self._tcb_table, isn, min_segment=self._min_segment)
         inp = classify(pkt.flags, c2s, bool(pkt.payload))
+        if inp is TcbInput.RECV_SERVER_SYN:
+            self._server_syn(seen, tcb)
+            return
         fin = acts(params, TcbInput.RECV_FIN, self._draw(flow)) if pkt.flags & FIN else False
         rst_ignored = inp is TcbInput.RECV_RST and not acts(params, inp, self._draw(flow))
         if rst_ignored or (inp is TcbInput.RECV_FIN and not fin):
@@ -265,6 +268,18 @@ class Censor:
                 flow.small_noted = True
                 self.verdicts.small_segment(out, flow, seen.now, params)
             self._dissect_stream(seen, tcb, out)
+
+    def _server_syn(self, seen: Seen, tcb: Tcb) -> None:
+        """A server's SYN without ACK: where the table turns the TCB around and the draw says it
+        acts, the flow's roles swap and the TCB starts from that SYN (spec §9, §14c)."""
+        flow, pkt = seen.flow, seen.pkt
+        inp = TcbInput.RECV_SERVER_SYN
+        turns = self._tcb_table[(tcb.state, inp)][0] == "turnaround"
+        if not turns or not acts(self.profile.tcb, inp, self._draw(flow)):
+            tcb.handle(TcbInput.RECV_ACK, pkt.seq, b"")
+            return
+        tcb.handle(inp, pkt.seq, b"")
+        flow.swap_roles()
 
     def _draw(self, flow: Flow) -> float:
         """The next uniform draw of the flow's keyed TCB stream (RST and FIN acting)."""

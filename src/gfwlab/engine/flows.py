@@ -88,6 +88,8 @@ class Flow:
     """Let go because no client SYN had been seen (S&P'25: no TCB without one); a SYN on the same
     5-tuple later starts the flow anew (a client's SYN/ACK answered by the server's RST before the
     client's own SYN must not hide the connection that SYN opens, spec §14c)."""
+    turned: bool = False
+    """The roles were swapped by a server's SYN the censor took for a simultaneous open."""
     ident: FlowId | None = None
     probes: int = 0
     """Active probes planned because of this flow (numbers its probes)."""
@@ -111,6 +113,15 @@ class Flow:
         """Nothing more to inspect: the verdict is final."""
         self.step(FlowInput.RECV_DONE)
         self.tcb = None  # free the reassembly buffer
+
+    def swap_roles(self) -> None:
+        """Take the server for the client and the client for the server (a simultaneous open the
+        censor believes, see ``TcbParams.simultaneous_open_probability``)."""
+        self.client, self.server = self.server, self.client
+        self.cport, self.sport = self.sport, self.cport
+        self.direction = "outside-in" if self.direction == "inside-out" else "inside-out"
+        self.ident = None
+        self.turned = not self.turned
 
     def opened_anew_by(self, pkt: Packet) -> bool:
         """Whether ``pkt``, a packet of this flow's 5-tuple, starts a new connection: a bare SYN

@@ -24,6 +24,11 @@ This is *not* an endpoint's TCP. It follows what was measured of the GFW (spec �
   ``turnaround`` is set (Geneva 2019: "TCB turnaround" got 3% on HTTP, spec §14c), and the
   server's RST answering it, seen before the server's SYN/ACK, does not tear the TCB down
   unless ``rst_before_synack`` is set.
+- a SYN from the server without ACK, seen before the server's SYN/ACK (a server that answers
+  its client with a simultaneous open: Come as You Are, SIGCOMM 2020), swaps the roles of
+  client and server with probability ``simultaneous_open_probability`` (fitted: 0.412, which
+  with the 3% baseline gives the 43% the strategy got on HTTP in China, spec §9 and §14c): the
+  censor then takes the real client's request for the server's data and does not inspect it;
 - a second client SYN can put the TCB into resynchronisation (IMC'17, unverified: off by
   default, ``resync_on_syn``); in RESYNC the next client data packet sets the expected sequence.
 
@@ -38,7 +43,7 @@ from typing import Literal
 from gfwlab.packet.ip import ACK, FIN, PROTO_TCP, RST, SYN, Packet, checksum
 from gfwlab.rules.profile import TcbParams
 
-Effect = Literal["isn", "append", "resync_append", "teardown"] | None
+Effect = Literal["isn", "append", "resync_append", "teardown", "turnaround"] | None
 
 
 class TcbState(enum.Enum):
@@ -51,6 +56,7 @@ class TcbState(enum.Enum):
 class TcbInput(enum.Enum):
     RECV_SYN = "client SYN"
     RECV_SYNACK = "server SYN/ACK"
+    RECV_SERVER_SYN = "server SYN"
     RECV_DATA = "client data"
     RECV_ACK = "other segment"
     RECV_RST = "RST"
@@ -60,8 +66,9 @@ class TcbInput(enum.Enum):
 def classify(flags: int, c2s: bool, has_payload: bool) -> TcbInput:
     """The TCB input one TCP segment is, from its flags, its direction and whether it carries data.
 
-    A RST wins over every other flag; a SYN is the client's SYN only without ACK and the server's
-    SYN/ACK only with it (a client-sent SYN/ACK or a server-sent bare SYN is just a segment);
+    A RST wins over every other flag; a SYN is the client's SYN without ACK, the server's SYN/ACK
+    with it, and the server's SYN (a simultaneous open) without it (a client-sent SYN/ACK is just
+    a segment);
     client data wins over FIN (:meth:`Tcb.feed` applies the FIN of a data+FIN segment).
     Server payload is not reassembled: it is an ordinary segment.
     """
@@ -70,8 +77,8 @@ def classify(flags: int, c2s: bool, has_payload: bool) -> TcbInput:
     if flags & SYN:
         if c2s and not flags & ACK:
             return TcbInput.RECV_SYN
-        if not c2s and flags & ACK:
-            return TcbInput.RECV_SYNACK
+        if not c2s:
+            return TcbInput.RECV_SYNACK if flags & ACK else TcbInput.RECV_SERVER_SYN
         return TcbInput.RECV_ACK
     if c2s and has_payload:
         return TcbInput.RECV_DATA
@@ -100,6 +107,7 @@ def transition_table(params: TcbParams) -> dict[tuple[TcbState, TcbInput], tuple
     for state in (s.SYN_SEEN, s.ESTABLISHED, s.RESYNC):
         table[(state, i.RECV_SYNACK)] = (None, s.ESTABLISHED if state is s.SYN_SEEN else state)
         table[(state, i.RECV_ACK)] = (None, state)
+        table[(state, i.RECV_SERVER_SYN)] = (None, state)
         for inp, how in ((i.RECV_RST, params.on_rst), (i.RECV_FIN, params.on_fin)):
             if inp is i.RECV_RST and state is s.SYN_SEEN and not params.rst_before_synack:
                 table[(state, inp)] = (None, state)
@@ -110,6 +118,9 @@ def transition_table(params: TcbParams) -> dict[tuple[TcbState, TcbInput], tuple
             else:
                 table[(state, inp)] = (None, state)
     table[(s.SYN_SEEN, i.RECV_SYN)] = ("isn", s.SYN_SEEN)
+    # Simultaneous open: the server's SYN starts a TCB with the roles swapped (the engine swaps
+    # the flow's client and server; the server's SYN is the new client's ISN).
+    table[(s.SYN_SEEN, i.RECV_SERVER_SYN)] = ("turnaround", s.SYN_SEEN)
     table[(s.SYN_SEEN, i.RECV_DATA)] = ("append", s.ESTABLISHED)
     table[(s.ESTABLISHED, i.RECV_DATA)] = ("append", s.ESTABLISHED)
     table[(s.RESYNC, i.RECV_DATA)] = ("resync_append", s.ESTABLISHED)
@@ -118,14 +129,17 @@ def transition_table(params: TcbParams) -> dict[tuple[TcbState, TcbInput], tuple
     table[(s.RESYNC, i.RECV_SYN)] = (None, s.RESYNC)
     # A closed TCB is reborn by a new client SYN on the same 4-tuple and ignores the rest.
     table[(s.CLOSED, i.RECV_SYN)] = ("isn", s.SYN_SEEN)
-    for inp in (i.RECV_SYNACK, i.RECV_DATA, i.RECV_ACK, i.RECV_RST, i.RECV_FIN):
+    for inp in (i.RECV_SYNACK, i.RECV_SERVER_SYN, i.RECV_DATA, i.RECV_ACK, i.RECV_RST, i.RECV_FIN):
         table[(s.CLOSED, inp)] = (None, s.CLOSED)
     return table
 
 
 def acts(params: TcbParams, inp: TcbInput, draw: float) -> bool:
-    """Whether a RST or FIN takes effect, given a uniform ``draw`` from the flow's keyed stream
-    (``rst_probability``, ``fin_probability``); every other input always does."""
+    """Whether a RST, FIN or server SYN takes effect, given a uniform ``draw`` from the flow's
+    keyed stream (``rst_probability``, ``fin_probability``, ``simultaneous_open_probability``);
+    every other input always does."""
+    if inp is TcbInput.RECV_SERVER_SYN:
+        return draw < params.simultaneous_open_probability
     if inp is TcbInput.RECV_RST:
         return draw < params.rst_probability
     if inp is TcbInput.RECV_FIN:
@@ -178,7 +192,7 @@ class Tcb:
         self.state = nxt
         if effect is None:
             return False
-        if effect == "isn":
+        if effect in ("isn", "turnaround"):
             self.next_seq = (seq + 1) & 0xFFFFFFFF
             self.stream.clear()
             self.ooo.clear()

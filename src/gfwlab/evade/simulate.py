@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 
 from gfwlab.engine import Censor, Inject, Report
 from gfwlab.engine.flows import Flow, FlowState, flow_key
+from gfwlab.errors import MalformedPacket
 from gfwlab.evade.interp import Interpreter, Pkt, flags_text
 from gfwlab.evade.strategy import Strategy, parse_strategy
 from gfwlab.offline.synth import tcp_conversation
-from gfwlab.packet.ip import PROTO_TCP, addr_bytes, parse
+from gfwlab.packet.ip import ACK, PROTO_TCP, RST, SYN, addr_bytes, build_tcp, parse
 from gfwlab.profiles import build_censor
 from gfwlab.proto.tls import build_client_hello
 from gfwlab.rules.profile import Profile
@@ -133,7 +134,8 @@ def describe(flow: Flow | None) -> str:
     if flow.tcb is None:
         return "no TCB"
     t = flow.tcb
-    return f"{t.state.value}, stream {len(t.stream)} bytes, {len(t.ooo)} held"
+    turned = ", roles swapped" if flow.turned else ""
+    return f"{t.state.value}{turned}, stream {len(t.stream)} bytes, {len(t.ooo)} held"
 
 
 def trial(
@@ -145,7 +147,9 @@ def trial(
     interp = Interpreter(strategy, random.Random(f"evade:{seed}"))
     out = Trial(seed, True)
     me = addr_bytes(CLIENT if side == "client" else SERVER)
-    for ts, raw in conversation(against, cport):
+    script = conversation(against, cport)
+    while script:
+        ts, raw = script.pop(0)
         pkt = parse(raw)
         wire = interp.outbound(raw) if pkt.src == me else [raw]
         for sent in wire:
@@ -153,10 +157,36 @@ def trial(
             out.trace.append((summary(sent), view(censor, cport, TARGETS[against])))
             if _reset(actions, against):
                 out.evaded = False
+        if pkt.flags & (SYN | ACK) == SYN | ACK and pkt.src == addr_bytes(SERVER):
+            script[:0] = simultaneous_open(wire, ts, (pkt.ack - 1) & 0xFFFFFFFF)
     for a in censor.flush():
         if isinstance(a, Inject) and a.mechanism == against:
             out.evaded = False
     return out
+
+
+def simultaneous_open(wire: list[bytes], ts: float, isn_c: int) -> list[tuple[float, bytes]]:
+    """What the endpoints add when the server's SYN/ACK went out as a bare SYN (and no SYN/ACK):
+    the client, in SYN-SENT, takes it for a simultaneous open and sends a SYN/ACK of its own ISN
+    (RFC 9293 §3.10.7.3); the server's TCP, still holding the client's SYN, finds that segment
+    outside its window and answers with an ACK, which completes the client's handshake. The
+    scripted ACK and data that follow are then the connection's own. ``isn_c``: the client's
+    ISN."""
+    sent = []
+    for raw in wire:
+        try:
+            sent.append(parse(raw))
+        except MalformedPacket:
+            continue  # a packet the client's TCP drops
+    if any(p.flags & (SYN | ACK) == SYN | ACK for p in sent):
+        return []
+    syn = next((p for p in sent if p.flags & (SYN | ACK | RST) == SYN), None)
+    if syn is None:
+        return []
+    c, s = addr_bytes(CLIENT), addr_bytes(SERVER)
+    synack = build_tcp(c, s, syn.dport, syn.sport, seq=isn_c, ack=syn.seq + 1, flags=SYN | ACK)
+    ack = build_tcp(s, c, syn.sport, syn.dport, seq=syn.seq + 1, ack=isn_c + 1, flags=ACK)
+    return [(ts, synack), (ts, ack)]
 
 
 def _reset(actions: Iterable[object], against: str) -> bool:
