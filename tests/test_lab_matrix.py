@@ -5,6 +5,7 @@ docs/evasion.md."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,19 +14,49 @@ from pathlib import Path
 
 import pytest
 
-from testenv import LAB_MARKS
+from testenv import LAB_MARKS, client, gfwlab
 
 pytestmark = [*LAB_MARKS, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 
-KNOWN_DEVIATIONS = {
-    # The cause is at the endpoints (docs/evasion-live.md): the server takes the 4 option bytes
-    # the tampered header hides as data, its ACKs run 4 bytes past what the client sent, and the
-    # client's TCP discards the whole answer ("ack of unsent data"), so the fetch times out; the
-    # censor resets nothing (offline 50/50).
-    r"[TCP:flags:PA]-duplicate(tamper{TCP:options-wscale:corrupt}"
-    r"(tamper{TCP:dataofs:replace:8},),)-\| \/",
-}
+KNOWN_DEVIATIONS: set[str] = set()  # none: each row agrees with its published rate
+WSCALE_ROW = (
+    "[TCP:flags:PA]-duplicate(tamper{TCP:options-wscale:corrupt}"
+    "(tamper{TCP:dataofs:replace:8},),)-| \\/"
+)
+MATRIX_UP = [
+    "--date", "2020-01-15", "--seed", "1", "--set", "http_keyword.probability=1",
+    "--set", "http_keyword.residual_s=1",
+]  # fmt: skip
+
+
+def _wscale_trials(*up: str) -> tuple[int, str]:
+    """Successes of the window-scale/data-offset-8 row in 5 live trials, and the client
+    namespace's ``net.ipv4.tcp_timestamps``."""
+    gfwlab("lab", "down")
+    res = gfwlab("lab", "up", *MATRIX_UP, *up)
+    assert res.returncode == 0, res.stderr + res.stdout
+    try:
+        stamps = client("sysctl", "-n", "net.ipv4.tcp_timestamps").stdout.strip()
+        run = gfwlab("evade", "run", "-s", WSCALE_ROW, "--trials", "5", "--json", timeout=300)
+        assert run.returncode == 0, run.stderr
+        return int(json.loads(run.stdout)["successes"]), stamps
+    finally:
+        gfwlab("lab", "down")
+
+
+def test_the_wscale_row_needs_a_client_without_timestamps() -> None:
+    """The 4 option bytes the tampered header hides reach the server as data when the client
+    sends timestamps (its ACKs then run past what the client sent, and the client's TCP drops
+    the answer); without timestamps the header hides none, and the row gets through
+    (docs/evasion-live.md). The host's own setting is never touched."""
+    host = Path("/proc/sys/net/ipv4/tcp_timestamps").read_text().strip()
+    with_stamps, on = _wscale_trials()
+    without, off = _wscale_trials("--no-client-timestamps")
+    assert (on, off) == ("1", "0")
+    assert Path("/proc/sys/net/ipv4/tcp_timestamps").read_text().strip() == host
+    assert with_stamps == 0, with_stamps
+    assert without >= 4, without
 
 
 def test_live_matrix_matches_the_published_china_rates(tmp_path: Path) -> None:

@@ -265,7 +265,12 @@ def evade_library(
         rows, seed = _library_live(trials, dates)
         command = "gfwlab evade library"
     command += f" --trials {trials} --seed {seed}" + (f" --write {write}" if write else "")
-    text = library.render(rows, trials, seed, command, live=not offline)
+    setup = ""
+    if not offline:
+        from gfwlab.lab.state import LabState  # noqa: PLC0415
+
+        setup = library.lab_setup(LabState.load().config)
+    text = library.render(rows, trials, seed, command, live=not offline, setup=setup)
     if write:
         out = OutputFile(write)
         out.write(text.encode())

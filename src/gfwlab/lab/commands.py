@@ -55,6 +55,13 @@ def lab_up(
         int,
         typer.Option("--client-hops", min=0, max=64, help="Routers between client and censor."),
     ] = 0,
+    client_timestamps: Annotated[
+        bool,
+        typer.Option(
+            "--client-timestamps/--no-client-timestamps",
+            help="Whether the client's TCP sends timestamps (Linux: yes; Geneva's rates: no).",
+        ),
+    ] = True,
 ) -> None:
     """Make the lab: client, censor and server namespaces, real services, the censor inline."""
     from gfwlab.lab.lifecycle import UpOptions, up  # noqa: PLC0415
@@ -74,6 +81,7 @@ def lab_up(
         names=names or [],
         hops=hops,
         client_hops=client_hops,
+        client_timestamps=client_timestamps,
     )
     with err.status("making the lab…") as spinner:
         up(opts, log=lambda msg: spinner.update(f"making the lab: {msg}…"))

@@ -63,6 +63,8 @@ class UpOptions:
     """Routers between the censor and the server, for TTLs (see ``netns.install_path_hops``)."""
     client_hops: int = 0
     """Routers between the client and the censor, for TTLs."""
+    client_timestamps: bool = True
+    """Whether the client's TCP sends timestamps (see ``netns.set_client_timestamps``)."""
     at: str | None = None
     """The UTC moment (YYYY-MM-DDTHH:MM) the censor's clock shows at lab up (dated events)."""
     network: str = "national"
@@ -123,6 +125,7 @@ def _up_locked(options: UpOptions, profile: Profile, log: Any, ca: Any, services
             "fail_open": options.fail_open,
             "hops": options.hops,
             "client_hops": options.client_hops,
+            "client_timestamps": options.client_timestamps,
             "network": options.network,
             "at": options.at,
             "clock_offset_s": options.clock_offset_s,
@@ -137,6 +140,8 @@ def _up_locked(options: UpOptions, profile: Profile, log: Any, ca: Any, services
             netns.install_queue_rules(CENSOR_NS, QUEUE_NUM, fail_open=options.fail_open)
             netns.untrack_fragments(CENSOR_NS)
             netns.install_path_hops(options.hops, options.client_hops)
+            if not options.client_timestamps:
+                netns.set_client_timestamps(False)
             for ns in (CLIENT_NS, SERVER_NS):  # both resolve with the lab's DNS server
                 etc = os.path.join(ETC_NETNS, ns)
                 st.record(kind="path", path=etc)

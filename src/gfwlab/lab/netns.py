@@ -293,6 +293,18 @@ def install_path_hops(server_hops: int, client_hops: int = 0) -> None:
                 raise LabError(f"the kernel refused the {match[0]} match (--hops): {exc}") from None
 
 
+def set_client_timestamps(on: bool) -> None:
+    """Whether the client namespace's TCP sends timestamps (RFC 7323; Linux's default: on).
+
+    ``net.ipv4.tcp_timestamps`` is per network namespace (it covers IPv6 too), so the host keeps
+    its own. Off, the client's data packets carry no options, as those of a client whose stack
+    does not send timestamps (Windows by default). Geneva's published China rates imply such a
+    client: its window-scale/data-offset-8 insertion (98%) can only reach the server harmlessly
+    without them (docs/evasion-live.md).
+    """
+    run(in_ns(CLIENT_NS, "sysctl", "-q", "-w", f"net.ipv4.tcp_timestamps={int(on)}"))
+
+
 def kill_namespace_processes(ns: str, grace: float = 3.0) -> int:
     """SIGTERM every process in ``ns``, then SIGKILL what is left; returns how many there were."""
     pids = [int(p) for p in run(["ip", "netns", "pids", ns], check=False).split() if p.isdigit()]
@@ -338,5 +350,6 @@ __all__ = [
     "make_namespace",
     "make_topology",
     "run",
+    "set_client_timestamps",
     "untrack_fragments",
 ]
