@@ -64,84 +64,84 @@ def _spec(chart: alt.TopLevelMixin) -> dict[str, Any]:
     return spec
 
 
+def _bars(
+    query: str,
+    con: duckdb.DuckDBPyConnection,
+    key: str,
+    title: str,
+    *,
+    x: Any,
+    y: Any,
+    tooltip: list[Any],
+    color: Any = None,
+    width: Any = 520,
+    least: int = 1,
+) -> Chart | None:
+    """A bar chart of one named query's rows (None with fewer than ``least`` rows)."""
+    data = _records(*run_query(con, query))
+    if len(data) < least:
+        return None
+    encoding: dict[str, Any] = {"x": x, "y": y, "tooltip": tooltip}
+    if color is not None:
+        encoding["color"] = color
+    chart = alt.Chart(_data(data)).mark_bar().encode(**encoding).properties(width=width)
+    return Chart(key, title, _spec(chart))
+
+
+def _share() -> dict[str, Any]:
+    """The axis of a blocked share: a percentage from 0 to 1."""
+    return {
+        "title": "blocked share",
+        "axis": alt.Axis(format="%"),
+        "scale": alt.Scale(domain=[0, 1]),
+    }
+
+
 def blocked_by_category(con: duckdb.DuckDBPyConnection) -> Chart | None:
     """Probe: the share of measurements blocked per Citizen Lab category (one bar each)."""
-    data = _records(*run_query(con, "blocked-by-category"))
-    if not data:
-        return None
-    chart = (
-        alt.Chart(_data(data))
-        .mark_bar()
-        .encode(
-            x=alt.X("blocked_share:Q", title="blocked share", axis=alt.Axis(format="%"),
-                    scale=alt.Scale(domain=[0, 1])),
-            y=alt.Y("category:N", sort="-x", title="category"),
-            tooltip=["category:N", "measured:Q", "blocked:Q", "undetermined:Q",
-                     alt.Tooltip("blocked_share:Q", format=".1%")],
-        )
-        .properties(width=520)
+    return _bars(
+        "blocked-by-category", con, "category", "Blocked share per category",
+        x=alt.X("blocked_share:Q", **_share()),
+        y=alt.Y("category:N", sort="-x", title="category"),
+        tooltip=["category:N", "measured:Q", "blocked:Q", "undetermined:Q",
+                 alt.Tooltip("blocked_share:Q", format=".1%")],
     )  # fmt: skip
-    return Chart("category", "Blocked share per category", _spec(chart))
 
 
 def blocked_by_day(con: duckdb.DuckDBPyConnection) -> Chart | None:
     """Probe: the blocked share per day (one bar each), for runs over more than one day."""
-    data = _records(*run_query(con, "blocked-by-day"))
-    if len(data) < 2:
-        return None
-    chart = (
-        alt.Chart(_data(data))
-        .mark_bar()
-        .encode(
-            x=alt.X("day:O", title="day"),
-            y=alt.Y("blocked_share:Q", title="blocked share", axis=alt.Axis(format="%"),
-                    scale=alt.Scale(domain=[0, 1])),
-            tooltip=["day:O", "measured:Q", "blocked:Q", "undetermined:Q",
-                     alt.Tooltip("blocked_share:Q", format=".1%")],
-        )
-        .properties(width=alt.Step(40))
+    return _bars(
+        "blocked-by-day", con, "day", "Blocked share per day",
+        x=alt.X("day:O", title="day"),
+        y=alt.Y("blocked_share:Q", **_share()),
+        tooltip=["day:O", "measured:Q", "blocked:Q", "undetermined:Q",
+                 alt.Tooltip("blocked_share:Q", format=".1%")],
+        width=alt.Step(40), least=2,
     )  # fmt: skip
-    return Chart("day", "Blocked share per day", _spec(chart))
 
 
 def blocked_by_mechanism(con: duckdb.DuckDBPyConnection) -> Chart | None:
     """Probe: blocked measurements per GFW mechanism, split by OONI blocking type (one bar
     segment per mechanism and type)."""
-    data = _records(*run_query(con, "blocked-by-mechanism"))
-    if not data:
-        return None
-    chart = (
-        alt.Chart(_data(data))
-        .mark_bar()
-        .encode(
-            x=alt.X("blocked:Q", title="blocked measurements"),
-            y=alt.Y("mechanism:N", sort="-x", title="mechanism (gfwlab's attribution)"),
-            color=alt.Color("blocking:N", title="OONI blocking"),
-            tooltip=["mechanism:N", "blocking:N", "blocked:Q", "residual:Q",
-                     alt.Tooltip("share:Q", format=".1%")],
-        )
-        .properties(width=520)
+    return _bars(
+        "blocked-by-mechanism", con, "mechanism", "Blocked measurements per mechanism",
+        x=alt.X("blocked:Q", title="blocked measurements"),
+        y=alt.Y("mechanism:N", sort="-x", title="mechanism (gfwlab's attribution)"),
+        color=alt.Color("blocking:N", title="OONI blocking"),
+        tooltip=["mechanism:N", "blocking:N", "blocked:Q", "residual:Q",
+                 alt.Tooltip("share:Q", format=".1%")],
     )  # fmt: skip
-    return Chart("mechanism", "Blocked measurements per mechanism", _spec(chart))
 
 
 def flows_by_mechanism(con: duckdb.DuckDBPyConnection) -> Chart | None:
     """Censor: flows acted on per mechanism and action (one bar segment each)."""
-    data = _records(*run_query(con, "flows-by-mechanism"))
-    if not data:
-        return None
-    chart = (
-        alt.Chart(_data(data))
-        .mark_bar()
-        .encode(
-            x=alt.X("flows:Q", title="flows acted on"),
-            y=alt.Y("mechanism:N", sort="-x"),
-            color=alt.Color("action:N"),
-            tooltip=["mechanism:N", "action:N", "flows:Q"],
-        )
-        .properties(width=520)
-    )
-    return Chart("flows", "Flows the censor acted on, per mechanism", _spec(chart))
+    return _bars(
+        "flows-by-mechanism", con, "flows", "Flows the censor acted on, per mechanism",
+        x=alt.X("flows:Q", title="flows acted on"),
+        y=alt.Y("mechanism:N", sort="-x"),
+        color=alt.Color("action:N"),
+        tooltip=["mechanism:N", "action:N", "flows:Q"],
+    )  # fmt: skip
 
 
 def timeline(con: duckdb.DuckDBPyConnection) -> Chart | None:
@@ -198,21 +198,13 @@ def timeline(con: duckdb.DuckDBPyConnection) -> Chart | None:
 
 def injectors(con: duckdb.DuckDBPyConnection) -> Chart | None:
     """Censor: forged packets' injector types (one bar segment per mechanism and injector)."""
-    data = _records(*run_query(con, "injectors"))
-    if not data:
-        return None
-    chart = (
-        alt.Chart(_data(data))
-        .mark_bar()
-        .encode(
-            x=alt.X("events:Q", title="events"),
-            y=alt.Y("injector:N", sort="-x", title="injector (fingerprint)"),
-            color=alt.Color("mechanism:N"),
-            tooltip=["mechanism:N", "injector:N", "action:N", "events:Q"],
-        )
-        .properties(width=520)
-    )
-    return Chart("injectors", "Forging injectors (spec §2, §4a)", _spec(chart))
+    return _bars(
+        "injectors", con, "injectors", "Forging injectors (spec §2, §4a)",
+        x=alt.X("events:Q", title="events"),
+        y=alt.Y("injector:N", sort="-x", title="injector (fingerprint)"),
+        color=alt.Color("mechanism:N"),
+        tooltip=["mechanism:N", "injector:N", "action:N", "events:Q"],
+    )  # fmt: skip
 
 
 def _quantile(table: tuple[tuple[float, float], ...], share: float) -> float:
