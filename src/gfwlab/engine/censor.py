@@ -49,8 +49,7 @@ class Censor:
     def __init__(
         self, profile: Profile, seed: int = 0, *, mechanisms: Mapping[str, type[Mechanism]]
     ) -> None:
-        self.profile = profile
-        self.seed = seed
+        self.profile, self.seed = profile, seed
         eng = profile.engine
         self.flows = FlowTable(eng.tcp_timeout_s, eng.udp_timeout_s, eng.max_flows)
         self.residual = ResidualTable()
@@ -241,8 +240,7 @@ class Censor:
         params = self.profile.tcb
         if params.check_checksum and not tcp_checksum_ok(pkt):
             return
-        tcb = flow.tcb
-        if tcb is None:
+        if (tcb := flow.tcb) is None:
             isn = open_input(params, pkt.flags, c2s, pkt.seq, bool(pkt.payload))
             if isn is None:
                 if params.require_syn and not pkt.flags & SYN:
@@ -251,9 +249,8 @@ class Censor:
                 return
             tcb = flow.tcb = Tcb(params, self._tcb_table, isn, min_segment=self._min_segment)
         inp = classify(pkt.flags, c2s, bool(pkt.payload))
-        if inp is TcbInput.RECV_SERVER_SYN:
-            self._server_syn(seen, tcb)
-            return
+        if inp is TcbInput.RECV_SERVER_SYN:  # a simultaneous open, where it acts (spec §9)
+            return tcb.server_syn(pkt.seq, lambda: self._draw(flow), then=flow.swap_roles)
         fin = acts(params, TcbInput.RECV_FIN, self._draw(flow)) if pkt.flags & FIN else False
         rst_ignored = inp is TcbInput.RECV_RST and not acts(params, inp, self._draw(flow))
         if rst_ignored or (inp is TcbInput.RECV_FIN and not fin):
@@ -269,20 +266,8 @@ class Censor:
                 self.verdicts.small_segment(out, flow, seen.now, params)
             self._dissect_stream(seen, tcb, out)
 
-    def _server_syn(self, seen: Seen, tcb: Tcb) -> None:
-        """A server's SYN without ACK: where the table turns the TCB around and the draw says it
-        acts, the flow's roles swap and the TCB starts from that SYN (spec §9, §14c)."""
-        flow, pkt = seen.flow, seen.pkt
-        inp = TcbInput.RECV_SERVER_SYN
-        turns = self._tcb_table[(tcb.state, inp)][0] == "turnaround"
-        if not turns or not acts(self.profile.tcb, inp, self._draw(flow)):
-            tcb.handle(TcbInput.RECV_ACK, pkt.seq, b"")
-            return
-        tcb.handle(inp, pkt.seq, b"")
-        flow.swap_roles()
-
     def _draw(self, flow: Flow) -> float:
-        """The next uniform draw of the flow's keyed TCB stream (RST and FIN acting)."""
+        """The next uniform draw of the flow's keyed TCB stream (RST, FIN, server SYN acting)."""
         return flow.draws(self._tcb_key).random()
 
     def _dissect_stream(self, seen: Seen, tcb: Tcb, out: list[Action]) -> None:

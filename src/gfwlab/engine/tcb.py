@@ -38,6 +38,7 @@ The transitions are a table (STYLE.md §4); a missing entry is a bug and raises.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Literal
 
 from gfwlab.packet.ip import ACK, FIN, PROTO_TCP, RST, SYN, Packet, checksum
@@ -205,6 +206,18 @@ class Tcb:
             self.next_seq = seq
             self.ooo.clear()
         return self._append(seq, data)
+
+    def server_syn(self, seq: int, draw: Callable[[], float], then: Callable[[], None]) -> None:
+        """Apply a server's SYN (``seq``: its sequence number): where the table turns the TCB
+        around and a uniform ``draw()`` says it acts (``simultaneous_open_probability``), the
+        TCB restarts from that SYN and ``then()`` swaps the flow's client and server. Otherwise
+        it is just a segment."""
+        inp = TcbInput.RECV_SERVER_SYN
+        if self._table[(self.state, inp)][0] != "turnaround" or not acts(self.params, inp, draw()):
+            self.handle(TcbInput.RECV_ACK, seq, b"")
+            return
+        self.handle(inp, seq, b"")
+        then()
 
     def feed(self, inp: TcbInput, seq: int, data: bytes, flags: int, *, fin: bool = True) -> bool:
         """Apply one classified segment. A data segment that also carries a FIN that acts
