@@ -282,9 +282,12 @@ class Censor:
         flow, pkt = seen.flow, seen.pkt
         if seen.c2s and flow.packets == 1:
             self._run_hooks("on_first_datagram", seen, out)
+            payload = pkt.payload
             for row in self._first_dgram_rows:
+                if row.starts is not None and not (payload and payload[0] in row.starts):
+                    continue  # not offered to it (a DNS query is no QUIC Initial)
                 if flow.state is FlowState.CLEAN:
-                    self._dissect(row, seen, pkt.payload, out)
+                    self._dissect(row, seen, payload, out)
             if flow.state is not FlowState.CLEAN:
                 return
         if pkt.dport in self._port_set:

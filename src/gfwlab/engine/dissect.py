@@ -114,6 +114,7 @@ DISSECTORS: tuple[Dissector, ...] = (
         name="quic",
         hook="on_quic_initial",
         carrier="udp-first",
+        starts=frozenset(range(0x80, 0x100)),  # a long header (parse_initial: else not QUIC)
         parse=lambda data, o: parse_initial(data, crypto_reading=o.quic_crypto_reading),
         report_anomalies=False,
         names_mechanism=True,
