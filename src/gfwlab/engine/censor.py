@@ -198,7 +198,10 @@ class Censor:
         if flow is not None and flow.opened_anew_by(pkt):
             del self.flows.flows[key]
             flow = None
-        if flow is not None and now - flow.last_seen >= self.flows.timeout(flow):
+        table = self.flows
+        if flow is not None and now - flow.last_seen >= (
+            table.tcp_timeout if flow.proto == PROTO_TCP else table.udp_timeout
+        ):
             # Idle past its timeout: forgotten now, not at the next sweep, so that a datagram
             # exactly udp_timeout_s after the last one starts a new flow (QUIC, spec §5).
             del self.flows.flows[key]
@@ -303,10 +306,10 @@ class Censor:
             mechs = [m for m in mechs if seen.pkt.dport in (self._udp_ports.get(m.name) or ())]
         if not mechs:
             return False  # no mechanism looks at this flow: nothing to dissect
-        inspecting = [m for m in mechs if m.inspects(seen)]
         try:
             parsed = row.parse(data, self._options)
         except MalformedPacket as exc:
+            inspecting = [m for m in mechs if m.inspects(seen)]
             if inspecting and exc.kind not in row.silent:
                 named = inspecting[0].name if row.names_mechanism else None
                 self.verdicts.malformed(out, seen.flow, seen.now, exc, named)
@@ -319,7 +322,7 @@ class Censor:
                 self.verdicts.report(
                     out, seen.flow, seen.now, "engine", "anomaly", anomaly, None, fields
                 )
-        self._run_hooks(row.hook, seen, out, parsed, mechs=mechs)
+        self._run_hooks(row.hook, seen, out, parsed, mechs=mechs)  # admitted above
         return True
 
     def _run_hooks(
@@ -330,10 +333,12 @@ class Censor:
         *args: object,
         mechs: list[Mechanism] | None = None,
     ) -> None:
-        """The one path every hook is called through: admitted mechanisms only, and a
-        MalformedPacket raised inside a mechanism becomes an anomaly event."""
+        """The one path every hook is called through: admitted mechanisms only (``mechs``: the
+        ones :meth:`_dissect` admitted, not asked again), and a MalformedPacket raised inside a
+        mechanism becomes an anomaly event."""
+        flow = seen.flow
         for mech in self.hooks.get(hook, ()) if mechs is None else mechs:
-            if not mech.admits(seen.flow):
+            if mechs is None and not mech.admits(flow):
                 continue
             try:
                 decision = getattr(mech, hook)(seen, *args)

@@ -148,7 +148,7 @@ def entropy(data: bytes) -> float:
     n = len(data)
     # Counted in C (numpy's bincount: twice as fast as a Counter and a sort); the terms summed in
     # byte-value order with math.log2, as a loop over 0..255 would: the same float.
-    counts = np.bincount(np.frombuffer(data, np.uint8), minlength=256).tolist()
+    counts: list[int] = np.bincount(np.frombuffer(data, np.uint8), minlength=256).tolist()
     return -sum([c / n * log2(c / n) for c in counts if c])
 
 
