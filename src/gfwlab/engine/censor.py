@@ -198,10 +198,7 @@ class Censor:
         if flow is not None and flow.opened_anew_by(pkt):
             del self.flows.flows[key]
             flow = None
-        table = self.flows
-        if flow is not None and now - flow.last_seen >= (
-            table.tcp_timeout if flow.proto == PROTO_TCP else table.udp_timeout
-        ):
+        if flow is not None and now - flow.last_seen >= self.flows.timeout(flow):
             # Idle past its timeout: forgotten now, not at the next sweep, so that a datagram
             # exactly udp_timeout_s after the last one starts a new flow (QUIC, spec §5).
             del self.flows.flows[key]
@@ -275,7 +272,7 @@ class Censor:
 
     def _dissect_stream(self, seen: Seen, tcb: Tcb, out: list[Action]) -> None:
         data = bytes(tcb.stream)
-        row = next((d for d in self._stream_rows if d.starts is None or data[0] in d.starts), None)
+        row = next((d for d in self._stream_rows if d.offered(data)), None)
         if row is not None and self._dissect(row, seen, data, out) is None and not tcb.full:
             return  # need more data
         if seen.flow.state is FlowState.CLEAN:
@@ -285,12 +282,9 @@ class Censor:
         flow, pkt = seen.flow, seen.pkt
         if seen.c2s and flow.packets == 1:
             self._run_hooks("on_first_datagram", seen, out)
-            payload = pkt.payload
             for row in self._first_dgram_rows:
-                if row.starts is not None and not (payload and payload[0] in row.starts):
-                    continue  # not offered to it (a DNS query is no QUIC Initial)
-                if flow.state is FlowState.CLEAN:
-                    self._dissect(row, seen, payload, out)
+                if flow.state is FlowState.CLEAN and row.offered(pkt.payload):
+                    self._dissect(row, seen, pkt.payload, out)
             if flow.state is not FlowState.CLEAN:
                 return
         if pkt.dport in self._port_set:
@@ -333,12 +327,10 @@ class Censor:
         *args: object,
         mechs: list[Mechanism] | None = None,
     ) -> None:
-        """The one path every hook is called through: admitted mechanisms only (``mechs``: the
-        ones :meth:`_dissect` admitted, not asked again), and a MalformedPacket raised inside a
-        mechanism becomes an anomaly event."""
-        flow = seen.flow
+        """The one path every hook is called through: admitted mechanisms only (``mechs``: admitted
+        by the caller), and a MalformedPacket raised inside a mechanism becomes an anomaly event."""
         for mech in self.hooks.get(hook, ()) if mechs is None else mechs:
-            if mechs is None and not mech.admits(flow):
+            if mechs is None and not mech.admits(seen.flow):
                 continue
             try:
                 decision = getattr(mech, hook)(seen, *args)
