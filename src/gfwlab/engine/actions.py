@@ -29,12 +29,24 @@ class EventFields:
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if value is None and f.default is None:
+        for name, optional in _layout(type(self)):
+            value = getattr(self, name)
+            if value is None and optional:
                 continue
-            out[f.name] = _plain(value)
+            out[name] = _plain(value)
         return out
+
+
+_LAYOUTS: dict[type, tuple[tuple[str, bool], ...]] = {}
+
+
+def _layout(cls: type) -> tuple[tuple[str, bool], ...]:
+    """An EventFields class's fields in declared order, each with whether it is left out while
+    None (``dataclasses.fields`` builds its answer anew on every call: too slow per event)."""
+    layout = _LAYOUTS.get(cls)
+    if layout is None:
+        layout = _LAYOUTS[cls] = tuple((f.name, f.default is None) for f in dataclasses.fields(cls))
+    return layout
 
 
 def _plain(value: Any) -> Any:

@@ -272,7 +272,7 @@ class Censor:
 
     def _dissect_stream(self, seen: Seen, tcb: Tcb, out: list[Action]) -> None:
         data = bytes(tcb.stream)
-        row = next((d for d in self._stream_rows if d.starts is None or data[0] in d.starts), None)
+        row = next((d for d in self._stream_rows if d.offered(data)), None)
         if row is not None and self._dissect(row, seen, data, out) is None and not tcb.full:
             return  # need more data
         if seen.flow.state is FlowState.CLEAN:
@@ -283,7 +283,7 @@ class Censor:
         if seen.c2s and flow.packets == 1:
             self._run_hooks("on_first_datagram", seen, out)
             for row in self._first_dgram_rows:
-                if flow.state is FlowState.CLEAN:
+                if flow.state is FlowState.CLEAN and row.offered(pkt.payload):
                     self._dissect(row, seen, pkt.payload, out)
             if flow.state is not FlowState.CLEAN:
                 return
@@ -300,10 +300,10 @@ class Censor:
             mechs = [m for m in mechs if seen.pkt.dport in (self._udp_ports.get(m.name) or ())]
         if not mechs:
             return False  # no mechanism looks at this flow: nothing to dissect
-        inspecting = [m for m in mechs if m.inspects(seen)]
         try:
             parsed = row.parse(data, self._options)
         except MalformedPacket as exc:
+            inspecting = [m for m in mechs if m.inspects(seen)]
             if inspecting and exc.kind not in row.silent:
                 named = inspecting[0].name if row.names_mechanism else None
                 self.verdicts.malformed(out, seen.flow, seen.now, exc, named)
@@ -316,7 +316,7 @@ class Censor:
                 self.verdicts.report(
                     out, seen.flow, seen.now, "engine", "anomaly", anomaly, None, fields
                 )
-        self._run_hooks(row.hook, seen, out, parsed, mechs=mechs)
+        self._run_hooks(row.hook, seen, out, parsed, mechs=mechs)  # admitted above
         return True
 
     def _run_hooks(
@@ -327,10 +327,10 @@ class Censor:
         *args: object,
         mechs: list[Mechanism] | None = None,
     ) -> None:
-        """The one path every hook is called through: admitted mechanisms only, and a
-        MalformedPacket raised inside a mechanism becomes an anomaly event."""
+        """The one path every hook is called through: admitted mechanisms only (``mechs``: admitted
+        by the caller), and a MalformedPacket raised inside a mechanism becomes an anomaly event."""
         for mech in self.hooks.get(hook, ()) if mechs is None else mechs:
-            if not mech.admits(seen.flow):
+            if mechs is None and not mech.admits(seen.flow):
                 continue
             try:
                 decision = getattr(mech, hook)(seen, *args)

@@ -67,6 +67,11 @@ class Dissector:
     detail: Callable[[Parsed], EventFields | None] = lambda _parsed: None
     """Fields added to the events of the parsed message's anomalies."""
 
+    def offered(self, data: bytes) -> bool:
+        """Whether ``data`` is offered to this row at all (its first byte is one it can start
+        with): a DNS query is not handed to the QUIC parser, only to be refused there."""
+        return self.starts is None or (bool(data) and data[0] in self.starts)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueryFields(EventFields):
@@ -114,6 +119,7 @@ DISSECTORS: tuple[Dissector, ...] = (
         name="quic",
         hook="on_quic_initial",
         carrier="udp-first",
+        starts=frozenset(range(0x80, 0x100)),  # a long header (parse_initial: else not QUIC)
         parse=lambda data, o: parse_initial(data, crypto_reading=o.quic_crypto_reading),
         report_anomalies=False,
         names_mechanism=True,

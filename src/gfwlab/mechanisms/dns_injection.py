@@ -231,7 +231,7 @@ class DnsInjection(Mechanism):
     def on_dns_query(self, seen: Seen, query: DnsQuery) -> Decision | None:
         p = self.params
         pkt = seen.pkt
-        rng = self.rng(seen)
+        rng: random.Random | None = None  # made on the first draw (a stream keyed per flow)
         strict_rule = None
         if query.overrun is None and (not p.require_class_in or query.qclass == 1):
             strict_rule = p.domains.match(query.qname)
@@ -242,6 +242,7 @@ class DnsInjection(Mechanism):
         for index, inj in enumerate(p.injectors):
             reading = None
             if inj.wallbleed and self._era != "fixed":
+                rng = rng or self.rng(seen)
                 memory = plausible_memory(rng, 300)
                 buffer = wallbleed.injector_buffer(pkt.payload, memory)
                 reading = wallbleed.read_query(buffer, len(pkt.payload), self._era)
@@ -259,6 +260,7 @@ class DnsInjection(Mechanism):
             if inj.coverage < 1.0 and _share(name, inj.name) >= inj.coverage:
                 continue
             rtype = reading.qtype if reading is not None else query.qtype
+            rng = rng or self.rng(seen)
             process = rng.randrange(inj.processes) if inj.processes > 1 else 0
             addr = self._address(index, inj, rtype == QTYPE_AAAA, process)
             ttl = rng.randint(*inj.dns_ttl)

@@ -45,11 +45,12 @@ the GFW probed Shadowsocks servers, not every HTTPS server.
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
-from collections import Counter
 from dataclasses import dataclass
+from math import log2
 from typing import Literal
+
+import numpy as np
 
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Mechanism, PlannedProbe, ProbeResult, Residual, Seen
@@ -145,9 +146,10 @@ def entropy(data: bytes) -> float:
     if not data:
         return 0.0
     n = len(data)
-    # Counted in C; summed in byte-value order, as a loop over 0..255 would: the same float.
-    counts = sorted(Counter(data).items())
-    return -sum(c / n * math.log2(c / n) for _b, c in counts)
+    # Counted in C (numpy's bincount: twice as fast as a Counter and a sort); the terms summed in
+    # byte-value order with math.log2, as a loop over 0..255 would: the same float.
+    counts: list[int] = np.bincount(np.frombuffer(data, np.uint8), minlength=256).tolist()
+    return -sum([c / n * log2(c / n) for c in counts if c])
 
 
 def _looks_like_protocol(payload: bytes) -> bool:
@@ -187,14 +189,21 @@ class SsProbing(Mechanism):
     params_cls = SsProbingParams
     params: SsProbingParams
 
+    def candidate(self, payload: bytes) -> bool:
+        """Whether this first packet's length and look let it draw probes at all (cheap: the
+        entropy is measured only for candidates)."""
+        p = self.params
+        n = len(payload)
+        if n < p.min_length or n > p.max_length:
+            return False
+        return not (p.skip_protocols and _looks_like_protocol(payload))
+
     def chance(self, payload: bytes) -> tuple[float, float]:
         """(probability that this first packet draws probes, its entropy)."""
         p = self.params
         n = len(payload)
         h = entropy(payload)
-        if n < p.min_length or n > p.max_length:
-            return 0.0, h
-        if p.skip_protocols and _looks_like_protocol(payload):
+        if not self.candidate(payload):
             return 0.0, h
         # Linear in entropy through (entropy_low, 1/ratio) and (entropy_high, 1), clamped to [0, 1].
         span = max(p.entropy_high - p.entropy_low, 1e-9)
@@ -205,6 +214,8 @@ class SsProbing(Mechanism):
         return p.probability * weight, h
 
     def on_first_data(self, seen: Seen, payload: bytes) -> Decision | None:
+        if not self.candidate(payload):
+            return None  # chance 0, whatever the entropy
         chance, h = self.chance(payload)
         if chance <= 0.0:
             return None

@@ -59,7 +59,6 @@ for tests, probes and synthetic traffic.
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -170,12 +169,35 @@ class QuicInitial:
 # --- key derivation ------------------------------------------------------------------------
 
 
-def _expand_label(secret: bytes, label: bytes, length: int) -> bytes:
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+_Keyed = tuple["hashlib._Hash", "hashlib._Hash"]
+
+
+def _keyed(key: bytes) -> _Keyed:
+    """HMAC-SHA256's inner and outer hash states for ``key`` (RFC 2104; ``key`` ≤ 64 bytes), to be
+    copied for each message: several HMACs under one key pad it once. ``hmac.digest`` costs 3-6
+    µs a call in OpenSSL's setup; this is the same function at a fraction of the cost."""
+    block = key.ljust(64, b"\x00")
+    return hashlib.sha256(block.translate(_IPAD)), hashlib.sha256(block.translate(_OPAD))
+
+
+def _hmac(keyed: _Keyed, msg: bytes) -> bytes:
+    inner, outer = keyed[0].copy(), keyed[1].copy()
+    inner.update(msg)
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+def _expand_label(secret: _Keyed, label: bytes, length: int) -> bytes:
     """HKDF-Expand-Label with an empty context (RFC 8446 §7.1), SHA-256, ``length`` ≤ 32."""
     full = b"tls13 " + label
     info = length.to_bytes(2, "big") + bytes((len(full),)) + full + b"\x00"
     # HKDF-Expand (RFC 5869 §2.3): one block T(1) = HMAC(PRK, info | 0x01) covers ≤ 32 bytes.
-    return hmac.digest(secret, info + b"\x01", hashlib.sha256)[:length]
+    return _hmac(secret, info + b"\x01")[:length]
+
+
+_SALT_KEYED = {version: _keyed(salt) for version, salt in _SALT.items()}
 
 
 @lru_cache(maxsize=4096)
@@ -184,11 +206,11 @@ def initial_keys(dcid: bytes, version: int = QUIC_V1) -> InitialKeys:
 
     Raises ValueError for a version other than QUIC_V1 and QUIC_V2.
     """
-    salt = _SALT.get(version)
+    salt = _SALT_KEYED.get(version)
     if salt is None:
         raise ValueError(f"no Initial salt for QUIC version {version:#010x}")
-    initial_secret = hmac.digest(salt, dcid, hashlib.sha256)  # HKDF-Extract
-    client = _expand_label(initial_secret, b"client in", 32)
+    initial_secret = _hmac(salt, dcid)  # HKDF-Extract
+    client = _keyed(_expand_label(_keyed(initial_secret), b"client in", 32))
     key_label, iv_label, hp_label = _LABELS[version]
     return InitialKeys(
         key=_expand_label(client, key_label, 16),
@@ -197,11 +219,12 @@ def initial_keys(dcid: bytes, version: int = QUIC_V1) -> InitialKeys:
     )
 
 
+_ECB = modes.ECB()
+
+
 def _mask(hp: bytes, sample: bytes) -> bytes:
     """The header protection mask (RFC 9001 §5.4.3, AES-based)."""
-    enc = Cipher(
-        algorithms.AES(hp), modes.ECB()
-    ).encryptor()  # RFC 9001 §5.4.3: AES-ECB on one block
+    enc = Cipher(algorithms.AES(hp), _ECB).encryptor()  # RFC 9001 §5.4.3: AES-ECB on one block
     return enc.update(sample) + enc.finalize()
 
 
@@ -306,10 +329,11 @@ def parse_initial(
     first_plain = first ^ (mask[0] & 0x0F)
     # Table 3 row 1: any packet number length, 1-byte included.
     pn_len = (first_plain & 0x03) + 1
-    pn_bytes = bytes(
-        b ^ m for b, m in zip(datagram[pn_at : pn_at + pn_len], mask[1:], strict=False)
+    # The sample starts 4 bytes after pn_at and fits the packet: all pn_len bytes are there.
+    packet_number = int.from_bytes(datagram[pn_at : pn_at + pn_len], "big") ^ int.from_bytes(
+        mask[1 : 1 + pn_len], "big"
     )
-    packet_number = int.from_bytes(pn_bytes, "big")
+    pn_bytes = packet_number.to_bytes(pn_len, "big")
     header = bytes((first_plain,)) + datagram[1:pn_at] + pn_bytes
     if end - (pn_at + pn_len) < TAG_LEN:
         raise MalformedPacket("quic.truncated", pn_at, "no room for the AEAD tag")

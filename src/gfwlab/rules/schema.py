@@ -15,7 +15,7 @@ import datetime as dt
 import ipaddress
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin
 
 from gfwlab.errors import ConfigError
@@ -83,6 +83,16 @@ class Prefixes:
     """A list of IP networks (IPv4 and IPv6), matched against packed addresses."""
 
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    _spans: tuple[tuple[int, int, int], ...] = field(init=False, repr=False, compare=False)
+    """Each network as (packed address length, first, last address as an integer): a lookup
+    is integer comparisons, not an ``ipaddress`` object per packet (the engine asks per flow)."""
+
+    def __post_init__(self) -> None:
+        spans = tuple(
+            (4 if net.version == 4 else 16, int(net.network_address), int(net.broadcast_address))
+            for net in self.networks
+        )
+        object.__setattr__(self, "_spans", spans)
 
     def __bool__(self) -> bool:
         return bool(self.networks)
@@ -90,8 +100,11 @@ class Prefixes:
     def contains(self, addr: bytes) -> bool:
         if not self.networks:
             return False
-        ip = ipaddress.ip_address(addr)
-        return any(ip.version == net.version and ip in net for net in self.networks)
+        size = len(addr)
+        if size not in (4, 16):
+            ipaddress.ip_address(addr)  # raises ValueError, as it always did
+        value = int.from_bytes(addr, "big")
+        return any(n == size and lo <= value <= hi for n, lo, hi in self._spans)
 
     def __str__(self) -> str:
         return ", ".join(str(n) for n in self.networks)

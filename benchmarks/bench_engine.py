@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""The engine's per-flow cost: the packets that reach it, fed through ``Censor`` in-process.
+
+    python benchmarks/bench_engine.py                       # both mixes, 100,000 packets each
+    python benchmarks/bench_engine.py --packets 300000 --keep /tmp/gfwlab-bench-engine
+    python benchmarks/bench_engine.py --profile 20          # also the top 20 functions (cProfile)
+
+For each mix (``realistic`` and ``flow-heavy``, made with ``gfwlab synth`` from the 2024 lists,
+or reused from ``--keep DIR``) it runs the fast path of ``gfwlab analyze`` once with the full
+``gfw`` profile on 2024-06-01 with every mechanism active (FET's dynamic blocking kept on, as
+``benchmarks/offline.py`` does) and records the packets it hands the engine, with their times.
+Then, in the same process, it times (best of ``--repeat``):
+
+Times are the process's CPU time (``time.process_time``), the best of the runs.
+
+* the baseline: ``packet.ip.parse`` alone over the recorded packets;
+* the engine: a fresh ``Censor`` fed the recorded packets in order, its timers run as the
+  every-packet path runs them.
+
+It prints µs per flow and packets per second for both, and the engine's cost as a multiple of the
+baseline (the ratio carries over between machines and loads; the absolute times do not: the
+development machine is shared). It reports; it never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from gfwlab.engine.censor import Censor
+from gfwlab.errors import MalformedPacket
+from gfwlab.offline import fast
+from gfwlab.offline.index import build_index
+from gfwlab.packet.ip import parse
+from gfwlab.profiles import load_profile, parse_date
+from gfwlab.profiles.loader import build_censor
+from gfwlab.rules.profile import Profile
+
+HERE = Path(__file__).resolve().parent
+LISTS = HERE.parent.parent / "shared" / "data" / "blocklists"
+DATE = "2024-06-01"
+SETS = ["fet.active={start='2021-11-01'}"]
+
+Fed = list[tuple[bytes, float]]
+
+
+def capture(folder: Path, mix: str, packets: int, seed: int) -> Path:
+    path = folder / f"{mix}-{packets}-{seed}.pcap"
+    if not path.exists():
+        cmd = [sys.executable, "-m", "gfwlab", "synth", str(path), "--packets", str(packets)]
+        cmd += ["--seed", str(seed), "--mix", mix]
+        if LISTS.is_dir():
+            cmd += ["--lists", str(LISTS)]
+        subprocess.run(cmd, check=True, capture_output=True)
+    return path
+
+
+def record(path: Path, profile: Profile) -> tuple[Fed, int]:
+    """The packets the fast path feeds the engine, in order, and the flows it saw."""
+    index = build_index(str(path), 10_000_000)
+    assert index is not None
+    censor = build_censor(profile, 0)
+    fed: Fed = []
+    feed = censor.feed
+
+    def recording(packet: bytes, now: float) -> list[object]:
+        fed.append((packet, now))
+        return feed(packet, now)  # type: ignore[return-value]
+
+    censor.feed = recording  # type: ignore[method-assign,assignment]
+    fast.run(index, censor, lambda _event: None, keep=False)
+    index.close()
+    return fed, censor.stats.flows
+
+
+def replay(profile: Profile, fed: Fed) -> Censor:
+    censor = build_censor(profile, 0)
+    feed, deadline, on_timer = censor.feed, censor.next_deadline, censor.on_timer
+    for packet, now in fed:
+        due = deadline()
+        if due is not None and due <= now:
+            on_timer(now)
+        feed(packet, now)
+    censor.flush()
+    return censor
+
+
+def parse_only(fed: Fed) -> None:
+    for packet, _now in fed:
+        try:
+            parse(packet)
+        except MalformedPacket:  # costs what it costs; the engine makes it an anomaly
+            continue
+
+
+def best(fn: object, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        start = time.process_time()  # CPU time: the machine is shared, wall time is noisier
+        fn()  # type: ignore[operator]
+        times.append(time.process_time() - start)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--packets", type=int, default=100_000, help="packets per capture")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs each; the best is kept")
+    ap.add_argument("--keep", help="reuse / keep the captures in this folder")
+    ap.add_argument("--mix", action="append", help="realistic, flow-heavy (default: both)")
+    ap.add_argument("--profile", type=int, default=0, help="print the top N functions")
+    args = ap.parse_args()
+    profile = load_profile("gfw", date=parse_date(DATE), overrides=SETS)
+    with tempfile.TemporaryDirectory(prefix="gfwlab-bench-engine-") as tmp:
+        folder = Path(args.keep) if args.keep else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        for mix in args.mix or ["realistic", "flow-heavy"]:
+            path = capture(folder, mix, args.packets, args.seed)
+            fed, flows = record(path, profile)
+            base = best(lambda fed=fed: parse_only(fed), args.repeat)
+            engine = best(lambda fed=fed: replay(profile, fed), args.repeat)
+            n = len(fed)
+            print(
+                f"{mix:10} {args.packets:,} packets, {n:,} to the engine, {flows:,} flows "
+                f"({n / flows:.1f} engine packets per flow)"
+            )
+            print(
+                f"  parse only: {base * 1e6 / flows:8.1f} µs/flow {n / base:11,.0f} packets/s\n"
+                f"  Censor.feed:{engine * 1e6 / flows:8.1f} µs/flow {n / engine:11,.0f} packets/s"
+                f"  ({engine / base:.1f}× parse)"
+            )
+            if args.profile:
+                prof = cProfile.Profile()
+                prof.runcall(replay, profile, fed)
+                pstats.Stats(prof).sort_stats("tottime").print_stats(args.profile)
+
+
+if __name__ == "__main__":
+    main()
