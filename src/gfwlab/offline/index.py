@@ -70,7 +70,7 @@ class CaptureIndex:
     raw_records: bool
     """Classic little/big-endian pcap of raw IP with 16-byte record headers: each packet is its
     whole record's body, so runs of records can be copied from the file in bulk."""
-    data: bytes | bytearray | mmap.mmap
+    data: bytes | mmap.mmap
     ts: F64
     start: I64
     length: I64
@@ -99,6 +99,19 @@ class CaptureIndex:
     def packet(self, i: int) -> bytes:
         s = int(self.start[i])
         return bytes(self.data[s : s + int(self.length[i])])
+
+    def endpoints(self, i: int) -> tuple[int, bytes, int, bytes, int]:
+        """Packet ``i``'s protocol, source address and port, destination address and port, as
+        :func:`gfwlab.packet.ip.parse` gives them (a packet in a flow only)."""
+        src, dst = self.src[i].tolist(), self.dst[i].tolist()
+        size = 16 if src[2] >> 32 == 6 else 4
+        return (
+            int(self.proto[i]),
+            _address(src, size),
+            src[2] & 0xFFFF,
+            _address(dst, size),
+            dst[2] & 0xFFFF,
+        )
 
     def close(self) -> None:
         self.reader.close()
@@ -293,7 +306,7 @@ def _classify(buf: U8, start: I64, length: I64) -> _Fields:
 
 
 def _parse_leftovers(
-    data: bytes | bytearray | mmap.mmap, start: I64, length: I64, fields: _Fields
+    data: bytes | mmap.mmap, start: I64, length: I64, fields: _Fields
 ) -> None:
     flow, proto, flags, payload_off, src, dst = fields
     for i in np.flatnonzero(proto == 255).tolist():
@@ -313,6 +326,12 @@ def _parse_leftovers(
             arr[i, 0] = int.from_bytes(addr[:8], "big")
             arr[i, 1] = int.from_bytes(addr[8:], "big")
             arr[i, 2] = port | (6 << 32)
+
+
+def _address(words: list[int], size: int) -> bytes:
+    if size == 4:
+        return int(words[1]).to_bytes(4, "big")
+    return int(words[0]).to_bytes(8, "big") + int(words[1]).to_bytes(8, "big")
 
 
 def _flow_keys(proto: U8, src: U64, dst: U64) -> tuple[U64, Bools]:
