@@ -305,9 +305,7 @@ def _classify(buf: U8, start: I64, length: I64) -> _Fields:
     return flow, proto.astype(np.uint8), flags, payload_off, src, dst
 
 
-def _parse_leftovers(
-    data: bytes | mmap.mmap, start: I64, length: I64, fields: _Fields
-) -> None:
+def _parse_leftovers(data: bytes | mmap.mmap, start: I64, length: I64, fields: _Fields) -> None:
     flow, proto, flags, payload_off, src, dst = fields
     for i in np.flatnonzero(proto == 255).tolist():
         s = int(start[i])
