@@ -180,7 +180,8 @@ memory stays bounded (the every-packet path holds only the flow table)."""
 
 
 def build_index(path: str, max_packets: int = MAX_PACKETS) -> CaptureIndex | None:
-    """Index ``path``, or None if it holds more than ``max_packets`` IP packets; raises
+    """Index ``path``, or None if it holds more than ``max_packets`` IP packets (in a classic
+    pcap, more than ``max_packets`` records, non-IP frames included); raises
     AdapterError as :class:`CaptureReader` does."""
     reader = CaptureReader(path)
     try:

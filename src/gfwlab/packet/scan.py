@@ -47,7 +47,8 @@ class Records:
 def scan(reader: CaptureReader, limit: int | None = None) -> Records | None:
     """Every IP packet of ``reader``'s capture, with its counters (``packets``, ``skipped``,
     ``truncated``, ``truncated_at``, ``bytes_read``) set as a full iteration sets them; None if
-    there are more than ``limit`` records (the counters are then meaningless)."""
+    there are more than ``limit`` IP packets, or in a classic pcap more than ``limit`` records
+    (non-IP frames included: the walk stops there; the counters are then meaningless)."""
     if reader.closed:
         raise ValueError("I/O operation on a closed capture")
     reader.packets = reader.skipped = reader.bytes_read = 0
