@@ -393,10 +393,16 @@ def write(index: CaptureIndex, plan: Plan, writer: PcapWriter) -> None:
     dropped = np.zeros(n, dtype=np.bool_)
     dropped[plan.dropped] = True
     heads = _record_heads(index) if index.raw_records else None
+    if heads is not None and n:
+        buf = np.frombuffer(index.data, dtype=np.uint8)
+        given = buf[(index.start - 16)[:, None] + np.arange(16)]
+        same = np.all(given == heads, axis=1)
+    else:
+        same = None
     cur = 0
     for s in np.flatnonzero(special).tolist():
         if s > cur:
-            _plain(index, cur, s, writer, heads)
+            _plain(index, cur, s, writer, heads, same)
         if s == n:
             break
         for at, packet in plan.before.get(s, ()):
@@ -406,7 +412,7 @@ def write(index: CaptureIndex, plan: Plan, writer: PcapWriter) -> None:
             for at, packet in mine:
                 writer.write(at, packet)
         elif not dropped[s]:
-            _plain(index, s, s + 1, writer, heads)
+            _plain(index, s, s + 1, writer, heads, same)
         cur = s + 1
     for at, packet in plan.tail:
         writer.write(at, packet)
@@ -435,19 +441,29 @@ def _record_heads(index: CaptureIndex) -> np.ndarray | None:
 
 
 def _plain(
-    index: CaptureIndex, a: int, b: int, writer: PcapWriter, heads: np.ndarray | None
+    index: CaptureIndex,
+    a: int,
+    b: int,
+    writer: PcapWriter,
+    heads: np.ndarray | None,
+    same: np.ndarray | None,
 ) -> None:
-    """Input packets ``a`` to ``b - 1`` as they are."""
+    """Input packets ``a`` to ``b - 1`` as they are. ``same``: whether each packet's record
+    header in the input is byte for byte ``heads`` (then runs are copied as they are)."""
     if heads is None:
         tsl = index.ts[a:b].tolist()
         for j, i in enumerate(range(a, b)):
             writer.write(tsl[j], index.packet(i))
         return
     start, length, data = index.start, index.length, index.data
+    view = memoryview(data)
     if b - a <= 8:  # a few records: cheaper one by one than through NumPy
         for i in range(a, b):
             s = int(start[i])
-            writer.write_records(heads[i].tobytes() + data[s : s + int(length[i])], 1)
+            if same is not None and same[i]:
+                writer.write_records(view[s - 16 : s + int(length[i])], 1)
+            else:
+                writer.write_records(heads[i].tobytes() + data[s : s + int(length[i])], 1)
         return
     while a < b:
         base = int(start[a]) - 16
@@ -455,8 +471,12 @@ def _plain(
         c = int(np.searchsorted(start[a:b], limit, side="right")) + a
         c = max(c, a + 1)
         end = int(start[c - 1] + length[c - 1])
-        chunk = np.frombuffer(bytearray(data[base:end]), dtype=np.uint8)
-        offs = (start[a:c] - 16 - base)[:, None] + np.arange(16)
-        chunk[offs] = heads[a:c]
-        writer.write_records(chunk.data, c - a)
+        if same is not None and same[a:c].all():
+            # The input's records are already what the writer would write: copy them as they are.
+            writer.write_records(view[base:end], c - a)
+        else:
+            chunk = np.frombuffer(bytearray(view[base:end]), dtype=np.uint8)
+            offs = (start[a:c] - 16 - base)[:, None] + np.arange(16)
+            chunk[offs] = heads[a:c]
+            writer.write_records(chunk.data, c - a)
         a = c
