@@ -64,6 +64,8 @@ console = Console() if sys.stdout.isatty() else Console(width=140)
 class Timed:
     seconds: float
     rss_mib: float
+    cpu: float
+    """User + system CPU seconds: on a shared, loaded machine steadier than wall clock."""
     code: int
     stdout: str
     stderr: str
@@ -82,8 +84,8 @@ def timed(cmd: list[str], stdout_path: str | None = None) -> Timed:
             sink.close()
         out.seek(0)
         err.seek(0)
-        return Timed(seconds, usage.ru_maxrss / 1024, code, out.read().decode(),
-                     err.read().decode())  # fmt: skip
+        return Timed(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, code,
+                     out.read().decode(), err.read().decode())  # fmt: skip
 
 
 def gfwlab() -> list[str]:
@@ -163,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("cat > /dev/null", timed(["cat", str(cap)], os.devnull), None))
         cat = rows[0][1].seconds
         cat = min(cat, timed(["cat", str(cap)], os.devnull).seconds)  # warm cache, best of two
-        rows[0] = ("cat > /dev/null", Timed(cat, rows[0][1].rss_mib, 0, "", ""), None)
+        rows[0] = ("cat > /dev/null", Timed(cat, rows[0][1].rss_mib, rows[0][1].cpu, 0, "", ""),
+                   None)  # fmt: skip
         for name, sets in variants.items():
             events = str(directory / f"events-{mix}.jsonl")
             cmd = [*gfwlab(), "analyze", str(cap), *EVERY_MECHANISM, *sets, "--json",
@@ -197,20 +200,21 @@ def show(mix: str, info: dict[str, Any], rows: list[tuple[str, Timed, int | None
         title=f"{mix}: {n:,} packets, {info['flows_started']:,} flows "
         f"({info['packets_per_flow']} per flow), {info['bytes_ip'] / 2**30:.2f} GiB"
     )
-    for col in ("tool", "seconds", "packets/s", "× cat", "tshark ×", "to engine", "peak MiB",
-                "ok"):  # fmt: skip
+    for col in ("tool", "seconds", "CPU s", "packets/s", "× cat", "tshark ×", "to engine",
+                "peak MiB", "ok"):  # fmt: skip
         table.add_column(col, justify="left" if col == "tool" else "right")
     out: dict[str, Any] = {"packets": n, "flows": info["flows_started"], "rows": {}}
     for name, t, fed in rows:
         pps = n / t.seconds if t.seconds else 0.0
         rss = f"{t.rss_mib:.0f}"
         table.add_row(
-            name, f"{t.seconds:.2f}", f"{pps:,.0f}", f"{t.seconds / cat:.1f}",
+            name, f"{t.seconds:.2f}", f"{t.cpu:.2f}", f"{pps:,.0f}", f"{t.seconds / cat:.1f}",
             f"{tshark / t.seconds:.1f}" if tshark else "-",
             f"{fed:,} ({fed / n:.1%})" if fed is not None else "-",
             rss, "yes" if t.code == 0 else f"exit {t.code}",
         )  # fmt: skip
-        out["rows"][name] = {"seconds": round(t.seconds, 3), "pps": round(pps),
+        out["rows"][name] = {"seconds": round(t.seconds, 3), "cpu_s": round(t.cpu, 3),
+                             "pps": round(pps),
                              "engine_packets": fed, "peak_rss_mib": round(t.rss_mib)}  # fmt: skip
     console.print(table)
     goal_pps, goal_tshark, goal_cat = GOALS[mix]

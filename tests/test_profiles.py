@@ -126,6 +126,27 @@ def test_set_overrides_any_parameter_and_list_paths(tmp_path: Path) -> None:
     assert "esni" not in prof.active()
 
 
+def test_a_list_named_by_several_rules_is_loaded_once(tmp_path: Path) -> None:
+    """Every domain rule given the same (million-name) list shares one loaded set; a list
+    named by one rule only, or another file, is its own."""
+    lst = tmp_path / "list.txt"
+    lst.write_text("example.net\n", encoding="utf-8")
+    other = tmp_path / "other.txt"
+    other.write_text("example.net\n", encoding="utf-8")
+    keys = ("tls_sni.domains", "quic_sni.domains", "http_keyword.domains")
+    prof = load_profile(
+        "gfw",
+        overrides=[*(f"{k}={lst}" for k in keys), f"dns_injection.domains={other}"],
+    )
+    sets = [prof.mechanisms[k.split(".")[0]].domains for k in keys]  # type: ignore[attr-defined]
+    assert sets[0] is sets[1] is sets[2]
+    assert sets[0].match("a.example.net") == "example.net"
+    dns = prof.mechanisms["dns_injection"].domains  # type: ignore[attr-defined]
+    assert dns is not sets[0] and dns.match("example.net") == "example.net"
+    again = load_profile("gfw", overrides=[f"tls_sni.domains={lst}"])
+    assert again.mechanisms["tls_sni"].domains is not sets[0]  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize(
     ("item", "reason"),
     [

@@ -27,6 +27,8 @@ from gfwlab.packet.pcap import CaptureReader, PcapWriter
 from gfwlab.profiles import Profile, build_censor
 
 ACTED = ("rst", "drop", "dns-inject", "null-route", "probe")
+_EVENT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+"""One event per line; one encoder for the run (``json.dumps`` with options makes one per call)."""
 
 
 @dataclass(slots=True)
@@ -362,7 +364,7 @@ def _record(
     on_event: Callable[[Event], None] | None,
 ) -> None:
     if write_event is not None:
-        write_event(json.dumps(event.as_dict(), ensure_ascii=False, separators=(",", ":")) + "\n")
+        write_event(_EVENT_JSON(event.as_dict()) + "\n")
     if on_event is not None:
         on_event(event)
     if event.action == "anomaly":

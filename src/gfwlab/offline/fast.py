@@ -39,7 +39,6 @@ from gfwlab.engine.censor import Censor
 from gfwlab.engine.flows import Flow, FlowState, flow_key
 from gfwlab.engine.residual import Key, residual_key
 from gfwlab.offline.index import I64, CaptureIndex
-from gfwlab.packet.ip import parse
 from gfwlab.packet.pcap import MAX_CAPLEN, PcapWriter
 from gfwlab.rules.profile import ResidualKey
 
@@ -101,8 +100,15 @@ def run(
     """Whether the flow's client is the lower endpoint of its key."""
     lower: list[bool] = index.lower.tolist()
     lookup = censor.residual.lookup
-    handled = np.zeros(n, dtype=np.bool_)
+    fed_at: list[int] = []
+    starts: list[int] = index.start.tolist()
+    ends: list[int] = (index.start + index.length).tolist()
+    data = index.data
+    next_deadline = censor.next_deadline
+    residual = censor.residual
+    feed = censor.feed
     plan = Plan()
+    at = plan.at
     table = censor.flows.flows
 
     def collect(actions: Iterable[Action], at: float, packet: bytes | None, out: Writes) -> None:
@@ -191,8 +197,11 @@ def run(
         if i >= n:
             break
         now = tsl[i]
-        timers(now, last)
-        watch.forget_expired()
+        deadline = next_deadline()
+        if deadline is not None and deadline <= now:
+            timers(now, last)
+        if len(residual.entries) < watch.size:
+            watch.forget_expired()
         last = i
         if heap and heap[0][0] == i:
             _, life, k = heapq.heappop(heap)
@@ -214,14 +223,16 @@ def run(
         flow = flows[life]
         if flow is not None:
             flow.packets = k
-        packet = index.packet(i)
-        out: Writes = plan.at.setdefault(i, []) if keep else []
-        collect(censor.feed(packet, now), now, packet, out)
-        handled[i] = True
+        packet = data[starts[i] : ends[i]]
+        actions = feed(packet, now)
+        if len(actions) != 1 or type(actions[0]) is not Accept:
+            collect(actions, now, packet, at.setdefault(i, []) if keep else [])
+        # else accepted as it is: the censored capture copies it from the input
+        fed_at.append(i)
         fed += 1
         if progress is not None and not fed & 0x3FFF:
             progress(int(index.start[i]), index.size)
-        if watch.changed():
+        if len(residual.entries) != watch.size and watch.changed():
             suspects(watch.new_hits())
         if evicted:
             for gone in evicted:
@@ -231,14 +242,14 @@ def run(
             status[life] = 3
             continue
         if flow is None:
-            pkt = parse(packet)
-            flow = table.get(flow_key(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport))
+            proto, src, sport, dst, dport = index.endpoints(i)
+            flow = table.get(flow_key(proto, src, sport, dst, dport))
             if flow is None:
                 raise FastPathError(f"{index.path}: packet {i} made no flow")
             flows[life] = flow
             if evicted is not None:
                 life_by_flow[id(flow)] = life
-            client_lower[life] = lower[i] == (pkt.src == flow.client and pkt.sport == flow.cport)
+            client_lower[life] = lower[i] == (src == flow.client and sport == flow.cport)
         flow.last_seen = final[life]
         state = flow.state
         if k + 1 >= lcount[life]:  # its last packet: nothing more will need the flow
@@ -267,7 +278,7 @@ def run(
     collect(censor.flush(), 0.0, None, plan.tail)
     censor.flows.evicted_log = None
     _account(
-        index, censor, handled, life_of, pos, np.asarray(bypass_from, dtype=np.int64),
+        index, censor, fed_at, life_of, pos, np.asarray(bypass_from, dtype=np.int64),
         np.asarray(block_from, dtype=np.int64), np.asarray(block_code, dtype=np.int8),
         np.asarray(client_lower, dtype=np.bool_), plan,
     )  # fmt: skip
@@ -340,7 +351,7 @@ class _DropWatch:
 def _account(
     index: CaptureIndex,
     censor: Censor,
-    handled: np.ndarray,
+    fed_at: list[int],
     life_of: I64,
     pos: I64,
     bypass_from: I64,
@@ -350,7 +361,8 @@ def _account(
     plan: Plan,
 ) -> None:
     """Count the packets not fed: bypassed ones, and blocked ones dropped or passed."""
-    rest = ~handled
+    rest = np.ones(len(index), dtype=np.bool_)
+    rest[np.asarray(fed_at, dtype=np.int64)] = False
     blocked = rest & (pos >= block_from[life_of])
     bypassed = rest & (pos >= bypass_from[life_of]) & ~blocked
     if not np.array_equal(rest, blocked | bypassed):
@@ -381,10 +393,16 @@ def write(index: CaptureIndex, plan: Plan, writer: PcapWriter) -> None:
     dropped = np.zeros(n, dtype=np.bool_)
     dropped[plan.dropped] = True
     heads = _record_heads(index) if index.raw_records else None
+    if heads is not None and n:
+        buf = np.frombuffer(index.data, dtype=np.uint8)
+        given = buf[(index.start - 16)[:, None] + np.arange(16)]
+        same = np.all(given == heads, axis=1)
+    else:
+        same = None
     cur = 0
     for s in np.flatnonzero(special).tolist():
         if s > cur:
-            _plain(index, cur, s, writer, heads)
+            _plain(index, cur, s, writer, heads, same)
         if s == n:
             break
         for at, packet in plan.before.get(s, ()):
@@ -394,7 +412,7 @@ def write(index: CaptureIndex, plan: Plan, writer: PcapWriter) -> None:
             for at, packet in mine:
                 writer.write(at, packet)
         elif not dropped[s]:
-            _plain(index, s, s + 1, writer, heads)
+            _plain(index, s, s + 1, writer, heads, same)
         cur = s + 1
     for at, packet in plan.tail:
         writer.write(at, packet)
@@ -423,19 +441,29 @@ def _record_heads(index: CaptureIndex) -> np.ndarray | None:
 
 
 def _plain(
-    index: CaptureIndex, a: int, b: int, writer: PcapWriter, heads: np.ndarray | None
+    index: CaptureIndex,
+    a: int,
+    b: int,
+    writer: PcapWriter,
+    heads: np.ndarray | None,
+    same: np.ndarray | None,
 ) -> None:
-    """Input packets ``a`` to ``b - 1`` as they are."""
+    """Input packets ``a`` to ``b - 1`` as they are. ``same``: whether each packet's record
+    header in the input is byte for byte ``heads`` (then runs are copied as they are)."""
     if heads is None:
         tsl = index.ts[a:b].tolist()
         for j, i in enumerate(range(a, b)):
             writer.write(tsl[j], index.packet(i))
         return
     start, length, data = index.start, index.length, index.data
+    view = memoryview(data)
     if b - a <= 8:  # a few records: cheaper one by one than through NumPy
         for i in range(a, b):
             s = int(start[i])
-            writer.write_records(heads[i].tobytes() + data[s : s + int(length[i])], 1)
+            if same is not None and same[i]:
+                writer.write_records(view[s - 16 : s + int(length[i])], 1)
+            else:
+                writer.write_records(heads[i].tobytes() + data[s : s + int(length[i])], 1)
         return
     while a < b:
         base = int(start[a]) - 16
@@ -443,8 +471,12 @@ def _plain(
         c = int(np.searchsorted(start[a:b], limit, side="right")) + a
         c = max(c, a + 1)
         end = int(start[c - 1] + length[c - 1])
-        chunk = np.frombuffer(bytearray(data[base:end]), dtype=np.uint8)
-        offs = (start[a:c] - 16 - base)[:, None] + np.arange(16)
-        chunk[offs] = heads[a:c]
-        writer.write_records(chunk.data, c - a)
+        if same is not None and same[a:c].all():
+            # The input's records are already what the writer would write: copy them as they are.
+            writer.write_records(view[base:end], c - a)
+        else:
+            chunk = np.frombuffer(bytearray(view[base:end]), dtype=np.uint8)
+            offs = (start[a:c] - 16 - base)[:, None] + np.arange(16)
+            chunk[offs] = heads[a:c]
+            writer.write_records(chunk.data, c - a)
         a = c

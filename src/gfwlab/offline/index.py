@@ -1,11 +1,10 @@
 """A NumPy index of a capture: where each IP packet is, when it was seen, and which flow it is.
 
-:func:`build_index` walks the capture's record framing once with the project's own
-:class:`~gfwlab.packet.pcap.CaptureReader` (so truncation, skipped frames and link types are
-handled exactly as the every-packet path handles them), keeping for each IP packet its
-timestamp and where its bytes are. For a classic pcap the bytes stay in the memory-mapped
-file (each IP packet is a suffix of its record, ending where the reader's offset is); for
-pcapng they are gathered into one buffer. Everything else is array operations over that
+:func:`build_index` finds every IP packet of the capture with
+:func:`gfwlab.packet.scan.scan` (the same packets, truncation, skipped frames and link types as
+the every-packet path's :class:`~gfwlab.packet.pcap.CaptureReader`, but in bulk), keeping for
+each its timestamp and where its bytes are in the memory-mapped file; no packet is copied.
+Everything else is array operations over that
 buffer: version, protocol, addresses, ports, TCP flags, payload offsets, and a flow key that
 is the same in both directions. :meth:`CaptureIndex.lives` groups packets into flow lives:
 one 5-tuple's packets, cut wherever the gap between two of them reaches the engine's idle
@@ -19,7 +18,6 @@ fed to the engine on its own.
 
 from __future__ import annotations
 
-import itertools
 import mmap
 from dataclasses import dataclass
 
@@ -29,6 +27,7 @@ import numpy.typing as npt
 from gfwlab.errors import MalformedPacket
 from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, parse
 from gfwlab.packet.pcap import CaptureReader
+from gfwlab.packet.scan import scan
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
@@ -71,7 +70,7 @@ class CaptureIndex:
     raw_records: bool
     """Classic little/big-endian pcap of raw IP with 16-byte record headers: each packet is its
     whole record's body, so runs of records can be copied from the file in bulk."""
-    data: bytes | bytearray | mmap.mmap
+    data: bytes | mmap.mmap
     ts: F64
     start: I64
     length: I64
@@ -100,6 +99,19 @@ class CaptureIndex:
     def packet(self, i: int) -> bytes:
         s = int(self.start[i])
         return bytes(self.data[s : s + int(self.length[i])])
+
+    def endpoints(self, i: int) -> tuple[int, bytes, int, bytes, int]:
+        """Packet ``i``'s protocol, source address and port, destination address and port, as
+        :func:`gfwlab.packet.ip.parse` gives them (a packet in a flow only)."""
+        src, dst = self.src[i].tolist(), self.dst[i].tolist()
+        size = 16 if src[2] >> 32 == 6 else 4
+        return (
+            int(self.proto[i]),
+            _address(src, size),
+            src[2] & 0xFFFF,
+            _address(dst, size),
+            dst[2] & 0xFFFF,
+        )
 
     def close(self) -> None:
         self.reader.close()
@@ -168,7 +180,8 @@ memory stays bounded (the every-packet path holds only the flow table)."""
 
 
 def build_index(path: str, max_packets: int = MAX_PACKETS) -> CaptureIndex | None:
-    """Index ``path``, or None if it holds more than ``max_packets`` IP packets; raises
+    """Index ``path``, or None if it holds more than ``max_packets`` IP packets (in a classic
+    pcap, more than ``max_packets`` records, non-IP frames included); raises
     AdapterError as :class:`CaptureReader` does."""
     reader = CaptureReader(path)
     try:
@@ -182,31 +195,12 @@ def build_index(path: str, max_packets: int = MAX_PACKETS) -> CaptureIndex | Non
 
 
 def _build(reader: CaptureReader, max_packets: int) -> CaptureIndex | None:
-    ts_list: list[float] = []
-    start_list: list[int] = []
-    len_list: list[int] = []
-    data: bytes | bytearray | mmap.mmap
-    if reader.format == "pcap":
-        data = reader.mapping
-        for ts, pkt in itertools.islice(reader, max_packets + 1):
-            ts_list.append(ts)
-            n = len(pkt)
-            len_list.append(n)
-            start_list.append(reader.bytes_read - n)
-        raw = reader.raw_records
-    else:
-        joined = bytearray()
-        for ts, pkt in itertools.islice(reader, max_packets + 1):
-            ts_list.append(ts)
-            start_list.append(len(joined))
-            len_list.append(len(pkt))
-            joined += pkt
-        data, raw = joined, False
-    if len(ts_list) > max_packets:
+    records = scan(reader, max_packets)
+    if records is None:
         return None
-    ts_arr = np.asarray(ts_list, dtype=np.float64)
-    start = np.asarray(start_list, dtype=np.int64)
-    length = np.asarray(len_list, dtype=np.int64)
+    data = reader.mapping
+    ts_arr, start, length = records.ts, records.start, records.length
+    raw = records.record_heads
     buf = np.frombuffer(data, dtype=np.uint8) if len(data) else np.zeros(1, dtype=np.uint8)
     fields = _classify(buf, start, length)
     _parse_leftovers(data, start, length, fields)
@@ -312,9 +306,7 @@ def _classify(buf: U8, start: I64, length: I64) -> _Fields:
     return flow, proto.astype(np.uint8), flags, payload_off, src, dst
 
 
-def _parse_leftovers(
-    data: bytes | bytearray | mmap.mmap, start: I64, length: I64, fields: _Fields
-) -> None:
+def _parse_leftovers(data: bytes | mmap.mmap, start: I64, length: I64, fields: _Fields) -> None:
     flow, proto, flags, payload_off, src, dst = fields
     for i in np.flatnonzero(proto == 255).tolist():
         s = int(start[i])
@@ -333,6 +325,12 @@ def _parse_leftovers(
             arr[i, 0] = int.from_bytes(addr[:8], "big")
             arr[i, 1] = int.from_bytes(addr[8:], "big")
             arr[i, 2] = port | (6 << 32)
+
+
+def _address(words: list[int], size: int) -> bytes:
+    if size == 4:
+        return int(words[1]).to_bytes(4, "big")
+    return int(words[0]).to_bytes(8, "big") + int(words[1]).to_bytes(8, "big")
 
 
 def _flow_keys(proto: U8, src: U64, dst: U64) -> tuple[U64, Bools]:

@@ -110,8 +110,9 @@ def unsupported_link_type(path: str, linktype: int, offset: int) -> AdapterError
     )
 
 
-def strip(mode: int, buf: FrameBuffer, start: int, end: int) -> bytes | None:
-    """The IP packet inside the frame ``buf[start:end]``, or None if it carries something else."""
+def ip_offset(mode: int, buf: FrameBuffer, start: int, end: int) -> int | None:
+    """Where the IP packet inside the frame ``buf[start:end]`` begins (it runs to ``end``), or
+    None if the frame carries something else."""
     n = end - start
     if mode == MODE_ETH:
         if n < 14:
@@ -124,7 +125,7 @@ def strip(mode: int, buf: FrameBuffer, start: int, end: int) -> bytes | None:
             etype = (buf[off + 2] << 8) | buf[off + 3]
             off += 4
     elif mode == MODE_RAW:
-        return buf[start:end]
+        return start
     elif mode == MODE_SLL:
         if n < 16:
             return None
@@ -147,11 +148,19 @@ def strip(mode: int, buf: FrameBuffer, start: int, end: int) -> bytes | None:
             if family == 0:
                 family = (buf[start + 2] << 8) | buf[start + 3]
         if family == _NULL_IPV4 or family in _NULL_IPV6:
-            return buf[start + 4 : end]
+            return start + 4
         return None
     if etype in ETH_IP_CODES:
-        return buf[off:end]
+        return off
     return None
+
+
+def strip(mode: int, buf: FrameBuffer, start: int, end: int) -> bytes | None:
+    """The IP packet inside the frame ``buf[start:end]``, or None if it carries something else."""
+    if mode == MODE_RAW:
+        return buf[start:end]
+    off = ip_offset(mode, buf, start, end)
+    return None if off is None else buf[off:end]
 
 
 def link_header_strip(linktype: int, frame: bytes) -> bytes | None:

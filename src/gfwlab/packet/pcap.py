@@ -220,6 +220,13 @@ class CaptureReader:
         return self.format == "pcap" and self._mode == MODE_RAW and self._rec_len == 16
 
     @property
+    def framing(self) -> tuple[int, str, float, int, int]:
+        """A classic pcap's framing: record header length, byte order (``"<"`` or ``">"``),
+        timestamp units per second, link mode (:data:`~gfwlab.packet.link.LINK_MODES`) and the
+        longest record taken as sane."""
+        return self._rec_len, self._endian, self._div, self._mode, self._limit
+
+    @property
     def closed(self) -> bool:
         """True once :meth:`close` has been called."""
         return self._closed

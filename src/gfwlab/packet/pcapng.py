@@ -23,11 +23,11 @@ from gfwlab.packet.link import (
     MODE_ETH,
     FrameBuffer,
     ReaderState,
-    strip,
+    ip_offset,
     unsupported_link_type,
 )
 
-__all__ = ["iterate", "scan_head"]
+__all__ = ["iterate", "locate", "scan_head"]
 
 BLOCK_SHB = 0x0A0D0D0A
 BLOCK_IDB = 1
@@ -158,6 +158,14 @@ def scan_head(path: str, buf: FrameBuffer) -> list[int]:
 def iterate(reader: ReaderState, buf: FrameBuffer) -> Iterator[tuple[float, bytes]]:
     """Yield ``(timestamp, ip_packet)`` for every IP packet of the pcapng capture in ``buf``,
     updating ``reader``'s counters as it goes."""
+    for ts, start, end in locate(reader, buf):
+        yield ts, buf[start:end]
+
+
+def locate(reader: ReaderState, buf: FrameBuffer) -> Iterator[tuple[float, int, int]]:
+    """Yield ``(timestamp, start, end)`` for every IP packet of the pcapng capture in ``buf``
+    (the packet is ``buf[start:end]``), updating ``reader``'s counters as it goes: the record
+    walk behind :func:`iterate`, and the capture index's (no packet is copied)."""
     size = len(buf)
     order = _LE
     head = order.epb_head.unpack_from
@@ -190,15 +198,15 @@ def iterate(reader: ReaderState, buf: FrameBuffer) -> Iterator[tuple[float, byte
                         and caplen >= 14
                         and (buf[start + 12] << 8 | buf[start + 13]) in _ETH_IP_CODES
                     ):
-                        pkt = buf[start + 14 : end]
+                        ip = start + 14
                     else:
-                        stripped = strip(mode, buf, start, end)
-                        if stripped is None:
+                        got = ip_offset(mode, buf, start, end)
+                        if got is None:
                             reader.skipped += 1
                             continue
-                        pkt = stripped
+                        ip = got
                     reader.packets += 1
-                    yield last_ts, pkt
+                    yield last_ts, ip, end
                     continue
             # Everything else, and every framing check.
             if off + 12 > size:
@@ -220,7 +228,8 @@ def iterate(reader: ReaderState, buf: FrameBuffer) -> Iterator[tuple[float, byte
                 return
             body = off + 8
             bend = off + blen - 4
-            found: bytes | None = None
+            found: int | None = None
+            found_end = 0
             if btype in (BLOCK_EPB, BLOCK_PB):
                 iid = tsh = tsl = caplen = -1
                 if bend - body < 20:
@@ -233,7 +242,8 @@ def iterate(reader: ReaderState, buf: FrameBuffer) -> Iterator[tuple[float, byte
                 if 0 <= iid < n_ifaces and start + caplen <= bend:
                     mode, units, tsoffset, _snap = ifaces[iid]
                     last_ts = ((tsh << 32) | tsl) / units + tsoffset
-                    found = strip(mode, buf, start, start + caplen)
+                    found_end = start + caplen
+                    found = ip_offset(mode, buf, start, found_end)
                 reader.skipped += found is None
             elif btype == BLOCK_SPB:
                 if ifaces and bend - body >= 4:
@@ -241,7 +251,8 @@ def iterate(reader: ReaderState, buf: FrameBuffer) -> Iterator[tuple[float, byte
                     caplen = min(u32(buf, body)[0], bend - body - 4)
                     if snaplen:
                         caplen = min(caplen, snaplen)
-                    found = strip(mode, buf, body + 4, body + 4 + caplen)
+                    found_end = body + 4 + caplen
+                    found = ip_offset(mode, buf, body + 4, found_end)
                 reader.skipped += found is None
             elif btype == BLOCK_IDB:
                 if blen < 20:
@@ -260,7 +271,7 @@ def iterate(reader: ReaderState, buf: FrameBuffer) -> Iterator[tuple[float, byte
             reader.bytes_read = off
             if found is not None:
                 reader.packets += 1
-                yield last_ts, found
+                yield last_ts, found, found_end
     except ValueError:
         if reader.closed:  # the mapping was closed under a suspended loop
             return

@@ -119,7 +119,7 @@ def load_profile(
                 f"mechanisms.{name}",
                 f"unknown mechanism (known: {', '.join(sorted(known))})",
             )
-    set_ctx = Context("--set", os.getcwd())
+    set_ctx = Context("--set", os.getcwd(), ctx.lists)
     engine_t = dict(data.get("engine", {}))
     tcb_t = dict(data.get("tcb", {}))
     mech_t = {name: dict(table) for name, table in mech_tables.items()}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import ipaddress
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -113,9 +114,15 @@ class Prefixes:
 class Context:
     """Where values come from, for error messages and relative list paths."""
 
-    def __init__(self, source: str, base_dir: str | None) -> None:
+    def __init__(
+        self, source: str, base_dir: str | None, lists: dict[tuple[Any, str], Any] | None = None
+    ) -> None:
         self.source = source
         self.base_dir = base_dir
+        self.lists: dict[tuple[Any, str], Any] = {} if lists is None else lists
+        """List files loaded so far, by loader and real path: a file named by several rules
+        (every domain rule given the same million-name list) is read once and shared; the
+        sets are never changed after loading."""
 
 
 def build_params(cls: type[Any], table: dict[str, Any], ctx: Context, prefix: str) -> Any:
@@ -214,8 +221,12 @@ def coerce(value: Any, tp: Any, ctx: Context, key: str) -> Any:
 
 def _load_list(loader: Any, value: str, ctx: Context, key: str) -> Any:
     path = resolve_path(value, ctx.base_dir)
+    cache_key = (loader, os.path.realpath(path))
+    if cache_key in ctx.lists:
+        return ctx.lists[cache_key]
     try:
-        return loader(path)
+        ctx.lists[cache_key] = loaded = loader(path)
+        return loaded
     except ConfigError as exc:
         where = f"{path}: {exc.key}" if exc.key else path  # the list file's line, if known
         raise ConfigError(ctx.source, key, f"{where}: {exc.reason}") from None
