@@ -127,8 +127,9 @@ class _Pools:
 
     def __init__(self, setup: Setup, workers: int) -> None:
         self.probe = ThreadPoolExecutor(workers, "probe", sniff.enter_netns, (setup.probe_netns,))
+        # One control thread per probe thread: each probe thread waits for its control.
         self.control = ThreadPoolExecutor(
-            max(2, workers // 2), "control", sniff.enter_netns, (setup.control_netns,)
+            workers, "control", sniff.enter_netns, (setup.control_netns,)
         )
 
     def close(self) -> None:
@@ -157,8 +158,10 @@ def measure(
 ) -> SiteResult:
     """Measure one URL (called in a probe-namespace thread)."""
     t0, started = time.monotonic(), time.time()
-    pdns = dnscheck.lookup(entry.host, setup.resolver, timeout=setup.timeout, linger=setup.linger)
+    # The control runs beside the probe's own lookup (it never uses what the probe saw), so
+    # its time hides under the lookup's linger for late replies.
     cfut = pools.control.submit(_control, setup, entry, None)
+    pdns = dnscheck.lookup(entry.host, setup.resolver, timeout=setup.timeout, linger=setup.linger)
     cdns, cweb, ch3 = cfut.result()
     analysis = dnscheck.analyse(pdns, cdns)
     obs = Observation(pdns, cdns, analysis, None, cweb, h3=None, control_h3=ch3)
