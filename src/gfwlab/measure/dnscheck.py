@@ -410,71 +410,97 @@ class ScanResult:
         return out
 
 
+def _buffer(sock: socket.socket, size: int) -> None:
+    """A receive buffer of ``size`` bytes: past ``net.core.rmem_max`` when root may
+    (``SO_RCVBUFFORCE``), else as much as the limit allows. A burst of replies that overflows
+    it is lost, and a lost reply is a two-second timeout."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
 def scan(
     names: Sequence[str],
     resolver: str,
     *,
     port: int = 53,
-    window: int = 2048,
+    window: int = 256,
     timeout: float = 2.0,
     linger: float = 0.05,
     progress: Any = None,
 ) -> ScanResult:
-    """Query every name once (A), ``window`` queries in flight, collecting every reply.
+    """Query every name once (A), at most ``window`` queries unanswered at a time, collecting
+    every reply.
 
-    Query IDs are unique within the window, so a reply is matched by its ID; replies keep
-    being collected for ``linger`` s after the first (the real answer follows the forged one),
-    which with ``window`` bounds the rate at ``window / linger`` queries per second.
-    Queries and replies are built and read directly (:func:`wire_query`,
-    :func:`wire_answers`): dnspython's message objects cost more than the network here.
+    A reply is matched by its query ID (unique among the queries in flight) and its question
+    (the name, as sent). Replies to a query keep being collected for ``linger`` s after its
+    first (the real answer follows the forged one, spec §2); a query that has its first reply
+    no longer counts against ``window``, so the linger costs no rate. ``window`` bounds what
+    waits in the resolver's and the censor's queues: a burst larger than their buffers is
+    lost, and each lost query holds its slot for ``timeout``. Queries and replies are built
+    and read directly (:func:`wire_query`, :func:`wire_answers`): dnspython's message objects
+    cost more than the network here.
     """
     sock = socket.socket(_family(resolver), socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    _buffer(sock, 8 << 20)
     sock.connect((resolver, port))
     sock.setblocking(False)
     answers: dict[str, list[list[str]]] = {n.lower(): [] for n in names}
-    pending: dict[int, list[Any]] = {}  # qid -> [name, deadline]
+    # qid -> (name, question bytes, deadline), each in deadline order (insertion order)
+    waiting: dict[int, tuple[str, bytes, float]] = {}
+    lingering: dict[int, tuple[str, bytes, float]] = {}
     idx, done = 0, 0
     start = time.monotonic()
     next_id = int.from_bytes(os.urandom(2), "big")
     last_sweep = start
     try:
-        while idx < len(names) or pending:
+        while idx < len(names) or waiting or lingering:
             now = time.monotonic()
-            while idx < len(names) and len(pending) < window:
+            while idx < len(names) and len(waiting) < window:
                 next_id = next_id % 65535 + 1
-                if next_id in pending:
+                if next_id in waiting or next_id in lingering:
                     continue
                 name = names[idx].lower()
                 try:
-                    sock.send(wire_query(name, next_id))
+                    query = wire_query(name, next_id)
+                    sock.send(query)
                 except BlockingIOError:
                     break
                 except (UnicodeError, ValueError):
                     idx += 1  # not a sendable name: counted, never answered
                     done += 1
                     continue
-                pending[next_id] = [name, now + timeout]
+                waiting[next_id] = (name, query[12:].lower(), now + timeout)
                 idx += 1
-            select.select([sock], [], [], 0.005)
+            select.select([sock], [], [], 0.002)
+            now = time.monotonic()
             while True:
                 try:
                     data = sock.recv(4096)
                 except (BlockingIOError, ConnectionRefusedError):
                     break
-                entry = pending.get(int.from_bytes(data[:2], "big")) if len(data) >= 12 else None
-                if entry is None:
+                if len(data) < 12:
                     continue
+                qid = int.from_bytes(data[:2], "big")
+                entry = waiting.get(qid) or lingering.get(qid)
+                if entry is None or data[12 : 12 + len(entry[1])].lower() != entry[1]:
+                    continue  # not a reply to a query in flight
                 got = wire_answers(data)
-                if got is not None:
-                    answers[entry[0]].append(got)
-                    entry[1] = min(entry[1], time.monotonic() + linger)
-            now = time.monotonic()
-            if now - last_sweep > 0.02 or idx >= len(names):
+                if got is None:
+                    continue
+                answers[entry[0]].append(got)
+                if waiting.pop(qid, None) is not None:
+                    lingering[qid] = (entry[0], entry[1], now + linger)
+            if now - last_sweep > 0.01 or idx >= len(names):
                 last_sweep = now
-                for qid in [q for q, e in pending.items() if e[1] <= now]:
-                    del pending[qid]
-                    done += 1
+                for table in (waiting, lingering):
+                    while table:
+                        qid = next(iter(table))
+                        if table[qid][2] > now:
+                            break
+                        del table[qid]
+                        done += 1
                 if progress is not None:
                     progress(done)
     finally:

@@ -134,6 +134,34 @@ def _cert_map(path: str) -> dict[str, str]:
     return out
 
 
+def _lean(cert_file: str, key_file: str) -> None:
+    """Make a site's files cheap to load: nginx loads a site's certificate and key on every
+    handshake (the certificate is a ``map`` variable), and the probe and its control parse
+    what the server sends. The certificate file keeps only the site's own certificate (the
+    lab CA is the clients' trust anchor: a server need not send it, and most do not), and the
+    EC key is written as SEC 1 (``EC PRIVATE KEY``), which OpenSSL 3 reads in half the time
+    of PKCS #8. Together about 2 ms less per handshake on the lab's machine."""
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    with open(cert_file, "rb") as fh:
+        pem = fh.read()
+    end = b"-----END CERTIFICATE-----\n"
+    leaf = pem[: pem.index(end) + len(end)] if end in pem else pem
+    with open(key_file, "rb") as fh:
+        key = serialization.load_pem_private_key(fh.read(), None)
+    sec1 = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    for path, data, mode in ((cert_file, leaf, 0o644), (key_file, sec1, 0o600)):
+        tmp = f"{path}.tmp-{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+
+
 def install(hosts: Sequence[str], *, timeout: float = 60.0) -> dict[str, str]:
     """Serve ``hosts`` in the running lab (with the names served before); return host name
     -> address for ``hosts``.
@@ -164,6 +192,7 @@ def install(hosts: Sequence[str], *, timeout: float = 60.0) -> dict[str, str]:
         ca_cert, ca_key = st.file("ca/ca.pem"), st.file("ca/ca.key")
         certs = ca.make_server_certs(batch, ca_cert, ca_key, new, [], max_bytes=SHARD_BYTES)
         for c in certs:
+            _lean(c.cert, c.key)
             certified.update((n, os.path.abspath(c.cert)) for n in c.names)
         _write_atomic(map_file, "".join(f"{n} {c};\n" for n, c in certified.items()))
         _signal(st, "nginx")
