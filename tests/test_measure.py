@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import random
+import socket
+import threading
 from pathlib import Path
 
 import dns.message
@@ -514,6 +516,52 @@ def test_lookup_reads_replies_as_dnspython_does() -> None:
                     ), wire.hex()
                     seen += dnscheck._parse(wire, qid, name) is not None
     assert seen > 20
+
+
+def test_scan_retries_lost_queries_and_keeps_late_replies() -> None:
+    """A resolver on loopback that ignores the first query for every third name and answers
+    every fifth twice (a forged answer, then the real one): each name is answered, the lost
+    ones on a retry, and both replies of the doubled ones are kept."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.settimeout(0.2)
+    seen: dict[str, int] = {}
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = srv.recvfrom(4096)
+            except TimeoutError:
+                continue
+            q = dns.message.from_wire(data)
+            name = q.question[0].name.to_text().rstrip(".")
+            n = int(name.split(".")[0][4:])
+            seen[name] = seen.get(name, 0) + 1
+            if n % 3 == 0 and seen[name] == 1:
+                continue  # lost
+            r = dns.message.make_response(q)
+            if n % 5 == 0:
+                forged = dns.message.make_response(q)
+                forged.answer.append(dns.rrset.from_text(name + ".", 60, "IN", "A", "59.24.3.174"))
+                srv.sendto(forged.to_wire(), peer)
+            r.answer.append(dns.rrset.from_text(name + ".", 60, "IN", "A", f"198.19.1.{n % 250}"))
+            srv.sendto(r.to_wire(), peer)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        names = [f"site{i}.example.test" for i in range(300)]
+        res = dnscheck.scan(names, "127.0.0.1", port=srv.getsockname()[1], window=32, timeout=0.2)
+    finally:
+        stop.set()
+        t.join(2)
+        srv.close()
+    assert all(res.answers[n] for n in names)
+    assert all(seen[n] == 2 for n in names if int(n.split(".")[0][4:]) % 3 == 0)
+    doubled = [n for n in names if int(n.split(".")[0][4:]) % 5 == 0]
+    assert sorted(res.injected()) == sorted(doubled)
+    assert all(res.answers[n][0] == ["59.24.3.174"] for n in doubled)
 
 
 def test_tls_context_follows_a_new_trust_file(tmp_path: Path) -> None:

@@ -425,43 +425,48 @@ def scan(
     resolver: str,
     *,
     port: int = 53,
-    window: int = 256,
-    timeout: float = 2.0,
+    window: int = 128,
+    timeout: float = 0.5,
+    tries: int = 3,
     linger: float = 0.05,
     progress: Any = None,
 ) -> ScanResult:
-    """Query every name once (A), at most ``window`` queries unanswered at a time, collecting
-    every reply.
+    """Query every name (A), at most ``window`` queries unanswered at a time, collecting every
+    reply.
 
     A reply is matched by its query ID (unique among the queries in flight) and its question
-    (the name, as sent). Replies to a query keep being collected for ``linger`` s after its
-    first (the real answer follows the forged one, spec §2); a query that has its first reply
-    no longer counts against ``window``, so the linger costs no rate. ``window`` bounds what
-    waits in the resolver's and the censor's queues: a burst larger than their buffers is
-    lost, and each lost query holds its slot for ``timeout``. Queries and replies are built
-    and read directly (:func:`wire_query`, :func:`wire_answers`): dnspython's message objects
-    cost more than the network here.
+    (the name, as sent). Replies to a name keep being collected for ``linger`` s after its
+    first (the real answer follows the forged one, spec §2); a name that has its first reply
+    no longer counts against ``window``, so the linger costs no rate. A query unanswered after
+    ``timeout`` is sent again with a new ID, ``tries`` times in all (as scanners do: a lost
+    datagram then costs ``timeout``, and a name is given up only after ``tries * timeout``).
+    ``window`` bounds what waits in the resolver's and the censor's queues: the lab's dnsmasq
+    has the kernel's default receive buffer (about 270 queries), and a burst that overflows it
+    is lost. Queries and replies are built and read directly (:func:`wire_query`,
+    :func:`wire_answers`): dnspython's message objects cost more than the network here.
     """
     sock = socket.socket(_family(resolver), socket.SOCK_DGRAM)
     _buffer(sock, 8 << 20)
     sock.connect((resolver, port))
     sock.setblocking(False)
     answers: dict[str, list[list[str]]] = {n.lower(): [] for n in names}
-    # qid -> (name, question bytes, deadline), each in deadline order (insertion order)
-    waiting: dict[int, tuple[str, bytes, float]] = {}
-    lingering: dict[int, tuple[str, bytes, float]] = {}
+    # qid -> [name, question bytes, deadline, tries left], in deadline order (insertion order)
+    waiting: dict[int, list[Any]] = {}
+    lingering: dict[int, list[Any]] = {}
+    retry: list[list[Any]] = []
     idx, done = 0, 0
     start = time.monotonic()
     next_id = int.from_bytes(os.urandom(2), "big")
     last_sweep = start
     try:
-        while idx < len(names) or waiting or lingering:
+        while idx < len(names) or waiting or lingering or retry:
             now = time.monotonic()
-            while idx < len(names) and len(waiting) < window:
+            while (retry or idx < len(names)) and len(waiting) < window:
                 next_id = next_id % 65535 + 1
                 if next_id in waiting or next_id in lingering:
                     continue
-                name = names[idx].lower()
+                again = retry[-1] if retry else None
+                name = again[0] if again is not None else names[idx].lower()
                 try:
                     query = wire_query(name, next_id)
                     sock.send(query)
@@ -471,8 +476,12 @@ def scan(
                     idx += 1  # not a sendable name: counted, never answered
                     done += 1
                     continue
-                waiting[next_id] = (name, query[12:].lower(), now + timeout)
-                idx += 1
+                if again is not None:
+                    retry.pop()
+                    waiting[next_id] = [name, query[12:].lower(), now + timeout, again[3]]
+                else:
+                    waiting[next_id] = [name, query[12:].lower(), now + timeout, tries - 1]
+                    idx += 1
             select.select([sock], [], [], 0.002)
             now = time.monotonic()
             while True:
@@ -491,16 +500,26 @@ def scan(
                     continue
                 answers[entry[0]].append(got)
                 if waiting.pop(qid, None) is not None:
-                    lingering[qid] = (entry[0], entry[1], now + linger)
+                    entry[2] = now + linger
+                    lingering[qid] = entry
             if now - last_sweep > 0.01 or idx >= len(names):
                 last_sweep = now
-                for table in (waiting, lingering):
-                    while table:
-                        qid = next(iter(table))
-                        if table[qid][2] > now:
-                            break
-                        del table[qid]
+                while waiting:
+                    qid = next(iter(waiting))
+                    entry = waiting[qid]
+                    if entry[2] > now:
+                        break
+                    del waiting[qid]
+                    if entry[3] > 0 and not answers[entry[0]]:
+                        retry.append([entry[0], entry[1], 0.0, entry[3] - 1])
+                    else:
                         done += 1
+                while lingering:
+                    qid = next(iter(lingering))
+                    if lingering[qid][2] > now:
+                        break
+                    del lingering[qid]
+                    done += 1
                 if progress is not None:
                     progress(done)
     finally:
