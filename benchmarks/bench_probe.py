@@ -1,20 +1,21 @@
 """The probe at scale through the lab's censor, against the same run with a censor that passes
 everything (the ``gfw`` profile with every mechanism's ``enabled=false``).
 
-    python benchmarks/bench_probe.py [--sites 60000] [--dns 60000] [--concurrency 128] [--h3]
+    python benchmarks/bench_probe.py [--sites 60000] [--dns 60000] [--concurrency 64] [--h3]
 
 For each censor, in the same run: brings the lab up (2024-06-01), serves the names (each its own
 address, DNS and certificate: ``gfwlab.measure.sites``), then times
 
-- the DNS-only scan (``gfwlab probe --dns-only``): every name once, 4,096 queries in flight,
-  through the censor (queries per second);
+- the DNS-only scan (``gfwlab probe --dns-only``): every name once, 128 queries unanswered at a
+  time, a lost one sent again after 0.5 s, through the censor (queries per second);
 - the full probe (``gfwlab probe --lab``: DNS with control, TCP, TLS with the SNI, HTTP, the
   control beside each; HTTP/3 only with ``--h3``) of ``--sites`` names (sites per second).
 
 The names are the first names of the 2024 DNS blocklist (``../shared/data/blocklists``, spec §2),
 then made-up ``.lab.test`` names; the censor's lists are the built-in samples. Prints a JSON
-summary with the ratios (gfw / pass-all) and takes the lab down, also on Ctrl-C. It reports; it
-never asserts.
+summary with the ratios (gfw / pass-all), the CPU seconds each lab service (censor, nginx,
+dnsmasq, HTTP/3 server) and the probe process used in each phase, and the load average (the
+machine may be shared), and takes the lab down, also on Ctrl-C. It reports; it never asserts.
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sites", type=int, default=60000)
     ap.add_argument("--dns", type=int, default=60000, help="names served and DNS-scanned")
-    ap.add_argument("--concurrency", type=int, default=128)
+    ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--h3", action="store_true")
     args = ap.parse_args()
     hosts = names(max(args.dns, args.sites))
