@@ -1,20 +1,21 @@
 """The probe at scale through the lab's censor, against the same run with a censor that passes
 everything (the ``gfw`` profile with every mechanism's ``enabled=false``).
 
-    python benchmarks/bench_probe.py [--sites 60000] [--dns 60000] [--concurrency 128] [--h3]
+    python benchmarks/bench_probe.py [--sites 60000] [--dns 60000] [--concurrency 64] [--h3]
 
 For each censor, in the same run: brings the lab up (2024-06-01), serves the names (each its own
 address, DNS and certificate: ``gfwlab.measure.sites``), then times
 
-- the DNS-only scan (``gfwlab probe --dns-only``): every name once, 4,096 queries in flight,
-  through the censor (queries per second);
+- the DNS-only scan (``gfwlab probe --dns-only``): every name once, 128 queries unanswered at a
+  time, a lost one sent again after 0.5 s, through the censor (queries per second);
 - the full probe (``gfwlab probe --lab``: DNS with control, TCP, TLS with the SNI, HTTP, the
   control beside each; HTTP/3 only with ``--h3``) of ``--sites`` names (sites per second).
 
 The names are the first names of the 2024 DNS blocklist (``../shared/data/blocklists``, spec §2),
 then made-up ``.lab.test`` names; the censor's lists are the built-in samples. Prints a JSON
-summary with the ratios (gfw / pass-all) and takes the lab down, also on Ctrl-C. It reports; it
-never asserts.
+summary with the ratios (gfw / pass-all), the CPU seconds each lab service (censor, nginx,
+dnsmasq, HTTP/3 server) and the probe process used in each phase, and the load average (the
+machine may be shared), and takes the lab down, also on Ctrl-C. It reports; it never asserts.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 
@@ -30,6 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from gfwlab.lab import lifecycle
 from gfwlab.lab.services import in_netns
+from gfwlab.lab.state import LabState
 from gfwlab.live.topology import CLIENT_NS, SERVER_V4
 from gfwlab.measure import dnscheck, session, sites
 from gfwlab.measure.lists import Entry, check_host, synthetic
@@ -73,6 +76,44 @@ def bar(label: str, total: int) -> Progress:
     )
 
 
+def _ticks(pid: int) -> tuple[int, int]:
+    """(parent pid, user + system clock ticks) of a process, (0, 0) if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0, 0
+    return int(fields[1]), int(fields[11]) + int(fields[12])
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each of the lab's services (with their
+    children: nginx's worker) and by this process (the probe's threads)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    used: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            parents[int(entry)], used[int(entry)] = _ticks(int(entry))
+    out: dict[str, float] = {}
+    for proc in LabState.load().processes():
+        pid = proc.get("pid")
+        if not isinstance(pid, int):
+            continue
+        family = {pid}
+        for child, parent in parents.items():  # nginx: master and its worker
+            if parent in family:
+                family.add(child)
+        out[str(proc.get("name"))] = sum(used.get(p, 0) for p in family) / tick
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    out["probe"] = me.ru_utime + me.ru_stime
+    return out
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: round(after[k] - before.get(k, 0.0), 1) for k in after}
+
+
 def one(kind: str, hosts: list[str], sites_n: int, concurrency: int, h3: bool) -> dict[str, object]:
     sets = []
     if kind == "pass-all":
@@ -86,6 +127,7 @@ def one(kind: str, hosts: list[str], sites_n: int, concurrency: int, h3: bool) -
         t0 = time.monotonic()
         sites.install(hosts)
         install_s = time.monotonic() - t0
+        cpu0 = cpu_seconds()
         with bar(f"{kind}: DNS scan", len(hosts)) as b:
             task = b.add_task("scan", total=len(hosts))
             scan = in_netns(
@@ -94,6 +136,7 @@ def one(kind: str, hosts: list[str], sites_n: int, concurrency: int, h3: bool) -
                     hosts, SERVER_V4, progress=lambda n: b.update(task, completed=n)
                 ),
             )
+        cpu1 = cpu_seconds()
         answered = sum(1 for v in scan.answers.values() if v)
         entries = [Entry(f"https://{h}/", "MISC") for h in hosts[:sites_n]]
         with bar(f"{kind}: probe", len(entries)) as b:
@@ -106,6 +149,7 @@ def one(kind: str, hosts: list[str], sites_n: int, concurrency: int, h3: bool) -
                 progress=lambda n: b.update(task, completed=n),
             )
             probe_s = time.monotonic() - t0
+        cpu2 = cpu_seconds()
         blocked = sum(1 for m in run.measurements if m["test_keys"]["blocking"] not in (False,))
         return {
             "censor": kind,
@@ -121,6 +165,9 @@ def one(kind: str, hosts: list[str], sites_n: int, concurrency: int, h3: bool) -
             "not_accessible_or_no_verdict": blocked,
             "graded_right": run.grade.right if run.grade else None,
             "graded_wrong": run.grade.wrong if run.grade else None,
+            "dns_scan_cpu_s": cpu_delta(cpu0, cpu1),
+            "probe_cpu_s": cpu_delta(cpu1, cpu2),
+            "load_avg": [round(x, 1) for x in os.getloadavg()],
         }
     finally:
         lifecycle.down()
@@ -130,7 +177,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sites", type=int, default=60000)
     ap.add_argument("--dns", type=int, default=60000, help="names served and DNS-scanned")
-    ap.add_argument("--concurrency", type=int, default=128)
+    ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--h3", action="store_true")
     args = ap.parse_args()
     hosts = names(max(args.dns, args.sites))

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import os
 import random
+import socket
+import threading
 from pathlib import Path
 
 import dns.message
+import dns.rcode
 import dns.rrset
 import pytest
 
@@ -28,6 +31,7 @@ from gfwlab.measure.web import (
 )
 from gfwlab.mechanisms._forge import ResetParams, forge_resets
 from gfwlab.packet.ip import ACK, PSH, addr_bytes, build_tcp, parse
+from gfwlab.proto.dns import build_answer, parse_query
 from oonicheck import load_with_oonidata
 from testenv import SHARED_BLOCKLISTS, gfwlab, needs_shared
 
@@ -456,6 +460,108 @@ def test_scan_wire_format_matches_dnspython() -> None:
     assert sorted(dnscheck.wire_answers(reply.to_wire()) or []) == ["198.19.1.7", "59.24.3.174"]
     assert dnscheck.wire_answers(q.to_wire()) is None  # a query, not a reply
     assert dnscheck.wire_answers(reply.to_wire()[:30]) is None  # truncated
+
+
+def _replies_for(q: dns.message.Message) -> list[bytes]:
+    """Replies to ``q`` of every shape the probe may see: honest, forged by the engine's
+    injector, several RRsets, CNAME chains, AAAA, NXDOMAIN, EDNS, odd TTLs, truncated."""
+    out = []
+    name = q.question[0].name
+    for rrs in (
+        [("A", 60, ["198.19.1.7"])],
+        [("A", 60, ["198.19.1.7", "59.24.3.174"])],
+        [("CNAME", 30, ["alias.example.test."]), ("A", 60, ["198.19.1.8"])],
+        [("AAAA", 60, ["2001:db8:5::2", "2001::1"])],
+        [("A", 60, ["198.19.1.7"]), ("AAAA", 70, ["2001:db8:5::2"])],
+        [("TXT", 60, ['"x"'])],
+        [],
+    ):
+        r = dns.message.make_response(q)
+        for rtype, ttl, values in rrs:
+            r.answer.append(dns.rrset.from_text(name, ttl, "IN", rtype, *values))
+        out.append(r.to_wire())
+    nx = dns.message.make_response(q)
+    nx.set_rcode(dns.rcode.NXDOMAIN)
+    out.append(nx.to_wire())
+    edns = dns.message.make_response(q)
+    edns.use_edns(0)
+    edns.answer.append(dns.rrset.from_text(name, 60, "IN", "A", "198.19.1.9"))
+    out.append(edns.to_wire())
+    other = dns.message.make_response(q)  # A records of another name
+    other.answer.append(dns.rrset.from_text("elsewhere.test.", 60, "IN", "A", "198.19.1.10"))
+    out.append(other.to_wire())
+    wire = q.to_wire()
+    parsed = parse_query(wire)
+    assert parsed is not None
+    for flags in (0x8180, 0x8400, 0x8580):
+        out.append(build_answer(wire, parsed, bytes([59, 24, 3, 174]), 255, flags))
+    return out + [w[:n] for w in out[:3] for n in (11, 20, len(w) - 1)]
+
+
+def test_lookup_reads_replies_as_dnspython_does() -> None:
+    """The probe's direct reply reader gives what dnspython's parser gives, reply for reply
+    (and the query it sends is the one dnspython makes)."""
+    q = dns.message.make_query("www.Example.test", "A")
+    assert dnscheck.wire_query("www.Example.test", q.id) == q.to_wire()
+    q6 = dns.message.make_query("www.example.test", "AAAA")
+    assert dnscheck.wire_query("www.example.test", q6.id, 28) == q6.to_wire()
+    seen = 0
+    for query in (q, q6):
+        qname = "www.example.test"
+        for wire in _replies_for(query):
+            for qid in (query.id, query.id ^ 1):
+                for name in (qname, "other.example.test"):
+                    assert dnscheck._parse(wire, qid, name) == dnscheck._parse_slow(
+                        wire, qid, name
+                    ), wire.hex()
+                    seen += dnscheck._parse(wire, qid, name) is not None
+    assert seen > 20
+
+
+def test_scan_retries_lost_queries_and_keeps_late_replies() -> None:
+    """A resolver on loopback that ignores the first query for every third name and answers
+    every fifth twice (a forged answer, then the real one): each name is answered, the lost
+    ones on a retry, and both replies of the doubled ones are kept."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.settimeout(0.2)
+    seen: dict[str, int] = {}
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = srv.recvfrom(4096)
+            except TimeoutError:
+                continue
+            q = dns.message.from_wire(data)
+            name = q.question[0].name.to_text().rstrip(".")
+            n = int(name.split(".")[0][4:])
+            seen[name] = seen.get(name, 0) + 1
+            if n % 3 == 0 and seen[name] == 1:
+                continue  # lost
+            r = dns.message.make_response(q)
+            if n % 5 == 0:
+                forged = dns.message.make_response(q)
+                forged.answer.append(dns.rrset.from_text(name + ".", 60, "IN", "A", "59.24.3.174"))
+                srv.sendto(forged.to_wire(), peer)
+            r.answer.append(dns.rrset.from_text(name + ".", 60, "IN", "A", f"198.19.1.{n % 250}"))
+            srv.sendto(r.to_wire(), peer)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        names = [f"site{i}.example.test" for i in range(300)]
+        res = dnscheck.scan(names, "127.0.0.1", port=srv.getsockname()[1], window=32, timeout=0.2)
+    finally:
+        stop.set()
+        t.join(2)
+        srv.close()
+    assert all(res.answers[n] for n in names)
+    assert all(seen[n] == 2 for n in names if int(n.split(".")[0][4:]) % 3 == 0)
+    doubled = [n for n in names if int(n.split(".")[0][4:]) % 5 == 0]
+    assert sorted(res.injected()) == sorted(doubled)
+    assert all(res.answers[n][0] == ["59.24.3.174"] for n in doubled)
 
 
 def test_tls_context_follows_a_new_trust_file(tmp_path: Path) -> None:

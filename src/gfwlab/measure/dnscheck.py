@@ -100,7 +100,8 @@ def _family(addr: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
 
-def _parse(wire: bytes, qid: int, qname: str) -> tuple[list[str], str, int, int | None] | None:
+def _parse_slow(wire: bytes, qid: int, qname: str) -> tuple[list[str], str, int, int | None] | None:
+    """:func:`_parse` with dnspython's message parser (what anything unusual falls back to)."""
     try:
         msg = dns.message.from_wire(wire, ignore_trailing=True)
     except (dns.exception.DNSException, ValueError):
@@ -116,6 +117,101 @@ def _parse(wire: bytes, qid: int, qname: str) -> tuple[list[str], str, int, int 
             ttl = rrset.ttl if ttl is None else ttl
             addrs += [r.address for r in rrset]
     return addrs, dns.rcode.to_text(msg.rcode()), int(msg.flags), ttl
+
+
+class _Unusual(Exception):
+    """A reply the direct reader leaves to dnspython."""
+
+
+_RCODES = {
+    0: "NOERROR",
+    1: "FORMERR",
+    2: "SERVFAIL",
+    3: "NXDOMAIN",
+    4: "NOTIMP",
+    5: "REFUSED",
+}
+
+
+def _name_at(data: bytes, pos: int) -> tuple[str, int]:
+    """The (lower-case, dotted) name at ``pos`` and the offset after it; compression pointers
+    followed. Anything but plain letters, digits, ``-`` and ``_`` in a label is unusual."""
+    labels: list[str] = []
+    end = -1
+    hops = 0
+    while True:
+        n = data[pos]
+        if n >= 0xC0:
+            if end < 0:
+                end = pos + 2
+            pos = ((n & 0x3F) << 8) | data[pos + 1]
+            hops += 1
+            if hops > 16:
+                raise _Unusual
+            continue
+        if n > 63:
+            raise _Unusual
+        if n == 0:
+            return ".".join(labels), (end if end >= 0 else pos + 1)
+        label = data[pos + 1 : pos + 1 + n]
+        if len(label) != n or not label.replace(b"-", b"").replace(b"_", b"").isalnum():
+            raise _Unusual
+        labels.append(label.decode("ascii").lower())
+        pos += n + 1
+
+
+def _parse(wire: bytes, qid: int, qname: str) -> tuple[list[str], str, int, int | None] | None:
+    """A reply's (addresses, rcode, flags, answer TTL), or None if it is not a reply to the
+    query ``qid`` for ``qname``; the same as dnspython reads it (:func:`_parse_slow`), read
+    directly (a tenth of the time): the first A/AAAA RRset's TTL, the addresses of every A and
+    AAAA RRset in order. A reply with anything unusual (EDNS, escapes in names, A/AAAA
+    records of several names) is left to dnspython."""
+    try:
+        if len(wire) < 12:
+            return None
+        rid, flags, qd, an, ns, ar = struct.unpack_from("!HHHHHH", wire)
+        if rid != qid or not flags & 0x8000:
+            return None
+        if qd > 1 or ar or ns:
+            raise _Unusual
+        pos = 12
+        if qd:
+            name, pos = _name_at(wire, pos)
+            if pos + 4 > len(wire):
+                return None
+            pos += 4
+            if name != qname:
+                return None
+        addrs: list[str] = []
+        ttl: int | None = None
+        owner: tuple[str, int] | None = None
+        for _ in range(an):
+            name, pos = _name_at(wire, pos)
+            rtype, rclass, rttl, rdlen = struct.unpack_from("!HHIH", wire, pos)
+            pos += 10
+            rdata = wire[pos : pos + rdlen]
+            if len(rdata) != rdlen:
+                raise _Unusual
+            pos += rdlen
+            if rtype not in (1, 28):
+                continue
+            if rclass != 1 or (owner is not None and owner != (name, rtype)):
+                raise _Unusual  # several RRsets or another class: dnspython groups them
+            if ttl is not None and rttl != ttl:
+                raise _Unusual  # dnspython keeps an RRset's smallest TTL
+            owner, ttl = (name, rtype), rttl
+            if rtype == 1 and rdlen == 4:
+                addrs.append(f"{rdata[0]}.{rdata[1]}.{rdata[2]}.{rdata[3]}")
+            elif rtype == 28 and rdlen == 16:
+                addrs.append(socket.inet_ntop(socket.AF_INET6, rdata))
+            else:
+                raise _Unusual
+        rcode = _RCODES.get(flags & 0xF)
+        if rcode is None:
+            raise _Unusual
+        return addrs, rcode, flags, ttl
+    except (_Unusual, IndexError, struct.error, UnicodeError):
+        return _parse_slow(wire, qid, qname)
 
 
 def _ttl_of(ancdata: list[tuple[int, int, bytes]]) -> int | None:
@@ -140,8 +236,12 @@ def lookup(
     first (or ``timeout`` without any)."""
     qname = hostname.lower().rstrip(".")
     res = DnsResult(qname, f"{resolver}:{port}", qtype, t0=time.time())
-    query = dns.message.make_query(qname, qtype)
-    wire = query.to_wire()
+    qid = int.from_bytes(os.urandom(2), "big")
+    try:
+        wire = wire_query(qname, qid, QTYPES[qtype])
+    except (KeyError, UnicodeError, ValueError):  # an IDN or another type: dnspython's encoder
+        query = dns.message.make_query(qname, qtype)
+        qid, wire = query.id, query.to_wire()
     sock = socket.socket(_family(resolver), socket.SOCK_DGRAM)
     try:
         if sock.family == socket.AF_INET:
@@ -162,7 +262,7 @@ def lookup(
             except ConnectionRefusedError:
                 res.failure = "connection_refused"
                 break
-            got = _parse(data, query.id, qname)
+            got = _parse(data, qid, qname)
             if got is None:
                 continue
             now = time.monotonic()
@@ -237,10 +337,19 @@ def analyse(probe: DnsResult, control: DnsResult | None) -> DnsAnalysis:
     return out
 
 
-def wire_query(name: str, qid: int) -> bytes:
-    """An A query (RD set) for ``name``, built directly (the scan's hot path)."""
-    labels = b"".join(bytes([len(x)]) + x for x in name.encode("ascii").split(b".") if x)
-    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + labels + b"\0\0\1\0\1"
+QTYPES = {"A": 1, "AAAA": 28}
+
+
+def wire_query(name: str, qid: int, qtype: int = 1) -> bytes:
+    """A query (RD set, type ``qtype``, class IN) for ``name``, built directly (the hot path
+    of the scan and of :func:`lookup`): the bytes dnspython's ``make_query`` makes."""
+    parts = name.encode("ascii").split(b".")
+    if any(len(x) > 63 for x in parts):
+        raise ValueError(f"a label of {name!r} is longer than 63 bytes")
+    labels = b"".join(bytes([len(x)]) + x for x in parts if x)
+    return (
+        struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + labels + struct.pack("!BHH", 0, qtype, 1)
+    )
 
 
 def wire_answers(data: bytes) -> list[str] | None:
@@ -301,70 +410,115 @@ class ScanResult:
         return out
 
 
+def _buffer(sock: socket.socket, size: int) -> None:
+    """A receive buffer of ``size`` bytes: past ``net.core.rmem_max`` when root may
+    (``SO_RCVBUFFORCE``), else as much as the limit allows. A burst of replies that overflows
+    it is lost, and a lost reply is a two-second timeout."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
 def scan(
     names: Sequence[str],
     resolver: str,
     *,
     port: int = 53,
-    window: int = 2048,
-    timeout: float = 2.0,
+    window: int = 128,
+    timeout: float = 0.5,
+    tries: int = 3,
     linger: float = 0.05,
     progress: Any = None,
 ) -> ScanResult:
-    """Query every name once (A), ``window`` queries in flight, collecting every reply.
+    """Query every name (A), at most ``window`` queries unanswered at a time, collecting every
+    reply.
 
-    Query IDs are unique within the window, so a reply is matched by its ID; replies keep
-    being collected for ``linger`` s after the first (the real answer follows the forged one),
-    which with ``window`` bounds the rate at ``window / linger`` queries per second.
-    Queries and replies are built and read directly (:func:`wire_query`,
+    A reply is matched by its query ID (unique among the queries in flight) and its question
+    (the name, as sent). Replies to a name keep being collected for ``linger`` s after its
+    first (the real answer follows the forged one, spec §2); a name that has its first reply
+    no longer counts against ``window``, so the linger costs no rate. A query unanswered after
+    ``timeout`` is sent again with a new ID, ``tries`` times in all (as scanners do: a lost
+    datagram then costs ``timeout``, and a name is given up only after ``tries * timeout``).
+    ``window`` bounds what waits in the resolver's and the censor's queues: the lab's dnsmasq
+    has the kernel's default receive buffer (about 270 queries), and a burst that overflows it
+    is lost. Queries and replies are built and read directly (:func:`wire_query`,
     :func:`wire_answers`): dnspython's message objects cost more than the network here.
     """
     sock = socket.socket(_family(resolver), socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    _buffer(sock, 8 << 20)
     sock.connect((resolver, port))
     sock.setblocking(False)
     answers: dict[str, list[list[str]]] = {n.lower(): [] for n in names}
-    pending: dict[int, list[Any]] = {}  # qid -> [name, deadline]
+    # qid -> [name, question bytes, deadline, tries left], in deadline order (insertion order)
+    waiting: dict[int, list[Any]] = {}
+    lingering: dict[int, list[Any]] = {}
+    retry: list[list[Any]] = []
     idx, done = 0, 0
     start = time.monotonic()
     next_id = int.from_bytes(os.urandom(2), "big")
     last_sweep = start
     try:
-        while idx < len(names) or pending:
+        while idx < len(names) or waiting or lingering or retry:
             now = time.monotonic()
-            while idx < len(names) and len(pending) < window:
+            while (retry or idx < len(names)) and len(waiting) < window:
                 next_id = next_id % 65535 + 1
-                if next_id in pending:
+                if next_id in waiting or next_id in lingering:
                     continue
-                name = names[idx].lower()
+                again = retry[-1] if retry else None
+                name = again[0] if again is not None else names[idx].lower()
                 try:
-                    sock.send(wire_query(name, next_id))
+                    query = wire_query(name, next_id)
+                    sock.send(query)
                 except BlockingIOError:
                     break
                 except (UnicodeError, ValueError):
                     idx += 1  # not a sendable name: counted, never answered
                     done += 1
                     continue
-                pending[next_id] = [name, now + timeout]
-                idx += 1
-            select.select([sock], [], [], 0.005)
+                if again is not None:
+                    retry.pop()
+                    waiting[next_id] = [name, query[12:].lower(), now + timeout, again[3]]
+                else:
+                    waiting[next_id] = [name, query[12:].lower(), now + timeout, tries - 1]
+                    idx += 1
+            select.select([sock], [], [], 0.002)
+            now = time.monotonic()
             while True:
                 try:
                     data = sock.recv(4096)
                 except (BlockingIOError, ConnectionRefusedError):
                     break
-                entry = pending.get(int.from_bytes(data[:2], "big")) if len(data) >= 12 else None
-                if entry is None:
+                if len(data) < 12:
                     continue
+                qid = int.from_bytes(data[:2], "big")
+                entry = waiting.get(qid) or lingering.get(qid)
+                if entry is None or data[12 : 12 + len(entry[1])].lower() != entry[1]:
+                    continue  # not a reply to a query in flight
                 got = wire_answers(data)
-                if got is not None:
-                    answers[entry[0]].append(got)
-                    entry[1] = min(entry[1], time.monotonic() + linger)
-            now = time.monotonic()
-            if now - last_sweep > 0.02 or idx >= len(names):
+                if got is None:
+                    continue
+                answers[entry[0]].append(got)
+                if waiting.pop(qid, None) is not None:
+                    entry[2] = now + linger
+                    lingering[qid] = entry
+            if now - last_sweep > 0.01 or idx >= len(names):
                 last_sweep = now
-                for qid in [q for q, e in pending.items() if e[1] <= now]:
-                    del pending[qid]
+                while waiting:
+                    qid = next(iter(waiting))
+                    entry = waiting[qid]
+                    if entry[2] > now:
+                        break
+                    del waiting[qid]
+                    if entry[3] > 0 and not answers[entry[0]]:
+                        retry.append([entry[0], entry[1], 0.0, entry[3] - 1])
+                    else:
+                        done += 1
+                while lingering:
+                    qid = next(iter(lingering))
+                    if lingering[qid][2] > now:
+                        break
+                    del lingering[qid]
                     done += 1
                 if progress is not None:
                     progress(done)

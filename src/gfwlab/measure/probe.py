@@ -123,17 +123,23 @@ def _contactable(setup: Setup, addr: str) -> bool:
 
 
 class _Pools:
-    """Thread pools whose threads live in the probe's and the control's namespaces."""
+    """The probe's threads (in the probe's namespace) and the namespaces they move between.
+
+    A thread moves into the control's namespace for the control's steps (``setns(2)`` on a
+    descriptor opened once: a few microseconds) and back, instead of handing the control to a
+    thread of its own and waiting for it: no second pool, no hand-off between threads per
+    site. A socket stays in the namespace it was made in, so each step's sockets are made
+    after the move."""
 
     def __init__(self, setup: Setup, workers: int) -> None:
+        self.probe_ns = sniff.netns_fd(setup.probe_netns)
+        self.control_ns = sniff.netns_fd(setup.control_netns)
         self.probe = ThreadPoolExecutor(workers, "probe", sniff.enter_netns, (setup.probe_netns,))
-        self.control = ThreadPoolExecutor(
-            max(2, workers // 2), "control", sniff.enter_netns, (setup.control_netns,)
-        )
 
     def close(self) -> None:
         self.probe.shutdown(cancel_futures=True)
-        self.control.shutdown(cancel_futures=True)
+        os.close(self.probe_ns)
+        os.close(self.control_ns)
 
 
 def _control(
@@ -157,9 +163,12 @@ def measure(
 ) -> SiteResult:
     """Measure one URL (called in a probe-namespace thread)."""
     t0, started = time.monotonic(), time.time()
+    sniff.setns_fd(pools.control_ns)  # the control first, from its own namespace
+    try:
+        cdns, cweb, ch3 = _control(setup, entry, None)
+    finally:
+        sniff.setns_fd(pools.probe_ns)
     pdns = dnscheck.lookup(entry.host, setup.resolver, timeout=setup.timeout, linger=setup.linger)
-    cfut = pools.control.submit(_control, setup, entry, None)
-    cdns, cweb, ch3 = cfut.result()
     analysis = dnscheck.analyse(pdns, cdns)
     obs = Observation(pdns, cdns, analysis, None, cweb, h3=None, control_h3=ch3)
     # Connect where the probe's DNS pointed, unless that is a forged answer: then to the

@@ -142,6 +142,26 @@ def _setns(netns: str) -> None:
         os.close(fd)
 
 
+def netns_fd(netns: str | None) -> int:
+    """A descriptor of ``netns`` (None: the calling thread's), for :func:`setns_fd`."""
+    if netns is None:
+        return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    return os.open(
+        netns if netns.startswith("/") else os.path.join("/run/netns", netns),
+        os.O_RDONLY | os.O_CLOEXEC,
+    )
+
+
+def setns_fd(fd: int) -> None:
+    """Move the calling thread into the network namespace of the descriptor ``fd``."""
+    if _LIBC.setns(fd, 0x40000000) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
 def enter_netns(netns: str | None) -> None:
     """Move the calling thread into ``netns`` (None: stay); for thread-pool initializers."""
     if netns is not None:
