@@ -11,6 +11,7 @@ through.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from gfwlab.engine import Censor
@@ -76,3 +77,32 @@ def test_overdue_resets_leave_before_the_request(tmp_path: Any) -> None:
     order = [kind for kind, p in wire.out if kind == "inject" or p == request]
     assert order.count("inject") >= 2, order  # resets toward both ends
     assert order[-1] == "accept", order  # the request leaves after every reset
+
+
+def test_a_retransmitted_trigger_waits_for_the_held_one(tmp_path: Any) -> None:
+    """The first reset drawn late (the delay table's tail, beyond the client's RTO): the
+    client retransmits the held request, and the copy must not overtake the resets."""
+    late = "[[0.0, 300.0], [1.0, 300.0]]"
+    censor: Censor = build_censor(
+        profile(
+            "http_keyword.probability=1.0",
+            "http_keyword.residual_s=0",
+            *(f"http_keyword.delay_ms_{k}={late}" for k in ("type1", "type2", "type3", "other")),
+        ),
+        1,
+    )
+    wire = Wire()
+    live = LiveCensor(censor, str(tmp_path), wire, seed=1)  # type: ignore[arg-type]
+    packets = http_conversation(C, S, 40000, "example.org", "/falun")
+    request = next(p for _, p in packets if b"GET /falun" in p)
+    for _, payload in packets:
+        live.on_packet(Queued(wire, payload))
+        if payload == request:
+            break
+    live.on_packet(Queued(wire, request))  # the client's retransmission
+    order = [kind for kind, p in wire.out if kind == "inject" or p == request]
+    assert order == [], order  # neither copy leaves before the resets are due
+    while live.held:
+        time.sleep(live.timers() or 0.0)
+    order = [kind for kind, p in wire.out if kind == "inject" or p == request]
+    assert order.count("inject") >= 2 and order[-2:] == ["accept", "accept"], order
