@@ -35,13 +35,14 @@ from typing import Any, assert_never
 
 from gfwlab.engine import Censor
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Inject, Probe, Report
-from gfwlab.errors import GfwlabError
+from gfwlab.errors import GfwlabError, MalformedPacket
 from gfwlab.live.kernel import Kernel
 from gfwlab.live.persist import BlockStore
 from gfwlab.live.prober import Prober
 from gfwlab.live.ratelimit import TokenBucket
 from gfwlab.live.topology import BYPASS_MARK, CLIENT_LINK, INSIDE, QUEUE_NUM, SERVER_LINK
 from gfwlab.offline.chain import Chain
+from gfwlab.packet.ip import parse
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.profiles import build_censor, load_profiles, parse_date
 from gfwlab.rules.schema import Prefixes
@@ -79,6 +80,18 @@ class FrameInjector:
             sock.close()
 
 
+def _conn(raw: bytes) -> tuple[Any, ...] | None:
+    """The connection of a TCP or UDP packet, the same in both directions (None: neither)."""
+    try:
+        pkt = parse(raw)
+    except MalformedPacket:
+        return None
+    if pkt.proto not in (6, 17) or pkt.fragment:
+        return None
+    a, b = (pkt.src, pkt.sport), (pkt.dst, pkt.dport)
+    return (pkt.proto, *min(a, b), *max(a, b))
+
+
 def _mac(text: str) -> bytes:
     return bytes(int(part, 16) for part in text.split(":"))
 
@@ -114,6 +127,8 @@ class LiveCensor:
         self.held: list[tuple[float, int, Any]] = []
         """Packets whose verdict waits for the forged packets they triggered."""
         self._held_seq = 0
+        self.held_flows: dict[tuple[Any, ...], float] = {}
+        """Connections with a held trigger, and until when: their later packets wait as long."""
         self.recorded = 0
         self.stop = False
         self.queued = 0
@@ -146,11 +161,29 @@ class LiveCensor:
             match action:
                 case Accept():
                     if nfpkt is None:
-                        pass
-                    elif action.hold_until is not None and action.hold_until > time.monotonic():
+                        continue
+                    now = time.monotonic()
+                    hold = action.hold_until
+                    key = _conn(nfpkt.get_payload()) if hold or self.held_flows else None
+                    if key is not None and self.held_flows.get(key, 0.0) > now:
+                        # A later packet of a connection whose trigger is held (the client's
+                        # retransmission of it, after its RTO, when the first reset is drawn
+                        # late) would otherwise reach the server before the trigger's resets.
+                        hold = max(hold or 0.0, self.held_flows[key])
+                    if hold is None:
+                        nfpkt.accept()
+                    elif hold > now:
                         self._held_seq += 1
-                        heapq.heappush(self.held, (action.hold_until, self._held_seq, nfpkt))
+                        heapq.heappush(self.held, (hold, self._held_seq, nfpkt))
+                        if key is not None:
+                            self.held_flows[key] = hold
                     else:
+                        # Feeding the packet took longer than the delay of the forged packets it
+                        # triggered (a loaded machine): they are overdue in the engine's timers
+                        # and leave now, before it. Accepted first, the trigger would reach the
+                        # peer and its answer (whose flow the kernel bypasses) would reach the
+                        # sender before the resets, and the request would get through.
+                        self.fire_timers(now)
                         nfpkt.accept()
                 case Drop():
                     if nfpkt is not None:
@@ -212,15 +245,24 @@ class LiveCensor:
                     print(f"gfwlab-censor: {exc}", file=sys.stderr, flush=True)
             journal.clear()
 
-    def timers(self) -> float | None:
-        """Run due timers; return seconds until the next one (None: none pending)."""
+    def fire_timers(self, now: float) -> float | None:
+        """Carry out the engine's timers due by ``now``; return the next one's time."""
         deadline = self.censor.next_deadline()
-        now = time.monotonic()
         while deadline is not None and deadline <= now:
             self.carry_out(self.censor.on_timer(deadline), None)
             deadline = self.censor.next_deadline()
+        return deadline
+
+    def timers(self) -> float | None:
+        """Run due timers; return seconds until the next one (None: none pending)."""
+        now = time.monotonic()
+        deadline = self.fire_timers(now)
         while self.held and self.held[0][0] <= now:
             heapq.heappop(self.held)[2].accept()
+        if self.held_flows and not self.held:
+            self.held_flows.clear()
+        elif self.held_flows:
+            self.held_flows = {k: t for k, t in self.held_flows.items() if t > now}
         if self.kernel is not None:
             with contextlib.suppress(GfwlabError):
                 self.kernel.tick(now)
