@@ -35,6 +35,7 @@ from typing import Any, assert_never
 
 from gfwlab.engine import Censor
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Inject, Probe, Report
+from gfwlab.engine.flows import FlowKey, flow_key
 from gfwlab.errors import GfwlabError, MalformedPacket
 from gfwlab.live.kernel import Kernel
 from gfwlab.live.persist import BlockStore
@@ -42,7 +43,7 @@ from gfwlab.live.prober import Prober
 from gfwlab.live.ratelimit import TokenBucket
 from gfwlab.live.topology import BYPASS_MARK, CLIENT_LINK, INSIDE, QUEUE_NUM, SERVER_LINK
 from gfwlab.offline.chain import Chain
-from gfwlab.packet.ip import parse
+from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, parse
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.profiles import build_censor, load_profiles, parse_date
 from gfwlab.rules.schema import Prefixes
@@ -80,16 +81,16 @@ class FrameInjector:
             sock.close()
 
 
-def _conn(raw: bytes) -> tuple[Any, ...] | None:
-    """The connection of a TCP or UDP packet, the same in both directions (None: neither)."""
+def _conn(raw: bytes) -> FlowKey | None:
+    """The connection of a TCP or UDP packet, the engine's key for it in both directions (None:
+    neither)."""
     try:
         pkt = parse(raw)
     except MalformedPacket:
         return None
-    if pkt.proto not in (6, 17) or pkt.fragment:
+    if pkt.proto not in (PROTO_TCP, PROTO_UDP) or pkt.fragment:
         return None
-    a, b = (pkt.src, pkt.sport), (pkt.dst, pkt.dport)
-    return (pkt.proto, *min(a, b), *max(a, b))
+    return flow_key(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
 
 
 def _mac(text: str) -> bytes:
@@ -127,7 +128,7 @@ class LiveCensor:
         self.held: list[tuple[float, int, Any]] = []
         """Packets whose verdict waits for the forged packets they triggered."""
         self._held_seq = 0
-        self.held_flows: dict[tuple[Any, ...], float] = {}
+        self.held_flows: dict[FlowKey, float] = {}
         """Connections with a held trigger, and until when: their later packets wait as long."""
         self.recorded = 0
         self.stop = False
