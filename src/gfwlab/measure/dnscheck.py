@@ -36,6 +36,7 @@ import dns.rcode
 import dns.rdatatype
 
 from gfwlab.mechanisms._wallbleed_pools import POOL_V4, POOL_V6
+from gfwlab.proto.dns import build_query
 
 KNOWN_FORGED_V4 = frozenset(POOL_V4) | {"59.24.3.174"}
 KNOWN_FORGED_V6 = frozenset(str(ipaddress.IPv6Address(a)) for a in POOL_V6)
@@ -341,15 +342,12 @@ QTYPES = {"A": 1, "AAAA": 28}
 
 
 def wire_query(name: str, qid: int, qtype: int = 1) -> bytes:
-    """A query (RD set, type ``qtype``, class IN) for ``name``, built directly (the hot path
-    of the scan and of :func:`lookup`): the bytes dnspython's ``make_query`` makes."""
-    parts = name.encode("ascii").split(b".")
-    if any(len(x) > 63 for x in parts):
-        raise ValueError(f"a label of {name!r} is longer than 63 bytes")
-    labels = b"".join(bytes([len(x)]) + x for x in parts if x)
-    return (
-        struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + labels + struct.pack("!BHH", 0, qtype, 1)
-    )
+    """A query (RD set, type ``qtype``, class IN) for the ASCII ``name``, built directly (the
+    hot path of the scan and of :func:`lookup`): the bytes dnspython's ``make_query`` makes.
+    Empty labels are left out; a non-ASCII name raises UnicodeError, a label over 63 bytes
+    ValueError."""
+    labels = [x for x in name.encode("ascii").split(b".") if x]
+    return build_query(labels, qtype, id=qid)
 
 
 def wire_answers(data: bytes) -> list[str] | None:
