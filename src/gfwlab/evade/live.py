@@ -211,9 +211,8 @@ def run_live(
             netns.run(netns.in_ns(ns, "iptables", "-w", "-t", "mangle", "-A", *rule))
         for _ in range(trials):
             addr = min(target.addresses, key=lambda a: last.get(a, 0.0))
-            free_at = last.get(addr, 0.0) + residual_s
-            if addr in last and time.time() < free_at:
-                wait = free_at - time.time()
+            wait = last.get(addr, 0.0) + residual_s - time.time()  # read the clock once
+            if addr in last and wait > 0:
                 result.waited += 1
                 result.waited_s += wait
                 time.sleep(wait)
