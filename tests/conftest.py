@@ -96,6 +96,8 @@ summary prints each group's time against its budget, so a growing suite is seen 
 surprise; it never fails a test on time."""
 
 _SPENT: dict[str, float] = {}
+_SLOWEST: dict[str, list[tuple[float, str]]] = {}
+"""Per group, each test's seconds and id: an over-budget group names its slowest tests."""
 
 
 def _group(item: pytest.Item) -> str:
@@ -110,8 +112,9 @@ def pytest_runtest_protocol(
     try:
         return (yield)
     finally:
-        group = _group(item)
-        _SPENT[group] = _SPENT.get(group, 0.0) + time.monotonic() - start
+        group, took = _group(item), time.monotonic() - start
+        _SPENT[group] = _SPENT.get(group, 0.0) + took
+        _SLOWEST.setdefault(group, []).append((took, item.nodeid))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -123,3 +126,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         over = "  OVER BUDGET" if spent > budget else ""
         name = group or "unmarked"
         terminalreporter.write_line(f"{name}: {spent:.0f} s of {budget:.0f} s{over}")
+        if over:
+            for took, nodeid in sorted(_SLOWEST[group], reverse=True)[:10]:
+                terminalreporter.write_line(f"  {took:6.1f} s  {nodeid}")
