@@ -111,6 +111,8 @@ def fet_events(events: list[dict[str, object]]) -> list[dict[str, object]]:
     return [e for e in events if e["mechanism"] == "fet" and e["rule"] == "fet:no-exemption"]
 
 
+# Slow (over 20 s): runs in the matrix stage with the other long live tests (scripts/test).
+@pytest.mark.slow
 def test_shadowsocks_fet_share_and_residual_2022(lab_factory: list[Lab]) -> None:
     lab = Lab(
         "--date",
@@ -325,7 +327,10 @@ class Obfs4Lab(LabSession):
 
 
 @pytest.mark.skipif(shutil.which("obfs4proxy") is None, reason="obfs4proxy missing")
-@pytest.mark.parametrize(("date", "blocked_share"), [("2022-06-01", 0.263), ("2023-06-01", 0.0)])
+@pytest.mark.parametrize(
+    ("date", "blocked_share"),
+    [pytest.param("2022-06-01", 0.263, marks=pytest.mark.slow), ("2023-06-01", 0.0)],
+)  # the 2022 case is slow (over 40 s: its FET draws need many connections)
 def test_obfs4_through_the_fet(date: str, blocked_share: float) -> None:
     lab = Obfs4Lab(
         "--date",
@@ -357,7 +362,9 @@ def test_obfs4_through_the_fet(date: str, blocked_share: float) -> None:
 # ------------------------------------------------------------------ live == offline
 
 
-@pytest.mark.parametrize("date", ["2022-06-01", "2024-06-01"])
+@pytest.mark.parametrize(
+    "date", [pytest.param("2022-06-01", marks=pytest.mark.slow), "2024-06-01"]
+)  # the 2022 case is slow (over 20 s)
 def test_recorded_encrypted_session_analyses_to_the_live_verdicts(
     date: str, tmp_path: Path
 ) -> None:

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from gfwlab.lab.state import state_dir
 from gfwlab.live.topology import CLIENT_NS, SERVER_NS
 from testenv import LAB_MARKS, client, curl, gfwlab, leftovers, needs_tools
@@ -133,6 +135,8 @@ def _detections() -> list[dict[str, object]]:
     return [e for e in events if e["mechanism"] == "tls_in_tls"]
 
 
+# Slow (over 20 s): runs in the matrix stage with the other long live tests (scripts/test).
+@pytest.mark.slow
 def test_trojan_detected_port_then_address_blocked(tmp_path: Path) -> None:
     with lab(*ON):
         # Plain HTTPS: curl and Chromium, never detected.
