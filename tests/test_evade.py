@@ -14,6 +14,7 @@ import pytest
 
 from gfwlab.evade.interp import Interpreter, Pkt, flags_value
 from gfwlab.evade.library import CHINA
+from gfwlab.evade.live import residual_left
 from gfwlab.evade.simulate import binomial_counts, run, wilson
 from gfwlab.evade.strategy import StrategyError, parse_strategy
 from gfwlab.offline.synth import http_conversation
@@ -252,3 +253,14 @@ def test_apply_rewrites_one_side_of_a_capture(tmp_path: Path) -> None:
     out = [parse(raw) for _, raw in CaptureReader(str(dst))]
     assert len(out) == len(pkts) + 1
     assert next(len(p.payload) for p in out if p.payload and p.src == out[0].src) == 8
+
+
+def test_residual_wait_is_never_negative() -> None:
+    """A trial waits for its address's residual block from one reading of the clock: reading it
+    twice let the end pass between the check and the sleep (``time.sleep`` of a negative
+    number raises), which stopped a live matrix run."""
+    last = {"198.19.0.2": 100.0}
+    assert residual_left(last, "198.19.0.3", 90.0, 150.0) == 0.0  # never used
+    assert residual_left(last, "198.19.0.2", 90.0, 150.0) == 40.0
+    assert residual_left(last, "198.19.0.2", 90.0, 190.0) == 0.0  # exactly at the end
+    assert residual_left(last, "198.19.0.2", 90.0, 190.000001) == 0.0  # just past it

@@ -211,8 +211,8 @@ def run_live(
             netns.run(netns.in_ns(ns, "iptables", "-w", "-t", "mangle", "-A", *rule))
         for _ in range(trials):
             addr = min(target.addresses, key=lambda a: last.get(a, 0.0))
-            wait = last.get(addr, 0.0) + residual_s - time.time()  # read the clock once
-            if addr in last and wait > 0:
+            wait = residual_left(last, addr, residual_s, time.time())
+            if wait > 0:
                 result.waited += 1
                 result.waited_s += wait
                 time.sleep(wait)
@@ -232,6 +232,16 @@ def run_live(
             proc.kill()
         proc.wait()
     return result
+
+
+def residual_left(last: dict[str, float], addr: str, residual_s: float, now: float) -> float:
+    """Seconds until ``addr``'s residual block from its last trial (at ``last[addr]``) is surely
+    over; 0 if it was never used or the block is over. Computed from one reading of the clock,
+    so it is never negative (a second reading could pass the end between the check and the
+    sleep)."""
+    if addr not in last:
+        return 0.0
+    return max(0.0, last[addr] + residual_s - now)
 
 
 def _load_last(path: str) -> dict[str, float]:
