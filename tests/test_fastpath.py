@@ -329,3 +329,7 @@ def test_port_reuse_identical(tmp_path: Path, sets: tuple[str, ...]) -> None:
     else:
         assert reopened <= reset
         assert ("http_keyword", 41003) not in reset  # the same ISN: a retransmission
+    if "engine.max_flows=40" not in sets:
+        # Port 41008: the ESNI block drops the open connection's packet, then the new one's SYN.
+        esni = [e["ts"] for e in events if e["mechanism"] == "esni" and e["flow"]["sport"] == 41008]
+        assert len(esni) == 2
