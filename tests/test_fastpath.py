@@ -4,6 +4,8 @@ censored captures and summaries, on generated and real captures, with every mech
 from __future__ import annotations
 
 import datetime as dt
+import json
+import random
 import struct
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,11 @@ import pytest
 from gfwlab.offline.analyze import Summary, analyze
 from gfwlab.offline.index import build_index
 from gfwlab.offline.scale import ProfileSpec, analyze_many, outputs_for
-from gfwlab.offline.synth import generate, load_names
+from gfwlab.offline.synth import generate, http_get, load_names, tcp_conversation
+from gfwlab.packet.ip import ACK, PSH, SYN, addr_bytes, build_tcp
 from gfwlab.packet.pcap import CaptureReader, PcapWriter
 from gfwlab.profiles import Profile, load_profile
+from gfwlab.proto.tls import build_client_hello
 from testenv import SHARED_BLOCKLISTS, SHARED_PCAPS, needs_shared, shared_pcaps
 
 DAY = dt.date(2024, 6, 1)
@@ -225,3 +229,107 @@ def test_capture_beyond_the_index_limit_streams(tmp_path: Path) -> None:
     assert ev_f == ev_s and out_f == out_s and _plain(fast) == _plain(streamed)
     assert streamed.engine_packets == streamed.packets > fast.engine_packets
     assert streamed.warnings and "streaming" in streamed.warnings[0]
+
+
+def _port_reuse(t: float) -> list[tuple[float, bytes]]:
+    """Connections that reuse a 5-tuple (a client's bare SYN with a new ISN, or the same ISN)
+    after the first connection on it was bypassed, blocked, let go without a SYN, dropped by a
+    residual block, null-routed or forgotten; each scenario from its own client (addresses in
+    198.18.0.0/24 and 198.19.0.0/24, which the generated traffic never uses but for resolvers)."""
+    out: list[tuple[float, bytes]] = []
+    server, fet_server, null_server = "198.19.0.200", "198.19.0.77", "198.19.0.9"
+    clean, bad = http_get("a.example", "/"), http_get("a.example", "/search?q=falun")
+    hello, hello_bad = build_client_hello("example.org"), build_client_hello("www.facebook.com")
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    def conn(n: int, dst: str, cport: int, sport: int, flight: bytes, at: float, isn: int,
+             close: bool = True) -> None:  # fmt: skip
+        out.extend(tcp_conversation(
+            f"198.18.0.{100 + n}", dst, cport, sport, flight, t0=t + at, isn_c=isn,
+            isn_s=isn ^ 0x5A5A5A5A, response=ok, close=close,
+        ))  # fmt: skip
+
+    def raw(n: int, dst: str, at: float, *args: int, flags: int, payload: bytes = b"") -> None:
+        c, s = addr_bytes(f"198.18.0.{100 + n}"), addr_bytes(dst)
+        cport, sport, seq, ack = args
+        out.append((t + at, build_tcp(c, s, cport, sport, seq=seq, ack=ack, flags=flags,
+                                      payload=payload)))  # fmt: skip
+
+    conn(1, server, 41001, 80, clean, 0.2, 1000)  # bypassed, then a keyword: judged anew
+    conn(1, server, 41001, 80, bad, 2.0, 2000)
+    conn(2, server, 41002, 443, hello, 0.3, 3000)  # the same with a blocked SNI
+    conn(2, server, 41002, 443, hello_bad, 2.5, 4000)
+    conn(3, server, 41003, 80, clean, 0.4, 5000)  # the same ISN again: stays bypassed
+    raw(3, server, 0.41, 41003, 80, 5000, 0, flags=SYN)  # a late retransmitted SYN
+    conn(3, server, 41003, 80, bad, 3.0, 5000)
+    for j, flight in enumerate((bad, clean, bad, clean)):  # blocked, clean, blocked, clean
+        conn(4, server, 41004, 80, flight, 0.5 + j, 6000 + 1000 * j)
+    raw(5, server, 0.6, 41005, 80, 9, 9, flags=PSH | ACK, payload=bad)  # let go: no SYN
+    conn(5, server, 41005, 80, bad, 1.6, 9000)
+    conn(6, server, 41006, 80, clean, 0.7, 10000)  # after the idle timeout
+    conn(6, server, 41006, 80, bad, 125.0, 11000)
+    conn(7, null_server, 41007, 80, clean, 0.8, 12000)  # null-routed (blocked from the SYN)
+    conn(7, null_server, 41007, 80, clean, 2.8, 13000)
+    # A TLS connection left open and bypassed; another port's ESNI starts a drop block on
+    # (client, server, 443) that covers its later packets; then its port is reused.
+    conn(8, server, 41008, 443, hello, 0.9, 14000, close=False)
+    conn(8, server, 41009, 443, build_client_hello("example.org", esni=True), 1.0, 15000)
+    raw(8, server, 1.5, 41008, 443, 14001 + len(hello), 14000 ^ 0x5A5A5A5A, flags=PSH | ACK,
+        payload=b"\x17\x03\x03\x00\x02hi")  # fmt: skip
+    conn(8, server, 41008, 443, hello, 3.0, 16000)
+    conn(9, server, 41010, 80, clean, 1.1, 17000, close=False)  # a server's bare SYN: no reuse
+    raw(9, server, 1.3, 41010, 80, 777, 0, flags=SYN)
+    out.append((t + 1.31, build_tcp(addr_bytes(server), addr_bytes("198.18.0.109"), 80, 41010,
+                                    seq=4242, flags=SYN)))  # fmt: skip
+    rng = random.Random(5)
+    for j in range(10):  # random first packets to a FET target, one port: some blocked
+        conn(10, fet_server, 41011, 8443, rng.randbytes(400), 0.5 + 3 * j, 20000 + 1000 * j)
+    for j, flight in enumerate((clean, clean, bad)):  # three connections, one port
+        conn(11, server, 41012, 8080, flight, 1.2 + 0.5 * j, 40000 + 1000 * j)
+    conn(12, "198.19.0.150", 41013, 443, hello, 0.25, 50000)  # ip_port_rst's target, if on
+    conn(12, "198.19.0.150", 41013, 443, hello, 1.25, 51000)
+    return out
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        (),
+        ("ip_port_rst.active={start=2024-01-01}", "ip_port_rst.targets=['198.19.0.150/32']"),
+        ("engine.max_flows=40",),
+        ("tcb.reopen_bypassed=false",),
+    ],
+    ids=["every-mechanism", "on-syn-ack-hook", "full-table", "reopen-off"],
+)
+def test_port_reuse_identical(tmp_path: Path, sets: tuple[str, ...]) -> None:
+    """A capture where clients reuse 5-tuples (Flow.opened_anew_by): the fast path feeds the
+    bare SYNs of judged flows and follows the engine's new flows exactly."""
+    base = tmp_path / "base.pcap"
+    generate(str(base), flows=150, seed=12, mix="realistic")
+    with CaptureReader(str(base)) as reader:
+        packets = list(reader)
+    packets += _port_reuse(packets[0][0])
+    packets.sort(key=lambda tp: tp[0])
+    cap = tmp_path / "reuse.pcap"
+    with PcapWriter(str(cap)) as writer:
+        for ts, pkt in packets:
+            writer.write(ts, pkt)
+    sure = "http_keyword.probability=1"
+    prof = load_profile("gfw", date=DAY, overrides=[*EVERY_MECHANISM, sure, *sets])
+    se, sf = _both(tmp_path, str(cap), prof)
+    assert sf.engine_packets < se.packets
+    events = [json.loads(line) for line in (tmp_path / "ev-True.jsonl").read_text().splitlines()]
+    reset = {(e["mechanism"], e["flow"]["sport"]) for e in events if e["action"] == "rst"}
+    # The second connections on ports 41001 (keyword) and 41002 (SNI) were judged anew.
+    reopened = {("http_keyword", 41001), ("tls_sni", 41002)}
+    if "engine.max_flows=40" in sets:  # a full table forgets flows: any SYN then opens one
+        assert se.flows_evicted > 0 and reopened <= reset
+    elif "tcb.reopen_bypassed=false" in sets:
+        assert not reopened & reset
+    else:
+        assert reopened <= reset
+        assert ("http_keyword", 41003) not in reset  # the same ISN: a retransmission
+    if "engine.max_flows=40" not in sets:
+        # Port 41008: the ESNI block drops the open connection's packet, then the new one's SYN.
+        esni = [e["ts"] for e in events if e["mechanism"] == "esni" and e["flow"]["sport"] == 41008]
+        assert len(esni) == 2

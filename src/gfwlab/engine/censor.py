@@ -65,7 +65,7 @@ class Censor:
         self.stats = self.verdicts.stats
         self._tcb_table = transition_table(profile.tcb)
         self._min_segment = profile.tcb.min_segment(profile.date)
-        self._tcb_key = f"{seed}:engine.tcb"
+        self._tcb_key, self._reopen_bypassed = f"{seed}:engine.tcb", profile.tcb.reopen_bypassed
         self._next_sweep: float | None = None
         self.defrag = Defragmenter(eng.ip_overlap, eng.ip_fragment_timeout_s, eng.ip_reassembly)
         plan = Plan.of(self.hooks)
@@ -191,10 +191,10 @@ class Censor:
         return out
 
     def _flow(self, pkt: Packet, now: float) -> tuple[Flow, bool]:
-        """The packet's flow, made on its first packet (or after idling past its timeout)."""
+        """The packet's flow, made on its first packet, after idle expiry or on a new connection."""
         key = flow_key(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
         flow = self.flows.flows.get(key)
-        if flow is not None and flow.opened_anew_by(pkt):
+        if flow is not None and flow.opened_anew_by(pkt, bypassed=self._reopen_bypassed):
             del self.flows.flows[key]
             flow = None
         if flow is not None and now - flow.last_seen >= self.flows.timeout(flow):

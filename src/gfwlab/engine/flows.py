@@ -4,11 +4,13 @@ A flow knows its client (the side that sent the TCP SYN or the first UDP datagra
 server, and whether it crosses the border inside-out or outside-in (DESIGN.md "Flows"). The
 per-flow verdict state is a small table-driven machine (STYLE.md §4)::
 
-    CLEAN ──mechanism fires──► BLOCKED ──(idle expiry)──► gone
+    CLEAN ──mechanism fires──► BLOCKED ──(idle expiry, or a new connection)──► gone
       │
-      └──nothing left to inspect──► BYPASSED ──(idle expiry)──► gone
+      └──nothing left to inspect──► BYPASSED ──(idle expiry, or a new connection)──► gone
 
-A BLOCKED or BYPASSED flow gets its cached verdict before any reassembly or dissection.
+A BLOCKED or BYPASSED flow gets its cached verdict before any reassembly or dissection. A new
+connection on its 5-tuple (a client's SYN with a new initial sequence number,
+:meth:`Flow.opened_anew_by`) replaces it with a new flow, judged anew.
 """
 
 from __future__ import annotations
@@ -123,24 +125,33 @@ class Flow:
         self.ident = None
         self.turned = not self.turned
 
-    def opened_anew_by(self, pkt: Packet) -> bool:
-        """Whether ``pkt``, a packet of this flow's 5-tuple, starts a new connection: a bare SYN
-        after the flow was let go for want of a SYN (:attr:`synless`), or a client's bare SYN
-        with a new initial sequence number after the flow was blocked. The GFW makes a TCB on a
-        client's SYN (spec §3 and §14c); a client that reuses its source port toward the same
-        server after a reset (no TIME_WAIT follows a RST) opens a new connection, judged anew
-        (residual blocks on its key still apply to it). A retransmitted SYN (the same ISN) stays
-        with its flow."""
+    def opened_anew_by(self, pkt: Packet, *, bypassed: bool = True) -> bool:
+        """Whether ``pkt``, a packet of this flow's 5-tuple, starts a new connection.
+
+        The GFW makes a TCB on a client's SYN (S&P'25, spec §9, §3, §4a and §14c). A flow the
+        censor has judged (BLOCKED, or BYPASSED: nothing left to inspect) holds no TCB, so a
+        client's bare SYN with a new initial sequence number on its 5-tuple opens a new
+        connection, judged anew as a fresh one would be (residual blocks on its key still apply
+        to it): a client that reuses its source port toward the same server, after a reset (no
+        TIME_WAIT follows a RST), after TIME_WAIT, or with ``tcp_tw_reuse`` and load tools that
+        wrap their ports. ``bypassed`` (``TcbParams.reopen_bypassed``) off keeps such a SYN with
+        a bypassed flow. A flow let go for want of a SYN (:attr:`synless`) is opened anew by any
+        bare SYN. A retransmitted SYN (the same ISN) stays with its flow, and a flow still being
+        inspected (CLEAN) keeps every SYN: its TCB table decides what a SYN does (a new ISN
+        before the handshake, resynchronisation with ``resync_on_syn``, spec §9, or a closed
+        TCB reborn).
+        """
         if pkt.proto != PROTO_TCP or pkt.flags & (SYN | ACK | RST) != SYN:
             return False
-        if self.synless and self.state is FlowState.BYPASSED:
-            return True
-        return (
-            self.state is FlowState.BLOCKED
-            and pkt.src == self.client
-            and pkt.sport == self.cport
-            and pkt.seq != self.salt
-        )
+        state = self.state
+        if state is FlowState.CLEAN:
+            return False
+        if state is FlowState.BYPASSED:
+            if self.synless:
+                return True
+            if not bypassed:
+                return False
+        return pkt.src == self.client and pkt.sport == self.cport and pkt.seq != self.salt
 
     def draws(self, key: str) -> random.Random:
         """The random stream of ``key`` (seed and mechanism) for this flow.

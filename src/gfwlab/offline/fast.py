@@ -8,8 +8,11 @@ verdict of its direction. So, over a :class:`~gfwlab.offline.index.CaptureIndex`
 1. every flow life's packets are fed in file order, interleaved with the other lives' and with
    the engine's timers exactly as the every-packet path interleaves them, until the flow is
    BYPASSED or BLOCKED after a packet; packets outside flows are always fed;
-2. while the engine holds a residual drop block, every packet is fed;
-3. the rest of a BYPASSED flow is counted in bulk; the rest of a BLOCKED flow is dropped or
+2. while the engine holds a residual drop block, every packet it could cover is fed;
+3. every bare TCP SYN (no ACK, no RST) of a BYPASSED or BLOCKED flow is fed: it may open a new
+   connection on the flow's 5-tuple (``Flow.opened_anew_by``). Where the engine made a new
+   flow on it, the life is cut there and the rest of it is the new flow's life, fed as in 1;
+4. the rest of a BYPASSED flow is counted in bulk; the rest of a BLOCKED flow is dropped or
    passed in bulk by its direction; both are copied to the censored capture in bulk.
 
 What keeps it identical to the every-packet path (``tests/test_fastpath.py``):
@@ -21,6 +24,8 @@ What keeps it identical to the every-packet path (``tests/test_fastpath.py``):
   forgets the flow exactly when the every-packet path would;
 * a timer released before a fed packet is written before the first packet at or after its
   deadline, where the every-packet path would have released it;
+* a life is one engine flow: it is cut where the engine forgets the flow before the life ends
+  (evicted from a full table, or replaced by a new connection on its 5-tuple);
 * timestamps must not go backwards (the caller falls back to the every-packet path if they do).
 """
 
@@ -36,9 +41,10 @@ import numpy as np
 
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, Probe, Report
 from gfwlab.engine.censor import Censor
-from gfwlab.engine.flows import Flow, FlowState, flow_key
+from gfwlab.engine.flows import Flow, FlowKey, FlowState, flow_key
 from gfwlab.engine.residual import Key, residual_key
 from gfwlab.offline.index import I64, CaptureIndex
+from gfwlab.packet.ip import ACK, PROTO_TCP, RST, SYN
 from gfwlab.packet.pcap import MAX_CAPLEN, PcapWriter
 from gfwlab.rules.profile import ResidualKey
 
@@ -147,14 +153,11 @@ def run(
     evicted = censor.flows.evicted_log = [] if n_lives > censor.flows.max_flows else None
     life_by_flow: dict[int, int] = {}
 
-    def split(flow: Flow) -> None:
-        life = life_by_flow.pop(id(flow), None)
-        if life is None:
-            return
+    def cut(life: int, at: int) -> int:
+        """Make the packets of ``life`` from ``at`` (a position in ``order``) a new life, of a
+        flow not yet known; return it. Entries queued for the old life past the cut are stale
+        (their position is beyond its new count)."""
         lo, hi = lstart[life], lstart[life] + lcount[life]
-        at = bisect.bisect_right(order, last, lo, hi)
-        if at == hi:
-            return
         new = len(first)
         lstart.append(at)
         lcount.append(hi - at)
@@ -171,10 +174,36 @@ def run(
         rest = lives.order[at:hi]
         life_of[rest] = new
         pos[rest] -= at - lo
-        heapq.heappush(heap, (order[at], new, 0))
+        return new
+
+    def split(flow: Flow) -> None:
+        """The engine evicted ``flow``: its life's packets after the current one are a new life."""
+        life = life_by_flow.pop(id(flow), None)
+        if life is None:
+            return
+        lo, hi = lstart[life], lstart[life] + lcount[life]
+        at = bisect.bisect_right(order, last, lo, hi)
+        if at == hi:
+            return
+        heapq.heappush(heap, (order[at], cut(life, at), 0))
+
+    # Bare TCP SYNs: the packets that may open a new connection on a judged flow's 5-tuple.
+    bare = index.flow & (index.proto == PROTO_TCP) & (index.flags & (SYN | ACK | RST) == SYN)
+    is_syn = bare.tobytes()
+    syn_at: list[int] = np.flatnonzero(bare[lives.order]).tolist()
+    """Where each bare SYN is in ``order`` (increasing)."""
+
+    def push_syn(life: int, k: int) -> None:
+        """Queue the next bare SYN of a judged ``life`` after its position ``k``."""
+        lo = lstart[life]
+        j = bisect.bisect_right(syn_at, lo + k)
+        if j < len(syn_at) and syn_at[j] < lo + lcount[life]:
+            heapq.heappush(heap, (order[syn_at[j]], life, syn_at[j] - lo))
 
     nl = 0
     last = -1
+    done = -1
+    """The last packet handled: a packet queued twice (by a drop entry and as a SYN) once."""
     fed = 0
     sees_blocked = bool(censor.hooks.get("on_syn_ack"))  # it runs on blocked flows too
 
@@ -205,21 +234,30 @@ def run(
         last = i
         if heap and heap[0][0] == i:
             _, life, k = heapq.heappop(heap)
-            if k >= lcount[life]:
-                continue  # queued before its flow was evicted: the new life has it
+            if k >= lcount[life] or i == done:
+                continue  # queued before its life was cut (the new life has it), or twice
         else:
             life, k = nl, 0
             nl += 1
-        if status[life] == 1:  # a bypassed flow that a drop entry's key covers
-            if k + 1 < lcount[life]:
+        done = i
+        if status[life] == 1:  # a bypassed flow: a drop entry's key covers it, or a bare SYN
+            if not suspect[life]:
+                push_syn(life, k)
+            elif k + 1 < lcount[life]:
                 heapq.heappush(heap, (order[lstart[life] + k + 1], life, k + 1))
             held = flows[life]
             assert held is not None
             c2s = lower[i] == client_lower[life]
-            if lookup(held, "drop-c2s" if c2s else "drop-s2c", now) is None:
+            if (
+                not is_syn[i]
+                and held.state is FlowState.BYPASSED
+                and lookup(held, "drop-c2s" if c2s else "drop-s2c", now) is None
+            ):
                 continue  # not blocked now: it stays bypassed, counted in bulk
         elif status[life] == 2:
-            continue  # blocked since it was queued: its verdict is cached
+            if not is_syn[i]:
+                continue  # blocked since it was queued: its verdict is cached
+            push_syn(life, k)
         flow = flows[life]
         if flow is not None:
             flow.packets = k
@@ -238,6 +276,12 @@ def run(
             for gone in evicted:
                 split(gone)
             evicted.clear()
+        if flow is not None and is_syn[i] and table.get(_key(flow)) is not flow:
+            # A new connection on a judged flow's 5-tuple: the engine made a new flow on this
+            # SYN, whose life is the rest of this one, from this packet.
+            life_by_flow.pop(id(flow), None)
+            flows[life] = None
+            life, k, flow = cut(life, lstart[life] + k), 0, None
         if not keyed[life]:
             status[life] = 3
             continue
@@ -262,13 +306,17 @@ def run(
             # their next packets still go to the engine.
             heapq.heappush(heap, (nxt, life, k + 1))
         elif state is FlowState.BLOCKED:
-            status[life] = 2
-            block_from[life] = k + 1
-            block_code[life] = _BLOCK_CODES[flow.block]
+            if status[life] != 2:
+                if status[life] == 0:
+                    push_syn(life, k)
+                status[life] = 2
+                block_from[life] = k + 1
+                block_code[life] = _BLOCK_CODES[flow.block]
         elif state is FlowState.BYPASSED:
             if status[life] == 0:
                 status[life] = 1
                 bypass_from[life] = k + 1
+                push_syn(life, k)
                 if k + 1 < lcount[life] and watch.register(life, flow):
                     suspects((life,))
         elif status[life] == 0 and k + 1 < lcount[life]:
@@ -284,6 +332,10 @@ def run(
     )  # fmt: skip
     plan.fed = fed
     return plan
+
+
+def _key(flow: Flow) -> FlowKey:
+    return flow_key(flow.proto, flow.client, flow.cport, flow.server, flow.sport)
 
 
 _DROP_POLICIES = ("drop-c2s", "drop-s2c")

@@ -8,7 +8,13 @@ Everything else is array operations over that
 buffer: version, protocol, addresses, ports, TCP flags, payload offsets, and a flow key that
 is the same in both directions. :meth:`CaptureIndex.lives` groups packets into flow lives:
 one 5-tuple's packets, cut wherever the gap between two of them reaches the engine's idle
-timeout (the engine forgets a flow then and makes a new one).
+timeout (the engine forgets a flow then and makes a new one). The engine also replaces a flow
+before that: on a new connection on its 5-tuple (a client's SYN with a new initial sequence
+number after the flow was judged, ``Flow.opened_anew_by``) and when a full table evicts it.
+Whether a SYN opens a new connection depends on the flow's verdict, which only the engine
+knows, so the fast path (:mod:`gfwlab.offline.fast`) feeds every bare SYN of a judged flow and
+cuts its life where the engine made a new flow; :attr:`CaptureIndex.flags` says which
+packets are bare SYNs.
 
 A packet the vectorised reading cannot classify for certain (IPv6 extension headers) is
 parsed with :func:`gfwlab.packet.ip.parse`, the engine's own parser; a packet that is not a
@@ -117,7 +123,8 @@ class CaptureIndex:
         self.reader.close()
 
     def lives(self, tcp_timeout: float, udp_timeout: float) -> Lives:
-        """Group packets into flow lives (the engine's flows, given its idle timeouts)."""
+        """Group packets into flow lives (the engine's flows, given its idle timeouts; the fast
+        path cuts a life further where the engine replaces its flow sooner)."""
         n = len(self)
         idx = np.arange(n, dtype=np.int64)
         keyed = self.flow

@@ -64,6 +64,17 @@ class TcbParams:
     measured beyond that rate."""
     resync_on_syn: bool = False
     """A second client SYN enters resynchronisation (IMC'17, unverified)."""
+    reopen_bypassed: bool = True
+    """A client's SYN (without ACK) with a new initial sequence number on the 5-tuple of a flow
+    the censor no longer inspects (bypassed: judged clean, or let through unread) opens a new
+    connection, judged anew, as one on the 5-tuple of a blocked flow does. The GFW makes a TCB
+    on a client's SYN (S&P'25, spec §9, §3, §4a), and the engine keeps no TCB for a bypassed
+    flow, so such a SYN finds none to resynchronise. What the GFW does with a SYN that reuses a
+    connection it has already judged was not measured (spec §9, unknown 3): off, the new
+    connection inherits the old one's bypass until the flow idles out (``tcp_timeout_s``), as a
+    censor that keeps a judged connection's TCB and ignores a SYN on it would. A SYN on a flow
+    still being inspected follows the TCB table (``resync_on_syn``); a retransmitted SYN (the
+    same sequence number) stays with its flow."""
     turnaround: bool = False
     """A SYN/ACK that opens a flow makes its sender the server ("TCB turnaround"). Off: the roles
     come from the ports and a client-sent SYN/ACK changes nothing (Geneva 2019: 3% on HTTP; it
