@@ -110,6 +110,8 @@ class LiveCensor:
         self.mono0 = time.monotonic()
         self.wall0 = time.time()
         self.events = open(os.path.join(state_dir, "events.jsonl"), "a", encoding="utf-8")  # noqa: SIM115
+        self.unflushed = False
+        """Events written since the last flush (:meth:`flush_events`)."""
         self.recorder: PcapWriter | None = None
         self.held: list[tuple[float, int, Any]] = []
         """Packets whose verdict waits for the forged packets they triggered."""
@@ -132,10 +134,16 @@ class LiveCensor:
             self.recorder.write(self.wall(now), payload)
             self.recorded += 1
         actions = self.censor.feed(payload, now)
-        if any(isinstance(a, Bypass) for a in actions):
-            nfpkt.set_mark(BYPASS_MARK)
-        if self.kernel is not None:
+        if self.kernel is not None and any(self.journals):
             self.mirror(now)
+        verdict = actions[0]
+        if len(actions) == 1 and type(verdict) is Accept and verdict.hold_until is None:
+            nfpkt.accept()  # most packets: nothing else to do
+            return
+        for action in actions:
+            if type(action) is Bypass:
+                nfpkt.set_mark(BYPASS_MARK)
+                break
         # The verdict (always first) goes last: a forged packet due now leaves before the packet
         # that triggered it, as it does from an on-path censor that is nearer than the peer.
         self.carry_out(actions[1:], None)
@@ -172,13 +180,20 @@ class LiveCensor:
                     if isinstance(event.get("at"), float):  # a probe's planned time
                         event["at"] = round(self.wall(event["at"]), 6)
                     self.events.write(json.dumps(event, ensure_ascii=False) + "\n")
-                    self.events.flush()
+                    self.unflushed = True
                 case Probe():
                     self.prober.submit(action)
                 case Bypass():
                     pass
                 case _:
                     assert_never(action)
+
+    def flush_events(self) -> None:
+        """Write the events of the packets handled since the last call to ``events.jsonl``: once
+        per pass of the loop, before it waits again (and before the stats that count them)."""
+        if self.unflushed:
+            self.events.flush()
+            self.unflushed = False
 
     def _wake(self) -> None:
         os.write(self._wake_w, b"!")
@@ -263,6 +278,7 @@ class LiveCensor:
         return self.recorded
 
     def write_stats(self) -> None:
+        self.flush_events()  # the stats count no event that is not in the file
         st = self.censor.stats
         chain = self.censor
         censors = [c for _, c in chain.censors] if isinstance(chain, Chain) else [chain]
@@ -310,6 +326,7 @@ def serve(live: LiveCensor, queue_num: int) -> None:
     try:
         while not live.stop:
             wait = live.timers()
+            live.flush_events()
             now = time.monotonic()
             if now >= next_stats:
                 live.write_stats()
