@@ -148,8 +148,9 @@ class LiveCensor:
         self.censors = censors_of(censor)
         self.skip_handshake_ack = False
         self.skip_syn_ack = False
-        """Whether the kernel now forwards clean connections' SYN/ACKs unqueued (off while
-        recording, so that a recording holds every packet the engine's verdicts depend on)."""
+        """Whether the censor now marks clean SYNs, so that the kernel forwards their SYN/ACKs
+        unqueued (off while recording, so that a recording holds every packet the engine's
+        verdicts depend on, but for connections opened before it started)."""
         self.syn_ack_skippable = False
         """Whether no active mechanism needs the SYN/ACK (``set_skips``)."""
         self.synacks_fed = 0
@@ -297,13 +298,12 @@ class LiveCensor:
     def _apply_skips(self) -> None:
         if self.kernel is None:
             return
-        syn_ack = self.syn_ack_skippable and self.recorder is None
         try:
-            self.kernel.set_skip(self.skip_handshake_ack, syn_ack=syn_ack)
+            self.kernel.set_skip(self.skip_handshake_ack, syn_ack=self.syn_ack_skippable)
         except GfwlabError as exc:  # the queue then takes everything, as before
             print(f"gfwlab-censor: {exc}", file=sys.stderr, flush=True)
-            syn_ack = False
-        self.skip_syn_ack = syn_ack
+            self.syn_ack_skippable = False
+        self.skip_syn_ack = self.syn_ack_skippable and self.recorder is None
 
     def mirror(self, now: float) -> None:
         """Write the drop blocks the engine started since the last call to the kernel's sets
@@ -350,8 +350,7 @@ class LiveCensor:
                         raise GfwlabError("already recording")
                     self.recorder = PcapWriter(arg)
                     self.recorded = 0
-                    if self.skip_syn_ack:
-                        self._apply_skips()
+                    self.skip_syn_ack = False  # no SYN marked clean while recording
                     reply = "ok"
                 elif cmd == "stop":
                     count = self.stop_recording()
@@ -367,8 +366,7 @@ class LiveCensor:
             return 0
         self.recorder.commit()
         self.recorder = None
-        if self.syn_ack_skippable and not self.stop:
-            self._apply_skips()
+        self.skip_syn_ack = self.syn_ack_skippable
         return self.recorded
 
     def write_stats(self) -> None:
