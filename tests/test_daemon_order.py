@@ -59,12 +59,14 @@ class Queued:
         self.wire.out.append(("drop", self.payload))
 
 
-def test_overdue_resets_leave_before_the_request(tmp_path: Any) -> None:
+def _up_to_the_request(tmp_path: Any, delay: str) -> tuple[LiveCensor, Wire, bytes]:
+    """A live censor fed a connection up to its blocked request, the resets drawn from the
+    one-step delay table ``delay`` (ms)."""
     censor: Censor = build_censor(
         profile(
             "http_keyword.probability=1.0",
             "http_keyword.residual_s=0",
-            *(f"http_keyword.delay_ms_{k}={TINY}" for k in ("type1", "type2", "type3", "other")),
+            *(f"http_keyword.delay_ms_{k}={delay}" for k in ("type1", "type2", "type3", "other")),
         ),
         1,
     )
@@ -76,6 +78,11 @@ def test_overdue_resets_leave_before_the_request(tmp_path: Any) -> None:
         live.on_packet(Queued(wire, payload))
         if payload == request:
             break
+    return live, wire, request
+
+
+def test_overdue_resets_leave_before_the_request(tmp_path: Any) -> None:
+    live, wire, request = _up_to_the_request(tmp_path, TINY)
     live.timers()
     order = [kind for kind, p in wire.out if kind == "inject" or p == request]
     assert order.count("inject") >= 2, order  # resets toward both ends
@@ -85,23 +92,7 @@ def test_overdue_resets_leave_before_the_request(tmp_path: Any) -> None:
 def test_a_retransmitted_trigger_waits_for_the_held_one(tmp_path: Any) -> None:
     """The first reset drawn late (the delay table's tail, beyond the client's RTO): the
     client retransmits the held request, and the copy must not overtake the resets."""
-    late = "[[0.0, 300.0], [1.0, 300.0]]"
-    censor: Censor = build_censor(
-        profile(
-            "http_keyword.probability=1.0",
-            "http_keyword.residual_s=0",
-            *(f"http_keyword.delay_ms_{k}={late}" for k in ("type1", "type2", "type3", "other")),
-        ),
-        1,
-    )
-    wire = Wire()
-    live = LiveCensor(censor, str(tmp_path), wire, seed=1)  # type: ignore[arg-type]
-    packets = http_conversation(C, S, 40000, "example.org", "/falun")
-    request = next(p for _, p in packets if b"GET /falun" in p)
-    for _, payload in packets:
-        live.on_packet(Queued(wire, payload))
-        if payload == request:
-            break
+    live, wire, request = _up_to_the_request(tmp_path, "[[0.0, 300.0], [1.0, 300.0]]")
     live.on_packet(Queued(wire, request))  # the client's retransmission
     order = [kind for kind, p in wire.out if kind == "inject" or p == request]
     assert order == [], order  # neither copy leaves before the resets are due

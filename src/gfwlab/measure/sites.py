@@ -71,16 +71,16 @@ def assign(hosts: Sequence[str], known: dict[str, str] | None = None) -> dict[st
 
 def served(path: str) -> dict[str, str]:
     """The names a ``sites.hosts`` file maps, name -> address."""
-    out: dict[str, str] = {}
+    return {name: addr for addr, name in _pairs(path)}
+
+
+def _pairs(path: str) -> list[tuple[str, str]]:
+    """The two-column lines of one of the lab's site files (none if it cannot be read)."""
     try:
         with open(path, encoding="ascii") as fh:
-            for line in fh:
-                parts = line.split()
-                if len(parts) == 2:
-                    out[parts[1]] = parts[0]
+            return [(p[0], p[1]) for p in (line.split() for line in fh) if len(p) == 2]
     except (OSError, UnicodeDecodeError):
-        return {}
-    return out
+        return []
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -122,16 +122,7 @@ def _check_serves_sites(st: LabState) -> None:
 
 def _cert_map(path: str) -> dict[str, str]:
     """The names ``site-certs.map`` gives a certificate, name -> certificate file."""
-    out: dict[str, str] = {}
-    try:
-        with open(path, encoding="ascii") as fh:
-            for line in fh:
-                parts = line.split()
-                if len(parts) == 2:
-                    out[parts[0]] = parts[1].rstrip(";")
-    except (OSError, UnicodeDecodeError):
-        return {}
-    return out
+    return {name: cert.rstrip(";") for name, cert in _pairs(path)}
 
 
 def _lean(cert_file: str, key_file: str) -> None:
