@@ -38,12 +38,21 @@ from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Inject, Probe, R
 from gfwlab.engine.flows import FlowKey, flow_key
 from gfwlab.errors import GfwlabError, MalformedPacket
 from gfwlab.live.kernel import Kernel
-from gfwlab.live.persist import BlockStore
+from gfwlab.live.persist import BlockStore, censors_of
 from gfwlab.live.prober import Prober
 from gfwlab.live.ratelimit import TokenBucket
-from gfwlab.live.topology import BYPASS_MARK, CLIENT_LINK, INSIDE, QUEUE_NUM, SERVER_LINK
+from gfwlab.live.topology import (
+    BYPASS_MARK,
+    CLIENT_LINK,
+    INSIDE,
+    QUEUE_NUM,
+    SEEN_ORIGINAL_MARK,
+    SEEN_REPLY_MARK,
+    SERVER_LINK,
+    SYN_CLEAN_MARK,
+)
 from gfwlab.offline.chain import Chain
-from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, parse
+from gfwlab.packet.ip import ACK, PROTO_TCP, PROTO_UDP, RST, SYN, build_tcp, parse
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.profiles import build_censor, load_profiles, parse_date
 from gfwlab.rules.schema import Prefixes
@@ -97,6 +106,21 @@ def _mac(text: str) -> bytes:
     return bytes(int(part, 16) for part in text.split(":"))
 
 
+def _bare_syn(packet: bytes) -> bool:
+    """Whether an IP packet is a TCP SYN without ACK, RST or FIN (not a fragment)."""
+    if len(packet) < 40:
+        return False
+    if packet[0] >> 4 == 4:
+        if packet[9] != PROTO_TCP or packet[6] & 0x3F or packet[7]:
+            return False
+        off = (packet[0] & 15) * 4
+    elif packet[6] == PROTO_TCP:
+        off = 40
+    else:
+        return False
+    return len(packet) > off + 13 and packet[off + 13] & 0x17 == SYN
+
+
 class LiveCensor:
     """The NFQUEUE loop around one Censor."""
 
@@ -124,6 +148,8 @@ class LiveCensor:
         self.mono0 = time.monotonic()
         self.wall0 = time.time()
         self.events = open(os.path.join(state_dir, "events.jsonl"), "a", encoding="utf-8")  # noqa: SIM115
+        self.unflushed = False
+        """Events written since the last flush (:meth:`flush_events`)."""
         self.recorder: PcapWriter | None = None
         self.held: list[tuple[float, int, Any]] = []
         """Packets whose verdict waits for the forged packets they triggered."""
@@ -134,6 +160,16 @@ class LiveCensor:
         self.stop = False
         self.queued = 0
         self.started = time.time()
+        self.censors = censors_of(censor)
+        self.skip_handshake_ack = False
+        self.skip_syn_ack = False
+        """Whether the censor now marks clean SYNs, so that the kernel forwards their SYN/ACKs
+        unqueued (off while recording, so that a recording holds every packet the engine's
+        verdicts depend on, but for connections opened before it started)."""
+        self.syn_ack_skippable = False
+        """Whether no active mechanism needs the SYN/ACK (``set_skips``)."""
+        self.synacks_fed = 0
+        """SYN/ACKs rebuilt for the engine (:meth:`missed_syn_ack`)."""
         self.blocks = BlockStore(state_dir)  # blocks outlive a crash (live/persist.py)
         self.anomaly_limit = TokenBucket()  # anomaly events only (live/ratelimit.py)
 
@@ -147,15 +183,61 @@ class LiveCensor:
         if self.recorder is not None:
             self.recorder.write(self.wall(now), payload)
             self.recorded += 1
+        if nfpkt.get_mark() & (SEEN_ORIGINAL_MARK | SEEN_REPLY_MARK):
+            self.missed_syn_ack(payload, nfpkt.get_mark(), now)
         actions = self.censor.feed(payload, now)
-        if any(isinstance(a, Bypass) for a in actions):
-            nfpkt.set_mark(BYPASS_MARK)
-        if self.kernel is not None:
+        if self.kernel is not None and any(self.journals):
             self.mirror(now)
+        verdict = actions[0]
+        plain = type(verdict) is Accept and verdict.hold_until is None and not self.held_flows
+        if len(actions) == 1 and plain:
+            if self.skip_syn_ack and _bare_syn(payload):
+                nfpkt.set_mark(SYN_CLEAN_MARK)  # nothing to do: its SYN/ACK may skip the queue
+            nfpkt.accept()  # most packets: nothing else to do
+            return
+        for action in actions:
+            if type(action) is Bypass:
+                nfpkt.set_mark(BYPASS_MARK)
+                break
         # The verdict (always first) goes last: a forged packet due now leaves before the packet
         # that triggered it, as it does from an on-path censor that is nearer than the peer.
         self.carry_out(actions[1:], None)
         self.carry_out(actions[:1], nfpkt)
+
+    def missed_syn_ack(self, payload: bytes, mark: int, now: float) -> None:
+        """Tell the engine about the SYN/ACK the kernel forwarded unqueued (``live/kernel.py``
+        :func:`~gfwlab.live.kernel.skip_rules`), before the first packet of the connection it
+        shows the engine since: a SYN/ACK rebuilt from that packet (addresses, ports and the
+        server's sequence number from its acknowledgement) is fed first.
+
+        The TCP view is the only part of the engine that a clean connection's SYN/ACK changes
+        (the skip is off when a mechanism hooks it or counts packets): it moves the TCB from
+        SYN-seen to established, which decides what a RST or a second SYN before the first data
+        does (spec §9; ``TcbParams.rst_before_synack``). Client data moves it there too, so a
+        client data packet (without SYN or RST) needs nothing. While residual drop blocks are in
+        force none is fed: the engine would judge it now, and the real one passed before the
+        block started."""
+        try:
+            pkt = parse(payload)
+        except MalformedPacket:
+            return
+        client = bool(mark & SEEN_ORIGINAL_MARK)
+        if pkt.proto != PROTO_TCP or (client and pkt.payload and not pkt.flags & (SYN | RST)):
+            return
+        if any(c.residual.drops for c in self.censors):
+            return
+        if client:
+            seq = (pkt.ack - 1) & 0xFFFFFFFF if pkt.flags & ACK else 0
+            synack = build_tcp(
+                pkt.dst, pkt.src, pkt.dport, pkt.sport, seq=seq, ack=pkt.seq, flags=SYN | ACK
+            )
+        else:
+            seq = (pkt.seq - 1) & 0xFFFFFFFF
+            synack = build_tcp(
+                pkt.src, pkt.dst, pkt.sport, pkt.dport, seq=seq, ack=pkt.ack, flags=SYN | ACK
+            )
+        self.synacks_fed += 1
+        self.carry_out(self.censor.feed(synack, now)[1:], None)
 
     def carry_out(self, actions: list[Action], nfpkt: Any | None) -> None:
         for action in actions:
@@ -206,13 +288,20 @@ class LiveCensor:
                     if isinstance(event.get("at"), float):  # a probe's planned time
                         event["at"] = round(self.wall(event["at"]), 6)
                     self.events.write(json.dumps(event, ensure_ascii=False) + "\n")
-                    self.events.flush()
+                    self.unflushed = True
                 case Probe():
                     self.prober.submit(action)
                 case Bypass():
                     pass
                 case _:
                     assert_never(action)
+
+    def flush_events(self) -> None:
+        """Write the events of the packets handled since the last call to ``events.jsonl``: once
+        per pass of the loop, before it waits again (and before the stats that count them)."""
+        if self.unflushed:
+            self.events.flush()
+            self.unflushed = False
 
     def _wake(self) -> None:
         os.write(self._wake_w, b"!")
@@ -233,6 +322,22 @@ class LiveCensor:
             if self.kernel is not None:
                 self.mirror(now)
             self.carry_out(actions, None)
+
+    def set_skips(self, handshake_ack: bool, syn_ack: bool) -> None:
+        """What the kernel forwards without the engine (``live/kernel.py`` :func:`skip_rules`),
+        from what the active mechanisms declare; the SYN/ACK skip stays off while recording."""
+        self.skip_handshake_ack, self.syn_ack_skippable = handshake_ack, syn_ack
+        self._apply_skips()
+
+    def _apply_skips(self) -> None:
+        if self.kernel is None:
+            return
+        try:
+            self.kernel.set_skip(self.skip_handshake_ack, syn_ack=self.syn_ack_skippable)
+        except GfwlabError as exc:  # the queue then takes everything, as before
+            print(f"gfwlab-censor: {exc}", file=sys.stderr, flush=True)
+            self.syn_ack_skippable = False
+        self.skip_syn_ack = self.syn_ack_skippable and self.recorder is None
 
     def mirror(self, now: float) -> None:
         """Write the drop blocks the engine started since the last call to the kernel's sets
@@ -288,6 +393,7 @@ class LiveCensor:
                         raise GfwlabError("already recording")
                     self.recorder = PcapWriter(arg)
                     self.recorded = 0
+                    self.skip_syn_ack = False  # no SYN marked clean while recording
                     reply = "ok"
                 elif cmd == "stop":
                     count = self.stop_recording()
@@ -303,9 +409,11 @@ class LiveCensor:
             return 0
         self.recorder.commit()
         self.recorder = None
+        self.skip_syn_ack = self.syn_ack_skippable
         return self.recorded
 
     def write_stats(self) -> None:
+        self.flush_events()  # the stats count no event that is not in the file
         st = self.censor.stats
         chain = self.censor
         censors = [c for _, c in chain.censors] if isinstance(chain, Chain) else [chain]
@@ -324,6 +432,8 @@ class LiveCensor:
             "flows_tracked": sum(len(c.flows) for c in censors),
             "residual_blocks": sum(len(c.residual) for c in censors),
             "kernel_residuals": self.kernel.added if self.kernel is not None else 0,
+            "syn_ack_skip": self.skip_syn_ack,
+            "synacks_fed": self.synacks_fed,
             "events": st.events,
             "recording": self.recorder is not None,
             "mechanisms": sorted({m for c in censors for m in c.mechanisms}),
@@ -353,6 +463,7 @@ def serve(live: LiveCensor, queue_num: int) -> None:
     try:
         while not live.stop:
             wait = live.timers()
+            live.flush_events()
             now = time.monotonic()
             if now >= next_stats:
                 live.write_stats()
@@ -410,12 +521,15 @@ def main(argv: list[str] | None = None) -> int:
     kernel = Kernel()
     with contextlib.suppress(GfwlabError):
         kernel.adopt(time.monotonic())
-    censors = [c for _, c in censor.censors] if isinstance(censor, Chain) else [censor]
-    try:
-        kernel.set_skip(not any(c.needs_handshake_ack for c in censors))
-    except GfwlabError as exc:  # the queue then takes everything, as before
-        print(f"gfwlab-censor: {exc}", file=sys.stderr, flush=True)
+    censors = censors_of(censor)
     live = LiveCensor(censor, args.state_dir, FrameInjector(), args.seed, kernel)
+    # What the kernel may forward unqueued: the handshake ACK unless a mechanism needs it
+    # (Needs.handshake_ack, Needs.watch_packets); a clean connection's SYN/ACK unless a
+    # mechanism hooks it or counts packets (live/kernel.py skip_rules).
+    live.set_skips(
+        not any(c.needs_handshake_ack for c in censors),
+        not any(c.hooks.get("on_syn_ack") or c.hooks.get("on_tcp_packet") for c in censors),
+    )
     live.blocks.restore(censor, time.monotonic(), time.time())  # after a crash: restart-censor
 
     def stop(_signum: int, _frame: object) -> None:
