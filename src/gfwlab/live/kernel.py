@@ -55,9 +55,11 @@ from dataclasses import dataclass
 from gfwlab.errors import LabError
 from gfwlab.live.topology import (
     BYPASS_MARK,
+    CT_INVALID_MARK,
     SEEN_ORIGINAL_MARK,
     SEEN_REPLY_MARK,
     SYN_CLEAN_MARK,
+    SYNACK_PASSED_MARK,
     SYNACK_SKIPPED_MARK,
 )
 from gfwlab.rules.profile import ResidualKey
@@ -211,7 +213,10 @@ def skip_rules(v6: bool, *, handshake_ack: bool = True, syn_ack: bool = False) -
       mechanism hooks the SYN/ACK or counts packets. The connection then carries
       :data:`SYNACK_SKIPPED_MARK` until its next packet reaches the queue, which
       :func:`seen_rules` marks so that the censor can tell the engine's TCP view what it missed
-      (``LiveCensor.on_packet``).
+      (``LiveCensor.on_packet``), and :data:`SYNACK_PASSED_MARK` for good, which the censor
+      reads from the kernel for a packet that has no connection (``LiveCensor.conntrack_invalid``):
+      a packet with the first mark may reach the queue after such a packet but before the censor
+      has asked, and must not hide that the SYN/ACK passed.
 
     The chain ends with a jump to :data:`SEEN_CHAIN`; a jump to it put first while residual drop
     blocks are in force (:meth:`Kernel.set_skip`) stops the rest: a block may drop such a packet,
@@ -226,7 +231,8 @@ def skip_rules(v6: bool, *, handshake_ack: bool = True, syn_ack: bool = False) -
              "-j", "ACCEPT"]
         )  # fmt: skip
     if syn_ack:
-        clean, skipped = f"0x{SYN_CLEAN_MARK:x}", f"0x{SYNACK_SKIPPED_MARK:x}"
+        clean = f"0x{SYN_CLEAN_MARK:x}"
+        passed = f"0x{SYNACK_SKIPPED_MARK | SYNACK_PASSED_MARK:x}"
         both = f"0x{SYN_CLEAN_MARK | SYNACK_SKIPPED_MARK:x}"
         first_answer = [
             "-p", "tcp", "--tcp-flags", "SYN,ACK,FIN,RST", "SYN,ACK",
@@ -236,7 +242,7 @@ def skip_rules(v6: bool, *, handshake_ack: bool = True, syn_ack: bool = False) -
         ]  # fmt: skip
         out.append(
             [*first_answer, "-m", "connmark", "--mark", f"{clean}/{both}",
-             "-j", "CONNMARK", "--or-mark", skipped]
+             "-j", "CONNMARK", "--or-mark", passed]
         )  # fmt: skip
         out.append([*first_answer, "-m", "connmark", "--mark", f"{both}/{both}", "-j", "ACCEPT"])
     out.append(["-g", SEEN_CHAIN])
@@ -247,10 +253,23 @@ def seen_rules() -> list[list[str]]:
     """The rules (after ``-A GFWLAB_SEEN``) crossed by every packet on its way to the queue: the
     first one of a connection whose SYN/ACK the kernel skipped is marked with the direction it
     was sent in (:data:`SEEN_ORIGINAL_MARK`, :data:`SEEN_REPLY_MARK`), and the connection loses
-    :data:`SYNACK_SKIPPED_MARK`."""
+    :data:`SYNACK_SKIPPED_MARK`.
+
+    A TCP packet that conntrack finds INVALID (a bad checksum, a flag combination TCP does not
+    allow such as FIN+RST, a segment outside the window: the insertion packets of Geneva's
+    teardown strategies, spec §9 (a), §14c) has no connection, so no connection mark reaches it
+    and the rules above cannot mark it, however early it comes; nor does it take
+    :data:`SYNACK_SKIPPED_MARK` off the connection. It is marked :data:`CT_INVALID_MARK`
+    instead: the engine, which does not check checksums or flags the way conntrack does (spec
+    §9), may take it for a RST or FIN of the connection, and what that does depends on whether
+    the SYN/ACK came first. The censor then asks the kernel about the connection itself
+    (``LiveCensor.conntrack_invalid``). These packets are rare, so the one extra rule costs
+    little, and only queued packets cross it."""
     skipped = f"0x{SYNACK_SKIPPED_MARK:x}"
     has = ["-m", "connmark", "--mark", f"{skipped}/{skipped}"]
     return [
+        ["-p", "tcp", "-m", "conntrack", "--ctstate", "INVALID",
+         "-j", "MARK", "--or-mark", f"0x{CT_INVALID_MARK:x}"],
         [*has, "-m", "conntrack", "--ctdir", "ORIGINAL",
          "-j", "MARK", "--or-mark", f"0x{SEEN_ORIGINAL_MARK:x}"],
         [*has, "-m", "conntrack", "--ctdir", "REPLY",
