@@ -13,15 +13,13 @@ from typing import Any
 
 import pytest
 
-from gfwlab.live import conntrack, kernel
+from gfwlab.live import kernel
 from gfwlab.live.daemon import LiveCensor, _bare_syn
 from gfwlab.live.topology import (
     CT_INVALID_MARK,
     SEEN_ORIGINAL_MARK,
     SEEN_REPLY_MARK,
     SYN_CLEAN_MARK,
-    SYNACK_PASSED_MARK,
-    SYNACK_SKIPPED_MARK,
 )
 from gfwlab.packet.ip import ACK, FIN, PSH, RST, SYN, addr_bytes, build_tcp
 from gfwlab.profiles import build_censor
@@ -139,85 +137,32 @@ def test_a_syn_with_anything_to_do_keeps_its_synack_queued(tmp_path: Path) -> No
     assert syn.set_to != SYN_CLEAN_MARK
 
 
-class ConnTable:
-    """The kernel's answer about a connection (the netlink request itself runs against the real
-    kernel in tests/test_lab_synack.py)."""
-
-    def __init__(self, mark: int | None) -> None:
-        self.answer = mark
-        self.asked: list[tuple[int, bytes, int, bytes, int]] = []
-
-    def mark(self, proto: int, src: bytes, sport: int, dst: bytes, dport: int) -> int | None:
-        self.asked.append((proto, src, sport, dst, dport))
-        return self.answer
-
-
-@pytest.mark.parametrize(
-    ("ct", "fed"),
-    [
-        (SYN_CLEAN_MARK | SYNACK_PASSED_MARK | SYNACK_SKIPPED_MARK, True),
-        (SYN_CLEAN_MARK | SYNACK_PASSED_MARK, True),  # a later packet was marked seen already
-        (SYN_CLEAN_MARK, False),  # the SYN/ACK has not passed yet
-        (SYNACK_PASSED_MARK, False),
-        (None, False),  # no connection
-    ],
-)
-def test_a_conntrack_invalid_insertion_asks_the_kernel_about_the_synack(
-    tmp_path: Path, ct: int | None, fed: bool
+@pytest.mark.parametrize("after", [True, False])
+def test_a_conntrack_invalid_insertion_gets_the_synack_first_if_it_passed_before(
+    tmp_path: Path, after: bool
 ) -> None:
     """A RST with a bad checksum is INVALID to conntrack: it carries no connection mark. The
-    censor asks the kernel for the connection's mark and feeds the rebuilt SYN/ACK first only
-    if the kernel forwarded it; a later packet marked seen gets none (the TCB has it)."""
+    kernel marks it CT_INVALID_MARK if it reached the queue after the SYN/ACK went by unqueued
+    (kernel.seen_rules); the censor then feeds the rebuilt SYN/ACK first, and the teardown
+    evades. Unmarked (it came before the SYN/ACK), the RST is seen at syn-seen, as with every
+    packet queued. The connection's next packet marked seen gets no second SYN/ACK."""
     censor, _ = live(tmp_path)
-    censor.syn_ack_skippable = True
-    table = ConnTable(ct)
-    censor.conntrack = table  # type: ignore[assignment]
     censor.on_packet(QueuedPacket(build_tcp(C, S, 40004, 80, seq=CISN, flags=SYN)))
-    censor.on_packet(
-        QueuedPacket(c2s(40004, RST | ACK, CISN + 1, bad_checksum=True), CT_INVALID_MARK)
-    )
-    assert table.asked == [(6, C, 40004, S, 80)]
+    mark = CT_INVALID_MARK if after else 0
+    censor.on_packet(QueuedPacket(c2s(40004, RST | ACK, CISN + 1, bad_checksum=True), mark))
     censor.on_packet(QueuedPacket(c2s(40004, ACK, CISN + 1), SEEN_ORIGINAL_MARK))
     censor.on_packet(QueuedPacket(c2s(40004, PSH | ACK, CISN + 1, REQ)))
-    assert censor.synacks_fed == 1  # here, or for the seen packet
-    assert (not reset(censor)) is fed
+    assert censor.synacks_fed == 1  # before the RST, or before the packet marked seen
+    assert (not reset(censor)) is after
 
 
-def test_an_invalid_packet_is_asked_about_only_while_a_tcb_awaits_the_synack(
-    tmp_path: Path,
-) -> None:
-    """After client data (the TCB is established) an INVALID packet costs no question."""
+def test_an_invalid_packet_gets_no_synack_once_the_tcb_is_established(tmp_path: Path) -> None:
+    """After client data (the TCB is established) a marked INVALID packet needs nothing."""
     censor, _ = live(tmp_path)
-    censor.syn_ack_skippable = True
-    table = ConnTable(SYN_CLEAN_MARK | SYNACK_PASSED_MARK)
-    censor.conntrack = table  # type: ignore[assignment]
     censor.on_packet(QueuedPacket(build_tcp(C, S, 40005, 80, seq=CISN, flags=SYN)))
     censor.on_packet(QueuedPacket(c2s(40005, PSH | ACK, CISN + 1, b"GET / HTTP/1.1\r\n")))
     censor.on_packet(QueuedPacket(c2s(40005, RST | ACK | FIN, CISN + 1), CT_INVALID_MARK))
-    assert table.asked == [] and censor.synacks_fed == 0
-
-
-def test_the_conntrack_request_and_answer() -> None:
-    """The ctnetlink GET message names the tuple; the answer's CTA_MARK is read, an error
-    (no such entry) is None, an answer to another request is passed over."""
-    msg = conntrack.get_request(7, 6, C, 40000, S, 80)
-    size, kind, flags, seq, _ = conntrack._HEADER.unpack_from(msg)
-    assert (size, kind, flags, seq) == (len(msg), 0x101, 1, 7)
-    assert C in msg and S in msg and (40000).to_bytes(2, "big") in msg
-
-    def answer(seq: int, attrs: bytes, kind: int = 0x100) -> bytes:
-        body = b"\x02\x00\x00\x00" + attrs
-        return conntrack._HEADER.pack(16 + len(body), kind, 0, seq, 0) + body
-
-    status = conntrack._attr(3, (8).to_bytes(4, "big"))
-    mark = conntrack._attr(conntrack.CTA_MARK, (0xE).to_bytes(4, "big"))
-    assert conntrack.parse_reply(answer(7, status + mark), 7) == 0xE
-    assert conntrack.parse_reply(answer(7, status), 7) == 0
-    error = conntrack._HEADER.pack(20, conntrack.NLMSG_ERROR, 0, 7, 0) + (-2).to_bytes(
-        4, "little", signed=True
-    )
-    assert conntrack.parse_reply(error, 7) is None
-    assert conntrack.parse_reply(answer(6, status + mark) + answer(7, status), 7) == 0
+    assert censor.synacks_fed == 0
 
 
 def test_bare_syn() -> None:
@@ -231,24 +176,42 @@ def test_bare_syn() -> None:
 
 def test_skip_rules_with_and_without_the_synack() -> None:
     for v6 in (False, True):
+        name = kernel.synack_set(v6)
         plain = kernel.skip_rules(v6)
         assert len(plain) == 2 and plain[-1] == ["-g", kernel.SEEN_CHAIN]
         both = kernel.skip_rules(v6, syn_ack=True)
-        assert len(both) == 4 and both[-1] == ["-g", kernel.SEEN_CHAIN]
-        mark, accept = both[1], both[2]
+        assert len(both) == 5 and both[-1] == ["-g", kernel.SEEN_CHAIN]
+        add, mark, accept = both[1:4]
         # Only the first answer, a SYN/ACK, of a connection whose SYN the censor passed clean.
-        for rule in (mark, accept):
+        for rule in (add, mark, accept):
             assert rule[rule.index("--ctdir") + 1] == "REPLY"
             assert rule[rule.index("--connbytes") + 1] == "1:1"
-        # SYNACK_SKIPPED (taken off by the seen chain) and SYNACK_PASSED (kept).
+        assert add[add.index("--mark") + 1] == "0x4/0x6"
+        assert add[-5:] == ["SET", "--add-set", name, "dst,dst,src", "--exist"]
         assert mark[mark.index("--mark") + 1] == "0x4/0x6" and mark[-3:] == [
             "CONNMARK",
             "--or-mark",
-            "0xa",
+            "0x2",
         ]
         assert accept[accept.index("--mark") + 1] == "0x6/0x6" and accept[-1] == "ACCEPT"
         assert kernel.skip_rules(v6, handshake_ack=False) == [["-g", kernel.SEEN_CHAIN]]
-    seen = kernel.seen_rules()
-    assert [r[-1] for r in seen] == ["0x10", "0x2", "0x8", "0x0/0x2"]
-    invalid = seen[0]
-    assert invalid[invalid.index("--ctstate") + 1] == "INVALID" and "connmark" not in invalid
+        seen = kernel.seen_rules(v6)
+        # INVALID packets after a skipped SYN/ACK (either direction), then the seen marks, the
+        # set entry taken out, the connection mark taken off.
+        assert [r[-1] for r in seen] == [
+            "0x10",
+            "0x10",
+            "0x2",
+            "0x8",
+            "src,src,dst",
+            "dst,dst,src",
+            "0x0/0x2",
+        ]
+        for rule, flags in zip(seen[:2], ("src,src,dst", "dst,dst,src"), strict=True):
+            assert rule[rule.index("--ctstate") + 1] == "INVALID" and "connmark" not in rule
+            assert rule[rule.index("--match-set") + 1 :][:2] == [name, flags]
+        assert [r[r.index("--del-set") + 1] for r in seen[4:6]] == [name, name]
+    assert (
+        f"create {kernel.synack_set(False)} hash:ip,port,ip family inet "
+        in kernel.create_commands()
+    )

@@ -38,7 +38,6 @@ from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Inject, Probe, R
 from gfwlab.engine.flows import Flow, FlowKey, flow_key
 from gfwlab.engine.tcb import TcbState
 from gfwlab.errors import GfwlabError, MalformedPacket
-from gfwlab.live.conntrack import Conntrack
 from gfwlab.live.kernel import Kernel
 from gfwlab.live.persist import BlockStore, censors_of
 from gfwlab.live.prober import Prober
@@ -53,7 +52,6 @@ from gfwlab.live.topology import (
     SEEN_REPLY_MARK,
     SERVER_LINK,
     SYN_CLEAN_MARK,
-    SYNACK_PASSED_MARK,
 )
 from gfwlab.offline.chain import Chain
 from gfwlab.packet.ip import ACK, PROTO_TCP, PROTO_UDP, RST, SYN, Packet, build_tcp, parse
@@ -173,9 +171,8 @@ class LiveCensor:
         self.syn_ack_skippable = False
         """Whether no active mechanism needs the SYN/ACK (``set_skips``)."""
         self.synacks_fed = 0
-        """SYN/ACKs rebuilt for the engine (:meth:`missed_syn_ack`, :meth:`conntrack_invalid`)."""
-        self.conntrack: Conntrack | None = Conntrack() if kernel is not None else None
-        """The kernel's connection table, asked about packets that have no connection."""
+        """SYN/ACKs rebuilt for the engine (:meth:`missed_syn_ack`,
+        :meth:`invalid_after_syn_ack`)."""
         self.blocks = BlockStore(state_dir)  # blocks outlive a crash (live/persist.py)
         self.anomaly_limit = TokenBucket()  # anomaly events only (live/ratelimit.py)
 
@@ -193,8 +190,8 @@ class LiveCensor:
         if mark:
             if mark & (SEEN_ORIGINAL_MARK | SEEN_REPLY_MARK):
                 self.missed_syn_ack(payload, mark, now)
-            elif mark & CT_INVALID_MARK and self.syn_ack_skippable:
-                self.conntrack_invalid(payload, now)
+            elif mark & CT_INVALID_MARK:
+                self.invalid_after_syn_ack(payload, now)
         actions = self.censor.feed(payload, now)
         if self.kernel is not None and any(self.journals):
             self.mirror(now)
@@ -228,7 +225,7 @@ class LiveCensor:
         force none is fed: the engine would judge it now, and the real one passed before the
         block started. Nor is one fed where no TCB awaits it (:meth:`awaiting_syn_ack`), as
         when one was fed already, before a packet without a connection
-        (:meth:`conntrack_invalid`)."""
+        (:meth:`invalid_after_syn_ack`)."""
         try:
             pkt = parse(payload)
         except MalformedPacket:
@@ -240,27 +237,21 @@ class LiveCensor:
             return
         self._feed_syn_ack(pkt, client, now)
 
-    def conntrack_invalid(self, payload: bytes, now: float) -> None:
-        """What :meth:`missed_syn_ack` does, for a TCP packet that conntrack found INVALID
+    def invalid_after_syn_ack(self, payload: bytes, now: float) -> None:
+        """What :meth:`missed_syn_ack` does, for a TCP packet that conntrack found INVALID and
+        that reached the queue after the kernel forwarded its connection's SYN/ACK unqueued
         (:data:`~gfwlab.live.topology.CT_INVALID_MARK`, ``live/kernel.py``
         :func:`~gfwlab.live.kernel.seen_rules`).
 
-        Such a packet has no connection, so the kernel cannot say with a mark whether the
-        connection's SYN/ACK went by unqueued; yet these are the packets that need it: Geneva's
-        teardown insertions (a RST or RST/ACK with a bad checksum, FIN+RST flag combinations,
-        spec §9 (a), §14c) are INVALID to conntrack and not to the engine, and, sent after the
-        handshake and before the request, they tear the TCB down only if the engine saw the
-        SYN/ACK before them (at syn-seen a RST does nothing unless ``rst_before_synack``). Any
-        sender's such packet is handled alike: where the engine's TCB for its 4-tuple awaits the
-        SYN/ACK, the censor asks the kernel for the connection's mark (one netlink request,
-        ``live/conntrack.py``; these packets are rare) and, if the censor passed its SYN clean
-        and the kernel forwarded its SYN/ACK (:data:`SYN_CLEAN_MARK` and
-        :data:`SYNACK_PASSED_MARK`, a bit the kernel never takes off: a later packet of the
-        connection may already have been marked seen), feeds the rebuilt SYN/ACK first. The
-        engine's view is then the one it has with every packet queued. Client data needs
-        nothing here either; IP fragments are untracked, not INVALID, and not asked about."""
-        if self.conntrack is None:
-            return
+        Such a packet has no connection, so it cannot carry the seen marks; yet these are the
+        packets that need the SYN/ACK: Geneva's teardown insertions (a RST or RST/ACK with a bad
+        checksum, FIN+RST flag combinations, spec §9 (a), §14c) are INVALID to conntrack and not
+        to the engine, and, sent after the handshake and before the request, they tear the TCB
+        down only if the engine saw the SYN/ACK before them (at syn-seen a RST does nothing
+        unless ``rst_before_synack``). The kernel decides the order when the packet reaches the
+        queue, as it decides the queue's order: so the rebuilt SYN/ACK is fed first exactly when
+        the engine would have seen the real one first with every packet queued, for any sender.
+        Only where the engine's TCB awaits the SYN/ACK; client data needs nothing here either."""
         try:
             pkt = parse(payload)
         except MalformedPacket:
@@ -273,10 +264,7 @@ class LiveCensor:
         client = pkt.src == flow.client and pkt.sport == flow.cport
         if client and pkt.payload and not pkt.flags & (SYN | RST):
             return
-        ct = self.conntrack.mark(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
-        passed = SYN_CLEAN_MARK | SYNACK_PASSED_MARK
-        if ct is not None and ct & passed == passed:
-            self._feed_syn_ack(pkt, client, now)
+        self._feed_syn_ack(pkt, client, now)
 
     def awaiting_syn_ack(self, pkt: Packet) -> Flow | None:
         """The engine's flow of ``pkt`` if its TCB has seen the client's SYN and nothing that
@@ -499,8 +487,6 @@ class LiveCensor:
             "kernel_residuals": self.kernel.added if self.kernel is not None else 0,
             "syn_ack_skip": self.skip_syn_ack,
             "synacks_fed": self.synacks_fed,
-            "conntrack_asked": self.conntrack.asked if self.conntrack is not None else 0,
-            "conntrack_errors": self.conntrack.errors if self.conntrack is not None else 0,
             "events": st.events,
             "recording": self.recorder is not None,
             "mechanisms": sorted({m for c in censors for m in c.mechanisms}),

@@ -77,14 +77,10 @@ kept on the connection, it lets the kernel forward the server's SYN/ACK unqueued
 SYNACK_SKIPPED_MARK = 0x2
 """Connection mark: the kernel forwarded the server's SYN/ACK without showing it to the engine,
 and no packet of the connection has reached the queue since."""
-SYNACK_PASSED_MARK = 0x8
-"""Connection mark: the kernel forwarded the server's SYN/ACK without showing it to the engine.
-Unlike :data:`SYNACK_SKIPPED_MARK` it stays on the connection, so that the censor can still learn
-it from the kernel for a packet that carries no connection mark (:data:`CT_INVALID_MARK`)."""
 CT_INVALID_MARK = 0x10
-"""Packet mark of a TCP packet queued without a connection: conntrack found it INVALID (a bad
-checksum, a flag combination TCP does not allow, a segment outside the window), so no connection
-mark reaches it (``live/kernel.py`` :func:`seen_rules`)."""
+"""Packet mark of a TCP packet queued without a connection (conntrack found it INVALID: a bad
+checksum, a flag combination TCP does not allow) after the kernel forwarded its connection's
+SYN/ACK unqueued (``live/kernel.py`` :func:`seen_rules`)."""
 SEEN_ORIGINAL_MARK = 0x2
 """Packet mark of the first packet queued after a skipped SYN/ACK, sent by the client."""
 SEEN_REPLY_MARK = 0x8
