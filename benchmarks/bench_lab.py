@@ -10,7 +10,9 @@ itself), and then both again with ``--idle`` idle TCP connections held open thro
 (opened, never used: each is a flow the censor tracks and the kernel's conntrack holds):
 
 - iperf3 bulk throughput, client → server, one TCP stream;
-- new HTTP connections per second: wrk with ``Connection: close`` against nginx;
+- new HTTP connections per second: wrk with ``Connection: close`` against nginx, and the CPU
+  time the censor process spent per new connection meanwhile (user + system, from /proc: on a
+  machine shared with other work it moves less than the rates do);
 - the delay the censor adds to a flow's first data packet: the time between the packet leaving
   the client's veth and arriving at the server's, from tcpdump on both (same kernel clock),
   p50 and p99 over ``--connections`` new connections.
@@ -35,6 +37,7 @@ from rich.table import Table
 
 from gfwlab.lab import lifecycle
 from gfwlab.lab.netns import in_ns
+from gfwlab.lab.state import LabState
 from gfwlab.live.topology import CENSOR_NS, CLIENT_NS, SERVER_NS, SERVER_V4
 from gfwlab.packet.ip import PSH, parse
 from gfwlab.packet.pcap import CaptureReader
@@ -71,6 +74,15 @@ def iperf(seconds: float) -> float:
     finally:
         server.kill()
         server.wait()
+
+
+def censor_cpu() -> float:
+    """CPU seconds (user + system) the censor process has used so far."""
+    st = LabState.load()
+    pid = next(p["pid"] for p in st.processes() if p["name"] == "censor")
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(seconds: float) -> float:
@@ -244,9 +256,14 @@ def main() -> int:
                     try:
                         console.print(f"[bold]{mode}[/], {idle} idle: iperf3, wrk, first data…")
                         delays = first_packet_delays(args.connections)
+                        bulk = iperf(args.seconds) / 1e9
+                        cpu0 = censor_cpu()
+                        rate = wrk(args.seconds)
+                        cpu = (censor_cpu() - cpu0) / max(1.0, rate * args.seconds)
                         results[(idle, mode)] = {
-                            "iperf3 Gbit/s": iperf(args.seconds) / 1e9,
-                            "wrk conn/s": wrk(args.seconds),
+                            "iperf3 Gbit/s": bulk,
+                            "wrk conn/s": rate,
+                            "censor CPU per new connection µs": cpu * 1e6,
                             "first data packet p50 µs": pct(delays, 0.50) * 1e6,
                             "first data packet p99 µs": pct(delays, 0.99) * 1e6,
                             "samples": float(len(delays)),
@@ -272,7 +289,11 @@ def show(
         table.add_column(col, justify="right")
     for key in results[(idle, "plain")]:
         plain, cens = results[(idle, "plain")][key], results[(idle, "censor")][key]
-        ratio = f"{cens / plain:.2f}" if plain and key != "samples" else ""
+        ratio = (
+            f"{cens / plain:.2f}"
+            if plain and key not in ("samples", "censor CPU per new connection µs")
+            else ""
+        )
         table.add_row(key, f"{plain:,.2f}", f"{cens:,.2f}", ratio)
     console.print(table)
 

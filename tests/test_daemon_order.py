@@ -46,6 +46,9 @@ class Queued:
     def get_payload(self) -> bytes:
         return self.payload
 
+    def get_mark(self) -> int:
+        return 0  # not the first queued packet after a SYN/ACK the kernel let through
+
     def set_mark(self, mark: int) -> None:
         pass
 

@@ -35,15 +35,26 @@ from typing import Any, assert_never
 
 from gfwlab.engine import Censor
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Inject, Probe, Report
-from gfwlab.engine.flows import FlowKey, flow_key
+from gfwlab.engine.flows import Flow, FlowKey, flow_key
+from gfwlab.engine.tcb import TcbState
 from gfwlab.errors import GfwlabError, MalformedPacket
 from gfwlab.live.kernel import Kernel
-from gfwlab.live.persist import BlockStore
+from gfwlab.live.persist import BlockStore, censors_of
 from gfwlab.live.prober import Prober
 from gfwlab.live.ratelimit import TokenBucket
-from gfwlab.live.topology import BYPASS_MARK, CLIENT_LINK, INSIDE, QUEUE_NUM, SERVER_LINK
+from gfwlab.live.topology import (
+    BYPASS_MARK,
+    CLIENT_LINK,
+    CT_INVALID_MARK,
+    INSIDE,
+    QUEUE_NUM,
+    SEEN_ORIGINAL_MARK,
+    SEEN_REPLY_MARK,
+    SERVER_LINK,
+    SYN_CLEAN_MARK,
+)
 from gfwlab.offline.chain import Chain
-from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, parse
+from gfwlab.packet.ip import ACK, PROTO_TCP, PROTO_UDP, RST, SYN, Packet, build_tcp, parse
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.profiles import build_censor, load_profiles, parse_date
 from gfwlab.rules.schema import Prefixes
@@ -97,6 +108,21 @@ def _mac(text: str) -> bytes:
     return bytes(int(part, 16) for part in text.split(":"))
 
 
+def _bare_syn(packet: bytes) -> bool:
+    """Whether an IP packet is a TCP SYN without ACK, RST or FIN (not a fragment)."""
+    if len(packet) < 40:
+        return False
+    if packet[0] >> 4 == 4:
+        if packet[9] != PROTO_TCP or packet[6] & 0x3F or packet[7]:
+            return False
+        off = (packet[0] & 15) * 4
+    elif packet[6] == PROTO_TCP:
+        off = 40
+    else:
+        return False
+    return len(packet) > off + 13 and packet[off + 13] & 0x17 == SYN
+
+
 class LiveCensor:
     """The NFQUEUE loop around one Censor."""
 
@@ -124,6 +150,8 @@ class LiveCensor:
         self.mono0 = time.monotonic()
         self.wall0 = time.time()
         self.events = open(os.path.join(state_dir, "events.jsonl"), "a", encoding="utf-8")  # noqa: SIM115
+        self.unflushed = False
+        """Events written since the last flush (:meth:`flush_events`)."""
         self.recorder: PcapWriter | None = None
         self.held: list[tuple[float, int, Any]] = []
         """Packets whose verdict waits for the forged packets they triggered."""
@@ -134,6 +162,17 @@ class LiveCensor:
         self.stop = False
         self.queued = 0
         self.started = time.time()
+        self.censors = censors_of(censor)
+        self.skip_handshake_ack = False
+        self.skip_syn_ack = False
+        """Whether the censor now marks clean SYNs, so that the kernel forwards their SYN/ACKs
+        unqueued (off while recording, so that a recording holds every packet the engine's
+        verdicts depend on, but for connections opened before it started)."""
+        self.syn_ack_skippable = False
+        """Whether no active mechanism needs the SYN/ACK (``set_skips``)."""
+        self.synacks_fed = 0
+        """SYN/ACKs rebuilt for the engine (:meth:`missed_syn_ack`,
+        :meth:`invalid_after_syn_ack`)."""
         self.blocks = BlockStore(state_dir)  # blocks outlive a crash (live/persist.py)
         self.anomaly_limit = TokenBucket()  # anomaly events only (live/ratelimit.py)
 
@@ -147,15 +186,111 @@ class LiveCensor:
         if self.recorder is not None:
             self.recorder.write(self.wall(now), payload)
             self.recorded += 1
+        mark = nfpkt.get_mark()
+        if mark:
+            if mark & (SEEN_ORIGINAL_MARK | SEEN_REPLY_MARK):
+                self.missed_syn_ack(payload, mark, now)
+            elif mark & CT_INVALID_MARK:
+                self.invalid_after_syn_ack(payload, now)
         actions = self.censor.feed(payload, now)
-        if any(isinstance(a, Bypass) for a in actions):
-            nfpkt.set_mark(BYPASS_MARK)
-        if self.kernel is not None:
+        if self.kernel is not None and any(self.journals):
             self.mirror(now)
+        verdict = actions[0]
+        plain = type(verdict) is Accept and verdict.hold_until is None and not self.held_flows
+        if len(actions) == 1 and plain:
+            if self.skip_syn_ack and _bare_syn(payload):
+                nfpkt.set_mark(SYN_CLEAN_MARK)  # nothing to do: its SYN/ACK may skip the queue
+            nfpkt.accept()  # most packets: nothing else to do
+            return
+        for action in actions:
+            if type(action) is Bypass:
+                nfpkt.set_mark(BYPASS_MARK)
+                break
         # The verdict (always first) goes last: a forged packet due now leaves before the packet
         # that triggered it, as it does from an on-path censor that is nearer than the peer.
         self.carry_out(actions[1:], None)
         self.carry_out(actions[:1], nfpkt)
+
+    def missed_syn_ack(self, payload: bytes, mark: int, now: float) -> None:
+        """Tell the engine about the SYN/ACK the kernel forwarded unqueued (``live/kernel.py``
+        :func:`~gfwlab.live.kernel.skip_rules`), before the first packet of the connection it
+        shows the engine since: a SYN/ACK rebuilt from that packet (addresses, ports and the
+        server's sequence number from its acknowledgement) is fed first.
+
+        The TCP view is the only part of the engine that a clean connection's SYN/ACK changes
+        (the skip is off when a mechanism hooks it or counts packets): it moves the TCB from
+        SYN-seen to established, which decides what a RST or a second SYN before the first data
+        does (spec §9; ``TcbParams.rst_before_synack``). Client data moves it there too, so a
+        client data packet (without SYN or RST) needs nothing. While residual drop blocks are in
+        force none is fed: the engine would judge it now, and the real one passed before the
+        block started. Nor is one fed where no TCB awaits it (:meth:`awaiting_syn_ack`), as
+        when one was fed already, before a packet without a connection
+        (:meth:`invalid_after_syn_ack`)."""
+        try:
+            pkt = parse(payload)
+        except MalformedPacket:
+            return
+        client = bool(mark & SEEN_ORIGINAL_MARK)
+        if pkt.proto != PROTO_TCP or (client and pkt.payload and not pkt.flags & (SYN | RST)):
+            return
+        if any(c.residual.drops for c in self.censors) or self.awaiting_syn_ack(pkt) is None:
+            return
+        self._feed_syn_ack(pkt, client, now)
+
+    def invalid_after_syn_ack(self, payload: bytes, now: float) -> None:
+        """What :meth:`missed_syn_ack` does, for a TCP packet that conntrack found INVALID and
+        that reached the queue after the kernel forwarded its connection's SYN/ACK unqueued
+        (:data:`~gfwlab.live.topology.CT_INVALID_MARK`, ``live/kernel.py``
+        :func:`~gfwlab.live.kernel.seen_rules`).
+
+        Such a packet has no connection, so it cannot carry the seen marks; yet these are the
+        packets that need the SYN/ACK: Geneva's teardown insertions (a RST or RST/ACK with a bad
+        checksum, FIN+RST flag combinations, spec §9 (a), §14c) are INVALID to conntrack and not
+        to the engine, and, sent after the handshake and before the request, they tear the TCB
+        down only if the engine saw the SYN/ACK before them (at syn-seen a RST does nothing
+        unless ``rst_before_synack``). The kernel decides the order when the packet reaches the
+        queue, as it decides the queue's order: so the rebuilt SYN/ACK is fed first exactly when
+        the engine would have seen the real one first with every packet queued, for any sender.
+        Only where the engine's TCB awaits the SYN/ACK; client data needs nothing here either."""
+        try:
+            pkt = parse(payload)
+        except MalformedPacket:
+            return
+        if pkt.proto != PROTO_TCP or pkt.fragment or any(c.residual.drops for c in self.censors):
+            return
+        flow = self.awaiting_syn_ack(pkt)
+        if flow is None:
+            return
+        client = pkt.src == flow.client and pkt.sport == flow.cport
+        if client and pkt.payload and not pkt.flags & (SYN | RST):
+            return
+        self._feed_syn_ack(pkt, client, now)
+
+    def awaiting_syn_ack(self, pkt: Packet) -> Flow | None:
+        """The engine's flow of ``pkt`` if its TCB has seen the client's SYN and nothing that
+        moved it on since (``TcbState.SYN_SEEN``: the one state a SYN/ACK changes, spec §9);
+        None otherwise."""
+        key = flow_key(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        for censor in self.censors:
+            flow = censor.flows.flows.get(key)
+            if flow is not None and flow.tcb is not None and flow.tcb.state is TcbState.SYN_SEEN:
+                return flow
+        return None
+
+    def _feed_syn_ack(self, pkt: Packet, client: bool, now: float) -> None:
+        """Feed the engine the SYN/ACK rebuilt from ``pkt`` (sent by the client if ``client``)."""
+        if client:
+            seq = (pkt.ack - 1) & 0xFFFFFFFF if pkt.flags & ACK else 0
+            synack = build_tcp(
+                pkt.dst, pkt.src, pkt.dport, pkt.sport, seq=seq, ack=pkt.seq, flags=SYN | ACK
+            )
+        else:
+            seq = (pkt.seq - 1) & 0xFFFFFFFF
+            synack = build_tcp(
+                pkt.src, pkt.dst, pkt.sport, pkt.dport, seq=seq, ack=pkt.ack, flags=SYN | ACK
+            )
+        self.synacks_fed += 1
+        self.carry_out(self.censor.feed(synack, now)[1:], None)
 
     def carry_out(self, actions: list[Action], nfpkt: Any | None) -> None:
         for action in actions:
@@ -206,13 +341,20 @@ class LiveCensor:
                     if isinstance(event.get("at"), float):  # a probe's planned time
                         event["at"] = round(self.wall(event["at"]), 6)
                     self.events.write(json.dumps(event, ensure_ascii=False) + "\n")
-                    self.events.flush()
+                    self.unflushed = True
                 case Probe():
                     self.prober.submit(action)
                 case Bypass():
                     pass
                 case _:
                     assert_never(action)
+
+    def flush_events(self) -> None:
+        """Write the events of the packets handled since the last call to ``events.jsonl``: once
+        per pass of the loop, before it waits again (and before the stats that count them)."""
+        if self.unflushed:
+            self.events.flush()
+            self.unflushed = False
 
     def _wake(self) -> None:
         os.write(self._wake_w, b"!")
@@ -233,6 +375,22 @@ class LiveCensor:
             if self.kernel is not None:
                 self.mirror(now)
             self.carry_out(actions, None)
+
+    def set_skips(self, handshake_ack: bool, syn_ack: bool) -> None:
+        """What the kernel forwards without the engine (``live/kernel.py`` :func:`skip_rules`),
+        from what the active mechanisms declare; the SYN/ACK skip stays off while recording."""
+        self.skip_handshake_ack, self.syn_ack_skippable = handshake_ack, syn_ack
+        self._apply_skips()
+
+    def _apply_skips(self) -> None:
+        if self.kernel is None:
+            return
+        try:
+            self.kernel.set_skip(self.skip_handshake_ack, syn_ack=self.syn_ack_skippable)
+        except GfwlabError as exc:  # the queue then takes everything, as before
+            print(f"gfwlab-censor: {exc}", file=sys.stderr, flush=True)
+            self.syn_ack_skippable = False
+        self.skip_syn_ack = self.syn_ack_skippable and self.recorder is None
 
     def mirror(self, now: float) -> None:
         """Write the drop blocks the engine started since the last call to the kernel's sets
@@ -288,6 +446,7 @@ class LiveCensor:
                         raise GfwlabError("already recording")
                     self.recorder = PcapWriter(arg)
                     self.recorded = 0
+                    self.skip_syn_ack = False  # no SYN marked clean while recording
                     reply = "ok"
                 elif cmd == "stop":
                     count = self.stop_recording()
@@ -303,9 +462,11 @@ class LiveCensor:
             return 0
         self.recorder.commit()
         self.recorder = None
+        self.skip_syn_ack = self.syn_ack_skippable
         return self.recorded
 
     def write_stats(self) -> None:
+        self.flush_events()  # the stats count no event that is not in the file
         st = self.censor.stats
         chain = self.censor
         censors = [c for _, c in chain.censors] if isinstance(chain, Chain) else [chain]
@@ -324,6 +485,8 @@ class LiveCensor:
             "flows_tracked": sum(len(c.flows) for c in censors),
             "residual_blocks": sum(len(c.residual) for c in censors),
             "kernel_residuals": self.kernel.added if self.kernel is not None else 0,
+            "syn_ack_skip": self.skip_syn_ack,
+            "synacks_fed": self.synacks_fed,
             "events": st.events,
             "recording": self.recorder is not None,
             "mechanisms": sorted({m for c in censors for m in c.mechanisms}),
@@ -353,6 +516,7 @@ def serve(live: LiveCensor, queue_num: int) -> None:
     try:
         while not live.stop:
             wait = live.timers()
+            live.flush_events()
             now = time.monotonic()
             if now >= next_stats:
                 live.write_stats()
@@ -410,12 +574,15 @@ def main(argv: list[str] | None = None) -> int:
     kernel = Kernel()
     with contextlib.suppress(GfwlabError):
         kernel.adopt(time.monotonic())
-    censors = [c for _, c in censor.censors] if isinstance(censor, Chain) else [censor]
-    try:
-        kernel.set_skip(not any(c.needs_handshake_ack for c in censors))
-    except GfwlabError as exc:  # the queue then takes everything, as before
-        print(f"gfwlab-censor: {exc}", file=sys.stderr, flush=True)
+    censors = censors_of(censor)
     live = LiveCensor(censor, args.state_dir, FrameInjector(), args.seed, kernel)
+    # What the kernel may forward unqueued: the handshake ACK unless a mechanism needs it
+    # (Needs.handshake_ack, Needs.watch_packets); a clean connection's SYN/ACK unless a
+    # mechanism hooks it or counts packets (live/kernel.py skip_rules).
+    live.set_skips(
+        not any(c.needs_handshake_ack for c in censors),
+        not any(c.hooks.get("on_syn_ack") or c.hooks.get("on_tcp_packet") for c in censors),
+    )
     live.blocks.restore(censor, time.monotonic(), time.time())  # after a crash: restart-censor
 
     def stop(_signum: int, _frame: object) -> None:

@@ -53,7 +53,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gfwlab.errors import LabError
-from gfwlab.live.topology import BYPASS_MARK
+from gfwlab.live.topology import (
+    BYPASS_MARK,
+    CT_INVALID_MARK,
+    SEEN_ORIGINAL_MARK,
+    SEEN_REPLY_MARK,
+    SYN_CLEAN_MARK,
+    SYNACK_SKIPPED_MARK,
+)
 from gfwlab.rules.profile import ResidualKey
 
 BYPASSED_CHAIN = "GFWLAB_BYPASSED"
@@ -62,6 +69,11 @@ QUEUE_CHAIN = "GFWLAB"
 """The censor namespace's mangle chain that queues packets (``netns.install_queue_rules``)."""
 SKIP_CHAIN = "GFWLAB_SKIP"
 """The chain, crossed just before the queue, of packets the engine does not need to see."""
+SEEN_CHAIN = "GFWLAB_SEEN"
+"""The chain the skip chain ends in: it marks the first packet queued after a skipped SYN/ACK."""
+SYNACK_SET_TIMEOUT = 120
+"""Seconds an entry of the skipped SYN/ACKs' sets lives if no packet of its connection is queued
+after the SYN/ACK (the first one that is takes it out)."""
 
 _PURE_ACK_V4 = (
     "13,48 0 0 0,84 0 0 15,100 0 0 2,7 0 0 0,80 0 0 12,84 0 0 240,116 0 0 2,12 0 0 0,7 0 0 0,"
@@ -152,11 +164,22 @@ def _addr(raw: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.ip_address(raw)
 
 
+def synack_set(v6: bool) -> str:
+    """The set of connections whose SYN/ACK the kernel forwarded unqueued (:func:`skip_rules`):
+    (client, client port, server), kept until the connection's next packet reaches the queue."""
+    return f"gfwlab-synack{'6' if v6 else '4'}"
+
+
 def create_commands() -> str:
     """``ipset restore`` input that makes every set (empty, with timeouts)."""
     lines = [
         f"create {s.name} {s.type} family {s.family} timeout {IPSET_MAX_TIMEOUT // 2}\n"
         for s in kernel_sets()
+    ]
+    lines += [
+        f"create {synack_set(v6)} hash:ip,port,ip family {'inet6' if v6 else 'inet'} "
+        f"timeout {SYNACK_SET_TIMEOUT} maxelem 262144\n"
+        for v6 in (False, True)
     ]
     return "".join(lines)
 
@@ -192,19 +215,96 @@ def bypassed_chain_rules(bypass_mark: int, v6: bool) -> list[list[str]]:
     return rules
 
 
-def skip_rules(v6: bool) -> list[list[str]]:
-    """The rules (after ``-A GFWLAB_SKIP``) of packets forwarded without the engine: the
-    client's handshake ACK (no SYN, FIN or RST, no payload, the second packet of the connection
-    in its original direction) when no mechanism needs it (``Needs.handshake_ack``). A RETURN
-    put first while residual drop blocks are in force (:meth:`Kernel.set_skip`) stops them: a
-    block may drop such an ACK, and only the engine knows."""
+def skip_rules(v6: bool, *, handshake_ack: bool = True, syn_ack: bool = False) -> list[list[str]]:
+    """The rules (after ``-A GFWLAB_SKIP``) of packets forwarded without the engine.
+
+    - ``handshake_ack``: the client's handshake ACK (no SYN, FIN or RST, no payload, the second
+      packet of the connection in its original direction) when no mechanism needs it
+      (``Needs.handshake_ack``).
+    - ``syn_ack``: the server's first answer, a SYN/ACK, on a connection whose client SYN the
+      censor passed with nothing else to do (:data:`SYN_CLEAN_MARK` on the connection), when no
+      mechanism hooks the SYN/ACK or counts packets. The connection then carries
+      :data:`SYNACK_SKIPPED_MARK` until its next packet reaches the queue, which
+      :func:`seen_rules` marks so that the censor can tell the engine's TCP view what it missed
+      (``LiveCensor.on_packet``); until then the connection is also in :func:`synack_set`, which
+      a packet without a connection can be matched against (:func:`seen_rules`).
+
+    The chain ends with a jump to :data:`SEEN_CHAIN`; a jump to it put first while residual drop
+    blocks are in force (:meth:`Kernel.set_skip`) stops the rest: a block may drop such a packet,
+    and only the engine knows."""
+    out: list[list[str]] = []
+    if handshake_ack:
+        out.append(
+            ["-p", "tcp", "--tcp-flags", "SYN,ACK,FIN,RST", "ACK",
+             "-m", "connbytes", "--connbytes", "2:2", "--connbytes-dir", "original",
+             "--connbytes-mode", "packets",
+             "-m", "bpf", "--bytecode", _PURE_ACK_V6 if v6 else _PURE_ACK_V4,
+             "-j", "ACCEPT"]
+        )  # fmt: skip
+    if syn_ack:
+        clean, skipped = f"0x{SYN_CLEAN_MARK:x}", f"0x{SYNACK_SKIPPED_MARK:x}"
+        both = f"0x{SYN_CLEAN_MARK | SYNACK_SKIPPED_MARK:x}"
+        first_answer = [
+            "-p", "tcp", "--tcp-flags", "SYN,ACK,FIN,RST", "SYN,ACK",
+            "-m", "conntrack", "--ctdir", "REPLY",
+            "-m", "connbytes", "--connbytes", "1:1", "--connbytes-dir", "reply",
+            "--connbytes-mode", "packets",
+        ]  # fmt: skip
+        first_clean = [*first_answer, "-m", "connmark", "--mark", f"{clean}/{both}"]
+        out.append(
+            [*first_clean, "-j", "SET", "--add-set", synack_set(v6), "dst,dst,src", "--exist"]
+        )
+        out.append([*first_clean, "-j", "CONNMARK", "--or-mark", skipped])
+        out.append([*first_answer, "-m", "connmark", "--mark", f"{both}/{both}", "-j", "ACCEPT"])
+    out.append(["-g", SEEN_CHAIN])
+    return out
+
+
+def seen_rules(v6: bool = False) -> list[list[str]]:
+    """The rules (after ``-A GFWLAB_SEEN``) crossed by every packet on its way to the queue: the
+    first one of a connection whose SYN/ACK the kernel skipped is marked with the direction it
+    was sent in (:data:`SEEN_ORIGINAL_MARK`, :data:`SEEN_REPLY_MARK`), and the connection loses
+    :data:`SYNACK_SKIPPED_MARK` and its entry in :func:`synack_set`.
+
+    A TCP packet that conntrack finds INVALID (a bad checksum, a flag combination TCP does not
+    allow such as FIN+RST: the insertion packets of Geneva's teardown strategies, spec §9 (a),
+    §14c) has no connection, so no connection mark reaches it and the rules above cannot mark
+    it; yet the engine, which checks neither checksums nor flags as conntrack does (spec §9),
+    may take it for a RST or FIN of the connection, and what that does depends on whether the
+    SYN/ACK came first. So it is matched against :func:`synack_set` by its addresses and client
+    port, either way, and marked :data:`CT_INVALID_MARK` if the kernel forwarded its
+    connection's SYN/ACK unqueued before it (``LiveCensor.invalid_after_syn_ack`` then feeds the
+    engine the SYN/ACK first). The order is the kernel's, as the queue's is: a packet that
+    reached the queue before the SYN/ACK went by (a server's RST answering a client's SYN/ACK,
+    Geneva's TCB turnaround) is not marked, even if the censor reads it only later. The set's
+    key has no server port: a client port reused at once towards another port of the same
+    server shares the entry, and the engine's own TCB (by its 4-tuple) decides. These packets
+    are rare; the two extra rules cost every queued packet one conntrack state test."""
+    skipped = f"0x{SYNACK_SKIPPED_MARK:x}"
+    has = ["-m", "connmark", "--mark", f"{skipped}/{skipped}"]
+    name = synack_set(v6)
+    invalid = ["-p", "tcp", "-m", "conntrack", "--ctstate", "INVALID", "-m", "set", "--match-set"]
+    mark_invalid = ["-j", "MARK", "--or-mark", f"0x{CT_INVALID_MARK:x}"]
     return [
-        ["-p", "tcp", "--tcp-flags", "SYN,ACK,FIN,RST", "ACK",
-         "-m", "connbytes", "--connbytes", "2:2", "--connbytes-dir", "original",
-         "--connbytes-mode", "packets",
-         "-m", "bpf", "--bytecode", _PURE_ACK_V6 if v6 else _PURE_ACK_V4,
-         "-j", "ACCEPT"],
+        [*invalid, name, "src,src,dst", *mark_invalid],
+        [*invalid, name, "dst,dst,src", *mark_invalid],
+        [*has, "-m", "conntrack", "--ctdir", "ORIGINAL",
+         "-j", "MARK", "--or-mark", f"0x{SEEN_ORIGINAL_MARK:x}"],
+        [*has, "-m", "conntrack", "--ctdir", "REPLY",
+         "-j", "MARK", "--or-mark", f"0x{SEEN_REPLY_MARK:x}"],
+        [*has, "-m", "conntrack", "--ctdir", "ORIGINAL", "-j", "SET", "--del-set", name,
+         "src,src,dst"],
+        [*has, "-m", "conntrack", "--ctdir", "REPLY", "-j", "SET", "--del-set", name,
+         "dst,dst,src"],
+        [*has, "-j", "CONNMARK", "--set-xmark", f"0x0/{skipped}"],
     ]  # fmt: skip
+
+
+def clean_syn_rule() -> list[str]:
+    """The rule (after ``-A FORWARD`` of the mangle table) that keeps the censor's
+    :data:`SYN_CLEAN_MARK` on the connection."""
+    clean = f"0x{SYN_CLEAN_MARK:x}"
+    return ["-m", "mark", "--mark", f"{clean}/{clean}", "-j", "CONNMARK", "--or-mark", clean]
 
 
 class Kernel:
@@ -223,6 +323,8 @@ class Kernel:
         """When the last block written to the kernel has surely expired (engine time)."""
         self.skip = False
         """Whether the skip rules are in force (:func:`skip_rules`)."""
+        self.skip_syn_ack = False
+        """Whether they skip clean connections' SYN/ACKs."""
         self.pending: list[tuple[float, int, str, str, float]] = []
         """Blocks that start later: (start, seq, set, element, until)."""
         self._seq = 0
@@ -294,29 +396,43 @@ class Kernel:
         self.armed = on
         self._skip_state()
 
-    def set_skip(self, on: bool) -> None:
-        """Let the kernel forward what no active mechanism needs (:func:`skip_rules`), except
-        while residual drop blocks are in force."""
+    def set_skip(self, on: bool, syn_ack: bool = False) -> None:
+        """Let the kernel forward what no active mechanism needs (:func:`skip_rules`): the
+        handshake ACK if ``on``, clean connections' SYN/ACKs if ``syn_ack``; except while
+        residual drop blocks are in force."""
         for tool in ("iptables", "ip6tables"):
             ipt = [tool, "-w", "-t", "mangle"]
+            if not self._ok([*ipt, "-L", SEEN_CHAIN, "-n"]):
+                self._run([*ipt, "-N", SEEN_CHAIN])
             self._run([*ipt, "-F", SKIP_CHAIN])
-            if on:
-                for rule in skip_rules(v6=tool == "ip6tables"):
-                    self._run([*ipt, "-A", SKIP_CHAIN, *rule])
-        self.skip = on
+            self._run([*ipt, "-F", SEEN_CHAIN])
+            for rule in seen_rules(tool == "ip6tables"):
+                self._run([*ipt, "-A", SEEN_CHAIN, *rule])
+            for rule in skip_rules(tool == "ip6tables", handshake_ack=on, syn_ack=syn_ack):
+                self._run([*ipt, "-A", SKIP_CHAIN, *rule])
+            present = self._ok([*ipt, "-C", "FORWARD", *clean_syn_rule()])
+            if syn_ack and not present:
+                self._run([*ipt, "-A", "FORWARD", *clean_syn_rule()])
+            elif not syn_ack and present:
+                self._run([*ipt, "-D", "FORWARD", *clean_syn_rule()])
+        self.skip = on or syn_ack
+        self.skip_syn_ack = syn_ack
         self._skip_state()
 
     def _skip_state(self) -> None:
-        """A RETURN first in the skip chain while blocks are in force (counters stay)."""
+        """A jump to the seen chain first in the skip chain while blocks are in force (counters
+        stay)."""
         if not self.skip:
             return
+        jump = f"-A {SKIP_CHAIN} -g {SEEN_CHAIN}"
         for tool in ("iptables", "ip6tables"):
             ipt = [tool, "-w", "-t", "mangle"]
-            present = self._ok([*ipt, "-C", SKIP_CHAIN, "-j", "RETURN"])
-            if self.armed and not present:
-                self._run([*ipt, "-I", SKIP_CHAIN, "1", "-j", "RETURN"])
-            elif not self.armed and present:
-                self._run([*ipt, "-D", SKIP_CHAIN, "-j", "RETURN"])
+            rules = [x for x in self._run([*ipt, "-S", SKIP_CHAIN]).splitlines() if x[:3] == "-A "]
+            first = len(rules) > 1 and rules[0] == jump
+            if self.armed and not first:
+                self._run([*ipt, "-I", SKIP_CHAIN, "1", "-g", SEEN_CHAIN])
+            elif not self.armed and first:
+                self._run([*ipt, "-D", SKIP_CHAIN, "1"])
 
     def adopt(self, now: float) -> None:
         """Take over what a previous censor process left in the kernel (a restart): the blocks

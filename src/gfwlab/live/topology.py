@@ -70,6 +70,21 @@ QUEUE_NUM = 7
 """NFQUEUE number the censor reads."""
 BYPASS_MARK = 0x1
 """Connection mark of flows whose verdict is final: the kernel forwards them without queueing."""
+SYN_CLEAN_MARK = 0x4
+"""Mark the censor puts on a client SYN it passed with nothing else to do (no decision, no block):
+kept on the connection, it lets the kernel forward the server's SYN/ACK unqueued
+(``live/kernel.py``)."""
+SYNACK_SKIPPED_MARK = 0x2
+"""Connection mark: the kernel forwarded the server's SYN/ACK without showing it to the engine,
+and no packet of the connection has reached the queue since."""
+CT_INVALID_MARK = 0x10
+"""Packet mark of a TCP packet queued without a connection (conntrack found it INVALID: a bad
+checksum, a flag combination TCP does not allow) after the kernel forwarded its connection's
+SYN/ACK unqueued (``live/kernel.py`` :func:`seen_rules`)."""
+SEEN_ORIGINAL_MARK = 0x2
+"""Packet mark of the first packet queued after a skipped SYN/ACK, sent by the client."""
+SEEN_REPLY_MARK = 0x8
+"""Packet mark of the first packet queued after a skipped SYN/ACK, sent by the server."""
 
 PROBER_NET = "198.18.1"
 """Prober addresses are PROBER_NET.1 - .254, on the censor namespace's loopback."""
