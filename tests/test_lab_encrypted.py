@@ -111,7 +111,7 @@ def fet_events(events: list[dict[str, object]]) -> list[dict[str, object]]:
     return [e for e in events if e["mechanism"] == "fet" and e["rule"] == "fet:no-exemption"]
 
 
-# Slow (over 20 s): runs in the matrix stage with the other long live tests (scripts/test).
+# Slow (45-90 s, among the longest live tests): runs in the matrix stage (scripts/test).
 @pytest.mark.slow
 def test_shadowsocks_fet_share_and_residual_2022(lab_factory: list[Lab]) -> None:
     lab = Lab(
@@ -364,7 +364,7 @@ def test_obfs4_through_the_fet(date: str, blocked_share: float) -> None:
 
 @pytest.mark.parametrize(
     "date", [pytest.param("2022-06-01", marks=pytest.mark.slow), "2024-06-01"]
-)  # the 2022 case is slow (over 20 s)
+)  # the 2022 case is slow (about 25 s, the longest of the two)
 def test_recorded_encrypted_session_analyses_to_the_live_verdicts(
     date: str, tmp_path: Path
 ) -> None:

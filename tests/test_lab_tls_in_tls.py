@@ -135,7 +135,7 @@ def _detections() -> list[dict[str, object]]:
     return [e for e in events if e["mechanism"] == "tls_in_tls"]
 
 
-# Slow (over 20 s): runs in the matrix stage with the other long live tests (scripts/test).
+# Slow (45-90 s, among the longest live tests): runs in the matrix stage (scripts/test).
 @pytest.mark.slow
 def test_trojan_detected_port_then_address_blocked(tmp_path: Path) -> None:
     with lab(*ON):
