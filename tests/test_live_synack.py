@@ -195,6 +195,7 @@ def test_skip_rules_with_and_without_the_synack() -> None:
         ]
         assert accept[accept.index("--mark") + 1] == "0x6/0x6" and accept[-1] == "ACCEPT"
         assert kernel.skip_rules(v6, handshake_ack=False) == [["-g", kernel.SEEN_CHAIN]]
+        assert kernel.seen_rules(v6, syn_ack=False) == []  # nothing is skipped, nothing to mark
         seen = kernel.seen_rules(v6)
         # INVALID packets after a skipped SYN/ACK (either direction), then the seen marks, the
         # set entry taken out, the connection mark taken off.

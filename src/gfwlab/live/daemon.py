@@ -61,6 +61,8 @@ from gfwlab.rules.schema import Prefixes
 
 ETH_P_IP = b"\x08\x00"
 ETH_P_IPV6 = b"\x86\xdd"
+_ENCODE = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
+"""``json.dumps(event, ensure_ascii=False)`` without making an encoder for each event."""
 
 
 class FrameInjector:
@@ -106,6 +108,12 @@ def _conn(raw: bytes) -> FlowKey | None:
 
 def _mac(text: str) -> bytes:
     return bytes(int(part, 16) for part in text.split(":"))
+
+
+def _client_data(pkt: Packet) -> bool:
+    """Whether ``pkt``, sent by the client, is data without SYN or RST: it moves the engine's TCB
+    to established by itself, so no missed SYN/ACK needs feeding before it (spec §9)."""
+    return bool(pkt.payload) and not pkt.flags & (SYN | RST)
 
 
 def _bare_syn(packet: bytes) -> bool:
@@ -230,12 +238,7 @@ class LiveCensor:
             pkt = parse(payload)
         except MalformedPacket:
             return
-        client = bool(mark & SEEN_ORIGINAL_MARK)
-        if pkt.proto != PROTO_TCP or (client and pkt.payload and not pkt.flags & (SYN | RST)):
-            return
-        if any(c.residual.drops for c in self.censors) or self.awaiting_syn_ack(pkt) is None:
-            return
-        self._feed_syn_ack(pkt, client, now)
+        self._syn_ack_before(pkt, bool(mark & SEEN_ORIGINAL_MARK), now)
 
     def invalid_after_syn_ack(self, payload: bytes, now: float) -> None:
         """What :meth:`missed_syn_ack` does, for a TCP packet that conntrack found INVALID and
@@ -256,14 +259,24 @@ class LiveCensor:
             pkt = parse(payload)
         except MalformedPacket:
             return
-        if pkt.proto != PROTO_TCP or pkt.fragment or any(c.residual.drops for c in self.censors):
+        if not pkt.fragment:
+            self._syn_ack_before(pkt, None, now)
+
+    def _syn_ack_before(self, pkt: Packet, client: bool | None, now: float) -> None:
+        """Feed the engine the SYN/ACK it missed before ``pkt`` where it needs one: a TCP packet
+        other than client data, no residual drop block in force, and the engine's TCB awaiting
+        the SYN/ACK. ``client``: whether the client sent ``pkt``, or None if the flow says."""
+        if pkt.proto != PROTO_TCP or (client and _client_data(pkt)):
+            return  # checked first: client data is the usual first packet after the skip
+        if any(c.residual.drops for c in self.censors):
             return
         flow = self.awaiting_syn_ack(pkt)
         if flow is None:
             return
-        client = pkt.src == flow.client and pkt.sport == flow.cport
-        if client and pkt.payload and not pkt.flags & (SYN | RST):
-            return
+        if client is None:
+            client = pkt.src == flow.client and pkt.sport == flow.cport
+            if client and _client_data(pkt):
+                return
         self._feed_syn_ack(pkt, client, now)
 
     def awaiting_syn_ack(self, pkt: Packet) -> Flow | None:
@@ -340,7 +353,7 @@ class LiveCensor:
                         event["residual_until"] = round(self.wall(event["residual_until"]), 6)
                     if isinstance(event.get("at"), float):  # a probe's planned time
                         event["at"] = round(self.wall(event["at"]), 6)
-                    self.events.write(json.dumps(event, ensure_ascii=False) + "\n")
+                    self.events.write(_ENCODE(event) + "\n")
                     self.unflushed = True
                 case Probe():
                     self.prober.submit(action)

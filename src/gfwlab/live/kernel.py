@@ -260,7 +260,7 @@ def skip_rules(v6: bool, *, handshake_ack: bool = True, syn_ack: bool = False) -
     return out
 
 
-def seen_rules(v6: bool = False) -> list[list[str]]:
+def seen_rules(v6: bool = False, *, syn_ack: bool = True) -> list[list[str]]:
     """The rules (after ``-A GFWLAB_SEEN``) crossed by every packet on its way to the queue: the
     first one of a connection whose SYN/ACK the kernel skipped is marked with the direction it
     was sent in (:data:`SEEN_ORIGINAL_MARK`, :data:`SEEN_REPLY_MARK`), and the connection loses
@@ -279,7 +279,13 @@ def seen_rules(v6: bool = False) -> list[list[str]]:
     Geneva's TCB turnaround) is not marked, even if the censor reads it only later. The set's
     key has no server port: a client port reused at once towards another port of the same
     server shares the entry, and the engine's own TCB (by its 4-tuple) decides. These packets
-    are rare; the two extra rules cost every queued packet one conntrack state test."""
+    are rare; the two extra rules cost every queued packet one conntrack state test.
+
+    Without the SYN/ACK skip (``syn_ack`` false: a mechanism hooks the SYN/ACK or counts
+    packets) no connection is marked skipped and the set stays empty: there are no rules, and
+    queued packets cross an empty chain."""
+    if not syn_ack:
+        return []
     skipped = f"0x{SYNACK_SKIPPED_MARK:x}"
     has = ["-m", "connmark", "--mark", f"{skipped}/{skipped}"]
     name = synack_set(v6)
@@ -406,7 +412,7 @@ class Kernel:
                 self._run([*ipt, "-N", SEEN_CHAIN])
             self._run([*ipt, "-F", SKIP_CHAIN])
             self._run([*ipt, "-F", SEEN_CHAIN])
-            for rule in seen_rules(tool == "ip6tables"):
+            for rule in seen_rules(tool == "ip6tables", syn_ack=syn_ack):
                 self._run([*ipt, "-A", SEEN_CHAIN, *rule])
             for rule in skip_rules(tool == "ip6tables", handshake_ack=on, syn_ack=syn_ack):
                 self._run([*ipt, "-A", SKIP_CHAIN, *rule])

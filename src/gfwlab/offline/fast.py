@@ -42,7 +42,7 @@ import numpy as np
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, Probe, Report
 from gfwlab.engine.censor import Censor
 from gfwlab.engine.flows import Flow, FlowKey, FlowState, flow_key
-from gfwlab.engine.residual import Key, residual_key
+from gfwlab.engine.residual import Key, ResidualEntry, residual_key
 from gfwlab.offline.index import I64, CaptureIndex
 from gfwlab.packet.ip import ACK, PROTO_TCP, RST, SYN
 from gfwlab.packet.pcap import MAX_CAPLEN, PcapWriter
@@ -270,7 +270,7 @@ def run(
         fed += 1
         if progress is not None and not fed & 0x3FFF:
             progress(int(index.start[i]), index.size)
-        if len(residual.entries) != watch.size and watch.changed():
+        if watch.added and watch.changed():
             suspects(watch.new_hits())
         if evicted:
             for gone in evicted:
@@ -325,6 +325,7 @@ def run(
         timers(tsl[n - 1], last)
     collect(censor.flush(), 0.0, None, plan.tail)
     censor.flows.evicted_log = None
+    watch.close()
     _account(
         index, censor, fed_at, life_of, pos, np.asarray(bypass_from, dtype=np.int64),
         np.asarray(block_from, dtype=np.int64), np.asarray(block_code, dtype=np.int8),
@@ -360,6 +361,16 @@ class _DropWatch:
         self.flows: dict[int, Flow] = {}
         self.size = 0
         self.fresh: list[tuple[str, ResidualKey, str, Key]] = []
+        self.added: list[tuple[ResidualKey, Key, ResidualEntry]] = []
+        """The entries the table added or lengthened since the last :meth:`changed` (its
+        journal): reading them costs what they are, where scanning the table for new ones
+        cost every entry held, for each new one."""
+        self._journal = self.residual.journal
+        self.residual.journal = self.added
+
+    def close(self) -> None:
+        """Give the table its journal back."""
+        self.residual.journal = self._journal
 
     def forget_expired(self) -> None:
         entries = self.residual.entries
@@ -369,14 +380,19 @@ class _DropWatch:
             self.size = len(entries)
 
     def changed(self) -> bool:
-        entries = self.residual.entries
-        if len(entries) == self.size:
-            return False
-        self.size = len(entries)
-        self.fresh = [k for k in entries if k[2] in _DROP_POLICIES and k not in self.known]
-        self.known.update(self.fresh)
-        self.keys.update((kind, key) for _m, kind, _p, key in self.fresh)
-        return bool(self.fresh)
+        """Take in the drop entries added since the last call; True if any is new."""
+        self.size = len(self.residual.entries)
+        fresh = []
+        for kind, key, entry in self.added:
+            if entry.policy in _DROP_POLICIES:
+                full = (entry.mechanism, kind, entry.policy, key)
+                if full not in self.known:
+                    self.known.add(full)
+                    fresh.append(full)
+        self.added.clear()
+        self.fresh = fresh
+        self.keys.update((kind, key) for _m, kind, _p, key in fresh)
+        return bool(fresh)
 
     def new_hits(self) -> list[int]:
         hits: list[int] = []
