@@ -73,8 +73,9 @@ def test_never():
 """
 
 
-def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ci: str | None,
-        source: str) -> pytest.RunResult:
+def run(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ci: str | None, source: str
+) -> pytest.RunResult:
     if ci is None:
         monkeypatch.delenv("CI", raising=False)
     else:
@@ -96,12 +97,14 @@ def test_with_ci_skips_fail_naming_what_is_missing(pytester, monkeypatch, ci):
     # A skip in setup (marks, fixtures) fails as an error, a skip in the test body as a failure.
     result.assert_outcomes(passed=1, skipped=1, xfailed=1, failed=1, errors=2)
     assert result.ret == 1
-    result.stdout.fnmatch_lines_random([
-        "ERROR *test_skipif_mark - CI is set, * missing programs: frobnicate",
-        "FAILED *test_skip_call - CI is set, so this skip is a failure: needs root",
-        "ERROR *test_skip_in_fixture - CI is set, so this skip is a failure: cannot make network*",
-        f"SKIPPED * {MAY_SKIP} root ignores directory permissions",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "ERROR *test_skipif_mark - CI is set, * missing programs: frobnicate",
+            "FAILED *test_skip_call - CI is set, so this skip is a failure: needs root",
+            "ERROR *test_skip_in_fixture - CI is set, so this skip is a failure: cannot make*",
+            f"SKIPPED * {MAY_SKIP} root ignores directory permissions",
+        ]
+    )
 
 
 def test_with_ci_a_module_level_skipif_fails_every_test(pytester, monkeypatch):

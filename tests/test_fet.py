@@ -412,8 +412,11 @@ def test_static_blocking_of_the_whole_address_is_optional() -> None:
     later = https_conversation(C, S, 40001, "example.org", t0=50.0, sport=443)
     assert all(run(censor, later).verdicts)  # before the static block starts
     blocked = run(censor, https_conversation(C, S, 40002, "example.org", t0=150.0, sport=443))
-    for (_t, pkt), ok in zip(https_conversation(C, S, 40002, "example.org", t0=150.0, sport=443),
-                             blocked.verdicts, strict=True):
+    for (_t, pkt), ok in zip(
+        https_conversation(C, S, 40002, "example.org", t0=150.0, sport=443),
+        blocked.verdicts,
+        strict=True,
+    ):
         assert ok is (parse(pkt).src_text == C)  # every server-to-client packet is dropped
     assert any(e.action == "null-route" for e in blocked.events)
     after = run(censor, https_conversation(C, S, 40003, "example.org", t0=1200.0, sport=443))

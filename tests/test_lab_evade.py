@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from testenv import LAB_MARKS, client, gfwlab
+from testenv import LAB_MARKS, client, gfwlab, lab_for_module
 
 pytestmark = LAB_MARKS
 
@@ -35,13 +35,7 @@ TTL_DESYNC = (
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[None]:
-    gfwlab("lab", "down")
-    res = gfwlab("lab", "up", *UP)
-    assert res.returncode == 0, res.stderr + res.stdout
-    try:
-        yield
-    finally:
-        gfwlab("lab", "down")
+    yield from lab_for_module(*UP)
 
 
 def attached() -> list[str]:

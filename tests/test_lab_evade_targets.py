@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from testenv import LAB_MARKS, gfwlab
+from testenv import LAB_MARKS, gfwlab, lab_for_module
 
 pytestmark = LAB_MARKS
 
@@ -35,13 +35,7 @@ QUIC_DECOY = "[UDP:dport:443:1]-duplicate(tamper{UDP:load:replace:gfwlab},)-| \\
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[None]:
-    gfwlab("lab", "down")
-    res = gfwlab("lab", "up", *UP)
-    assert res.returncode == 0, res.stderr + res.stdout
-    try:
-        yield
-    finally:
-        gfwlab("lab", "down")
+    yield from lab_for_module(*UP)
 
 
 def evade(strategy: str, against: str, trials: int, *extra: str) -> dict[str, object]:

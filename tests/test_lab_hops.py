@@ -11,20 +11,14 @@ from collections.abc import Iterator
 import pytest
 
 from gfwlab.live.topology import DEFAULT_HOPS, SERVER_V4
-from testenv import LAB_MARKS, UP, client, gfwlab, needs_tools
+from testenv import LAB_MARKS, UP, client, gfwlab, lab_for_module, needs_tools
 
 pytestmark = [*LAB_MARKS, needs_tools("ping")]
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[None]:
-    gfwlab("lab", "down")
-    res = gfwlab("lab", "up", *UP)
-    assert res.returncode == 0, res.stderr + res.stdout
-    try:
-        yield
-    finally:
-        gfwlab("lab", "down")
+    yield from lab_for_module(*UP)
 
 
 def ping(ttl: int) -> bool:

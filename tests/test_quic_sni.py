@@ -393,8 +393,9 @@ EXP10 = bytes.fromhex(
     "0cebbd383944acee563ec018b8a830f03c8261495f1536ab2f6ca6378c0eef6766f5b7ed1ca408b001f3604e7e"
     "e398f57541ea908ae8534ae11060bad540b8807a8a"
 )
-DCID_1, SCID_1 = bytes.fromhex("8144962187fccea82488d99a65bb901e"), bytes.fromhex(
-    "7bcbc370f1173b1983705b16cb2417d7"
+DCID_1, SCID_1 = (
+    bytes.fromhex("8144962187fccea82488d99a65bb901e"),
+    bytes.fromhex("7bcbc370f1173b1983705b16cb2417d7"),
 )
 
 

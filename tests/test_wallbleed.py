@@ -131,6 +131,7 @@ V2_CASES: list[tuple[bytes, bool, bytes]] = [
     (Q33 + LONG, False, R33 + LONG + A_SUFFIX),
 ]  # fmt: skip
 
+
 def _memory(digest: bool) -> bytes:
     return (b"DDDD" if digest else b"") + X * 600
 

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,19 @@ def gfwlab(*args: str, timeout: float = 120, **kw: object) -> subprocess.Complet
         check=False,
         **kw,
     )  # type: ignore[call-overload]
+
+
+def lab_for_module(*up: str) -> Iterator[None]:
+    """The body of a module-scoped ``lab`` fixture: the lab brought up with ``up`` (after taking
+    down any a crashed run left) for the module's tests, and taken down after them, also when
+    one fails."""
+    gfwlab("lab", "down")
+    res = gfwlab("lab", "up", *up)
+    assert res.returncode == 0, res.stderr + res.stdout
+    try:
+        yield
+    finally:
+        gfwlab("lab", "down")
 
 
 def client(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
