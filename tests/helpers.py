@@ -70,3 +70,37 @@ def binomial_interval(n: int, p: float, z: float = 2.576) -> tuple[float, float]
     """The interval a binomial proportion falls in with ~99% probability (normal approximation)."""
     sd = math.sqrt(p * (1 - p) / n)
     return p - z * sd, p + z * sd
+
+
+class QueuedPacket:
+    """What the live censor uses of a netfilterqueue packet."""
+
+    def __init__(self, payload: bytes, mark: int = 0) -> None:
+        self.payload, self.mark = payload, mark
+        self.verdict: str | None = None
+        self.set_to: int | None = None
+
+    def get_payload(self) -> bytes:
+        return self.payload
+
+    def get_mark(self) -> int:
+        return self.mark
+
+    def set_mark(self, mark: int) -> None:
+        self.set_to = mark
+
+    def accept(self) -> None:
+        self.verdict = "accept"
+
+    def drop(self) -> None:
+        self.verdict = "drop"
+
+
+class Links:
+    """Forged packets, kept instead of sent on the lab's links."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, packet: bytes) -> None:
+        self.sent.append(packet)

@@ -3,8 +3,8 @@ forwards a clean connection's SYN/ACK unqueued and marks the connection's next q
 the censor then tells the engine's TCP view what it missed (``LiveCensor.missed_syn_ack``), so
 Geneva's teardown insertions (spec §9, §14c) get the same verdicts as with every packet queued.
 
-The NFQUEUE packets here are stand-ins for the binding's (payload, mark, verdict); the engine is
-the real one."""
+The NFQUEUE packets here are stand-ins for the binding's (payload, mark, verdict:
+``helpers.QueuedPacket``); the engine is the real one."""
 
 from __future__ import annotations
 
@@ -23,45 +23,11 @@ from gfwlab.live.topology import (
 )
 from gfwlab.packet.ip import ACK, FIN, PSH, RST, SYN, addr_bytes, build_tcp
 from gfwlab.profiles import build_censor
-from helpers import profile
+from helpers import Links, QueuedPacket, profile
 
 C, S = addr_bytes("198.18.0.2"), addr_bytes("198.19.0.9")
 CISN, SISN = 1000, 5000
 REQ = b"GET /?q=ultrasurf HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n"
-
-
-class QueuedPacket:
-    """What the live censor uses of a netfilterqueue packet."""
-
-    def __init__(self, payload: bytes, mark: int = 0) -> None:
-        self.payload, self.mark = payload, mark
-        self.verdict: str | None = None
-        self.set_to: int | None = None
-
-    def get_payload(self) -> bytes:
-        return self.payload
-
-    def get_mark(self) -> int:
-        return self.mark
-
-    def set_mark(self, mark: int) -> None:
-        self.set_to = mark
-
-    def accept(self) -> None:
-        self.verdict = "accept"
-
-    def drop(self) -> None:
-        self.verdict = "drop"
-
-
-class Links:
-    """Forged packets, kept instead of sent on the lab's links."""
-
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def send(self, packet: bytes) -> None:
-        self.sent.append(packet)
 
 
 def live(tmp_path: Path, *sets: str) -> tuple[LiveCensor, Links]:

@@ -80,6 +80,8 @@ class Censor:
             m.needs().handshake_ack for m in self.mechanisms.values()
         )
         """The engine needs the client's data-less handshake ACK (``Needs.handshake_ack``)."""
+        self.needs_syn = any(m.needs().syn for m in self.hooks.get("on_new_flow", ()))
+        """A mechanism may decide on a connection's first SYN (``Needs.syn``)."""
         self.rebypass = False
         """Answer each passing packet of a bypassed flow with Bypass again: the kernel shows the
         engine such packets while a residual block may cover them (``live/kernel.py``)."""

@@ -62,6 +62,12 @@ class Needs:
     SYN/ACK that drops the client's later packets). Without any such mechanism (and without
     ``watch_packets``) an inline adapter may let the kernel forward that ACK unqueued: to the
     engine it changes nothing but a packet count."""
+    syn: bool = True
+    """Its ``on_new_flow`` hook may decide on a connection's first SYN (drop it, or reset or
+    block the connection there), so the SYN must wait for the engine's verdict. Only read for
+    mechanisms with that hook; one that can tell it will not act (nothing configured to act on)
+    says False, and an inline adapter may then let the kernel forward the SYN and show the
+    engine a copy."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

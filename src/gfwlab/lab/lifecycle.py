@@ -378,7 +378,9 @@ def status() -> Status:
             counters = kernel.queue_counters(netns.in_ns(CENSOR_NS))
             stats.update(counters)
             read = int(stats.get("queued_packets", 0))
-            stats["uninspected"] = max(0, counters["kernel_queued"] - read)
+            # SYN copies the kernel could not deliver: SYNs it forwarded that the engine missed.
+            lost = int(stats.get("syn_copies_lost", 0))
+            stats["uninspected"] = max(0, counters["kernel_queued"] - read) + lost
     notes: list[str] = []
     censor = next((p for p in procs if p["name"] == "censor"), None)
     if censor is not None and not censor["alive"]:

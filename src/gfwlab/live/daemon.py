@@ -39,6 +39,7 @@ from gfwlab.engine.flows import Flow, FlowKey, flow_key
 from gfwlab.engine.tcb import TcbState
 from gfwlab.errors import GfwlabError, MalformedPacket
 from gfwlab.live.kernel import Kernel
+from gfwlab.live.nflog import NflogReader, SynCopies
 from gfwlab.live.persist import BlockStore, censors_of
 from gfwlab.live.prober import Prober
 from gfwlab.live.ratelimit import TokenBucket
@@ -47,11 +48,13 @@ from gfwlab.live.topology import (
     CLIENT_LINK,
     CT_INVALID_MARK,
     INSIDE,
+    NFLOG_GROUP,
     QUEUE_NUM,
     SEEN_ORIGINAL_MARK,
     SEEN_REPLY_MARK,
     SERVER_LINK,
     SYN_CLEAN_MARK,
+    SYN_COPIED_MARK,
 )
 from gfwlab.offline.chain import Chain
 from gfwlab.packet.ip import ACK, PROTO_TCP, PROTO_UDP, RST, SYN, Packet, build_tcp, parse
@@ -181,6 +184,16 @@ class LiveCensor:
         self.synacks_fed = 0
         """SYN/ACKs rebuilt for the engine (:meth:`missed_syn_ack`,
         :meth:`invalid_after_syn_ack`)."""
+        self.syn_copyable = False
+        """Whether no active mechanism decides on a SYN (``set_skips``): the kernel may forward
+        clean first SYNs and copy them to the censor (``live/kernel.py`` :func:`syn_rules`)."""
+        self.syn_copies: SynCopies | None = None
+        """Where those copies arrive (``live/nflog.py``)."""
+        self.syns_fed = 0
+        """SYN copies fed to the engine (:meth:`feed_copies`)."""
+        self.syns_late = 0
+        """SYN copies on which the engine did more than pass them (a residual block that started
+        while the copy was on its way): what it asked for besides the verdict was done late."""
         self.blocks = BlockStore(state_dir)  # blocks outlive a crash (live/persist.py)
         self.anomaly_limit = TokenBucket()  # anomaly events only (live/ratelimit.py)
 
@@ -196,6 +209,8 @@ class LiveCensor:
             self.recorded += 1
         mark = nfpkt.get_mark()
         if mark:
+            if mark & SYN_COPIED_MARK:
+                self.copy_first(payload, now)
             if mark & (SEEN_ORIGINAL_MARK | SEEN_REPLY_MARK):
                 self.missed_syn_ack(payload, mark, now)
             elif mark & CT_INVALID_MARK:
@@ -218,6 +233,47 @@ class LiveCensor:
         # that triggered it, as it does from an on-path censor that is nearer than the peer.
         self.carry_out(actions[1:], None)
         self.carry_out(actions[:1], nfpkt)
+        self.sync_syn_copies()  # a residual block may have started: SYNs wait for verdicts
+
+    def copy_first(self, payload: bytes, now: float) -> None:
+        """Feed the copy of the SYN of the connection of ``payload``, a packet the kernel queued
+        after copying it (``live/nflog.py`` :class:`~gfwlab.live.nflog.SynCopies`), first."""
+        if self.syn_copies is not None:
+            self.feed_copies(self.syn_copies.take(payload), now)
+
+    def feed_copies(self, copies: list[bytes], now: float | None = None) -> None:
+        """Feed the engine SYN copies the kernel forwarded (``live/kernel.py``
+        :func:`~gfwlab.live.kernel.syn_rules`), in their order.
+
+        The SYN has passed already; the engine had nothing to decide on it (no mechanism acts
+        on SYNs, no residual block was held). If one started while the copy was on its way, what
+        the engine asks for besides the verdict (a reset, an event) is done now, and counted in
+        :attr:`syns_late`."""
+        when = time.monotonic() if now is None else now
+        for packet in copies:
+            if self.recorder is not None:  # forwarded just before recording paused the copies
+                self.recorder.write(self.wall(when), packet)
+                self.recorded += 1
+            actions = self.censor.feed(packet, when)
+            self.syns_fed += 1
+            if len(actions) > 1 or type(actions[0]) is not Accept:
+                self.syns_late += 1
+                if self.kernel is not None and any(self.journals):
+                    self.mirror(when)
+                self.carry_out(actions[1:], None)
+
+    def sync_syn_copies(self) -> None:
+        """Pause the SYN copies while a residual block is held (a new connection's SYN may draw
+        a residual reset, spec §3) or while recording (a recording holds every packet), resume
+        them otherwise."""
+        if self.kernel is None or not self.syn_copyable:
+            return
+        paused = self.recorder is not None or any(c.residual.entries for c in self.censors)
+        if paused != self.kernel.syn_paused:
+            try:
+                self.kernel.pause_syns(paused)
+            except GfwlabError as exc:
+                print(f"gfwlab-censor: {exc}", file=sys.stderr, flush=True)
 
     def missed_syn_ack(self, payload: bytes, mark: int, now: float) -> None:
         """Tell the engine about the SYN/ACK the kernel forwarded unqueued (``live/kernel.py``
@@ -388,22 +444,34 @@ class LiveCensor:
             if self.kernel is not None:
                 self.mirror(now)
             self.carry_out(actions, None)
+            self.sync_syn_copies()
 
-    def set_skips(self, handshake_ack: bool, syn_ack: bool) -> None:
+    def set_skips(self, handshake_ack: bool, syn_ack: bool, syn: bool = False) -> None:
         """What the kernel forwards without the engine (``live/kernel.py`` :func:`skip_rules`),
-        from what the active mechanisms declare; the SYN/ACK skip stays off while recording."""
+        from what the active mechanisms declare; the SYN/ACK skip stays off while recording. A
+        clean first SYN is forwarded and copied (``syn``) only along with the SYN/ACK skip."""
         self.skip_handshake_ack, self.syn_ack_skippable = handshake_ack, syn_ack
+        self.syn_copyable = syn and syn_ack and self.kernel is not None
+        if self.syn_copyable and self.syn_copies is None:
+            try:
+                self.syn_copies = SynCopies(NflogReader(NFLOG_GROUP), _conn)
+            except OSError as exc:  # SYNs then wait in the queue, as before
+                print(f"gfwlab-censor: NFLOG: {exc}", file=sys.stderr, flush=True)
+                self.syn_copyable = False
         self._apply_skips()
 
     def _apply_skips(self) -> None:
         if self.kernel is None:
             return
         try:
-            self.kernel.set_skip(self.skip_handshake_ack, syn_ack=self.syn_ack_skippable)
+            self.kernel.set_skip(
+                self.skip_handshake_ack, syn_ack=self.syn_ack_skippable, syn=self.syn_copyable
+            )
         except GfwlabError as exc:  # the queue then takes everything, as before
             print(f"gfwlab-censor: {exc}", file=sys.stderr, flush=True)
-            self.syn_ack_skippable = False
+            self.syn_ack_skippable = self.syn_copyable = False
         self.skip_syn_ack = self.syn_ack_skippable and self.recorder is None
+        self.sync_syn_copies()
 
     def mirror(self, now: float) -> None:
         """Write the drop blocks the engine started since the last call to the kernel's sets
@@ -438,6 +506,7 @@ class LiveCensor:
         if self.kernel is not None:
             with contextlib.suppress(GfwlabError):
                 self.kernel.tick(now)
+            self.sync_syn_copies()  # residual blocks expire in the engine's timers
             due = self.kernel.next_check()
             if due is not None and (deadline is None or due < deadline):
                 deadline = due
@@ -460,6 +529,7 @@ class LiveCensor:
                     self.recorder = PcapWriter(arg)
                     self.recorded = 0
                     self.skip_syn_ack = False  # no SYN marked clean while recording
+                    self.sync_syn_copies()  # nor forwarded by the kernel
                     reply = "ok"
                 elif cmd == "stop":
                     count = self.stop_recording()
@@ -476,6 +546,7 @@ class LiveCensor:
         self.recorder.commit()
         self.recorder = None
         self.skip_syn_ack = self.syn_ack_skippable
+        self.sync_syn_copies()
         return self.recorded
 
     def write_stats(self) -> None:
@@ -483,6 +554,8 @@ class LiveCensor:
         st = self.censor.stats
         chain = self.censor
         censors = [c for _, c in chain.censors] if isinstance(chain, Chain) else [chain]
+        kernel = self.kernel
+        copying = self.syn_copyable and kernel is not None and kernel.syn_paused is False
         data = {
             "pid": os.getpid(),
             "started": self.started,
@@ -500,6 +573,10 @@ class LiveCensor:
             "kernel_residuals": self.kernel.added if self.kernel is not None else 0,
             "syn_ack_skip": self.skip_syn_ack,
             "synacks_fed": self.synacks_fed,
+            "syn_copy": copying,
+            "syns_fed": self.syns_fed,
+            "syns_late": self.syns_late,
+            "syn_copies_lost": self.syn_copies.reader.lost if self.syn_copies else 0,
             "events": st.events,
             "recording": self.recorder is not None,
             "mechanisms": sorted({m for c in censors for m in c.mechanisms}),
@@ -536,11 +613,20 @@ def serve(live: LiveCensor, queue_num: int) -> None:
                 next_stats = now + 0.5
             timeout = min(0.5, wait) if wait is not None else 0.5
             try:
-                ready, _, _ = select.select([nfq_fd, ctl.fileno(), live._wake_r], [], [], timeout)
+                fds = [nfq_fd, ctl.fileno(), live._wake_r]
+                if live.syn_copies is not None:
+                    fds.append(live.syn_copies.fileno())
+                ready, _, _ = select.select(fds, [], [], timeout)
             except InterruptedError:
                 continue
-            if nfq_fd in ready:
+            copies = live.syn_copies
+            if copies is not None and copies.fileno() in ready:
+                copies.read()  # before the queue is emptied (nflog.SynCopies)
                 nfq.run(block=False)
+            elif nfq_fd in ready:
+                nfq.run(block=False)
+            if copies is not None and copies.pending:
+                live.feed_copies(copies.take_all())
             if live._wake_r in ready:
                 live.probe_results()
             if ctl.fileno() in ready:
@@ -550,6 +636,8 @@ def serve(live: LiveCensor, queue_num: int) -> None:
         live.stop_recording()
         live.prober.close()
         live.write_stats()
+        if live.syn_copies is not None:
+            live.syn_copies.close()
         nfq.unbind()
         ctl.close()
         if os.path.exists(sock_path):
@@ -595,6 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     live.set_skips(
         not any(c.needs_handshake_ack for c in censors),
         not any(c.hooks.get("on_syn_ack") or c.hooks.get("on_tcp_packet") for c in censors),
+        syn=not any(c.needs_syn for c in censors),
     )
     live.blocks.restore(censor, time.monotonic(), time.time())  # after a crash: restart-censor
 

@@ -56,9 +56,11 @@ from gfwlab.errors import LabError
 from gfwlab.live.topology import (
     BYPASS_MARK,
     CT_INVALID_MARK,
+    NFLOG_GROUP,
     SEEN_ORIGINAL_MARK,
     SEEN_REPLY_MARK,
     SYN_CLEAN_MARK,
+    SYN_COPIED_MARK,
     SYNACK_SKIPPED_MARK,
 )
 from gfwlab.rules.profile import ResidualKey
@@ -71,6 +73,16 @@ SKIP_CHAIN = "GFWLAB_SKIP"
 """The chain, crossed just before the queue, of packets the engine does not need to see."""
 SEEN_CHAIN = "GFWLAB_SEEN"
 """The chain the skip chain ends in: it marks the first packet queued after a skipped SYN/ACK."""
+SYN_CHAIN = "GFWLAB_SYN"
+"""The chain of a clean connection's first SYN, which the kernel copies to the censor and forwards
+(:func:`syn_rules`)."""
+SYN_COPY_BYTES = 256
+"""Bytes of each SYN copied to the censor: every IPv4 or IPv6 header and TCP header fits."""
+SYNCOPY_SET_TIMEOUT = 30
+"""Seconds an entry of the copied SYNs' sets lives if no packet of its connection is queued
+after the SYN (a spoofed SYN of a flood, a connection that never answers): long after the
+censor fed the copy. Room for a million entries: more than 30 s of any SYN rate the censor
+could read the copies of."""
 SYNACK_SET_TIMEOUT = 120
 """Seconds an entry of the skipped SYN/ACKs' sets lives if no packet of its connection is queued
 after the SYN/ACK (the first one that is takes it out)."""
@@ -170,6 +182,21 @@ def synack_set(v6: bool) -> str:
     return f"gfwlab-synack{'6' if v6 else '4'}"
 
 
+def syncopy_set(v6: bool) -> str:
+    """The set of connections whose first SYN the kernel copied and forwarded (:func:`syn_rules`):
+    (client, client port, server), kept until a packet of the connection reaches the queue."""
+    return f"gfwlab-syncopy{'6' if v6 else '4'}"
+
+
+def synoff_set(v6: bool) -> str:
+    """The set that, while it holds every address (:data:`EVERY_ADDRESS`), stops the SYN copies
+    (:func:`syn_rules`): the censor fills it while a residual block may act on a new SYN."""
+    return f"gfwlab-synoff{'6' if v6 else '4'}"
+
+
+EVERY_ADDRESS = {False: ("0.0.0.0/1", "128.0.0.0/1"), True: ("::/1", "8000::/1")}
+
+
 def create_commands() -> str:
     """``ipset restore`` input that makes every set (empty, with timeouts)."""
     lines = [
@@ -179,6 +206,15 @@ def create_commands() -> str:
     lines += [
         f"create {synack_set(v6)} hash:ip,port,ip family {'inet6' if v6 else 'inet'} "
         f"timeout {SYNACK_SET_TIMEOUT} maxelem 262144\n"
+        for v6 in (False, True)
+    ]
+    lines += [
+        f"create {syncopy_set(v6)} hash:ip,port,ip family {'inet6' if v6 else 'inet'} "
+        f"timeout {SYNCOPY_SET_TIMEOUT} maxelem 1048576\n"
+        for v6 in (False, True)
+    ]
+    lines += [
+        f"create {synoff_set(v6)} hash:net family {'inet6' if v6 else 'inet'}\n"
         for v6 in (False, True)
     ]
     return "".join(lines)
@@ -215,9 +251,14 @@ def bypassed_chain_rules(bypass_mark: int, v6: bool) -> list[list[str]]:
     return rules
 
 
-def skip_rules(v6: bool, *, handshake_ack: bool = True, syn_ack: bool = False) -> list[list[str]]:
+def skip_rules(
+    v6: bool, *, handshake_ack: bool = True, syn_ack: bool = False, syn: bool = False
+) -> list[list[str]]:
     """The rules (after ``-A GFWLAB_SKIP``) of packets forwarded without the engine.
 
+    - ``syn``: a connection's first packet in its original direction when it is a bare SYN
+      without payload goes to :data:`SYN_CHAIN` (:func:`syn_rules`), which copies it to the
+      censor and forwards it, unless a residual block may act on it.
     - ``handshake_ack``: the client's handshake ACK (no SYN, FIN or RST, no payload, the second
       packet of the connection in its original direction) when no mechanism needs it
       (``Needs.handshake_ack``).
@@ -233,6 +274,14 @@ def skip_rules(v6: bool, *, handshake_ack: bool = True, syn_ack: bool = False) -
     blocks are in force (:meth:`Kernel.set_skip`) stops the rest: a block may drop such a packet,
     and only the engine knows."""
     out: list[list[str]] = []
+    if syn:
+        out.append(
+            ["-p", "tcp", "--tcp-flags", "SYN,ACK,FIN,RST", "SYN",
+             "-m", "connbytes", "--connbytes", "1:1", "--connbytes-dir", "original",
+             "--connbytes-mode", "packets",
+             "-m", "bpf", "--bytecode", _PURE_ACK_V6 if v6 else _PURE_ACK_V4,
+             "-j", SYN_CHAIN]
+        )  # fmt: skip
     if handshake_ack:
         out.append(
             ["-p", "tcp", "--tcp-flags", "SYN,ACK,FIN,RST", "ACK",
@@ -260,7 +309,37 @@ def skip_rules(v6: bool, *, handshake_ack: bool = True, syn_ack: bool = False) -
     return out
 
 
-def seen_rules(v6: bool = False, *, syn_ack: bool = True) -> list[list[str]]:
+def syn_rules(v6: bool, group: int = NFLOG_GROUP) -> list[list[str]]:
+    """The rules (after ``-A GFWLAB_SYN``) of a clean connection's first SYN (:func:`skip_rules`).
+
+    The SYN is copied to NFLOG ``group`` (``live/nflog.py``; headers only, one packet per
+    message, sent at once) and forwarded without waiting: the censor feeds the copy to the
+    engine before the next packet it takes from its queue, so the engine sees the connection
+    from its SYN, as when the SYN is queued, and the TCB's initial sequence number is the
+    SYN's own (rebuilding it from a later packet would take an insertion packet with a forged
+    sequence number for the stream's start, spec §9). The connection is marked
+    :data:`SYN_CLEAN_MARK`, as the censor marks a SYN it passed clean, so that its SYN/ACK may
+    skip the queue too, and put in :func:`syncopy_set`, so that the first packet of it queued
+    afterwards is marked :data:`SYN_COPIED_MARK` (:func:`seen_rules`): the censor then feeds the
+    copy first, and holds it back after a packet of the connection queued earlier (a client's
+    SYN/ACK sent before its SYN, say): the engine sees them in the kernel's order.
+
+    The copy leaves the verdict to the kernel, so it is only made where the engine has nothing
+    to decide on a SYN: no active mechanism acts on one (``Needs.syn``; the censor does not
+    install the rule then), and no residual block is in force, since a residual reset is drawn
+    on a new connection's SYN (spec §3). While the censor holds residual blocks it fills
+    :func:`synoff_set` with every address and SYNs go to the queue again."""
+    return [
+        ["-m", "set", "--match-set", synoff_set(v6), "dst", "-j", "RETURN"],
+        ["-j", "NFLOG", "--nflog-group", str(group), "--nflog-size", str(SYN_COPY_BYTES),
+         "--nflog-threshold", "1"],
+        ["-j", "CONNMARK", "--or-mark", f"0x{SYN_CLEAN_MARK:x}"],
+        ["-j", "SET", "--add-set", syncopy_set(v6), "src,src,dst", "--exist"],
+        ["-j", "ACCEPT"],
+    ]  # fmt: skip
+
+
+def seen_rules(v6: bool = False, *, syn_ack: bool = True, syn: bool = False) -> list[list[str]]:
     """The rules (after ``-A GFWLAB_SEEN``) crossed by every packet on its way to the queue: the
     first one of a connection whose SYN/ACK the kernel skipped is marked with the direction it
     was sent in (:data:`SEEN_ORIGINAL_MARK`, :data:`SEEN_REPLY_MARK`), and the connection loses
@@ -283,9 +362,23 @@ def seen_rules(v6: bool = False, *, syn_ack: bool = True) -> list[list[str]]:
 
     Without the SYN/ACK skip (``syn_ack`` false: a mechanism hooks the SYN/ACK or counts
     packets) no connection is marked skipped and the set stays empty: there are no rules, and
-    queued packets cross an empty chain."""
+    queued packets cross an empty chain.
+
+    With the SYN copies (``syn``, :func:`syn_rules`) a packet of a connection in
+    :func:`syncopy_set`, either way and with or without a connection, is marked
+    :data:`SYN_COPIED_MARK` and takes the entry out."""
+    copied: list[list[str]] = []
+    if syn:
+        name, mark = syncopy_set(v6), f"0x{SYN_COPIED_MARK:x}"
+        copied = [
+            ["-m", "set", "--match-set", name, flags, "-j", "MARK", "--or-mark", mark]
+            for flags in ("src,src,dst", "dst,dst,src")
+        ] + [
+            ["-m", "mark", "--mark", f"{mark}/{mark}", "-j", "SET", "--del-set", name, flags]
+            for flags in ("src,src,dst", "dst,dst,src")
+        ]
     if not syn_ack:
-        return []
+        return copied
     skipped = f"0x{SYNACK_SKIPPED_MARK:x}"
     has = ["-m", "connmark", "--mark", f"{skipped}/{skipped}"]
     name = synack_set(v6)
@@ -303,6 +396,7 @@ def seen_rules(v6: bool = False, *, syn_ack: bool = True) -> list[list[str]]:
         [*has, "-m", "conntrack", "--ctdir", "REPLY", "-j", "SET", "--del-set", name,
          "dst,dst,src"],
         [*has, "-j", "CONNMARK", "--set-xmark", f"0x0/{skipped}"],
+        *copied,
     ]  # fmt: skip
 
 
@@ -331,6 +425,8 @@ class Kernel:
         """Whether the skip rules are in force (:func:`skip_rules`)."""
         self.skip_syn_ack = False
         """Whether they skip clean connections' SYN/ACKs."""
+        self.syn_paused: bool | None = None
+        """Whether the SYN copies are paused (:meth:`pause_syns`); None: not known yet."""
         self.pending: list[tuple[float, int, str, str, float]] = []
         """Blocks that start later: (start, seq, set, element, until)."""
         self._seq = 0
@@ -402,28 +498,46 @@ class Kernel:
         self.armed = on
         self._skip_state()
 
-    def set_skip(self, on: bool, syn_ack: bool = False) -> None:
+    def set_skip(self, on: bool, syn_ack: bool = False, syn: bool = False) -> None:
         """Let the kernel forward what no active mechanism needs (:func:`skip_rules`): the
-        handshake ACK if ``on``, clean connections' SYN/ACKs if ``syn_ack``; except while
-        residual drop blocks are in force."""
+        handshake ACK if ``on``, clean connections' SYN/ACKs if ``syn_ack``, their first SYNs
+        (copied to the censor, :func:`syn_rules`) if ``syn``; except while residual drop blocks
+        are in force."""
         for tool in ("iptables", "ip6tables"):
             ipt = [tool, "-w", "-t", "mangle"]
-            if not self._ok([*ipt, "-L", SEEN_CHAIN, "-n"]):
-                self._run([*ipt, "-N", SEEN_CHAIN])
+            v6 = tool == "ip6tables"
+            for chain in (SEEN_CHAIN, SYN_CHAIN):
+                if not self._ok([*ipt, "-L", chain, "-n"]):
+                    self._run([*ipt, "-N", chain])
             self._run([*ipt, "-F", SKIP_CHAIN])
             self._run([*ipt, "-F", SEEN_CHAIN])
-            for rule in seen_rules(tool == "ip6tables", syn_ack=syn_ack):
+            self._run([*ipt, "-F", SYN_CHAIN])
+            for rule in seen_rules(v6, syn_ack=syn_ack, syn=syn):
                 self._run([*ipt, "-A", SEEN_CHAIN, *rule])
-            for rule in skip_rules(tool == "ip6tables", handshake_ack=on, syn_ack=syn_ack):
+            for rule in syn_rules(v6) if syn else []:
+                self._run([*ipt, "-A", SYN_CHAIN, *rule])
+            for rule in skip_rules(v6, handshake_ack=on, syn_ack=syn_ack, syn=syn):
                 self._run([*ipt, "-A", SKIP_CHAIN, *rule])
             present = self._ok([*ipt, "-C", "FORWARD", *clean_syn_rule()])
             if syn_ack and not present:
                 self._run([*ipt, "-A", "FORWARD", *clean_syn_rule()])
             elif not syn_ack and present:
                 self._run([*ipt, "-D", "FORWARD", *clean_syn_rule()])
-        self.skip = on or syn_ack
+        self.skip = on or syn_ack or syn
         self.skip_syn_ack = syn_ack
+        self.syn_paused = None
         self._skip_state()
+
+    def pause_syns(self, paused: bool) -> None:
+        """Send SYNs to the queue again (``paused``), or copy clean ones and forward them
+        (:func:`syn_rules`); nothing to do if that is already so."""
+        if paused == self.syn_paused:
+            return
+        for v6, nets in EVERY_ADDRESS.items():
+            for net in nets:
+                verb = ["add", "-exist"] if paused else ["del", "-exist"]
+                self._run(["ipset", *verb, synoff_set(v6), net])
+        self.syn_paused = paused
 
     def _skip_state(self) -> None:
         """A jump to the seen chain first in the skip chain while blocks are in force (counters
@@ -509,6 +623,7 @@ def queue_counters(argv: Sequence[str] = ()) -> dict[str, int]:
         for chain, key, target in (
             (QUEUE_CHAIN, "kernel_queued", "NFQUEUE"),
             (SKIP_CHAIN, "kernel_skipped", "ACCEPT"),
+            (SYN_CHAIN, "kernel_skipped", "ACCEPT"),
         ):
             res = subprocess.run(
                 [*argv, tool, "-w", "-t", "mangle", "-L", chain, "-v", "-x", "-n"],

@@ -68,6 +68,9 @@ DEFAULT_HOPS = 12
 
 QUEUE_NUM = 7
 """NFQUEUE number the censor reads."""
+NFLOG_GROUP = 7
+"""NFLOG group of the clean SYNs the kernel forwards itself and copies to the censor
+(``live/kernel.py`` :func:`syn_rules`, ``live/nflog.py``)."""
 BYPASS_MARK = 0x1
 """Connection mark of flows whose verdict is final: the kernel forwards them without queueing."""
 SYN_CLEAN_MARK = 0x4
@@ -85,6 +88,10 @@ SEEN_ORIGINAL_MARK = 0x2
 """Packet mark of the first packet queued after a skipped SYN/ACK, sent by the client."""
 SEEN_REPLY_MARK = 0x8
 """Packet mark of the first packet queued after a skipped SYN/ACK, sent by the server."""
+SYN_COPIED_MARK = 0x20
+"""Packet mark of the first packet queued after the kernel forwarded its connection's SYN and
+copied it to the censor (``live/kernel.py`` :func:`syn_rules`): the SYN goes to the engine
+first. An unmarked packet was queued before any such SYN of its connection."""
 
 PROBER_NET = "198.18.1"
 """Prober addresses are PROBER_NET.1 - .254, on the censor namespace's loopback."""

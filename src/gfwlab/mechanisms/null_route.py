@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from gfwlab.engine.mechanism import Decision, Mechanism, Seen
+from gfwlab.engine.mechanism import Decision, Mechanism, Needs, Seen
 from gfwlab.mechanisms import register_mechanism
 from gfwlab.packet.ip import addr_bytes
 from gfwlab.rules import CommonParams
@@ -91,6 +91,10 @@ class NullRoute(Mechanism):
     )
     params_cls = NullRouteParams
     params: NullRouteParams
+
+    def needs(self) -> Needs:
+        # Nothing listed: it never acts, and a SYN need not wait for it.
+        return Needs(syn=bool(self.params.targets))
 
     def on_new_flow(self, seen: Seen) -> Decision | None:
         flow = seen.flow

@@ -1,0 +1,223 @@
+"""Copies of packets the kernel forwarded itself, read from an NFLOG group (nfnetlink_log).
+
+The live censor lets the kernel forward a clean connection's first SYN without holding it for a
+verdict (``live/kernel.py`` :func:`~gfwlab.live.kernel.syn_rules`): the kernel sends a copy of
+its headers to an NFLOG group and forwards it at once. The censor reads the copies here and feeds
+each one to the engine before the next packet it takes from its queue, so the engine's TCP view
+starts from the real SYN (its initial sequence number, options, TTL) as it does when the SYN is
+queued. A copy costs the kernel one netlink message and the censor one read: no verdict, and
+the packet's forwarding is not done in the censor's own system call.
+
+The netlink messages are built and read here (about a hundred lines) rather than with
+libnetfilter_log: the censor needs only binding a group, the copy mode, and the payload of each
+message. The reader never raises on what it reads: a message it cannot make sense of is
+counted in :attr:`NflogReader.malformed` and skipped.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from collections.abc import Callable, Hashable
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_ULOG = 4
+NFULNL_MSG_PACKET = 0
+NFULNL_MSG_CONFIG = 1
+NFULA_CFG_CMD = 1
+NFULA_CFG_MODE = 2
+NFULA_CFG_QTHRESH = 5
+NFULA_CFG_FLAGS = 6
+NFULNL_CFG_F_SEQ = 0x0001
+NFULNL_CFG_CMD_BIND = 1
+NFULNL_COPY_PACKET = 2
+NFULA_PAYLOAD = 9
+NFULA_SEQ = 12
+NLMSG_ERROR = 2
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+SO_RCVBUFFORCE = 33
+
+_NLMSG = struct.Struct("=IHHII")
+"""Netlink message header: length, type, flags, sequence, port id (host byte order)."""
+_NFGEN = struct.Struct("!BBH")
+"""nfnetlink header: family, version, resource id (the group, big-endian)."""
+_NLA = struct.Struct("=HH")
+"""Attribute header: length, type."""
+
+
+def _align(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def _attr(kind: int, value: bytes) -> bytes:
+    size = _NLA.size + len(value)
+    return _NLA.pack(size, kind) + value + b"\0" * (_align(size) - size)
+
+
+def config_message(group: int, seq: int, attrs: bytes) -> bytes:
+    """One NFULNL_MSG_CONFIG request for ``group``, asking for an acknowledgement."""
+    body = _NFGEN.pack(socket.AF_UNSPEC, 0, group) + attrs
+    kind = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG
+    return _NLMSG.pack(_NLMSG.size + len(body), kind, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+
+
+def bind_messages(group: int, copy_range: int) -> list[bytes]:
+    """Bind ``group``, copy up to ``copy_range`` bytes of each packet, one packet per message,
+    each numbered (so that copies the kernel could not deliver are counted)."""
+    return [
+        config_message(group, 1, _attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND]))),
+        config_message(
+            group, 2, _attr(NFULA_CFG_MODE, struct.pack("!IBx", copy_range, NFULNL_COPY_PACKET))
+        ),
+        config_message(group, 3, _attr(NFULA_CFG_QTHRESH, struct.pack("!I", 1))),
+        config_message(group, 4, _attr(NFULA_CFG_FLAGS, struct.pack("!H", NFULNL_CFG_F_SEQ))),
+    ]
+
+
+def parse_messages(buf: bytes) -> tuple[list[tuple[int | None, bytes]], list[int], int]:
+    """The packets (sequence number if any, NFULA_PAYLOAD) of the NFULNL_MSG_PACKET messages in
+    ``buf``, the error codes of the acknowledgements in it (0: success), and how many messages
+    made no sense."""
+    packets: list[tuple[int | None, bytes]] = []
+    errors: list[int] = []
+    bad = 0
+    off = 0
+    packet_type = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
+    while off + _NLMSG.size <= len(buf):
+        size, kind, _flags, _seq, _pid = _NLMSG.unpack_from(buf, off)
+        if size < _NLMSG.size or off + size > len(buf):
+            return packets, errors, bad + 1  # the rest cannot be delimited
+        body = buf[off + _NLMSG.size : off + size]
+        off += _align(size)
+        if kind == NLMSG_ERROR:
+            if len(body) >= 4:
+                errors.append(-struct.unpack_from("=i", body)[0])
+            else:
+                bad += 1
+        elif kind == packet_type:
+            seq, payload = _attrs(body)
+            if payload is None:
+                bad += 1
+            else:
+                packets.append((seq, payload))
+    return packets, errors, bad
+
+
+def _attrs(body: bytes) -> tuple[int | None, bytes | None]:
+    """A packet message's sequence number and payload (None where absent or unreadable)."""
+    seq: int | None = None
+    payload: bytes | None = None
+    at = _NFGEN.size
+    while at + _NLA.size <= len(body):
+        size, kind = _NLA.unpack_from(body, at)
+        if size < _NLA.size or at + size > len(body):
+            return seq, None
+        kind &= 0x3FFF
+        if kind == NFULA_PAYLOAD:
+            payload = body[at + _NLA.size : at + size]
+        elif kind == NFULA_SEQ and size == _NLA.size + 4:
+            seq = struct.unpack_from("!I", body, at + _NLA.size)[0]
+        at += _align(size)
+    return seq, payload
+
+
+class NflogReader:
+    """A bound NFLOG group, read without blocking."""
+
+    def __init__(self, group: int, copy_range: int = 256, rcvbuf: int = 4 << 20) -> None:
+        self.group = group
+        self.read_packets = 0
+        self.lost = 0
+        """Copies the kernel could not deliver (a full socket buffer): gaps in their numbers."""
+        self.next_seq: int | None = None
+        self.malformed = 0
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+            self.sock.bind((0, 0))
+            self.sock.settimeout(2.0)
+            for message in bind_messages(group, copy_range):
+                self.sock.send(message)
+                _packets, errors, _bad = parse_messages(self.sock.recv(65536))
+                if any(errors):
+                    code = next(e for e in errors if e)
+                    raise OSError(code, f"NFLOG group {group}: {errno.errorcode.get(code, code)}")
+            self.sock.setblocking(False)
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read(self) -> list[bytes]:
+        """Every packet copy waiting, oldest first."""
+        out: list[bytes] = []
+        while True:
+            try:
+                buf = self.sock.recv(65536)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:  # counted by the gap in the numbers
+                    continue
+                raise
+            packets, _errors, bad = parse_messages(buf)
+            for seq, packet in packets:
+                if seq is not None:
+                    if self.next_seq is not None:
+                        self.lost += (seq - self.next_seq) & 0xFFFFFFFF
+                    self.next_seq = (seq + 1) & 0xFFFFFFFF
+                out.append(packet)
+            self.malformed += bad
+        self.read_packets += len(out)
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class SynCopies:
+    """The SYN copies read from an NFLOG group and not yet fed to the engine, by connection.
+
+    The engine must see a copy where it would have seen the SYN in the queue: after every packet
+    of its connection queued before it, before every one queued after. The kernel marks the
+    first packet of the connection queued after the copy (``SYN_COPIED_MARK``), which takes
+    its copy first (:meth:`take`); the censor's loop reads the copies (:meth:`read`) before it
+    empties its queue and feeds what is left once the queue is empty (:meth:`take_all`): any
+    packet queued before a copy was read is in the queue by then. Between connections the order
+    does not matter: a copy is made only while the engine has nothing to decide on a SYN.
+    """
+
+    def __init__(self, reader: NflogReader, key: Callable[[bytes], Hashable]) -> None:
+        self.reader = reader
+        self.key = key
+        """The connection of a packet, the same for both directions (None: not TCP or UDP)."""
+        self.pending: dict[Hashable, list[bytes]] = {}
+
+    def fileno(self) -> int:
+        return self.reader.fileno()
+
+    def read(self) -> None:
+        """Take in the copies waiting in the socket, oldest first."""
+        for packet in self.reader.read():
+            self.pending.setdefault(self.key(packet), []).append(packet)
+
+    def take(self, packet: bytes) -> list[bytes]:
+        """The copies of the connection of ``packet``, queued after the kernel copied its SYN
+        (reading the socket first if none is pending: it was copied since the last read)."""
+        key = self.key(packet)
+        if key not in self.pending:
+            self.read()
+        return self.pending.pop(key, [])
+
+    def take_all(self) -> list[bytes]:
+        """Every copy pending, oldest first within a connection."""
+        out = [p for ps in self.pending.values() for p in ps]
+        self.pending.clear()
+        return out
+
+    def close(self) -> None:
+        self.reader.close()
