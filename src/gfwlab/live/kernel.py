@@ -275,21 +275,9 @@ def skip_rules(
     and only the engine knows."""
     out: list[list[str]] = []
     if syn:
-        out.append(
-            ["-p", "tcp", "--tcp-flags", "SYN,ACK,FIN,RST", "SYN",
-             "-m", "connbytes", "--connbytes", "1:1", "--connbytes-dir", "original",
-             "--connbytes-mode", "packets",
-             "-m", "bpf", "--bytecode", _PURE_ACK_V6 if v6 else _PURE_ACK_V4,
-             "-j", SYN_CHAIN]
-        )  # fmt: skip
+        out.append(_empty_segment(v6, "SYN", 1, SYN_CHAIN))
     if handshake_ack:
-        out.append(
-            ["-p", "tcp", "--tcp-flags", "SYN,ACK,FIN,RST", "ACK",
-             "-m", "connbytes", "--connbytes", "2:2", "--connbytes-dir", "original",
-             "--connbytes-mode", "packets",
-             "-m", "bpf", "--bytecode", _PURE_ACK_V6 if v6 else _PURE_ACK_V4,
-             "-j", "ACCEPT"]
-        )  # fmt: skip
+        out.append(_empty_segment(v6, "ACK", 2, "ACCEPT"))
     if syn_ack:
         clean, skipped = f"0x{SYN_CLEAN_MARK:x}", f"0x{SYNACK_SKIPPED_MARK:x}"
         both = f"0x{SYN_CLEAN_MARK | SYNACK_SKIPPED_MARK:x}"
@@ -307,6 +295,16 @@ def skip_rules(
         out.append([*first_answer, "-m", "connmark", "--mark", f"{both}/{both}", "-j", "ACCEPT"])
     out.append(["-g", SEEN_CHAIN])
     return out
+
+
+def _empty_segment(v6: bool, flags: str, nth: int, target: str) -> list[str]:
+    """A rule for the connection's ``nth`` packet from its client when its only flag of SYN,
+    ACK, FIN and RST is ``flags`` and it carries no payload."""
+    return ["-p", "tcp", "--tcp-flags", "SYN,ACK,FIN,RST", flags,
+            "-m", "connbytes", "--connbytes", f"{nth}:{nth}", "--connbytes-dir", "original",
+            "--connbytes-mode", "packets",
+            "-m", "bpf", "--bytecode", _PURE_ACK_V6 if v6 else _PURE_ACK_V4,
+            "-j", target]  # fmt: skip
 
 
 def syn_rules(v6: bool, group: int = NFLOG_GROUP) -> list[list[str]]:
