@@ -76,12 +76,10 @@ class Censor:
         self._watch = max((m.needs().watch_packets for m in watchers), default=0)
         first = self.hooks.get("on_first_data")
         self._inspect_tcp = bool(self._stream_rows or first or self._watch) or self._syn_ack
-        self.needs_handshake_ack = bool(self._watch) or any(
-            m.needs().handshake_ack for m in self.mechanisms.values()
-        )
+        handshake_ack = any(m.needs().handshake_ack for m in self.mechanisms.values())
+        self.needs_handshake_ack = bool(self._watch) or handshake_ack
         """The engine needs the client's data-less handshake ACK (``Needs.handshake_ack``)."""
-        self.needs_syn = any(m.needs().syn for m in self.hooks.get("on_new_flow", ()))
-        """A mechanism may decide on a connection's first SYN (``Needs.syn``)."""
+        self.needs_syn = any(m.needs().syn for m in self.hooks.get("on_new_flow", ()))  # Needs.syn
         self.rebypass = False
         """Answer each passing packet of a bypassed flow with Bypass again: the kernel shows the
         engine such packets while a residual block may cover them (``live/kernel.py``)."""
