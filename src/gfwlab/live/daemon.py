@@ -200,13 +200,18 @@ class LiveCensor:
     def wall(self, now: float) -> float:
         return self.wall0 + (now - self.mono0)
 
+    def record(self, packet: bytes, now: float) -> None:
+        """Write ``packet`` to the recording (``lab record``; the caller checks there is one)."""
+        assert self.recorder is not None
+        self.recorder.write(self.wall(now), packet)
+        self.recorded += 1
+
     def on_packet(self, nfpkt: Any) -> None:
         payload: bytes = nfpkt.get_payload()
         now = time.monotonic()
         self.queued += 1
         if self.recorder is not None:
-            self.recorder.write(self.wall(now), payload)
-            self.recorded += 1
+            self.record(payload, now)
         mark = nfpkt.get_mark()
         if mark:
             if mark & SYN_COPIED_MARK:
@@ -252,8 +257,7 @@ class LiveCensor:
         when = time.monotonic() if now is None else now
         for packet in copies:
             if self.recorder is not None:  # forwarded just before recording paused the copies
-                self.recorder.write(self.wall(when), packet)
-                self.recorded += 1
+                self.record(packet, when)
             actions = self.censor.feed(packet, when)
             self.syns_fed += 1
             if len(actions) > 1 or type(actions[0]) is not Accept:
@@ -396,8 +400,7 @@ class LiveCensor:
                 case Inject():
                     self.injector.send(action.packet)
                     if self.recorder is not None:
-                        self.recorder.write(self.wall(time.monotonic()), action.packet)
-                        self.recorded += 1
+                        self.record(action.packet, time.monotonic())
                 case Report():
                     if action.event.action == "anomaly" and not self.anomaly_limit.allow(
                         time.monotonic()

@@ -531,10 +531,11 @@ class Kernel:
         (:func:`syn_rules`); nothing to do if that is already so."""
         if paused == self.syn_paused:
             return
-        for v6, nets in EVERY_ADDRESS.items():
-            for net in nets:
-                verb = ["add", "-exist"] if paused else ["del", "-exist"]
-                self._run(["ipset", *verb, synoff_set(v6), net])
+        verb = "add" if paused else "del"
+        lines = [
+            f"{verb} {synoff_set(v6)} {net}\n" for v6, nets in EVERY_ADDRESS.items() for net in nets
+        ]
+        self._run(["ipset", "-exist", "restore"], stdin="".join(lines))  # one call: packet path
         self.syn_paused = paused
 
     def _skip_state(self) -> None:
@@ -587,10 +588,15 @@ class Kernel:
             return False
         return res.returncode == 0
 
-    def _run(self, argv: list[str]) -> str:
+    def _run(self, argv: list[str], stdin: str | None = None) -> str:
         try:
             res = subprocess.run(
-                [*self.argv, *argv], capture_output=True, text=True, timeout=10, check=False
+                [*self.argv, *argv],
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             self.errors += 1
