@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, given, settings
 
 from gfwlab.engine import Accept, Bypass, Drop, Inject, Report
+from gfwlab.engine.actions import json_line
 from gfwlab.offline.synth import dns_exchange, http_conversation, https_conversation, merge
 from gfwlab.packet.ip import addr_bytes, build_tcp, build_udp
 from gfwlab.profiles import build_censor
@@ -143,3 +146,25 @@ def test_mid_stream_flow_without_syn_is_never_inspected() -> None:
     pkt = build_tcp(c, s, 40000, 443, seq=5, flags=0x18, payload=build_client_hello("youtube.com"))
     r = run(build_censor(profile(), 1), [(0.0, pkt)])
     assert not r.acted("rst") and r.bypassed == 1
+
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(event=st.dictionaries(st.text(), _JSON_VALUES, max_size=6))
+@settings(max_examples=300, deadline=None)
+def test_an_event_line_is_the_json_of_the_event(event: dict[str, object]) -> None:
+    """The events' writer (orjson, the standard library for integers wider than 64 bits)
+    writes one line that reads back as the event, non-ASCII text unescaped."""
+    line = json_line(event)
+    assert line.endswith("\n") and "\n" not in line[:-1]
+    assert json.loads(line) == event
+    assert line.isascii() == json.dumps(event, ensure_ascii=False).isascii()

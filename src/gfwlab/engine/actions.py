@@ -10,11 +10,28 @@ can let the kernel forward the rest of it.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
+
 Direction = Literal["inside-out", "outside-in"]
 ActionName = Literal["rst", "drop", "dns-inject", "probe", "null-route", "pass", "anomaly"]
+
+
+_JSON_FALLBACK = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def json_line(event: dict[str, Any]) -> str:
+    """``event`` (an :meth:`Event.as_dict`) as one line of JSON with its newline: compact, UTF-8
+    text unescaped. orjson writes it about ten times faster than the standard library, which
+    matters where every clean connection reports an event (the live censor's FET exemptions);
+    what orjson refuses (an integer wider than 64 bits) the standard library writes."""
+    try:
+        return orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return _JSON_FALLBACK(event) + "\n"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

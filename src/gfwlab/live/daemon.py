@@ -34,7 +34,7 @@ import time
 from typing import Any, assert_never
 
 from gfwlab.engine import Censor
-from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Inject, Probe, Report
+from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Inject, Probe, Report, json_line
 from gfwlab.engine.flows import Flow, FlowKey, flow_key
 from gfwlab.engine.tcb import TcbState
 from gfwlab.errors import GfwlabError, MalformedPacket
@@ -64,8 +64,6 @@ from gfwlab.rules.schema import Prefixes
 
 ETH_P_IP = b"\x08\x00"
 ETH_P_IPV6 = b"\x86\xdd"
-_ENCODE = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
-"""``json.dumps(event, ensure_ascii=False)`` without making an encoder for each event."""
 
 
 class FrameInjector:
@@ -412,7 +410,7 @@ class LiveCensor:
                         event["residual_until"] = round(self.wall(event["residual_until"]), 6)
                     if isinstance(event.get("at"), float):  # a probe's planned time
                         event["at"] = round(self.wall(event["at"]), 6)
-                    self.events.write(_ENCODE(event) + "\n")
+                    self.events.write(json_line(event))
                     self.unflushed = True
                 case Probe():
                     self.prober.submit(action)

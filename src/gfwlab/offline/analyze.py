@@ -11,13 +11,22 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import io
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any, assert_never
 
 from gfwlab._outfile import OutputFile
-from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, Probe, Report
+from gfwlab.engine.actions import (
+    Accept,
+    Action,
+    Bypass,
+    Drop,
+    Event,
+    Inject,
+    Probe,
+    Report,
+    json_line,
+)
 from gfwlab.engine.censor import Censor
 from gfwlab.engine.verdicts import Stats
 from gfwlab.offline import fast
@@ -27,8 +36,6 @@ from gfwlab.packet.pcap import CaptureReader, PcapWriter
 from gfwlab.profiles import Profile, build_censor
 
 ACTED = ("rst", "drop", "dns-inject", "null-route", "probe")
-_EVENT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-"""One event per line; one encoder for the run (``json.dumps`` with options makes one per call)."""
 
 
 @dataclass(slots=True)
@@ -364,7 +371,7 @@ def _record(
     on_event: Callable[[Event], None] | None,
 ) -> None:
     if write_event is not None:
-        write_event(_EVENT_JSON(event.as_dict()) + "\n")
+        write_event(json_line(event.as_dict()))
     if on_event is not None:
         on_event(event)
     if event.action == "anomaly":
