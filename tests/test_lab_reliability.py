@@ -193,6 +193,11 @@ def test_fail_closed_kill_stops_traffic_until_restart(lab_up: Any) -> None:
     assert any("fail-closed" in n for n in st["notes"]), st["notes"]
     dead = https("example.org", "198.19.0.3", "--connect-timeout", "2")
     assert dead.returncode == 28, dead.stderr  # dropped: the connection times out
+    # Already at the SYN: a new connection's first packet is not forwarded either.
+    bare = curl(
+        "http://198.19.0.3/", "-o", "/dev/null", "-w", "%{time_connect}", "--connect-timeout", "2"
+    )
+    assert bare.returncode == 28 and float(bare.stdout) == 0.0, (bare.returncode, bare.stdout)
     res = gfwlab("lab", "restart-censor")
     assert res.returncode == 0, res.stderr
     assert https("example.org", "198.19.0.3").returncode == 0

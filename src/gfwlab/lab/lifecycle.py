@@ -238,6 +238,8 @@ def censor_argv(st: LabState, options: UpOptions) -> list[str]:
     if options.date:
         argv += ["--date", options.date]
     argv += ["--network", options.network, "--clock-offset", str(options.clock_offset_s)]
+    if not options.fail_open:
+        argv.append("--fail-closed")
     for item in lab_sets(options):
         argv += ["--set", item]
     return argv

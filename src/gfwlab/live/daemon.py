@@ -655,6 +655,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue", type=int, default=QUEUE_NUM)
     parser.add_argument("--network", default="national")
     parser.add_argument("--clock-offset", type=float, default=0.0, help="seconds (lab up --at)")
+    parser.add_argument(
+        "--fail-closed",
+        action="store_true",
+        help="the lab drops traffic while the censor is down: no SYN is forwarded unqueued",
+    )
     args = parser.parse_args(argv)
     try:
         profiles = load_profiles(
@@ -684,7 +689,9 @@ def main(argv: list[str] | None = None) -> int:
     live.set_skips(
         not any(c.needs_handshake_ack for c in censors),
         not any(c.hooks.get("on_syn_ack") or c.hooks.get("on_tcp_packet") for c in censors),
-        syn=not any(c.needs_syn for c in censors),
+        # The kernel forwards a copied SYN whether or not a censor reads the copies: with
+        # --fail-closed every SYN waits in the queue, so that a dead censor lets none through.
+        syn=not args.fail_closed and not any(c.needs_syn for c in censors),
     )
     live.blocks.restore(censor, time.monotonic(), time.time())  # after a crash: restart-censor
 
