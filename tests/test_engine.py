@@ -7,8 +7,8 @@ import json
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, given, settings
 
+from gfwlab._json import json_line
 from gfwlab.engine import Accept, Bypass, Drop, Inject, Report
-from gfwlab.engine.actions import json_line
 from gfwlab.offline.synth import dns_exchange, http_conversation, https_conversation, merge
 from gfwlab.packet.ip import addr_bytes, build_tcp, build_udp
 from gfwlab.profiles import build_censor

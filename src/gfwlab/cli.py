@@ -17,6 +17,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from gfwlab import __version__
+from gfwlab._json import json_text
 from gfwlab.errors import GfwlabError
 from gfwlab.evade.commands import evade_app
 from gfwlab.lab.commands import lab_app
@@ -170,7 +171,7 @@ def analyze(
             capture=summary.capture,
         )
     if as_json:
-        print(json.dumps(summary.as_dict(), indent=2, ensure_ascii=False))
+        print(json_text(summary.as_dict()))
     else:
         _print_summary(summary)
         if results_dir is not None:
@@ -221,7 +222,7 @@ def _analyze_many(
             progress=lambda done, _total: bar.update(task, completed=done),
         )
     if as_json:
-        print(json.dumps([s.as_dict() for s in summaries], indent=2, ensure_ascii=False))
+        print(json_text([s.as_dict() for s in summaries]))
         return
     for summary in summaries:
         console.print(f"[bold]{summary.capture}[/]")

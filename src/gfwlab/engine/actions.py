@@ -10,28 +10,11 @@ can let the kernel forward the rest of it.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import orjson
-
 Direction = Literal["inside-out", "outside-in"]
 ActionName = Literal["rst", "drop", "dns-inject", "probe", "null-route", "pass", "anomaly"]
-
-
-_JSON_FALLBACK = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
-
-def json_line(event: dict[str, Any]) -> str:
-    """``event`` (an :meth:`Event.as_dict`) as one line of JSON with its newline: compact, UTF-8
-    text unescaped. orjson writes it about ten times faster than the standard library, which
-    matters where every clean connection reports an event (the live censor's FET exemptions);
-    what orjson refuses (an integer wider than 64 bits) the standard library writes."""
-    try:
-        return orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE).decode()
-    except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return _JSON_FALLBACK(event) + "\n"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,7 +49,15 @@ def _layout(cls: type) -> tuple[tuple[str, bool], ...]:
     return layout
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _plain(value: Any) -> Any:
+    kind = type(value)
+    if kind in _SCALARS:  # most fields: checked first, by type (isinstance costs more)
+        return value
+    if kind is list or kind is tuple:
+        return [_plain(v) for v in value]
     if isinstance(value, EventFields):
         return value.as_dict()
     if isinstance(value, list | tuple):

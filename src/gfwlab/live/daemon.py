@@ -33,8 +33,9 @@ import sys
 import time
 from typing import Any, assert_never
 
+from gfwlab._json import json_line
 from gfwlab.engine import Censor
-from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Inject, Probe, Report, json_line
+from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Inject, Probe, Report
 from gfwlab.engine.flows import Flow, FlowKey, flow_key
 from gfwlab.engine.tcb import TcbState
 from gfwlab.errors import GfwlabError, MalformedPacket

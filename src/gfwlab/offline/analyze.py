@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any, assert_never
 
+from gfwlab._json import json_line
 from gfwlab._outfile import OutputFile
 from gfwlab.engine.actions import (
     Accept,
@@ -25,7 +26,6 @@ from gfwlab.engine.actions import (
     Inject,
     Probe,
     Report,
-    json_line,
 )
 from gfwlab.engine.censor import Censor
 from gfwlab.engine.verdicts import Stats

@@ -1,0 +1,33 @@
+"""JSON out: events one per line, documents indented (``--json``).
+
+orjson writes both about ten times faster than the standard library. That matters where every
+clean connection reports an event (the live censor's FET exemptions) and for an analysis's
+summary, which lists every blocked flow. What orjson refuses (an integer wider than 64 bits, a
+key that is not a string) the standard library writes, in the same shape.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+_LINE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def json_line(obj: Any) -> str:
+    """``obj`` as one line of JSON with its newline: compact, non-ASCII text unescaped."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return _LINE(obj) + "\n"
+
+
+def json_text(obj: Any) -> str:
+    """``obj`` as an indented JSON document (two spaces, as ``json.dumps(obj, indent=2)``),
+    non-ASCII text unescaped, without a final newline."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode()
+    except TypeError:
+        return json.dumps(obj, indent=2, ensure_ascii=False)
