@@ -26,7 +26,6 @@ import heapq
 import json
 import os
 import queue
-import select
 import signal
 import socket
 import sys
@@ -40,6 +39,7 @@ from gfwlab.engine.flows import Flow, FlowKey, flow_key
 from gfwlab.engine.tcb import TcbState
 from gfwlab.errors import GfwlabError, MalformedPacket
 from gfwlab.live.kernel import Kernel
+from gfwlab.live.loop import serve
 from gfwlab.live.nflog import NflogReader, SynCopies
 from gfwlab.live.persist import BlockStore, censors_of
 from gfwlab.live.prober import Prober
@@ -152,8 +152,8 @@ class LiveCensor:
                 one[1].rebypass = True
                 one[1].residual.journal = []
                 self.journals.append(one[1].residual.journal)
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
+        self.wake_fd, self._wake_w = os.pipe()
+        os.set_blocking(self.wake_fd, False)
         self.prober = Prober(self._wake, seed=seed)
         self.state_dir = state_dir
         self.injector = injector
@@ -433,7 +433,7 @@ class LiveCensor:
     def probe_results(self) -> None:
         """Hand the prober's finished probes to the engine."""
         with contextlib.suppress(BlockingIOError):
-            os.read(self._wake_r, 4096)
+            os.read(self.wake_fd, 4096)
         while True:
             try:
                 done = self.prober.results.get_nowait()
@@ -590,60 +590,6 @@ class LiveCensor:
         with open(path + ".tmp", "w", encoding="utf-8") as fh:
             json.dump(data, fh)
         os.replace(path + ".tmp", path)
-
-
-def serve(live: LiveCensor, queue_num: int) -> None:
-    from netfilterqueue import NetfilterQueue  # noqa: PLC0415 - only the live adapter needs it
-
-    nfq = NetfilterQueue()
-    nfq.bind(queue_num, live.on_packet, max_len=8192)
-    sock_path = os.path.join(live.state_dir, "censor.sock")
-    if os.path.exists(sock_path):
-        os.unlink(sock_path)
-    ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    ctl.bind(sock_path)
-    ctl.listen(4)
-    nfq_fd: int = nfq.get_fd()
-    next_stats = 0.0
-    try:
-        while not live.stop:
-            wait = live.timers()
-            live.flush_events()
-            now = time.monotonic()
-            if now >= next_stats:
-                live.write_stats()
-                next_stats = now + 0.5
-            timeout = min(0.5, wait) if wait is not None else 0.5
-            try:
-                fds = [nfq_fd, ctl.fileno(), live._wake_r]
-                if live.syn_copies is not None:
-                    fds.append(live.syn_copies.fileno())
-                ready, _, _ = select.select(fds, [], [], timeout)
-            except InterruptedError:
-                continue
-            copies = live.syn_copies
-            if copies is not None and copies.fileno() in ready:
-                copies.read()  # before the queue is emptied (nflog.SynCopies)
-                nfq.run(block=False)
-            elif nfq_fd in ready:
-                nfq.run(block=False)
-            if copies is not None and copies.pending:
-                live.feed_copies(copies.take_all())
-            if live._wake_r in ready:
-                live.probe_results()
-            if ctl.fileno() in ready:
-                conn, _ = ctl.accept()
-                live.control(conn)
-    finally:
-        live.stop_recording()
-        live.prober.close()
-        live.write_stats()
-        if live.syn_copies is not None:
-            live.syn_copies.close()
-        nfq.unbind()
-        ctl.close()
-        if os.path.exists(sock_path):
-            os.unlink(sock_path)
 
 
 def main(argv: list[str] | None = None) -> int:
