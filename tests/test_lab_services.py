@@ -63,8 +63,7 @@ def verify(ca_pem: str, cert_pem: str, name: str) -> None:
     """Verify ``cert_pem`` for ``name`` against the CA the way a TLS client would."""
     with open(ca_pem, "rb") as fh:
         store = verification.Store(x509.load_pem_x509_certificates(fh.read()))
-    verifier = verification.PolicyBuilder().store(store).build_server_verifier(
-        x509.DNSName(name))
+    verifier = verification.PolicyBuilder().store(store).build_server_verifier(x509.DNSName(name))
     verifier.verify(leaf(cert_pem), [])
 
 
@@ -84,7 +83,8 @@ def test_make_ca(ca_dir):
     assert os.stat(key_path).st_mode & 0o777 == 0o600
     cert = leaf(cert_path)
     assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == (
-        "gfwlab lab CA")
+        "gfwlab lab CA"
+    )
     assert cert.issuer == cert.subject
     bc = cert.extensions.get_extension_for_class(x509.BasicConstraints)
     assert bc.critical and bc.value.ca
@@ -109,12 +109,18 @@ def test_make_ca_reuse(ca_dir):
 def test_server_cert_verifies_for_names_subdomains_and_ips(ca_dir):
     directory, ca_cert, ca_key = ca_dir
     cert_path, key_path = lab_ca.make_server_cert(
-        directory, ca_cert, ca_key, LISTED, [SERVER_V4, SERVER_V6])
+        directory, ca_cert, ca_key, LISTED, [SERVER_V4, SERVER_V6]
+    )
     assert os.stat(key_path).st_mode & 0o777 == 0o600
     pem = Path(cert_path).read_bytes()
     assert len(x509.load_pem_x509_certificates(pem)) == 2  # leaf, then the CA
-    for name in ("www.anything.test", "sub.www.anything.test", "blocked.example",
-                 "x.blocked.example", "xn--bcher-kva.example"):
+    for name in (
+        "www.anything.test",
+        "sub.www.anything.test",
+        "blocked.example",
+        "x.blocked.example",
+        "xn--bcher-kva.example",
+    ):
         verify(ca_cert, cert_path, name)
     with pytest.raises(verification.VerificationError):
         verify(ca_cert, cert_path, "elsewhere.example")
@@ -126,15 +132,30 @@ def test_server_cert_verifies_for_names_subdomains_and_ips(ca_dir):
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert x509.ExtendedKeyUsageOID.SERVER_AUTH in eku
     if shutil.which("openssl"):
-        res = subprocess.run(["openssl", "verify", "-CAfile", ca_cert, cert_path],
-                             capture_output=True, text=True, check=False)
+        res = subprocess.run(
+            ["openssl", "verify", "-CAfile", ca_cert, cert_path],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert res.returncode == 0, res.stderr
 
 
 def test_names_are_normalised_deduplicated_and_invalid_ones_skipped(ca_dir):
-    names = ["Example.COM.", "example.com", "*.example.com", "bücher.example", "198.19.0.7",
-             "bad_name.example", "-lead.example", "a..b", "", "x" * 64 + ".example",
-             "[2001:db8::7]", "ok-name.example"]
+    names = [
+        "Example.COM.",
+        "example.com",
+        "*.example.com",
+        "bücher.example",
+        "198.19.0.7",
+        "bad_name.example",
+        "-lead.example",
+        "a..b",
+        "",
+        "x" * 64 + ".example",
+        "[2001:db8::7]",
+        "ok-name.example",
+    ]
     got = lab_ca.normalize_names(names, ["198.19.0.2"])
     assert got.dns == ["example.com", "xn--bcher-kva.example", "ok-name.example"]
     assert [str(ip) for ip in got.ips] == ["198.19.0.2", "198.19.0.7", "2001:db8::7"]
@@ -142,8 +163,14 @@ def test_names_are_normalised_deduplicated_and_invalid_ones_skipped(ca_dir):
     directory, ca_cert, ca_key = ca_dir
     cert_path, _ = lab_ca.make_server_cert(directory, ca_cert, ca_key, names, [])
     dns = sans(leaf(cert_path)).get_values_for_type(x509.DNSName)
-    assert dns == ["example.com", "*.example.com", "xn--bcher-kva.example",
-                   "*.xn--bcher-kva.example", "ok-name.example", "*.ok-name.example"]
+    assert dns == [
+        "example.com",
+        "*.example.com",
+        "xn--bcher-kva.example",
+        "*.xn--bcher-kva.example",
+        "ok-name.example",
+        "*.ok-name.example",
+    ]
     with pytest.raises(ValueError, match="no valid"):
         lab_ca.make_server_cert(directory, ca_cert, ca_key, ["bad_name"], [])
 
@@ -163,8 +190,7 @@ def test_thousands_of_names_are_fast(ca_dir):
 
 def test_server_certs_split_long_lists_below_the_openssl_limit(ca_dir):
     directory, ca_cert, ca_key = ca_dir
-    certs = lab_ca.make_server_certs(directory, ca_cert, ca_key, [*FILLER, *LISTED],
-                                     [SERVER_V4])
+    certs = lab_ca.make_server_certs(directory, ca_cert, ca_key, [*FILLER, *LISTED], [SERVER_V4])
     assert len(certs) > 1
     assert certs[0].cert == os.path.join(directory, "server.pem")
     assert certs[1].cert == os.path.join(directory, "server-1.pem")
@@ -192,8 +218,9 @@ def test_ca_bundle(ca_dir):
 
 
 def test_dnsmasq_argv(tmp_path):
-    argv = sv.dnsmasq_argv(str(tmp_path), answer_v4=ANSWER_V4, answer_v6=ANSWER_V6,
-                           listen=[SERVER_V4, SERVER_V6])
+    argv = sv.dnsmasq_argv(
+        str(tmp_path), answer_v4=ANSWER_V4, answer_v6=ANSWER_V6, listen=[SERVER_V4, SERVER_V6]
+    )
     assert "--keep-in-foreground" in argv
     assert {"--no-resolv", "--no-hosts", "--bind-dynamic", "--user=root"} <= set(argv)
     assert f"--listen-address={SERVER_V4}" in argv
@@ -209,8 +236,9 @@ def test_dnsmasq_argv(tmp_path):
 def test_h3_server_argv(tmp_path, ca_dir):
     directory, ca_cert, ca_key = ca_dir
     certs = lab_ca.make_server_certs(directory, ca_cert, ca_key, LISTED, [])
-    argv = sv.h3_server_argv(str(tmp_path), certs[0].cert, certs[0].key,
-                             host=[SERVER_V4, SERVER_V6], sni_certs=certs)
+    argv = sv.h3_server_argv(
+        str(tmp_path), certs[0].cert, certs[0].key, host=[SERVER_V4, SERVER_V6], sni_certs=certs
+    )
     assert argv[:4] == [sys.executable, "-m", "gfwlab.lab.h3", "serve"]
     assert argv.count("--host") == 2
     assert argv[argv.index("--port") + 1] == "443"
@@ -221,21 +249,41 @@ def test_h3_server_argv(tmp_path, ca_dir):
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="needs nginx")
 def test_nginx_config_passes_nginx_t(tmp_path, ca_dir):
     directory, ca_cert, ca_key = ca_dir
-    certs = lab_ca.make_server_certs(directory, ca_cert, ca_key, [*FILLER, *LISTED],
-                                     [SERVER_V4])
+    certs = lab_ca.make_server_certs(directory, ca_cert, ca_key, [*FILLER, *LISTED], [SERVER_V4])
     state = tmp_path / "state"
     # nginx -t binds the addresses, so use ones that exist here.
-    argv = sv.nginx_argv(str(state), certs[0].cert, certs[0].key, listen_v4=["127.0.0.1"],
-                         listen_v6=["::1"], sni_certs=certs, access_log=False,
-                         alt_svc_h3=443, http_port=free_tcp_port(), https_port=free_tcp_port())
+    argv = sv.nginx_argv(
+        str(state),
+        certs[0].cert,
+        certs[0].key,
+        listen_v4=["127.0.0.1"],
+        listen_v6=["::1"],
+        sni_certs=certs,
+        access_log=False,
+        alt_svc_h3=443,
+        http_port=free_tcp_port(),
+        https_port=free_tcp_port(),
+    )
     assert argv[-4:] == ["-c", str(state / "nginx.conf"), "-e", str(state / "nginx-error.log")]
     conf = (state / "nginx.conf").read_text()
-    for needle in ("daemon off;", "master_process on;", "worker_processes 1;",
-                   f"pid {state}/nginx.pid;", "worker_connections 4096;",
-                   "keepalive_requests 100000;", "access_log off;", "server_name _;",
-                   "listen 127.0.0.1:", " default_server;", "listen [::1]:",
-                   'return 200 "gfwlab lab server: $host\\n";', "client_body_temp_path",
-                   "$ssl_server_name", "Alt-Svc", ".www.anything.test"):
+    for needle in (
+        "daemon off;",
+        "master_process on;",
+        "worker_processes 1;",
+        f"pid {state}/nginx.pid;",
+        "worker_connections 4096;",
+        "keepalive_requests 100000;",
+        "access_log off;",
+        "server_name _;",
+        "listen 127.0.0.1:",
+        " default_server;",
+        "listen [::1]:",
+        'return 200 "gfwlab lab server: $host\\n";',
+        "client_body_temp_path",
+        "$ssl_server_name",
+        "Alt-Svc",
+        ".www.anything.test",
+    ):
         assert needle in conf, needle
     assert "/var/" not in conf
     assert sv.nginx_check(argv) is None
@@ -271,24 +319,41 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> int:
 
 def test_h3_loopback(tmp_path, ca_dir):
     directory, ca_cert, ca_key = ca_dir
-    certs = lab_ca.make_server_certs(directory, ca_cert, ca_key, [*FILLER, *LISTED],
-                                     ["127.0.0.1"])
+    certs = lab_ca.make_server_certs(directory, ca_cert, ca_key, [*FILLER, *LISTED], ["127.0.0.1"])
     port = free_udp_port()
-    argv = sv.h3_server_argv(str(tmp_path), certs[0].cert, certs[0].key, host="127.0.0.1",
-                             port=port, sni_certs=certs)
+    argv = sv.h3_server_argv(
+        str(tmp_path), certs[0].cert, certs[0].key, host="127.0.0.1", port=port, sni_certs=certs
+    )
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert sv.wait_quic(None, "127.0.0.1", port, 20, proc=proc)
-        status, body = h3.get(f"https://sub.blocked.example:{port}/", ca=ca_cert,
-                              connect_ip="127.0.0.1", local_port=None, timeout=10)
+        status, body = h3.get(
+            f"https://sub.blocked.example:{port}/",
+            ca=ca_cert,
+            connect_ip="127.0.0.1",
+            local_port=None,
+            timeout=10,
+        )
         assert (status, body) == (
-            200, f"gfwlab lab server over HTTP/3: sub.blocked.example:{port}\n".encode())
-        status, body = h3.get(f"https://127.0.0.1:{port}/bytes/5000", ca=ca_cert,
-                              connect_ip=None, local_port=None, timeout=10)
+            200,
+            f"gfwlab lab server over HTTP/3: sub.blocked.example:{port}\n".encode(),
+        )
+        status, body = h3.get(
+            f"https://127.0.0.1:{port}/bytes/5000",
+            ca=ca_cert,
+            connect_ip=None,
+            local_port=None,
+            timeout=10,
+        )
         assert (status, body) == (200, bytes(5000))
         with pytest.raises(ConnectionError, match="doesn't match"):
-            h3.get(f"https://unlisted.example:{port}/", ca=ca_cert, connect_ip="127.0.0.1",
-                   local_port=None, timeout=10)
+            h3.get(
+                f"https://unlisted.example:{port}/",
+                ca=ca_cert,
+                connect_ip="127.0.0.1",
+                local_port=None,
+                timeout=10,
+            )
     finally:
         assert stop(proc) == 0
     log = (tmp_path / "h3.log").read_text()
@@ -298,8 +363,17 @@ def test_h3_loopback(tmp_path, ca_dir):
 
 def test_h3_get_exit_codes(tmp_path, ca_dir):
     port = free_udp_port()  # nothing listens there: the kernel answers port unreachable
-    cmd = [sys.executable, "-m", "gfwlab.lab.h3", "get", f"https://x.test:{port}/",
-           "--connect-ip", "127.0.0.1", "--timeout", "3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gfwlab.lab.h3",
+        "get",
+        f"https://x.test:{port}/",
+        "--connect-ip",
+        "127.0.0.1",
+        "--timeout",
+        "3",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert res.returncode == 1
     assert res.stderr.count("\n") == 1 and "refused" in res.stderr
@@ -310,8 +384,7 @@ def test_h3_get_exit_codes(tmp_path, ca_dir):
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert res.returncode == 28
     assert "timed out" in res.stderr
-    res = subprocess.run([*cmd[:4], "http://x.test/"], capture_output=True, text=True,
-                         check=False)
+    res = subprocess.run([*cmd[:4], "http://x.test/"], capture_output=True, text=True, check=False)
     assert res.returncode == 1 and "not an https URL" in res.stderr
 
 
@@ -319,8 +392,7 @@ def test_h3_get_exit_codes(tmp_path, ca_dir):
 
 
 def run(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                         check=False)
+    res = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
     if check and res.returncode != 0:
         raise AssertionError(f"{' '.join(argv)}: exit {res.returncode}: {res.stderr.strip()}")
     return res
@@ -362,41 +434,89 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         except AssertionError as exc:
             pytest.skip(f"cannot make network namespaces here: {exc}")
         run("ip", "netns", "add", SERVER_NS)
-        run("ip", "link", "add", "gfwsvc0", "netns", CLIENT_NS, "type", "veth", "peer", "name",
-            "gfwsvc1", "netns", SERVER_NS)
-        for ns, dev, v4, v6 in ((CLIENT_NS, "gfwsvc0", CLIENT_V4, CLIENT_V6),
-                                (SERVER_NS, "gfwsvc1", SERVER_V4, SERVER_V6)):
+        run(
+            "ip",
+            "link",
+            "add",
+            "gfwsvc0",
+            "netns",
+            CLIENT_NS,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "gfwsvc1",
+            "netns",
+            SERVER_NS,
+        )
+        for ns, dev, v4, v6 in (
+            (CLIENT_NS, "gfwsvc0", CLIENT_V4, CLIENT_V6),
+            (SERVER_NS, "gfwsvc1", SERVER_V4, SERVER_V6),
+        ):
             run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
             run("ip", "netns", "exec", ns, "ip", "addr", "add", f"{v4}/30", "dev", dev)
             run("ip", "netns", "exec", ns, "ip", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
             run("ip", "netns", "exec", ns, "ip", "link", "set", dev, "up")
-        run("ip", "netns", "exec", SERVER_NS, "ip", "addr", "add", f"{EXTRA_V4}/32", "dev",
-            "gfwsvc1")
-        run("ip", "netns", "exec", CLIENT_NS, "ip", "route", "add", f"{EXTRA_V4}/32", "dev",
-            "gfwsvc0")
+        run(
+            "ip",
+            "netns",
+            "exec",
+            SERVER_NS,
+            "ip",
+            "addr",
+            "add",
+            f"{EXTRA_V4}/32",
+            "dev",
+            "gfwsvc1",
+        )
+        run(
+            "ip",
+            "netns",
+            "exec",
+            CLIENT_NS,
+            "ip",
+            "route",
+            "add",
+            f"{EXTRA_V4}/32",
+            "dev",
+            "gfwsvc0",
+        )
 
         ca_cert, ca_key = lab_ca.make_ca(str(state))
         lab.ca = ca_cert
         # The names under test go last, so they are not in the default certificate and the
         # servers must choose by SNI.
-        certs = lab_ca.make_server_certs(str(state), ca_cert, ca_key, [*FILLER, *LISTED],
-                                         [SERVER_V4, SERVER_V6])
+        certs = lab_ca.make_server_certs(
+            str(state), ca_cert, ca_key, [*FILLER, *LISTED], [SERVER_V4, SERVER_V6]
+        )
         assert len(certs) > 1
         argvs = {
-            "nginx": sv.nginx_argv(str(state), certs[0].cert, certs[0].key,
-                                   listen_v4=[SERVER_V4], listen_v6=[SERVER_V6],
-                                   sni_certs=certs),
-            "dnsmasq": sv.dnsmasq_argv(str(state), answer_v4=ANSWER_V4, answer_v6=ANSWER_V6,
-                                       listen=[SERVER_V4, SERVER_V6]),
-            "h3": sv.h3_server_argv(str(state), certs[0].cert, certs[0].key,
-                                    host=[SERVER_V4, SERVER_V6], sni_certs=certs),
+            "nginx": sv.nginx_argv(
+                str(state),
+                certs[0].cert,
+                certs[0].key,
+                listen_v4=[SERVER_V4],
+                listen_v6=[SERVER_V6],
+                sni_certs=certs,
+            ),
+            "dnsmasq": sv.dnsmasq_argv(
+                str(state), answer_v4=ANSWER_V4, answer_v6=ANSWER_V6, listen=[SERVER_V4, SERVER_V6]
+            ),
+            "h3": sv.h3_server_argv(
+                str(state),
+                certs[0].cert,
+                certs[0].key,
+                host=[SERVER_V4, SERVER_V6],
+                sni_certs=certs,
+            ),
         }
         assert sv.nginx_check(argvs["nginx"], SERVER_NS) is None
         for name, argv in argvs.items():
             out = open(state / f"{name}.out", "wb")  # noqa: SIM115 - closed in teardown
             logs.append(out)
-            lab.procs[name] = subprocess.Popen(["ip", "netns", "exec", SERVER_NS, *argv],
-                                               stdout=out, stderr=subprocess.STDOUT)
+            lab.procs[name] = subprocess.Popen(
+                ["ip", "netns", "exec", SERVER_NS, *argv], stdout=out, stderr=subprocess.STDOUT
+            )
         ready = {
             "nginx": sv.wait_tcp(SERVER_NS, SERVER_V4, 443, 20, proc=lab.procs["nginx"])
             and sv.wait_tcp(SERVER_NS, SERVER_V6, 80, 20, proc=lab.procs["nginx"]),
@@ -425,39 +545,80 @@ def test_in_netns_runs_in_the_namespace(lab):
 
 
 @live
-@pytest.mark.parametrize("name", ["www.anything.test", "sub.blocked.example",
-                                  "xn--bcher-kva.example", "www7.filler7.example"])
+@pytest.mark.parametrize(
+    "name",
+    ["www.anything.test", "sub.blocked.example", "xn--bcher-kva.example", "www7.filler7.example"],
+)
 @pytest.mark.parametrize("addr", [SERVER_V4, f"[{SERVER_V6}]"])
 def test_https_verifies_for_listed_names_and_subdomains(lab, name, addr):
-    res = in_client("curl", "-sS", "--max-time", "10", "--cacert", lab.ca, "--resolve",
-                    f"{name}:443:{addr}", "-w", "\n%{http_version}", f"https://{name}/some/path")
+    res = in_client(
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--cacert",
+        lab.ca,
+        "--resolve",
+        f"{name}:443:{addr}",
+        "-w",
+        "\n%{http_version}",
+        f"https://{name}/some/path",
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout == f"gfwlab lab server: {name}\n\n2"
 
 
 @live
 def test_https_unlisted_name_fails_verification(lab):
-    res = in_client("curl", "-sS", "--max-time", "10", "--cacert", lab.ca, "--resolve",
-                    f"unlisted.example:443:{SERVER_V4}", "https://unlisted.example/")
+    res = in_client(
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--cacert",
+        lab.ca,
+        "--resolve",
+        f"unlisted.example:443:{SERVER_V4}",
+        "https://unlisted.example/",
+    )
     assert res.returncode == 60, res.stderr  # the server is reached; the name is not covered
 
 
 @live
 @pytest.mark.parametrize("addr", [SERVER_V4, f"[{SERVER_V6}]"])
 def test_http(lab, addr):
-    res = in_client("curl", "-sS", "--max-time", "10", "-H", "Host: plain.example",
-                    f"http://{addr}/anything")
+    res = in_client(
+        "curl", "-sS", "--max-time", "10", "-H", "Host: plain.example", f"http://{addr}/anything"
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout == "gfwlab lab server: plain.example\n"
-    res = in_client("curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-w",
-                    "%{http_code} %{size_download}", f"http://{addr}/bytes/102400")
+    res = in_client(
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{size_download}",
+        f"http://{addr}/bytes/102400",
+    )
     assert res.stdout == "200 102400"
 
 
 @live
 def test_nginx_logs(lab):
-    in_client("curl", "-sS", "--max-time", "10", "--cacert", lab.ca, "--resolve",
-              f"www.anything.test:443:{SERVER_V4}", "https://www.anything.test/logged")
+    in_client(
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--cacert",
+        lab.ca,
+        "--resolve",
+        f"www.anything.test:443:{SERVER_V4}",
+        "https://www.anything.test/logged",
+    )
     access = (lab.dir / "nginx-access.log").read_text()
     assert "sni=www.anything.test" in access
     assert "conflicting server name" not in (lab.dir / "nginx-error.log").read_text()
@@ -466,10 +627,10 @@ def test_nginx_logs(lab):
 @live
 @pytest.mark.parametrize("server", [SERVER_V4, SERVER_V6])
 def test_dns_answers_every_name(lab, server):
-    a = in_client("dig", "+short", "+time=2", "+tries=2", f"@{server}", "-p", "53", "foo.bar",
-                  "A")
-    aaaa = in_client("dig", "+short", "+time=2", "+tries=2", f"@{server}", "-p", "53",
-                     "anything.example", "AAAA")
+    a = in_client("dig", "+short", "+time=2", "+tries=2", f"@{server}", "-p", "53", "foo.bar", "A")
+    aaaa = in_client(
+        "dig", "+short", "+time=2", "+tries=2", f"@{server}", "-p", "53", "anything.example", "AAAA"
+    )
     assert a.stdout.split() == [ANSWER_V4]
     assert aaaa.stdout.split() == [ANSWER_V6]
     assert "query[A] foo.bar" in (lab.dir / "dnsmasq.log").read_text()
@@ -478,8 +639,19 @@ def test_dns_answers_every_name(lab, server):
 @live
 @pytest.mark.parametrize("addr", [SERVER_V4, SERVER_V6])
 def test_h3_get(lab, addr):
-    res = in_client(sys.executable, "-m", "gfwlab.lab.h3", "get", "https://www.anything.test/",
-                    "--ca", lab.ca, "--connect-ip", addr, "--timeout", "10")
+    res = in_client(
+        sys.executable,
+        "-m",
+        "gfwlab.lab.h3",
+        "get",
+        "https://www.anything.test/",
+        "--ca",
+        lab.ca,
+        "--connect-ip",
+        addr,
+        "--timeout",
+        "10",
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout == "gfwlab lab server over HTTP/3: www.anything.test\n"
 
@@ -489,10 +661,34 @@ def test_h3_local_port_and_a_dropped_flow_times_out(lab):
     if shutil.which("iptables") is None:
         pytest.skip("needs iptables")
     # Play censor in the server namespace: drop QUIC from client port 50000 only.
-    run("ip", "netns", "exec", SERVER_NS, "iptables", "-I", "INPUT", "-p", "udp", "--sport",
-        "50000", "--dport", "443", "-j", "DROP")
-    base = [sys.executable, "-m", "gfwlab.lab.h3", "get", "https://sub.blocked.example/",
-            "--ca", lab.ca, "--connect-ip", SERVER_V4]
+    run(
+        "ip",
+        "netns",
+        "exec",
+        SERVER_NS,
+        "iptables",
+        "-I",
+        "INPUT",
+        "-p",
+        "udp",
+        "--sport",
+        "50000",
+        "--dport",
+        "443",
+        "-j",
+        "DROP",
+    )
+    base = [
+        sys.executable,
+        "-m",
+        "gfwlab.lab.h3",
+        "get",
+        "https://sub.blocked.example/",
+        "--ca",
+        lab.ca,
+        "--connect-ip",
+        SERVER_V4,
+    ]
     dropped = in_client(*base, "--local-port", "50000", "--timeout", "1.5")
     assert dropped.returncode == 28, dropped.stderr
     assert dropped.stdout == "" and dropped.stderr.count("\n") == 1
@@ -504,8 +700,19 @@ def test_h3_local_port_and_a_dropped_flow_times_out(lab):
 
 @live
 def test_h3_to_an_absent_host_times_out(lab):
-    res = in_client(sys.executable, "-m", "gfwlab.lab.h3", "get", "https://www.anything.test/",
-                    "--ca", lab.ca, "--connect-ip", ABSENT_V6, "--timeout", "1")
+    res = in_client(
+        sys.executable,
+        "-m",
+        "gfwlab.lab.h3",
+        "get",
+        "https://www.anything.test/",
+        "--ca",
+        lab.ca,
+        "--connect-ip",
+        ABSENT_V6,
+        "--timeout",
+        "1",
+    )
     assert res.returncode == 28, res.stderr
 
 
@@ -513,17 +720,33 @@ def test_h3_to_an_absent_host_times_out(lab):
 def test_h3_on_the_wildcard_answers_from_each_address(lab):
     # Bound to ::, a UDP server would answer from the namespace's primary address, not the
     # one the client used; the server binds every address instead.
-    argv = sv.h3_server_argv(str(lab.dir / "wild"), os.path.join(lab.dir, "server.pem"),
-                             os.path.join(lab.dir, "server.key"), host="::", port=8443)
+    argv = sv.h3_server_argv(
+        str(lab.dir / "wild"),
+        os.path.join(lab.dir, "server.pem"),
+        os.path.join(lab.dir, "server.key"),
+        host="::",
+        port=8443,
+    )
     with open(lab.dir / "h3-wild.out", "wb") as out:
-        proc = subprocess.Popen(["ip", "netns", "exec", SERVER_NS, *argv], stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", SERVER_NS, *argv], stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         assert sv.wait_quic(SERVER_NS, EXTRA_V4, 8443, 20, proc=proc)
         for addr in (EXTRA_V4, SERVER_V6, SERVER_V4):
-            res = in_client(sys.executable, "-m", "gfwlab.lab.h3", "get",
-                            "https://www1.filler1.example:8443/", "--ca", lab.ca,
-                            "--connect-ip", addr, "--timeout", "10")
+            res = in_client(
+                sys.executable,
+                "-m",
+                "gfwlab.lab.h3",
+                "get",
+                "https://www1.filler1.example:8443/",
+                "--ca",
+                lab.ca,
+                "--connect-ip",
+                addr,
+                "--timeout",
+                "10",
+            )
             assert res.returncode == 0, res.stderr
     finally:
         assert stop(proc) == 0

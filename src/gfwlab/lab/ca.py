@@ -186,10 +186,12 @@ def make_ca(directory: str, *, reuse: bool = False) -> tuple[str, str]:
             if cert.not_valid_after_utc - _now() > dt.timedelta(days=7):
                 return cert_path, key_path
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([
-        x509.NameAttribute(NameOID.COMMON_NAME, CA_COMMON_NAME),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "gfwlab"),
-    ])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, CA_COMMON_NAME),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "gfwlab"),
+        ]
+    )
     now = _now()
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
@@ -203,9 +205,15 @@ def make_ca(directory: str, *, reuse: bool = False) -> tuple[str, str]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -240,10 +248,14 @@ def _sign_server_cert(
     ca_ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([
-            x509.NameAttribute(NameOID.COMMON_NAME, SERVER_COMMON_NAME),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "gfwlab"),
-        ]))
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.COMMON_NAME, SERVER_COMMON_NAME),
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "gfwlab"),
+                ]
+            )
+        )
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -252,17 +264,21 @@ def _sign_server_cert(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
             critical=False,
@@ -316,7 +332,9 @@ def make_server_cert(
         log.warning(
             "server certificate is %d kB (%d names): OpenSSL clients such as curl reject "
             "certificate lists over %d kB by default; use make_server_certs",
-            size // 1024, len(wanted.dns), OPENSSL_MAX_CERT_LIST // 1024,
+            size // 1024,
+            len(wanted.dns),
+            OPENSSL_MAX_CERT_LIST // 1024,
         )
     return cert_path, key_path
 

@@ -87,12 +87,13 @@ def _cap_close_reason(quic: QuicConnection, on_reason: Callable[[str], None] | N
     """
     close = quic.close
 
-    def close_capped(error_code: int = 0, frame_type: int | None = None,
-                     reason_phrase: str = "") -> None:
+    def close_capped(
+        error_code: int = 0, frame_type: int | None = None, reason_phrase: str = ""
+    ) -> None:
         if on_reason is not None and reason_phrase:
             on_reason(reason_phrase)
         if len(reason_phrase) > MAX_REASON:
-            reason_phrase = reason_phrase[:MAX_REASON - 3] + "..."
+            reason_phrase = reason_phrase[: MAX_REASON - 3] + "..."
         close(error_code=error_code, frame_type=frame_type, reason_phrase=reason_phrase)
 
     setattr(quic, "close", close_capped)  # noqa: B010
@@ -199,8 +200,9 @@ def _hook_client_hello(
 class _ServerProtocol(QuicConnectionProtocol):
     """One QUIC connection of the server: answers every HTTP/3 request on it."""
 
-    def __init__(self, quic: QuicConnection, stream_handler: Any = None, *,
-                 sni_certs: SniCerts | None = None) -> None:
+    def __init__(
+        self, quic: QuicConnection, stream_handler: Any = None, *, sni_certs: SniCerts | None = None
+    ) -> None:
         super().__init__(quic, stream_handler)
         self._http: H3Connection | None = None
         self._requests: dict[int, dict[bytes, bytes]] = {}
@@ -246,7 +248,7 @@ class _ServerProtocol(QuicConnectionProtocol):
         status, body = 200, f"{BODY_PREFIX}{authority}\n".encode()
         content_type = b"text/plain"
         if path.startswith("/bytes/"):
-            size = path[len("/bytes/"):].split("?", 1)[0]
+            size = path[len("/bytes/") :].split("?", 1)[0]
             if size.isdigit() and int(size) <= MAX_BYTES:
                 body, content_type = bytes(int(size)), b"application/octet-stream"
             else:
@@ -255,17 +257,28 @@ class _ServerProtocol(QuicConnectionProtocol):
             length, body = len(body), b""
         else:
             length = len(body)
-        self._http.send_headers(stream_id, [
-            (b":status", str(status).encode()),
-            (b"server", USER_AGENT),
-            (b"content-type", content_type),
-            (b"content-length", str(length).encode()),
-        ])
+        self._http.send_headers(
+            stream_id,
+            [
+                (b":status", str(status).encode()),
+                (b"server", USER_AGENT),
+                (b"content-type", content_type),
+                (b"content-length", str(length).encode()),
+            ],
+        )
         self._http.send_data(stream_id, body, end_stream=True)
         self.transmit()
         peer = f"{self._peer[0]} {self._peer[1]}" if self._peer else "- -"
-        log.info('%s sni=%s "%s %s" authority=%s %d %d', peer, self._sni or "-", method, path,
-                 authority or "-", status, len(body))
+        log.info(
+            '%s sni=%s "%s %s" authority=%s %d %d',
+            peer,
+            self._sni or "-",
+            method,
+            path,
+            authority or "-",
+            status,
+            len(body),
+        )
 
 
 async def run_server(
@@ -298,8 +311,11 @@ async def run_server(
     servers: list[QuicServer] = []
     try:
         for host in hosts:
-            servers.append(await serve(host.strip("[]"), port, configuration=config,
-                                       create_protocol=create_protocol))
+            servers.append(
+                await serve(
+                    host.strip("[]"), port, configuration=config, create_protocol=create_protocol
+                )
+            )
             log.info("listening on %s port %d (udp)", host, port)
         await (stop or asyncio.Event()).wait()
     finally:
@@ -351,10 +367,11 @@ class _ClientProtocol(QuicConnectionProtocol):
         elif isinstance(event, ConnectionTerminated):
             text = self._reason or event.reason_phrase
             if len(text) > 2 * MAX_REASON:
-                text = text[:2 * MAX_REASON] + "..."
+                text = text[: 2 * MAX_REASON] + "..."
             reason = f": {text}" if text else ""
-            self._fail(ConnectionError(
-                f"QUIC connection closed, error 0x{event.error_code:x}{reason}"))
+            self._fail(
+                ConnectionError(f"QUIC connection closed, error 0x{event.error_code:x}{reason}")
+            )
             return
         for h3_event in self._http.handle_event(event):
             if getattr(h3_event, "stream_id", None) != self._stream_id:
@@ -370,8 +387,9 @@ class _ClientProtocol(QuicConnectionProtocol):
 
     def error_received(self, exc: Exception) -> None:
         """An ICMP error for our datagrams (port unreachable, no route)."""
-        self._fail(ConnectionError(f"{exc.strerror or exc}" if isinstance(exc, OSError)
-                                   else str(exc)))
+        self._fail(
+            ConnectionError(f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc))
+        )
 
     def _fail(self, exc: Exception) -> None:
         for fut in (self.handshake, self.response):
@@ -420,8 +438,9 @@ async def aget(
     a URL that is not https.
     """
     host, port, authority, path = _target(url)
-    config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name=host,
-                               idle_timeout=max(timeout, 1.0))
+    config = QuicConfiguration(
+        is_client=True, alpn_protocols=H3_ALPN, server_name=host, idle_timeout=max(timeout, 1.0)
+    )
     # Inside the lab, `lab exec` points SSL_CERT_FILE at the bundle that holds the lab CA.
     ca = ca or os.environ.get("GFWLAB_CA") or os.environ.get("SSL_CERT_FILE")
     if insecure:
@@ -458,13 +477,15 @@ async def aget(
             transport, _ = await loop.create_datagram_endpoint(lambda: made, sock=sock)
             protocol.connect(addr)
             await protocol.handshake
-            protocol.request([
-                (b":method", b"GET"),
-                (b":scheme", b"https"),
-                (b":authority", authority.encode()),
-                (b":path", path.encode()),
-                (b"user-agent", USER_AGENT),
-            ])
+            protocol.request(
+                [
+                    (b":method", b"GET"),
+                    (b":scheme", b"https"),
+                    (b":authority", authority.encode()),
+                    (b":path", path.encode()),
+                    (b"user-agent", USER_AGENT),
+                ]
+            )
             return await protocol.response
         finally:
             if protocol is not None:
@@ -484,15 +505,28 @@ def get(
     insecure: bool = False,
 ) -> tuple[int, bytes]:
     """Blocking :func:`aget` (runs its own event loop; not for use inside one)."""
-    return asyncio.run(aget(url, ca=ca, connect_ip=connect_ip, local_port=local_port,
-                            timeout=timeout, insecure=insecure))
+    return asyncio.run(
+        aget(
+            url,
+            ca=ca,
+            connect_ip=connect_ip,
+            local_port=local_port,
+            timeout=timeout,
+            insecure=insecure,
+        )
+    )
 
 
 def _get_main(args: argparse.Namespace) -> int:
     try:
-        status, body = get(args.url, ca=args.ca, connect_ip=args.connect_ip,
-                           local_port=args.local_port, timeout=args.timeout,
-                           insecure=args.insecure)
+        status, body = get(
+            args.url,
+            ca=args.ca,
+            connect_ip=args.connect_ip,
+            local_port=args.local_port,
+            timeout=args.timeout,
+            insecure=args.insecure,
+        )
     except TimeoutError:
         print(f"h3: {args.url}: timed out after {args.timeout:g} s", file=sys.stderr)
         return EXIT_TIMEOUT
@@ -511,14 +545,19 @@ def _get_main(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gfwlab.lab.h3",
-                                     description="HTTP/3 server and client for the lab.")
+    parser = argparse.ArgumentParser(
+        prog="python -m gfwlab.lab.h3", description="HTTP/3 server and client for the lab."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     srv = sub.add_parser("serve", help="answer every HTTP/3 request with 200")
     srv.add_argument("--cert", required=True, help="PEM certificate (leaf first)")
     srv.add_argument("--key", required=True, help="PEM private key")
-    srv.add_argument("--host", action="append", required=True,
-                     help="address to listen on (repeat for several; :: means every address)")
+    srv.add_argument(
+        "--host",
+        action="append",
+        required=True,
+        help="address to listen on (repeat for several; :: means every address)",
+    )
     srv.add_argument("--port", type=int, default=443)
     srv.add_argument("--log", help="append the request log here (default: stderr)")
     srv.add_argument("--sni-map", help="JSON list of {cert, key, names} to choose by SNI")
@@ -537,8 +576,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
-            handler: logging.Handler = (logging.FileHandler(args.log) if args.log
-                                        else logging.StreamHandler(sys.stderr))
+            handler: logging.Handler = (
+                logging.FileHandler(args.log) if args.log else logging.StreamHandler(sys.stderr)
+            )
             handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
             log.addHandler(handler)
             log.setLevel(logging.INFO)

@@ -61,8 +61,9 @@ def tool_path(name: str) -> str:
 def nginx_version() -> tuple[int, ...]:
     """The installed nginx's version, e.g. ``(1, 22, 1)``; ``(0,)`` if unknown."""
     try:
-        res = subprocess.run([tool_path("nginx"), "-v"], capture_output=True, text=True,
-                             timeout=10, check=False)
+        res = subprocess.run(
+            [tool_path("nginx"), "-v"], capture_output=True, text=True, timeout=10, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return (0,)
     m = re.search(r"nginx/(\d+(?:\.\d+)*)", res.stderr + res.stdout)
@@ -148,8 +149,11 @@ def nginx_argv(
     body = [
         "    default_type text/plain;",
         *(["    http2 on;"] if http2_directive else []),
-        *([f"    add_header Alt-Svc 'h3=\":{alt_svc_h3}\"; ma=86400' always;"]
-          if alt_svc_h3 else []),
+        *(
+            [f"    add_header Alt-Svc 'h3=\":{alt_svc_h3}\"; ma=86400' always;"]
+            if alt_svc_h3
+            else []
+        ),
         "    location / {",
         f'        return 200 "{BODY_PREFIX}$host\\n";',
         "    }",
@@ -182,8 +186,10 @@ def nginx_argv(
             "        ~^(?<stem>.+)\\.pem$ $stem.key;",
             "    }",
         ]
-        default_cert = ["    ssl_certificate $gfwlab_site_cert;",
-                        "    ssl_certificate_key $gfwlab_site_key;"]
+        default_cert = [
+            "    ssl_certificate $gfwlab_site_cert;",
+            "    ssl_certificate_key $gfwlab_site_key;",
+        ]
     lines = [
         "# Written by gfwlab; regenerated on every start.",
         "daemon off;",
@@ -204,8 +210,11 @@ def nginx_argv(
         "    log_format gfwlab '$remote_addr $remote_port [$time_iso8601] \"$request\" $status '",
         "                      '$body_bytes_sent host=$host sni=$ssl_server_name '",
         "                      'proto=$server_protocol tls=$ssl_protocol';",
-        (f"    access_log {os.path.join(state_dir, 'nginx-access.log')} gfwlab;"
-         if access_log else "    access_log off;"),
+        (
+            f"    access_log {os.path.join(state_dir, 'nginx-access.log')} gfwlab;"
+            if access_log
+            else "    access_log off;"
+        ),
         "    keepalive_requests 100000;",
         "    sendfile on;",
         "    server_tokens off;",
@@ -246,8 +255,13 @@ def local_addresses() -> list[str]:
 
     Link-local and tentative (still in DAD) addresses are left out: they cannot be bound.
     """
-    res = subprocess.run([tool_path("ip"), "-j", "addr", "show"], capture_output=True,
-                         text=True, timeout=10, check=True)
+    res = subprocess.run(
+        [tool_path("ip"), "-j", "addr", "show"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
     out: list[str] = []
     for iface in json.loads(res.stdout):
         for info in iface.get("addr_info", []):
@@ -289,11 +303,12 @@ def nginx_check(argv: list[str], netns: str | None = None, timeout: float = 60.0
     matter), so it must run where they exist: pass the namespace as ``netns``.
     """
     prefix = ["ip", "netns", "exec", netns] if netns else []
-    res = subprocess.run([*prefix, *argv, "-t", "-q"], capture_output=True, text=True,
-                         timeout=timeout, check=False)
+    res = subprocess.run(
+        [*prefix, *argv, "-t", "-q"], capture_output=True, text=True, timeout=timeout, check=False
+    )
     if res.returncode == 0:
         return None
-    return (res.stderr.strip() or res.stdout.strip() or f"exit {res.returncode}")
+    return res.stderr.strip() or res.stdout.strip() or f"exit {res.returncode}"
 
 
 def dnsmasq_argv(
@@ -379,8 +394,17 @@ def h3_server_argv(
     if sni_certs:
         path = os.path.join(state_dir, "h3-certs.json")
         with open(path, "w", encoding="utf-8") as fh:
-            json.dump([{"cert": os.path.abspath(c.cert), "key": os.path.abspath(c.key),
-                        "names": list(c.names)} for c in sni_certs], fh)
+            json.dump(
+                [
+                    {
+                        "cert": os.path.abspath(c.cert),
+                        "key": os.path.abspath(c.key),
+                        "names": list(c.names),
+                    }
+                    for c in sni_certs
+                ],
+                fh,
+            )
         argv += ["--sni-map", path]
     return argv
 
@@ -457,8 +481,9 @@ def wait_until(
 
 
 def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ipaddress.ip_address(host.strip("[]")).version == 6 else (
-        socket.AF_INET)
+    return (
+        socket.AF_INET6 if ipaddress.ip_address(host.strip("[]")).version == 6 else (socket.AF_INET)
+    )
 
 
 def tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -468,8 +493,9 @@ def tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return sock.connect_ex((host.strip("[]"), port)) == 0
 
 
-def dns_answers(server: str, port: int = 53, qname: str = READY_QNAME,
-                timeout: float = 0.5) -> bool:
+def dns_answers(
+    server: str, port: int = 53, qname: str = READY_QNAME, timeout: float = 0.5
+) -> bool:
     """True if ``server`` answers an A query for ``qname`` over UDP."""
     query = struct.pack("!HHHHHH", 0x6766, 0x0100, 1, 0, 0, 0)
     query += b"".join(bytes([len(p)]) + p.encode() for p in qname.split(".")) + b"\0"
@@ -497,25 +523,47 @@ def quic_answers(host: str, port: int = 443, timeout: float = 0.5) -> bool:
         sock.send(probe)
         reply = sock.recv(4096)
     # Version Negotiation: long header, version 0, DCID = our SCID.
-    return len(reply) >= 7 and reply[0] & 0x80 != 0 and reply[1:5] == b"\0\0\0\0" and (
-        reply[6:6 + reply[5]] == scid)
+    return (
+        len(reply) >= 7
+        and reply[0] & 0x80 != 0
+        and reply[1:5] == b"\0\0\0\0"
+        and (reply[6 : 6 + reply[5]] == scid)
+    )
 
 
-def wait_tcp(netns: str | None, host: str, port: int, timeout: float, *,
-             proc: subprocess.Popen[Any] | None = None) -> bool:
+def wait_tcp(
+    netns: str | None,
+    host: str,
+    port: int,
+    timeout: float,
+    *,
+    proc: subprocess.Popen[Any] | None = None,
+) -> bool:
     """Wait until a TCP server accepts on ``host``:``port`` as seen from ``netns``."""
     return in_netns(netns, lambda: wait_until(lambda: tcp_open(host, port), timeout, proc=proc))
 
 
-def wait_dns(netns: str | None, server: str, timeout: float, *, port: int = 53,
-             proc: subprocess.Popen[Any] | None = None) -> bool:
+def wait_dns(
+    netns: str | None,
+    server: str,
+    timeout: float,
+    *,
+    port: int = 53,
+    proc: subprocess.Popen[Any] | None = None,
+) -> bool:
     """Wait until a DNS server at ``server``:``port`` answers, as seen from ``netns``."""
-    return in_netns(netns, lambda: wait_until(lambda: dns_answers(server, port), timeout,
-                                              proc=proc))
+    return in_netns(
+        netns, lambda: wait_until(lambda: dns_answers(server, port), timeout, proc=proc)
+    )
 
 
-def wait_quic(netns: str | None, host: str, port: int, timeout: float, *,
-              proc: subprocess.Popen[Any] | None = None) -> bool:
+def wait_quic(
+    netns: str | None,
+    host: str,
+    port: int,
+    timeout: float,
+    *,
+    proc: subprocess.Popen[Any] | None = None,
+) -> bool:
     """Wait until a QUIC server at ``host``:``port`` answers, as seen from ``netns``."""
-    return in_netns(netns, lambda: wait_until(lambda: quic_answers(host, port), timeout,
-                                              proc=proc))
+    return in_netns(netns, lambda: wait_until(lambda: quic_answers(host, port), timeout, proc=proc))

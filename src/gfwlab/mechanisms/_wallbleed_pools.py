@@ -8,6 +8,8 @@ out for ``4.tt`` (spec §14f). Each injector process walks its list and wraps ar
 
 from __future__ import annotations
 
+# Tables in the artifact's order, several addresses a line.
+# fmt: off
 POOL_V4: tuple[str, ...] = (
     "208.77.47.172", "173.252.88.133", "173.252.88.67", "108.160.170.45", "157.240.10.32",
     "174.36.196.242", "174.36.228.136", "174.37.154.236", "174.37.175.229", "174.37.54.20",
@@ -146,3 +148,4 @@ POOL_V6: tuple[str, ...] = (
     "2a03:2880:f134:183:face:b00c:0:25de", "2a03:2880:f131:83:face:b00c:0:25de",
 )
 """IPv6 forged answers, in pool order (30; Facebook addresses)."""
+# fmt: on
