@@ -26,6 +26,7 @@ from gfwlab.packet import (
     link_header_strip,
     parse,
 )
+from gfwlab.packet.ip import checksum
 from gfwlab.packet.pcap import MAX_CAPLEN, split_timestamp
 from testenv import SHARED_PCAPS, needs_shared, shared_pcaps, unprivileged
 
@@ -814,3 +815,24 @@ def test_pcapng_random_blocks(fuzz_dir, endian, blocks, tail):
         # An interface description may name a link type that cannot be stripped: refused at
         # open if it comes before the first packet, else when iteration reaches it.
         assert exc.reason.startswith("unsupported link type")
+
+
+def _rfc1071(data: bytes) -> int:
+    """The Internet checksum word by word, with the end-around carry, as RFC 1071 gives it."""
+    if len(data) % 2:
+        data += b"\x00"
+    total = 0
+    for (word,) in struct.iter_unpack("!H", data):
+        total += word
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+@given(
+    data=st.binary(max_size=1600) | st.sampled_from([b"", b"\0\0", b"\xff\xff", b"\xff\xff" * 9])
+)
+@settings(max_examples=2000)
+def test_the_checksum_is_rfc_1071s(data: bytes) -> None:
+    assert checksum(data) == _rfc1071(data)
+    with_it = data + b"\0" * (len(data) % 2) + struct.pack("!H", checksum(data))
+    assert checksum(with_it) == 0  # a packet that carries its checksum sums to zero
