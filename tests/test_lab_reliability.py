@@ -360,6 +360,44 @@ def test_syn_and_udp_floods(lab_up: Any) -> None:
     )
 
 
+def received_at_server() -> int:
+    """IP packets the server namespace has received (``Ip: InReceives``)."""
+    out = gfwlab("lab", "exec", "server", "--", "cat", "/proc/net/snmp").stdout.splitlines()
+    names, values = (line.split() for line in out if line.startswith("Ip:"))
+    return int(values[names.index("InReceives")])
+
+
+@pytest.mark.parametrize("mode", ["--fail-open", "--fail-closed"])
+def test_a_full_queue_passes_or_drops_as_the_lab_fails(lab_up: Any, mode: str) -> None:
+    """With the censor stopped (SIGSTOP: bound to its queue, reading nothing), a flood fills the
+    queue. Failing open, the kernel passes what the queue cannot take (the queue's fail-open
+    flag) and ``lab status`` counts it as uninspected; failing closed, it drops it. Once the
+    censor runs again it inspects what waited, and verdicts are as before."""
+    lab_up(mode)
+    pid = censor_pid()
+    before = received_at_server()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        flood = _flood("udp", 12_000, 2.0, dst="198.19.0.7", rate="6000")
+        out, err = flood.communicate(timeout=60)
+        assert flood.returncode == 0, err
+        sent = json.loads(out.strip().splitlines()[-1])["sent"]
+        time.sleep(0.3)
+        passed = received_at_server() - before
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    print(f"\n{mode}: {sent} sent while the censor was stopped, {passed} reached the server")
+    if mode == "--fail-open":
+        # The queue holds at most 8,192 (the censor's socket fewer): the rest passed.
+        assert sent - 8192 <= passed < sent, (sent, passed)
+        time.sleep(1.0)  # the censor's counters, written twice a second
+        assert status()["stats"]["uninspected"] >= passed
+    else:
+        assert passed < 50, (sent, passed)
+    assert "reset" in https("www.facebook.com", "198.19.0.4").stderr.lower()
+    assert https("example.org", "198.19.0.3").returncode == 0
+
+
 # --- soak --------------------------------------------------------------------------------------
 
 

@@ -73,6 +73,17 @@ def test_bind_messages_are_config_requests_for_the_group() -> None:
     assert messages[1][24:30] == struct.pack("!IB", 256, nflog.NFULNL_COPY_PACKET) + b"\0"
 
 
+def test_the_fail_open_message_sets_that_flag_of_that_queue_only() -> None:
+    message = nflog.fail_open_message(7)
+    size, kind, flags, _seq, _pid = struct.unpack_from("=IHHII", message)
+    assert size == len(message) == 16 + 4 + 8 + 8
+    assert kind == (3 << 8) | 2  # NFNL_SUBSYS_QUEUE, NFQNL_MSG_CONFIG
+    assert flags == nflog.NLM_F_REQUEST  # no acknowledgement: the binding reads this socket
+    assert struct.unpack_from("!BBH", message, 16) == (socket.AF_UNSPEC, 0, 7)
+    # NFQA_CFG_MASK (4) then NFQA_CFG_FLAGS (5), each the fail-open bit, big-endian
+    assert message[20:] == nla(4, b"\0\0\0\1") + nla(5, b"\0\0\0\1")
+
+
 def test_packets_acks_and_garbage_are_told_apart() -> None:
     a, b = syn(1), syn(2)
     buf = ack_message(0) + packet_message(a, seq=41) + packet_message(b) + ack_message(16)

@@ -36,7 +36,10 @@ def lab_up(
     seed: SeedOpt = 0,
     fail_open: Annotated[
         bool,
-        typer.Option("--fail-open/--fail-closed", help="If the censor dies, traffic passes."),
+        typer.Option(
+            "--fail-open/--fail-closed",
+            help="If the censor dies or cannot keep up (its queue full), traffic passes.",
+        ),
     ] = True,
     names: Annotated[
         list[str] | None,
@@ -148,8 +151,9 @@ def lab_status(
         if "uninspected" in st:
             console.print(
                 f"kernel: {st['kernel_queued']} packets to the queue, {st['uninspected']} passed "
-                f"uninspected (fail-open, no censor reading), {st['queue_dropped']} dropped by a "
-                f"full queue, {st.get('kernel_residuals', 0)} residual blocks in ipsets"
+                "uninspected (fail-open: no censor reading, or its queue full), "
+                f"{st['queue_dropped']} dropped by a full queue, "
+                f"{st.get('kernel_residuals', 0)} residual blocks in ipsets"
             )
         if st.get("anomaly_events_suppressed"):
             console.print(

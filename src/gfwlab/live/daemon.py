@@ -170,6 +170,9 @@ class LiveCensor:
         """Connections with a held trigger, and until when: their later packets wait as long."""
         self.recorded = 0
         self.stop = False
+        self.fail_open = True
+        """Whether the lab passes traffic the censor cannot take (``lab up --fail-open``, the
+        default): the queue's fail-open flag is set when it is bound (``live/loop.py``)."""
         self.queued = 0
         self.started = time.time()
         self.censors = censors_of(censor)
@@ -605,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fail-closed",
         action="store_true",
-        help="the lab drops traffic while the censor is down: no SYN is forwarded unqueued",
+        help="drop what the censor cannot inspect: no SYN forwarded unqueued, a full queue drops",
     )
     args = parser.parse_args(argv)
     try:
@@ -630,6 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         kernel.adopt(time.monotonic())
     censors = censors_of(censor)
     live = LiveCensor(censor, args.state_dir, FrameInjector(), args.seed, kernel)
+    live.fail_open = not args.fail_closed
     # What the kernel may forward unqueued: the handshake ACK unless a mechanism needs it
     # (Needs.handshake_ack, Needs.watch_packets); a clean connection's SYN/ACK unless a
     # mechanism hooks it or counts packets (live/kernel.py skip_rules).

@@ -11,16 +11,18 @@ from __future__ import annotations
 import os
 import select
 import socket
+import sys
 import time
 from typing import Any, Protocol
 
-from gfwlab.live.nflog import SynCopies
+from gfwlab.live.nflog import SynCopies, queue_fail_open
 
 
 class Served(Protocol):
     """What the loop needs of the censor it serves (:class:`~gfwlab.live.daemon.LiveCensor`)."""
 
     stop: bool
+    fail_open: bool
     state_dir: str
     wake_fd: int
     syn_copies: SynCopies | None
@@ -44,6 +46,11 @@ def serve(live: Served, queue_num: int) -> None:
 
     nfq = NetfilterQueue()
     nfq.bind(queue_num, live.on_packet, max_len=8192)
+    if live.fail_open:  # a full queue passes packets (counted as uninspected) instead of dropping
+        try:
+            queue_fail_open(nfq.get_fd(), queue_num)
+        except OSError as exc:
+            print(f"gfwlab-censor: the queue's fail-open flag: {exc}", file=sys.stderr, flush=True)
     sock_path = os.path.join(live.state_dir, "censor.sock")
     if os.path.exists(sock_path):
         os.unlink(sock_path)

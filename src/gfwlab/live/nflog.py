@@ -12,17 +12,26 @@ The netlink messages are built and read here (about a hundred lines) rather than
 libnetfilter_log: the censor needs only binding a group, the copy mode, and the payload of each
 message. The reader never raises on what it reads: a message it cannot make sense of is
 counted in :attr:`NflogReader.malformed` and skipped.
+
+The same few lines build the one queue setting the NFQUEUE binding in use cannot make: the
+queue's fail-open flag (:func:`queue_fail_open`).
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 from collections.abc import Callable, Hashable
 
 NETLINK_NETFILTER = 12
+NFNL_SUBSYS_QUEUE = 3
 NFNL_SUBSYS_ULOG = 4
+NFQNL_MSG_CONFIG = 2
+NFQA_CFG_MASK = 4
+NFQA_CFG_FLAGS = 5
+NFQA_CFG_F_FAIL_OPEN = 0x0001
 NFULNL_MSG_PACKET = 0
 NFULNL_MSG_CONFIG = 1
 NFULA_CFG_CMD = 1
@@ -61,6 +70,33 @@ def config_message(group: int, seq: int, attrs: bytes) -> bytes:
     body = _NFGEN.pack(socket.AF_UNSPEC, 0, group) + attrs
     kind = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG
     return _NLMSG.pack(_NLMSG.size + len(body), kind, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+
+
+def fail_open_message(queue_num: int, seq: int = 1) -> bytes:
+    """The NFQNL_MSG_CONFIG request that sets queue ``queue_num``'s fail-open flag (only that
+    flag: the mask names it), without asking for an acknowledgement."""
+    flag = struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)
+    body = (
+        _NFGEN.pack(socket.AF_UNSPEC, 0, queue_num)
+        + _attr(NFQA_CFG_MASK, flag)
+        + _attr(NFQA_CFG_FLAGS, flag)
+    )
+    kind = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG
+    return _NLMSG.pack(_NLMSG.size + len(body), kind, NLM_F_REQUEST, seq, 0) + body
+
+
+def queue_fail_open(queue_fd: int, queue_num: int) -> None:
+    """Make the bound queue ``queue_num`` fail open: when it is full, or the censor's socket
+    cannot take another packet, the kernel accepts the packet instead of dropping it
+    (``NFQA_CFG_F_FAIL_OPEN``, Linux 3.6). The packet then passes uninspected, and ``lab
+    status`` counts it so (what the queue rules took minus what the censor read).
+
+    Sent on the binding's own netlink socket ``queue_fd`` (the kernel takes a queue's settings
+    only from the socket bound to it). No acknowledgement is asked for, so the binding reads
+    nothing it does not expect; the kernel reports a failure (an unknown flag) on that socket
+    all the same, where the binding skips it, and the queue then drops on overflow as before."""
+    with socket.socket(fileno=os.dup(queue_fd)) as sock:
+        sock.send(fail_open_message(queue_num))
 
 
 def bind_messages(group: int, copy_range: int) -> list[bytes]:
