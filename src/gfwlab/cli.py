@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 usage or input error (one line on stderr naming what wa
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -125,6 +126,10 @@ def analyze(
         profs, source = [p for p, _ in dated_all], dated_all[0][1]
     from gfwlab.results.folder import now  # noqa: PLC0415
 
+    # The profiles (lists of up to a million names) and the modules live as long as the
+    # process: out of the cyclic collector's sight, its full passes walk only what the analysis
+    # makes (with the real 2024 lists they cost the run 10% otherwise).
+    gc.freeze()
     started = now()
     if results_dir is not None:
         os.makedirs(results_dir, exist_ok=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import heapq
 import json
 import os
@@ -645,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         syn=not args.fail_closed and not any(c.needs_syn for c in censors),
     )
     live.blocks.restore(censor, time.monotonic(), time.time())  # after a crash: restart-censor
+    gc.freeze()  # the profile's lists live as long as the censor: out of the collector's sight
 
     def stop(_signum: int, _frame: object) -> None:
         live.stop = True

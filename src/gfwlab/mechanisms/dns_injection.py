@@ -44,6 +44,7 @@ Unverified, so parameters (spec §12.2): per-injector IP TTL, IP-ID and DF, inje
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import random
 from dataclasses import dataclass, field
@@ -165,7 +166,10 @@ class DnsInjectionParams(CommonParams):
         return "v2" if v2 <= day < fixed else "fixed"
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _share(name: str, injector: str) -> float:
+    """Where ``name`` falls in ``injector``'s coverage, in [0, 1): fixed per name, as an
+    injector covers a fixed part of the names (a pure function, so its answers are kept)."""
     digest = hashlib.blake2b(f"{injector}\0{name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
