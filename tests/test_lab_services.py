@@ -402,6 +402,12 @@ def in_client(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess[st
     return run("ip", "netns", "exec", CLIENT_NS, *argv, check=False, timeout=timeout)
 
 
+def h3_get(lab, url: str, addr: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``gfwlab.lab.h3 get URL`` from the client namespace, trusting the lab's CA."""
+    h3 = [sys.executable, "-m", "gfwlab.lab.h3", "get", url, "--ca", lab.ca, "--connect-ip", addr]
+    return in_client(*h3, *extra)
+
+
 def delete_namespaces() -> None:
     existing = run("ip", "netns", "list", check=False).stdout.split()
     for ns in (CLIENT_NS, SERVER_NS):
@@ -639,19 +645,7 @@ def test_dns_answers_every_name(lab, server):
 @live
 @pytest.mark.parametrize("addr", [SERVER_V4, SERVER_V6])
 def test_h3_get(lab, addr):
-    res = in_client(
-        sys.executable,
-        "-m",
-        "gfwlab.lab.h3",
-        "get",
-        "https://www.anything.test/",
-        "--ca",
-        lab.ca,
-        "--connect-ip",
-        addr,
-        "--timeout",
-        "10",
-    )
+    res = h3_get(lab, "https://www.anything.test/", addr, "--timeout", "10")
     assert res.returncode == 0, res.stderr
     assert res.stdout == "gfwlab lab server over HTTP/3: www.anything.test\n"
 
@@ -678,21 +672,11 @@ def test_h3_local_port_and_a_dropped_flow_times_out(lab):
         "-j",
         "DROP",
     )
-    base = [
-        sys.executable,
-        "-m",
-        "gfwlab.lab.h3",
-        "get",
-        "https://sub.blocked.example/",
-        "--ca",
-        lab.ca,
-        "--connect-ip",
-        SERVER_V4,
-    ]
-    dropped = in_client(*base, "--local-port", "50000", "--timeout", "1.5")
+    url = "https://sub.blocked.example/"
+    dropped = h3_get(lab, url, SERVER_V4, "--local-port", "50000", "--timeout", "1.5")
     assert dropped.returncode == 28, dropped.stderr
     assert dropped.stdout == "" and dropped.stderr.count("\n") == 1
-    passed = in_client(*base, "--local-port", "50001", "--timeout", "10")
+    passed = h3_get(lab, url, SERVER_V4, "--local-port", "50001", "--timeout", "10")
     assert passed.returncode == 0, passed.stderr
     assert passed.stdout == "gfwlab lab server over HTTP/3: sub.blocked.example\n"
     assert f"{CLIENT_V4} 50001 sni=sub.blocked.example" in (lab.dir / "h3.log").read_text()
@@ -700,19 +684,7 @@ def test_h3_local_port_and_a_dropped_flow_times_out(lab):
 
 @live
 def test_h3_to_an_absent_host_times_out(lab):
-    res = in_client(
-        sys.executable,
-        "-m",
-        "gfwlab.lab.h3",
-        "get",
-        "https://www.anything.test/",
-        "--ca",
-        lab.ca,
-        "--connect-ip",
-        ABSENT_V6,
-        "--timeout",
-        "1",
-    )
+    res = h3_get(lab, "https://www.anything.test/", ABSENT_V6, "--timeout", "1")
     assert res.returncode == 28, res.stderr
 
 
@@ -734,19 +706,7 @@ def test_h3_on_the_wildcard_answers_from_each_address(lab):
     try:
         assert sv.wait_quic(SERVER_NS, EXTRA_V4, 8443, 20, proc=proc)
         for addr in (EXTRA_V4, SERVER_V6, SERVER_V4):
-            res = in_client(
-                sys.executable,
-                "-m",
-                "gfwlab.lab.h3",
-                "get",
-                "https://www1.filler1.example:8443/",
-                "--ca",
-                lab.ca,
-                "--connect-ip",
-                addr,
-                "--timeout",
-                "10",
-            )
+            res = h3_get(lab, "https://www1.filler1.example:8443/", addr, "--timeout", "10")
             assert res.returncode == 0, res.stderr
     finally:
         assert stop(proc) == 0
