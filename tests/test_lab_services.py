@@ -402,6 +402,14 @@ def in_client(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess[st
     return run("ip", "netns", "exec", CLIENT_NS, *argv, check=False, timeout=timeout)
 
 
+def https_get(
+    lab, name: str, addr: str, path: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """curl ``https://NAME/PATH`` at ``addr`` from the client namespace, trusting the lab's CA."""
+    tls = ["curl", "-sS", "--max-time", "10", "--cacert", lab.ca, "--resolve", f"{name}:443:{addr}"]
+    return in_client(*tls, *extra, f"https://{name}{path}")
+
+
 def h3_get(lab, url: str, addr: str, *extra: str) -> subprocess.CompletedProcess[str]:
     """``gfwlab.lab.h3 get URL`` from the client namespace, trusting the lab's CA."""
     h3 = [sys.executable, "-m", "gfwlab.lab.h3", "get", url, "--ca", lab.ca, "--connect-ip", addr]
@@ -557,36 +565,14 @@ def test_in_netns_runs_in_the_namespace(lab):
 )
 @pytest.mark.parametrize("addr", [SERVER_V4, f"[{SERVER_V6}]"])
 def test_https_verifies_for_listed_names_and_subdomains(lab, name, addr):
-    res = in_client(
-        "curl",
-        "-sS",
-        "--max-time",
-        "10",
-        "--cacert",
-        lab.ca,
-        "--resolve",
-        f"{name}:443:{addr}",
-        "-w",
-        "\n%{http_version}",
-        f"https://{name}/some/path",
-    )
+    res = https_get(lab, name, addr, "/some/path", "-w", "\n%{http_version}")
     assert res.returncode == 0, res.stderr
     assert res.stdout == f"gfwlab lab server: {name}\n\n2"
 
 
 @live
 def test_https_unlisted_name_fails_verification(lab):
-    res = in_client(
-        "curl",
-        "-sS",
-        "--max-time",
-        "10",
-        "--cacert",
-        lab.ca,
-        "--resolve",
-        f"unlisted.example:443:{SERVER_V4}",
-        "https://unlisted.example/",
-    )
+    res = https_get(lab, "unlisted.example", SERVER_V4, "/")
     assert res.returncode == 60, res.stderr  # the server is reached; the name is not covered
 
 
@@ -614,17 +600,7 @@ def test_http(lab, addr):
 
 @live
 def test_nginx_logs(lab):
-    in_client(
-        "curl",
-        "-sS",
-        "--max-time",
-        "10",
-        "--cacert",
-        lab.ca,
-        "--resolve",
-        f"www.anything.test:443:{SERVER_V4}",
-        "https://www.anything.test/logged",
-    )
+    https_get(lab, "www.anything.test", SERVER_V4, "/logged")
     access = (lab.dir / "nginx-access.log").read_text()
     assert "sni=www.anything.test" in access
     assert "conflicting server name" not in (lab.dir / "nginx-error.log").read_text()
