@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -215,14 +215,20 @@ def test_restart_censor_without_a_lab_is_one_line() -> None:
 # --- the host is untouchable ------------------------------------------------------------------
 
 
-def _wait_for_namespace(proc: subprocess.Popen[str], name: str) -> None:
-    deadline = time.monotonic() + 30
-    while (
-        name
-        not in subprocess.run(
+def _namespace(name: str) -> Callable[[], bool]:
+    def made() -> bool:
+        listing = subprocess.run(
             ["ip", "netns", "list"], capture_output=True, text=True, check=False
-        ).stdout
-    ):
+        )
+        return name in listing.stdout
+
+    return made
+
+
+def _wait_until(proc: subprocess.Popen[str], ready: Callable[[], bool]) -> None:
+    """Wait (polling every 10 ms) until ``ready()``, while ``proc`` (a lab up) still runs."""
+    deadline = time.monotonic() + 30
+    while not ready():
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.01)
 
@@ -236,16 +242,18 @@ def test_host_untouched_by_success_ctrl_c_kill_9_and_failed_up(
     assert gfwlab("lab", "down").returncode == 0
     assert leftovers() == []
     assert_same_host(host_before)
-    # Ctrl-C at two points of lab up: namespaces made, then services starting.
-    for wait_for, extra in (("gfwlab-censor", 0.0), ("gfwlab-server", 0.8)):
+    # Ctrl-C at two points of lab up: namespaces made, then services starting (nginx has
+    # written its pid; dnsmasq, HTTP/3 and the censor are still to come). Both are events, not
+    # delays: on a fast machine the whole of lab up takes about a second.
+    nginx_started = _namespace("gfwlab-server"), lambda: os.path.exists("/run/gfwlab/nginx.pid")
+    for ready in (_namespace("gfwlab-censor"), lambda: all(r() for r in nginx_started)):
         proc = subprocess.Popen(
             [sys.executable, "-m", "gfwlab", "lab", "up", *UP],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        _wait_for_namespace(proc, wait_for)
-        time.sleep(extra)
+        _wait_until(proc, ready)
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
         assert proc.returncode == 130
