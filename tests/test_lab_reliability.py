@@ -326,6 +326,22 @@ def _during(proc: subprocess.Popen[str]) -> dict[str, Any]:
     return result  # type: ignore[no-any-return]
 
 
+def settled() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The censor's counters and its events once it has handled what a flood left queued: the
+    counters are written every half second and the events at every pass of its loop, so the
+    two agree only when a counters' write comes after the last event (within 10 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        time.sleep(0.7)
+        st = stats()
+        with open("/run/gfwlab/events.jsonl", encoding="utf-8") as fh:
+            events = [json.loads(x) for x in fh]
+        written = sum(1 for e in events if e["action"] == "anomaly")
+        agree = written + st["anomaly_events_suppressed"] == st["anomalies"]
+        if agree or time.monotonic() > deadline:
+            return st, events
+
+
 def test_syn_and_udp_floods(lab_up: Any) -> None:
     lab_up("--set", f"engine.max_flows={MAX_FLOWS}")
     pid = censor_pid()
@@ -340,16 +356,14 @@ def test_syn_and_udp_floods(lab_up: Any) -> None:
     assert st["queued_packets"] + st["syns_fed"] >= min(syn["sent"], 10_000) // 2, (st, syn)
 
     udp = _during(_flood("udp", RATE * 15, 15.0, dst="198.19.0.7", rate=str(RATE)))
-    time.sleep(0.7)
+    st, events = settled()
     rss_udp = rss_kib(pid)
-    st = stats()
     assert censor_pid() == pid and status()["state"] == "up"
     assert st["flows_tracked"] <= MAX_FLOWS
     # Memory is bounded: the flow table holds at most MAX_FLOWS flows (a few hundred bytes
     # each); 64 MiB over the start is far above that and far below a leak of 400k packets.
     assert rss_udp - rss0 < 64 * 1024, (rss0, rss_syn, rss_udp)
     # Anomalies are rate-limited and counted; the engine counted them all.
-    events = [json.loads(x) for x in open("/run/gfwlab/events.jsonl", encoding="utf-8")]  # noqa: SIM115
     written = sum(1 for e in events if e["action"] == "anomaly")
     suppressed = st["anomaly_events_suppressed"]
     assert suppressed > 0, st
