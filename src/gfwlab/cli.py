@@ -128,7 +128,8 @@ def analyze(
 
     # The profiles (lists of up to a million names) and the modules live as long as the
     # process: out of the cyclic collector's sight, its full passes walk only what the analysis
-    # makes (with the real 2024 lists they cost the run 10% otherwise).
+    # makes (measured with the real 2024 lists: 5% faster on a 300,000-packet capture, no
+    # difference on a 1.3M-packet one).
     gc.freeze()
     started = now()
     if results_dir is not None:

@@ -482,7 +482,7 @@ def wait_until(
 
 def _family(host: str) -> socket.AddressFamily:
     return (
-        socket.AF_INET6 if ipaddress.ip_address(host.strip("[]")).version == 6 else (socket.AF_INET)
+        socket.AF_INET6 if ipaddress.ip_address(host.strip("[]")).version == 6 else socket.AF_INET
     )
 
 

@@ -46,9 +46,10 @@ def serve(live: Served, queue_num: int) -> None:
 
     nfq = NetfilterQueue()
     nfq.bind(queue_num, live.on_packet, max_len=8192)
+    nfq_fd: int = nfq.get_fd()
     if live.fail_open:  # a full queue passes packets (counted as uninspected) instead of dropping
         try:
-            queue_fail_open(nfq.get_fd(), queue_num)
+            queue_fail_open(nfq_fd, queue_num)
         except OSError as exc:
             print(f"gfwlab-censor: the queue's fail-open flag: {exc}", file=sys.stderr, flush=True)
     sock_path = os.path.join(live.state_dir, "censor.sock")
@@ -57,7 +58,6 @@ def serve(live: Served, queue_num: int) -> None:
     ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     ctl.bind(sock_path)
     ctl.listen(4)
-    nfq_fd: int = nfq.get_fd()
     next_stats = 0.0
     try:
         while not live.stop:

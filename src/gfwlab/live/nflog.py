@@ -65,24 +65,25 @@ def _attr(kind: int, value: bytes) -> bytes:
     return _NLA.pack(size, kind) + value + b"\0" * (_align(size) - size)
 
 
+def _request(subsys: int, msg: int, resource: int, attrs: bytes, seq: int, flags: int) -> bytes:
+    """One nfnetlink request: message ``msg`` of subsystem ``subsys`` for ``resource`` (an NFLOG
+    group, a queue number)."""
+    body = _NFGEN.pack(socket.AF_UNSPEC, 0, resource) + attrs
+    kind = (subsys << 8) | msg
+    return _NLMSG.pack(_NLMSG.size + len(body), kind, NLM_F_REQUEST | flags, seq, 0) + body
+
+
 def config_message(group: int, seq: int, attrs: bytes) -> bytes:
     """One NFULNL_MSG_CONFIG request for ``group``, asking for an acknowledgement."""
-    body = _NFGEN.pack(socket.AF_UNSPEC, 0, group) + attrs
-    kind = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG
-    return _NLMSG.pack(_NLMSG.size + len(body), kind, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+    return _request(NFNL_SUBSYS_ULOG, NFULNL_MSG_CONFIG, group, attrs, seq, NLM_F_ACK)
 
 
 def fail_open_message(queue_num: int, seq: int = 1) -> bytes:
     """The NFQNL_MSG_CONFIG request that sets queue ``queue_num``'s fail-open flag (only that
     flag: the mask names it), without asking for an acknowledgement."""
     flag = struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)
-    body = (
-        _NFGEN.pack(socket.AF_UNSPEC, 0, queue_num)
-        + _attr(NFQA_CFG_MASK, flag)
-        + _attr(NFQA_CFG_FLAGS, flag)
-    )
-    kind = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG
-    return _NLMSG.pack(_NLMSG.size + len(body), kind, NLM_F_REQUEST, seq, 0) + body
+    attrs = _attr(NFQA_CFG_MASK, flag) + _attr(NFQA_CFG_FLAGS, flag)
+    return _request(NFNL_SUBSYS_QUEUE, NFQNL_MSG_CONFIG, queue_num, attrs, seq, 0)
 
 
 def queue_fail_open(queue_fd: int, queue_num: int) -> None:

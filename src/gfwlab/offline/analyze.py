@@ -17,16 +17,7 @@ from typing import IO, Any, assert_never
 
 from gfwlab._json import json_line
 from gfwlab._outfile import OutputFile
-from gfwlab.engine.actions import (
-    Accept,
-    Action,
-    Bypass,
-    Drop,
-    Event,
-    Inject,
-    Probe,
-    Report,
-)
+from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, Probe, Report
 from gfwlab.engine.censor import Censor
 from gfwlab.engine.verdicts import Stats
 from gfwlab.offline import fast
