@@ -22,7 +22,7 @@ from testenv import LAB_MARKS, client, gfwlab, lab_for_module
 pytestmark = LAB_MARKS
 
 UP = ["--date", "2020-01-15", "--seed", "5", "--set", "http_keyword.probability=1.0",
-      "--set", "http_keyword.residual_s=1"]  # fmt: skip
+      "--set", "http_keyword.residual_s=1", "--set", "http_keyword.delay_tail=false"]  # fmt: skip
 SEGMENTED = "[TCP:flags:PA]-fragment{tcp:8:True}(,fragment{tcp:4:True})-| \\/"
 # Come as You Are (Bock et al., SIGCOMM 2020), a server-side China strategy (spec §14c, published
 # "near 100%" against ESNI blocking): a SYN/ACK advertising a 4-byte window makes the client's

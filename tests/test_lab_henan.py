@@ -20,7 +20,8 @@ from testenv import LAB_MARKS, client, curl, gfwlab
 pytestmark = LAB_MARKS
 
 UP = ["--profile", "henan", "--profile", "gfw", "--date", "2024-06-01", "--seed", "3",
-      "--set", "http_keyword.probability=1.0", "--set", "http_keyword.residual_s=1"]  # fmt: skip
+      "--set", "http_keyword.probability=1.0", "--set", "http_keyword.residual_s=1",
+      "--set", "http_keyword.delay_tail=false"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

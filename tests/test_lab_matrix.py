@@ -26,7 +26,7 @@ WSCALE_ROW = (
 )
 MATRIX_UP = [
     "--date", "2020-01-15", "--seed", "1", "--set", "http_keyword.probability=1",
-    "--set", "http_keyword.residual_s=1",
+    "--set", "http_keyword.residual_s=1", "--set", "http_keyword.delay_tail=false",
 ]  # fmt: skip
 
 

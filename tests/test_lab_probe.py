@@ -59,6 +59,7 @@ SETS = [
     "http_keyword.injector='type3'",
     "http_keyword.residual_s=6",  # outlasts a loaded machine's gap to the residual check
     "http_keyword.residual_probability=1.0",
+    "http_keyword.delay_tail=false",  # a reset after the probe's timeout would read as a drop
     f"null_route.targets=['{ADDR['null']}/32']",
     "quic_sni.domains=['quic.blocked.test']",
     "quic_sni.residual_s=30",

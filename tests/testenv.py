@@ -91,6 +91,7 @@ SETS = [
     "http_keyword.probability=1.0",
     "http_keyword.injector='type3'",
     "http_keyword.residual_s=2",
+    "http_keyword.delay_tail=false",  # the same tail in the HTTP resets' delays
     "dns_injection.injectors=[{name='i3', pool_v4=['198.19.99.7'], latency_ms=[1.0, 2.0]}]",
 ]
 UP = ["--date", "2024-06-01", "--seed", "3", *[x for s in SETS for x in ("--set", s)]]

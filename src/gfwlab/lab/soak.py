@@ -37,6 +37,7 @@ SOAK_SETS = (
     "tls_sni.delay_tail=false",
     "http_keyword.probability=1.0",
     "http_keyword.residual_s=0",
+    "http_keyword.delay_tail=false",
     "dns_injection.injectors=[{name='i3', pool_v4=['198.19.99.7'], latency_ms=[1.0, 2.0]}]",
 )
 """The ``--set`` values of ``scripts/soak``: every verdict deterministic."""
