@@ -12,9 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gfwlab.errors import AdapterError
+from gfwlab.errors import AdapterError, MalformedPacket
 from gfwlab.offline.index import build_index
 from gfwlab.packet import ACK, SYN, addr_bytes, build_tcp, build_udp
+from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, parse
 from gfwlab.packet.pcap import CaptureReader
 from gfwlab.packet.scan import scan
 from testenv import SHARED_PCAPS, needs_shared, shared_pcaps
@@ -175,5 +176,73 @@ def test_index_matches_reader_on_a_flow(tmp_path: Path) -> None:
         assert len(index) == 3 and index.skipped == 1 and not index.raw_records
         assert [index.packet(i) for i in range(3)] == [TCP4, UDP4, frames[3][14:]]
         assert index.key[0].tolist() == index.key[2].tolist()  # both directions, one flow
+    finally:
+        index.close()
+
+
+def _mutate(frame: bytes, edits: list[tuple[int, int]], cut: int) -> bytes:
+    out = bytearray(frame)
+    for at, value in edits:
+        if out:
+            out[at % len(out)] = value
+    return bytes(out[: len(out) - cut] if cut < len(out) else out)
+
+
+V6A, V6B = addr_bytes("2001:db8::1"), addr_bytes("2001:db8::2")
+
+
+def _with_options(packet: bytes) -> bytes:
+    """``packet`` (IPv4) with the longest header: 40 bytes of no-op options."""
+    total = struct.unpack_from("!H", packet, 2)[0] + 40
+    head = bytes([0x4F, packet[1]]) + struct.pack("!H", total) + packet[4:20] + b"\x01" * 40
+    return head + packet[20:]
+
+
+SEEDS = [
+    TCP4,
+    UDP4,
+    build_tcp(V4B, V4A, 443, 40000, flags=SYN | ACK, seq=9, payload=b"x" * 30),
+    build_tcp(V6A, V6B, 40000, 80, flags=ACK, seq=5, payload=b"GET / HTTP/1.1\r\n"),
+    build_udp(V6B, V6A, 443, 50000, b"\xc0" + b"\x00" * 40),
+    _with_options(build_tcp(V4A, V4B, 40000, 80, flags=SYN | ACK, seq=7, payload=b"GET /")),
+]
+
+
+@FUZZ
+@given(
+    frames=st.lists(
+        st.one_of(
+            st.binary(max_size=120),
+            st.tuples(
+                st.sampled_from(SEEDS),
+                st.lists(st.tuples(st.integers(0, 90), st.integers(0, 255)), max_size=4),
+                st.integers(0, 60),
+            ).map(lambda t: _mutate(*t)),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_index_fields_are_the_parsers(fuzz_dir: Path, frames: list[bytes]) -> None:
+    """Every packet the index puts in a flow parses as a whole TCP or UDP packet with the
+    index's protocol, addresses, ports, flags and payload offset, and every other packet does
+    not (raw IP records, so the last packets end at the end of the file)."""
+    data = pcap_header(101, "<", 0xA1B2C3D4)
+    data += b"".join(record("<", 0xA1B2C3D4, 1, i, f, None) for i, f in enumerate(frames))
+    index = build_index(put(fuzz_dir, data))
+    assert index is not None
+    try:
+        for i in range(len(index)):
+            raw = index.packet(i)
+            try:
+                pkt = parse(raw)
+            except MalformedPacket:
+                pkt = None
+            whole = pkt is not None and not pkt.fragment and pkt.proto in (PROTO_TCP, PROTO_UDP)
+            assert bool(index.flow[i]) == whole, raw.hex()
+            if pkt is not None and whole:
+                assert index.endpoints(i) == (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
+                assert int(index.flags[i]) == pkt.flags, raw.hex()
+                assert int(index.payload_off[i]) == len(pkt.raw) - len(pkt.payload), raw.hex()
     finally:
         index.close()

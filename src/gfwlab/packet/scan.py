@@ -124,7 +124,10 @@ def _scan_pcap(reader: CaptureReader, limit: int | None) -> Records | None:
         reader.truncated_at = end_off
     data = np.frombuffer(buf, dtype=np.uint8) if size else np.zeros(0, dtype=np.uint8)
     u4 = np.dtype(endian + "u4")
-    head = data[rec[:, None] + np.arange(8)] if n else np.zeros((0, 8), dtype=np.uint8)
+    # Each record's first 8 bytes, as whole rows of a strided view (every record is whole).
+    head = (
+        np.lib.stride_tricks.sliding_window_view(data, 8)[rec] if n else np.zeros((0, 8), np.uint8)
+    )
     words = np.ascontiguousarray(head).view(u4).astype(np.float64)
     # ``sec + frac / div`` as CaptureReader computes it: the same IEEE operations, in order.
     ts = words[:, 0] + words[:, 1] / div
