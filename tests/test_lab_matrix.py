@@ -74,5 +74,38 @@ def test_live_matrix_matches_the_published_china_rates(tmp_path: Path) -> None:
     rows = [line for line in text.splitlines() if line.startswith("| 2020-01-15")]
     assert len(rows) == 25
     differing = {strategy for r in rows if "**differs**" in r for strategy in [r.split("`")[1]]}
+    # 25 rows, each outside its 99.9% interval by chance one time in a thousand or more (a row
+    # whose rate is near an interval's edge, such as FREACN's, more often): a row that differs
+    # is run once more, 50 fresh trials; it deviates if it differs again.
+    again = {strategy: _rerun(strategy.replace("\\|", "|")) for strategy in sorted(differing)}
+    print("re-run:", again)
+    deviating = {strategy for strategy, ok in again.items() if not ok}
     # Known deviations, each explained in docs/evasion.md; any other row must agree.
-    assert differing <= set(KNOWN_DEVIATIONS), differing - set(KNOWN_DEVIATIONS)
+    assert deviating <= set(KNOWN_DEVIATIONS), (deviating - set(KNOWN_DEVIATIONS), again)
+
+
+SCRIPT_UP = [
+    "--date", "2020-01-15", "--seed", "1", "--no-client-timestamps",
+    "--set", "http_keyword.probability=0.97", "--set", "http_keyword.residual_s=2",
+]  # fmt: skip
+"""The lab ``scripts/evasion-matrix`` brings up."""
+
+
+def _rerun(strategy: str) -> bool:
+    """Whether ``strategy``'s successes in 50 more trials, in the matrix script's lab, are
+    within its row's interval."""
+    from gfwlab.evade.library import CHINA  # noqa: PLC0415
+
+    entry = next(e for e in CHINA if e.strategy == strategy)
+    gfwlab("lab", "down")
+    up = gfwlab("lab", "up", *SCRIPT_UP)
+    assert up.returncode == 0, up.stderr
+    try:
+        run = gfwlab("evade", "run", "-s", strategy, "--trials", "50", "--json", timeout=600)
+        assert run.returncode == 0, run.stderr
+        got = int(json.loads(run.stdout)["successes"])
+    finally:
+        gfwlab("lab", "down")
+    lo, hi = entry.bounds(50)
+    print(f"re-run of {strategy}: {got}/50, interval {lo}..{hi}")
+    return lo <= got <= hi
