@@ -8,8 +8,11 @@ import itertools
 import dns.message
 import dns.rdatatype
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_wallbleed import A_SUFFIX, AAAA_SUFFIX, BLOCKLIST, V1_CASES, V2_CASES, Q, _answer
 
+from gfwlab.engine.actions import Accept
 from gfwlab.mechanisms._wallbleed_pools import POOL_V4
 from gfwlab.offline.synth import dns_exchange
 from gfwlab.packet.ip import addr_bytes, build_udp
@@ -288,3 +291,27 @@ def test_a_long_scan_of_one_name_shows_the_cyclic_pool_order() -> None:
     assert len(sequences) == 3
     assert all(len(seq) > len(POOL_V4) for seq in sequences)  # each wrapped around
     assert all(sum(b < a for a, b in itertools.pairwise(seq)) >= 1 for seq in sequences)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    answer=st.binary(max_size=300),
+    cport=st.integers(1024, 65535),
+    name=st.sampled_from(["www.google.com", "example.org", "twitter.com"]),
+    gap=st.floats(0.0, 50.0),
+)
+def test_an_answer_from_port_53_changes_nothing_but_counters(
+    answer: bytes, cport: int, name: str, gap: float
+) -> None:
+    """``Censor.udp_reply_ports``, which lets the live lab forward DNS answers unqueued: any
+    datagram from port 53 back to the client gets a plain accept and nothing else, and the
+    flow's next query gets the same actions as if the answer had never been seen (within the
+    flow's idle time: the answer moves that only by its own delay)."""
+    c, r = addr_bytes(C), addr_bytes(R)
+    query = build_udp(c, r, cport, 53, build_query(name))
+    seen, unseen = build_censor(profile(), 1), build_censor(profile(), 1)
+    assert 53 in seen.udp_reply_ports and cport not in seen.udp_reply_ports
+    assert seen.feed(query, 0.0) == unseen.feed(query, 0.0)
+    got = seen.feed(build_udp(r, c, 53, cport, answer), 0.001)
+    assert [type(a) for a in got] == [Accept] and got[0] == Accept()
+    assert seen.feed(query, 0.002 + gap) == unseen.feed(query, 0.002 + gap)

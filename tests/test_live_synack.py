@@ -182,3 +182,26 @@ def test_skip_rules_with_and_without_the_synack() -> None:
         f"create {kernel.synack_set(False)} hash:ip,port,ip family inet "
         in kernel.create_commands()
     )
+
+
+def test_dns_answers_skip_the_queue_where_every_censor_watches_their_port() -> None:
+    """``kernel.udp_replies``: answers from a port every censor of the chain watches, to a port
+    none watches (a client resolving from port 53 keeps its answers queued)."""
+    assert kernel.udp_replies([frozenset({53})]) == (frozenset({53}), frozenset({53}))
+    assert kernel.udp_replies([frozenset({53}), frozenset({53, 5353})]) == (
+        frozenset({53}),
+        frozenset({53, 5353}),
+    )
+    assert kernel.udp_replies([frozenset({53}), frozenset()]) is None  # one watches none
+    assert kernel.udp_replies([]) is None
+    assert kernel.udp_replies([frozenset(range(1, 17))]) is None  # more than multiport takes
+    censor = build_censor(profile(), 1)
+    replies = kernel.udp_replies([censor.udp_reply_ports])
+    for v6 in (False, True):
+        rules = kernel.skip_rules(v6, udp_replies=replies)
+        assert rules[-1] == ["-g", kernel.SEEN_CHAIN] and len(rules) == 3
+        rule = rules[1]
+        assert rule[rule.index("--sports") + 1] == "53"
+        assert rule[rule.index("--dports") - 1] == "!" and rule[rule.index("--dports") + 1] == "53"
+        assert rule[rule.index("--ctdir") + 1] == "REPLY" and rule[-1] == "ACCEPT"
+        assert kernel.skip_rules(v6) == kernel.skip_rules(v6, udp_replies=None)

@@ -39,7 +39,7 @@ from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Inject, Probe, R
 from gfwlab.engine.flows import Flow, FlowKey, flow_key
 from gfwlab.engine.tcb import TcbState
 from gfwlab.errors import GfwlabError, MalformedPacket
-from gfwlab.live.kernel import Kernel
+from gfwlab.live.kernel import Kernel, UdpReplies, udp_replies
 from gfwlab.live.loop import serve
 from gfwlab.live.nflog import NflogReader, SynCopies
 from gfwlab.live.persist import BlockStore, censors_of
@@ -178,6 +178,8 @@ class LiveCensor:
         self.started = time.time()
         self.censors = censors_of(censor)
         self.skip_handshake_ack = False
+        self.udp_replies: UdpReplies | None = None
+        """The UDP answers the kernel forwards unqueued (``set_skips``)."""
         self.skip_syn_ack = False
         """Whether the censor now marks clean SYNs, so that the kernel forwards their SYN/ACKs
         unqueued (off while recording, so that a recording holds every packet the engine's
@@ -452,11 +454,18 @@ class LiveCensor:
             self.carry_out(actions, None)
             self.sync_syn_copies()
 
-    def set_skips(self, handshake_ack: bool, syn_ack: bool, syn: bool = False) -> None:
+    def set_skips(
+        self,
+        handshake_ack: bool,
+        syn_ack: bool,
+        syn: bool = False,
+        udp_replies: UdpReplies | None = None,
+    ) -> None:
         """What the kernel forwards without the engine (``live/kernel.py`` :func:`skip_rules`),
         from what the active mechanisms declare; the SYN/ACK skip stays off while recording. A
         clean first SYN is forwarded and copied (``syn``) only along with the SYN/ACK skip."""
         self.skip_handshake_ack, self.syn_ack_skippable = handshake_ack, syn_ack
+        self.udp_replies = udp_replies
         self.syn_copyable = syn and syn_ack and self.kernel is not None
         if self.syn_copyable and self.syn_copies is None:
             try:
@@ -471,7 +480,10 @@ class LiveCensor:
             return
         try:
             self.kernel.set_skip(
-                self.skip_handshake_ack, syn_ack=self.syn_ack_skippable, syn=self.syn_copyable
+                self.skip_handshake_ack,
+                syn_ack=self.syn_ack_skippable,
+                syn=self.syn_copyable,
+                udp_replies=self.udp_replies,
             )
         except GfwlabError as exc:  # the queue then takes everything, as before
             print(f"gfwlab-censor: {exc}", file=sys.stderr, flush=True)
@@ -644,6 +656,8 @@ def main(argv: list[str] | None = None) -> int:
         # The kernel forwards a copied SYN whether or not a censor reads the copies: with
         # --fail-closed every SYN waits in the queue, so that a dead censor lets none through.
         syn=not args.fail_closed and not any(c.needs_syn for c in censors),
+        # DNS answers: to the engine they change nothing but counters (Censor.udp_reply_ports).
+        udp_replies=udp_replies([c.udp_reply_ports for c in censors]),
     )
     live.blocks.restore(censor, time.monotonic(), time.time())  # after a crash: restart-censor
     gc.freeze()  # the profile's lists live as long as the censor: out of the collector's sight

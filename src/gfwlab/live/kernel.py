@@ -251,8 +251,19 @@ def bypassed_chain_rules(bypass_mark: int, v6: bool) -> list[list[str]]:
     return rules
 
 
+UdpReplies = tuple[frozenset[int], frozenset[int]]
+"""Server ports whose answers skip the queue, and the client ports they must not go to."""
+MULTIPORT_MAX = 15
+"""Ports one ``multiport`` match takes."""
+
+
 def skip_rules(
-    v6: bool, *, handshake_ack: bool = True, syn_ack: bool = False, syn: bool = False
+    v6: bool,
+    *,
+    handshake_ack: bool = True,
+    syn_ack: bool = False,
+    syn: bool = False,
+    udp_replies: UdpReplies | None = None,
 ) -> list[list[str]]:
     """The rules (after ``-A GFWLAB_SKIP``) of packets forwarded without the engine.
 
@@ -269,6 +280,8 @@ def skip_rules(
       :func:`seen_rules` marks so that the censor can tell the engine's TCP view what it missed
       (``LiveCensor.on_packet``); until then the connection is also in :func:`synack_set`, which
       a packet without a connection can be matched against (:func:`seen_rules`).
+    - ``udp_replies``: a UDP datagram in a connection's reply direction from one of its first
+      ports to a port outside its second (DNS answers: ``Censor.udp_reply_ports``).
 
     The chain ends with a jump to :data:`SEEN_CHAIN`; a jump to it put first while residual drop
     blocks are in force (:meth:`Kernel.set_skip`) stops the rest: a block may drop such a packet,
@@ -293,8 +306,27 @@ def skip_rules(
         )
         out.append([*first_clean, "-j", "CONNMARK", "--or-mark", skipped])
         out.append([*first_answer, "-m", "connmark", "--mark", f"{both}/{both}", "-j", "ACCEPT"])
+    if udp_replies is not None:
+        sports, watched = (",".join(str(p) for p in sorted(ports)) for ports in udp_replies)
+        out.append(
+            ["-p", "udp", "-m", "multiport", "--sports", sports,
+             "-m", "multiport", "!", "--dports", watched,
+             "-m", "conntrack", "--ctdir", "REPLY", "-j", "ACCEPT"]
+        )  # fmt: skip
     out.append(["-g", SEEN_CHAIN])
     return out
+
+
+def udp_replies(watched: Sequence[frozenset[int]]) -> UdpReplies | None:
+    """The ``udp_replies`` of :func:`skip_rules` for a chain of censors, each watching the
+    server ports of ``watched`` (``Censor.udp_reply_ports``): answers from a port every censor
+    watches, toward a port none does; None when there are none (or more than one ``multiport``
+    match takes)."""
+    ports = frozenset.intersection(*watched) if watched else frozenset()
+    union = frozenset().union(*watched)
+    if not ports or len(ports) > MULTIPORT_MAX or len(union) > MULTIPORT_MAX:
+        return None
+    return ports, union
 
 
 def _empty_segment(v6: bool, flags: str, nth: int, target: str) -> list[str]:
@@ -496,11 +528,17 @@ class Kernel:
         self.armed = on
         self._skip_state()
 
-    def set_skip(self, on: bool, syn_ack: bool = False, syn: bool = False) -> None:
+    def set_skip(
+        self,
+        on: bool,
+        syn_ack: bool = False,
+        syn: bool = False,
+        udp_replies: UdpReplies | None = None,
+    ) -> None:
         """Let the kernel forward what no active mechanism needs (:func:`skip_rules`): the
         handshake ACK if ``on``, clean connections' SYN/ACKs if ``syn_ack``, their first SYNs
-        (copied to the censor, :func:`syn_rules`) if ``syn``; except while residual drop blocks
-        are in force."""
+        (copied to the censor, :func:`syn_rules`) if ``syn``, the ``udp_replies``; except while
+        residual drop blocks are in force."""
         for tool in ("iptables", "ip6tables"):
             ipt = [tool, "-w", "-t", "mangle"]
             v6 = tool == "ip6tables"
@@ -514,14 +552,16 @@ class Kernel:
                 self._run([*ipt, "-A", SEEN_CHAIN, *rule])
             for rule in syn_rules(v6) if syn else []:
                 self._run([*ipt, "-A", SYN_CHAIN, *rule])
-            for rule in skip_rules(v6, handshake_ack=on, syn_ack=syn_ack, syn=syn):
+            for rule in skip_rules(
+                v6, handshake_ack=on, syn_ack=syn_ack, syn=syn, udp_replies=udp_replies
+            ):
                 self._run([*ipt, "-A", SKIP_CHAIN, *rule])
             present = self._ok([*ipt, "-C", "FORWARD", *clean_syn_rule()])
             if syn_ack and not present:
                 self._run([*ipt, "-A", "FORWARD", *clean_syn_rule()])
             elif not syn_ack and present:
                 self._run([*ipt, "-D", "FORWARD", *clean_syn_rule()])
-        self.skip = on or syn_ack or syn
+        self.skip = on or syn_ack or syn or udp_replies is not None
         self.skip_syn_ack = syn_ack
         self.syn_paused = None
         self._skip_state()
