@@ -303,14 +303,14 @@ def test_a_long_scan_of_one_name_shows_the_cyclic_pool_order() -> None:
 def test_an_answer_from_port_53_changes_nothing_but_counters(
     answer: bytes, cport: int, name: str, gap: float
 ) -> None:
-    """``Censor.udp_reply_ports``, which lets the live lab forward DNS answers unqueued: any
+    """``Censor.plan.ports``, which lets the live lab forward DNS answers unqueued: any
     datagram from port 53 back to the client gets a plain accept and nothing else, and the
     flow's next query gets the same actions as if the answer had never been seen (within the
     flow's idle time: the answer moves that only by its own delay)."""
     c, r = addr_bytes(C), addr_bytes(R)
     query = build_udp(c, r, cport, 53, build_query(name))
     seen, unseen = build_censor(profile(), 1), build_censor(profile(), 1)
-    assert 53 in seen.udp_reply_ports and cport not in seen.udp_reply_ports
+    assert 53 in seen.plan.ports and cport not in seen.plan.ports
     assert seen.feed(query, 0.0) == unseen.feed(query, 0.0)
     got = seen.feed(build_udp(r, c, 53, cport, answer), 0.001)
     assert [type(a) for a in got] == [Accept] and got[0] == Accept()

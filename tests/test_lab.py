@@ -184,7 +184,7 @@ def _skip_rule_state() -> tuple[bool, int]:
 
 
 def test_dns_answers_skip_the_queue_and_blocked_names_are_still_answered(lab: None) -> None:
-    """Answers from port 53 change nothing in the engine (``Censor.udp_reply_ports``): the
+    """Answers from port 53 change nothing in the engine (``Censor.plan.ports``): the
     kernel forwards them, and only the queries reach the censor's queue."""
     deadline = time.monotonic() + 15
     while _skip_rule_state()[0]:  # an earlier test's residual drop block holds every skip off

@@ -196,7 +196,7 @@ def test_dns_answers_skip_the_queue_where_every_censor_watches_their_port() -> N
     assert kernel.udp_replies([]) is None
     assert kernel.udp_replies([frozenset(range(1, 17))]) is None  # more than multiport takes
     censor = build_censor(profile(), 1)
-    replies = kernel.udp_replies([censor.udp_reply_ports])
+    replies = kernel.udp_replies([censor.plan.ports])
     for v6 in (False, True):
         rules = kernel.skip_rules(v6, udp_replies=replies)
         assert rules[-1] == ["-g", kernel.SEEN_CHAIN] and len(rules) == 3

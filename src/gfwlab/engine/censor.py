@@ -68,7 +68,7 @@ class Censor:
         self._tcb_key, self._reopen_bypassed = f"{seed}:engine.tcb", profile.tcb.reopen_bypassed
         self._next_sweep: float | None = None
         self.defrag = Defragmenter(eng.ip_overlap, eng.ip_fragment_timeout_s, eng.ip_reassembly)
-        plan = Plan.of(self.hooks)
+        self.plan = plan = Plan.of(self.hooks)
         self._stream_rows, self._first_dgram_rows, self._port_rows = plan.rows
         self._udp_ports, self._port_set, self._options = plan.udp_ports, plan.ports, plan.options
         self._syn_ack = bool(self.hooks.get("on_syn_ack"))
@@ -80,12 +80,6 @@ class Censor:
         self.needs_handshake_ack = bool(self._watch) or handshake_ack
         """The engine needs the client's data-less handshake ACK (``Needs.handshake_ack``)."""
         self.needs_syn = any(m.needs().syn for m in self.hooks.get("on_new_flow", ()))  # Needs.syn
-        self.udp_reply_ports = self._port_set
-        """Server UDP ports (DNS) whose datagrams toward a client port outside this set change
-        nothing in the engine but counters and the flow's idle time (:meth:`_udp`: a flow to a
-        watched port stays open for its next query, and only the client's datagrams are
-        dissected): an inline adapter may forward them unqueued while no residual drop block
-        is in force."""
         self.rebypass = False
         """Answer each passing packet of a bypassed flow with Bypass again: the kernel shows the
         engine such packets while a residual block may cover them (``live/kernel.py``)."""

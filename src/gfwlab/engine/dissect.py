@@ -137,7 +137,11 @@ class Plan:
     udp_ports: dict[str, frozenset[int]]
     """Per mechanism on a UDP-port row: the server ports it declared."""
     ports: frozenset[int]
-    """Every declared UDP port."""
+    """Every declared UDP port. The engine dissects only the datagrams sent to one of them: a
+    datagram from one of them to a port outside them (a DNS answer) changes nothing in the
+    engine but counters and its flow's idle time (``Censor._udp`` keeps such a flow open for its
+    next query), so an inline adapter may forward it unqueued while no residual drop block is
+    in force (``live/kernel.py`` ``udp_replies``)."""
     options: Options
 
     @classmethod

@@ -656,8 +656,8 @@ def main(argv: list[str] | None = None) -> int:
         # The kernel forwards a copied SYN whether or not a censor reads the copies: with
         # --fail-closed every SYN waits in the queue, so that a dead censor lets none through.
         syn=not args.fail_closed and not any(c.needs_syn for c in censors),
-        # DNS answers: to the engine they change nothing but counters (Censor.udp_reply_ports).
-        udp_replies=udp_replies([c.udp_reply_ports for c in censors]),
+        # DNS answers: to the engine they change nothing but counters (Plan.ports).
+        udp_replies=udp_replies([c.plan.ports for c in censors]),
     )
     live.blocks.restore(censor, time.monotonic(), time.time())  # after a crash: restart-censor
     gc.freeze()  # the profile's lists live as long as the censor: out of the collector's sight

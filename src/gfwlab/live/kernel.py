@@ -281,7 +281,7 @@ def skip_rules(
       (``LiveCensor.on_packet``); until then the connection is also in :func:`synack_set`, which
       a packet without a connection can be matched against (:func:`seen_rules`).
     - ``udp_replies``: a UDP datagram in a connection's reply direction from one of its first
-      ports to a port outside its second (DNS answers: ``Censor.udp_reply_ports``).
+      ports to a port outside its second (DNS answers: ``Censor.plan.ports``).
 
     The chain ends with a jump to :data:`SEEN_CHAIN`; a jump to it put first while residual drop
     blocks are in force (:meth:`Kernel.set_skip`) stops the rest: a block may drop such a packet,
@@ -319,7 +319,7 @@ def skip_rules(
 
 def udp_replies(watched: Sequence[frozenset[int]]) -> UdpReplies | None:
     """The ``udp_replies`` of :func:`skip_rules` for a chain of censors, each watching the
-    server ports of ``watched`` (``Censor.udp_reply_ports``): answers from a port every censor
+    server ports of ``watched`` (``Censor.plan.ports``): answers from a port every censor
     watches, toward a port none does; None when there are none (or more than one ``multiport``
     match takes)."""
     ports = frozenset.intersection(*watched) if watched else frozenset()
