@@ -285,7 +285,7 @@ def _classify(buf: U8, start: I64, length: I64) -> _Fields:
 
 def _classify_heads(head: U8, length: I64, out: _Fields) -> None:
     """:func:`_classify` of packets whose first bytes are the rows of ``head``, into ``out``.
-    Nothing is read past a packet's ``length`` into what decides its fields."""
+    A row also holds bytes past its packet's ``length``; none of them decides a field."""
     n = head.shape[0]
     rows = np.arange(n)
 
