@@ -33,7 +33,7 @@ import numpy.typing as npt
 from gfwlab.errors import MalformedPacket
 from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, parse
 from gfwlab.packet.pcap import CaptureReader
-from gfwlab.packet.scan import scan
+from gfwlab.packet.scan import heads, scan
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
@@ -248,24 +248,6 @@ _CHUNK = 1 << 15
 while some twenty columns are read from them."""
 
 
-def heads(buf: U8, start: I64, width: int = HEAD) -> U8:
-    """The first ``width`` bytes at each offset of ``start``, one row each (zeros past the end
-    of ``buf``): one gather of whole rows from a strided view, where reading each column on its
-    own would touch every packet's cache line once per column."""
-    n = start.shape[0]
-    size = buf.shape[0]
-    out = np.zeros((n, width), dtype=np.uint8)
-    whole = start <= size - width
-    if size >= width:
-        rows = np.lib.stride_tricks.sliding_window_view(buf, width)
-        out[whole] = rows[start[whole]]
-    for i in np.flatnonzero(~whole).tolist():
-        s = int(start[i])
-        if s < size:
-            out[i, : size - s] = buf[s:]
-    return out
-
-
 def _classify(buf: U8, start: I64, length: I64) -> _Fields:
     """Vectorised header reading; ``flow`` is False where the engine would not make a flow or
     where the reading is not certain (those packets are parsed one by one afterwards)."""
@@ -279,7 +261,7 @@ def _classify(buf: U8, start: I64, length: I64) -> _Fields:
     for lo in range(0, n, _CHUNK):
         hi = min(n, lo + _CHUNK)
         part = (flow[lo:hi], proto[lo:hi], flags[lo:hi], payload_off[lo:hi], src[lo:hi], dst[lo:hi])
-        _classify_heads(heads(buf, start[lo:hi]), length[lo:hi], part)
+        _classify_heads(heads(buf, start[lo:hi], HEAD), length[lo:hi], part)
     return flow, proto, flags, payload_off, src, dst
 
 

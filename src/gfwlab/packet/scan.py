@@ -30,6 +30,7 @@ from gfwlab.packet.link import MODE_ETH, MODE_RAW, FrameBuffer, ip_offset
 from gfwlab.packet.pcap import CaptureReader
 
 I64 = npt.NDArray[np.int64]
+U8 = npt.NDArray[np.uint8]
 F64 = npt.NDArray[np.float64]
 
 
@@ -57,6 +58,24 @@ def scan(reader: CaptureReader, limit: int | None = None) -> Records | None:
     if reader.format == "pcapng":
         return _scan_pcapng(reader, limit)
     return _scan_pcap(reader, limit)
+
+
+def heads(buf: U8, start: I64, width: int) -> U8:
+    """The first ``width`` bytes at each offset of ``start``, one row each (zeros past the end
+    of ``buf``): one gather of whole rows from a strided view, where reading each column on its
+    own would touch every packet's cache line once per column."""
+    n = start.shape[0]
+    size = buf.shape[0]
+    out = np.zeros((n, width), dtype=np.uint8)
+    whole = start <= size - width
+    if size >= width:
+        rows = np.lib.stride_tricks.sliding_window_view(buf, width)
+        out[whole] = rows[start[whole]]
+    for i in np.flatnonzero(~whole).tolist():
+        s = int(start[i])
+        if s < size:
+            out[i, : size - s] = buf[s:]
+    return out
 
 
 def _scan_pcapng(reader: CaptureReader, limit: int | None) -> Records | None:
@@ -124,10 +143,7 @@ def _scan_pcap(reader: CaptureReader, limit: int | None) -> Records | None:
         reader.truncated_at = end_off
     data = np.frombuffer(buf, dtype=np.uint8) if size else np.zeros(0, dtype=np.uint8)
     u4 = np.dtype(endian + "u4")
-    # Each record's first 8 bytes, as whole rows of a strided view (every record is whole).
-    head = (
-        np.lib.stride_tricks.sliding_window_view(data, 8)[rec] if n else np.zeros((0, 8), np.uint8)
-    )
+    head = heads(data, rec, 8)  # each record's timestamp
     words = np.ascontiguousarray(head).view(u4).astype(np.float64)
     # ``sec + frac / div`` as CaptureReader computes it: the same IEEE operations, in order.
     ts = words[:, 0] + words[:, 1] / div
