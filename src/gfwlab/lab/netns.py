@@ -212,24 +212,8 @@ def install_queue_rules(censor_ns: str, queue: int, *, fail_open: bool) -> None:
             # The prober's own connections are not traffic the censor inspects, and the kernel
             # must not reset the connections the prober's userspace TCP makes.
             run([*ipt, "-A", "GFWLAB", "-d", f"{PROBER_NET}.0/24", "-j", "ACCEPT"])
-            run(
-                in_ns(
-                    censor_ns,
-                    tool,
-                    "-w",
-                    "-A",
-                    "OUTPUT",
-                    "-s",
-                    f"{PROBER_NET}.0/24",
-                    "-p",
-                    "tcp",
-                    "--tcp-flags",
-                    "RST",
-                    "RST",
-                    "-j",
-                    "DROP",
-                )
-            )
+            rst = ["-p", "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP"]
+            run(in_ns(censor_ns, tool, "-w", "-A", "OUTPUT", "-s", f"{PROBER_NET}.0/24", *rst))
         # What no active mechanism needs is let through here (filled by the censor: live/kernel.py).
         run([*ipt, "-N", kernel.SKIP_CHAIN])
         run([*ipt, "-A", "GFWLAB", "-j", kernel.SKIP_CHAIN])
