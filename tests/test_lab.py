@@ -16,18 +16,16 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import dns.message
 import pytest
 
 from gfwlab.lab.netns import in_ns
-from gfwlab.lab.state import LabState
 from gfwlab.live.kernel import SEEN_CHAIN, SKIP_CHAIN
 from gfwlab.live.topology import CENSOR_NS
 from gfwlab.packet.ip import ACK, RST, parse
 from gfwlab.packet.pcap import CaptureReader
-from testenv import LAB_MARKS, UP, client, curl, gfwlab, leftovers
+from testenv import LAB_MARKS, UP, censor_stats, client, curl, gfwlab, leftovers
 
 pytestmark = LAB_MARKS
 
@@ -191,30 +189,19 @@ def test_dns_answers_skip_the_queue_and_blocked_names_are_still_answered(lab: No
         assert time.monotonic() < deadline, "a residual drop block outlasted 15 s"
         time.sleep(0.5)
     _, before = _skip_rule_state()
-    queued_before = _stats_after(time.time())["queued_packets"]
+    queued_before = censor_stats()["queued_packets"]
     names = ["www.google.com", "www.example.org"] * 10
     script = "; ".join(f"dig +time=3 +tries=1 +short {n} A | head -1" for n in names)
     res = client("sh", "-c", script)
     firsts = res.stdout.split()
     armed, after = _skip_rule_state()
-    queued = _stats_after(time.time())["queued_packets"] - queued_before
+    queued = censor_stats()["queued_packets"] - queued_before
     assert not armed
     assert firsts == ["198.19.99.7", "198.19.0.2"] * 10, res.stdout  # forged first, as before
     assert after - before == len(names), (before, after)  # one real answer each, unqueued
     # The queries, and at most one ICMP error per blocked name: dig stops at the forged answer,
     # and the client's kernel may answer the real one's arrival at a closed port.
     assert len(names) <= queued <= len(names) + names.count("www.google.com"), queued
-
-
-def _stats_after(asked: float) -> dict[str, Any]:
-    """The censor's counters as written after ``asked`` (every half second or so)."""
-    path = Path(LabState.load().file("stats.json"))
-    deadline = asked + 5
-    while True:
-        time.sleep(0.2)
-        out: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        if out["updated"] > asked or time.time() > deadline:
-            return out
 
 
 def test_http3_to_an_unblocked_name_works(lab: None) -> None:

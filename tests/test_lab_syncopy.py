@@ -13,12 +13,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from gfwlab.lab.state import LabState
-from testenv import LAB_MARKS, client, curl, gfwlab, lab_for_module
+from testenv import LAB_MARKS, censor_stats, client, curl, gfwlab, lab_for_module
 
 pytestmark = [*LAB_MARKS, pytest.mark.slow]  # about 15 s: the matrix stage (scripts/test)
 
@@ -36,18 +34,6 @@ def lab() -> Iterator[None]:
     yield from lab_for_module(*UP)
 
 
-def stats() -> dict[str, Any]:
-    """The censor's counters, as written after this call (it writes them every half second or
-    so, between passes of its loop)."""
-    asked, path = time.time(), LabState.load().file("stats.json")
-    while True:
-        time.sleep(0.2)
-        with open(path, encoding="utf-8") as fh:
-            out: dict[str, Any] = json.load(fh)
-        if out["updated"] > asked or time.time() > asked + 5:
-            return out
-
-
 def blocked(server: str) -> tuple[bool, str]:
     """Whether a request with a blocked keyword was blocked (curl got no answer, and the censor
     reset a connection to ``server``), and what happened, for the assertion's message."""
@@ -62,16 +48,17 @@ def blocked(server: str) -> tuple[bool, str]:
     ]
     port = next((p for p, m, a, _ in reversed(mine) if m == "http_keyword" and a == "rst"), None)
     done = res.returncode != 0 and port is not None
-    return done, f"curl {res.returncode} in {took:.1f} s {res.stderr.strip()!r} {mine} {stats()}"
+    said = f"curl {res.returncode} in {took:.1f} s {res.stderr.strip()!r}"
+    return done, f"{said} {mine} {censor_stats()}"
 
 
 @pytest.mark.usefixtures("lab")
 def test_clean_syns_skip_the_queue_and_connections_are_still_judged() -> None:
-    before = stats()
+    before = censor_stats()
     assert before["syn_copy"] is True, before
     loop = f"for i in $(seq {CLEAN}); do curl -sf -o /dev/null http://198.19.0.3/ || exit 1; done"
     assert client("sh", "-c", loop).returncode == 0
-    clean = stats()
+    clean = censor_stats()
     fed = clean["syns_fed"] - before["syns_fed"]
     queued = clean["queued_packets"] - before["queued_packets"]
     # Each connection's SYN was copied; the queue took about one packet per connection (its
@@ -83,16 +70,16 @@ def test_clean_syns_skip_the_queue_and_connections_are_still_judged() -> None:
     # censor keeps no TCB and would let the request through, spec §9).
     done, why = blocked("198.19.0.4")
     assert done, why
-    held = stats()
+    held = censor_stats()
     assert held["syn_copy"] is False, f"{why} {held}"  # a residual block: SYNs are queued
     # Blocked again: the queued SYN draws the residual reset (spec §3) or the request is reset.
     done, why = blocked("198.19.0.4")
     assert done, why
 
     deadline = time.monotonic() + 20
-    while (now := stats())["syn_copy"] is not True:
+    while (now := censor_stats())["syn_copy"] is not True:
         assert time.monotonic() < deadline, now
     done, why = blocked("198.19.0.5")
     assert done, why  # copied again, and judged
-    after = stats()
+    after = censor_stats()
     assert after["syns_fed"] > now["syns_fed"] and after["syns_late"] == 0

@@ -8,12 +8,15 @@ package has.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,6 +109,20 @@ def gfwlab(*args: str, timeout: float = 120, **kw: object) -> subprocess.Complet
         check=False,
         **kw,
     )  # type: ignore[call-overload]
+
+
+def censor_stats() -> dict[str, Any]:
+    """The live censor's counters (``stats.json``) as written after this call: it writes them
+    every half second or so, between passes of its loop (at most 5 s is waited)."""
+    from gfwlab.lab.state import LabState  # noqa: PLC0415  (nothing from gfwlab at load)
+
+    asked, path = time.time(), LabState.load().file("stats.json")
+    while True:
+        time.sleep(0.2)
+        with open(path, encoding="utf-8") as fh:
+            out: dict[str, Any] = json.load(fh)
+        if out["updated"] > asked or time.time() > asked + 5:
+            return out
 
 
 def lab_for_module(*up: str) -> Iterator[None]:
