@@ -166,6 +166,21 @@ def load_ca(ca_cert: str, ca_key: str) -> tuple[x509.Certificate, ec.EllipticCur
     return cert, key
 
 
+LEAF_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+"""The key usage of every certificate the lab CA signs for a server or a client: signatures
+only (ECDSA keys; the extended key usage says which end)."""
+
+
 def make_ca(directory: str, *, reuse: bool = False) -> tuple[str, str]:
     """Create the lab CA in ``directory``; return the paths of ``ca.pem`` and ``ca.key``.
 
@@ -262,20 +277,7 @@ def _sign_server_cert(
         .not_valid_before(now - BACKDATE)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(LEAF_KEY_USAGE, critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
