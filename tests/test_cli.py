@@ -198,6 +198,36 @@ def test_real_spoofed_quic_initial_to_port_53_is_blocked_not_answered(tmp_path: 
     assert not any(e["mechanism"] == "dns_injection" for e in lines)
 
 
+def test_analyze_in_shards_writes_what_one_process_writes(demo_pcap: Path, tmp_path: Path) -> None:
+    """``--shards 2``: the capture split by server address over a local cluster of two worker
+    processes; the same events, censored capture and summary as one process."""
+    runs = []
+    for shards in ("1", "2"):
+        ev, out = tmp_path / f"ev{shards}.jsonl", tmp_path / f"out{shards}.pcap"
+        res = gfwlab(
+            "analyze", str(demo_pcap), "--date", "2024-06-01", "--events", str(ev), "--out",
+            str(out), "--json", "--shards", shards, "--workers", "2",
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        summary = json.loads(res.stdout)
+        summary.pop("outputs")
+        runs.append((summary, ev.read_bytes(), out.read_bytes()))
+    assert runs[0] == runs[1]
+    assert not runs[1][0]["warnings"] and runs[1][0]["verdicts"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (("--shards", "0"), "--shards"),
+        (("--shards", "2", "--exact"), "--shards"),
+        (("--shards", "2", "--profile", "henan", "--profile", "gfw"), "--shards"),
+    ],
+)
+def test_analyze_shards_bad_options(demo_pcap: Path, extra: tuple[str, ...], needle: str) -> None:
+    one_line_error(gfwlab("analyze", str(demo_pcap), *extra), needle)
+
+
 # ------------------------------------------------------------------ bad input
 
 

@@ -132,3 +132,22 @@ def test_port_then_address_blocked_after_k_detections() -> None:
     assert (80, "null-route") in drops  # port 80 only after the address was blocked
     first_port80 = [e for e in r.acted(mechanism="tls_in_tls") if e.flow.dport == 80]
     assert all(e.ts >= 8.0 for e in first_port80)
+
+
+def test_a_trace_idle_past_the_window_starts_over_whether_or_not_it_was_swept() -> None:
+    """A tunnel's first flights, then 700 s of silence (longer than ``window_s``), then its
+    last flights on the same 4-tuple: the trace starts over, both when the mechanism last swept
+    stale traces too early to drop it and when it sweeps at the trace's return. (The sweep only
+    frees memory: its timing, which depends on other flows, must not change a verdict, or a
+    capture split into parts would not give one engine's answer.)"""
+    whole = _flow(TUNNEL, cport=40001)
+    cut = 2 + 1 + 2 + 1  # the handshake, then flights of 517, 1800 and 1248 bytes
+    early = whole[:cut]
+    late = [(t + 700.0, p) for t, p in whole[cut:]]
+    # Another flow at 600 s: the mechanism sweeps then (the window has passed since its last
+    # sweep), while the tunnel's trace is not yet idle for the window, so it is kept.
+    other = _flow((517,), cport=40002, t0=600.0, server="198.19.0.99")
+    alone = _go([*early, *late], *ON)
+    swept = _go(sorted([*early, *other, *late], key=lambda tp: tp[0]), *ON)
+    mine = [e for e in swept.acted(mechanism="tls_in_tls") if e.flow.sport == 40001]
+    assert [e.as_dict() for e in alone.acted(mechanism="tls_in_tls")] == [e.as_dict() for e in mine]

@@ -11,7 +11,8 @@ import json
 import os
 import sys
 import tempfile
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
@@ -41,6 +42,10 @@ from gfwlab.options import (
 from gfwlab.report.commands import report
 from gfwlab.results.commands import results
 from gfwlab.tools.commands import tools_app
+
+if TYPE_CHECKING:
+    from gfwlab.offline.analyze import Summary
+    from gfwlab.profiles import Profile
 
 app = typer.Typer(
     add_completion=False,
@@ -95,6 +100,14 @@ def analyze(
     workers: Annotated[
         int, typer.Option("--workers", help="Worker processes of the local Dask cluster.")
     ] = 2,
+    shards: Annotated[
+        int,
+        typer.Option(
+            "--shards",
+            help="Split the capture into this many parts by server address and analyse them in "
+            "parallel on a Dask cluster (--workers, --scheduler): the same outputs as one process.",
+        ),
+    ] = 1,
     results_dir: ResultsOpt = None,
 ) -> None:
     """What the Great Firewall would have done to a capture, and why."""
@@ -102,7 +115,13 @@ def analyze(
     from gfwlab.offline.analyze import at_moment, dated  # noqa: PLC0415
     from gfwlab.profiles import parse_moment  # noqa: PLC0415
 
-    if len(captures) > 1 or scheduler is not None or out_dir is not None:
+    if shards < 1 or workers < 1:
+        raise InputError("--shards and --workers must be at least 1")
+    if shards > 1 and (len(captures) > 1 or out_dir is not None):
+        raise InputError("--shards splits one capture (no --out-dir)")
+    if shards > 1 and (exact or at is not None or network != "national" or len(profile or []) > 1):
+        raise InputError("--shards takes one --profile and no --exact, --at or --network")
+    if len(captures) > 1 or (scheduler is not None and shards == 1) or out_dir is not None:
         if results_dir is not None:
             raise InputError("--results takes one capture (no --out-dir or --scheduler)")
         names = profile or ["gfw"]
@@ -151,16 +170,22 @@ def analyze(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        summary = run(
-            capture,
-            profs if len(profs) > 1 else profs[0],
-            seed=seed,
-            events_path=events,
-            out_path=out,
-            progress=progress,
-            date_source=source,
-            exact=exact,
-        )
+        if shards > 1:
+            summary = _analyze_split(
+                capture, (profile or ["gfw"])[0], profs[0], sets, seed, events, out, shards,
+                scheduler, workers, source, progress,
+            )  # fmt: skip
+        else:
+            summary = run(
+                capture,
+                profs if len(profs) > 1 else profs[0],
+                seed=seed,
+                events_path=events,
+                out_path=out,
+                progress=progress,
+                date_source=source,
+                exact=exact,
+            )
     for warning in summary.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if results_dir is not None and events is not None:
@@ -187,6 +212,32 @@ def analyze(
             f"{capture}: capture truncated at byte {summary.truncated_at}; analysed the "
             f"{summary.packets} packets before it (outputs cover those)"
         )
+
+
+def _analyze_split(
+    capture: str,
+    name: str,
+    prof: Profile,
+    sets: list[str] | None,
+    seed: int,
+    events: str | None,
+    out: str | None,
+    shards: int,
+    scheduler: str | None,
+    workers: int,
+    source: str,
+    progress: Callable[[int, int], None],
+) -> Summary:
+    """One capture split into ``shards`` parts on a Dask cluster (see gfwlab.offline.shard)."""
+    from gfwlab.offline.scale import ProfileSpec, connect, part_runner  # noqa: PLC0415
+    from gfwlab.offline.shard import analyze_split  # noqa: PLC0415
+
+    spec = ProfileSpec(name, prof.date, tuple(sets or ()))
+    with connect(scheduler, workers) as client:
+        return analyze_split(
+            capture, prof, parts=shards, seed=seed, events_path=events, out_path=out,
+            runner=part_runner(client), rebuild=spec.build, progress=progress, date_source=source,
+        )  # fmt: skip
 
 
 def _analyze_many(

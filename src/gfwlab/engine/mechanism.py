@@ -167,6 +167,12 @@ class Mechanism(ABC):
     shared_state: ClassVar[tuple[str, ...]] = ()
     """State this mechanism keeps across flows on purpose, each with the rule that keeps it
     deterministic (e.g. "a pool cursor, advanced in packet-time order")."""
+    shard_scope: ClassVar[Literal["flow", "server", "all"]] = "flow"
+    """The widest set of flows one piece of ``shared_state`` spans, which says how a capture
+    may be split for analysis in parallel (:mod:`gfwlab.offline.shard`): ``flow`` (no shared
+    state), ``server`` (state keyed by the server's address: the flows of one server address
+    stay together) or ``all`` (state any flow on the mechanism's declared UDP ports may touch,
+    such as a pool cursor: those flows all go to one part)."""
 
     def __init__(
         self,

@@ -144,12 +144,16 @@ class Verdicts:
         self.stats = Stats()
         self.timers: list[tuple[float, int, Inject | Probe]] = []
         self.probes: dict[int, tuple[Mechanism, Flow, PlannedProbe, dict[str, Any]]] = {}
-        self._timer_seq = 0
+        self.timer_seq = 0
+        """The number of the last timer held: timers due at the same time are released in the
+        order they were held. An adapter that splits a capture into parts sets it before each
+        packet to the packet's number in the whole capture shifted left by 20 bits, so that the
+        parts' timers order as one engine's would."""
 
     def later(self, action: Inject | Probe) -> None:
         """Hold ``action`` until its time comes (``Censor.on_timer``)."""
-        self._timer_seq += 1
-        heapq.heappush(self.timers, (action.at, self._timer_seq, action))
+        self.timer_seq += 1
+        heapq.heappush(self.timers, (action.at, self.timer_seq, action))
 
     def apply(
         self,

@@ -212,6 +212,7 @@ class DnsInjection(Mechanism):
         "each injector process's pool cursor (per address family): advanced once per answer it "
         "sends, in the order queries are fed (packet-time order offline, arrival order live)",
     )
+    shard_scope = "all"
 
     def __init__(self, params: DnsInjectionParams, **kw: Any) -> None:
         super().__init__(params, **kw)

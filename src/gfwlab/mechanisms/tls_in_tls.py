@@ -134,6 +134,7 @@ class TlsInTls(Mechanism):
         "per-flow flight traces (emptied once a flow is decided, dropped when it is idle for "
         "window_s), so a flow is counted at most once",
     )
+    shard_scope = "server"
 
     def __init__(self, params: TlsInTlsParams, **kw: Any) -> None:
         super().__init__(params, **kw)
@@ -152,7 +153,14 @@ class TlsInTls(Mechanism):
         key = (flow.client, flow.cport, flow.server, flow.sport)
         self._sweep(seen.now)
         trace = self._traces.get(key)
-        if trace is None or (seen.c2s and pkt.flags & SYN):  # a new connection on the 4-tuple
+        # A new connection on the 4-tuple, or a trace idle past the window (forgotten whether or
+        # not a sweep has dropped it yet: the sweep only frees memory, so its timing, which
+        # depends on the other flows, never changes a verdict).
+        if (
+            trace is None
+            or (seen.c2s and pkt.flags & SYN)
+            or seen.now - trace.last > self.params.window_s
+        ):
             trace = self._traces[key] = _Trace(seen.now)
         trace.last = seen.now
         if trace.done or not pkt.payload:

@@ -257,7 +257,7 @@ def _run_fast(
     write_event = events_out.fh.write if events_out is not None else None
 
     def report(event: Event) -> None:
-        _record(event, rows, summary, write_event, on_event)
+        record_event(event, rows, summary, write_event, on_event)
 
     plan = fast.run(index, censor, report, keep=pcap_out is not None, progress=progress)
     if pcap_out is not None:
@@ -266,7 +266,7 @@ def _run_fast(
         progress(index.size, index.size)
     if len(index):
         summary.start_ts = float(index.ts[0])
-    _fill(summary, censor.stats, rows)
+    fill_summary(summary, censor.stats, rows)
     censors = censor.censors if isinstance(censor, Chain) else [("", censor)]
     summary.flows_evicted = sum(c.flows.evicted for _, c in censors)
     summary.engine_packets = plan.fed
@@ -311,7 +311,7 @@ def _run(
                     if write_pkt is not None:
                         write_pkt(action.at, action.packet)
                 case Report():
-                    _record(action.event, rows, summary, write_event, on_event)
+                    record_event(action.event, rows, summary, write_event, on_event)
                 case Probe():
                     pass  # offline there is no server to probe: the event says when it would be
                 case Bypass():
@@ -334,7 +334,7 @@ def _run(
     carry_out(censor.flush(), 0.0, None)
     if progress is not None:
         progress(reader.size, reader.size)
-    _fill(summary, censor.stats, rows)
+    fill_summary(summary, censor.stats, rows)
     censors = censor.censors if isinstance(censor, Chain) else [("", censor)]
     summary.flows_evicted = sum(c.flows.evicted for _, c in censors)
     summary.engine_packets = censor.stats.packets
@@ -343,7 +343,8 @@ def _run(
     return summary
 
 
-def _fill(summary: Summary, st: Stats, rows: dict[tuple[Any, ...], FlowVerdict]) -> None:
+def fill_summary(summary: Summary, st: Stats, rows: dict[tuple[Any, ...], FlowVerdict]) -> None:
+    """The summary's counters from the engine's, and its rows of verdicts by first time."""
     summary.packets = st.packets
     summary.flows = st.flows
     summary.dropped = st.dropped
@@ -354,13 +355,14 @@ def _fill(summary: Summary, st: Stats, rows: dict[tuple[Any, ...], FlowVerdict])
     summary.verdicts = sorted(rows.values(), key=lambda v: v.first_ts)
 
 
-def _record(
+def record_event(
     event: Event,
     rows: dict[tuple[Any, ...], FlowVerdict],
     summary: Summary,
     write_event: Callable[[str], int] | None,
     on_event: Callable[[Event], None] | None,
 ) -> None:
+    """Write ``event`` and count it in ``summary`` and its flow's row of ``rows``."""
     if write_event is not None:
         write_event(json_line(event.as_dict()))
     if on_event is not None:

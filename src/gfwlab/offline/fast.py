@@ -43,12 +43,14 @@ from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, P
 from gfwlab.engine.censor import Censor
 from gfwlab.engine.flows import Flow, FlowKey, FlowState, flow_key
 from gfwlab.engine.residual import Key, ResidualEntry, residual_key
-from gfwlab.offline.index import I64, CaptureIndex
+from gfwlab.offline.index import F64, I64, CaptureIndex
 from gfwlab.packet.ip import ACK, PROTO_TCP, RST, SYN
 from gfwlab.packet.pcap import MAX_CAPLEN, PcapWriter
 from gfwlab.rules.profile import ResidualKey
 
 Writes = list[tuple[float, bytes]]
+Timed = list[tuple[float, int, bytes]]
+"""Injections released by timers: (time, the timer's number, packet), in release order."""
 
 _BLOCK_CODES = {"none": 0, "c2s": 1, "s2c": 2, "both": 3}
 _CHUNK = 32 << 20
@@ -62,16 +64,36 @@ class FastPathError(RuntimeError):
 class Plan:
     """What the censored capture holds, relative to the input's packets."""
 
-    before: dict[int, Writes] = field(default_factory=dict)
+    before: dict[int, Timed] = field(default_factory=dict)
     """Packets released by timers, written before input packet ``i``."""
     at: dict[int, Writes] = field(default_factory=dict)
     """What a fed packet's actions wrote (itself if accepted, then injections)."""
-    tail: Writes = field(default_factory=list)
+    tail: Timed = field(default_factory=list)
     """Injections released at the end of the capture."""
     dropped: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     """Input packets dropped in bulk (later packets of blocked flows)."""
     fed: int = 0
     """Packets that reached the engine."""
+
+
+class PartError(RuntimeError):
+    """A part of a split capture met a flow whose server address another part holds."""
+
+
+@dataclass(slots=True)
+class Part:
+    """Where the packets of an index that is one part of a split capture (:mod:`.shard`) sit in
+    the whole capture. With it, :func:`run` numbers everything it plans (packets, timers) as
+    in the whole capture, so that the parts' plans merge into the plan of the whole."""
+
+    ids: I64
+    """Each packet's number in the whole capture."""
+    ts: F64
+    """The whole capture's timestamps."""
+    owns: Callable[[Flow], bool]
+    """Whether this part holds the flow's server address (else :class:`PartError`)."""
+    current: int = -1
+    """The number in the whole capture of the packet being fed (for ordering its events)."""
 
 
 def run(
@@ -81,9 +103,11 @@ def run(
     *,
     keep: bool,
     progress: Callable[[int, int], None] | None = None,
+    part: Part | None = None,
 ) -> Plan:
     """Analyse ``index`` with ``censor``; Reports go to ``report`` in the every-packet order.
-    ``keep``: remember what to write to a censored capture."""
+    ``keep``: remember what to write to a censored capture. ``part``: ``index`` is one part of
+    a split capture; the plan is numbered as in the whole."""
     eng = censor.profile.engine
     lives = index.lives(eng.tcp_timeout_s, eng.udp_timeout_s)
     n = len(index)
@@ -116,6 +140,8 @@ def run(
     plan = Plan()
     at = plan.at
     table = censor.flows.flows
+    verdicts = censor.verdicts
+    ids: list[int] = part.ids.tolist() if part is not None else []
 
     def collect(actions: Iterable[Action], at: float, packet: bytes | None, out: Writes) -> None:
         for action in actions:
@@ -133,13 +159,30 @@ def run(
                 case _:
                     assert_never(action)
 
+    waiting = censor.verdicts.timers
+
+    def timed(actions: list[Action], seqs: list[int], out: Timed) -> None:
+        for action, seq in zip(actions, seqs, strict=True):
+            if type(action) is Inject:
+                if keep:
+                    out.append((action.at, seq, action.packet))
+            else:
+                collect((action,), 0.0, None, [])
+
     def timers(until: float, last: int) -> None:
         deadline = censor.next_deadline()
         while deadline is not None and deadline <= until:
+            # The timers on_timer releases, in its order (their numbers order a split capture's
+            # parts' releases at the same time as one engine would).
+            seqs = sorted((t[0], t[1]) for t in waiting if t[0] <= deadline)
             actions = censor.on_timer(deadline)
             if actions:
-                j = max(last + 1, int(np.searchsorted(ts, deadline, side="left")))
-                collect(actions, deadline, None, plan.before.setdefault(j, []))
+                if part is None:
+                    j = max(last + 1, int(np.searchsorted(ts, deadline, side="left")))
+                else:
+                    after = int(part.ids[last]) + 1 if last >= 0 else 0
+                    j = max(after, int(np.searchsorted(part.ts, deadline, side="left")))
+                timed(actions, [q for _, q in seqs], plan.before.setdefault(j, []))
             deadline = censor.next_deadline()
 
     heap: list[tuple[int, int, int]] = []
@@ -262,9 +305,13 @@ def run(
         if flow is not None:
             flow.packets = k
         packet = data[starts[i] : ends[i]]
+        g = i
+        if part is not None:
+            g = part.current = ids[i]
+            verdicts.timer_seq = max(verdicts.timer_seq, g << 20)
         actions = feed(packet, now)
         if len(actions) != 1 or type(actions[0]) is not Accept:
-            collect(actions, now, packet, at.setdefault(i, []) if keep else [])
+            collect(actions, now, packet, at.setdefault(g, []) if keep else [])
         # else accepted as it is: the censored capture copies it from the input
         fed_at.append(i)
         fed += 1
@@ -295,6 +342,8 @@ def run(
                 life_by_flow[id(flow)] = life
             client_lower[life] = lower[i] == (src == flow.client and sport == flow.cport)
         flow.last_seen = final[life]
+        if part is not None and not part.owns(flow):
+            raise PartError(f"{index.path}: packet {g}: a flow of a server held by another part")
         state = flow.state
         if k + 1 >= lcount[life]:  # its last packet: nothing more will need the flow
             flows[life] = None
@@ -321,9 +370,12 @@ def run(
                     suspects((life,))
         elif status[life] == 0 and k + 1 < lcount[life]:
             heapq.heappush(heap, (order[lstart[life] + k + 1], life, k + 1))
-    if n:
+    if part is not None and len(part.ts):
+        timers(float(part.ts[-1]), last)
+    elif n:
         timers(tsl[n - 1], last)
-    collect(censor.flush(), 0.0, None, plan.tail)
+    pending = [t[1] for t in sorted((t[0], t[1]) for t in waiting)]
+    timed(censor.flush(), pending, plan.tail)
     censor.flows.evicted_log = None
     watch.close()
     _account(
@@ -332,6 +384,8 @@ def run(
         np.asarray(client_lower, dtype=np.bool_), plan,
     )  # fmt: skip
     plan.fed = fed
+    if part is not None:
+        plan.dropped = part.ids[plan.dropped]
     return plan
 
 
@@ -473,7 +527,7 @@ def write(index: CaptureIndex, plan: Plan, writer: PcapWriter) -> None:
             _plain(index, cur, s, writer, heads, same)
         if s == n:
             break
-        for at, packet in plan.before.get(s, ()):
+        for at, _seq, packet in plan.before.get(s, ()):
             writer.write(at, packet)
         mine = plan.at.get(s)
         if mine is not None:
@@ -482,7 +536,7 @@ def write(index: CaptureIndex, plan: Plan, writer: PcapWriter) -> None:
         elif not dropped[s]:
             _plain(index, s, s + 1, writer, heads, same)
         cur = s + 1
-    for at, packet in plan.tail:
+    for at, _seq, packet in plan.tail:
         writer.write(at, packet)
 
 

@@ -24,13 +24,15 @@ fed to the engine on its own.
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from gfwlab.errors import MalformedPacket
+from gfwlab.errors import AdapterError, MalformedPacket
 from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, parse
 from gfwlab.packet.pcap import CaptureReader
 from gfwlab.packet.scan import heads, scan
@@ -121,6 +123,42 @@ class CaptureIndex:
 
     def close(self) -> None:
         self.reader.close()
+
+    def detach(self) -> dict[str, Any]:
+        """Everything but the open file: plain data another process can receive
+        (:meth:`attach` opens the file again there)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("data", "reader")
+        }
+
+    @classmethod
+    def attach(cls, fields: dict[str, Any]) -> CaptureIndex:
+        """An index :meth:`detach` gave, over its file opened again; AdapterError if the file
+        is not the one indexed (its size changed)."""
+        reader = CaptureReader(fields["path"])
+        if reader.size != fields["size"]:
+            reader.close()
+            raise AdapterError(fields["path"], "changed since it was indexed")
+        return cls(**fields, data=reader.mapping, reader=reader)
+
+    def subset(self, sel: I64) -> CaptureIndex:
+        """The index of packets ``sel`` (increasing file indices) alone, over the same file."""
+        return dataclasses.replace(
+            self,
+            ts=self.ts[sel],
+            start=self.start[sel],
+            length=self.length[sel],
+            flow=self.flow[sel],
+            proto=self.proto[sel],
+            flags=self.flags[sel],
+            payload_off=self.payload_off[sel],
+            src=self.src[sel],
+            dst=self.dst[sel],
+            key=self.key[sel],
+            lower=self.lower[sel],
+        )
 
     def lives(self, tcp_timeout: float, udp_timeout: float) -> Lives:
         """Group packets into flow lives (the engine's flows, given its idle timeouts; the fast

@@ -8,27 +8,28 @@ in a worker, with the profile rebuilt there from its spec (name, date, ``--set``
 that nothing but plain data crosses the network. ``out_dir`` must be reachable from every
 worker under the same path (a shared file system for a remote cluster).
 
-Sharding rule. A capture is the unit of work: a capture is never split across workers.
-Splitting one capture by flow hash keeps flows and their draws together (every draw is keyed
-per flow), and would keep residual keys together if the hash were over the IP pair (5-tuple,
-3-tuple and 2-tuple keys all hold both addresses) — but server-keyed residuals (``server``,
-``server-ip``: FET's, the null route's) and dns_injection's shared pool cursors span flows of
-many clients, so a split capture could not give the single-process answer whenever those
-mechanisms are active (the full ``gfw`` profile). Splitting is therefore by file only; to
-spread one huge capture, cut it into files by time first (e.g. ``editcap -i``), knowing that a
-flow or a residual block crossing the cut is then seen as two.
+Here a capture is the unit of work. One capture can also be split into parts by server address
+and analysed on several workers (:mod:`gfwlab.offline.shard`, ``gfwlab analyze --shards N``):
+:func:`part_runner` runs those parts on the same kind of cluster.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gfwlab.offline.analyze import Summary, analyze, dated
-from gfwlab.profiles import load_profile
+from gfwlab.profiles import Profile, load_profile
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from gfwlab.offline.shard import PartData, PartResult, PartTask, Runner
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,10 @@ class ProfileSpec:
     date: dt.date | None
     sets: tuple[str, ...] = ()
 
+    def build(self) -> Profile:
+        """The profile, as ``gfwlab analyze --profile NAME --date DATE --set ...`` loads it."""
+        return load_profile(self.name, date=self.date, overrides=list(self.sets))
+
 
 def outputs_for(capture: str, out_dir: str) -> tuple[str, str]:
     """Where the events and the censored capture of ``capture`` go in ``out_dir``."""
@@ -48,7 +53,7 @@ def outputs_for(capture: str, out_dir: str) -> tuple[str, str]:
 
 def analyze_one(capture: str, spec: ProfileSpec, seed: int, out_dir: str) -> Summary:
     """One task: what ``gfwlab analyze CAPTURE --events ... --out ...`` does."""
-    profile = load_profile(spec.name, date=spec.date, overrides=list(spec.sets))
+    profile = spec.build()
     source = "--date"
     if spec.date is None:
         profile, source = dated(capture, profile)
@@ -69,21 +74,13 @@ def analyze_many(
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Summary]:
     """Analyse every capture as a Dask task; summaries in the order of ``captures``."""
-    from distributed import Client, LocalCluster, as_completed  # noqa: PLC0415
+    from distributed import as_completed  # noqa: PLC0415
 
     names = [Path(c).name for c in captures]
     if len(set(names)) != len(names):
         raise ValueError("two captures have the same file name: their outputs would collide")
     os.makedirs(out_dir, exist_ok=True)
-    cluster = None
-    if scheduler is None:
-        cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
-        )
-        client = Client(cluster)
-    else:
-        client = Client(scheduler)
-    try:
+    with connect(scheduler, workers) as client:
         futures = [
             client.submit(
                 analyze_one, c, spec, seed, out_dir, key=f"analyze-{i}-{names[i]}", pure=False
@@ -96,8 +93,44 @@ def analyze_many(
             if progress is not None:
                 progress(done, len(futures))
         results: list[Summary] = client.gather(futures)
+    return results
+
+
+@contextmanager
+def connect(scheduler: str | None, workers: int) -> Iterator[Client]:
+    """A client of the cluster at ``scheduler``, or of a local cluster of ``workers`` worker
+    processes (one thread each), closed on the way out."""
+    from distributed import Client, LocalCluster  # noqa: PLC0415
+
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        client = Client(cluster)
+    else:
+        client = Client(scheduler)
+    try:
+        yield client
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
-    return results
+
+
+def part_runner(client: Client) -> Runner:
+    """Run a split capture's parts (:mod:`gfwlab.offline.shard`) as tasks on ``client``'s
+    cluster, yielding each part's result as it completes."""
+    from distributed import as_completed  # noqa: PLC0415
+
+    def run(tasks: list[tuple[PartTask, PartData]]) -> Iterator[PartResult | str]:
+        futures = []
+        for i, (task, data) in enumerate(tasks):
+            # The packets go to the cluster ahead of the task (a task's arguments should be small).
+            sent = client.scatter(data, hash=False)
+            futures.append(client.submit(task, sent, key=f"part-{i}", pure=False))
+        for future in as_completed(futures):
+            result: PartResult | str = future.result()
+            yield result
+
+    return run

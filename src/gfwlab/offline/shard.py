@@ -1,0 +1,391 @@
+"""One capture split into parts by server address, analysed in parallel, merged into one output.
+
+``analyze_split(capture, profile, seed=..., parts=N)`` analyses a capture as ``N`` parts, each
+on its own engine (in a Dask cluster: an existing one at ``tcp://host:port``, or a local cluster
+of worker processes), and writes the events, censored capture and summary that one process
+(:func:`gfwlab.offline.analyze.analyze`) writes for the whole capture, byte for byte.
+
+The splitting rule. Each flow goes to the part of its **server's address**:
+
+* every residual key holds the server's address (``5-tuple``, ``3-tuple``, ``2-tuple``,
+  ``server``, ``server-ip``: :mod:`gfwlab.engine.residual`), so a block and every flow it can
+  reach are in one part, whoever the client is;
+* a mechanism's state across flows is declared (``Mechanism.shard_scope``): ``server`` scoped
+  state (TLS-in-TLS's per-server detections) stays whole for the same reason; ``all`` scoped
+  state (DNS injection's pool cursors) is touched only by datagrams to the mechanism's declared
+  UDP ports, so every server that receives one (every resolver) belongs to part 0, with all
+  its flows;
+* draws are keyed per flow, and each part numbers its timers and events as in the whole capture
+  (:class:`gfwlab.offline.fast.Part`), so the parts' outputs merge in the order one engine
+  makes them.
+
+The server is who the engine will take for it (``engine.flows.open_flow`` on each flow life's
+first packet). Each part checks it on every flow it feeds (a simultaneous open can swap the
+roles); a flow whose server another part holds stops the split. A capture is also not split
+(and is analysed by one process, with a warning saying why) when one part could not give the
+whole's answer: IP fragments (reassembly state is keyed by the address pair, whose server is
+unknown until reassembled), a flow table that could fill (eviction depends on every flow; the
+limit is checked against the most flow lives that can be in the table at once), a mechanism
+whose shared state no port bounds, or what one process would not analyse with its fast path
+(timestamps going backwards, more than ``MAX_PACKETS`` packets, several censors in series).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from gfwlab.engine.actions import Event
+from gfwlab.engine.censor import Censor
+from gfwlab.engine.flows import Flow
+from gfwlab.engine.verdicts import Stats
+from gfwlab.errors import MalformedPacket
+from gfwlab.offline import fast
+from gfwlab.offline.analyze import (
+    AtomicText,
+    FlowVerdict,
+    Summary,
+    analyze,
+    fill_summary,
+    record_event,
+)
+from gfwlab.offline.index import F64, I64, U64, CaptureIndex, build_index
+from gfwlab.packet.ip import ACK, PROTO_TCP, PROTO_UDP, SYN, parse
+from gfwlab.packet.pcap import PcapWriter
+from gfwlab.profiles import Profile, build_censor
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """Which part analyses each packet of a capture."""
+
+    parts: int
+    part_of: I64
+    """Each packet's part."""
+    owners: dict[bytes, int]
+    """The part of each server address."""
+
+    def owner(self, address: bytes) -> int:
+        """The part that holds ``address`` as a server; -1 for an address no flow's server had."""
+        return self.owners.get(address, -1)
+
+
+def split(index: CaptureIndex, censor: Censor, parts: int) -> Split | str:
+    """How to split ``index`` into ``parts`` for ``censor``'s profile, or why it cannot be."""
+    if not index.in_order:
+        return "its timestamps go backwards"
+    eng = censor.profile.engine
+    pinned_ports: set[int] = set()
+    for name, mech in censor.mechanisms.items():
+        if type(mech).shard_scope == "all":
+            declared = censor.plan.udp_ports.get(name)
+            if declared is None:
+                return f"{name} keeps state across every flow"
+            pinned_ports |= declared
+    loose = np.flatnonzero(~index.flow).tolist()
+    for i in loose:
+        try:
+            if parse(index.packet(i)).fragment:
+                return f"packet {i} is an IP fragment"
+        except MalformedPacket:
+            continue
+    lives = index.lives(eng.tcp_timeout_s, eng.udp_timeout_s)
+    keyed = lives.keyed
+    first = lives.first[keyed]
+    # The most flow lives the table can hold at once: a life is held from its first packet
+    # until a sweep after its idle timeout (sweeps come at most sweep_s apart while any is held).
+    tcp = index.proto[first] == PROTO_TCP
+    hold = np.where(tcp, eng.tcp_timeout_s, eng.udp_timeout_s) + eng.sweep_s
+    born, gone = index.ts[first], lives.final_ts[keyed] + hold
+    times = np.concatenate((born, gone))
+    steps = np.concatenate((np.ones(born.shape[0], np.int64), -np.ones(gone.shape[0], np.int64)))
+    by = np.lexsort((-steps, times))  # at a tie, count the new life before the one going
+    if by.size and int(np.cumsum(steps[by]).max()) >= eng.max_flows:
+        return f"its flow table (engine.max_flows={eng.max_flows:,}) could fill"
+    # The server of each life, as open_flow takes it from the life's first packet.
+    flags = index.flags[first].astype(np.int64)
+    sport = (index.src[first, 2] & 0xFFFF).astype(np.int64)
+    dport = (index.dst[first, 2] & 0xFFFF).astype(np.int64)
+    synack = (flags & (SYN | ACK)) == (SYN | ACK)
+    tcp_client = ~(synack & censor.profile.tcb.turnaround) & (
+        ((flags & SYN) != 0) | (sport >= dport)
+    )
+    watched = np.fromiter(censor.plan.ports, dtype=np.int64)
+    udp_client = ~(np.isin(sport, watched) & ~np.isin(dport, watched))
+    src_client = np.where(tcp, tcp_client, udp_client)
+    server = np.where(src_client[:, None], index.dst[first], index.src[first])
+    server_port = np.where(src_client, dport, sport)
+    words: U64 = server.astype(np.uint64)
+    words[:, 2] >>= np.uint64(32)  # the version (the port's bits dropped)
+    rows = words.view([("", words.dtype)] * 3).ravel()
+    addresses, of_life = np.unique(rows, return_inverse=True)
+    # The receivers of ``all`` scoped state are one group, whose first address stands for all.
+    pin = (index.proto[first] == PROTO_UDP) & np.isin(
+        server_port, np.fromiter(pinned_ports, np.int64)
+    )
+    group = np.arange(addresses.shape[0], dtype=np.int64)
+    pinned = np.unique(of_life[pin])
+    if pinned.size:
+        group[pinned] = pinned[0]
+    # The engine sees the first packets of each flow: a life's load is its packets, up to 8.
+    seen = np.minimum(lives.count[keyed], _DEPTH).astype(np.float64)
+    load = np.bincount(group[of_life], weights=seen, minlength=group.shape[0]).astype(np.float64)
+    part_of_group = _balance(load, parts)
+    part = part_of_group[group]
+    owners = {
+        _address(a): int(p)
+        for a, p in zip(
+            addresses.view(np.uint64).reshape(-1, 3).tolist(), part.tolist(), strict=True
+        )
+    }
+    life_part = np.zeros(keyed.shape[0], dtype=np.int64)
+    life_part[keyed] = part[of_life]
+    return Split(parts=parts, part_of=life_part[lives.life_of], owners=owners)
+
+
+_DEPTH = 8
+
+
+def _balance(load: npt.NDArray[np.float64], parts: int) -> I64:
+    """Groups to parts, each to the least loaded part, heaviest first; ties by group number, so
+    the same capture always splits the same way."""
+    out = np.zeros(load.shape[0], dtype=np.int64)
+    heap = [(0.0, p) for p in range(parts)]
+    for g in np.lexsort((np.arange(load.shape[0]), -load)).tolist():
+        if load[g] == 0:
+            break
+        total, p = heapq.heappop(heap)
+        out[g] = p
+        heapq.heappush(heap, (total + float(load[g]), p))
+    return out
+
+
+def _address(words: list[int]) -> bytes:
+    hi, lo, version = words
+    if version == 4:
+        return int(lo).to_bytes(4, "big")
+    return int(hi).to_bytes(8, "big") + int(lo).to_bytes(8, "big")
+
+
+@dataclass(slots=True)
+class PartResult:
+    """What one part found: its plan numbered as in the whole capture, and its events."""
+
+    plan: fast.Plan
+    events: list[tuple[int, Event]]
+    """Each event with the number (in the whole capture) of the packet that caused it."""
+    stats: Stats
+    evicted: int
+
+
+ProfileSource = Profile | Callable[[], Profile]
+"""A profile, or how to build it where the part runs (a worker rebuilds it from plain data)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartData:
+    """The packets of one part (plain data: a cluster sends it to a worker ahead of the task)."""
+
+    index: dict[str, Any]
+    """The part's packets' index, detached (:meth:`CaptureIndex.detach`)."""
+    ids: I64
+    """Each of its packets' number in the whole capture."""
+    ts: F64
+    """The whole capture's timestamps."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartTask:
+    """One part's work, as plain data a worker process can receive."""
+
+    profile: ProfileSource
+    seed: int
+    parts: int
+    me: int
+    owners: dict[bytes, int]
+    keep: bool
+
+    def __call__(self, data: PartData) -> PartResult | str:
+        """Analyse the part; or why the capture cannot be split after all."""
+        prof = self.profile if isinstance(self.profile, Profile) else self.profile()
+        censor = build_censor(prof, self.seed)
+        index = CaptureIndex.attach(data.index)
+        owner = Split(self.parts, data.ids[:0], self.owners).owner
+        me = self.me
+
+        def owns(flow: Flow) -> bool:
+            return owner(flow.server) == me
+
+        events: list[tuple[int, Event]] = []
+        part = fast.Part(ids=data.ids, ts=data.ts, owns=owns)
+        try:
+            plan = fast.run(
+                index, censor, lambda e: events.append((part.current, e)), keep=self.keep,
+                part=part,
+            )  # fmt: skip
+        except fast.PartError as exc:
+            return f"a flow changed servers ({exc})"
+        finally:
+            index.close()
+        evicted = censor.flows.evicted
+        return PartResult(plan=plan, events=events, stats=censor.stats, evicted=evicted)
+
+
+def merge(results: list[PartResult]) -> fast.Plan:
+    """The plan of the whole capture from its parts' plans."""
+    plan = fast.Plan()
+    for r in results:
+        plan.at.update(r.plan.at)
+        plan.fed += r.plan.fed
+        for j, timed in r.plan.before.items():
+            plan.before.setdefault(j, []).extend(timed)
+        plan.tail.extend(r.plan.tail)
+    for timed in plan.before.values():
+        timed.sort(key=_by_timer)
+    plan.tail.sort(key=_by_timer)
+    plan.dropped = np.sort(np.concatenate([r.plan.dropped for r in results]))
+    return plan
+
+
+def _by_timer(w: tuple[float, int, bytes]) -> tuple[float, int]:
+    return w[0], w[1]
+
+
+def _sum_stats(results: list[PartResult]) -> Stats:
+    total = Stats()
+    for r in results:
+        for f in dataclasses.fields(Stats):
+            if f.name == "events":
+                for k, v in r.stats.events.items():
+                    total.events[k] = total.events.get(k, 0) + v
+            else:
+                setattr(total, f.name, getattr(total, f.name) + getattr(r.stats, f.name))
+    return total
+
+
+Runner = Callable[[list[tuple[PartTask, PartData]]], Iterator[PartResult | str]]
+"""Runs the parts' tasks on their data; yields each result as it completes (any order)."""
+
+
+def inline(tasks: list[tuple[PartTask, PartData]]) -> Iterator[PartResult | str]:
+    """Run the parts one after the other in this process (tests, and one core)."""
+    for task, data in tasks:
+        yield task(data)
+
+
+def analyze_split(
+    capture: str,
+    profile: Profile,
+    *,
+    parts: int,
+    seed: int = 0,
+    events_path: str | None = None,
+    out_path: str | None = None,
+    runner: Runner = inline,
+    rebuild: Callable[[], Profile] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    date_source: str = "--date",
+) -> Summary:
+    """What :func:`~gfwlab.offline.analyze.analyze` writes for ``capture``, analysed as
+    ``parts`` parts by ``runner`` (``rebuild``: how a worker rebuilds ``profile``). A capture
+    that cannot be split is analysed by one process, with a warning saying why."""
+    index = build_index(capture)
+    why = "it has more packets than the fast path indexes" if index is None else None
+    results: list[PartResult] = []
+    try:
+        if index is not None:
+            how = split(index, build_censor(profile, seed), parts)
+            if isinstance(how, str):
+                why = how
+            else:
+                tasks = _tasks(index, how, rebuild or profile, seed, out_path is not None)
+                for done, result in enumerate(runner(tasks), start=1):
+                    if isinstance(result, str):
+                        why = result
+                    else:
+                        results.append(result)
+                    if progress is not None:
+                        progress(done, parts + 1)
+        if why is None and index is not None:
+            summary = _write(index, profile, seed, results, events_path, out_path)
+            summary.date_source = date_source
+            if progress is not None:
+                progress(parts + 1, parts + 1)
+            return summary
+    finally:
+        if index is not None:
+            index.close()
+    summary = analyze(
+        capture, profile, seed=seed, events_path=events_path, out_path=out_path,
+        progress=progress, date_source=date_source,
+    )  # fmt: skip
+    summary.warnings.insert(0, f"{capture}: not split into {parts} parts: {why}")
+    return summary
+
+
+def _tasks(
+    index: CaptureIndex, how: Split, profile: ProfileSource, seed: int, keep: bool
+) -> list[tuple[PartTask, PartData]]:
+    tasks = []
+    for me in range(how.parts):
+        sel = np.flatnonzero(how.part_of == me)
+        data = PartData(index.subset(sel).detach(), sel, index.ts)
+        tasks.append((PartTask(profile, seed, how.parts, me, how.owners, keep), data))
+    return tasks
+
+
+def _write(
+    index: CaptureIndex,
+    profile: Profile,
+    seed: int,
+    results: list[PartResult],
+    events_path: str | None,
+    out_path: str | None,
+) -> Summary:
+    summary = Summary(
+        capture=index.path,
+        profile=profile.name,
+        date=profile.date.isoformat() if profile.date else None,
+        seed=seed,
+    )
+    events_out: AtomicText | None = None
+    pcap_out: PcapWriter | None = None
+    try:
+        if events_path is not None:
+            events_out = AtomicText(events_path)
+        if out_path is not None:
+            pcap_out = PcapWriter(out_path)
+        rows: dict[tuple[Any, ...], FlowVerdict] = {}
+        write_event = events_out.fh.write if events_out is not None else None
+        streams = [r.events for r in results]
+        for _g, event in heapq.merge(*streams, key=lambda e: e[0]):
+            record_event(event, rows, summary, write_event, None)
+        plan = merge(results)
+        if pcap_out is not None:
+            fast.write(index, plan, pcap_out)
+        if len(index):
+            summary.start_ts = float(index.ts[0])
+        fill_summary(summary, _sum_stats(results), rows)
+        summary.flows_evicted = sum(r.evicted for r in results)
+        summary.engine_packets = plan.fed
+        summary.skipped = index.skipped
+        summary.truncated_at = index.truncated_at
+    except BaseException:
+        if events_out is not None:
+            events_out.abort()
+        if pcap_out is not None:
+            pcap_out.abort()
+        raise
+    if events_out is not None:
+        events_out.commit()
+        summary.outputs["events"] = events_path or ""
+    if pcap_out is not None:
+        pcap_out.commit()
+        summary.outputs["censored_capture"] = out_path or ""
+    return summary

@@ -1,0 +1,298 @@
+"""One capture split into parts by server address: the same outputs as one process."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gfwlab.offline.analyze import Summary, analyze
+from gfwlab.offline.index import build_index
+from gfwlab.offline.scale import ProfileSpec, connect, part_runner
+from gfwlab.offline.shard import Split, _tasks, analyze_split, inline, split
+from gfwlab.offline.synth import dns_exchange, generate, http_get, load_names, tcp_conversation
+from gfwlab.packet.ip import ACK, FIN, SYN, addr_bytes, build_tcp, fragment
+from gfwlab.packet.pcap import PcapWriter
+from gfwlab.profiles import Profile, build_censor, load_profile
+from gfwlab.proto.tls import build_client_hello
+from testenv import SHARED_BLOCKLISTS, SHARED_PCAPS, needs_shared, shared_pcaps
+
+DAY = dt.date(2024, 6, 1)
+EVERY_MECHANISM = (
+    "fet.active={start='2021-11-01'}",
+    "null_route.targets=['198.19.0.0/26', '2001:db8:5::/80']",
+    "tls_in_tls.enabled=true",
+)
+SERVER_KEYED = (
+    # FET on every server, always: its residual blocks keyed by the server alone (every client
+    # of that server is then dropped), and its static blocks of the whole server address.
+    "fet.targets=['0.0.0.0/0', '::/0']",
+    "fet.probability=1.0",
+    "fet.residual_key='server'",
+    "fet.static_block=true",
+    "fet.static_delay_s=0.5",
+)
+
+
+def _profile(*sets: str) -> Profile:
+    return load_profile("gfw", date=DAY, overrides=[*EVERY_MECHANISM, *sets])
+
+
+def _plain(s: Summary) -> dict[str, Any]:
+    d = s.as_dict()
+    for key in ("outputs", "warnings"):
+        d.pop(key)
+    return d
+
+
+def _same(tmp_path: Path, capture: str, prof: Profile, parts: int, seed: int = 3) -> Summary:
+    """Analyse ``capture`` whole and in ``parts``; assert identical outputs; return the split
+    run's summary."""
+    runs = []
+    for n in (1, parts):
+        ev, out = tmp_path / f"ev{n}.jsonl", tmp_path / f"out{n}.pcap"
+        if n == 1:
+            s = analyze(capture, prof, seed=seed, events_path=str(ev), out_path=str(out))
+        else:
+            s = analyze_split(
+                capture, prof, parts=n, seed=seed, events_path=str(ev), out_path=str(out)
+            )
+        runs.append((s, ev.read_bytes(), out.read_bytes()))
+    (one, ev1, out1), (many, evn, outn) = runs
+    assert evn == ev1
+    assert outn == out1
+    assert _plain(many) == _plain(one)
+    return many
+
+
+def _parts(capture: str, prof: Profile, parts: int) -> list[int]:
+    index = build_index(capture)
+    assert index is not None
+    how = split(index, build_censor(prof, 3), parts)
+    index.close()
+    assert isinstance(how, Split), how
+    return np.bincount(how.part_of, minlength=parts).tolist()
+
+
+def _write(path: Path, packets: list[tuple[float, bytes]]) -> str:
+    with PcapWriter(str(path)) as w:
+        for ts, pkt in sorted(packets, key=lambda p: p[0]):
+            w.write(ts, pkt)
+    return str(path)
+
+
+@pytest.mark.parametrize("mix", ["realistic", "flow-heavy"])
+@pytest.mark.parametrize("parts", [2, 3])
+def test_generated_capture_split_is_identical(tmp_path: Path, mix: str, parts: int) -> None:
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=500, seed=7, mix=mix)
+    prof = _profile(*SERVER_KEYED)
+    many = _same(tmp_path, str(cap), prof, parts)
+    assert not many.warnings
+    assert {"fet/drop", "dns_injection/dns-inject"} <= set(many.events)
+    assert min(_parts(str(cap), prof, parts)) > 0  # every part has work
+
+
+@needs_shared(SHARED_BLOCKLISTS)
+def test_generated_capture_real_lists_split_is_identical(tmp_path: Path) -> None:
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=400, seed=11, mix="flow-heavy", names=load_names(SHARED_BLOCKLISTS))
+    lists = SHARED_BLOCKLISTS
+    prof = _profile(
+        f"tls_sni.domains={lists}/gfw-2024-https-blocklist.txt",
+        f"http_keyword.domains={lists}/gfw-2024-http-blocklist.txt",
+        f"dns_injection.domains={lists}/gfw-2024-dns-blocklist.txt",
+        f"quic_sni.domains={lists}/gfw-2024-quic-blocklist.txt",
+    )
+    many = _same(tmp_path, str(cap), prof, 2)
+    assert not many.warnings
+    assert {"tls_sni/rst", "http_keyword/rst", "dns_injection/dns-inject"} <= set(many.events)
+
+
+@needs_shared(SHARED_PCAPS)
+@pytest.mark.parametrize("capture", shared_pcaps("*.pcap"), ids=lambda p: Path(p).name)
+def test_real_captures_split_is_identical(tmp_path: Path, capture: str) -> None:
+    assert not _same(tmp_path, capture, _profile(), 2).warnings
+    _same(tmp_path, capture, _profile("null_route.targets=['0.0.0.0/0', '::/0']"), 2)
+
+
+def _server_keyed_capture(tmp_path: Path) -> str:
+    """Random first packets from 12 clients to 6 servers (each server's clients drawn at
+    random, so that a split by client would part them): each server's first connection starts
+    a block keyed by the server alone, which drops the later clients' connections."""
+    rng = random.Random(4)
+    packets = []
+    for j in range(36):
+        client, server = f"198.18.1.{10 + rng.randrange(12)}", f"198.19.2.{10 + j % 6}"
+        packets += tcp_conversation(
+            client, server, 40000 + j, 8443, rng.randbytes(300), t0=0.3 * j, isn_c=1000 * j
+        )
+    return _write(tmp_path / "server-keyed.pcap", packets)
+
+
+def test_server_keyed_blocks_reach_other_clients_in_the_split(tmp_path: Path) -> None:
+    cap = _server_keyed_capture(tmp_path)
+    many = _same(tmp_path, cap, _profile(*SERVER_KEYED), 3)
+    assert not many.warnings
+    events = [json.loads(line) for line in (tmp_path / "ev3.jsonl").read_text().splitlines()]
+    blocked = {(e["flow"]["src"], e["flow"]["dst"]) for e in events if e["action"] == "drop"}
+    # The residual drops fall on clients other than the one that started each block.
+    assert len({src for src, _ in blocked}) > 6
+    assert many.dropped > 0 and min(_parts(cap, _profile(*SERVER_KEYED), 3)) > 0
+
+
+def test_a_split_by_client_is_caught(tmp_path: Path) -> None:
+    """The parts check every flow's server against the split: parts made by the client's
+    address (which would lose the blocks above across clients) refuse to give an answer."""
+    cap = _server_keyed_capture(tmp_path)
+    prof = _profile(*SERVER_KEYED)
+    index = build_index(cap)
+    assert index is not None
+    right = split(index, build_censor(prof, 3), 3)
+    assert isinstance(right, Split)
+    owners = {addr_bytes(f"198.18.1.{10 + j}"): j % 3 for j in range(12)}
+
+    def client_part(packet: bytes) -> int:
+        src, dst = packet[12:16], packet[16:20]
+        return owners[src] if src in owners else owners[dst]
+
+    part_of = np.array([client_part(index.packet(i)) for i in range(len(index))])
+    wrong = Split(parts=3, part_of=part_of, owners=owners)
+    results = list(inline(_tasks(index, wrong, prof, 3, keep=True)))
+    index.close()
+    assert any(isinstance(r, str) and "changed servers" in r for r in results)
+
+
+def test_dns_resolvers_stay_with_one_part(tmp_path: Path) -> None:
+    """DNS injection's pool cursors advance with every forged answer, whoever asked: every
+    resolver (and every other flow to it) is in one part, and the forged addresses match."""
+    packets = []
+    names = ["www.facebook.com", "twitter.com", "www.google.com", "example.org"]
+    for j in range(48):
+        resolver = f"198.19.3.{1 + j % 4}"
+        packets += dns_exchange(
+            f"198.18.2.{j % 16}", resolver, 30000 + j, names[j % 4], t0=0.05 * j, qid=j,
+            answer="198.19.9.9",
+        )  # fmt: skip
+        if j % 6 == 0:  # a web connection to the resolver's address too
+            packets += tcp_conversation(
+                f"198.18.2.{j % 16}", resolver, 50000 + j, 80, http_get("a.example"),
+                t0=0.05 * j + 0.01,
+            )  # fmt: skip
+    for j in range(24):  # and other servers, so that other parts have work
+        packets += tcp_conversation(
+            f"198.18.4.{j}", f"198.19.5.{j}", 45000 + j, 443,
+            build_client_hello("www.facebook.com" if j % 2 else "example.org"), t0=0.1 * j,
+        )  # fmt: skip
+    cap = _write(tmp_path / "dns.pcap", packets)
+    prof = _profile()
+    many = _same(tmp_path, cap, prof, 3)
+    assert not many.warnings
+    assert many.events.get("dns_injection/dns-inject", 0) >= 24
+    index = build_index(cap)
+    assert index is not None
+    how = split(index, build_censor(prof, 3), 3)
+    index.close()
+    assert isinstance(how, Split)
+    assert len({how.owner(addr_bytes(f"198.19.3.{r}")) for r in range(1, 5)}) == 1
+    assert len(set(how.part_of.tolist())) == 3
+
+
+def test_ip_fragments_are_not_split(tmp_path: Path) -> None:
+    conv = tcp_conversation(
+        "198.18.6.1", "198.19.6.1", 40000, 443, build_client_hello("www.facebook.com")
+    )
+    packets = []
+    for ts, pkt in conv:
+        if len(pkt) > 200:
+            packets += [(ts, f) for f in fragment(pkt, 96)]
+        else:
+            packets.append((ts, pkt))
+    cap = _write(tmp_path / "frag.pcap", packets)
+    many = _same(tmp_path, cap, _profile(), 2)
+    assert many.warnings and "IP fragment" in many.warnings[0]
+
+
+def test_a_flow_table_that_could_fill_is_not_split(tmp_path: Path) -> None:
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=200, seed=8, mix="realistic", pps=40_000.0)
+    many = _same(tmp_path, str(cap), _profile("engine.max_flows=40"), 2)
+    assert many.warnings and "could fill" in many.warnings[0]
+    assert many.flows_evicted > 0
+
+
+def test_a_simultaneous_open_stops_the_split(tmp_path: Path) -> None:
+    """The server answers the client's SYN with a SYN: the censor takes the client for the
+    server (spec §9), an address no part holds as a server; the capture is analysed whole."""
+    c, s = addr_bytes("198.18.7.1"), addr_bytes("198.19.7.1")
+    packets = [
+        (0.0, build_tcp(c, s, 40000, 80, seq=1000, flags=SYN)),
+        (0.01, build_tcp(s, c, 80, 40000, seq=5000, ack=1001, flags=FIN | SYN)),
+        (0.02, build_tcp(c, s, 40000, 80, seq=1000, ack=5001, flags=SYN | ACK)),
+        (0.03, build_tcp(s, c, 80, 40000, seq=5001, ack=1001, flags=ACK)),
+    ]
+    for j in range(8):
+        packets += tcp_conversation(
+            f"198.18.8.{j}", f"198.19.8.{j}", 41000 + j, 80, http_get("a.example"), t0=0.1 * j
+        )
+    cap = _write(tmp_path / "simopen.pcap", packets)
+    many = _same(tmp_path, cap, _profile("tcb.simultaneous_open_probability=1"), 2)
+    assert many.warnings and "changed servers" in many.warnings[0]
+
+
+def test_out_of_order_capture_is_not_split(tmp_path: Path) -> None:
+    conv = tcp_conversation("198.18.9.1", "198.19.9.1", 40000, 80, http_get("a.example"))
+    cap = tmp_path / "back.pcap"
+    with PcapWriter(str(cap)) as w:
+        for ts, pkt in reversed(conv):
+            w.write(ts, pkt)
+    many = analyze_split(str(cap), _profile(), parts=2)
+    assert many.warnings[0].endswith("its timestamps go backwards")
+
+
+def test_dask_two_workers_split_one_capture(tmp_path: Path) -> None:
+    """A real local cluster of two worker processes, each analysing one part."""
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=300, seed=9, mix="realistic")
+    prof = _profile(*SERVER_KEYED)
+    spec = ProfileSpec("gfw", DAY, (*EVERY_MECHANISM, *SERVER_KEYED))
+    ev, out = tmp_path / "dask.jsonl", tmp_path / "dask.pcap"
+    seen: list[int] = []
+    with connect(None, 2) as client:
+        many = analyze_split(
+            str(cap), prof, parts=2, seed=5, events_path=str(ev), out_path=str(out),
+            runner=part_runner(client), rebuild=spec.build,
+            progress=lambda done, _total: seen.append(done),
+        )  # fmt: skip
+    one = analyze(str(cap), prof, seed=5, events_path=str(tmp_path / "one.jsonl"),
+                  out_path=str(tmp_path / "one.pcap"))  # fmt: skip
+    assert not many.warnings
+    assert ev.read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+    assert out.read_bytes() == (tmp_path / "one.pcap").read_bytes()
+    assert _plain(many) == _plain(one)
+    assert seen == [1, 2, 3]
+
+
+def test_timers_due_together_in_two_parts_keep_one_engines_order(tmp_path: Path) -> None:
+    """Keyword requests to many servers, two at a time at the same instant, each reset after
+    the same fixed delay: resets from different parts fall due together, and come out in the
+    order one engine holds them (the order of the packets that caused them)."""
+    fixed = "[[0.0, 10.0], [1.0, 10.0]]"
+    sets = [f"http_keyword.{k}={fixed}" for k in ("delay_ms_type1", "delay_ms_type2")]
+    sets += [f"http_keyword.delay_ms_type3={fixed}", "http_keyword.injector='type1'"]
+    packets = []
+    for j in range(40):
+        packets += tcp_conversation(
+            f"198.18.10.{j}", f"198.19.10.{j}", 40000 + j, 80,
+            http_get("a.example", "/?q=falun"), t0=float(j // 2), isn_c=1000 * j,
+        )  # fmt: skip
+    cap = _write(tmp_path / "ties.pcap", packets)
+    prof = _profile(*sets)
+    many = _same(tmp_path, cap, prof, 3)
+    assert not many.warnings and many.events.get("http_keyword/rst", 0) >= 20
+    assert min(_parts(cap, prof, 3)) > 0
