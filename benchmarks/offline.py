@@ -15,6 +15,9 @@ process (wall clock, process start included), and prints the peak memory of each
   mechanism active (FET's dynamic blocking, which ended in 2023, kept on) and the built-in lists;
   the same with the real 2024 lists (DNS, HTTP, HTTPS, QUIC), and with a generated
   1,000,000-name list for every domain rule; how many packets reached the engine;
+* ``gfwlab analyze --shards 2`` with the built-in lists: the capture split by server address
+  over a local cluster of two worker processes (``--shards N``; 0: not timed), against the
+  one-process time;
 * ``gfwlab analyze --exact`` with the built-in lists (with ``--exact``);
 * ``tshark -r FILE -T fields`` with the DNS, HTTP Host and TLS SNI fields (and addresses).
 
@@ -137,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mix", action="append", choices=sorted(GOALS), help="default: both")
     ap.add_argument("--exact", action="store_true", help="also time the every-packet path")
     ap.add_argument("--no-tshark", action="store_true")
+    ap.add_argument("--shards", type=int, default=2,
+                    help="also time analyze --shards N on a local cluster of N workers "
+                    "(built-in lists; 0: not)")  # fmt: skip
     args = ap.parse_args(argv)
     tmp = None
     if args.keep:
@@ -174,6 +180,16 @@ def main(argv: list[str] | None = None) -> int:
             run = timed(cmd)
             summary = json.loads(run.stdout) if run.code == 0 else {}
             rows.append((f"gfwlab analyze, {name}", run, summary.get("engine_packets")))
+        if args.shards > 1:
+            events = str(directory / f"events-{mix}-shards.jsonl")
+            cmd = [*gfwlab(), "analyze", str(cap), *EVERY_MECHANISM, "--json", "--events", events,
+                   "--shards", str(args.shards), "--workers", str(args.shards)]  # fmt: skip
+            run = timed(cmd)
+            summary = json.loads(run.stdout) if run.code == 0 else {}
+            if summary.get("warnings"):
+                console.print(f"  --shards: {summary['warnings'][0]}")
+            rows.append((f"gfwlab analyze --shards {args.shards} (built-in)", run,
+                         summary.get("engine_packets")))  # fmt: skip
         if args.exact:
             cmd = [*gfwlab(), "analyze", str(cap), *EVERY_MECHANISM, "--json", "--exact"]
             run = timed(cmd)
@@ -226,6 +242,9 @@ def show(mix: str, info: dict[str, Any], rows: list[tuple[str, Timed, int | None
     if goal_cat:
         gaps.append(f"goal within {goal_cat:.0f}× cat: {base / cat:.0f}×")
     for name, t, _ in rows:
+        if "--shards" in name:
+            gaps.append(f"{name}: {t.seconds / base:.2f} of the one-process time")
+            continue
         if ("analyze" in name and "lists" not in name.split(", ")[-1]) or "built-in" in name:
             continue
         if "analyze" in name:

@@ -229,14 +229,14 @@ def _analyze_split(
     progress: Callable[[int, int], None],
 ) -> Summary:
     """One capture split into ``shards`` parts on a Dask cluster (see gfwlab.offline.shard)."""
-    from gfwlab.offline.scale import ProfileSpec, connect, part_runner  # noqa: PLC0415
+    from gfwlab.offline.scale import ProfileSpec, starting  # noqa: PLC0415
     from gfwlab.offline.shard import analyze_split  # noqa: PLC0415
 
     spec = ProfileSpec(name, prof.date, tuple(sets or ()))
-    with connect(scheduler, workers) as client:
+    with starting(scheduler, workers) as runner:
         return analyze_split(
             capture, prof, parts=shards, seed=seed, events_path=events, out_path=out,
-            runner=part_runner(client), rebuild=spec.build, progress=progress, date_source=source,
+            runner=runner, rebuild=spec.build, progress=progress, date_source=source,
         )  # fmt: skip
 
 

@@ -125,12 +125,12 @@ class CaptureIndex:
         self.reader.close()
 
     def detach(self) -> dict[str, Any]:
-        """Everything but the open file: plain data another process can receive
-        (:meth:`attach` opens the file again there)."""
+        """Everything but the open file and what the addresses give (the flow keys): plain
+        data another process can receive (:meth:`attach` opens the file again there)."""
         return {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("data", "reader")
+            if f.name not in ("data", "reader", "key", "lower")
         }
 
     @classmethod
@@ -141,7 +141,8 @@ class CaptureIndex:
         if reader.size != fields["size"]:
             reader.close()
             raise AdapterError(fields["path"], "changed since it was indexed")
-        return cls(**fields, data=reader.mapping, reader=reader)
+        key, lower = _flow_keys(fields["proto"], fields["src"], fields["dst"])
+        return cls(**fields, key=key, lower=lower, data=reader.mapping, reader=reader)
 
     def subset(self, sel: I64) -> CaptureIndex:
         """The index of packets ``sel`` (increasing file indices) alone, over the same file."""

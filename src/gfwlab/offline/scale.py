@@ -18,7 +18,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -116,6 +117,23 @@ def connect(scheduler: str | None, workers: int) -> Iterator[Client]:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+@contextmanager
+def starting(scheduler: str | None, workers: int) -> Iterator[Runner]:
+    """A :func:`part_runner` on the cluster :func:`connect` gives, which connects (or starts its
+    worker processes) in the background meanwhile: the caller indexes and splits the capture
+    while it does. The cluster is closed on the way out."""
+    with ExitStack() as stack, ThreadPoolExecutor(max_workers=1) as pool:
+        client = pool.submit(stack.enter_context, connect(scheduler, workers))
+
+        def run(tasks: list[tuple[PartTask, PartData]]) -> Iterator[PartResult | str]:
+            yield from part_runner(client.result())(tasks)
+
+        try:
+            yield run
+        finally:
+            client.exception()  # started (or failed) before it is closed: wait for it
 
 
 def part_runner(client: Client) -> Runner:

@@ -19,6 +19,10 @@ The splitting rule. Each flow goes to the part of its **server's address**:
   (:class:`gfwlab.offline.fast.Part`), so the parts' outputs merge in the order one engine
   makes them.
 
+Servers go to parts heaviest first, each to the least loaded part (a server's load: the
+packets the engine is likely to see of its flows, up to 8 per flow life); packets outside flows
+(ICMP, malformed headers) go to part 0.
+
 The server is who the engine will take for it (``engine.flows.open_flow`` on each flow life's
 first packet). Each part checks it on every flow it feeds (a simultaneous open can swap the
 roles); a flow whose server another part holds stops the split. A capture is also not split
