@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -296,3 +301,54 @@ def test_timers_due_together_in_two_parts_keep_one_engines_order(tmp_path: Path)
     many = _same(tmp_path, cap, prof, 3)
     assert not many.warnings and many.events.get("http_keyword/rst", 0) >= 20
     assert min(_parts(cap, prof, 3)) > 0
+
+
+def _children(pid: int) -> set[int]:
+    """The live descendants of ``pid`` (zombies excluded)."""
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            kids = task / "children"
+            for child in kids.read_text().split() if kids.exists() else ():
+                out.add(int(child))
+                todo.append(int(child))
+    return {p for p in out if _alive(p)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_interrupted_split_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Ctrl-C while the parts run: exit 130 with one line, no output, no worker left."""
+    cap = tmp_path / "big.pcap"
+    generate(str(cap), flows=20_000, seed=2, mix="flow-heavy")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gfwlab", "analyze", str(cap), "--date", "2024-06-01",
+         "--shards", "2", "--events", str(tmp_path / "e.jsonl"), "--out", str(tmp_path / "o.pcap")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    seen: set[int] = set()
+    while len(seen) < 2:  # the local cluster's worker processes are up
+        assert time.monotonic() < deadline and proc.poll() is None
+        seen |= _children(proc.pid)
+        time.sleep(0.05)
+    time.sleep(1.0)
+    assert proc.poll() is None, "finished before it could be interrupted"
+    seen |= _children(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["gfwlab: interrupted"], err
+    assert sorted(os.listdir(tmp_path)) == ["big.pcap"]
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in seen) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in seen if _alive(p)]

@@ -16,6 +16,7 @@ and analysed on several workers (:mod:`gfwlab.offline.shard`, ``gfwlab analyze -
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -105,9 +106,12 @@ def connect(scheduler: str | None, workers: int) -> Iterator[Client]:
 
     cluster = None
     if scheduler is None:
+        # Its logs stay quiet: a task's failure reaches the caller as the task's exception, and
+        # an interrupted run (which cancels the tasks and drops the parts' packets) is not one.
         cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
-        )
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+        )  # fmt: skip
         client = Client(cluster)
     else:
         client = Client(scheduler)
@@ -142,13 +146,19 @@ def part_runner(client: Client) -> Runner:
     from distributed import as_completed  # noqa: PLC0415
 
     def run(tasks: list[tuple[PartTask, PartData]]) -> Iterator[PartResult | str]:
-        futures = []
-        for i, (task, data) in enumerate(tasks):
-            # The packets go to the cluster ahead of the task (a task's arguments should be small).
-            sent = client.scatter(data, hash=False)
-            futures.append(client.submit(task, sent, key=f"part-{i}", pure=False))
-        for future in as_completed(futures):
-            result: PartResult | str = future.result()
-            yield result
+        futures, sent = [], []
+        try:
+            for i, (task, data) in enumerate(tasks):
+                # The packets go to the cluster ahead of the task (a task's arguments should be
+                # small).
+                sent.append(client.scatter(data, hash=False))
+                futures.append(client.submit(task, sent[-1], key=f"part-{i}", pure=False))
+            for future in as_completed(futures):
+                result: PartResult | str = future.result()
+                yield result
+        finally:  # done, failed or interrupted: the cluster forgets the parts
+            client.cancel([*futures, *sent])
+            futures.clear()
+            sent.clear()
 
     return run
