@@ -20,7 +20,7 @@ from gfwlab.packet.ip import ACK, PSH, SYN, addr_bytes, build_tcp
 from gfwlab.packet.pcap import CaptureReader, PcapWriter
 from gfwlab.profiles import Profile, load_profile
 from gfwlab.proto.tls import build_client_hello
-from testenv import SHARED_BLOCKLISTS, SHARED_PCAPS, needs_shared, shared_pcaps
+from testenv import REAL_LIST_SETS, SHARED_BLOCKLISTS, SHARED_PCAPS, needs_shared, shared_pcaps
 
 DAY = dt.date(2024, 6, 1)
 EVERY_MECHANISM = (
@@ -74,13 +74,7 @@ def test_generated_capture_real_lists_identical(tmp_path: Path) -> None:
     """The 2024 lists block about a quarter of the names: many blocked flows and residuals."""
     cap = tmp_path / "cap.pcap"
     generate(str(cap), flows=300, seed=11, mix="realistic", names=load_names(SHARED_BLOCKLISTS))
-    lists = SHARED_BLOCKLISTS
-    prof = _profile(
-        f"tls_sni.domains={lists}/gfw-2024-https-blocklist.txt",
-        f"http_keyword.domains={lists}/gfw-2024-http-blocklist.txt",
-        f"dns_injection.domains={lists}/gfw-2024-dns-blocklist.txt",
-        f"quic_sni.domains={lists}/gfw-2024-quic-blocklist.txt",
-    )
+    prof = _profile(*REAL_LIST_SETS)
     se, _sf = _both(tmp_path, str(cap), prof)
     assert {"tls_sni/rst", "quic_sni/drop", "dns_injection/dns-inject"} <= set(se.events)
 

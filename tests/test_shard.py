@@ -25,7 +25,7 @@ from gfwlab.packet.ip import ACK, FIN, SYN, addr_bytes, build_tcp, fragment
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.profiles import Profile, build_censor, load_profile
 from gfwlab.proto.tls import build_client_hello
-from testenv import SHARED_BLOCKLISTS, SHARED_PCAPS, needs_shared, shared_pcaps
+from testenv import REAL_LIST_SETS, SHARED_BLOCKLISTS, SHARED_PCAPS, needs_shared, shared_pcaps
 
 DAY = dt.date(2024, 6, 1)
 EVERY_MECHANISM = (
@@ -107,13 +107,7 @@ def test_generated_capture_split_is_identical(tmp_path: Path, mix: str, parts: i
 def test_generated_capture_real_lists_split_is_identical(tmp_path: Path) -> None:
     cap = tmp_path / "cap.pcap"
     generate(str(cap), flows=400, seed=11, mix="flow-heavy", names=load_names(SHARED_BLOCKLISTS))
-    lists = SHARED_BLOCKLISTS
-    prof = _profile(
-        f"tls_sni.domains={lists}/gfw-2024-https-blocklist.txt",
-        f"http_keyword.domains={lists}/gfw-2024-http-blocklist.txt",
-        f"dns_injection.domains={lists}/gfw-2024-dns-blocklist.txt",
-        f"quic_sni.domains={lists}/gfw-2024-quic-blocklist.txt",
-    )
+    prof = _profile(*REAL_LIST_SETS)
     many = _same(tmp_path, str(cap), prof, 2)
     assert not many.warnings
     assert {"tls_sni/rst", "http_keyword/rst", "dns_injection/dns-inject"} <= set(many.events)

@@ -34,6 +34,16 @@ def shared_dir() -> Path:
 SHARED = shared_dir()
 SHARED_PCAPS = SHARED / "data" / "pcaps"
 SHARED_BLOCKLISTS = SHARED / "data" / "blocklists"
+REAL_LIST_SETS = tuple(
+    f"{key}={SHARED_BLOCKLISTS}/gfw-2024-{name}-blocklist.txt"
+    for key, name in (
+        ("tls_sni.domains", "https"),
+        ("http_keyword.domains", "http"),
+        ("dns_injection.domains", "dns"),
+        ("quic_sni.domains", "quic"),
+    )
+)
+"""``--set`` overrides that load the real 2024 lists into the mechanisms that use them."""
 
 
 def missing_shared(path: str | Path) -> str:

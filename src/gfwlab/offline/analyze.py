@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import io
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any, assert_never
 
@@ -73,6 +74,13 @@ class Summary:
     verdicts: list[FlowVerdict] = field(default_factory=list)
     anomaly_kinds: dict[str, int] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
+
+    def name_outputs(self, events_path: str | None, out_path: str | None) -> None:
+        """Say where the published outputs are."""
+        if events_path is not None:
+            self.outputs["events"] = events_path
+        if out_path is not None:
+            self.outputs["censored_capture"] = out_path
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -207,6 +215,26 @@ def analyze(
             index.close()
             index = None
     reader = index.reader if index is not None else CaptureReader(capture)
+    try:
+        with published(events_path, out_path) as (events_out, pcap_out):
+            if index is not None and not isinstance(profile, list):
+                summary = _run_fast(index, profile, seed, events_out, pcap_out, progress, on_event)
+            else:
+                summary = _run(reader, profile, seed, events_out, pcap_out, progress, on_event)
+            summary.date_source = date_source
+            summary.warnings = warnings
+    finally:
+        reader.close()
+    summary.name_outputs(events_path, out_path)
+    return summary
+
+
+@contextmanager
+def published(
+    events_path: str | None, out_path: str | None
+) -> Iterator[tuple[AtomicText | None, PcapWriter | None]]:
+    """The requested outputs (events, censored capture), published when the block completes,
+    and not at all if it raises (or is interrupted)."""
     events_out: AtomicText | None = None
     pcap_out: PcapWriter | None = None
     try:
@@ -214,27 +242,17 @@ def analyze(
             events_out = AtomicText(events_path)
         if out_path is not None:
             pcap_out = PcapWriter(out_path)
-        if index is not None and not isinstance(profile, list):
-            summary = _run_fast(index, profile, seed, events_out, pcap_out, progress, on_event)
-        else:
-            summary = _run(reader, profile, seed, events_out, pcap_out, progress, on_event)
-        summary.date_source = date_source
-        summary.warnings = warnings
+        yield events_out, pcap_out
     except BaseException:
         if events_out is not None:
             events_out.abort()
         if pcap_out is not None:
             pcap_out.abort()
-        reader.close()
         raise
     if events_out is not None:
         events_out.commit()
-        summary.outputs["events"] = events_path or ""
     if pcap_out is not None:
         pcap_out.commit()
-        summary.outputs["censored_capture"] = out_path or ""
-    reader.close()
-    return summary
 
 
 def _run_fast(

@@ -52,16 +52,15 @@ from gfwlab.engine.verdicts import Stats
 from gfwlab.errors import MalformedPacket
 from gfwlab.offline import fast
 from gfwlab.offline.analyze import (
-    AtomicText,
     FlowVerdict,
     Summary,
     analyze,
     fill_summary,
+    published,
     record_event,
 )
 from gfwlab.offline.index import F64, I64, U64, CaptureIndex, build_index
 from gfwlab.packet.ip import ACK, PROTO_TCP, PROTO_UDP, SYN, parse
-from gfwlab.packet.pcap import PcapWriter
 from gfwlab.profiles import Profile, build_censor
 
 
@@ -358,13 +357,7 @@ def _write(
         date=profile.date.isoformat() if profile.date else None,
         seed=seed,
     )
-    events_out: AtomicText | None = None
-    pcap_out: PcapWriter | None = None
-    try:
-        if events_path is not None:
-            events_out = AtomicText(events_path)
-        if out_path is not None:
-            pcap_out = PcapWriter(out_path)
+    with published(events_path, out_path) as (events_out, pcap_out):
         rows: dict[tuple[Any, ...], FlowVerdict] = {}
         write_event = events_out.fh.write if events_out is not None else None
         streams = [r.events for r in results]
@@ -380,16 +373,5 @@ def _write(
         summary.engine_packets = plan.fed
         summary.skipped = index.skipped
         summary.truncated_at = index.truncated_at
-    except BaseException:
-        if events_out is not None:
-            events_out.abort()
-        if pcap_out is not None:
-            pcap_out.abort()
-        raise
-    if events_out is not None:
-        events_out.commit()
-        summary.outputs["events"] = events_path or ""
-    if pcap_out is not None:
-        pcap_out.commit()
-        summary.outputs["censored_capture"] = out_path or ""
+    summary.name_outputs(events_path, out_path)
     return summary
