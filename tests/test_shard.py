@@ -19,7 +19,7 @@ import pytest
 from gfwlab.offline.analyze import Summary, analyze
 from gfwlab.offline.index import build_index
 from gfwlab.offline.scale import ProfileSpec, connect, part_runner
-from gfwlab.offline.shard import Split, _tasks, analyze_split, inline, split
+from gfwlab.offline.shard import Split, _tasks, analyze_split, inline, part_lives, split
 from gfwlab.offline.synth import dns_exchange, generate, http_get, load_names, tcp_conversation
 from gfwlab.packet.ip import ACK, FIN, SYN, addr_bytes, build_tcp, fragment
 from gfwlab.packet.pcap import PcapWriter
@@ -103,6 +103,27 @@ def test_generated_capture_split_is_identical(tmp_path: Path, mix: str, parts: i
     assert min(_parts(str(cap), prof, parts)) > 0  # every part has work
 
 
+@pytest.mark.parametrize("mix", ["realistic", "flow-heavy"])
+def test_a_parts_lives_are_what_its_own_index_makes(tmp_path: Path, mix: str) -> None:
+    """The split hands each part its flow lives, cut from the whole capture's: the same arrays
+    as the part's own index would work out."""
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=300, seed=12, mix=mix, pps=2_000.0)
+    prof = _profile("engine.tcp_timeout_s=0.5", "engine.udp_timeout_s=0.2")  # lives cut by gaps
+    index = build_index(str(cap))
+    assert index is not None
+    how = split(index, build_censor(prof, 3), 3)
+    assert isinstance(how, Split)
+    assert how.lives.count.shape[0] > len(set(map(bytes, index.key))) > 0  # some keys cut
+    for me in range(3):
+        sel = np.flatnonzero(how.part_of == me)
+        given = part_lives(how, me, sel)
+        own = index.subset(sel).lives(0.5, 0.2)
+        for name in ("order", "start", "count", "first", "final_ts", "life_of", "pos", "keyed"):
+            assert np.array_equal(getattr(given, name), getattr(own, name)), name
+    index.close()
+
+
 @needs_shared(SHARED_BLOCKLISTS)
 def test_generated_capture_real_lists_split_is_identical(tmp_path: Path) -> None:
     cap = tmp_path / "cap.pcap"
@@ -161,7 +182,8 @@ def test_a_split_by_client_is_caught(tmp_path: Path) -> None:
         return owners[src] if src in owners else owners[dst]
 
     part_of = np.array([client_part(index.packet(i)) for i in range(len(index))])
-    wrong = Split(parts=3, part_of=part_of, owners=owners)
+    life_part = part_of[right.lives.first]
+    wrong = Split(3, part_of, right.lives, life_part, owners)
     results = list(inline(_tasks(index, wrong, prof, 3, keep=True)))
     index.close()
     assert any(isinstance(r, str) and "changed servers" in r for r in results)

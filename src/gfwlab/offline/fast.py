@@ -43,7 +43,7 @@ from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, P
 from gfwlab.engine.censor import Censor
 from gfwlab.engine.flows import Flow, FlowKey, FlowState, flow_key
 from gfwlab.engine.residual import Key, ResidualEntry, residual_key
-from gfwlab.offline.index import F64, I64, CaptureIndex
+from gfwlab.offline.index import F64, I64, CaptureIndex, Lives
 from gfwlab.packet.ip import ACK, PROTO_TCP, RST, SYN
 from gfwlab.packet.pcap import MAX_CAPLEN, PcapWriter
 from gfwlab.rules.profile import ResidualKey
@@ -94,6 +94,8 @@ class Part:
     """Whether this part holds the flow's server address (else :class:`PartError`)."""
     current: int = -1
     """The number in the whole capture of the packet being fed (for ordering its events)."""
+    lives: Lives | None = None
+    """The index's flow lives, if the caller has them (:meth:`CaptureIndex.lives` else)."""
 
 
 def run(
@@ -109,7 +111,9 @@ def run(
     ``keep``: remember what to write to a censored capture. ``part``: ``index`` is one part of
     a split capture; the plan is numbered as in the whole."""
     eng = censor.profile.engine
-    lives = index.lives(eng.tcp_timeout_s, eng.udp_timeout_s)
+    lives = part.lives if part is not None and part.lives is not None else None
+    if lives is None:
+        lives = index.lives(eng.tcp_timeout_s, eng.udp_timeout_s)
     n = len(index)
     ts = index.ts
     tsl: list[float] = ts.tolist()

@@ -59,7 +59,7 @@ from gfwlab.offline.analyze import (
     published,
     record_event,
 )
-from gfwlab.offline.index import F64, I64, U64, CaptureIndex, build_index
+from gfwlab.offline.index import F64, I64, U64, CaptureIndex, Lives, build_index
 from gfwlab.packet.ip import ACK, PROTO_TCP, PROTO_UDP, SYN, parse
 from gfwlab.profiles import Profile, build_censor
 
@@ -71,6 +71,10 @@ class Split:
     parts: int
     part_of: I64
     """Each packet's part."""
+    lives: Lives
+    """The capture's flow lives."""
+    life_part: I64
+    """Each life's part."""
     owners: dict[bytes, int]
     """The part of each server address."""
 
@@ -149,7 +153,7 @@ def split(index: CaptureIndex, censor: Censor, parts: int) -> Split | str:
     }
     life_part = np.zeros(keyed.shape[0], dtype=np.int64)
     life_part[keyed] = part[of_life]
-    return Split(parts=parts, part_of=life_part[lives.life_of], owners=owners)
+    return Split(parts, life_part[lives.life_of], lives, life_part, owners)
 
 
 _DEPTH = 8
@@ -167,6 +171,33 @@ def _balance(load: npt.NDArray[np.float64], parts: int) -> I64:
         out[g] = p
         heapq.heappush(heap, (total + float(load[g]), p))
     return out
+
+
+def part_lives(how: Split, me: int, sel: I64) -> Lives:
+    """The flow lives of part ``me`` (packets ``sel``), numbered as that part's own index
+    numbers them: what :meth:`CaptureIndex.lives` of the part's index gives, without working it
+    out again (a part holds whole lives, and a gap that cuts a life is still there when the
+    packets of other lives are left out)."""
+    lives = how.lives
+    mine = np.flatnonzero(how.life_part == me)
+    rank = np.full(how.life_part.shape[0], -1, dtype=np.int64)
+    rank[mine] = np.arange(mine.shape[0], dtype=np.int64)
+    local = np.full(how.part_of.shape[0], -1, dtype=np.int64)
+    local[sel] = np.arange(sel.shape[0], dtype=np.int64)
+    count = lives.count[mine]
+    start = np.zeros_like(count)
+    if count.shape[0]:
+        start[1:] = np.cumsum(count)[:-1]
+    return Lives(
+        order=local[lives.order[how.life_part[lives.life_of[lives.order]] == me]],
+        start=start,
+        count=count,
+        first=local[lives.first[mine]],
+        final_ts=lives.final_ts[mine],
+        life_of=rank[lives.life_of[sel]],
+        pos=lives.pos[sel],
+        keyed=lives.keyed[mine],
+    )
 
 
 def _address(words: list[int]) -> bytes:
@@ -201,6 +232,8 @@ class PartData:
     """Each of its packets' number in the whole capture."""
     ts: F64
     """The whole capture's timestamps."""
+    lives: Lives
+    """The part's flow lives (:func:`part_lives`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,14 +252,18 @@ class PartTask:
         prof = self.profile if isinstance(self.profile, Profile) else self.profile()
         censor = build_censor(prof, self.seed)
         index = CaptureIndex.attach(data.index)
-        owner = Split(self.parts, data.ids[:0], self.owners).owner
+        owners = self.owners
+
+        def owner(address: bytes) -> int:
+            return owners.get(address, -1)
+
         me = self.me
 
         def owns(flow: Flow) -> bool:
             return owner(flow.server) == me
 
         events: list[tuple[int, Event]] = []
-        part = fast.Part(ids=data.ids, ts=data.ts, owns=owns)
+        part = fast.Part(ids=data.ids, ts=data.ts, owns=owns, lives=data.lives)
         try:
             plan = fast.run(
                 index, censor, lambda e: events.append((part.current, e)), keep=self.keep,
@@ -338,7 +375,8 @@ def _tasks(
     tasks = []
     for me in range(how.parts):
         sel = np.flatnonzero(how.part_of == me)
-        data = PartData(index.subset(sel).detach(), sel, index.ts)
+        lives = part_lives(how, me, sel)
+        data = PartData(index.subset(sel).detach(), sel, index.ts, lives)
         tasks.append((PartTask(profile, seed, how.parts, me, how.owners, keep), data))
     return tasks
 
