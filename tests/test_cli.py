@@ -211,6 +211,7 @@ def test_analyze_in_shards_writes_what_one_process_writes(demo_pcap: Path, tmp_p
         assert res.returncode == 0, res.stderr
         summary = json.loads(res.stdout)
         summary.pop("outputs")
+        assert summary.pop("parts") == int(shards)
         runs.append((summary, ev.read_bytes(), out.read_bytes()))
     assert runs[0] == runs[1]
     assert not runs[1][0]["warnings"] and runs[1][0]["verdicts"]

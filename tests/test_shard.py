@@ -50,7 +50,7 @@ def _profile(*sets: str) -> Profile:
 
 def _plain(s: Summary) -> dict[str, Any]:
     d = s.as_dict()
-    for key in ("outputs", "warnings"):
+    for key in ("outputs", "warnings", "parts"):
         d.pop(key)
     return d
 
@@ -98,7 +98,7 @@ def test_generated_capture_split_is_identical(tmp_path: Path, mix: str, parts: i
     generate(str(cap), flows=500, seed=7, mix=mix)
     prof = _profile(*SERVER_KEYED)
     many = _same(tmp_path, str(cap), prof, parts)
-    assert not many.warnings
+    assert not many.warnings and many.parts == parts
     assert {"fet/drop", "dns_injection/dns-inject"} <= set(many.events)
     assert min(_parts(str(cap), prof, parts)) > 0  # every part has work
 
@@ -236,7 +236,7 @@ def test_ip_fragments_are_not_split(tmp_path: Path) -> None:
             packets.append((ts, pkt))
     cap = _write(tmp_path / "frag.pcap", packets)
     many = _same(tmp_path, cap, _profile(), 2)
-    assert many.warnings and "IP fragment" in many.warnings[0]
+    assert many.warnings and "IP fragment" in many.warnings[0] and many.parts == 1
 
 
 def test_a_flow_table_that_could_fill_is_not_split(tmp_path: Path) -> None:

@@ -344,6 +344,8 @@ def _print_summary(summary: Any) -> None:
             else ""
         )
     )
+    if summary.parts > 1:
+        console.print(f"Analysed in {summary.parts} parts, split by server address (--shards).")
     passes = {k: n for k, n in summary.events.items() if k.endswith("/pass")}
     if passes:
         console.print(

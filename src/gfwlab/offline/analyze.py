@@ -69,6 +69,8 @@ class Summary:
     """Flows forgotten because the flow table was full (``engine.max_flows``)."""
     engine_packets: int = 0
     """Packets fed to the engine one by one (the fast path accounts for the rest in bulk)."""
+    parts: int = 1
+    """How many parts the capture was split into, each on its own engine (``--shards``)."""
     warnings: list[str] = field(default_factory=list)
     events: dict[str, int] = field(default_factory=dict)
     verdicts: list[FlowVerdict] = field(default_factory=list)
@@ -101,6 +103,7 @@ class Summary:
             "bypassed_packets": self.bypassed_pkts,
             "flows_evicted": self.flows_evicted,
             "engine_packets": self.engine_packets,
+            "parts": self.parts,
             "warnings": self.warnings,
             "events": self.events,
             "verdicts": [

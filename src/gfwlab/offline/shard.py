@@ -355,6 +355,7 @@ def analyze_split(
         if why is None and index is not None:
             summary = _write(index, profile, seed, results, events_path, out_path)
             summary.date_source = date_source
+            summary.parts = parts
             if progress is not None:
                 progress(parts + 1, parts + 1)
             return summary
