@@ -163,10 +163,19 @@ def run(
                 case _:
                     assert_never(action)
 
-    waiting = censor.verdicts.timers
+    waiting = verdicts.timers
 
-    def timed(actions: list[Action], seqs: list[int], out: Timed) -> None:
-        for action, seq in zip(actions, seqs, strict=True):
+    def numbers(until: float | None) -> list[int] | None:
+        """In a part, the numbers of the timers due by ``until`` (all: None), in the order the
+        engine releases them: they order the parts' releases at one instant as one engine
+        would. One capture whole needs no numbers (0 stands for each)."""
+        if part is None:
+            return None
+        due = sorted((t[0], t[1]) for t in waiting if until is None or t[0] <= until)
+        return [q for _at, q in due]
+
+    def timed(actions: list[Action], seqs: list[int] | None, out: Timed) -> None:
+        for action, seq in zip(actions, seqs or [0] * len(actions), strict=True):
             if type(action) is Inject:
                 if keep:
                     out.append((action.at, seq, action.packet))
@@ -176,17 +185,15 @@ def run(
     def timers(until: float, last: int) -> None:
         deadline = censor.next_deadline()
         while deadline is not None and deadline <= until:
-            # The timers on_timer releases, in its order (their numbers order a split capture's
-            # parts' releases at the same time as one engine would).
-            seqs = sorted((t[0], t[1]) for t in waiting if t[0] <= deadline)
+            seqs = numbers(deadline)
             actions = censor.on_timer(deadline)
             if actions:
                 if part is None:
                     j = max(last + 1, int(np.searchsorted(ts, deadline, side="left")))
                 else:
-                    after = int(part.ids[last]) + 1 if last >= 0 else 0
+                    after = ids[last] + 1 if last >= 0 else 0
                     j = max(after, int(np.searchsorted(part.ts, deadline, side="left")))
-                timed(actions, [q for _, q in seqs], plan.before.setdefault(j, []))
+                timed(actions, seqs, plan.before.setdefault(j, []))
             deadline = censor.next_deadline()
 
     heap: list[tuple[int, int, int]] = []
@@ -378,7 +385,7 @@ def run(
         timers(float(part.ts[-1]), last)
     elif n:
         timers(tsl[n - 1], last)
-    pending = [t[1] for t in sorted((t[0], t[1]) for t in waiting)]
+    pending = numbers(None)
     timed(censor.flush(), pending, plan.tail)
     censor.flows.evicted_log = None
     watch.close()

@@ -115,9 +115,9 @@ class CaptureIndex:
         size = 16 if src[2] >> 32 == 6 else 4
         return (
             int(self.proto[i]),
-            _address(src, size),
+            address(src, size),
             src[2] & 0xFFFF,
-            _address(dst, size),
+            address(dst, size),
             dst[2] & 0xFFFF,
         )
 
@@ -395,7 +395,8 @@ def _parse_leftovers(data: bytes | mmap.mmap, start: I64, length: I64, fields: _
             arr[i, 2] = port | (6 << 32)
 
 
-def _address(words: list[int], size: int) -> bytes:
+def address(words: list[int], size: int) -> bytes:
+    """The ``size``-byte address in an endpoint's first two words (:attr:`CaptureIndex.src`)."""
     if size == 4:
         return int(words[1]).to_bytes(4, "big")
     return int(words[0]).to_bytes(8, "big") + int(words[1]).to_bytes(8, "big")

@@ -59,7 +59,7 @@ from gfwlab.offline.analyze import (
     published,
     record_event,
 )
-from gfwlab.offline.index import F64, I64, U64, CaptureIndex, Lives, build_index
+from gfwlab.offline.index import F64, I64, U64, CaptureIndex, Lives, address, build_index
 from gfwlab.packet.ip import ACK, PROTO_TCP, PROTO_UDP, SYN, parse
 from gfwlab.profiles import Profile, build_censor
 
@@ -146,7 +146,7 @@ def split(index: CaptureIndex, censor: Censor, parts: int) -> Split | str:
     part_of_group = _balance(load, parts)
     part = part_of_group[group]
     owners = {
-        _address(a): int(p)
+        address(a, 4 if a[2] == 4 else 16): int(p)
         for a, p in zip(
             addresses.view(np.uint64).reshape(-1, 3).tolist(), part.tolist(), strict=True
         )
@@ -200,13 +200,6 @@ def part_lives(how: Split, me: int, sel: I64) -> Lives:
     )
 
 
-def _address(words: list[int]) -> bytes:
-    hi, lo, version = words
-    if version == 4:
-        return int(lo).to_bytes(4, "big")
-    return int(hi).to_bytes(8, "big") + int(lo).to_bytes(8, "big")
-
-
 @dataclass(slots=True)
 class PartResult:
     """What one part found: its plan numbered as in the whole capture, and its events."""
@@ -242,9 +235,9 @@ class PartTask:
 
     profile: ProfileSource
     seed: int
-    parts: int
     me: int
     owners: dict[bytes, int]
+    """The part of each server address (:attr:`Split.owners`)."""
     keep: bool
 
     def __call__(self, data: PartData) -> PartResult | str:
@@ -252,15 +245,10 @@ class PartTask:
         prof = self.profile if isinstance(self.profile, Profile) else self.profile()
         censor = build_censor(prof, self.seed)
         index = CaptureIndex.attach(data.index)
-        owners = self.owners
-
-        def owner(address: bytes) -> int:
-            return owners.get(address, -1)
-
-        me = self.me
+        owners, me = self.owners, self.me
 
         def owns(flow: Flow) -> bool:
-            return owner(flow.server) == me
+            return owners.get(flow.server) == me
 
         events: list[tuple[int, Event]] = []
         part = fast.Part(ids=data.ids, ts=data.ts, owns=owns, lives=data.lives)
@@ -378,7 +366,7 @@ def _tasks(
         sel = np.flatnonzero(how.part_of == me)
         lives = part_lives(how, me, sel)
         data = PartData(index.subset(sel).detach(), sel, index.ts, lives)
-        tasks.append((PartTask(profile, seed, how.parts, me, how.owners, keep), data))
+        tasks.append((PartTask(profile, seed, me, how.owners, keep), data))
     return tasks
 
 
