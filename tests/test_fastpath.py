@@ -15,7 +15,13 @@ import pytest
 from gfwlab.offline.analyze import Summary, analyze
 from gfwlab.offline.index import build_index
 from gfwlab.offline.scale import ProfileSpec, analyze_many, outputs_for
-from gfwlab.offline.synth import generate, http_get, load_names, tcp_conversation
+from gfwlab.offline.synth import (
+    dns_exchange,
+    generate,
+    http_get,
+    load_names,
+    tcp_conversation,
+)
 from gfwlab.packet.ip import ACK, PSH, SYN, addr_bytes, build_tcp
 from gfwlab.packet.pcap import CaptureReader, PcapWriter
 from gfwlab.profiles import Profile, load_profile
@@ -283,6 +289,66 @@ def _port_reuse(t: float) -> list[tuple[float, bytes]]:
     conn(12, "198.19.0.150", 41013, 443, hello, 0.25, 50000)  # ip_port_rst's target, if on
     conn(12, "198.19.0.150", 41013, 443, hello, 1.25, 51000)
     return out
+
+
+def _quiet(t: float) -> list[tuple[float, bytes]]:
+    """Packets the fast path counts in bulk while their flows are inspected (``fast._quiet``),
+    where they must still reach the engine: a connection's handshake ACK and ClientHello after
+    another connection of its client to the same server started a drop block on (client,
+    server, 443) (ESNI); a second query on one DNS flow after the first one's answer, also
+    between two resolvers (port 53 to port 53); and a connection whose client's ACK arrives
+    before any SYN of it was seen (no TCB)."""
+    out: list[tuple[float, bytes]] = []
+    client, server, resolver = "198.18.0.120", "198.19.0.201", "198.18.0.53"
+    c, s = addr_bytes(client), addr_bytes(server)
+
+    def seg(at: float, to_server: bool, cport: int, seq: int, ack: int, flags: int,
+            payload: bytes = b"") -> None:  # fmt: skip
+        src, dst, sp, dp = (c, s, cport, 443) if to_server else (s, c, 443, cport)
+        out.append((t + at, build_tcp(src, dst, sp, dp, seq=seq, ack=ack, flags=flags,
+                                      payload=payload)))  # fmt: skip
+
+    hello = build_client_hello("example.org")
+    seg(0.20, True, 41020, 1000, 0, SYN)
+    seg(0.201, False, 41020, 5000, 1001, SYN | ACK)
+    out.extend(tcp_conversation(
+        client, server, 41021, 443, build_client_hello("example.org", esni=True), t0=t + 0.3,
+        isn_c=2000, isn_s=6000,
+    ))  # fmt: skip
+    seg(0.6, True, 41020, 1001, 5001, ACK)  # under the drop block: dropped
+    seg(0.61, False, 41020, 5001, 1001, ACK)
+    seg(0.7, True, 41020, 1001, 5001, PSH | ACK, hello)
+    # No SYN seen: the server's SYN/ACK, then the client's ACK (the flow is let go there).
+    seg(0.8, False, 41022, 7000, 3001, SYN | ACK)
+    seg(0.81, True, 41022, 3001, 7001, ACK)
+    seg(0.82, True, 41022, 3001, 7001, PSH | ACK, http_get("a.example", "/search?q=falun"))
+    first = dns_exchange(client, resolver, 53001, "example.org", t0=t + 0.4, answer="198.18.9.9")
+    second = dns_exchange(client, resolver, 53001, "www.facebook.com", t0=t + 0.5, qid=0x4321,
+                          answer="198.18.9.10")  # fmt: skip
+    out.extend([*first, *second])
+    # The same between two resolvers (port 53 both ways): every datagram is a query to it.
+    for j, name in enumerate(("example.org", "www.facebook.com")):
+        out.extend(dns_exchange(resolver, "198.18.0.54", 53, name, t0=t + 0.9 + j / 10,
+                                qid=j, answer="198.18.9.11"))  # fmt: skip
+    return out
+
+
+def test_quiet_packets_identical(tmp_path: Path) -> None:
+    """Packets that change nothing but counters are counted in bulk, unless a residual drop
+    block covers them or they are more than an answer: the same outputs as every packet fed."""
+    packets = _quiet(1_700_000_000.0)
+    packets.sort(key=lambda tp: tp[0])
+    cap = tmp_path / "quiet.pcap"
+    with PcapWriter(str(cap)) as writer:
+        for ts, pkt in packets:
+            writer.write(ts, pkt)
+    se, sf = _both(tmp_path, str(cap), _profile())
+    assert sf.engine_packets < se.packets  # the first DNS answer and a server's ACK: not fed
+    events = [json.loads(line) for line in (tmp_path / "ev-True.jsonl").read_text().splitlines()]
+    seen = {(e["mechanism"], e["action"], e["flow"]["sport"]) for e in events}
+    assert ("esni", "drop", 41020) in seen  # the handshake ACK, dropped by the block
+    assert ("dns_injection", "dns-inject", 53001) in seen  # the second query
+    assert sum(e["flow"]["dport"] == e["flow"]["sport"] == 53 for e in events) == 1
 
 
 @pytest.mark.parametrize(

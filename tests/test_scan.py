@@ -244,5 +244,6 @@ def test_index_fields_are_the_parsers(fuzz_dir: Path, frames: list[bytes]) -> No
                 assert index.endpoints(i) == (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
                 assert int(index.flags[i]) == pkt.flags, raw.hex()
                 assert int(index.payload_off[i]) == len(pkt.raw) - len(pkt.payload), raw.hex()
+                assert int(index.payload_len[i]) == len(pkt.payload), raw.hex()
     finally:
         index.close()

@@ -13,7 +13,10 @@ verdict of its direction. So, over a :class:`~gfwlab.offline.index.CaptureIndex`
    connection on the flow's 5-tuple (``Flow.opened_anew_by``). Where the engine made a new
    flow on it, the life is cut there and the rest of it is the new flow's life, fed as in 1;
 4. the rest of a BYPASSED flow is counted in bulk; the rest of a BLOCKED flow is dropped or
-   passed in bulk by its direction; both are copied to the censored capture in bulk.
+   passed in bulk by its direction; both are copied to the censored capture in bulk;
+5. a packet of a flow still being inspected that would change nothing but counters (a bare
+   TCP ACK of a flow with a TCB, a DNS answer: :func:`_quiet`) is counted in bulk too, unless a
+   residual drop block covers it.
 
 What keeps it identical to the every-packet path (``tests/test_fastpath.py``):
 
@@ -43,8 +46,8 @@ from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, P
 from gfwlab.engine.censor import Censor
 from gfwlab.engine.flows import Flow, FlowKey, FlowState, flow_key
 from gfwlab.engine.residual import Key, ResidualEntry, residual_key
-from gfwlab.offline.index import F64, I64, CaptureIndex, Lives
-from gfwlab.packet.ip import ACK, PROTO_TCP, RST, SYN
+from gfwlab.offline.index import F64, I64, Bools, CaptureIndex, Lives
+from gfwlab.packet.ip import ACK, FIN, PROTO_TCP, PROTO_UDP, RST, SYN
 from gfwlab.packet.pcap import MAX_CAPLEN, PcapWriter
 from gfwlab.rules.profile import ResidualKey
 
@@ -246,6 +249,8 @@ def run(
     is_syn = bare.tobytes()
     syn_at: list[int] = np.flatnonzero(bare[lives.order]).tolist()
     """Where each bare SYN is in ``order`` (increasing)."""
+    is_quiet = _quiet(index, censor).tobytes()
+    quiet_at: list[int] = []
 
     def push_syn(life: int, k: int) -> None:
         """Queue the next bare SYN of a judged ``life`` after its position ``k``."""
@@ -266,6 +271,14 @@ def run(
         at = bisect.bisect_right(order, after, lo, hi)
         if at < hi:
             heapq.heappush(heap, (order[at], life, at - lo))
+
+    def quiet_now(held: Flow, life: int, i: int) -> bool:
+        """Whether packet ``i`` (see :func:`_quiet`) of the clean flow ``held`` would change
+        nothing now: a TCP segment needs a TCB to be fed to, and no residual drop may cover it."""
+        if held.state is not FlowState.CLEAN or (held.proto == PROTO_TCP and held.tcb is None):
+            return False
+        c2s = lower[i] == client_lower[life]
+        return not residual.drops or lookup(held, "drop-c2s" if c2s else "drop-s2c", now) is None
 
     def suspects(lives_hit: Iterable[int]) -> None:
         for hit in lives_hit:
@@ -312,6 +325,16 @@ def run(
             if not is_syn[i]:
                 continue  # blocked since it was queued: its verdict is cached
             push_syn(life, k)
+        elif is_quiet[i] and (held := flows[life]) is not None and quiet_now(held, life, i):
+            # Past its life's first packet (flows[life] is set by the first one fed), it would
+            # change nothing but counters: counted in bulk.
+            quiet_at.append(i)
+            if k + 1 < lcount[life]:
+                heapq.heappush(heap, (order[lstart[life] + k + 1], life, k + 1))
+            else:
+                flows[life] = None
+                life_by_flow.pop(id(held), None)
+            continue
         flow = flows[life]
         if flow is not None:
             flow.packets = k
@@ -390,7 +413,7 @@ def run(
     censor.flows.evicted_log = None
     watch.close()
     _account(
-        index, censor, fed_at, life_of, pos, np.asarray(bypass_from, dtype=np.int64),
+        index, censor, fed_at, quiet_at, life_of, pos, np.asarray(bypass_from, dtype=np.int64),
         np.asarray(block_from, dtype=np.int64), np.asarray(block_code, dtype=np.int8),
         np.asarray(client_lower, dtype=np.bool_), plan,
     )  # fmt: skip
@@ -481,10 +504,31 @@ class _DropWatch:
         return hit
 
 
+def _quiet(index: CaptureIndex, censor: Censor) -> Bools:
+    """The packets that change nothing but counters when a clean flow's packet past its first
+    one (the caller checks the flow: :func:`run`'s ``quiet_now``), as the live adapter lets
+    the kernel forward them (``live/kernel.py`` ``skip_rules``):
+
+    - a TCP segment without SYN, FIN or RST and without payload: it is the TCB's "other
+      segment", on which no transition acts (``engine/tcb.py``); unless a mechanism needs the
+      handshake ACK or counts packets (``Censor.needs_handshake_ack``);
+    - a UDP datagram from a port the engine watches to one it does not (a DNS answer): the
+      engine neither dissects it nor finishes its flow on it (``Censor._udp``).
+    """
+    ports = np.asarray(sorted(censor.plan.ports), dtype=np.uint64)
+    sport, dport = index.src[:, 2] & np.uint64(0xFFFF), index.dst[:, 2] & np.uint64(0xFFFF)
+    quiet: Bools = (index.proto == PROTO_UDP) & np.isin(sport, ports) & ~np.isin(dport, ports)
+    if not censor.needs_handshake_ack:
+        bare_ack = (index.proto == PROTO_TCP) & (index.flags & (SYN | FIN | RST) == 0)
+        quiet |= bare_ack & (index.payload_len == 0)
+    return index.flow & quiet
+
+
 def _account(
     index: CaptureIndex,
     censor: Censor,
     fed_at: list[int],
+    quiet_at: list[int],
     life_of: I64,
     pos: I64,
     bypass_from: I64,
@@ -493,9 +537,12 @@ def _account(
     client_lower: np.ndarray,
     plan: Plan,
 ) -> None:
-    """Count the packets not fed: bypassed ones, and blocked ones dropped or passed."""
+    """Count the packets not fed: quiet ones, bypassed ones, and blocked ones dropped or
+    passed."""
     rest = np.ones(len(index), dtype=np.bool_)
     rest[np.asarray(fed_at, dtype=np.int64)] = False
+    quiet = np.asarray(quiet_at, dtype=np.int64)
+    rest[quiet] = False
     blocked = rest & (pos >= block_from[life_of])
     bypassed = rest & (pos >= bypass_from[life_of]) & ~blocked
     if not np.array_equal(rest, blocked | bypassed):
@@ -504,8 +551,8 @@ def _account(
     code = block_code[life_of]
     drop = blocked & ((code == 3) | ((code == 1) & c2s) | ((code == 2) & ~c2s))
     st = censor.stats
-    st.packets += int(rest.sum())
-    st.bytes += int(index.length[rest].sum())
+    st.packets += int(rest.sum()) + len(quiet_at)
+    st.bytes += int(index.length[rest].sum()) + int(index.length[quiet].sum())
     st.bypassed_pkts += int(bypassed.sum())
     st.bypassed_bytes += int(index.length[bypassed].sum())
     st.dropped += int(drop.sum())

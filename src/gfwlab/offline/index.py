@@ -92,6 +92,8 @@ class CaptureIndex:
     flags: npt.NDArray[np.uint16]
     payload_off: I64
     """Offset of the transport payload from the packet's start (0 outside flows)."""
+    payload_len: I64
+    """Bytes of transport payload, as :func:`gfwlab.packet.ip.parse` cuts it (0 outside flows)."""
     src: U64
     """Source endpoint as three words per packet (address high, low, port): shape (n, 3)."""
     dst: U64
@@ -155,6 +157,7 @@ class CaptureIndex:
             proto=self.proto[sel],
             flags=self.flags[sel],
             payload_off=self.payload_off[sel],
+            payload_len=self.payload_len[sel],
             src=self.src[sel],
             dst=self.dst[sel],
             key=self.key[sel],
@@ -250,7 +253,7 @@ def _build(reader: CaptureReader, max_packets: int) -> CaptureIndex | None:
     buf = np.frombuffer(data, dtype=np.uint8) if len(data) else np.zeros(1, dtype=np.uint8)
     fields = _classify(buf, start, length)
     _parse_leftovers(data, start, length, fields)
-    flow, proto, flags, payload_off, src, dst = fields
+    flow, proto, flags, payload_off, payload_len, src, dst = fields
     key, lower = _flow_keys(proto, src, dst)
     in_order = bool(np.all(ts_arr[1:] >= ts_arr[:-1])) if ts_arr.shape[0] > 1 else True
     return CaptureIndex(
@@ -269,6 +272,7 @@ def _build(reader: CaptureReader, max_packets: int) -> CaptureIndex | None:
         proto=proto,
         flags=flags,
         payload_off=payload_off,
+        payload_len=payload_len,
         src=src,
         dst=dst,
         key=key,
@@ -277,7 +281,7 @@ def _build(reader: CaptureReader, max_packets: int) -> CaptureIndex | None:
     )
 
 
-_Fields = tuple[Bools, U8, npt.NDArray[np.uint16], I64, U64, U64]
+_Fields = tuple[Bools, U8, npt.NDArray[np.uint16], I64, I64, U64, U64]
 
 HEAD = 80
 """Bytes of each packet read for classification: the deepest read is the TCP flags of a packet
@@ -295,13 +299,15 @@ def _classify(buf: U8, start: I64, length: I64) -> _Fields:
     proto = np.zeros(n, dtype=np.uint8)
     flags = np.zeros(n, dtype=np.uint16)
     payload_off = np.zeros(n, dtype=np.int64)
+    payload_len = np.zeros(n, dtype=np.int64)
     src = np.zeros((n, 3), dtype=np.uint64)
     dst = np.zeros((n, 3), dtype=np.uint64)
     for lo in range(0, n, _CHUNK):
         hi = min(n, lo + _CHUNK)
-        part = (flow[lo:hi], proto[lo:hi], flags[lo:hi], payload_off[lo:hi], src[lo:hi], dst[lo:hi])
+        part = (flow[lo:hi], proto[lo:hi], flags[lo:hi], payload_off[lo:hi], payload_len[lo:hi],
+                src[lo:hi], dst[lo:hi])  # fmt: skip
         _classify_heads(heads(buf, start[lo:hi], HEAD), length[lo:hi], part)
-    return flow, proto, flags, payload_off, src, dst
+    return flow, proto, flags, payload_off, payload_len, src, dst
 
 
 def _classify_heads(head: U8, length: I64, out: _Fields) -> None:
@@ -352,10 +358,14 @@ def _classify_heads(head: U8, length: I64, out: _Fields) -> None:
     tcp &= (eff - l4 >= 20) & (hlen >= 20) & (l4 + hlen <= eff)
     udp &= eff - l4 >= 8
     flow = tcp | udp
-    flow_out, proto_out, flags_out, payload_out, src, dst = out
+    flow_out, proto_out, flags_out, payload_out, len_out, src, dst = out
     flow_out[:] = flow
     flags_out[:] = np.where(tcp, at(l4, 13) | ((off_byte & 1) << 8), 0)
     payload_out[:] = np.where(tcp, l4 + hlen, np.where(udp, l4 + 8, 0))
+    # UDP: the datagram's own length where it fits, else the rest of the packet (as parse).
+    ulen = at(l4, 4) << 8 | at(l4, 5)
+    udp_end = np.where((ulen >= 8) & (ulen <= eff - l4), l4 + ulen, eff)
+    len_out[:] = np.where(tcp, eff - l4 - hlen, np.where(udp, udp_end - l4 - 8, 0))
     sport = np.where(flow, (at(l4, 0) << 8) | at(l4, 1), 0)
     dport = np.where(flow, (at(l4, 2) << 8) | at(l4, 3), 0)
     w4 = np.flatnonzero(flow & v4)
@@ -375,7 +385,7 @@ def _classify_heads(head: U8, length: I64, out: _Fields) -> None:
 
 
 def _parse_leftovers(data: bytes | mmap.mmap, start: I64, length: I64, fields: _Fields) -> None:
-    flow, proto, flags, payload_off, src, dst = fields
+    flow, proto, flags, payload_off, payload_len, src, dst = fields
     for i in np.flatnonzero(proto == 255).tolist():
         s = int(start[i])
         try:
@@ -389,6 +399,7 @@ def _parse_leftovers(data: bytes | mmap.mmap, start: I64, length: I64, fields: _
         flow[i] = True
         flags[i] = pkt.flags
         payload_off[i] = len(pkt.raw) - len(pkt.payload)
+        payload_len[i] = len(pkt.payload)
         for arr, addr, port in ((src, pkt.src, pkt.sport), (dst, pkt.dst, pkt.dport)):
             arr[i, 0] = int.from_bytes(addr[:8], "big")
             arr[i, 1] = int.from_bytes(addr[8:], "big")
