@@ -245,7 +245,7 @@ def show(mix: str, info: dict[str, Any], rows: list[tuple[str, Timed, int | None
         if "--shards" in name:
             gaps.append(f"{name}: {t.seconds / base:.2f} of the one-process time")
             continue
-        if ("analyze" in name and "lists" not in name.split(", ")[-1]) or "built-in" in name:
+        if ("analyze" in name and "list" not in name.split(", ")[-1]) or "built-in" in name:
             continue
         if "analyze" in name:
             gaps.append(f"{name.split(', ')[-1]}: {base / t.seconds:.0%} of the built-in "

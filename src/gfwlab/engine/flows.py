@@ -240,7 +240,12 @@ class FlowTable:
 
     def expire(self, now: float) -> int:
         """Forget flows idle for longer than their timeout; returns how many."""
-        dead = [k for k, f in self.flows.items() if now - f.last_seen >= self.timeout(f)]
+        tcp, udp = self.tcp_timeout, self.udp_timeout  # self.timeout(f), without a call a flow
+        dead = [
+            k
+            for k, f in self.flows.items()
+            if now - f.last_seen >= (tcp if f.proto == PROTO_TCP else udp)
+        ]
         for key in dead:
             del self.flows[key]
         self.expired += len(dead)

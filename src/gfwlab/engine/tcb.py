@@ -53,6 +53,11 @@ class TcbState(enum.Enum):
     RESYNC = "resync"
     CLOSED = "closed"
 
+    # Members are singletons: hashed by identity in C, not by name in Python (Enum's own
+    # __hash__), for the transition table's lookup on every TCP segment. Nothing iterates a set
+    # of them (a set's order would then change between processes).
+    __hash__ = object.__hash__
+
 
 class TcbInput(enum.Enum):
     RECV_SYN = "client SYN"
@@ -62,6 +67,8 @@ class TcbInput(enum.Enum):
     RECV_ACK = "other segment"
     RECV_RST = "RST"
     RECV_FIN = "FIN"
+
+    __hash__ = object.__hash__  # as TcbState's
 
 
 def classify(flags: int, c2s: bool, has_payload: bool) -> TcbInput:
