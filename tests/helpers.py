@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from gfwlab.engine import Accept, Bypass, Censor, Drop, Event, Inject, Report
 from gfwlab.evade.simulate import binomial_counts  # noqa: F401 - the tests' one
-from gfwlab.packet.ip import Packet, parse
+from gfwlab.offline.synth import http_get
+from gfwlab.packet.ip import ACK, PSH, SYN, Packet, addr_bytes, build_tcp, build_udp, parse
 from gfwlab.profiles import Profile, load_profile
 
 DAY = dt.date(2024, 6, 1)
@@ -104,3 +105,32 @@ class Links:
 
     def send(self, packet: bytes) -> None:
         self.sent.append(packet)
+
+
+EXACT_DELAY = [
+    f"http_keyword.delay_ms_{kind}=[[0.0, 62.5], [1.0, 62.5]]"
+    for kind in ("type1", "type2", "type3", "other")
+] + ["http_keyword.injector='type1'", "http_keyword.probability=1"]
+"""Keyword resets 62.5 ms (1/16 s, exact in binary and in microseconds) after the request."""
+
+
+def keyword_resets_due_at_packets(n: int) -> list[tuple[float, bytes]]:
+    """``n`` keyword requests, two at a time on whole seconds (to ``n`` servers), each reset
+    ``EXACT_DELAY`` later, where a datagram of another flow was captured at that very time (a
+    release due at a packet's time comes before it, as the every-packet path writes it)."""
+    out: list[tuple[float, bytes]] = []
+    request = http_get("a.example", "/?q=falun")
+    for j in range(n):
+        c, s = addr_bytes(f"198.18.10.{j}"), addr_bytes(f"198.19.10.{j}")
+        t, cport = 1.0 + j // 2, 40000 + j
+        for at, src, dst, sp, dp, seq, ack, flags, payload in (
+            (t, c, s, cport, 80, 1000, 0, SYN, b""),
+            (t + 0.125, s, c, 80, cport, 5000, 1001, SYN | ACK, b""),
+            (t + 0.1875, c, s, cport, 80, 1001, 5001, ACK, b""),
+            (t + 0.25, c, s, cport, 80, 1001, 5001, PSH | ACK, request),
+        ):
+            out.append((at, build_tcp(src, dst, sp, dp, seq=seq, ack=ack, flags=flags,
+                                      payload=payload)))  # fmt: skip
+        other = addr_bytes(f"198.18.11.{j}"), addr_bytes(f"198.19.11.{j}")
+        out.append((t + 0.3125, build_udp(*other, 5000 + j, 6000, b"at the reset's time")))
+    return out

@@ -26,6 +26,7 @@ from gfwlab.packet.ip import ACK, PSH, SYN, addr_bytes, build_tcp
 from gfwlab.packet.pcap import CaptureReader, PcapWriter
 from gfwlab.profiles import Profile, load_profile
 from gfwlab.proto.tls import build_client_hello
+from helpers import EXACT_DELAY, keyword_resets_due_at_packets
 from testenv import REAL_LIST_SETS, SHARED_BLOCKLISTS, SHARED_PCAPS, needs_shared, shared_pcaps
 
 DAY = dt.date(2024, 6, 1)
@@ -349,6 +350,15 @@ def test_quiet_packets_identical(tmp_path: Path) -> None:
     assert ("esni", "drop", 41020) in seen  # the handshake ACK, dropped by the block
     assert ("dns_injection", "dns-inject", 53001) in seen  # the second query
     assert sum(e["flow"]["dport"] == e["flow"]["sport"] == 53 for e in events) == 1
+
+
+def test_timer_due_at_a_packets_time_is_written_before_it(tmp_path: Path) -> None:
+    cap = tmp_path / "due.pcap"
+    with PcapWriter(str(cap)) as writer:
+        for ts, pkt in sorted(keyword_resets_due_at_packets(4), key=lambda tp: tp[0]):
+            writer.write(ts, pkt)
+    se, _sf = _both(tmp_path, str(cap), _profile(*EXACT_DELAY))
+    assert se.events.get("http_keyword/rst") == 4
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from gfwlab.packet.ip import ACK, FIN, SYN, addr_bytes, build_tcp, fragment
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.profiles import Profile, build_censor, load_profile
 from gfwlab.proto.tls import build_client_hello
+from helpers import EXACT_DELAY, keyword_resets_due_at_packets
 from testenv import REAL_LIST_SETS, SHARED_BLOCKLISTS, SHARED_PCAPS, needs_shared, shared_pcaps
 
 DAY = dt.date(2024, 6, 1)
@@ -302,18 +303,10 @@ def test_dask_two_workers_split_one_capture(tmp_path: Path) -> None:
 def test_timers_due_together_in_two_parts_keep_one_engines_order(tmp_path: Path) -> None:
     """Keyword requests to many servers, two at a time at the same instant, each reset after
     the same fixed delay: resets from different parts fall due together, and come out in the
-    order one engine holds them (the order of the packets that caused them)."""
-    fixed = "[[0.0, 10.0], [1.0, 10.0]]"
-    sets = [f"http_keyword.{k}={fixed}" for k in ("delay_ms_type1", "delay_ms_type2")]
-    sets += [f"http_keyword.delay_ms_type3={fixed}", "http_keyword.injector='type1'"]
-    packets = []
-    for j in range(40):
-        packets += tcp_conversation(
-            f"198.18.10.{j}", f"198.19.10.{j}", 40000 + j, 80,
-            http_get("a.example", "/?q=falun"), t0=float(j // 2), isn_c=1000 * j,
-        )  # fmt: skip
-    cap = _write(tmp_path / "ties.pcap", packets)
-    prof = _profile(*sets)
+    order one engine holds them (the order of the packets that caused them), before the
+    datagram captured at their very time."""
+    cap = _write(tmp_path / "ties.pcap", keyword_resets_due_at_packets(40))
+    prof = _profile(*EXACT_DELAY)
     many = _same(tmp_path, cap, prof, 3)
     assert not many.warnings and many.events.get("http_keyword/rst", 0) >= 20
     assert min(_parts(cap, prof, 3)) > 0

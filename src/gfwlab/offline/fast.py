@@ -187,17 +187,21 @@ def run(
             else:
                 collect((action,), 0.0, None, [])
 
+    part_ts = _view(part.ts) if part is not None else tsl
+
     def timers(until: float, last: int) -> None:
         deadline = censor.next_deadline()
         while deadline is not None and deadline <= until:
-            seqs = numbers(deadline)
+            seqs = numbers(deadline) if keep else None
             actions = censor.on_timer(deadline)
-            if actions:
+            if actions and not keep:  # the released injections are not written anywhere
+                collect([a for a in actions if type(a) is not Inject], 0.0, None, [])
+            elif actions:
                 if part is None:
-                    j = max(last + 1, int(np.searchsorted(ts, deadline, side="left")))
+                    j = max(last + 1, bisect.bisect_left(tsl, deadline))
                 else:
                     after = ids[last] + 1 if last >= 0 else 0
-                    j = max(after, int(np.searchsorted(part.ts, deadline, side="left")))
+                    j = max(after, bisect.bisect_left(part_ts, deadline))
                 timed(actions, seqs, plan.before.setdefault(j, []))
             deadline = censor.next_deadline()
 
