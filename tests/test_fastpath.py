@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gfwlab.offline.analyze import Summary, analyze
-from gfwlab.offline.index import build_index
+from gfwlab.offline.index import MAX_PACKETS, build_index
 from gfwlab.offline.scale import ProfileSpec, analyze_many, outputs_for
 from gfwlab.offline.synth import (
     dns_exchange,
@@ -45,17 +45,30 @@ def _profile(*sets: str, date: dt.date | None = DAY) -> Profile:
     return prof
 
 
+WINDOW = 61
+"""Records per window for the fast path a window at a time (``max_index``): small, so that
+flows, timers and blocks cross many windows."""
+
+
 def _both(tmp_path: Path, capture: str, prof: Profile, seed: int = 3) -> tuple[Summary, Summary]:
-    """Analyse ``capture`` both ways; assert identical outputs; return both summaries."""
-    runs: dict[bool, tuple[Summary, bytes, bytes]] = {}
-    for exact in (True, False):
-        ev, out = tmp_path / f"ev-{exact}.jsonl", tmp_path / f"out-{exact}.pcap"
-        s = analyze(capture, prof, seed=seed, events_path=str(ev), out_path=str(out), exact=exact)
-        runs[exact] = (s, ev.read_bytes(), out.read_bytes())
-    (se, ev_e, out_e), (sf, ev_f, out_f) = runs[True], runs[False]
+    """Analyse ``capture`` both ways, and the fast way ``WINDOW`` records at a time; assert
+    identical outputs; return the every-packet and the fast summaries."""
+    runs: dict[str, tuple[Summary, bytes, bytes]] = {}
+    for how in ("exact", "fast", "windows"):
+        ev, out = tmp_path / f"ev-{how == 'exact'}.jsonl", tmp_path / f"out-{how}.pcap"
+        s = analyze(
+            capture, prof, seed=seed, events_path=str(ev), out_path=str(out),
+            exact=how == "exact", max_index=WINDOW if how == "windows" else MAX_PACKETS,
+        )  # fmt: skip
+        runs[how] = (s, ev.read_bytes(), out.read_bytes())
+    (se, ev_e, out_e), (sf, ev_f, out_f) = runs["exact"], runs["fast"]
+    sw, ev_w, out_w = runs["windows"]
     assert ev_f == ev_e
     assert out_f == out_e
     assert _plain(sf) == _plain(se)
+    assert ev_w == ev_e
+    assert out_w == out_e
+    assert _plain(sw) == _plain(se)
     assert se.engine_packets == se.packets
     return se, sf
 
@@ -155,6 +168,37 @@ def test_out_of_order_capture_warns_and_matches(tmp_path: Path) -> None:
     assert not se.warnings  # --exact reads in file order without looking
 
 
+def test_windows_fall_back_where_time_goes_back_between_them(tmp_path: Path) -> None:
+    """Each window in order, but the second starts before the first ends: every packet through
+    the engine in file order, with the warning, as for a capture indexed whole."""
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=60, seed=4, mix="realistic")
+    with CaptureReader(str(cap)) as reader:
+        packets = list(reader)
+    before, after = packets[WINDOW - 2][0], packets[WINDOW - 1][0]
+    assert before < after
+    packets[WINDOW] = ((before + after) / 2, packets[WINDOW][1])
+    back = tmp_path / "back.pcap"
+    with PcapWriter(str(back)) as writer:
+        for ts, pkt in packets:
+            writer.write(ts, pkt)
+    se, _sf = _both(tmp_path, str(back), _profile())
+    windows = analyze(str(back), _profile(), seed=3, max_index=WINDOW)
+    assert windows.warnings and "file order" in windows.warnings[0]
+    assert windows.engine_packets == windows.packets == se.packets
+
+
+def test_tls_in_tls_identical(tmp_path: Path) -> None:
+    """TLS-in-TLS counts each flow's first packets (``Needs.watch_packets``): whole, and where
+    a flow's packets fall in several windows."""
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=300, seed=8, mix="realistic")
+    prof = load_profile("gfw", date=DAY, overrides=[*EVERY_MECHANISM, "tls_in_tls.enabled=true"])
+    assert "tls_in_tls" in prof.active()
+    se, _sf = _both(tmp_path, str(cap), prof)
+    assert any(k.startswith("tls_in_tls/") for k in se.events), se.events
+
+
 def test_index_groups_flows_both_ways(tmp_path: Path) -> None:
     cap = tmp_path / "cap.pcap"
     info = generate(str(cap), flows=50, seed=2, mix="flow-heavy")
@@ -216,19 +260,28 @@ def test_dask_two_workers_match_single_process(tmp_path: Path) -> None:
         assert _plain(summary) == _plain(alone)
 
 
-def test_capture_beyond_the_index_limit_streams(tmp_path: Path) -> None:
-    """More packets than the index may hold: analysed streaming, the same outputs, a warning."""
+def test_capture_beyond_the_index_limit_goes_in_windows(tmp_path: Path) -> None:
+    """More records than the index may hold: a classic pcap is analysed a window at a time
+    (the same outputs, nothing said); a pcapng streaming, every packet through the engine,
+    with a warning."""
     cap = tmp_path / "cap.pcap"
     generate(str(cap), flows=40, seed=6, mix="realistic")
+    ng = tmp_path / "cap.pcapng"
+    _pcapng(cap, ng)
     prof = _profile()
     runs = []
-    for limit in (10**9, 100):
-        ev, out = tmp_path / f"ev{limit}.jsonl", tmp_path / f"out{limit}.pcap"
-        s = analyze(str(cap), prof, events_path=str(ev), out_path=str(out), max_index=limit)
+    for capture, limit in ((cap, 10**9), (cap, 100), (cap, 1), (ng, 10**9), (ng, 100)):
+        ev, out = tmp_path / "ev.jsonl", tmp_path / "out.pcap"
+        s = analyze(str(capture), prof, events_path=str(ev), out_path=str(out), max_index=limit)
         runs.append((s, ev.read_bytes(), out.read_bytes()))
-    (fast, ev_f, out_f), (streamed, ev_s, out_s) = runs
-    assert ev_f == ev_s and out_f == out_s and _plain(fast) == _plain(streamed)
-    assert streamed.engine_packets == streamed.packets > fast.engine_packets
+    for first, then in ((0, 1), (0, 2), (3, 4)):
+        assert runs[then][1:] == runs[first][1:]
+        assert _plain(runs[then][0]) == _plain(runs[first][0])
+    whole, windows, single, _ng, streamed = (r[0] for r in runs)
+    assert not windows.warnings and not single.warnings
+    # Each window feeds the engine the first packet of every flow in it: one record, every one.
+    assert whole.engine_packets < windows.engine_packets < single.engine_packets == whole.packets
+    assert streamed.engine_packets == streamed.packets
     assert streamed.warnings and "streaming" in streamed.warnings[0]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import io
+import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from gfwlab.engine.censor import Censor
 from gfwlab.engine.verdicts import Stats
 from gfwlab.offline import fast
 from gfwlab.offline.chain import Chain
-from gfwlab.offline.index import MAX_PACKETS, CaptureIndex, build_index
+from gfwlab.offline.index import MAX_PACKETS, WINDOW, CaptureIndex, build_index, index_window
 from gfwlab.packet.pcap import CaptureReader, PcapWriter
 from gfwlab.profiles import Profile, build_censor
 
@@ -192,9 +193,12 @@ def analyze(
     path order from the client, see :mod:`.chain`); write the requested outputs.
 
     By default only the packets that can change a verdict reach the engine (:mod:`.fast`);
-    ``exact`` feeds every packet (the reference the fast path is tested against), as does a
-    capture of more than ``max_index`` packets (the fast path's index grows with the capture;
-    the every-packet path's memory is bounded by the flow table). A capture
+    ``exact`` feeds every packet (the reference the fast path is tested against). A classic
+    pcap of more than ``max_index`` records is indexed and analysed a window of ``max_index``
+    records (at most :data:`~.index.WINDOW`) at a time with the same censor (the index grows
+    with what it holds; flows go on from one window to the next); a pcapng of more than
+    ``max_index`` packets goes through the every-packet path, whose memory is bounded by the
+    flow table. A capture
     whose timestamps go backwards is analysed in file order by the every-packet path, with a
     warning. Raises AdapterError for an unreadable capture or an unwritable output, before any
     output is published. A truncated capture is analysed as far as it goes;
@@ -202,13 +206,17 @@ def analyze(
     """
     warnings: list[str] = []
     index: CaptureIndex | None = None
+    windowed = False
     if not exact and not isinstance(profile, list):  # censors in series: every packet
         index = build_index(capture, max_index)
         if index is None:
-            warnings.append(
-                f"{capture}: more than {max_index:,} packets; analysed streaming, every packet "
-                "through the engine (bounded memory)"
-            )
+            with CaptureReader(capture) as probe:
+                windowed = probe.format != "pcapng"
+            if not windowed:
+                warnings.append(
+                    f"{capture}: more than {max_index:,} packets in a pcapng; analysed "
+                    "streaming, every packet through the engine (bounded memory)"
+                )
         elif not index.in_order:
             back = int((index.ts[1:] < index.ts[:-1]).sum())
             warnings.append(
@@ -219,13 +227,32 @@ def analyze(
             index = None
     reader = index.reader if index is not None else CaptureReader(capture)
     try:
-        with published(events_path, out_path) as (events_out, pcap_out):
-            if index is not None and not isinstance(profile, list):
-                summary = _run_fast(index, profile, seed, events_out, pcap_out, progress, on_event)
-            else:
-                summary = _run(reader, profile, seed, events_out, pcap_out, progress, on_event)
-            summary.date_source = date_source
-            summary.warnings = warnings
+        summary: Summary | None = None
+        if windowed and not isinstance(profile, list):
+            try:
+                with published(events_path, out_path) as (events_out, pcap_out):
+                    windows = _windows(reader, min(max_index, WINDOW))
+                    summary = _run_fast(
+                        capture, windows, profile, seed, events_out, pcap_out, progress, on_event
+                    )
+            except _Backwards:
+                warnings.append(
+                    f"{capture}: a record is earlier than the record before it; analysed in "
+                    "file order, every packet through the engine"
+                )
+                reader.close()
+                reader = CaptureReader(capture)
+        if summary is None:
+            with published(events_path, out_path) as (events_out, pcap_out):
+                if index is not None and not isinstance(profile, list):
+                    whole = iter([(index, True)])
+                    summary = _run_fast(
+                        capture, whole, profile, seed, events_out, pcap_out, progress, on_event
+                    )
+                else:
+                    summary = _run(reader, profile, seed, events_out, pcap_out, progress, on_event)
+        summary.date_source = date_source
+        summary.warnings = warnings
     finally:
         reader.close()
     summary.name_outputs(events_path, out_path)
@@ -258,8 +285,29 @@ def published(
         pcap_out.commit()
 
 
+class _Backwards(Exception):
+    """A window of the capture goes back in time (:func:`_windows`)."""
+
+
+def _windows(reader: CaptureReader, per: int) -> Iterator[tuple[CaptureIndex, bool]]:
+    """The indexes of a classic pcap ``per`` records at a time, each with whether it is the
+    last; raises _Backwards where timestamps go backwards."""
+    begin, before = 24, -math.inf
+    while True:
+        index, window = index_window(reader, begin, per)
+        if not index.in_order or (len(index) and float(index.ts[0]) < before):
+            raise _Backwards
+        if len(index):
+            before = float(index.ts[-1])
+        yield index, window.last
+        if window.last:
+            return
+        begin = window.end
+
+
 def _run_fast(
-    index: CaptureIndex,
+    capture: str,
+    windows: Iterator[tuple[CaptureIndex, bool]],
     profile: Profile,
     seed: int,
     events_out: AtomicText | None,
@@ -267,9 +315,11 @@ def _run_fast(
     progress: Callable[[int, int], None] | None,
     on_event: Callable[[Event], None] | None,
 ) -> Summary:
+    """The fast path over the capture's index, given whole or a window at a time (``windows``:
+    each index with whether it is the last)."""
     censor = build_censor(profile, seed)
     summary = Summary(
-        capture=index.path,
+        capture=capture,
         profile=profile.name,
         date=profile.date.isoformat() if profile.date else None,
         seed=seed,
@@ -280,19 +330,23 @@ def _run_fast(
     def report(event: Event) -> None:
         record_event(event, rows, summary, write_event, on_event)
 
-    plan = fast.run(index, censor, report, keep=pcap_out is not None, progress=progress)
-    if pcap_out is not None:
-        fast.write(index, plan, pcap_out)
-    if progress is not None:
-        progress(index.size, index.size)
-    if len(index):
-        summary.start_ts = float(index.ts[0])
+    summary.engine_packets = summary.skipped = 0
+    for index, ends in windows:
+        keep = pcap_out is not None
+        plan = fast.run(index, censor, report, keep=keep, progress=progress, ends_capture=ends)
+        if pcap_out is not None:
+            fast.write(index, plan, pcap_out)
+        if len(index) and summary.start_ts is None:
+            summary.start_ts = float(index.ts[0])
+        summary.engine_packets += plan.fed
+        summary.skipped += index.skipped
+        if ends:
+            summary.truncated_at = index.truncated_at
+            if progress is not None:
+                progress(index.size, index.size)
     fill_summary(summary, censor.stats, rows)
     censors = censor.censors if isinstance(censor, Chain) else [("", censor)]
     summary.flows_evicted = sum(c.flows.evicted for _, c in censors)
-    summary.engine_packets = plan.fed
-    summary.skipped = index.skipped
-    summary.truncated_at = index.truncated_at
     return summary
 
 

@@ -109,10 +109,13 @@ def run(
     keep: bool,
     progress: Callable[[int, int], None] | None = None,
     part: Part | None = None,
+    ends_capture: bool = True,
 ) -> Plan:
     """Analyse ``index`` with ``censor``; Reports go to ``report`` in the every-packet order.
     ``keep``: remember what to write to a censored capture. ``part``: ``index`` is one part of
-    a split capture; the plan is numbered as in the whole."""
+    a split capture; the plan is numbered as in the whole. ``ends_capture`` off: ``index`` is
+    a window of a capture analysed a window at a time with the same censor, and more follow
+    (the injections still pending at its end are not flushed; flows go on in the next one)."""
     eng = censor.profile.engine
     lives = part.lives if part is not None and part.lives is not None else None
     if lives is None:
@@ -137,6 +140,8 @@ def run(
     block_code = [0] * n_lives
     client_lower = [False] * n_lives
     """Whether the flow's client is the lower endpoint of its key."""
+    base = [0] * n_lives
+    """The flow's packets before this index (a window of a capture analysed in windows)."""
     lower = _view(index.lower)
     lookup = censor.residual.lookup
     fed_at: list[int] = []
@@ -213,7 +218,8 @@ def run(
     suspect = bytearray(n_lives)
     # A full flow table evicts flows (oldest first): a life whose flow is evicted goes on as a
     # new life from its next packet, as the engine makes a new flow for it.
-    evicted = censor.flows.evicted_log = [] if n_lives > censor.flows.max_flows else None
+    full = n_lives + len(censor.flows) > censor.flows.max_flows
+    evicted = censor.flows.evicted_log = [] if full else None
     life_by_flow: dict[int, int] = {}
 
     def cut(life: int, at: int) -> int:
@@ -234,6 +240,7 @@ def run(
         for arr, value in ((bypass_from, big), (block_from, big), (block_code, 0)):
             arr.append(value)
         client_lower.append(False)
+        base.append(0)
         rest = lives.order[at:hi]
         life_of[rest] = new
         pos[rest] -= at - lo
@@ -343,7 +350,7 @@ def run(
             continue
         flow = flows[life]
         if flow is not None:
-            flow.packets = k
+            flow.packets = base[life] + k
         packet = data[starts[i] : ends[i]]
         g = i
         if part is not None:
@@ -378,6 +385,7 @@ def run(
             if flow is None:
                 raise FastPathError(f"{index.path}: packet {i} made no flow")
             flows[life] = flow
+            base[life] = flow.packets - 1 - k  # its packets in earlier windows
             if evicted is not None:
                 life_by_flow[id(flow)] = life
             client_lower[life] = lower[i] == (src == flow.client and sport == flow.cport)
@@ -414,8 +422,9 @@ def run(
         timers(float(part.ts[-1]), last)
     elif n:
         timers(tsl[n - 1], last)
-    pending = numbers(None)
-    timed(censor.flush(), pending, plan.tail)
+    if ends_capture:
+        pending = numbers(None)
+        timed(censor.flush(), pending, plan.tail)
     censor.flows.evicted_log = None
     watch.close()
     _account(
@@ -461,6 +470,11 @@ class _DropWatch:
         cost every entry held, for each new one."""
         self._journal = self.residual.journal
         self.residual.journal = self.added
+        # Drop entries held already (an earlier window's) are taken in with the first fed
+        # packet's news, before any flow is registered.
+        self.added.extend(
+            (kind, key, e) for (_m, kind, _p, key), e in self.residual.entries.items()
+        )
 
     def close(self) -> None:
         """Give the table its journal back."""

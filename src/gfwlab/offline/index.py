@@ -35,7 +35,7 @@ import numpy.typing as npt
 from gfwlab.errors import AdapterError, MalformedPacket
 from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, parse
 from gfwlab.packet.pcap import CaptureReader
-from gfwlab.packet.scan import heads, scan
+from gfwlab.packet.scan import Records, Window, heads, scan, scan_window
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
@@ -223,9 +223,13 @@ class CaptureIndex:
 
 
 MAX_PACKETS = 4_000_000
-"""The index holds about 300 bytes per packet while the fast path runs (arrays, and the Python
-lists it walks): beyond this many packets a capture is analysed streaming instead, so that
-memory stays bounded (the every-packet path holds only the flow table)."""
+"""The index holds about 200 bytes per packet while the fast path runs: beyond this many
+packets a capture is not indexed whole, so that memory stays bounded. A classic pcap is then
+indexed and analysed :data:`WINDOW` records at a time; a pcapng goes through the every-packet
+path (which holds only the flow table)."""
+
+WINDOW = 1_000_000
+"""Records per window of a classic pcap too large to index whole."""
 
 
 def build_index(path: str, max_packets: int = MAX_PACKETS) -> CaptureIndex | None:
@@ -243,10 +247,25 @@ def build_index(path: str, max_packets: int = MAX_PACKETS) -> CaptureIndex | Non
     return index
 
 
+def index_window(reader: CaptureReader, begin: int, count: int) -> tuple[CaptureIndex, Window]:
+    """The index of the IP packets of the (at most) ``count`` records of a classic pcap that
+    start at offset ``begin``, over ``reader`` (which the caller closes: not the index), and the
+    window's extent (:func:`~gfwlab.packet.scan.scan_window`)."""
+    window = scan_window(reader, begin, count)
+    index = _index(reader, window.records)
+    index.skipped = window.skipped
+    index.truncated_at = window.end if window.last and window.end < reader.size else None
+    return index, window
+
+
 def _build(reader: CaptureReader, max_packets: int) -> CaptureIndex | None:
     records = scan(reader, max_packets)
     if records is None:
         return None
+    return _index(reader, records)
+
+
+def _index(reader: CaptureReader, records: Records) -> CaptureIndex:
     data = reader.mapping
     ts_arr, start, length = records.ts, records.start, records.length
     raw = records.record_heads

@@ -30,8 +30,8 @@ roles); a flow whose server another part holds stops the split. A capture is als
 whole's answer: IP fragments (reassembly state is keyed by the address pair, whose server is
 unknown until reassembled), a flow table that could fill (eviction depends on every flow; the
 limit is checked against the most flow lives that can be in the table at once), a mechanism
-whose shared state no port bounds, or what one process would not analyse with its fast path
-(timestamps going backwards, more than ``MAX_PACKETS`` packets, several censors in series).
+whose shared state no port bounds, timestamps going backwards, several censors in series, or
+more than ``MAX_PACKETS`` packets (one process then takes a classic pcap a window at a time).
 """
 
 from __future__ import annotations
@@ -324,7 +324,7 @@ def analyze_split(
     ``parts`` parts by ``runner`` (``rebuild``: how a worker rebuilds ``profile``). A capture
     that cannot be split is analysed by one process, with a warning saying why."""
     index = build_index(capture)
-    why = "it has more packets than the fast path indexes" if index is None else None
+    why = "it has more packets than the fast path indexes whole" if index is None else None
     results: list[PartResult] = []
     try:
         if index is not None:

@@ -102,15 +102,20 @@ _STRETCH = 8 << 20
 
 
 def _walk(
-    buf: FrameBuffer, size: int, hlen: int, endian: str, cap: int, limit: int | None
+    buf: FrameBuffer,
+    size: int,
+    hlen: int,
+    endian: str,
+    cap: int,
+    limit: int | None,
+    off: int = 24,
 ) -> list[int]:
-    """Offsets of the whole records of a classic pcap, in file order (more than ``limit`` of
-    them: the walk stopped early); the offset after the last one is appended (the end of the
-    file, or where the framing breaks)."""
+    """Offsets of the whole records of a classic pcap from offset ``off``, in file order (more
+    than ``limit`` of them: the walk stopped early); the offset after the last one is appended
+    (the end of the file, or where the framing breaks)."""
     u32 = struct.Struct(endian + "I").unpack_from
     offs: list[int] = []
     append = offs.append
-    off = 24
     most = size if limit is None else limit
     broken = False
     while not broken and off + hlen <= size and len(offs) <= most:
@@ -127,20 +132,55 @@ def _walk(
     return offs
 
 
+@dataclass(slots=True)
+class Window:
+    """The IP packets of a run of records of a classic pcap (:func:`scan_window`)."""
+
+    records: Records
+    end: int
+    """The offset after the last record walked: where the next window starts."""
+    last: bool
+    """No record follows: the file ends at ``end``, or its framing breaks there."""
+    skipped: int
+    """Records of the window that hold no IP packet."""
+
+
+def scan_window(reader: CaptureReader, begin: int, count: int) -> Window:
+    """The IP packets of the (at most) ``count`` records of a classic pcap that start at offset
+    ``begin`` (24 for the first), for a capture analysed a window at a time."""
+    hlen, endian, _div, _mode, cap = reader.framing
+    offs = _walk(reader.mapping, reader.size, hlen, endian, cap, count, begin)
+    last = len(offs) <= count + 1
+    if not last:
+        del offs[count + 1 :]
+    records, skipped = _records(reader, np.asarray(offs, dtype=np.int64))
+    return Window(records=records, end=offs[-1], last=last, skipped=skipped)
+
+
 def _scan_pcap(reader: CaptureReader, limit: int | None) -> Records | None:
-    buf = reader.mapping
     size = reader.size
-    hlen, endian, div, mode, cap = reader.framing
-    offs = np.asarray(_walk(buf, size, hlen, endian, cap, limit), dtype=np.int64)
-    rec = offs[:-1]
-    n = rec.shape[0]
-    if limit is not None and n > limit:
+    hlen, endian, _div, _mode, cap = reader.framing
+    offs = np.asarray(_walk(reader.mapping, size, hlen, endian, cap, limit), dtype=np.int64)
+    if limit is not None and offs.shape[0] - 1 > limit:
         return None
     end_off = int(offs[-1])
     reader.bytes_read = end_off
     if end_off < size:
         reader.truncated = True
         reader.truncated_at = end_off
+    records, reader.skipped = _records(reader, offs)
+    reader.packets = int(records.ts.shape[0])
+    return records
+
+
+def _records(reader: CaptureReader, offs: I64) -> tuple[Records, int]:
+    """The IP packets of the records at ``offs`` (the offset after the last one appended), and
+    how many records hold none."""
+    buf = reader.mapping
+    size = reader.size
+    hlen, endian, div, mode, _cap = reader.framing
+    rec = offs[:-1]
+    n = rec.shape[0]
     data = np.frombuffer(buf, dtype=np.uint8) if size else np.zeros(0, dtype=np.uint8)
     u4 = np.dtype(endian + "u4")
     head = heads(data, rec, 8)  # each record's timestamp
@@ -175,9 +215,10 @@ def _scan_pcap(reader: CaptureReader, limit: int | None) -> Records | None:
                 ip[i] = got
                 keep[i] = True
         start = ip
+    skipped = 0
     if keep is not None:
-        reader.skipped = int(n - keep.sum())
+        skipped = int(n - keep.sum())
         ts, start = ts[keep], start[keep]
         length = offs[1:][keep] - start
-    reader.packets = int(ts.shape[0])
-    return Records(ts=ts, start=start, length=length, record_heads=mode == MODE_RAW and hlen == 16)
+    heads16 = mode == MODE_RAW and hlen == 16
+    return Records(ts=ts, start=start, length=length, record_heads=heads16), skipped
