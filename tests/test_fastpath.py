@@ -22,6 +22,7 @@ from gfwlab.offline.synth import (
     load_names,
     tcp_conversation,
 )
+from gfwlab.offline.synth.flood import write as write_synth
 from gfwlab.packet.ip import ACK, PSH, SYN, addr_bytes, build_tcp
 from gfwlab.packet.pcap import CaptureReader, PcapWriter
 from gfwlab.profiles import Profile, load_profile
@@ -59,6 +60,7 @@ def _both(tmp_path: Path, capture: str, prof: Profile, seed: int = 3) -> tuple[S
         s = analyze(
             capture, prof, seed=seed, events_path=str(ev), out_path=str(out),
             exact=how == "exact", max_index=WINDOW if how == "windows" else MAX_PACKETS,
+            no_gain=2.0,  # windows however many packets reach the engine
         )  # fmt: skip
         runs[how] = (s, ev.read_bytes(), out.read_bytes())
     (se, ev_e, out_e), (sf, ev_f, out_f) = runs["exact"], runs["fast"]
@@ -183,7 +185,7 @@ def test_windows_fall_back_where_time_goes_back_between_them(tmp_path: Path) -> 
         for ts, pkt in packets:
             writer.write(ts, pkt)
     se, _sf = _both(tmp_path, str(back), _profile())
-    windows = analyze(str(back), _profile(), seed=3, max_index=WINDOW)
+    windows = analyze(str(back), _profile(), seed=3, max_index=WINDOW, no_gain=2.0)
     assert windows.warnings and "file order" in windows.warnings[0]
     assert windows.engine_packets == windows.packets == se.packets
 
@@ -197,6 +199,24 @@ def test_tls_in_tls_identical(tmp_path: Path) -> None:
     assert "tls_in_tls" in prof.active()
     se, _sf = _both(tmp_path, str(cap), prof)
     assert any(k.startswith("tls_in_tls/") for k in se.events), se.events
+
+
+def test_a_flood_too_large_to_index_goes_streaming(tmp_path: Path) -> None:
+    """A capture too large to index whole whose first window's packets nearly all reached the
+    engine (spoofed SYNs, each a new flow): the rest streams, every packet through the engine,
+    with a warning; the same outputs either way."""
+    cap = tmp_path / "flood.pcap"
+    write_synth(str(cap), "syn-flood", 3000, seed=2)
+    runs = []
+    for limit in (10**9, 500):
+        ev, out = tmp_path / "ev.jsonl", tmp_path / "out.pcap"
+        s = analyze(str(cap), _profile(), events_path=str(ev), out_path=str(out), max_index=limit)
+        runs.append((s, ev.read_bytes(), out.read_bytes()))
+    (whole, *outputs), (streamed, *again) = runs
+    assert again == outputs and _plain(streamed) == _plain(whole)
+    assert streamed.engine_packets == streamed.packets == 3000
+    assert streamed.warnings and "flood" in streamed.warnings[0]
+    assert not whole.warnings
 
 
 def test_index_groups_flows_both_ways(tmp_path: Path) -> None:
@@ -272,7 +292,10 @@ def test_capture_beyond_the_index_limit_goes_in_windows(tmp_path: Path) -> None:
     runs = []
     for capture, limit in ((cap, 10**9), (cap, 100), (cap, 1), (ng, 10**9), (ng, 100)):
         ev, out = tmp_path / "ev.jsonl", tmp_path / "out.pcap"
-        s = analyze(str(capture), prof, events_path=str(ev), out_path=str(out), max_index=limit)
+        s = analyze(
+            str(capture), prof, events_path=str(ev), out_path=str(out), max_index=limit,
+            no_gain=2.0,
+        )  # fmt: skip
         runs.append((s, ev.read_bytes(), out.read_bytes()))
     for first, then in ((0, 1), (0, 2), (3, 4)):
         assert runs[then][1:] == runs[first][1:]

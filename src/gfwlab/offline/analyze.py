@@ -176,6 +176,20 @@ def at_moment(capture: str, profile: Profile, moment: dt.datetime) -> Profile:
     return dataclasses.replace(profile, date=moment.date(), epoch_offset_s=offset)
 
 
+class _Backwards(Exception):
+    """A window of the capture goes back in time (:func:`_windows`)."""
+
+
+class _NoGain(Exception):
+    """Most packets of a capture's first window reached the engine: the every-packet path costs
+    less than the fast path's index (time and memory) for such a capture."""
+
+
+NO_GAIN = 0.5
+"""The share of a first window's packets fed to the engine from which the rest of the capture
+goes through the every-packet path instead (a flood of spoofed SYNs: every packet a new flow)."""
+
+
 def analyze(
     capture: str,
     profile: Profile | list[Profile],
@@ -188,6 +202,7 @@ def analyze(
     date_source: str = "--date",
     exact: bool = False,
     max_index: int = MAX_PACKETS,
+    no_gain: float = NO_GAIN,
 ) -> Summary:
     """Run ``capture`` through a censor built from ``profile`` (several: censors in series, in
     path order from the client, see :mod:`.chain`); write the requested outputs.
@@ -198,7 +213,8 @@ def analyze(
     records (at most :data:`~.index.WINDOW`) at a time with the same censor (the index grows
     with what it holds; flows go on from one window to the next); a pcapng of more than
     ``max_index`` packets goes through the every-packet path, whose memory is bounded by the
-    flow table. A capture
+    flow table, as does the rest of a capture of which at least ``no_gain`` of the first
+    window's packets reached the engine anyway (:data:`NO_GAIN`; above 1: never). A capture
     whose timestamps go backwards is analysed in file order by the every-packet path, with a
     warning. Raises AdapterError for an unreadable capture or an unwritable output, before any
     output is published. A truncated capture is analysed as far as it goes;
@@ -233,12 +249,22 @@ def analyze(
                 with published(events_path, out_path) as (events_out, pcap_out):
                     windows = _windows(reader, min(max_index, WINDOW))
                     summary = _run_fast(
-                        capture, windows, profile, seed, events_out, pcap_out, progress, on_event
-                    )
+                        capture, windows, profile, seed, events_out, pcap_out, progress, on_event,
+                        give_up=no_gain,
+                    )  # fmt: skip
             except _Backwards:
                 warnings.append(
                     f"{capture}: a record is earlier than the record before it; analysed in "
                     "file order, every packet through the engine"
+                )
+                reader.close()
+                reader = CaptureReader(capture)
+            except _NoGain:
+                warnings.append(
+                    f"{capture}: more than {max_index:,} packets, and most of the first "
+                    f"{max(min(max_index, WINDOW) // 10, 1):,} reached the engine (new flows, as "
+                    "in a flood); "
+                    "analysed streaming, every packet through the engine (bounded memory)"
                 )
                 reader.close()
                 reader = CaptureReader(capture)
@@ -285,16 +311,14 @@ def published(
         pcap_out.commit()
 
 
-class _Backwards(Exception):
-    """A window of the capture goes back in time (:func:`_windows`)."""
-
-
 def _windows(reader: CaptureReader, per: int) -> Iterator[tuple[CaptureIndex, bool]]:
     """The indexes of a classic pcap ``per`` records at a time, each with whether it is the
-    last; raises _Backwards where timestamps go backwards."""
-    begin, before = 24, -math.inf
+    last; raises _Backwards where timestamps go backwards. The first window is a tenth of the
+    others: a sample (:data:`NO_GAIN`) whose index costs little memory if the rest streams."""
+    begin, before, count = 24, -math.inf, max(per // 10, 1)
     while True:
-        index, window = index_window(reader, begin, per)
+        index, window = index_window(reader, begin, count)
+        count = per
         if not index.in_order or (len(index) and float(index.ts[0]) < before):
             raise _Backwards
         if len(index):
@@ -314,9 +338,12 @@ def _run_fast(
     pcap_out: PcapWriter | None,
     progress: Callable[[int, int], None] | None,
     on_event: Callable[[Event], None] | None,
+    *,
+    give_up: float | None = None,
 ) -> Summary:
     """The fast path over the capture's index, given whole or a window at a time (``windows``:
-    each index with whether it is the last)."""
+    each index with whether it is the last). ``give_up``: raise _NoGain after a first window
+    (not the last) of which at least this share of the packets reached the engine."""
     censor = build_censor(profile, seed)
     summary = Summary(
         capture=capture,
@@ -338,6 +365,9 @@ def _run_fast(
             fast.write(index, plan, pcap_out)
         if len(index) and summary.start_ts is None:
             summary.start_ts = float(index.ts[0])
+        if give_up is not None and not ends and plan.fed >= give_up * len(index):
+            raise _NoGain
+        give_up = None
         summary.engine_packets += plan.fed
         summary.skipped += index.skipped
         if ends:
