@@ -246,26 +246,25 @@ def analyze(
         summary: Summary | None = None
         if windowed and not isinstance(profile, list):
             try:
+                per = min(max_index, WINDOW)
+                first = max(per // 10, 1)  # a sample: cheap in memory if the rest streams
                 with published(events_path, out_path) as (events_out, pcap_out):
-                    windows = _windows(reader, min(max_index, WINDOW))
+                    windows = _windows(reader, first, per)
                     summary = _run_fast(
                         capture, windows, profile, seed, events_out, pcap_out, progress, on_event,
                         give_up=no_gain,
                     )  # fmt: skip
-            except _Backwards:
-                warnings.append(
-                    f"{capture}: a record is earlier than the record before it; analysed in "
-                    "file order, every packet through the engine"
-                )
-                reader.close()
-                reader = CaptureReader(capture)
-            except _NoGain:
-                warnings.append(
-                    f"{capture}: more than {max_index:,} packets, and most of the first "
-                    f"{max(min(max_index, WINDOW) // 10, 1):,} reached the engine (new flows, as "
-                    "in a flood); "
-                    "analysed streaming, every packet through the engine (bounded memory)"
-                )
+            except (_Backwards, _NoGain) as exc:
+                if isinstance(exc, _Backwards):
+                    why = "a record is earlier than the record before it; analysed in file order"
+                    after = ""
+                else:
+                    why = (
+                        f"more than {max_index:,} packets, and most of the first {first:,} "
+                        "reached the engine (new flows, as in a flood); analysed streaming"
+                    )
+                    after = " (bounded memory)"
+                warnings.append(f"{capture}: {why}, every packet through the engine{after}")
                 reader.close()
                 reader = CaptureReader(capture)
         if summary is None:
@@ -311,11 +310,11 @@ def published(
         pcap_out.commit()
 
 
-def _windows(reader: CaptureReader, per: int) -> Iterator[tuple[CaptureIndex, bool]]:
-    """The indexes of a classic pcap ``per`` records at a time, each with whether it is the
-    last; raises _Backwards where timestamps go backwards. The first window is a tenth of the
-    others: a sample (:data:`NO_GAIN`) whose index costs little memory if the rest streams."""
-    begin, before, count = 24, -math.inf, max(per // 10, 1)
+def _windows(reader: CaptureReader, first: int, per: int) -> Iterator[tuple[CaptureIndex, bool]]:
+    """The indexes of a classic pcap, ``first`` records then ``per`` at a time, each with
+    whether it is the last; raises _Backwards where timestamps go backwards. The first window is
+    the sample :data:`NO_GAIN` is judged on."""
+    begin, before, count = 24, -math.inf, first
     while True:
         index, window = index_window(reader, begin, count)
         count = per
@@ -357,9 +356,8 @@ def _run_fast(
     def report(event: Event) -> None:
         record_event(event, rows, summary, write_event, on_event)
 
-    summary.engine_packets = summary.skipped = 0
+    keep = pcap_out is not None
     for index, ends in windows:
-        keep = pcap_out is not None
         plan = fast.run(index, censor, report, keep=keep, progress=progress, ends_capture=ends)
         if pcap_out is not None:
             fast.write(index, plan, pcap_out)

@@ -199,15 +199,15 @@ def run(
         while deadline is not None and deadline <= until:
             seqs = numbers(deadline) if keep else None
             actions = censor.on_timer(deadline)
-            if actions and not keep:  # the released injections are not written anywhere
-                collect([a for a in actions if type(a) is not Inject], 0.0, None, [])
-            elif actions:
+            out: Timed = []  # without a censored capture, released injections go nowhere
+            if actions and keep:
                 if part is None:
                     j = max(last + 1, bisect.bisect_left(tsl, deadline))
                 else:
                     after = ids[last] + 1 if last >= 0 else 0
                     j = max(after, bisect.bisect_left(part_ts, deadline))
-                timed(actions, seqs, plan.before.setdefault(j, []))
+                out = plan.before.setdefault(j, [])
+            timed(actions, seqs, out)
             deadline = censor.next_deadline()
 
     heap: list[tuple[int, int, int]] = []
