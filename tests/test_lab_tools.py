@@ -118,7 +118,10 @@ def test_matrix_shows_what_the_spec_predicts(tmp_path: Path) -> None:
     assert clean() == []
     cells = {(r["tool"], r["date"]): r for r in rows}
     assert set(cells) == {(t, d) for t in TOOLS for d in DATES}
-    lo, hi = binomial_counts(TRIALS, 0.263, 0.99)
+    # Three cells are drawn (the FET tools in 2022): each gets 1 - 0.001/3, so that the run as a
+    # whole wrongly fails at most 0.1% of the time (the FET's draws follow the real clients'
+    # ephemeral ports, so every run draws anew).
+    lo, hi = binomial_counts(TRIALS, 0.263, 1 - 0.001 / len(FET_BLOCKED))
     fet_2022 = [e for e in events if e["mechanism"] == "fet"]
     for (tool, date), r in cells.items():
         assert r["trials"] == TRIALS and r["trial_mode"] == "fresh-address"
