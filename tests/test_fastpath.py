@@ -281,31 +281,78 @@ def test_dask_two_workers_match_single_process(tmp_path: Path) -> None:
 
 
 def test_capture_beyond_the_index_limit_goes_in_windows(tmp_path: Path) -> None:
-    """More records than the index may hold: a classic pcap is analysed a window at a time
-    (the same outputs, nothing said); a pcapng streaming, every packet through the engine,
-    with a warning."""
+    """More packets than the index may hold: a classic pcap (counted in records) and a pcapng
+    (in IP packets) are analysed a window at a time, with the same outputs and nothing said."""
     cap = tmp_path / "cap.pcap"
     generate(str(cap), flows=40, seed=6, mix="realistic")
     ng = tmp_path / "cap.pcapng"
     _pcapng(cap, ng)
     prof = _profile()
     runs = []
-    for capture, limit in ((cap, 10**9), (cap, 100), (cap, 1), (ng, 10**9), (ng, 100)):
+    for capture, limit in ((cap, 10**9), (cap, 100), (cap, 1), (ng, 10**9), (ng, 100), (ng, 1)):
         ev, out = tmp_path / "ev.jsonl", tmp_path / "out.pcap"
         s = analyze(
             str(capture), prof, events_path=str(ev), out_path=str(out), max_index=limit,
             no_gain=2.0,
         )  # fmt: skip
         runs.append((s, ev.read_bytes(), out.read_bytes()))
-    for first, then in ((0, 1), (0, 2), (3, 4)):
-        assert runs[then][1:] == runs[first][1:]
-        assert _plain(runs[then][0]) == _plain(runs[first][0])
-    whole, windows, single, _ng, streamed = (r[0] for r in runs)
-    assert not windows.warnings and not single.warnings
+    for first, then in ((0, 1), (0, 2), (3, 4), (3, 5)):  # (pcapng times are in ns)
+        assert runs[then][1:] == runs[first][1:], then
+        assert _plain(runs[then][0]) == _plain(runs[first][0]), then
+    whole, windows, single = (r[0] for r in runs[:3])
+    assert not any(r[0].warnings for r in runs)
     # Each window feeds the engine the first packet of every flow in it: one record, every one.
     assert whole.engine_packets < windows.engine_packets < single.engine_packets == whole.packets
-    assert streamed.engine_packets == streamed.packets
-    assert streamed.warnings and "streaming" in streamed.warnings[0]
+    assert [r[0].engine_packets for r in runs[3:]] == [r[0].engine_packets for r in runs[:3]]
+
+
+def test_pcapng_windows_carry_sections_and_interfaces(tmp_path: Path) -> None:
+    """A pcapng whose packets come from two interfaces (raw IP in nanoseconds, Ethernet in
+    microseconds) and a second section, with non-IP frames between them and a cut last block,
+    analysed in windows of one to seven packets: the outputs of the whole index."""
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=30, seed=8, mix="realistic")
+    with CaptureReader(str(cap)) as reader:
+        packets = list(reader)
+
+    def block(btype: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        return struct.pack("<II", btype, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
+
+    def section() -> list[bytes]:
+        ns = struct.pack("<HHB3x", 9, 1, 9) + struct.pack("<HH", 0, 0)  # if_tsresol = 10^-9
+        return [
+            block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)),
+            block(1, struct.pack("<HHI", 101, 0, 0) + ns),  # raw IP, nanoseconds
+            block(1, struct.pack("<HHI", 1, 0, 0)),  # Ethernet, microseconds (the default)
+        ]
+
+    out = section()
+    for n, (ts, pkt) in enumerate(packets):
+        if n == len(packets) // 2:
+            out += section()
+        iface, units = (0, round(ts * 1e9)) if n % 3 else (1, round(ts * 1e6))
+        frame = pkt if iface == 0 else b"\x02" * 12 + b"\x08\x00" + pkt
+        head = struct.pack("<IIIII", iface, units >> 32, units & 0xFFFFFFFF, len(frame), len(frame))
+        out.append(block(6, head + frame))
+        if n % 17 == 5:  # an ARP frame on the Ethernet interface: no IP packet
+            arp = b"\x02" * 12 + b"\x08\x06" + b"\0" * 28
+            out.append(block(6, struct.pack("<IIIII", 1, 0, 0, len(arp), len(arp)) + arp))
+    ng = tmp_path / "cap.pcapng"
+    ng.write_bytes(b"".join(out)[:-9])  # the last block cut short
+    prof = _profile()
+    runs = []
+    for limit in (0, 10**9, 7, 2, 1):  # 0: every packet through the engine
+        ev, o = tmp_path / "ev.jsonl", tmp_path / "out.pcap"
+        s = analyze(
+            str(ng), prof, events_path=str(ev), out_path=str(o), max_index=limit or 10**9,
+            exact=not limit, no_gain=2.0,
+        )  # fmt: skip
+        runs.append((_plain(s), ev.read_bytes(), o.read_bytes()))
+    assert runs[0][0]["skipped_frames"] > 0 and runs[0][0]["truncated_at"] is not None
+    assert runs[0][0]["packets"] == len(packets) - 1
+    for r in runs[1:]:
+        assert r == runs[0]
 
 
 def _port_reuse(t: float) -> list[tuple[float, bytes]]:

@@ -24,7 +24,7 @@ from gfwlab.engine.censor import Censor
 from gfwlab.engine.verdicts import Stats
 from gfwlab.offline import fast
 from gfwlab.offline.chain import Chain
-from gfwlab.offline.index import MAX_PACKETS, WINDOW, CaptureIndex, build_index, index_window
+from gfwlab.offline.index import MAX_PACKETS, WINDOW, CaptureIndex, build_index, index_windows
 from gfwlab.packet.pcap import CaptureReader, PcapWriter
 from gfwlab.profiles import Profile, build_censor
 
@@ -208,13 +208,13 @@ def analyze(
     path order from the client, see :mod:`.chain`); write the requested outputs.
 
     By default only the packets that can change a verdict reach the engine (:mod:`.fast`);
-    ``exact`` feeds every packet (the reference the fast path is tested against). A classic
-    pcap of more than ``max_index`` records is indexed and analysed a window of ``max_index``
-    records (at most :data:`~.index.WINDOW`) at a time with the same censor (the index grows
-    with what it holds; flows go on from one window to the next); a pcapng of more than
-    ``max_index`` packets goes through the every-packet path, whose memory is bounded by the
-    flow table, as does the rest of a capture of which at least ``no_gain`` of the first
-    window's packets reached the engine anyway (:data:`NO_GAIN`; above 1: never). A capture
+    ``exact`` feeds every packet (the reference the fast path is tested against). A capture
+    of more than ``max_index`` records (classic pcap) or IP packets (pcapng) is indexed and
+    analysed a window of ``max_index`` of them (at most :data:`~.index.WINDOW`) at a time with
+    the same censor (the index grows with what it holds; flows go on from one window to the
+    next), unless at least ``no_gain`` of the first window's packets reached the engine anyway
+    (:data:`NO_GAIN`; above 1: never): the rest then goes through the every-packet path, whose
+    memory is bounded by the flow table. A capture
     whose timestamps go backwards is analysed in file order by the every-packet path, with a
     warning. Raises AdapterError for an unreadable capture or an unwritable output, before any
     output is published. A truncated capture is analysed as far as it goes;
@@ -225,15 +225,8 @@ def analyze(
     windowed = False
     if not exact and not isinstance(profile, list):  # censors in series: every packet
         index = build_index(capture, max_index)
-        if index is None:
-            with CaptureReader(capture) as probe:
-                windowed = probe.format != "pcapng"
-            if not windowed:
-                warnings.append(
-                    f"{capture}: more than {max_index:,} packets in a pcapng; analysed "
-                    "streaming, every packet through the engine (bounded memory)"
-                )
-        elif not index.in_order:
+        windowed = index is None
+        if index is not None and not index.in_order:
             back = int((index.ts[1:] < index.ts[:-1]).sum())
             warnings.append(
                 f"{capture}: {back} records are earlier than the record before them; "
@@ -311,21 +304,16 @@ def published(
 
 
 def _windows(reader: CaptureReader, first: int, per: int) -> Iterator[tuple[CaptureIndex, bool]]:
-    """The indexes of a classic pcap, ``first`` records then ``per`` at a time, each with
-    whether it is the last; raises _Backwards where timestamps go backwards. The first window is
-    the sample :data:`NO_GAIN` is judged on."""
-    begin, before, count = 24, -math.inf, first
-    while True:
-        index, window = index_window(reader, begin, count)
-        count = per
+    """The indexes of a capture, ``first`` records then ``per`` at a time, each with whether it
+    is the last; raises _Backwards where timestamps go backwards. The first window is the sample
+    :data:`NO_GAIN` is judged on."""
+    before = -math.inf
+    for index, last in index_windows(reader, first, per):
         if not index.in_order or (len(index) and float(index.ts[0]) < before):
             raise _Backwards
         if len(index):
             before = float(index.ts[-1])
-        yield index, window.last
-        if window.last:
-            return
-        begin = window.end
+        yield index, last
 
 
 def _run_fast(

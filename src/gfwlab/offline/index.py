@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import mmap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,7 @@ import numpy.typing as npt
 from gfwlab.errors import AdapterError, MalformedPacket
 from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, parse
 from gfwlab.packet.pcap import CaptureReader
-from gfwlab.packet.scan import Records, Window, heads, scan, scan_window
+from gfwlab.packet.scan import Records, heads, scan, windows
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
@@ -224,12 +225,12 @@ class CaptureIndex:
 
 MAX_PACKETS = 4_000_000
 """The index holds about 200 bytes per packet while the fast path runs: beyond this many
-packets a capture is not indexed whole, so that memory stays bounded. A classic pcap is then
-indexed and analysed :data:`WINDOW` records at a time; a pcapng goes through the every-packet
-path (which holds only the flow table)."""
+packets a capture is not indexed whole, so that memory stays bounded: it is then indexed and
+analysed :data:`WINDOW` records (classic pcap) or IP packets (pcapng) at a time."""
 
 WINDOW = 1_000_000
-"""Records per window of a classic pcap too large to index whole."""
+"""Records (classic pcap) or IP packets (pcapng) per window of a capture too large to index
+whole."""
 
 
 def build_index(path: str, max_packets: int = MAX_PACKETS) -> CaptureIndex | None:
@@ -247,15 +248,17 @@ def build_index(path: str, max_packets: int = MAX_PACKETS) -> CaptureIndex | Non
     return index
 
 
-def index_window(reader: CaptureReader, begin: int, count: int) -> tuple[CaptureIndex, Window]:
-    """The index of the IP packets of the (at most) ``count`` records of a classic pcap that
-    start at offset ``begin``, over ``reader`` (which the caller closes: not the index), and the
-    window's extent (:func:`~gfwlab.packet.scan.scan_window`)."""
-    window = scan_window(reader, begin, count)
-    index = _index(reader, window.records)
-    index.skipped = window.skipped
-    index.truncated_at = window.end if window.last and window.end < reader.size else None
-    return index, window
+def index_windows(
+    reader: CaptureReader, first: int, per: int
+) -> Iterator[tuple[CaptureIndex, bool]]:
+    """The indexes of ``reader``'s capture, ``first`` records then ``per`` at a time
+    (:func:`~gfwlab.packet.scan.windows`), each with whether it is the last; over ``reader``,
+    which the caller closes (not the indexes)."""
+    for window in windows(reader, first, per):
+        index = _index(reader, window.records)
+        index.skipped = window.skipped
+        index.truncated_at = window.truncated_at
+        yield index, window.last
 
 
 def _build(reader: CaptureReader, max_packets: int) -> CaptureIndex | None:

@@ -31,7 +31,7 @@ whole's answer: IP fragments (reassembly state is keyed by the address pair, who
 unknown until reassembled), a flow table that could fill (eviction depends on every flow; the
 limit is checked against the most flow lives that can be in the table at once), a mechanism
 whose shared state no port bounds, timestamps going backwards, several censors in series, or
-more than ``MAX_PACKETS`` packets (one process then takes a classic pcap a window at a time).
+more than ``MAX_PACKETS`` packets (one process then takes it a window at a time).
 """
 
 from __future__ import annotations

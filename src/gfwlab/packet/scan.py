@@ -13,6 +13,9 @@ truncated bytes), as three arrays, without copying a packet:
   types.
 * pcapng: the blocks' own walk (:func:`~gfwlab.packet.pcapng.locate`), which yields offsets.
 
+:func:`windows` gives the same a run of records at a time, for a capture too large to index whole
+(``gfwlab.offline.analyze``); a pcapng's windows are cut from one walk of its blocks.
+
 No compiled helper: the loop is a small share of an analysis (``benchmarks/README.md``), and a
 JIT such as Numba would add its import and compile time to every process start.
 """
@@ -20,6 +23,7 @@ JIT such as Numba would add its import and compile time to every process start.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,6 +92,10 @@ def _scan_pcapng(reader: CaptureReader, limit: int | None) -> Records | None:
         end.append(e)
         if limit is not None and len(ts) > limit:
             return None
+    return _located(ts, start, end)
+
+
+def _located(ts: list[float], start: list[int], end: list[int]) -> Records:
     a = np.asarray(start, dtype=np.int64)
     return Records(
         ts=np.asarray(ts, dtype=np.float64),
@@ -134,27 +142,73 @@ def _walk(
 
 @dataclass(slots=True)
 class Window:
-    """The IP packets of a run of records of a classic pcap (:func:`scan_window`)."""
+    """The IP packets of a run of records of a capture analysed a window at a time
+    (:func:`windows`)."""
 
     records: Records
-    end: int
-    """The offset after the last record walked: where the next window starts."""
     last: bool
-    """No record follows: the file ends at ``end``, or its framing breaks there."""
+    """No record follows: the file ends, or its framing breaks, after this window."""
     skipped: int
-    """Records of the window that hold no IP packet."""
+    """Records that hold no IP packet, counted in this window (summed over the windows: the
+    capture's)."""
+    truncated_at: int | None = None
+    """Where the capture's framing breaks (last window only; None: it ends cleanly)."""
 
 
-def scan_window(reader: CaptureReader, begin: int, count: int) -> Window:
-    """The IP packets of the (at most) ``count`` records of a classic pcap that start at offset
-    ``begin`` (24 for the first), for a capture analysed a window at a time."""
+def windows(reader: CaptureReader, first: int, per: int) -> Iterator[Window]:
+    """The IP packets of ``reader``'s capture, ``first`` then ``per`` at a time, for a capture
+    analysed a window at a time; together they are :func:`scan`'s packets, skipped records and
+    truncation point. A classic pcap's window holds that many records (non-IP frames included);
+    a pcapng's that many IP packets."""
+    if reader.closed:
+        raise ValueError("I/O operation on a closed capture")
+    if reader.format == "pcapng":
+        yield from _pcapng_windows(reader, first, per)
+        return
     hlen, endian, _div, _mode, cap = reader.framing
-    offs = _walk(reader.mapping, reader.size, hlen, endian, cap, count, begin)
-    last = len(offs) <= count + 1
-    if not last:
-        del offs[count + 1 :]
-    records, skipped = _records(reader, np.asarray(offs, dtype=np.int64))
-    return Window(records=records, end=offs[-1], last=last, skipped=skipped)
+    begin, count = 24, first
+    while True:
+        offs = _walk(reader.mapping, reader.size, hlen, endian, cap, count, begin)
+        last = len(offs) <= count + 1
+        if not last:
+            del offs[count + 1 :]
+        records, skipped = _records(reader, np.asarray(offs, dtype=np.int64))
+        end = offs[-1]
+        cut = end if last and end < reader.size else None
+        yield Window(records=records, last=last, skipped=skipped, truncated_at=cut)
+        if last:
+            return
+        begin, count = end, per
+
+
+def _pcapng_windows(reader: CaptureReader, first: int, per: int) -> Iterator[Window]:
+    """One walk of a pcapng's blocks (:func:`~gfwlab.packet.pcapng.locate`), cut into windows:
+    its section and interfaces carry from one window to the next. Each window looks one packet
+    ahead, to know whether it is the last; the non-IP records walked before that packet count
+    in the window."""
+    reader.packets = reader.skipped = reader.bytes_read = 0
+    reader.truncated = False
+    reader.truncated_at = None
+    found = pcapng.locate(reader, reader.mapping)
+    ahead = next(found, None)
+    count, counted = first, 0
+    while True:
+        ts: list[float] = []
+        start: list[int] = []
+        end: list[int] = []
+        while ahead is not None and len(ts) < count:
+            t, s, e = ahead
+            ts.append(t)
+            start.append(s)
+            end.append(e)
+            ahead = next(found, None)
+        last = ahead is None
+        skipped, counted = reader.skipped - counted, reader.skipped
+        cut = reader.truncated_at if last and reader.truncated else None
+        yield Window(records=_located(ts, start, end), last=last, skipped=skipped, truncated_at=cut)
+        if last:
+            return
+        count = per
 
 
 def _scan_pcap(reader: CaptureReader, limit: int | None) -> Records | None:
