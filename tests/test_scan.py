@@ -263,3 +263,59 @@ def test_index_fields_are_the_parsers(fuzz_dir: Path, frames: list[bytes]) -> No
                 assert pkt.raw[off : off + n] == pkt.payload and n == len(pkt.payload), raw.hex()
     finally:
         index.close()
+
+
+def _rss_file() -> int:
+    """This process's resident pages of mapped files, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+@pytest.mark.parametrize("kind", ["pcap", "pcap-ethernet", "pcapng"])
+def test_walks_let_go_of_what_they_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """A capture read in windows, or streamed, does not stay in the process's memory: the pages
+    behind the walk are released (32 MiB of records; at most a few MiB held at a time)."""
+    monkeypatch.setattr("gfwlab.packet.pcap.RELEASE", 1 << 20)
+    monkeypatch.setattr("gfwlab.packet.pcapng.RELEASE", 1 << 20)
+    monkeypatch.setattr("gfwlab.packet.scan.RELEASE", 1 << 20)
+    frame = build_udp(V4A, V4B, 5353, 443, b"\x5a" * 1400)
+    count = (32 << 20) // (len(frame) + 32)
+    if kind.startswith("pcap-"):
+        head = record("<", 0xA1B2C3D4, 1, 0, ETH_IP4 + frame, None)
+        data = pcap_header(1, "<", 0xA1B2C3D4) + head * count
+    elif kind == "pcap":
+        head = record("<", 0xA1B2C3D4, 1, 0, frame, None)
+        data = pcap_header(101, "<", 0xA1B2C3D4) + head * count
+    else:
+
+        def block(btype: int, body: bytes) -> bytes:
+            body += b"\x00" * (-len(body) % 4)
+            n = 12 + len(body)
+            return struct.pack("<II", btype, n) + body + struct.pack("<I", n)
+
+        shb = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+        idb = block(1, struct.pack("<HHI", 101, 0, 0))
+        epb = block(6, struct.pack("<IIIII", 0, 0, 1000, len(frame), len(frame)) + frame)
+        data = shb + idb + epb * count
+    path = put(tmp_path, data, f"big.{kind[:6]}")
+    for walk in ("windows", "stream", "scan"):
+        with CaptureReader(path) as reader:
+            base = _rss_file()
+            most = 0
+            if walk == "windows":
+                for w in windows(reader, 2000, 2000):  # about 3 MiB each
+                    assert w.records.ts.shape[0] > 0
+                    most = max(most, _rss_file() - base)
+            elif walk == "stream":
+                for n, _ in enumerate(reader):
+                    if n % 500 == 0:
+                        most = max(most, _rss_file() - base)
+            else:  # the whole index's walk, given up past its limit
+                assert scan(reader, count // 2) is None
+                most = _rss_file() - base
+            assert reader.packets == count or walk != "stream"
+        assert most < 12 << 20, (walk, most)

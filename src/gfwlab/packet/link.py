@@ -174,6 +174,11 @@ def link_header_strip(linktype: int, frame: bytes) -> bytes | None:
     return strip(mode, frame, 0, len(frame))
 
 
+RELEASE = 64 << 20
+"""Bytes a record loop reads between two releases of the pages behind it
+(:meth:`ReaderState.release`)."""
+
+
 class ReaderState(Protocol):
     """What a capture format's record loop updates on its reader (counts, truncation)."""
 
@@ -187,3 +192,5 @@ class ReaderState(Protocol):
     def closed(self) -> bool: ...
 
     def mark_truncated(self, offset: int) -> None: ...
+
+    def release(self, start: int, end: int) -> None: ...

@@ -37,6 +37,7 @@ from gfwlab.packet.link import (
     LINKTYPE_RAW,
     MODE_ETH,
     MODE_RAW,
+    RELEASE,
     FrameBuffer,
     link_header_strip,
     strip,
@@ -231,6 +232,20 @@ class CaptureReader:
         """True once :meth:`close` has been called."""
         return self._closed
 
+    def release(self, start: int, end: int) -> None:
+        """The mapping's bytes from ``start`` to ``end`` will not be read again soon: drop their
+        pages from this process's resident memory, so that a walk through a capture larger than
+        memory holds only what it is reading. Advice only: the kernel keeps the pages in its
+        cache, and a later read maps them back."""
+        buf = self._buf
+        start -= start % mmap.PAGESIZE
+        end -= end % mmap.PAGESIZE
+        if end <= start or not isinstance(buf, mmap.mmap) or self._closed:
+            return
+        if hasattr(mmap, "MADV_DONTNEED"):
+            with contextlib.suppress(OSError, ValueError):
+                buf.madvise(mmap.MADV_DONTNEED, start, end - start)
+
     def mark_truncated(self, offset: int) -> None:
         """Record that the capture ends (or its framing breaks) at ``offset``."""
         self.truncated = True
@@ -248,9 +263,13 @@ class CaptureReader:
         limit = self._limit
         raw = mode == MODE_RAW
         off = 24
+        release_at = 24 + RELEASE
         self.bytes_read = off
         try:
             while True:
+                if off >= release_at:
+                    self.release(release_at - RELEASE, off)
+                    release_at = off + RELEASE
                 start = off + hlen
                 if start > size:
                     if off < size:
@@ -291,9 +310,13 @@ class CaptureReader:
         div = self._div
         limit = self._limit
         off = 24
+        release_at = 24 + RELEASE
         self.bytes_read = off
         try:
             while True:
+                if off >= release_at:
+                    self.release(release_at - RELEASE, off)
+                    release_at = off + RELEASE
                 start = off + hlen
                 if start + 14 <= size:
                     sec, frac, caplen, _orig, etype = unpack_eth(buf, off)

@@ -21,6 +21,7 @@ from gfwlab.errors import AdapterError
 from gfwlab.packet.link import (
     LINK_MODES,
     MODE_ETH,
+    RELEASE,
     FrameBuffer,
     ReaderState,
     ip_offset,
@@ -158,8 +159,12 @@ def scan_head(path: str, buf: FrameBuffer) -> list[int]:
 def iterate(reader: ReaderState, buf: FrameBuffer) -> Iterator[tuple[float, bytes]]:
     """Yield ``(timestamp, ip_packet)`` for every IP packet of the pcapng capture in ``buf``,
     updating ``reader``'s counters as it goes."""
+    done = 0
     for ts, start, end in locate(reader, buf):
         yield ts, buf[start:end]
+        if end - done >= RELEASE:
+            reader.release(done, end)
+            done = end
 
 
 def locate(reader: ReaderState, buf: FrameBuffer) -> Iterator[tuple[float, int, int]]:

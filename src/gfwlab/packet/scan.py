@@ -23,14 +23,14 @@ JIT such as Numba would add its import and compile time to every process start.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from gfwlab.packet import pcapng
-from gfwlab.packet.link import MODE_ETH, MODE_RAW, FrameBuffer, ip_offset
+from gfwlab.packet.link import MODE_ETH, MODE_RAW, RELEASE, FrameBuffer, ip_offset
 from gfwlab.packet.pcap import CaptureReader
 
 I64 = npt.NDArray[np.int64]
@@ -86,12 +86,16 @@ def _scan_pcapng(reader: CaptureReader, limit: int | None) -> Records | None:
     ts: list[float] = []
     start: list[int] = []
     end: list[int] = []
+    done = 0
     for t, s, e in pcapng.locate(reader, reader.mapping):
         ts.append(t)
         start.append(s)
         end.append(e)
         if limit is not None and len(ts) > limit:
             return None
+        if e - done >= RELEASE:  # the walk touches every page (see _walk)
+            reader.release(done, e)
+            done = e
     return _located(ts, start, end)
 
 
@@ -117,16 +121,23 @@ def _walk(
     cap: int,
     limit: int | None,
     off: int = 24,
+    release: Callable[[int, int], None] | None = None,
 ) -> list[int]:
     """Offsets of the whole records of a classic pcap from offset ``off``, in file order (more
     than ``limit`` of them: the walk stopped early); the offset after the last one is appended
-    (the end of the file, or where the framing breaks)."""
+    (the end of the file, or where the framing breaks). ``release`` is given each stretch walked
+    (:meth:`~gfwlab.packet.pcap.CaptureReader.release`): the walk touches every page, and
+    whoever reads the records next maps them back from the page cache."""
     u32 = struct.Struct(endian + "I").unpack_from
     offs: list[int] = []
     append = offs.append
     most = size if limit is None else limit
     broken = False
+    was = off
     while not broken and off + hlen <= size and len(offs) <= most:
+        if release is not None:
+            release(was, off)
+            was = off
         stop = min(size, off + _STRETCH) - hlen
         while off <= stop:
             caplen = u32(buf, off + 8)[0]
@@ -137,6 +148,8 @@ def _walk(
             append(off)
             off = end
     append(off)
+    if release is not None:
+        release(was, off)
     return offs
 
 
@@ -159,7 +172,8 @@ def windows(reader: CaptureReader, first: int, per: int) -> Iterator[Window]:
     """The IP packets of ``reader``'s capture, ``first`` then ``per`` at a time, for a capture
     analysed a window at a time; together they are :func:`scan`'s packets, skipped records and
     truncation point. A classic pcap's window holds that many records (non-IP frames included);
-    a pcapng's that many IP packets."""
+    a pcapng's that many IP packets. Once the caller asks for the next window, the previous
+    one's pages are released (:meth:`~gfwlab.packet.pcap.CaptureReader.release`)."""
     if reader.closed:
         raise ValueError("I/O operation on a closed capture")
     if reader.format == "pcapng":
@@ -168,7 +182,7 @@ def windows(reader: CaptureReader, first: int, per: int) -> Iterator[Window]:
     hlen, endian, _div, _mode, cap = reader.framing
     begin, count = 24, first
     while True:
-        offs = _walk(reader.mapping, reader.size, hlen, endian, cap, count, begin)
+        offs = _walk(reader.mapping, reader.size, hlen, endian, cap, count, begin, reader.release)
         last = len(offs) <= count + 1
         if not last:
             del offs[count + 1 :]
@@ -178,6 +192,7 @@ def windows(reader: CaptureReader, first: int, per: int) -> Iterator[Window]:
         yield Window(records=records, last=last, skipped=skipped, truncated_at=cut)
         if last:
             return
+        reader.release(begin, end)  # the window is done with
         begin, count = end, per
 
 
@@ -191,7 +206,7 @@ def _pcapng_windows(reader: CaptureReader, first: int, per: int) -> Iterator[Win
     reader.truncated_at = None
     found = pcapng.locate(reader, reader.mapping)
     ahead = next(found, None)
-    count, counted = first, 0
+    count, counted, begin = first, 0, 0
     while True:
         ts: list[float] = []
         start: list[int] = []
@@ -206,15 +221,17 @@ def _pcapng_windows(reader: CaptureReader, first: int, per: int) -> Iterator[Win
         skipped, counted = reader.skipped - counted, reader.skipped
         cut = reader.truncated_at if last and reader.truncated else None
         yield Window(records=_located(ts, start, end), last=last, skipped=skipped, truncated_at=cut)
-        if last:
+        if ahead is None:
             return
-        count = per
+        reader.release(begin, ahead[1])  # the window is done with
+        count, begin = per, ahead[1]
 
 
 def _scan_pcap(reader: CaptureReader, limit: int | None) -> Records | None:
     size = reader.size
     hlen, endian, _div, _mode, cap = reader.framing
-    offs = np.asarray(_walk(reader.mapping, size, hlen, endian, cap, limit), dtype=np.int64)
+    walked = _walk(reader.mapping, size, hlen, endian, cap, limit, release=reader.release)
+    offs = np.asarray(walked, dtype=np.int64)
     if limit is not None and offs.shape[0] - 1 > limit:
         return None
     end_off = int(offs[-1])
