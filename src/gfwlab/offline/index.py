@@ -5,7 +5,7 @@
 the every-packet path's :class:`~gfwlab.packet.pcap.CaptureReader`, but in bulk), keeping for
 each its timestamp and where its bytes are in the memory-mapped file; no packet is copied.
 Everything else is array operations over that
-buffer: version, protocol, addresses, ports, TCP flags, payload offsets, and a flow key that
+buffer: version, protocol, addresses, ports, TCP flags, payload lengths, and a flow key that
 is the same in both directions. :meth:`CaptureIndex.lives` groups packets into flow lives:
 one 5-tuple's packets, cut wherever the gap between two of them reaches the engine's idle
 timeout (the engine forgets a flow then and makes a new one). The engine also replaces a flow
@@ -91,8 +91,6 @@ class CaptureIndex:
     """A whole, unfragmented TCP or UDP packet: it belongs to a flow."""
     proto: U8
     flags: npt.NDArray[np.uint16]
-    payload_off: I64
-    """Offset of the transport payload from the packet's start (0 outside flows)."""
     payload_len: I64
     """Bytes of transport payload, as :func:`gfwlab.packet.ip.parse` cuts it (0 outside flows)."""
     src: U64
@@ -157,7 +155,6 @@ class CaptureIndex:
             flow=self.flow[sel],
             proto=self.proto[sel],
             flags=self.flags[sel],
-            payload_off=self.payload_off[sel],
             payload_len=self.payload_len[sel],
             src=self.src[sel],
             dst=self.dst[sel],
@@ -275,7 +272,7 @@ def _index(reader: CaptureReader, records: Records) -> CaptureIndex:
     buf = np.frombuffer(data, dtype=np.uint8) if len(data) else np.zeros(1, dtype=np.uint8)
     fields = _classify(buf, start, length)
     _parse_leftovers(data, start, length, fields)
-    flow, proto, flags, payload_off, payload_len, src, dst = fields
+    flow, proto, flags, payload_len, src, dst = fields
     key, lower = _flow_keys(proto, src, dst)
     in_order = bool(np.all(ts_arr[1:] >= ts_arr[:-1])) if ts_arr.shape[0] > 1 else True
     return CaptureIndex(
@@ -293,7 +290,6 @@ def _index(reader: CaptureReader, records: Records) -> CaptureIndex:
         flow=flow,
         proto=proto,
         flags=flags,
-        payload_off=payload_off,
         payload_len=payload_len,
         src=src,
         dst=dst,
@@ -303,7 +299,7 @@ def _index(reader: CaptureReader, records: Records) -> CaptureIndex:
     )
 
 
-_Fields = tuple[Bools, U8, npt.NDArray[np.uint16], I64, I64, U64, U64]
+_Fields = tuple[Bools, U8, npt.NDArray[np.uint16], I64, U64, U64]
 
 HEAD = 80
 """Bytes of each packet read for classification: the deepest read is the TCP flags of a packet
@@ -320,16 +316,15 @@ def _classify(buf: U8, start: I64, length: I64) -> _Fields:
     flow = np.zeros(n, dtype=np.bool_)
     proto = np.zeros(n, dtype=np.uint8)
     flags = np.zeros(n, dtype=np.uint16)
-    payload_off = np.zeros(n, dtype=np.int64)
     payload_len = np.zeros(n, dtype=np.int64)
     src = np.zeros((n, 3), dtype=np.uint64)
     dst = np.zeros((n, 3), dtype=np.uint64)
     for lo in range(0, n, _CHUNK):
         hi = min(n, lo + _CHUNK)
-        part = (flow[lo:hi], proto[lo:hi], flags[lo:hi], payload_off[lo:hi], payload_len[lo:hi],
-                src[lo:hi], dst[lo:hi])  # fmt: skip
+        part = (flow[lo:hi], proto[lo:hi], flags[lo:hi], payload_len[lo:hi], src[lo:hi],
+                dst[lo:hi])  # fmt: skip
         _classify_heads(heads(buf, start[lo:hi], HEAD), length[lo:hi], part)
-    return flow, proto, flags, payload_off, payload_len, src, dst
+    return flow, proto, flags, payload_len, src, dst
 
 
 def _classify_heads(head: U8, length: I64, out: _Fields) -> None:
@@ -380,10 +375,9 @@ def _classify_heads(head: U8, length: I64, out: _Fields) -> None:
     tcp &= (eff - l4 >= 20) & (hlen >= 20) & (l4 + hlen <= eff)
     udp &= eff - l4 >= 8
     flow = tcp | udp
-    flow_out, proto_out, flags_out, payload_out, len_out, src, dst = out
+    flow_out, proto_out, flags_out, len_out, src, dst = out
     flow_out[:] = flow
     flags_out[:] = np.where(tcp, at(l4, 13) | ((off_byte & 1) << 8), 0)
-    payload_out[:] = np.where(tcp, l4 + hlen, np.where(udp, l4 + 8, 0))
     # UDP: the datagram's own length where it fits, else the rest of the packet (as parse).
     ulen = at(l4, 4) << 8 | at(l4, 5)
     udp_end = np.where((ulen >= 8) & (ulen <= eff - l4), l4 + ulen, eff)
@@ -407,7 +401,7 @@ def _classify_heads(head: U8, length: I64, out: _Fields) -> None:
 
 
 def _parse_leftovers(data: bytes | mmap.mmap, start: I64, length: I64, fields: _Fields) -> None:
-    flow, proto, flags, payload_off, payload_len, src, dst = fields
+    flow, proto, flags, payload_len, src, dst = fields
     for i in np.flatnonzero(proto == 255).tolist():
         s = int(start[i])
         try:
@@ -420,7 +414,6 @@ def _parse_leftovers(data: bytes | mmap.mmap, start: I64, length: I64, fields: _
             continue
         flow[i] = True
         flags[i] = pkt.flags
-        payload_off[i] = len(pkt.raw) - len(pkt.payload)
         payload_len[i] = len(pkt.payload)
         for arr, addr, port in ((src, pkt.src, pkt.sport), (dst, pkt.dst, pkt.dport)):
             arr[i, 0] = int.from_bytes(addr[:8], "big")
