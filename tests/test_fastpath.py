@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from gfwlab.errors import AdapterError
 from gfwlab.offline.analyze import Summary, analyze
 from gfwlab.offline.index import MAX_PACKETS, build_index
 from gfwlab.offline.scale import ProfileSpec, analyze_many, outputs_for
@@ -526,3 +527,27 @@ def test_port_reuse_identical(tmp_path: Path, sets: tuple[str, ...]) -> None:
         # Port 41008: the ESNI block drops the open connection's packet, then the new one's SYN.
         esni = [e["ts"] for e in events if e["mechanism"] == "esni" and e["flow"]["sport"] == 41008]
         assert len(esni) == 2
+
+
+def test_a_bad_block_deep_in_a_windowed_pcapng_publishes_nothing(tmp_path: Path) -> None:
+    """An interface of a link type that cannot be read, described after many packets of a
+    pcapng analysed in windows: the same one-line error as the every-packet path gives, and no
+    output left behind."""
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=20, seed=2, mix="realistic")
+    ng = tmp_path / "cap.pcapng"
+    _pcapng(cap, ng)
+    bad = struct.pack("<HHI", 147, 0, 0)  # LINKTYPE_USER0: nothing to strip
+    ng.write_bytes(ng.read_bytes() + struct.pack("<II", 1, 20) + bad + struct.pack("<I", 20))
+    errors = []
+    for limit, exact in ((10**9, True), (10**9, False), (3, False)):
+        ev, out = tmp_path / "ev.jsonl", tmp_path / "out.pcap"
+        with pytest.raises(AdapterError) as caught:
+            analyze(
+                str(ng), _profile(), events_path=str(ev), out_path=str(out), max_index=limit,
+                exact=exact, no_gain=2.0,
+            )  # fmt: skip
+        errors.append(str(caught.value))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["cap.pcap", "cap.pcapng"]
+    assert len(set(errors)) == 1 and "unsupported link type 147" in errors[0]
+    assert "\n" not in errors[0]
