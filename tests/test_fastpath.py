@@ -4,6 +4,7 @@ censored captures and summaries, on generated and real captures, with every mech
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import random
 import struct
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from gfwlab.errors import AdapterError
-from gfwlab.offline.analyze import Summary, analyze
+from gfwlab.offline.analyze import YOUNG, Summary, analyze
 from gfwlab.offline.index import MAX_PACKETS, build_index
 from gfwlab.offline.scale import ProfileSpec, analyze_many, outputs_for
 from gfwlab.offline.synth import (
@@ -551,3 +552,20 @@ def test_a_bad_block_deep_in_a_windowed_pcapng_publishes_nothing(tmp_path: Path)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["cap.pcap", "cap.pcapng"]
     assert len(set(errors)) == 1 and "unsupported link type 147" in errors[0]
     assert "\n" not in errors[0]
+
+
+def test_analysis_runs_with_fewer_collections_and_restores_them(tmp_path: Path) -> None:
+    """The collector's first threshold is raised while a capture is analysed (``YOUNG``), and
+    the caller's thresholds are back afterwards, also after an error."""
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=30, seed=5, mix="realistic")
+    before = gc.get_threshold()
+    during: set[int] = set()
+    analyze(str(cap), _profile(), on_event=lambda _e: during.add(gc.get_threshold()[0]))
+    assert during == {YOUNG} != {before[0]}
+    assert gc.get_threshold() == before
+    cut = tmp_path / "bad.pcap"
+    cut.write_bytes(b"\x00" * 40)
+    with pytest.raises(AdapterError):
+        analyze(str(cut), _profile())
+    assert gc.get_threshold() == before

@@ -55,6 +55,7 @@ from gfwlab.offline.analyze import (
     FlowVerdict,
     Summary,
     analyze,
+    few_collections,
     fill_summary,
     published,
     record_event,
@@ -240,6 +241,7 @@ class PartTask:
     """The part of each server address (:attr:`Split.owners`)."""
     keep: bool
 
+    @few_collections()
     def __call__(self, data: PartData) -> PartResult | str:
         """Analyse the part; or why the capture cannot be split after all."""
         prof = self.profile if isinstance(self.profile, Profile) else self.profile()
