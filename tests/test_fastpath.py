@@ -305,7 +305,7 @@ def test_capture_beyond_the_index_limit_goes_in_windows(tmp_path: Path) -> None:
     assert not any(r[0].warnings for r in runs)
     # Each window feeds the engine the first packet of every flow in it: one record, every one.
     assert whole.engine_packets < windows.engine_packets < single.engine_packets == whole.packets
-    assert [r[0].engine_packets for r in runs[3:]] == [r[0].engine_packets for r in runs[:3]]
+    assert runs[5][0].engine_packets == whole.packets  # a pcapng's windows are cut elsewhere
 
 
 def test_pcapng_windows_carry_sections_and_interfaces(tmp_path: Path) -> None:

@@ -25,7 +25,14 @@ from gfwlab.engine.censor import Censor
 from gfwlab.engine.verdicts import Stats
 from gfwlab.offline import fast
 from gfwlab.offline.chain import Chain
-from gfwlab.offline.index import MAX_PACKETS, WINDOW, CaptureIndex, build_index, index_windows
+from gfwlab.offline.index import (
+    MAX_PACKETS,
+    WINDOW,
+    CaptureIndex,
+    Indexes,
+    Windowed,
+    open_index,
+)
 from gfwlab.packet.pcap import CaptureReader, PcapWriter
 from gfwlab.profiles import Profile, build_censor
 
@@ -246,10 +253,15 @@ def analyze(
     """
     warnings: list[str] = []
     index: CaptureIndex | None = None
-    windowed = False
+    windowed: Windowed | None = None
+    per = min(max_index, WINDOW)
+    first = max(per // 10, 1)  # a sample: cheap in memory if the rest streams
     if not exact and not isinstance(profile, list):  # censors in series: every packet
-        index = build_index(capture, max_index)
-        windowed = index is None
+        opened = open_index(capture, max_index, first, per)
+        if isinstance(opened, Windowed):
+            windowed = opened
+        else:
+            index = opened
         if index is not None and not index.in_order:
             back = int((index.ts[1:] < index.ts[:-1]).sum())
             warnings.append(
@@ -258,15 +270,16 @@ def analyze(
             )
             index.close()
             index = None
-    reader = index.reader if index is not None else CaptureReader(capture)
+    if index is not None:
+        reader = index.reader
+    else:
+        reader = windowed.reader if windowed is not None else CaptureReader(capture)
     try:
         summary: Summary | None = None
-        if windowed and not isinstance(profile, list):
+        if windowed is not None and not isinstance(profile, list):
             try:
-                per = min(max_index, WINDOW)
-                first = max(per // 10, 1)  # a sample: cheap in memory if the rest streams
                 with published(events_path, out_path) as (events_out, pcap_out):
-                    windows = _windows(reader, first, per)
+                    windows = _windows(windowed.indexes)
                     summary = _run_fast(
                         capture, windows, profile, seed, events_out, pcap_out, progress, on_event,
                         give_up=no_gain,
@@ -327,12 +340,11 @@ def published(
         pcap_out.commit()
 
 
-def _windows(reader: CaptureReader, first: int, per: int) -> Iterator[tuple[CaptureIndex, bool]]:
-    """The indexes of a capture, ``first`` records then ``per`` at a time, each with whether it
-    is the last; raises _Backwards where timestamps go backwards. The first window is the sample
-    :data:`NO_GAIN` is judged on."""
+def _windows(indexes: Indexes) -> Indexes:
+    """``indexes``, checked: raises _Backwards where timestamps go backwards. The first window
+    is the sample :data:`NO_GAIN` is judged on."""
     before = -math.inf
-    for index, last in index_windows(reader, first, per):
+    for index, last in indexes:
         if not index.in_order or (len(index) and float(index.ts[0]) < before):
             raise _Backwards
         if len(index):

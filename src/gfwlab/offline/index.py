@@ -36,7 +36,7 @@ import numpy.typing as npt
 from gfwlab.errors import AdapterError, MalformedPacket
 from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, parse
 from gfwlab.packet.pcap import CaptureReader
-from gfwlab.packet.scan import Records, heads, scan, windows
+from gfwlab.packet.scan import Records, Window, heads, scan, windows
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
@@ -245,17 +245,75 @@ def build_index(path: str, max_packets: int = MAX_PACKETS) -> CaptureIndex | Non
     return index
 
 
-def index_windows(
-    reader: CaptureReader, first: int, per: int
-) -> Iterator[tuple[CaptureIndex, bool]]:
+Indexes = Iterator[tuple[CaptureIndex, bool]]
+"""A capture's indexes a window at a time, each with whether it is the last."""
+
+
+@dataclass(slots=True)
+class Windowed:
+    """A capture too large to index whole (:func:`open_index`): its windows' indexes, over
+    ``reader`` (which the caller closes, not the indexes)."""
+
+    reader: CaptureReader
+    indexes: Indexes
+
+
+def open_index(path: str, max_packets: int, first: int, per: int) -> CaptureIndex | Windowed:
+    """The whole index of ``path`` (as :func:`build_index` makes it), or, for a capture of more
+    than ``max_packets`` records (classic pcap) or IP packets (pcapng), its indexes ``first``
+    then ``per`` packets at a time. A pcapng's first windows are cut from the walk that found it
+    too large (its block walk is a Python loop: 1 µs a packet); a classic pcap's walk reads one
+    length a record, so its windows walk it again rather than read every record twice at once.
+    Raises AdapterError as :class:`CaptureReader` does."""
+    reader = CaptureReader(path)
+    try:
+        if reader.format != "pcapng":
+            index = _build(reader, max_packets)
+            return (
+                index if index is not None else Windowed(reader, index_windows(reader, first, per))
+            )
+        walk = windows(reader, max_packets, per)
+        head = next(walk)
+        if head.last:
+            return _indexed(reader, head)
+        return Windowed(reader, _resumed(reader, head, walk, first, per))
+    except BaseException:
+        reader.close()
+        raise
+
+
+def _resumed(
+    reader: CaptureReader, head: Window, walk: Iterator[Window], first: int, per: int
+) -> Indexes:
+    """The indexes of ``head`` (the first window, walked whole) cut ``first`` then ``per``
+    packets at a time, each released once done with, then of the rest of ``walk``."""
+    records = head.records
+    n = records.ts.shape[0]
+    lo, hi = 0, min(first, n)
+    while lo < n:
+        part = Window(
+            records=records.part(lo, hi), last=False, skipped=head.skipped if not lo else 0
+        )
+        yield _indexed(reader, part), False
+        reader.release(int(records.start[lo]), int(records.start[hi - 1] + records.length[hi - 1]))
+        lo, hi = hi, min(hi + per, n)
+    for window in walk:
+        yield _indexed(reader, window), window.last
+
+
+def index_windows(reader: CaptureReader, first: int, per: int) -> Indexes:
     """The indexes of ``reader``'s capture, ``first`` records then ``per`` at a time
     (:func:`~gfwlab.packet.scan.windows`), each with whether it is the last; over ``reader``,
     which the caller closes (not the indexes)."""
     for window in windows(reader, first, per):
-        index = _index(reader, window.records)
-        index.skipped = window.skipped
-        index.truncated_at = window.truncated_at
-        yield index, window.last
+        yield _indexed(reader, window), window.last
+
+
+def _indexed(reader: CaptureReader, window: Window) -> CaptureIndex:
+    index = _index(reader, window.records)
+    index.skipped = window.skipped
+    index.truncated_at = window.truncated_at
+    return index
 
 
 def _build(reader: CaptureReader, max_packets: int) -> CaptureIndex | None:

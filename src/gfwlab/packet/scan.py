@@ -23,8 +23,10 @@ JIT such as Numba would add its import and compile time to every process start.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain, islice
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +49,15 @@ class Records:
     length: I64
     record_heads: bool
     """Each packet is its whole record's body, right after a 16-byte record header."""
+
+    def part(self, lo: int, hi: int) -> Records:
+        """Packets ``lo`` to ``hi`` (views, not copies)."""
+        return Records(
+            ts=self.ts[lo:hi],
+            start=self.start[lo:hi],
+            length=self.length[lo:hi],
+            record_heads=self.record_heads,
+        )
 
 
 def scan(reader: CaptureReader, limit: int | None = None) -> Records | None:
@@ -99,7 +110,11 @@ def _scan_pcapng(reader: CaptureReader, limit: int | None) -> Records | None:
     return _located(ts, start, end)
 
 
-def _located(ts: list[float], start: list[int], end: list[int]) -> Records:
+def _located(
+    ts: Sequence[float] | array[float],
+    start: Sequence[int] | array[int],
+    end: Sequence[int] | array[int],
+) -> Records:
     a = np.asarray(start, dtype=np.int64)
     return Records(
         ts=np.asarray(ts, dtype=np.float64),
@@ -208,14 +223,17 @@ def _pcapng_windows(reader: CaptureReader, first: int, per: int) -> Iterator[Win
     ahead = next(found, None)
     count, counted, begin = first, 0, 0
     while True:
-        ts: list[float] = []
-        start: list[int] = []
-        end: list[int] = []
-        while ahead is not None and len(ts) < count:
-            t, s, e = ahead
-            ts.append(t)
-            start.append(s)
-            end.append(e)
+        # Machine numbers (8 bytes each), not lists of Python objects (about 30 each).
+        ts, start, end = array("d"), array("q"), array("q")
+        done = begin
+        if ahead is not None:
+            for t, s, e in chain((ahead,), islice(found, count - 1)):
+                ts.append(t)
+                start.append(s)
+                end.append(e)
+                if e - done >= RELEASE:  # the walk touches every page (see _walk)
+                    reader.release(done, e)
+                    done = e
             ahead = next(found, None)
         last = ahead is None
         skipped, counted = reader.skipped - counted, reader.skipped
