@@ -23,8 +23,9 @@ JIT such as Numba would add its import and compile time to every process start.
 from __future__ import annotations
 
 import struct
+import sys
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import chain, islice
 
@@ -94,27 +95,15 @@ def heads(buf: U8, start: I64, width: int) -> U8:
 
 
 def _scan_pcapng(reader: CaptureReader, limit: int | None) -> Records | None:
-    ts: list[float] = []
-    start: list[int] = []
-    end: list[int] = []
-    done = 0
-    for t, s, e in pcapng.locate(reader, reader.mapping):
-        ts.append(t)
-        start.append(s)
-        end.append(e)
-        if limit is not None and len(ts) > limit:
-            return None
-        if e - done >= RELEASE:  # the walk touches every page (see _walk)
-            reader.release(done, e)
-            done = e
-    return _located(ts, start, end)
+    # One window of up to ``limit + 1`` packets: the walk stops one packet past the limit.
+    count = sys.maxsize if limit is None else limit + 1
+    head = next(_pcapng_windows(reader, count, count))
+    if limit is not None and head.records.ts.shape[0] > limit:
+        return None
+    return head.records
 
 
-def _located(
-    ts: Sequence[float] | array[float],
-    start: Sequence[int] | array[int],
-    end: Sequence[int] | array[int],
-) -> Records:
+def _located(ts: array[float], start: array[int], end: array[int]) -> Records:
     a = np.asarray(start, dtype=np.int64)
     return Records(
         ts=np.asarray(ts, dtype=np.float64),
