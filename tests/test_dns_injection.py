@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import random
 
 import dns.message
 import dns.rdatatype
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from test_wallbleed import A_SUFFIX, AAAA_SUFFIX, BLOCKLIST, V1_CASES, V2_CASES, Q, _answer
 
 from gfwlab.engine.actions import Accept
+from gfwlab.mechanisms._memory import plausible_memory
 from gfwlab.mechanisms._wallbleed_pools import POOL_V4
 from gfwlab.offline.synth import dns_exchange
 from gfwlab.packet.ip import addr_bytes, build_udp
@@ -191,10 +193,21 @@ def _raw_query_run(query: bytes, day: dt.date, *sets: str, seed: int = 1):
 
 def _memory_independent(query: bytes, era: str) -> bool:
     """Whether the injector's answer (its presence and length) is the same whatever its memory
-    holds: the engine-level cases run with generated memory, the artifact's with ``X`` bytes."""
+    holds: the engine-level cases run with generated memory (any of its draws), the artifact's
+    with ``X`` bytes. A query cut short reads its type from the memory, so it may not be."""
+    drawn = tuple(plausible_memory(random.Random(f"memory:{i}"), 600) for i in range(64))
+    # Memory that completes a question cut short (its last bytes) as type A or AAAA, class IN.
+    tails = (
+        b"\x01\x00\x01",
+        b"\x00\x01\x00\x01",
+        b"\x1c\x00\x01",
+        b"\x00\x1c\x00\x01",
+        b"\x00\x01",
+    )
+    drawn += tuple((tail + b"X" * 600)[:600] for tail in tails)
     got = [
         wallbleed.respond(query, mem, era, BLOCKLIST, _answer)  # type: ignore[arg-type]
-        for mem in (b"X" * 600, bytes(600), b"\x01" * 600)
+        for mem in (b"X" * 600, bytes(600), b"\x01" * 600, *drawn)
     ]
     return len({None if g is None else len(g) for g in got}) == 1
 
