@@ -230,13 +230,14 @@ def _analyze_split(
 ) -> Summary:
     """One capture split into ``shards`` parts on a Dask cluster (see gfwlab.offline.shard)."""
     from gfwlab.offline.scale import ProfileSpec, starting  # noqa: PLC0415
-    from gfwlab.offline.shard import analyze_split  # noqa: PLC0415
+    from gfwlab.offline.shard_windows import analyze_sharded  # noqa: PLC0415
 
     spec = ProfileSpec(name, prof.date, tuple(sets or ()))
-    with starting(scheduler, workers) as runner:
-        return analyze_split(
+    with starting(scheduler, workers) as (runner, windows_runner):
+        return analyze_sharded(
             capture, prof, parts=shards, seed=seed, events_path=events, out_path=out,
-            runner=runner, rebuild=spec.build, progress=progress, date_source=source,
+            runner=runner, windows_runner=windows_runner, rebuild=spec.build,
+            progress=progress, date_source=source,
         )  # fmt: skip
 
 

@@ -184,8 +184,8 @@ def at_moment(capture: str, profile: Profile, moment: dt.datetime) -> Profile:
     return dataclasses.replace(profile, date=moment.date(), epoch_offset_s=offset)
 
 
-class _Backwards(Exception):
-    """A window of the capture goes back in time (:func:`_windows`)."""
+class Backwards(Exception):
+    """A window of the capture goes back in time (:func:`in_time_order`)."""
 
 
 class _NoGain(Exception):
@@ -279,13 +279,13 @@ def analyze(
         if windowed is not None and not isinstance(profile, list):
             try:
                 with published(events_path, out_path) as (events_out, pcap_out):
-                    windows = _windows(windowed.indexes)
+                    windows = in_time_order(windowed.indexes)
                     summary = _run_fast(
                         capture, windows, profile, seed, events_out, pcap_out, progress, on_event,
                         give_up=no_gain,
                     )  # fmt: skip
-            except (_Backwards, _NoGain) as exc:
-                if isinstance(exc, _Backwards):
+            except (Backwards, _NoGain) as exc:
+                if isinstance(exc, Backwards):
                     why = "a record is earlier than the record before it; analysed in file order"
                     after = ""
                 else:
@@ -340,13 +340,13 @@ def published(
         pcap_out.commit()
 
 
-def _windows(indexes: Indexes) -> Indexes:
-    """``indexes``, checked: raises _Backwards where timestamps go backwards. The first window
+def in_time_order(indexes: Indexes) -> Indexes:
+    """``indexes``, checked: raises Backwards where timestamps go backwards. The first window
     is the sample :data:`NO_GAIN` is judged on."""
     before = -math.inf
     for index, last in indexes:
         if not index.in_order or (len(index) and float(index.ts[0]) < before):
-            raise _Backwards
+            raise Backwards
         if len(index):
             before = float(index.ts[-1])
         yield index, last

@@ -99,6 +99,10 @@ class Part:
     """The number in the whole capture of the packet being fed (for ordering its events)."""
     lives: Lives | None = None
     """The index's flow lives, if the caller has them (:meth:`CaptureIndex.lives` else)."""
+    offset: int = 0
+    """Packets of the whole capture before ``ts[0]`` (a window of a capture analysed a window
+    at a time, whose ``ids`` and ``ts`` are the window's): the timers are numbered from
+    ``offset`` on, so that releases due together keep one engine's order across windows."""
 
 
 def run(
@@ -156,6 +160,7 @@ def run(
     table = censor.flows.flows
     verdicts = censor.verdicts
     ids: list[int] = part.ids.tolist() if part is not None else []
+    offset = part.offset if part is not None else 0
 
     def collect(actions: Iterable[Action], at: float, packet: bytes | None, out: Writes) -> None:
         for action in actions:
@@ -355,7 +360,7 @@ def run(
         g = i
         if part is not None:
             g = part.current = ids[i]
-            verdicts.timer_seq = max(verdicts.timer_seq, g << 20)
+            verdicts.timer_seq = max(verdicts.timer_seq, (offset + g) << 20)
         actions = feed(packet, now)
         if len(actions) != 1 or type(actions[0]) is not Accept:
             collect(actions, now, packet, at.setdefault(g, []) if keep else [])

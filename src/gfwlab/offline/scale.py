@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gfwlab.offline.analyze import Summary, analyze, dated
 from gfwlab.profiles import Profile, load_profile
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
     from gfwlab.offline.shard import PartData, PartResult, PartTask, Runner
+    from gfwlab.offline.shard_windows import Session, WindowData, WindowRunner
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,18 +125,23 @@ def connect(scheduler: str | None, workers: int) -> Iterator[Client]:
 
 
 @contextmanager
-def starting(scheduler: str | None, workers: int) -> Iterator[Runner]:
-    """A :func:`part_runner` on the cluster :func:`connect` gives, which connects (or starts its
-    worker processes) in the background meanwhile: the caller indexes and splits the capture
-    while it does. The cluster is closed on the way out."""
+def starting(scheduler: str | None, workers: int) -> Iterator[tuple[Runner, WindowRunner]]:
+    """A :func:`part_runner` and a :func:`window_runner` on the cluster :func:`connect` gives,
+    which connects (or starts its worker processes) in the background meanwhile: the caller
+    indexes and splits the capture while it does. The cluster is closed on the way out."""
     with ExitStack() as stack, ThreadPoolExecutor(max_workers=1) as pool:
         client = pool.submit(stack.enter_context, connect(scheduler, workers))
 
         def run(tasks: list[tuple[PartTask, PartData]]) -> Iterator[PartResult | str]:
             yield from part_runner(client.result())(tasks)
 
+        @contextmanager
+        def run_windows(tasks: list[PartTask]) -> Iterator[Session]:
+            with window_runner(client.result())(tasks) as session:
+                yield session
+
         try:
-            yield run
+            yield run, run_windows
         finally:
             client.exception()  # started (or failed) before it is closed: wait for it
 
@@ -160,5 +166,38 @@ def part_runner(client: Client) -> Runner:
             client.cancel([*futures, *sent])
             futures.clear()
             sent.clear()
+
+    return run
+
+
+def window_runner(client: Client) -> WindowRunner:
+    """Run a capture split a window at a time (:mod:`gfwlab.offline.shard_windows`) on
+    ``client``'s cluster: each part's censor is a Dask actor, kept on one worker (the parts
+    spread over the workers) for the whole capture; each window's parts run in parallel."""
+
+    @contextmanager
+    def run(tasks: list[PartTask]) -> Iterator[Session]:
+        from gfwlab.offline.shard_windows import WindowPart  # noqa: PLC0415
+
+        workers = sorted(client.scheduler_info()["workers"])
+        futures = []
+        for i, task in enumerate(tasks):
+            where = [workers[i % len(workers)]]
+            futures.append(
+                client.submit(
+                    WindowPart, task, actor=True, workers=where, key=f"window-part-{i}", pure=False
+                )
+            )
+        try:
+            # Proxies: calling a method gives a future of its result.
+            actors: list[Any] = [f.result() for f in futures]
+
+            def session(datas: list[WindowData]) -> list[PartResult | str]:
+                pending = [a.window(d) for a, d in zip(actors, datas, strict=True)]
+                return [p.result() for p in pending]
+
+            yield session
+        finally:  # done, failed or interrupted: the actors go with their futures
+            client.cancel(futures)
 
     return run

@@ -30,8 +30,9 @@ roles); a flow whose server another part holds stops the split. A capture is als
 whole's answer: IP fragments (reassembly state is keyed by the address pair, whose server is
 unknown until reassembled), a flow table that could fill (eviction depends on every flow; the
 limit is checked against the most flow lives that can be in the table at once), a mechanism
-whose shared state no port bounds, timestamps going backwards, several censors in series, or
-more than ``MAX_PACKETS`` packets (one process then takes it a window at a time).
+whose shared state no port bounds, timestamps going backwards, or several censors in series.
+A capture of more than ``MAX_PACKETS`` packets is split a window at a time
+(:mod:`gfwlab.offline.shard_windows`).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from gfwlab.offline.analyze import (
     published,
     record_event,
 )
-from gfwlab.offline.index import F64, I64, U64, CaptureIndex, Lives, address, build_index
+from gfwlab.offline.index import F64, I64, U64, Bools, CaptureIndex, Lives, address, build_index
 from gfwlab.packet.ip import ACK, PROTO_TCP, PROTO_UDP, SYN, parse
 from gfwlab.profiles import Profile, build_censor
 
@@ -86,37 +87,95 @@ class Split:
 
 def split(index: CaptureIndex, censor: Censor, parts: int) -> Split | str:
     """How to split ``index`` into ``parts`` for ``censor``'s profile, or why it cannot be."""
+    why = refusal(index, censor)
+    if why is not None:
+        return why
+    eng = censor.profile.engine
+    lives = index.lives(eng.tcp_timeout_s, eng.udp_timeout_s)
+    if table_fills(index, lives, censor):
+        return f"its flow table (engine.max_flows={eng.max_flows:,}) could fill"
+    servers = life_servers(index, censor, lives)
+    addresses, of_life = np.unique(servers.rows, return_inverse=True)
+    # The receivers of ``all`` scoped state are one group, whose first address stands for all.
+    group = np.arange(addresses.shape[0], dtype=np.int64)
+    pinned = np.unique(of_life[servers.pinned])
+    if pinned.size:
+        group[pinned] = pinned[0]
+    load = np.bincount(group[of_life], weights=servers.load, minlength=group.shape[0])
+    part_of_group = _balance(load.astype(np.float64), parts)
+    part = part_of_group[group]
+    owners = {
+        address(a, 4 if a[2] == 4 else 16): int(p)
+        for a, p in zip(
+            addresses.view(np.uint64).reshape(-1, 3).tolist(), part.tolist(), strict=True
+        )
+    }
+    life_part = np.zeros(lives.keyed.shape[0], dtype=np.int64)
+    life_part[lives.keyed] = part[of_life]
+    return Split(parts, life_part[lives.life_of], lives, life_part, owners)
+
+
+def refusal(index: CaptureIndex, censor: Censor) -> str | None:
+    """Why ``index`` cannot be split for ``censor``'s profile, whatever its flows (None: it
+    can, if its flow table cannot fill, :func:`table_fills`)."""
     if not index.in_order:
         return "its timestamps go backwards"
-    eng = censor.profile.engine
-    pinned_ports: set[int] = set()
     for name, mech in censor.mechanisms.items():
-        if type(mech).shard_scope == "all":
-            declared = censor.plan.udp_ports.get(name)
-            if declared is None:
-                return f"{name} keeps state across every flow"
-            pinned_ports |= declared
-    loose = np.flatnonzero(~index.flow).tolist()
-    for i in loose:
+        if type(mech).shard_scope == "all" and censor.plan.udp_ports.get(name) is None:
+            return f"{name} keeps state across every flow"
+    for i in np.flatnonzero(~index.flow).tolist():
         try:
             if parse(index.packet(i)).fragment:
                 return f"packet {i} is an IP fragment"
         except MalformedPacket:
             continue
-    lives = index.lives(eng.tcp_timeout_s, eng.udp_timeout_s)
-    keyed = lives.keyed
-    first = lives.first[keyed]
-    # The most flow lives the table can hold at once: a life is held from its first packet
-    # until a sweep after its idle timeout (sweeps come at most sweep_s apart while any is held).
+    return None
+
+
+def table_fills(index: CaptureIndex, lives: Lives, censor: Censor, held: F64 | None = None) -> bool:
+    """Whether the flow table could fill: the most flow lives it can hold at once (a life is
+    held from its first packet until a sweep after its idle timeout; sweeps come at most
+    ``sweep_s`` apart while any is held). ``held``: when lives of earlier windows leave the
+    table, each held from the start."""
+    eng = censor.profile.engine
+    first = lives.first[lives.keyed]
     tcp = index.proto[first] == PROTO_TCP
     hold = np.where(tcp, eng.tcp_timeout_s, eng.udp_timeout_s) + eng.sweep_s
-    born, gone = index.ts[first], lives.final_ts[keyed] + hold
-    times = np.concatenate((born, gone))
-    steps = np.concatenate((np.ones(born.shape[0], np.int64), -np.ones(gone.shape[0], np.int64)))
+    born, gone = index.ts[first], lives.final_ts[lives.keyed] + hold
+    before = held if held is not None else np.zeros(0, dtype=np.float64)
+    times = np.concatenate((born, gone, before))
+    steps = np.concatenate(
+        (
+            np.ones(born.shape[0], np.int64),
+            -np.ones(gone.shape[0] + before.shape[0], np.int64),
+        )
+    )
     by = np.lexsort((-steps, times))  # at a tie, count the new life before the one going
-    if by.size and int(np.cumsum(steps[by]).max()) >= eng.max_flows:
-        return f"its flow table (engine.max_flows={eng.max_flows:,}) could fill"
-    # The server of each life, as open_flow takes it from the life's first packet.
+    return bool(by.size) and int(np.cumsum(steps[by]).max()) + before.shape[0] >= eng.max_flows
+
+
+@dataclass(frozen=True, slots=True)
+class Servers:
+    """The server of each flow life (keyed lives only, in life order), as the engine will take
+    it (``engine.flows.open_flow`` on the life's first packet)."""
+
+    rows: npt.NDArray[np.void]
+    """Each server's address as a row of three words (the third: its IP version), viewed as
+    one item each so that ``np.unique`` compares whole rows."""
+    pinned: Bools
+    """Whether the life is a datagram to a port of ``all`` scoped state (a resolver's)."""
+    load: F64
+    """The packets the engine is likely to see of the life: its packets, up to 8."""
+
+
+def life_servers(index: CaptureIndex, censor: Censor, lives: Lives) -> Servers:
+    """The server of each keyed life of ``index``."""
+    pinned_ports: set[int] = set()
+    for name, mech in censor.mechanisms.items():
+        if type(mech).shard_scope == "all":
+            pinned_ports |= censor.plan.udp_ports.get(name, frozenset())
+    first = lives.first[lives.keyed]
+    tcp = index.proto[first] == PROTO_TCP
     flags = index.flags[first].astype(np.int64)
     sport = (index.src[first, 2] & 0xFFFF).astype(np.int64)
     dport = (index.dst[first, 2] & 0xFFFF).astype(np.int64)
@@ -131,30 +190,12 @@ def split(index: CaptureIndex, censor: Censor, parts: int) -> Split | str:
     server_port = np.where(src_client, dport, sport)
     words: U64 = server.astype(np.uint64)
     words[:, 2] >>= np.uint64(32)  # the version (the port's bits dropped)
-    rows = words.view([("", words.dtype)] * 3).ravel()
-    addresses, of_life = np.unique(rows, return_inverse=True)
-    # The receivers of ``all`` scoped state are one group, whose first address stands for all.
-    pin = (index.proto[first] == PROTO_UDP) & np.isin(
+    pinned = (index.proto[first] == PROTO_UDP) & np.isin(
         server_port, np.fromiter(pinned_ports, np.int64)
     )
-    group = np.arange(addresses.shape[0], dtype=np.int64)
-    pinned = np.unique(of_life[pin])
-    if pinned.size:
-        group[pinned] = pinned[0]
     # The engine sees the first packets of each flow: a life's load is its packets, up to 8.
-    seen = np.minimum(lives.count[keyed], _DEPTH).astype(np.float64)
-    load = np.bincount(group[of_life], weights=seen, minlength=group.shape[0]).astype(np.float64)
-    part_of_group = _balance(load, parts)
-    part = part_of_group[group]
-    owners = {
-        address(a, 4 if a[2] == 4 else 16): int(p)
-        for a, p in zip(
-            addresses.view(np.uint64).reshape(-1, 3).tolist(), part.tolist(), strict=True
-        )
-    }
-    life_part = np.zeros(keyed.shape[0], dtype=np.int64)
-    life_part[keyed] = part[of_life]
-    return Split(parts, life_part[lives.life_of], lives, life_part, owners)
+    load = np.minimum(lives.count[lives.keyed], _DEPTH).astype(np.float64)
+    return Servers(words.view([("", words.dtype)] * 3).ravel(), pinned, load)
 
 
 _DEPTH = 8
@@ -287,7 +328,8 @@ def _by_timer(w: tuple[float, int, bytes]) -> tuple[float, int]:
     return w[0], w[1]
 
 
-def _sum_stats(results: list[PartResult]) -> Stats:
+def sum_stats(results: list[PartResult]) -> Stats:
+    """The parts' counters added up."""
     total = Stats()
     for r in results:
         for f in dataclasses.fields(Stats):
@@ -321,11 +363,15 @@ def analyze_split(
     rebuild: Callable[[], Profile] | None = None,
     progress: Callable[[int, int], None] | None = None,
     date_source: str = "--date",
+    index: CaptureIndex | None = None,
 ) -> Summary:
     """What :func:`~gfwlab.offline.analyze.analyze` writes for ``capture``, analysed as
     ``parts`` parts by ``runner`` (``rebuild``: how a worker rebuilds ``profile``). A capture
-    that cannot be split is analysed by one process, with a warning saying why."""
-    index = build_index(capture)
+    that cannot be split is analysed by one process, with a warning saying why. ``index``: the
+    capture's index, already built (closed here); a capture too large for one is split a
+    window at a time by :func:`gfwlab.offline.shard_windows.analyze_sharded`."""
+    if index is None:
+        index = build_index(capture)
     why = "it has more packets than the fast path indexes whole" if index is None else None
     results: list[PartResult] = []
     try:
@@ -397,7 +443,7 @@ def _write(
             fast.write(index, plan, pcap_out)
         if len(index):
             summary.start_ts = float(index.ts[0])
-        fill_summary(summary, _sum_stats(results), rows)
+        fill_summary(summary, sum_stats(results), rows)
         summary.flows_evicted = sum(r.evicted for r in results)
         summary.engine_packets = plan.fed
         summary.skipped = index.skipped
