@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
     from gfwlab.offline.shard import PartData, PartResult, PartTask, Runner
-    from gfwlab.offline.shard_windows import Session, WindowData, WindowRunner
+    from gfwlab.offline.shard_windows import Results, Session, WindowData, WindowRunner
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,9 +192,9 @@ def window_runner(client: Client) -> WindowRunner:
             # Proxies: calling a method gives a future of its result.
             actors: list[Any] = [f.result() for f in futures]
 
-            def session(datas: list[WindowData]) -> list[PartResult | str]:
+            def session(datas: list[WindowData]) -> Results:
                 pending = [a.window(d) for a, d in zip(actors, datas, strict=True)]
-                return [p.result() for p in pending]
+                return lambda: [p.result() for p in pending]
 
             yield session
         finally:  # done, failed or interrupted: the actors go with their futures

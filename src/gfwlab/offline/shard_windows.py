@@ -259,8 +259,10 @@ class WindowPart:
         )
 
 
-Session = Callable[[list[WindowData]], list[PartResult | str]]
-"""Analyses one window's parts (one data per part, in part order); their results in order."""
+Results = Callable[[], list[PartResult | str]]
+"""Waits for one window's parts to be analysed; their results, in part order."""
+Session = Callable[[list[WindowData]], Results]
+"""Starts the analysis of one window's parts (one data per part, in part order)."""
 WindowRunner = Callable[[list[PartTask]], AbstractContextManager[Session]]
 """Sets up one :class:`WindowPart` per task for the run of a whole capture."""
 
@@ -269,11 +271,26 @@ WindowRunner = Callable[[list[PartTask]], AbstractContextManager[Session]]
 def inline_windows(tasks: list[PartTask]) -> Iterator[Session]:
     """The parts in this process, one after the other (tests, and one core)."""
     parts = [WindowPart(task) for task in tasks]
-    yield lambda datas: [p.window(d) for p, d in zip(parts, datas, strict=True)]
+
+    def start(datas: list[WindowData]) -> Results:
+        results = [p.window(d) for p, d in zip(parts, datas, strict=True)]
+        return lambda: results
+
+    yield start
 
 
 class Unsplit(Exception):
     """The capture cannot be analysed split after all (the message says why)."""
+
+
+@dataclass(slots=True)
+class _Window:
+    """A window whose parts are being analysed, and where it sits in the capture."""
+
+    index: CaptureIndex
+    ends: bool
+    offset: int
+    results: Results
 
 
 def analyze_windows(
@@ -292,7 +309,10 @@ def analyze_windows(
 ) -> Summary:
     """What one process writes for the capture of ``windowed``, its ``windows`` (checked in
     time order) split into ``parts`` each. Raises :class:`Unsplit` (nothing published) where
-    one process would not take the fast path or a window cannot be split."""
+    one process would not take the fast path or a window cannot be split.
+
+    While the parts analyse a window, this process indexes and splits the next one; while they
+    analyse that one, it writes what the first gave."""
     capture = windowed.reader.path
     censor = build_censor(profile, seed)
     carry = Carry(parts)
@@ -306,45 +326,61 @@ def analyze_windows(
     tasks = [PartTask(rebuild or profile, seed, me, {}, keep) for me in range(parts)]
     rows: dict[tuple[Any, ...], FlowVerdict] = {}
     latest: list[PartResult] = []
-    offset = 0
     give_up: float | None = no_gain
+
+    def split_up(index: CaptureIndex, ends: bool, offset: int) -> list[WindowData]:
+        how = split_window(index, censor, carry)
+        if isinstance(how, str):
+            raise Unsplit(f"window at packet {offset:,}: {how}")
+        split, owners = how
+        datas = []
+        for me in range(parts):
+            sel = np.flatnonzero(split.part_of == me)
+            mine = {a: p for a, p in owners.items() if p == me}
+            data = index.subset(sel).detach()
+            lives = part_lives(split, me, sel)
+            datas.append(WindowData(data, sel, index.ts, lives, offset, ends, mine))
+        return datas
+
+    def finish(window: _Window, results: list[PartResult | str]) -> None:
+        nonlocal latest, give_up
+        index = window.index
+        latest = []
+        for result in results:
+            if isinstance(result, str):
+                raise Unsplit(result)
+            latest.append(result)
+        plan = merge(latest)
+        if give_up is not None and not window.ends and plan.fed >= give_up * len(index):
+            raise Unsplit("most of its first window reached the engine")
+        give_up = None
+        for _g, event in heapq.merge(*(r.events for r in latest), key=lambda e: e[0]):
+            record_event(event, rows, summary, write_event, None)
+        if pcap_out is not None:
+            fast.write(index, plan, pcap_out)
+        if len(index) and summary.start_ts is None:
+            summary.start_ts = float(index.ts[0])
+        summary.engine_packets += plan.fed
+        summary.skipped += index.skipped
+        if window.ends:
+            summary.truncated_at = index.truncated_at
+        if progress is not None and len(index):
+            progress(int(index.start[-1]), index.size)
+
     with published(events_path, out_path) as (events_out, pcap_out), runner(tasks) as session:
         write_event = events_out.fh.write if events_out is not None else None
+        running: _Window | None = None
+        offset = 0
         for index, ends in windows:
-            how = split_window(index, censor, carry)
-            if isinstance(how, str):
-                raise Unsplit(f"window at packet {offset:,}: {how}")
-            split, owners = how
-            datas = []
-            for me in range(parts):
-                sel = np.flatnonzero(split.part_of == me)
-                mine = {a: p for a, p in owners.items() if p == me}
-                data = index.subset(sel).detach()
-                lives = part_lives(split, me, sel)
-                datas.append(WindowData(data, sel, index.ts, lives, offset, ends, mine))
-            results = session(datas)
-            latest = []
-            for result in results:
-                if isinstance(result, str):
-                    raise Unsplit(result)
-                latest.append(result)
-            plan = merge(latest)
-            if give_up is not None and not ends and plan.fed >= give_up * len(index):
-                raise Unsplit("most of its first window reached the engine")
-            give_up = None
-            for _g, event in heapq.merge(*(r.events for r in latest), key=lambda e: e[0]):
-                record_event(event, rows, summary, write_event, None)
-            if pcap_out is not None:
-                fast.write(index, plan, pcap_out)
-            if len(index) and summary.start_ts is None:
-                summary.start_ts = float(index.ts[0])
-            summary.engine_packets += plan.fed
-            summary.skipped += index.skipped
+            datas = split_up(index, ends, offset)  # while the parts analyse the last window
+            done = running.results() if running is not None else None
+            window = _Window(index, ends, offset, session(datas))
+            if running is not None and done is not None:
+                finish(running, done)  # while the parts analyse this one
+            running = window
             offset += len(index)
-            if ends:
-                summary.truncated_at = index.truncated_at
-            if progress is not None and len(index):
-                progress(int(index.start[-1]), index.size)
+        if running is not None:
+            finish(running, running.results())
         fill_summary(summary, sum_stats(latest), rows)
         summary.flows_evicted = sum(r.evicted for r in latest)
     summary.parts = parts
