@@ -13,7 +13,7 @@ The splitting rule. Each flow goes to the part of its **server's address**:
 * a mechanism's state across flows is declared (``Mechanism.shard_scope``): ``server`` scoped
   state (TLS-in-TLS's per-server detections) stays whole for the same reason; ``all`` scoped
   state (DNS injection's pool cursors) is touched only by datagrams to the mechanism's declared
-  UDP ports, so every server that receives one (every resolver) belongs to part 0, with all
+  UDP ports, so every server that receives one (every resolver) belongs to one part, with all
   its flows;
 * draws are keyed per flow, and each part numbers its timers and events as in the whole capture
   (:class:`gfwlab.offline.fast.Part`), so the parts' outputs merge in the order one engine
