@@ -8,11 +8,18 @@ such small first windows."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from test_shard import (
     SERVER_KEYED,
+    _alive,
+    _children,
     _plain,
     _profile,
     _server_keyed_capture,
@@ -228,3 +235,49 @@ def test_a_flow_table_that_could_fill_in_a_later_window_is_not_split(tmp_path: P
     generate(str(cap), flows=200, seed=8, mix="realistic", pps=40_000.0)
     many = _same(tmp_path, str(cap), _profile("engine.max_flows=40"), 2, 60)
     assert "could fill" in many.warnings[0] and many.parts == 1
+
+
+INTERRUPTED = """
+import sys
+from gfwlab.offline.scale import starting
+from gfwlab.offline.shard_windows import analyze_sharded
+from gfwlab.profiles import load_profile
+
+if __name__ == "__main__":
+    cap, out = sys.argv[1], sys.argv[2]
+    prof = load_profile("gfw")
+    with starting(None, 2) as (runner, windows):
+        analyze_sharded(
+            cap, prof, parts=2, events_path=out + ".jsonl", out_path=out + ".pcap",
+            runner=runner, windows_runner=windows, max_index=2_000, no_gain=2.0,
+        )
+"""
+
+
+def test_interrupted_windowed_split_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Ctrl-C while the parts' actors analyse windows: no output, no worker left."""
+    cap = tmp_path / "big.pcap"
+    generate(str(cap), flows=20_000, seed=2, mix="flow-heavy")
+    script = tmp_path / "run.py"
+    script.write_text(INTERRUPTED)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(cap), str(tmp_path / "out")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    seen: set[int] = set()
+    while len(seen) < 2:  # the local cluster's worker processes are up
+        assert time.monotonic() < deadline and proc.poll() is None
+        seen |= _children(proc.pid)
+        time.sleep(0.05)
+    time.sleep(2.0)
+    assert proc.poll() is None, "finished before it could be interrupted"
+    seen |= _children(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err, err
+    assert sorted(os.listdir(tmp_path)) == ["big.pcap", "run.py"]
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in seen) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in seen if _alive(p)]
