@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,18 +57,27 @@ def _plain(s: Summary) -> dict[str, Any]:
     return d
 
 
-def _same(tmp_path: Path, capture: str, prof: Profile, parts: int, seed: int = 3) -> Summary:
-    """Analyse ``capture`` whole and in ``parts``; assert identical outputs; return the split
-    run's summary."""
+def _same(
+    tmp_path: Path,
+    capture: str,
+    prof: Profile,
+    parts: int,
+    seed: int = 3,
+    split: Callable[..., Summary] = analyze_split,
+    **options: Any,
+) -> Summary:
+    """Analyse ``capture`` whole and in ``parts`` (by ``split``; ``options`` to both runs);
+    assert identical outputs; return the split run's summary."""
     runs = []
     for n in (1, parts):
         ev, out = tmp_path / f"ev{n}.jsonl", tmp_path / f"out{n}.pcap"
         if n == 1:
-            s = analyze(capture, prof, seed=seed, events_path=str(ev), out_path=str(out))
+            s = analyze(capture, prof, seed=seed, events_path=str(ev), out_path=str(out), **options)
         else:
-            s = analyze_split(
-                capture, prof, parts=n, seed=seed, events_path=str(ev), out_path=str(out)
-            )
+            s = split(
+                capture, prof, parts=n, seed=seed, events_path=str(ev), out_path=str(out),
+                **options,
+            )  # fmt: skip
         runs.append((s, ev.read_bytes(), out.read_bytes()))
     (one, ev1, out1), (many, evn, outn) = runs
     assert evn == ev1
@@ -334,30 +344,37 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_interrupted_split_leaves_nothing_behind(tmp_path: Path) -> None:
-    """Ctrl-C while the parts run: exit 130 with one line, no output, no worker left."""
-    cap = tmp_path / "big.pcap"
-    generate(str(cap), flows=20_000, seed=2, mix="flow-heavy")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gfwlab", "analyze", str(cap), "--date", "2024-06-01",
-         "--shards", "2", "--events", str(tmp_path / "e.jsonl"), "--out", str(tmp_path / "o.pcap")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+def interrupted(cmd: list[str], settle: float) -> tuple[int, str]:
+    """Run ``cmd``, press Ctrl-C ``settle`` seconds after its two local-cluster workers are up;
+    its exit code and standard error, once no worker it started is left."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     seen: set[int] = set()
     while len(seen) < 2:  # the local cluster's worker processes are up
         assert time.monotonic() < deadline and proc.poll() is None
         seen |= _children(proc.pid)
         time.sleep(0.05)
-    time.sleep(1.0)
+    time.sleep(settle)
     assert proc.poll() is None, "finished before it could be interrupted"
     seen |= _children(proc.pid)
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines() == ["gfwlab: interrupted"], err
-    assert sorted(os.listdir(tmp_path)) == ["big.pcap"]
     deadline = time.monotonic() + 10
     while any(_alive(p) for p in seen) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in seen if _alive(p)]
+    return proc.returncode, err
+
+
+def test_interrupted_split_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Ctrl-C while the parts run: exit 130 with one line, no output, no worker left."""
+    cap = tmp_path / "big.pcap"
+    generate(str(cap), flows=20_000, seed=2, mix="flow-heavy")
+    code, err = interrupted(
+        [sys.executable, "-m", "gfwlab", "analyze", str(cap), "--date", "2024-06-01",
+         "--shards", "2", "--events", str(tmp_path / "e.jsonl"), "--out", str(tmp_path / "o.pcap")],
+        1.0,
+    )  # fmt: skip
+    assert code == 130, err
+    assert err.strip().splitlines() == ["gfwlab: interrupted"], err
+    assert sorted(os.listdir(tmp_path)) == ["big.pcap"]

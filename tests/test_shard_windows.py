@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from test_shard import (
     SERVER_KEYED,
-    _alive,
-    _children,
     _plain,
     _profile,
     _server_keyed_capture,
     _write,
+    interrupted,
 )
+from test_shard import _same as same
 
 from gfwlab.offline.analyze import Summary, analyze
 from gfwlab.offline.scale import ProfileSpec, connect, part_runner, window_runner
@@ -44,25 +41,10 @@ def _same(
 ) -> Summary:
     """Analyse ``capture`` in windows of ``per`` packets, in one process and in ``parts``;
     assert identical outputs; return the split run's summary."""
-    runs = []
-    for n in (1, parts):
-        ev, out = tmp_path / f"ev{n}.jsonl", tmp_path / f"out{n}.pcap"
-        if n == 1:
-            s = analyze(
-                capture, prof, seed=seed, events_path=str(ev), out_path=str(out),
-                max_index=per, no_gain=NEVER,
-            )  # fmt: skip
-        else:
-            s = analyze_sharded(
-                capture, prof, parts=n, seed=seed, events_path=str(ev), out_path=str(out),
-                max_index=per, no_gain=NEVER,
-            )  # fmt: skip
-        runs.append((s, ev.read_bytes(), out.read_bytes()))
-    (one, ev1, out1), (many, evn, outn) = runs
-    assert evn == ev1
-    assert outn == out1
-    assert _plain(many) == _plain(one)
-    return many
+    return same(
+        tmp_path, capture, prof, parts, seed, split=analyze_sharded, max_index=per,
+        no_gain=NEVER,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -260,24 +242,6 @@ def test_interrupted_windowed_split_leaves_nothing_behind(tmp_path: Path) -> Non
     generate(str(cap), flows=20_000, seed=2, mix="flow-heavy")
     script = tmp_path / "run.py"
     script.write_text(INTERRUPTED)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(cap), str(tmp_path / "out")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    seen: set[int] = set()
-    while len(seen) < 2:  # the local cluster's worker processes are up
-        assert time.monotonic() < deadline and proc.poll() is None
-        seen |= _children(proc.pid)
-        time.sleep(0.05)
-    time.sleep(2.0)
-    assert proc.poll() is None, "finished before it could be interrupted"
-    seen |= _children(proc.pid)
-    proc.send_signal(signal.SIGINT)
-    _out, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and "KeyboardInterrupt" in err, err
+    code, err = interrupted([sys.executable, str(script), str(cap), str(tmp_path / "out")], 2.0)
+    assert code != 0 and "KeyboardInterrupt" in err, err
     assert sorted(os.listdir(tmp_path)) == ["big.pcap", "run.py"]
-    deadline = time.monotonic() + 10
-    while any(_alive(p) for p in seen) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [p for p in seen if _alive(p)]

@@ -264,9 +264,9 @@ class PartData:
     index: dict[str, Any]
     """The part's packets' index, detached (:meth:`CaptureIndex.detach`)."""
     ids: I64
-    """Each of its packets' number in the whole capture."""
+    """Each of its packets' number in the whole capture (in the window, for a window)."""
     ts: F64
-    """The whole capture's timestamps."""
+    """The whole capture's timestamps (the window's, for a window)."""
     lives: Lives
     """The part's flow lives (:func:`part_lives`)."""
 
@@ -282,30 +282,47 @@ class PartTask:
     """The part of each server address (:attr:`Split.owners`)."""
     keep: bool
 
-    @few_collections()
+    def censor(self) -> Censor:
+        """The part's censor, built from its profile where it runs."""
+        prof = self.profile if isinstance(self.profile, Profile) else self.profile()
+        return build_censor(prof, self.seed)
+
     def __call__(self, data: PartData) -> PartResult | str:
         """Analyse the part; or why the capture cannot be split after all."""
-        prof = self.profile if isinstance(self.profile, Profile) else self.profile()
-        censor = build_censor(prof, self.seed)
-        index = CaptureIndex.attach(data.index)
-        owners, me = self.owners, self.me
+        return run_part(self.censor(), data, self.owners, self.me, self.keep)
 
-        def owns(flow: Flow) -> bool:
-            return owners.get(flow.server) == me
 
-        events: list[tuple[int, Event]] = []
-        part = fast.Part(ids=data.ids, ts=data.ts, owns=owns, lives=data.lives)
-        try:
-            plan = fast.run(
-                index, censor, lambda e: events.append((part.current, e)), keep=self.keep,
-                part=part,
-            )  # fmt: skip
-        except fast.PartError as exc:
-            return f"a flow changed servers ({exc})"
-        finally:
-            index.close()
-        evicted = censor.flows.evicted
-        return PartResult(plan=plan, events=events, stats=censor.stats, evicted=evicted)
+@few_collections()
+def run_part(
+    censor: Censor,
+    data: PartData,
+    owners: dict[bytes, int],
+    me: int,
+    keep: bool,
+    *,
+    offset: int = 0,
+    ends: bool = True,
+) -> PartResult | str:
+    """Analyse part ``me``'s packets ``data`` with ``censor`` (``owners``: the part of each
+    server address; ``offset`` and ``ends``: of a window, see :class:`fast.Part` and
+    :func:`fast.run`); or why the capture cannot be split after all."""
+
+    def owns(flow: Flow) -> bool:
+        return owners.get(flow.server) == me
+
+    events: list[tuple[int, Event]] = []
+    part = fast.Part(ids=data.ids, ts=data.ts, owns=owns, lives=data.lives, offset=offset)
+    index = CaptureIndex.attach(data.index)
+    try:
+        plan = fast.run(
+            index, censor, lambda e: events.append((part.current, e)), keep=keep, part=part,
+            ends_capture=ends,
+        )  # fmt: skip
+    except fast.PartError as exc:
+        return f"a flow changed servers ({exc})"
+    finally:
+        index.close()
+    return PartResult(plan=plan, events=events, stats=censor.stats, evicted=censor.flows.evicted)
 
 
 def merge(results: list[PartResult]) -> fast.Plan:

@@ -34,9 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from gfwlab.engine.actions import Event
 from gfwlab.engine.censor import Censor
-from gfwlab.engine.flows import Flow
 from gfwlab.offline import fast
 from gfwlab.offline.analyze import (
     NO_GAIN,
@@ -44,7 +42,6 @@ from gfwlab.offline.analyze import (
     FlowVerdict,
     Summary,
     analyze,
-    few_collections,
     fill_summary,
     in_time_order,
     published,
@@ -52,7 +49,6 @@ from gfwlab.offline.analyze import (
 )
 from gfwlab.offline.index import (
     F64,
-    I64,
     MAX_PACKETS,
     U64,
     WINDOW,
@@ -63,6 +59,7 @@ from gfwlab.offline.index import (
     open_index,
 )
 from gfwlab.offline.shard import (
+    PartData,
     PartResult,
     PartTask,
     Runner,
@@ -73,6 +70,7 @@ from gfwlab.offline.shard import (
     merge,
     part_lives,
     refusal,
+    run_part,
     sum_stats,
     table_fills,
 )
@@ -206,20 +204,14 @@ def _raw(row: bytes) -> bytes:
 class WindowData:
     """One part's packets of one window (plain data, sent to the part's worker)."""
 
-    index: dict[str, Any]
-    """The part's packets' index, detached (:meth:`CaptureIndex.detach`)."""
-    ids: I64
-    """Each of its packets' number in the window."""
-    ts: F64
-    """The window's timestamps."""
-    lives: Lives
-    """The part's flow lives in the window (:func:`~gfwlab.offline.shard.part_lives`)."""
+    packets: PartData
+    """The packets, numbered in the window."""
     offset: int
     """The window's first packet's number in the whole capture."""
     ends: bool
     """Whether this is the capture's last window."""
     owners: dict[bytes, int]
-    """The server addresses this window gives parts first."""
+    """The server addresses this window gives the part first."""
 
 
 class WindowPart:
@@ -227,8 +219,7 @@ class WindowPart:
     the next (on a Dask cluster, an actor on one worker)."""
 
     def __init__(self, task: PartTask) -> None:
-        prof = task.profile if isinstance(task.profile, Profile) else task.profile()
-        self.censor = build_censor(prof, task.seed)
+        self.censor = task.censor()
         self.me = task.me
         self.keep = task.keep
         self.owners: dict[bytes, int] = {}
@@ -236,27 +227,10 @@ class WindowPart:
     def window(self, data: WindowData) -> PartResult | str:
         """Analyse this part's packets of one window; or why the capture cannot be split."""
         self.owners.update(data.owners)
-        owners, me = self.owners, self.me
-
-        def owns(flow: Flow) -> bool:
-            return owners.get(flow.server) == me
-
-        events: list[tuple[int, Event]] = []
-        part = fast.Part(ids=data.ids, ts=data.ts, owns=owns, lives=data.lives, offset=data.offset)
-        index = CaptureIndex.attach(data.index)
-        try:
-            with few_collections():
-                plan = fast.run(
-                    index, self.censor, lambda e: events.append((part.current, e)),
-                    keep=self.keep, part=part, ends_capture=data.ends,
-                )  # fmt: skip
-        except fast.PartError as exc:
-            return f"a flow changed servers ({exc})"
-        finally:
-            index.close()
-        return PartResult(
-            plan=plan, events=events, stats=self.censor.stats, evicted=self.censor.flows.evicted
-        )
+        return run_part(
+            self.censor, data.packets, self.owners, self.me, self.keep, offset=data.offset,
+            ends=data.ends,
+        )  # fmt: skip
 
 
 Results = Callable[[], list[PartResult | str]]
@@ -337,9 +311,10 @@ def analyze_windows(
         for me in range(parts):
             sel = np.flatnonzero(split.part_of == me)
             mine = {a: p for a, p in owners.items() if p == me}
-            data = index.subset(sel).detach()
-            lives = part_lives(split, me, sel)
-            datas.append(WindowData(data, sel, index.ts, lives, offset, ends, mine))
+            packets = PartData(
+                index.subset(sel).detach(), sel, index.ts, part_lives(split, me, sel)
+            )
+            datas.append(WindowData(packets, offset, ends, mine))
         return datas
 
     def finish(window: _Window, results: list[PartResult | str]) -> None:
