@@ -403,14 +403,14 @@ def analyze_split(
                         why = result
                     else:
                         results.append(result)
-                    if progress is not None:
-                        progress(done, parts + 1)
+                    if progress is not None:  # in bytes, as one process counts
+                        progress(index.size * done // (parts + 1), index.size)
         if why is None and index is not None:
             summary = _write(index, profile, seed, results, events_path, out_path)
             summary.date_source = date_source
             summary.parts = parts
             if progress is not None:
-                progress(parts + 1, parts + 1)
+                progress(index.size, index.size)
             return summary
     finally:
         if index is not None:
