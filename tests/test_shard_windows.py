@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_fastpath import _pcapng as pcapng_of
 from test_shard import (
     SERVER_KEYED,
     _plain,
@@ -245,3 +246,13 @@ def test_interrupted_windowed_split_leaves_nothing_behind(tmp_path: Path) -> Non
     code, err = interrupted([sys.executable, str(script), str(cap), str(tmp_path / "out")], 2.0)
     assert code != 0 and "KeyboardInterrupt" in err, err
     assert sorted(os.listdir(tmp_path)) == ["big.pcap", "run.py"]
+
+
+def test_a_pcapng_split_in_windows_is_identical(tmp_path: Path) -> None:
+    """A pcapng's windows are cut from the walk of its blocks that found it too large."""
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=200, seed=5, mix="realistic")
+    ng = tmp_path / "cap.pcapng"
+    pcapng_of(cap, ng)
+    many = _same(tmp_path, str(ng), _profile(*SERVER_KEYED), 2, 300)
+    assert not many.warnings and many.parts == 2
