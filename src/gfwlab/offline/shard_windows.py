@@ -333,8 +333,13 @@ def analyze_windows(
             record_event(event, rows, summary, write_event, None)
         if pcap_out is not None:
             fast.write(index, plan, pcap_out)
-        if len(index) and summary.start_ts is None:
-            summary.start_ts = float(index.ts[0])
+        if len(index):
+            # Done with: the walk released these pages when it went on to the next window, and
+            # writing the censored capture read them back.
+            end = index.start[-1] + index.length[-1]
+            windowed.reader.release(int(index.start[0]), int(end))
+            if summary.start_ts is None:
+                summary.start_ts = float(index.ts[0])
         summary.engine_packets += plan.fed
         summary.skipped += index.skipped
         if window.ends:
@@ -350,6 +355,7 @@ def analyze_windows(
             datas = split_up(index, ends, offset)  # while the parts analyse the last window
             done = running.results() if running is not None else None
             window = _Window(index, ends, offset, session(datas))
+            del datas  # sent: the parts' copies of the window's index are theirs now
             if running is not None and done is not None:
                 finish(running, done)  # while the parts analyse this one
             running = window
