@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_fastpath import _pcapng as pcapng_of
 from test_scan import _rss_file as rss_file
@@ -26,11 +27,13 @@ from test_shard import (
 from test_shard import _same as same
 
 from gfwlab.offline.analyze import Summary, analyze
+from gfwlab.offline.index import build_index
 from gfwlab.offline.scale import ProfileSpec, connect, part_runner, window_runner
+from gfwlab.offline.shard import table_fills
 from gfwlab.offline.shard_windows import analyze_sharded
 from gfwlab.offline.synth import dns_exchange, generate, http_get, tcp_conversation
 from gfwlab.packet.ip import addr_bytes, build_udp, fragment
-from gfwlab.profiles import Profile
+from gfwlab.profiles import Profile, build_censor
 from gfwlab.proto.tls import build_client_hello
 from helpers import EXACT_DELAY, keyword_resets_due_at_packets
 from testenv import SHARED_PCAPS, needs_shared, shared_pcaps
@@ -282,3 +285,23 @@ def test_the_driver_lets_go_of_each_window_it_has_written(
     )  # fmt: skip
     assert not many.warnings and many.parts == 2
     assert 0 < most < 12 << 20, most
+
+
+def test_the_table_bound_counts_flows_held_from_earlier_windows(tmp_path: Path) -> None:
+    """The bound starts from the flows earlier windows left in the table: 40 of them fill a
+    40-flow table, whenever they leave (here, given directly, even before the window's first
+    packet; the split passes only those that leave after it)."""
+    cap = _write(
+        tmp_path / "one.pcap",
+        tcp_conversation("198.18.9.1", "198.19.9.1", 40000, 80, http_get("a.example"), t0=5.0),
+    )
+    index = build_index(cap)
+    assert index is not None
+    censor = build_censor(_profile("engine.max_flows=40"), 0)
+    eng = censor.profile.engine
+    lives = index.lives(eng.tcp_timeout_s, eng.udp_timeout_s)
+    gone_before = np.full(40, 4.0)  # they leave before the window's first packet (5.0)
+    assert table_fills(index, lives, censor, gone_before)
+    assert not table_fills(index, lives, censor, gone_before[:39])
+    assert not table_fills(index, lives, censor)
+    index.close()

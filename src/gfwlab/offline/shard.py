@@ -151,7 +151,9 @@ def table_fills(index: CaptureIndex, lives: Lives, censor: Censor, held: F64 | N
         )
     )
     by = np.lexsort((-steps, times))  # at a tie, count the new life before the one going
-    return bool(by.size) and int(np.cumsum(steps[by]).max()) + before.shape[0] >= eng.max_flows
+    # Held from the start: the count starts at their number (the table may be full already).
+    rise = max(int(np.cumsum(steps[by]).max()), 0) if by.size else 0
+    return before.shape[0] + rise >= eng.max_flows
 
 
 @dataclass(frozen=True, slots=True)
