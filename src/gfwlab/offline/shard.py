@@ -153,7 +153,7 @@ def table_fills(index: CaptureIndex, lives: Lives, censor: Censor, held: F64 | N
     by = np.lexsort((-steps, times))  # at a tie, count the new life before the one going
     # Held from the start: the count starts at their number (the table may be full already).
     rise = max(int(np.cumsum(steps[by]).max()), 0) if by.size else 0
-    return before.shape[0] + rise >= eng.max_flows
+    return int(before.shape[0]) + rise >= eng.max_flows
 
 
 @dataclass(frozen=True, slots=True)
