@@ -1,26 +1,28 @@
 """A capture too large to index whole, split by server address a window at a time.
 
-:func:`gfwlab.offline.shard.analyze_split` hands a capture of more than ``MAX_PACKETS`` packets
-here. One process (:func:`gfwlab.offline.analyze.analyze`) analyses such a capture a window of
-a million packets at a time with one censor, whose flows go on from window to window. Split,
-each part keeps its own censor for the whole capture (:class:`WindowPart`: on a Dask cluster,
-an actor on one worker), and each window is split as a whole capture is
+:func:`analyze_sharded` (``gfwlab analyze --shards N``) hands a capture of more than
+``MAX_PACKETS`` packets here, and one that fits to :func:`gfwlab.offline.shard.analyze_split`.
+One process (:func:`gfwlab.offline.analyze.analyze`) analyses such a capture a window of a
+million packets at a time with one censor, whose flows go on from window to window. Split, each
+part keeps its own censor for the whole capture (:class:`WindowPart`: on a Dask cluster, an
+actor on one worker), and each window is split as a whole capture is
 (:mod:`gfwlab.offline.shard`), with what the earlier windows decided carried over
 (:class:`Carry`):
 
 * a server address stays with the part that took it first (a residual block, per-server
   state and every flow it reaches stay in one part, across windows too);
-* a flow life that may go on from the last window (its idle timeout and a sweep have not
-  passed) keeps the server the engine took for it then, not the one its first packet in this
-  window suggests: the engine's flow goes on in that part;
+* a flow life that may go on from the last window (its idle timeout has not passed: the engine
+  forgets a flow at its next packet after it) keeps the server the engine took for it then, not
+  the one its first packet in this window suggests: the engine's flow goes on in that part;
 * the receivers of ``all`` scoped state (resolvers) stay in one part for the whole capture;
 * the flow table check counts the lives of earlier windows still held.
 
-Each window's parts are numbered from the window's first packet in the whole capture
-(``fast.Part.offset``), so their events, releases and drops merge in one engine's order and the
-window is written as one process writes it. Where one process would not take the fast path (a
-first window most of whose packets reached the engine, timestamps going backwards) or a
-window cannot be split, the whole capture goes to one process after all, with a warning.
+A window's parts number their packets in the window and their timers from the window's first
+packet in the whole capture (``fast.Part.offset``), so their events, releases and drops merge
+window by window in one engine's order, and each window is written as one process writes it.
+Where one process would not take the fast path (a first window most of whose packets reached
+the engine, timestamps going backwards) or a window cannot be split, the whole capture goes to
+one process after all, with a warning.
 """
 
 from __future__ import annotations
