@@ -86,6 +86,12 @@ class Summary:
     anomaly_kinds: dict[str, int] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, capture: str, profile: Profile, seed: int) -> Summary:
+        """An empty summary of ``capture`` analysed with ``profile`` and ``seed``."""
+        date = profile.date.isoformat() if profile.date else None
+        return cls(capture=capture, profile=profile.name, date=date, seed=seed)
+
     def name_outputs(self, events_path: str | None, out_path: str | None) -> None:
         """Say where the published outputs are."""
         if events_path is not None:
@@ -254,8 +260,7 @@ def analyze(
     warnings: list[str] = []
     index: CaptureIndex | None = None
     windowed: Windowed | None = None
-    per = min(max_index, WINDOW)
-    first = max(per // 10, 1)  # a sample: cheap in memory if the rest streams
+    first, per = window_sizes(max_index)
     if not exact and not isinstance(profile, list):  # censors in series: every packet
         opened = open_index(capture, max_index, first, per)
         if isinstance(opened, Windowed):
@@ -314,6 +319,14 @@ def analyze(
     return summary
 
 
+def window_sizes(max_index: int) -> tuple[int, int]:
+    """The first window's size, then every other one's, for a capture of more than
+    ``max_index`` packets. The first is a sample (a tenth) that :data:`NO_GAIN` is judged on:
+    cheap in memory if the rest streams."""
+    per = min(max_index, WINDOW)
+    return max(per // 10, 1), per
+
+
 @contextmanager
 def published(
     events_path: str | None, out_path: str | None
@@ -368,12 +381,7 @@ def _run_fast(
     each index with whether it is the last). ``give_up``: raise _NoGain after a first window
     (not the last) of which at least this share of the packets reached the engine."""
     censor = build_censor(profile, seed)
-    summary = Summary(
-        capture=capture,
-        profile=profile.name,
-        date=profile.date.isoformat() if profile.date else None,
-        seed=seed,
-    )
+    summary = Summary.of(capture, profile, seed)
     rows: dict[tuple[Any, ...], FlowVerdict] = {}
     write_event = events_out.fh.write if events_out is not None else None
 

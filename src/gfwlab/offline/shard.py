@@ -343,6 +343,17 @@ def merge(results: list[PartResult]) -> fast.Plan:
     return plan
 
 
+def record_parts(
+    results: list[PartResult],
+    rows: dict[tuple[Any, ...], FlowVerdict],
+    summary: Summary,
+    write_event: Callable[[str], int] | None,
+) -> None:
+    """Record the parts' events in one engine's order (by the packet that caused each)."""
+    for _g, event in heapq.merge(*(r.events for r in results), key=lambda e: e[0]):
+        record_event(event, rows, summary, write_event, None)
+
+
 def _by_timer(w: tuple[float, int, bytes]) -> tuple[float, int]:
     return w[0], w[1]
 
@@ -445,18 +456,11 @@ def _write(
     events_path: str | None,
     out_path: str | None,
 ) -> Summary:
-    summary = Summary(
-        capture=index.path,
-        profile=profile.name,
-        date=profile.date.isoformat() if profile.date else None,
-        seed=seed,
-    )
+    summary = Summary.of(index.path, profile, seed)
     with published(events_path, out_path) as (events_out, pcap_out):
         rows: dict[tuple[Any, ...], FlowVerdict] = {}
         write_event = events_out.fh.write if events_out is not None else None
-        streams = [r.events for r in results]
-        for _g, event in heapq.merge(*streams, key=lambda e: e[0]):
-            record_event(event, rows, summary, write_event, None)
+        record_parts(results, rows, summary, write_event)
         plan = merge(results)
         if pcap_out is not None:
             fast.write(index, plan, pcap_out)

@@ -27,7 +27,6 @@ one process after all, with a warning.
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -47,13 +46,12 @@ from gfwlab.offline.analyze import (
     fill_summary,
     in_time_order,
     published,
-    record_event,
+    window_sizes,
 )
 from gfwlab.offline.index import (
     F64,
     MAX_PACKETS,
     U64,
-    WINDOW,
     CaptureIndex,
     Lives,
     Windowed,
@@ -71,6 +69,7 @@ from gfwlab.offline.shard import (
     life_servers,
     merge,
     part_lives,
+    record_parts,
     refusal,
     run_part,
     sum_stats,
@@ -152,15 +151,14 @@ def split_window(
             part[a] = new[row] = carry.pinned
         else:
             fresh.append(a)
+            continue
+        carry.loads[int(part[a])] += float(load[a])
     # New servers, heaviest first, each to the least loaded part so far.
     fresh.sort(key=lambda a: (-float(load[a]), a))
     for a in fresh:
         p = _least(carry.loads)
         part[a] = new[rows[a]] = p
         carry.loads[p] += float(load[a])
-    for a in range(len(rows)):
-        if rows[a] not in new or a in pinned:
-            carry.loads[int(part[a])] += float(load[a])
     carry.owners.update(new)
     life_part = np.zeros(lives.keyed.shape[0], dtype=np.int64)
     life_part[lives.keyed] = part[of_life]
@@ -289,15 +287,9 @@ def analyze_windows(
 
     While the parts analyse a window, this process indexes and splits the next one; while they
     analyse that one, it writes what the first gave."""
-    capture = windowed.reader.path
     censor = build_censor(profile, seed)
     carry = Carry(parts)
-    summary = Summary(
-        capture=capture,
-        profile=profile.name,
-        date=profile.date.isoformat() if profile.date else None,
-        seed=seed,
-    )
+    summary = Summary.of(windowed.reader.path, profile, seed)
     keep = out_path is not None
     tasks = [PartTask(rebuild or profile, seed, me, {}, keep) for me in range(parts)]
     rows: dict[tuple[Any, ...], FlowVerdict] = {}
@@ -331,8 +323,7 @@ def analyze_windows(
         if give_up is not None and not window.ends and plan.fed >= give_up * len(index):
             raise Unsplit("most of its first window reached the engine")
         give_up = None
-        for _g, event in heapq.merge(*(r.events for r in latest), key=lambda e: e[0]):
-            record_event(event, rows, summary, write_event, None)
+        record_parts(latest, rows, summary, write_event)
         if pcap_out is not None:
             fast.write(index, plan, pcap_out)
         if len(index):
@@ -391,8 +382,7 @@ def analyze_sharded(
     ``runner``) or, for a capture of more than ``max_index`` packets, a window at a time (on
     ``windows_runner``). A capture that cannot be split is analysed by one process, with a
     warning saying why."""
-    per = min(max_index, WINDOW)
-    opened = open_index(capture, max_index, max(per // 10, 1), per)
+    opened = open_index(capture, max_index, *window_sizes(max_index))
     if isinstance(opened, CaptureIndex):
         return analyze_split(
             capture, profile, parts=parts, seed=seed, events_path=events_path,
