@@ -33,10 +33,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from gfwlab import _native
 from gfwlab.errors import AdapterError, MalformedPacket
 from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, parse
 from gfwlab.packet.pcap import CaptureReader
-from gfwlab.packet.scan import Records, Window, heads, scan, windows
+from gfwlab.packet.scan import Records, Window, scan, windows
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
@@ -166,57 +167,32 @@ class CaptureIndex:
         """Group packets into flow lives (the engine's flows, given its idle timeouts; the fast
         path cuts a life further where the engine replaces its flow sooner)."""
         n = len(self)
-        idx = np.arange(n, dtype=np.int64)
-        keyed = self.flow
-        digest = _hash_rows(self.key)
-        # Packets outside flows sort as their own groups: give them unique digests.
-        digest = np.where(keyed, digest, np.uint64(0))
-        order = np.lexsort((idx, digest, ~keyed))
-        k = self.key[order]
-        same = np.zeros(n, dtype=np.bool_)
-        if n > 1:
-            same[1:] = np.all(k[1:] == k[:-1], axis=1) & keyed[order][1:] & keyed[order][:-1]
-            collide = (digest[order][1:] == digest[order][:-1]) & ~same[1:] & keyed[order][1:]
-            if collide.any():  # two keys share a digest: sort by the keys themselves
-                cols = tuple(self.key[:, j] for j in range(self.key.shape[1] - 1, -1, -1))
-                order = np.lexsort((idx, *cols, ~keyed))
-                k = self.key[order]
-                same[1:] = np.all(k[1:] == k[:-1], axis=1) & keyed[order][1:] & keyed[order][:-1]
-        ts = self.ts[order]
-        timeout = np.where(self.proto[order] == PROTO_TCP, tcp_timeout, udp_timeout)
-        cont = same.copy()
-        if n > 1:
-            cont[1:] &= (ts[1:] - ts[:-1]) < timeout[1:]
-        new = ~cont
-        raw_id = np.cumsum(new) - 1
-        starts = np.flatnonzero(new)
-        firsts = order[starts]
-        # Number lives by their first packet's file order.
-        relabel = np.empty(starts.shape[0], dtype=np.int64)
-        by_first = np.argsort(firsts, kind="stable")
-        relabel[by_first] = np.arange(starts.shape[0], dtype=np.int64)
-        life_sorted = relabel[raw_id]
-        order2 = np.lexsort((np.arange(n), life_sorted))
-        order = order[order2]
-        life_sorted = life_sorted[order2]
-        counts = np.bincount(life_sorted, minlength=starts.shape[0]).astype(np.int64)
-        start = np.zeros(counts.shape[0], dtype=np.int64)
-        if counts.shape[0]:
-            start[1:] = np.cumsum(counts)[:-1]
         life_of = np.empty(n, dtype=np.int64)
-        life_of[order] = life_sorted
         pos = np.empty(n, dtype=np.int64)
-        pos[order] = np.arange(n, dtype=np.int64) - start[life_sorted]
-        last = order[start + counts - 1] if n else order[:0]
+        first = np.empty(n, dtype=np.int64)
+        count = np.empty(n, dtype=np.int64)
+        final_ts = np.empty(n, dtype=np.float64)
+        keyed = np.empty(n, dtype=np.bool_)
+        c = np.ascontiguousarray
+        m = _native.lives(
+            c(self.key), c(self.flow), c(self.ts), c(self.proto), float(tcp_timeout),
+            float(udp_timeout), life_of, pos, first, count, final_ts, keyed,
+        )  # fmt: skip
+        count = count[:m]
+        start = np.zeros(m, dtype=np.int64)
+        if m:
+            start[1:] = np.cumsum(count)[:-1]
+        order = np.empty(n, dtype=np.int64)
+        order[start[life_of] + pos] = np.arange(n, dtype=np.int64)
         return Lives(
             order=order,
             start=start,
-            count=counts,
-            first=firsts[by_first],
-            final_ts=self.ts[last],
+            count=count,
+            first=first[:m],
+            final_ts=final_ts[:m],
             life_of=life_of,
             pos=pos,
-            keyed=keyed[order[start]] if n else keyed[:0],
+            keyed=keyed[:m],
         )
 
 
@@ -359,103 +335,21 @@ def _index(reader: CaptureReader, records: Records) -> CaptureIndex:
 
 _Fields = tuple[Bools, U8, npt.NDArray[np.uint16], I64, U64, U64]
 
-HEAD = 80
-"""Bytes of each packet read for classification: the deepest read is the TCP flags of a packet
-with a 60-byte IPv4 header (offset 73)."""
-_CHUNK = 1 << 15
-"""Packets classified at a time: their heads (``HEAD`` bytes each, 2.6 MB) stay in the cache
-while some twenty columns are read from them."""
-
 
 def _classify(buf: U8, start: I64, length: I64) -> _Fields:
-    """Vectorised header reading; ``flow`` is False where the engine would not make a flow or
-    where the reading is not certain (those packets are parsed one by one afterwards)."""
+    """Each packet's flow fields from its headers (:func:`gfwlab._native.classify`); ``flow``
+    is False where the engine would not make a flow, and ``proto`` is 255 where the reading is
+    not certain (IPv6 extension headers: :func:`_parse_leftovers` parses those one by one)."""
     n = start.shape[0]
-    flow = np.zeros(n, dtype=np.bool_)
-    proto = np.zeros(n, dtype=np.uint8)
-    flags = np.zeros(n, dtype=np.uint16)
-    payload_len = np.zeros(n, dtype=np.int64)
-    src = np.zeros((n, 3), dtype=np.uint64)
-    dst = np.zeros((n, 3), dtype=np.uint64)
-    for lo in range(0, n, _CHUNK):
-        hi = min(n, lo + _CHUNK)
-        part = (flow[lo:hi], proto[lo:hi], flags[lo:hi], payload_len[lo:hi], src[lo:hi],
-                dst[lo:hi])  # fmt: skip
-        _classify_heads(heads(buf, start[lo:hi], HEAD), length[lo:hi], part)
+    flow = np.empty(n, dtype=np.bool_)
+    proto = np.empty(n, dtype=np.uint8)
+    flags = np.empty(n, dtype=np.uint16)
+    payload_len = np.empty(n, dtype=np.int64)
+    src = np.empty((n, 3), dtype=np.uint64)
+    dst = np.empty((n, 3), dtype=np.uint64)
+    start, length = np.ascontiguousarray(start), np.ascontiguousarray(length)
+    _native.classify(buf, start, length, flow, proto, flags, payload_len, src, dst)
     return flow, proto, flags, payload_len, src, dst
-
-
-def _classify_heads(head: U8, length: I64, out: _Fields) -> None:
-    """:func:`_classify` of packets whose first bytes are the rows of ``head``, into ``out``.
-    A row also holds bytes past its packet's ``length``; none of them decides a field."""
-    n = head.shape[0]
-    rows = np.arange(n)
-
-    def col(k: int) -> npt.NDArray[np.int64]:
-        got: npt.NDArray[np.int64] = head[:, k].astype(np.int64)
-        return got
-
-    def be16(k: int) -> npt.NDArray[np.int64]:
-        return (col(k) << 8) | col(k + 1)
-
-    def at(off: I64, k: int) -> npt.NDArray[np.int64]:
-        got: npt.NDArray[np.int64] = head[rows, off + k].astype(np.int64)
-        return got
-
-    def be64(sel: I64, k: int) -> U64:
-        words: U64 = (
-            np.ascontiguousarray(head[sel, k : k + 8]).view(">u8").ravel().astype(np.uint64)
-        )
-        return words
-
-    b0 = col(0)
-    version = np.where(length > 0, b0 >> 4, 0)
-    v4 = (version == 4) & (length >= 20)
-    v6 = (version == 6) & (length >= 40)
-    ihl = (b0 & 0x0F) * 4
-    total = be16(2)
-    frag = be16(6) & 0x3FFF
-    plen = be16(4)
-    proto = np.where(v4, col(9), np.where(v6, col(6), 0))
-    l4 = np.where(v4, ihl, 40)
-    eff = np.where(
-        v4,
-        np.minimum(length, total),
-        np.where(plen > 0, np.minimum(length, 40 + plen), length),
-    )
-    ok_ip = (v4 & (ihl >= 20) & (ihl <= length) & (total >= ihl) & (frag == 0)) | (
-        v6 & np.isin(proto, _V6_SIMPLE)
-    )
-    tcp = ok_ip & (proto == PROTO_TCP)
-    udp = ok_ip & (proto == PROTO_UDP)
-    off_byte = at(l4, 12)
-    hlen = (off_byte >> 4) * 4
-    tcp &= (eff - l4 >= 20) & (hlen >= 20) & (l4 + hlen <= eff)
-    udp &= eff - l4 >= 8
-    flow = tcp | udp
-    flow_out, proto_out, flags_out, len_out, src, dst = out
-    flow_out[:] = flow
-    flags_out[:] = np.where(tcp, at(l4, 13) | ((off_byte & 1) << 8), 0)
-    # UDP: the datagram's own length where it fits, else the rest of the packet (as parse).
-    ulen = at(l4, 4) << 8 | at(l4, 5)
-    udp_end = np.where((ulen >= 8) & (ulen <= eff - l4), l4 + ulen, eff)
-    len_out[:] = np.where(tcp, eff - l4 - hlen, np.where(udp, udp_end - l4 - 8, 0))
-    sport = np.where(flow, (at(l4, 0) << 8) | at(l4, 1), 0)
-    dport = np.where(flow, (at(l4, 2) << 8) | at(l4, 3), 0)
-    w4 = np.flatnonzero(flow & v4)
-    if w4.shape[0]:
-        src[w4, 1] = ((be16(12) << 16) | be16(14))[w4].astype(np.uint64)
-        dst[w4, 1] = ((be16(16) << 16) | be16(18))[w4].astype(np.uint64)
-    w6 = np.flatnonzero(flow & v6)
-    if w6.shape[0]:
-        src[w6, 0], src[w6, 1] = be64(w6, 8), be64(w6, 16)
-        dst[w6, 0], dst[w6, 1] = be64(w6, 24), be64(w6, 32)
-    # Leftovers: IPv6 with extension headers is parsed one by one.
-    unsure = (version == 6) & (length >= 40) & ~np.isin(proto, _V6_SIMPLE)
-    proto_out[:] = np.where(unsure, 255, proto)  # marks them for _parse_leftovers
-    fam = np.where(v6, 6, 4).astype(np.uint64) << np.uint64(32)
-    src[:, 2] = sport.astype(np.uint64) | fam
-    dst[:, 2] = dport.astype(np.uint64) | fam
 
 
 def _parse_leftovers(data: bytes | mmap.mmap, start: I64, length: I64, fields: _Fields) -> None:
@@ -487,23 +381,13 @@ def address(words: list[int], size: int) -> bytes:
 
 
 def _flow_keys(proto: U8, src: U64, dst: U64) -> tuple[U64, Bools]:
-    """(protocol, lower endpoint, higher endpoint): the same for both directions."""
-    lower = (
-        (src[:, 0] < dst[:, 0])
-        | ((src[:, 0] == dst[:, 0]) & (src[:, 1] < dst[:, 1]))
-        | ((src[:, 0] == dst[:, 0]) & (src[:, 1] == dst[:, 1]) & (src[:, 2] <= dst[:, 2]))
-    )
-    a = np.where(lower[:, None], src, dst)
-    b = np.where(lower[:, None], dst, src)
-    return np.concatenate((proto.astype(np.uint64)[:, None], a, b), axis=1), lower
-
-
-def _hash_rows(key: U64) -> U64:
-    """A 64-bit mix of each row (groups equal rows; collisions are checked by the caller)."""
-    h = np.full(key.shape[0], 0x9E3779B97F4A7C15, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(key.shape[1]):
-            h ^= key[:, j]
-            h *= np.uint64(0xBF58476D1CE4E5B9)
-            h ^= h >> np.uint64(31)
-    return h
+    """(protocol, lower endpoint, higher endpoint): the same for both directions
+    (:func:`gfwlab._native.flow_keys`)."""
+    n = proto.shape[0]
+    key = np.empty((n, 7), dtype=np.uint64)
+    lower = np.empty(n, dtype=np.bool_)
+    _native.flow_keys(
+        np.ascontiguousarray(proto), np.ascontiguousarray(src), np.ascontiguousarray(dst), key,
+        lower,
+    )  # fmt: skip
+    return key, lower

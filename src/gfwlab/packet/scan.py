@@ -5,24 +5,23 @@
 truncated bytes), as three arrays, without copying a packet:
 
 * classic pcap: a record's place depends on every record before it, so the record chain is
-  walked by a scalar loop that reads one length per record and nothing else (about 0.3 µs per
-  record); timestamps, lengths and link-layer headers are then read for all records at once with
-  NumPy. Raw IP is each record's body; Ethernet is read in bulk where the EtherType is IPv4 or
-  IPv6 and the frame is at least 14 bytes, and only the other frames (VLAN tags, ARP, short
-  frames) go through :func:`~gfwlab.packet.link.ip_offset` one by one, as do the rarer link
-  types.
+  walked by a compiled loop (:func:`gfwlab._native.walk`) that reads each record's length and
+  timestamp and nothing else; lengths and link-layer headers are then read with NumPy. Raw IP is
+  each record's body; Ethernet is read in bulk where the EtherType is IPv4 or IPv6 and the
+  frame is at least 14 bytes, and only the other frames (VLAN tags, ARP, short frames) go
+  through :func:`~gfwlab.packet.link.ip_offset` one by one, as do the rarer link types.
 * pcapng: the blocks' own walk (:func:`~gfwlab.packet.pcapng.locate`), which yields offsets.
 
 :func:`windows` gives the same a run of records at a time, for a capture too large to index whole
 (``gfwlab.offline.analyze``); a pcapng's windows are cut from one walk of its blocks.
 
-No compiled helper: the loop is a small share of an analysis (``benchmarks/README.md``), and a
-JIT such as Numba would add its import and compile time to every process start.
+The walk is compiled because it is the one loop over every record that NumPy cannot do: in
+Python it took 0.3 µs a record, a tenth of a realistic capture's analysis
+(``benchmarks/README.md``).
 """
 
 from __future__ import annotations
 
-import struct
 import sys
 from array import array
 from collections.abc import Callable, Iterator
@@ -32,6 +31,7 @@ from itertools import chain, islice
 import numpy as np
 import numpy.typing as npt
 
+from gfwlab import _native
 from gfwlab.packet import pcapng
 from gfwlab.packet.link import MODE_ETH, MODE_RAW, RELEASE, FrameBuffer, ip_offset
 from gfwlab.packet.pcap import CaptureReader
@@ -76,24 +76,6 @@ def scan(reader: CaptureReader, limit: int | None = None) -> Records | None:
     return _scan_pcap(reader, limit)
 
 
-def heads(buf: U8, start: I64, width: int) -> U8:
-    """The first ``width`` bytes at each offset of ``start``, one row each (zeros past the end
-    of ``buf``): one gather of whole rows from a strided view, where reading each column on its
-    own would touch every packet's cache line once per column."""
-    n = start.shape[0]
-    size = buf.shape[0]
-    out = np.zeros((n, width), dtype=np.uint8)
-    whole = start <= size - width
-    if size >= width:
-        rows = np.lib.stride_tricks.sliding_window_view(buf, width)
-        out[whole] = rows[start[whole]]
-    for i in np.flatnonzero(~whole).tolist():
-        s = int(start[i])
-        if s < size:
-            out[i, : size - s] = buf[s:]
-    return out
-
-
 def _scan_pcapng(reader: CaptureReader, limit: int | None) -> Records | None:
     # One window of up to ``limit + 1`` packets: the walk stops one packet past the limit.
     count = sys.maxsize if limit is None else limit + 1
@@ -120,41 +102,41 @@ _STRETCH = 8 << 20
 def _walk(
     buf: FrameBuffer,
     size: int,
-    hlen: int,
-    endian: str,
-    cap: int,
+    framing: tuple[int, str, float, int, int],
     limit: int | None,
     off: int = 24,
     release: Callable[[int, int], None] | None = None,
-) -> list[int]:
+) -> tuple[I64, F64]:
     """Offsets of the whole records of a classic pcap from offset ``off``, in file order (more
-    than ``limit`` of them: the walk stopped early); the offset after the last one is appended
-    (the end of the file, or where the framing breaks). ``release`` is given each stretch walked
+    than ``limit`` of them: the walk stopped early), with the offset after the last one appended
+    (the end of the file, or where the framing breaks); and each record's timestamp.
+    ``release`` is given each stretch walked
     (:meth:`~gfwlab.packet.pcap.CaptureReader.release`): the walk touches every page, and
     whoever reads the records next maps them back from the page cache."""
-    u32 = struct.Struct(endian + "I").unpack_from
-    offs: list[int] = []
-    append = offs.append
-    most = size if limit is None else limit
+    hlen, endian, div, _mode, cap = framing
+    parts: list[I64] = []
+    stamps: list[F64] = []
+    most = sys.maxsize if limit is None else limit + 1  # records to walk at most
+    count = 0
+    big = endian == ">"
     broken = False
     was = off
-    while not broken and off + hlen <= size and len(offs) <= most:
+    while not broken and off + hlen <= size and count < most:
         if release is not None:
             release(was, off)
             was = off
+        room = min(most - count, _STRETCH // hlen + 1)
+        out = np.empty(room, dtype=np.int64)
+        ts = np.empty(room, dtype=np.float64)
         stop = min(size, off + _STRETCH) - hlen
-        while off <= stop:
-            caplen = u32(buf, off + 8)[0]
-            end = off + hlen + caplen
-            if caplen > cap or end > size:
-                broken = True
-                break
-            append(off)
-            off = end
-    append(off)
+        got, off, broken = _native.walk(buf, off, stop, size, hlen, big, cap, float(div), out, ts)
+        parts.append(out[:got])
+        stamps.append(ts[:got])
+        count += got
+    parts.append(np.array([off], dtype=np.int64))
     if release is not None:
         release(was, off)
-    return offs
+    return np.concatenate(parts), np.concatenate(stamps) if stamps else np.zeros(0)
 
 
 @dataclass(slots=True)
@@ -183,15 +165,14 @@ def windows(reader: CaptureReader, first: int, per: int) -> Iterator[Window]:
     if reader.format == "pcapng":
         yield from _pcapng_windows(reader, first, per)
         return
-    hlen, endian, _div, _mode, cap = reader.framing
     begin, count = 24, first
     while True:
-        offs = _walk(reader.mapping, reader.size, hlen, endian, cap, count, begin, reader.release)
-        last = len(offs) <= count + 1
+        offs, ts = _walk(reader.mapping, reader.size, reader.framing, count, begin, reader.release)
+        last = offs.shape[0] <= count + 1
         if not last:
-            del offs[count + 1 :]
-        records, skipped = _records(reader, np.asarray(offs, dtype=np.int64))
-        end = offs[-1]
+            offs, ts = offs[: count + 1], ts[:count]
+        records, skipped = _records(reader, offs, ts)
+        end = int(offs[-1])
         cut = end if last and end < reader.size else None
         yield Window(records=records, last=last, skipped=skipped, truncated_at=cut)
         if last:
@@ -236,9 +217,7 @@ def _pcapng_windows(reader: CaptureReader, first: int, per: int) -> Iterator[Win
 
 def _scan_pcap(reader: CaptureReader, limit: int | None) -> Records | None:
     size = reader.size
-    hlen, endian, _div, _mode, cap = reader.framing
-    walked = _walk(reader.mapping, size, hlen, endian, cap, limit, release=reader.release)
-    offs = np.asarray(walked, dtype=np.int64)
+    offs, ts = _walk(reader.mapping, size, reader.framing, limit, release=reader.release)
     if limit is not None and offs.shape[0] - 1 > limit:
         return None
     end_off = int(offs[-1])
@@ -246,25 +225,20 @@ def _scan_pcap(reader: CaptureReader, limit: int | None) -> Records | None:
     if end_off < size:
         reader.truncated = True
         reader.truncated_at = end_off
-    records, reader.skipped = _records(reader, offs)
+    records, reader.skipped = _records(reader, offs, ts)
     reader.packets = int(records.ts.shape[0])
     return records
 
 
-def _records(reader: CaptureReader, offs: I64) -> tuple[Records, int]:
-    """The IP packets of the records at ``offs`` (the offset after the last one appended), and
-    how many records hold none."""
+def _records(reader: CaptureReader, offs: I64, ts: F64) -> tuple[Records, int]:
+    """The IP packets of the records at ``offs`` (the offset after the last one appended) whose
+    timestamps are ``ts``, and how many records hold none."""
     buf = reader.mapping
     size = reader.size
-    hlen, endian, div, mode, _cap = reader.framing
+    hlen, _endian, _div, mode, _cap = reader.framing
     rec = offs[:-1]
     n = rec.shape[0]
     data = np.frombuffer(buf, dtype=np.uint8) if size else np.zeros(0, dtype=np.uint8)
-    u4 = np.dtype(endian + "u4")
-    head = heads(data, rec, 8)  # each record's timestamp
-    words = np.ascontiguousarray(head).view(u4).astype(np.float64)
-    # ``sec + frac / div`` as CaptureReader computes it: the same IEEE operations, in order.
-    ts = words[:, 0] + words[:, 1] / div
     start = rec + hlen
     length = offs[1:] - start
     keep: npt.NDArray[np.bool_] | None = None

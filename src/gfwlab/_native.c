@@ -1,0 +1,351 @@
+/* gfwlab._native: the offline index's loops over every record of a capture, compiled.
+ *
+ * The fast path (gfwlab.offline.fast) reads every record of a capture once to find the few
+ * packets the engine must see. Most of that reading is one pass over millions of records, the
+ * same few operations on each: find the next record, read a timestamp, read the IP and
+ * transport headers, make a flow key, and group packets into flow lives. In NumPy each step
+ * is a dozen passes over arrays of the capture's length, and the record walk (each record's
+ * length says where the next one is) cannot be vectorised at all. Here each is one pass.
+ *
+ * Every function reads and writes buffers the caller allocated (NumPy arrays, the capture's
+ * memory map) and checks every read against the buffer's length: a malformed capture gives the
+ * same fields as gfwlab.packet.ip.parse would (or marks the packet for it), never a read out
+ * of bounds. The Python callers (gfwlab.packet.scan, gfwlab.offline.index) say what each
+ * field means; the types are in _native.pyi.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* A buffer argument with its length in elements of `item` bytes. */
+typedef struct {
+    Py_buffer view;
+    Py_ssize_t n;
+} Arg;
+
+static int
+need(const char *what, Py_buffer *view, Py_ssize_t item, Py_ssize_t n)
+{
+    if (view->len != item * n) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd bytes, expected %zd", what, view->len, item * n);
+        return -1;
+    }
+    return 0;
+}
+
+static inline uint32_t
+u32_at(const uint8_t *p, int big)
+{
+    if (big)
+        return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+    return ((uint32_t)p[3] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[1] << 8) | p[0];
+}
+
+/* walk(buf, off, stop, size, hlen, big, cap, div, out, ts) -> (count, off, broken)
+ *
+ * A classic pcap's record chain from `off`: while off <= stop, the record at off (a header of
+ * hlen bytes whose caplen is at off + 8, then caplen bytes) is whole if caplen <= cap and it
+ * ends within size; its offset is written to out, its timestamp to ts, and off moves past it.
+ * Stops at the first broken record (broken is then True), past stop, or when out is full.
+ * The timestamp is sec + frac / div as the capture reader computes it: the same IEEE operations
+ * (seconds and fraction as doubles, one division, one addition). It is read here, in the same
+ * cache line as the length, because a second pass over the records costs as much as the walk. */
+static PyObject *
+walk(PyObject *self, PyObject *args)
+{
+    Py_buffer buf, out, ts;
+    Py_ssize_t off, stop, size, hlen, cap;
+    int big;
+    double div;
+    if (!PyArg_ParseTuple(args, "y*nnnnpndw*w*", &buf, &off, &stop, &size, &hlen, &big, &cap,
+                          &div, &out, &ts))
+        return NULL;
+    PyObject *result = NULL;
+    if (size > buf.len || hlen < 12 || off < 0 || out.len % 8 || ts.len != out.len) {
+        PyErr_SetString(PyExc_ValueError, "walk: bad framing arguments");
+        goto done;
+    }
+    const uint8_t *p = buf.buf;
+    int64_t *offs = out.buf;
+    double *t = ts.buf;
+    Py_ssize_t room = out.len / 8, count = 0;
+    int broken = 0;
+    if (stop > size - hlen)
+        stop = size - hlen;
+    while (off <= stop && count < room) {
+        const uint8_t *rec = p + off;
+        Py_ssize_t caplen = (Py_ssize_t)u32_at(rec + 8, big);
+        Py_ssize_t end = off + hlen + caplen;
+        if (caplen > cap || end > size) {
+            broken = 1;
+            break;
+        }
+        double sec = (double)u32_at(rec, big), frac = (double)u32_at(rec + 4, big);
+        t[count] = sec + frac / div;
+        offs[count++] = off;
+        off = end;
+    }
+    result = Py_BuildValue("nnO", count, off, broken ? Py_True : Py_False);
+done:
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&ts);
+    return result;
+}
+
+#define HEAD 80 /* bytes of a packet classify may read: TCP flags behind a 60-byte IPv4 header */
+
+/* classify(buf, start, length, flow, proto, flags, payload_len, src, dst)
+ *
+ * Each packet's flow fields from its first HEAD bytes (zeros past the buffer's end; bytes past
+ * the packet's length but within the buffer are read, and never decide a field). The rules are
+ * those of gfwlab.packet.ip.parse for a packet it can read without its extension-header walk:
+ * an IPv4 packet whose header fits and is not a fragment, or an IPv6 packet whose next header
+ * is TCP or UDP. An IPv6 packet with any other next header gets proto 255: the caller parses it
+ * with the engine's parser. flow: a whole TCP or UDP packet (TCP: a header of at least 20
+ * bytes that fits; UDP: 8 bytes). src and dst: three words each (address high, address low,
+ * family << 32 | port); IPv4 addresses are the low word. */
+static PyObject *
+classify(PyObject *self, PyObject *args)
+{
+    Py_buffer buf, start, length, flow, proto, flags, plen, src, dst;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*w*w*w*w*w*", &buf, &start, &length, &flow, &proto,
+                          &flags, &plen, &src, &dst))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = start.len / 8;
+    if (need("classify start", &start, 8, n) || need("classify length", &length, 8, n) ||
+        need("classify flow", &flow, 1, n) || need("classify proto", &proto, 1, n) ||
+        need("classify flags", &flags, 2, n) || need("classify payload_len", &plen, 8, n) ||
+        need("classify src", &src, 24, n) || need("classify dst", &dst, 24, n))
+        goto done;
+    const uint8_t *p = buf.buf;
+    const int64_t *st = start.buf, *ln = length.buf;
+    uint8_t *fo = flow.buf, *po = proto.buf;
+    uint16_t *fl = flags.buf;
+    int64_t *pl = plen.buf;
+    uint64_t *so = src.buf, *dso = dst.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint8_t h[HEAD];
+        int64_t s = st[i], len = ln[i];
+        if (s >= 0 && s + HEAD <= buf.len) {
+            memcpy(h, p + s, HEAD);
+        } else {
+            memset(h, 0, HEAD);
+            for (int k = 0; k < HEAD; k++)
+                if (s >= 0 && s + k < buf.len)
+                    h[k] = p[s + k];
+        }
+#define B(k) ((int64_t)h[(k)])
+#define BE16(k) ((B(k) << 8) | B((k) + 1))
+        int64_t b0 = B(0), version = len > 0 ? b0 >> 4 : 0;
+        int v4 = version == 4 && len >= 20, v6 = version == 6 && len >= 40;
+        int64_t ihl = (b0 & 0x0F) * 4, total = BE16(2), frag = BE16(6) & 0x3FFF, pay = BE16(4);
+        int64_t pr = v4 ? B(9) : (v6 ? B(6) : 0);
+        int64_t l4 = v4 ? ihl : 40;
+        int64_t eff = v4 ? (len < total ? len : total)
+                         : (pay > 0 ? (len < 40 + pay ? len : 40 + pay) : len);
+        int simple = pr == 6 || pr == 17;
+        int ok_ip = (v4 && ihl >= 20 && ihl <= len && total >= ihl && frag == 0) || (v6 && simple);
+        int tcp = ok_ip && pr == 6, udp = ok_ip && pr == 17;
+        int64_t off_byte = B(l4 + 12), hl = (off_byte >> 4) * 4;
+        tcp = tcp && eff - l4 >= 20 && hl >= 20 && l4 + hl <= eff;
+        udp = udp && eff - l4 >= 8;
+        int is_flow = tcp || udp;
+        fo[i] = (uint8_t)is_flow;
+        fl[i] = (uint16_t)(tcp ? (B(l4 + 13) | ((off_byte & 1) << 8)) : 0);
+        int64_t ulen = BE16(l4 + 4);
+        int64_t udp_end = (ulen >= 8 && ulen <= eff - l4) ? l4 + ulen : eff;
+        pl[i] = tcp ? eff - l4 - hl : (udp ? udp_end - l4 - 8 : 0);
+        uint64_t sport = is_flow ? (uint64_t)BE16(l4) : 0, dport = is_flow ? (uint64_t)BE16(l4 + 2) : 0;
+        uint64_t *sw = so + 3 * i, *dw = dso + 3 * i;
+        sw[0] = sw[1] = dw[0] = dw[1] = 0;
+        if (is_flow && v4) {
+            sw[1] = (uint64_t)((BE16(12) << 16) | BE16(14));
+            dw[1] = (uint64_t)((BE16(16) << 16) | BE16(18));
+        } else if (is_flow && v6) {
+            for (int k = 0; k < 8; k++) {
+                sw[0] = (sw[0] << 8) | h[8 + k];
+                sw[1] = (sw[1] << 8) | h[16 + k];
+                dw[0] = (dw[0] << 8) | h[24 + k];
+                dw[1] = (dw[1] << 8) | h[32 + k];
+            }
+        }
+        int unsure = version == 6 && len >= 40 && !simple;
+        po[i] = (uint8_t)(unsure ? 255 : pr);
+        uint64_t fam = (uint64_t)(v6 ? 6 : 4) << 32;
+        sw[2] = sport | fam;
+        dw[2] = dport | fam;
+#undef B
+#undef BE16
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&start);
+    PyBuffer_Release(&length);
+    PyBuffer_Release(&flow);
+    PyBuffer_Release(&proto);
+    PyBuffer_Release(&flags);
+    PyBuffer_Release(&plen);
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    return result;
+}
+
+#define KEY 7 /* words of a flow key: protocol, then the lower and the higher endpoint */
+
+/* flow_keys(proto, src, dst, key, lower): each packet's direction-independent flow key,
+ * (protocol, lower endpoint, higher endpoint), endpoints compared word by word; lower says
+ * whether the packet's source is the lower one (equal endpoints: it is). */
+static PyObject *
+flow_keys(PyObject *self, PyObject *args)
+{
+    Py_buffer proto, src, dst, key, lower;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*w*", &proto, &src, &dst, &key, &lower))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = proto.len;
+    if (need("flow_keys src", &src, 24, n) || need("flow_keys dst", &dst, 24, n) ||
+        need("flow_keys key", &key, 8 * KEY, n) || need("flow_keys lower", &lower, 1, n))
+        goto done;
+    const uint8_t *pr = proto.buf;
+    const uint64_t *s = src.buf, *d = dst.buf;
+    uint64_t *k = key.buf;
+    uint8_t *lo = lower.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint64_t *a = s + 3 * i, *b = d + 3 * i;
+        int low = a[0] != b[0] ? a[0] < b[0] : (a[1] != b[1] ? a[1] < b[1] : a[2] <= b[2]);
+        const uint64_t *first = low ? a : b, *second = low ? b : a;
+        uint64_t *row = k + KEY * i;
+        row[0] = pr[i];
+        memcpy(row + 1, first, 24);
+        memcpy(row + 4, second, 24);
+        lo[i] = (uint8_t)low;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&proto);
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&lower);
+    return result;
+}
+
+static inline uint64_t
+mix_row(const uint64_t *row)
+{
+    uint64_t h = 0x9E3779B97F4A7C15ULL;
+    for (int j = 0; j < KEY; j++) {
+        h ^= row[j];
+        h *= 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 31;
+    }
+    return h;
+}
+
+/* lives(key, keyed, ts, proto, tcp_timeout, udp_timeout, life_of, pos, first, count, final_ts,
+ *       life_keyed) -> number of lives
+ *
+ * Groups packets into flow lives in one pass in file order: a keyed packet goes on the life of
+ * the last packet with the same key if it came less than its protocol's timeout before it
+ * (TCP: tcp_timeout, else udp_timeout; the difference of the two timestamps, which may be
+ * negative in a capture out of time order), and starts a new life otherwise; a packet outside
+ * any flow is a life alone. Lives are numbered by their first packet's file order. Per packet:
+ * its life and its position in it; per life (the first `lives` entries): its first packet, its
+ * number of packets, its last packet's timestamp and whether it is keyed. */
+static PyObject *
+lives(PyObject *self, PyObject *args)
+{
+    Py_buffer key, keyed, ts, proto, life_of, pos, first, count, final_ts, life_keyed;
+    double tcp_timeout, udp_timeout;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*ddw*w*w*w*w*w*", &key, &keyed, &ts, &proto,
+                          &tcp_timeout, &udp_timeout, &life_of, &pos, &first, &count, &final_ts,
+                          &life_keyed))
+        return NULL;
+    PyObject *result = NULL;
+    int64_t *table = NULL;
+    Py_ssize_t n = keyed.len;
+    if (need("lives key", &key, 8 * KEY, n) || need("lives ts", &ts, 8, n) ||
+        need("lives proto", &proto, 1, n) || need("lives life_of", &life_of, 8, n) ||
+        need("lives pos", &pos, 8, n) || need("lives first", &first, 8, n) ||
+        need("lives count", &count, 8, n) || need("lives final_ts", &final_ts, 8, n) ||
+        need("lives life_keyed", &life_keyed, 1, n))
+        goto done;
+    size_t slots = 16;
+    while (slots < 2 * (size_t)n)
+        slots <<= 1;
+    /* Slot: 1 + the last packet seen of a key; 0: empty. */
+    table = PyMem_Calloc(slots, sizeof(int64_t));
+    if (table == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const uint64_t *k = key.buf;
+    const uint8_t *kd = keyed.buf, *pr = proto.buf;
+    const double *t = ts.buf;
+    int64_t *lo = life_of.buf, *ps = pos.buf, *fi = first.buf, *co = count.buf;
+    double *ft = final_ts.buf;
+    uint8_t *lk = life_keyed.buf;
+    int64_t m = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t life = -1;
+        if (kd[i]) {
+            const uint64_t *row = k + KEY * i;
+            size_t at = (size_t)mix_row(row) & (slots - 1);
+            while (table[at] && memcmp(k + KEY * (table[at] - 1), row, 8 * KEY) != 0)
+                at = (at + 1) & (slots - 1);
+            if (table[at]) {
+                int64_t prev = table[at] - 1;
+                double timeout = pr[i] == 6 ? tcp_timeout : udp_timeout;
+                if (t[i] - t[prev] < timeout)
+                    life = lo[prev];
+            }
+            table[at] = (int64_t)i + 1;
+        }
+        if (life < 0) {
+            life = m++;
+            fi[life] = i;
+            co[life] = 0;
+            lk[life] = kd[i] ? 1 : 0;
+        }
+        lo[i] = life;
+        ps[i] = co[life]++;
+        ft[life] = t[i];
+    }
+    result = PyLong_FromLongLong(m);
+done:
+    PyMem_Free(table);
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&keyed);
+    PyBuffer_Release(&ts);
+    PyBuffer_Release(&proto);
+    PyBuffer_Release(&life_of);
+    PyBuffer_Release(&pos);
+    PyBuffer_Release(&first);
+    PyBuffer_Release(&count);
+    PyBuffer_Release(&final_ts);
+    PyBuffer_Release(&life_keyed);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"walk", walk, METH_VARARGS, "A classic pcap's record chain (see _native.pyi)."},
+    {"classify", classify, METH_VARARGS, "Packets' flow fields (see _native.pyi)."},
+    {"flow_keys", flow_keys, METH_VARARGS, "Direction-independent flow keys (see _native.pyi)."},
+    {"lives", lives, METH_VARARGS, "Packets grouped into flow lives (see _native.pyi)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "gfwlab._native",
+    "The offline index's loops over every record of a capture, compiled.", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__native(void)
+{
+    return PyModule_Create(&module);
+}
