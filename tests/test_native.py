@@ -226,6 +226,23 @@ assert got == n and end == page and not broken, (got, end, broken)
 body[(n - 1) * rec + 8] -= 10
 got, end, broken = _native.walk(view, 0, page, page, 16, False, 65535, 1e6, off, ts)
 assert got == n and end == page - 10 and not broken, (got, end, broken)
+# A pcapng's packet blocks up to the page's last byte (raw IP, one interface), then a block
+# header cut short by it.
+body[:] = 0
+blen = 32 + 36
+n = page // blen
+for i in range(n):
+    at = i * blen
+    size = blen if i < n - 1 else blen + page - n * blen  # the last one ends on the page's end
+    body[at : at + 4] = (6, 0, 0, 0)
+    body[at + 4] = body[at + size - 4] = size
+    body[at + 20] = body[at + 24] = 36
+modes, units, offsets = np.ones(1, np.uint8), np.full(1, 1e6), np.zeros(1, np.int64)
+out = [np.empty(n + 1), np.empty(n + 1, np.int64), np.empty(n + 1, np.int64)]
+got, end = _native.epbs(view, 0, page, page, False, modes, units, offsets, *out)
+assert got == n and end == page, (got, end)
+got, end = _native.epbs(view, page - 30, page, page, False, modes, units, offsets, *out)
+assert got == 0 and end == page - 30, (got, end)
 print("ok")
 """
 

@@ -9,12 +9,12 @@ import struct
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gfwlab.errors import AdapterError, MalformedPacket
 from gfwlab.offline.index import build_index
-from gfwlab.packet import ACK, SYN, addr_bytes, build_tcp, build_udp
+from gfwlab.packet import ACK, SYN, addr_bytes, build_tcp, build_udp, pcapng
 from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, parse
 from gfwlab.packet.pcap import CaptureReader
 from gfwlab.packet.scan import scan, windows
@@ -34,6 +34,20 @@ def _counters(r: CaptureReader) -> tuple[object, ...]:
     return (r.packets, r.skipped, r.truncated, r.truncated_at, r.bytes_read)
 
 
+def same_walks(path: str) -> None:
+    """A pcapng's block walk finds the same packets, with the same counters, with its compiled
+    runs as with every block read in Python (the reference)."""
+    seen = []
+    for compiled in (True, False):
+        with CaptureReader(path) as reader:
+            try:
+                got: object = list(pcapng.locate(reader, reader.mapping, compiled=compiled))
+            except AdapterError as exc:
+                got = str(exc)
+            seen.append((got, _counters(reader), list(reader.linktypes)))
+    assert seen[0] == seen[1]
+
+
 def same_as_reader(path: str) -> None:
     """``scan`` and iteration agree on ``path`` (or both refuse it at open)."""
     try:
@@ -42,6 +56,8 @@ def same_as_reader(path: str) -> None:
         with pytest.raises(AdapterError):
             build_index(path)
         return
+    if reader.format == "pcapng":
+        same_walks(path)
     with reader:
         expected = list(reader)
         counters = _counters(reader)
@@ -171,6 +187,86 @@ def test_pcapng_blocks(
         assert exc.reason.startswith("unsupported link type")
         with pytest.raises(AdapterError, match="unsupported link type"):
             build_index(path)
+
+
+def _frames() -> st.SearchStrategy[bytes]:
+    eth = st.sampled_from([b"\x08\x00", b"\x86\xdd", b"\x08\x06", b"\x81\x00"])
+    return st.one_of(
+        st.sampled_from([TCP4, UDP4, ETH_IP4 + TCP4, VLAN + UDP4]),
+        st.binary(min_size=10, max_size=15),  # about an Ethernet header's length
+        st.tuples(st.binary(min_size=12, max_size=12), eth, st.binary(max_size=30)).map(
+            lambda t: t[0] + t[1] + t[2]
+        ),
+        st.binary(max_size=40),
+    )
+
+
+@FUZZ
+@given(
+    endian=st.sampled_from(["<", ">"]),
+    ifaces=st.lists(
+        st.tuples(
+            st.sampled_from([1, 101, 113, 0]),  # Ethernet, raw, Linux cooked, BSD loopback
+            st.one_of(st.none(), st.integers(0, 255)),  # if_tsresol
+            st.one_of(st.none(), st.integers(-(2**40), 2**40)),  # if_tsoffset
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    packets=st.lists(
+        st.tuples(
+            st.integers(0, 3),  # interface (one past the last: skipped)
+            st.integers(0, 2**32 - 1),
+            st.integers(0, 2**32 - 1),
+            _frames(),
+            st.sampled_from([None, 6, 3, 99]),  # None: an EPB; else another block before it
+            # Options after the packet: bytes the frame does not hold.
+            st.one_of(st.binary(max_size=8), st.sampled_from([b"\x08\x00\x45", b"\x86\xdd"])),
+            st.booleans(),  # its trailing length disagrees with its length
+            st.sampled_from([0, 0, 0, -1, 1, 3, 4, 5]),  # captured length minus the frame's
+        ),
+        max_size=12,
+    ),
+    cut=st.integers(0, 8),
+)
+# The compiled run's edges, every time: an Ethernet frame too short for its EtherType (the next
+# bytes would say IPv4), a captured length past the block's data, a bad trailing length.
+@example("<", [(1, None, None)], [(0, 0, 5, b"\x02" * 12, None, b"\x08\x00\x45", False, 0)], 0)
+@example(">", [(101, 9, 7)], [(0, 1, 5, TCP4, None, b"", False, k) for k in (1, 3, 4)], 0)
+@example("<", [(101, None, None)], [(0, 0, 5, TCP4, None, b"", bad, 0) for bad in (0, 1)], 0)
+def test_pcapng_compiled_runs(
+    fuzz_dir: Path,
+    endian: str,
+    ifaces: list[tuple[int, int | None, int | None]],
+    packets: list[tuple[int, int, int, bytes, int | None, bytes, bool, int]],
+    cut: int,
+) -> None:
+    """Timestamps of every resolution and offset, both byte orders, Ethernet frames of every
+    kind, interfaces whose frames the compiled run leaves to Python, blocks between packets,
+    bytes after a frame, bad framing, a cut end: the compiled runs find what the Python walk
+    finds."""
+
+    def block(btype: int, body: bytes, extra: bytes = b"", bad: bool = False) -> bytes:
+        body += b"\x00" * (-len(body) % 4) + extra + b"\x00" * (-len(extra) % 4)
+        total = 12 + len(body)
+        tail = struct.pack(endian + "I", total + 4 * bad)
+        return struct.pack(endian + "II", btype, total) + body + tail
+
+    data = block(0x0A0D0D0A, struct.pack(endian + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+    for linktype, resol, offset in ifaces:
+        options = b""
+        if resol is not None:
+            options += struct.pack(endian + "HH", 9, 1) + bytes((resol,)) + b"\x00" * 3
+        if offset is not None:
+            options += struct.pack(endian + "HHq", 14, 8, offset)
+        data += block(1, struct.pack(endian + "HHI", linktype, 0, 0) + options)
+    for iid, high, low, frame, before, extra, bad, more in packets:
+        if before is not None:
+            data += block(before, frame[:20])
+        caplen = max(len(frame) + more, 0)
+        head = struct.pack(endian + "IIIII", iid, high, low, caplen, len(frame))
+        data += block(6, head + frame, extra, bad)
+    same_as_reader(put(fuzz_dir, data[: len(data) - cut], "cap.pcapng"))
 
 
 @needs_shared(SHARED_PCAPS)

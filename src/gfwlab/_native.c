@@ -94,6 +94,80 @@ done:
     return result;
 }
 
+/* epbs(buf, off, stop, size, big, modes, units, tsoffset, ts, start, end) -> (count, off)
+ *
+ * A pcapng's run of Enhanced Packet Blocks from `off` (in a section of byte order `big`), each
+ * well framed and carrying an IP packet the fast way: while off + 28 <= size and off < stop,
+ * the block at off is taken if it is an EPB of a known interface (iid < the interfaces given)
+ * whose captured bytes fit (caplen + 32 <= blen <= size - off), whose length is a multiple of 4
+ * and agrees with its trailing copy, and whose interface's frames are raw IP (mode 1) or
+ * Ethernet (mode 0) with an IPv4 or IPv6 EtherType right after the addresses; its timestamp,
+ * IP packet start and end go to ts, start and end. Any other block stops the run (the caller
+ * reads it, and every framing problem, the Python way: gfwlab.packet.pcapng). The timestamp is
+ * the Python one's: the 64-bit count to a double, divided by the interface's units (a double),
+ * plus its offset in seconds (an integer, to a double). */
+static PyObject *
+epbs(PyObject *self, PyObject *args)
+{
+    Py_buffer buf, modes, units, tsoff, ts, start, end;
+    Py_ssize_t off, stop, size;
+    int big;
+    if (!PyArg_ParseTuple(args, "y*nnnpy*y*y*w*w*w*", &buf, &off, &stop, &size, &big, &modes,
+                          &units, &tsoff, &ts, &start, &end))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n_if = modes.len, room = ts.len / 8;
+    if (need("epbs units", &units, 8, n_if) || need("epbs tsoffset", &tsoff, 8, n_if) ||
+        need("epbs ts", &ts, 8, room) || need("epbs start", &start, 8, room) ||
+        need("epbs end", &end, 8, room))
+        goto done;
+    if (size > buf.len || off < 0) {
+        PyErr_SetString(PyExc_ValueError, "epbs: bad offsets");
+        goto done;
+    }
+    const uint8_t *p = buf.buf, *md = modes.buf;
+    const double *un = units.buf;
+    const int64_t *to = tsoff.buf;
+    double *t = ts.buf;
+    int64_t *st = start.buf, *en = end.buf;
+    Py_ssize_t count = 0;
+    while (off + 28 <= size && off < stop && count < room) {
+        const uint8_t *b = p + off;
+        uint64_t btype = u32_at(b, big), blen = u32_at(b + 4, big), iid = u32_at(b + 8, big);
+        uint64_t caplen = u32_at(b + 20, big);
+        if (btype != 6 || iid >= (uint64_t)n_if || caplen + 32 > blen ||
+            blen > (uint64_t)(size - off) || (blen & 3) || u32_at(b + blen - 4, big) != blen)
+            break;
+        int64_t from = off + 28, to_end = from + (int64_t)caplen, ip;
+        if (md[iid] == 1) {
+            ip = from;
+        } else if (md[iid] == 0 && caplen >= 14) {
+            unsigned etype = ((unsigned)p[from + 12] << 8) | p[from + 13];
+            if (etype != 0x0800 && etype != 0x86DD)
+                break;
+            ip = from + 14;
+        } else {
+            break;
+        }
+        uint64_t stamp = ((uint64_t)u32_at(b + 12, big) << 32) | u32_at(b + 16, big);
+        t[count] = (double)stamp / un[iid] + (double)to[iid];
+        st[count] = ip;
+        en[count] = to_end;
+        count++;
+        off += (Py_ssize_t)blen;
+    }
+    result = Py_BuildValue("nn", count, off);
+done:
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&modes);
+    PyBuffer_Release(&units);
+    PyBuffer_Release(&tsoff);
+    PyBuffer_Release(&ts);
+    PyBuffer_Release(&start);
+    PyBuffer_Release(&end);
+    return result;
+}
+
 #define HEAD 80 /* bytes of a packet classify may read: TCP flags behind a 60-byte IPv4 header */
 
 /* classify(buf, start, length, flow, proto, flags, payload_len, src, dst)
@@ -333,6 +407,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"walk", walk, METH_VARARGS, "A classic pcap's record chain (see _native.pyi)."},
+    {"epbs", epbs, METH_VARARGS, "A pcapng's run of plain packet blocks (see _native.pyi)."},
     {"classify", classify, METH_VARARGS, "Packets' flow fields (see _native.pyi)."},
     {"flow_keys", flow_keys, METH_VARARGS, "Direction-independent flow keys (see _native.pyi)."},
     {"lives", lives, METH_VARARGS, "Packets grouped into flow lives (see _native.pyi)."},

@@ -21,6 +21,20 @@ def walk(
     ts: _Buf,
     /,
 ) -> tuple[int, int, bool]: ...
+def epbs(
+    buf: _Buf,
+    off: int,
+    stop: int,
+    size: int,
+    big: bool,
+    modes: _Buf,
+    units: _Buf,
+    tsoffset: _Buf,
+    ts: _Buf,
+    start: _Buf,
+    end: _Buf,
+    /,
+) -> tuple[int, int]: ...
 def classify(
     buf: _Buf,
     start: _Buf,

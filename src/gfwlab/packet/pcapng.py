@@ -17,10 +17,15 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
+from gfwlab import _native
 from gfwlab.errors import AdapterError
 from gfwlab.packet.link import (
     LINK_MODES,
     MODE_ETH,
+    MODE_RAW,
     RELEASE,
     FrameBuffer,
     ReaderState,
@@ -28,7 +33,7 @@ from gfwlab.packet.link import (
     unsupported_link_type,
 )
 
-__all__ = ["iterate", "locate", "scan_head"]
+__all__ = ["iterate", "locate", "runs", "scan_head"]
 
 BLOCK_SHB = 0x0A0D0D0A
 BLOCK_IDB = 1
@@ -167,22 +172,100 @@ def iterate(reader: ReaderState, buf: FrameBuffer) -> Iterator[tuple[float, byte
             done = end
 
 
-def locate(reader: ReaderState, buf: FrameBuffer) -> Iterator[tuple[float, int, int]]:
+def locate(
+    reader: ReaderState, buf: FrameBuffer, *, compiled: bool = True
+) -> Iterator[tuple[float, int, int]]:
     """Yield ``(timestamp, start, end)`` for every IP packet of the pcapng capture in ``buf``
     (the packet is ``buf[start:end]``), updating ``reader``'s counters as it goes: the record
-    walk behind :func:`iterate`, and the capture index's (no packet is copied)."""
+    walk behind :func:`iterate` (no packet is copied). The counters run up to a run ahead of
+    the packets yielded (:func:`runs`)."""
+    for ts, start, end in runs(reader, buf, compiled=compiled):
+        yield from zip(ts.tolist(), start.tolist(), end.tolist(), strict=True)
+
+
+RUN = 1 << 16
+"""Packets a run holds at most (:func:`runs`)."""
+
+Run = tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.int64]]
+"""Timestamps, starts and ends of consecutive IP packets."""
+
+
+class _Compiled:
+    """The interfaces of a section as the compiled run of plain packet blocks reads them
+    (:func:`gfwlab._native.epbs`), and the arrays it fills."""
+
+    def __init__(self, ifaces: list[_Iface]) -> None:
+        self.modes = np.array([i[0] for i in ifaces], dtype=np.uint8)
+        self.units = np.array([i[1] for i in ifaces], dtype=np.float64)
+        self.offsets = np.array([i[2] for i in ifaces], dtype=np.int64)
+        # Worth a call only if some interface's frames can be read the fast way.
+        self.useful = bool(np.isin(self.modes, (MODE_ETH, MODE_RAW)).any())
+        self.ts = np.empty(RUN, dtype=np.float64)
+        self.start = np.empty(RUN, dtype=np.int64)
+        self.end = np.empty(RUN, dtype=np.int64)
+
+    def run(self, buf: FrameBuffer, off: int, size: int, big: bool) -> tuple[Run | None, int]:
+        """The run of plain packet blocks at ``off`` (None: the block there is not one), and
+        the offset after it. A run stops after :data:`RELEASE` bytes, so that whoever walks
+        can let go of what it has read."""
+        got, off = _native.epbs(
+            buf, off, off + RELEASE, size, big, self.modes, self.units, self.offsets,
+            self.ts, self.start, self.end,
+        )  # fmt: skip
+        if not got:
+            return None, off
+        return (self.ts[:got].copy(), self.start[:got].copy(), self.end[:got].copy()), off
+
+
+def _pending(ts: list[float], start: list[int], end: list[int]) -> Run:
+    return (
+        np.array(ts, dtype=np.float64),
+        np.array(start, dtype=np.int64),
+        np.array(end, dtype=np.int64),
+    )
+
+
+def runs(reader: ReaderState, buf: FrameBuffer, *, compiled: bool = True) -> Iterator[Run]:
+    """:func:`locate`'s packets a run at a time, with ``reader``'s counters updated as the
+    walk goes. No run spans a skipped record: a run is yielded before the walk counts the next
+    one, so that a caller that stops between two runs sees the counters of the records walked
+    so far. Runs of plain Enhanced Packet Blocks (raw IP, or Ethernet carrying IP: most
+    captures) are read by a compiled loop; every other block, and every framing check, here
+    (``compiled`` off: every block here, the reference the compiled loop is tested against).
+    """
     size = len(buf)
     order = _LE
     head = order.epb_head.unpack_from
     u32 = order.u32.unpack_from
     ifaces: list[_Iface] = []
+    fast: _Compiled | None = None
     n_ifaces = 0
     n_idb = 0
     last_ts = 0.0
     off = 0
+    ts_l: list[float] = []
+    start_l: list[int] = []
+    end_l: list[int] = []
     try:
         while off < size:
-            # Fast path: a well-formed Enhanced Packet Block, headers read in one unpack.
+            if compiled and ifaces and off + 28 <= size:
+                if fast is None:
+                    fast = _Compiled(ifaces)
+                if fast.useful:
+                    run, after = fast.run(buf, off, size, order is _BE)
+                    if run is not None:
+                        if ts_l:
+                            yield _pending(ts_l, start_l, end_l)
+                            ts_l, start_l, end_l = [], [], []
+                        off = reader.bytes_read = after
+                        reader.packets += run[0].shape[0]
+                        last_ts = float(run[0][-1])
+                        yield run
+                        continue
+            if len(ts_l) >= RUN:
+                yield _pending(ts_l, start_l, end_l)
+                ts_l, start_l, end_l = [], [], []
+            # A well-formed Enhanced Packet Block, headers read in one unpack.
             if off + 28 <= size:
                 btype, blen, iid, tsh, tsl, caplen, _orig = head(buf, off)
                 if (
@@ -207,30 +290,36 @@ def locate(reader: ReaderState, buf: FrameBuffer) -> Iterator[tuple[float, int, 
                     else:
                         got = ip_offset(mode, buf, start, end)
                         if got is None:
+                            if ts_l:
+                                yield _pending(ts_l, start_l, end_l)
+                                ts_l, start_l, end_l = [], [], []
                             reader.skipped += 1
                             continue
                         ip = got
                     reader.packets += 1
-                    yield last_ts, ip, end
+                    ts_l.append(last_ts)
+                    start_l.append(ip)
+                    end_l.append(end)
                     continue
             # Everything else, and every framing check.
             if off + 12 > size:
                 reader.mark_truncated(off)
-                return
+                break
             if buf[off : off + 4] == _SHB_BYTES:
                 section = _order_of(buf, off)
                 if section is None:
                     reader.mark_truncated(off)
-                    return
+                    break
                 order = section
                 head = order.epb_head.unpack_from
                 u32 = order.u32.unpack_from
                 ifaces = []
+                fast = None
                 n_ifaces = 0
             btype, blen = order.hdr.unpack_from(buf, off)
             if blen < 12 or blen & 3 or blen > size - off or u32(buf, off + blen - 4)[0] != blen:
                 reader.mark_truncated(off)
-                return
+                break
             body = off + 8
             bend = off + blen - 4
             found: int | None = None
@@ -249,7 +338,6 @@ def locate(reader: ReaderState, buf: FrameBuffer) -> Iterator[tuple[float, int, 
                     last_ts = ((tsh << 32) | tsl) / units + tsoffset
                     found_end = start + caplen
                     found = ip_offset(mode, buf, start, found_end)
-                reader.skipped += found is None
             elif btype == BLOCK_SPB:
                 if ifaces and bend - body >= 4:
                     mode, _units, _tsoffset, snaplen = ifaces[0]
@@ -258,25 +346,37 @@ def locate(reader: ReaderState, buf: FrameBuffer) -> Iterator[tuple[float, int, 
                         caplen = min(caplen, snaplen)
                     found_end = body + 4 + caplen
                     found = ip_offset(mode, buf, body + 4, found_end)
-                reader.skipped += found is None
             elif btype == BLOCK_IDB:
                 if blen < 20:
                     reader.mark_truncated(off)
-                    return
+                    break
+                if ts_l:  # the packets before it, should it name a link type that cannot be read
+                    yield _pending(ts_l, start_l, end_l)
+                    ts_l, start_l, end_l = [], [], []
                 linktype, iface = _parse_idb(reader.path, buf, off, blen, order)
                 ifaces.append(iface)
+                fast = None
                 n_ifaces += 1
                 if n_idb >= len(reader.linktypes):
                     reader.linktypes.append(linktype)
                 n_idb += 1
             elif btype == BLOCK_SHB and (blen < 28 or order.shb.unpack_from(buf, body)[1] != 1):
                 reader.mark_truncated(off)
-                return
+                break
+            if btype in _PACKET_BLOCKS and found is None:
+                if ts_l:
+                    yield _pending(ts_l, start_l, end_l)
+                    ts_l, start_l, end_l = [], [], []
+                reader.skipped += 1
             off += blen
             reader.bytes_read = off
             if found is not None:
                 reader.packets += 1
-                yield last_ts, found, found_end
+                ts_l.append(last_ts)
+                start_l.append(found)
+                end_l.append(found_end)
+        if ts_l:
+            yield _pending(ts_l, start_l, end_l)
     except ValueError:
         if reader.closed:  # the mapping was closed under a suspended loop
             return

@@ -23,10 +23,8 @@ Python it took 0.3 µs a record, a tenth of a realistic capture's analysis
 from __future__ import annotations
 
 import sys
-from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from itertools import chain, islice
 
 import numpy as np
 import numpy.typing as npt
@@ -83,16 +81,6 @@ def _scan_pcapng(reader: CaptureReader, limit: int | None) -> Records | None:
     if limit is not None and head.records.ts.shape[0] > limit:
         return None
     return head.records
-
-
-def _located(ts: array[float], start: array[int], end: array[int]) -> Records:
-    a = np.asarray(start, dtype=np.int64)
-    return Records(
-        ts=np.asarray(ts, dtype=np.float64),
-        start=a,
-        length=np.asarray(end, dtype=np.int64) - a,
-        record_heads=False,
-    )
 
 
 _STRETCH = 8 << 20
@@ -182,37 +170,76 @@ def windows(reader: CaptureReader, first: int, per: int) -> Iterator[Window]:
 
 
 def _pcapng_windows(reader: CaptureReader, first: int, per: int) -> Iterator[Window]:
-    """One walk of a pcapng's blocks (:func:`~gfwlab.packet.pcapng.locate`), cut into windows:
+    """One walk of a pcapng's blocks (:func:`~gfwlab.packet.pcapng.runs`), cut into windows:
     its section and interfaces carry from one window to the next. Each window looks one packet
     ahead, to know whether it is the last; the non-IP records walked before that packet count
-    in the window."""
+    in the window (a run never spans one, so the walk stops right after that packet's run)."""
     reader.packets = reader.skipped = reader.bytes_read = 0
     reader.truncated = False
     reader.truncated_at = None
-    found = pcapng.locate(reader, reader.mapping)
-    ahead = next(found, None)
+    found = _Runs(reader, pcapng.runs(reader, reader.mapping))
     count, counted, begin = first, 0, 0
     while True:
-        # Machine numbers (8 bytes each), not lists of Python objects (about 30 each).
-        ts, start, end = array("d"), array("q"), array("q")
-        done = begin
-        if ahead is not None:
-            for t, s, e in chain((ahead,), islice(found, count - 1)):
-                ts.append(t)
-                start.append(s)
-                end.append(e)
-                if e - done >= RELEASE:  # the walk touches every page (see _walk)
-                    reader.release(done, e)
-                    done = e
-            ahead = next(found, None)
+        records = found.take(count)
+        ahead = found.next_start()
         last = ahead is None
         skipped, counted = reader.skipped - counted, reader.skipped
         cut = reader.truncated_at if last and reader.truncated else None
-        yield Window(records=_located(ts, start, end), last=last, skipped=skipped, truncated_at=cut)
+        yield Window(records=records, last=last, skipped=skipped, truncated_at=cut)
         if ahead is None:
             return
-        reader.release(begin, ahead[1])  # the window is done with
-        count, begin = per, ahead[1]
+        reader.release(begin, ahead)  # the window is done with
+        count, begin = per, ahead
+
+
+class _Runs:
+    """A pcapng's packets from its runs (:func:`~gfwlab.packet.pcapng.runs`), taken a number
+    at a time; the pages behind the walk are released as it goes (see :func:`_walk`)."""
+
+    def __init__(self, reader: CaptureReader, runs: Iterator[pcapng.Run]) -> None:
+        self.reader = reader
+        self.runs = runs
+        self.held: pcapng.Run | None = None
+        self.at = 0
+        self.done = 0
+        """Where the pages were last released."""
+
+    def _fill(self) -> bool:
+        """Whether a packet is held (the walk goes on to the next run if none is)."""
+        while self.held is None or self.at >= self.held[0].shape[0]:
+            run = next(self.runs, None)
+            if run is None:
+                self.held = None
+                return False
+            self.held, self.at = run, 0
+            end = int(run[2][-1])
+            if end - self.done >= RELEASE:
+                self.reader.release(self.done, end)
+                self.done = end
+        return True
+
+    def take(self, count: int) -> Records:
+        """The next ``count`` packets (fewer at the end)."""
+        parts: list[pcapng.Run] = []
+        while count > 0 and self._fill():
+            assert self.held is not None
+            hi = min(self.at + count, self.held[0].shape[0])
+            ts, start, end = self.held
+            parts.append((ts[self.at : hi], start[self.at : hi], end[self.at : hi]))
+            count -= hi - self.at
+            self.at = hi
+        if not parts:
+            empty = np.zeros(0, dtype=np.int64)
+            return Records(ts=np.zeros(0), start=empty, length=empty, record_heads=False)
+        ts, start, end = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
+        return Records(ts=ts, start=start, length=end - start, record_heads=False)
+
+    def next_start(self) -> int | None:
+        """Where the next packet starts (None: there is none)."""
+        if not self._fill():
+            return None
+        assert self.held is not None
+        return int(self.held[1][self.at])
 
 
 def _scan_pcap(reader: CaptureReader, limit: int | None) -> Records | None:
