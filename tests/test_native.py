@@ -9,18 +9,20 @@ wrong size (a ValueError, never a read or write out of bounds).
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gfwlab import _native
 from gfwlab.offline.index import CaptureIndex, Lives, _classify, _flow_keys
 from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, build_tcp, build_udp
+from gfwlab.packet.link import ip_offset
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "gfwlab" / "_native.c"
 
@@ -254,3 +256,51 @@ def test_no_read_past_the_buffer(tmp_path: Path) -> None:
         [sys.executable, "-c", _GUARDED], capture_output=True, text=True, timeout=60, check=False
     )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+_ETH_TYPES = [b"\x08\x00", b"\x86\xdd", b"\x08\x06", b"\x00\x00"]
+_TAGS = [b"\x81\x00", b"\x88\xa8", b"\x91\x00"]
+_FAMILIES = [2, 24, 28, 30, 0, 23, 512]
+
+
+def _framed() -> st.SearchStrategy[bytes]:
+    """Frames shaped for each link mode, so that each rule's branches are reached: Ethernet
+    with VLAN tags, Linux cooked v1 and v2, loopback families in either byte order."""
+    etype = st.sampled_from(_ETH_TYPES)
+    rest = st.binary(max_size=12)
+    tag = st.tuples(st.sampled_from(_TAGS), st.binary(min_size=2, max_size=2)).map(b"".join)
+    family = st.tuples(st.sampled_from(_FAMILIES), st.sampled_from(["<I", ">I", "<H", ">H"]))
+    return st.one_of(
+        st.tuples(st.binary(min_size=12, max_size=12), st.lists(tag, max_size=3), etype, rest).map(
+            lambda t: t[0] + b"".join(t[1]) + t[2] + t[3]
+        ),
+        st.tuples(st.binary(min_size=14, max_size=14), etype, rest).map(b"".join),
+        st.tuples(etype, st.binary(min_size=18, max_size=18), rest).map(b"".join),
+        st.tuples(family, rest).map(
+            lambda t: struct.pack(t[0][1], t[0][0]).rjust(4, b"\0")[:4] + t[1]
+        ),
+        st.binary(max_size=30),
+    )
+
+
+@settings(max_examples=1000)
+@given(frame=_framed(), cut=st.one_of(st.just(0), st.integers(0, 40)), at=st.integers(0, 9))
+def test_links_are_ip_offset(frame: bytes, cut: int, at: int) -> None:
+    """Where a frame's IP packet begins, in every link mode: what
+    :func:`gfwlab.packet.link.ip_offset` says, for whole frames and frames cut short."""
+    frame = frame[: len(frame) - cut] if cut < len(frame) else frame
+    buf = bytes(at) + frame + b"\x08\x00" * 4  # the bytes after the frame never count
+    start = np.array([at], dtype=np.int64)
+    end = np.array([at + len(frame)], dtype=np.int64)
+    got = np.empty(1, dtype=np.int64)
+    for mode in range(7):  # 6: a mode the module does not know
+        _native.links(buf, mode, start, end, got)
+        want = ip_offset(mode, buf, at, at + len(frame)) if mode < 6 else None
+        assert int(got[0]) == (-1 if want is None else want), (mode, frame.hex())
+
+
+def test_links_of_frames_outside_the_buffer_carry_nothing() -> None:
+    got = np.empty(3, dtype=np.int64)
+    start, end = np.array([-1, 5, 90], dtype=np.int64), np.array([10, 4, 120], dtype=np.int64)
+    _native.links(bytes(100), 1, start, end, got)
+    assert got.tolist() == [-1, -1, -1]

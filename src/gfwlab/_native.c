@@ -94,18 +94,99 @@ done:
     return result;
 }
 
+/* Link modes (gfwlab.packet.link): how a frame's link-layer header is removed. */
+enum { MODE_ETH, MODE_RAW, MODE_SLL, MODE_SLL2, MODE_NULL, MODE_LOOP };
+
+/* Where the IP packet inside the frame p[start:end] begins, or -1 if the frame carries
+ * something else: gfwlab.packet.link.ip_offset, rule for rule (Ethernet with any number of
+ * VLAN tags, Linux cooked v1 and v2, BSD loopback in either byte order). */
+static int64_t
+ip_at(int mode, const uint8_t *p, int64_t start, int64_t end)
+{
+    int64_t n = end - start, off;
+    unsigned etype;
+    if (mode == MODE_RAW)
+        return start;
+    if (mode == MODE_ETH) {
+        if (n < 14)
+            return -1;
+        etype = ((unsigned)p[start + 12] << 8) | p[start + 13];
+        off = start + 14;
+        while (etype == 0x8100 || etype == 0x88A8 || etype == 0x9100) {
+            if (off + 4 > end)
+                return -1;
+            etype = ((unsigned)p[off + 2] << 8) | p[off + 3];
+            off += 4;
+        }
+    } else if (mode == MODE_SLL) {
+        if (n < 16)
+            return -1;
+        etype = ((unsigned)p[start + 14] << 8) | p[start + 15];
+        off = start + 16;
+    } else if (mode == MODE_SLL2) {
+        if (n < 20)
+            return -1;
+        etype = ((unsigned)p[start] << 8) | p[start + 1];
+        off = start + 20;
+    } else if (mode == MODE_NULL || mode == MODE_LOOP) {
+        unsigned family;
+        if (n < 4)
+            return -1;
+        if (mode == MODE_LOOP) {
+            family = ((unsigned)p[start + 2] << 8) | p[start + 3];
+        } else {
+            /* The capturing machine's byte order: whichever end holds the non-zero bytes. */
+            family = p[start] | ((unsigned)p[start + 1] << 8);
+            if (family == 0)
+                family = ((unsigned)p[start + 2] << 8) | p[start + 3];
+        }
+        return (family == 2 || family == 24 || family == 28 || family == 30) ? start + 4 : -1;
+    } else {
+        return -1;
+    }
+    return (etype == 0x0800 || etype == 0x86DD) ? off : -1;
+}
+
+/* links(buf, mode, start, end, ip): ip_at for each frame buf[start[i]:end[i]]; a frame outside
+ * the buffer carries nothing (-1). */
+static PyObject *
+links(PyObject *self, PyObject *args)
+{
+    Py_buffer buf, start, end, ip;
+    int mode;
+    if (!PyArg_ParseTuple(args, "y*iy*y*w*", &buf, &mode, &start, &end, &ip))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = start.len / 8;
+    if (need("links start", &start, 8, n) || need("links end", &end, 8, n) ||
+        need("links ip", &ip, 8, n))
+        goto done;
+    const uint8_t *p = buf.buf;
+    const int64_t *st = start.buf, *en = end.buf;
+    int64_t *out = ip.buf;
+    for (Py_ssize_t i = 0; i < n; i++)
+        out[i] = (st[i] >= 0 && st[i] <= en[i] && en[i] <= buf.len) ? ip_at(mode, p, st[i], en[i])
+                                                                     : -1;
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&start);
+    PyBuffer_Release(&end);
+    PyBuffer_Release(&ip);
+    return result;
+}
+
 /* epbs(buf, off, stop, size, big, modes, units, tsoffset, ts, start, end) -> (count, off)
  *
  * A pcapng's run of Enhanced Packet Blocks from `off` (in a section of byte order `big`), each
- * well framed and carrying an IP packet the fast way: while off + 28 <= size and off < stop,
- * the block at off is taken if it is an EPB of a known interface (iid < the interfaces given)
- * whose captured bytes fit (caplen + 32 <= blen <= size - off), whose length is a multiple of 4
- * and agrees with its trailing copy, and whose interface's frames are raw IP (mode 1) or
- * Ethernet (mode 0) with an IPv4 or IPv6 EtherType right after the addresses; its timestamp,
- * IP packet start and end go to ts, start and end. Any other block stops the run (the caller
- * reads it, and every framing problem, the Python way: gfwlab.packet.pcapng). The timestamp is
- * the Python one's: the 64-bit count to a double, divided by the interface's units (a double),
- * plus its offset in seconds (an integer, to a double). */
+ * well framed and carrying an IP packet: while off + 28 <= size and off < stop, the block at
+ * off is taken if it is an EPB of a known interface (iid < the interfaces given) whose captured
+ * bytes fit (caplen + 32 <= blen <= size - off), whose length is a multiple of 4 and agrees with
+ * its trailing copy, and whose frame carries IP (ip_at, by its interface's link mode); its
+ * timestamp, IP packet start and end go to ts, start and end. Any other block stops the run
+ * (the caller reads it, and every framing problem, the Python way: gfwlab.packet.pcapng). The
+ * timestamp is the Python one's: the 64-bit count to a double, divided by the interface's units
+ * (a double), plus its offset in seconds (an integer, to a double). */
 static PyObject *
 epbs(PyObject *self, PyObject *args)
 {
@@ -138,17 +219,10 @@ epbs(PyObject *self, PyObject *args)
         if (btype != 6 || iid >= (uint64_t)n_if || caplen + 32 > blen ||
             blen > (uint64_t)(size - off) || (blen & 3) || u32_at(b + blen - 4, big) != blen)
             break;
-        int64_t from = off + 28, to_end = from + (int64_t)caplen, ip;
-        if (md[iid] == 1) {
-            ip = from;
-        } else if (md[iid] == 0 && caplen >= 14) {
-            unsigned etype = ((unsigned)p[from + 12] << 8) | p[from + 13];
-            if (etype != 0x0800 && etype != 0x86DD)
-                break;
-            ip = from + 14;
-        } else {
-            break;
-        }
+        int64_t from = off + 28, to_end = from + (int64_t)caplen;
+        int64_t ip = ip_at(md[iid], p, from, to_end);
+        if (ip < 0)
+            break; /* a skipped packet: the caller counts it */
         uint64_t stamp = ((uint64_t)u32_at(b + 12, big) << 32) | u32_at(b + 16, big);
         t[count] = (double)stamp / un[iid] + (double)to[iid];
         st[count] = ip;
@@ -407,6 +481,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"walk", walk, METH_VARARGS, "A classic pcap's record chain (see _native.pyi)."},
+    {"links", links, METH_VARARGS, "Where frames' IP packets begin (see _native.pyi)."},
     {"epbs", epbs, METH_VARARGS, "A pcapng's run of plain packet blocks (see _native.pyi)."},
     {"classify", classify, METH_VARARGS, "Packets' flow fields (see _native.pyi)."},
     {"flow_keys", flow_keys, METH_VARARGS, "Direction-independent flow keys (see _native.pyi)."},

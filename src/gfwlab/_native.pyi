@@ -21,6 +21,7 @@ def walk(
     ts: _Buf,
     /,
 ) -> tuple[int, int, bool]: ...
+def links(buf: _Buf, mode: int, start: _Buf, end: _Buf, ip: _Buf, /) -> None: ...
 def epbs(
     buf: _Buf,
     off: int,

@@ -9,6 +9,9 @@ Framing problems (a block length that is not a multiple of 4, runs past the end 
 disagrees with the trailing copy; a bad byte-order magic in a later section) stop iteration
 with ``truncated`` set. A well-framed packet block whose content is wrong (an unknown interface,
 a captured length beyond the block) is skipped and counted in ``skipped``.
+
+The walk (:func:`runs`) reads runs of well-framed Enhanced Packet Blocks that carry IP with a
+compiled loop (:func:`gfwlab._native.epbs`), and every other block here.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from gfwlab.errors import AdapterError
 from gfwlab.packet.link import (
     LINK_MODES,
     MODE_ETH,
-    MODE_RAW,
     RELEASE,
     FrameBuffer,
     ReaderState,
@@ -191,21 +193,19 @@ Run = tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.int64
 
 
 class _Compiled:
-    """The interfaces of a section as the compiled run of plain packet blocks reads them
+    """The interfaces of a section as the compiled run of packet blocks reads them
     (:func:`gfwlab._native.epbs`), and the arrays it fills."""
 
     def __init__(self, ifaces: list[_Iface]) -> None:
         self.modes = np.array([i[0] for i in ifaces], dtype=np.uint8)
         self.units = np.array([i[1] for i in ifaces], dtype=np.float64)
         self.offsets = np.array([i[2] for i in ifaces], dtype=np.int64)
-        # Worth a call only if some interface's frames can be read the fast way.
-        self.useful = bool(np.isin(self.modes, (MODE_ETH, MODE_RAW)).any())
         self.ts = np.empty(RUN, dtype=np.float64)
         self.start = np.empty(RUN, dtype=np.int64)
         self.end = np.empty(RUN, dtype=np.int64)
 
     def run(self, buf: FrameBuffer, off: int, size: int, big: bool) -> tuple[Run | None, int]:
-        """The run of plain packet blocks at ``off`` (None: the block there is not one), and
+        """The run of packet blocks at ``off`` (None: the block there is not one), and
         the offset after it. A run stops after :data:`RELEASE` bytes, so that whoever walks
         can let go of what it has read."""
         got, off = _native.epbs(
@@ -229,9 +229,9 @@ def runs(reader: ReaderState, buf: FrameBuffer, *, compiled: bool = True) -> Ite
     """:func:`locate`'s packets a run at a time, with ``reader``'s counters updated as the
     walk goes. No run spans a skipped record: a run is yielded before the walk counts the next
     one, so that a caller that stops between two runs sees the counters of the records walked
-    so far. Runs of plain Enhanced Packet Blocks (raw IP, or Ethernet carrying IP: most
-    captures) are read by a compiled loop; every other block, and every framing check, here
-    (``compiled`` off: every block here, the reference the compiled loop is tested against).
+    so far. Runs of well-framed Enhanced Packet Blocks that carry IP (most of any capture) are
+    read by a compiled loop; every other block, and every framing check, here (``compiled``
+    off: every block here, the reference the compiled loop is tested against).
     """
     size = len(buf)
     order = _LE
@@ -251,17 +251,16 @@ def runs(reader: ReaderState, buf: FrameBuffer, *, compiled: bool = True) -> Ite
             if compiled and ifaces and off + 28 <= size:
                 if fast is None:
                     fast = _Compiled(ifaces)
-                if fast.useful:
-                    run, after = fast.run(buf, off, size, order is _BE)
-                    if run is not None:
-                        if ts_l:
-                            yield _pending(ts_l, start_l, end_l)
-                            ts_l, start_l, end_l = [], [], []
-                        off = reader.bytes_read = after
-                        reader.packets += run[0].shape[0]
-                        last_ts = float(run[0][-1])
-                        yield run
-                        continue
+                run, after = fast.run(buf, off, size, order is _BE)
+                if run is not None:
+                    if ts_l:
+                        yield _pending(ts_l, start_l, end_l)
+                        ts_l, start_l, end_l = [], [], []
+                    off = reader.bytes_read = after
+                    reader.packets += run[0].shape[0]
+                    last_ts = float(run[0][-1])
+                    yield run
+                    continue
             if len(ts_l) >= RUN:
                 yield _pending(ts_l, start_l, end_l)
                 ts_l, start_l, end_l = [], [], []

@@ -6,18 +6,18 @@ truncated bytes), as three arrays, without copying a packet:
 
 * classic pcap: a record's place depends on every record before it, so the record chain is
   walked by a compiled loop (:func:`gfwlab._native.walk`) that reads each record's length and
-  timestamp and nothing else; lengths and link-layer headers are then read with NumPy. Raw IP is
-  each record's body; Ethernet is read in bulk where the EtherType is IPv4 or IPv6 and the
-  frame is at least 14 bytes, and only the other frames (VLAN tags, ARP, short frames) go
-  through :func:`~gfwlab.packet.link.ip_offset` one by one, as do the rarer link types.
-* pcapng: the blocks' own walk (:func:`~gfwlab.packet.pcapng.locate`), which yields offsets.
+  timestamp and nothing else; then another (:func:`gfwlab._native.links`) finds where each
+  frame's IP packet begins, by the rules of :func:`~gfwlab.packet.link.ip_offset` (raw IP is
+  each record's body).
+* pcapng: the blocks' own walk (:func:`~gfwlab.packet.pcapng.runs`), which yields runs of
+  offsets.
 
 :func:`windows` gives the same a run of records at a time, for a capture too large to index whole
 (``gfwlab.offline.analyze``); a pcapng's windows are cut from one walk of its blocks.
 
-The walk is compiled because it is the one loop over every record that NumPy cannot do: in
-Python it took 0.3 µs a record, a tenth of a realistic capture's analysis
-(``benchmarks/README.md``).
+The walks are compiled because they are loops over every record that NumPy cannot do: in
+Python the classic pcap's took 0.3 µs a record, a tenth of a realistic capture's analysis, and
+a pcapng's 1.35 µs (``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from gfwlab import _native
 from gfwlab.packet import pcapng
-from gfwlab.packet.link import MODE_ETH, MODE_RAW, RELEASE, FrameBuffer, ip_offset
+from gfwlab.packet.link import MODE_RAW, RELEASE, FrameBuffer
 from gfwlab.packet.pcap import CaptureReader
 
 I64 = npt.NDArray[np.int64]
@@ -261,38 +261,16 @@ def _records(reader: CaptureReader, offs: I64, ts: F64) -> tuple[Records, int]:
     """The IP packets of the records at ``offs`` (the offset after the last one appended) whose
     timestamps are ``ts``, and how many records hold none."""
     buf = reader.mapping
-    size = reader.size
     hlen, _endian, _div, mode, _cap = reader.framing
     rec = offs[:-1]
     n = rec.shape[0]
-    data = np.frombuffer(buf, dtype=np.uint8) if size else np.zeros(0, dtype=np.uint8)
     start = rec + hlen
     length = offs[1:] - start
     keep: npt.NDArray[np.bool_] | None = None
-    if mode == MODE_ETH:
-        top = max(size - 1, 0)
-        etype = (data[np.minimum(start + 12, top)].astype(np.int64) << 8) | data[
-            np.minimum(start + 13, top)
-        ]
-        plain = (length >= 14) & ((etype == 0x0800) | (etype == 0x86DD))
-        ip = start + 14
-        keep = plain.copy()
-        for i in np.flatnonzero(~plain).tolist():
-            s, e = int(start[i]), int(offs[i + 1])
-            got = ip_offset(mode, buf, s, e)
-            if got is not None:
-                ip[i] = got
-                keep[i] = True
-        start = ip
-    elif mode != MODE_RAW:
-        ip = start.copy()
-        keep = np.zeros(n, dtype=np.bool_)
-        ends = offs[1:].tolist()
-        for i, s in enumerate(start.tolist()):
-            got = ip_offset(mode, buf, s, ends[i])
-            if got is not None:
-                ip[i] = got
-                keep[i] = True
+    if mode != MODE_RAW:  # where each frame's IP packet begins (-1: it carries none)
+        ip = np.empty(n, dtype=np.int64)
+        _native.links(buf, mode, np.ascontiguousarray(start), offs[1:].copy(), ip)
+        keep = ip >= 0
         start = ip
     skipped = 0
     if keep is not None:
