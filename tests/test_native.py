@@ -63,9 +63,11 @@ def _reference_lives(
     return lives
 
 
-def _lives(key: np.ndarray, keyed: np.ndarray, ts: np.ndarray, proto: np.ndarray) -> Lives:
+def _lives(
+    src: np.ndarray, dst: np.ndarray, keyed: np.ndarray, ts: np.ndarray, proto: np.ndarray
+) -> Lives:
     index = CaptureIndex.__new__(CaptureIndex)
-    index.key, index.flow, index.ts, index.proto = key, keyed, ts, proto
+    index.src, index.dst, index.flow, index.ts, index.proto = src, dst, keyed, ts, proto
     return CaptureIndex.lives(index, 2.0, 0.5)
 
 
@@ -82,15 +84,20 @@ def _lives(key: np.ndarray, keyed: np.ndarray, ts: np.ndarray, proto: np.ndarray
 )
 def test_lives_are_the_rule(packets: list[tuple[int, bool, float, int]]) -> None:
     n = len(packets)
-    # Keys differ in one word only, the last one: a hash's collisions are checked, not trusted.
-    key = np.zeros((n, 7), dtype=np.uint64)
-    key[:, 6] = [k for k, *_ in packets]
-    key[:, 0] = [p for *_, p in packets]
+    # Endpoints that differ in one word only, the port's, and flows seen both ways: the key is
+    # the same in both directions, and a hash's collisions are checked, not trusted.
+    src = np.zeros((n, 3), dtype=np.uint64)
+    dst = np.zeros((n, 3), dtype=np.uint64)
+    for i, (k, *_rest) in enumerate(packets):
+        a, b = [1, 2, 80], [1, 2, 1000 + k // 2]
+        src[i], dst[i] = (a, b) if k % 2 else (b, a)
     keyed = np.array([kd for _, kd, _, _ in packets], dtype=np.bool_)
     ts = np.cumsum([d for _, _, d, _ in packets]).astype(np.float64)
     proto = np.array([p for *_, p in packets], dtype=np.uint8)
+    ends = [sorted((src[i].tolist(), dst[i].tolist())) for i in range(n)]
+    key = np.array([[int(proto[i]), *lo, *hi] for i, (lo, hi) in enumerate(ends)]).reshape(n, 7)
     want = _reference_lives(key, keyed, ts, proto, 2.0, 0.5)
-    got = _lives(key, keyed, ts, proto)
+    got = _lives(src, dst, keyed, ts, proto)
     assert got.count.tolist() == [len(life) for life in want]
     assert got.first.tolist() == [life[0] for life in want]
     assert got.order.tolist() == [i for life in want for i in life]
@@ -106,13 +113,23 @@ def test_lives_of_many_flows_share_no_life() -> None:
     """Enough distinct keys to fill the hash table's probe chains: each key is its own life."""
     n = 50_000
     rng = np.random.default_rng(7)
-    key = rng.integers(0, 2**63, size=(n, 7), dtype=np.uint64)
-    key[n // 2 :] = key[: n // 2]  # each key twice
+    src = rng.integers(0, 2**63, size=(n, 3), dtype=np.uint64)
+    dst = rng.integers(0, 2**63, size=(n, 3), dtype=np.uint64)
+    src[n // 2 :], dst[n // 2 :] = dst[: n // 2], src[: n // 2]  # each flow twice, both ways
     ts = np.linspace(0.0, 1.0, n)
-    got = _lives(key, np.ones(n, dtype=np.bool_), ts, np.full(n, PROTO_TCP, dtype=np.uint8))
+    tcp = np.full(n, PROTO_TCP, dtype=np.uint8)
+    got = _lives(src, dst, np.ones(n, dtype=np.bool_), ts, tcp)
     assert got.count.shape[0] == n // 2
     assert (got.count == 2).all()
     assert (got.life_of[n // 2 :] == got.life_of[: n // 2]).all()
+    # One client to many servers: keys that differ only in their higher endpoint, probed past.
+    src = np.zeros((n, 3), dtype=np.uint64)
+    dst = np.zeros((n, 3), dtype=np.uint64)
+    src[:, 2] = 1
+    dst[:, 2] = 1000 + np.arange(n) % (n // 2)
+    got = _lives(src, dst, np.ones(n, dtype=np.bool_), ts, tcp)
+    assert got.count.shape[0] == n // 2
+    assert (got.count == 2).all()
 
 
 @given(
@@ -175,8 +192,7 @@ def test_wrong_sizes_are_refused() -> None:
         _native.flow_keys(u8, words, words, np.zeros((1, 6), np.uint64), u8)
     with pytest.raises(ValueError, match="lives count"):
         _native.lives(
-            np.zeros((1, 7), np.uint64), u8, np.zeros(1), u8, 1.0, 1.0, one, one, one, two,
-            np.zeros(1), u8,
+            u8, words, words, u8, np.zeros(1), 1.0, 1.0, one, one, one, two, np.zeros(1), u8,
         )  # fmt: skip
     with pytest.raises(ValueError, match="walk"):
         _native.walk(buf, 0, 100, 200, 16, False, 100, 1e6, two, np.zeros(2))  # size > buffer

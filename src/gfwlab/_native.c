@@ -344,9 +344,24 @@ done:
 
 #define KEY 7 /* words of a flow key: protocol, then the lower and the higher endpoint */
 
-/* flow_keys(proto, src, dst, key, lower): each packet's direction-independent flow key,
- * (protocol, lower endpoint, higher endpoint), endpoints compared word by word; lower says
- * whether the packet's source is the lower one (equal endpoints: it is). */
+/* Packet i's direction-independent flow key, (protocol, lower endpoint, higher endpoint),
+ * endpoints (three words each) compared word by word; returns whether its source is the lower
+ * one (equal endpoints: it is). */
+static inline int
+key_of(const uint8_t *pr, const uint64_t *src, const uint64_t *dst, Py_ssize_t i, uint64_t *row)
+{
+    const uint64_t *a = src + 3 * i, *b = dst + 3 * i;
+    int low = a[0] != b[0] ? a[0] < b[0] : (a[1] != b[1] ? a[1] < b[1] : a[2] <= b[2]);
+    if (row != NULL) {
+        row[0] = pr[i];
+        memcpy(row + 1, low ? a : b, 24);
+        memcpy(row + 4, low ? b : a, 24);
+    }
+    return low;
+}
+
+/* flow_keys(proto, src, dst, key, lower): each packet's flow key (key_of) and whether its
+ * source is the key's lower endpoint; key may be empty (only lower is wanted). */
 static PyObject *
 flow_keys(PyObject *self, PyObject *args)
 {
@@ -356,22 +371,13 @@ flow_keys(PyObject *self, PyObject *args)
     PyObject *result = NULL;
     Py_ssize_t n = proto.len;
     if (need("flow_keys src", &src, 24, n) || need("flow_keys dst", &dst, 24, n) ||
-        need("flow_keys key", &key, 8 * KEY, n) || need("flow_keys lower", &lower, 1, n))
+        (key.len != 0 && need("flow_keys key", &key, 8 * KEY, n)) ||
+        need("flow_keys lower", &lower, 1, n))
         goto done;
-    const uint8_t *pr = proto.buf;
-    const uint64_t *s = src.buf, *d = dst.buf;
-    uint64_t *k = key.buf;
+    uint64_t *k = key.len ? key.buf : NULL;
     uint8_t *lo = lower.buf;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        const uint64_t *a = s + 3 * i, *b = d + 3 * i;
-        int low = a[0] != b[0] ? a[0] < b[0] : (a[1] != b[1] ? a[1] < b[1] : a[2] <= b[2]);
-        const uint64_t *first = low ? a : b, *second = low ? b : a;
-        uint64_t *row = k + KEY * i;
-        row[0] = pr[i];
-        memcpy(row + 1, first, 24);
-        memcpy(row + 4, second, 24);
-        lo[i] = (uint8_t)low;
-    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        lo[i] = (uint8_t)key_of(proto.buf, src.buf, dst.buf, i, k ? k + KEY * i : NULL);
     result = Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&proto);
@@ -394,33 +400,33 @@ mix_row(const uint64_t *row)
     return h;
 }
 
-/* lives(key, keyed, ts, proto, tcp_timeout, udp_timeout, life_of, pos, first, count, final_ts,
- *       life_keyed) -> number of lives
+/* lives(proto, src, dst, keyed, ts, tcp_timeout, udp_timeout, life_of, pos, first, count,
+ *       final_ts, life_keyed) -> number of lives
  *
  * Groups packets into flow lives in one pass in file order: a keyed packet goes on the life of
- * the last packet with the same key if it came less than its protocol's timeout before it
- * (TCP: tcp_timeout, else udp_timeout; the difference of the two timestamps, which may be
- * negative in a capture out of time order), and starts a new life otherwise; a packet outside
- * any flow is a life alone. Lives are numbered by their first packet's file order. Per packet:
- * its life and its position in it; per life (the first `lives` entries): its first packet, its
- * number of packets, its last packet's timestamp and whether it is keyed. */
+ * the last packet with the same flow key (key_of) if it came less than its protocol's timeout
+ * after it (TCP: tcp_timeout, else udp_timeout; the difference of the two timestamps, which may
+ * be negative in a capture out of time order), and starts a new life otherwise; a packet
+ * outside any flow is a life alone. Lives are numbered by their first packet's file order. Per
+ * packet: its life and its position in it; per life (the first `lives` entries): its first
+ * packet, its number of packets, its last packet's timestamp and whether it is keyed. */
 static PyObject *
 lives(PyObject *self, PyObject *args)
 {
-    Py_buffer key, keyed, ts, proto, life_of, pos, first, count, final_ts, life_keyed;
+    Py_buffer proto, src, dst, keyed, ts, life_of, pos, first, count, final_ts, life_keyed;
     double tcp_timeout, udp_timeout;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*ddw*w*w*w*w*w*", &key, &keyed, &ts, &proto,
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*ddw*w*w*w*w*w*", &proto, &src, &dst, &keyed, &ts,
                           &tcp_timeout, &udp_timeout, &life_of, &pos, &first, &count, &final_ts,
                           &life_keyed))
         return NULL;
     PyObject *result = NULL;
     int64_t *table = NULL;
     Py_ssize_t n = keyed.len;
-    if (need("lives key", &key, 8 * KEY, n) || need("lives ts", &ts, 8, n) ||
-        need("lives proto", &proto, 1, n) || need("lives life_of", &life_of, 8, n) ||
-        need("lives pos", &pos, 8, n) || need("lives first", &first, 8, n) ||
-        need("lives count", &count, 8, n) || need("lives final_ts", &final_ts, 8, n) ||
-        need("lives life_keyed", &life_keyed, 1, n))
+    if (need("lives proto", &proto, 1, n) || need("lives src", &src, 24, n) ||
+        need("lives dst", &dst, 24, n) || need("lives ts", &ts, 8, n) ||
+        need("lives life_of", &life_of, 8, n) || need("lives pos", &pos, 8, n) ||
+        need("lives first", &first, 8, n) || need("lives count", &count, 8, n) ||
+        need("lives final_ts", &final_ts, 8, n) || need("lives life_keyed", &life_keyed, 1, n))
         goto done;
     size_t slots = 16;
     while (slots < 2 * (size_t)n)
@@ -431,8 +437,8 @@ lives(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
-    const uint64_t *k = key.buf;
-    const uint8_t *kd = keyed.buf, *pr = proto.buf;
+    const uint8_t *pr = proto.buf, *kd = keyed.buf;
+    const uint64_t *s = src.buf, *d = dst.buf;
     const double *t = ts.buf;
     int64_t *lo = life_of.buf, *ps = pos.buf, *fi = first.buf, *co = count.buf;
     double *ft = final_ts.buf;
@@ -441,10 +447,15 @@ lives(PyObject *self, PyObject *args)
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t life = -1;
         if (kd[i]) {
-            const uint64_t *row = k + KEY * i;
+            uint64_t row[KEY], other[KEY];
+            key_of(pr, s, d, i, row);
             size_t at = (size_t)mix_row(row) & (slots - 1);
-            while (table[at] && memcmp(k + KEY * (table[at] - 1), row, 8 * KEY) != 0)
+            while (table[at]) {
+                key_of(pr, s, d, table[at] - 1, other);
+                if (memcmp(other, row, sizeof row) == 0)
+                    break;
                 at = (at + 1) & (slots - 1);
+            }
             if (table[at]) {
                 int64_t prev = table[at] - 1;
                 double timeout = pr[i] == 6 ? tcp_timeout : udp_timeout;
@@ -466,10 +477,11 @@ lives(PyObject *self, PyObject *args)
     result = PyLong_FromLongLong(m);
 done:
     PyMem_Free(table);
-    PyBuffer_Release(&key);
+    PyBuffer_Release(&proto);
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
     PyBuffer_Release(&keyed);
     PyBuffer_Release(&ts);
-    PyBuffer_Release(&proto);
     PyBuffer_Release(&life_of);
     PyBuffer_Release(&pos);
     PyBuffer_Release(&first);

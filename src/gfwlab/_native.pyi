@@ -50,10 +50,11 @@ def classify(
 ) -> None: ...
 def flow_keys(proto: _Buf, src: _Buf, dst: _Buf, key: _Buf, lower: _Buf, /) -> None: ...
 def lives(
-    key: _Buf,
+    proto: _Buf,
+    src: _Buf,
+    dst: _Buf,
     keyed: _Buf,
     ts: _Buf,
-    proto: _Buf,
     tcp_timeout: float,
     udp_timeout: float,
     life_of: _Buf,

@@ -4,9 +4,10 @@
 :func:`gfwlab.packet.scan.scan` (the same packets, truncation, skipped frames and link types as
 the every-packet path's :class:`~gfwlab.packet.pcap.CaptureReader`, but in bulk), keeping for
 each its timestamp and where its bytes are in the memory-mapped file; no packet is copied.
-Everything else is array operations over that
-buffer: version, protocol, addresses, ports, TCP flags, payload lengths, and a flow key that
-is the same in both directions. :meth:`CaptureIndex.lives` groups packets into flow lives:
+Then, read from that buffer by compiled loops (:mod:`gfwlab._native`): version, protocol,
+addresses, ports, TCP flags, payload lengths, and which end of its flow each packet comes from
+(a flow's key, the same in both directions, is worked out where it is needed, not kept for
+every packet). :meth:`CaptureIndex.lives` groups packets into flow lives:
 one 5-tuple's packets, cut wherever the gap between two of them reaches the engine's idle
 timeout (the engine forgets a flow then and makes a new one). The engine also replaces a flow
 before that: on a new connection on its 5-tuple (a client's SYN with a new initial sequence
@@ -97,10 +98,8 @@ class CaptureIndex:
     src: U64
     """Source endpoint as three words per packet (address high, low, port): shape (n, 3)."""
     dst: U64
-    key: U64
-    """Direction-independent flow key: (version and protocol, lower endpoint, higher one)."""
     lower: Bools
-    """The packet's source is the key's lower endpoint."""
+    """The packet's source is the lower endpoint of its flow key (:meth:`keys`)."""
     reader: CaptureReader
 
     def __len__(self) -> int:
@@ -123,16 +122,23 @@ class CaptureIndex:
             dst[2] & 0xFFFF,
         )
 
+    def keys(self, rows: I64) -> U64:
+        """The direction-independent flow keys of packets ``rows``: (version and protocol,
+        lower endpoint, higher endpoint), seven words each. Not kept for every packet (56 bytes
+        a packet): the lives are grouped from the endpoints directly."""
+        key, _lower = _flow_keys(self.proto[rows], self.src[rows], self.dst[rows])
+        return key
+
     def close(self) -> None:
         self.reader.close()
 
     def detach(self) -> dict[str, Any]:
-        """Everything but the open file and what the addresses give (the flow keys): plain
+        """Everything but the open file and what the addresses give (``lower``): plain
         data another process can receive (:meth:`attach` opens the file again there)."""
         return {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("data", "reader", "key", "lower")
+            if f.name not in ("data", "reader", "lower")
         }
 
     @classmethod
@@ -143,8 +149,8 @@ class CaptureIndex:
         if reader.size != fields["size"]:
             reader.close()
             raise AdapterError(fields["path"], "changed since it was indexed")
-        key, lower = _flow_keys(fields["proto"], fields["src"], fields["dst"])
-        return cls(**fields, key=key, lower=lower, data=reader.mapping, reader=reader)
+        _keys, lower = _flow_keys(fields["proto"], fields["src"], fields["dst"], keys=False)
+        return cls(**fields, lower=lower, data=reader.mapping, reader=reader)
 
     def subset(self, sel: I64) -> CaptureIndex:
         """The index of packets ``sel`` (increasing file indices) alone, over the same file."""
@@ -159,7 +165,6 @@ class CaptureIndex:
             payload_len=self.payload_len[sel],
             src=self.src[sel],
             dst=self.dst[sel],
-            key=self.key[sel],
             lower=self.lower[sel],
         )
 
@@ -175,8 +180,8 @@ class CaptureIndex:
         keyed = np.empty(n, dtype=np.bool_)
         c = np.ascontiguousarray
         m = _native.lives(
-            c(self.key), c(self.flow), c(self.ts), c(self.proto), float(tcp_timeout),
-            float(udp_timeout), life_of, pos, first, count, final_ts, keyed,
+            c(self.proto), c(self.src), c(self.dst), c(self.flow), c(self.ts),
+            float(tcp_timeout), float(udp_timeout), life_of, pos, first, count, final_ts, keyed,
         )  # fmt: skip
         count = count[:m]
         start = np.zeros(m, dtype=np.int64)
@@ -307,7 +312,7 @@ def _index(reader: CaptureReader, records: Records) -> CaptureIndex:
     fields = _classify(buf, start, length)
     _parse_leftovers(data, start, length, fields)
     flow, proto, flags, payload_len, src, dst = fields
-    key, lower = _flow_keys(proto, src, dst)
+    _keys, lower = _flow_keys(proto, src, dst, keys=False)
     in_order = bool(np.all(ts_arr[1:] >= ts_arr[:-1])) if ts_arr.shape[0] > 1 else True
     return CaptureIndex(
         path=reader.path,
@@ -327,7 +332,6 @@ def _index(reader: CaptureReader, records: Records) -> CaptureIndex:
         payload_len=payload_len,
         src=src,
         dst=dst,
-        key=key,
         lower=lower,
         reader=reader,
     )
@@ -380,11 +384,12 @@ def address(words: list[int], size: int) -> bytes:
     return int(words[0]).to_bytes(8, "big") + int(words[1]).to_bytes(8, "big")
 
 
-def _flow_keys(proto: U8, src: U64, dst: U64) -> tuple[U64, Bools]:
-    """(protocol, lower endpoint, higher endpoint): the same for both directions
-    (:func:`gfwlab._native.flow_keys`)."""
+def _flow_keys(proto: U8, src: U64, dst: U64, *, keys: bool = True) -> tuple[U64, Bools]:
+    """(protocol, lower endpoint, higher endpoint), the same for both directions, and whether
+    each packet's source is the lower endpoint (:func:`gfwlab._native.flow_keys`); ``keys``
+    off: the lower ends only (the keys come back empty)."""
     n = proto.shape[0]
-    key = np.empty((n, 7), dtype=np.uint64)
+    key = np.empty((n if keys else 0, 7), dtype=np.uint64)
     lower = np.empty(n, dtype=np.bool_)
     _native.flow_keys(
         np.ascontiguousarray(proto), np.ascontiguousarray(src), np.ascontiguousarray(dst), key,

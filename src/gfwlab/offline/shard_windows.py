@@ -121,7 +121,7 @@ def split_window(
     words: U64 = servers.rows.view(np.uint64).reshape(-1, 3)
     first = lives.first[lives.keyed]
     timeout = np.where(index.proto[first] == PROTO_TCP, eng.tcp_timeout_s, eng.udp_timeout_s)
-    keys = index.key[first]
+    keys = index.keys(first)
     if carry.going:
         # A life whose flow is still in its part's table (the engine forgets a flow at its
         # next packet after its idle timeout) goes on with the server the engine took for it.
