@@ -217,12 +217,30 @@ class _Compiled:
         return (self.ts[:got].copy(), self.start[:got].copy(), self.end[:got].copy()), off
 
 
-def _pending(ts: list[float], start: list[int], end: list[int]) -> Run:
-    return (
-        np.array(ts, dtype=np.float64),
-        np.array(start, dtype=np.int64),
-        np.array(end, dtype=np.int64),
-    )
+class _Pending:
+    """Packets the Python walk found, not yet yielded as a run."""
+
+    def __init__(self) -> None:
+        self.ts: list[float] = []
+        self.start: list[int] = []
+        self.end: list[int] = []
+
+    def add(self, ts: float, start: int, end: int) -> None:
+        self.ts.append(ts)
+        self.start.append(start)
+        self.end.append(end)
+
+    def flush(self) -> list[Run]:
+        """The run they make (none if there are none); they are then forgotten."""
+        if not self.ts:
+            return []
+        run = (
+            np.array(self.ts, dtype=np.float64),
+            np.array(self.start, dtype=np.int64),
+            np.array(self.end, dtype=np.int64),
+        )
+        self.ts, self.start, self.end = [], [], []
+        return [run]
 
 
 def runs(reader: ReaderState, buf: FrameBuffer, *, compiled: bool = True) -> Iterator[Run]:
@@ -243,9 +261,7 @@ def runs(reader: ReaderState, buf: FrameBuffer, *, compiled: bool = True) -> Ite
     n_idb = 0
     last_ts = 0.0
     off = 0
-    ts_l: list[float] = []
-    start_l: list[int] = []
-    end_l: list[int] = []
+    pending = _Pending()
     try:
         while off < size:
             if compiled and ifaces and off + 28 <= size:
@@ -253,17 +269,14 @@ def runs(reader: ReaderState, buf: FrameBuffer, *, compiled: bool = True) -> Ite
                     fast = _Compiled(ifaces)
                 run, after = fast.run(buf, off, size, order is _BE)
                 if run is not None:
-                    if ts_l:
-                        yield _pending(ts_l, start_l, end_l)
-                        ts_l, start_l, end_l = [], [], []
+                    yield from pending.flush()
                     off = reader.bytes_read = after
                     reader.packets += run[0].shape[0]
                     last_ts = float(run[0][-1])
                     yield run
                     continue
-            if len(ts_l) >= RUN:
-                yield _pending(ts_l, start_l, end_l)
-                ts_l, start_l, end_l = [], [], []
+            if len(pending.ts) >= RUN:
+                yield from pending.flush()
             # A well-formed Enhanced Packet Block, headers read in one unpack.
             if off + 28 <= size:
                 btype, blen, iid, tsh, tsl, caplen, _orig = head(buf, off)
@@ -289,16 +302,12 @@ def runs(reader: ReaderState, buf: FrameBuffer, *, compiled: bool = True) -> Ite
                     else:
                         got = ip_offset(mode, buf, start, end)
                         if got is None:
-                            if ts_l:
-                                yield _pending(ts_l, start_l, end_l)
-                                ts_l, start_l, end_l = [], [], []
+                            yield from pending.flush()
                             reader.skipped += 1
                             continue
                         ip = got
                     reader.packets += 1
-                    ts_l.append(last_ts)
-                    start_l.append(ip)
-                    end_l.append(end)
+                    pending.add(last_ts, ip, end)
                     continue
             # Everything else, and every framing check.
             if off + 12 > size:
@@ -349,9 +358,8 @@ def runs(reader: ReaderState, buf: FrameBuffer, *, compiled: bool = True) -> Ite
                 if blen < 20:
                     reader.mark_truncated(off)
                     break
-                if ts_l:  # the packets before it, should it name a link type that cannot be read
-                    yield _pending(ts_l, start_l, end_l)
-                    ts_l, start_l, end_l = [], [], []
+                # The packets before it, should it name a link type that cannot be read.
+                yield from pending.flush()
                 linktype, iface = _parse_idb(reader.path, buf, off, blen, order)
                 ifaces.append(iface)
                 fast = None
@@ -363,19 +371,14 @@ def runs(reader: ReaderState, buf: FrameBuffer, *, compiled: bool = True) -> Ite
                 reader.mark_truncated(off)
                 break
             if btype in _PACKET_BLOCKS and found is None:
-                if ts_l:
-                    yield _pending(ts_l, start_l, end_l)
-                    ts_l, start_l, end_l = [], [], []
+                yield from pending.flush()
                 reader.skipped += 1
             off += blen
             reader.bytes_read = off
             if found is not None:
                 reader.packets += 1
-                ts_l.append(last_ts)
-                start_l.append(found)
-                end_l.append(found_end)
-        if ts_l:
-            yield _pending(ts_l, start_l, end_l)
+                pending.add(last_ts, found, found_end)
+        yield from pending.flush()
     except ValueError:
         if reader.closed:  # the mapping was closed under a suspended loop
             return
