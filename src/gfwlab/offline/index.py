@@ -149,7 +149,7 @@ class CaptureIndex:
         if reader.size != fields["size"]:
             reader.close()
             raise AdapterError(fields["path"], "changed since it was indexed")
-        _keys, lower = _flow_keys(fields["proto"], fields["src"], fields["dst"], keys=False)
+        lower = _lower_ends(fields["proto"], fields["src"], fields["dst"])
         return cls(**fields, lower=lower, data=reader.mapping, reader=reader)
 
     def subset(self, sel: I64) -> CaptureIndex:
@@ -312,7 +312,7 @@ def _index(reader: CaptureReader, records: Records) -> CaptureIndex:
     fields = _classify(buf, start, length)
     _parse_leftovers(data, start, length, fields)
     flow, proto, flags, payload_len, src, dst = fields
-    _keys, lower = _flow_keys(proto, src, dst, keys=False)
+    lower = _lower_ends(proto, src, dst)
     in_order = bool(np.all(ts_arr[1:] >= ts_arr[:-1])) if ts_arr.shape[0] > 1 else True
     return CaptureIndex(
         path=reader.path,
@@ -384,15 +384,19 @@ def address(words: list[int], size: int) -> bytes:
     return int(words[0]).to_bytes(8, "big") + int(words[1]).to_bytes(8, "big")
 
 
-def _flow_keys(proto: U8, src: U64, dst: U64, *, keys: bool = True) -> tuple[U64, Bools]:
+def _flow_keys(proto: U8, src: U64, dst: U64) -> tuple[U64, Bools]:
     """(protocol, lower endpoint, higher endpoint), the same for both directions, and whether
-    each packet's source is the lower endpoint (:func:`gfwlab._native.flow_keys`); ``keys``
-    off: the lower ends only (the keys come back empty)."""
-    n = proto.shape[0]
-    key = np.empty((n if keys else 0, 7), dtype=np.uint64)
-    lower = np.empty(n, dtype=np.bool_)
-    _native.flow_keys(
-        np.ascontiguousarray(proto), np.ascontiguousarray(src), np.ascontiguousarray(dst), key,
-        lower,
-    )  # fmt: skip
+    each packet's source is the lower endpoint (:func:`gfwlab._native.flow_keys`)."""
+    return _ends(proto, src, dst, np.empty((proto.shape[0], 7), dtype=np.uint64))
+
+
+def _lower_ends(proto: U8, src: U64, dst: U64) -> Bools:
+    """Whether each packet's source is the lower endpoint of its flow key (no key made)."""
+    return _ends(proto, src, dst, np.empty((0, 7), dtype=np.uint64))[1]
+
+
+def _ends(proto: U8, src: U64, dst: U64, key: U64) -> tuple[U64, Bools]:
+    lower = np.empty(proto.shape[0], dtype=np.bool_)
+    c = np.ascontiguousarray
+    _native.flow_keys(c(proto), c(src), c(dst), key, lower)
     return key, lower

@@ -269,7 +269,7 @@ def _records(reader: CaptureReader, offs: I64, ts: F64) -> tuple[Records, int]:
     keep: npt.NDArray[np.bool_] | None = None
     if mode != MODE_RAW:  # where each frame's IP packet begins (-1: it carries none)
         ip = np.empty(n, dtype=np.int64)
-        _native.links(buf, mode, np.ascontiguousarray(start), offs[1:].copy(), ip)
+        _native.links(buf, mode, np.ascontiguousarray(start), offs[1:], ip)
         keep = ip >= 0
         start = ip
     skipped = 0
