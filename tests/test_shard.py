@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 
 from gfwlab.offline.analyze import Summary, analyze
 from gfwlab.offline.index import build_index
-from gfwlab.offline.scale import ProfileSpec, connect, part_runner
+from gfwlab.offline.scale import ProfileSpec, connect, local_start_method, part_runner
 from gfwlab.offline.shard import Split, _tasks, analyze_split, inline, part_lives, split
 from gfwlab.offline.synth import dns_exchange, generate, http_get, load_names, tcp_conversation
 from gfwlab.packet.ip import ACK, FIN, SYN, addr_bytes, build_tcp, fragment
@@ -310,6 +311,20 @@ def test_dask_two_workers_split_one_capture(tmp_path: Path) -> None:
     assert _plain(many) == _plain(one)
     size = cap.stat().st_size  # the parts done, as a share of the capture's bytes
     assert seen == [size // 3, 2 * size // 3, size]
+
+
+def test_local_workers_are_forked_with_the_drivers_modules(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A local cluster's workers are copies of this process (``scale.local_start_method``):
+    a module that exists only in this process's memory is there in each worker."""
+    probe = types.ModuleType("gfwlab_fork_probe")
+    monkeypatch.setitem(sys.modules, probe.__name__, probe)
+    with connect(None, 2) as client:
+        seen = client.run(lambda: "gfwlab_fork_probe" in sys.modules)
+    assert list(seen.values()) == [True, True]
+    monkeypatch.setattr(sys, "platform", "darwin")  # elsewhere: Dask's default, a spawn
+    assert local_start_method() == "spawn"
 
 
 def test_timers_due_together_in_two_parts_keep_one_engines_order(tmp_path: Path) -> None:
