@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -215,6 +216,31 @@ def test_analyze_in_shards_writes_what_one_process_writes(demo_pcap: Path, tmp_p
         runs.append((summary, ev.read_bytes(), out.read_bytes()))
     assert runs[0] == runs[1]
     assert not runs[1][0]["warnings"] and runs[1][0]["verdicts"]
+
+
+def test_analyze_in_shards_on_a_running_cluster(demo_pcap: Path, tmp_path: Path) -> None:
+    """``--scheduler tcp://HOST:PORT``: the parts go to a cluster gfwlab did not start (its
+    workers spawned, reached through its scheduler); the same outputs as one process."""
+    from distributed import LocalCluster  # noqa: PLC0415
+
+    runs = []
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+        silence_logs=logging.CRITICAL,
+    ) as cluster:  # fmt: skip
+        for extra in ((), ("--shards", "2", "--scheduler", str(cluster.scheduler_address))):
+            ev, out = tmp_path / f"ev{len(extra)}.jsonl", tmp_path / f"out{len(extra)}.pcap"
+            res = gfwlab(
+                "analyze", str(demo_pcap), "--date", "2024-06-01", "--events", str(ev),
+                "--out", str(out), "--json", *extra,
+            )  # fmt: skip
+            assert res.returncode == 0, res.stderr
+            summary = json.loads(res.stdout)
+            summary.pop("outputs")
+            assert summary.pop("parts") == (2 if extra else 1)
+            runs.append((summary, ev.read_bytes(), out.read_bytes()))
+    assert runs[0] == runs[1]
+    assert not runs[1][0]["warnings"]
 
 
 @pytest.mark.parametrize(

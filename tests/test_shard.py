@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from gfwlab.offline import scale
 from gfwlab.offline.analyze import Summary, analyze
 from gfwlab.offline.index import build_index
 from gfwlab.offline.scale import ProfileSpec, connect, local_start_method, part_runner
@@ -320,9 +322,18 @@ def test_local_workers_are_forked_with_the_drivers_modules(
     a module that exists only in this process's memory is there in each worker."""
     probe = types.ModuleType("gfwlab_fork_probe")
     monkeypatch.setitem(sys.modules, probe.__name__, probe)
+    # A profile kept for the workers (``ProfileSpec.keep``) is what they build, from memory:
+    # marked here by a description no loaded profile has.
+    monkeypatch.setattr(scale, "_KEPT", {})  # forgotten after the test
+    spec = ProfileSpec("gfw", DAY, ("fet.active={start='2021-11-01'}",))
+    marked = dataclasses.replace(spec.build(), description="kept before the fork")
+    spec.keep(marked)
     with connect(None, 2) as client:
         seen = client.run(lambda: "gfwlab_fork_probe" in sys.modules)
+        built = client.run(lambda: spec.build().description)
     assert list(seen.values()) == [True, True]
+    assert list(built.values()) == ["kept before the fork"] * 2
+    assert ProfileSpec("gfw", DAY).build().description != "kept before the fork"  # another spec
     monkeypatch.setattr(sys, "platform", "darwin")  # elsewhere: Dask's default, a spawn
     assert local_start_method() == "spawn"
 

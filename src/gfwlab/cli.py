@@ -233,6 +233,7 @@ def _analyze_split(
     from gfwlab.offline.shard_windows import analyze_sharded  # noqa: PLC0415
 
     spec = ProfileSpec(name, prof.date, tuple(sets or ()))
+    spec.keep(prof)  # before the local cluster's workers are forked
     with starting(scheduler, workers) as (runner, windows_runner):
         return analyze_sharded(
             capture, prof, parts=shards, seed=seed, events_path=events, out_path=out,

@@ -46,8 +46,21 @@ class ProfileSpec:
     sets: tuple[str, ...] = ()
 
     def build(self) -> Profile:
-        """The profile, as ``gfwlab analyze --profile NAME --date DATE --set ...`` loads it."""
+        """The profile, as ``gfwlab analyze --profile NAME --date DATE --set ...`` loads it: the
+        one :meth:`keep` was given, in this process or the one it was forked from."""
+        kept = _KEPT.get(self)
+        if kept is not None:
+            return kept
         return load_profile(self.name, date=self.date, overrides=list(self.sets))
+
+    def keep(self, profile: Profile) -> None:
+        """Remember ``profile`` (what :meth:`build` loads) for the workers forked from this
+        process (:func:`local_start_method`): they take it from memory instead of loading its
+        lists again (measured: 0.18 s with the 2024 lists, 0.47 s with a million names)."""
+        _KEPT[self] = profile
+
+
+_KEPT: dict[ProfileSpec, Profile] = {}
 
 
 def outputs_for(capture: str, out_dir: str) -> tuple[str, str]:
@@ -176,13 +189,19 @@ def part_runner(client: Client) -> Runner:
     cluster, yielding each part's result as it completes."""
     from distributed import as_completed  # noqa: PLC0415
 
+    # A local cluster's workers are reached straight from here; through the scheduler the
+    # packets cross one more socket (measured: 0.4-0.7 s against 0.1-0.3 s for the two parts
+    # of the 1.3M-packet realistic capture). A remote cluster's workers may be reachable only
+    # through its scheduler.
+    direct = client.cluster is not None
+
     def run(tasks: list[tuple[PartTask, PartData]]) -> Iterator[PartResult | str]:
         futures, sent = [], []
         try:
             for i, (task, data) in enumerate(tasks):
                 # The packets go to the cluster ahead of the task (a task's arguments should be
                 # small).
-                sent.append(client.scatter(data, hash=False))
+                sent.append(client.scatter(data, hash=False, direct=direct))
                 futures.append(client.submit(task, sent[-1], key=f"part-{i}", pure=False))
             for future in as_completed(futures):
                 result: PartResult | str = future.result()
