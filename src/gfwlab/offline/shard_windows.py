@@ -46,7 +46,6 @@ from gfwlab.offline.analyze import (
     fill_summary,
     in_time_order,
     published,
-    window_sizes,
 )
 from gfwlab.offline.index import (
     F64,
@@ -57,6 +56,7 @@ from gfwlab.offline.index import (
     Windowed,
     address,
     open_index,
+    window_sizes,
 )
 from gfwlab.offline.shard import (
     PartData,
