@@ -15,7 +15,7 @@ import pytest
 
 from gfwlab.errors import AdapterError
 from gfwlab.offline.analyze import YOUNG, Summary, analyze
-from gfwlab.offline.index import MAX_PACKETS, Ahead, CaptureIndex, build_index
+from gfwlab.offline.index import MAX_PACKETS, build_index
 from gfwlab.offline.scale import ProfileSpec, analyze_many, outputs_for
 from gfwlab.offline.synth import (
     dns_exchange,
@@ -57,23 +57,22 @@ def _both(tmp_path: Path, capture: str, prof: Profile, seed: int = 3) -> tuple[S
     """Analyse ``capture`` both ways, and the fast way ``WINDOW`` records at a time; assert
     identical outputs; return the every-packet and the fast summaries."""
     runs: dict[str, tuple[Summary, bytes, bytes]] = {}
-    for how in ("exact", "fast", "windows", "windows ahead"):
+    for how in ("exact", "fast", "windows"):
         ev, out = tmp_path / f"ev-{how == 'exact'}.jsonl", tmp_path / f"out-{how}.pcap"
-        max_index = MAX_PACKETS if how in ("exact", "fast") else WINDOW
         s = analyze(
             capture, prof, seed=seed, events_path=str(ev), out_path=str(out),
-            exact=how == "exact", max_index=max_index,
+            exact=how == "exact", max_index=WINDOW if how == "windows" else MAX_PACKETS,
             no_gain=2.0,  # windows however many packets reach the engine
-            ahead=Ahead(capture, max_index) if how.endswith("ahead") else None,
         )  # fmt: skip
         runs[how] = (s, ev.read_bytes(), out.read_bytes())
-    se, ev_e, out_e = runs["exact"]
-    for how in ("fast", "windows", "windows ahead"):
-        s, ev, out = runs[how]
-        assert ev == ev_e, how
-        assert out == out_e, how
-        assert _plain(s) == _plain(se), how
-    sf = runs["fast"][0]
+    (se, ev_e, out_e), (sf, ev_f, out_f) = runs["exact"], runs["fast"]
+    sw, ev_w, out_w = runs["windows"]
+    assert ev_f == ev_e
+    assert out_f == out_e
+    assert _plain(sf) == _plain(se)
+    assert ev_w == ev_e
+    assert out_w == out_e
+    assert _plain(sw) == _plain(se)
     assert se.engine_packets == se.packets
     return se, sf
 
@@ -570,31 +569,3 @@ def test_analysis_runs_with_fewer_collections_and_restores_them(tmp_path: Path) 
     with pytest.raises(AdapterError):
         analyze(str(cut), _profile())
     assert gc.get_threshold() == before
-
-
-def test_an_index_made_ahead(tmp_path: Path) -> None:
-    """``Ahead``: the index the command line starts before it loads the lists. What it could
-    not open is raised where it is taken; an index not taken is closed (also when the analysis
-    does not need one: ``--exact``); one made for another capture is refused."""
-    cap = tmp_path / "cap.pcap"
-    generate(str(cap), flows=30, seed=4, mix="realistic")
-    prof = _profile()
-    ahead = Ahead(str(cap))
-    plain = analyze(str(cap), prof, events_path=str(tmp_path / "a.jsonl"))
-    made = analyze(str(cap), prof, events_path=str(tmp_path / "b.jsonl"), ahead=ahead)
-    assert _plain(made) == _plain(plain)
-    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
-    missing = Ahead(str(tmp_path / "missing.pcap"))
-    with pytest.raises(AdapterError, match=r"missing\.pcap"):
-        missing.take()
-    Ahead(str(tmp_path / "missing.pcap")).close()  # nothing to close, nothing raised
-    for exact in (True, False):
-        ahead = Ahead(str(cap))
-        if exact:
-            analyze(str(cap), prof, exact=True, ahead=ahead)
-        else:
-            ahead.close()
-        index = ahead.take()
-        assert isinstance(index, CaptureIndex) and index.reader.closed
-    with pytest.raises(ValueError, match="made ahead"):
-        analyze(str(cap), prof, ahead=Ahead(str(cap), MAX_PACKETS - 1))

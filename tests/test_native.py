@@ -12,9 +12,6 @@ import os
 import struct
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -323,45 +320,3 @@ def test_links_of_frames_outside_the_buffer_carry_nothing() -> None:
     start, end = np.array([-1, 5, 90], dtype=np.int64), np.array([10, 4, 120], dtype=np.int64)
     _native.links(bytes(100), 1, start, end, got)
     assert got.tolist() == [-1, -1, -1]
-
-
-def _longest_stall(work: Callable[[], object]) -> tuple[float, float]:
-    """Run ``work`` in a thread while this one spins: how long ``work`` took, and the longest
-    this thread went without running meanwhile."""
-    took: list[float] = []
-
-    def timed() -> None:
-        t = time.perf_counter()
-        work()
-        took.append(time.perf_counter() - t)
-
-    thread = threading.Thread(target=timed)
-    last = time.perf_counter()
-    stall = 0.0
-    thread.start()
-    while thread.is_alive():
-        now = time.perf_counter()
-        stall, last = max(stall, now - last), now
-    thread.join()
-    return took[0], stall
-
-
-def test_the_loops_let_other_threads_run() -> None:
-    """The lives pass and the header reading run without the interpreter lock (the command line
-    indexes a capture in a thread while it loads lists: ``offline.index.Ahead``): another
-    thread is never held up for the length of the call. Held, it would wait all of it
-    (measured: a stall of 270 ms for a 270 ms call; released, 1-2 ms)."""
-    n = 600_000
-    rng = np.random.default_rng(3)
-    src = rng.integers(0, 2**63, size=(n, 3), dtype=np.uint64)
-    dst = rng.integers(0, 2**63, size=(n, 3), dtype=np.uint64)
-    ts = np.linspace(0.0, 1.0, n)
-    tcp = np.full(n, PROTO_TCP, dtype=np.uint8)
-    packet = np.frombuffer(build_tcp(bytes(4), bytes([198, 18, 0, 1]), 1, 80), dtype=np.uint8)
-    start, length = np.zeros(n, dtype=np.int64), np.full(n, packet.shape[0], dtype=np.int64)
-    for work in (
-        lambda: _lives(src, dst, np.ones(n, dtype=np.bool_), ts, tcp),
-        lambda: _classify(packet, start, length),
-    ):
-        took, stall = _longest_stall(work)
-        assert stall < took / 2, (took, stall)

@@ -12,10 +12,6 @@
  * same fields as gfwlab.packet.ip.parse would (or marks the packet for it), never a read out
  * of bounds. The Python callers (gfwlab.packet.scan, gfwlab.offline.index) say what each
  * field means; the types are in _native.pyi.
- *
- * Each loop runs without the interpreter lock (it touches no Python object; the buffers it
- * holds cannot be resized or closed meanwhile), so a capture is indexed in a thread while the
- * caller loads its profile's lists (gfwlab.offline.analyze.Ahead).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -77,7 +73,6 @@ walk(PyObject *self, PyObject *args)
     int broken = 0;
     if (stop > size - hlen)
         stop = size - hlen;
-    Py_BEGIN_ALLOW_THREADS
     while (off <= stop && count < room) {
         const uint8_t *rec = p + off;
         Py_ssize_t caplen = (Py_ssize_t)u32_at(rec + 8, big);
@@ -91,7 +86,6 @@ walk(PyObject *self, PyObject *args)
         offs[count++] = off;
         off = end;
     }
-    Py_END_ALLOW_THREADS
     result = Py_BuildValue("nnO", count, off, broken ? Py_True : Py_False);
 done:
     PyBuffer_Release(&buf);
@@ -170,12 +164,9 @@ links(PyObject *self, PyObject *args)
     const uint8_t *p = buf.buf;
     const int64_t *st = start.buf, *en = end.buf;
     int64_t *out = ip.buf;
-    Py_ssize_t size = buf.len;
-    Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++)
-        out[i] = (st[i] >= 0 && st[i] <= en[i] && en[i] <= size) ? ip_at(mode, p, st[i], en[i])
-                                                                  : -1;
-    Py_END_ALLOW_THREADS
+        out[i] = (st[i] >= 0 && st[i] <= en[i] && en[i] <= buf.len) ? ip_at(mode, p, st[i], en[i])
+                                                                     : -1;
     result = Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&buf);
@@ -221,7 +212,6 @@ epbs(PyObject *self, PyObject *args)
     double *t = ts.buf;
     int64_t *st = start.buf, *en = end.buf;
     Py_ssize_t count = 0;
-    Py_BEGIN_ALLOW_THREADS
     while (off + 28 <= size && off < stop && count < room) {
         const uint8_t *b = p + off;
         uint64_t btype = u32_at(b, big), blen = u32_at(b + 4, big), iid = u32_at(b + 8, big);
@@ -240,7 +230,6 @@ epbs(PyObject *self, PyObject *args)
         count++;
         off += (Py_ssize_t)blen;
     }
-    Py_END_ALLOW_THREADS
     result = Py_BuildValue("nn", count, off);
 done:
     PyBuffer_Release(&buf);
@@ -285,17 +274,15 @@ classify(PyObject *self, PyObject *args)
     uint16_t *fl = flags.buf;
     int64_t *pl = plen.buf;
     uint64_t *so = src.buf, *dso = dst.buf;
-    Py_ssize_t size = buf.len;
-    Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
         uint8_t h[HEAD];
         int64_t s = st[i], len = ln[i];
-        if (s >= 0 && s + HEAD <= size) {
+        if (s >= 0 && s + HEAD <= buf.len) {
             memcpy(h, p + s, HEAD);
         } else {
             memset(h, 0, HEAD);
             for (int k = 0; k < HEAD; k++)
-                if (s >= 0 && s + k < size)
+                if (s >= 0 && s + k < buf.len)
                     h[k] = p[s + k];
         }
 #define B(k) ((int64_t)h[(k)])
@@ -341,7 +328,6 @@ classify(PyObject *self, PyObject *args)
 #undef B
 #undef BE16
     }
-    Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&buf);
@@ -390,12 +376,8 @@ flow_keys(PyObject *self, PyObject *args)
         goto done;
     uint64_t *k = key.len ? key.buf : NULL;
     uint8_t *lo = lower.buf;
-    const uint8_t *pr = proto.buf;
-    const uint64_t *s = src.buf, *d = dst.buf;
-    Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++)
-        lo[i] = (uint8_t)key_of(pr, s, d, i, k ? k + KEY * i : NULL);
-    Py_END_ALLOW_THREADS
+        lo[i] = (uint8_t)key_of(proto.buf, src.buf, dst.buf, i, k ? k + KEY * i : NULL);
     result = Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&proto);
@@ -462,7 +444,6 @@ lives(PyObject *self, PyObject *args)
     double *ft = final_ts.buf;
     uint8_t *lk = life_keyed.buf;
     int64_t m = 0;
-    Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t life = -1;
         if (kd[i]) {
@@ -493,7 +474,6 @@ lives(PyObject *self, PyObject *args)
         ps[i] = co[life]++;
         ft[life] = t[i];
     }
-    Py_END_ALLOW_THREADS
     result = PyLong_FromLongLong(m);
 done:
     PyMem_Free(table);

@@ -111,7 +111,9 @@ def analyze(
     results_dir: ResultsOpt = None,
 ) -> None:
     """What the Great Firewall would have done to a capture, and why."""
-    from gfwlab.offline.index import Ahead  # noqa: PLC0415
+    from gfwlab.offline import analyze as run  # noqa: PLC0415
+    from gfwlab.offline.analyze import at_moment, dated  # noqa: PLC0415
+    from gfwlab.profiles import parse_moment  # noqa: PLC0415
 
     if shards < 1 or workers < 1:
         raise InputError("--shards and --workers must be at least 1")
@@ -130,72 +132,60 @@ def analyze(
         _analyze_many(captures, names[0], date, sets, seed, out_dir, scheduler, workers, as_json)
         return
     capture = captures[0]
-    # The index is made in a thread while the profile's lists load (gfwlab.offline.index.Ahead).
-    one = shards == 1 and not exact and len(profile or []) <= 1
-    ahead = Ahead(capture) if one else None
-    try:
-        from gfwlab.offline import analyze as run  # noqa: PLC0415 - the engine: imported meanwhile
-        from gfwlab.offline.analyze import at_moment, dated  # noqa: PLC0415
-        from gfwlab.profiles import parse_moment  # noqa: PLC0415
+    if at is not None and date is not None:
+        raise InputError("--at and --date: give one (--at sets the day too)")
+    moment = parse_moment(at) if at is not None else None
+    day = moment.date().isoformat() if moment is not None else date
+    profs = profiles_from(profile, day, sets, today=False, network=network)
+    source = "--date"
+    if moment is not None:
+        profs, source = [at_moment(capture, p, moment) for p in profs], "--at"
+    elif date is None:
+        dated_all = [dated(capture, p) for p in profs]
+        profs, source = [p for p, _ in dated_all], dated_all[0][1]
+    from gfwlab.results.folder import now  # noqa: PLC0415
 
-        if at is not None and date is not None:
-            raise InputError("--at and --date: give one (--at sets the day too)")
-        moment = parse_moment(at) if at is not None else None
-        day = moment.date().isoformat() if moment is not None else date
-        profs = profiles_from(profile, day, sets, today=False, network=network)
-        source = "--date"
-        if moment is not None:
-            profs, source = [at_moment(capture, p, moment) for p in profs], "--at"
-        elif date is None:
-            dated_all = [dated(capture, p) for p in profs]
-            profs, source = [p for p, _ in dated_all], dated_all[0][1]
-        from gfwlab.results.folder import now  # noqa: PLC0415
+    # The profiles (lists of up to a million names) and the modules live as long as the
+    # process: out of the cyclic collector's sight, its full passes walk only what the analysis
+    # makes (measured with the real 2024 lists: 5% faster on a 300,000-packet capture, no
+    # difference on a 1.3M-packet one).
+    gc.freeze()
+    started = now()
+    if results_dir is not None:
+        os.makedirs(results_dir, exist_ok=True)
+        events = events or os.path.join(results_dir, "events.jsonl")
+        out = out or os.path.join(results_dir, "censored.pcap")
+    show_bar = err.is_terminal and not as_json
+    with Progress(
+        TextColumn("[bold]analysing[/]"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not show_bar,
+    ) as bar:
+        task = bar.add_task("analyse", total=None)
 
-        # The profiles (lists of up to a million names) and the modules live as long as the
-        # process: out of the cyclic collector's sight, its full passes walk only what the analysis
-        # makes (measured with the real 2024 lists: 5% faster on a 300,000-packet capture, no
-        # difference on a 1.3M-packet one).
-        gc.freeze()
-        started = now()
-        if results_dir is not None:
-            os.makedirs(results_dir, exist_ok=True)
-            events = events or os.path.join(results_dir, "events.jsonl")
-            out = out or os.path.join(results_dir, "censored.pcap")
-        show_bar = err.is_terminal and not as_json
-        with Progress(
-            TextColumn("[bold]analysing[/]"),
-            BarColumn(),
-            DownloadColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            transient=True,
-            disable=not show_bar,
-        ) as bar:
-            task = bar.add_task("analyse", total=None)
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
 
-            def progress(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
-            if shards > 1:
-                summary = _analyze_split(
-                    capture, (profile or ["gfw"])[0], profs[0], sets, seed, events, out, shards,
-                    scheduler, workers, source, progress,
-                )  # fmt: skip
-            else:
-                summary = run(
-                    capture,
-                    profs if len(profs) > 1 else profs[0],
-                    seed=seed,
-                    events_path=events,
-                    out_path=out,
-                    progress=progress,
-                    date_source=source,
-                    exact=exact,
-                    ahead=ahead,
-                )
-    finally:
-        if ahead is not None:
-            ahead.close()  # not taken: an error before the analysis
+        if shards > 1:
+            summary = _analyze_split(
+                capture, (profile or ["gfw"])[0], profs[0], sets, seed, events, out, shards,
+                scheduler, workers, source, progress,
+            )  # fmt: skip
+        else:
+            summary = run(
+                capture,
+                profs if len(profs) > 1 else profs[0],
+                seed=seed,
+                events_path=events,
+                out_path=out,
+                progress=progress,
+                date_source=source,
+                exact=exact,
+            )
     for warning in summary.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if results_dir is not None and events is not None:

@@ -27,12 +27,11 @@ from gfwlab.offline import fast
 from gfwlab.offline.chain import Chain
 from gfwlab.offline.index import (
     MAX_PACKETS,
-    Ahead,
+    WINDOW,
     CaptureIndex,
     Indexes,
     Windowed,
     open_index,
-    window_sizes,
 )
 from gfwlab.packet.pcap import CaptureReader, PcapWriter
 from gfwlab.profiles import Profile, build_censor
@@ -241,7 +240,6 @@ def analyze(
     exact: bool = False,
     max_index: int = MAX_PACKETS,
     no_gain: float = NO_GAIN,
-    ahead: Ahead | None = None,
 ) -> Summary:
     """Run ``capture`` through a censor built from ``profile`` (several: censors in series, in
     path order from the client, see :mod:`.chain`); write the requested outputs.
@@ -257,18 +255,14 @@ def analyze(
     whose timestamps go backwards is analysed in file order by the every-packet path, with a
     warning. Raises AdapterError for an unreadable capture or an unwritable output, before any
     output is published. A truncated capture is analysed as far as it goes;
-    ``Summary.truncated_at`` says where it ended. ``ahead``: the capture's index, started
-    earlier with the same ``max_index`` (closed here, also when it is not needed).
+    ``Summary.truncated_at`` says where it ended.
     """
-    if ahead is not None and (ahead.path, ahead.max_packets) != (capture, max_index):
-        ahead.close()
-        raise ValueError(f"the index made ahead is of {ahead.path}, max {ahead.max_packets}")
     warnings: list[str] = []
     index: CaptureIndex | None = None
     windowed: Windowed | None = None
     first, per = window_sizes(max_index)
     if not exact and not isinstance(profile, list):  # censors in series: every packet
-        opened = open_index(capture, max_index, first, per) if ahead is None else ahead.take()
+        opened = open_index(capture, max_index, first, per)
         if isinstance(opened, Windowed):
             windowed = opened
         else:
@@ -281,8 +275,6 @@ def analyze(
             )
             index.close()
             index = None
-    elif ahead is not None:
-        ahead.close()
     if index is not None:
         reader = index.reader
     else:
@@ -325,6 +317,14 @@ def analyze(
         reader.close()
     summary.name_outputs(events_path, out_path)
     return summary
+
+
+def window_sizes(max_index: int) -> tuple[int, int]:
+    """The first window's size, then every other one's, for a capture of more than
+    ``max_index`` packets. The first is a sample (a tenth) that :data:`NO_GAIN` is judged on:
+    cheap in memory if the rest streams."""
+    per = min(max_index, WINDOW)
+    return max(per // 10, 1), per
 
 
 @contextmanager

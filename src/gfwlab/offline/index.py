@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import mmap
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -262,61 +261,6 @@ def open_index(path: str, max_packets: int, first: int, per: int) -> CaptureInde
     except BaseException:
         reader.close()
         raise
-
-
-def window_sizes(max_index: int) -> tuple[int, int]:
-    """The first window's size, then every other one's, for a capture of more than
-    ``max_index`` packets. The first is a sample (a tenth) that ``NO_GAIN`` is judged on
-    (:func:`gfwlab.offline.analyze.analyze`): cheap in memory if the rest streams."""
-    per = min(max_index, WINDOW)
-    return max(per // 10, 1), per
-
-
-class Ahead:
-    """A capture's :func:`open_index` (windows as :func:`window_sizes` cuts them), made in a
-    thread while the caller does other work.
-
-    ``gfwlab analyze`` starts it as soon as it knows the capture, before it imports the engine
-    and loads the profile's lists. The index's loops (:mod:`gfwlab._native`) run without the
-    interpreter lock, so with a second core the two overlap. :meth:`take` gives what
-    :func:`open_index` gave, or raises what it raised; :meth:`close` closes what was never
-    taken."""
-
-    def __init__(self, path: str, max_packets: int = MAX_PACKETS) -> None:
-        self.path = path
-        self.max_packets = max_packets
-        self._result: CaptureIndex | Windowed | BaseException | None = None
-        self._taken = False
-        self._thread = threading.Thread(target=self._open, name="gfwlab-index")
-        self._thread.start()
-
-    def _open(self) -> None:
-        try:
-            self._result = open_index(self.path, self.max_packets, *window_sizes(self.max_packets))
-        except BaseException as exc:  # handed to take(): raised in the caller's thread
-            self._result = exc
-
-    def take(self) -> CaptureIndex | Windowed:
-        """The index, once made; the caller closes it from then on. Raises what
-        :func:`open_index` raised (AdapterError for an unreadable capture)."""
-        self._thread.join()
-        self._taken = True
-        result = self._result
-        if isinstance(result, BaseException):
-            raise result
-        assert result is not None
-        return result
-
-    def close(self) -> None:
-        """Wait for the index and close it, unless it was taken (then nothing)."""
-        if self._taken:
-            return
-        self._thread.join()
-        self._taken = True
-        if isinstance(self._result, CaptureIndex):
-            self._result.close()
-        elif isinstance(self._result, Windowed):
-            self._result.reader.close()
 
 
 def _resumed(

@@ -46,6 +46,7 @@ from gfwlab.offline.analyze import (
     fill_summary,
     in_time_order,
     published,
+    window_sizes,
 )
 from gfwlab.offline.index import (
     F64,
@@ -56,7 +57,6 @@ from gfwlab.offline.index import (
     Windowed,
     address,
     open_index,
-    window_sizes,
 )
 from gfwlab.offline.shard import (
     PartData,
