@@ -17,6 +17,7 @@ import pytest
 from gfwlab.offline.synth import (
     demo_traffic,
     dns_exchange,
+    generate,
     https_conversation,
     merge,
     tcp_conversation,
@@ -216,6 +217,30 @@ def test_analyze_in_shards_writes_what_one_process_writes(demo_pcap: Path, tmp_p
         runs.append((summary, ev.read_bytes(), out.read_bytes()))
     assert runs[0] == runs[1]
     assert not runs[1][0]["warnings"] and runs[1][0]["verdicts"]
+
+
+def test_analyze_several_captures_writes_what_each_run_writes(
+    demo_pcap: Path, tmp_path: Path
+) -> None:
+    """Several captures with ``--out-dir``: one task each on a local cluster of two workers;
+    each capture's events and censored capture are what ``analyze`` of that file alone writes,
+    with the capture's own date where none is given."""
+    other = tmp_path / "other.pcap"
+    generate(str(other), flows=40, seed=3, mix="realistic")
+    out_dir = tmp_path / "out"
+    for date in (("--date", "2024-06-01"), ()):
+        res = gfwlab(
+            "analyze", str(demo_pcap), str(other), *date, "--out-dir", str(out_dir), "--json",
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        for cap in (demo_pcap, other):
+            ev, out = tmp_path / "alone.jsonl", tmp_path / "alone.pcap"
+            alone = gfwlab(
+                "analyze", str(cap), *date, "--events", str(ev), "--out", str(out), "--json"
+            )
+            assert alone.returncode == 0, alone.stderr
+            assert (out_dir / f"{cap.name}.events.jsonl").read_bytes() == ev.read_bytes()
+            assert (out_dir / f"{cap.name}.out.pcap").read_bytes() == out.read_bytes()
 
 
 def test_analyze_in_shards_on_a_running_cluster(demo_pcap: Path, tmp_path: Path) -> None:

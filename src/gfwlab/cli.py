@@ -259,8 +259,9 @@ def _analyze_many(
 
     if out_dir is None:
         raise InputError("several captures (or --scheduler) need --out-dir for their outputs")
-    profile_from(profile, date, sets, today=False)  # bad options fail here, before any work
+    loaded = profile_from(profile, date, sets, today=False)  # bad options fail here, first
     spec = ProfileSpec(profile, parse_date(date) if date else None, tuple(sets or ()))
+    spec.keep(loaded)  # before the local cluster's workers are forked
     with Progress(
         TextColumn("[bold]analysing[/]"),
         BarColumn(),
