@@ -122,12 +122,11 @@ def local_start_method() -> str:
     default) starts a fresh interpreter and imports them all again, 1.5 s or more on a 2-core
     machine (measured: ``analyze --shards 2`` of the 1.3M-packet realistic capture took 3.4 s
     forked against 4.6 s spawned, and one process 4.0 s). Its workers run only gfwlab's own
-    tasks (a split capture's parts, or one capture each), which touch no lock another thread
-    of this process may hold at the fork (the
-    interpreter's import lock, ``logging``'s and the C library's are reset by their fork
-    handlers; Python 3.12 and later warn about forking a process with threads, a
-    DeprecationWarning hidden by default). Elsewhere (macOS, where system libraries are not safe
-    to fork) workers spawn."""
+    tasks (a split capture's parts, or one capture each), which take no lock another thread of
+    this process may hold at the fork: the interpreter's import lock, ``logging``'s and the C
+    library's are reset by their fork handlers. (Python 3.12 and later warn about forking a
+    process that has threads, with a DeprecationWarning hidden by default.) Elsewhere (macOS,
+    where system libraries are not safe to fork) workers spawn."""
     if sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods():
         return "fork"
     import dask  # noqa: PLC0415
