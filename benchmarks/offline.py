@@ -2,6 +2,7 @@
 """Offline analysis against reading the file and against tshark, on two mixes, in one run.
 
     python benchmarks/offline.py --keep /tmp/gfwlab-bench          # 1,300,000 packets per mix
+    python benchmarks/offline.py --keep /tmp/gfwlab-bench --rounds 3   # ratios paired by round
     python benchmarks/offline.py --packets 100000                  # a quick run
     python benchmarks/offline.py --keep DIR --exact                # also the every-packet path
 
@@ -24,6 +25,12 @@ process (wall clock, process start included), and prints the peak memory of each
 Each analyze command is also timed on a one-flow capture: its fixed cost (process start,
 imports, loading the lists), which is how long loading a list takes. The goals are those of
 issue 12; the benchmark reports the gap to them and never asserts.
+
+With ``--rounds N`` every command runs N times, one of each per round, one after the other:
+the table shows medians (``cat``: its best), and each ratio (to tshark, of the lists, of
+``--shards``) is worked out within each round, where the commands ran seconds apart, and
+reported as the median with its range. On a machine whose speed moves (a shared one), those
+paired ratios move much less than single runs do.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,6 +80,15 @@ class Timed:
     code: int
     stdout: str
     stderr: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """One command a mix is timed with: ``stdout`` None keeps its output (the JSON summary)."""
+
+    name: str
+    cmd: list[str]
+    stdout: str | None = None
 
 
 def timed(cmd: list[str], stdout_path: str | None = None) -> Timed:
@@ -140,10 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mix", action="append", choices=sorted(GOALS), help="default: both")
     ap.add_argument("--exact", action="store_true", help="also time the every-packet path")
     ap.add_argument("--no-tshark", action="store_true")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every command this many times, one of each per round; figures "
+                    "are medians, ratios the median (and range) of each round's")  # fmt: skip
     ap.add_argument("--shards", type=int, default=2,
                     help="also time analyze --shards N on a local cluster of N workers "
                     "(built-in lists; 0: not)")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     tmp = None
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
@@ -164,41 +186,41 @@ def main(argv: list[str] | None = None) -> int:
     for name, sets in variants.items():
         run = timed([*gfwlab(), "analyze", str(tiny), *EVERY_MECHANISM, *sets, "--json"])
         fixed[name] = run.seconds
-    report: dict[str, Any] = {"fixed_cost_s": fixed, "mixes": {}}
+    report: dict[str, Any] = {"fixed_cost_s": fixed, "mixes": {}, "rounds": args.rounds}
     for mix in args.mix or ["realistic", "flow-heavy"]:
         cap, info = ensure_capture(directory, mix, args.packets, args.seed)
-        rows: list[tuple[str, Timed, int | None]] = []
-        rows.append(("cat > /dev/null", timed(["cat", str(cap)], os.devnull), None))
-        cat = rows[0][1].seconds
-        cat = min(cat, timed(["cat", str(cap)], os.devnull).seconds)  # warm cache, best of two
-        rows[0] = ("cat > /dev/null", Timed(cat, rows[0][1].rss_mib, rows[0][1].cpu, 0, "", ""),
-                   None)  # fmt: skip
+        jobs: list[Job] = [Job("cat > /dev/null", ["cat", str(cap)], os.devnull)]
         for name, sets in variants.items():
             events = str(directory / f"events-{mix}.jsonl")
             cmd = [*gfwlab(), "analyze", str(cap), *EVERY_MECHANISM, *sets, "--json",
                    "--events", events]  # fmt: skip
-            run = timed(cmd)
-            summary = json.loads(run.stdout) if run.code == 0 else {}
-            rows.append((f"gfwlab analyze, {name}", run, summary.get("engine_packets")))
+            jobs.append(Job(f"gfwlab analyze, {name}", cmd))
         if args.shards > 1:
             events = str(directory / f"events-{mix}-shards.jsonl")
             cmd = [*gfwlab(), "analyze", str(cap), *EVERY_MECHANISM, "--json", "--events", events,
                    "--shards", str(args.shards), "--workers", str(args.shards)]  # fmt: skip
-            run = timed(cmd)
-            summary = json.loads(run.stdout) if run.code == 0 else {}
-            if summary.get("warnings"):
-                console.print(f"  --shards: {summary['warnings'][0]}")
-            rows.append((f"gfwlab analyze --shards {args.shards} (built-in)", run,
-                         summary.get("engine_packets")))  # fmt: skip
+            jobs.append(Job(f"gfwlab analyze --shards {args.shards} (built-in)", cmd))
         if args.exact:
             cmd = [*gfwlab(), "analyze", str(cap), *EVERY_MECHANISM, "--json", "--exact"]
-            run = timed(cmd)
-            summary = json.loads(run.stdout) if run.code == 0 else {}
-            rows.append(("gfwlab analyze --exact, built-in", run, summary.get("engine_packets")))
+            jobs.append(Job("gfwlab analyze --exact, built-in", cmd))
         if tshark:
             fields = [a for f in TSHARK_FIELDS for a in ("-e", f)]
-            run = timed([tshark, "-n", "-r", str(cap), "-T", "fields", *fields], os.devnull)
-            rows.append(("tshark -T fields", run, None))
+            cmd = [tshark, "-n", "-r", str(cap), "-T", "fields", *fields]
+            jobs.append(Job("tshark -T fields", cmd, os.devnull))
+        timed(["cat", str(cap)], os.devnull)  # the file in the page cache for every round
+        runs: dict[str, list[Timed]] = {job.name: [] for job in jobs}
+        for r in range(args.rounds):
+            if args.rounds > 1:
+                console.print(f"{mix}: round {r + 1} of {args.rounds}")
+            for job in jobs:  # one round runs every command once: pairs within a round
+                runs[job.name].append(timed(job.cmd, job.stdout))
+        rows: list[tuple[str, list[Timed], int | None]] = []
+        for job in jobs:
+            first = runs[job.name][0]
+            summary = json.loads(first.stdout) if first.code == 0 and job.stdout is None else {}
+            if "--shards" in job.name and summary.get("warnings"):
+                console.print(f"  --shards: {summary['warnings'][0]}")
+            rows.append((job.name, runs[job.name], summary.get("engine_packets")))
         report["mixes"][mix] = show(mix, info, rows, fixed)
     if args.keep:
         (directory / "report.json").write_text(json.dumps(report, indent=2))
@@ -207,49 +229,75 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def show(mix: str, info: dict[str, Any], rows: list[tuple[str, Timed, int | None]],
-         fixed: dict[str, float]) -> dict[str, Any]:  # fmt: skip
+Rows = list[tuple[str, list[Timed], int | None]]
+"""Each command's name, its runs (one a round) and how many packets reached the engine."""
+
+
+def seconds(runs: list[Timed], *, best: bool = False) -> float:
+    """The median of the runs' wall-clock seconds (``best``: the least, for ``cat``, whose
+    first reads may still come from disk)."""
+    values = [t.seconds for t in runs]
+    return min(values) if best else statistics.median(values)
+
+
+def paired(num: list[Timed], den: list[Timed]) -> str:
+    """The ratio of two commands' seconds, round by round: its median, and its range over the
+    rounds when there are several."""
+    ratios = sorted(a.seconds / b.seconds for a, b in zip(num, den, strict=True) if b.seconds)
+    mid = statistics.median(ratios)
+    return f"{mid:.2f}" if len(ratios) == 1 else f"{mid:.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+
+
+def show(mix: str, info: dict[str, Any], rows: Rows, fixed: dict[str, float]) -> dict[str, Any]:
     n = info["packets"]
-    cat = rows[0][1].seconds
-    tshark = next((t.seconds for name, t, _ in rows if name.startswith("tshark")), None)
+    cat = seconds(rows[0][1], best=True)
+    tshark_runs = next((runs for name, runs, _ in rows if name.startswith("tshark")), None)
+    tshark = seconds(tshark_runs) if tshark_runs else None
+    rounds = len(rows[0][1])
     table = Table(
         title=f"{mix}: {n:,} packets, {info['flows_started']:,} flows "
         f"({info['packets_per_flow']} per flow), {info['bytes_ip'] / 2**30:.2f} GiB"
+        + (f"; medians of {rounds} rounds" if rounds > 1 else "")
     )
     for col in ("tool", "seconds", "CPU s", "packets/s", "× cat", "tshark ×", "to engine",
                 "peak MiB", "ok"):  # fmt: skip
         table.add_column(col, justify="left" if col == "tool" else "right")
     out: dict[str, Any] = {"packets": n, "flows": info["flows_started"], "rows": {}}
-    for name, t, fed in rows:
-        pps = n / t.seconds if t.seconds else 0.0
-        rss = f"{t.rss_mib:.0f}"
+    for name, runs, fed in rows:
+        secs = cat if name.startswith("cat") else seconds(runs)
+        cpu = statistics.median(t.cpu for t in runs)
+        rss = max(t.rss_mib for t in runs)
+        pps = n / secs if secs else 0.0
+        codes = sorted({t.code for t in runs if t.code})
         table.add_row(
-            name, f"{t.seconds:.2f}", f"{t.cpu:.2f}", f"{pps:,.0f}", f"{t.seconds / cat:.1f}",
-            f"{tshark / t.seconds:.1f}" if tshark else "-",
+            name, f"{secs:.2f}", f"{cpu:.2f}", f"{pps:,.0f}", f"{secs / cat:.1f}",
+            f"{tshark / secs:.1f}" if tshark else "-",
             f"{fed:,} ({fed / n:.1%})" if fed is not None else "-",
-            rss, "yes" if t.code == 0 else f"exit {t.code}",
+            f"{rss:.0f}", "yes" if not codes else "exit " + ",".join(map(str, codes)),
         )  # fmt: skip
-        out["rows"][name] = {"seconds": round(t.seconds, 3), "cpu_s": round(t.cpu, 3),
-                             "pps": round(pps),
-                             "engine_packets": fed, "peak_rss_mib": round(t.rss_mib)}  # fmt: skip
+        out["rows"][name] = {"seconds": round(secs, 3), "cpu_s": round(cpu, 3),
+                             "pps": round(pps), "engine_packets": fed,
+                             "peak_rss_mib": round(rss),
+                             "rounds_s": [round(t.seconds, 3) for t in runs]}  # fmt: skip
     console.print(table)
     goal_pps, goal_tshark, goal_cat = GOALS[mix]
-    base = next(t.seconds for name, t, _ in rows if name.endswith("built-in lists"))
+    base_runs = next(runs for name, runs, _ in rows if name.endswith("built-in lists"))
+    base = seconds(base_runs)
     pps = n / base
     gaps = [f"goal ≥ {goal_pps:,} packets/s: {pps:,.0f} ({pps / goal_pps:.0%} of it)"]
-    if tshark:
-        gaps.append(f"goal ≥ {goal_tshark:.0f}× tshark: {tshark / base:.1f}×")
+    if tshark_runs:
+        gaps.append(f"goal ≥ {goal_tshark:.0f}× tshark: {paired(tshark_runs, base_runs)}×")
     if goal_cat:
         gaps.append(f"goal within {goal_cat:.0f}× cat: {base / cat:.0f}×")
-    for name, t, _ in rows:
+    for name, runs, _ in rows:
         if "--shards" in name:
-            gaps.append(f"{name}: {t.seconds / base:.2f} of the one-process time")
+            gaps.append(f"{name}: {paired(runs, base_runs)} of the one-process time")
             continue
         if ("analyze" in name and "list" not in name.split(", ")[-1]) or "built-in" in name:
             continue
         if "analyze" in name:
-            gaps.append(f"{name.split(', ')[-1]}: {base / t.seconds:.0%} of the built-in "
-                        "throughput (goal ≥ 80%)")  # fmt: skip
+            gaps.append(f"{name.split(', ')[-1]}: {paired(base_runs, runs)} of the built-in "
+                        "throughput (goal ≥ 0.80)")  # fmt: skip
     gaps.append("fixed cost per run (one-flow capture): "
                 + ", ".join(f"{k} {v:.2f} s" for k, v in fixed.items()))  # fmt: skip
     for line in gaps:
