@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -278,6 +279,65 @@ def test_analyze_in_shards_on_a_running_cluster(demo_pcap: Path, tmp_path: Path)
 )
 def test_analyze_shards_bad_options(demo_pcap: Path, extra: tuple[str, ...], needle: str) -> None:
     one_line_error(gfwlab("analyze", str(demo_pcap), *extra), needle)
+
+
+@pytest.mark.parametrize(
+    "address", ["nonsense", "tcp://host-without-port", "foo://h:1", "tcp://h:x"]
+)
+@pytest.mark.parametrize("several", [False, True], ids=["shards", "captures"])
+def test_analyze_bad_scheduler_address(
+    demo_pcap: Path, tmp_path: Path, address: str, several: bool
+) -> None:
+    """A ``--scheduler`` that is not an address: one line naming it, exit 2, nothing written."""
+    work = tmp_path / "work"
+    work.mkdir()
+    how = ["--out-dir", str(work / "out")] if several else [
+        "--shards", "2", "--events", str(work / "e.jsonl"), "--out", str(work / "o.pcap"),
+    ]  # fmt: skip
+    res = gfwlab("analyze", str(demo_pcap), "--scheduler", address, *how)
+    one_line_error(res, "--scheduler", repr(address), "tcp://host:8786")
+    assert os.listdir(work) == []
+
+
+@pytest.mark.parametrize("several", [False, True], ids=["shards", "captures"])
+def test_analyze_scheduler_that_does_not_answer(
+    demo_pcap: Path, tmp_path: Path, several: bool
+) -> None:
+    """Nothing listens at ``--scheduler``: after Dask's connect timeout (1 s here, from the
+    environment as Dask reads it), one line saying so, exit 2, nothing written."""
+    work = tmp_path / "work"
+    work.mkdir()
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    how = ["--out-dir", str(work / "out")] if several else [
+        "--shards", "2", "--events", str(work / "e.jsonl"), "--out", str(work / "o.pcap"),
+    ]  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "gfwlab", "analyze", str(demo_pcap), "--scheduler", address, *how],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"},
+    )  # fmt: skip
+    one_line_error(res, address, "no scheduler answers")
+    assert os.listdir(work) == []
+
+
+def test_analyze_several_captures_checks_every_capture_first(
+    demo_pcap: Path, tmp_path: Path
+) -> None:
+    """A capture that cannot be read, or two captures of one name, stop the run before any
+    capture is analysed: one line, exit 2, no output and no --out-dir."""
+    out_dir = tmp_path / "out"
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a capture\n")
+    for captures, needle in (
+        ([demo_pcap, tmp_path / "missing.pcap"], "missing.pcap"),
+        ([demo_pcap, bad], "not a pcap"),
+        ([demo_pcap, demo_pcap], "two captures are named"),
+    ):
+        res = gfwlab("analyze", *map(str, captures), "--out-dir", str(out_dir))
+        one_line_error(res, needle)
+        assert not out_dir.exists()
 
 
 # ------------------------------------------------------------------ bad input

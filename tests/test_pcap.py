@@ -836,3 +836,20 @@ def test_the_checksum_is_rfc_1071s(data: bytes) -> None:
     assert checksum(data) == _rfc1071(data)
     with_it = data + b"\0" * (len(data) % 2) + struct.pack("!H", checksum(data))
     assert checksum(with_it) == 0  # a packet that carries its checksum sums to zero
+
+
+def test_close_while_views_of_the_mapping_live(tmp_path):
+    """Closing a reader while arrays over its mapping still live (the frames of an exception on
+    its way out hold them, as on a Ctrl-C during indexing) raises nothing: the file is unmapped
+    when the last view goes."""
+    import numpy as np  # noqa: PLC0415
+
+    path = tmp_path / "c.pcap"
+    with PcapWriter(str(path)) as w:
+        w.write(1.0, bytes(40))
+    reader = CaptureReader(str(path))
+    view = np.frombuffer(reader.mapping, dtype=np.uint8)
+    reader.close()
+    assert reader.closed
+    assert view.size == path.stat().st_size and view[-40:].tobytes() == bytes(40)  # readable
+    del view

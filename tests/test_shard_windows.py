@@ -241,13 +241,15 @@ if __name__ == "__main__":
 """
 
 
-def test_interrupted_windowed_split_leaves_nothing_behind(tmp_path: Path) -> None:
+@pytest.mark.parametrize("group", [False, True], ids=["command", "process-group"])
+def test_interrupted_windowed_split_leaves_nothing_behind(tmp_path: Path, group: bool) -> None:
     """Ctrl-C while the parts' actors analyse windows: no output, no worker left."""
     cap = tmp_path / "big.pcap"
     generate(str(cap), flows=20_000, seed=2, mix="flow-heavy")
     script = tmp_path / "run.py"
     script.write_text(INTERRUPTED)
-    code, err = interrupted([sys.executable, str(script), str(cap), str(tmp_path / "out")], 2.0)
+    cmd = [sys.executable, str(script), str(cap), str(tmp_path / "out")]
+    code, err = interrupted(cmd, 2.0, group=group)
     assert code != 0 and "KeyboardInterrupt" in err, err
     assert sorted(os.listdir(tmp_path)) == ["big.pcap", "run.py"]
 

@@ -15,23 +15,31 @@ and analysed on several workers (:mod:`gfwlab.offline.shard`, ``gfwlab analyze -
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import gc
 import logging
 import multiprocessing
 import os
+import shutil
+import signal
 import sys
+import threading
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from gfwlab.errors import AdapterError, ConfigError
 from gfwlab.offline.analyze import Summary, analyze, dated
 from gfwlab.profiles import Profile, load_profile
 
 if TYPE_CHECKING:
-    from distributed import Client
+    from distributed import Client, LocalCluster
 
     from gfwlab.offline.shard import PartData, PartResult, PartTask, Runner
     from gfwlab.offline.shard_windows import Results, Session, WindowData, WindowRunner
@@ -69,16 +77,39 @@ def outputs_for(capture: str, out_dir: str) -> tuple[str, str]:
     return os.path.join(out_dir, f"{stem}.events.jsonl"), os.path.join(out_dir, f"{stem}.out.pcap")
 
 
-def analyze_one(capture: str, spec: ProfileSpec, seed: int, out_dir: str) -> Summary:
-    """One task: what ``gfwlab analyze CAPTURE --events ... --out ...`` does."""
+def analyze_one(
+    capture: str, spec: ProfileSpec, seed: int, out_dir: str, staging: str | None = None
+) -> Summary:
+    """One task: what ``gfwlab analyze CAPTURE --events ... --out ...`` does.
+
+    With ``staging`` (a folder name, this task's alone), the two outputs are written in that
+    folder of ``out_dir`` and moved into ``out_dir`` once both are whole, and the folder is
+    removed. A task whose worker is killed midway (an interrupted run closes its local cluster)
+    leaves its files only there, for :func:`analyze_many` to remove."""
     profile = spec.build()
     source = "--date"
     if spec.date is None:
         profile, source = dated(capture, profile)
     events, out = outputs_for(capture, out_dir)
-    return analyze(
-        capture, profile, seed=seed, events_path=events, out_path=out, date_source=source
-    )
+    if staging is None:
+        return analyze(
+            capture, profile, seed=seed, events_path=events, out_path=out, date_source=source
+        )
+    work = os.path.join(out_dir, staging)
+    os.makedirs(work, exist_ok=True)
+    try:
+        staged = outputs_for(capture, work)
+        summary = analyze(
+            capture, profile, seed=seed, events_path=staged[0], out_path=staged[1],
+            date_source=source,
+        )  # fmt: skip
+        for path, final in zip(staged, (events, out), strict=True):
+            os.replace(path, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    summary.outputs.clear()
+    summary.name_outputs(events, out)
+    return summary
 
 
 def analyze_many(
@@ -91,26 +122,43 @@ def analyze_many(
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Summary]:
-    """Analyse every capture as a Dask task; summaries in the order of ``captures``."""
+    """Analyse every capture as a Dask task; summaries in the order of ``captures``.
+
+    Each capture's outputs appear whole or not at all, also when the run fails or is
+    interrupted: each task writes them in a folder of its own in ``out_dir`` and moves them in
+    when both are whole (:func:`analyze_one`); what the tasks still running leave there is
+    removed once the cluster is closed, and so is ``out_dir`` if this run made it and it holds
+    nothing. Captures already done keep their outputs. (On a cluster gfwlab did not start, a
+    task that is already running when the run ends cannot be stopped: it finishes.)"""
     from distributed import as_completed  # noqa: PLC0415
 
     names = [Path(c).name for c in captures]
     if len(set(names)) != len(names):
         raise ValueError("two captures have the same file name: their outputs would collide")
-    os.makedirs(out_dir, exist_ok=True)
-    with connect(scheduler, workers) as client:
-        futures = [
-            client.submit(
-                analyze_one, c, spec, seed, out_dir, key=f"analyze-{i}-{names[i]}", pure=False
-            )
-            for i, c in enumerate(captures)
-        ]
-        done = 0
-        for _ in as_completed(futures):
-            done += 1
-            if progress is not None:
-                progress(done, len(futures))
-        results: list[Summary] = client.gather(futures)
+    run = f".gfwlab-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    made = not os.path.isdir(out_dir)
+    try:
+        with connect(scheduler, workers) as client:
+            os.makedirs(out_dir, exist_ok=True)  # once there is a cluster to fill it
+            futures = []
+            for i, c in enumerate(captures):
+                key = f"analyze-{i}-{names[i]}"
+                task = client.submit(
+                    analyze_one, c, spec, seed, out_dir, f"{run}-{i}", key=key, pure=False
+                )
+                futures.append(task)
+            done = 0
+            for _ in as_completed(futures):
+                done += 1
+                if progress is not None:
+                    progress(done, len(futures))
+            results: list[Summary] = client.gather(futures)
+    finally:
+        for i in range(len(captures)):
+            shutil.rmtree(os.path.join(out_dir, f"{run}-{i}"), ignore_errors=True)
+        if made:
+            with contextlib.suppress(OSError):
+                os.rmdir(out_dir)  # only if empty
     return results
 
 
@@ -142,26 +190,93 @@ def connect(scheduler: str | None, workers: int) -> Iterator[Client]:
     out."""
     import dask  # noqa: PLC0415
     from distributed import Client, LocalCluster  # noqa: PLC0415
+    from distributed.gc import disable_gc_diagnosis  # noqa: PLC0415
 
     cluster = None
     if scheduler is None:
         # Its logs stay quiet: a task's failure reaches the caller as the task's exception, and
         # an interrupted run (which cancels the tasks and drops the parts' packets) is not one.
-        # The workers start inside the constructor, which reads the start method then.
-        with dask.config.set({"distributed.worker.multiprocessing-method": local_start_method()}):
-            cluster = LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                silence_logs=logging.CRITICAL,
-            )  # fmt: skip
+        # The workers start inside the constructor, which reads the start method then. They
+        # start with SIGINT blocked (a process inherits its mask, and the cluster's event loop
+        # thread, which starts them, the constructing thread's): a Ctrl-C reaches the whole
+        # foreground process group, and only this process acts on it, by closing the cluster.
+        method = local_start_method()
+        with dask.config.set({"distributed.worker.multiprocessing-method": method}):
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                cluster = LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True,
+                    dashboard_address=None, silence_logs=logging.CRITICAL,
+                )  # fmt: skip
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        # Its scheduler, in this process, hooks a diagnosis into every garbage collection; a
+        # Ctrl-C that lands in a collection hook is dropped (Python ignores exceptions there),
+        # and the run would go on as if none came.
+        disable_gc_diagnosis(force=True)
         client = Client(cluster)
     else:
-        client = Client(scheduler)
+        client = _client_of(scheduler)
     try:
         yield client
-    finally:
-        client.close()
+    except BaseException:
         if cluster is not None:
-            cluster.close()
+            # Failed or interrupted: the tasks still running are not awaited, and the
+            # connections their end cuts are no news (Dask and asyncio log each as an error,
+            # asyncio when the cut call's future is collected).
+            with _silenced("distributed", "asyncio"):
+                _kill_workers(cluster)
+                client.close()
+                cluster.close()
+                gc.collect()
+        else:
+            client.close()
+        raise
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+@contextmanager
+def _silenced(*names: str) -> Iterator[None]:
+    """The loggers ``names`` (and those below them) print nothing meanwhile."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _kill_workers(cluster: LocalCluster) -> None:
+    """Kill a local cluster's worker processes at once: closing it asks each to stop and waits
+    up to 4 s for the task it is running, which an interrupted run should not."""
+    for nanny in list(cluster.workers.values()):
+        pid = getattr(nanny, "pid", None)
+        if isinstance(pid, int):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _client_of(scheduler: str) -> Client:
+    """A client of the scheduler at ``scheduler``; a one-line error if the address is not one
+    or nothing answers there (within Dask's connect timeout, ``distributed.comm.timeouts.connect``:
+    30 s unless configured)."""
+    from distributed import Client  # noqa: PLC0415
+
+    try:
+        return Client(scheduler)
+    except ValueError as exc:  # no scheme, no port, an unknown scheme...
+        raise ConfigError(
+            "--scheduler",
+            None,
+            f"{scheduler!r} is not a scheduler's address, such as tcp://host:8786 ({exc})",
+        ) from None
+    except (OSError, TimeoutError) as exc:  # refused, unreachable, timed out
+        raise AdapterError(f"--scheduler {scheduler!r}", f"no scheduler answers: {exc}") from None
 
 
 @contextmanager
@@ -169,21 +284,68 @@ def starting(scheduler: str | None, workers: int) -> Iterator[tuple[Runner, Wind
     """A :func:`part_runner` and a :func:`window_runner` on the cluster :func:`connect` gives,
     which connects (or starts its worker processes) in the background meanwhile: the caller
     indexes and splits the capture while it does. The cluster is closed on the way out."""
-    with ExitStack() as stack, ThreadPoolExecutor(max_workers=1) as pool:
+    with (
+        _interrupts_kept() as check,
+        ExitStack() as stack,
+        ThreadPoolExecutor(max_workers=1) as pool,
+    ):
         client = pool.submit(stack.enter_context, connect(scheduler, workers))
 
+        def started() -> Client:
+            ready = client.result()
+            check()
+            return ready
+
         def run(tasks: list[tuple[PartTask, PartData]]) -> Iterator[PartResult | str]:
-            yield from part_runner(client.result())(tasks)
+            yield from part_runner(started())(tasks)
 
         @contextmanager
         def run_windows(tasks: list[PartTask]) -> Iterator[Session]:
-            with window_runner(client.result())(tasks) as session:
+            with window_runner(started())(tasks) as session:
                 yield session
 
         try:
             yield run, run_windows
         finally:
             client.exception()  # started (or failed) before it is closed: wait for it
+
+
+@contextmanager
+def _interrupts_kept() -> Iterator[Callable[[], None]]:
+    """A check that raises KeyboardInterrupt if a Ctrl-C came meanwhile, even one Python dropped.
+
+    An exception raised in a garbage-collection hook is ignored, and while a local cluster
+    starts its scheduler (in this process) hooks into every collection (until :func:`connect`
+    takes the hook out): a Ctrl-C then would be lost, and the run would go on. Only in the main
+    thread, and only over Python's own SIGINT handler (else the check never raises)."""
+    came = False
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal came
+        came = True
+        signal.default_int_handler(signum, frame)
+
+    def check() -> None:
+        if came:
+            raise KeyboardInterrupt
+
+    before = sys.unraisablehook
+
+    def unraisable(info: Any) -> None:  # the dropped Ctrl-C is not printed as an error
+        if not isinstance(info.exc_value, KeyboardInterrupt):
+            before(info)
+
+    mine = threading.current_thread() is threading.main_thread()
+    if not mine or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield check
+        return
+    signal.signal(signal.SIGINT, handler)
+    sys.unraisablehook = unraisable
+    try:
+        yield check
+    finally:
+        sys.unraisablehook = before
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def part_runner(client: Client) -> Runner:

@@ -358,7 +358,10 @@ class CaptureReader:
         buf = self._buf
         self._buf = b""
         if isinstance(buf, mmap.mmap):
-            buf.close()
+            # Arrays or views over the mapping may still live (the frames of an exception on
+            # its way out hold them): it is then unmapped when the last of them goes.
+            with contextlib.suppress(BufferError):
+                buf.close()
 
     def __enter__(self) -> CaptureReader:
         return self
