@@ -481,3 +481,35 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@pytest.mark.parametrize("where", ["new --dir", "--dir with files", "temporary folder"])
+def test_interrupted_demo_leaves_nothing_of_its_own(tmp_path: Path, where: str) -> None:
+    """Ctrl-C (to the process group) during the offline demo, once it has written its capture:
+    exit 130 with one line; a folder the demo made is gone (its temporary one, or a new
+    ``--dir``), and in a ``--dir`` that was there only what was there before is left."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    folder = tmp_path / "demo"
+    if where == "--dir with files":
+        folder.mkdir()
+        (folder / "mine.txt").write_text("kept\n")
+    args = ["--dir", str(folder)] if where != "temporary folder" else []
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gfwlab", "demo", "--offline", *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "TMPDIR": str(tmp)},
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("**/demo.pcap")):  # its capture is written: analysis next
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["gfwlab: interrupted"], err
+    assert os.listdir(tmp) == []
+    if where == "--dir with files":
+        assert os.listdir(folder) == ["mine.txt"]
+    else:
+        assert not folder.exists()

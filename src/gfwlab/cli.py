@@ -9,9 +9,11 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -490,10 +492,24 @@ def demo(
         _demo_offline(directory, seed)
 
 
-def _demo_folder(directory: str | None) -> str:
+@contextmanager
+def _demo_folder(directory: str | None) -> Iterator[str]:
+    """The demo's folder (``--dir``, else a temporary one). A failed or interrupted demo leaves
+    nothing of its own there: the folder goes if this run made it, else the files it added."""
+    made = directory is None or not os.path.exists(directory)
     folder = directory or tempfile.mkdtemp(prefix="gfwlab-demo-")
     os.makedirs(folder, exist_ok=True)
-    return folder
+    before = set(os.listdir(folder))
+    try:
+        yield folder
+    except BaseException:
+        for name in [""] if made else sorted(set(os.listdir(folder)) - before):
+            path = os.path.join(folder, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.lexists(path):
+                os.unlink(path)
+        raise
 
 
 def _demo_live(directory: str | None, seed: int) -> None:
@@ -511,32 +527,32 @@ def _demo_live(directory: str | None, seed: int) -> None:
         console.print(f"  {what}: [{colour}]{outcome}[/]")
         table.add_row(what, expect, f"[{colour}]{outcome}[/]", detail)
 
-    folder = _demo_folder(directory)
-    with err.status("making the lab, then probing a small list through it…"):
-        events = run_live(report, seed=seed, probe_into=folder)
-    console.print(table)
-    ev = Table(title="What the censor did (lab events)", title_justify="left")
-    for col in ("mechanism", "action", "rule", "flow", "detail"):
-        ev.add_column(col, overflow="fold")
-    for e in events:
-        f = e["flow"]
-        assert isinstance(f, dict)
-        extra = e.get("injector") or e.get("qname") or ""
-        ev.add_row(
-            str(e["mechanism"]),
-            _styled(str(e["action"])),
-            str(e["rule"]),
-            f"{f['proto']} {f['src']}:{f['sport']} → {f['dst']}:{f['dport']}",
-            str(extra),
+    with _demo_folder(directory) as folder:
+        with err.status("making the lab, then probing a small list through it…"):
+            events = run_live(report, seed=seed, probe_into=folder)
+        console.print(table)
+        ev = Table(title="What the censor did (lab events)", title_justify="left")
+        for col in ("mechanism", "action", "rule", "flow", "detail"):
+            ev.add_column(col, overflow="fold")
+        for e in events:
+            f = e["flow"]
+            assert isinstance(f, dict)
+            extra = e.get("injector") or e.get("qname") or ""
+            ev.add_row(
+                str(e["mechanism"]),
+                _styled(str(e["action"])),
+                str(e["rule"]),
+                f"{f['proto']} {f['src']}:{f['sport']} → {f['dst']}:{f['dport']}",
+                str(extra),
+            )
+        console.print(ev)
+        console.print(
+            "The lab is down again. Make your own: gfwlab lab up; gfwlab lab exec client -- …"
         )
-    console.print(ev)
-    console.print(
-        "The lab is down again. Make your own: gfwlab lab up; gfwlab lab exec client -- …"
-    )
-    _print_demo_probe(os.path.join(folder, "measurements.jsonl"))
-    with err.status("writing the report…"):
-        page = save_results(folder, "probe", started=started, seed=seed, events=events)
-    console.print(f"report: {page}", highlight=False)
+        _print_demo_probe(os.path.join(folder, "measurements.jsonl"))
+        with err.status("writing the report…"):
+            page = save_results(folder, "probe", started=started, seed=seed, events=events)
+        console.print(f"report: {page}", highlight=False)
 
 
 def _print_demo_probe(path: str) -> None:
@@ -563,26 +579,26 @@ def _demo_offline(directory: str | None, seed: int) -> None:
     started = now()
     prof = profile_from("gfw", "2024-06-01", [])
     keep = directory is not None
-    workdir = _demo_folder(directory)
-    capture = os.path.join(workdir, "demo.pcap")
-    console.rule("[bold]gfwlab demo[/]: the Great Firewall as measured, on synthetic traffic")
-    scenarios = list(demo_traffic())
-    for i, (what, _pkts) in enumerate(scenarios, 1):
-        console.print(f"  {i}. {what}")
-    with PcapWriter(capture) as writer:
-        for ts, pkt in merge(*(p for _w, p in scenarios)):
-            writer.write(1_717_200_000.0 + ts, pkt)
-    events = os.path.join(workdir, "events.jsonl")
-    censored = os.path.join(workdir, "censored.pcap")
-    summary = run(capture, prof, seed=seed, events_path=events, out_path=censored)
-    _print_summary(summary)
-    console.print(
-        f"Open {censored} in Wireshark to see the forged packets"
-        + ("" if keep else " (a temporary folder; use --dir to choose one)")
-    )
-    with err.status("writing the report…"):
-        page = save_results(workdir, "analyze", started=started, seed=seed, capture=capture)
-    console.print(f"report: {page}", highlight=False)
+    with _demo_folder(directory) as workdir:
+        capture = os.path.join(workdir, "demo.pcap")
+        console.rule("[bold]gfwlab demo[/]: the Great Firewall as measured, on synthetic traffic")
+        scenarios = list(demo_traffic())
+        for i, (what, _pkts) in enumerate(scenarios, 1):
+            console.print(f"  {i}. {what}")
+        with PcapWriter(capture) as writer:
+            for ts, pkt in merge(*(p for _w, p in scenarios)):
+                writer.write(1_717_200_000.0 + ts, pkt)
+        events = os.path.join(workdir, "events.jsonl")
+        censored = os.path.join(workdir, "censored.pcap")
+        summary = run(capture, prof, seed=seed, events_path=events, out_path=censored)
+        _print_summary(summary)
+        console.print(
+            f"Open {censored} in Wireshark to see the forged packets"
+            + ("" if keep else " (a temporary folder; use --dir to choose one)")
+        )
+        with err.status("writing the report…"):
+            page = save_results(workdir, "analyze", started=started, seed=seed, capture=capture)
+        console.print(f"report: {page}", highlight=False)
 
 
 app.add_typer(evade_app, name="evade")
