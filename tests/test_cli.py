@@ -281,6 +281,14 @@ def test_analyze_shards_bad_options(demo_pcap: Path, extra: tuple[str, ...], nee
     one_line_error(gfwlab("analyze", str(demo_pcap), *extra), needle)
 
 
+def _dask_outputs(work: Path, several: bool) -> list[str]:
+    """The options of a run on Dask whose outputs go to ``work``: several captures'
+    (``--out-dir``) or one capture split in two (``--shards 2``)."""
+    if several:
+        return ["--out-dir", str(work / "out")]
+    return ["--shards", "2", "--events", str(work / "e.jsonl"), "--out", str(work / "o.pcap")]
+
+
 @pytest.mark.parametrize(
     "address", ["nonsense", "tcp://host-without-port", "foo://h:1", "tcp://h:x"]
 )
@@ -291,9 +299,7 @@ def test_analyze_bad_scheduler_address(
     """A ``--scheduler`` that is not an address: one line naming it, exit 2, nothing written."""
     work = tmp_path / "work"
     work.mkdir()
-    how = ["--out-dir", str(work / "out")] if several else [
-        "--shards", "2", "--events", str(work / "e.jsonl"), "--out", str(work / "o.pcap"),
-    ]  # fmt: skip
+    how = _dask_outputs(work, several)
     res = gfwlab("analyze", str(demo_pcap), "--scheduler", address, *how)
     one_line_error(res, "--scheduler", repr(address), "tcp://host:8786")
     assert os.listdir(work) == []
@@ -310,9 +316,7 @@ def test_analyze_scheduler_that_does_not_answer(
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
-    how = ["--out-dir", str(work / "out")] if several else [
-        "--shards", "2", "--events", str(work / "e.jsonl"), "--out", str(work / "o.pcap"),
-    ]  # fmt: skip
+    how = _dask_outputs(work, several)
     res = subprocess.run(
         [sys.executable, "-m", "gfwlab", "analyze", str(demo_pcap), "--scheduler", address, *how],
         capture_output=True, text=True, timeout=120, check=False,

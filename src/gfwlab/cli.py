@@ -261,16 +261,6 @@ def _analyze_many(
 
     if out_dir is None:
         raise InputError("several captures (or --scheduler) need --out-dir for their outputs")
-    names = [os.path.basename(c) for c in captures]
-    if len(set(names)) < len(names):
-        twice = next(n for n in names if names.count(n) > 1)
-        raise InputError(
-            f"two captures are named {twice!r}: their outputs in --out-dir would collide"
-        )
-    from gfwlab.packet.pcap import CaptureReader  # noqa: PLC0415
-
-    for capture in captures:  # a capture that cannot be read stops the run before any output
-        CaptureReader(capture).close()
     loaded = profile_from(profile, date, sets, today=False)  # bad options fail here, first
     spec = ProfileSpec(profile, parse_date(date) if date else None, tuple(sets or ()))
     spec.keep(loaded)  # before the local cluster's workers are forked
@@ -503,12 +493,15 @@ def _demo_folder(directory: str | None) -> Iterator[str]:
     try:
         yield folder
     except BaseException:
-        for name in [""] if made else sorted(set(os.listdir(folder)) - before):
-            path = os.path.join(folder, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            elif os.path.lexists(path):
-                os.unlink(path)
+        if made:
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            for name in set(os.listdir(folder)) - before:
+                path = os.path.join(folder, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                elif os.path.lexists(path):
+                    os.unlink(path)
         raise
 
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from gfwlab.errors import AdapterError, ConfigError
 from gfwlab.offline.analyze import Summary, analyze, dated
+from gfwlab.packet.pcap import CaptureReader
 from gfwlab.profiles import Profile, load_profile
 
 if TYPE_CHECKING:
@@ -124,6 +125,9 @@ def analyze_many(
 ) -> list[Summary]:
     """Analyse every capture as a Dask task; summaries in the order of ``captures``.
 
+    Two captures of one file name (their outputs would collide) or one that cannot be opened
+    stop the run before any work (:class:`~gfwlab.errors.GfwlabError`).
+
     Each capture's outputs appear whole or not at all, also when the run fails or is
     interrupted: each task writes them in a folder of its own in ``out_dir`` and moves them in
     when both are whole (:func:`analyze_one`); what the tasks still running leave there is
@@ -133,8 +137,13 @@ def analyze_many(
     from distributed import as_completed  # noqa: PLC0415
 
     names = [Path(c).name for c in captures]
-    if len(set(names)) != len(names):
-        raise ValueError("two captures have the same file name: their outputs would collide")
+    if len(set(names)) < len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise ConfigError(
+            "--out-dir", None, f"two captures are named {twice!r}: their outputs would collide"
+        )
+    for capture in captures:  # a capture that cannot be read stops the run before any output
+        CaptureReader(capture).close()
     run = f".gfwlab-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     made = not os.path.isdir(out_dir)
     try:
