@@ -21,7 +21,7 @@ import pytest
 from gfwlab.lab.lifecycle import UpOptions, lab_sets
 from gfwlab.live.topology import CLIENT_NS, SERVER_NS
 from helpers import binomial_interval
-from testenv import LAB_MARKS, _verdicts, client, gfwlab, leftovers
+from testenv import LAB_MARKS, _verdicts, censor_stats, client, curl, gfwlab, leftovers
 
 pytestmark = [
     *LAB_MARKS,
@@ -209,6 +209,36 @@ def test_probes_reach_ss_server_and_events_name_them(lab_factory: list[Lab]) -> 
     with open(lab.ss_log) as fh:
         log = fh.read()
     assert "198.18.1." in log  # ss-server saw connections from the prober's addresses
+
+
+def test_probes_beyond_the_prober_threads_hold_no_packet(lab_factory: list[Lab]) -> None:
+    """More probes due at once than the prober has threads (``live/prober.py`` MAX_THREADS): the
+    censor's loop never waits for a free thread. It did: while every thread lingered on a probe,
+    each packet that reached the queue waited with it, for seconds, and connections through the
+    lab timed out with no event to say why."""
+    lab = Lab(
+        "--date",
+        "2024-06-01",
+        *("--set", "ss_probing.probability=1.0"),
+        *("--set", "ss_probing.delay_scale=0.0001"),  # the measured delays, 10,000 times faster
+        *("--set", "ss_probing.replays_mean=1000"),
+        *("--set", "ss_probing.max_replays=40"),
+        *("--set", "ss_probing.linger_s=4.0"),
+    )
+    lab_factory.append(lab)
+    assert all(lab.via_ss(max_time=5) for _ in range(3))  # 3 connections, 41 probes each: 123
+    deadline = time.monotonic() + 20
+    while (st := censor_stats()).get("probes_waiting", 0) == 0:
+        assert time.monotonic() < deadline, st  # 123 probes, 64 threads: some must wait
+    took = []
+    for _ in range(5):  # meanwhile, new connections through the lab are served at once
+        started = time.monotonic()
+        res = curl("http://198.19.0.2/", "--max-time", "1.5")
+        took.append(time.monotonic() - started)
+        assert res.returncode == 0 and "gfwlab lab server" in res.stdout, (took, res.stderr)
+    while (st := censor_stats())["probes_waiting"]:
+        assert time.monotonic() < deadline + 30, st  # the waiting probes run in turn
+    assert st["probes_waited"] > 0, st
 
 
 H3 = [sys.executable, "-m", "gfwlab.lab.h3", "get"]

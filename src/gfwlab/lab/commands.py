@@ -155,6 +155,11 @@ def lab_status(
                 f"{st['queue_dropped']} dropped by a full queue, "
                 f"{st.get('kernel_residuals', 0)} residual blocks in ipsets"
             )
+        if st.get("probes_waited"):
+            console.print(
+                f"prober: {st['probes_waited']} probes started late, every prober thread busy "
+                f"when they were due ({st.get('probes_waiting', 0)} waiting now; live/prober.py)"
+            )
         if st.get("anomaly_events_suppressed"):
             console.print(
                 f"anomaly events over the rate limit, not written: "

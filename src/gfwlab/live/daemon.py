@@ -583,6 +583,8 @@ class LiveCensor:
             "dropped": st.dropped,
             "injected": self.injector.sent,
             "probe_packets": self.prober.sent,
+            "probes_waited": self.prober.waited,
+            "probes_waiting": self.prober.waiting,
             "anomalies": st.anomalies,
             "fragments": st.fragments,
             "flows": st.flows,

@@ -14,6 +14,7 @@ the real probers sit in Chinese networks (AS4837, AS4134). IPv4 only.
 
 from __future__ import annotations
 
+import collections
 import queue
 import random
 import socket
@@ -37,16 +38,32 @@ class ProbeOutcome:
     response_len: int
 
 
-class Prober:
-    """Runs probes in threads; outcomes are queued for the engine's thread to collect."""
+MAX_THREADS = 64
+"""Probes in flight at once. A probe holds its thread for up to its linger (about 10 s, spec
+§7a) or the SYN's two tries (4.5 s) if nothing answers; probes due beyond this wait their turn."""
 
-    def __init__(self, wake: Callable[[], None], *, seed: int = 0, max_threads: int = 16) -> None:
+
+class Prober:
+    """Runs probes in threads; outcomes are queued for the engine's thread to collect.
+
+    :meth:`submit` never blocks: it is called from the censor's packet loop, and a loop that
+    waits for a free prober thread holds every queued packet meanwhile (new connections stall
+    for seconds while probes linger). With ``max_threads`` probes in flight, the next ones wait
+    in order and the first thread to finish runs them; :attr:`waited` counts those that started
+    late, and :attr:`waiting` how many wait now (``lab status``)."""
+
+    def __init__(
+        self, wake: Callable[[], None], *, seed: int = 0, max_threads: int = MAX_THREADS
+    ) -> None:
         self.results: queue.Queue[ProbeOutcome] = queue.Queue()
         self._wake = wake
         self._rng = random.Random(f"{seed}:prober")
         self._clock0 = time.monotonic()
         self._ts_base = self._rng.randrange(1 << 31)
-        self._slots = threading.BoundedSemaphore(max_threads)
+        self._free = max_threads
+        self._due: collections.deque[Probe] = collections.deque()
+        self.waited = 0
+        """Probes that waited for a free thread (all ``max_threads`` busy when they were due)."""
         self._send = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         self._recv = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
         self._recv.settimeout(0.2)
@@ -63,10 +80,20 @@ class Prober:
             self.results.put(ProbeOutcome(probe.probe_id, "unreachable", 0))
             self._wake()
             return
-        self._slots.acquire()
+        with self._lock:
+            if not self._free:
+                self._due.append(probe)
+                self.waited += 1
+                return
+            self._free -= 1
         threading.Thread(
             target=self._run, args=(probe,), name=f"probe-{probe.probe_id}", daemon=True
         ).start()
+
+    @property
+    def waiting(self) -> int:
+        """Probes due that wait for a thread now."""
+        return len(self._due)
 
     def close(self) -> None:
         self._stop.set()
@@ -97,14 +124,19 @@ class Prober:
         return (self._ts_base + int((time.monotonic() - self._clock0) * 250)) & 0xFFFFFFFF
 
     def _run(self, probe: Probe) -> None:
-        try:
-            outcome = self._connect(probe)
-        except OSError:
-            outcome = ProbeOutcome(probe.probe_id, "unreachable", 0)
-        finally:
-            self._slots.release()
-        self.results.put(outcome)
-        self._wake()
+        """Run ``probe``, then the probes that waited for a thread, until none waits."""
+        while True:
+            try:
+                outcome = self._connect(probe)
+            except OSError:
+                outcome = ProbeOutcome(probe.probe_id, "unreachable", 0)
+            self.results.put(outcome)
+            self._wake()
+            with self._lock:  # one step with submit's: no probe is left waiting with no thread
+                if not self._due or self._stop.is_set():
+                    self._free += 1
+                    return
+                probe = self._due.popleft()
 
     def _connect(self, probe: Probe) -> ProbeOutcome:
         rng = random.Random(f"{probe.probe_id}:{probe.sport}")
