@@ -66,6 +66,24 @@ def test_failures_without_events_are_blamed_on_the_tool() -> None:
     assert "without a censor event" in c.explanation
 
 
+def test_each_failed_trial_is_matched_to_a_censor_event_on_its_own_address() -> None:
+    def on(address: str, action: str) -> dict[str, object]:
+        return event("fet", action) | {"flow": FLOW | {"dst": address}}
+
+    events = [on("198.19.240.1", "drop"), on("198.19.240.2", "pass"), on("198.19.240.3", "pass")]
+    c = Cell("t", "2022-06-01", 3, 1, events=events, failed_at=["198.19.240.1", "198.19.240.2"])
+    judge(c, "fallback")
+    assert c.outcome == "degraded"
+    assert "1 failed trials without a censor event on their address" in c.explanation
+    c = Cell("t", "2022-06-01", 3, 2, events=events, failed_at=["198.19.240.1"])
+    assert "without a censor event" not in judge(c, "fallback").explanation
+    # Trials that wait out residual blocks share one address: only a cell without any blocking
+    # event is blamed on the tool.
+    c = Cell("t", "2022-06-01", 3, 1, events=events, trial_mode="waited",
+             failed_at=["198.19.240.1"] * 2)  # fmt: skip
+    assert "without a censor event" not in judge(c, "fallback").explanation
+
+
 def test_row_keys_and_interval() -> None:
     row = cell(50, 37, event("fet", "drop")).row()
     assert list(row) == ["tool", "date", "trials", "successes", "outcome", "rate", "ci",

@@ -92,6 +92,8 @@ class Cell:
     """Whether the multi-megabyte download got through (None: not tried)."""
     seconds: float = 0.0
     skip_reason: str = ""
+    failed_at: list[str] = field(default_factory=list)
+    """The server address of each failed trial (fresh-address trials: one address each)."""
 
     @property
     def rate(self) -> float:
@@ -177,8 +179,15 @@ def explain(events: list[dict[str, Any]], cell: Cell) -> str:
     )
     parts = [f"{m} {a} ×{n} ({r})" for (m, a, r), n in counts.most_common()]
     failed = cell.trials - cell.successes
-    if failed and not any(e.get("action") in BLOCKING for e in events):
-        parts.append(f"{failed} failed trials without a censor event (the tool itself)")
+    if cell.trial_mode == "fresh-address" and cell.failed_at:
+        acted = {
+            str((e.get("flow") or {}).get("dst")) for e in events if e.get("action") in BLOCKING
+        }
+        failed = sum(1 for address in cell.failed_at if address not in acted)
+    elif any(e.get("action") in BLOCKING for e in events):
+        failed = 0
+    if failed:
+        parts.append(f"{failed} failed trials without a censor event on their address (the tool)")
     return "; ".join(parts) if parts else "no event"
 
 

@@ -165,6 +165,8 @@ def run_cell(
             ok = session.trial(address, plan.timeout)
             cell.trials += 1
             cell.successes += ok
+            if not ok:
+                cell.failed_at.append(address)
             if not ok and plan.wait_residuals:
                 note(f"{recipe.name} {when.label}: waiting out a residual block", 0)
                 wait_out(address)
