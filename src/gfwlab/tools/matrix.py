@@ -187,7 +187,10 @@ def explain(events: list[dict[str, Any]], cell: Cell) -> str:
     elif any(e.get("action") in BLOCKING for e in events):
         failed = 0
     if failed:
-        parts.append(f"{failed} failed trials without a censor event on their address (the tool)")
+        parts.append(
+            f"{failed} failed trials without a censor event on their address (no censorship "
+            "decision: the tool or the lab)"
+        )
     return "; ".join(parts) if parts else "no event"
 
 
