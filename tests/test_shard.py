@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
 import os
 import random
 import signal
@@ -336,6 +337,72 @@ def test_local_workers_are_forked_with_the_drivers_modules(
     assert ProfileSpec("gfw", DAY).build().description != "kept before the fork"  # another spec
     monkeypatch.setattr(sys, "platform", "darwin")  # elsewhere: Dask's default, a spawn
     assert local_start_method() == "spawn"
+
+
+HELD_STREAM = """
+import io, logging, os, sys, threading, time
+from gfwlab.offline import scale
+
+class Gate(io.RawIOBase):
+    # A file whose writes from any thread but the main one never return.
+    def writable(self): return True
+    def fileno(self): return NULL
+    def write(self, data):
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(3600)
+        return len(data)
+
+NULL = os.open(os.devnull, os.O_WRONLY)
+stream = io.TextIOWrapper(io.BufferedWriter(Gate(), buffer_size=16), write_through=True)
+logging.basicConfig(stream=stream, level=logging.WARNING)
+sys.stdout = sys.stderr = stream
+# A thread in the middle of a write holds the stream's buffer lock while the process forks.
+threading.Thread(target=lambda: stream.write("held" * 100), daemon=True).start()
+time.sleep(0.3)
+scale._forking_workers = sys.argv[1] == "worker"  # as while connect() starts a local cluster
+pid = os.fork()
+if pid == 0:
+    logging.getLogger("gfwlab.test").warning("logged in the child")
+    print("printed in the child")
+    sys.stdout.flush()
+    os._exit(0)
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        os._exit(0 if os.waitstatus_to_exitcode(status) == 0 else 1)
+    time.sleep(0.05)
+os.kill(pid, 9)
+os._exit(3)  # the child hung
+"""
+
+
+def test_forked_workers_never_wait_for_a_stream_the_driver_held_at_the_fork() -> None:
+    """A thread of the driver in the middle of a write when a worker is forked leaves that
+    stream's lock held, forever, in the worker (``scale.local_start_method``): a forked worker's
+    logging and standard streams must not touch it (``scale._quiet_forked_worker``). Seen in a
+    test run: a worker hung in its start-up log line, and its cluster's start with it. A real
+    fork with a real held lock; a fork outside a local cluster's start keeps its streams, and
+    hangs."""
+
+    def run(who: str) -> int:
+        proc = subprocess.run([sys.executable, "-c", HELD_STREAM, who], timeout=60,
+                              capture_output=True, check=False)  # fmt: skip
+        return proc.returncode
+
+    assert run("worker") == 0
+    assert run("other") == 3
+
+
+def test_connect_marks_its_forks_as_workers_only_while_its_cluster_lives() -> None:
+    assert not scale._forking_workers
+    with connect(None, 2) as client:
+        assert scale._forking_workers == (local_start_method() == "fork")
+        assert client.run(lambda: scale._forking_workers)  # and its workers were quieted
+        assert client.run(lambda: logging.getLogger().manager.disable) == {
+            w: logging.CRITICAL for w in client.scheduler_info()["workers"]
+        }
+    assert not scale._forking_workers
 
 
 def test_timers_due_together_in_two_parts_keep_one_engines_order(tmp_path: Path) -> None:

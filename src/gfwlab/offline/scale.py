@@ -181,15 +181,50 @@ def local_start_method() -> str:
     forked against 4.6 s spawned, and one process 4.0 s). Its workers run only gfwlab's own
     tasks (a split capture's parts, or one capture each), which take no lock another thread of
     this process may hold at the fork: the interpreter's import lock, ``logging``'s and the C
-    library's are reset by their fork handlers. (Python 3.12 and later warn about forking a
-    process that has threads, with a DeprecationWarning hidden by default.) Elsewhere (macOS,
-    where system libraries are not safe to fork) workers spawn."""
+    library's are reset by their fork handlers. A file's buffer lock is not: a thread of this
+    process writing to a stream (Dask's scheduler logging, a progress bar) when a worker is
+    forked leaves that stream locked for good in the worker, and the worker's first write to it
+    never returns (seen: a worker hung in its start-up log line, and the cluster with it).
+    :func:`_quiet_forked_worker` therefore gives each forked worker new standard streams and
+    turns its logging off. (Python 3.12 and later warn about forking a process that has threads,
+    with a DeprecationWarning hidden by default.) Elsewhere (macOS, where system libraries are
+    not safe to fork) workers spawn."""
     if sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods():
         return "fork"
     import dask  # noqa: PLC0415
 
     method: str = dask.config.get("distributed.worker.multiprocessing-method")
     return method
+
+
+_forking_workers = False
+"""Whether a local cluster of this process may fork workers now (:func:`connect`)."""
+
+
+def _quiet_forked_worker() -> None:
+    """In a process just forked from this one while a local cluster's workers are forked: new
+    ``sys.stdout`` and ``sys.stderr`` on the same descriptors, and no logging at all, so that no
+    write waits for a stream lock some other thread of the parent held at the fork (see
+    :func:`local_start_method`). A task's failure still reaches the driver, as the task's
+    exception; the local cluster's logs are silenced anyway."""
+    if not _forking_workers:
+        return
+    logging.disable(logging.CRITICAL)
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name, None)
+        try:
+            fd = stream.fileno() if stream is not None else -1
+        except (AttributeError, OSError, ValueError):
+            continue
+        if fd >= 0:
+            fresh = open(os.dup(fd), "w", encoding="utf-8", errors="replace", buffering=1)  # noqa: SIM115
+            _inherited.append(stream)  # never flushed, closed or collected in the worker
+            setattr(sys, name, fresh)
+
+
+_inherited: list[object] = []
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_quiet_forked_worker)
 
 
 @contextmanager
@@ -209,7 +244,9 @@ def connect(scheduler: str | None, workers: int) -> Iterator[Client]:
         # start with SIGINT blocked (a process inherits its mask, and the cluster's event loop
         # thread, which starts them, the constructing thread's): a Ctrl-C reaches the whole
         # foreground process group, and only this process acts on it, by closing the cluster.
+        global _forking_workers  # noqa: PLW0603 - read by the fork hook in each child
         method = local_start_method()
+        _forking_workers = method == "fork"  # and stays so while the cluster may restart one
         with dask.config.set({"distributed.worker.multiprocessing-method": method}):
             blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             try:
@@ -217,6 +254,9 @@ def connect(scheduler: str | None, workers: int) -> Iterator[Client]:
                     n_workers=workers, threads_per_worker=1, processes=True,
                     dashboard_address=None, silence_logs=logging.CRITICAL,
                 )  # fmt: skip
+            except BaseException:
+                _forking_workers = False
+                raise
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         # Its scheduler, in this process, hooks a diagnosis into every garbage collection; a
@@ -229,6 +269,7 @@ def connect(scheduler: str | None, workers: int) -> Iterator[Client]:
     try:
         yield client
     except BaseException:
+        _forking_workers = False
         if cluster is not None:
             # Failed or interrupted: the tasks still running are not awaited, and the
             # connections their end cuts are no news (Dask and asyncio log each as an error,
@@ -241,6 +282,7 @@ def connect(scheduler: str | None, workers: int) -> Iterator[Client]:
         else:
             client.close()
         raise
+    _forking_workers = False
     client.close()
     if cluster is not None:
         cluster.close()
