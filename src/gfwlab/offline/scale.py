@@ -199,6 +199,8 @@ def local_start_method() -> str:
 
 _forking_workers = False
 """Whether a local cluster of this process may fork workers now (:func:`connect`)."""
+_inherited: list[object] = []
+"""A forked worker's former standard streams (:func:`_quiet_forked_worker`)."""
 
 
 def _quiet_forked_worker() -> None:
@@ -211,18 +213,16 @@ def _quiet_forked_worker() -> None:
         return
     logging.disable(logging.CRITICAL)
     for name in ("stdout", "stderr"):
-        stream = getattr(sys, name, None)
+        stream: Any = getattr(sys, name, None)
         try:
-            fd = stream.fileno() if stream is not None else -1
+            fd = stream.fileno()  # no stream (None) has none either
         except (AttributeError, OSError, ValueError):
             continue
-        if fd >= 0:
-            fresh = open(os.dup(fd), "w", encoding="utf-8", errors="replace", buffering=1)  # noqa: SIM115
-            _inherited.append(stream)  # never flushed, closed or collected in the worker
-            setattr(sys, name, fresh)
+        fresh = open(os.dup(fd), "w", encoding="utf-8", errors="replace", buffering=1)  # noqa: SIM115
+        _inherited.append(stream)  # never flushed, closed or collected in the worker
+        setattr(sys, name, fresh)
 
 
-_inherited: list[object] = []
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_quiet_forked_worker)
 
@@ -232,6 +232,17 @@ def connect(scheduler: str | None, workers: int) -> Iterator[Client]:
     """A client of the cluster at ``scheduler``, or of a local cluster of ``workers`` worker
     processes (one thread each, started as :func:`local_start_method` says), closed on the way
     out."""
+    global _forking_workers  # noqa: PLW0603 - read by the fork hook in each child
+    try:
+        with _connected(scheduler, workers) as client:
+            yield client
+    finally:
+        _forking_workers = False  # however the cluster ended, or failed to start
+
+
+@contextmanager
+def _connected(scheduler: str | None, workers: int) -> Iterator[Client]:
+    global _forking_workers  # noqa: PLW0603 - see connect
     import dask  # noqa: PLC0415
     from distributed import Client, LocalCluster  # noqa: PLC0415
     from distributed.gc import disable_gc_diagnosis  # noqa: PLC0415
@@ -244,7 +255,6 @@ def connect(scheduler: str | None, workers: int) -> Iterator[Client]:
         # start with SIGINT blocked (a process inherits its mask, and the cluster's event loop
         # thread, which starts them, the constructing thread's): a Ctrl-C reaches the whole
         # foreground process group, and only this process acts on it, by closing the cluster.
-        global _forking_workers  # noqa: PLW0603 - read by the fork hook in each child
         method = local_start_method()
         _forking_workers = method == "fork"  # and stays so while the cluster may restart one
         with dask.config.set({"distributed.worker.multiprocessing-method": method}):
@@ -254,9 +264,6 @@ def connect(scheduler: str | None, workers: int) -> Iterator[Client]:
                     n_workers=workers, threads_per_worker=1, processes=True,
                     dashboard_address=None, silence_logs=logging.CRITICAL,
                 )  # fmt: skip
-            except BaseException:
-                _forking_workers = False
-                raise
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         # Its scheduler, in this process, hooks a diagnosis into every garbage collection; a
@@ -269,7 +276,6 @@ def connect(scheduler: str | None, workers: int) -> Iterator[Client]:
     try:
         yield client
     except BaseException:
-        _forking_workers = False
         if cluster is not None:
             # Failed or interrupted: the tasks still running are not awaited, and the
             # connections their end cuts are no news (Dask and asyncio log each as an error,
@@ -282,7 +288,6 @@ def connect(scheduler: str | None, workers: int) -> Iterator[Client]:
         else:
             client.close()
         raise
-    _forking_workers = False
     client.close()
     if cluster is not None:
         cluster.close()

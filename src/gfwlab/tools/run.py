@@ -167,9 +167,9 @@ def run_cell(
             cell.successes += ok
             if not ok:
                 cell.failed_at.append(address)
-            if not ok and plan.wait_residuals:
-                note(f"{recipe.name} {when.label}: waiting out a residual block", 0)
-                wait_out(address)
+                if plan.wait_residuals:
+                    note(f"{recipe.name} {when.label}: waiting out a residual block", 0)
+                    wait_out(address)
             note(f"{recipe.name} {when.label}", 1)
         if plan.download:
             cell.download = False
