@@ -17,6 +17,11 @@ itself), and then both again with ``--idle`` idle TCP connections held open thro
   the client's veth and arriving at the server's, from tcpdump on both (same kernel clock),
   p50 and p99 over ``--connections`` new connections.
 
+With ``--null-engine`` it then brings the lab up again with the engine replaced by a constant
+verdict (``floor/sitecustomize.py``: each queued packet parsed and accepted, a TCP flow bypassed
+at its first data, no mechanism, no event) and measures the same at no idle connections: what
+the queue, the kernel rules and the adapter cost alone, the most any faster engine can give.
+
 Prints a table with the ratios (censor / plain) and takes the lab down, also on Ctrl-C.
 """
 
@@ -42,6 +47,8 @@ from gfwlab.live.topology import CENSOR_NS, CLIENT_NS, SERVER_NS, SERVER_V4
 from gfwlab.packet.ip import PSH, parse
 from gfwlab.packet.pcap import CaptureReader
 
+FLOOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor")
+"""``sitecustomize.py`` that replaces the engine with a constant verdict (``--null-engine``)."""
 SKIP_ON = ["-t", "mangle", "-I", "PREROUTING", "1", "-j", "ACCEPT"]
 SKIP_OFF = ["-t", "mangle", "-D", "PREROUTING", "-j", "ACCEPT"]
 
@@ -241,6 +248,11 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=300)
     parser.add_argument("--idle", type=int, default=10000, help="idle connections (0: none)")
     parser.add_argument("--date", default="2022-06-01")
+    parser.add_argument(
+        "--null-engine",
+        action="store_true",
+        help="also measure with the engine replaced by a constant verdict (no idle connections)",
+    )
     args = parser.parse_args()
     console = Console()
     lifecycle.down()
@@ -251,30 +263,50 @@ def main() -> int:
         for idle in loads:
             with Idle(idle):
                 for mode in ("plain", "censor"):
-                    if mode == "plain":
-                        censor_off(True)
-                    try:
-                        console.print(f"[bold]{mode}[/], {idle} idle: iperf3, wrk, first data…")
-                        delays = first_packet_delays(args.connections)
-                        bulk = iperf(args.seconds) / 1e9
-                        cpu0 = censor_cpu()
-                        rate = wrk(args.seconds)
-                        cpu = (censor_cpu() - cpu0) / max(1.0, rate * args.seconds)
-                        results[(idle, mode)] = {
-                            "iperf3 Gbit/s": bulk,
-                            "wrk conn/s": rate,
-                            "censor CPU per new connection µs": cpu * 1e6,
-                            "first data packet p50 µs": pct(delays, 0.50) * 1e6,
-                            "first data packet p99 µs": pct(delays, 0.99) * 1e6,
-                            "samples": float(len(delays)),
-                        }
-                    finally:
-                        if mode == "plain":
-                            censor_off(False)
+                    results[(idle, mode)] = measure(console, args, idle, mode)
             show(console, results, idle, args.date)
+        if args.null_engine:
+            lifecycle.down()
+            saved = {k: os.environ.get(k) for k in ("GFWLAB_FLOOR", "PYTHONPATH")}
+            os.environ["GFWLAB_FLOOR"] = "null"  # the censor process inherits the environment
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [FLOOR, saved["PYTHONPATH"]]))
+            try:
+                lifecycle.up(lifecycle.UpOptions(date=args.date), log=lambda _m: None)
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+            results[(0, "null engine")] = measure(console, args, 0, "null engine")
+            show(console, results, 0, args.date)
     finally:
         lifecycle.down()
     return 0
+
+
+def measure(console: Console, args: argparse.Namespace, idle: int, mode: str) -> dict[str, float]:
+    """One phase: first-data delays, iperf3, wrk and the censor's CPU per new connection."""
+    if mode == "plain":
+        censor_off(True)
+    try:
+        console.print(f"[bold]{mode}[/], {idle} idle: iperf3, wrk, first data…")
+        delays = first_packet_delays(args.connections)
+        bulk = iperf(args.seconds) / 1e9
+        cpu0 = censor_cpu()
+        rate = wrk(args.seconds)
+        cpu = (censor_cpu() - cpu0) / max(1.0, rate * args.seconds)
+        return {
+            "iperf3 Gbit/s": bulk,
+            "wrk conn/s": rate,
+            "censor CPU per new connection µs": cpu * 1e6,
+            "first data packet p50 µs": pct(delays, 0.50) * 1e6,
+            "first data packet p99 µs": pct(delays, 0.99) * 1e6,
+            "samples": float(len(delays)),
+        }
+    finally:
+        if mode == "plain":
+            censor_off(False)
 
 
 def show(
@@ -285,16 +317,21 @@ def show(
         title=f"gfwlab lab forwarding, gfw profile on {date}, {idle:,} idle connections "
         f"({os.cpu_count()} cores, load average {load:.1f}, {sys.version.split()[0]})"
     )
-    for col in ("measure", "plain kernel", "through the censor", "censor / plain"):
+    modes = [m for m in ("censor", "null engine") if (idle, m) in results]
+    cols = ["measure", "plain kernel", *(f"through the {m}" for m in modes)]
+    cols += [f"{m} / plain" for m in modes]
+    for col in cols:
         table.add_column(col, justify="right")
     for key in results[(idle, "plain")]:
-        plain, cens = results[(idle, "plain")][key], results[(idle, "censor")][key]
-        ratio = (
-            f"{cens / plain:.2f}"
+        plain = results[(idle, "plain")][key]
+        values = [results[(idle, m)][key] for m in modes]
+        ratios = [
+            f"{v / plain:.2f}"
             if plain and key not in ("samples", "censor CPU per new connection µs")
             else ""
-        )
-        table.add_row(key, f"{plain:,.2f}", f"{cens:,.2f}", ratio)
+            for v in values
+        ]
+        table.add_row(key, f"{plain:,.2f}", *(f"{v:,.2f}" for v in values), *ratios)
     console.print(table)
 
 

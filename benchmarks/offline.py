@@ -53,6 +53,8 @@ from rich.table import Table
 
 HERE = Path(__file__).resolve().parent
 LISTS = HERE.parent.parent / "shared" / "data" / "blocklists"
+FLOOR = HERE / "floor"
+"""``sitecustomize.py`` that times the engine inside an ``analyze`` run (its docstring)."""
 REAL_LISTS = {
     "dns_injection.domains": "gfw-2024-dns-blocklist.txt",
     "http_keyword.domains": "gfw-2024-http-blocklist.txt",
@@ -91,12 +93,14 @@ class Job:
     stdout: str | None = None
 
 
-def timed(cmd: list[str], stdout_path: str | None = None) -> Timed:
+def timed(
+    cmd: list[str], stdout_path: str | None = None, env: dict[str, str] | None = None
+) -> Timed:
     """Run ``cmd``: wall seconds, the child's own peak resident memory, its outputs."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         sink = open(stdout_path, "wb") if stdout_path else out  # noqa: SIM115
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=err)
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=err, env=env)
         _pid, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
         proc.returncode = code = os.waitstatus_to_exitcode(status)
@@ -222,11 +226,38 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(f"  --shards: {summary['warnings'][0]}")
             rows.append((job.name, runs[job.name], summary.get("engine_packets")))
         report["mixes"][mix] = show(mix, info, rows, fixed)
+        base = next(job.cmd for job in jobs if job.name.endswith("built-in lists"))
+        report["mixes"][mix]["engine_share"] = engine_share(mix, base, info["packets"])
     if args.keep:
         (directory / "report.json").write_text(json.dumps(report, indent=2))
     if tmp is not None:
         tmp.cleanup()
     return 0
+
+
+def engine_share(mix: str, cmd: list[str], packets: int) -> dict[str, float]:
+    """Run ``cmd`` once more, timing the engine from inside (``floor/sitecustomize.py``): its
+    seconds against the whole run's, and the throughput the rest allows, which no faster engine
+    can pass."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "engine-seconds"
+        env = dict(os.environ, GFWLAB_FLOOR=f"time:{path}")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FLOOR), env.get("PYTHONPATH")]))
+        run = timed(cmd, env=env)
+        spent = sum(float(x) for x in path.read_text().split()) if path.exists() else 0.0
+    if run.code or not spent:
+        console.print(f"  engine share: not measured (exit {run.code})")
+        return {}
+    rest = run.seconds - spent
+    goal = GOALS[mix][0]
+    console.print(
+        f"  engine share (built-in lists, one run): Censor.feed and on_timer {spent:.2f} s of "
+        f"{run.seconds:.2f} s ({spent / run.seconds:.0%}); everything else {rest:.2f} s, so "
+        f"with an engine that cost nothing at most {packets / rest:,.0f} packets/s "
+        f"({packets / rest / goal:.0%} of the goal)"
+    )
+    return {"engine_s": round(spent, 3), "run_s": round(run.seconds, 3), "rest_s": round(rest, 3),
+            "pps_without_engine": round(packets / rest)}  # fmt: skip
 
 
 Rows = list[tuple[str, list[Timed], int | None]]
