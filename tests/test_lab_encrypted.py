@@ -111,6 +111,24 @@ def fet_events(events: list[dict[str, object]]) -> list[dict[str, object]]:
     return [e for e in events if e["mechanism"] == "fet" and e["rule"] == "fet:no-exemption"]
 
 
+def assert_fet_share(decisions: list[dict[str, object]], share: float) -> int:
+    """The FET's live decisions: each one exactly as its draw says (dropped if and only if the
+    draw is below the probability, spec §6), and the share dropped within 1-in-10,000 bounds of
+    ``share``. The draws follow the flows' ports and initial sequence numbers, which the
+    clients pick anew on every run, so no seed fixes the sample: a 99% interval failed one run
+    in a hundred (24 of 58 once). The distribution itself is checked offline, seeded, on
+    600 flows (tests/test_fet.py). Returns how many were dropped."""
+    for e in decisions:
+        draw, probability = e["draw"], e["probability"]
+        assert isinstance(draw, float) and isinstance(probability, float), e
+        # (the event's draw is rounded to 6 places: it may equal the probability either way)
+        assert draw <= probability if e["action"] == "drop" else draw >= probability, e
+    dropped = sum(e["action"] == "drop" for e in decisions)
+    lo, hi = binomial_interval(len(decisions), share, z=3.891)
+    assert lo <= dropped / len(decisions) <= hi, (dropped, len(decisions))
+    return dropped
+
+
 # Slow (45-90 s, among the longest live tests): runs in the matrix stage (scripts/test).
 @pytest.mark.slow
 def test_shadowsocks_fet_share_and_residual_2022(lab_factory: list[Lab]) -> None:
@@ -129,9 +147,7 @@ def test_shadowsocks_fet_share_and_residual_2022(lab_factory: list[Lab]) -> None
     ok = [lab.via_ss() for _ in range(n)]
     decisions = fet_events(lab.events())
     assert len(decisions) >= 0.9 * n  # (nearly) every ss-local connection's first packet
-    dropped = sum(e["action"] == "drop" for e in decisions)
-    lo, hi = binomial_interval(len(decisions), 0.263)
-    assert lo <= dropped / len(decisions) <= hi, (dropped, len(decisions))
+    dropped = assert_fet_share(decisions, 0.263)
     assert n - sum(ok) >= dropped * 0.8  # a dropped first packet is a failed request
 
 
@@ -394,8 +410,7 @@ def test_obfs4_through_the_fet(date: str, blocked_share: float) -> None:
             assert all(ok) and not decisions
         else:
             assert len(decisions) >= 0.9 * n
-            lo, hi = binomial_interval(len(decisions), blocked_share)
-            assert lo <= dropped / len(decisions) <= hi, (dropped, len(decisions))
+            assert assert_fet_share(decisions, blocked_share) == dropped
             assert n - sum(ok) >= dropped * 0.8
     finally:
         lab.close()
