@@ -153,7 +153,9 @@ def lab_status(
                 f"kernel: {st['kernel_queued']} packets to the queue, {st['uninspected']} passed "
                 "uninspected (fail-open: no censor reading, or its queue full), "
                 f"{st['queue_dropped']} dropped by a full queue, "
-                f"{st.get('kernel_residuals', 0)} residual blocks in ipsets"
+                f"{st.get('kernel_residuals', 0)} residual blocks in ipsets, "
+                f"{st.get('kernel_dropped', 0)} packets of {st.get('kernel_blocked_flows', 0)} "
+                "blocked flows dropped for the engine"
             )
         if st.get("probes_waited"):
             console.print(

@@ -16,7 +16,7 @@ import subprocess
 import time
 
 from gfwlab.errors import LabError
-from gfwlab.live import kernel
+from gfwlab.live import blocked, kernel
 from gfwlab.live.topology import (
     BYPASS_MARK,
     CENSOR_NS,
@@ -214,6 +214,10 @@ def install_queue_rules(censor_ns: str, queue: int, *, fail_open: bool) -> None:
             run([*ipt, "-A", "GFWLAB", "-d", f"{PROBER_NET}.0/24", "-j", "ACCEPT"])
             rst = ["-p", "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP"]
             run(in_ns(censor_ns, tool, "-w", "-A", "OUTPUT", "-s", f"{PROBER_NET}.0/24", *rst))
+        # Later packets of flows the engine blocked are dropped here (filled by the censor:
+        # live/blocked.py), before anything is let through or queued.
+        run([*ipt, "-N", blocked.CHAIN])
+        run([*ipt, "-A", "GFWLAB", "-j", blocked.CHAIN])
         # What no active mechanism needs is let through here (filled by the censor: live/kernel.py).
         run([*ipt, "-N", kernel.SKIP_CHAIN])
         run([*ipt, "-A", "GFWLAB", "-j", kernel.SKIP_CHAIN])

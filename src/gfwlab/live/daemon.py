@@ -39,6 +39,7 @@ from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Inject, Probe, R
 from gfwlab.engine.flows import Flow, FlowKey, flow_key
 from gfwlab.engine.tcb import TcbState
 from gfwlab.errors import GfwlabError, MalformedPacket
+from gfwlab.live.blocked import HeldFlows
 from gfwlab.live.kernel import Kernel, UdpReplies, udp_replies
 from gfwlab.live.loop import serve
 from gfwlab.live.nflog import NflogReader, SynCopies
@@ -59,7 +60,17 @@ from gfwlab.live.topology import (
     SYN_COPIED_MARK,
 )
 from gfwlab.offline.chain import Chain
-from gfwlab.packet.ip import ACK, PROTO_TCP, PROTO_UDP, RST, SYN, Packet, build_tcp, parse
+from gfwlab.packet.ip import (
+    ACK,
+    PROTO_TCP,
+    PROTO_UDP,
+    RST,
+    SYN,
+    Packet,
+    build_tcp,
+    parse,
+    peek_tcp_flags,
+)
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.profiles import build_censor, load_profiles, parse_date
 from gfwlab.rules.schema import Prefixes
@@ -121,17 +132,8 @@ def _client_data(pkt: Packet) -> bool:
 
 def _bare_syn(packet: bytes) -> bool:
     """Whether an IP packet is a TCP SYN without ACK, RST or FIN (not a fragment)."""
-    if len(packet) < 40:
-        return False
-    if packet[0] >> 4 == 4:
-        if packet[9] != PROTO_TCP or packet[6] & 0x3F or packet[7]:
-            return False
-        off = (packet[0] & 15) * 4
-    elif packet[6] == PROTO_TCP:
-        off = 40
-    else:
-        return False
-    return len(packet) > off + 13 and packet[off + 13] & 0x17 == SYN
+    flags = peek_tcp_flags(packet)
+    return flags >= 0 and flags & 0x17 == SYN
 
 
 class LiveCensor:
@@ -196,6 +198,9 @@ class LiveCensor:
         """Where those copies arrive (``live/nflog.py``)."""
         self.syns_fed = 0
         """SYN copies fed to the engine (:meth:`feed_copies`)."""
+        self.kernel_held: HeldFlows | None = None
+        """Blocked flows whose later packets the kernel drops (``live/blocked.py``; a single
+        censor with the kernel's sets only)."""
         self.syns_late = 0
         """SYN copies on which the engine did more than pass them (a residual block that started
         while the copy was on its way): what it asked for besides the verdict was done late."""
@@ -229,6 +234,8 @@ class LiveCensor:
         if self.kernel is not None and any(self.journals):
             self.mirror(now)
         verdict = actions[0]
+        if self.kernel_held is not None:  # not while recording: it holds every packet of its flows
+            self.kernel_held.verdict(payload, type(verdict) is Drop and not self.recorder, now)
         plain = type(verdict) is Accept and verdict.hold_until is None and not self.held_flows
         if len(actions) == 1 and plain:
             if self.skip_syn_ack and _bare_syn(payload):
@@ -514,6 +521,8 @@ class LiveCensor:
     def timers(self) -> float | None:
         """Run due timers; return seconds until the next one (None: none pending)."""
         now = time.monotonic()
+        if self.kernel_held is not None:  # first: the engine's idle sweep may run next
+            self.kernel_held.check(now)
         deadline = self.fire_timers(now)
         while self.held and self.held[0][0] <= now:
             heapq.heappop(self.held)[2].accept()
@@ -591,6 +600,8 @@ class LiveCensor:
             "flows_tracked": sum(len(c.flows) for c in censors),
             "residual_blocks": sum(len(c.residual) for c in censors),
             "kernel_residuals": self.kernel.added if self.kernel is not None else 0,
+            "kernel_blocked_flows": self.kernel_held.added if self.kernel_held else 0,
+            "kernel_blocked_now": len(self.kernel_held.held) if self.kernel_held else 0,
             "syn_ack_skip": self.skip_syn_ack,
             "synacks_fed": self.synacks_fed,
             "syn_copy": copying,
@@ -649,6 +660,14 @@ def main(argv: list[str] | None = None) -> int:
     censors = censors_of(censor)
     live = LiveCensor(censor, args.state_dir, FrameInjector(), args.seed, kernel)
     live.fail_open = not args.fail_closed
+    if isinstance(censor, Censor):  # censors in series each keep their own flows: not held
+        engine = censor.profile.engine
+        held = HeldFlows(censor.flows, kernel._run, engine.tcp_timeout_s, engine.udp_timeout_s)
+        try:
+            held.install()
+            live.kernel_held = held
+        except GfwlabError as exc:
+            print(f"gfwlab-censor: blocked flows stay in the queue: {exc}", file=sys.stderr)
     # What the kernel may forward unqueued: the handshake ACK unless a mechanism needs it
     # (Needs.handshake_ack, Needs.watch_packets); a clean connection's SYN/ACK unless a
     # mechanism hooks it or counts packets (live/kernel.py skip_rules).

@@ -53,6 +53,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gfwlab.errors import LabError
+from gfwlab.live import blocked
 from gfwlab.live.topology import (
     BYPASS_MARK,
     CT_INVALID_MARK,
@@ -217,7 +218,7 @@ def create_commands() -> str:
         f"create {synoff_set(v6)} hash:net family {'inet6' if v6 else 'inet'}\n"
         for v6 in (False, True)
     ]
-    return "".join(lines)
+    return "".join(lines) + blocked.create_lines()
 
 
 def jump_rule(bypass_mark: int = BYPASS_MARK) -> list[str]:
@@ -660,9 +661,11 @@ def queue_rule_packets(iptables_listing: str, target: str = "NFQUEUE") -> int:
 
 def queue_counters(argv: Sequence[str] = ()) -> dict[str, int]:
     """The kernel's side of the queue, read in the censor namespace (``argv`` enters it):
-    ``kernel_queued``, packets the queue rules took (IPv4 and IPv6, since ``lab up``), and
-    ``queue_dropped``, packets the kernel dropped because the censor's queue was full."""
-    out = {"kernel_queued": 0, "kernel_skipped": 0, "queue_dropped": 0}
+    ``kernel_queued``, packets the queue rules took (IPv4 and IPv6, since ``lab up``),
+    ``queue_dropped``, packets the kernel dropped because the censor's queue was full, and
+    ``kernel_dropped``, packets of flows the engine blocked that the kernel dropped for it
+    (``live/blocked.py``)."""
+    out = {"kernel_queued": 0, "kernel_skipped": 0, "queue_dropped": 0, "kernel_dropped": 0}
     for tool in ("iptables", "ip6tables"):
         for chain, key, target in (
             (QUEUE_CHAIN, "kernel_queued", "NFQUEUE"),
@@ -677,6 +680,14 @@ def queue_counters(argv: Sequence[str] = ()) -> dict[str, int]:
                 check=False,
             )
             out[key] += queue_rule_packets(res.stdout, target)
+        res = subprocess.run(
+            [*argv, tool, "-w", "-t", "mangle", "-L", blocked.CHAIN, "-v", "-x", "-n"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        out["kernel_dropped"] += blocked.dropped_by_kernel(res.stdout)
     res = subprocess.run(
         [*argv, "cat", "/proc/net/netfilter/nfnetlink_queue"],
         capture_output=True,

@@ -200,6 +200,23 @@ def _parse_v6(raw: bytes) -> tuple[bytes, int, bool, int]:
 # --------------------------------------------------------------------------- building
 
 
+def peek_tcp_flags(packet: bytes) -> int:
+    """The TCP flags of an IP packet read straight from its bytes, without :func:`parse`; -1 if
+    it is not an unfragmented TCP segment (IPv6: only with TCP as the first next header). For
+    adapters that look at every packet for one bit."""
+    if len(packet) < 40:
+        return -1
+    if packet[0] >> 4 == 4:
+        if packet[9] != PROTO_TCP or packet[6] & 0x3F or packet[7]:
+            return -1
+        off = (packet[0] & 15) * 4
+    elif packet[6] == PROTO_TCP:
+        off = 40
+    else:
+        return -1
+    return packet[off + 13] if len(packet) > off + 13 else -1
+
+
 def checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071) of ``data``.
 
