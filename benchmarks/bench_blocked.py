@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
 import time
 
+from bench_lab import censor_cpu
 from rich.console import Console
 from rich.table import Table
 
@@ -49,31 +51,31 @@ print(json.dumps({"seconds": time.perf_counter() - start}))
 """
 
 
-def censor_cpu() -> float:
-    """CPU seconds (user + system) the censor process has used so far."""
-    pid = int(subprocess.run(["pgrep", "-f", "gfwlab.live.daemon"], capture_output=True,
-                             text=True, check=True).stdout.split()[0])  # fmt: skip
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def counters() -> dict[str, int]:
     st = lifecycle.status().stats
     keys = ("queued_packets", "uninspected", "queue_dropped", "kernel_dropped")
     return {k: int(st.get(k, 0)) for k in keys}
 
 
-def chain(held: bool) -> None:
-    """Fill the held flows' chain as the censor did, or empty it (the ``queued`` mode)."""
+def censor_rules() -> dict[str, list[str]]:
+    """The held flows' chain as the censor filled it, per tool (``iptables -S`` lines)."""
+    out = {}
     for tool in ("iptables", "ip6tables"):
+        listing = subprocess.run(
+            in_ns(CENSOR_NS, tool, "-w", "-t", "mangle", "-S", blocked.CHAIN),
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        out[tool] = [line for line in listing.splitlines() if line.startswith("-A ")]
+    return out
+
+
+def chain(rules: dict[str, list[str]], held: bool) -> None:
+    """Put the censor's rules back in the held flows' chain, or empty it (``queued``)."""
+    for tool, lines in rules.items():
         ipt = in_ns(CENSOR_NS, tool, "-w", "-t", "mangle")
-        if held:
-            subprocess.run([*ipt, "-F", blocked.CHAIN], check=True)
-            for rule in blocked.chain_rules(tool == "ip6tables", 121, 61):
-                subprocess.run([*ipt, "-A", blocked.CHAIN, *rule], check=True)
-        else:
-            subprocess.run([*ipt, "-F", blocked.CHAIN], check=True)
+        subprocess.run([*ipt, "-F", blocked.CHAIN], check=True)
+        for line in lines if held else []:
+            subprocess.run([*ipt, *shlex.split(line)], check=True)
 
 
 def one(script: str, datagrams: int) -> dict[str, float]:
@@ -104,9 +106,10 @@ def main() -> int:
         with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
             fh.write(SEND)
         os.chmod(fh.name, 0o644)
+        rules = censor_rules()
         for r in range(args.rounds):
             for mode in ("held", "queued"):
-                chain(mode == "held")
+                chain(rules, mode == "held")
                 console.print(f"round {r + 1}, {mode}: {args.datagrams:,} datagrams…")
                 rows.append((mode, one(fh.name, args.datagrams)))
         os.unlink(fh.name)

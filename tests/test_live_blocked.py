@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gfwlab.errors import GfwlabError
-from gfwlab.live import blocked, daemon
+from gfwlab.live import blocked, daemon, kernel
 from gfwlab.live.blocked import HeldFlows, chain_rules, entry_timeout
 from gfwlab.live.daemon import LiveCensor
 from gfwlab.packet.ip import ACK, PSH, SYN, addr_bytes, build_tcp, build_udp, parse, peek_tcp_flags
@@ -230,7 +230,7 @@ def test_chain_rules() -> None:
     assert entry_timeout(0.2) == 2 and entry_timeout(60.0) == 61
 
 
-def test_dropped_by_kernel_reads_the_drop_rules_counters() -> None:
+def test_the_drop_rules_counters_are_read_as_the_queue_rules_are() -> None:
     listing = (
         "Chain GFWLAB_BLOCKED (1 references)\n"
         "    pkts      bytes target     prot opt in     out     source               destination\n"
@@ -239,7 +239,7 @@ def test_dropped_by_kernel_reads_the_drop_rules_counters() -> None:
         "     200   240000 DROP       0    --  *      *       0.0.0.0/0            0.0.0.0/0\n"
         "       7      420 DROP       0    --  *      *       0.0.0.0/0            0.0.0.0/0\n"
     )
-    assert blocked.dropped_by_kernel(listing) == 207
+    assert kernel.queue_rule_packets(listing, "DROP") == 207
 
 
 @settings(max_examples=300, deadline=None)

@@ -101,14 +101,8 @@ def element(flow: Flow) -> str:
     return f"{addr_text(flow.client)},{_PROTOS[flow.proto]}:{flow.cport},{addr_text(flow.server)}"
 
 
-def dropped_by_kernel(listing: str) -> int:
-    """Packets the chain dropped, from ``iptables -t mangle -L CHAIN -v -x -n``."""
-    total = 0
-    for line in listing.splitlines():
-        parts = line.split()
-        if len(parts) > 2 and parts[2] == "DROP" and parts[0].isdigit():
-            total += int(parts[0])
-    return total
+def _set_of(direction: Direction, flow: Flow) -> str:
+    return set_name(direction, len(flow.client) == 16)
 
 
 @dataclass(slots=True)
@@ -158,8 +152,8 @@ class HeldFlows:
         """After the engine's verdict on a queued ``packet``: if it ``dropped`` it, its flow's
         direction goes to the kernel (:meth:`dropped`); a packet with SYN set of a held flow
         may have made the engine replace the flow (:meth:`after`)."""
-        flags = peek_tcp_flags(packet)
-        syn = bool(self.held) and flags >= 0 and bool(flags & SYN)
+        # Peeked only while a flow is held: it is the one check every queued packet pays.
+        syn = bool(self.held) and (flags := peek_tcp_flags(packet)) >= 0 and bool(flags & SYN)
         if not dropped and not syn:
             return  # most packets: parsed no further
         try:
@@ -184,9 +178,9 @@ class HeldFlows:
         held = self.held.get((key, direction))
         if held is not None and held.flow is flow and now - held.added < seconds / 2:
             return  # written already: a packet queued before the entry was in place
-        name = set_name(direction, len(flow.client) == 16)
         try:
-            self.run(["ipset", "-exist", "add", name, element(flow), "timeout", str(seconds)])
+            self.run(["ipset", "-exist", "add", _set_of(direction, flow), element(flow),
+                      "timeout", str(seconds)])  # fmt: skip
         except GfwlabError:
             self.errors += 1
             return
@@ -235,7 +229,7 @@ class HeldFlows:
             return
         for (key, direction), held in list(self.held.items()):
             flow = held.flow
-            seconds = left.get((set_name(direction, len(flow.client) == 16), element(flow)))
+            seconds = left.get((_set_of(direction, flow), element(flow)))
             if seconds is not None and self.table.flows.get(key) is flow:
                 # The entry was last refreshed by a dropped packet ``timeout - left`` ago (it
                 # counts whole seconds down, so this errs early by under a second).
@@ -250,7 +244,6 @@ class HeldFlows:
 
     def _delete(self, direction: Direction, flow: Flow) -> None:
         try:
-            self.run(["ipset", "-exist", "del", set_name(direction, len(flow.client) == 16),
-                      element(flow)])  # fmt: skip
+            self.run(["ipset", "-exist", "del", _set_of(direction, flow), element(flow)])
         except GfwlabError:
             self.errors += 1

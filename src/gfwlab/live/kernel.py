@@ -671,6 +671,7 @@ def queue_counters(argv: Sequence[str] = ()) -> dict[str, int]:
             (QUEUE_CHAIN, "kernel_queued", "NFQUEUE"),
             (SKIP_CHAIN, "kernel_skipped", "ACCEPT"),
             (SYN_CHAIN, "kernel_skipped", "ACCEPT"),
+            (blocked.CHAIN, "kernel_dropped", "DROP"),
         ):
             res = subprocess.run(
                 [*argv, tool, "-w", "-t", "mangle", "-L", chain, "-v", "-x", "-n"],
@@ -680,14 +681,6 @@ def queue_counters(argv: Sequence[str] = ()) -> dict[str, int]:
                 check=False,
             )
             out[key] += queue_rule_packets(res.stdout, target)
-        res = subprocess.run(
-            [*argv, tool, "-w", "-t", "mangle", "-L", blocked.CHAIN, "-v", "-x", "-n"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        out["kernel_dropped"] += blocked.dropped_by_kernel(res.stdout)
     res = subprocess.run(
         [*argv, "cat", "/proc/net/netfilter/nfnetlink_queue"],
         capture_output=True,
