@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from gfwlab.engine.censor import Censor
 from gfwlab.errors import MalformedPacket
@@ -66,18 +67,24 @@ def record(path: Path, profile: Profile) -> tuple[Fed, int]:
     """The packets the fast path feeds the engine, in order, and the flows it saw."""
     index = build_index(str(path), 10_000_000)
     assert index is not None
-    censor = build_censor(profile, 0)
+    real = build_censor(profile, 0)
     fed: Fed = []
-    feed = censor.feed
 
-    def recording(packet: bytes, now: float) -> list[object]:
-        fed.append((packet, now))
-        return feed(packet, now)  # type: ignore[return-value]
+    class Recording:
+        """The censor, with every packet it is fed recorded (the compiled ``Censor`` cannot
+        have its ``feed`` replaced, so the fast path is handed this instead)."""
 
-    censor.feed = recording  # type: ignore[method-assign,assignment]
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def feed(self, packet: bytes, now: float) -> Any:
+            fed.append((packet, now))
+            return real.feed(packet, now)
+
+    censor: Any = Recording()
     fast.run(index, censor, lambda _event: None, keep=False)
     index.close()
-    return fed, censor.stats.flows
+    return fed, real.stats.flows
 
 
 def replay(profile: Profile, fed: Fed) -> Censor:

@@ -20,6 +20,8 @@ process (wall clock, process start included), and prints the peak memory of each
   over a local cluster of two worker processes (``--shards N``; 0: not timed), against the
   one-process time;
 * ``gfwlab analyze --exact`` with the built-in lists (with ``--exact``);
+* the built-in-list run with the engine's sources interpreted (``GFWLAB_PURE=1``), when the
+  installed engine is compiled (``gfwlab._build``): what the compilation gives, paired;
 * ``tshark -r FILE -T fields`` with the DNS, HTTP Host and TLS SNI fields (and addresses).
 
 Each analyze command is also timed on a one-flow capture: its fixed cost (process start,
@@ -91,6 +93,7 @@ class Job:
     name: str
     cmd: list[str]
     stdout: str | None = None
+    env: dict[str, str] | None = None
 
 
 def timed(
@@ -110,6 +113,17 @@ def timed(
         err.seek(0)
         return Timed(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, code,
                      out.read().decode(), err.read().decode())  # fmt: skip
+
+
+INTERPRETED = "gfwlab analyze, interpreted engine"
+"""The built-in-list run with the engine's sources interpreted (GFWLAB_PURE=1)."""
+
+
+def gfwlab_build() -> str:
+    """How the engine runs in the gfwlab this benchmark starts (gfwlab.ENGINE_BUILD)."""
+    code = "import gfwlab; print(gfwlab.ENGINE_BUILD)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
 
 
 def gfwlab() -> list[str]:
@@ -199,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [*gfwlab(), "analyze", str(cap), *EVERY_MECHANISM, *sets, "--json",
                    "--events", events]  # fmt: skip
             jobs.append(Job(f"gfwlab analyze, {name}", cmd))
+        if gfwlab_build() == "compiled":  # the same run on the engine's sources, interpreted
+            cmd = [*gfwlab(), "analyze", str(cap), *EVERY_MECHANISM, "--json"]
+            jobs.append(Job(INTERPRETED, cmd, env={**os.environ, "GFWLAB_PURE": "1"}))
         if args.shards > 1:
             events = str(directory / f"events-{mix}-shards.jsonl")
             cmd = [*gfwlab(), "analyze", str(cap), *EVERY_MECHANISM, "--json", "--events", events,
@@ -217,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.rounds > 1:
                 console.print(f"{mix}: round {r + 1} of {args.rounds}")
             for job in jobs:  # one round runs every command once: pairs within a round
-                runs[job.name].append(timed(job.cmd, job.stdout))
+                runs[job.name].append(timed(job.cmd, job.stdout, job.env))
         rows: list[tuple[str, list[Timed], int | None]] = []
         for job in jobs:
             first = runs[job.name][0]
@@ -321,6 +338,10 @@ def show(mix: str, info: dict[str, Any], rows: Rows, fixed: dict[str, float]) ->
     if goal_cat:
         gaps.append(f"goal within {goal_cat:.0f}× cat: {base / cat:.0f}×")
     for name, runs, _ in rows:
+        if name == INTERPRETED:
+            gaps.append(f"compiled engine (gfwlab._build): {paired(runs, base_runs)}× the "
+                        "throughput of the same run interpreted (GFWLAB_PURE=1)")  # fmt: skip
+            continue
         if "--shards" in name:
             gaps.append(f"{name}: {paired(runs, base_runs)} of the one-process time")
             continue

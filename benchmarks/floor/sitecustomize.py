@@ -8,8 +8,9 @@ with this folder first on ``PYTHONPATH`` (``bench_lab.py --null-engine``,
   the most any faster engine could give the lab. (Offline, only ``analyze --exact`` runs with
   it: the fast path reads the engine's flow table, which this engine does not keep.)
 - ``GFWLAB_FLOOR=time:PATH``: the process appends to ``PATH``, at exit, the seconds it spent
-  inside the engine (``Censor.feed`` and ``Censor.on_timer``), so a run's time splits into the
-  engine's and everything else's (reading the capture, the fast path, writing the outputs).
+  inside the engine (``feed`` and ``on_timer`` of every censor ``build_censor`` makes), so a
+  run's time splits into the engine's and everything else's (reading the capture, the fast
+  path, writing the outputs).
 
 Benchmarks only: nothing in ``src/`` reads ``GFWLAB_FLOOR``.
 """
@@ -22,48 +23,83 @@ import time
 from typing import Any
 
 
+class _Wrapped:
+    """A censor whose ``feed`` and ``on_timer`` this file replaces, everything else the
+    censor's own. The compiled engine's classes cannot be changed (gfwlab._build), so the
+    censor ``build_censor`` makes is wrapped instead; it still passes for a ``Censor``."""
+
+    def __init__(self, inner: Any) -> None:
+        object.__setattr__(self, "_inner", inner)
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # isinstance(wrapped, Censor) holds (live/daemon.py asks)
+        return type(self._inner)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._inner, name, value)
+
+
+def _wrap_censors(make: Any) -> None:
+    """Every censor ``gfwlab.profiles.loader.build_censor`` makes from now on is ``make(it)``."""
+    import gfwlab.profiles  # noqa: PLC0415 - only when asked for
+    from gfwlab.profiles import loader  # noqa: PLC0415
+
+    build = loader.build_censor
+
+    def build_censor(*args: Any, **kwargs: Any) -> Any:
+        return make(build(*args, **kwargs))
+
+    loader.build_censor = build_censor  # type: ignore[assignment]
+    gfwlab.profiles.build_censor = build_censor  # type: ignore[assignment]  # re-exported there
+
+
 def _null() -> None:
-    from gfwlab.engine import censor  # noqa: PLC0415 - only when asked for
     from gfwlab.engine.actions import Accept, Bypass, FlowId  # noqa: PLC0415
     from gfwlab.packet.ip import PROTO_TCP, addr_text, parse  # noqa: PLC0415
 
     accept = Accept()
 
-    def feed(self: censor.Censor, packet: bytes, now: float) -> list[Any]:
-        self.stats.packets += 1
-        pkt = parse(packet)
-        if pkt.proto == PROTO_TCP and pkt.payload:
-            flow = FlowId(
-                proto="tcp",
-                src=addr_text(pkt.src),
-                sport=pkt.sport,
-                dst=addr_text(pkt.dst),
-                dport=pkt.dport,
-            )
-            return [accept, Bypass(flow=flow)]
-        return [accept]
+    class Null(_Wrapped):
+        def feed(self, packet: bytes, now: float) -> list[Any]:
+            self._inner.stats.packets += 1
+            pkt = parse(packet)
+            if pkt.proto == PROTO_TCP and pkt.payload:
+                flow = FlowId(
+                    proto="tcp",
+                    src=addr_text(pkt.src),
+                    sport=pkt.sport,
+                    dst=addr_text(pkt.dst),
+                    dport=pkt.dport,
+                )
+                return [accept, Bypass(flow=flow)]
+            return [accept]
 
-    censor.Censor.feed = feed  # type: ignore[method-assign]
+    _wrap_censors(Null)
 
 
 def _timed(path: str) -> None:
-    from gfwlab.engine import censor  # noqa: PLC0415 - only when asked for
-
     spent = [0.0]
     clock = time.perf_counter
 
-    def timed(method: Any) -> Any:
-        def wrapper(*args: Any) -> Any:
+    class Timed(_Wrapped):
+        def feed(self, packet: bytes, now: float) -> Any:
             start = clock()
             try:
-                return method(*args)
+                return self._inner.feed(packet, now)
             finally:
                 spent[0] += clock() - start
 
-        return wrapper
+        def on_timer(self, now: float) -> Any:
+            start = clock()
+            try:
+                return self._inner.on_timer(now)
+            finally:
+                spent[0] += clock() - start
 
-    censor.Censor.feed = timed(censor.Censor.feed)  # type: ignore[method-assign]
-    censor.Censor.on_timer = timed(censor.Censor.on_timer)  # type: ignore[method-assign]
+    _wrap_censors(Timed)
 
     def write() -> None:
         with open(path, "a", encoding="utf-8") as fh:

@@ -13,12 +13,17 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mypy_extensions import mypyc_attr
+
+from gfwlab._frozen import Frozen
+
 Direction = Literal["inside-out", "outside-in"]
 ActionName = Literal["rst", "drop", "dns-inject", "probe", "null-route", "pass", "anomaly"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EventFields:
+@dataclass(frozen=True, kw_only=True)
+@mypyc_attr(allow_interpreted_subclasses=True)  # mechanisms subclass it
+class EventFields(Frozen):
     """The fields an event adds to the DESIGN.md contract, declared and typed.
 
     Each mechanism (and the engine, for its own events) declares a subclass per kind of event it
@@ -65,8 +70,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FlowId:
+@dataclass(frozen=True, kw_only=True)
+class FlowId(Frozen):
     """A flow as events name it: ``src`` is the client (the side that opened the flow)."""
 
     proto: Literal["tcp", "udp", "ip"]
@@ -90,8 +95,8 @@ class FlowId:
         }
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Event:
+@dataclass(frozen=True, kw_only=True)
+class Event(Frozen):
     """One censor decision or observation, in the DESIGN.md event contract."""
 
     ts: float
@@ -135,8 +140,8 @@ class Event:
         return out
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Accept:
+@dataclass(frozen=True, kw_only=True)
+class Accept(Frozen):
     """Forward the packet."""
 
     hold_until: float | None = None
@@ -145,16 +150,16 @@ class Accept:
     adapter whose peers are one hop apart holds the trigger to keep that order."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Drop:
+@dataclass(frozen=True, kw_only=True)
+class Drop(Frozen):
     """Silently discard the packet."""
 
     mechanism: str
     """Which mechanism dropped it."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Inject:
+@dataclass(frozen=True, kw_only=True)
+class Inject(Frozen):
     """Send a forged IP packet."""
 
     packet: bytes
@@ -167,8 +172,8 @@ class Inject:
     """Which mechanism forged it."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Probe:
+@dataclass(frozen=True, kw_only=True)
+class Probe(Frozen):
     """Connect to a suspected server as the GFW's active prober does and send ``payload``.
 
     The adapter reports what the server did with ``Censor.on_probe_result(probe_id, ...)``; an
@@ -199,16 +204,16 @@ class Probe:
     """Which mechanism sent it."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Bypass:
+@dataclass(frozen=True, kw_only=True)
+class Bypass(Frozen):
     """The flow's verdict is final (it passes): later packets need not be shown to the engine."""
 
     flow: FlowId
     """The flow to bypass."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Report:
+@dataclass(frozen=True, kw_only=True)
+class Report(Frozen):
     """Record an event."""
 
     event: Event

@@ -311,7 +311,7 @@ class Censor:
         if parsed is None:
             return None
         if row.report_anomalies:
-            fields = row.detail(parsed)
+            fields = None if row.detail is None else row.detail(parsed)
             for anomaly in parsed.anomalies:
                 self.verdicts.report(
                     out, seen.flow, seen.now, "engine", "anomaly", anomaly, None, fields

@@ -40,7 +40,7 @@ MAX_PENDING = 4096
 """Incomplete datagrams held at once; the oldest is dropped beyond it."""
 
 
-@dataclass(slots=True)
+@dataclass
 class _Pending:
     started: float
     header: bytes = b""

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from gfwlab._frozen import Frozen
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Mechanism
 from gfwlab.proto.dns import DEFAULT_MAX_NAME, parse_query
@@ -35,8 +36,8 @@ class Parsed(Protocol):
     def anomalies(self) -> tuple[str, ...]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Options:
+@dataclass(frozen=True)
+class Options(Frozen):
     """Parser settings the active mechanisms asked for (from their ``needs()``)."""
 
     dns_name_limit: int = DEFAULT_MAX_NAME
@@ -46,8 +47,8 @@ class Options:
     quic_crypto_reading: CryptoReading = CRYPTO_READINGS[0]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Dissector:
+@dataclass(frozen=True, kw_only=True)
+class Dissector(Frozen):
     """One row of the table."""
 
     name: str
@@ -64,7 +65,7 @@ class Dissector:
     names_mechanism: bool = False
     """Malformed input is reported with the mechanism that asked for the parse (a QUIC Initial
     is decrypted on a mechanism's behalf, not as a matter of course)."""
-    detail: Callable[[Parsed], EventFields | None] = lambda _parsed: None
+    detail: Callable[[Parsed], EventFields | None] | None = None
     """Fields added to the events of the parsed message's anomalies."""
 
     def offered(self, data: bytes) -> bool:
@@ -73,7 +74,7 @@ class Dissector:
         return self.starts is None or (bool(data) and data[0] in self.starts)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class QueryFields(EventFields):
     """An oddity of a DNS query."""
 
@@ -86,6 +87,18 @@ def _client_hello(data: bytes, options: Options) -> Parsed | None:
         joined = join_records(data)
         return None if joined is None else parse_client_hello(joined)
     return parse_client_hello(data)
+
+
+def _http_request(data: bytes, _options: Options) -> Parsed | None:
+    return parse_request(data)
+
+
+def _dns_query(data: bytes, options: Options) -> Parsed | None:
+    return parse_query(data, name_limit=options.dns_name_limit, lenient=options.dns_lenient)
+
+
+def _quic_initial(data: bytes, options: Options) -> Parsed | None:
+    return parse_initial(data, crypto_reading=options.quic_crypto_reading)
 
 
 def _dns_detail(parsed: Parsed) -> EventFields:
@@ -105,14 +118,14 @@ DISSECTORS: tuple[Dissector, ...] = (
         hook="on_http_request",
         carrier="tcp-stream",
         starts=frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
-        parse=lambda data, _o: parse_request(data),
+        parse=_http_request,
         silent=frozenset({"http.not_http"}),
     ),
     Dissector(
         name="dns",
         hook="on_dns_query",
         carrier="udp-port",
-        parse=lambda data, o: parse_query(data, name_limit=o.dns_name_limit, lenient=o.dns_lenient),
+        parse=_dns_query,
         detail=_dns_detail,
     ),
     Dissector(
@@ -120,7 +133,7 @@ DISSECTORS: tuple[Dissector, ...] = (
         hook="on_quic_initial",
         carrier="udp-first",
         starts=frozenset(range(0x80, 0x100)),  # a long header (parse_initial: else not QUIC)
-        parse=lambda data, o: parse_initial(data, crypto_reading=o.quic_crypto_reading),
+        parse=_quic_initial,
         report_anomalies=False,
         names_mechanism=True,
     ),
@@ -128,8 +141,8 @@ DISSECTORS: tuple[Dissector, ...] = (
 """Every dissector, in the order the engine offers data to them."""
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+@dataclass(frozen=True)
+class Plan(Frozen):
     """The rows the active mechanisms use, and the parser settings and UDP ports they declared."""
 
     rows: tuple[list[Dissector], list[Dissector], list[Dissector]]

@@ -55,7 +55,7 @@ Block = Literal["none", "c2s", "s2c", "both"]
 FlowKey = tuple[int, bytes, int, bytes, int]
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(eq=False)
 class Flow:
     """One flow as the censor remembers it."""
 

@@ -25,6 +25,9 @@ from abc import ABC
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from mypy_extensions import mypyc_attr
+
+from gfwlab._frozen import Frozen
 from gfwlab.engine.actions import ActionName, EventFields
 from gfwlab.engine.flows import Block, Flow
 from gfwlab.packet.ip import Packet
@@ -35,8 +38,8 @@ from gfwlab.proto.tls import ClientHello
 from gfwlab.rules.profile import CommonParams, ResidualKey
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Needs:
+@dataclass(frozen=True, kw_only=True)
+class Needs(Frozen):
     """What a mechanism asks the engine to look at. The engine reads no mechanism's parameters:
     each mechanism states here what its hooks need."""
 
@@ -70,8 +73,8 @@ class Needs:
     engine a copy."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Forged:
+@dataclass(frozen=True, kw_only=True)
+class Forged(Frozen):
     """A forged packet a mechanism wants sent ``delay`` seconds after the trigger."""
 
     packet: bytes
@@ -79,8 +82,8 @@ class Forged:
     toward: Literal["client", "server"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PlannedProbe:
+@dataclass(frozen=True, kw_only=True)
+class PlannedProbe(Frozen):
     """A probe a mechanism wants sent ``delay`` seconds from now (see actions.Probe)."""
 
     kind: str
@@ -94,8 +97,8 @@ class PlannedProbe:
     """The trigger payload a replay derives from (handed back in ProbeResult.context)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Residual:
+@dataclass(frozen=True, kw_only=True)
+class Residual(Frozen):
     """A residual block a decision starts: later flows on ``key`` are hit until it ends."""
 
     key: ResidualKey
@@ -108,8 +111,8 @@ class Residual:
     """Chance that each new connection on the key is hit (HTTP: 50-75%, spec §3)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Decision:
+@dataclass(frozen=True, kw_only=True)
+class Decision(Frozen):
     """A mechanism's verdict on one trigger."""
 
     action: ActionName
@@ -131,8 +134,8 @@ class Decision:
     """The fields its event adds (the mechanism's declared event fields)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProbeResult:
+@dataclass(frozen=True, kw_only=True)
+class ProbeResult(Frozen):
     """What a suspected server did with one probe."""
 
     probe_id: int
@@ -146,7 +149,7 @@ class ProbeResult:
     """What the mechanism attached when it planned the probe (the trigger's flow, rule...)."""
 
 
-@dataclass(slots=True)
+@dataclass
 class Seen:
     """The packet a hook is looking at, with its flow and time."""
 
@@ -157,6 +160,7 @@ class Seen:
     """True if the packet goes from the flow's client to its server."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # mechanisms subclass it
 class Mechanism(ABC):
     """Base class of the GFW mechanisms. Subclasses override the hooks they need."""
 

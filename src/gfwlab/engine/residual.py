@@ -17,7 +17,7 @@ from gfwlab.rules.profile import ResidualKey
 Key = tuple[object, ...]
 
 
-@dataclass(slots=True)
+@dataclass
 class ResidualEntry:
     mechanism: str
     rule: str

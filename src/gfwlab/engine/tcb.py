@@ -163,17 +163,6 @@ class Tcb:
     records that a segment shorter than ``small_segment_bytes`` did reach the stream.
     """
 
-    __slots__ = (
-        "_table",
-        "min_segment",
-        "next_seq",
-        "ooo",
-        "params",
-        "small_reassembled",
-        "state",
-        "stream",
-    )
-
     def __init__(
         self,
         params: TcbParams,

@@ -36,7 +36,7 @@ NO_PACKET = parse(bytes.fromhex("450000140000000040fd00000000000000000000"))
 """Stands in for a trigger packet where there is none (a probe result)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class ResidualFields(EventFields):
     """A new connection met a residual block."""
 
@@ -48,7 +48,7 @@ class ResidualFields(EventFields):
     """The residual's probability of hitting a new connection."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class ProbePlannedFields(EventFields):
     """An active probe was planned."""
 
@@ -66,7 +66,7 @@ class ProbePlannedFields(EventFields):
     """The prober's IP TTL."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class ProbeResultFields(EventFields):
     """What a probed server did."""
 
@@ -80,7 +80,7 @@ class ProbeResultFields(EventFields):
     """Bytes the server sent back."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class AnomalyFields(EventFields):
     """Traffic the censor could not parse (it passes)."""
 
@@ -94,7 +94,7 @@ class AnomalyFields(EventFields):
     """The mechanism on whose behalf the bytes were parsed."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class ReassemblyFields(EventFields):
     """The censor reassembled a client segment it would not have before the GFW's fix."""
 
@@ -111,7 +111,7 @@ SMALL_SEGMENT_CITATION = (
 )
 
 
-@dataclass(slots=True)
+@dataclass
 class Stats:
     """Counters an adapter can show."""
 

@@ -38,7 +38,7 @@ _TCP_FIELDS = struct.Struct("!HHIIBBH")  # ports, seq, ack, data offset, flags, 
 _UDP_FIELDS = struct.Struct("!HHH")  # ports, length
 
 
-@dataclass(slots=True)
+@dataclass
 class Packet:
     """One parsed IP packet. Addresses are kept as packed bytes (4 or 16) for speed."""
 
@@ -343,8 +343,8 @@ def build_fragment(packet: bytes, offset: int, data: bytes, *, more: bool, ident
     ihl = (packet[0] & 0x0F) * 4
     hdr = bytearray(packet[:ihl])
     struct.pack_into("!H", hdr, 2, ihl + len(data))
-    frag = (struct.unpack_from("!H", hdr, 6)[0] & 0x4000) | (0x2000 if more else 0) | offset // 8
-    struct.pack_into("!H", hdr, 6, frag)
+    word: int = struct.unpack_from("!H", hdr, 6)[0]
+    struct.pack_into("!H", hdr, 6, (word & 0x4000) | (0x2000 if more else 0) | offset // 8)
     struct.pack_into("!H", hdr, 10, 0)
     struct.pack_into("!H", hdr, 10, checksum(bytes(hdr)))
     return bytes(hdr) + data

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib.util
 import inspect
 import re
 import sys
 import typing
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import gfwlab
+from gfwlab import _build
 from gfwlab.engine import dissect, verdicts
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.tcb import TcbInput, TcbState, transition_table
@@ -43,10 +48,40 @@ Generated from the code by `python -m gfwlab.profiles.reference`; do not edit by
 """
 
 
+_COPIES: dict[str, ModuleType] = {}
+
+
+def readable(module: ModuleType) -> ModuleType:
+    """``module``, or if it is compiled (:mod:`gfwlab._build`) a copy run from its source.
+
+    The reference reads classes' source lines and annotations, which compiled classes do not
+    keep; the copy's classes have them, and are otherwise the same classes.
+    """
+    file = getattr(module, "__file__", None) or ""
+    if module.__name__ not in _build.COMPILED or file.endswith(".py"):
+        return module
+    if module.__name__ not in _COPIES:
+        name = "gfwlab._reference_copy_." + module.__name__.removeprefix("gfwlab.")
+        root = Path(gfwlab.__file__).parent
+        spec = importlib.util.spec_from_file_location(name, _build.source(root, module.__name__))
+        assert spec is not None and spec.loader is not None
+        copy = importlib.util.module_from_spec(spec)
+        sys.modules[name] = copy  # dataclasses and inspect look their module up
+        spec.loader.exec_module(copy)
+        _COPIES[module.__name__] = copy
+    return _COPIES[module.__name__]
+
+
+def _readable_class(cls: type[Any]) -> type[Any]:
+    module = sys.modules.get(cls.__module__)
+    copy = readable(module) if module is not None else None
+    return cls if copy is None or copy is module else getattr(copy, cls.__qualname__)
+
+
 def field_docs(cls: type[Any]) -> dict[str, str]:
     """The docstring under each field of ``cls`` and its dataclass bases."""
     out: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
+    for klass in map(_readable_class, reversed(cls.__mro__)):
         if not dataclasses.is_dataclass(klass):
             continue
         tree = ast.parse(inspect.getsource(klass).strip())
@@ -197,6 +232,7 @@ def event_classes(module: Any) -> list[type[EventFields]]:
 
 
 def _fields_table(cls: type[EventFields]) -> list[str]:
+    cls = _readable_class(cls)
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     lines = [f"#### `{cls.__name__}`", "", inspect.getdoc(cls) or "", ""]
@@ -212,7 +248,7 @@ def render_events() -> str:
     """docs/events.md: the declared fields of every kind of event."""
     out = [EVENTS_HEADER, "## engine", ""]
     for module in (verdicts, dissect):
-        for cls in event_classes(module):
+        for cls in event_classes(readable(module)):
             out += _fields_table(cls)
     seen: set[type[EventFields]] = set()
     for name, mech in sorted(registry().items()):

@@ -45,6 +45,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gfwlab._frozen import Frozen
 from gfwlab.errors import MalformedPacket
 
 TYPE_A = 1
@@ -65,8 +66,8 @@ _POINTER_TO_QNAME = b"\xc0\x0c"
 _MIN_COPIED = HEADER_LEN + 1 + 4
 
 
-@dataclass(frozen=True, slots=True)
-class DnsQuery:
+@dataclass(frozen=True)
+class DnsQuery(Frozen):
     """One DNS query, read the way the injector reads it."""
 
     id: int

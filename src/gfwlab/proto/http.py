@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
+from gfwlab._frozen import Frozen
 from gfwlab.errors import MalformedPacket
 
 MAX_HEADER = 16 * 1024
@@ -37,8 +38,8 @@ _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _PORT = re.compile(rb"\d*")
 
 
-@dataclass(frozen=True, slots=True)
-class HttpRequest:
+@dataclass(frozen=True)
+class HttpRequest(Frozen):
     """The first request of a client stream, as far as the keyword filter cares."""
 
     method: str
@@ -86,7 +87,10 @@ def parse_request(data: bytes) -> HttpRequest | None:
         if len(data) >= MAX_HEADER:
             raise MalformedPacket("http.header_too_long", MAX_HEADER, "no end of headers")
         return None
-    headers = data[first_nl + 1 : blank.start()]
+    # The match may start at first_nl itself (a request line with no header after it). The
+    # slice is clamped by hand: compiled (gfwlab._build), a bytes slice whose end is before its
+    # start raises SystemError instead of giving b"".
+    headers = data[first_nl + 1 : max(first_nl + 1, blank.start())]
     host_raw, anomalies = _find_host(headers.split(b"\n") if headers else [])
     path, path_texts = _decode(_unquote(target))
     texts = list(path_texts)

@@ -68,6 +68,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gfwlab._frozen import Frozen
 from gfwlab.errors import MalformedPacket
 from gfwlab.proto.tls import (
     HANDSHAKE_CLIENT_HELLO,
@@ -131,8 +132,8 @@ class InitialKeys(NamedTuple):
     """Header protection key (AES-128-ECB), 16 bytes."""
 
 
-@dataclass(frozen=True, slots=True)
-class QuicInitial:
+@dataclass(frozen=True)
+class QuicInitial(Frozen):
     """What the censor reads from the first packet of a client Initial datagram."""
 
     version: int

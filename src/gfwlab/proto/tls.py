@@ -27,6 +27,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gfwlab._frozen import Frozen
 from gfwlab.errors import MalformedPacket
 
 CONTENT_HANDSHAKE = 0x16
@@ -48,8 +49,8 @@ _TRUNCATED = "tls.truncated_field"
 _TYPE_LENGTH = struct.Struct("!HH")  # an extension's type and length
 
 
-@dataclass(frozen=True, slots=True)
-class ClientHello:
+@dataclass(frozen=True)
+class ClientHello(Frozen):
     """What the censor extracts from a ClientHello."""
 
     sni: str | None

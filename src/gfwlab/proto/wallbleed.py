@@ -35,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from gfwlab._frozen import Frozen
+
 Era = Literal["v1", "v2"]
 NAME_BUF = 126
 """The injector's name buffer, NUL included (blackbox.c)."""
@@ -43,8 +45,8 @@ ZEROED = 18
 TYPE_AAAA = 28
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+@dataclass(frozen=True)
+class Reading(Frozen):
     """What the injector made of one query."""
 
     name: bytes

@@ -30,8 +30,6 @@ from gfwlab.errors import ConfigError
 class DomainSet:
     """A set of domain rules; :meth:`match` returns the rule that matched, or None."""
 
-    __slots__ = ("_auto", "_exact", "_prefix_lengths", "_prefixes", "_suffix", "size", "source")
-
     def __init__(self, rules: Iterable[str] = (), *, source: str = "<inline>") -> None:
         self._suffix: set[str] = set()
         self._exact: set[str] = set()
@@ -156,8 +154,6 @@ class DomainSet:
 
 class KeywordSet:
     """Keywords matched anywhere in a text with one Aho-Corasick pass."""
-
-    __slots__ = ("_auto", "size", "source")
 
     def __init__(self, keywords: Iterable[str] = (), *, source: str = "<inline>") -> None:
         self.source = source

@@ -1,0 +1,113 @@
+"""Which modules are compiled, and whether the compiled ones are used.
+
+The engine's per-packet path (the engine, the IP parser, the protocol dissectors, the domain
+sets) is compiled to C with mypyc when gfwlab is installed (``setup.py``): the same typed
+sources, run as native code, about 1.6 times as fast. The mechanisms are not compiled: they are
+the part users read, change and extend (a mechanism is a subclass of
+:class:`~gfwlab.engine.mechanism.Mechanism`), and their parameters' annotations are read at run
+time to check profiles, which mypyc does not keep.
+
+The sources stay the reference. ``GFWLAB_PURE=1`` runs them interpreted (and, set at install
+time, skips the compilation), and the tests compare the two (``tests/test_compiled.py``). A
+compiled build records a digest of the sources it was made from; if any of them has changed
+since, the compiled modules would run old code, so the sources are run instead and a line on
+stderr says to reinstall. This module imports only the standard library: ``setup.py`` runs it
+before gfwlab's dependencies are installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
+from pathlib import Path
+from types import ModuleType
+
+COMPILED = (
+    "gfwlab._frozen",
+    "gfwlab.engine.actions",
+    "gfwlab.engine.censor",
+    "gfwlab.engine.defrag",
+    "gfwlab.engine.dissect",
+    "gfwlab.engine.flows",
+    "gfwlab.engine.mechanism",
+    "gfwlab.engine.residual",
+    "gfwlab.engine.tcb",
+    "gfwlab.engine.verdicts",
+    "gfwlab.packet.ip",
+    "gfwlab.proto.dns",
+    "gfwlab.proto.http",
+    "gfwlab.proto.quic",
+    "gfwlab.proto.tls",
+    "gfwlab.proto.wallbleed",
+    "gfwlab.rules.domains",
+)
+"""The compiled modules (their sources are ``src/gfwlab/...py``)."""
+
+DIGEST_FILE = "_compiled.sha256"
+"""Written beside the package's modules by a compiled build: the digest of its sources."""
+
+PURE_ENV = "GFWLAB_PURE"
+
+
+def source(root: Path, module: str) -> Path:
+    """The source file of ``module`` in the package folder ``root``."""
+    return root.joinpath(*module.split(".")[1:]).with_suffix(".py")
+
+
+def digest(root: Path) -> str:
+    """The SHA-256 of the compiled modules' sources, in ``COMPILED`` order."""
+    h = hashlib.sha256()
+    for module in COMPILED:
+        data = source(root, module).read_bytes()
+        h.update(f"{module} {len(data)}\n".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def pure_requested() -> bool:
+    return os.environ.get(PURE_ENV, "") not in ("", "0")
+
+
+class _Sources:
+    """A meta path finder that loads the compiled modules from their sources."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.names = frozenset(COMPILED)
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if fullname not in self.names:
+            return None
+        return importlib.util.spec_from_file_location(fullname, source(self.root, fullname))
+
+
+def choose(root: Path) -> str:
+    """Make the compiled modules import from their sources when they must; say which runs.
+
+    ``"compiled"``, ``"interpreted"`` (nothing was compiled, or ``GFWLAB_PURE`` is set), or
+    ``"interpreted (stale)"`` (the sources changed since the build: a line on stderr says so).
+    """
+    recorded = root / DIGEST_FILE
+    if not recorded.exists():
+        return "interpreted"
+    if pure_requested():
+        sys.meta_path.insert(0, _Sources(root))
+        return "interpreted"
+    try:
+        current = digest(root)
+    except OSError:  # a source is missing: only the compiled modules are installed
+        return "compiled"
+    if current == recorded.read_text().strip():
+        return "compiled"
+    sys.meta_path.insert(0, _Sources(root))
+    sys.stderr.write(
+        "gfwlab: the compiled engine is older than its sources in "
+        f"{root}; running them interpreted (reinstall to compile: pip install -e .)\n"
+    )
+    return "interpreted (stale)"

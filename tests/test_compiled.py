@@ -1,0 +1,129 @@
+"""The compiled engine against its sources run interpreted (``GFWLAB_PURE=1``), and the guard
+that runs the sources when the compiled modules are older than they are (:mod:`gfwlab._build`).
+
+The compiled modules are the same typed sources, compiled with mypyc; the compiler has its own
+rules (attributes keep their declared types, bytes slices are its own code), so the whole
+pipeline is compared, in real ``gfwlab analyze`` processes, on generated captures with every
+mechanism on and the real 2024 lists, and on the real captures in the shared data folder:
+events, censored captures and summaries must be byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import gfwlab
+from gfwlab import _build
+from gfwlab.engine import censor
+from gfwlab.offline.synth import generate
+from testenv import REAL_LIST_SETS, SHARED_BLOCKLISTS, SHARED_PCAPS, needs_shared, shared_pcaps
+
+EVERY_MECHANISM = [
+    "--date", "2024-06-01",
+    "--set", "fet.active={start='2021-11-01'}",
+    "--set", "null_route.targets=['198.19.0.0/26', '2001:db8:5::/80']",
+]  # fmt: skip
+
+needs_compiled = pytest.mark.skipif(
+    gfwlab.ENGINE_BUILD != "compiled",
+    reason=f"the engine is not compiled here ({gfwlab.ENGINE_BUILD}): pip install -e .",
+)
+
+
+def _build_of(env: dict[str, str]) -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", "import gfwlab; print(gfwlab.ENGINE_BUILD)"],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
+def _analyze(tmp: Path, capture: Path | str, args: list[str], pure: bool) -> tuple[bytes, ...]:
+    env = {**os.environ, _build.PURE_ENV: "1" if pure else "0"}
+    assert _build_of(env) == ("interpreted" if pure else "compiled")
+    tag = "pure" if pure else "compiled"
+    events, out = tmp / f"events-{tag}.jsonl", tmp / f"out-{tag}.pcap"
+    run = subprocess.run(
+        [sys.executable, "-m", "gfwlab", "analyze", str(capture), *args, "--seed", "5",
+         "--events", str(events), "--out", str(out), "--json"],
+        env=env, capture_output=True, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr.decode()
+    summary = json.loads(run.stdout)
+    summary.pop("outputs", None)
+    return events.read_bytes(), out.read_bytes(), json.dumps(summary, sort_keys=True).encode()
+
+
+def _same_both_ways(tmp: Path, capture: Path | str, args: list[str]) -> bytes:
+    compiled = _analyze(tmp, capture, args, pure=False)
+    pure = _analyze(tmp, capture, args, pure=True)
+    for name, a, b in zip(("events", "censored capture", "summary"), compiled, pure, strict=True):
+        assert a == b, f"{name} differ between the compiled engine and its sources"
+    return compiled[0]
+
+
+def test_ci_runs_the_compiled_engine() -> None:
+    """Under CI the install compiles the engine: a pure install there is a broken build."""
+    if os.environ.get("CI"):
+        assert gfwlab.ENGINE_BUILD == "compiled"
+    if gfwlab.ENGINE_BUILD == "compiled":
+        assert censor.__file__ is not None and not censor.__file__.endswith(".py")
+
+
+@needs_compiled
+@needs_shared(SHARED_BLOCKLISTS)
+@pytest.mark.parametrize("mix", ["realistic", "flow-heavy"])
+def test_generated_capture_same_compiled_and_interpreted(tmp_path: Path, mix: str) -> None:
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=600, seed=11, mix=mix)
+    lists = [a for s in REAL_LIST_SETS for a in ("--set", s)]
+    events = _same_both_ways(tmp_path, cap, [*EVERY_MECHANISM, *lists])
+    kinds = {json.loads(line)["action"] for line in events.splitlines()}
+    assert {"rst", "drop", "dns-inject"} <= kinds  # the mechanisms did act
+
+
+@needs_compiled
+@needs_shared(SHARED_PCAPS)
+@pytest.mark.parametrize("capture", shared_pcaps("*.pcap"), ids=lambda p: Path(p).name)
+def test_real_captures_same_compiled_and_interpreted(tmp_path: Path, capture: str) -> None:
+    _same_both_ways(tmp_path, capture, EVERY_MECHANISM)
+
+
+def _package(root: Path) -> None:
+    for module in _build.COMPILED:
+        path = _build.source(root, module)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"NAME = {module!r}\n")
+
+
+def test_changed_sources_run_interpreted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _package(tmp_path)
+    monkeypatch.delenv(_build.PURE_ENV, raising=False)
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))  # restored after the test
+    assert _build.choose(tmp_path) == "interpreted"  # nothing compiled: no digest
+    (tmp_path / _build.DIGEST_FILE).write_text(_build.digest(tmp_path) + "\n")
+    before = len(sys.meta_path)
+    assert _build.choose(tmp_path) == "compiled"
+    assert len(sys.meta_path) == before and capsys.readouterr().err == ""
+
+    tcb = _build.source(tmp_path, "gfwlab.engine.tcb")
+    tcb.write_text(tcb.read_text() + "# changed\n")
+    assert _build.choose(tmp_path) == "interpreted (stale)"
+    assert "older than its sources" in capsys.readouterr().err
+    finder = sys.meta_path[0]
+    spec = finder.find_spec("gfwlab.engine.tcb", None)
+    assert spec is not None and spec.origin == str(tcb)
+    assert finder.find_spec("gfwlab.engine.nothing", None) is None
+
+    monkeypatch.setenv(_build.PURE_ENV, "1")
+    tcb.write_text(tcb.read_text().replace("# changed\n", ""))
+    assert _build.choose(tmp_path) == "interpreted"
+    assert capsys.readouterr().err == ""
