@@ -473,11 +473,12 @@ def test_interrupted_split_leaves_nothing_behind(tmp_path: Path, group: bool) ->
     """Ctrl-C while the parts run: exit 130 with one line (no worker's traceback), no output,
     no worker left."""
     cap = tmp_path / "big.pcap"
-    generate(str(cap), flows=20_000, seed=2, mix="flow-heavy")
+    # Big enough that the parts still run when Ctrl-C comes (20,000 flows took 1.7 s in all).
+    generate(str(cap), flows=80_000, seed=2, mix="flow-heavy")
     code, err = interrupted(
         [sys.executable, "-m", "gfwlab", "analyze", str(cap), "--date", "2024-06-01",
          "--shards", "2", "--events", str(tmp_path / "e.jsonl"), "--out", str(tmp_path / "o.pcap")],
-        1.0, group=group,
+        0.5, group=group,
     )  # fmt: skip
     assert code == 130, err
     assert err.strip().splitlines() == ["gfwlab: interrupted"], err

@@ -1,8 +1,9 @@
 """Which modules are compiled, and whether the compiled ones are used.
 
 The engine's per-packet path (the engine, the IP parser, the protocol dissectors, the domain
-sets) is compiled to C with mypyc when gfwlab is installed (``setup.py``): the same typed
-sources, run as native code, about 1.6 times as fast. The mechanisms are not compiled: they are
+sets) and the offline fast path's loop around it are compiled to C with mypyc when gfwlab is
+installed (``setup.py``): the same typed sources, run as native code; the engine is about 1.6
+times as fast. The mechanisms are not compiled: they are
 the part users read, change and extend (a mechanism is a subclass of
 :class:`~gfwlab.engine.mechanism.Mechanism`), and their parameters' annotations are read at run
 time to check profiles, which mypyc does not keep.
@@ -21,7 +22,7 @@ import hashlib
 import importlib.util
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
@@ -37,6 +38,7 @@ COMPILED = (
     "gfwlab.engine.residual",
     "gfwlab.engine.tcb",
     "gfwlab.engine.verdicts",
+    "gfwlab.offline.fast",
     "gfwlab.packet.ip",
     "gfwlab.proto.dns",
     "gfwlab.proto.http",
@@ -73,11 +75,11 @@ def pure_requested() -> bool:
 
 
 class _Sources:
-    """A meta path finder that loads the compiled modules from their sources."""
+    """A meta path finder that loads compiled modules (``names``) from their sources."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, names: Iterable[str] = COMPILED) -> None:
         self.root = root
-        self.names = frozenset(COMPILED)
+        self.names = frozenset(names)
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
@@ -111,3 +113,27 @@ def choose(root: Path) -> str:
         f"{root}; running them interpreted (reinstall to compile: pip install -e .)\n"
     )
     return "interpreted (stale)"
+
+
+def interpret(names: Iterable[str]) -> None:
+    """Import these compiled modules from their sources from now on (before anything imports
+    them): for benchmarks that wrap the engine's objects where a compiled caller would refuse
+    the wrapper (``benchmarks/floor``). Not for the engine's own modules: compiled modules call
+    each other directly, so a source loaded beside them would not be the code that runs."""
+    sys.meta_path.insert(0, _Sources(Path(__file__).parent, names))
+
+
+def source_copy(name: str) -> ModuleType:
+    """A copy of the compiled module ``name`` run from its source, registered under a name of
+    its own (``name`` itself stays the compiled module): its classes keep their source lines
+    and annotations, which the docs' reference reads."""
+    copy_name = "gfwlab._source_copy_." + name.removeprefix("gfwlab.")
+    if copy_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            copy_name, source(Path(__file__).parent, name)
+        )
+        assert spec is not None and spec.loader is not None
+        copy = importlib.util.module_from_spec(spec)
+        sys.modules[copy_name] = copy  # dataclasses and inspect look their module up
+        spec.loader.exec_module(copy)
+    return sys.modules[copy_name]

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import stat
+import threading
+from collections.abc import Sequence
 from typing import IO
 
 from gfwlab.errors import AdapterError
@@ -59,17 +62,29 @@ class OutputFile:
             self.abort()
             raise AdapterError(self.path, f"cannot write: {exc.strerror or exc}") from None
 
-    def commit(self) -> None:
-        """Flush and publish. Idempotent after success; raises ValueError after abort."""
+    def prepare(self) -> None:
+        """Flush, sync and close: all of :meth:`commit` but the rename (the slow part)."""
         if self.done:
             if self.published:
                 return
             raise ValueError(f"commit of an aborted output {self.path}")
+        if self.fh.closed:
+            return
         try:
             self.fh.flush()
             if not self.direct:
                 os.fsync(self.fh.fileno())
             self.fh.close()
+        except OSError as exc:
+            self.abort()
+            raise AdapterError(self.path, f"cannot write: {exc.strerror or exc}") from None
+
+    def commit(self) -> None:
+        """Flush and publish. Idempotent after success; raises ValueError after abort."""
+        self.prepare()
+        if self.published:
+            return
+        try:
             if not self.direct:
                 os.replace(self._tmp, self._target)
         except OSError as exc:
@@ -87,3 +102,29 @@ class OutputFile:
         if not self.direct:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._tmp)
+
+
+def commit_together(files: Sequence[OutputFile]) -> None:
+    """Publish several outputs all or none, also under Ctrl-C.
+
+    All are flushed and synced first (a failure or an interrupt there aborts them all); then
+    they are renamed into place one after the other with SIGINT held back, so that a Ctrl-C
+    cannot fall between two renames and leave one output without the other: it is delivered
+    once all are published.
+    """
+    try:
+        for f in files:
+            f.prepare()
+    except BaseException:
+        for f in files:
+            f.abort()
+        raise
+    held = None
+    if threading.current_thread() is threading.main_thread():
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        for f in files:
+            f.commit()
+    finally:
+        if held is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, assert_never
 
 from gfwlab._json import json_line
-from gfwlab._outfile import OutputFile
+from gfwlab._outfile import OutputFile, commit_together
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, Probe, Report
 from gfwlab.engine.censor import Censor
 from gfwlab.engine.verdicts import Stats
@@ -144,6 +144,11 @@ class AtomicText:
     def __init__(self, path: str) -> None:
         self._out = OutputFile(path)
         self.fh: IO[str] = io.TextIOWrapper(self._out.fh, encoding="utf-8", write_through=False)
+
+    @property
+    def output(self) -> OutputFile:
+        """The file underneath (:func:`gfwlab._outfile.commit_together`; flush ``fh`` first)."""
+        return self._out
 
     def commit(self) -> None:
         self.fh.flush()
@@ -348,9 +353,8 @@ def published(
             pcap_out.abort()
         raise
     if events_out is not None:
-        events_out.commit()
-    if pcap_out is not None:
-        pcap_out.commit()
+        events_out.fh.flush()
+    commit_together([w.output for w in (events_out, pcap_out) if w is not None])
 
 
 def in_time_order(indexes: Indexes) -> Indexes:

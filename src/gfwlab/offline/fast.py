@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, assert_never
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, Probe, Report
 from gfwlab.engine.censor import Censor
@@ -59,11 +60,12 @@ _BLOCK_CODES = {"none": 0, "c2s": 1, "s2c": 2, "both": 3}
 _CHUNK = 32 << 20
 
 
+@mypyc_attr(native_class=False)  # an exception: a Python class even when compiled
 class FastPathError(RuntimeError):
     """The index and the engine disagree about a packet (a bug: use ``--exact``)."""
 
 
-@dataclass(slots=True)
+@dataclass
 class Plan:
     """What the censored capture holds, relative to the input's packets."""
 
@@ -79,11 +81,12 @@ class Plan:
     """Packets that reached the engine."""
 
 
+@mypyc_attr(native_class=False)  # an exception: a Python class even when compiled
 class PartError(RuntimeError):
     """A part of a split capture met a flow whose server address another part holds."""
 
 
-@dataclass(slots=True)
+@dataclass
 class Part:
     """Where the packets of an index that is one part of a split capture (:mod:`.shard`) sit in
     the whole capture. With it, :func:`run` numbers everything it plans (packets, timers) as

@@ -442,6 +442,11 @@ class PcapWriter:
         self._out.write(records)
         self.count += count
 
+    @property
+    def output(self) -> OutputFile:
+        """The file underneath (:func:`gfwlab._outfile.commit_together`)."""
+        return self._out
+
     def commit(self) -> None:
         """Flush, sync and move the capture into place. Idempotent after success; after
         :meth:`abort` (or a failed write) it raises ValueError, as there is nothing to publish."""

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import importlib.util
 import inspect
 import re
 import sys
 import typing
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import gfwlab
 from gfwlab import _build
 from gfwlab.engine import dissect, verdicts
 from gfwlab.engine.actions import EventFields
@@ -48,9 +45,6 @@ Generated from the code by `python -m gfwlab.profiles.reference`; do not edit by
 """
 
 
-_COPIES: dict[str, ModuleType] = {}
-
-
 def readable(module: ModuleType) -> ModuleType:
     """``module``, or if it is compiled (:mod:`gfwlab._build`) a copy run from its source.
 
@@ -60,16 +54,7 @@ def readable(module: ModuleType) -> ModuleType:
     file = getattr(module, "__file__", None) or ""
     if module.__name__ not in _build.COMPILED or file.endswith(".py"):
         return module
-    if module.__name__ not in _COPIES:
-        name = "gfwlab._reference_copy_." + module.__name__.removeprefix("gfwlab.")
-        root = Path(gfwlab.__file__).parent
-        spec = importlib.util.spec_from_file_location(name, _build.source(root, module.__name__))
-        assert spec is not None and spec.loader is not None
-        copy = importlib.util.module_from_spec(spec)
-        sys.modules[name] = copy  # dataclasses and inspect look their module up
-        spec.loader.exec_module(copy)
-        _COPIES[module.__name__] = copy
-    return _COPIES[module.__name__]
+    return _build.source_copy(module.__name__)
 
 
 def _readable_class(cls: type[Any]) -> type[Any]:
