@@ -37,13 +37,18 @@ from pathlib import Path
 from typing import Any
 
 from gfwlab import _build
-from gfwlab.engine.censor import Censor
-from gfwlab.errors import MalformedPacket
-from gfwlab.offline.index import build_index
-from gfwlab.packet.ip import parse
-from gfwlab.profiles import load_profile, parse_date
-from gfwlab.profiles.loader import build_censor
-from gfwlab.rules.profile import Profile
+
+# The fast path runs from its source: compiled, it would refuse the recording wrapper (record).
+# Before anything imports it (gfwlab.offline does).
+_build.interpret(["gfwlab.offline.fast"])
+
+from gfwlab.engine.censor import Censor  # noqa: E402
+from gfwlab.errors import MalformedPacket  # noqa: E402
+from gfwlab.offline.index import build_index  # noqa: E402
+from gfwlab.packet.ip import parse  # noqa: E402
+from gfwlab.profiles import load_profile, parse_date  # noqa: E402
+from gfwlab.profiles.loader import build_censor  # noqa: E402
+from gfwlab.rules.profile import Profile  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LISTS = HERE.parent.parent / "shared" / "data" / "blocklists"
@@ -65,9 +70,7 @@ def capture(folder: Path, mix: str, packets: int, seed: int) -> Path:
 
 
 def record(path: Path, profile: Profile) -> tuple[Fed, int]:
-    """The packets the fast path feeds the engine, in order, and the flows it saw. (The fast
-    path runs from its source: compiled, it would refuse the recording wrapper.)"""
-    _build.interpret(["gfwlab.offline.fast"])
+    """The packets the fast path feeds the engine, in order, and the flows it saw."""
     fast = importlib.import_module("gfwlab.offline.fast")
     index = build_index(str(path), 10_000_000)
     assert index is not None

@@ -120,6 +120,9 @@ def interpret(names: Iterable[str]) -> None:
     them): for benchmarks that wrap the engine's objects where a compiled caller would refuse
     the wrapper (``benchmarks/floor``). Not for the engine's own modules: compiled modules call
     each other directly, so a source loaded beside them would not be the code that runs."""
+    names = list(names)
+    if early := [n for n in names if n in sys.modules]:
+        raise RuntimeError(f"already imported: {', '.join(early)}")
     sys.meta_path.insert(0, _Sources(Path(__file__).parent, names))
 
 
