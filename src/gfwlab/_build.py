@@ -3,10 +3,9 @@
 The engine's per-packet path (the engine, the IP parser, the protocol dissectors, the domain
 sets) and the offline fast path's loop around it are compiled to C with mypyc when gfwlab is
 installed (``setup.py``): the same typed sources, run as native code; the engine is about 1.6
-times as fast. The mechanisms are not compiled: they are
-the part users read, change and extend (a mechanism is a subclass of
-:class:`~gfwlab.engine.mechanism.Mechanism`), and their parameters' annotations are read at run
-time to check profiles, which mypyc does not keep.
+times as fast. The mechanisms are not compiled: they are the part users read, change and extend
+(a mechanism is a subclass of :class:`~gfwlab.engine.mechanism.Mechanism`), and their
+parameters' annotations are read at run time to check profiles, which mypyc does not keep.
 
 The sources stay the reference. ``GFWLAB_PURE=1`` runs them interpreted (and, set at install
 time, skips the compilation), and the tests compare the two (``tests/test_compiled.py``). A
@@ -117,9 +116,10 @@ def choose(root: Path) -> str:
 
 def interpret(names: Iterable[str]) -> None:
     """Import these compiled modules from their sources from now on (before anything imports
-    them): for benchmarks that wrap the engine's objects where a compiled caller would refuse
-    the wrapper (``benchmarks/floor``). Not for the engine's own modules: compiled modules call
-    each other directly, so a source loaded beside them would not be the code that runs."""
+    them): for benchmarks that wrap the censor where a compiled caller would refuse the wrapper
+    (``benchmarks/floor``: the fast path). Only for a module no other compiled module imports:
+    compiled modules call each other directly, so a source loaded beside them would not be the
+    code that runs."""
     names = list(names)
     if early := [n for n in names if n in sys.modules]:
         raise RuntimeError(f"already imported: {', '.join(early)}")
