@@ -92,20 +92,19 @@ def _timed(path: str) -> None:
     spent = [0.0]
     clock = time.perf_counter
 
+    def clocked(call: Any, *args: Any) -> Any:
+        start = clock()
+        try:
+            return call(*args)
+        finally:
+            spent[0] += clock() - start
+
     class Timed(_Wrapped):
         def feed(self, packet: bytes, now: float) -> Any:
-            start = clock()
-            try:
-                return self._inner.feed(packet, now)
-            finally:
-                spent[0] += clock() - start
+            return clocked(self._inner.feed, packet, now)
 
         def on_timer(self, now: float) -> Any:
-            start = clock()
-            try:
-                return self._inner.on_timer(now)
-            finally:
-                spent[0] += clock() - start
+            return clocked(self._inner.on_timer, now)
 
     _wrap_censors(Timed)
 

@@ -150,10 +150,6 @@ class AtomicText:
         """The file underneath (:func:`gfwlab._outfile.commit_together`; flush ``fh`` first)."""
         return self._out
 
-    def commit(self) -> None:
-        self.fh.flush()
-        self._out.commit()
-
     def abort(self) -> None:
         self._out.abort()
 
