@@ -17,7 +17,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import pytest
 from hypothesis import example, given, settings
@@ -27,6 +27,7 @@ import gfwlab
 from gfwlab import _build
 from gfwlab.engine import censor
 from gfwlab.errors import MalformedPacket
+from gfwlab.mechanisms import dns_injection, fet
 from gfwlab.offline.synth import generate
 from gfwlab.packet.ip import ACK, addr_bytes, build_tcp
 from gfwlab.proto.dns import build_query
@@ -208,3 +209,35 @@ def test_parsers_same_compiled_and_interpreted(name: str) -> None:
 
     check()
     assert _outcome(compiled, seed)[0] == "parsed"
+
+
+@needs_compiled
+def test_fet_measures_same_compiled_and_interpreted() -> None:
+    # FET's measures are the one mechanism computation on every first data packet: counts over
+    # arbitrary bytes, where a compiled integer or slice slip would change a verdict.
+    source = _build.source_copy("gfwlab.mechanisms.fet")
+    params = fet.FetParams()
+
+    @settings(max_examples=400, deadline=None, derandomize=True)
+    @given(st.binary(min_size=1, max_size=1500))
+    @example(b"\x16\x03\x01\x02\x00")
+    @example(b"GET / HTTP/1.1\r\n\r\n")
+    @example(bytes(range(256)))
+    def check(data: bytes) -> None:
+        ours, theirs = fet.measure(data, params), source.measure(data, params)
+        assert _plain(ours) == _plain(theirs)
+        assert fet.exemptions(ours, params) == source.exemptions(theirs, params)
+
+    check()
+
+
+@needs_compiled
+def test_compiled_parameter_classes_are_checked_against_their_source_annotations() -> None:
+    # The compiler keeps erased types; the profile loader must see the Literal, and nested
+    # parameter classes must be the classes in use, not the source copy's.
+    assert fet.FetParams.__annotations__["direction"] is type
+    hints = _build.type_hints(fet.FetParams)
+    assert hints["direction"] == Literal["both", "inside-out", "outside-in"]
+    assert hints["enabled"] is bool  # from CommonParams, an interpreted base
+    nested = _build.type_hints(dns_injection.DnsInjectionParams)["injectors"]
+    assert get_args(nested) == (dns_injection.DnsInjectorParams, ...)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gfwlab.mechanisms import registry
-from gfwlab.profiles.reference import render, render_events, render_tcb
+from gfwlab.profiles.reference import readable, render, render_events, render_tcb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def test_every_mechanism_cites_its_source_and_is_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for name, cls in registry().items():
         assert "spec §" in cls.citation, name
-        doc = __import__(cls.__module__, fromlist=["x"]).__doc__ or ""
+        doc = readable(__import__(cls.__module__, fromlist=["x"])).__doc__ or ""
         assert "spec §" in doc and "Source" in doc, name
         assert f"`{name}`" in readme, name
 

@@ -1,11 +1,16 @@
 """Which modules are compiled, and whether the compiled ones are used.
 
 The engine's per-packet path (the engine, the IP parser, the protocol dissectors, the domain
-sets) and the offline fast path's loop around it are compiled to C with mypyc when gfwlab is
-installed (``setup.py``): the same typed sources, run as native code; the engine is about 1.6
-times as fast. The mechanisms are not compiled: they are the part users read, change and extend
-(a mechanism is a subclass of :class:`~gfwlab.engine.mechanism.Mechanism`), and their
-parameters' annotations are read at run time to check profiles, which mypyc does not keep.
+sets and prefix sets, the mechanisms) and the offline fast path's loop around it are compiled to
+C with mypyc when gfwlab is installed (``setup.py``): the same typed sources, run as native
+code. Mechanisms written elsewhere still subclass :class:`~gfwlab.engine.mechanism.Mechanism`
+and run interpreted beside the compiled ones.
+
+Two things of the sources are not kept by the compiler and are read from the sources instead:
+annotations (mypyc keeps erased runtime types: a ``Literal`` becomes ``type``), which the
+profile loader checks values against (:func:`type_hints`), and source lines, which the docs'
+reference reads. A mechanism's parameter classes stay Python classes
+(``@mypyc_attr(native_class=False)``): they derive from the interpreted ``CommonParams``.
 
 The sources stay the reference. ``GFWLAB_PURE=1`` runs them interpreted (and, set at install
 time, skips the compilation), and the tests compare the two (``tests/test_compiled.py``). A
@@ -18,13 +23,16 @@ before gfwlab's dependencies are installed.
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
+import typing
 from collections.abc import Iterable, Sequence
 from importlib.machinery import ModuleSpec
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
+from typing import Any
 
 COMPILED = (
     "gfwlab._frozen",
@@ -37,6 +45,22 @@ COMPILED = (
     "gfwlab.engine.residual",
     "gfwlab.engine.tcb",
     "gfwlab.engine.verdicts",
+    "gfwlab.mechanisms._burst",
+    "gfwlab.mechanisms._forge",
+    "gfwlab.mechanisms._memory",
+    "gfwlab.mechanisms._wallbleed_pools",
+    "gfwlab.mechanisms.dns_injection",
+    "gfwlab.mechanisms.esni",
+    "gfwlab.mechanisms.fet",
+    "gfwlab.mechanisms.henan",
+    "gfwlab.mechanisms.http_keyword",
+    "gfwlab.mechanisms.ip_port_rst",
+    "gfwlab.mechanisms.null_route",
+    "gfwlab.mechanisms.quic_sni",
+    "gfwlab.mechanisms.ss_probing",
+    "gfwlab.mechanisms.tls_in_tls",
+    "gfwlab.mechanisms.tls_sni",
+    "gfwlab.mechanisms.unconditional_rst_443",
     "gfwlab.offline.fast",
     "gfwlab.packet.ip",
     "gfwlab.proto.dns",
@@ -45,6 +69,7 @@ COMPILED = (
     "gfwlab.proto.tls",
     "gfwlab.proto.wallbleed",
     "gfwlab.rules.domains",
+    "gfwlab.rules.schema",
 )
 """The compiled modules (their sources are ``src/gfwlab/...py``)."""
 
@@ -52,6 +77,9 @@ DIGEST_FILE = "_compiled.sha256"
 """Written beside the package's modules by a compiled build: the digest of its sources."""
 
 PURE_ENV = "GFWLAB_PURE"
+
+COPY_PREFIX = "gfwlab._source_copy_."
+"""Where :func:`source_copy` registers its copies."""
 
 
 def source(root: Path, module: str) -> Path:
@@ -130,7 +158,7 @@ def source_copy(name: str) -> ModuleType:
     """A copy of the compiled module ``name`` run from its source, registered under a name of
     its own (``name`` itself stays the compiled module): its classes keep their source lines
     and annotations, which the docs' reference reads."""
-    copy_name = "gfwlab._source_copy_." + name.removeprefix("gfwlab.")
+    copy_name = COPY_PREFIX + name.removeprefix("gfwlab.")
     if copy_name not in sys.modules:
         spec = importlib.util.spec_from_file_location(
             copy_name, source(Path(__file__).parent, name)
@@ -140,3 +168,28 @@ def source_copy(name: str) -> ModuleType:
         sys.modules[copy_name] = copy  # dataclasses and inspect look their module up
         spec.loader.exec_module(copy)
     return sys.modules[copy_name]
+
+
+def compiled(module: str) -> bool:
+    """Whether ``module``, imported, runs compiled."""
+    loaded = sys.modules.get(module)
+    loader = getattr(loaded, "__loader__", None)
+    return module in COMPILED and isinstance(loader, importlib.machinery.ExtensionFileLoader)
+
+
+def type_hints(cls: type[Any]) -> dict[str, Any]:
+    """``typing.get_type_hints(cls)``, where a class of its MRO is compiled with the annotations
+    its source gives (a compiled class keeps erased types: ``type`` for a ``Literal``, ``tuple``
+    for ``tuple[str, ...]``). The source copy gives only the text: it is evaluated in the
+    compiled module, so that the hints name the classes in use, not the copy's."""
+    hints: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        own = klass.__dict__.get("__annotations__", {})  # noqa: RUF063 - own only, not inherited
+        if compiled(klass.__module__):
+            copy = getattr(source_copy(klass.__module__), klass.__qualname__)
+            own = copy.__dict__.get("__annotations__", {})  # noqa: RUF063
+        if own:
+            holder = SimpleNamespace(__annotations__=dict(own))
+            module = vars(sys.modules[klass.__module__])
+            hints.update(typing.get_type_hints(holder, module, dict(vars(klass))))
+    return hints

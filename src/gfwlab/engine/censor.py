@@ -7,16 +7,16 @@ same packets, times, profile and seed give the same Actions, offline or live. It
 mechanism: the registry is handed to it, and each mechanism says what it needs.
 
 Per packet: parse → flow lookup (create) → the fast path for BLOCKED/BYPASSED flows → residual
-blocks → new-flow hooks → the censor's TCP view / UDP → dissectors (:mod:`.dissect`) → mechanism
-hooks → Decision → Actions (:mod:`.verdicts`). Every hook is called through one path
-(:meth:`Censor._run_hooks`), where malformed input becomes an ``anomaly`` event and the packet is
-accepted: nothing raised by a dissector or a mechanism's parsing escapes ``feed``.
+blocks → new-flow hooks → the TCP view / UDP → dissectors (:mod:`.dissect`) → mechanism hooks →
+Decision → Actions (:mod:`.verdicts`). Every hook is called through one path (``_run_hooks``),
+where malformed input becomes an ``anomaly`` event: nothing raised by parsing escapes ``feed``.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping
+from typing import Any
 
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop
 from gfwlab.engine.defrag import Defragmenter
@@ -47,14 +47,14 @@ class Censor:
     """The emulated GFW for one profile, seed and set of mechanism classes."""
 
     def __init__(
-        self, profile: Profile, seed: int = 0, *, mechanisms: Mapping[str, type[Mechanism]]
+        self, profile: Profile, seed: int = 0, *, mechanisms: Mapping[str, type[Mechanism[Any]]]
     ) -> None:
         self.profile, self.seed = profile, seed
         eng = profile.engine
         self.flows = FlowTable(eng.tcp_timeout_s, eng.udp_timeout_s, eng.max_flows)
         self.residual = ResidualTable()
-        self.mechanisms: dict[str, Mechanism] = {}
-        self.hooks: dict[str, list[Mechanism]] = {}
+        self.mechanisms: dict[str, Mechanism[Any]] = {}
+        self.hooks: dict[str, list[Mechanism[Any]]] = {}
         for name, params in profile.active().items():
             cls = mechanisms[name]
             mech = cls(params, seed=seed, date=profile.date, epoch_offset=profile.epoch_offset_s)
@@ -325,7 +325,7 @@ class Censor:
         seen: Seen,
         out: list[Action],
         *args: object,
-        mechs: list[Mechanism] | None = None,
+        mechs: list[Mechanism[Any]] | None = None,
     ) -> None:
         """The one path every hook is called through: admitted mechanisms only (``mechs``: admitted
         by the caller), and a MalformedPacket raised inside a mechanism becomes an anomaly event."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from gfwlab._frozen import Frozen
 from gfwlab.engine.actions import EventFields
@@ -158,7 +158,7 @@ class Plan(Frozen):
     options: Options
 
     @classmethod
-    def of(cls, hooks: Mapping[str, Sequence[Mechanism]]) -> Plan:
+    def of(cls, hooks: Mapping[str, Sequence[Mechanism[Any]]]) -> Plan:
         """The plan for mechanisms grouped by the hooks they override."""
         used = [d for d in DISSECTORS if hooks.get(d.hook)]
         by = tuple(

@@ -3,7 +3,8 @@
 A mechanism is a small detector class (one module per measured GFW behaviour, under
 :mod:`gfwlab.mechanisms`). It declares ``name`` (its registry name, used in profiles, ``--set``
 and events), ``citation`` (the spec section and paper), ``params_cls`` (a frozen dataclass of its
-parameters, a :class:`~gfwlab.rules.CommonParams`), what it needs the engine to look at
+parameters, a :class:`~gfwlab.rules.CommonParams`, also the class's type parameter: ``class
+Fet(Mechanism[FetParams])`` types ``self.params``), what it needs the engine to look at
 (:meth:`Mechanism.needs`) and the hooks it overrides. The hooks are the ``on_*`` methods of
 :class:`Mechanism`; :data:`HOOKS` is derived from them, so their names are written once.
 
@@ -23,7 +24,7 @@ import datetime as dt
 import random
 from abc import ABC
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from mypy_extensions import mypyc_attr
 
@@ -160,8 +161,12 @@ class Seen:
     """True if the packet goes from the flow's client to its server."""
 
 
+P = TypeVar("P", bound=CommonParams)
+"""A mechanism's parameters class (its ``params_cls``)."""
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)  # mechanisms subclass it
-class Mechanism(ABC):
+class Mechanism(ABC, Generic[P]):
     """Base class of the GFW mechanisms. Subclasses override the hooks they need."""
 
     name: ClassVar[str] = ""
@@ -180,13 +185,13 @@ class Mechanism(ABC):
 
     def __init__(
         self,
-        params: Any,
+        params: P,
         *,
         seed: int = 0,
         date: dt.date | None = None,
         epoch_offset: float = 0.0,
     ) -> None:
-        self.params = params
+        self.params: P = params
         self.seed = seed
         self.date = date
         """The emulated day (the profile's ``--date``); None if none was given. For behaviour
@@ -280,6 +285,6 @@ HOOKS: tuple[str, ...] = tuple(
 """The packet hooks, in the order they are defined above (the one place their names are written)."""
 
 
-def overridden_hooks(cls: type[Mechanism]) -> frozenset[str]:
+def overridden_hooks(cls: type[Mechanism[Any]]) -> frozenset[str]:
     """The hooks ``cls`` overrides, so the engine calls only those."""
     return frozenset(h for h in HOOKS if getattr(cls, h) is not getattr(Mechanism, h))

@@ -133,7 +133,7 @@ class Verdicts:
 
     def __init__(
         self,
-        mechanisms: Mapping[str, Mechanism],
+        mechanisms: Mapping[str, Mechanism[Any]],
         residual: ResidualTable,
         *,
         hold_trigger: bool,
@@ -143,7 +143,7 @@ class Verdicts:
         self.hold_trigger = hold_trigger
         self.stats = Stats()
         self.timers: list[tuple[float, int, Inject | Probe]] = []
-        self.probes: dict[int, tuple[Mechanism, Flow, PlannedProbe, dict[str, Any]]] = {}
+        self.probes: dict[int, tuple[Mechanism[Any], Flow, PlannedProbe, dict[str, Any]]] = {}
         self.timer_seq = 0
         """The number of the last timer held: timers due at the same time are released in the
         order they were held. An adapter that splits a capture into parts sets it before each
@@ -157,7 +157,7 @@ class Verdicts:
 
     def apply(
         self,
-        mech: Mechanism,
+        mech: Mechanism[Any],
         decision: Decision,
         seen: Seen,
         out: list[Action],
@@ -250,7 +250,7 @@ class Verdicts:
 
     def _schedule_probe(
         self,
-        mech: Mechanism,
+        mech: Mechanism[Any],
         flow: Flow,
         planned: PlannedProbe,
         now: float,
@@ -285,7 +285,7 @@ class Verdicts:
 
     def probe_result(
         self, probe_id: int, reaction: str, now: float, response_len: int, out: list[Action]
-    ) -> tuple[Mechanism, Seen, ProbeResult] | None:
+    ) -> tuple[Mechanism[Any], Seen, ProbeResult] | None:
         """Report a probe's result; returns what the planning mechanism is to be told, or None
         for an unknown probe."""
         entry = self.probes.pop(probe_id, None)

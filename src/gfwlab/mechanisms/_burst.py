@@ -21,7 +21,7 @@ from gfwlab.packet.ip import ACK, RST, Packet, build_tcp
 Toward = Literal["client", "server", "both"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class BurstShape:
     """One burst's fingerprint."""
 

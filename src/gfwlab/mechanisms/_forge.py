@@ -50,6 +50,8 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
+from mypy_extensions import mypyc_attr
+
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Forged
 from gfwlab.packet.ip import ACK, RST, SYN, Packet, build_tcp
@@ -89,6 +91,7 @@ TAIL_FROM_MS = 500.0
 """Where the suspected-artefact tail begins (spec §14j: 2.1% of resets beyond 0.5 s)."""
 
 
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ResetParams(CommonParams):
     """The parameters of a mechanism that forges resets (``tls_sni``, ``http_keyword``)."""
@@ -131,7 +134,7 @@ class ResetParams(CommonParams):
         }.get(kind, self.delay_ms_other)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Fingerprint:
     """How one injector forges its resets."""
 
@@ -155,7 +158,7 @@ FINGERPRINTS: dict[str, Fingerprint] = {
 """The S&P'25 fingerprint table (types I-III) and the PET'06 pattern, as data."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class ResidualResetFields(EventFields):
     """A new connection reset because a residual block is on its key."""
 

@@ -48,7 +48,9 @@ import functools
 import hashlib
 import random
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
+
+from mypy_extensions import mypyc_attr
 
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Forged, Mechanism, Needs, Seen
@@ -65,6 +67,7 @@ Era = Literal["v1", "v2", "fixed"]
 QTYPE_AAAA = 28
 
 
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DnsInjectorParams:
     """One injector's fingerprint (profile: ``[[mechanisms.dns_injection.injectors]]``)."""
@@ -128,6 +131,7 @@ DEFAULT_INJECTORS = (
 )
 
 
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DnsInjectionParams(CommonParams):
     domains: DomainSet = DomainSet()
@@ -174,7 +178,7 @@ def _share(name: str, injector: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class ForgedAnswer(EventFields):
     """One forged answer."""
 
@@ -188,7 +192,7 @@ class ForgedAnswer(EventFields):
     """Bytes of (generated) injector memory the answer carries past the query (Wallbleed)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class InjectFields(EventFields):
     """A query answered with forged responses."""
 
@@ -200,13 +204,12 @@ class InjectFields(EventFields):
     """The forged answers, one per injector that answered."""
 
 
-class DnsInjection(Mechanism):
+class DnsInjection(Mechanism[DnsInjectionParams]):
     citation = (
         "spec §2; Anonymous et al., Triplet Censors, FOCI 2020; Hoang et al., How Great is the "
         "Great Firewall?, USENIX Security 2021; Fan et al., Wallbleed, NDSS 2025"
     )
     params_cls = DnsInjectionParams
-    params: DnsInjectionParams
 
     shared_state = (
         "each injector process's pool cursor (per address family): advanced once per answer it "
@@ -214,8 +217,17 @@ class DnsInjection(Mechanism):
     )
     shard_scope = "all"
 
-    def __init__(self, params: DnsInjectionParams, **kw: Any) -> None:
-        super().__init__(params, **kw)
+    def __init__(
+        self,
+        params: DnsInjectionParams,
+        *,
+        seed: int = 0,
+        date: dt.date | None = None,
+        epoch_offset: float = 0.0,
+    ) -> None:
+        # The keywords are spelled out: compiled, super().__init__(params, **kw) passes them
+        # to the wrong parameters of the native __init__ (mypyc 2.4.1).
+        super().__init__(params, seed=seed, date=date, epoch_offset=epoch_offset)
         self._next: dict[tuple[int, int, bool], int] = {}
         self._era = params.era(self.date)
 

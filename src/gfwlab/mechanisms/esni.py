@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from mypy_extensions import mypyc_attr
+
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Mechanism, Residual, Seen
 from gfwlab.mechanisms import register_mechanism
@@ -28,6 +30,7 @@ from gfwlab.proto.tls import ClientHello
 from gfwlab.rules import CommonParams, ResidualKey
 
 
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EsniParams(CommonParams):
     direction: Literal["both", "inside-out", "outside-in"] = "inside-out"
@@ -38,7 +41,7 @@ class EsniParams(CommonParams):
     """(source IP, destination IP, destination port)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class EsniFields(EventFields):
     """A ClientHello dropped for its encrypted_server_name extension."""
 
@@ -46,10 +49,9 @@ class EsniFields(EventFields):
     """The plain-text SNI beside it, if any."""
 
 
-class Esni(Mechanism):
+class Esni(Mechanism[EsniParams]):
     citation = "spec §4b; Bock et al., Exposing and Circumventing China's Censorship of ESNI, 2020"
     params_cls = EsniParams
-    params: EsniParams
 
     def on_client_hello(self, seen: Seen, hello: ClientHello) -> Decision | None:
         if not hello.has_esni:

@@ -46,6 +46,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mypy_extensions import mypyc_attr
+
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Mechanism, Residual, Seen
 from gfwlab.mechanisms import register_mechanism
@@ -65,6 +67,7 @@ EX1, EX2, EX3, EX4, EX5 = (
 )
 
 
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FetParams(CommonParams):
     direction: Literal["both", "inside-out", "outside-in"] = "inside-out"
@@ -122,7 +125,7 @@ class FetParams(CommonParams):
         object.__setattr__(self, "_http", http)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class FetFields(EventFields):
     """A first data packet to a targeted server, measured as Algorithm 1 measures it."""
 
@@ -148,7 +151,7 @@ class FetFields(EventFields):
     """The chance that a non-exempt first packet is blocked."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class Measures:
     """What Algorithm 1 measures of a first data packet."""
 
@@ -237,13 +240,12 @@ def exemptions(m: Measures, params: FetParams) -> list[str]:
     return out
 
 
-class Fet(Mechanism):
+class Fet(Mechanism[FetParams]):
     citation = (
         "spec §6; Wu et al., How the Great Firewall of China Detects and Blocks Fully "
         "Encrypted Traffic, USENIX Security 2023"
     )
     params_cls = FetParams
-    params: FetParams
 
     def on_first_data(self, seen: Seen, payload: bytes) -> Decision | None:
         # The engine calls this only for TCP and only with a non-empty payload.

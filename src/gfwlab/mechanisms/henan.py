@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Forged, Mechanism, Seen
 from gfwlab.errors import MalformedPacket
@@ -36,6 +38,7 @@ PAYLOAD = bytes((1, 2, 3, 4, 5, 6, 7, 8, 9, 0))
 """The payload of Henan's RST+ACK (S&P'25)."""
 
 
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HenanParams(CommonParams):
     domains: DomainSet = DomainSet()
@@ -49,7 +52,7 @@ class HenanParams(CommonParams):
     """The RST+ACK's IP-ID."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class HenanResetFields(EventFields):
     """A connection reset by Henan's firewall."""
 
@@ -59,13 +62,12 @@ class HenanResetFields(EventFields):
     """``http`` (Host header) or ``tls`` (SNI)."""
 
 
-class Henan(Mechanism):
+class Henan(Mechanism[HenanParams]):
     citation = (
         "spec §1, §14b; Wu, Zohaib et al., A Wall Behind A Wall: Emerging Regional Censorship "
         "in China, IEEE S&P 2025"
     )
     params_cls = HenanParams
-    params: HenanParams
 
     def on_first_data(self, seen: Seen, payload: bytes) -> Decision | None:
         p, pkt = self.params, seen.pkt

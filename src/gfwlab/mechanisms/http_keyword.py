@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Mechanism, Residual, Seen
 from gfwlab.mechanisms import register_mechanism
@@ -36,6 +38,7 @@ from gfwlab.proto.http import HttpRequest
 from gfwlab.rules import DomainSet, KeywordSet, ResidualKey
 
 
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HttpKeywordParams(ResetParams):
     domains: DomainSet = DomainSet()
@@ -64,7 +67,7 @@ class HttpKeywordParams(ResetParams):
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class HttpSparedFields(EventFields):
     """A matching request that the probability draw let through."""
 
@@ -76,7 +79,7 @@ class HttpSparedFields(EventFields):
     """The chance that a matching request is reset (spec §3)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class HttpResetFields(EventFields):
     """A request reset for a keyword or host."""
 
@@ -88,14 +91,13 @@ class HttpResetFields(EventFields):
     """Which RST injector's fingerprint the forged packets carry."""
 
 
-class HttpKeyword(Mechanism):
+class HttpKeyword(Mechanism[HttpKeywordParams]):
     citation = (
         "spec §3; Rambert et al., Chinese Wall or Swiss Cheese? Keyword filtering in the Great "
         "Firewall of China, WWW 2021; "
         "Clayton et al., Ignoring the Great Firewall of China, PET 2006"
     )
     params_cls = HttpKeywordParams
-    params: HttpKeywordParams
 
     def match(self, request: HttpRequest) -> str | None:
         p = self.params

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Mechanism, Seen
 from gfwlab.mechanisms import register_mechanism
@@ -31,6 +33,7 @@ from gfwlab.packet.ip import ACK, SYN, addr_text
 from gfwlab.rules import CommonParams, Prefixes
 
 
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IpPortRstParams(CommonParams):
     targets: Prefixes = Prefixes()
@@ -57,7 +60,7 @@ class IpPortRstParams(CommonParams):
     """Milliseconds from trigger to the first reset (U)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class IpPortResetFields(EventFields):
     """A connection to a listed address and port reset on its handshake."""
 
@@ -69,10 +72,9 @@ class IpPortResetFields(EventFields):
     """Resets in the burst (each end)."""
 
 
-class IpPortRst(Mechanism):
+class IpPortRst(Mechanism[IpPortRstParams]):
     citation = "spec §14a; net4people #285, #295; ooni/data #139"
     params_cls = IpPortRstParams
-    params: IpPortRstParams
 
     def on_new_flow(self, seen: Seen) -> Decision | None:
         if not seen.c2s or seen.pkt.flags & (SYN | ACK) != SYN:

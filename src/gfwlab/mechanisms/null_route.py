@@ -15,12 +15,15 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from mypy_extensions import mypyc_attr
+
 from gfwlab.engine.mechanism import Decision, Mechanism, Needs, Seen
 from gfwlab.mechanisms import register_mechanism
 from gfwlab.packet.ip import addr_bytes
 from gfwlab.rules import CommonParams
 
 
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NullRouteParams(CommonParams):
     targets: tuple[str, ...] = ()
@@ -84,13 +87,12 @@ def _split(target: str) -> tuple[str, int | None]:
     return host, int(port)
 
 
-class NullRoute(Mechanism):
+class NullRoute(Mechanism[NullRouteParams]):
     citation = (
         "spec §8, §7a; Alice et al., How China Detects and Blocks Shadowsocks, IMC 2020; "
         "net4people #69, #129"
     )
     params_cls = NullRouteParams
-    params: NullRouteParams
 
     def needs(self) -> Needs:
         # Nothing listed: it never acts, and a SYN need not wait for it.

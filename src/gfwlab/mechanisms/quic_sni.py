@@ -48,7 +48,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
+
+from mypy_extensions import mypyc_attr
 
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.flows import Flow
@@ -77,6 +79,7 @@ artifact's ``results.csv`` (about 6% of rows lie above 500 ms and 3% above 2 s; 
 PortRule = Literal["sport>dport", "sport>=dport", "any"]
 
 
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QuicSniParams(CommonParams):
     domains: DomainSet = DomainSet()
@@ -129,7 +132,7 @@ def port_rule_admits(rule: PortRule, sport: int, dport: int) -> bool:
     return True
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class QuicFields(EventFields):
     """A QUIC Initial whose SNI is listed."""
 
@@ -147,16 +150,24 @@ class QuicFields(EventFields):
     """Milliseconds after the Initial at which the block starts (the drawn block latency)."""
 
 
-class QuicSni(Mechanism):
+class QuicSni(Mechanism[QuicSniParams]):
     citation = (
         "spec §5; Zohaib, Zao et al., Exposing and Circumventing SNI-based QUIC Censorship of "
         "the Great Firewall of China, USENIX Security 2025"
     )
     params_cls = QuicSniParams
-    params: QuicSniParams
 
-    def __init__(self, params: QuicSniParams, **kw: Any) -> None:
-        super().__init__(params, **kw)
+    def __init__(
+        self,
+        params: QuicSniParams,
+        *,
+        seed: int = 0,
+        date: dt.date | None = None,
+        epoch_offset: float = 0.0,
+    ) -> None:
+        # The keywords are spelled out: compiled, super().__init__(params, **kw) passes them
+        # to the wrong parameters of the native __init__ (mypyc 2.4.1).
+        super().__init__(params, seed=seed, date=date, epoch_offset=epoch_offset)
         start = params.outbound_only_from
         self._outbound_from = dt.date.fromisoformat(start) if start else None
 

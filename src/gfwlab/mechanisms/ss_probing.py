@@ -51,6 +51,7 @@ from math import log2
 from typing import Literal
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Mechanism, PlannedProbe, ProbeResult, Residual, Seen
@@ -81,6 +82,7 @@ REPLAYS_MEAN = 20_028 / 5_844
 REPLAYS = ("R1", "R2", "R3", "R4", "R5")
 
 
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SsProbingParams(CommonParams):
     probability: float = 0.5
@@ -158,7 +160,7 @@ def _looks_like_protocol(payload: bytes) -> bool:
     return payload.startswith((b"GET ", b"PUT ", b"POST ", b"HEAD "))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class CandidateFields(EventFields):
     """A first data packet judged as a possible Shadowsocks connection."""
 
@@ -174,7 +176,7 @@ class CandidateFields(EventFields):
     """The probes planned (types), when it drew them."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class ReactionFields(EventFields):
     """What the server did with a probe, and what followed."""
 
@@ -184,10 +186,9 @@ class ReactionFields(EventFields):
     """``data``, ``fin``, ``rst``, ``timeout`` or ``unreachable``."""
 
 
-class SsProbing(Mechanism):
+class SsProbing(Mechanism[SsProbingParams]):
     citation = "spec §7a; Alice et al., How China Detects and Blocks Shadowsocks, IMC 2020"
     params_cls = SsProbingParams
-    params: SsProbingParams
 
     def candidate(self, payload: bytes) -> bool:
         """Whether this first packet's length and look let it draw probes at all (cheap: the

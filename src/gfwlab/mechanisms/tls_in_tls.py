@@ -42,8 +42,11 @@ once ``address_after_ports`` ports of one address have been blocked, the whole a
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
+
+from mypy_extensions import mypyc_attr
 
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Mechanism, Needs, Residual, Seen
@@ -52,6 +55,7 @@ from gfwlab.packet.ip import SYN, addr_text
 from gfwlab.rules import CommonParams
 
 
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TlsInTlsParams(CommonParams):
     enabled: bool = False
@@ -88,7 +92,7 @@ class TlsInTlsParams(CommonParams):
     """How long a blocked address stays blocked."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class TlsInTlsFields(EventFields):
     """A flow whose first flights look like a TLS handshake inside a tunnel (hypothesis)."""
 
@@ -102,7 +106,7 @@ class TlsInTlsFields(EventFields):
     """What the policy blocked now: ``none``, ``port`` or ``address``."""
 
 
-@dataclass(slots=True)
+@dataclass
 class _Flight:
     """Consecutive data packets one way."""
 
@@ -112,7 +116,7 @@ class _Flight:
     last: float
 
 
-@dataclass(slots=True)
+@dataclass
 class _Trace:
     last: float
     """When the flow was last seen (traces idle for ``window_s`` are dropped)."""
@@ -121,13 +125,12 @@ class _Trace:
     """Decided (detected, or searched to ``max_flights``): later packets are not looked at."""
 
 
-class TlsInTls(Mechanism):
+class TlsInTls(Mechanism[TlsInTlsParams]):
     citation = (
         "spec §14h (hypothesis); Xue, Kallitsis, Houmansadr, Ensafi, Fingerprinting Obfuscated "
         "Proxy Traffic with Encapsulated TLS Handshakes, USENIX Security 2024; net4people #129"
     )
     params_cls = TlsInTlsParams
-    params: TlsInTlsParams
     shared_state = (
         "per-server detection times and blocked ports: updated once per detected flow, in the "
         "order flows are detected (packet-time order offline, arrival order live)",
@@ -136,8 +139,17 @@ class TlsInTls(Mechanism):
     )
     shard_scope = "server"
 
-    def __init__(self, params: TlsInTlsParams, **kw: Any) -> None:
-        super().__init__(params, **kw)
+    def __init__(
+        self,
+        params: TlsInTlsParams,
+        *,
+        seed: int = 0,
+        date: dt.date | None = None,
+        epoch_offset: float = 0.0,
+    ) -> None:
+        # The keywords are spelled out: compiled, super().__init__(params, **kw) passes them
+        # to the wrong parameters of the native __init__ (mypyc 2.4.1).
+        super().__init__(params, seed=seed, date=date, epoch_offset=epoch_offset)
         self._traces: dict[tuple[bytes, int, bytes, int], _Trace] = {}
         self._detections: dict[tuple[bytes, int], list[float]] = {}
         self._blocked_ports: dict[bytes, set[int]] = {}

@@ -29,6 +29,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Mechanism, Needs, Residual, Seen
 from gfwlab.mechanisms import register_mechanism
@@ -37,6 +39,7 @@ from gfwlab.proto.tls import ClientHello
 from gfwlab.rules import DomainSet, ResidualKey
 
 
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TlsSniParams(ResetParams):
     domains: DomainSet = DomainSet()
@@ -65,7 +68,7 @@ class TlsSniParams(ResetParams):
                 ) from None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class SniResetFields(EventFields):
     """A connection reset for its SNI."""
 
@@ -75,13 +78,12 @@ class SniResetFields(EventFields):
     """Which RST injector's fingerprint the forged packets carry (spec §4a, S&P'25)."""
 
 
-class TlsSni(Mechanism):
+class TlsSni(Mechanism[TlsSniParams]):
     citation = (
         "spec §4a; Wu, Zohaib et al., A Wall Behind A Wall: Emerging Regional Censorship in "
         "China, IEEE S&P 2025"
     )
     params_cls = TlsSniParams
-    params: TlsSniParams
 
     def needs(self) -> Needs:
         since = self.params.record_reassembly_from

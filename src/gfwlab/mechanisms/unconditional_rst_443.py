@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Mechanism, Seen
 from gfwlab.mechanisms import register_mechanism
@@ -32,6 +34,7 @@ from gfwlab.packet.ip import ACK, SYN
 from gfwlab.rules import CommonParams
 
 
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UnconditionalRst443Params(CommonParams):
     ports: tuple[int, ...] = (443,)
@@ -56,7 +59,7 @@ class UnconditionalRst443Params(CommonParams):
     """Milliseconds from trigger to the first forged packet (U)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class HandshakeResetFields(EventFields):
     """A connection reset on its handshake, with no payload read."""
 
@@ -68,13 +71,12 @@ class HandshakeResetFields(EventFields):
     """The server port."""
 
 
-class UnconditionalRst443(Mechanism):
+class UnconditionalRst443(Mechanism[UnconditionalRst443Params]):
     citation = (
         "spec §14a; GFW Report, Analysis of the GFW's Unconditional Port 443 Block on "
         "August 20, 2025; net4people #511"
     )
     params_cls = UnconditionalRst443Params
-    params: UnconditionalRst443Params
 
     def on_new_flow(self, seen: Seen) -> Decision | None:
         p = self.params

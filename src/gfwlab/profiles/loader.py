@@ -21,10 +21,10 @@ import dataclasses
 import datetime as dt
 import os
 import tomllib
-import typing
 from importlib import resources
 from typing import Any
 
+from gfwlab import _build
 from gfwlab.engine.censor import Censor
 from gfwlab.errors import ConfigError
 from gfwlab.mechanisms import registry
@@ -142,7 +142,7 @@ def load_profile(
         base = {k: v for k, v in table.items() if k not in from_set}
         built = build_params(cls, base, ctx, prefix)
         if from_set:
-            hints = typing.get_type_hints(cls)
+            hints = _build.type_hints(cls)
             changes = {}
             for key in from_set:
                 if key not in hints:

@@ -51,8 +51,7 @@ def readable(module: ModuleType) -> ModuleType:
     The reference reads classes' source lines and annotations, which compiled classes do not
     keep; the copy's classes have them, and are otherwise the same classes.
     """
-    file = getattr(module, "__file__", None) or ""
-    if module.__name__ not in _build.COMPILED or file.endswith(".py"):
+    if not _build.compiled(module.__name__):
         return module
     return _build.source_copy(module.__name__)
 
@@ -106,7 +105,7 @@ def _default(field: dataclasses.Field[Any]) -> str:
 
 def section(title: str, cls: type[Any], intro: str = "") -> list[str]:
     docs = field_docs(cls)
-    hints = typing.get_type_hints(cls)
+    hints = _build.type_hints(cls)
     lines = [f"## {title}", ""]
     if intro:
         lines += [intro, ""]
@@ -127,7 +126,7 @@ def render() -> str:
     out += section("[engine]", EngineParams)
     out += section("[tcb]: the censor's view of TCP", TcbParams)
     for name, cls in sorted(registry().items()):
-        doc = (cls.__module__ and inspect.getdoc(sys.modules[cls.__module__])) or ""
+        doc = inspect.getdoc(readable(sys.modules[cls.__module__])) or ""
         out += section(f"[mechanisms.{name}]", cls.params_cls, doc.split("\n\n")[0])
         if name == "dns_injection":
             out += section("[[mechanisms.dns_injection.injectors]]", DnsInjectorParams)
@@ -219,7 +218,7 @@ def event_classes(module: Any) -> list[type[EventFields]]:
 def _fields_table(cls: type[EventFields]) -> list[str]:
     cls = _readable_class(cls)
     docs = field_docs(cls)
-    hints = typing.get_type_hints(cls)
+    hints = _build.type_hints(cls)
     lines = [f"#### `{cls.__name__}`", "", inspect.getdoc(cls) or "", ""]
     lines += ["| field | type | when | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(cls):
@@ -237,7 +236,7 @@ def render_events() -> str:
             out += _fields_table(cls)
     seen: set[type[EventFields]] = set()
     for name, mech in sorted(registry().items()):
-        module = sys.modules[mech.__module__]
+        module = readable(sys.modules[mech.__module__])
         classes = [c for c in event_classes(module) if c not in seen]
         shared = {
             c

@@ -19,12 +19,14 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin
 
+from gfwlab import _build
+from gfwlab._frozen import Frozen
 from gfwlab.errors import ConfigError
 from gfwlab.rules.domains import DomainSet, KeywordSet, resolve_path
 
 
-@dataclass(frozen=True, slots=True)
-class DateRange:
+@dataclass(frozen=True)
+class DateRange(Frozen):
     """When a mechanism was active; either end may be open. ``end`` is exclusive.
 
     An end is a day, or a moment to the minute (a UTC ``datetime``) for events that lasted
@@ -79,8 +81,8 @@ def _text(value: dt.date | None) -> str:
     return value.isoformat()
 
 
-@dataclass(frozen=True, slots=True)
-class Prefixes:
+@dataclass(frozen=True)
+class Prefixes(Frozen):
     """A list of IP networks (IPv4 and IPv6), matched against packed addresses."""
 
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -129,7 +131,7 @@ def build_params(cls: type[Any], table: dict[str, Any], ctx: Context, prefix: st
     """Validate ``table`` against the dataclass ``cls``; unknown keys are errors."""
     if not isinstance(table, dict):
         raise ConfigError(ctx.source, prefix, f"expected a table, got {_tname(table)}")
-    hints = typing.get_type_hints(cls)
+    hints = _build.type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     for key in table:
         if key not in names:
