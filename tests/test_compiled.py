@@ -10,7 +10,9 @@ events, censored captures and summaries must be byte-identical.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import json
 import os
 import subprocess
@@ -241,3 +243,65 @@ def test_compiled_parameter_classes_are_checked_against_their_source_annotations
     assert hints["enabled"] is bool  # from CommonParams, an interpreted base
     nested = _build.type_hints(dns_injection.DnsInjectionParams)["injectors"]
     assert get_args(nested) == (dns_injection.DnsInjectorParams, ...)
+
+
+def _written_inits() -> list[tuple[str, str]]:
+    """(module, class) of each dataclass in a compiled module whose ``__init__`` is written out."""
+    found = []
+    for module in _build.COMPILED:
+        tree = ast.parse(_build.source(Path(gfwlab.__file__).parent, module).read_text())
+        for node in tree.body:
+            if not isinstance(node, ast.ClassDef):
+                continue
+            decorated = any("dataclass" in ast.unparse(d) for d in node.decorator_list)
+            inits = [
+                n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"
+            ]
+            if decorated and inits:
+                found.append((module, node.name))
+    return found
+
+
+KEYWORD = inspect.Parameter.KEYWORD_ONLY
+
+
+def _assigned(init: ast.FunctionDef) -> list[str]:
+    """The attributes an ``__init__`` sets, in order: ``self.x = ...`` or
+    ``object.__setattr__(self, "x", ...)``."""
+    names = []
+    for node in ast.walk(init):
+        if isinstance(node, ast.Assign):
+            names += [t.attr for t in node.targets if isinstance(t, ast.Attribute)]
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) == "object.__setattr__":
+            arg = node.args[1]
+            assert isinstance(arg, ast.Constant)
+            names.append(arg.value)
+    return names
+
+
+@pytest.mark.parametrize("module, name", _written_inits(), ids=str)
+def test_written_out_inits_are_their_dataclass_inits(module: str, name: str) -> None:
+    # The hot dataclasses of compiled modules write their __init__ out, so that it is compiled
+    # too; each must take and set exactly the fields, with their defaults (a default factory's
+    # default is None), as the generated one would.
+    cls = getattr(_build.source_copy(module), name)
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    expected = []
+    for f in fields:
+        kind = (
+            inspect.Parameter.KEYWORD_ONLY if f.kw_only else inspect.Parameter.POSITIONAL_OR_KEYWORD
+        )
+        default: Any = inspect.Parameter.empty
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = None
+        expected.append((f.name, kind, default))
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    assert [(p.name, p.kind, p.default) for p in params] == expected
+    (init,) = [
+        n
+        for n in ast.walk(ast.parse(inspect.getsource(cls)))
+        if isinstance(n, ast.FunctionDef) and n.name == "__init__"
+    ]
+    assert _assigned(init) == [f.name for f in fields]

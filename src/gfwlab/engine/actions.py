@@ -85,6 +85,17 @@ class FlowId(Frozen):
     dport: int
     """Server port (0 if none)."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(
+        self, *, proto: Literal["tcp", "udp", "ip"], src: str, sport: int, dst: str, dport: int
+    ) -> None:
+        object.__setattr__(self, "proto", proto)
+        object.__setattr__(self, "src", src)
+        object.__setattr__(self, "sport", sport)
+        object.__setattr__(self, "dst", dst)
+        object.__setattr__(self, "dport", dport)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "proto": self.proto,
@@ -120,6 +131,33 @@ class Event(Frozen):
     censor: str = ""
     """Which censor of a chain acted (its profile's name); empty for a single censor."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(
+        self,
+        *,
+        ts: float,
+        flow: FlowId,
+        direction: Direction,
+        mechanism: str,
+        action: ActionName,
+        rule: str,
+        residual_until: float | None = None,
+        citation: str = "",
+        extra: dict[str, Any] | None = None,
+        censor: str = "",
+    ) -> None:
+        object.__setattr__(self, "ts", ts)
+        object.__setattr__(self, "flow", flow)
+        object.__setattr__(self, "direction", direction)
+        object.__setattr__(self, "mechanism", mechanism)
+        object.__setattr__(self, "action", action)
+        object.__setattr__(self, "rule", rule)
+        object.__setattr__(self, "residual_until", residual_until)
+        object.__setattr__(self, "citation", citation)
+        object.__setattr__(self, "extra", {} if extra is None else extra)
+        object.__setattr__(self, "censor", censor)
+
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "ts": round(self.ts, 6),
@@ -149,6 +187,11 @@ class Accept(Frozen):
     nearer to both ends than they are to each other, so its forgeries arrive first; an inline
     adapter whose peers are one hop apart holds the trigger to keep that order."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(self, *, hold_until: float | None = None) -> None:
+        object.__setattr__(self, "hold_until", hold_until)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Drop(Frozen):
@@ -156,6 +199,11 @@ class Drop(Frozen):
 
     mechanism: str
     """Which mechanism dropped it."""
+
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(self, *, mechanism: str) -> None:
+        object.__setattr__(self, "mechanism", mechanism)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,6 +218,16 @@ class Inject(Frozen):
     """Which endpoint it is addressed to."""
     mechanism: str
     """Which mechanism forged it."""
+
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(
+        self, *, packet: bytes, at: float, toward: Literal["client", "server"], mechanism: str
+    ) -> None:
+        object.__setattr__(self, "packet", packet)
+        object.__setattr__(self, "at", at)
+        object.__setattr__(self, "toward", toward)
+        object.__setattr__(self, "mechanism", mechanism)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,6 +269,11 @@ class Bypass(Frozen):
     flow: FlowId
     """The flow to bypass."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(self, *, flow: FlowId) -> None:
+        object.__setattr__(self, "flow", flow)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Report(Frozen):
@@ -218,6 +281,11 @@ class Report(Frozen):
 
     event: Event
     """The event."""
+
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(self, *, event: Event) -> None:
+        object.__setattr__(self, "event", event)
 
 
 Action = Accept | Drop | Inject | Probe | Bypass | Report

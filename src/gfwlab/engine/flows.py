@@ -34,10 +34,16 @@ class FlowState(enum.Enum):
     BLOCKED = "blocked"
     BYPASSED = "bypassed"
 
+    # Members are singletons compared by identity; Enum's own __hash__ is a Python function,
+    # called for each lookup in _TRANSITIONS (once per flow).
+    __hash__ = object.__hash__
+
 
 class FlowInput(enum.Enum):
     RECV_BLOCK = "block"
     RECV_DONE = "done"
+
+    __hash__ = object.__hash__
 
 
 _TRANSITIONS: dict[tuple[FlowState, FlowInput], FlowState] = {
@@ -97,6 +103,58 @@ class Flow:
     """Active probes planned because of this flow (numbers its probes)."""
     rngs: dict[str, random.Random] | None = None
     """Per-mechanism random streams of this flow, made on first use (see :meth:`draws`)."""
+
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(
+        self,
+        proto: int,
+        client: bytes,
+        cport: int,
+        server: bytes,
+        sport: int,
+        direction: Direction,
+        crossing: bool,
+        first_seen: float,
+        last_seen: float,
+        salt: int = 0,
+        state: FlowState = FlowState.CLEAN,
+        block: Block = "none",
+        blocked_by: str = "",
+        blocked_from: float = 0.0,
+        tcb: Tcb | None = None,
+        packets: int = 0,
+        first_data_seen: bool = False,
+        small_noted: bool = False,
+        synless: bool = False,
+        turned: bool = False,
+        ident: FlowId | None = None,
+        probes: int = 0,
+        rngs: dict[str, random.Random] | None = None,
+    ) -> None:
+        self.proto = proto
+        self.client = client
+        self.cport = cport
+        self.server = server
+        self.sport = sport
+        self.direction = direction
+        self.crossing = crossing
+        self.first_seen = first_seen
+        self.last_seen = last_seen
+        self.salt = salt
+        self.state = state
+        self.block = block
+        self.blocked_by = blocked_by
+        self.blocked_from = blocked_from
+        self.tcb = tcb
+        self.packets = packets
+        self.first_data_seen = first_data_seen
+        self.small_noted = small_noted
+        self.synless = synless
+        self.turned = turned
+        self.ident = ident
+        self.probes = probes
+        self.rngs = rngs
 
     def step(self, what: FlowInput) -> None:
         try:

@@ -134,6 +134,33 @@ class Decision(Frozen):
     fields: EventFields | None = None
     """The fields its event adds (the mechanism's declared event fields)."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(
+        self,
+        *,
+        action: ActionName,
+        rule: str,
+        injections: tuple[Forged, ...] = (),
+        drop: bool = False,
+        block: Block = "none",
+        block_after: float = 0.0,
+        residual: Residual | None = None,
+        also: tuple[Residual, ...] = (),
+        probes: tuple[PlannedProbe, ...] = (),
+        fields: EventFields | None = None,
+    ) -> None:
+        object.__setattr__(self, "action", action)
+        object.__setattr__(self, "rule", rule)
+        object.__setattr__(self, "injections", injections)
+        object.__setattr__(self, "drop", drop)
+        object.__setattr__(self, "block", block)
+        object.__setattr__(self, "block_after", block_after)
+        object.__setattr__(self, "residual", residual)
+        object.__setattr__(self, "also", also)
+        object.__setattr__(self, "probes", probes)
+        object.__setattr__(self, "fields", fields)
+
 
 @dataclass(frozen=True, kw_only=True)
 class ProbeResult(Frozen):
@@ -159,6 +186,14 @@ class Seen:
     now: float
     c2s: bool
     """True if the packet goes from the flow's client to its server."""
+
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(self, pkt: Packet, flow: Flow, now: float, c2s: bool) -> None:
+        self.pkt = pkt
+        self.flow = flow
+        self.now = now
+        self.c2s = c2s
 
 
 P = TypeVar("P", bound=CommonParams)

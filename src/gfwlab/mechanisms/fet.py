@@ -150,6 +150,33 @@ class FetFields(EventFields):
     probability: float | None = None
     """The chance that a non-exempt first packet is blocked."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(
+        self,
+        *,
+        length: int,
+        set_bits: int,
+        popcount: float,
+        printable_prefix: int,
+        printable_fraction: float,
+        printable_run: int,
+        protocol: str | None,
+        exempt: tuple[str, ...],
+        draw: float | None = None,
+        probability: float | None = None,
+    ) -> None:
+        object.__setattr__(self, "length", length)
+        object.__setattr__(self, "set_bits", set_bits)
+        object.__setattr__(self, "popcount", popcount)
+        object.__setattr__(self, "printable_prefix", printable_prefix)
+        object.__setattr__(self, "printable_fraction", printable_fraction)
+        object.__setattr__(self, "printable_run", printable_run)
+        object.__setattr__(self, "protocol", protocol)
+        object.__setattr__(self, "exempt", exempt)
+        object.__setattr__(self, "draw", draw)
+        object.__setattr__(self, "probability", probability)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Measures:
@@ -167,6 +194,25 @@ class Measures:
     """The longest run of bytes in 0x20-0x7e."""
     protocol: str | None
     """The TLS or HTTP fingerprint the payload starts with (``tls:16 03 01``, ``http:GET``)."""
+
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(
+        self,
+        *,
+        length: int,
+        set_bits: int,
+        printable: int,
+        printable_prefix: int,
+        printable_run: int,
+        protocol: str | None,
+    ) -> None:
+        object.__setattr__(self, "length", length)
+        object.__setattr__(self, "set_bits", set_bits)
+        object.__setattr__(self, "printable", printable)
+        object.__setattr__(self, "printable_prefix", printable_prefix)
+        object.__setattr__(self, "printable_run", printable_run)
+        object.__setattr__(self, "protocol", protocol)
 
     @property
     def popcount(self) -> float:

@@ -74,6 +74,48 @@ class Packet:
     payload: bytes = b""
     """The transport payload (TCP segment data or UDP datagram body)."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(
+        self,
+        raw: bytes,
+        version: int,
+        src: bytes,
+        dst: bytes,
+        proto: int,
+        ttl: int,
+        ip_id: int,
+        df: bool,
+        fragment: bool,
+        l4: int,
+        sport: int = 0,
+        dport: int = 0,
+        seq: int = 0,
+        ack: int = 0,
+        flags: int = 0,
+        window: int = 0,
+        tcp_hlen: int = 0,
+        payload: bytes = b"",
+    ) -> None:
+        self.raw = raw
+        self.version = version
+        self.src = src
+        self.dst = dst
+        self.proto = proto
+        self.ttl = ttl
+        self.ip_id = ip_id
+        self.df = df
+        self.fragment = fragment
+        self.l4 = l4
+        self.sport = sport
+        self.dport = dport
+        self.seq = seq
+        self.ack = ack
+        self.flags = flags
+        self.window = window
+        self.tcp_hlen = tcp_hlen
+        self.payload = payload
+
     @property
     def src_text(self) -> str:
         return addr_text(self.src)

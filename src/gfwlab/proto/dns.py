@@ -100,6 +100,34 @@ class DnsQuery(Frozen):
     length byte 0x40-0xFF): the kind a bounds-checked read raised. The name fields are then
     empty; the Wallbleed-era injector reads such queries itself (:mod:`gfwlab.proto.wallbleed`)."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(
+        self,
+        id: int,
+        flags: int,
+        rd: bool,
+        opcode: int,
+        qname: str,
+        qname_wire: bytes,
+        qtype: int,
+        qclass: int,
+        question_end: int,
+        anomalies: tuple[str, ...] = (),
+        overrun: str | None = None,
+    ) -> None:
+        object.__setattr__(self, "id", id)
+        object.__setattr__(self, "flags", flags)
+        object.__setattr__(self, "rd", rd)
+        object.__setattr__(self, "opcode", opcode)
+        object.__setattr__(self, "qname", qname)
+        object.__setattr__(self, "qname_wire", qname_wire)
+        object.__setattr__(self, "qtype", qtype)
+        object.__setattr__(self, "qclass", qclass)
+        object.__setattr__(self, "question_end", question_end)
+        object.__setattr__(self, "anomalies", anomalies)
+        object.__setattr__(self, "overrun", overrun)
+
 
 OVERRUN_KINDS = frozenset(
     {"dns.no_question", "dns.label_overrun", "dns.compression_in_query", "dns.bad_label_type"}

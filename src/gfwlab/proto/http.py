@@ -60,6 +60,26 @@ class HttpRequest(Frozen):
     anomalies: tuple[str, ...] = ()
     """Oddities seen: ``http.multiple_host``, ``http.bad_header_line``, ``http.obs_fold``."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        path: str,
+        host: str | None,
+        texts: tuple[str, ...],
+        header_end: int,
+        anomalies: tuple[str, ...] = (),
+    ) -> None:
+        object.__setattr__(self, "method", method)
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "texts", texts)
+        object.__setattr__(self, "header_end", header_end)
+        object.__setattr__(self, "anomalies", anomalies)
+
 
 def parse_request(data: bytes) -> HttpRequest | None:
     """Parse the first HTTP request in ``data`` (the client's reassembled stream).

@@ -75,6 +75,32 @@ class ClientHello(Frozen):
     record_length: int
     """Length of the first TLS record; 0 when parsed from a bare handshake body (QUIC)."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(
+        self,
+        sni: str | None,
+        sni_names: tuple[str, ...],
+        alpn: tuple[str, ...],
+        has_esni: bool,
+        has_ech: bool,
+        extensions: tuple[int, ...],
+        legacy_version: int,
+        cipher_suites: tuple[int, ...],
+        anomalies: tuple[str, ...],
+        record_length: int,
+    ) -> None:
+        object.__setattr__(self, "sni", sni)
+        object.__setattr__(self, "sni_names", sni_names)
+        object.__setattr__(self, "alpn", alpn)
+        object.__setattr__(self, "has_esni", has_esni)
+        object.__setattr__(self, "has_ech", has_ech)
+        object.__setattr__(self, "extensions", extensions)
+        object.__setattr__(self, "legacy_version", legacy_version)
+        object.__setattr__(self, "cipher_suites", cipher_suites)
+        object.__setattr__(self, "anomalies", anomalies)
+        object.__setattr__(self, "record_length", record_length)
+
 
 def parse_client_hello(data: bytes) -> ClientHello | None:
     """Parse the ClientHello at the start of the client's reassembled TCP stream.
