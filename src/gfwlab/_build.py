@@ -10,7 +10,9 @@ Two things of the sources are not kept by the compiler and are read from the sou
 annotations (mypyc keeps erased runtime types: a ``Literal`` becomes ``type``), which the
 profile loader checks values against (:func:`type_hints`), and source lines, which the docs'
 reference reads. A mechanism's parameter classes stay Python classes
-(``@mypyc_attr(native_class=False)``): they derive from the interpreted ``CommonParams``.
+(``@mypyc_attr(native_class=False)``): they derive from the interpreted ``CommonParams``. And a
+dataclass's generated ``__init__`` is not compiled (``dataclasses`` makes it with ``exec``): the
+classes made per packet or per flow write theirs out.
 
 The sources stay the reference. ``GFWLAB_PURE=1`` runs them interpreted (and, set at install
 time, skips the compilation), and the tests compare the two (``tests/test_compiled.py``). A
