@@ -235,6 +235,12 @@ class Mechanism(ABC, Generic[P]):
         """Seconds from the engine's ``now`` to the emulated UTC moment (the profile's
         ``epoch_offset_s``): the engine is handed the offset, it never reads a clock."""
         self._key = f"{seed}:{self.name}"
+        self.setup()
+
+    def setup(self) -> None:
+        """Make the state this mechanism keeps, from its parameters and date (called last by
+        ``__init__``, which subclasses leave alone: compiled, a ``super().__init__(params,
+        **kw)`` passes the keywords to the wrong parameters, mypyc 2.4.1)."""
 
     def moment(self, now: float) -> dt.datetime:
         """The emulated UTC moment of engine time ``now``."""

@@ -217,19 +217,9 @@ class DnsInjection(Mechanism[DnsInjectionParams]):
     )
     shard_scope = "all"
 
-    def __init__(
-        self,
-        params: DnsInjectionParams,
-        *,
-        seed: int = 0,
-        date: dt.date | None = None,
-        epoch_offset: float = 0.0,
-    ) -> None:
-        # The keywords are spelled out: compiled, super().__init__(params, **kw) passes them
-        # to the wrong parameters of the native __init__ (mypyc 2.4.1).
-        super().__init__(params, seed=seed, date=date, epoch_offset=epoch_offset)
+    def setup(self) -> None:
         self._next: dict[tuple[int, int, bool], int] = {}
-        self._era = params.era(self.date)
+        self._era = self.params.era(self.date)
 
     def needs(self) -> Needs:
         p = self.params

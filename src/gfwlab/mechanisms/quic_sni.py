@@ -157,18 +157,8 @@ class QuicSni(Mechanism[QuicSniParams]):
     )
     params_cls = QuicSniParams
 
-    def __init__(
-        self,
-        params: QuicSniParams,
-        *,
-        seed: int = 0,
-        date: dt.date | None = None,
-        epoch_offset: float = 0.0,
-    ) -> None:
-        # The keywords are spelled out: compiled, super().__init__(params, **kw) passes them
-        # to the wrong parameters of the native __init__ (mypyc 2.4.1).
-        super().__init__(params, seed=seed, date=date, epoch_offset=epoch_offset)
-        start = params.outbound_only_from
+    def setup(self) -> None:
+        start = self.params.outbound_only_from
         self._outbound_from = dt.date.fromisoformat(start) if start else None
 
     def admits(self, flow: Flow) -> bool:

@@ -42,7 +42,6 @@ once ``address_after_ports`` ports of one address have been blocked, the whole a
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -139,17 +138,7 @@ class TlsInTls(Mechanism[TlsInTlsParams]):
     )
     shard_scope = "server"
 
-    def __init__(
-        self,
-        params: TlsInTlsParams,
-        *,
-        seed: int = 0,
-        date: dt.date | None = None,
-        epoch_offset: float = 0.0,
-    ) -> None:
-        # The keywords are spelled out: compiled, super().__init__(params, **kw) passes them
-        # to the wrong parameters of the native __init__ (mypyc 2.4.1).
-        super().__init__(params, seed=seed, date=date, epoch_offset=epoch_offset)
+    def setup(self) -> None:
         self._traces: dict[tuple[bytes, int, bytes, int], _Trace] = {}
         self._detections: dict[tuple[bytes, int], list[float]] = {}
         self._blocked_ports: dict[bytes, set[int]] = {}
