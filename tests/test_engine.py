@@ -7,7 +7,7 @@ import json
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, given, settings
 
-from gfwlab._json import json_line
+from gfwlab._json import json_line, json_line_bytes
 from gfwlab.engine import Accept, Bypass, Drop, Inject, Report
 from gfwlab.offline.synth import dns_exchange, http_conversation, https_conversation, merge
 from gfwlab.packet.ip import addr_bytes, build_tcp, build_udp
@@ -168,3 +168,4 @@ def test_an_event_line_is_the_json_of_the_event(event: dict[str, object]) -> Non
     assert line.endswith("\n") and "\n" not in line[:-1]
     assert json.loads(line) == event
     assert line.isascii() == json.dumps(event, ensure_ascii=False).isascii()
+    assert json_line_bytes(event) == line.encode()  # the live censor's binary events file

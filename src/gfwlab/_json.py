@@ -24,6 +24,15 @@ def json_line(obj: Any) -> str:
         return _LINE(obj) + "\n"
 
 
+def json_line_bytes(obj: Any) -> bytes:
+    """:func:`json_line` as UTF-8 bytes, for a file opened in binary mode (no decoding and
+    encoding again on the way: the live censor writes one per clean connection)."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        return (_LINE(obj) + "\n").encode()
+
+
 def json_text(obj: Any) -> str:
     """``obj`` as an indented JSON document (two spaces, as ``json.dumps(obj, indent=2)``),
     non-ASCII text unescaped, without a final newline."""

@@ -33,7 +33,7 @@ import sys
 import time
 from typing import Any, assert_never
 
-from gfwlab._json import json_line
+from gfwlab._json import json_line_bytes
 from gfwlab.engine import Censor
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Inject, Probe, Report
 from gfwlab.engine.flows import Flow, FlowKey, flow_key
@@ -162,7 +162,7 @@ class LiveCensor:
         self.injector = injector
         self.mono0 = time.monotonic()
         self.wall0 = time.time()
-        self.events = open(os.path.join(state_dir, "events.jsonl"), "a", encoding="utf-8")  # noqa: SIM115
+        self.events = open(os.path.join(state_dir, "events.jsonl"), "ab")  # noqa: SIM115
         self.unflushed = False
         """Events written since the last flush (:meth:`flush_events`)."""
         self.recorder: PcapWriter | None = None
@@ -424,7 +424,7 @@ class LiveCensor:
                         event["residual_until"] = round(self.wall(event["residual_until"]), 6)
                     if isinstance(event.get("at"), float):  # a probe's planned time
                         event["at"] = round(self.wall(event["at"]), 6)
-                    self.events.write(json_line(event))
+                    self.events.write(json_line_bytes(event))
                     self.unflushed = True
                 case Probe():
                     self.prober.submit(action)
