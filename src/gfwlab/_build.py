@@ -180,9 +180,9 @@ def compiled(module: str) -> bool:
 
 
 def type_hints(cls: type[Any]) -> dict[str, Any]:
-    """``typing.get_type_hints(cls)``, where a class of its MRO is compiled with the annotations
-    its source gives (a compiled class keeps erased types: ``type`` for a ``Literal``, ``tuple``
-    for ``tuple[str, ...]``). The source copy gives only the text: it is evaluated in the
+    """``typing.get_type_hints(cls)``, with the annotations of each compiled class of its MRO
+    taken from the source (a compiled class keeps erased types: ``type`` for a ``Literal``,
+    ``tuple`` for ``tuple[str, ...]``). The source copy gives only the text, evaluated in the
     compiled module, so that the hints name the classes in use, not the copy's."""
     hints: dict[str, Any] = {}
     for klass in reversed(cls.__mro__):
