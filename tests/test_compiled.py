@@ -262,9 +262,6 @@ def _written_inits() -> list[tuple[str, str]]:
     return found
 
 
-KEYWORD = inspect.Parameter.KEYWORD_ONLY
-
-
 def _assigned(init: ast.FunctionDef) -> list[str]:
     """The attributes an ``__init__`` sets, in order: ``self.x = ...`` or
     ``object.__setattr__(self, "x", ...)``."""

@@ -179,6 +179,14 @@ def compiled(module: str) -> bool:
     return module in COMPILED and isinstance(loader, importlib.machinery.ExtensionFileLoader)
 
 
+def source_class(cls: type[Any]) -> type[Any]:
+    """``cls``, or if its module is compiled the same class of the module's source copy (its
+    source lines and annotations as written)."""
+    if not compiled(cls.__module__):
+        return cls
+    return getattr(source_copy(cls.__module__), cls.__qualname__)  # type: ignore[no-any-return]
+
+
 def type_hints(cls: type[Any]) -> dict[str, Any]:
     """``typing.get_type_hints(cls)``, with the annotations of each compiled class of its MRO
     taken from the source (a compiled class keeps erased types: ``type`` for a ``Literal``,
@@ -186,10 +194,7 @@ def type_hints(cls: type[Any]) -> dict[str, Any]:
     compiled module, so that the hints name the classes in use, not the copy's."""
     hints: dict[str, Any] = {}
     for klass in reversed(cls.__mro__):
-        own = klass.__dict__.get("__annotations__", {})  # noqa: RUF063 - own only, not inherited
-        if compiled(klass.__module__):
-            copy = getattr(source_copy(klass.__module__), klass.__qualname__)
-            own = copy.__dict__.get("__annotations__", {})  # noqa: RUF063
+        own = source_class(klass).__dict__.get("__annotations__", {})  # noqa: RUF063 - own only
         if own:
             holder = SimpleNamespace(__annotations__=dict(own))
             module = vars(sys.modules[klass.__module__])

@@ -18,10 +18,7 @@ _LINE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 def json_line(obj: Any) -> str:
     """``obj`` as one line of JSON with its newline: compact, non-ASCII text unescaped."""
-    try:
-        return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE).decode()
-    except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return _LINE(obj) + "\n"
+    return json_line_bytes(obj).decode()
 
 
 def json_line_bytes(obj: Any) -> bytes:
@@ -29,7 +26,7 @@ def json_line_bytes(obj: Any) -> bytes:
     encoding again on the way: the live censor writes one per clean connection)."""
     try:
         return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
-    except TypeError:
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
         return (_LINE(obj) + "\n").encode()
 
 

@@ -56,16 +56,10 @@ def readable(module: ModuleType) -> ModuleType:
     return _build.source_copy(module.__name__)
 
 
-def _readable_class(cls: type[Any]) -> type[Any]:
-    module = sys.modules.get(cls.__module__)
-    copy = readable(module) if module is not None else None
-    return cls if copy is None or copy is module else getattr(copy, cls.__qualname__)
-
-
 def field_docs(cls: type[Any]) -> dict[str, str]:
     """The docstring under each field of ``cls`` and its dataclass bases."""
     out: dict[str, str] = {}
-    for klass in map(_readable_class, reversed(cls.__mro__)):
+    for klass in map(_build.source_class, reversed(cls.__mro__)):
         if not dataclasses.is_dataclass(klass):
             continue
         tree = ast.parse(inspect.getsource(klass).strip())
@@ -216,7 +210,7 @@ def event_classes(module: Any) -> list[type[EventFields]]:
 
 
 def _fields_table(cls: type[EventFields]) -> list[str]:
-    cls = _readable_class(cls)
+    cls = _build.source_class(cls)
     docs = field_docs(cls)
     hints = _build.type_hints(cls)
     lines = [f"#### `{cls.__name__}`", "", inspect.getdoc(cls) or "", ""]
