@@ -42,7 +42,6 @@ or weeks) is a separate mechanism: use ``null_route``.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -54,9 +53,8 @@ from gfwlab.mechanisms import register_mechanism
 from gfwlab.rules import CommonParams, ResidualKey
 from gfwlab.rules.schema import Prefixes
 
-_PRINTABLE = bytes(range(0x20, 0x7F))
-_RUN = re.compile(rb"[\x20-\x7e]+")
-_PREFIX = re.compile(rb"[\x20-\x7e]*")
+_MARKS = bytes(1 if 0x20 <= b <= 0x7E else 0 for b in range(256))
+"""Byte to 1 if printable (0x20-0x7e), else 0: the table :func:`measure` translates with."""
 
 EX1, EX2, EX3, EX4, EX5 = (
     "ex1-popcount",
@@ -238,28 +236,39 @@ class Measures:
 
 
 def measure(payload: bytes, params: FetParams) -> Measures:
-    """Measure a non-empty payload (C-speed: one big-int popcount, translate and regexes)."""
+    """Measure a non-empty payload (C-speed: one big-int popcount, one translation)."""
+    # A plain loop rather than all(zip(...)): compiled, it builds no generator.
     n = len(payload)
     protocol = None
     tls = params.tls_prefix
-    if (
-        tls
-        and n >= len(tls)
-        and all(lo <= b <= hi for b, (lo, hi) in zip(payload, tls, strict=False))
-    ):
+    is_tls = 0 < len(tls) <= n
+    if is_tls:
+        for k, (lo, hi) in enumerate(tls):
+            if not lo <= payload[k] <= hi:
+                is_tls = False
+                break
+    if is_tls:
         protocol = "tls:" + payload[: len(tls)].hex(" ")
     else:
         for prefix in params._http:
             if payload.startswith(prefix):
                 protocol = "http:" + prefix.decode().strip()
                 break
-    prefix_match = _PREFIX.match(payload)
+    # One translation marks each byte printable (1) or not (0); counting, finding and
+    # splitting on the marks are memchr-speed.
+    marks = payload.translate(_MARKS)
+    printable = marks.count(1)
+    cut = marks.find(b"\x00")
+    run = n if cut < 0 else 0
+    if cut >= 0:
+        for part in marks.split(b"\x00"):
+            run = max(run, len(part))
     return Measures(
         length=n,
         set_bits=int.from_bytes(payload, "big").bit_count(),
-        printable=n - len(payload.translate(None, _PRINTABLE)),
-        printable_prefix=prefix_match.end() if prefix_match else 0,
-        printable_run=max(map(len, _RUN.findall(payload)), default=0),
+        printable=printable,
+        printable_prefix=n if cut < 0 else cut,
+        printable_run=run,
         protocol=protocol,
     )
 

@@ -131,9 +131,23 @@ class Packet:
         return self.raw[self.l4 + 20 : self.l4 + self.tcp_hlen]
 
 
+_TEXTS: dict[bytes, str] = {}
+_TEXTS_MAX = 1 << 16
+
+
 def addr_text(addr: bytes) -> str:
-    """Packed IPv4/IPv6 address to text."""
-    return socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
+    """Packed IPv4/IPv6 address to text.
+
+    Every event names its flow's two addresses, and a capture's addresses repeat: up to
+    :data:`_TEXTS_MAX` texts are kept, forgotten all at once when full (``inet_ntop`` formats
+    through printf, several times the cost of a dict lookup)."""
+    text = _TEXTS.get(addr)
+    if text is None:
+        text = socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
+        if len(_TEXTS) >= _TEXTS_MAX:
+            _TEXTS.clear()
+        _TEXTS[addr] = text
+    return text
 
 
 def addr_bytes(text: str) -> bytes:

@@ -159,7 +159,8 @@ def _split_request_line(line: bytes) -> tuple[bytes, bytes, bool]:
 
 
 def _unquote(raw: bytes) -> bytes:
-    return unquote_to_bytes(raw) if b"%" in raw else raw
+    # find, not ``in``: ``b"%" in raw`` first tries b"%" as an integer and clears the error.
+    return unquote_to_bytes(raw) if raw.find(b"%") >= 0 else raw
 
 
 def _strip_cr(line: bytes) -> bytes:
@@ -198,7 +199,7 @@ def _strip_port(host: bytes) -> bytes:
         end = host.find(b"]")
         return host[1:end] if end > 0 else host
     name, colon, port = host.rpartition(b":")
-    if colon and b":" not in name and _PORT.fullmatch(port):
+    if colon and name.find(b":") < 0 and _PORT.fullmatch(port):
         return name
     return host
 
