@@ -11,7 +11,9 @@ import datetime as dt
 import random
 from collections import defaultdict
 
-from gfwlab.engine import Accept, Censor, Drop, Inject, Probe, Report
+import pytest
+
+from gfwlab.engine import Accept, Censor, Drop, Inject, Probe, Report, draws
 from gfwlab.engine.flows import flow_key
 from gfwlab.offline.synth import (
     dns_exchange,
@@ -168,3 +170,39 @@ def test_draws_do_not_depend_on_the_clock() -> None:
     a = _timeless(_per_flow(_censor(), packets))
     b = _timeless(_per_flow(_censor(), shifted))
     assert a == b
+
+
+# ------------------------------------------------------------------ compiled draws
+
+
+def test_compiled_draws_are_random_py_draws() -> None:
+    """``engine/draws.py`` gives the values ``random.Random``'s methods give, and leaves the
+    stream where they leave it, so mechanisms draw the same through either."""
+    spans = [(0, 0), (0, 1), (1, 5), (0, 0xFFFF), (30, 128), (-7, 3), (1, 2**40), (5, 2**70)]
+    for seed in range(200):
+        ours, theirs = random.Random(f"draws:{seed}"), random.Random(f"draws:{seed}")
+        for lo, hi in spans:
+            assert draws.randint(ours, lo, hi) == theirs.randint(lo, hi)
+            assert draws.randrange(ours, hi - lo + 1) == theirs.randrange(hi - lo + 1)
+            assert draws.uniform(ours, lo, hi) == theirs.uniform(lo, hi)
+        for seq in [(1,), (3, 4, 5), tuple(range(21))]:
+            assert draws.choice(ours, seq) == theirs.choice(seq)
+        for weights in [(60.66, 38.69, 0.65), (1, 0, 0), (0, 0, 2), (0.5, 0.5, 1e-9)]:
+            picked = draws.weighted(ours, ("a", "b", "c"), weights)
+            assert picked == theirs.choices(("a", "b", "c"), weights=weights)[0]
+        assert ours.getstate() == theirs.getstate()
+
+
+def test_compiled_draws_refuse_what_random_py_refuses() -> None:
+    rng = random.Random(1)
+    for call in (
+        lambda: draws.randint(rng, 3, 2),
+        lambda: draws.randrange(rng, 0),
+        lambda: draws.weighted(rng, ("a", "b"), (0.0, 0.0)),
+        lambda: draws.weighted(rng, ("a", "b"), (1.0,)),
+        lambda: draws.weighted(rng, ("a",), (float("inf"),)),
+    ):
+        with pytest.raises(ValueError):
+            call()
+    with pytest.raises(IndexError):
+        draws.choice(rng, ())

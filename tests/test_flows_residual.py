@@ -4,6 +4,7 @@ ids, keys, idle expiry, and residual entries' keys, windows and expiry (spec §1
 from __future__ import annotations
 
 import ipaddress
+import random
 import zlib
 
 import pytest
@@ -180,6 +181,28 @@ def test_flow_table_expires_idle_flows_at_their_timeout() -> None:
     assert table.expire(69.9) == 0
     assert table.expire(70.0) == 1
     assert (len(table), table.expired) == (0, 2)  # counted across sweeps
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_flow_table_sweep_forgets_what_reading_every_flow_forgets(in_order: bool) -> None:
+    """The sweep stops at the first flow too young to be idle when flows were added in the order
+    they were first seen; out of order it reads them all. Either way it forgets exactly the
+    flows idle past their timeout, in the table's order."""
+    rng = random.Random(5)
+    table = FlowTable(tcp_timeout=60.0, udp_timeout=30.0)
+    made = sorted(rng.uniform(0.0, 200.0) for _ in range(400))
+    if not in_order:
+        rng.shuffle(made)
+    for i, t in enumerate(made):
+        proto = PROTO_TCP if i % 3 else PROTO_UDP
+        f = flow(proto, last_seen=t + rng.choice([0.0, rng.uniform(0.0, 50.0)]))
+        f.first_seen = t
+        table.add(flow_key(proto, C, 1000 + i, S, 2), f)
+    for now in (50.0, 80.0, 100.0, 130.0, 160.0, 161.5, 200.0, 260.0, 310.0):
+        idle = [k for k, f in table.flows.items() if now - f.last_seen >= table.timeout(f)]
+        assert table.expire(now) == len(idle)
+        assert not set(idle) & set(table.flows)
+    assert not table.flows
 
 
 # ------------------------------------------------------------------ residual

@@ -42,6 +42,7 @@ COMPILED = (
     "gfwlab.engine.censor",
     "gfwlab.engine.defrag",
     "gfwlab.engine.dissect",
+    "gfwlab.engine.draws",
     "gfwlab.engine.flows",
     "gfwlab.engine.mechanism",
     "gfwlab.engine.residual",
@@ -71,6 +72,7 @@ COMPILED = (
     "gfwlab.proto.tls",
     "gfwlab.proto.wallbleed",
     "gfwlab.rules.domains",
+    "gfwlab.rules.quantiles",
     "gfwlab.rules.schema",
 )
 """The compiled modules (their sources are ``src/gfwlab/...py``)."""

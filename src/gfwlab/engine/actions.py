@@ -261,6 +261,35 @@ class Probe(Frozen):
     mechanism: str
     """Which mechanism sent it."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(
+        self,
+        *,
+        probe_id: int,
+        kind: str,
+        server: str,
+        port: int,
+        payload: bytes,
+        at: float,
+        ttl: int,
+        sport: int,
+        tsval_hz: int,
+        linger: float,
+        mechanism: str,
+    ) -> None:
+        object.__setattr__(self, "probe_id", probe_id)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "server", server)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "payload", payload)
+        object.__setattr__(self, "at", at)
+        object.__setattr__(self, "ttl", ttl)
+        object.__setattr__(self, "sport", sport)
+        object.__setattr__(self, "tsval_hz", tsval_hz)
+        object.__setattr__(self, "linger", linger)
+        object.__setattr__(self, "mechanism", mechanism)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Bypass(Frozen):

@@ -81,6 +81,11 @@ class QueryFields(EventFields):
     qname: str
     """The name queried, as the censor flattened it."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(self, *, qname: str) -> None:
+        object.__setattr__(self, "qname", qname)
+
 
 def _client_hello(data: bytes, options: Options) -> Parsed | None:
     if options.tls_records:

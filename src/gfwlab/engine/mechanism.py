@@ -82,6 +82,13 @@ class Forged(Frozen):
     delay: float
     toward: Literal["client", "server"]
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(self, *, packet: bytes, delay: float, toward: Literal["client", "server"]) -> None:
+        object.__setattr__(self, "packet", packet)
+        object.__setattr__(self, "delay", delay)
+        object.__setattr__(self, "toward", toward)
+
 
 @dataclass(frozen=True, kw_only=True)
 class PlannedProbe(Frozen):
@@ -97,6 +104,29 @@ class PlannedProbe(Frozen):
     origin: bytes = b""
     """The trigger payload a replay derives from (handed back in ProbeResult.context)."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(
+        self,
+        *,
+        kind: str,
+        payload: bytes,
+        delay: float,
+        ttl: int,
+        sport: int,
+        tsval_hz: int = 250,
+        linger: float = 8.0,
+        origin: bytes = b"",
+    ) -> None:
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "payload", payload)
+        object.__setattr__(self, "delay", delay)
+        object.__setattr__(self, "ttl", ttl)
+        object.__setattr__(self, "sport", sport)
+        object.__setattr__(self, "tsval_hz", tsval_hz)
+        object.__setattr__(self, "linger", linger)
+        object.__setattr__(self, "origin", origin)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Residual(Frozen):
@@ -110,6 +140,23 @@ class Residual(Frozen):
     """Seconds before the block starts (static blocking begins days after detection)."""
     probability: float = 1.0
     """Chance that each new connection on the key is hit (HTTP: 50-75%, spec §3)."""
+
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(
+        self,
+        *,
+        key: ResidualKey,
+        seconds: float,
+        policy: Literal["drop-c2s", "drop-s2c", "rst"],
+        delay: float = 0.0,
+        probability: float = 1.0,
+    ) -> None:
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "seconds", seconds)
+        object.__setattr__(self, "policy", policy)
+        object.__setattr__(self, "delay", delay)
+        object.__setattr__(self, "probability", probability)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,6 +222,27 @@ class ProbeResult(Frozen):
     response_len: int = 0
     context: dict[str, Any] = field(default_factory=dict)
     """What the mechanism attached when it planned the probe (the trigger's flow, rule...)."""
+
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(
+        self,
+        *,
+        probe_id: int,
+        kind: str,
+        server: bytes,
+        port: int,
+        reaction: Literal["data", "fin", "rst", "timeout", "unreachable"],
+        response_len: int = 0,
+        context: dict[str, Any] | None = None,
+    ) -> None:
+        object.__setattr__(self, "probe_id", probe_id)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "server", server)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "reaction", reaction)
+        object.__setattr__(self, "response_len", response_len)
+        object.__setattr__(self, "context", {} if context is None else context)
 
 
 @dataclass

@@ -27,6 +27,24 @@ class ResidualEntry:
     start: float = 0.0
     """When the block begins (static blocking starts days after detection)."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(
+        self,
+        mechanism: str,
+        rule: str,
+        until: float,
+        policy: str,
+        probability: float,
+        start: float = 0.0,
+    ) -> None:
+        self.mechanism = mechanism
+        self.rule = rule
+        self.until = until
+        self.policy = policy
+        self.probability = probability
+        self.start = start
+
 
 def residual_key(flow: Flow, kind: ResidualKey) -> Key:
     if kind == "3-tuple":

@@ -47,6 +47,19 @@ class ResidualFields(EventFields):
     probability: float | None = None
     """The residual's probability of hitting a new connection."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(
+        self,
+        *,
+        residual: bool = True,
+        draw: float | None = None,
+        probability: float | None = None,
+    ) -> None:
+        object.__setattr__(self, "residual", residual)
+        object.__setattr__(self, "draw", draw)
+        object.__setattr__(self, "probability", probability)
+
 
 @dataclass(frozen=True, kw_only=True)
 class ProbePlannedFields(EventFields):
@@ -65,6 +78,25 @@ class ProbePlannedFields(EventFields):
     ttl: int
     """The prober's IP TTL."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(
+        self,
+        *,
+        probe: str,
+        probe_id: int,
+        at: float,
+        length: int,
+        prober_sport: int,
+        ttl: int,
+    ) -> None:
+        object.__setattr__(self, "probe", probe)
+        object.__setattr__(self, "probe_id", probe_id)
+        object.__setattr__(self, "at", at)
+        object.__setattr__(self, "length", length)
+        object.__setattr__(self, "prober_sport", prober_sport)
+        object.__setattr__(self, "ttl", ttl)
+
 
 @dataclass(frozen=True, kw_only=True)
 class ProbeResultFields(EventFields):
@@ -79,6 +111,14 @@ class ProbeResultFields(EventFields):
     response_len: int
     """Bytes the server sent back."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(self, *, probe: str, probe_id: int, reaction: str, response_len: int) -> None:
+        object.__setattr__(self, "probe", probe)
+        object.__setattr__(self, "probe_id", probe_id)
+        object.__setattr__(self, "reaction", reaction)
+        object.__setattr__(self, "response_len", response_len)
+
 
 @dataclass(frozen=True, kw_only=True)
 class AnomalyFields(EventFields):
@@ -92,6 +132,21 @@ class AnomalyFields(EventFields):
     """The DNS name of the query the anomaly is about."""
     mechanism: str | None = None
     """The mechanism on whose behalf the bytes were parsed."""
+
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(
+        self,
+        *,
+        offset: int | None = None,
+        detail: str | None = None,
+        qname: str | None = None,
+        mechanism: str | None = None,
+    ) -> None:
+        object.__setattr__(self, "offset", offset)
+        object.__setattr__(self, "detail", detail)
+        object.__setattr__(self, "qname", qname)
+        object.__setattr__(self, "mechanism", mechanism)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -52,6 +52,7 @@ from typing import Literal
 
 from mypy_extensions import mypyc_attr
 
+from gfwlab.engine import draws
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Forged
 from gfwlab.packet.ip import ACK, RST, SYN, Packet, build_tcp
@@ -167,6 +168,12 @@ class ResidualResetFields(EventFields):
     injector: str
     """Which RST injector's fingerprint the forged packets carry (spec §4a, S&P'25)."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(self, *, residual: bool = True, injector: str) -> None:
+        object.__setattr__(self, "residual", residual)
+        object.__setattr__(self, "injector", injector)
+
 
 TTL_RECEIVED: dict[str, Quantiles] = {
     "type1": ((0.0, 43.0), (0.01, 55.0), (0.5, 87.0), (0.99, 118.0), (1.0, 118.0)),
@@ -183,7 +190,7 @@ def _ttl(rng: random.Random, kind: str, fp: Fingerprint) -> int:
 
 def _draw(rng: random.Random, span: tuple[int, int]) -> int:
     lo, hi = span
-    return lo if lo == hi else rng.randint(lo, hi)
+    return lo if lo == hi else draws.randint(rng, lo, hi)
 
 
 def draw_delay(rng: random.Random, params: ResetParams, kind: Injector) -> float:
@@ -202,8 +209,8 @@ def pick_injector(
     if params.injector != "mixed":
         return params.injector
     if name_rng is not None and name_rng.random() < params.sticky_share:
-        return name_rng.choices(TYPES, weights=params.injector_mix)[0]
-    return rng.choices(TYPES, weights=params.injector_mix)[0]
+        return draws.weighted(name_rng, TYPES, params.injector_mix)
+    return draws.weighted(rng, TYPES, params.injector_mix)
 
 
 def forge_resets(

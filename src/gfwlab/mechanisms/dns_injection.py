@@ -52,6 +52,7 @@ from typing import Literal
 
 from mypy_extensions import mypyc_attr
 
+from gfwlab.engine import draws
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Forged, Mechanism, Needs, Seen
 from gfwlab.mechanisms import register_mechanism
@@ -191,6 +192,14 @@ class ForgedAnswer(EventFields):
     leaked: int = 0
     """Bytes of (generated) injector memory the answer carries past the query (Wallbleed)."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(self, *, injector: str, addr: str, flags: str, leaked: int = 0) -> None:
+        object.__setattr__(self, "injector", injector)
+        object.__setattr__(self, "addr", addr)
+        object.__setattr__(self, "flags", flags)
+        object.__setattr__(self, "leaked", leaked)
+
 
 @dataclass(frozen=True, kw_only=True)
 class InjectFields(EventFields):
@@ -202,6 +211,13 @@ class InjectFields(EventFields):
     """The query type."""
     answers: tuple[ForgedAnswer, ...]
     """The forged answers, one per injector that answered."""
+
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(self, *, qname: str, qtype: int, answers: tuple[ForgedAnswer, ...]) -> None:
+        object.__setattr__(self, "qname", qname)
+        object.__setattr__(self, "qtype", qtype)
+        object.__setattr__(self, "answers", answers)
 
 
 class DnsInjection(Mechanism[DnsInjectionParams]):
@@ -268,9 +284,9 @@ class DnsInjection(Mechanism[DnsInjectionParams]):
                 continue
             rtype = reading.qtype if reading is not None else query.qtype
             rng = rng or self.rng(seen)
-            process = rng.randrange(inj.processes) if inj.processes > 1 else 0
+            process = draws.randrange(rng, inj.processes) if inj.processes > 1 else 0
             addr = self._address(index, inj, rtype == QTYPE_AAAA, process)
-            ttl = rng.randint(*inj.dns_ttl)
+            ttl = draws.randint(rng, *inj.dns_ttl)
             if reading is not None:
                 payload = wallbleed.build(reading, addr, ttl)
                 if inj.flags is not None:
@@ -301,13 +317,13 @@ class DnsInjection(Mechanism[DnsInjectionParams]):
         self, seen: Seen, inj: DnsInjectorParams, payload: bytes, rng: random.Random
     ) -> Forged:
         pkt = seen.pkt
-        ip_ttl = pkt.ttl if inj.mirror_ttl else rng.randint(*inj.ip_ttl)
+        ip_ttl = pkt.ttl if inj.mirror_ttl else draws.randint(rng, *inj.ip_ttl)
         if inj.ip_id == "random":
-            ip_id = rng.randint(0, 0xFFFF)
+            ip_id = draws.randint(rng, 0, 0xFFFF)
         else:
             ip_id = 0 if inj.ip_id == "zero" else pkt.ip_id
         lo, hi = inj.latency_ms
-        delay = rng.uniform(lo, hi) / 1000.0 if hi > 0 else 0.0
+        delay = draws.uniform(rng, lo, hi) / 1000.0 if hi > 0 else 0.0
         return Forged(
             packet=build_udp(
                 pkt.dst, pkt.src, pkt.dport, pkt.sport, payload, ttl=ip_ttl, ip_id=ip_id, df=inj.df

@@ -48,6 +48,11 @@ class EsniFields(EventFields):
     sni: str | None
     """The plain-text SNI beside it, if any."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(self, *, sni: str | None) -> None:
+        object.__setattr__(self, "sni", sni)
+
 
 class Esni(Mechanism[EsniParams]):
     citation = "spec §4b; Bock et al., Exposing and Circumventing China's Censorship of ESNI, 2020"

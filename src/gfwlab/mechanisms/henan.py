@@ -61,6 +61,12 @@ class HenanResetFields(EventFields):
     protocol: str
     """``http`` (Host header) or ``tls`` (SNI)."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(self, *, host: str, protocol: str) -> None:
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "protocol", protocol)
+
 
 class Henan(Mechanism[HenanParams]):
     citation = (

@@ -78,6 +78,13 @@ class HttpSparedFields(EventFields):
     probability: float
     """The chance that a matching request is reset (spec §3)."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(self, *, host: str | None, draw: float, probability: float) -> None:
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "draw", draw)
+        object.__setattr__(self, "probability", probability)
+
 
 @dataclass(frozen=True, kw_only=True)
 class HttpResetFields(EventFields):
@@ -89,6 +96,13 @@ class HttpResetFields(EventFields):
     """The request target (its first 200 characters)."""
     injector: str
     """Which RST injector's fingerprint the forged packets carry."""
+
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(self, *, host: str | None, path: str, injector: str) -> None:
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "injector", injector)
 
 
 class HttpKeyword(Mechanism[HttpKeywordParams]):

@@ -71,6 +71,13 @@ class IpPortResetFields(EventFields):
     count: int
     """Resets in the burst (each end)."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(self, *, trigger: str, server: str, count: int) -> None:
+        object.__setattr__(self, "trigger", trigger)
+        object.__setattr__(self, "server", server)
+        object.__setattr__(self, "count", count)
+
 
 class IpPortRst(Mechanism[IpPortRstParams]):
     citation = "spec §14a; net4people #285, #295; ooni/data #139"

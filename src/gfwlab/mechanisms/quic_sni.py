@@ -149,6 +149,25 @@ class QuicFields(EventFields):
     block_after_ms: float | None = None
     """Milliseconds after the Initial at which the block starts (the drawn block latency)."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(
+        self,
+        *,
+        sni: str,
+        quic_version: int,
+        why: str | None = None,
+        draw: float | None = None,
+        probability: float | None = None,
+        block_after_ms: float | None = None,
+    ) -> None:
+        object.__setattr__(self, "sni", sni)
+        object.__setattr__(self, "quic_version", quic_version)
+        object.__setattr__(self, "why", why)
+        object.__setattr__(self, "draw", draw)
+        object.__setattr__(self, "probability", probability)
+        object.__setattr__(self, "block_after_ms", block_after_ms)
+
 
 class QuicSni(Mechanism[QuicSniParams]):
     citation = (

@@ -53,6 +53,7 @@ from typing import Literal
 import numpy as np
 from mypy_extensions import mypyc_attr
 
+from gfwlab.engine import draws
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Mechanism, PlannedProbe, ProbeResult, Residual, Seen
 from gfwlab.mechanisms import register_mechanism
@@ -175,6 +176,23 @@ class CandidateFields(EventFields):
     probes: tuple[str, ...] | None = None
     """The probes planned (types), when it drew them."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(
+        self,
+        *,
+        length: int,
+        entropy: float,
+        chance: float,
+        draw: float,
+        probes: tuple[str, ...] | None = None,
+    ) -> None:
+        object.__setattr__(self, "length", length)
+        object.__setattr__(self, "entropy", entropy)
+        object.__setattr__(self, "chance", chance)
+        object.__setattr__(self, "draw", draw)
+        object.__setattr__(self, "probes", probes)
+
 
 @dataclass(frozen=True, kw_only=True)
 class ReactionFields(EventFields):
@@ -184,6 +202,12 @@ class ReactionFields(EventFields):
     """The probe type."""
     reaction: str
     """``data``, ``fin``, ``rst``, ``timeout`` or ``unreachable``."""
+
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(self, *, probe: str, reaction: str) -> None:
+        object.__setattr__(self, "probe", probe)
+        object.__setattr__(self, "reaction", reaction)
 
 
 class SsProbing(Mechanism[SsProbingParams]):
@@ -245,7 +269,7 @@ class SsProbing(Mechanism[SsProbingParams]):
             if rng.random() < 0.75:
                 out.append(self._probe(rng, "NR2", rng.randbytes(NR2_LENGTH)))
             else:
-                out.append(self._probe(rng, "NR1", rng.randbytes(rng.choice(NR1_LENGTHS))))
+                out.append(self._probe(rng, "NR1", rng.randbytes(draws.choice(rng, NR1_LENGTHS))))
         return tuple(out)
 
     def _probe(
@@ -260,8 +284,8 @@ class SsProbing(Mechanism[SsProbingParams]):
             kind=kind,
             payload=mutate(kind, payload, rng.randbytes(10)),
             delay=self.draw_delay(rng, table) * p.delay_scale,
-            ttl=rng.randint(*p.ttl),
-            sport=rng.randint(*p.sport),
+            ttl=draws.randint(rng, *p.ttl),
+            sport=draws.randint(rng, *p.sport),
             tsval_hz=p.tsval_hz,
             linger=p.linger_s,
             origin=payload,

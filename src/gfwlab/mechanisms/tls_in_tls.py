@@ -104,6 +104,21 @@ class TlsInTlsFields(EventFields):
     blocked: str
     """What the policy blocked now: ``none``, ``port`` or ``address``."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(
+        self,
+        *,
+        evidence: str = "hypothesis",
+        flights: tuple[int, ...],
+        detections: int,
+        blocked: str,
+    ) -> None:
+        object.__setattr__(self, "evidence", evidence)
+        object.__setattr__(self, "flights", flights)
+        object.__setattr__(self, "detections", detections)
+        object.__setattr__(self, "blocked", blocked)
+
 
 @dataclass
 class _Flight:

@@ -77,6 +77,12 @@ class SniResetFields(EventFields):
     injector: str
     """Which RST injector's fingerprint the forged packets carry (spec §4a, S&P'25)."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(self, *, sni: str, injector: str) -> None:
+        object.__setattr__(self, "sni", sni)
+        object.__setattr__(self, "injector", injector)
+
 
 class TlsSni(Mechanism[TlsSniParams]):
     citation = (

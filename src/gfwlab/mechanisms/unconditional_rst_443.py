@@ -70,6 +70,13 @@ class HandshakeResetFields(EventFields):
     port: int
     """The server port."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it.
+    def __init__(self, *, trigger: str, windows: tuple[int, ...], port: int) -> None:
+        object.__setattr__(self, "trigger", trigger)
+        object.__setattr__(self, "windows", windows)
+        object.__setattr__(self, "port", port)
+
 
 class UnconditionalRst443(Mechanism[UnconditionalRst443Params]):
     citation = (
