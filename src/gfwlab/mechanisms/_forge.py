@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -201,15 +202,18 @@ def draw_delay(rng: random.Random, params: ResetParams, kind: Injector) -> float
 
 
 def pick_injector(
-    rng: random.Random, params: ResetParams, name_rng: random.Random | None
+    rng: random.Random, params: ResetParams, name_rng: Callable[[], random.Random] | None
 ) -> Injector:
     """The injector type for one trigger: fixed, or under ``mixed`` the name's pinned type (a
-    ``sticky_share`` of names, drawn from ``name_rng``, the name's own stream) or a per-trigger
+    ``sticky_share`` of names, drawn from the name's own stream, which ``name_rng`` makes: only
+    under ``mixed``, for seeding a stream costs more than the rest of a reset) or a per-trigger
     draw from ``rng``."""
     if params.injector != "mixed":
         return params.injector
-    if name_rng is not None and name_rng.random() < params.sticky_share:
-        return draws.weighted(name_rng, TYPES, params.injector_mix)
+    if name_rng is not None:
+        named = name_rng()
+        if named.random() < params.sticky_share:
+            return draws.weighted(named, TYPES, params.injector_mix)
     return draws.weighted(rng, TYPES, params.injector_mix)
 
 
@@ -219,7 +223,7 @@ def forge_resets(
     c2s: bool,
     params: ResetParams,
     rng: random.Random,
-    name_rng: random.Random | None = None,
+    name_rng: Callable[[], random.Random] | None = None,
 ) -> tuple[Injector, tuple[Forged, ...]]:
     """Resets to both ends of ``trigger``'s connection; returns the injector type used too.
 
@@ -228,8 +232,8 @@ def forge_resets(
     (a residual hit) is answered toward the client with RST+ACK acknowledging it, whatever the
     type's flags: a bare RST is ignored in SYN-SENT (RFC 793 §3.4), and how the measured
     injectors reset a connection within its handshake is not published. ``rng`` is the
-    flow's stream; ``name_rng`` a fresh stream keyed by the name that triggered (per-name
-    stickiness of the injector type), or None when no name is known.
+    flow's stream; ``name_rng`` makes a fresh stream keyed by the name that triggered
+    (per-name stickiness of the injector type), or is None when no name is known.
     """
     kind = pick_injector(rng, params, name_rng)
     delay = draw_delay(rng, params, kind)

@@ -157,7 +157,7 @@ class HttpKeyword(Mechanism[HttpKeywordParams]):
             c2s=seen.c2s,
             params=p,
             rng=self.rng(seen),
-            name_rng=self.keyed_rng("injector", host or rule),
+            name_rng=lambda: self.keyed_rng("injector", host or rule),
         )
         return Decision(
             action="rst",

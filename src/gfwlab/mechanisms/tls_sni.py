@@ -117,7 +117,7 @@ class TlsSni(Mechanism[TlsSniParams]):
             c2s=seen.c2s,
             params=p,
             rng=self.rng(seen),
-            name_rng=self.keyed_rng("injector", sni or rule),
+            name_rng=lambda: self.keyed_rng("injector", sni or rule),
         )
         return Decision(
             action="rst",
