@@ -4,6 +4,7 @@
     python benchmarks/bench_engine.py                       # both mixes, 100,000 packets each
     python benchmarks/bench_engine.py --packets 300000 --keep /tmp/gfwlab-bench-engine
     python benchmarks/bench_engine.py --profile 20          # also the top 20 functions (cProfile)
+    python benchmarks/bench_engine.py --lists               # the real 2024 lists loaded
 
 For each mix (``realistic`` and ``flow-heavy``, made with ``gfwlab synth`` from the 2024 lists,
 or reused from ``--keep DIR``) it runs the fast path of ``gfwlab analyze`` once with the full
@@ -11,7 +12,10 @@ or reused from ``--keep DIR``) it runs the fast path of ``gfwlab analyze`` once 
 ``benchmarks/offline.py`` does) and records the packets it hands the engine, with their times.
 Then, in the same process, it times (best of ``--repeat``):
 
-Times are the process's CPU time (``time.process_time``), the best of the runs.
+Times are the process's CPU time (``time.process_time``), the best of the runs. With ``--lists``
+the profile loads the real 2024 DNS, HTTP, HTTPS and QUIC lists, as ``offline.py``'s "2024
+lists" row does: far more of the flows are blocked, so this times the blocked flows' work (the
+forged answers and resets, their draws and events).
 
 * the baseline: ``packet.ip.parse`` alone over the recorded packets;
 * the engine: a fresh ``Censor`` fed the recorded packets in order, its timers run as the
@@ -41,6 +45,8 @@ from gfwlab import _build
 # The fast path runs from its source: compiled, it would refuse the recording wrapper (record).
 # Before anything imports it (gfwlab.offline does).
 _build.interpret(["gfwlab.offline.fast"])
+
+from offline import REAL_LISTS  # noqa: E402
 
 from gfwlab.engine.censor import Censor  # noqa: E402
 from gfwlab.errors import MalformedPacket  # noqa: E402
@@ -132,8 +138,14 @@ def main() -> None:
     ap.add_argument("--keep", help="reuse / keep the captures in this folder")
     ap.add_argument("--mix", action="append", help="realistic, flow-heavy (default: both)")
     ap.add_argument("--profile", type=int, default=0, help="print the top N functions")
+    ap.add_argument("--lists", action="store_true", help="load the real 2024 lists")
     args = ap.parse_args()
-    profile = load_profile("gfw", date=parse_date(DATE), overrides=SETS)
+    sets = (
+        [*SETS, *(f"{key}={LISTS / name}" for key, name in REAL_LISTS.items())]
+        if args.lists
+        else SETS
+    )
+    profile = load_profile("gfw", date=parse_date(DATE), overrides=sets)
     with tempfile.TemporaryDirectory(prefix="gfwlab-bench-engine-") as tmp:
         folder = Path(args.keep) if args.keep else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
