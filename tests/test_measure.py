@@ -134,7 +134,7 @@ def _forged(injector: str, seed: int) -> list[sniff.RstPacket]:
     )
     params = ResetParams(injector=injector)  # type: ignore[arg-type]
     rng = random.Random(seed)
-    _kind, forged = forge_resets(trigger, c2s=True, params=params, rng=rng, name_rng=lambda: rng)
+    _kind, forged = forge_resets(trigger, c2s=True, params=params, rng=rng)
     out = []
     for f in forged:
         if f.toward != "client":

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
+from gfwlab.mechanisms._forge import PINS_KEPT, TYPES, PinnedInjectors, ResetParams
 from gfwlab.offline.synth import https_conversation, tcp_conversation
 from gfwlab.packet.ip import ACK, RST, SYN, addr_bytes, build_tcp, parse
 from gfwlab.profiles import build_censor
@@ -288,3 +291,29 @@ def test_syn_only_server_side_flags_do_not_create_tcb() -> None:
 def test_disabled_by_date_or_flag() -> None:
     assert not sni_run("youtube.com", "tls_sni.enabled=false").acted("rst")
     assert not sni_run("youtube.com", "tls_sni.active={start='2030-01-01'}").acted("rst")
+
+
+def test_a_names_pinned_injector_is_its_own_streams_first_draws_kept_or_not() -> None:
+    """Under ``mixed`` a name's pin comes from the first draws of its own stream, fresh for each
+    trigger; kept pins give the same answer without seeding the stream again."""
+    params = ResetParams(injector="mixed")
+    seeded: list[tuple[object, ...]] = []
+
+    def keyed(*key: object) -> random.Random:
+        seeded.append(key)
+        return random.Random(f"seed:tls_sni:{key!r}")
+
+    pins = PinnedInjectors(params)
+    names = [f"site{i}.example" for i in range(PINS_KEPT + 50)]
+    pinned = 0
+    for name in names:
+        own = random.Random(f"seed:tls_sni:{('injector', name)!r}")
+        want = None
+        if own.random() < params.sticky_share:
+            want = own.choices(TYPES, weights=params.injector_mix)[0]
+        pinned += want is not None
+        assert pins.pin(name, keyed) == want
+        assert pins.pin(name, keyed) == want  # kept: not seeded again
+    assert len(seeded) == len(names)
+    assert len(pins.pins) <= PINS_KEPT
+    assert 0 < pinned < len(names)

@@ -201,20 +201,48 @@ def draw_delay(rng: random.Random, params: ResetParams, kind: Injector) -> float
     return quantiles.sample(table, rng, upto=upto) / 1000.0
 
 
+PINS_KEPT = 4096
+"""How many names' pinned injector types a :class:`PinnedInjectors` keeps."""
+
+
+class PinnedInjectors:
+    """Under ``mixed``, the injector type each name is pinned to, or None for a name whose
+    triggers each draw their own (``sticky_share`` of names are pinned).
+
+    A name's pin is drawn from its own stream (``keyed("injector", name)``: the mechanism's
+    ``keyed_rng``), fresh for every trigger: its first draws, so the pin, are the same every
+    time. Seeding a stream costs more than the rest of a reset, so the pins of up to
+    :data:`PINS_KEPT` names are kept (forgotten all at once when full): the same picks, without
+    reseeding for a name seen again.
+    """
+
+    def __init__(self, params: ResetParams) -> None:
+        self.params = params
+        self.pins: dict[str, Injector | None] = {}
+
+    def pin(self, name: str, keyed: Callable[..., random.Random]) -> Injector | None:
+        if name in self.pins:
+            return self.pins[name]
+        named = keyed("injector", name)
+        pin: Injector | None = None
+        if named.random() < self.params.sticky_share:
+            pin = draws.weighted(named, TYPES, self.params.injector_mix)
+        if len(self.pins) >= PINS_KEPT:
+            self.pins.clear()
+        self.pins[name] = pin
+        return pin
+
+
 def pick_injector(
-    rng: random.Random, params: ResetParams, name_rng: Callable[[], random.Random] | None
+    rng: random.Random, params: ResetParams, pinned: Callable[[], Injector | None] | None
 ) -> Injector:
-    """The injector type for one trigger: fixed, or under ``mixed`` the name's pinned type (a
-    ``sticky_share`` of names, drawn from the name's own stream, which ``name_rng`` makes: only
-    under ``mixed``, for seeding a stream costs more than the rest of a reset) or a per-trigger
-    draw from ``rng``."""
+    """The injector type for one trigger: fixed, or under ``mixed`` the name's pinned type
+    (``pinned``: :meth:`PinnedInjectors.pin` of the name that triggered, asked only under
+    ``mixed``) or a per-trigger draw from ``rng``."""
     if params.injector != "mixed":
         return params.injector
-    if name_rng is not None:
-        named = name_rng()
-        if named.random() < params.sticky_share:
-            return draws.weighted(named, TYPES, params.injector_mix)
-    return draws.weighted(rng, TYPES, params.injector_mix)
+    pin = pinned() if pinned is not None else None
+    return pin if pin is not None else draws.weighted(rng, TYPES, params.injector_mix)
 
 
 def forge_resets(
@@ -223,7 +251,7 @@ def forge_resets(
     c2s: bool,
     params: ResetParams,
     rng: random.Random,
-    name_rng: Callable[[], random.Random] | None = None,
+    pinned: Callable[[], Injector | None] | None = None,
 ) -> tuple[Injector, tuple[Forged, ...]]:
     """Resets to both ends of ``trigger``'s connection; returns the injector type used too.
 
@@ -232,10 +260,10 @@ def forge_resets(
     (a residual hit) is answered toward the client with RST+ACK acknowledging it, whatever the
     type's flags: a bare RST is ignored in SYN-SENT (RFC 793 §3.4), and how the measured
     injectors reset a connection within its handshake is not published. ``rng`` is the
-    flow's stream; ``name_rng`` makes a fresh stream keyed by the name that triggered
-    (per-name stickiness of the injector type), or is None when no name is known.
+    flow's stream; ``pinned`` gives the injector type the name that triggered is pinned
+    to, if any (:class:`PinnedInjectors`), and is None when no name is known.
     """
-    kind = pick_injector(rng, params, name_rng)
+    kind = pick_injector(rng, params, pinned)
     delay = draw_delay(rng, params, kind)
     seg_len = len(trigger.payload) + (1 if trigger.flags & 0x03 else 0)  # SYN/FIN count as 1
     if c2s:

@@ -33,7 +33,13 @@ from mypy_extensions import mypyc_attr
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Mechanism, Residual, Seen
 from gfwlab.mechanisms import register_mechanism
-from gfwlab.mechanisms._forge import Injector, ResetParams, ResidualResetFields, forge_resets
+from gfwlab.mechanisms._forge import (
+    Injector,
+    PinnedInjectors,
+    ResetParams,
+    ResidualResetFields,
+    forge_resets,
+)
 from gfwlab.proto.http import HttpRequest
 from gfwlab.rules import DomainSet, KeywordSet, ResidualKey
 
@@ -113,6 +119,9 @@ class HttpKeyword(Mechanism[HttpKeywordParams]):
     )
     params_cls = HttpKeywordParams
 
+    def setup(self) -> None:
+        self._pins = PinnedInjectors(self.params)
+
     def match(self, request: HttpRequest) -> str | None:
         p = self.params
         if request.host:
@@ -157,7 +166,7 @@ class HttpKeyword(Mechanism[HttpKeywordParams]):
             c2s=seen.c2s,
             params=p,
             rng=self.rng(seen),
-            name_rng=lambda: self.keyed_rng("injector", host or rule),
+            pinned=lambda: self._pins.pin(host or rule, self.keyed_rng),
         )
         return Decision(
             action="rst",

@@ -34,7 +34,7 @@ from mypy_extensions import mypyc_attr
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Mechanism, Needs, Residual, Seen
 from gfwlab.mechanisms import register_mechanism
-from gfwlab.mechanisms._forge import ResetParams, ResidualResetFields, forge_resets
+from gfwlab.mechanisms._forge import PinnedInjectors, ResetParams, ResidualResetFields, forge_resets
 from gfwlab.proto.tls import ClientHello
 from gfwlab.rules import DomainSet, ResidualKey
 
@@ -91,6 +91,9 @@ class TlsSni(Mechanism[TlsSniParams]):
     )
     params_cls = TlsSniParams
 
+    def setup(self) -> None:
+        self._pins = PinnedInjectors(self.params)
+
     def needs(self) -> Needs:
         since = self.params.record_reassembly_from
         joins = bool(since) and (self.date is None or self.date >= dt.date.fromisoformat(since))
@@ -117,7 +120,7 @@ class TlsSni(Mechanism[TlsSniParams]):
             c2s=seen.c2s,
             params=p,
             rng=self.rng(seen),
-            name_rng=lambda: self.keyed_rng("injector", sni or rule),
+            pinned=lambda: self._pins.pin(sni or rule, self.keyed_rng),
         )
         return Decision(
             action="rst",
