@@ -12,7 +12,11 @@ itself), and then both again with ``--idle`` idle TCP connections held open thro
 - iperf3 bulk throughput, client → server, one TCP stream;
 - new HTTP connections per second: wrk with ``Connection: close`` against nginx, and the CPU
   time the censor process spent per new connection meanwhile (user + system, from /proc: on a
-  machine shared with other work it moves less than the rates do);
+  machine shared with other work it moves less than the rates do), how often per new connection
+  the censor went to sleep waiting for packets (each a wake-up later), and how busy the whole
+  machine was: with wrk's 32 connections each waiting for its request's verdict, the machine is
+  not saturated even without the censor, and the rate follows a request's latency as well as
+  the CPU (``benchmarks/README.md``, "Latest on 2026-12-04");
 - the delay the censor adds to a flow's first data packet: the time between the packet leaving
   the client's veth and arriving at the server's, from tcpdump on both (same kernel clock),
   p50 and p99 over ``--connections`` new connections.
@@ -83,13 +87,35 @@ def iperf(seconds: float) -> float:
         server.wait()
 
 
+def censor_pid() -> int:
+    st = LabState.load()
+    return int(next(p["pid"] for p in st.processes() if p["name"] == "censor"))
+
+
 def censor_cpu() -> float:
     """CPU seconds (user + system) the censor process has used so far."""
-    st = LabState.load()
-    pid = next(p["pid"] for p in st.processes() if p["name"] == "censor")
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+    with open(f"/proc/{censor_pid()}/stat", encoding="ascii") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def censor_sleeps() -> int:
+    """How many times the censor's threads have gone to sleep so far (voluntary context
+    switches: each a wait for packets, so a wake-up later)."""
+    total = 0
+    for task in os.listdir(f"/proc/{censor_pid()}/task"):
+        with open(f"/proc/{censor_pid()}/task/{task}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def machine_times() -> tuple[int, int]:
+    """The whole machine's CPU time so far, and the idle part of it (/proc/stat, in ticks)."""
+    with open("/proc/stat", encoding="ascii") as fh:
+        ticks = [int(v) for v in fh.readline().split()[1:]]
+    return sum(ticks), ticks[3] + ticks[4]  # idle and iowait
 
 
 def wrk(seconds: float) -> float:
@@ -293,13 +319,17 @@ def measure(console: Console, args: argparse.Namespace, idle: int, mode: str) ->
         console.print(f"[bold]{mode}[/], {idle} idle: iperf3, wrk, first data…")
         delays = first_packet_delays(args.connections)
         bulk = iperf(args.seconds) / 1e9
-        cpu0 = censor_cpu()
+        cpu0, sleeps0, (all0, idle0) = censor_cpu(), censor_sleeps(), machine_times()
         rate = wrk(args.seconds)
-        cpu = (censor_cpu() - cpu0) / max(1.0, rate * args.seconds)
+        all1, idle1 = machine_times()
+        conns = max(1.0, rate * args.seconds)
+        cpu = (censor_cpu() - cpu0) / conns
         return {
             "iperf3 Gbit/s": bulk,
             "wrk conn/s": rate,
             "censor CPU per new connection µs": cpu * 1e6,
+            "censor wake-ups per new connection": (censor_sleeps() - sleeps0) / conns,
+            "machine busy during wrk %": 100.0 * (1 - (idle1 - idle0) / max(1, all1 - all0)),
             "first data packet p50 µs": pct(delays, 0.50) * 1e6,
             "first data packet p99 µs": pct(delays, 0.99) * 1e6,
             "samples": float(len(delays)),
@@ -307,6 +337,15 @@ def measure(console: Console, args: argparse.Namespace, idle: int, mode: str) ->
     finally:
         if mode == "plain":
             censor_off(False)
+
+
+NO_RATIO = (
+    "samples",
+    "censor CPU per new connection µs",
+    "censor wake-ups per new connection",
+    "machine busy during wrk %",
+)
+"""Rows whose censor / plain ratio means nothing (the plain run's censor sees no packet)."""
 
 
 def show(
@@ -325,12 +364,7 @@ def show(
     for key in results[(idle, "plain")]:
         plain = results[(idle, "plain")][key]
         values = [results[(idle, m)][key] for m in modes]
-        ratios = [
-            f"{v / plain:.2f}"
-            if plain and key not in ("samples", "censor CPU per new connection µs")
-            else ""
-            for v in values
-        ]
+        ratios = [f"{v / plain:.2f}" if plain and key not in NO_RATIO else "" for v in values]
         table.add_row(key, f"{plain:,.2f}", *(f"{v:,.2f}" for v in values), *ratios)
     console.print(table)
 
