@@ -103,8 +103,9 @@ def censor_sleeps() -> int:
     """How many times the censor's threads have gone to sleep so far (voluntary context
     switches: each a wait for packets, so a wake-up later)."""
     total = 0
-    for task in os.listdir(f"/proc/{censor_pid()}/task"):
-        with open(f"/proc/{censor_pid()}/task/{task}/status", encoding="ascii") as fh:
+    tasks = f"/proc/{censor_pid()}/task"
+    for task in os.listdir(tasks):
+        with open(f"{tasks}/{task}/status", encoding="ascii") as fh:
             for line in fh:
                 if line.startswith("voluntary_ctxt_switches:"):
                     total += int(line.split()[1])

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import random
 
+from gfwlab.engine import draws
+
 _SSDP = (
     'M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: "ssdp:discover"\r\nMX: {mx}\r\n'
     "ST: ssdp:all\r\n\r\n",
@@ -30,21 +32,26 @@ def _uuid(rng: random.Random) -> str:
 
 
 def _segment(rng: random.Random) -> bytes:
-    kind = rng.choices(("text", "binary", "zeros", "header"), weights=(4, 3, 2, 1))[0]
+    kind = draws.weighted(rng, ("text", "binary", "zeros", "header"), (4, 3, 2, 1))
     if kind == "text":
-        text = rng.choice(_SSDP).format(
-            mx=rng.randint(1, 5), a=rng.randint(0, 3), b=rng.randint(1, 254), uuid=_uuid(rng)
+        text = draws.choice(rng, _SSDP).format(
+            mx=draws.randint(rng, 1, 5),
+            a=draws.randint(rng, 0, 3),
+            b=draws.randint(rng, 1, 254),
+            uuid=_uuid(rng),
         )
-        start = rng.randrange(len(text) // 2)
+        start = draws.randrange(rng, len(text) // 2)
         return text[start:].encode()
     if kind == "binary":
-        return rng.randbytes(rng.randint(8, 64))
+        return rng.randbytes(draws.randint(rng, 8, 64))
     if kind == "zeros":
-        return bytes(rng.randint(4, 48))
+        return bytes(draws.randint(rng, 4, 48))
     # An IPv4 + UDP header of some other packet.
-    ip = bytes((0x45, 0)) + rng.randint(60, 1500).to_bytes(2, "big") + rng.randbytes(2)
-    ip += b"\x40\x00" + bytes((rng.randint(30, 128), 17)) + rng.randbytes(10)
-    return ip + rng.randbytes(4) + rng.randint(20, 1480).to_bytes(2, "big") + rng.randbytes(2)
+    ip = bytes((0x45, 0)) + draws.randint(rng, 60, 1500).to_bytes(2, "big") + rng.randbytes(2)
+    ip += b"\x40\x00" + bytes((draws.randint(rng, 30, 128), 17)) + rng.randbytes(10)
+    return (
+        ip + rng.randbytes(4) + draws.randint(rng, 20, 1480).to_bytes(2, "big") + rng.randbytes(2)
+    )
 
 
 def plausible_memory(rng: random.Random, n: int) -> bytes:

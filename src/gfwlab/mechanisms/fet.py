@@ -257,17 +257,18 @@ def measure(payload: bytes, params: FetParams) -> Measures:
     # One translation marks each byte printable (1) or not (0); counting, finding and
     # splitting on the marks are memchr-speed.
     marks = payload.translate(_MARKS)
-    printable = marks.count(1)
-    cut = marks.find(b"\x00")
-    run = n if cut < 0 else 0
-    if cut >= 0:
+    lead = marks.find(b"\x00")
+    if lead < 0:  # every byte printable
+        lead = run = n
+    else:
+        run = 0
         for part in marks.split(b"\x00"):
             run = max(run, len(part))
     return Measures(
         length=n,
         set_bits=int.from_bytes(payload, "big").bit_count(),
-        printable=printable,
-        printable_prefix=n if cut < 0 else cut,
+        printable=marks.count(1),
+        printable_prefix=lead,
         printable_run=run,
         protocol=protocol,
     )
