@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,36 @@ def test_ctrl_c_between_the_renames_comes_after_both(
     with pytest.raises(KeyboardInterrupt):
         commit_together(files)
     assert sorted(os.listdir(tmp_path)) == ["e.jsonl", "o.pcap"]  # delivered once both are
+
+
+def test_ctrl_c_taken_by_another_thread_between_the_renames_comes_after_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C goes to the process: any thread that does not mask it may take it (here one is
+    made to), and the main thread acts on it at once; still both are published first."""
+    files = _two(tmp_path)
+    first = files[0]
+    commit = OutputFile.commit
+    worker_ready, worker_done = threading.Event(), threading.Event()
+    worker = threading.Thread(target=lambda: (worker_ready.set(), worker_done.wait(5)))
+    worker.start()
+    worker_ready.wait(5)
+
+    def interrupted_after(self: OutputFile) -> None:
+        commit(self)
+        if self is first and worker.ident is not None:
+            signal.pthread_kill(worker.ident, signal.SIGINT)
+            time.sleep(0.05)  # the main thread's next checks run the handler
+
+    monkeypatch.setattr(OutputFile, "commit", interrupted_after)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            commit_together(files)
+            time.sleep(0.05)
+    finally:
+        worker_done.set()
+        worker.join(5)
+    assert sorted(os.listdir(tmp_path)) == ["e.jsonl", "o.pcap"]
 
 
 def test_a_failure_before_the_renames_leaves_neither(

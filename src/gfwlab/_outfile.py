@@ -111,6 +111,10 @@ def commit_together(files: Sequence[OutputFile]) -> None:
     they are renamed into place one after the other with SIGINT held back, so that a Ctrl-C
     cannot fall between two renames and leave one output without the other: it is delivered
     once all are published.
+
+    Held back by a handler that only notes it, not by masking the signal: a Ctrl-C is sent to
+    the process, and the kernel hands it to any thread that does not mask it (a Dask or
+    thread-pool worker), whose note the main thread would act on between two renames.
     """
     try:
         for f in files:
@@ -119,12 +123,15 @@ def commit_together(files: Sequence[OutputFile]) -> None:
         for f in files:
             f.abort()
         raise
-    held = None
-    if threading.current_thread() is threading.main_thread():
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    noted: list[int] = []
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        previous = signal.signal(signal.SIGINT, lambda signum, _frame: noted.append(signum))
     try:
         for f in files:
             f.commit()
     finally:
-        if held is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        if main:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+            if noted:
+                signal.raise_signal(signal.SIGINT)  # to the handler in place again
