@@ -83,6 +83,12 @@ class Censor:
         self.rebypass = False
         """Answer each passing packet of a bypassed flow with Bypass again: the kernel shows the
         engine such packets while a residual block may cover them (``live/kernel.py``)."""
+        self.last_flow: Flow | None = None
+        """The flow of the packet :meth:`feed` saw last (None: it was in none, or could not be
+        read), as the engine found or made it: a caller that follows flows itself (the offline
+        fast path) reads it here instead of parsing the packet again."""
+        self.last_c2s = False
+        """Whether that packet went from the flow's client to its server."""
 
     # ------------------------------------------------------------------ timers
 
@@ -135,6 +141,7 @@ class Censor:
         st = self.stats
         st.packets += 1
         st.bytes += len(packet)
+        self.last_flow = None
         if self._next_sweep is None:
             self._next_sweep = now + self.profile.engine.sweep_s
         try:
@@ -150,6 +157,7 @@ class Censor:
             return [_ACCEPT]
         flow, new = self._flow(pkt, now)
         c2s = pkt.src == flow.client and pkt.sport == flow.cport
+        self.last_flow, self.last_c2s = flow, c2s
         state = flow.state
         if state is FlowState.BYPASSED and not self.residual.drops:
             st.bypassed_pkts += 1

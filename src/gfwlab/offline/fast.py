@@ -388,15 +388,16 @@ def run(
             status[life] = 3
             continue
         if flow is None:
-            proto, src, sport, dst, dport = index.endpoints(i)
-            flow = table.get(flow_key(proto, src, sport, dst, dport))
+            # The flow the engine found or made for packet i (in the table under the packet's
+            # key: nothing in feed removes it), without reading the packet's endpoints again.
+            flow, c2s = censor.last_flow, censor.last_c2s
             if flow is None:
                 raise FastPathError(f"{index.path}: packet {i} made no flow")
             flows[life] = flow
             base[life] = flow.packets - 1 - k  # its packets in earlier windows
             if evicted is not None:
                 life_by_flow[id(flow)] = life
-            client_lower[life] = lower[i] == (src == flow.client and sport == flow.cport)
+            client_lower[life] = lower[i] == c2s
         flow.last_seen = final[life]
         if part is not None and not part.owns(flow):
             raise PartError(f"{index.path}: packet {g}: a flow of a server held by another part")
