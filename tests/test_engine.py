@@ -128,17 +128,17 @@ def test_the_last_packets_flow_and_direction_are_those_the_engine_used() -> None
     censor = build_censor(profile(), 1)
     c, s = addr_bytes(C), addr_bytes(S)
     censor.feed(build_tcp(c, s, 40000, 443, seq=10, flags=0x02), 0.0)
-    flow = censor.last_flow
-    assert flow is not None and censor.last_c2s
-    assert (flow.client, flow.cport, flow.server, flow.sport) == (c, 40000, s, 443)
+    assert censor.last is not None
+    flow, c2s = censor.last
+    assert c2s and (flow.client, flow.cport, flow.server, flow.sport) == (c, 40000, s, 443)
     censor.feed(build_tcp(s, c, 443, 40000, seq=99, ack=11, flags=0x12), 0.01)
-    assert censor.last_flow is flow and not censor.last_c2s
+    assert censor.last == (flow, False)
     censor.feed(build_udp(c, s, 40001, 9999, b"x"), 0.02)
-    assert censor.last_flow is not None and censor.last_flow is not flow and censor.last_c2s
+    assert censor.last is not None and censor.last[0] is not flow and censor.last[1]
     censor.feed(b"\x45\x00", 0.03)  # unreadable: in no flow
-    assert censor.last_flow is None
+    assert censor.last is None
     censor.feed(build_tcp(s, c, 443, 40000, seq=100, ack=11, flags=0x10), 0.04)
-    assert censor.last_flow is flow and not censor.last_c2s
+    assert censor.last == (flow, False)
 
 
 def test_fast_path_bypasses_a_decided_flow_once() -> None:

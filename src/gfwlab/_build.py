@@ -64,6 +64,7 @@ COMPILED = (
     "gfwlab.mechanisms.tls_in_tls",
     "gfwlab.mechanisms.tls_sni",
     "gfwlab.mechanisms.unconditional_rst_443",
+    "gfwlab.offline.dropwatch",
     "gfwlab.offline.fast",
     "gfwlab.packet.ip",
     "gfwlab.proto.dns",

@@ -41,6 +41,7 @@ from gfwlab.rules.profile import Profile
 __all__ = ["Censor", "Stats"]
 
 _ACCEPT = Accept()
+Mechs = list[Mechanism[Any]]
 
 
 class Censor:
@@ -83,12 +84,8 @@ class Censor:
         self.rebypass = False
         """Answer each passing packet of a bypassed flow with Bypass again: the kernel shows the
         engine such packets while a residual block may cover them (``live/kernel.py``)."""
-        self.last_flow: Flow | None = None
-        """The flow of the packet :meth:`feed` saw last (None: it was in none, or could not be
-        read), as the engine found or made it: a caller that follows flows itself (the offline
-        fast path) reads it here instead of parsing the packet again."""
-        self.last_c2s = False
-        """Whether that packet went from the flow's client to its server."""
+        self.last: tuple[Flow, bool] | None = None
+        """The flow of the packet fed last and whether it went client to server (None: none)."""
 
     # ------------------------------------------------------------------ timers
 
@@ -141,7 +138,7 @@ class Censor:
         st = self.stats
         st.packets += 1
         st.bytes += len(packet)
-        self.last_flow = None
+        self.last = None
         if self._next_sweep is None:
             self._next_sweep = now + self.profile.engine.sweep_s
         try:
@@ -157,7 +154,7 @@ class Censor:
             return [_ACCEPT]
         flow, new = self._flow(pkt, now)
         c2s = pkt.src == flow.client and pkt.sport == flow.cport
-        self.last_flow, self.last_c2s = flow, c2s
+        self.last = (flow, c2s)
         state = flow.state
         if state is FlowState.BYPASSED and not self.residual.drops:
             st.bypassed_pkts += 1
@@ -328,12 +325,7 @@ class Censor:
         return True
 
     def _run_hooks(
-        self,
-        hook: str,
-        seen: Seen,
-        out: list[Action],
-        *args: object,
-        mechs: list[Mechanism[Any]] | None = None,
+        self, hook: str, seen: Seen, out: list[Action], *args: object, mechs: Mechs | None = None
     ) -> None:
         """The one path every hook is called through: admitted mechanisms only (``mechs``: admitted
         by the caller), and a MalformedPacket raised inside a mechanism becomes an anomaly event."""

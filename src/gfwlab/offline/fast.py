@@ -46,11 +46,10 @@ from mypy_extensions import mypyc_attr
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, Probe, Report
 from gfwlab.engine.censor import Censor
 from gfwlab.engine.flows import Flow, FlowKey, FlowState, flow_key
-from gfwlab.engine.residual import Key, ResidualEntry, residual_key
+from gfwlab.offline.dropwatch import DropWatch
 from gfwlab.offline.index import F64, I64, Bools, CaptureIndex, Lives
 from gfwlab.packet.ip import ACK, FIN, PROTO_TCP, PROTO_UDP, RST, SYN
 from gfwlab.packet.pcap import MAX_CAPLEN, PcapWriter
-from gfwlab.rules.profile import ResidualKey
 
 Writes = list[tuple[float, bytes]]
 Timed = list[tuple[float, int, bytes]]
@@ -165,47 +164,13 @@ def run(
     ids: list[int] = part.ids.tolist() if part is not None else []
     offset = part.offset if part is not None else 0
 
-    def collect(actions: Iterable[Action], at: float, packet: bytes | None, out: Writes) -> None:
-        for action in actions:
-            match action:
-                case Accept():
-                    if keep and packet is not None:
-                        out.append((at, packet))
-                case Drop() | Probe() | Bypass():
-                    pass
-                case Inject():
-                    if keep:
-                        out.append((action.at, action.packet))
-                case Report():
-                    report(action.event)
-                case _:
-                    assert_never(action)
-
     waiting = verdicts.timers
-
-    def numbers(until: float | None) -> list[int] | None:
-        """In a part, the numbers of the timers due by ``until`` (all: None), in the order the
-        engine releases them: they order the parts' releases at one instant as one engine
-        would. One capture whole needs no numbers (0 stands for each)."""
-        if part is None:
-            return None
-        due = sorted((t[0], t[1]) for t in waiting if until is None or t[0] <= until)
-        return [q for _at, q in due]
-
-    def timed(actions: list[Action], seqs: list[int] | None, out: Timed) -> None:
-        for action, seq in zip(actions, seqs or [0] * len(actions), strict=True):
-            if type(action) is Inject:
-                if keep:
-                    out.append((action.at, seq, action.packet))
-            else:
-                collect((action,), 0.0, None, [])
-
     part_ts = _view(part.ts) if part is not None else tsl
 
     def timers(until: float, last: int) -> None:
         deadline = censor.next_deadline()
         while deadline is not None and deadline <= until:
-            seqs = numbers(deadline) if keep else None
+            seqs = _numbers(part, waiting, deadline) if keep else None
             actions = censor.on_timer(deadline)
             out: Timed = []  # without a censored capture, released injections go nowhere
             if actions and keep:
@@ -215,14 +180,14 @@ def run(
                     after = ids[last] + 1 if last >= 0 else 0
                     j = max(after, bisect.bisect_left(part_ts, deadline))
                 out = plan.before.setdefault(j, [])
-            timed(actions, seqs, out)
+            _timed(actions, seqs, out, keep, report)
             deadline = censor.next_deadline()
 
     heap: list[tuple[int, int, int]] = []
     life_of = lives.life_of
     pos = lives.pos
-    # Residual drop blocks: which bypassed flows a drop entry's key covers (see _DropWatch).
-    watch = _DropWatch(censor)
+    # Residual drop blocks: which bypassed flows a drop entry's key covers (see DropWatch).
+    watch = DropWatch(censor)
     suspect = bytearray(n_lives)
     # A full flow table evicts flows (oldest first): a life whose flow is evicted goes on as a
     # new life from its next packet, as the engine makes a new flow for it.
@@ -254,17 +219,6 @@ def run(
         pos[rest] -= at - lo
         return new
 
-    def split(flow: Flow) -> None:
-        """The engine evicted ``flow``: its life's packets after the current one are a new life."""
-        life = life_by_flow.pop(id(flow), None)
-        if life is None:
-            return
-        lo, hi = lstart[life], lstart[life] + lcount[life]
-        at = bisect.bisect_right(order, last, lo, hi)
-        if at == hi:
-            return
-        heapq.heappush(heap, (order[at], cut(life, at), 0))
-
     # Bare TCP SYNs: the packets that may open a new connection on a judged flow's 5-tuple.
     bare = index.flow & (index.proto == PROTO_TCP) & (index.flags & (SYN | ACK | RST) == SYN)
     is_syn = bare.tobytes()
@@ -287,12 +241,6 @@ def run(
     fed = 0
     sees_blocked = bool(censor.hooks.get("on_syn_ack"))  # it runs on blocked flows too
 
-    def push_next(life: int, after: int) -> None:
-        lo, hi = lstart[life], lstart[life] + lcount[life]
-        at = bisect.bisect_right(order, after, lo, hi)
-        if at < hi:
-            heapq.heappush(heap, (order[at], life, at - lo))
-
     def quiet_now(held: Flow, life: int, i: int) -> bool:
         """Whether packet ``i`` (see :func:`_quiet`) of the clean flow ``held`` would change
         nothing now: a TCP segment needs a TCB to be fed to, and no residual drop may cover it."""
@@ -302,10 +250,14 @@ def run(
         return not residual.drops or lookup(held, "drop-c2s" if c2s else "drop-s2c", now) is None
 
     def suspects(lives_hit: Iterable[int]) -> None:
+        """Queue the next packet of each bypassed life in ``lives_hit`` after the current one."""
         for hit in lives_hit:
             if status[hit] == 1 and not suspect[hit]:
                 suspect[hit] = 1
-                push_next(hit, last)
+                lo, hi = lstart[hit], lstart[hit] + lcount[hit]
+                at = bisect.bisect_right(order, last, lo, hi)
+                if at < hi:
+                    heapq.heappush(heap, (order[at], hit, at - lo))
 
     while True:
         i = heap[0][0] if heap else n
@@ -366,7 +318,7 @@ def run(
             verdicts.timer_seq = max(verdicts.timer_seq, (offset + g) << 20)
         actions = feed(packet, now)
         if len(actions) != 1 or type(actions[0]) is not Accept:
-            collect(actions, now, packet, at.setdefault(g, []) if keep else [])
+            _collect(actions, now, packet, at.setdefault(g, []) if keep else [], keep, report)
         # else accepted as it is: the censored capture copies it from the input
         fed_at.append(i)
         fed += 1
@@ -376,7 +328,13 @@ def run(
             suspects(watch.new_hits())
         if evicted:
             for gone in evicted:
-                split(gone)
+                # The engine evicted it: its life's packets after the current one are a new life.
+                was = life_by_flow.pop(id(gone), None)
+                if was is not None:
+                    lo, hi = lstart[was], lstart[was] + lcount[was]
+                    at_ = bisect.bisect_right(order, last, lo, hi)
+                    if at_ < hi:
+                        heapq.heappush(heap, (order[at_], cut(was, at_), 0))
             evicted.clear()
         if flow is not None and is_syn[i] and table.get(_key(flow)) is not flow:
             # A new connection on a judged flow's 5-tuple: the engine made a new flow on this
@@ -390,9 +348,10 @@ def run(
         if flow is None:
             # The flow the engine found or made for packet i (in the table under the packet's
             # key: nothing in feed removes it), without reading the packet's endpoints again.
-            flow, c2s = censor.last_flow, censor.last_c2s
-            if flow is None:
+            got = censor.last
+            if got is None:
                 raise FastPathError(f"{index.path}: packet {i} made no flow")
+            flow, c2s = got
             flows[life] = flow
             base[life] = flow.packets - 1 - k  # its packets in earlier windows
             if evicted is not None:
@@ -432,8 +391,8 @@ def run(
     elif n:
         timers(tsl[n - 1], last)
     if ends_capture:
-        pending = numbers(None)
-        timed(censor.flush(), pending, plan.tail)
+        pending = _numbers(part, waiting, None)
+        _timed(censor.flush(), pending, plan.tail, keep, report)
     censor.flows.evicted_log = None
     watch.close()
     _account(
@@ -447,90 +406,59 @@ def run(
     return plan
 
 
+def _collect(
+    actions: Iterable[Action],
+    at: float,
+    packet: bytes | None,
+    out: Writes,
+    keep: bool,
+    report: Callable[[Event], None],
+) -> None:
+    for action in actions:
+        match action:
+            case Accept():
+                if keep and packet is not None:
+                    out.append((at, packet))
+            case Drop() | Probe() | Bypass():
+                pass
+            case Inject():
+                if keep:
+                    out.append((action.at, action.packet))
+            case Report():
+                report(action.event)
+            case _:
+                assert_never(action)
+
+
+def _numbers(
+    part: Part | None, waiting: list[tuple[float, int, Inject | Probe]], until: float | None
+) -> list[int] | None:
+    """In a part, the numbers of the timers due by ``until`` (all: None), in the order the
+    engine releases them: they order the parts' releases at one instant as one engine would.
+    One capture whole needs no numbers (0 stands for each)."""
+    if part is None:
+        return None
+    due = sorted((t[0], t[1]) for t in waiting if until is None or t[0] <= until)
+    return [q for _at, q in due]
+
+
+def _timed(
+    actions: list[Action],
+    seqs: list[int] | None,
+    out: Timed,
+    keep: bool,
+    report: Callable[[Event], None],
+) -> None:
+    for action, seq in zip(actions, seqs or [0] * len(actions), strict=True):
+        if type(action) is Inject:
+            if keep:
+                out.append((action.at, seq, action.packet))
+        else:
+            _collect((action,), 0.0, None, [], keep, report)
+
+
 def _key(flow: Flow) -> FlowKey:
     return flow_key(flow.proto, flow.client, flow.cport, flow.server, flow.sport)
-
-
-_DROP_POLICIES = ("drop-c2s", "drop-s2c")
-
-
-class _DropWatch:
-    """Which bypassed flows a residual drop entry could cover, without looking at each packet.
-
-    The engine looks every packet of a bypassed flow up in the residual table while any drop
-    block is held; an entry can only cover a flow whose residual key (of the entry's kind) is
-    the entry's key. So each bypassed flow with packets still to come is registered under its
-    key of every kind in use by drop entries, and each new drop entry names the flows it hits:
-    only their later packets are looked up (with the engine's own lookup) and, if covered,
-    fed. Entries are only added while a packet is fed and only removed by the timer's sweep.
-    """
-
-    def __init__(self, censor: Censor) -> None:
-        self.residual = censor.residual
-        self.known: set[tuple[str, ResidualKey, str, Key]] = set()
-        self.keys: set[tuple[ResidualKey, Key]] = set()
-        self.kinds: dict[ResidualKey, dict[Key, list[int]]] = {}
-        self.flows: dict[int, Flow] = {}
-        self.size = 0
-        self.fresh: list[tuple[str, ResidualKey, str, Key]] = []
-        self.added: list[tuple[ResidualKey, Key, ResidualEntry]] = []
-        """The entries the table added or lengthened since the last :meth:`changed` (its
-        journal): reading them costs what they are, where scanning the table for new ones
-        cost every entry held, for each new one."""
-        self._journal = self.residual.journal
-        self.residual.journal = self.added
-        # Drop entries held already (an earlier window's) are taken in with the first fed
-        # packet's news, before any flow is registered.
-        self.added.extend(
-            (kind, key, e) for (_m, kind, _p, key), e in self.residual.entries.items()
-        )
-
-    def close(self) -> None:
-        """Give the table its journal back."""
-        self.residual.journal = self._journal
-
-    def forget_expired(self) -> None:
-        entries = self.residual.entries
-        if len(entries) < self.size:
-            self.known = {k for k in self.known if k in entries}
-            self.keys = {(kind, key) for _m, kind, _p, key in self.known}
-            self.size = len(entries)
-
-    def changed(self) -> bool:
-        """Take in the drop entries added since the last call; True if any is new."""
-        self.size = len(self.residual.entries)
-        fresh = []
-        for kind, key, entry in self.added:
-            if entry.policy in _DROP_POLICIES:
-                full = (entry.mechanism, kind, entry.policy, key)
-                if full not in self.known:
-                    self.known.add(full)
-                    fresh.append(full)
-        self.added.clear()
-        self.fresh = fresh
-        self.keys.update((kind, key) for _m, kind, _p, key in fresh)
-        return bool(fresh)
-
-    def new_hits(self) -> list[int]:
-        hits: list[int] = []
-        for _mech, kind, _policy, key in self.fresh:
-            table = self.kinds.get(kind)
-            if table is None:  # a kind not used before: register every bypassed flow under it
-                table = self.kinds[kind] = {}
-                for life, flow in self.flows.items():
-                    table.setdefault(residual_key(flow, kind), []).append(life)
-            hits.extend(table.get(key, ()))
-        return hits
-
-    def register(self, life: int, flow: Flow) -> bool:
-        """Register a newly bypassed flow; True if a drop entry already covers its key."""
-        self.flows[life] = flow
-        hit = False
-        for kind, table in self.kinds.items():
-            key = residual_key(flow, kind)
-            table.setdefault(key, []).append(life)
-            hit = hit or (kind, key) in self.keys
-        return hit
 
 
 def _view(array: np.ndarray) -> memoryview[Any]:
