@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gfwlab.errors import AdapterError
-from gfwlab.offline.analyze import YOUNG, Summary, analyze
+from gfwlab.offline.analyze import Summary, analyze
 from gfwlab.offline.index import MAX_PACKETS, build_index
 from gfwlab.offline.scale import ProfileSpec, analyze_many, outputs_for
 from gfwlab.offline.synth import (
@@ -27,7 +27,7 @@ from gfwlab.offline.synth import (
 from gfwlab.offline.synth.flood import write as write_synth
 from gfwlab.packet.ip import ACK, PSH, SYN, addr_bytes, build_tcp
 from gfwlab.packet.pcap import CaptureReader, PcapWriter
-from gfwlab.profiles import Profile, load_profile
+from gfwlab.profiles import Profile, build_censor, load_profile
 from gfwlab.proto.tls import build_client_hello
 from helpers import EXACT_DELAY, keyword_resets_due_at_packets
 from testenv import REAL_LIST_SETS, SHARED_BLOCKLISTS, SHARED_PCAPS, needs_shared, shared_pcaps
@@ -554,18 +554,88 @@ def test_a_bad_block_deep_in_a_windowed_pcapng_publishes_nothing(tmp_path: Path)
     assert "\n" not in errors[0]
 
 
-def test_analysis_runs_with_fewer_collections_and_restores_them(tmp_path: Path) -> None:
-    """The collector's first threshold is raised while a capture is analysed (``YOUNG``), and
-    the caller's thresholds are back afterwards, also after an error."""
+def test_analysis_runs_with_the_collector_off_and_restores_it(tmp_path: Path) -> None:
+    """The cyclic collector is off while a capture is analysed (``collector_off``), and as the
+    caller had it afterwards, also after an error."""
     cap = tmp_path / "cap.pcap"
     generate(str(cap), flows=30, seed=5, mix="realistic")
-    before = gc.get_threshold()
-    during: set[int] = set()
-    analyze(str(cap), _profile(), on_event=lambda _e: during.add(gc.get_threshold()[0]))
-    assert during == {YOUNG} != {before[0]}
-    assert gc.get_threshold() == before
+    assert gc.isenabled()
+    during: set[bool] = set()
+    analyze(str(cap), _profile(), on_event=lambda _e: during.add(gc.isenabled()))
+    assert during == {False}
+    assert gc.isenabled()
     cut = tmp_path / "bad.pcap"
     cut.write_bytes(b"\x00" * 40)
     with pytest.raises(AdapterError):
         analyze(str(cut), _profile())
-    assert gc.get_threshold() == before
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        analyze(str(cap), _profile())
+        assert not gc.isenabled()  # a caller's choice is kept
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("mix", ["realistic", "flow-heavy"])
+def test_the_engine_leaves_no_garbage_for_the_collector(tmp_path: Path, mix: str) -> None:
+    """What ``collector_off`` stands on: the engine makes no reference cycles per packet or
+    flow. A capture whose names come from the 2024 lists (DNS injections, resets, residual
+    blocks, probes), then the same packets mutated and cut (anomalies), run through one engine
+    with the collector off; once every flow and residual block has expired, nothing the run
+    made is left for the collector to find."""
+    cap = tmp_path / "cap.pcap"
+    names = load_names(SHARED_BLOCKLISTS if SHARED_BLOCKLISTS.is_dir() else None)
+    generate(str(cap), flows=400, seed=21, mix=mix, names=names)
+    sets = REAL_LIST_SETS if SHARED_BLOCKLISTS.is_dir() else ()
+    censor = build_censor(_profile(*sets), 3)
+    rng = random.Random(8)
+    with CaptureReader(str(cap)) as reader:
+        packets = list(reader)
+    mutated = []
+    for ts, pkt in packets:
+        buf = bytearray(pkt)
+        for _ in range(rng.randrange(3)):
+            buf[rng.randrange(len(buf))] = rng.randrange(256)
+        mutated.append((ts + 1_000.0, bytes(buf[: rng.randrange(len(buf) + 1)])))
+    gc.collect()
+    gc.disable()
+    try:
+        last = 0.0
+        for ts, pkt in [*packets, *mutated]:
+            while (deadline := censor.next_deadline()) is not None and deadline <= ts:
+                censor.on_timer(deadline)
+            censor.feed(pkt, ts)
+            last = ts
+        censor.flush()
+        for later in (1e4, 2e4, 4e4):
+            censor.on_timer(last + later)
+        assert len(censor.flows) == 0 and not censor.residual.entries
+        assert censor.stats.anomalies > 0 and censor.stats.injected > 0
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
+def test_the_command_keeps_the_collector_off_then_freezes_what_the_analysis_left(
+    tmp_path: Path,
+) -> None:
+    """``gfwlab analyze`` ends its process: the analysis runs with the collector off and what it
+    leaves is frozen (no collection walks it again, nor the interpreter's exit); the collector
+    is on again afterwards, also after an error."""
+    from results_fixtures import gfwlab_here  # noqa: PLC0415
+
+    cap = tmp_path / "cap.pcap"
+    generate(str(cap), flows=30, seed=5, mix="realistic")
+    frozen = gc.get_freeze_count()
+    try:
+        ran = gfwlab_here("analyze", str(cap), "--date", "2024-06-01", "--json")
+        assert ran.returncode == 0, ran.stderr
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > frozen
+        bad = tmp_path / "bad.pcap"
+        bad.write_bytes(b"\x00" * 40)
+        assert gfwlab_here("analyze", str(bad), "--json").returncode == 2
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()

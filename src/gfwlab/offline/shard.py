@@ -56,7 +56,7 @@ from gfwlab.offline.analyze import (
     FlowVerdict,
     Summary,
     analyze,
-    few_collections,
+    collector_off,
     fill_summary,
     published,
     record_event,
@@ -294,7 +294,7 @@ class PartTask:
         return run_part(self.censor(), data, self.owners, self.me, self.keep)
 
 
-@few_collections()
+@collector_off()
 def run_part(
     censor: Censor,
     data: PartData,
