@@ -45,13 +45,14 @@ class _Wrapped:
 def _wrap_censors(make: Any) -> None:
     """Every censor ``gfwlab.profiles.build_censor`` makes from now on is ``make(it)``.
 
-    The fast path (``gfwlab.offline.fast``) is then run from its source: compiled, it calls the
-    compiled engine directly and refuses a wrapper (``gfwlab._build``). The engine stays
-    compiled; only its caller is slower, which a time taken inside the wrapper does not count.
+    The fast path (``gfwlab.offline.fast``, with its ``dropwatch``) is then run from its
+    source: compiled, it calls the compiled engine directly and refuses a wrapper
+    (``gfwlab._build``). The engine stays compiled; only its caller is slower, which a time
+    taken inside the wrapper does not count.
     """
     from gfwlab import _build  # noqa: PLC0415 - only when asked for
 
-    _build.interpret(["gfwlab.offline.fast"])
+    _build.interpret(["gfwlab.offline.fast", "gfwlab.offline.dropwatch"])
     import gfwlab.profiles  # noqa: PLC0415
     from gfwlab.profiles import loader  # noqa: PLC0415
 
