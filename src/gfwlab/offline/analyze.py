@@ -405,6 +405,13 @@ def _run_fast(
             summary.truncated_at = index.truncated_at
             if progress is not None:
                 progress(index.size, index.size)
+        else:
+            # fast.run's nested helpers and its compiled environment hold each other, and with
+            # them the window's index views and per-life lists: with the collector off, only a
+            # collection frees them. One of the youngest generation, which holds what this
+            # window made and nothing older, does; what stays is not looked at again.
+            del plan, index
+            gc.collect(0)
     fill_summary(summary, censor.stats, rows)
     censors = censor.censors if isinstance(censor, Chain) else [("", censor)]
     summary.flows_evicted = sum(c.flows.evicted for _, c in censors)
