@@ -222,6 +222,21 @@ def test_a_flood_too_large_to_index_goes_streaming(tmp_path: Path) -> None:
     assert not whole.warnings
 
 
+def test_a_flood_gone_streaming_has_let_go_of_its_first_window(tmp_path: Path) -> None:
+    """With the collector off, the abandoned first window's fast-path state (a flood's flows,
+    held in a reference cycle) is freed before the every-packet run goes on."""
+    cap = tmp_path / "flood.pcap"
+    write_synth(str(cap), "syn-flood", 3000, seed=2)
+    seen: list[int] = []
+
+    def progress(_done: int, _total: int) -> None:
+        seen.append(sum(type(o) is Lives for o in gc.get_objects()))
+
+    streamed = analyze(str(cap), _profile(), max_index=500, progress=progress)
+    assert streamed.warnings and "flood" in streamed.warnings[0]
+    assert seen and seen[-1] == 0, seen
+
+
 def test_index_groups_flows_both_ways(tmp_path: Path) -> None:
     cap = tmp_path / "cap.pcap"
     info = generate(str(cap), flows=50, seed=2, mix="flow-heavy")

@@ -304,6 +304,10 @@ def analyze(
                 warnings.append(f"{capture}: {why}, every packet through the engine{after}")
                 reader.close()
                 reader = CaptureReader(capture)
+                # The abandoned run's engine (a flood's flows), which the fast path's helpers
+                # hold in a reference cycle, goes before the every-packet run builds its own:
+                # the collector is off. All of it is in the youngest generation.
+                gc.collect(0)
         if summary is None:
             with published(events_path, out_path) as (events_out, pcap_out):
                 if index is not None and not isinstance(profile, list):
