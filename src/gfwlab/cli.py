@@ -172,34 +172,22 @@ def analyze(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        # The process ends with this command: the cyclic collector stays off through the
-        # analysis, and what the analysis leaves (its engine's state, which the fast path's
-        # closures hold in a reference cycle until a collection) is frozen after it, so that
-        # neither a collection after it nor the interpreter's exit walks it all again (about a
-        # second after the flow-heavy benchmark capture: benchmarks/README.md).
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            if shards > 1:
-                summary = _analyze_split(
-                    capture, (profile or ["gfw"])[0], profs[0], sets, seed, events, out, shards,
-                    scheduler, workers, source, progress,
-                )  # fmt: skip
-            else:
-                summary = run(
-                    capture,
-                    profs if len(profs) > 1 else profs[0],
-                    seed=seed,
-                    events_path=events,
-                    out_path=out,
-                    progress=progress,
-                    date_source=source,
-                    exact=exact,
-                )
-        finally:
-            gc.freeze()
-            if collecting:
-                gc.enable()
+        if shards > 1:
+            summary = _analyze_split(
+                capture, (profile or ["gfw"])[0], profs[0], sets, seed, events, out, shards,
+                scheduler, workers, source, progress,
+            )  # fmt: skip
+        else:
+            summary = run(
+                capture,
+                profs if len(profs) > 1 else profs[0],
+                seed=seed,
+                events_path=events,
+                out_path=out,
+                progress=progress,
+                date_source=source,
+                exact=exact,
+            )
     for warning in summary.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if results_dir is not None and events is not None:

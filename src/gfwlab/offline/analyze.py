@@ -212,13 +212,13 @@ def collector_off() -> Iterator[None]:
     An analysis holds hundreds of thousands of long-lived objects (flows, their connection
     state, per-flow streams, pending injections), and the collector traverses each of them
     twice, once in the young generation and once in the middle one, to find nothing: the
-    engine makes no reference cycles per packet or flow (``tests/test_fastpath.py`` runs
-    captures with blocks, residual blocks, probes and malformed packets through it, expires
-    every flow and finds no garbage). Counted with ``gc.callbacks`` on the flow-heavy capture,
-    those traversals took 0.49 of 10.8 s with the built-in lists and 0.71 of 12.2 s with the
-    2024 lists, and peak memory is the same without them (``benchmarks/README.md``). The few
-    cycles an analysis leaves when it ends (its own closures) are collected when the collector
-    runs again."""
+    engine makes no reference cycles per packet or flow, and the fast path none per window
+    (``tests/test_fastpath.py`` runs captures with blocks, residual blocks, probes and
+    malformed packets through the engine, expires every flow and finds no garbage; and counts
+    what a window or an abandoned first window leaves behind). Everything an analysis made is
+    freed as it goes, by reference counts. Counted with ``gc.callbacks`` on the flow-heavy
+    capture, those traversals took 0.49 of 10.8 s with the built-in lists and 0.76 of 13.3 s
+    with the 2024 lists, and peak memory is the same without them (``benchmarks/README.md``)."""
     was_on = gc.isenabled()
     gc.disable()
     try:
@@ -304,10 +304,6 @@ def analyze(
                 warnings.append(f"{capture}: {why}, every packet through the engine{after}")
                 reader.close()
                 reader = CaptureReader(capture)
-                # The abandoned run's engine (a flood's flows), which the fast path's helpers
-                # hold in a reference cycle, goes before the every-packet run builds its own:
-                # the collector is off. All of it is in the youngest generation.
-                gc.collect(0)
         if summary is None:
             with published(events_path, out_path) as (events_out, pcap_out):
                 if index is not None and not isinstance(profile, list):
@@ -409,13 +405,6 @@ def _run_fast(
             summary.truncated_at = index.truncated_at
             if progress is not None:
                 progress(index.size, index.size)
-        else:
-            # fast.run's nested helpers and its compiled environment hold each other, and with
-            # them the window's index views and per-life lists: with the collector off, only a
-            # collection frees them. One of the youngest generation, which holds what this
-            # window made and nothing older, does; what stays is not looked at again.
-            del plan, index
-            gc.collect(0)
     fill_summary(summary, censor.stats, rows)
     censors = censor.censors if isinstance(censor, Chain) else [("", censor)]
     summary.flows_evicted = sum(c.flows.evicted for _, c in censors)

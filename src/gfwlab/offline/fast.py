@@ -195,12 +195,17 @@ def run(
     evicted = censor.flows.evicted_log = [] if full else None
     life_by_flow: dict[int, int] = {}
 
-    def cut(life: int, at: int) -> int:
-        """Make the packets of ``life`` from ``at`` (a position in ``order``) a new life, of a
-        flow not yet known; return it. Entries queued for the old life past the cut are stale
-        (their position is beyond its new count)."""
+    # The nested functions below use no function that run() itself names (``len``, the module's
+    # helpers): mypyc would then keep them in the closure's environment, which they refer to, and
+    # the environment (this window's index views and per-life lists, the engine) would outlive
+    # the call in a reference cycle, with the collector off (``offline/analyze.py``) until a
+    # collection.
+
+    def cut(life: int, at: int, new: int) -> int:
+        """Make the packets of ``life`` from ``at`` (a position in ``order``) life ``new`` (the
+        number of lives so far), of a flow not yet known; return it. Entries queued for the old
+        life past the cut are stale (their position is beyond its new count)."""
         lo, hi = lstart[life], lstart[life] + lcount[life]
-        new = len(first)
         lstart.append(at)
         lcount.append(hi - at)
         lcount[life] = at - lo
@@ -224,6 +229,7 @@ def run(
     is_syn = bare.tobytes()
     syn_at: list[int] = np.flatnonzero(bare[lives.order]).tolist()
     """Where each bare SYN is in ``order`` (increasing)."""
+    n_syn = len(syn_at)
     is_quiet = _quiet(index, censor).tobytes()
     quiet_at: list[int] = []
 
@@ -231,7 +237,7 @@ def run(
         """Queue the next bare SYN of a judged ``life`` after its position ``k``."""
         lo = lstart[life]
         j = bisect.bisect_right(syn_at, lo + k)
-        if j < len(syn_at) and syn_at[j] < lo + lcount[life]:
+        if j < n_syn and syn_at[j] < lo + lcount[life]:
             heapq.heappush(heap, (order[syn_at[j]], life, syn_at[j] - lo))
 
     nl = 0
@@ -334,14 +340,14 @@ def run(
                     lo, hi = lstart[was], lstart[was] + lcount[was]
                     at_ = bisect.bisect_right(order, last, lo, hi)
                     if at_ < hi:
-                        heapq.heappush(heap, (order[at_], cut(was, at_), 0))
+                        heapq.heappush(heap, (order[at_], cut(was, at_, len(first)), 0))
             evicted.clear()
         if flow is not None and is_syn[i] and table.get(_key(flow)) is not flow:
             # A new connection on a judged flow's 5-tuple: the engine made a new flow on this
             # SYN, whose life is the rest of this one, from this packet.
             life_by_flow.pop(id(flow), None)
             flows[life] = None
-            life, k, flow = cut(life, lstart[life] + k), 0, None
+            life, k, flow = cut(life, lstart[life] + k, len(first)), 0, None
         if not keyed[life]:
             status[life] = 3
             continue
@@ -391,8 +397,7 @@ def run(
     elif n:
         timers(tsl[n - 1], last)
     if ends_capture:
-        pending = _numbers(part, waiting, None)
-        _timed(censor.flush(), pending, plan.tail, keep, report)
+        _flush(censor, part, waiting, plan.tail, keep, report)
     censor.flows.evicted_log = None
     watch.close()
     _account(
@@ -440,6 +445,19 @@ def _numbers(
         return None
     due = sorted((t[0], t[1]) for t in waiting if until is None or t[0] <= until)
     return [q for _at, q in due]
+
+
+def _flush(
+    censor: Censor,
+    part: Part | None,
+    waiting: list[tuple[float, int, Inject | Probe]],
+    out: Timed,
+    keep: bool,
+    report: Callable[[Event], None],
+) -> None:
+    """Release every pending injection at the end of the capture, numbered as the timers'."""
+    pending = _numbers(part, waiting, None)
+    _timed(censor.flush(), pending, out, keep, report)
 
 
 def _timed(
