@@ -109,19 +109,6 @@ class CaptureIndex:
         s = int(self.start[i])
         return bytes(self.data[s : s + int(self.length[i])])
 
-    def endpoints(self, i: int) -> tuple[int, bytes, int, bytes, int]:
-        """Packet ``i``'s protocol, source address and port, destination address and port, as
-        :func:`gfwlab.packet.ip.parse` gives them (a packet in a flow only)."""
-        src, dst = self.src[i].tolist(), self.dst[i].tolist()
-        size = 16 if src[2] >> 32 == 6 else 4
-        return (
-            int(self.proto[i]),
-            address(src, size),
-            src[2] & 0xFFFF,
-            address(dst, size),
-            dst[2] & 0xFFFF,
-        )
-
     def keys(self, rows: I64) -> U64:
         """The direction-independent flow keys of packets ``rows``: (version and protocol,
         lower endpoint, higher endpoint), seven words each. Not kept for every packet (56 bytes
