@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+from urllib.parse import unquote_to_bytes
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -248,3 +252,131 @@ def test_arbitrary_request_shaped(method: str, target: bytes, host: bytes, tail:
     if req is not None:
         assert req.method == method
         assert req.path in req.texts
+
+
+# --- the same reading as a plain one --------------------------------------------------------
+
+_R_METHOD = re.compile(rb"[A-Z_\-]{1,20} ")
+_R_BAD_METHOD = re.compile(rb"[^A-Z_\-]")
+_R_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_R_REQUEST_LINE = re.compile(rb"([A-Z_\-]+) (.*) (HTTP/\d\.\d)")
+_R_BLANK = re.compile(rb"\n\r?\n")
+_R_PORT = re.compile(rb"([^:]*):\d*")
+
+
+def _plain_reading(data: bytes) -> tuple[object, ...] | None:
+    """The request as the module docstring describes it, read with regular expressions, with
+    the same errors (kind and offset): ``parse_request`` is written for speed and must read
+    every input the same way."""
+    if not _R_METHOD.match(data):
+        head = data[:21]
+        if head[:1] == b" ":
+            raise MalformedPacket("http.not_http", 0, "")
+        bad = _R_BAD_METHOD.search(head.split(b" ")[0])
+        if bad:
+            raise MalformedPacket("http.not_http", bad.start(), "")
+        if len(data) > 20:
+            raise MalformedPacket("http.not_http", 20, "")
+        return None
+    end = data.find(b"\n", 0, MAX_HEADER)
+    line = data[: end if end >= 0 else MAX_HEADER]
+    line = line[:-1] if line.endswith(b"\r") else line
+    bad = _R_CONTROL.search(line)
+    if bad:
+        raise MalformedPacket("http.not_http", bad.start(), "")
+    if end < 0:
+        if len(data) >= MAX_HEADER:
+            raise MalformedPacket("http.header_too_long", MAX_HEADER, "")
+        return None
+    request = _R_REQUEST_LINE.fullmatch(line)
+    if request is None or not request[2].strip(b" "):
+        raise MalformedPacket("http.not_http", 0, "")
+    blank = _R_BLANK.search(data, end, MAX_HEADER)
+    if blank is None:
+        if len(data) >= MAX_HEADER:
+            raise MalformedPacket("http.header_too_long", MAX_HEADER, "")
+        return None
+    host, anomalies = None, []
+    for header in data[end + 1 : blank.start()].split(b"\n") if blank.start() > end else []:
+        name, colon, value = header.partition(b":")
+        kind = (
+            "http.obs_fold"
+            if header[:1] in (b" ", b"\t")
+            else "http.bad_header_line"
+            if not colon or not name.strip(b" \t") or name != name.strip(b" \t")
+            else "http.multiple_host"
+            if name.lower() == b"host" and host is not None
+            else None
+        )
+        if kind is None and name.lower() == b"host":
+            host = value.removesuffix(b"\r").strip(b" \t")
+        if kind is not None and kind not in anomalies:
+            anomalies.append(kind)
+    target = request[2].strip(b" ")
+    path = _readings(unquote_to_bytes(target))
+    texts = list(path)
+    if host is not None:
+        if host.startswith(b"["):
+            host = host[1 : host.find(b"]")] if host.find(b"]") > 0 else host
+        elif port := _R_PORT.fullmatch(host):
+            host = port[1]
+        texts += [text.lower() for text in _readings(unquote_to_bytes(host))]
+    host_text = None if host is None else _readings(unquote_to_bytes(host))[0].lower()
+    return (
+        request[1].decode(),
+        target.decode("latin-1"),
+        path[0],
+        host_text,
+        tuple(dict.fromkeys(texts)),
+        blank.end(),
+        tuple(anomalies),
+    )
+
+
+def _readings(raw: bytes) -> list[str]:
+    out = []
+    for codec in ("utf-8", "gb18030"):
+        with contextlib.suppress(UnicodeDecodeError):
+            out.append(raw.decode(codec))
+    return out or [raw.decode("latin-1")]
+
+
+_PIECES = st.sampled_from(
+    [b"GET", b"POST", b"G-T_", b"A" * 20, b"A" * 21, b"get", b" ", b"  ", b"\r", b"\n", b"\t",
+     b":", b"Host", b"hOsT", b"host:", b"HTTP/1.1", b"HTTP/1.", b"HTTP/a.1", b"%41", b"%", b"[",
+     b"]", b":80", b"\x00", b"\x7f", b"\x80", b"\xe6\xb3\x95", b"x", b"/"]
+)  # fmt: skip
+
+
+_FEW = st.lists(_PIECES, max_size=6).map(b"".join)
+_HEADERS = st.lists(st.tuples(_FEW, _FEW), max_size=4).map(
+    lambda hs: b"".join(name + b":" + value + b"\r\n" for name, value in hs)
+)
+_REQUESTS = st.builds(
+    lambda method, target, host, headers, end: (
+        method + b" /" + target + b" HTTP/1.1\r\nHost:" + host + b"\r\n" + headers + end
+    ),
+    st.sampled_from([b"GET", b"POST", b"G-T_"]),
+    _FEW,
+    _FEW,
+    _HEADERS,
+    st.sampled_from([b"\r\n", b"\n", b"", b"\r\n\r\nbody"]),
+)
+
+
+@settings(max_examples=3000)
+@given(st.one_of(st.lists(_PIECES, max_size=30).map(b"".join), st.binary(max_size=200), _REQUESTS))
+def test_the_same_reading_as_a_plain_one(data: bytes) -> None:
+    try:
+        expected: object = _plain_reading(data)
+    except MalformedPacket as exc:
+        expected = (exc.kind, exc.offset)
+    try:
+        req = parse_request(data)
+        got: object = None
+        if req is not None:
+            got = (req.method, req.target, req.path, req.host, req.texts, req.header_end)
+            got = (*got, req.anomalies)
+    except MalformedPacket as exc:
+        got = (exc.kind, exc.offset)
+    assert got == expected

@@ -617,7 +617,7 @@ class LiveCensor:
         self.blocks.save(self.censor, time.monotonic(), time.time())
         path = os.path.join(self.state_dir, "stats.json")
         with open(path + ".tmp", "w", encoding="utf-8") as fh:
-            json.dump(data, fh)
+            fh.write(json.dumps(data))  # not dump: it makes a reference cycle
         os.replace(path + ".tmp", path)
 
 

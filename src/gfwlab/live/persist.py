@@ -144,7 +144,7 @@ class BlockStore:
         tmp = self.path + ".tmp"
         try:
             with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(data, fh)
+                fh.write(json.dumps(data))  # not dump: it makes a reference cycle
             os.replace(tmp, self.path)
         except OSError:
             with contextlib.suppress(OSError):
