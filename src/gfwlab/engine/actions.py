@@ -158,9 +158,11 @@ class Event(Frozen):
         object.__setattr__(self, "extra", {} if extra is None else extra)
         object.__setattr__(self, "censor", censor)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, ts: float | None = None) -> dict[str, Any]:
+        """The event in the DESIGN.md JSON shape; ``ts``: the time to write instead of this
+        event's own, rounded to the microsecond (the live censor writes the wall clock's)."""
         out: dict[str, Any] = {
-            "ts": round(self.ts, 6),
+            "ts": round(self.ts, 6) if ts is None else ts,
             "flow": self.flow.as_dict(),
             "direction": self.direction,
             "mechanism": self.mechanism,

@@ -418,8 +418,7 @@ class LiveCensor:
                         time.monotonic()
                     ):
                         continue
-                    event = action.event.as_dict()
-                    event["ts"] = round(self.wall(action.event.ts), 6)
+                    event = action.event.as_dict(round(self.wall(action.event.ts), 6))
                     if event["residual_until"] is not None:
                         event["residual_until"] = round(self.wall(event["residual_until"]), 6)
                     if isinstance(event.get("at"), float):  # a probe's planned time
