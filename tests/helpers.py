@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import math
 from dataclasses import dataclass, field
 
@@ -13,6 +14,18 @@ from gfwlab.packet.ip import ACK, PSH, SYN, Packet, addr_bytes, build_tcp, build
 from gfwlab.profiles import Profile, load_profile
 
 DAY = dt.date(2024, 6, 1)
+
+
+def assert_no_cycles(flows: int) -> None:
+    """Ask the collector what is unreachable now: none of it may be per packet or flow (a
+    cycle per flow leaves at least one object per flow), though the suite's other threads, if
+    any are still running, may leave a few objects of their own."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    found = gc.collect()
+    kinds = sorted({type(o).__name__ for o in gc.garbage})
+    gc.set_debug(0)
+    gc.garbage.clear()
+    assert found * 10 < flows, (found, flows, kinds[:30])
 
 
 def profile(*sets: str, date: dt.date | None = DAY, name: str = "gfw") -> Profile:

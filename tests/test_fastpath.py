@@ -30,7 +30,7 @@ from gfwlab.packet.ip import ACK, PSH, SYN, addr_bytes, build_tcp
 from gfwlab.packet.pcap import CaptureReader, PcapWriter
 from gfwlab.profiles import Profile, build_censor, load_profile
 from gfwlab.proto.tls import build_client_hello
-from helpers import EXACT_DELAY, keyword_resets_due_at_packets
+from helpers import EXACT_DELAY, assert_no_cycles, keyword_resets_due_at_packets
 from testenv import REAL_LIST_SETS, SHARED_BLOCKLISTS, SHARED_PCAPS, needs_shared, shared_pcaps
 
 DAY = dt.date(2024, 6, 1)
@@ -645,13 +645,6 @@ def test_the_engine_leaves_no_garbage_for_the_collector(tmp_path: Path, mix: str
             censor.on_timer(last + later)
         assert len(censor.flows) == 0 and not censor.residual.entries
         assert censor.stats.anomalies > 0 and censor.stats.injected > 0
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        found = gc.collect()
-        kinds = sorted({type(o).__name__ for o in gc.garbage})
-        gc.set_debug(0)
-        gc.garbage.clear()
-        # None per packet or flow (a cycle per flow leaves at least one object per flow); the
-        # suite's other threads, if any are still running, may leave a few of their own.
-        assert found * 10 < censor.stats.flows, (found, censor.stats.flows, kinds[:30])
+        assert_no_cycles(censor.stats.flows)
     finally:
         gc.enable()

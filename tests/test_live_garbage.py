@@ -15,7 +15,7 @@ from gfwlab.live.daemon import LiveCensor
 from gfwlab.offline.synth import generate, load_names
 from gfwlab.packet.pcap import CaptureReader
 from gfwlab.profiles import build_censor
-from helpers import profile
+from helpers import assert_no_cycles, profile
 from testenv import REAL_LIST_SETS, SHARED_BLOCKLISTS
 
 
@@ -98,13 +98,7 @@ def test_the_live_censor_leaves_no_garbage_for_the_collector(tmp_path: Path) -> 
         assert len(censor.flows) == 0 and not censor.residual.entries
         assert censor.stats.anomalies > 0 and wire.sent > 0 and censor.stats.dropped > 0
         assert all(q.verdict for q in verdicts)
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        found = gc.collect()
-        kinds = sorted({type(o).__name__ for o in gc.garbage})
-        gc.set_debug(0)
-        gc.garbage.clear()
-        # None per packet or flow (a cycle per flow leaves at least one object per flow).
-        assert found * 10 < censor.stats.flows, (found, censor.stats.flows, kinds[:30])
+        assert_no_cycles(censor.stats.flows)
     finally:
         gc.enable()
         live.prober.close()
