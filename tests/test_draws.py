@@ -12,8 +12,6 @@ import random
 from collections import defaultdict
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from gfwlab.engine import Accept, Censor, Drop, Inject, Probe, Report, draws
 from gfwlab.engine.flows import flow_key
@@ -193,22 +191,6 @@ def test_compiled_draws_are_random_py_draws() -> None:
             picked = draws.weighted(ours, ("a", "b", "c"), weights)
             assert picked == theirs.choices(("a", "b", "c"), weights=weights)[0]
         assert ours.getstate() == theirs.getstate()
-
-
-@settings(max_examples=300)
-@given(st.text(max_size=300))
-def test_keyed_streams_are_random_py_streams(text: str) -> None:
-    """``draws.keyed(text)`` is ``random.Random(text)``: the same state, the same draws of
-    every kind, ``gauss`` (which keeps a second value between calls) included."""
-    ours, theirs = draws.keyed(text), random.Random(text)
-    assert ours.getstate() == theirs.getstate()
-    assert [ours.random(), ours.getrandbits(77), ours.randbytes(9), ours.gauss(0, 1)] == [
-        theirs.random(),
-        theirs.getrandbits(77),
-        theirs.randbytes(9),
-        theirs.gauss(0, 1),
-    ]
-    assert ours.gauss(0, 1) == theirs.gauss(0, 1)
 
 
 def test_compiled_draws_refuse_what_random_py_refuses() -> None:

@@ -9,38 +9,17 @@ for a ``randint``. These functions are the same algorithms (CPython 3.11's ``ran
 ``a + (b - a) * random()`` and the weighted ``choices``' bisection), so a stream gives the same
 values and leaves the same state through either; ``tests/test_draws.py`` compares them over
 many seeds and ranges. Only what the mechanisms use is here.
-
-:func:`keyed` makes the stream itself, as ``random.Random(text)`` makes it, without
-``random.py``'s interpreted ``__init__`` and ``seed``: a blocked flow's streams are made per flow
-(a blocked DNS query's, a reset connection's two), so their making is on the blocked path.
 """
 
 from __future__ import annotations
 
-import _random
 import bisect
-import hashlib
 import math
 import random
 from collections.abc import Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
-
-
-_SEED = _random.Random.seed  # the C seeding ``random.Random.seed`` ends in
-
-
-def keyed(text: str) -> random.Random:
-    """``random.Random(text)``: the same state, so the same draws. ``Random.seed`` (version 2)
-    turns a str into the integer of its UTF-8 bytes followed by their SHA-512 and seeds the
-    Mersenne Twister with it in C; this does the same, and leaves ``gauss_next`` as
-    ``Random.__init__`` does."""
-    data = text.encode()
-    rng = random.Random.__new__(random.Random)
-    _SEED(rng, int.from_bytes(data + hashlib.sha512(data).digest(), "big"))
-    rng.gauss_next = None  # type: ignore[attr-defined]  # random.py sets it, typeshed omits it
-    return rng
 
 
 def below(rng: random.Random, n: int) -> int:

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gfwlab.engine.actions import Direction, FlowId
-from gfwlab.engine.draws import keyed
 from gfwlab.engine.tcb import Tcb
 from gfwlab.packet.ip import ACK, PROTO_TCP, PROTO_UDP, RST, SYN, Packet, addr_text
 from gfwlab.rules.schema import Prefixes
@@ -225,7 +224,7 @@ class Flow:
             self.rngs = {}
         rng = self.rngs.get(key)
         if rng is None:
-            rng = self.rngs[key] = keyed(f"{key}:{self._ident()!r}")
+            rng = self.rngs[key] = random.Random(f"{key}:{self._ident()!r}")
         return rng
 
     def probe_id(self) -> int:

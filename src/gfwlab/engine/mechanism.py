@@ -30,7 +30,6 @@ from mypy_extensions import mypyc_attr
 
 from gfwlab._frozen import Frozen
 from gfwlab.engine.actions import ActionName, EventFields
-from gfwlab.engine.draws import keyed
 from gfwlab.engine.flows import Block, Flow
 from gfwlab.packet.ip import Packet
 from gfwlab.proto.dns import DnsQuery
@@ -341,7 +340,7 @@ class Mechanism(ABC, Generic[P]):
 
     def keyed_rng(self, *key: object) -> random.Random:
         """A fresh stream keyed by (seed, mechanism, ``key``): the same key, the same draws."""
-        return keyed(f"{self._key}:{key!r}")
+        return random.Random(f"{self._key}:{key!r}")
 
     # Hooks. Each returns a Decision to act, or None to let the packet be.
     def on_new_flow(self, seen: Seen) -> Decision | None:
