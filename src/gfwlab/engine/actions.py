@@ -159,8 +159,8 @@ class Event(Frozen):
         object.__setattr__(self, "censor", censor)
 
     def as_dict(self, ts: float | None = None) -> dict[str, Any]:
-        """The event in the DESIGN.md JSON shape; ``ts``: the time to write instead of this
-        event's own, rounded to the microsecond (the live censor writes the wall clock's)."""
+        """The event in the DESIGN.md JSON shape. Its time is rounded to the microsecond, or is
+        ``ts`` as given (the live censor gives the wall clock's, rounded)."""
         out: dict[str, Any] = {
             "ts": round(self.ts, 6) if ts is None else ts,
             "flow": self.flow.as_dict(),
