@@ -1,0 +1,90 @@
+"""scripts/stages.sh, the stages of scripts/test (the README's test command and CI): a stage's
+time limit, and Ctrl-C or SIGTERM, interrupt the running stage so that pytest tears its
+fixtures down (a lab is taken down); an interruption of the script runs no later stage."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A stage that says it is ready, then waits; interrupted, it runs its teardown.
+STAGE = (
+    "import sys, time\n"
+    "print('ready', flush=True)\n"
+    "try:\n"
+    "    time.sleep(60)\n"
+    "except KeyboardInterrupt:\n"
+    "    print('teardown', flush=True)\n"
+    "    sys.exit(2)\n"
+)
+
+
+def _start(tmp_path: Path, limit: int) -> subprocess.Popen[str]:
+    """Run two stages in a script of their own, in a session of their own (as a terminal runs
+    scripts/test), and return once the first stage is running."""
+    script = tmp_path / "run.sh"
+    script.write_text(
+        "set -euo pipefail\n"
+        f"source {ROOT / 'scripts' / 'stages.sh'}\n"
+        f"stage first {limit} {sys.executable} -c {_quote(STAGE)} || true\n"
+        f"stage second 0 touch {tmp_path / 'second'} || true\n"
+        'exit "$status"\n'
+    )
+    proc = subprocess.Popen(
+        ["bash", str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.strip() == "ready":
+            break
+    return proc
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+def _finish(proc: subprocess.Popen[str]) -> str:
+    try:
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return out
+
+
+def test_ctrl_c_interrupts_the_running_stage_and_no_later_stage_runs(tmp_path: Path) -> None:
+    proc = _start(tmp_path, 0)
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the script's process group
+    out = _finish(proc)
+    assert proc.returncode == 130, out
+    assert "teardown" in out and "interrupted: no later stage runs" in out
+    assert not (tmp_path / "second").exists()
+    assert "interrupted (exit 2)" in out  # the table at the end names it
+
+
+def test_sigterm_to_the_script_interrupts_the_running_stage(tmp_path: Path) -> None:
+    proc = _start(tmp_path, 0)
+    proc.send_signal(signal.SIGTERM)  # what a CI runner sends the script alone
+    out = _finish(proc)
+    assert proc.returncode == 130, out
+    assert "teardown" in out
+    assert not (tmp_path / "second").exists()
+
+
+def test_a_stage_past_its_limit_is_interrupted_and_the_next_stage_runs(tmp_path: Path) -> None:
+    proc = _start(tmp_path, 2)
+    out = _finish(proc)
+    assert proc.returncode == 124, out  # the first failed stage's exit: timeout's
+    assert "teardown" in out and "stage limit: interrupted after 2 s" in out
+    assert (tmp_path / "second").exists()
+    assert "failed (exit 124)" in out
