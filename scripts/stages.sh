@@ -19,6 +19,9 @@ _interrupt() {
   interrupted=1
   if [ "$current" -ne 0 ]; then
     kill -INT "$current" 2>/dev/null || true  # timeout(1) passes it on to the stage
+  else  # between two stages: none is running, none more starts
+    echo "interrupted: no later stage runs" >&2
+    exit 130
   fi
 }
 trap _interrupt INT TERM HUP
@@ -26,9 +29,6 @@ trap _interrupt INT TERM HUP
 stage() {  # stage NAME LIMIT COMMAND...
   local name=$1 limit=$2 start=$EPOCHREALTIME rc=0 took
   shift 2
-  if [ "$interrupted" -ne 0 ]; then
-    return 130
-  fi
   printf '=== stage %s:' "$name"; printf ' %q' "$@"; echo
   timeout --signal=INT --kill-after=120 "$limit" "$@" &
   current=$!

@@ -5,6 +5,7 @@ fixtures down (a lab is taken down); an interruption of the script runs no later
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -25,13 +26,23 @@ STAGE = (
 
 
 def _start(tmp_path: Path, limit: int) -> subprocess.Popen[str]:
-    """Run two stages in a script of their own, in a session of their own (as a terminal runs
-    scripts/test), and return once the first stage is running."""
+    """Run two stages in a script of their own and return once the first stage is running."""
+    return _spawn(
+        tmp_path,
+        f"stage first {limit} {sys.executable} -c {shlex.quote(STAGE)} || true\n",
+        "ready",
+    )
+
+
+def _spawn(tmp_path: Path, first: str, ready: str) -> subprocess.Popen[str]:
+    """Run ``first`` and then a stage "second" that makes the file ``second`` in a script of
+    their own, in a session of their own (as a terminal runs scripts/test); return once it has
+    printed the line ``ready``."""
     script = tmp_path / "run.sh"
     script.write_text(
         "set -euo pipefail\n"
         f"source {ROOT / 'scripts' / 'stages.sh'}\n"
-        f"stage first {limit} {sys.executable} -c {_quote(STAGE)} || true\n"
+        f"{first}"
         f"stage second 0 touch {tmp_path / 'second'} || true\n"
         'exit "$status"\n'
     )
@@ -44,13 +55,9 @@ def _start(tmp_path: Path, limit: int) -> subprocess.Popen[str]:
     )
     assert proc.stdout is not None
     for line in proc.stdout:
-        if line.strip() == "ready":
+        if line.strip() == ready:
             break
     return proc
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "'\"'\"'") + "'"
 
 
 def _finish(proc: subprocess.Popen[str]) -> str:
@@ -88,3 +95,13 @@ def test_a_stage_past_its_limit_is_interrupted_and_the_next_stage_runs(tmp_path:
     assert "teardown" in out and "stage limit: interrupted after 2 s" in out
     assert (tmp_path / "second").exists()
     assert "failed (exit 124)" in out
+
+
+def test_ctrl_c_between_two_stages_runs_no_later_stage(tmp_path: Path) -> None:
+    # No stage running: what the script does between two.
+    proc = _spawn(tmp_path, "stage first 0 true || true\necho between; sleep 30\n", "between")
+    os.killpg(proc.pid, signal.SIGINT)
+    out = _finish(proc)
+    assert proc.returncode == 130, out
+    assert "interrupted: no later stage runs" in out
+    assert not (tmp_path / "second").exists()
