@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import math
+import random
 from dataclasses import dataclass, field
 
 from gfwlab.engine import Accept, Bypass, Censor, Drop, Event, Inject, Report
@@ -14,6 +15,15 @@ from gfwlab.packet.ip import ACK, PSH, SYN, Packet, addr_bytes, build_tcp, build
 from gfwlab.profiles import Profile, load_profile
 
 DAY = dt.date(2024, 6, 1)
+
+
+def mangled(packet: bytes, rng: random.Random) -> bytes:
+    """``packet`` with up to two bytes changed, then cut short at a random length: malformed
+    input for a censor (anomalies)."""
+    buf = bytearray(packet)
+    for _ in range(rng.randrange(3)):
+        buf[rng.randrange(len(buf))] = rng.randrange(256)
+    return bytes(buf[: rng.randrange(len(buf) + 1)])
 
 
 def assert_no_cycles(flows: int) -> None:

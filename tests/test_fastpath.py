@@ -30,7 +30,7 @@ from gfwlab.packet.ip import ACK, PSH, SYN, addr_bytes, build_tcp
 from gfwlab.packet.pcap import CaptureReader, PcapWriter
 from gfwlab.profiles import Profile, build_censor, load_profile
 from gfwlab.proto.tls import build_client_hello
-from helpers import EXACT_DELAY, assert_no_cycles, keyword_resets_due_at_packets
+from helpers import EXACT_DELAY, assert_no_cycles, keyword_resets_due_at_packets, mangled
 from testenv import REAL_LIST_SETS, SHARED_BLOCKLISTS, SHARED_PCAPS, needs_shared, shared_pcaps
 
 DAY = dt.date(2024, 6, 1)
@@ -627,10 +627,7 @@ def test_the_engine_leaves_no_garbage_for_the_collector(tmp_path: Path, mix: str
         packets = list(reader)
     mutated = []
     for ts, pkt in packets:
-        buf = bytearray(pkt)
-        for _ in range(rng.randrange(3)):
-            buf[rng.randrange(len(buf))] = rng.randrange(256)
-        mutated.append((ts + 1_000.0, bytes(buf[: rng.randrange(len(buf) + 1)])))
+        mutated.append((ts + 1_000.0, mangled(pkt, rng)))
     gc.collect()
     gc.disable()
     try:

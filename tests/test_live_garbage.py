@@ -15,7 +15,7 @@ from gfwlab.live.daemon import LiveCensor
 from gfwlab.offline.synth import generate, load_names
 from gfwlab.packet.pcap import CaptureReader
 from gfwlab.profiles import build_censor
-from helpers import assert_no_cycles, profile
+from helpers import assert_no_cycles, mangled, profile
 from testenv import REAL_LIST_SETS, SHARED_BLOCKLISTS
 
 
@@ -71,11 +71,7 @@ def test_the_live_censor_leaves_no_garbage_for_the_collector(tmp_path: Path) -> 
     with CaptureReader(str(cap)) as reader:
         packets = [pkt for _, pkt in reader]
     rng = random.Random(8)
-    for pkt in list(packets):
-        buf = bytearray(pkt)
-        for _ in range(rng.randrange(3)):
-            buf[rng.randrange(len(buf))] = rng.randrange(256)
-        packets.append(bytes(buf[: rng.randrange(len(buf) + 1)]))
+    packets += [mangled(pkt, rng) for pkt in packets]
     gc.collect()
     gc.disable()
     try:

@@ -94,12 +94,12 @@ def parse_request(data: bytes) -> HttpRequest | None:
         return None  # the method is still arriving: no line end yet, nothing else to check
     first_nl = data.find(b"\n", 0, MAX_HEADER)
     if first_nl < 0:
-        _check_line_chars(_strip_cr(data[:MAX_HEADER]), 0)
+        _check_line_chars(_strip_cr(data[:MAX_HEADER]))
         if len(data) >= MAX_HEADER:
             raise MalformedPacket("http.header_too_long", MAX_HEADER, "no end of request line")
         return None
     request_line = _strip_cr(data[:first_nl])
-    _check_line_chars(request_line, 0)
+    _check_line_chars(request_line)
     # METHOD SP target SP HTTP/x.y; a space inside the target is tolerated. The method ends at
     # the first space, before any line end.
     last_sp = request_line.rfind(b" ")
@@ -155,12 +155,12 @@ def _method_end(data: bytes) -> int:
     return -1
 
 
-def _check_line_chars(line: bytes, base: int) -> None:
+def _check_line_chars(line: bytes) -> None:
     if len(line.translate(None, _CONTROL_BYTES)) == len(line):
         return  # the usual line: one pass at C speed, no match object
     bad = _CONTROL.search(line)
     if bad is not None:
-        raise MalformedPacket("http.not_http", base + bad.start(), "control byte in request line")
+        raise MalformedPacket("http.not_http", bad.start(), "control byte in request line")
 
 
 def _version(line: bytes, at: int) -> bool:
