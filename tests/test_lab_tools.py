@@ -25,7 +25,7 @@ import pytest
 
 from gfwlab.evade.simulate import binomial_counts
 from gfwlab.lab.state import state_dir
-from gfwlab.tools.matrix import parse_when
+from gfwlab.tools.matrix import BLOCKING, parse_when
 from gfwlab.tools.recipes import RECIPES
 from gfwlab.tools.run import Plan, cell_addresses
 from testenv import LAB_MARKS, gfwlab, leftovers, needs_tools
@@ -118,25 +118,38 @@ def test_matrix_shows_what_the_spec_predicts(tmp_path: Path) -> None:
     assert clean() == []
     cells = {(r["tool"], r["date"]): r for r in rows}
     assert set(cells) == {(t, d) for t in TOOLS for d in DATES}
+    # A failed trial is the censor's doing if a blocking event reached its address (each trial
+    # has an address of its own); the others are the tool's or the lab's. Real tools over real
+    # sockets on a busy machine fail a trial on their own now and then (about once in 50,000
+    # trials here); one such in the matrix's 1,500 is allowed. A censor that holds packets fails
+    # many (the prober's old stall: 4-6 in 300 trials of one cell, none with an event).
+    acted = {e["flow"]["dst"] for e in events if e["action"] in BLOCKING}
+    unexplained = [(t, d, f) for (t, d), r in cells.items() for f in r["failures"]
+                   if f["address"] not in acted]  # fmt: skip
+    print("failed trials without a censor event:", unexplained)
+    assert len(unexplained) <= 1, unexplained
     # Three cells are drawn (the FET tools in 2022): each gets 1 - 0.001/3, so that the run as a
     # whole wrongly fails at most 0.1% of the time (the FET's draws follow the real clients'
     # ephemeral ports, so every run draws anew).
-    lo, hi = binomial_counts(TRIALS, 0.263, 1 - 0.001 / len(FET_BLOCKED))
     fet_2022 = [e for e in events if e["mechanism"] == "fet"]
     for (tool, date), r in cells.items():
         assert r["trials"] == TRIALS and r["trial_mode"] == "fresh-address"
-        blocked = r["trials"] - r["successes"]
+        assert r["trials"] - r["successes"] == len(r["failures"])
+        censored = [f for f in r["failures"] if f["address"] in acted]
+        judged = r["trials"] - (len(r["failures"]) - len(censored))
         where = f"{tool} {date}: {r}"
         if tool in FET_BLOCKED and date == "2022-06-01":
-            assert lo <= blocked <= hi, where
+            lo, hi = binomial_counts(judged, 0.263, 1 - 0.001 / len(FET_BLOCKED))
+            assert lo <= len(censored) <= hi, where
             assert r["outcome"] == "degraded" and r["mechanisms"][0] == "fet", where
             first = r["first_packet"]
             assert first["mechanism"] == "fet" and first["action"] == "drop", where
             assert first["rule"] == "fet:no-exemption" and first["exempt"] == [], where
             assert first["residual_until"] - first["ts"] == pytest.approx(180.0), where  # §6
         else:
-            assert blocked == 0, where  # every other cell works
-            assert r["outcome"] in ("works", "no-published-mechanism"), where
+            assert censored == [], where  # the censor blocks nothing in every other cell
+            works = ("works", "no-published-mechanism")
+            assert r["outcome"] in (works if judged == r["trials"] else ("degraded",)), where
             assert r["first_packet"] is None, where
     # FET only in its era; what the exempt tools' first packets met (Ex5: HTTP or TLS).
     assert fet_2022
@@ -146,12 +159,11 @@ def test_matrix_shows_what_the_spec_predicts(tmp_path: Path) -> None:
     plan = Plan([RECIPES[t] for t in TOOLS], [parse_when(d) for d in DATES], trials=TRIALS)
     blocks = {(t, d): set(a) for t, d, a in cell_addresses(plan)}
     exempt_by = {t: _exemptions(events, blocks[(t, "2022-06-01")]) for t in TOOLS}
-    for (tool, date), r in cells.items():  # each failed trial is a drop on its address
-        if r["successes"] < r["trials"]:
-            drops = {e["flow"]["dst"] for e in events if e["action"] == "drop"}
-            trial_addrs = cell_addresses(plan)
-            mine = next(a for t, d, a in trial_addrs if (t, d) == (tool, date))[:TRIALS]
-            assert len(drops & set(mine)) == r["trials"] - r["successes"], (tool, date)
+    for (tool, date), r in cells.items():  # each censored trial is a drop on its address
+        drops = {e["flow"]["dst"] for e in events if e["action"] == "drop"}
+        mine = next(a for t, d, a in cell_addresses(plan) if (t, d) == (tool, date))[:TRIALS]
+        failed = {f["address"] for f in r["failures"]}
+        assert drops & set(mine) == failed & acted, (tool, date)
     for tool in ("ss-obfs-http", "vmess-ws"):
         assert exempt_by[tool] and all("ex5-protocol" in x for x in exempt_by[tool]), tool
     for tool in ("vmess-tls", "trojan", "stunnel"):

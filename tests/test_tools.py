@@ -3,16 +3,33 @@ your own tool, and the command line's answers to bad input (exit 2, nothing writ
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from gfwlab.evade.simulate import wilson
+from gfwlab.lab import ca
 from gfwlab.live.topology import SITES_V4
 from gfwlab.tools.matrix import BUILTIN, Cell, judge, parse_when
-from gfwlab.tools.recipe import TOOL_RANGE, VIRTUAL, RecipeError
+from gfwlab.tools.recipe import (
+    ORIGIN,
+    TOOL_RANGE,
+    VIRTUAL,
+    WEB_NAME,
+    Attempt,
+    RecipeError,
+    _https_get,
+    _socks_connect,
+    attempt,
+)
 from gfwlab.tools.recipes import RECIPES, fill, split_command
 from gfwlab.tools.run import CAPACITY, DOWNLOAD_TRIES, Plan, addresses
 from testenv import gfwlab
@@ -60,10 +77,22 @@ def test_only_a_hypothesis_blocking_is_said_so() -> None:
     assert cell(10, 4, tit, event("fet", "drop")).outcome == "degraded"
 
 
-def test_failures_without_events_are_blamed_on_the_tool() -> None:
-    c = cell(10, 8)
-    assert c.outcome == "degraded"
-    assert "without a censor event" in c.explanation
+TIMED_OUT = "TLS handshake: TimeoutError: timed out"
+
+
+def failed(address: str, error: str = TIMED_OUT) -> dict[str, object]:
+    return {"address": address, "error": error, "seconds": 2.0}
+
+
+def test_failures_without_events_are_blamed_on_the_tool_with_their_errors() -> None:
+    c = Cell("t", "2022-06-01", 10, 8, failures=[failed("198.19.240.1"), failed("198.19.240.2")])
+    judge(c, "fallback")
+    assert c.outcome == "degraded" and c.label() == "degraded (2/10 failed, 0 by the censor)"
+    assert c.explanation == (
+        "2 failed trials without a censor event on their address (no censorship decision: the "
+        "tool or the lab): TLS handshake: TimeoutError: timed out ×2"
+    )
+    assert c.row()["failures"][0] == failed("198.19.240.1")
 
 
 def test_each_failed_trial_is_matched_to_a_censor_event_on_its_own_address() -> None:
@@ -71,23 +100,25 @@ def test_each_failed_trial_is_matched_to_a_censor_event_on_its_own_address() -> 
         return event("fet", action) | {"flow": FLOW | {"dst": address}}
 
     events = [on("198.19.240.1", "drop"), on("198.19.240.2", "pass"), on("198.19.240.3", "pass")]
-    c = Cell("t", "2022-06-01", 3, 1, events=events, failed_at=["198.19.240.1", "198.19.240.2"])
+    c = Cell("t", "2022-06-01", 3, 1, events=events,
+             failures=[failed("198.19.240.1"), failed("198.19.240.2")])  # fmt: skip
     judge(c, "fallback")
-    assert c.outcome == "degraded"
+    assert c.outcome == "degraded" and c.label() == "degraded (2/3 failed, 1 by the censor)"
     assert "1 failed trials without a censor event on their address" in c.explanation
-    c = Cell("t", "2022-06-01", 3, 2, events=events, failed_at=["198.19.240.1"])
+    c = Cell("t", "2022-06-01", 3, 2, events=events, failures=[failed("198.19.240.1")])
     assert "without a censor event" not in judge(c, "fallback").explanation
     # Trials that wait out residual blocks share one address: only a cell without any blocking
     # event is blamed on the tool.
     c = Cell("t", "2022-06-01", 3, 1, events=events, trial_mode="waited",
-             failed_at=["198.19.240.1"] * 2)  # fmt: skip
+             failures=[failed("198.19.240.1")] * 2)  # fmt: skip
     assert "without a censor event" not in judge(c, "fallback").explanation
 
 
 def test_row_keys_and_interval() -> None:
     row = cell(50, 37, event("fet", "drop")).row()
     assert list(row) == ["tool", "date", "trials", "successes", "outcome", "rate", "ci",
-                         "mechanisms", "first_packet", "citation", "trial_mode"]  # fmt: skip
+                         "mechanisms", "first_packet", "citation", "trial_mode",
+                         "failures"]  # fmt: skip
     lo, hi = wilson(37, 50, 0.99)
     assert row["ci"] == [round(lo, 6), round(hi, 6)] and row["rate"] == 0.74
     assert row["trial_mode"] == "fresh-address"
@@ -190,3 +221,76 @@ def test_markdown_has_the_date_the_command_and_every_cell() -> None:
     assert "| wireguard | passes here: no published mechanism: 50/50" in text
     assert "| trojan | skipped: trojan missing |" in text
     assert "120 bytes, 4.00 bits/byte" in text
+
+
+class Peer:
+    """A loopback server that runs ``serve`` on each connection, in a thread."""
+
+    def __init__(self, serve: Callable[[socket.socket], None]) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._run, args=(serve,), daemon=True)
+        self.thread.start()
+
+    def _run(self, serve: Callable[[socket.socket], None]) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                with conn:
+                    serve(conn)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the thread's accept
+        self.listener.close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture()
+def lab_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """A lab CA in a state directory of the test's own, and a certificate for example.org."""
+    monkeypatch.setenv("GFWLAB_STATE_DIR", str(tmp_path))
+    cert, key = ca.make_ca(str(tmp_path / "ca"))
+    return ca.make_server_cert(str(tmp_path / "web"), cert, key, [WEB_NAME], [])
+
+
+def https_server(pem: tuple[str, str], answer: bytes) -> Callable[[socket.socket], None]:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(*pem)
+
+    def serve(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), ctx.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(4096)
+            tls.sendall(answer)
+
+    return serve
+
+
+def test_a_workload_says_which_step_failed_and_how(lab_ca: tuple[str, str]) -> None:
+    def get(port: int, timeout: float = 2.0) -> Attempt:
+        return attempt(
+            lambda: _https_get(
+                socket.create_connection(("127.0.0.1", port), timeout=timeout), "/", timeout
+            )
+        )
+
+    ok = Peer(https_server(lab_ca, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"))
+    silent = Peer(lambda conn: conn.recv(1 << 16) and time.sleep(1.0))
+    refused = Peer(https_server(lab_ca, b"HTTP/1.1 403 Forbidden\r\n\r\n"))
+    closing = Peer(lambda conn: conn.recv(3) and None)
+    try:
+        good = get(ok.port)
+        assert good.ok and good.error == "" and good.seconds < 2.0
+        late = get(silent.port, timeout=0.3)
+        assert not late.ok and 0.3 <= late.seconds < 1.0
+        assert late.error.startswith("TLS handshake: TimeoutError: "), late.error
+        wrong = get(refused.port)
+        assert wrong.error == "OSError: unexpected answer b'HTTP/1.1 403 Forbidden'", wrong.error
+        greeting = attempt(lambda: _socks_connect(closing.port, ORIGIN, 443, 2.0, None).fileno())
+        assert greeting.error == "SOCKS greeting: OSError: connection closed", greeting.error
+    finally:
+        for peer in (ok, silent, refused, closing):
+            peer.close()
+    port = ok.port  # closed now: nothing listens
+    gone = attempt(lambda: _socks_connect(port, ORIGIN, 443, 2.0, None).fileno())
+    assert gone.error.startswith("connect to the SOCKS proxy: ConnectionRefusedError"), gone.error

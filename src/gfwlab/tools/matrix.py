@@ -7,6 +7,9 @@ connection; 26.3% of non-exempt connections to targeted servers are blocked). A 
 new tunnel connection to a fresh server address carrying a short HTTPS request; it succeeds if
 the answer came back through the tunnel. A cell's blocked share is (trials - successes) /
 trials, so for a tool whose every connection the FET judges it estimates the published 26.3%.
+A failed trial whose address no blocking event reached is not the censor's doing (the tool or
+the lab failed); the cell's label, its explanation and ``failures`` in ``tools.jsonl`` (each
+failed trial's address, the workload's step and error, and its seconds) say so.
 
 Outcomes (``outcome`` in ``tools.jsonl``):
 
@@ -92,8 +95,11 @@ class Cell:
     """Whether the multi-megabyte download got through (None: not tried)."""
     seconds: float = 0.0
     skip_reason: str = ""
-    failed_at: list[str] = field(default_factory=list)
-    """The server address of each failed trial (fresh-address trials: one address each)."""
+    unexplained: int = 0
+    """How many failed trials no blocking event explains (:func:`unexplained_failures`)."""
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    """Each failed trial: its server ``address`` (fresh-address trials: one address each), the
+    ``error`` the workload met (the step and the exception) and its ``seconds``."""
 
     @property
     def rate(self) -> float:
@@ -120,13 +126,17 @@ class Cell:
             "first_packet": self.first_packet,
             "citation": self.citation,
             "trial_mode": self.trial_mode,
+            "failures": self.failures,
         }
 
     def label(self) -> str:
         """A short text for the terminal table and docs/tools.md."""
         if self.outcome == "skipped":
             return f"skipped: {self.skip_reason}"
-        share = f"{self.trials - self.successes}/{self.trials} blocked"
+        failed = self.trials - self.successes
+        share = f"{failed}/{self.trials} blocked"
+        if self.unexplained:
+            share = f"{failed}/{self.trials} failed, {failed - self.unexplained} by the censor"
         text = {
             "works": "works",
             "no-published-mechanism": "passes here: no published mechanism",
@@ -146,6 +156,7 @@ def judge(cell: Cell, fallback_citation: str) -> Cell:
     counts and its events (those whose flow touches the cell's addresses)."""
     events = sorted(cell.events, key=lambda e: e.get("ts", 0.0))
     blocking = [e for e in events if e.get("action") in BLOCKING]
+    cell.unexplained = len(unexplained_failures(events, cell))
     cell.mechanisms = list(dict.fromkeys(str(e["mechanism"]) for e in events))
     first = blocking[0] if blocking else None
     cell.first_packet = None if first is None else {
@@ -178,20 +189,25 @@ def explain(events: list[dict[str, Any]], cell: Cell) -> str:
         (str(e["mechanism"]), str(e["action"]), _rule(e)) for e in events
     )
     parts = [f"{m} {a} ×{n} ({r})" for (m, a, r), n in counts.most_common()]
-    failed = cell.trials - cell.successes
-    if cell.trial_mode == "fresh-address" and cell.failed_at:
-        acted = {
-            str((e.get("flow") or {}).get("dst")) for e in events if e.get("action") in BLOCKING
-        }
-        failed = sum(1 for address in cell.failed_at if address not in acted)
-    elif any(e.get("action") in BLOCKING for e in events):
-        failed = 0
-    if failed:
+    unexplained = unexplained_failures(events, cell)
+    if unexplained:
+        errors = Counter(str(f.get("error") or "no error recorded") for f in unexplained)
+        why = ", ".join(f"{e} ×{n}" for e, n in errors.most_common())
         parts.append(
-            f"{failed} failed trials without a censor event on their address (no censorship "
-            "decision: the tool or the lab)"
+            f"{len(unexplained)} failed trials without a censor event on their address (no "
+            f"censorship decision: the tool or the lab): {why}"
         )
     return "; ".join(parts) if parts else "no event"
+
+
+def unexplained_failures(events: list[dict[str, Any]], cell: Cell) -> list[dict[str, Any]]:
+    """The failed trials no blocking event of the censor explains: in fresh-address trials,
+    those whose address no blocking event reached; in waited trials (one address), all of them
+    if the cell has no blocking event at all."""
+    acted = {str((e.get("flow") or {}).get("dst")) for e in events if e.get("action") in BLOCKING}
+    if cell.trial_mode == "fresh-address":
+        return [f for f in cell.failures if str(f.get("address")) not in acted]
+    return [] if acted else list(cell.failures)
 
 
 def markdown(cells: list[Cell], whens: list[When], command: str, generated: str) -> str:

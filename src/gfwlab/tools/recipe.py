@@ -29,7 +29,7 @@ import ssl
 import struct
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, ClassVar
 
@@ -239,15 +239,23 @@ def _tls_context() -> ssl.SSLContext:
 def _https_get(sock: socket.socket, path: str, timeout: float) -> int:
     """An HTTPS GET for ``path`` over ``sock`` (to the lab's nginx); the body's length."""
     deadline = time.monotonic() + timeout
-    with _tls_context().wrap_socket(sock, server_hostname=WEB_NAME) as tls:
-        tls.sendall(
-            f"GET {path} HTTP/1.1\r\nHost: {WEB_NAME}\r\nConnection: close\r\n\r\n".encode()
-        )
+    with step("TLS handshake"):
+        try:
+            tls = _tls_context().wrap_socket(sock, server_hostname=WEB_NAME)
+        except BaseException:
+            sock.close()
+            raise
+    with tls:
+        with step("request"):
+            tls.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: {WEB_NAME}\r\nConnection: close\r\n\r\n".encode()
+            )
         data = bytearray()
-        while chunk := tls.recv(1 << 16):
-            data += chunk
-            if time.monotonic() > deadline:
-                raise TimeoutError("download too slow")
+        with step("answer"):
+            while chunk := tls.recv(1 << 16):
+                data += chunk
+                if time.monotonic() > deadline:
+                    raise TimeoutError("download too slow")
     head, _, body = bytes(data).partition(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 200"):
         raise OSError(f"unexpected answer {head[:40]!r}")
@@ -261,20 +269,23 @@ def _socks_connect(
 
     ``auth`` (user, then password, each at most 255 bytes) is how obfs4proxy takes the bridge's
     arguments (pt-spec: the client's arguments in the SOCKS username and password)."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    with step("connect to the SOCKS proxy"):
+        s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     try:
-        s.sendall(b"\x05\x01" + (b"\x02" if auth is not None else b"\x00"))
-        if _recv_exact(s, 2)[1] != (2 if auth is not None else 0):
-            raise OSError("SOCKS method refused")
-        if auth is not None:
-            user, pw = auth[:255], auth[255:] or b"\x00"
-            s.sendall(b"\x01" + bytes([len(user)]) + user + bytes([len(pw)]) + pw)
-            if _recv_exact(s, 2)[1] != 0:
-                raise OSError("SOCKS authentication refused")
-        s.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(host) + struct.pack("!H", dport))
-        reply = _recv_exact(s, 10)
-        if reply[1] != 0:
-            raise OSError(f"SOCKS connect failed ({reply[1]})")
+        with step("SOCKS greeting"):
+            s.sendall(b"\x05\x01" + (b"\x02" if auth is not None else b"\x00"))
+            if _recv_exact(s, 2)[1] != (2 if auth is not None else 0):
+                raise OSError("SOCKS method refused")
+            if auth is not None:
+                user, pw = auth[:255], auth[255:] or b"\x00"
+                s.sendall(b"\x01" + bytes([len(user)]) + user + bytes([len(pw)]) + pw)
+                if _recv_exact(s, 2)[1] != 0:
+                    raise OSError("SOCKS authentication refused")
+        with step("SOCKS connect"):
+            s.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(host) + struct.pack("!H", dport))
+            reply = _recv_exact(s, 10)
+            if reply[1] != 0:
+                raise OSError(f"SOCKS connect failed ({reply[1]})")
     except BaseException:
         s.close()
         raise
@@ -314,18 +325,52 @@ def plain_fetch(host: str, port: int, path: str = "/", timeout: float = 3.0) -> 
     routed through a VPN's interface); the body length (raises on failure)."""
 
     def go() -> int:
-        return _https_get(socket.create_connection((host, port), timeout=timeout), path, timeout)
+        with step("connect"):
+            sock = socket.create_connection((host, port), timeout=timeout)
+        return _https_get(sock, path, timeout)
 
     return in_netns(CLIENT_NS, go)
 
 
-def attempt(fn: Callable[[], int]) -> bool:
-    """True if the workload got its answer through the tunnel."""
+@contextlib.contextmanager
+def step(name: str) -> Iterator[None]:
+    """Name the step of a workload an exception comes from (the innermost step names it)."""
+    try:
+        yield
+    except BaseException as exc:
+        if not getattr(exc, "__notes__", None):
+            exc.add_note(name)
+        raise
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """How one trial or download ended."""
+
+    error: str = ""
+    """Empty if the workload got its answer; else the step and the failure, such as
+    ``TLS handshake: TimeoutError: _ssl.c:999: The handshake operation timed out``."""
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    @staticmethod
+    def failed(error: str, started: float) -> Attempt:
+        return Attempt(error, round(time.monotonic() - started, 3))
+
+
+def attempt(fn: Callable[[], int]) -> Attempt:
+    """Run a workload: whether it got its answer through the tunnel, and if not, why."""
+    started = time.monotonic()
     try:
         fn()
-    except (OSError, ssl.SSLError, TimeoutError, ValueError):
-        return False
-    return True
+    except (OSError, ssl.SSLError, TimeoutError, ValueError) as exc:
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        where = getattr(exc, "__notes__", None)
+        return Attempt.failed(f"{where[0]}: {what}" if where else what, started)
+    return Attempt("", round(time.monotonic() - started, 3))
 
 
 @dataclass(frozen=True)
@@ -354,11 +399,11 @@ class ToolSession(Session):
     def start(self) -> None:
         raise NotImplementedError
 
-    def trial(self, address: str, timeout: float) -> bool:
+    def trial(self, address: str, timeout: float) -> Attempt:
         """One new tunnel connection to the server at ``address`` carrying a short HTTPS GET."""
         raise NotImplementedError
 
-    def download(self, address: str, size: int, timeout: float) -> bool:
+    def download(self, address: str, size: int, timeout: float) -> Attempt:
         """A multi-megabyte HTTPS download through the tunnel via ``address``."""
         raise NotImplementedError
 
@@ -373,11 +418,11 @@ class SocksTool(ToolSession):
     def fetch(self, path: str, timeout: float) -> int:
         return socks_fetch(self.socks_port, path, timeout, self.auth, self.target)
 
-    def trial(self, address: str, timeout: float) -> bool:
+    def trial(self, address: str, timeout: float) -> Attempt:
         self.retarget(address)
         return attempt(lambda: self.fetch("/", timeout))
 
-    def download(self, address: str, size: int, timeout: float) -> bool:
+    def download(self, address: str, size: int, timeout: float) -> Attempt:
         self.retarget(address)
         return attempt(lambda: _check_size(self.fetch(f"/bytes/{size}", timeout), size))
 
@@ -387,11 +432,11 @@ class ForwardTool(ToolSession):
 
     local_port = 8443
 
-    def trial(self, address: str, timeout: float) -> bool:
+    def trial(self, address: str, timeout: float) -> Attempt:
         self.retarget(address)
         return attempt(lambda: plain_fetch("127.0.0.1", self.local_port, "/", timeout))
 
-    def download(self, address: str, size: int, timeout: float) -> bool:
+    def download(self, address: str, size: int, timeout: float) -> Attempt:
         self.retarget(address)
         return attempt(
             lambda: _check_size(

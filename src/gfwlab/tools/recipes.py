@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import time
 from dataclasses import dataclass
 
 from gfwlab.live.topology import CLIENT_NS, CLIENT_V4
 from gfwlab.tools import proxies, vpn
-from gfwlab.tools.recipe import ORIGIN, Recipe, RecipeError, ToolSession
+from gfwlab.tools.recipe import ORIGIN, Attempt, Recipe, RecipeError, ToolSession
 
 FET = "spec §6 (FET: Shadowsocks, VMess, obfs4 are named)"
 EX5_TLS = "spec §6 Ex5 (TLS-looking first packets are exempt); §8 (TLS proxies, Oct 2022, anecdotal); §14h (TLS-in-TLS, a hypothesis)"  # noqa: E501
@@ -111,8 +112,9 @@ class ByoSession(ToolSession):
         if self.spec.transport == "tcp":
             self.wait_listening("server", self.spec.port, proc)
 
-    def trial(self, address: str, timeout: float) -> bool:
+    def trial(self, address: str, timeout: float) -> Attempt:
         argv = fill(self.spec.client, address, self.spec.port)
+        started = time.monotonic()
         try:
             res = subprocess.run(
                 ["ip", "netns", "exec", CLIENT_NS, *argv],
@@ -121,8 +123,11 @@ class ByoSession(ToolSession):
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            return False
-        return res.returncode == 0
+            return Attempt.failed(f"client: still running after {timeout:g} s", started)
+        if res.returncode != 0:
+            last = (res.stderr.decode(errors="replace").strip().splitlines() or [""])[-1]
+            return Attempt.failed(f"client: exit status {res.returncode}: {last[:200]}", started)
+        return Attempt("", round(time.monotonic() - started, 3))
 
-    def download(self, address: str, size: int, timeout: float) -> bool:
+    def download(self, address: str, size: int, timeout: float) -> Attempt:
         return self.trial(address, timeout)

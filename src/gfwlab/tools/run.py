@@ -162,11 +162,13 @@ def run_cell(
         for _ in range(n):
             address = next(pool)
             used.add(address)
-            ok = session.trial(address, plan.timeout)
+            result = session.trial(address, plan.timeout)
             cell.trials += 1
-            cell.successes += ok
-            if not ok:
-                cell.failed_at.append(address)
+            cell.successes += result.ok
+            if not result.ok:
+                cell.failures.append(
+                    {"address": address, "error": result.error, "seconds": result.seconds}
+                )
                 if plan.wait_residuals:
                     note(f"{recipe.name} {when.label}: waiting out a residual block", 0)
                     wait_out(address)
@@ -176,7 +178,7 @@ def run_cell(
             for _ in range(DOWNLOAD_TRIES):
                 address = next(pool)
                 used.add(address)
-                if session.download(address, DOWNLOAD_BYTES, max(plan.timeout, 30.0)):
+                if session.download(address, DOWNLOAD_BYTES, max(plan.timeout, 30.0)).ok:
                     cell.download = True
                     break
     except RecipeError as exc:

@@ -20,6 +20,7 @@ import contextlib
 import datetime as dt
 import os
 import subprocess
+import time
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -33,6 +34,7 @@ from gfwlab.tools.proxies import lab_ca, tool_cert
 from gfwlab.tools.recipe import (
     ORIGIN,
     VIRTUAL,
+    Attempt,
     RecipeError,
     ToolSession,
     _check_size,
@@ -87,22 +89,23 @@ class OpenVpnTcp(ToolSession):
 
         return wait_until(done, timeout, interval=0.02, proc=self.procs[-1][1])
 
-    def _tunnel(self, address: str, timeout: float, path: str, size: int | None) -> bool:
+    def _tunnel(self, address: str, timeout: float, path: str, size: int | None) -> Attempt:
         self.retarget(address)
+        started = time.monotonic()
         entry = self._start_client()
         try:
             if not self._connected(entry[0], timeout):
-                return False
+                return Attempt.failed(f"tunnel: not connected within {timeout:g} s", started)
             if size is None:
                 return attempt(lambda: plain_fetch(ORIGIN, 443, path, timeout))
             return attempt(lambda: _check_size(plain_fetch(ORIGIN, 443, path, timeout), size))
         finally:
             self.stop_procs([entry])
 
-    def trial(self, address: str, timeout: float) -> bool:
+    def trial(self, address: str, timeout: float) -> Attempt:
         return self._tunnel(address, timeout, "/", None)
 
-    def download(self, address: str, size: int, timeout: float) -> bool:
+    def download(self, address: str, size: int, timeout: float) -> Attempt:
         return self._tunnel(address, timeout, f"/bytes/{size}", size)
 
 
@@ -185,11 +188,11 @@ class WireGuard(ToolSession):
         self.run("client", ["wg", "set", WG_CLIENT_DEV, "peer", self.server_pub,
                             "endpoint", f"{address}:{self.port}"])  # fmt: skip
 
-    def trial(self, address: str, timeout: float) -> bool:
+    def trial(self, address: str, timeout: float) -> Attempt:
         self._point(address)
         return attempt(lambda: plain_fetch(ORIGIN, 443, "/", timeout))
 
-    def download(self, address: str, size: int, timeout: float) -> bool:
+    def download(self, address: str, size: int, timeout: float) -> Attempt:
         self._point(address)
         return attempt(
             lambda: _check_size(plain_fetch(ORIGIN, 443, f"/bytes/{size}", timeout), size)
