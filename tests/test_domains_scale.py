@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from gfwlab.errors import ConfigError
 from gfwlab.rules.domains import DomainSet
@@ -52,3 +55,34 @@ def test_large_list_lookup(tmp_path: Path) -> None:
     assert len(big) == 200_000
     assert big.match("www.host1f.site31.com") == "host1f.site31.com"
     assert big.match("site31.com") is None
+
+
+PIECES = ["a", "b.", "x" * 126, "x" * 252, ".", "\n", "\r\n", "#", "=", "^", "*", " ", "\t", "Ü",
+          "-"]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=12))
+@example(["x" * 252, "a", "\n", "a"])  # 253 characters: the longest rule
+@example(["x" * 252, "a", "a"])  # 254: one too many
+@example(["x" * 252, "a", ".", "\n"])  # 253 and a trailing dot
+def test_bulk_load_is_rule_by_rule_on_any_text(pieces: list[str]) -> None:
+    """Whatever the text, the bulk load keeps the same rules as the line-by-line one, or fails
+    with the same error: long rules (253 characters and more), lines
+    of dots, marks, spaces, blank lines and non-ASCII letters, in any order."""
+    text = "".join(pieces)
+    lines = io.StringIO(text, newline=None).read().split("\n")
+    try:
+        by_line: DomainSet | str = DomainSet(lines, source="t")
+    except ConfigError as exc:
+        by_line = str(exc)
+    try:
+        bulk: DomainSet | str = DomainSet._from_text(text.replace("\r\n", "\n"), "t")
+    except ConfigError as exc:
+        bulk = str(exc)
+    if isinstance(by_line, str) or isinstance(bulk, str):
+        assert bulk == by_line
+        return
+    assert (bulk.names(), len(bulk)) == (by_line.names(), len(by_line))
+    for name in {line.strip().lower().strip("=^*.") for line in lines}:
+        assert bulk.match(name) == by_line.match(name)

@@ -101,16 +101,23 @@ class DomainSet:
         other rule (or a bad line, for its error message) takes the line-by-line path.
         """
         lowered = text.lower()
-        joined = "\n" + lowered
         if (
             lowered.isascii()
             and not any(c in lowered for c in _ASCII_SPACE)
-            and not any("\n" + mark in joined for mark in _MARKS)
+            and not (
+                any(mark in lowered for mark in _MARKS)  # one character: a fast search
+                and any(f"\n{mark}" in f"\n{lowered}" for mark in _MARKS)
+            )
         ):  # no whitespace but newlines, no marked rule: every line is a bare domain as it is
-            rules = [line for line in lowered.split("\n") if line]
-            if ".\n" in lowered or lowered.endswith("."):
+            rules = lowered.split("\n")
+            if rules[-1] == "":  # the last line's newline
+                rules.pop()
+            if "" in rules:  # blank lines
+                rules = [line for line in rules if line]
+            dotted = ".\n" in lowered or lowered.endswith(".")
+            if dotted:
                 rules = [rule.rstrip(".") for rule in rules]
-            if "" not in rules and max(map(len, rules), default=0) <= MAX_RULE + 1:
+            if not (dotted and "" in rules) and max(map(len, rules), default=0) <= MAX_RULE:
                 out = cls((), source=source)
                 out._suffix = set(rules)
                 out.size = len(rules)
