@@ -18,6 +18,7 @@ from gfwlab.errors import GfwlabError
 from gfwlab.live import blocked, daemon, kernel
 from gfwlab.live.blocked import HeldFlows, chain_rules, entry_timeout
 from gfwlab.live.daemon import LiveCensor
+from gfwlab.live.ipset import CommandEntries
 from gfwlab.packet.ip import ACK, PSH, SYN, addr_bytes, build_tcp, build_udp, parse, peek_tcp_flags
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.profiles import build_censor
@@ -203,7 +204,7 @@ def test_a_kernel_that_refuses_costs_nothing_but_a_count(tmp_path: Path) -> None
     def refuse(argv: list[str]) -> str:
         raise GfwlabError("ipset: refused")
 
-    held.run = refuse
+    held.entries = CommandEntries(refuse)
     first, later = quic_flow()
     send(live, ipset, first, 1.0)
     assert send(live, ipset, later, 1.1) == "drop"  # the engine's verdict stands

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 from gfwlab.engine.flows import Flow, FlowKey, FlowState, FlowTable, flow_key
 from gfwlab.errors import GfwlabError, MalformedPacket
+from gfwlab.live.ipset import CommandEntries, Entries
 from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, SYN, Packet, addr_text, parse, peek_tcp_flags
 
 CHAIN = "GFWLAB_BLOCKED"
@@ -124,8 +125,17 @@ class HeldFlows:
     when the kernel last dropped a packet of theirs, and takes entries out for flows the engine
     replaced."""
 
-    def __init__(self, table: FlowTable, run: Run, tcp_idle_s: float, udp_idle_s: float) -> None:
+    def __init__(
+        self,
+        table: FlowTable,
+        run: Run,
+        tcp_idle_s: float,
+        udp_idle_s: float,
+        entries: Entries | None = None,
+    ) -> None:
         self.table = table
+        self.entries = entries or CommandEntries(run)
+        """Where entries are written (``live/ipset.py``: netlink in the censor's namespace)."""
         self.run = run
         self.timeouts = {PROTO_TCP: entry_timeout(tcp_idle_s), PROTO_UDP: entry_timeout(udp_idle_s)}
         self.held: dict[tuple[FlowKey, Direction], Held] = {}
@@ -179,8 +189,7 @@ class HeldFlows:
         if held is not None and held.flow is flow and now - held.added < seconds / 2:
             return  # written already: a packet queued before the entry was in place
         try:
-            self.run(["ipset", "-exist", "add", _set_of(direction, flow), element(flow),
-                      "timeout", str(seconds)])  # fmt: skip
+            self.entries.add(_set_of(direction, flow), element(flow), seconds)
         except GfwlabError:
             self.errors += 1
             return
@@ -244,6 +253,6 @@ class HeldFlows:
 
     def _delete(self, direction: Direction, flow: Flow) -> None:
         try:
-            self.run(["ipset", "-exist", "del", _set_of(direction, flow), element(flow)])
+            self.entries.delete(_set_of(direction, flow), element(flow))
         except GfwlabError:
             self.errors += 1

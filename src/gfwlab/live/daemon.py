@@ -661,7 +661,9 @@ def main(argv: list[str] | None = None) -> int:
     live.fail_open = not args.fail_closed
     if isinstance(censor, Censor):  # censors in series each keep their own flows: not held
         engine = censor.profile.engine
-        held = HeldFlows(censor.flows, kernel._run, engine.tcp_timeout_s, engine.udp_timeout_s)
+        held = HeldFlows(
+            censor.flows, kernel._run, engine.tcp_timeout_s, engine.udp_timeout_s, kernel.entries
+        )
         try:
             held.install()
             live.kernel_held = held

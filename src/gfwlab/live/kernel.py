@@ -54,6 +54,7 @@ from dataclasses import dataclass
 
 from gfwlab.errors import LabError
 from gfwlab.live import blocked
+from gfwlab.live.ipset import open_entries
 from gfwlab.live.topology import (
     BYPASS_MARK,
     CT_INVALID_MARK,
@@ -464,6 +465,9 @@ class Kernel:
         self.added = 0
         """Entries written to the kernel."""
         self.errors = 0
+        """Commands that failed."""
+        self.entries = open_entries(self.argv, self._run)
+        """Where entries are written: netlink inside the namespace (``live/ipset.py``)."""
 
     def add_residual(
         self,
@@ -514,7 +518,7 @@ class Kernel:
         timeout = min(max(1, math.ceil(seconds)), IPSET_MAX_TIMEOUT)
         if not self.armed:
             self._arm(True)
-        self._run(["ipset", "-exist", "add", name, elem, "timeout", str(timeout)])
+        self.entries.add(name, elem, timeout)
         self.in_force_until = max(self.in_force_until, now + timeout + 1.0)
         self.added += 1
 
@@ -572,11 +576,10 @@ class Kernel:
         (:func:`syn_rules`); nothing to do if that is already so."""
         if paused == self.syn_paused:
             return
-        verb = "add" if paused else "del"
-        lines = [
-            f"{verb} {synoff_set(v6)} {net}\n" for v6, nets in EVERY_ADDRESS.items() for net in nets
-        ]
-        self._run(["ipset", "-exist", "restore"], stdin="".join(lines))  # one call: packet path
+        write = self.entries.add if paused else self.entries.delete
+        for v6, nets in EVERY_ADDRESS.items():
+            for net in nets:
+                write(synoff_set(v6), net)
         self.syn_paused = paused
 
     def _skip_state(self) -> None:

@@ -60,30 +60,39 @@ def _align(n: int) -> int:
     return (n + 3) & ~3
 
 
-def _attr(kind: int, value: bytes) -> bytes:
+def attr(kind: int, value: bytes) -> bytes:
+    """One netlink attribute, padded to four bytes."""
     size = _NLA.size + len(value)
     return _NLA.pack(size, kind) + value + b"\0" * (_align(size) - size)
 
 
-def _request(subsys: int, msg: int, resource: int, attrs: bytes, seq: int, flags: int) -> bytes:
+def request(
+    subsys: int,
+    msg: int,
+    resource: int,
+    attrs: bytes,
+    seq: int,
+    flags: int,
+    family: int = socket.AF_UNSPEC,
+) -> bytes:
     """One nfnetlink request: message ``msg`` of subsystem ``subsys`` for ``resource`` (an NFLOG
     group, a queue number)."""
-    body = _NFGEN.pack(socket.AF_UNSPEC, 0, resource) + attrs
+    body = _NFGEN.pack(family, 0, resource) + attrs
     kind = (subsys << 8) | msg
     return _NLMSG.pack(_NLMSG.size + len(body), kind, NLM_F_REQUEST | flags, seq, 0) + body
 
 
 def config_message(group: int, seq: int, attrs: bytes) -> bytes:
     """One NFULNL_MSG_CONFIG request for ``group``, asking for an acknowledgement."""
-    return _request(NFNL_SUBSYS_ULOG, NFULNL_MSG_CONFIG, group, attrs, seq, NLM_F_ACK)
+    return request(NFNL_SUBSYS_ULOG, NFULNL_MSG_CONFIG, group, attrs, seq, NLM_F_ACK)
 
 
 def fail_open_message(queue_num: int, seq: int = 1) -> bytes:
     """The NFQNL_MSG_CONFIG request that sets queue ``queue_num``'s fail-open flag (only that
     flag: the mask names it), without asking for an acknowledgement."""
     flag = struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)
-    attrs = _attr(NFQA_CFG_MASK, flag) + _attr(NFQA_CFG_FLAGS, flag)
-    return _request(NFNL_SUBSYS_QUEUE, NFQNL_MSG_CONFIG, queue_num, attrs, seq, 0)
+    attrs = attr(NFQA_CFG_MASK, flag) + attr(NFQA_CFG_FLAGS, flag)
+    return request(NFNL_SUBSYS_QUEUE, NFQNL_MSG_CONFIG, queue_num, attrs, seq, 0)
 
 
 def queue_fail_open(queue_fd: int, queue_num: int) -> None:
@@ -104,12 +113,12 @@ def bind_messages(group: int, copy_range: int) -> list[bytes]:
     """Bind ``group``, copy up to ``copy_range`` bytes of each packet, one packet per message,
     each numbered (so that copies the kernel could not deliver are counted)."""
     return [
-        config_message(group, 1, _attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND]))),
+        config_message(group, 1, attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND]))),
         config_message(
-            group, 2, _attr(NFULA_CFG_MODE, struct.pack("!IBx", copy_range, NFULNL_COPY_PACKET))
+            group, 2, attr(NFULA_CFG_MODE, struct.pack("!IBx", copy_range, NFULNL_COPY_PACKET))
         ),
-        config_message(group, 3, _attr(NFULA_CFG_QTHRESH, struct.pack("!I", 1))),
-        config_message(group, 4, _attr(NFULA_CFG_FLAGS, struct.pack("!H", NFULNL_CFG_F_SEQ))),
+        config_message(group, 3, attr(NFULA_CFG_QTHRESH, struct.pack("!I", 1))),
+        config_message(group, 4, attr(NFULA_CFG_FLAGS, struct.pack("!H", NFULNL_CFG_F_SEQ))),
     ]
 
 

@@ -1,0 +1,168 @@
+"""ipset entries over netlink (``live/ipset.py``): the attributes of each kind of entry, bad
+elements refused, and, in a private namespace with the censor's real sets, the same entries,
+timeouts and errors as the ``ipset`` command gives."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gfwlab.errors import LabError
+from gfwlab.lab.services import in_netns
+from gfwlab.live import blocked
+from gfwlab.live.ipset import CommandEntries, Entries, NetlinkEntries, entry, open_entries
+from gfwlab.live.kernel import Kernel, create_commands, synoff_set
+
+NS = f"ipsettest-{os.getpid()}"
+
+
+def attributes(data: bytes) -> list[tuple[int, bytes]]:
+    """(type with its flags, value) of each attribute in ``data``."""
+    out, at = [], 0
+    while at < len(data):
+        size, kind = struct.unpack_from("=HH", data, at)
+        out.append((kind, data[at + 4 : at + size]))
+        at += (size + 3) & ~3
+    return out
+
+
+def test_each_kind_of_entry_is_the_attributes_ipset_reads() -> None:
+    family, data = entry("198.18.0.2,tcp:40000,198.19.0.6", 120)
+    assert family == socket.AF_INET
+    ip, port, proto, ip2, timeout = attributes(data)
+    assert ip == (0x8001, bytes([8, 0, 0x01, 0x40, 198, 18, 0, 2]))  # nested, network order
+    assert port == (0x4004, struct.pack("!H", 40000)) and proto == (7, b"\x06")
+    assert ip2 == (0x8014, bytes([8, 0, 0x01, 0x40, 198, 19, 0, 6]))
+    assert timeout == (0x4006, struct.pack("!I", 120))
+    family, data = entry("2001:db8:5::2,udp:443", None)
+    assert family == socket.AF_INET6
+    ip, port, proto = attributes(data)
+    assert ip[1][:4] == bytes([20, 0, 0x02, 0x40]) and proto == (7, b"\x11")
+    family, data = entry("128.0.0.0/1", None)
+    assert [kind for kind, _ in attributes(data)] == [0x8001, 3]
+    assert attributes(data)[1][1] == b"\x01"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "198.18.0.2,", "198.18.0.2/33", "198.18.0.2,tcp", "198.18.0.2,sctp:1", "1.2.3.4,tcp:65536",
+     "1.2.3.4,tcp:-1", "1.2.3.4,tcp:1,2001:db8::1", "1.2.3.4,tcp:1,1.2.3.5,x", "host,tcp:1"],
+)  # fmt: skip
+def test_what_is_not_an_entry_is_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        entry(bad, None)
+
+
+@given(st.text(alphabet="0123456789abcdef.:,/tcpud-", max_size=60))
+def test_any_text_is_an_entry_or_a_value_error(text: str) -> None:
+    with contextlib.suppress(ValueError):
+        entry(text, 5)
+
+
+# -- in a namespace, against the command ----------------------------------------------------
+
+ELEMENTS = [
+    ("gfwlab-tuple-c2s4", "198.18.0.2,tcp:40000,198.19.0.6"),
+    ("gfwlab-tuple-s2c6", "2001:db8:c::2,udp:50000,2001:db8:5::2"),
+    ("gfwlab-port-c2s4", "198.19.0.6,tcp:443"),
+    ("gfwlab-port-s2c6", "2001:db8:5::2,udp:443"),
+    ("gfwlab-addr-c2s4", "198.19.0.6"),
+    ("gfwlab-addr-s2c6", "2001:db8:5::2"),
+    (blocked.set_name("c2s", False), "198.18.0.2,udp:50000,198.19.0.6"),
+    (blocked.set_name("s2c", True), "2001:db8:c::2,tcp:40000,2001:db8:5::2"),
+]
+"""An entry of each type and family the censor writes with a timeout."""
+
+
+def listing(name: str) -> dict[str, int]:
+    out = subprocess.run(["ip", "netns", "exec", NS, "ipset", "list", name, "-output", "save"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    found = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if parts[0] == "add":
+            found[parts[2]] = int(parts[4]) if len(parts) > 4 else -1
+    return found
+
+
+def flush() -> None:
+    subprocess.run(["ip", "netns", "exec", NS, "ipset", "flush"], check=True)
+
+
+def write_all(entries: Entries) -> dict[str, dict[str, int]]:
+    """Add every element (timeout 100), one again with timeout 300, delete one, delete a
+    missing one, fill the SYN-copy pause set; what the sets then hold."""
+    for name, element in ELEMENTS:
+        entries.add(name, element, 100)
+    entries.add(*ELEMENTS[0], 300)  # again: the new timeout (ipset -exist)
+    entries.delete(*ELEMENTS[1])
+    entries.delete(*ELEMENTS[1])  # gone already: no error (-exist)
+    for v6, net in ((False, "0.0.0.0/1"), (False, "128.0.0.0/1"), (True, "8000::/1")):
+        entries.add(synoff_set(v6), net)
+    names = {name for name, _ in ELEMENTS} | {synoff_set(False), synoff_set(True)}
+    return {name: listing(name) for name in sorted(names)}
+
+
+@pytest.fixture()
+def namespace() -> object:
+    if os.geteuid() != 0 or not (shutil.which("ip") and shutil.which("ipset")):
+        pytest.skip("needs root, ip and ipset")
+    subprocess.run(["ip", "netns", "add", NS], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", NS, "ipset", "restore"], input=create_commands(),
+                       text=True, check=True)  # fmt: skip
+        yield NS
+    finally:
+        subprocess.run(["ip", "netns", "exec", NS, "ipset", "destroy"], check=False)
+        subprocess.run(["ip", "netns", "del", NS], check=False)
+
+
+@pytest.mark.live
+def test_netlink_writes_what_the_command_writes(namespace: str) -> None:
+    kernel = Kernel(["ip", "netns", "exec", namespace])
+    assert isinstance(kernel.entries, CommandEntries)  # from outside the namespace
+    by_command = write_all(kernel.entries)
+    flush()
+    netlink = in_netns(namespace, lambda: open_entries([], kernel._run))
+    assert isinstance(netlink, NetlinkEntries)
+    by_netlink = write_all(netlink)
+    for found in (by_command, by_netlink):
+        first = found[ELEMENTS[0][0]]
+        assert 295 <= first[ELEMENTS[0][1]] <= 300, first
+        assert ELEMENTS[1][1] not in found[ELEMENTS[1][0]]
+        for name, element in ELEMENTS[2:]:
+            assert 95 <= found[name][element] <= 100, (name, found[name])
+        assert set(found[synoff_set(False)]) == {"0.0.0.0/1", "128.0.0.0/1"}
+    assert {n: set(v) for n, v in by_netlink.items()} == {n: set(v) for n, v in by_command.items()}
+    # Errors name the set, the entry and why, as LabError (the censor prints it and goes on).
+    with pytest.raises(
+        LabError, match=re.escape("ipset add gfwlab-nothere 198.18.0.2: no such set")
+    ):
+        netlink.add("gfwlab-nothere", "198.18.0.2", 5)
+    with pytest.raises(LabError, match=re.escape("ipset add gfwlab-addr-c2s4 2001:db8::1: ")):
+        netlink.add("gfwlab-addr-c2s4", "2001:db8::1", 5)  # an IPv6 entry in an IPv4 set
+    with pytest.raises(LabError, match="not an entry"):
+        netlink.add("gfwlab-addr-c2s4", "198.18.0.2,tcp", 5)
+    netlink.add("gfwlab-addr-c2s4", "198.18.0.9", 5)  # the socket still works after errors
+    assert "198.18.0.9" in listing("gfwlab-addr-c2s4")
+    # An entry costs a message, not a process (printed: no wall-clock assertion).
+    started = time.perf_counter()
+    for n in range(200):
+        netlink.add("gfwlab-addr-c2s4", f"198.18.1.{n}", 5)
+    each = (time.perf_counter() - started) / 200
+    started = time.perf_counter()
+    for n in range(20):
+        kernel.entries.add("gfwlab-addr-c2s4", f"198.18.2.{n}", 5)
+    print(f"an entry: netlink {each * 1e6:.0f} µs, the command "
+          f"{(time.perf_counter() - started) / 20 * 1e6:.0f} µs")  # fmt: skip
+    netlink.close()
