@@ -517,3 +517,34 @@ def test_interrupted_demo_leaves_nothing_of_its_own(tmp_path: Path, where: str) 
         assert os.listdir(folder) == ["mine.txt"]
     else:
         assert not folder.exists()
+
+
+TASKS = """
+import atexit, os, sys
+atexit.register(lambda: print("tasks", len(os.listdir("/proc/self/task")),
+                              os.environ.get("OPENBLAS_NUM_THREADS"), file=sys.stderr))
+sys.argv = ["gfwlab", *sys.argv[1:]]
+{body}
+"""
+
+
+def tasks_at_exit(body: str, *args: str, **env: str) -> tuple[int, str | None]:
+    """The threads of a Python process that ran ``body`` (with ``args``), counted at its exit,
+    and its OPENBLAS_NUM_THREADS then."""
+    base = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    res = subprocess.run([sys.executable, "-c", TASKS.format(body=body), *args],
+                         capture_output=True, text=True, env=base | env, timeout=120,
+                         check=False)  # fmt: skip
+    last = [line.split() for line in res.stderr.splitlines() if line.startswith("tasks ")][-1]
+    return int(last[1]), None if last[2] == "None" else last[2]
+
+
+def test_numpy_is_loaded_with_one_blas_thread(demo_pcap: Path) -> None:
+    """gfwlab makes no BLAS call: a command loads NumPy with one OpenBLAS thread instead of one
+    a core, each spinning a while (about 50 ms of CPU a command); a user's own setting wins."""
+    analyze = ("analyze", str(demo_pcap), "--json")
+    run = "from gfwlab.cli import main\nmain()"
+    assert tasks_at_exit(run, *analyze) == (1, "1")
+    cores = len(os.sched_getaffinity(0))
+    assert tasks_at_exit("import numpy") == (cores, None)  # one a core: what the setting saves
+    assert tasks_at_exit(run, *analyze, OPENBLAS_NUM_THREADS="2") == (2, "2")

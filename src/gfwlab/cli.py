@@ -615,6 +615,10 @@ def version() -> None:
 
 def main() -> None:
     """Entry point: run the app and map errors to exit codes."""
+    # gfwlab makes no BLAS call, but OpenBLAS starts a thread per core when NumPy loads, and
+    # each spins a while: about 50 ms of CPU per command (measured on two cores). One thread,
+    # unless the user set a number (the processes gfwlab starts inherit it).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         code = app(standalone_mode=False)
         if isinstance(code, int) and code:
