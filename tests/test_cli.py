@@ -531,7 +531,8 @@ sys.argv = ["gfwlab", *sys.argv[1:]]
 def tasks_at_exit(body: str, *args: str, **env: str) -> tuple[int, str | None]:
     """The threads of a Python process that ran ``body`` (with ``args``), counted at its exit,
     and its OPENBLAS_NUM_THREADS then."""
-    base = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    blas = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")  # OpenBLAS reads each
+    base = {k: v for k, v in os.environ.items() if k not in blas}
     res = subprocess.run([sys.executable, "-c", TASKS.format(body=body), *args],
                          capture_output=True, text=True, env=base | env, timeout=120,
                          check=False)  # fmt: skip
