@@ -5,6 +5,7 @@ timeouts and errors as the ``ipset`` command gives."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ from gfwlab.lab.services import in_netns
 from gfwlab.live import blocked
 from gfwlab.live.ipset import CommandEntries, Entries, NetlinkEntries, entry, open_entries
 from gfwlab.live.kernel import Kernel, create_commands, synoff_set
+from gfwlab.live.nflog import acknowledgement
 
 NS = f"ipsettest-{os.getpid()}"
 
@@ -51,6 +53,17 @@ def test_each_kind_of_entry_is_the_attributes_ipset_reads() -> None:
     family, data = entry("128.0.0.0/1", None)
     assert [kind for kind, _ in attributes(data)] == [0x8001, 3]
     assert attributes(data)[1][1] == b"\x01"
+
+
+def test_the_acknowledgement_of_the_request_sent_is_read() -> None:
+    def ack(seq: int, code: int) -> bytes:
+        return struct.pack("=IHHIIi", 20, 2, 0, seq, 0, -code)  # NLMSG_ERROR, its error
+
+    stale_then_mine = ack(6, 0) + ack(7, errno.ENOENT)
+    assert acknowledgement(stale_then_mine, 7) == errno.ENOENT
+    assert acknowledgement(stale_then_mine, 6) == 0
+    assert acknowledgement(ack(6, 0), 7) is None  # only another request's answer: read on
+    assert acknowledgement(b"\x03\x00", 7) is None
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from gfwlab.errors import LabError
-from gfwlab.live.nflog import NETLINK_NETFILTER, NLM_F_ACK, NLMSG_ERROR, attr, request
+from gfwlab.live.nflog import NETLINK_NETFILTER, NLM_F_ACK, acknowledgement, attr, request
 
 NFNL_SUBSYS_IPSET = 6
 IPSET_CMD_ADD = 9
@@ -132,15 +132,9 @@ class NetlinkEntries:
     def _ack(self) -> int:
         """The error code of the acknowledgement of the message just sent (0: done)."""
         while True:
-            buf = self.sock.recv(8192)
-            off = 0
-            while off + 20 <= len(buf):
-                size, kind, _flags, seq = struct.unpack_from("=IHHI", buf, off)
-                if kind == NLMSG_ERROR and seq == self.seq:
-                    return -int(struct.unpack_from("=i", buf, off + 16)[0])
-                if size < 16:
-                    break
-                off += (size + 3) & ~3  # another message's answer, from before a timeout
+            code = acknowledgement(self.sock.recv(8192), self.seq)
+            if code is not None:
+                return code
 
 
 def entry(element: str, timeout: int | None) -> tuple[int, bytes]:

@@ -151,6 +151,20 @@ def parse_messages(buf: bytes) -> tuple[list[tuple[int | None, bytes]], list[int
     return packets, errors, bad
 
 
+def acknowledgement(buf: bytes, seq: int) -> int | None:
+    """The error code of the acknowledgement of request ``seq`` in ``buf`` (0: success), or None
+    if ``buf`` holds none (only other requests' answers, left from before a timeout)."""
+    off = 0
+    while off + _NLMSG.size <= len(buf):
+        size, kind, _flags, got, _pid = _NLMSG.unpack_from(buf, off)
+        if size < _NLMSG.size:
+            break
+        if kind == NLMSG_ERROR and got == seq and size >= _NLMSG.size + 4:
+            return -int(struct.unpack_from("=i", buf, off + _NLMSG.size)[0])
+        off += _align(size)
+    return None
+
+
 def _attrs(body: bytes) -> tuple[int | None, bytes | None]:
     """A packet message's sequence number and payload (None where absent or unreadable)."""
     seq: int | None = None

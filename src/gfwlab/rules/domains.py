@@ -104,10 +104,7 @@ class DomainSet:
         if (
             lowered.isascii()
             and not any(c in lowered for c in _ASCII_SPACE)
-            and not (
-                any(mark in lowered for mark in _MARKS)  # one character: a fast search
-                and any(f"\n{mark}" in f"\n{lowered}" for mark in _MARKS)
-            )
+            and not (any(mark in lowered for mark in _MARKS) and _marked(lowered))
         ):  # no whitespace but newlines, no marked rule: every line is a bare domain as it is
             rules = lowered.split("\n")
             if rules[-1] == "":  # the last line's newline
@@ -206,6 +203,14 @@ _HAS_SPACE = re.compile(r"\s").search
 MAX_RULE = 253
 """The longest rule: a DNS name is at most 253 characters as text (RFC 1035 §2.3.4), so a longer
 rule can match nothing and is taken for a mistake (or a hostile list)."""
+
+
+def _marked(lowered: str) -> bool:
+    """Whether a line of ``lowered`` starts with a mark (``#=^*``). Asked only when a mark is in
+    the text at all: one character is found fast, a newline and a mark slowly (a newline
+    every few dozen characters)."""
+    joined = "\n" + lowered
+    return any("\n" + mark in joined for mark in _MARKS)
 
 
 def _clean(rule: str, source: str, line_no: int) -> str:

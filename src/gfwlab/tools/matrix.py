@@ -156,7 +156,8 @@ def judge(cell: Cell, fallback_citation: str) -> Cell:
     counts and its events (those whose flow touches the cell's addresses)."""
     events = sorted(cell.events, key=lambda e: e.get("ts", 0.0))
     blocking = [e for e in events if e.get("action") in BLOCKING]
-    cell.unexplained = len(unexplained_failures(events, cell))
+    unexplained = unexplained_failures(events, cell)
+    cell.unexplained = len(unexplained)
     cell.mechanisms = list(dict.fromkeys(str(e["mechanism"]) for e in events))
     first = blocking[0] if blocking else None
     cell.first_packet = None if first is None else {
@@ -171,7 +172,7 @@ def judge(cell: Cell, fallback_citation: str) -> Cell:
     cited = blocking or events
     citations = list(dict.fromkeys(str(e.get("citation", "")) for e in cited if e.get("citation")))
     cell.citation = "; ".join(citations) if citations else fallback_citation
-    cell.explanation = explain(events, cell)
+    cell.explanation = explain(events, unexplained)
     return cell
 
 
@@ -183,13 +184,13 @@ def _rule(event: dict[str, Any]) -> str:
     return str(event.get("rule", ""))
 
 
-def explain(events: list[dict[str, Any]], cell: Cell) -> str:
-    """Per mechanism, what it did how often: ``fet drop x13 (fet:no-exemption), ...``."""
+def explain(events: list[dict[str, Any]], unexplained: list[dict[str, Any]]) -> str:
+    """Per mechanism, what it did how often: ``fet drop x13 (fet:no-exemption), ...``; then the
+    ``unexplained`` failed trials (:func:`unexplained_failures`) and their errors."""
     counts: Counter[tuple[str, str, str]] = Counter(
         (str(e["mechanism"]), str(e["action"]), _rule(e)) for e in events
     )
     parts = [f"{m} {a} ×{n} ({r})" for (m, a, r), n in counts.most_common()]
-    unexplained = unexplained_failures(events, cell)
     if unexplained:
         errors = Counter(str(f.get("error") or "no error recorded") for f in unexplained)
         why = ", ".join(f"{e} ×{n}" for e, n in errors.most_common())

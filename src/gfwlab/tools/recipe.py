@@ -357,7 +357,8 @@ class Attempt:
         return not self.error
 
     @staticmethod
-    def failed(error: str, started: float) -> Attempt:
+    def since(started: float, error: str = "") -> Attempt:
+        """How a workload begun at ``started`` (``time.monotonic``) ended now."""
         return Attempt(error, round(time.monotonic() - started, 3))
 
 
@@ -369,8 +370,8 @@ def attempt(fn: Callable[[], int]) -> Attempt:
     except (OSError, ssl.SSLError, TimeoutError, ValueError) as exc:
         what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         where = getattr(exc, "__notes__", None)
-        return Attempt.failed(f"{where[0]}: {what}" if where else what, started)
-    return Attempt("", round(time.monotonic() - started, 3))
+        return Attempt.since(started, f"{where[0]}: {what}" if where else what)
+    return Attempt.since(started)
 
 
 @dataclass(frozen=True)

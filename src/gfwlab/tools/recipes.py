@@ -123,11 +123,11 @@ class ByoSession(ToolSession):
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            return Attempt.failed(f"client: still running after {timeout:g} s", started)
+            return Attempt.since(started, f"client: still running after {timeout:g} s")
         if res.returncode != 0:
             last = (res.stderr.decode(errors="replace").strip().splitlines() or [""])[-1]
-            return Attempt.failed(f"client: exit status {res.returncode}: {last[:200]}", started)
-        return Attempt("", round(time.monotonic() - started, 3))
+            return Attempt.since(started, f"client: exit status {res.returncode}: {last[:200]}")
+        return Attempt.since(started)
 
     def download(self, address: str, size: int, timeout: float) -> Attempt:
         return self.trial(address, timeout)

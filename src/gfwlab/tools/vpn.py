@@ -95,7 +95,7 @@ class OpenVpnTcp(ToolSession):
         entry = self._start_client()
         try:
             if not self._connected(entry[0], timeout):
-                return Attempt.failed(f"tunnel: not connected within {timeout:g} s", started)
+                return Attempt.since(started, f"tunnel: not connected within {timeout:g} s")
             if size is None:
                 return attempt(lambda: plain_fetch(ORIGIN, 443, path, timeout))
             return attempt(lambda: _check_size(plain_fetch(ORIGIN, 443, path, timeout), size))
