@@ -1,15 +1,17 @@
-"""live/kernel.py without the kernel: residual keys as set elements, which set each block goes in,
-the bypassed chain's rules; and the engine's side of it: the residual journal and re-bypass
-(spec §10b "Residual tables")."""
+"""live/kernel.py and live/chains.py without the kernel: residual keys as set elements, which set
+each block goes in, the bypassed chain's rules; and the engine's side of it: the residual journal
+and re-bypass (spec §10b "Residual tables")."""
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 
 from gfwlab.engine import Accept, Bypass, Drop
-from gfwlab.live import kernel
+from gfwlab.errors import LabError
+from gfwlab.live import chains, kernel
 from gfwlab.offline.synth import https_conversation
 from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, addr_bytes, build_tcp
 from gfwlab.profiles import build_censor
@@ -32,7 +34,7 @@ C6, S6 = addr_bytes("2001:db8:c::2"), addr_bytes("2001:db8:5::2")
     ],
 )
 def test_elements(kind: str, key: tuple[object, ...], elem: str, v6: bool) -> None:
-    assert kernel.element(kind, key) == (elem, v6)  # type: ignore[arg-type]
+    assert chains.element(kind, key) == (elem, v6)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -47,21 +49,21 @@ def test_elements(kind: str, key: tuple[object, ...], elem: str, v6: bool) -> No
     ],
 )
 def test_set_of_each_block(kind: str, policy: str, v6: bool, name: str | None) -> None:
-    assert kernel.set_name(kind, policy, v6) == name  # type: ignore[arg-type]
+    assert chains.set_name(kind, policy, v6) == name  # type: ignore[arg-type]
     if name is not None:
-        assert name in {s.name for s in kernel.kernel_sets()}
+        assert name in {s.name for s in chains.kernel_sets()}
 
 
 def test_sets_and_rules() -> None:
-    sets = kernel.kernel_sets()
+    sets = chains.kernel_sets()
     assert len({s.name for s in sets}) == len(sets) == 12
     assert all(len(s.name) <= 31 for s in sets)  # ipset's limit
-    made = kernel.create_commands().splitlines()
+    made = chains.create_commands().splitlines()
     assert made[0] == "create gfwlab-tuple-c2s4 hash:ip,port,ip family inet timeout 1073741"
     for v6 in (False, True):
-        rules = kernel.bypassed_chain_rules(0x1, v6=v6)
+        rules = chains.bypassed_chain_rules(0x1, v6=v6)
         assert len(rules) == 7
-        assert kernel.jump_rule(0x1)[-2:] == ["-j", kernel.BYPASSED_CHAIN]
+        assert chains.jump_rule(0x1)[-2:] == ["-j", chains.BYPASSED_CHAIN]
         assert rules[-1] == ["-m", "connmark", "--mark", "0x1/0x1", "-j", "ACCEPT"]
         # A block's set is matched on the packets it blocks, and only takes the bypass off.
         first = rules[0]
@@ -82,7 +84,7 @@ def test_engine_journals_the_blocks_it_starts() -> None:
         censor.feed(pkt, t)
     ((kind, key, entry),) = censor.residual.journal
     assert (kind, entry.mechanism, entry.policy) == ("3-tuple", "esni", "drop-c2s")
-    assert kernel.element(kind, key) == ("198.18.0.2,tcp:443,198.19.0.5", False)
+    assert chains.element(kind, key) == ("198.18.0.2,tcp:443,198.19.0.5", False)
     assert entry.until - entry.start == 180.0
 
 
@@ -112,6 +114,31 @@ def test_queue_rule_packets_reads_the_nfqueue_counters() -> None:
 """
     assert kernel.queue_rule_packets(listing) == 14444
     assert kernel.queue_rule_packets("") == 0
+
+
+def test_every_failed_kernel_write_is_counted_once() -> None:
+    """``Kernel.errors`` (``kernel_errors`` in the censor's counters, a note in ``lab status``)
+    counts each write that failed once, whether a command or an entry failed: here every command
+    fails (the namespace prefix is ``false``)."""
+    k = kernel.Kernel(["false"])
+    k.armed = True  # the jump is taken to be in place: only the entry is written
+    with pytest.raises(
+        LabError,
+        match=re.escape("ipset -exist add gfwlab-tuple-c2s4 198.18.0.2,tcp:443,198.19.0.5 "),
+    ):
+        k.add_residual("3-tuple", "drop-c2s", (6, b"\xc6\x12\0\2", b"\xc6\x13\0\5", 443), 0, 9, 0)
+    assert k.errors == 1
+    with pytest.raises(
+        LabError, match=re.escape("ipset -exist add gfwlab-synoff4 0.0.0.0/1: exit 1")
+    ):
+        k.pause_syns(True)
+    assert k.errors == 2 and k.syn_paused is None
+    with pytest.raises(LabError, match=re.escape("iptables -w -t mangle -N GFWLAB_SEEN: exit 1")):
+        k.set_skip(True)
+    assert k.errors == 3
+    with pytest.raises(LabError, match=re.escape("ipset list: exit 1")):
+        k.command(["ipset", "list"])  # run for another (HeldFlows), which counts its own
+    assert k.errors == 3
 
 
 def _run_cbpf(program: str, packet: bytes) -> int:
@@ -152,7 +179,7 @@ def _run_cbpf(program: str, packet: bytes) -> int:
 @pytest.mark.parametrize("v6", [False, True])
 def test_the_skip_program_matches_tcp_segments_without_payload(v6: bool) -> None:
     c, s = (C6, S6) if v6 else (C, S)
-    program = kernel.skip_rules(v6)[0][-3]
+    program = chains.skip_rules(v6)[0][-3]
     ts = bytes([8, 10]) + bytes(8) + bytes([1, 1])  # timestamps + padding: a 32-byte header
     for payload, options, match in (
         (b"", b"", True),

@@ -21,7 +21,7 @@ import dns.message
 import pytest
 
 from gfwlab.lab.netns import in_ns
-from gfwlab.live.kernel import SEEN_CHAIN, SKIP_CHAIN
+from gfwlab.live.chains import SEEN_CHAIN, SKIP_CHAIN
 from gfwlab.live.topology import CENSOR_NS
 from gfwlab.packet.ip import ACK, RST, parse
 from gfwlab.packet.pcap import CaptureReader
@@ -169,7 +169,7 @@ def test_dig_gets_the_forged_answer_first_then_the_real_one(lab: None, tmp_path:
 
 def _skip_rule_state() -> tuple[bool, int]:
     """Whether a residual drop block holds the skips off, and the packets the DNS answer skip
-    rule has let through (``live/kernel.py`` ``skip_rules``)."""
+    rule has let through (``live/chains.py`` ``skip_rules``)."""
     out = subprocess.run(
         in_ns(CENSOR_NS, "iptables", "-w", "-t", "mangle", "-L", SKIP_CHAIN, "-v", "-x", "-n"),
         capture_output=True, text=True, timeout=10, check=True,

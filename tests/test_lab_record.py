@@ -11,7 +11,8 @@ from pathlib import Path
 
 from gfwlab.lab.lifecycle import UpOptions, lab_sets
 from gfwlab.lab.netns import in_ns
-from gfwlab.live.kernel import Kernel, jump_rule
+from gfwlab.live.chains import jump_rule
+from gfwlab.live.kernel import Kernel
 from gfwlab.live.topology import CENSOR_NS
 from testenv import LAB_MARKS, SETS, UP, _verdicts, client, curl, gfwlab, leftovers
 

@@ -352,7 +352,7 @@ def test_syn_and_udp_floods(lab_up: Any) -> None:
     rss_syn = rss_kib(pid)
     st = stats()
     assert st["flows_tracked"] <= MAX_FLOWS
-    # The censor saw the flood: its SYNs queued, or copied to it (live/kernel.py syn_rules).
+    # The censor saw the flood: its SYNs queued, or copied to it (live/chains.py syn_rules).
     assert st["queued_packets"] + st["syns_fed"] >= min(syn["sent"], 10_000) // 2, (st, syn)
 
     udp = _during(_flood("udp", RATE * 15, 15.0, dst="198.19.0.7", rate=str(RATE)))

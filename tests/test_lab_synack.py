@@ -1,10 +1,10 @@
 """Live: a conntrack-INVALID insertion packet gets the verdict it gets with every packet queued.
 
-With the SYN/ACK skip (live/kernel.py ``skip_rules``) the engine learns of a clean connection's
+With the SYN/ACK skip (live/chains.py ``skip_rules``) the engine learns of a clean connection's
 SYN/ACK from the kernel's mark on the connection's next queued packet. A teardown insertion that
 conntrack finds INVALID (here Geneva's RST/ACK with a corrupted checksum, spec §9 (a), §14c) has
 no connection and so no connection mark: the kernel marks it by a set of the connections whose
-SYN/ACK it skipped (``kernel.seen_rules``, ``LiveCensor.invalid_after_syn_ack``). The same
+SYN/ACK it skipped (``chains.seen_rules``, ``LiveCensor.invalid_after_syn_ack``). The same
 insertion is sent on a connection opened while ``lab record`` records (the skip is then off: the
 SYN/ACK is queued), and the censor's verdicts must agree."""
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from gfwlab.lab.lifecycle import control
 from gfwlab.lab.netns import in_ns
-from gfwlab.live.kernel import SEEN_CHAIN
+from gfwlab.live.chains import SEEN_CHAIN
 from gfwlab.live.topology import CENSOR_NS
 from testenv import LAB_MARKS, UP, client, gfwlab, leftovers
 
@@ -117,7 +117,7 @@ def test_an_invalid_insertion_gets_the_verdict_it_gets_with_the_synack_queued(
     )
     assert skipped[1] == queued[1] and verdict(skipped[0]) == verdict(queued[0]), (skipped, events)
     # The skip was on, the insertion reached the queue without a connection after the skipped
-    # SYN/ACK (kernel.seen_rules), and the censor fed the engine the SYN/ACK it had missed.
+    # SYN/ACK (chains.seen_rules), and the censor fed the engine the SYN/ACK it had missed.
     assert stats["syn_ack_skip"] is True
     invalid = [line.split() for line in listing.splitlines() if "ctstate INVALID" in line]
     assert invalid and int(invalid[0][0]) >= 1, listing

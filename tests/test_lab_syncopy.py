@@ -2,7 +2,7 @@
 
 With no mechanism that decides on a SYN and no residual block held, the kernel forwards a
 connection's first SYN itself and copies its headers to the censor's NFLOG group
-(``live/kernel.py`` ``syn_rules``); the censor feeds the copy to the engine before the
+(``live/chains.py`` ``syn_rules``); the censor feeds the copy to the engine before the
 connection's next queued packet (``live/nflog.py``). A connection then costs the queue one
 packet, its request, and is judged as before: the engine's TCB starts from the real SYN. While
 a residual block is held (a new connection's SYN may draw a residual reset, spec §3) the SYNs go

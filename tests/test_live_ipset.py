@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 from gfwlab.errors import LabError
 from gfwlab.lab.services import in_netns
 from gfwlab.live import blocked
+from gfwlab.live.chains import create_commands, synoff_set
 from gfwlab.live.ipset import CommandEntries, Entries, NetlinkEntries, entry, open_entries
-from gfwlab.live.kernel import Kernel, create_commands, synoff_set
+from gfwlab.live.kernel import Kernel
 from gfwlab.live.nflog import acknowledgement
 
 NS = f"ipsettest-{os.getpid()}"
@@ -146,7 +147,7 @@ def test_netlink_writes_what_the_command_writes(namespace: str) -> None:
     assert isinstance(kernel.entries, CommandEntries)  # from outside the namespace
     by_command = write_all(kernel.entries)
     flush()
-    netlink = in_netns(namespace, lambda: open_entries([], kernel._run))
+    netlink = in_netns(namespace, lambda: open_entries([], kernel.command))
     assert isinstance(netlink, NetlinkEntries)
     by_netlink = write_all(netlink)
     for found in (by_command, by_netlink):
@@ -179,3 +180,21 @@ def test_netlink_writes_what_the_command_writes(namespace: str) -> None:
     print(f"an entry: netlink {each * 1e6:.0f} µs, the command "
           f"{(time.perf_counter() - started) / 20 * 1e6:.0f} µs")  # fmt: skip
     netlink.close()
+
+
+@pytest.mark.live
+def test_a_failed_netlink_entry_is_counted(namespace: str) -> None:
+    """The censor's kernel writes entries over netlink in its namespace; one that fails counts in
+    ``Kernel.errors`` (``kernel_errors`` in its counters) as a failed command does."""
+    kernel = in_netns(namespace, Kernel)
+    assert isinstance(kernel.entries, NetlinkEntries)
+    kernel.armed = True  # the jump is taken to be in place: only the entry is written
+    key = (6, bytes([198, 18, 0, 2]), bytes([198, 19, 0, 5]), 443)
+    assert kernel.add_residual("3-tuple", "drop-c2s", key, 0.0, 30.0, 0.0)
+    assert kernel.errors == 0 and "198.18.0.2,tcp:443,198.19.0.5" in listing("gfwlab-tuple-c2s4")
+    subprocess.run(["ip", "netns", "exec", namespace, "ipset", "destroy", synoff_set(False)],
+                   check=True)  # fmt: skip
+    with pytest.raises(LabError, match=re.escape(f"ipset add {synoff_set(False)} 0.0.0.0/1")):
+        kernel.pause_syns(True)
+    assert kernel.errors == 1 and kernel.syn_paused is None
+    kernel.entries.close()

@@ -1,4 +1,4 @@
-"""The live censor without the server's SYN/ACK (live/kernel.py ``skip_rules``): the kernel
+"""The live censor without the server's SYN/ACK (live/chains.py ``skip_rules``): the kernel
 forwards a clean connection's SYN/ACK unqueued and marks the connection's next queued packet;
 the censor then tells the engine's TCP view what it missed (``LiveCensor.missed_syn_ack``), so
 Geneva's teardown insertions (spec §9, §14c) get the same verdicts as with every packet queued.
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gfwlab.live import kernel
+from gfwlab.live import chains
 from gfwlab.live.daemon import LiveCensor, _bare_syn
 from gfwlab.live.topology import (
     CT_INVALID_MARK,
@@ -109,7 +109,7 @@ def test_a_conntrack_invalid_insertion_gets_the_synack_first_if_it_passed_before
 ) -> None:
     """A RST with a bad checksum is INVALID to conntrack: it carries no connection mark. The
     kernel marks it CT_INVALID_MARK if it reached the queue after the SYN/ACK went by unqueued
-    (kernel.seen_rules); the censor then feeds the rebuilt SYN/ACK first, and the teardown
+    (chains.seen_rules); the censor then feeds the rebuilt SYN/ACK first, and the teardown
     evades. Unmarked (it came before the SYN/ACK), the RST is seen at syn-seen, as with every
     packet queued. The connection's next packet marked seen gets no second SYN/ACK."""
     censor, _ = live(tmp_path)
@@ -142,11 +142,11 @@ def test_bare_syn() -> None:
 
 def test_skip_rules_with_and_without_the_synack() -> None:
     for v6 in (False, True):
-        name = kernel.synack_set(v6)
-        plain = kernel.skip_rules(v6)
-        assert len(plain) == 2 and plain[-1] == ["-g", kernel.SEEN_CHAIN]
-        both = kernel.skip_rules(v6, syn_ack=True)
-        assert len(both) == 5 and both[-1] == ["-g", kernel.SEEN_CHAIN]
+        name = chains.synack_set(v6)
+        plain = chains.skip_rules(v6)
+        assert len(plain) == 2 and plain[-1] == ["-g", chains.SEEN_CHAIN]
+        both = chains.skip_rules(v6, syn_ack=True)
+        assert len(both) == 5 and both[-1] == ["-g", chains.SEEN_CHAIN]
         add, mark, accept = both[1:4]
         # Only the first answer, a SYN/ACK, of a connection whose SYN the censor passed clean.
         for rule in (add, mark, accept):
@@ -160,9 +160,9 @@ def test_skip_rules_with_and_without_the_synack() -> None:
             "0x2",
         ]
         assert accept[accept.index("--mark") + 1] == "0x6/0x6" and accept[-1] == "ACCEPT"
-        assert kernel.skip_rules(v6, handshake_ack=False) == [["-g", kernel.SEEN_CHAIN]]
-        assert kernel.seen_rules(v6, syn_ack=False) == []  # nothing is skipped, nothing to mark
-        seen = kernel.seen_rules(v6)
+        assert chains.skip_rules(v6, handshake_ack=False) == [["-g", chains.SEEN_CHAIN]]
+        assert chains.seen_rules(v6, syn_ack=False) == []  # nothing is skipped, nothing to mark
+        seen = chains.seen_rules(v6)
         # INVALID packets after a skipped SYN/ACK (either direction), then the seen marks, the
         # set entry taken out, the connection mark taken off.
         assert [r[-1] for r in seen] == [
@@ -179,29 +179,29 @@ def test_skip_rules_with_and_without_the_synack() -> None:
             assert rule[rule.index("--match-set") + 1 :][:2] == [name, flags]
         assert [r[r.index("--del-set") + 1] for r in seen[4:6]] == [name, name]
     assert (
-        f"create {kernel.synack_set(False)} hash:ip,port,ip family inet "
-        in kernel.create_commands()
+        f"create {chains.synack_set(False)} hash:ip,port,ip family inet "
+        in chains.create_commands()
     )
 
 
 def test_dns_answers_skip_the_queue_where_every_censor_watches_their_port() -> None:
-    """``kernel.udp_replies``: answers from a port every censor of the chain watches, to a port
+    """``chains.udp_replies``: answers from a port every censor of the chain watches, to a port
     none watches (a client resolving from port 53 keeps its answers queued)."""
-    assert kernel.udp_replies([frozenset({53})]) == (frozenset({53}), frozenset({53}))
-    assert kernel.udp_replies([frozenset({53}), frozenset({53, 5353})]) == (
+    assert chains.udp_replies([frozenset({53})]) == (frozenset({53}), frozenset({53}))
+    assert chains.udp_replies([frozenset({53}), frozenset({53, 5353})]) == (
         frozenset({53}),
         frozenset({53, 5353}),
     )
-    assert kernel.udp_replies([frozenset({53}), frozenset()]) is None  # one watches none
-    assert kernel.udp_replies([]) is None
-    assert kernel.udp_replies([frozenset(range(1, 17))]) is None  # more than multiport takes
+    assert chains.udp_replies([frozenset({53}), frozenset()]) is None  # one watches none
+    assert chains.udp_replies([]) is None
+    assert chains.udp_replies([frozenset(range(1, 17))]) is None  # more than multiport takes
     censor = build_censor(profile(), 1)
-    replies = kernel.udp_replies([censor.plan.ports])
+    replies = chains.udp_replies([censor.plan.ports])
     for v6 in (False, True):
-        rules = kernel.skip_rules(v6, udp_replies=replies)
-        assert rules[-1] == ["-g", kernel.SEEN_CHAIN] and len(rules) == 3
+        rules = chains.skip_rules(v6, udp_replies=replies)
+        assert rules[-1] == ["-g", chains.SEEN_CHAIN] and len(rules) == 3
         rule = rules[1]
         assert rule[rule.index("--sports") + 1] == "53"
         assert rule[rule.index("--dports") - 1] == "!" and rule[rule.index("--dports") + 1] == "53"
         assert rule[rule.index("--ctdir") + 1] == "REPLY" and rule[-1] == "ACCEPT"
-        assert kernel.skip_rules(v6) == kernel.skip_rules(v6, udp_replies=None)
+        assert chains.skip_rules(v6) == chains.skip_rules(v6, udp_replies=None)

@@ -1,4 +1,4 @@
-"""The live censor without a clean connection's first SYN in its queue (live/kernel.py
+"""The live censor without a clean connection's first SYN in its queue (live/chains.py
 ``syn_rules``): the kernel forwards the SYN and copies its headers to an NFLOG group
 (live/nflog.py); the censor feeds the copy to the engine where the queue would have put the SYN.
 
@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gfwlab.live import kernel, nflog
+from gfwlab.live import chains, nflog
 from gfwlab.live.daemon import LiveCensor, _conn
 from gfwlab.live.nflog import SynCopies, parse_messages
 from gfwlab.live.topology import SEEN_ORIGINAL_MARK, SYN_CLEAN_MARK, SYN_COPIED_MARK
@@ -204,29 +204,29 @@ def test_copies_only_where_no_mechanism_decides_on_a_syn() -> None:
 
 def test_syn_rules() -> None:
     for v6 in (False, True):
-        jump = kernel.skip_rules(v6, handshake_ack=False, syn=True)[0]
-        assert jump[-2:] == ["-j", kernel.SYN_CHAIN]
+        jump = chains.skip_rules(v6, handshake_ack=False, syn=True)[0]
+        assert jump[-2:] == ["-j", chains.SYN_CHAIN]
         assert jump[jump.index("--tcp-flags") + 2] == "SYN"  # SYN alone: no ACK, FIN, RST
         assert jump[jump.index("--connbytes") + 1] == "1:1"  # the connection's first packet
         assert "bpf" in jump  # without payload
-        rules = kernel.syn_rules(v6)
-        name = kernel.synoff_set(v6)
+        rules = chains.syn_rules(v6)
+        name = chains.synoff_set(v6)
         assert rules[0] == ["-m", "set", "--match-set", name, "dst", "-j", "RETURN"]
         assert rules[1][rules[1].index("--nflog-group") + 1] == str(nflog_group())
         assert rules[2][-1] == f"0x{SYN_CLEAN_MARK:x}" and rules[-1] == ["-j", "ACCEPT"]
-        assert rules[3][-3:] == [kernel.syncopy_set(v6), "src,src,dst", "--exist"]
-        seen = kernel.seen_rules(v6, syn_ack=False, syn=True)
+        assert rules[3][-3:] == [chains.syncopy_set(v6), "src,src,dst", "--exist"]
+        seen = chains.seen_rules(v6, syn_ack=False, syn=True)
         assert [r[-1] for r in seen] == [
             f"0x{SYN_COPIED_MARK:x}",
             f"0x{SYN_COPIED_MARK:x}",
             "src,src,dst",
             "dst,dst,src",
         ]
-        assert kernel.seen_rules(v6, syn_ack=True, syn=True)[-4:] == seen
-    made = kernel.create_commands()
+        assert chains.seen_rules(v6, syn_ack=True, syn=True)[-4:] == seen
+    made = chains.create_commands()
     for v6 in (False, True):
-        assert f"create {kernel.syncopy_set(v6)} hash:ip,port,ip" in made
-        assert f"create {kernel.synoff_set(v6)} hash:net" in made
+        assert f"create {chains.syncopy_set(v6)} hash:ip,port,ip" in made
+        assert f"create {chains.synoff_set(v6)} hash:net" in made
 
 
 def nflog_group() -> int:

@@ -159,7 +159,7 @@ class Plan(Frozen):
     datagram from one of them to a port outside them (a DNS answer) changes nothing in the
     engine but counters and its flow's idle time (``Censor._udp`` keeps such a flow open for its
     next query), so an inline adapter may forward it unqueued while no residual drop block is
-    in force (``live/kernel.py`` ``udp_replies``)."""
+    in force (``live/chains.py`` ``udp_replies``)."""
     options: Options
 
     @classmethod

@@ -399,6 +399,12 @@ def status() -> Status:
     for p in procs:
         if not p["alive"] and p["name"] != "censor":
             notes.append(f"{p['name']} is not running")
+    failed = int(stats.get("kernel_errors", 0) or 0)
+    if failed:
+        notes.append(
+            f"the censor could not write {failed} kernel rules or entries: a block may miss "
+            f"flows the kernel forwards without the engine (which ones: {st.file('censor.log')})"
+        )
     if detached:
         notes.append("removed what a killed evade left attached: " + "; ".join(detached))
     offset = float(st.config.get("clock_offset_s") or 0.0)

@@ -16,7 +16,7 @@ import subprocess
 import time
 
 from gfwlab.errors import LabError
-from gfwlab.live import blocked, kernel
+from gfwlab.live import blocked, chains
 from gfwlab.live.topology import (
     BYPASS_MARK,
     CENSOR_NS,
@@ -190,22 +190,22 @@ def install_queue_rules(censor_ns: str, queue: int, *, fail_open: bool) -> None:
     """
     bypass = f"0x{BYPASS_MARK:x}/0x{BYPASS_MARK:x}"
     try:
-        run(in_ns(censor_ns, "ipset", "restore"), stdin=kernel.create_commands())
+        run(in_ns(censor_ns, "ipset", "restore"), stdin=chains.create_commands())
     except LabError as exc:
         raise LabError(f"could not make the residual block sets (ipset): {exc}") from None
     for tool in ("iptables", "ip6tables"):
         ipt = in_ns(censor_ns, tool, "-w", "-t", "mangle")
         run([*ipt, "-N", "GFWLAB"])
-        run([*ipt, "-N", kernel.BYPASSED_CHAIN])
+        run([*ipt, "-N", chains.BYPASSED_CHAIN])
         for dev in (CLIENT_LINK.b, SERVER_LINK.a):
             run([*ipt, "-A", "PREROUTING", "-i", dev, "-j", "GFWLAB"])
         run([*ipt, "-A", "GFWLAB", "-m", "connmark", "--mark", bypass, "-j", "ACCEPT"])
         # While a residual drop block is in force, the censor puts a jump to this chain first
         # (live/kernel.py): a bypassed packet a block may cover loses its connection's bypass
         # mark and goes to the queue, so the engine sees it again.
-        for rule in kernel.bypassed_chain_rules(BYPASS_MARK, v6=tool == "ip6tables"):
+        for rule in chains.bypassed_chain_rules(BYPASS_MARK, v6=tool == "ip6tables"):
             try:
-                run([*ipt, "-A", kernel.BYPASSED_CHAIN, *rule])
+                run([*ipt, "-A", chains.BYPASSED_CHAIN, *rule])
             except LabError as exc:
                 raise LabError(f"the kernel refused the set match (xt_set): {exc}") from None
         if tool == "iptables":
@@ -219,8 +219,8 @@ def install_queue_rules(censor_ns: str, queue: int, *, fail_open: bool) -> None:
         run([*ipt, "-N", blocked.CHAIN])
         run([*ipt, "-A", "GFWLAB", "-j", blocked.CHAIN])
         # What no active mechanism needs is let through here (filled by the censor: live/kernel.py).
-        run([*ipt, "-N", kernel.SKIP_CHAIN])
-        run([*ipt, "-A", "GFWLAB", "-j", kernel.SKIP_CHAIN])
+        run([*ipt, "-N", chains.SKIP_CHAIN])
+        run([*ipt, "-A", "GFWLAB", "-j", chains.SKIP_CHAIN])
         queue_rule = [*ipt, "-A", "GFWLAB", "-j", "NFQUEUE", "--queue-num", str(queue)]
         if fail_open:
             queue_rule.append("--queue-bypass")

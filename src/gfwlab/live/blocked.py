@@ -117,7 +117,7 @@ class Held:
 
 Run = Callable[[list[str]], str]
 """Runs a command in the censor namespace and returns its output; raises GfwlabError if the
-command fails (``Kernel._run``)."""
+command fails (``Kernel.command``)."""
 
 
 class HeldFlows:
@@ -142,6 +142,7 @@ class HeldFlows:
         self.added = 0
         """Entries written."""
         self.errors = 0
+        """Writes and listings that failed (``kernel_errors`` in the censor's counters)."""
         self.next_check = 0.0
         self.every = max(0.5, min(CHECK_S, tcp_idle_s / 4, udp_idle_s / 4))
         """Seconds between two listings of the sets."""

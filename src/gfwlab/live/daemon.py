@@ -7,9 +7,8 @@ the live adapter of the same sans-I/O engine the offline analyser uses:
 - ``Accept`` and ``Drop`` become NFQUEUE verdicts; a ``Bypass`` in the same batch marks the
   packet so the kernel remembers the mark on the connection and forwards the flow's later
   packets without queueing them (see ``netns.install_queue_rules``);
-- ``Inject`` is written as a whole Ethernet frame with an AF_PACKET socket on the link toward
-  its destination, so every header field (TTL, IP-ID 0, DF, flags) is exactly the injector's:
-  a raw IP socket would let the kernel replace an IP-ID of 0;
+- ``Inject`` is written as a whole Ethernet frame on the link toward its destination
+  (``live/frames.py``), so every header field is exactly the injector's;
 - injections due later wait on the engine's ``next_deadline``;
 - residual drop blocks the engine starts are mirrored as kernel ipset entries
   (``live/kernel.py``), so that they reach flows the kernel already bypasses;
@@ -40,7 +39,9 @@ from gfwlab.engine.flows import Flow, FlowKey, flow_key
 from gfwlab.engine.tcb import TcbState
 from gfwlab.errors import GfwlabError, MalformedPacket
 from gfwlab.live.blocked import HeldFlows
-from gfwlab.live.kernel import Kernel, UdpReplies, udp_replies
+from gfwlab.live.chains import UdpReplies, udp_replies
+from gfwlab.live.frames import FrameInjector
+from gfwlab.live.kernel import Kernel
 from gfwlab.live.loop import serve
 from gfwlab.live.nflog import NflogReader, SynCopies
 from gfwlab.live.persist import BlockStore, censors_of
@@ -48,14 +49,11 @@ from gfwlab.live.prober import Prober
 from gfwlab.live.ratelimit import TokenBucket
 from gfwlab.live.topology import (
     BYPASS_MARK,
-    CLIENT_LINK,
     CT_INVALID_MARK,
-    INSIDE,
     NFLOG_GROUP,
     QUEUE_NUM,
     SEEN_ORIGINAL_MARK,
     SEEN_REPLY_MARK,
-    SERVER_LINK,
     SYN_CLEAN_MARK,
     SYN_COPIED_MARK,
 )
@@ -73,39 +71,6 @@ from gfwlab.packet.ip import (
 )
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.profiles import build_censor, load_profiles, parse_date
-from gfwlab.rules.schema import Prefixes
-
-ETH_P_IP = b"\x08\x00"
-ETH_P_IPV6 = b"\x86\xdd"
-
-
-class FrameInjector:
-    """Sends forged IP packets as Ethernet frames on the link toward their destination."""
-
-    def __init__(self) -> None:
-        import ipaddress  # noqa: PLC0415
-
-        self._inside = Prefixes(tuple(ipaddress.ip_network(p) for p in INSIDE))
-        self._links: dict[bool, tuple[socket.socket, bytes]] = {}
-        for inside, dev, src_mac, dst_mac in (
-            (True, CLIENT_LINK.b, CLIENT_LINK.b_mac, CLIENT_LINK.a_mac),
-            (False, SERVER_LINK.a, SERVER_LINK.a_mac, SERVER_LINK.b_mac),
-        ):
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-            sock.bind((dev, 0))
-            self._links[inside] = (sock, _mac(dst_mac) + _mac(src_mac))
-        self.sent = 0
-
-    def send(self, packet: bytes) -> None:
-        v6 = packet[0] >> 4 == 6
-        dst = packet[24:40] if v6 else packet[16:20]
-        sock, header = self._links[self._inside.contains(dst)]
-        sock.send(header + (ETH_P_IPV6 if v6 else ETH_P_IP) + packet)
-        self.sent += 1
-
-    def close(self) -> None:
-        for sock, _ in self._links.values():
-            sock.close()
 
 
 def _conn(raw: bytes) -> FlowKey | None:
@@ -118,10 +83,6 @@ def _conn(raw: bytes) -> FlowKey | None:
     if pkt.proto not in (PROTO_TCP, PROTO_UDP) or pkt.fragment:
         return None
     return flow_key(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
-
-
-def _mac(text: str) -> bytes:
-    return bytes(int(part, 16) for part in text.split(":"))
 
 
 def _client_data(pkt: Packet) -> bool:
@@ -193,7 +154,7 @@ class LiveCensor:
         :meth:`invalid_after_syn_ack`)."""
         self.syn_copyable = False
         """Whether no active mechanism decides on a SYN (``set_skips``): the kernel may forward
-        clean first SYNs and copy them to the censor (``live/kernel.py`` :func:`syn_rules`)."""
+        clean first SYNs and copy them to the censor (``live/chains.py`` :func:`syn_rules`)."""
         self.syn_copies: SynCopies | None = None
         """Where those copies arrive (``live/nflog.py``)."""
         self.syns_fed = 0
@@ -259,8 +220,8 @@ class LiveCensor:
             self.feed_copies(self.syn_copies.take(payload), now)
 
     def feed_copies(self, copies: list[bytes], now: float | None = None) -> None:
-        """Feed the engine SYN copies the kernel forwarded (``live/kernel.py``
-        :func:`~gfwlab.live.kernel.syn_rules`), in their order.
+        """Feed the engine SYN copies the kernel forwarded (``live/chains.py``
+        :func:`~gfwlab.live.chains.syn_rules`), in their order.
 
         The SYN has passed already; the engine had nothing to decide on it (no mechanism acts
         on SYNs, no residual block was held). If one started while the copy was on its way, what
@@ -292,8 +253,8 @@ class LiveCensor:
                 print(f"gfwlab-censor: {exc}", file=sys.stderr, flush=True)
 
     def missed_syn_ack(self, payload: bytes, mark: int, now: float) -> None:
-        """Tell the engine about the SYN/ACK the kernel forwarded unqueued (``live/kernel.py``
-        :func:`~gfwlab.live.kernel.skip_rules`), before the first packet of the connection it
+        """Tell the engine about the SYN/ACK the kernel forwarded unqueued (``live/chains.py``
+        :func:`~gfwlab.live.chains.skip_rules`), before the first packet of the connection it
         shows the engine since: a SYN/ACK rebuilt from that packet (addresses, ports and the
         server's sequence number from its acknowledgement) is fed first.
 
@@ -315,8 +276,8 @@ class LiveCensor:
     def invalid_after_syn_ack(self, payload: bytes, now: float) -> None:
         """What :meth:`missed_syn_ack` does, for a TCP packet that conntrack found INVALID and
         that reached the queue after the kernel forwarded its connection's SYN/ACK unqueued
-        (:data:`~gfwlab.live.topology.CT_INVALID_MARK`, ``live/kernel.py``
-        :func:`~gfwlab.live.kernel.seen_rules`).
+        (:data:`~gfwlab.live.topology.CT_INVALID_MARK`, ``live/chains.py``
+        :func:`~gfwlab.live.chains.seen_rules`).
 
         Such a packet has no connection, so it cannot carry the seen marks; yet these are the
         packets that need the SYN/ACK: Geneva's teardown insertions (a RST or RST/ACK with a bad
@@ -467,7 +428,7 @@ class LiveCensor:
         syn: bool = False,
         udp_replies: UdpReplies | None = None,
     ) -> None:
-        """What the kernel forwards without the engine (``live/kernel.py`` :func:`skip_rules`),
+        """What the kernel forwards without the engine (``live/chains.py`` :func:`skip_rules`),
         from what the active mechanisms declare; the SYN/ACK skip stays off while recording. A
         clean first SYN is forwarded and copied (``syn``) only along with the SYN/ACK skip."""
         self.skip_handshake_ack, self.syn_ack_skippable = handshake_ack, syn_ack
@@ -601,6 +562,9 @@ class LiveCensor:
             "kernel_residuals": self.kernel.added if self.kernel is not None else 0,
             "kernel_blocked_flows": self.kernel_held.added if self.kernel_held else 0,
             "kernel_blocked_now": len(self.kernel_held.held) if self.kernel_held else 0,
+            # Writes of kernel state that failed (a block or a blocked flow the kernel may miss).
+            "kernel_errors": (kernel.errors if kernel is not None else 0)
+            + (self.kernel_held.errors if self.kernel_held else 0),
             "syn_ack_skip": self.skip_syn_ack,
             "synacks_fed": self.synacks_fed,
             "syn_copy": copying,
@@ -662,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(censor, Censor):  # censors in series each keep their own flows: not held
         engine = censor.profile.engine
         held = HeldFlows(
-            censor.flows, kernel._run, engine.tcp_timeout_s, engine.udp_timeout_s, kernel.entries
+            censor.flows, kernel.command, engine.tcp_timeout_s, engine.udp_timeout_s, kernel.entries
         )
         try:
             held.install()
@@ -671,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gfwlab-censor: blocked flows stay in the queue: {exc}", file=sys.stderr)
     # What the kernel may forward unqueued: the handshake ACK unless a mechanism needs it
     # (Needs.handshake_ack, Needs.watch_packets); a clean connection's SYN/ACK unless a
-    # mechanism hooks it or counts packets (live/kernel.py skip_rules).
+    # mechanism hooks it or counts packets (live/chains.py skip_rules).
     live.set_skips(
         not any(c.needs_handshake_ack for c in censors),
         not any(c.hooks.get("on_syn_ack") or c.hooks.get("on_tcp_packet") for c in censors),

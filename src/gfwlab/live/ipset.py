@@ -74,7 +74,7 @@ class Entries(Protocol):
 
 class CommandEntries:
     """Entries through the ``ipset`` command (``run`` runs it in the censor namespace and raises
-    LabError if it fails: ``Kernel._run``); for a censor outside the namespace."""
+    LabError if it fails: ``Kernel.command``); for a censor outside the namespace."""
 
     def __init__(self, run: Callable[[list[str]], str]) -> None:
         self.run = run

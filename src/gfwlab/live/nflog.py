@@ -1,7 +1,7 @@
 """Copies of packets the kernel forwarded itself, read from an NFLOG group (nfnetlink_log).
 
 The live censor lets the kernel forward a clean connection's first SYN without holding it for a
-verdict (``live/kernel.py`` :func:`~gfwlab.live.kernel.syn_rules`): the kernel sends a copy of
+verdict (``live/chains.py`` :func:`~gfwlab.live.chains.syn_rules`): the kernel sends a copy of
 its headers to an NFLOG group and forwards it at once. The censor reads the copies here and feeds
 each one to the engine before the next packet it takes from its queue, so the engine's TCP view
 starts from the real SYN (its initial sequence number, options, TTL) as it does when the SYN is

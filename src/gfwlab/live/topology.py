@@ -70,27 +70,27 @@ QUEUE_NUM = 7
 """NFQUEUE number the censor reads."""
 NFLOG_GROUP = 7
 """NFLOG group of the clean SYNs the kernel forwards itself and copies to the censor
-(``live/kernel.py`` :func:`syn_rules`, ``live/nflog.py``)."""
+(``live/chains.py`` :func:`syn_rules`, ``live/nflog.py``)."""
 BYPASS_MARK = 0x1
 """Connection mark of flows whose verdict is final: the kernel forwards them without queueing."""
 SYN_CLEAN_MARK = 0x4
 """Mark the censor puts on a client SYN it passed with nothing else to do (no decision, no block):
 kept on the connection, it lets the kernel forward the server's SYN/ACK unqueued
-(``live/kernel.py``)."""
+(``live/chains.py`` :func:`skip_rules`)."""
 SYNACK_SKIPPED_MARK = 0x2
 """Connection mark: the kernel forwarded the server's SYN/ACK without showing it to the engine,
 and no packet of the connection has reached the queue since."""
 CT_INVALID_MARK = 0x10
 """Packet mark of a TCP packet queued without a connection (conntrack found it INVALID: a bad
 checksum, a flag combination TCP does not allow) after the kernel forwarded its connection's
-SYN/ACK unqueued (``live/kernel.py`` :func:`seen_rules`)."""
+SYN/ACK unqueued (``live/chains.py`` :func:`seen_rules`)."""
 SEEN_ORIGINAL_MARK = 0x2
 """Packet mark of the first packet queued after a skipped SYN/ACK, sent by the client."""
 SEEN_REPLY_MARK = 0x8
 """Packet mark of the first packet queued after a skipped SYN/ACK, sent by the server."""
 SYN_COPIED_MARK = 0x20
 """Packet mark of the first packet queued after the kernel forwarded its connection's SYN and
-copied it to the censor (``live/kernel.py`` :func:`syn_rules`): the SYN goes to the engine
+copied it to the censor (``live/chains.py`` :func:`syn_rules`): the SYN goes to the engine
 first. An unmarked packet was queued before any such SYN of its connection."""
 
 PROBER_NET = "198.18.1"

@@ -490,7 +490,7 @@ def _view(array: np.ndarray) -> memoryview[Any]:
 def _quiet(index: CaptureIndex, censor: Censor) -> Bools:
     """The packets that change nothing but counters when a clean flow's packet past its first
     one (the caller checks the flow: :func:`run`'s ``quiet_now``), as the live adapter lets
-    the kernel forward them (``live/kernel.py`` ``skip_rules``):
+    the kernel forward them (``live/chains.py`` ``skip_rules``):
 
     - a TCP segment without SYN, FIN or RST and without payload: it is the TCB's "other
       segment", on which no transition acts (``engine/tcb.py``); unless a mechanism needs the
