@@ -241,17 +241,27 @@ if __name__ == "__main__":
 """
 
 
+@pytest.fixture(scope="module")
+def long_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A capture whose windowed split runs several seconds after its workers are up (60,000
+    flows: about 6 s here, against 2 s of settling before Ctrl-C; 20,000 flows once took that
+    long, and a faster engine finished them before the signal)."""
+    cap = tmp_path_factory.mktemp("long") / "big.pcap"
+    generate(str(cap), flows=60_000, seed=2, mix="flow-heavy")
+    return cap
+
+
 @pytest.mark.parametrize("group", [False, True], ids=["command", "process-group"])
-def test_interrupted_windowed_split_leaves_nothing_behind(tmp_path: Path, group: bool) -> None:
+def test_interrupted_windowed_split_leaves_nothing_behind(
+    tmp_path: Path, long_capture: Path, group: bool
+) -> None:
     """Ctrl-C while the parts' actors analyse windows: no output, no worker left."""
-    cap = tmp_path / "big.pcap"
-    generate(str(cap), flows=20_000, seed=2, mix="flow-heavy")
     script = tmp_path / "run.py"
     script.write_text(INTERRUPTED)
-    cmd = [sys.executable, str(script), str(cap), str(tmp_path / "out")]
+    cmd = [sys.executable, str(script), str(long_capture), str(tmp_path / "out")]
     code, err = interrupted(cmd, 2.0, group=group)
     assert code != 0 and "KeyboardInterrupt" in err, err
-    assert sorted(os.listdir(tmp_path)) == ["big.pcap", "run.py"]
+    assert sorted(os.listdir(tmp_path)) == ["run.py"]
 
 
 def test_a_pcapng_split_in_windows_is_identical(tmp_path: Path) -> None:
