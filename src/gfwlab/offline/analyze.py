@@ -11,14 +11,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import gc
-import io
 import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any, assert_never
 
-from gfwlab._json import json_line
+from gfwlab._json import json_line_bytes
 from gfwlab._outfile import OutputFile, commit_together
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, Probe, Report
 from gfwlab.engine.censor import Censor
@@ -138,12 +137,14 @@ class Summary:
         }
 
 
-class AtomicText:
-    """A UTF-8 text output published whole or not at all (see :mod:`gfwlab._outfile`)."""
+class EventLines:
+    """The events output, one JSON line each, published whole or not at all (see
+    :mod:`gfwlab._outfile`). Lines are written as UTF-8 bytes straight to the file's buffer (as
+    the live censor writes its events): no text layer to encode them again."""
 
     def __init__(self, path: str) -> None:
         self._out = OutputFile(path)
-        self.fh: IO[str] = io.TextIOWrapper(self._out.fh, encoding="utf-8", write_through=False)
+        self.fh: IO[bytes] = self._out.fh
 
     @property
     def output(self) -> OutputFile:
@@ -332,14 +333,14 @@ def window_sizes(max_index: int) -> tuple[int, int]:
 @contextmanager
 def published(
     events_path: str | None, out_path: str | None
-) -> Iterator[tuple[AtomicText | None, PcapWriter | None]]:
+) -> Iterator[tuple[EventLines | None, PcapWriter | None]]:
     """The requested outputs (events, censored capture), published when the block completes,
     and not at all if it raises (or is interrupted)."""
-    events_out: AtomicText | None = None
+    events_out: EventLines | None = None
     pcap_out: PcapWriter | None = None
     try:
         if events_path is not None:
-            events_out = AtomicText(events_path)
+            events_out = EventLines(events_path)
         if out_path is not None:
             pcap_out = PcapWriter(out_path)
         yield events_out, pcap_out
@@ -371,7 +372,7 @@ def _run_fast(
     windows: Iterator[tuple[CaptureIndex, bool]],
     profile: Profile,
     seed: int,
-    events_out: AtomicText | None,
+    events_out: EventLines | None,
     pcap_out: PcapWriter | None,
     progress: Callable[[int, int], None] | None,
     on_event: Callable[[Event], None] | None,
@@ -415,7 +416,7 @@ def _run(
     reader: CaptureReader,
     profile: Profile | list[Profile],
     seed: int,
-    events_out: AtomicText | None,
+    events_out: EventLines | None,
     pcap_out: PcapWriter | None,
     progress: Callable[[int, int], None] | None,
     on_event: Callable[[Event], None] | None,
@@ -495,12 +496,12 @@ def record_event(
     event: Event,
     rows: dict[tuple[Any, ...], FlowVerdict],
     summary: Summary,
-    write_event: Callable[[str], int] | None,
+    write_event: Callable[[bytes], int] | None,
     on_event: Callable[[Event], None] | None,
 ) -> None:
     """Write ``event`` and count it in ``summary`` and its flow's row of ``rows``."""
     if write_event is not None:
-        write_event(json_line(event.as_dict()))
+        write_event(json_line_bytes(event.as_dict()))
     if on_event is not None:
         on_event(event)
     if event.action == "anomaly":

@@ -347,7 +347,7 @@ def record_parts(
     results: list[PartResult],
     rows: dict[tuple[Any, ...], FlowVerdict],
     summary: Summary,
-    write_event: Callable[[str], int] | None,
+    write_event: Callable[[bytes], int] | None,
 ) -> None:
     """Record the parts' events in one engine's order (by the packet that caused each)."""
     for _g, event in heapq.merge(*(r.events for r in results), key=lambda e: e[0]):
