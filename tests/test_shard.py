@@ -394,15 +394,26 @@ def test_forked_workers_never_wait_for_a_stream_the_driver_held_at_the_fork() ->
     assert run("other") == 3
 
 
-def test_connect_marks_its_forks_as_workers_only_while_its_cluster_lives() -> None:
+def test_connect_marks_its_forks_as_workers_only_while_its_cluster_lives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """... and leaves this process's environment as it found it: the nannies set their workers'
+    variables in it (PYTHONHASHSEED among them) while the cluster starts."""
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    before = dict(os.environ)
     assert not scale._forking_workers
     with connect(None, 2) as client:
+        assert os.environ.get("PYTHONHASHSEED") == "6640"  # set while its workers started
+        assert set(client.run(lambda: os.environ.get("PYTHONHASHSEED")).values()) == {"6640"}
         assert scale._forking_workers == (local_start_method() == "fork")
         assert client.run(lambda: scale._forking_workers)  # and its workers were quieted
         assert client.run(lambda: logging.getLogger().manager.disable) == {
             w: logging.CRITICAL for w in client.scheduler_info()["workers"]
         }
     assert not scale._forking_workers
+    assert dict(os.environ) == before
 
 
 def test_timers_due_together_in_two_parts_keep_one_engines_order(tmp_path: Path) -> None:

@@ -233,11 +233,25 @@ def connect(scheduler: str | None, workers: int) -> Iterator[Client]:
     processes (one thread each, started as :func:`local_start_method` says), closed on the way
     out."""
     global _forking_workers  # noqa: PLW0603 - read by the fork hook in each child
+    environ = dict(os.environ)
     try:
         with _connected(scheduler, workers) as client:
             yield client
     finally:
         _forking_workers = False  # however the cluster ended, or failed to start
+        _restore(environ)
+
+
+def _restore(environ: dict[str, str]) -> None:
+    """Put this process's environment back as ``environ``: a local cluster's nannies set their
+    workers' variables (``distributed.nanny.pre-spawn-environ``: PYTHONHASHSEED, the BLAS and
+    OpenMP thread counts, ``MALLOC_TRIM_THRESHOLD_``) in the process that starts them, where
+    every process it starts later would inherit them."""
+    for key in [k for k in os.environ if k not in environ]:
+        del os.environ[key]
+    for key, value in environ.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 @contextmanager
