@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import IO, Any, assert_never
+from typing import Any, assert_never
 
 from gfwlab._json import json_line_bytes
 from gfwlab._outfile import OutputFile, commit_together
@@ -135,24 +135,6 @@ class Summary:
             ],
             "outputs": self.outputs,
         }
-
-
-class EventLines:
-    """The events output, one JSON line each, published whole or not at all (see
-    :mod:`gfwlab._outfile`). Lines are written as UTF-8 bytes straight to the file's buffer (as
-    the live censor writes its events): no text layer to encode them again."""
-
-    def __init__(self, path: str) -> None:
-        self._out = OutputFile(path)
-        self.fh: IO[bytes] = self._out.fh
-
-    @property
-    def output(self) -> OutputFile:
-        """The file underneath (:func:`gfwlab._outfile.commit_together`; flush ``fh`` first)."""
-        return self._out
-
-    def abort(self) -> None:
-        self._out.abort()
 
 
 def dated(capture: str, profile: Profile) -> tuple[Profile, str]:
@@ -333,14 +315,15 @@ def window_sizes(max_index: int) -> tuple[int, int]:
 @contextmanager
 def published(
     events_path: str | None, out_path: str | None
-) -> Iterator[tuple[EventLines | None, PcapWriter | None]]:
+) -> Iterator[tuple[OutputFile | None, PcapWriter | None]]:
     """The requested outputs (events, censored capture), published when the block completes,
     and not at all if it raises (or is interrupted)."""
-    events_out: EventLines | None = None
+    events_out: OutputFile | None = None
     pcap_out: PcapWriter | None = None
     try:
         if events_path is not None:
-            events_out = EventLines(events_path)
+            # One JSON line an event, written as UTF-8 bytes straight to the file's buffer.
+            events_out = OutputFile(events_path)
         if out_path is not None:
             pcap_out = PcapWriter(out_path)
         yield events_out, pcap_out
@@ -350,9 +333,12 @@ def published(
         if pcap_out is not None:
             pcap_out.abort()
         raise
+    outputs: list[OutputFile] = []
     if events_out is not None:
-        events_out.fh.flush()
-    commit_together([w.output for w in (events_out, pcap_out) if w is not None])
+        outputs.append(events_out)
+    if pcap_out is not None:
+        outputs.append(pcap_out.output)
+    commit_together(outputs)
 
 
 def in_time_order(indexes: Indexes) -> Indexes:
@@ -372,7 +358,7 @@ def _run_fast(
     windows: Iterator[tuple[CaptureIndex, bool]],
     profile: Profile,
     seed: int,
-    events_out: EventLines | None,
+    events_out: OutputFile | None,
     pcap_out: PcapWriter | None,
     progress: Callable[[int, int], None] | None,
     on_event: Callable[[Event], None] | None,
@@ -416,7 +402,7 @@ def _run(
     reader: CaptureReader,
     profile: Profile | list[Profile],
     seed: int,
-    events_out: EventLines | None,
+    events_out: OutputFile | None,
     pcap_out: PcapWriter | None,
     progress: Callable[[int, int], None] | None,
     on_event: Callable[[Event], None] | None,
