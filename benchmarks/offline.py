@@ -170,11 +170,17 @@ SAME_BLOCKS = "2024 lists' matched rules"
 """The variant with only the rules of the 2024 lists that a capture's names match."""
 
 
+def compared_events(directory: Path, mix: str) -> dict[str, Path]:
+    """Where the 2024 lists' run and the matched rules' run write their events (compared)."""
+    return {"2024 lists": directory / f"events-{mix}-2024.jsonl",
+            SAME_BLOCKS: directory / f"events-{mix}-matched.jsonl"}  # fmt: skip
+
+
 def matched_lists(directory: Path, mix: str, cap: Path, sets: list[str]) -> list[str]:
     """``--set`` arguments for lists of only the rules of the 2024 lists (``sets``) that the
     capture's names match: run the analysis once with the whole lists and keep each event's
     ``rule`` under the list of its mechanism."""
-    events = directory / f"events-{mix}.jsonl"
+    events = compared_events(directory, mix)["2024 lists"]
     run = timed([*gfwlab(), "analyze", str(cap), *EVERY_MECHANISM, *sets, "--json", "--events",
                  str(events)])  # fmt: skip
     if run.code:
@@ -245,10 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         mine = dict(variants)
         if "2024 lists" in variants:
             mine[SAME_BLOCKS] = matched_lists(directory, mix, cap, variants["2024 lists"])
+        compared = compared_events(directory, mix)
         for name, sets in mine.items():
-            events = str(directory / f"events-{mix}.jsonl")
-            if name in (SAME_BLOCKS, "2024 lists"):  # compared below
-                events = str(directory / f"events-{mix}-{name.split()[-1]}.jsonl")
+            events = str(compared.get(name, directory / f"events-{mix}.jsonl"))
             cmd = [*gfwlab(), "analyze", str(cap), *EVERY_MECHANISM, *sets, "--json",
                    "--events", events]  # fmt: skip
             jobs.append(Job(f"gfwlab analyze, {name}", cmd))
@@ -283,9 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((job.name, runs[job.name], summary.get("engine_packets")))
         report["mixes"][mix] = show(mix, info, rows, fixed)
         if SAME_BLOCKS in mine:
-            same = (directory / f"events-{mix}-lists.jsonl").read_bytes() == (
-                directory / f"events-{mix}-rules.jsonl"
-            ).read_bytes()
+            same = compared["2024 lists"].read_bytes() == compared[SAME_BLOCKS].read_bytes()
             console.print(f"  {SAME_BLOCKS} and the whole 2024 lists: events byte-identical: "
                           f"{'yes' if same else 'NO: the comparison does not hold'}")  # fmt: skip
             report["mixes"][mix]["same_blocks_events_identical"] = same
