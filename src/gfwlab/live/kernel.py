@@ -45,10 +45,11 @@ process, so a restarted censor can read them back (:meth:`Kernel.residuals`).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from gfwlab.errors import LabError
 from gfwlab.live import blocked
@@ -154,11 +155,8 @@ class Kernel:
         timeout = min(max(1, math.ceil(seconds)), IPSET_MAX_TIMEOUT)
         if not self.armed:
             self._arm(True)
-        try:
+        with self._counted():
             self.entries.add(name, elem, timeout)
-        except LabError:
-            self.errors += 1
-            raise
         self.in_force_until = max(self.in_force_until, now + timeout + 1.0)
         self.added += 1
 
@@ -217,13 +215,10 @@ class Kernel:
         if paused == self.syn_paused:
             return
         write = self.entries.add if paused else self.entries.delete
-        try:
+        with self._counted():
             for v6, nets in EVERY_ADDRESS.items():
                 for net in nets:
                     write(synoff_set(v6), net)
-        except LabError:
-            self.errors += 1
-            raise
         self.syn_paused = paused
 
     def _skip_state(self) -> None:
@@ -277,8 +272,14 @@ class Kernel:
         return res.returncode == 0
 
     def _run(self, argv: list[str], stdin: str | None = None) -> str:
-        try:
+        with self._counted():
             return self.command(argv, stdin)
+
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
+        """A write of kernel state: counted in :attr:`errors` if it fails (and raised on)."""
+        try:
+            yield
         except LabError:
             self.errors += 1
             raise
