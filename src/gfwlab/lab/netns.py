@@ -195,11 +195,11 @@ def install_queue_rules(censor_ns: str, queue: int, *, fail_open: bool) -> None:
         raise LabError(f"could not make the residual block sets (ipset): {exc}") from None
     for tool in ("iptables", "ip6tables"):
         ipt = in_ns(censor_ns, tool, "-w", "-t", "mangle")
-        run([*ipt, "-N", "GFWLAB"])
+        run([*ipt, "-N", chains.QUEUE_CHAIN])
         run([*ipt, "-N", chains.BYPASSED_CHAIN])
         for dev in (CLIENT_LINK.b, SERVER_LINK.a):
-            run([*ipt, "-A", "PREROUTING", "-i", dev, "-j", "GFWLAB"])
-        run([*ipt, "-A", "GFWLAB", "-m", "connmark", "--mark", bypass, "-j", "ACCEPT"])
+            run([*ipt, "-A", "PREROUTING", "-i", dev, "-j", chains.QUEUE_CHAIN])
+        run([*ipt, "-A", chains.QUEUE_CHAIN, "-m", "connmark", "--mark", bypass, "-j", "ACCEPT"])
         # While a residual drop block is in force, the censor puts a jump to this chain first
         # (live/kernel.py): a bypassed packet a block may cover loses its connection's bypass
         # mark and goes to the queue, so the engine sees it again.
@@ -211,17 +211,17 @@ def install_queue_rules(censor_ns: str, queue: int, *, fail_open: bool) -> None:
         if tool == "iptables":
             # The prober's own connections are not traffic the censor inspects, and the kernel
             # must not reset the connections the prober's userspace TCP makes.
-            run([*ipt, "-A", "GFWLAB", "-d", f"{PROBER_NET}.0/24", "-j", "ACCEPT"])
+            run([*ipt, "-A", chains.QUEUE_CHAIN, "-d", f"{PROBER_NET}.0/24", "-j", "ACCEPT"])
             rst = ["-p", "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP"]
             run(in_ns(censor_ns, tool, "-w", "-A", "OUTPUT", "-s", f"{PROBER_NET}.0/24", *rst))
         # Later packets of flows the engine blocked are dropped here (filled by the censor:
         # live/blocked.py), before anything is let through or queued.
         run([*ipt, "-N", blocked.CHAIN])
-        run([*ipt, "-A", "GFWLAB", "-j", blocked.CHAIN])
+        run([*ipt, "-A", chains.QUEUE_CHAIN, "-j", blocked.CHAIN])
         # What no active mechanism needs is let through here (filled by the censor: live/kernel.py).
         run([*ipt, "-N", chains.SKIP_CHAIN])
-        run([*ipt, "-A", "GFWLAB", "-j", chains.SKIP_CHAIN])
-        queue_rule = [*ipt, "-A", "GFWLAB", "-j", "NFQUEUE", "--queue-num", str(queue)]
+        run([*ipt, "-A", chains.QUEUE_CHAIN, "-j", chains.SKIP_CHAIN])
+        queue_rule = [*ipt, "-A", chains.QUEUE_CHAIN, "-j", "NFQUEUE", "--queue-num", str(queue)]
         if fail_open:
             queue_rule.append("--queue-bypass")
         try:
