@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import random
 
 import dns.message
 import dns.rdatatype
@@ -14,6 +13,7 @@ from hypothesis import strategies as st
 from test_wallbleed import A_SUFFIX, AAAA_SUFFIX, BLOCKLIST, V1_CASES, V2_CASES, Q, _answer
 
 from gfwlab.engine.actions import Accept
+from gfwlab.engine.stream import Stream
 from gfwlab.mechanisms._memory import plausible_memory
 from gfwlab.mechanisms._wallbleed_pools import POOL_V4
 from gfwlab.offline.synth import dns_exchange
@@ -195,7 +195,7 @@ def _memory_independent(query: bytes, era: str) -> bool:
     """Whether the injector's answer (its presence and length) is the same whatever its memory
     holds: the engine-level cases run with generated memory (any of its draws), the artifact's
     with ``X`` bytes. A query cut short reads its type from the memory, so it may not be."""
-    drawn = tuple(plausible_memory(random.Random(f"memory:{i}"), 600) for i in range(64))
+    drawn = tuple(plausible_memory(Stream(f"memory:{i}".encode()), 600) for i in range(64))
     # Memory that completes a question cut short (its last bytes) as type A or AAAA, class IN.
     tails = (
         b"\x01\x00\x01",

@@ -5,7 +5,6 @@ injection analysis, verdicts, grading, the naive probe, OONI measurements (loade
 from __future__ import annotations
 
 import os
-import random
 import socket
 import threading
 from pathlib import Path
@@ -15,6 +14,7 @@ import dns.rcode
 import dns.rrset
 import pytest
 
+from gfwlab.engine.stream import Stream
 from gfwlab.errors import GfwlabError
 from gfwlab.lab import ca
 from gfwlab.measure import dnscheck, grade, lists, ooni, sites, sniff
@@ -133,7 +133,7 @@ def _forged(injector: str, seed: int) -> list[sniff.RstPacket]:
         )
     )
     params = ResetParams(injector=injector)  # type: ignore[arg-type]
-    rng = random.Random(seed)
+    rng = Stream(f"rst:{seed}".encode())
     _kind, forged = forge_resets(trigger, c2s=True, params=params, rng=rng)
     out = []
     for f in forged:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
+from gfwlab.engine import draws
+from gfwlab.engine.stream import Stream
 from gfwlab.mechanisms._forge import PINS_KEPT, TYPES, PinnedInjectors, ResetParams
 from gfwlab.offline.synth import https_conversation, tcp_conversation
 from gfwlab.packet.ip import ACK, RST, SYN, addr_bytes, build_tcp, parse
@@ -299,18 +299,18 @@ def test_a_names_pinned_injector_is_its_own_streams_first_draws_kept_or_not() ->
     params = ResetParams(injector="mixed")
     seeded: list[tuple[object, ...]] = []
 
-    def keyed(*key: object) -> random.Random:
+    def keyed(*key: object) -> Stream:
         seeded.append(key)
-        return random.Random(f"seed:tls_sni:{key!r}")
+        return Stream(f"seed:tls_sni:{key!r}".encode())
 
     pins = PinnedInjectors(params)
     names = [f"site{i}.example" for i in range(PINS_KEPT + 50)]
     pinned = 0
     for name in names:
-        own = random.Random(f"seed:tls_sni:{('injector', name)!r}")
+        own = Stream(f"seed:tls_sni:{('injector', name)!r}".encode())
         want = None
         if own.random() < params.sticky_share:
-            want = own.choices(TYPES, weights=params.injector_mix)[0]
+            want = draws.weighted(own, TYPES, params.injector_mix)
         pinned += want is not None
         assert pins.pin(name, keyed) == want
         assert pins.pin(name, keyed) == want  # kept: not seeded again

@@ -46,6 +46,7 @@ COMPILED = (
     "gfwlab.engine.flows",
     "gfwlab.engine.mechanism",
     "gfwlab.engine.residual",
+    "gfwlab.engine.stream",
     "gfwlab.engine.tcb",
     "gfwlab.engine.verdicts",
     "gfwlab.mechanisms._burst",

@@ -1,28 +1,29 @@
 """Integer, uniform and choice draws from a flow's keyed stream, compiled with the engine.
 
-A mechanism draws from its flow's ``random.Random`` (:meth:`~gfwlab.engine.flows.Flow.draws`),
-several times for each packet it forges: a TTL, an IP ID, a source port, a delay. The
-generator's core (``getrandbits``, ``random``) is C, but ``randint``, ``randrange``, ``uniform``,
-``choice`` and ``choices`` are interpreted Python in ``random.py`` around it, three frames deep
-for a ``randint``. These functions are the same algorithms (CPython 3.11's ``random.py``:
+A mechanism draws from its flow's :class:`~gfwlab.engine.stream.Stream`
+(:meth:`~gfwlab.engine.flows.Flow.draws`), several times for each packet it forges: a TTL, an
+IP ID, a source port, a delay. A stream gives words, floats and bytes; these functions are
+``random.Random``'s algorithms over them (CPython 3.11's ``random.py``:
 ``_randbelow_with_getrandbits``, the unit-step fast path of ``randrange``, ``uniform``'s
-``a + (b - a) * random()`` and the weighted ``choices``' bisection), so a stream gives the same
-values and leaves the same state through either; ``tests/test_draws.py`` compares them over
-many seeds and ranges. Only what the mechanisms use is here.
+``a + (b - a) * random()`` and the weighted ``choices``' bisection), so each draws what the
+same ``random.Random`` method draws from a generator of the same bits;
+``tests/test_draws.py`` compares them over many keys and ranges. Only what the mechanisms use
+is here.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-import random
 from collections.abc import Sequence
 from typing import TypeVar
+
+from gfwlab.engine.stream import Stream
 
 T = TypeVar("T")
 
 
-def below(rng: random.Random, n: int) -> int:
+def below(rng: Stream, n: int) -> int:
     """A uniform integer in ``[0, n)``, ``n`` > 0 (``Random._randbelow``)."""
     k = n.bit_length()
     r = rng.getrandbits(k)
@@ -31,33 +32,33 @@ def below(rng: random.Random, n: int) -> int:
     return r
 
 
-def randint(rng: random.Random, lo: int, hi: int) -> int:
+def randint(rng: Stream, lo: int, hi: int) -> int:
     """``rng.randint(lo, hi)``: a uniform integer in ``[lo, hi]``."""
     if hi < lo:
         raise ValueError(f"empty range for randint({lo}, {hi})")
     return lo + below(rng, hi - lo + 1)
 
 
-def randrange(rng: random.Random, n: int) -> int:
+def randrange(rng: Stream, n: int) -> int:
     """``rng.randrange(n)``: a uniform integer in ``[0, n)``."""
     if n <= 0:
         raise ValueError("empty range for randrange()")
     return below(rng, n)
 
 
-def uniform(rng: random.Random, a: float, b: float) -> float:
+def uniform(rng: Stream, a: float, b: float) -> float:
     """``rng.uniform(a, b)``."""
     return a + (b - a) * rng.random()
 
 
-def choice(rng: random.Random, seq: Sequence[T]) -> T:
+def choice(rng: Stream, seq: Sequence[T]) -> T:
     """``rng.choice(seq)``."""
     if not len(seq):
         raise IndexError("Cannot choose from an empty sequence")
     return seq[below(rng, len(seq))]
 
 
-def weighted(rng: random.Random, population: Sequence[T], weights: Sequence[float]) -> T:
+def weighted(rng: Stream, population: Sequence[T], weights: Sequence[float]) -> T:
     """``rng.choices(population, weights=weights)[0]``: one pick, ``weights`` non-negative with a
     positive finite total, one per member."""
     if len(weights) != len(population):

@@ -18,13 +18,13 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
-import random
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 
 from gfwlab.engine.actions import Direction, FlowId
+from gfwlab.engine.stream import Stream
 from gfwlab.engine.tcb import Tcb
 from gfwlab.packet.ip import ACK, PROTO_TCP, PROTO_UDP, RST, SYN, Packet, addr_text
 from gfwlab.rules.schema import Prefixes
@@ -102,7 +102,7 @@ class Flow:
     ident: FlowId | None = None
     probes: int = 0
     """Active probes planned because of this flow (numbers its probes)."""
-    rngs: dict[str, random.Random] | None = None
+    rngs: dict[str, Stream] | None = None
     """Per-mechanism random streams of this flow, made on first use (see :meth:`draws`)."""
 
     # Written out: a dataclass's generated __init__ runs interpreted even where the class is
@@ -131,7 +131,7 @@ class Flow:
         turned: bool = False,
         ident: FlowId | None = None,
         probes: int = 0,
-        rngs: dict[str, random.Random] | None = None,
+        rngs: dict[str, Stream] | None = None,
     ) -> None:
         self.proto = proto
         self.client = client
@@ -212,7 +212,7 @@ class Flow:
                 return False
         return pkt.src == self.client and pkt.sport == self.cport and pkt.seq != self.salt
 
-    def draws(self, key: str) -> random.Random:
+    def draws(self, key: str) -> Stream:
         """The random stream of ``key`` (seed and mechanism) for this flow.
 
         Keyed by the flow's 5-tuple and its ``salt``, never by time or by how many flows or
@@ -224,8 +224,20 @@ class Flow:
             self.rngs = {}
         rng = self.rngs.get(key)
         if rng is None:
-            rng = self.rngs[key] = random.Random(f"{key}:{self._ident()!r}")
+            rng = self.rngs[key] = Stream(key.encode() + self._ident_bytes())
         return rng
+
+    def _ident_bytes(self) -> bytes:
+        """The flow's identity (:meth:`_ident`) as bytes that tell every identity apart: a
+        stream's key after the mechanism's, which is text and so holds no zero byte."""
+        return (
+            bytes((0, self.proto, len(self.client)))
+            + self.client
+            + self.cport.to_bytes(2, "big")
+            + self.server
+            + self.sport.to_bytes(2, "big")
+            + self.salt.to_bytes(8, "big")
+        )
 
     def probe_id(self) -> int:
         """A number for the next probe this flow causes: from the flow's identity and its own

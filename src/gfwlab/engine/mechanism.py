@@ -21,7 +21,6 @@ Nothing here imports a mechanism: the registry is handed to :class:`~gfwlab.engi
 from __future__ import annotations
 
 import datetime as dt
-import random
 from abc import ABC
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, TypeVar
@@ -31,6 +30,7 @@ from mypy_extensions import mypyc_attr
 from gfwlab._frozen import Frozen
 from gfwlab.engine.actions import ActionName, EventFields
 from gfwlab.engine.flows import Block, Flow
+from gfwlab.engine.stream import Stream
 from gfwlab.packet.ip import Packet
 from gfwlab.proto.dns import DnsQuery
 from gfwlab.proto.http import HttpRequest
@@ -333,14 +333,14 @@ class Mechanism(ABC, Generic[P]):
         anomaly is reported only if some mechanism inspects the packet)."""
         return True
 
-    def rng(self, seen: Seen) -> random.Random:
+    def rng(self, seen: Seen) -> Stream:
         """This mechanism's random stream for the flow of ``seen``, keyed by (seed, mechanism,
         flow): the n-th draw of a flow is the same whatever other flows were seen, in any order."""
         return seen.flow.draws(self._key)
 
-    def keyed_rng(self, *key: object) -> random.Random:
+    def keyed_rng(self, *key: object) -> Stream:
         """A fresh stream keyed by (seed, mechanism, ``key``): the same key, the same draws."""
-        return random.Random(f"{self._key}:{key!r}")
+        return Stream(f"{self._key}:{key!r}".encode())
 
     # Hooks. Each returns a Decision to act, or None to let the packet be.
     def on_new_flow(self, seen: Seen) -> Decision | None:

@@ -46,7 +46,6 @@ it; type III's is fixed at 248.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -56,6 +55,7 @@ from mypy_extensions import mypyc_attr
 from gfwlab.engine import draws
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Forged
+from gfwlab.engine.stream import Stream
 from gfwlab.packet.ip import ACK, RST, SYN, Packet, build_tcp
 from gfwlab.rules import CommonParams, quantiles
 from gfwlab.rules.quantiles import Quantiles
@@ -184,17 +184,17 @@ TTL_RECEIVED: dict[str, Quantiles] = {
 TTL is drawn from these (rounded up, so the median is the measured one); type III's is 248."""
 
 
-def _ttl(rng: random.Random, kind: str, fp: Fingerprint) -> int:
+def _ttl(rng: Stream, kind: str, fp: Fingerprint) -> int:
     table = TTL_RECEIVED.get(kind)
     return math.ceil(quantiles.sample(table, rng)) if table else _draw(rng, fp.ttl)
 
 
-def _draw(rng: random.Random, span: tuple[int, int]) -> int:
+def _draw(rng: Stream, span: tuple[int, int]) -> int:
     lo, hi = span
     return lo if lo == hi else draws.randint(rng, lo, hi)
 
 
-def draw_delay(rng: random.Random, params: ResetParams, kind: Injector) -> float:
+def draw_delay(rng: Stream, params: ResetParams, kind: Injector) -> float:
     """Seconds from trigger to the first forged packet of injector ``kind`` (one draw)."""
     table = params.delay_table(kind)
     upto = 1.0 if params.delay_tail else quantiles.cdf(table, TAIL_FROM_MS)
@@ -220,7 +220,7 @@ class PinnedInjectors:
         self.params = params
         self.pins: dict[str, Injector | None] = {}
 
-    def pin(self, name: str, keyed: Callable[..., random.Random]) -> Injector | None:
+    def pin(self, name: str, keyed: Callable[..., Stream]) -> Injector | None:
         if name in self.pins:
             return self.pins[name]
         named = keyed("injector", name)
@@ -234,7 +234,7 @@ class PinnedInjectors:
 
 
 def pick_injector(
-    rng: random.Random, params: ResetParams, pinned: Callable[[], Injector | None] | None
+    rng: Stream, params: ResetParams, pinned: Callable[[], Injector | None] | None
 ) -> Injector:
     """The injector type for one trigger: fixed, or under ``mixed`` the name's pinned type
     (``pinned``: :meth:`PinnedInjectors.pin` of the name that triggered, asked only under
@@ -250,7 +250,7 @@ def forge_resets(
     *,
     c2s: bool,
     params: ResetParams,
-    rng: random.Random,
+    rng: Stream,
     pinned: Callable[[], Injector | None] | None = None,
 ) -> tuple[Injector, tuple[Forged, ...]]:
     """Resets to both ends of ``trigger``'s connection; returns the injector type used too.

@@ -11,9 +11,8 @@ distribution.
 
 from __future__ import annotations
 
-import random
-
 from gfwlab.engine import draws
+from gfwlab.engine.stream import Stream
 
 _SSDP = (
     'M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: "ssdp:discover"\r\nMX: {mx}\r\n'
@@ -26,12 +25,12 @@ _SSDP = (
 )
 
 
-def _uuid(rng: random.Random) -> str:
+def _uuid(rng: Stream) -> str:
     h = rng.randbytes(16).hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _segment(rng: random.Random) -> bytes:
+def _segment(rng: Stream) -> bytes:
     kind = draws.weighted(rng, ("text", "binary", "zeros", "header"), (4, 3, 2, 1))
     if kind == "text":
         text = draws.choice(rng, _SSDP).format(
@@ -54,7 +53,7 @@ def _segment(rng: random.Random) -> bytes:
     )
 
 
-def plausible_memory(rng: random.Random, n: int) -> bytes:
+def plausible_memory(rng: Stream, n: int) -> bytes:
     """``n`` bytes of made-up injector memory, drawn from ``rng``."""
     out = bytearray()
     while len(out) < n:

@@ -46,7 +46,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-import random
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -55,6 +54,7 @@ from mypy_extensions import mypyc_attr
 from gfwlab.engine import draws
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Forged, Mechanism, Needs, Seen
+from gfwlab.engine.stream import Stream
 from gfwlab.mechanisms import register_mechanism
 from gfwlab.mechanisms._memory import plausible_memory
 from gfwlab.mechanisms._wallbleed_pools import POOL_V4, POOL_V6
@@ -254,7 +254,7 @@ class DnsInjection(Mechanism[DnsInjectionParams]):
     def on_dns_query(self, seen: Seen, query: DnsQuery) -> Decision | None:
         p = self.params
         pkt = seen.pkt
-        rng: random.Random | None = None  # made on the first draw (a stream keyed per flow)
+        rng: Stream | None = None  # made on the first draw (a stream keyed per flow)
         strict_rule = None
         if query.overrun is None and (not p.require_class_in or query.qclass == 1):
             strict_rule = p.domains.match(query.qname)
@@ -313,9 +313,7 @@ class DnsInjection(Mechanism[DnsInjectionParams]):
             fields=InjectFields(qname=qname, qtype=qtype, answers=tuple(answered)),
         )
 
-    def _forge(
-        self, seen: Seen, inj: DnsInjectorParams, payload: bytes, rng: random.Random
-    ) -> Forged:
+    def _forge(self, seen: Seen, inj: DnsInjectorParams, payload: bytes, rng: Stream) -> Forged:
         pkt = seen.pkt
         ip_ttl = pkt.ttl if inj.mirror_ttl else draws.randint(rng, *inj.ip_ttl)
         if inj.ip_id == "random":

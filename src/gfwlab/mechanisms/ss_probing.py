@@ -45,7 +45,6 @@ the GFW probed Shadowsocks servers, not every HTTPS server.
 from __future__ import annotations
 
 import dataclasses
-import random
 from dataclasses import dataclass
 from math import log2
 from typing import Literal
@@ -56,6 +55,7 @@ from mypy_extensions import mypyc_attr
 from gfwlab.engine import draws
 from gfwlab.engine.actions import EventFields
 from gfwlab.engine.mechanism import Decision, Mechanism, PlannedProbe, ProbeResult, Residual, Seen
+from gfwlab.engine.stream import Stream
 from gfwlab.mechanisms import register_mechanism
 from gfwlab.rules import CommonParams, quantiles
 from gfwlab.rules.quantiles import Quantiles
@@ -261,7 +261,7 @@ class SsProbing(Mechanism[SsProbingParams]):
         fields = dataclasses.replace(seen_as, probes=tuple(pr.kind for pr in probes))
         return Decision(action="probe", rule="ss:candidate", probes=probes, fields=fields)
 
-    def _first_stage(self, rng: random.Random, payload: bytes) -> tuple[PlannedProbe, ...]:
+    def _first_stage(self, rng: Stream, payload: bytes) -> tuple[PlannedProbe, ...]:
         p = self.params
         n = 1
         more = 1.0 - 1.0 / p.replays_mean  # 1 + geometric: the mean is replays_mean
@@ -279,7 +279,7 @@ class SsProbing(Mechanism[SsProbingParams]):
         return tuple(out)
 
     def _probe(
-        self, rng: random.Random, kind: str, payload: bytes, table: Quantiles | None = None
+        self, rng: Stream, kind: str, payload: bytes, table: Quantiles | None = None
     ) -> PlannedProbe:
         """A probe; replays after the first draw from ``later_replay_s`` (``table`` None and
         ``kind`` a replay), the rest from ``table`` or the first-replay table."""
@@ -297,7 +297,7 @@ class SsProbing(Mechanism[SsProbingParams]):
             origin=payload,
         )
 
-    def draw_delay(self, rng: random.Random, table: Quantiles | None = None) -> float:
+    def draw_delay(self, rng: Stream, table: Quantiles | None = None) -> float:
         """Seconds until a probe, drawn from ``table`` (default: the first-replay delays)."""
         drawn = quantiles.sample(table or self.params.first_replay_s, rng)
         return min(self.params.max_delay_s, drawn)

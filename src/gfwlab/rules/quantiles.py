@@ -15,10 +15,17 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-import random
+from typing import Protocol
 
 Quantiles = tuple[tuple[float, float], ...]
 """``(share, value)`` points of a cumulative distribution, from share 0 to share 1."""
+
+
+class Uniform(Protocol):
+    """What :func:`sample` draws from: a flow's keyed stream (``gfwlab.engine.stream``), or any
+    ``random.Random``."""
+
+    def random(self) -> float: ...
 
 
 def check(table: Quantiles, what: str) -> None:
@@ -49,7 +56,7 @@ def value_at(table: Quantiles, u: float) -> float:
     return _between(v0, v1, (u - s0) / (s1 - s0))
 
 
-def sample(table: Quantiles, rng: random.Random, *, upto: float = 1.0) -> float:
+def sample(table: Quantiles, rng: Uniform, *, upto: float = 1.0) -> float:
     """One draw from ``table`` (one ``rng.random()``), restricted to shares below ``upto``."""
     return value_at(table, rng.random() * upto)
 
