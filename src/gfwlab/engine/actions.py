@@ -10,6 +10,7 @@ can let the kernel forward the rest of it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,6 +20,40 @@ from gfwlab._frozen import Frozen
 
 Direction = Literal["inside-out", "outside-in"]
 ActionName = Literal["rst", "drop", "dns-inject", "probe", "null-route", "pass", "anomaly"]
+
+
+def rounded(x: float, digits: int) -> float:
+    """``round(x, digits)``, the same float, without its decimal conversion where the answer is
+    plain (``round`` writes and reads back a correctly rounded decimal string: 1-2 µs, for every
+    event's time).
+
+    ``y``, the product ``x * 10**digits``, is within half a unit in its last place of the exact
+    product, and its distance above ``floor(y)`` is exact but for an error below 2**-53 when
+    ``y`` is negative: ``margin``, the unit in the last place of ``|y| + 1``, is more than both.
+    If ``y`` lies more than ``margin`` from a half, the exact product rounds to the integer
+    ``n`` that ``y`` rounds to, and ``n / 10**digits`` (one correctly rounded division of exact
+    operands) is the float nearest to the decimal ``round`` reads back. Near a half, at 2**52
+    and beyond, or not finite, ``round`` itself answers: an event's time (microseconds of a
+    capture's clock) lies near a whole number of microseconds, never near a half.
+    ``tests/test_actions.py`` compares the two on arbitrary floats; ``digits`` is at most 22
+    (``10.0**digits`` exact).
+    """
+    scale = 10.0**digits
+    y = x * scale
+    if not -4503599627370496.0 < y < 4503599627370496.0:  # 2**52 (and not NaN)
+        return round(x, digits)
+    low = math.floor(y)
+    frac = y - low
+    margin = math.ulp(abs(y) + 1.0)
+    if frac < 0.5 - margin:
+        n = low
+    elif frac > 0.5 + margin:
+        n = low + 1
+    else:
+        return round(x, digits)
+    if n == 0:
+        return math.copysign(0.0, x)
+    return n / scale
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,7 +197,7 @@ class Event(Frozen):
         """The event in the DESIGN.md JSON shape. Its time is rounded to the microsecond, or is
         ``ts`` as given (the live censor gives the wall clock's, rounded)."""
         out: dict[str, Any] = {
-            "ts": round(self.ts, 6) if ts is None else ts,
+            "ts": rounded(self.ts, 6) if ts is None else ts,
             "flow": self.flow.as_dict(),
             "direction": self.direction,
             "mechanism": self.mechanism,
@@ -170,7 +205,7 @@ class Event(Frozen):
             "rule": self.rule,
             "residual_until": None
             if self.residual_until is None
-            else round(self.residual_until, 6),
+            else rounded(self.residual_until, 6),
             "citation": self.citation,
         }
         if self.censor:

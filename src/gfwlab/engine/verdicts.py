@@ -24,6 +24,7 @@ from gfwlab.engine.actions import (
     Inject,
     Probe,
     Report,
+    rounded,
 )
 from gfwlab.engine.flows import Flow, FlowState
 from gfwlab.engine.mechanism import Decision, Mechanism, PlannedProbe, ProbeResult, Seen
@@ -293,7 +294,7 @@ class Verdicts:
             return
         draw = mech.rng(seen).random()
         if draw >= entry.probability:
-            extra = ResidualFields(draw=round(draw, 6), probability=entry.probability)
+            extra = ResidualFields(draw=rounded(draw, 6), probability=entry.probability)
             self.report(
                 out, seen.flow, seen.now, entry.mechanism, "pass", entry.rule, entry.until, extra
             )
@@ -331,7 +332,7 @@ class Verdicts:
         extra = ProbePlannedFields(
             probe=planned.kind,
             probe_id=probe.probe_id,
-            at=round(probe.at, 6),
+            at=rounded(probe.at, 6),
             length=len(planned.payload),
             prober_sport=planned.sport,
             ttl=planned.ttl,

@@ -34,7 +34,7 @@ from typing import Any, assert_never
 
 from gfwlab._json import json_line_bytes
 from gfwlab.engine import Censor
-from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Inject, Probe, Report
+from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Inject, Probe, Report, rounded
 from gfwlab.engine.flows import Flow, FlowKey, flow_key
 from gfwlab.engine.tcb import TcbState
 from gfwlab.errors import GfwlabError, MalformedPacket
@@ -379,11 +379,11 @@ class LiveCensor:
                         time.monotonic()
                     ):
                         continue
-                    event = action.event.as_dict(round(self.wall(action.event.ts), 6))
+                    event = action.event.as_dict(rounded(self.wall(action.event.ts), 6))
                     if event["residual_until"] is not None:
-                        event["residual_until"] = round(self.wall(event["residual_until"]), 6)
+                        event["residual_until"] = rounded(self.wall(event["residual_until"]), 6)
                     if isinstance(event.get("at"), float):  # a probe's planned time
-                        event["at"] = round(self.wall(event["at"]), 6)
+                        event["at"] = rounded(self.wall(event["at"]), 6)
                     self.events.write(json_line_bytes(event))
                     self.unflushed = True
                 case Probe():

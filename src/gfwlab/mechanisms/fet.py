@@ -47,7 +47,7 @@ from typing import Literal
 
 from mypy_extensions import mypyc_attr
 
-from gfwlab.engine.actions import EventFields
+from gfwlab.engine.actions import EventFields, rounded
 from gfwlab.engine.mechanism import Decision, Mechanism, Residual, Seen
 from gfwlab.mechanisms import register_mechanism
 from gfwlab.rules import CommonParams, ResidualKey
@@ -314,7 +314,7 @@ class Fet(Mechanism[FetParams]):
         if held:
             return Decision(action="pass", rule=f"fet:exempt:{held[0]}", fields=measured)
         draw = self.rng(seen).random()
-        fields = dataclasses.replace(measured, draw=round(draw, 6), probability=p.probability)
+        fields = dataclasses.replace(measured, draw=rounded(draw, 6), probability=p.probability)
         if draw >= p.probability:
             return Decision(action="pass", rule="fet:no-exemption", fields=fields)
         return Decision(

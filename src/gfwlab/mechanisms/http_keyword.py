@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from mypy_extensions import mypyc_attr
 
-from gfwlab.engine.actions import EventFields
+from gfwlab.engine.actions import EventFields, rounded
 from gfwlab.engine.mechanism import Decision, Mechanism, Residual, Seen
 from gfwlab.mechanisms import register_mechanism
 from gfwlab.mechanisms._forge import (
@@ -150,7 +150,7 @@ class HttpKeyword(Mechanism[HttpKeywordParams]):
                 action="pass",
                 rule=rule,
                 fields=HttpSparedFields(
-                    host=request.host, draw=round(draw, 6), probability=p.probability
+                    host=request.host, draw=rounded(draw, 6), probability=p.probability
                 ),
             )
         return self._reset(seen, rule, request)

@@ -52,7 +52,7 @@ from typing import Literal
 
 from mypy_extensions import mypyc_attr
 
-from gfwlab.engine.actions import EventFields
+from gfwlab.engine.actions import EventFields, rounded
 from gfwlab.engine.flows import Flow
 from gfwlab.engine.mechanism import Decision, Mechanism, Needs, Residual, Seen
 from gfwlab.mechanisms import register_mechanism
@@ -218,13 +218,13 @@ class QuicSni(Mechanism[QuicSniParams]):
                     fields=QuicFields(
                         sni=sni,
                         quic_version=version,
-                        draw=round(draw, 6),
+                        draw=rounded(draw, 6),
                         probability=p.probability,
                     ),
                 )
         after, after_ms = 0.0, None
         if p.block_latency_ms:
-            after_ms = round(quantiles.sample(p.block_latency_ms, self.rng(seen)), 3)
+            after_ms = rounded(quantiles.sample(p.block_latency_ms, self.rng(seen)), 3)
             after = after_ms / 1000.0
         return Decision(
             action="drop",

@@ -53,7 +53,7 @@ import numpy as np
 from mypy_extensions import mypyc_attr
 
 from gfwlab.engine import draws
-from gfwlab.engine.actions import EventFields
+from gfwlab.engine.actions import EventFields, rounded
 from gfwlab.engine.mechanism import Decision, Mechanism, PlannedProbe, ProbeResult, Residual, Seen
 from gfwlab.engine.stream import Stream
 from gfwlab.mechanisms import register_mechanism
@@ -253,7 +253,10 @@ class SsProbing(Mechanism[SsProbingParams]):
         rng = self.rng(seen)
         draw = rng.random()
         seen_as = CandidateFields(
-            length=len(payload), entropy=round(h, 3), chance=round(chance, 4), draw=round(draw, 6)
+            length=len(payload),
+            entropy=rounded(h, 3),
+            chance=rounded(chance, 4),
+            draw=rounded(draw, 6),
         )
         if draw >= chance:
             return Decision(action="pass", rule="ss:candidate", fields=seen_as)

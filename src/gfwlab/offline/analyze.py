@@ -19,7 +19,17 @@ from typing import Any, assert_never
 
 from gfwlab._json import json_line_bytes
 from gfwlab._outfile import OutputFile, commit_together
-from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, Probe, Report
+from gfwlab.engine.actions import (
+    Accept,
+    Action,
+    Bypass,
+    Drop,
+    Event,
+    Inject,
+    Probe,
+    Report,
+    rounded,
+)
 from gfwlab.engine.censor import Censor
 from gfwlab.engine.verdicts import Stats
 from gfwlab.offline import fast
@@ -127,7 +137,7 @@ class Summary:
                     "mechanism": v.mechanism,
                     "action": v.action,
                     "rule": v.rule,
-                    "first_ts": round(v.first_ts, 6),
+                    "first_ts": rounded(v.first_ts, 6),
                     "events": v.events,
                     "residual_until": v.residual_until,
                 }
