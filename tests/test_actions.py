@@ -31,12 +31,13 @@ def test_rounded_is_round(x: float, digits: int) -> None:
 
 
 def test_rounded_is_round_on_capture_times_and_draws() -> None:
-    """What events round: times of a capture's clock (whole microseconds, and a little off
-    them), later times, and uniform draws."""
+    """What events round: times of a capture's clock (whole microseconds or nanoseconds),
+    later times, uniform draws, and numbers near a half (rounded exactly)."""
     rng = random.Random(3)
     for _ in range(100_000):
         ts = 1_717_200_000 + rng.randrange(10**12) / 1e6
-        half = (rng.randrange(10**15) + 0.5) / 1e6  # near a half, where round answers
-        for x in (ts, ts + 180.0, ts + rng.random() / 1e3, rng.random(), -rng.random(), half):
+        ns = 1_717_200_000 + rng.randrange(10**15) / 1e9
+        half = (rng.randrange(10**15) + 0.5) / 1e6
+        for x in (ts, ns, ts + 180.0, ns + 180.0, rng.random(), -rng.random(), half, -half):
             assert _same(rounded(x, 6), round(x, 6))
             assert _same(rounded(x, 3), round(x, 3))

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gfwlab.errors import AdapterError
@@ -853,3 +853,70 @@ def test_close_while_views_of_the_mapping_live(tmp_path):
     assert reader.closed
     assert view.size == path.stat().st_size and view[-40:].tobytes() == bytes(40)  # readable
     del view
+
+
+def _reference_ip(
+    src: bytes, dst: bytes, proto: int, body: bytes, ttl: int, ip_id: int, df: bool
+) -> bytes:
+    if len(src) == 16:
+        return struct.pack("!IHBB", 6 << 28, len(body), proto, ttl) + src + dst + body
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), ip_id & 0xFFFF,
+                      0x4000 if df else 0, ttl, proto, 0, src, dst)  # fmt: skip
+    return hdr[:10] + struct.pack("!H", _rfc1071(hdr)) + hdr[12:] + body
+
+
+def _pseudo(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
+    if len(src) == 4:
+        return src + dst + struct.pack("!BBH", 0, proto, length)
+    return src + dst + struct.pack("!IxxxB", length, proto)
+
+
+_ADDRS = st.one_of(
+    st.tuples(st.binary(min_size=4, max_size=4), st.binary(min_size=4, max_size=4)),
+    st.tuples(st.binary(min_size=16, max_size=16), st.binary(min_size=16, max_size=16)),
+)
+_PORT = st.integers(0, 0xFFFF)
+
+
+@given(_ADDRS, _PORT, _PORT, st.binary(max_size=1500), st.integers(0, 255),
+       st.integers(0, 0x1FFFF), st.booleans())  # fmt: skip
+@settings(max_examples=1000)
+@example((bytes(4), bytes(4)), 0, 0, b"", 0, 0, False)  # every word zero but the protocol's
+@example((b"\xff" * 4, b"\xff" * 4), 0xFFFF, 0xFFFF, b"\xff", 255, 0xFFFF, True)
+def test_built_udp_is_the_rfc_datagram(
+    addrs: tuple[bytes, bytes], sport: int, dport: int, payload: bytes, ttl: int, ip_id: int,
+    df: bool,
+) -> None:  # fmt: skip
+    """``build_udp`` sums its checksums from the fields; the datagram is the one joined first
+    and checksummed word by word (RFC 768, RFC 791, RFC 8200 §8.1)."""
+    src, dst = addrs
+    dgram = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    csum = _rfc1071(_pseudo(src, dst, 17, len(dgram)) + dgram) or 0xFFFF
+    dgram = dgram[:6] + struct.pack("!H", csum) + dgram[8:]
+    want = _reference_ip(src, dst, 17, dgram, ttl, ip_id, df)
+    assert build_udp(src, dst, sport, dport, payload, ttl=ttl, ip_id=ip_id, df=df) == want
+
+
+@given(_ADDRS, _PORT, _PORT, st.integers(0, 2**33), st.integers(0, 2**33), st.integers(0, 0x1FF),
+       st.integers(0, 0xFFFF), st.binary(max_size=40), st.binary(max_size=1500),
+       st.booleans(), st.sampled_from([None, 5, 15]))  # fmt: skip
+@settings(max_examples=1000)
+def test_built_tcp_is_the_rfc_segment(
+    addrs: tuple[bytes, bytes], sport: int, dport: int, seq: int, ack: int, flags: int,
+    window: int, options: bytes, payload: bytes, bad: bool, offset: int | None,
+) -> None:  # fmt: skip
+    """``build_tcp`` sums its checksums from the fields; the segment is the one joined first and
+    checksummed word by word (RFC 9293 §3.1)."""
+    src, dst = addrs
+    padded = options + b"\x00" * (-len(options) % 4)
+    off = offset if offset is not None else (20 + len(padded)) // 4
+    hdr = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
+                      (off << 4) | ((flags >> 8) & 1), flags & 0xFF, window, 0, 0)  # fmt: skip
+    seg = hdr + padded + payload
+    csum = _rfc1071(_pseudo(src, dst, 6, len(seg)) + seg) ^ (0xBEEF if bad else 0)
+    seg = seg[:16] + struct.pack("!H", csum) + seg[18:]
+    want = _reference_ip(src, dst, 6, seg, 64, 7, True)
+    got = build_tcp(src, dst, sport, dport, seq=seq, ack=ack, flags=flags, window=window,
+                    options=options, payload=payload, ip_id=7, bad_checksum=bad,
+                    data_offset=offset)  # fmt: skip
+    assert got == want

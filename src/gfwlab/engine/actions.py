@@ -31,10 +31,10 @@ def rounded(x: float, digits: int) -> float:
     product, and its distance above ``floor(y)`` is exact but for an error below 2**-53 when
     ``y`` is negative: ``margin``, the unit in the last place of ``|y| + 1``, is more than both.
     If ``y`` lies more than ``margin`` from a half, the exact product rounds to the integer
-    ``n`` that ``y`` rounds to, and ``n / 10**digits`` (one correctly rounded division of exact
-    operands) is the float nearest to the decimal ``round`` reads back. Near a half, at 2**52
-    and beyond, or not finite, ``round`` itself answers: an event's time (microseconds of a
-    capture's clock) lies near a whole number of microseconds, never near a half.
+    ``n`` that ``y`` rounds to; nearer a half, ``n`` is the exact product (``x`` as a ratio of
+    integers) rounded half to even, as ``round`` rounds. ``n / 10**digits`` (one correctly
+    rounded division of exact operands) is then the float nearest to the decimal ``round``
+    reads back. At 2**52 and beyond, or not finite, ``round`` itself answers.
     ``tests/test_actions.py`` compares the two on arbitrary floats; ``digits`` is at most 22
     (``10.0**digits`` exact).
     """
@@ -49,8 +49,11 @@ def rounded(x: float, digits: int) -> float:
         n = low
     elif frac > 0.5 + margin:
         n = low + 1
-    else:
-        return round(x, digits)
+    else:  # near a half: exactly
+        num, den = x.as_integer_ratio()
+        n, rest = divmod(num * 10**digits, den)
+        if 2 * rest > den or (2 * rest == den and n & 1):
+            n += 1
     if n == 0:
         return math.copysign(0.0, x)
     return n / scale

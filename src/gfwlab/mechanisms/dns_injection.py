@@ -171,6 +171,19 @@ class DnsInjectionParams(CommonParams):
         return "v2" if v2 <= day < fixed else "fixed"
 
 
+_FLAGS_TEXT: dict[int, str] = {}
+
+
+def _flags_text(flags: int) -> str:
+    """``0x8180`` for ``flags`` 0x8180: an answer's flags as its event shows them, formatted once
+    for each value, at most 65,536 of them (compiled, the format is a ``str.format`` call:
+    about a microsecond, for each forged answer)."""
+    text = _FLAGS_TEXT.get(flags)
+    if text is None:
+        text = _FLAGS_TEXT[flags] = f"0x{flags:04x}"
+    return text
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _share(name: str, injector: str) -> float:
     """Where ``name`` falls in ``injector``'s coverage, in [0, 1): fixed per name, as an
@@ -301,7 +314,7 @@ class DnsInjection(Mechanism[DnsInjectionParams]):
             rules.append(rule)
             answered.append(
                 ForgedAnswer(
-                    injector=inj.name, addr=addr_text(addr), flags=f"0x{flags:04x}", leaked=leaked
+                    injector=inj.name, addr=addr_text(addr), flags=_flags_text(flags), leaked=leaked
                 )
             )
         if not forged:

@@ -32,6 +32,9 @@ _IPV6_EXT = frozenset({0, 43, 60, 135, 139, 140})
 _IPV6_FRAGMENT = 44
 
 _V4 = struct.Struct("!BBHHHBBH4s4s")
+_V6 = struct.Struct("!IHBB")
+_TCP = struct.Struct("!HHIIBBHHH")
+_UDP = struct.Struct("!HHHH")
 # What parse() needs of each header, unused fields skipped.
 _V4_FIELDS = struct.Struct("!2xHHHBB2x4s4s")  # total length, id, flags+offset, TTL, proto, addrs
 _TCP_FIELDS = struct.Struct("!HHIIBBH")  # ports, seq, ack, data offset, flags, window
@@ -289,10 +292,24 @@ def checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def _pseudo(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
-    if len(src) == 4:
-        return src + dst + struct.pack("!BBH", 0, proto, length)
-    return src + dst + struct.pack("!IxxxB", length, proto)
+def _folded(total: int, nonzero: bool) -> int:
+    """The checksum of data whose words sum to ``total`` (in any grouping: see
+    :func:`checksum`), ``nonzero`` if any of its words is not zero."""
+    total %= 0xFFFF
+    if total == 0 and nonzero:
+        total = 0xFFFF
+    return ~total & 0xFFFF
+
+
+def _words(data: bytes) -> int:
+    """``data`` as one big number, padded to whole words: its share of a checksum's sum.
+
+    Pieces of even length each add their own number to the sum (a number shifted by whole
+    words is the same modulo 0xFFFF), so a packet's checksum is summed from its fields and its
+    payload without joining them first."""
+    if len(data) % 2:
+        return int.from_bytes(data, "big") << 8
+    return int.from_bytes(data, "big")
 
 
 def build_tcp(
@@ -323,24 +340,18 @@ def build_tcp(
         options += b"\x00" * (4 - len(options) % 4)
     hlen = 20 + len(options)
     off = data_offset if data_offset is not None else hlen // 4
-    hdr = struct.pack(
-        "!HHIIBBHHH",
-        sport,
-        dport,
-        seq & 0xFFFFFFFF,
-        ack & 0xFFFFFFFF,
-        (off << 4) | ((flags >> 8) & 1),
-        flags & 0xFF,
-        window,
-        0,
-        0,
-    )
-    seg = hdr + options + payload
-    csum = checksum(_pseudo(src, dst, PROTO_TCP, len(seg)) + seg)
+    seq &= 0xFFFFFFFF
+    ack &= 0xFFFFFFFF
+    byte12 = (off << 4) | ((flags >> 8) & 1)
+    length = hlen + len(payload)
+    addrs = _words(src) + _words(dst)
+    total = addrs + PROTO_TCP + length + sport + dport + seq + ack + (byte12 << 8)
+    total += (flags & 0xFF) + window + _words(options) + _words(payload)
+    csum = _folded(total, True)  # the protocol number is never zero
     if bad_checksum:
         csum ^= 0xBEEF
-    seg = seg[:16] + struct.pack("!H", csum) + seg[18:]
-    return build_ip(src, dst, PROTO_TCP, seg, ttl=ttl, ip_id=ip_id, df=df)
+    hdr = _TCP.pack(sport, dport, seq, ack, byte12, flags & 0xFF, window, csum, 0)
+    return _ip_header(src, dst, PROTO_TCP, length, ttl, ip_id, df, addrs) + hdr + options + payload
 
 
 def build_udp(
@@ -356,10 +367,27 @@ def build_udp(
 ) -> bytes:
     """Build an IP packet carrying a UDP datagram, with correct checksums."""
     length = 8 + len(payload)
-    dgram = struct.pack("!HHHH", sport, dport, length, 0) + payload
-    csum = checksum(_pseudo(src, dst, PROTO_UDP, length) + dgram) or 0xFFFF
-    dgram = dgram[:6] + struct.pack("!H", csum) + dgram[8:]
-    return build_ip(src, dst, PROTO_UDP, dgram, ttl=ttl, ip_id=ip_id, df=df)
+    addrs = _words(src) + _words(dst)
+    total = addrs + PROTO_UDP + length + sport + dport + length + _words(payload)
+    csum = _folded(total, True) or 0xFFFF
+    hdr = _UDP.pack(sport, dport, length, csum)
+    return _ip_header(src, dst, PROTO_UDP, length, ttl, ip_id, df, addrs) + hdr + payload
+
+
+def _ip_header(
+    src: bytes, dst: bytes, proto: int, length: int, ttl: int, ip_id: int, df: bool, addrs: int
+) -> bytes:
+    """The IPv4 or IPv6 header (chosen by the address length) of a ``length``-byte body;
+    ``addrs`` is the addresses' share of a checksum (:func:`_words`)."""
+    if len(src) != len(dst):
+        raise ValueError("source and destination address families differ")
+    if len(src) == 4:
+        ip_id &= 0xFFFF
+        frag = 0x4000 if df else 0
+        total = 0x4500 + 20 + length + ip_id + frag + (ttl << 8) + proto + addrs
+        return _V4.pack(0x45, 0, 20 + length, ip_id, frag, ttl, proto, _folded(total, True),
+                        src, dst)  # fmt: skip
+    return _V6.pack(6 << 28, length, proto, ttl) + src + dst
 
 
 def build_ip(
@@ -373,16 +401,8 @@ def build_ip(
     df: bool = False,
 ) -> bytes:
     """Wrap ``body`` in an IPv4 or IPv6 header (chosen by the address length)."""
-    if len(src) != len(dst):
-        raise ValueError("source and destination address families differ")
-    if len(src) == 4:
-        hdr = _V4.pack(
-            0x45, 0, 20 + len(body), ip_id & 0xFFFF, 0x4000 if df else 0, ttl, proto, 0, src, dst
-        )
-        hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
-        return hdr + body
-    hdr = struct.pack("!IHBB", 6 << 28, len(body), proto, ttl) + src + dst
-    return hdr + body
+    addrs = _words(src) + _words(dst) if len(src) == 4 else 0
+    return _ip_header(src, dst, proto, len(body), ttl, ip_id, df, addrs) + body
 
 
 def build_fragment(packet: bytes, offset: int, data: bytes, *, more: bool, ident: int = 0) -> bytes:
