@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import struct
 import subprocess
 from pathlib import Path
@@ -26,7 +27,7 @@ from gfwlab.packet import (
     link_header_strip,
     parse,
 )
-from gfwlab.packet.ip import checksum
+from gfwlab.packet.ip import addr_text, checksum
 from gfwlab.packet.pcap import MAX_CAPLEN, split_timestamp
 from testenv import SHARED_PCAPS, needs_shared, shared_pcaps, unprivileged
 
@@ -920,3 +921,11 @@ def test_built_tcp_is_the_rfc_segment(
                     options=options, payload=payload, ip_id=7, bad_checksum=bad,
                     data_offset=offset)  # fmt: skip
     assert got == want
+
+
+@given(st.binary(min_size=4, max_size=4) | st.binary(min_size=16, max_size=16))
+@settings(max_examples=500)
+def test_address_texts_are_inet_ntops(addr: bytes) -> None:
+    family = socket.AF_INET if len(addr) == 4 else socket.AF_INET6
+    assert addr_text(addr) == socket.inet_ntop(family, addr)
+    assert addr_bytes(addr_text(addr)) == addr

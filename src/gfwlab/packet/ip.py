@@ -141,12 +141,15 @@ _TEXTS_MAX = 1 << 16
 def addr_text(addr: bytes) -> str:
     """Packed IPv4/IPv6 address to text.
 
-    Every event names its flow's two addresses, and a capture's addresses repeat: up to
-    :data:`_TEXTS_MAX` texts are kept, forgotten all at once when full (``inet_ntop`` formats
-    through printf, several times the cost of a dict lookup)."""
+    Every event names its flow's two addresses. An IPv4 address is written out (four numbers:
+    ``inet_ntop`` formats through printf, several times the cost); an IPv6 one's text, zeros
+    compressed by ``inet_ntop``, is kept, as a capture's addresses repeat: up to
+    :data:`_TEXTS_MAX` texts, forgotten all at once when full."""
+    if len(addr) == 4:
+        return f"{addr[0]}.{addr[1]}.{addr[2]}.{addr[3]}"
     text = _TEXTS.get(addr)
     if text is None:
-        text = socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
+        text = socket.inet_ntop(socket.AF_INET6, addr)
         if len(_TEXTS) >= _TEXTS_MAX:
             _TEXTS.clear()
         _TEXTS[addr] = text
@@ -344,9 +347,11 @@ def build_tcp(
     ack &= 0xFFFFFFFF
     byte12 = (off << 4) | ((flags >> 8) & 1)
     length = hlen + len(payload)
-    addrs = _words(src) + _words(dst)
+    addrs = _words(src + dst)
     total = addrs + PROTO_TCP + length + sport + dport + seq + ack + (byte12 << 8)
-    total += (flags & 0xFF) + window + _words(options) + _words(payload)
+    total += (flags & 0xFF) + window + _words(payload)
+    if options:
+        total += _words(options)
     csum = _folded(total, True)  # the protocol number is never zero
     if bad_checksum:
         csum ^= 0xBEEF
@@ -367,7 +372,7 @@ def build_udp(
 ) -> bytes:
     """Build an IP packet carrying a UDP datagram, with correct checksums."""
     length = 8 + len(payload)
-    addrs = _words(src) + _words(dst)
+    addrs = _words(src + dst)
     total = addrs + PROTO_UDP + length + sport + dport + length + _words(payload)
     csum = _folded(total, True) or 0xFFFF
     hdr = _UDP.pack(sport, dport, length, csum)
@@ -401,7 +406,7 @@ def build_ip(
     df: bool = False,
 ) -> bytes:
     """Wrap ``body`` in an IPv4 or IPv6 header (chosen by the address length)."""
-    addrs = _words(src) + _words(dst) if len(src) == 4 else 0
+    addrs = _words(src + dst) if len(src) == 4 else 0
     return _ip_header(src, dst, proto, len(body), ttl, ip_id, df, addrs) + body
 
 
