@@ -24,8 +24,8 @@ ActionName = Literal["rst", "drop", "dns-inject", "probe", "null-route", "pass",
 
 def rounded(x: float, digits: int) -> float:
     """``round(x, digits)``, the same float, without its decimal conversion where the answer is
-    plain (``round`` writes and reads back a correctly rounded decimal string: 1-2 µs, for every
-    event's time).
+    plain (``round`` writes and reads back a correctly rounded decimal string, about half a
+    microsecond, for every event's time and several of its fields).
 
     ``y``, the product ``x * 10**digits``, is within half a unit in its last place of the exact
     product, and its distance above ``floor(y)`` is exact but for an error below 2**-53 when

@@ -229,7 +229,7 @@ class Flow:
 
     def _ident_bytes(self) -> bytes:
         """The flow's identity (:meth:`_ident`) as bytes that tell every identity apart: a
-        stream's key after the mechanism's, which is text and so holds no zero byte."""
+        stream's key after the mechanism's (its seed and name, which hold no zero byte)."""
         return (
             bytes((0, self.proto, len(self.client)))
             + self.client
