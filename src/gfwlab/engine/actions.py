@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from mypy_extensions import mypyc_attr
 
@@ -22,15 +22,19 @@ Direction = Literal["inside-out", "outside-in"]
 ActionName = Literal["rst", "drop", "dns-inject", "probe", "null-route", "pass", "anomaly"]
 
 
+_POWERS: Final = tuple(10**i for i in range(23))
+
+
 def rounded(x: float, digits: int) -> float:
     """``round(x, digits)``, the same float, without its decimal conversion where the answer is
     plain (``round`` writes and reads back a correctly rounded decimal string, about half a
     microsecond, for every event's time and several of its fields).
 
-    ``y``, the product ``x * 10**digits``, is within half a unit in its last place of the exact
-    product, and its distance above ``floor(y)`` is exact but for an error below 2**-53 when
-    ``y`` is negative: ``margin``, the unit in the last place of ``|y| + 1``, is more than both.
-    If ``y`` lies more than ``margin`` from a half, the exact product rounds to the integer
+    ``y``, the product ``x * 10**digits``, is within half a unit in its last place (``ulp``) of
+    the exact product, and its distance above ``floor(y)`` is exact for ``|y|`` of 1 or more
+    (and below 1 wrong by less than 2**-53): ``margin``, half an ulp of ``y`` and at least
+    2**-52, bounds both. If ``y`` lies more than ``margin`` from a half, the exact product rounds
+    to the integer
     ``n`` that ``y`` rounds to; nearer a half, ``n`` is the exact product (``x`` as a ratio of
     integers) rounded half to even, as ``round`` rounds. ``n / 10**digits`` (one correctly
     rounded division of exact operands) is then the float nearest to the decimal ``round``
@@ -44,14 +48,14 @@ def rounded(x: float, digits: int) -> float:
         return round(x, digits)
     low = math.floor(y)
     frac = y - low
-    margin = math.ulp(abs(y) + 1.0)
+    margin = max(math.ulp(y) * 0.5, 2.220446049250313e-16)  # a power of two, at most 0.25
     if frac < 0.5 - margin:
         n = low
     elif frac > 0.5 + margin:
         n = low + 1
     else:  # near a half: exactly
         num, den = x.as_integer_ratio()
-        n, rest = divmod(num * 10**digits, den)
+        n, rest = divmod(num * _POWERS[digits], den)
         if 2 * rest > den or (2 * rest == den and n & 1):
             n += 1
     if n == 0:
