@@ -286,13 +286,8 @@ def checksum(data: bytes) -> int:
     0xFFFF, which is what the end-around carry does), and the words' sum modulo 0xFFFF is that of
     the whole of ``data`` read as one big number: one division in C instead of a word at a time.
     The sum is 0xFFFF, not 0, once any word is not zero."""
-    if len(data) % 2:
-        data += b"\x00"
-    whole = int.from_bytes(data, "big")
-    total = whole % 0xFFFF
-    if total == 0 and whole:
-        total = 0xFFFF
-    return ~total & 0xFFFF
+    whole = _words(data)
+    return _folded(whole, whole != 0)
 
 
 def _folded(total: int, nonzero: bool) -> int:
