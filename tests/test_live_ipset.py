@@ -22,9 +22,17 @@ from gfwlab.errors import LabError
 from gfwlab.lab.services import in_netns
 from gfwlab.live import blocked
 from gfwlab.live.chains import create_commands, synoff_set
-from gfwlab.live.ipset import CommandEntries, Entries, NetlinkEntries, entry, open_entries
+from gfwlab.live.ipset import (
+    CommandEntries,
+    Entries,
+    NetlinkEntries,
+    _read_dump,
+    entry,
+    member,
+    open_entries,
+)
 from gfwlab.live.kernel import Kernel
-from gfwlab.live.nflog import acknowledgement
+from gfwlab.live.nflog import acknowledgement, attr
 
 NS = f"ipsettest-{os.getpid()}"
 
@@ -81,6 +89,48 @@ def test_what_is_not_an_entry_is_refused(bad: str) -> None:
 def test_any_text_is_an_entry_or_a_value_error(text: str) -> None:
     with contextlib.suppress(ValueError):
         entry(text, 5)
+
+
+def list_reply(seq: int, *entries: tuple[str, int]) -> bytes:
+    """A list dump's message as the kernel writes it: the set's description, then its entries
+    (``IPSET_ATTR_ADT``), each an element with a timeout."""
+    header = attr(1, b"\x06") + attr(2, b"gfwlab-blocked-c2s4\0") + attr(3, b"hash:ip,port,ip\0")
+    adt = b"".join(attr(7 | 0x8000, entry(e, t)[1]) for e, t in entries)
+    body = struct.pack("!BBH", 2, 0, 0) + header + attr(8 | 0x8000, adt)
+    return struct.pack("=IHHII", 16 + len(body), (6 << 8) | 7, 2, seq, 0) + body
+
+
+def test_a_list_dump_is_read_entry_by_entry() -> None:
+    out: dict[tuple[bytes, int, int, bytes], int] = {}
+    first = list_reply(
+        9, ("198.18.0.2,tcp:40000,198.19.0.6", 117), ("198.18.0.3,udp:5,198.19.0.6", 3)
+    )
+    stale = list_reply(8, ("198.18.0.99,tcp:1,198.19.0.6", 50))  # an earlier request's: skipped
+    assert _read_dump(first + stale, 9, out) is False  # not done: no NLMSG_DONE yet
+    second = list_reply(9, ("2001:db8:c::2,tcp:443,2001:db8:5::2", 4000))
+    done = struct.pack("=IHHIIi", 20, 3, 2, 9, 0, 0)
+    assert _read_dump(second + done, 9, out) is True
+    assert out == {
+        member("198.18.0.2,tcp:40000,198.19.0.6"): 117,
+        member("198.18.0.3,udp:5,198.19.0.6"): 3,
+        member("2001:db8:c::2,tcp:443,2001:db8:5::2"): 4000,
+    }
+    assert member("198.18.0.3,udp:5,198.19.0.6") == (
+        bytes([198, 18, 0, 3]),
+        17,
+        5,
+        bytes([198, 19, 0, 6]),
+    )
+    refused = struct.pack("=IHHIIi", 20, 2, 0, 9, 0, -errno.ENOENT)
+    with pytest.raises(OSError) as err:
+        _read_dump(refused, 9, {})
+    assert err.value.errno == errno.ENOENT
+
+
+@given(st.binary(max_size=300), st.integers(0, 3))
+def test_any_bytes_are_a_dump_or_an_os_error(data: bytes, seq: int) -> None:
+    with contextlib.suppress(OSError):
+        assert _read_dump(data, seq, {}) in (True, False)
 
 
 # -- in a namespace, against the command ----------------------------------------------------
@@ -198,3 +248,40 @@ def test_a_failed_netlink_entry_is_counted(namespace: str) -> None:
         kernel.pause_syns(True)
     assert kernel.errors == 1 and kernel.syn_paused is None
     kernel.entries.close()
+
+
+@pytest.mark.live
+def test_netlink_lists_what_the_command_lists(namespace: str) -> None:
+    """The blocked flows' sets read with one netlink dump each (``HeldFlows.check``): the same
+    entries and seconds left as ``ipset list`` gives, over many dump messages, both families."""
+    v4, v6 = blocked.set_name("c2s", False), blocked.set_name("s2c", True)
+    lines = [
+        f"add {v4} 198.18.{i >> 8}.{i & 255},{'tcp' if i % 3 else 'udp'}:{1024 + i},198.19.0.6 "
+        f"timeout {60 + i % 500}\n"
+        for i in range(6000)
+    ] + [
+        f"add {v6} 2001:db8:c::{i:x},tcp:{40000 + i},2001:db8:5::2 timeout {1000 + i}\n"
+        for i in range(400)
+    ]
+    subprocess.run(["ip", "netns", "exec", namespace, "ipset", "restore"], input="".join(lines),
+                   text=True, check=True)  # fmt: skip
+    kernel = Kernel(["ip", "netns", "exec", namespace])
+    command = kernel.entries
+    netlink = in_netns(namespace, lambda: open_entries([], kernel.command))
+    assert isinstance(command, CommandEntries) and isinstance(netlink, NetlinkEntries)
+    for name, count in ((v4, 6000), (v6, 400), (blocked.set_name("s2c", False), 0)):
+        started = time.perf_counter()
+        by_netlink = netlink.timeouts(name)
+        took = time.perf_counter() - started
+        by_command = command.timeouts(name)
+        assert len(by_netlink) == count
+        assert by_netlink.keys() == by_command.keys()
+        assert all(abs(by_netlink[k] - by_command[k]) <= 1 for k in by_command)
+        print(f"{name}: {count} entries listed over netlink in {took * 1e3:.1f} ms")
+    some = member("198.18.0.7,tcp:1031,198.19.0.6")
+    assert 60 <= netlink.timeouts(v4)[some] <= 67
+    with pytest.raises(LabError, match=re.escape("ipset list gfwlab-nothere: no such set")):
+        netlink.timeouts("gfwlab-nothere")
+    netlink.add(v4, "198.18.200.1,tcp:9,198.19.0.6", 30)  # the socket still works after a dump
+    assert member("198.18.200.1,tcp:9,198.19.0.6") in netlink.timeouts(v4)
+    netlink.close()

@@ -1,10 +1,11 @@
 """Which modules are compiled, and whether the compiled ones are used.
 
 The engine's per-packet path (the engine, the IP parser, the protocol dissectors, the domain
-sets and prefix sets, the mechanisms) and the offline fast path's loop around it are compiled to
-C with mypyc when gfwlab is installed (``setup.py``): the same typed sources, run as native
-code. Mechanisms written elsewhere still subclass :class:`~gfwlab.engine.mechanism.Mechanism`
-and run interpreted beside the compiled ones.
+sets and prefix sets, the mechanisms), the offline fast path's loop around it and the live
+censor's reading of its ipsets (``live/ipset.py``) are compiled to C with mypyc when gfwlab is
+installed (``setup.py``): the same typed sources, run as native code. Mechanisms written
+elsewhere still subclass :class:`~gfwlab.engine.mechanism.Mechanism` and run interpreted beside
+the compiled ones.
 
 Two things of the sources are not kept by the compiler and are read from the sources instead:
 annotations (mypyc keeps erased runtime types: a ``Literal`` becomes ``type``), which the
@@ -49,6 +50,7 @@ COMPILED = (
     "gfwlab.engine.stream",
     "gfwlab.engine.tcb",
     "gfwlab.engine.verdicts",
+    "gfwlab.live.ipset",
     "gfwlab.mechanisms._burst",
     "gfwlab.mechanisms._forge",
     "gfwlab.mechanisms._memory",

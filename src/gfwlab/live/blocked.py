@@ -20,11 +20,11 @@ fail-open flag the packets of every other flow would then pass uninspected. Now:
   entry of any other packet a set matches, and drops it.
 - An entry lives for the engine's idle timeout of its protocol, rounded up, plus one second
   (:func:`entry_timeout`), from the last packet the kernel dropped: as long as the flow would
-  live in an engine that saw those packets (offline, where it sees them all). The engine does not
-  see them, so every :data:`CHECK_S` seconds :class:`HeldFlows` lists the sets and moves each
-  held flow's ``last_seen`` to the time of the last packet its entry says the kernel dropped
-  (the timeout it has left tells, to the second). The engine's own idle expiry then forgets the
-  flow when it would have, had it seen every packet.
+  live in an engine that saw those packets (offline, where it sees them all). The engine does
+  not see them, so every :data:`CHECK_S` seconds :class:`HeldFlows` lists the sets (a netlink
+  dump each, ``live/ipset.py``) and moves each held flow's ``last_seen`` to the time of the last
+  packet its entry says the kernel dropped (the timeout it has left tells, to the second). The
+  engine's own idle expiry then forgets the flow when it would have, had it seen every packet.
 - A SYN that opens a new connection on a held flow's 5-tuple reaches the engine (above); if the
   engine makes a new flow on it, the old flow's entries go (:meth:`HeldFlows.after`).
 - Not while ``lab record`` records (a recording holds every packet of the flows it sees), and
@@ -227,19 +227,15 @@ class HeldFlows:
         self.next_check = now + self.every
         if not self.held:
             return
-        left: dict[tuple[str, str], int] = {}
         try:
-            for name in set_names():
-                for line in self.run(["ipset", "list", name, "-output", "save"]).splitlines():
-                    parts = line.split()
-                    if len(parts) >= 5 and parts[0] == "add" and parts[3] == "timeout":
-                        left[(parts[1], parts[2])] = int(parts[4])
+            left = {name: self.entries.timeouts(name) for name in set_names()}
         except (GfwlabError, ValueError):
             self.errors += 1
             return
         for (key, direction), held in list(self.held.items()):
             flow = held.flow
-            seconds = left.get((_set_of(direction, flow), element(flow)))
+            member = (flow.client, flow.proto, flow.cport, flow.server)
+            seconds = left[_set_of(direction, flow)].get(member)
             if seconds is not None and self.table.flows.get(key) is flow:
                 # The entry was last refreshed by a dropped packet ``timeout - left`` ago (it
                 # counts whole seconds down, so this errs early by under a second).

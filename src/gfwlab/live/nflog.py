@@ -48,11 +48,11 @@ NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 SO_RCVBUFFORCE = 33
 
-_NLMSG = struct.Struct("=IHHII")
+NLMSG_HEADER = struct.Struct("=IHHII")
 """Netlink message header: length, type, flags, sequence, port id (host byte order)."""
-_NFGEN = struct.Struct("!BBH")
+NFGEN_HEADER = struct.Struct("!BBH")
 """nfnetlink header: family, version, resource id (the group, big-endian)."""
-_NLA = struct.Struct("=HH")
+NLA_HEADER = struct.Struct("=HH")
 """Attribute header: length, type."""
 
 
@@ -62,8 +62,8 @@ def _align(n: int) -> int:
 
 def attr(kind: int, value: bytes) -> bytes:
     """One netlink attribute, padded to four bytes."""
-    size = _NLA.size + len(value)
-    return _NLA.pack(size, kind) + value + b"\0" * (_align(size) - size)
+    size = NLA_HEADER.size + len(value)
+    return NLA_HEADER.pack(size, kind) + value + b"\0" * (_align(size) - size)
 
 
 def request(
@@ -77,9 +77,10 @@ def request(
 ) -> bytes:
     """One nfnetlink request: message ``msg`` of subsystem ``subsys`` for ``resource`` (an NFLOG
     group, a queue number)."""
-    body = _NFGEN.pack(family, 0, resource) + attrs
+    body = NFGEN_HEADER.pack(family, 0, resource) + attrs
     kind = (subsys << 8) | msg
-    return _NLMSG.pack(_NLMSG.size + len(body), kind, NLM_F_REQUEST | flags, seq, 0) + body
+    header = NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), kind, NLM_F_REQUEST | flags, seq, 0)
+    return header + body
 
 
 def config_message(group: int, seq: int, attrs: bytes) -> bytes:
@@ -131,11 +132,11 @@ def parse_messages(buf: bytes) -> tuple[list[tuple[int | None, bytes]], list[int
     bad = 0
     off = 0
     packet_type = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
-    while off + _NLMSG.size <= len(buf):
-        size, kind, _flags, _seq, _pid = _NLMSG.unpack_from(buf, off)
-        if size < _NLMSG.size or off + size > len(buf):
+    while off + NLMSG_HEADER.size <= len(buf):
+        size, kind, _flags, _seq, _pid = NLMSG_HEADER.unpack_from(buf, off)
+        if size < NLMSG_HEADER.size or off + size > len(buf):
             return packets, errors, bad + 1  # the rest cannot be delimited
-        body = buf[off + _NLMSG.size : off + size]
+        body = buf[off + NLMSG_HEADER.size : off + size]
         off += _align(size)
         if kind == NLMSG_ERROR:
             if len(body) >= 4:
@@ -155,12 +156,12 @@ def acknowledgement(buf: bytes, seq: int) -> int | None:
     """The error code of the acknowledgement of request ``seq`` in ``buf`` (0: success), or None
     if ``buf`` holds none (only other requests' answers, left from before a timeout)."""
     off = 0
-    while off + _NLMSG.size <= len(buf):
-        size, kind, _flags, got, _pid = _NLMSG.unpack_from(buf, off)
-        if size < _NLMSG.size:
+    while off + NLMSG_HEADER.size <= len(buf):
+        size, kind, _flags, got, _pid = NLMSG_HEADER.unpack_from(buf, off)
+        if size < NLMSG_HEADER.size:
             break
-        if kind == NLMSG_ERROR and got == seq and size >= _NLMSG.size + 4:
-            return -int(struct.unpack_from("=i", buf, off + _NLMSG.size)[0])
+        if kind == NLMSG_ERROR and got == seq and size >= NLMSG_HEADER.size + 4:
+            return -int(struct.unpack_from("=i", buf, off + NLMSG_HEADER.size)[0])
         off += _align(size)
     return None
 
@@ -169,16 +170,16 @@ def _attrs(body: bytes) -> tuple[int | None, bytes | None]:
     """A packet message's sequence number and payload (None where absent or unreadable)."""
     seq: int | None = None
     payload: bytes | None = None
-    at = _NFGEN.size
-    while at + _NLA.size <= len(body):
-        size, kind = _NLA.unpack_from(body, at)
-        if size < _NLA.size or at + size > len(body):
+    at = NFGEN_HEADER.size
+    while at + NLA_HEADER.size <= len(body):
+        size, kind = NLA_HEADER.unpack_from(body, at)
+        if size < NLA_HEADER.size or at + size > len(body):
             return seq, None
         kind &= 0x3FFF
         if kind == NFULA_PAYLOAD:
-            payload = body[at + _NLA.size : at + size]
-        elif kind == NFULA_SEQ and size == _NLA.size + 4:
-            seq = struct.unpack_from("!I", body, at + _NLA.size)[0]
+            payload = body[at + NLA_HEADER.size : at + size]
+        elif kind == NFULA_SEQ and size == NLA_HEADER.size + 4:
+            seq = struct.unpack_from("!I", body, at + NLA_HEADER.size)[0]
         at += _align(size)
     return seq, payload
 
