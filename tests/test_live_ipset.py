@@ -21,7 +21,13 @@ from hypothesis import strategies as st
 from gfwlab.errors import LabError
 from gfwlab.lab.services import in_netns
 from gfwlab.live import blocked
-from gfwlab.live.chains import create_commands, synoff_set
+from gfwlab.live.chains import (
+    BYPASSED_CHAIN,
+    QUEUE_CHAIN,
+    SKIP_CHAIN,
+    create_commands,
+    synoff_set,
+)
 from gfwlab.live.ipset import (
     CommandEntries,
     Entries,
@@ -285,3 +291,53 @@ def test_netlink_lists_what_the_command_lists(namespace: str) -> None:
     netlink.add(v4, "198.18.200.1,tcp:9,198.19.0.6", 30)  # the socket still works after a dump
     assert member("198.18.200.1,tcp:9,198.19.0.6") in netlink.timeouts(v4)
     netlink.close()
+
+
+def rules(namespace: str, tool: str, chain: str) -> list[str]:
+    argv = ["ip", "netns", "exec", namespace, tool, "-w", "-t", "mangle", "-S", chain]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if line.startswith("-A ")]
+
+
+@pytest.mark.live
+def test_the_jumps_to_the_sets_go_in_at_once_and_out_behind_the_loop(namespace: str) -> None:
+    """While residual drop blocks are in force, bypassed packets cross the sets and the skips
+    are held off (``Kernel._arm``): two jumps, put in with one ``iptables-restore`` per family
+    while the censor's loop waits, taken out by a thread; rules not as the censor left them are
+    checked and put right one by one."""
+    for tool in ("iptables", "ip6tables"):
+        for chain in (QUEUE_CHAIN, SKIP_CHAIN, BYPASSED_CHAIN):
+            subprocess.run(["ip", "netns", "exec", namespace, tool, "-w", "-t", "mangle", "-N",
+                            chain], check=True)  # fmt: skip
+    kernel = Kernel(["ip", "netns", "exec", namespace])
+    kernel.set_skip(True)
+    skip = {tool: rules(namespace, tool, SKIP_CHAIN) for tool in ("iptables", "ip6tables")}
+    jump = f"-A {QUEUE_CHAIN} {' '.join(kernel.jump)}"
+    held_off = f'-A {SKIP_CHAIN} -m comment --comment "gfwlab: residual blocks in force" -g '
+    for _ in range(2):
+        started = time.perf_counter()
+        kernel._arm(True)
+        armed = time.perf_counter()
+        for tool in ("iptables", "ip6tables"):
+            assert rules(namespace, tool, QUEUE_CHAIN) == [jump]
+            now = rules(namespace, tool, SKIP_CHAIN)
+            assert now[0].startswith(held_off) and now[1:] == skip[tool], now
+        kernel._arm(False)
+        left = time.perf_counter()
+        assert not kernel.armed
+        kernel._settle()
+        print(f"in the loop: in {(armed - started) * 1e3:.1f} ms, out "
+              f"{(left - armed) * 1e3:.2f} ms (its thread: "
+              f"{(time.perf_counter() - left) * 1e3:.1f} ms)")  # fmt: skip
+        for tool in ("iptables", "ip6tables"):
+            assert rules(namespace, tool, QUEUE_CHAIN) == []
+            assert rules(namespace, tool, SKIP_CHAIN) == skip[tool]
+    # The jump taken out by hand: the restore fails, and the rules are put right one by one.
+    kernel._arm(True)
+    subprocess.run(["ip", "netns", "exec", namespace, "iptables", "-w", "-t", "mangle", "-D",
+                    QUEUE_CHAIN, *kernel.jump], check=True)  # fmt: skip
+    kernel._arm(False, wait=True)
+    for tool in ("iptables", "ip6tables"):
+        assert rules(namespace, tool, QUEUE_CHAIN) == []
+        assert rules(namespace, tool, SKIP_CHAIN) == skip[tool]
+    assert kernel.errors == 0

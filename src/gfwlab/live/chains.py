@@ -213,6 +213,11 @@ def bypassed_chain_rules(bypass_mark: int, v6: bool) -> list[list[str]]:
     return rules
 
 
+SEEN_JUMP = ["-m", "comment", "--comment", "gfwlab: residual blocks in force", "-g", SEEN_CHAIN]
+"""The rule (after ``-I GFWLAB_SKIP 1``) that holds the skips off while residual drop blocks are
+in force (:func:`skip_rules`); its comment tells it from the chain's own last rule, a bare jump
+to the same chain."""
+
 UdpReplies = tuple[frozenset[int], frozenset[int]]
 """Server ports whose answers skip the queue, and the client ports they must not go to."""
 MULTIPORT_MAX = 15

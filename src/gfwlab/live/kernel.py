@@ -49,6 +49,7 @@ import contextlib
 import heapq
 import math
 import subprocess
+import threading
 from collections.abc import Iterator, Sequence
 
 from gfwlab.errors import LabError
@@ -58,6 +59,7 @@ from gfwlab.live.chains import (
     IPSET_MAX_TIMEOUT,
     QUEUE_CHAIN,
     SEEN_CHAIN,
+    SEEN_JUMP,
     SKIP_CHAIN,
     SYN_CHAIN,
     UdpReplies,
@@ -105,6 +107,8 @@ class Kernel:
         """Writes to the kernel that failed: commands, and entries written over netlink."""
         self.entries = open_entries(self.argv, self.command)
         """Where entries are written: netlink inside the namespace (``live/ipset.py``)."""
+        self._switching: threading.Thread | None = None
+        """The thread taking the jumps out, while it runs (:meth:`_arm`)."""
 
     def add_residual(
         self,
@@ -160,16 +164,62 @@ class Kernel:
         self.in_force_until = max(self.in_force_until, now + timeout + 1.0)
         self.added += 1
 
-    def _arm(self, on: bool) -> None:
-        for tool in ("iptables", "ip6tables"):
-            ipt = [tool, "-w", "-t", "mangle"]
-            present = self._ok([*ipt, "-C", QUEUE_CHAIN, *self.jump])
-            if on and not present:
-                self._run([*ipt, "-I", QUEUE_CHAIN, "1", *self.jump])
-            elif not on and present:
-                self._run([*ipt, "-D", QUEUE_CHAIN, *self.jump])
+    def _arm(self, on: bool, wait: bool = False) -> None:
+        """Put the jumps to the sets' chain and to the seen chain in place (``on``) or take them
+        out; ``armed`` says so at once.
+
+        From the censor's packet loop, which waits meanwhile: the jumps go in with one
+        ``iptables-restore`` per family (about 2 ms each here: two inserts). Taking them out
+        costs more (a rule deleted from an nf_tables chain is committed only once no packet can
+        be crossing it: 20-45 ms for both families, measured in the lab), and the loop need not
+        wait for it: every block has expired by then, so the sets match nothing, and the skips
+        held off a little longer only send a few more packets to the engine, which judges them
+        as it would have. So that is done by a thread (``wait``: here), and the next change of
+        the rules waits for it to finish (:meth:`_settle`)."""
+        self._settle()
         self.armed = on
-        self._skip_state()
+        if on or wait:
+            self._switch(on)
+            return
+        self._switching = threading.Thread(target=self._switch_quietly, name="gfwlab-disarm")
+        self._switching.start()
+
+    def _settle(self) -> None:
+        """Wait for the rules being taken out by a thread (:meth:`_arm`), if they are."""
+        if self._switching is not None:
+            self._switching.join()
+            self._switching = None
+
+    def _switch_quietly(self) -> None:
+        with contextlib.suppress(LabError):  # counted in errors (_counted), shown in stats
+            self._switch(False)
+
+    def _switch(self, on: bool) -> None:
+        """Insert or delete both jumps, for each family in one ``iptables-restore``, each jump
+        a rule of its own that only this class writes (the seen chain's is told from the skip
+        chain's own last rule by its comment); if that fails (the rules are not as this censor
+        left them: a restart, a hand edit), each is checked and put right on its own."""
+        verb = "-I" if on else "-D"
+        where = " 1" if on else ""
+        lines = [f"{verb} {QUEUE_CHAIN}{where} {_restore_line(self.jump)}"]
+        if self.skip:
+            lines.append(f"{verb} {SKIP_CHAIN}{where} {_restore_line(SEEN_JUMP)}")
+        restore = "*mangle\n" + "\n".join(lines) + "\nCOMMIT\n"
+        for tool in ("iptables", "ip6tables"):
+            try:
+                self.command([f"{tool}-restore", "-w", "--noflush"], restore)
+            except LabError:
+                self._switch_checked(tool, on)
+
+    def _switch_checked(self, tool: str, on: bool) -> None:
+        """What :meth:`_switch` does for ``tool``, a rule at a time, each checked first."""
+        ipt = [tool, "-w", "-t", "mangle"]
+        present = self._ok([*ipt, "-C", QUEUE_CHAIN, *self.jump])
+        if on and not present:
+            self._run([*ipt, "-I", QUEUE_CHAIN, "1", *self.jump])
+        elif not on and present:
+            self._run([*ipt, "-D", QUEUE_CHAIN, *self.jump])
+        self._skip_state([tool])
 
     def set_skip(
         self,
@@ -182,6 +232,7 @@ class Kernel:
         handshake ACK if ``on``, clean connections' SYN/ACKs if ``syn_ack``, their first SYNs
         (copied to the censor, ``chains.syn_rules``) if ``syn``, the ``udp_replies``; except while
         residual drop blocks are in force."""
+        self._settle()
         for tool in ("iptables", "ip6tables"):
             ipt = [tool, "-w", "-t", "mangle"]
             v6 = tool == "ip6tables"
@@ -221,20 +272,18 @@ class Kernel:
                     write(synoff_set(v6), net)
         self.syn_paused = paused
 
-    def _skip_state(self) -> None:
-        """A jump to the seen chain first in the skip chain while blocks are in force (counters
-        stay)."""
+    def _skip_state(self, tools: Sequence[str] = ("iptables", "ip6tables")) -> None:
+        """The jump to the seen chain first in the skip chain while blocks are in force, and
+        nowhere while none is (counters stay)."""
         if not self.skip:
             return
-        jump = f"-A {SKIP_CHAIN} -g {SEEN_CHAIN}"
-        for tool in ("iptables", "ip6tables"):
+        for tool in tools:
             ipt = [tool, "-w", "-t", "mangle"]
-            rules = [x for x in self._run([*ipt, "-S", SKIP_CHAIN]).splitlines() if x[:3] == "-A "]
-            first = len(rules) > 1 and rules[0] == jump
-            if self.armed and not first:
-                self._run([*ipt, "-I", SKIP_CHAIN, "1", "-g", SEEN_CHAIN])
-            elif not self.armed and first:
-                self._run([*ipt, "-D", SKIP_CHAIN, "1"])
+            present = self._ok([*ipt, "-C", SKIP_CHAIN, *SEEN_JUMP])
+            if self.armed and not present:
+                self._run([*ipt, "-I", SKIP_CHAIN, "1", *SEEN_JUMP])
+            elif not self.armed and present:
+                self._run([*ipt, "-D", SKIP_CHAIN, *SEEN_JUMP])
 
     def adopt(self, now: float) -> None:
         """Take over what a previous censor process left in the kernel (a restart): the blocks
@@ -250,7 +299,7 @@ class Kernel:
         self.pending.clear()
         for s in kernel_sets():
             self._run(["ipset", "flush", s.name])
-        self._arm(False)
+        self._arm(False, wait=True)
         self.in_force_until = 0.0
 
     def residuals(self) -> list[tuple[str, str, int]]:
@@ -302,6 +351,12 @@ class Kernel:
             detail = (res.stderr.strip() or f"exit {res.returncode}").splitlines()[0]
             raise LabError(f"{' '.join(argv)}: {detail}")
         return res.stdout
+
+
+def _restore_line(args: Sequence[str]) -> str:
+    """Rule arguments as ``iptables-restore`` reads them: double quotes around an argument
+    with a space (it takes no single quotes)."""
+    return " ".join(f'"{a}"' if " " in a else a for a in args)
 
 
 def queue_rule_packets(iptables_listing: str, target: str = "NFQUEUE") -> int:
