@@ -26,6 +26,11 @@ verdict (``floor/sitecustomize.py``: each queued packet parsed and accepted, a T
 at its first data, no mechanism, no event) and measures the same at no idle connections: what
 the queue, the kernel rules and the adapter cost alone, the most any faster engine can give.
 
+With ``--rounds N`` each phase runs N times, plain then censor in each round, seconds apart:
+the table shows medians, and each ratio is taken within each round and given as its median and
+range over the rounds (the null engine's, which runs in a lab of its own afterwards, against the
+plain runs' median). The machine's speed moves between minutes; these paired ratios move less.
+
 Prints a table with the ratios (censor / plain) and takes the lab down, also on Ctrl-C.
 """
 
@@ -36,6 +41,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -275,22 +281,28 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=300)
     parser.add_argument("--idle", type=int, default=10000, help="idle connections (0: none)")
     parser.add_argument("--date", default="2022-06-01")
+    parser.add_argument("--rounds", type=int, default=1, help="plain and censor, N times each")
     parser.add_argument(
         "--null-engine",
         action="store_true",
         help="also measure with the engine replaced by a constant verdict (no idle connections)",
     )
     args = parser.parse_args()
+    if args.rounds < 1:
+        print("bench_lab: --rounds must be at least 1", file=sys.stderr)
+        return 2
     console = Console()
     lifecycle.down()
     lifecycle.up(lifecycle.UpOptions(date=args.date), log=lambda _m: None)
-    results: dict[tuple[int, str], dict[str, float]] = {}
+    results: dict[tuple[int, str], list[dict[str, float]]] = {}
     loads = [0, args.idle] if args.idle else [0]
     try:
         for idle in loads:
             with Idle(idle):
-                for mode in ("plain", "censor"):
-                    results[(idle, mode)] = measure(console, args, idle, mode)
+                for n in range(args.rounds):
+                    for mode in ("plain", "censor"):
+                        run = measure(console, args, idle, mode, f" (round {n + 1})" * (n > 0))
+                        results.setdefault((idle, mode), []).append(run)
             show(console, results, idle, args.date)
         if args.null_engine:
             lifecycle.down()
@@ -305,19 +317,24 @@ def main() -> int:
                         os.environ.pop(key, None)
                     else:
                         os.environ[key] = value
-            results[(0, "null engine")] = measure(console, args, 0, "null engine")
+            results[(0, "null engine")] = [
+                measure(console, args, 0, "null engine", f" (round {n + 1})" * (n > 0))
+                for n in range(args.rounds)
+            ]
             show(console, results, 0, args.date)
     finally:
         lifecycle.down()
     return 0
 
 
-def measure(console: Console, args: argparse.Namespace, idle: int, mode: str) -> dict[str, float]:
+def measure(
+    console: Console, args: argparse.Namespace, idle: int, mode: str, label: str = ""
+) -> dict[str, float]:
     """One phase: first-data delays, iperf3, wrk and the censor's CPU per new connection."""
     if mode == "plain":
         censor_off(True)
     try:
-        console.print(f"[bold]{mode}[/], {idle} idle: iperf3, wrk, first data…")
+        console.print(f"[bold]{mode}[/], {idle} idle{label}: iperf3, wrk, first data…")
         delays = first_packet_delays(args.connections)
         bulk = iperf(args.seconds) / 1e9
         cpu0, sleeps0, (all0, idle0) = censor_cpu(), censor_sleeps(), machine_times()
@@ -350,24 +367,47 @@ NO_RATIO = (
 
 
 def show(
-    console: Console, results: dict[tuple[int, str], dict[str, float]], idle: int, date: str
+    console: Console, results: dict[tuple[int, str], list[dict[str, float]]], idle: int, date: str
 ) -> None:
+    """The table of one load: medians over the rounds, and each ratio's median and range over
+    the rounds (each round's own plain run; the null engine's against the plain median)."""
     load = os.getloadavg()[0]
+    rounds = len(results[(idle, "plain")])
     table = Table(
         title=f"gfwlab lab forwarding, gfw profile on {date}, {idle:,} idle connections "
-        f"({os.cpu_count()} cores, load average {load:.1f}, {sys.version.split()[0]})"
+        f"({os.cpu_count()} cores, load average {load:.1f}, {sys.version.split()[0]}"
+        + (f"; medians of {rounds} rounds)" if rounds > 1 else ")")
     )
     modes = [m for m in ("censor", "null engine") if (idle, m) in results]
     cols = ["measure", "plain kernel", *(f"through the {m}" for m in modes)]
     cols += [f"{m} / plain" for m in modes]
     for col in cols:
         table.add_column(col, justify="right")
-    for key in results[(idle, "plain")]:
-        plain = results[(idle, "plain")][key]
-        values = [results[(idle, m)][key] for m in modes]
-        ratios = [f"{v / plain:.2f}" if plain and key not in NO_RATIO else "" for v in values]
+    plains = results[(idle, "plain")]
+    for key in plains[0]:
+        plain = statistics.median(r[key] for r in plains)
+        values, ratios = [], []
+        for m in modes:
+            runs = results[(idle, m)]
+            values.append(statistics.median(r[key] for r in runs))
+            if key in NO_RATIO or not plain:
+                ratios.append("")
+                continue
+            if m == "null engine" or len(runs) != len(plains):
+                each = [r[key] / plain for r in runs]
+            else:
+                each = [r[key] / p[key] for r, p in zip(runs, plains, strict=True) if p[key]]
+            ratios.append(_spread(each))
         table.add_row(key, f"{plain:,.2f}", *(f"{v:,.2f}" for v in values), *ratios)
     console.print(table)
+
+
+def _spread(values: list[float]) -> str:
+    """A ratio's median, with its range when there are several."""
+    mid = statistics.median(values)
+    if len(values) == 1:
+        return f"{mid:.2f}"
+    return f"{mid:.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 if __name__ == "__main__":
