@@ -291,7 +291,7 @@ def main() -> int:
     if args.rounds < 1:
         print("bench_lab: --rounds must be at least 1", file=sys.stderr)
         return 2
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=140)  # whole ratios in a file
     lifecycle.down()
     lifecycle.up(lifecycle.UpOptions(date=args.date), log=lambda _m: None)
     results: dict[tuple[int, str], list[dict[str, float]]] = {}
