@@ -24,8 +24,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gfwlab.live import chains, nflog
-from gfwlab.live.daemon import LiveCensor, _conn
-from gfwlab.live.nflog import SynCopies, parse_messages
+from gfwlab.live.daemon import LiveCensor
+from gfwlab.live.nflog import SynCopies, connection, parse_messages
 from gfwlab.live.topology import SEEN_ORIGINAL_MARK, SYN_CLEAN_MARK, SYN_COPIED_MARK
 from gfwlab.packet.ip import ACK, PSH, SYN, addr_bytes, build_tcp, parse
 from gfwlab.profiles import build_censor
@@ -119,12 +119,15 @@ class Copies:
     def fileno(self) -> int:
         return -1
 
+    def close(self) -> None:
+        pass
+
 
 def live(tmp_path: Path, *sets: str) -> tuple[LiveCensor, Copies]:
     prof = profile("http_keyword.probability=1", "tcb.rst_probability=1", *sets)
     censor = LiveCensor(build_censor(prof, 0), str(tmp_path), Links(), 0)  # type: ignore[arg-type]
     copies = Copies()
-    censor.syn_copies = SynCopies(copies, _conn)  # type: ignore[arg-type]
+    censor.syn_copies = SynCopies(copies)
     return censor, copies
 
 
@@ -175,7 +178,9 @@ def test_copies_are_read_when_the_marked_packet_comes_before_the_loop_read_them(
     copies.waiting += [syn(41004), syn(41005)]
     censor.on_packet(request(41005))  # its copy is read now; the other one stays pending
     assert censor.syns_fed == 1 and resets(censor) == 1
-    assert censor.syn_copies is not None and list(censor.syn_copies.pending) == [_conn(syn(41004))]
+    assert censor.syn_copies is not None and list(censor.syn_copies.pending) == [
+        connection(syn(41004))
+    ]
 
 
 def test_a_copy_that_draws_a_residual_reset_is_counted_late(tmp_path: Path) -> None:
@@ -192,7 +197,7 @@ def test_a_copy_that_draws_a_residual_reset_is_counted_late(tmp_path: Path) -> N
     censor.feed_copies(censor.syn_copies.take_all())
     assert censor.syns_late == 1 and resets(censor) == 2
     censor.fire_timers(time.monotonic() + 5)
-    assert censor.injector.sent  # type: ignore[attr-defined]
+    assert censor.injector.sent
 
 
 def test_copies_only_where_no_mechanism_decides_on_a_syn() -> None:
@@ -282,3 +287,88 @@ def test_a_real_group() -> None:
         assert out["rest"] + out["lost"] == 61 and out["lost"] > 0  # the buffer overflowed
     finally:
         subprocess.run(["ip", "netns", "del", NS], check=False)
+
+
+def _reference_messages(buf: bytes) -> tuple[list[tuple[int | None, bytes]], list[int], int]:
+    """What ``parse_messages`` answers, read with ``struct`` as netlink's C headers declare."""
+    packets: list[tuple[int | None, bytes]] = []
+    errors: list[int] = []
+    bad = off = 0
+    while off + 16 <= len(buf):
+        size, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", buf, off)
+        if size < 16 or off + size > len(buf):
+            return packets, errors, bad + 1
+        body = buf[off + 16 : off + size]
+        off += (size + 3) & ~3
+        if kind == 2:  # NLMSG_ERROR
+            if len(body) >= 4:
+                errors.append(-struct.unpack_from("=i", body)[0])
+            else:
+                bad += 1
+        elif kind == PACKET_TYPE:
+            seq, payload, at = None, None, 4
+            while at + 4 <= len(body):
+                length, attr = struct.unpack_from("=HH", body, at)
+                if length < 4 or at + length > len(body):
+                    payload = None
+                    break
+                if attr & 0x3FFF == nflog.NFULA_PAYLOAD:
+                    payload = body[at + 4 : at + length]
+                elif attr & 0x3FFF == nflog.NFULA_SEQ and length == 8:
+                    seq = struct.unpack_from("!I", body, at + 4)[0]
+                at += (length + 3) & ~3
+            if payload is None:
+                bad += 1
+            else:
+                packets.append((seq, payload))
+    return packets, errors, bad
+
+
+messages = st.lists(
+    st.one_of(
+        st.builds(lambda p, s: packet_message(p, seq=s), st.binary(max_size=80),
+                  st.none() | st.integers(0, 2**32 - 1)),
+        st.builds(ack_message, st.integers(0, 200)),
+        st.binary(max_size=40),
+    ),
+    max_size=5,
+).map(b"".join)  # fmt: skip
+
+
+@given(messages | st.binary(max_size=600))
+def test_messages_are_read_as_their_c_headers_say(buf: bytes) -> None:
+    assert parse_messages(buf) == _reference_messages(buf)
+
+
+@st.composite
+def ipv4(data: st.DrawFn) -> bytes:
+    """An IPv4 packet with TCP or UDP or another protocol, its lengths and fragment fields drawn
+    near the edges parse checks."""
+    ihl = data(st.sampled_from([4, 5, 6, 15]))
+    proto = data(st.sampled_from([6, 17, 1, 6, 17]))
+    body = data(st.binary(min_size=0, max_size=70))
+    header = bytearray(ihl * 4)
+    header[0] = 0x40 | ihl
+    total = data(st.one_of(st.just(len(header) + len(body)), st.integers(0, 200)))
+    header[2:4] = total.to_bytes(2, "big")
+    header[6:8] = data(st.sampled_from([0, 0x4000, 0x2000, 0x0001, 0x4000 | 0x0100])).to_bytes(
+        2, "big"
+    )
+    header[9] = proto
+    header[12:20] = data(st.binary(min_size=8, max_size=8))
+    if proto == 6 and len(body) >= 13:
+        body = body[:12] + bytes([data(st.integers(0, 255))]) + body[13:]
+    return bytes(header) + body
+
+
+@given(st.one_of(ipv4(), st.binary(max_size=80)))
+def test_a_connection_is_keyed_as_the_parser_reads_it(raw: bytes) -> None:
+    assert connection(raw) == nflog._parsed_connection(raw)
+
+
+def test_a_connection_is_the_same_key_both_ways() -> None:
+    there = build_tcp(C, S, 41000, 80, seq=1, flags=SYN)
+    back = build_tcp(S, C, 80, 41000, seq=1, ack=2, flags=SYN | ACK)
+    assert connection(there) == connection(back) == (6, C, 41000, S, 80)
+    v6 = build_tcp(addr_bytes("2001:db8:c::2"), addr_bytes("2001:db8:5::2"), 41000, 80, seq=1)
+    assert connection(v6) == nflog._parsed_connection(v6) is not None

@@ -51,6 +51,7 @@ COMPILED = (
     "gfwlab.engine.tcb",
     "gfwlab.engine.verdicts",
     "gfwlab.live.ipset",
+    "gfwlab.live.nflog",
     "gfwlab.mechanisms._burst",
     "gfwlab.mechanisms._forge",
     "gfwlab.mechanisms._memory",

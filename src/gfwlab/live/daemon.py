@@ -43,7 +43,7 @@ from gfwlab.live.chains import UdpReplies, udp_replies
 from gfwlab.live.frames import FrameInjector
 from gfwlab.live.kernel import Kernel
 from gfwlab.live.loop import serve
-from gfwlab.live.nflog import NflogReader, SynCopies
+from gfwlab.live.nflog import NflogReader, SynCopies, connection
 from gfwlab.live.persist import BlockStore, censors_of
 from gfwlab.live.prober import Prober
 from gfwlab.live.ratelimit import TokenBucket
@@ -61,7 +61,6 @@ from gfwlab.offline.chain import Chain
 from gfwlab.packet.ip import (
     ACK,
     PROTO_TCP,
-    PROTO_UDP,
     RST,
     SYN,
     Packet,
@@ -71,18 +70,6 @@ from gfwlab.packet.ip import (
 )
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.profiles import build_censor, load_profiles, parse_date
-
-
-def _conn(raw: bytes) -> FlowKey | None:
-    """The connection of a TCP or UDP packet, the engine's key for it in both directions (None:
-    neither)."""
-    try:
-        pkt = parse(raw)
-    except MalformedPacket:
-        return None
-    if pkt.proto not in (PROTO_TCP, PROTO_UDP) or pkt.fragment:
-        return None
-    return flow_key(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
 
 
 def _client_data(pkt: Packet) -> bool:
@@ -346,7 +333,7 @@ class LiveCensor:
                         continue
                     now = time.monotonic()
                     hold = action.hold_until
-                    key = _conn(nfpkt.get_payload()) if hold or self.held_flows else None
+                    key = connection(nfpkt.get_payload()) if hold or self.held_flows else None
                     if key is not None and self.held_flows.get(key, 0.0) > now:
                         # A later packet of a connection whose trigger is held (the client's
                         # retransmission of it, after its RTO, when the first reset is drawn
@@ -436,7 +423,7 @@ class LiveCensor:
         self.syn_copyable = syn and syn_ack and self.kernel is not None
         if self.syn_copyable and self.syn_copies is None:
             try:
-                self.syn_copies = SynCopies(NflogReader(NFLOG_GROUP), _conn)
+                self.syn_copies = SynCopies(NflogReader(NFLOG_GROUP))
             except OSError as exc:  # SYNs then wait in the queue, as before
                 print(f"gfwlab-censor: NFLOG: {exc}", file=sys.stderr, flush=True)
                 self.syn_copyable = False

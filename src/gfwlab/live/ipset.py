@@ -36,7 +36,6 @@ import ipaddress
 import os
 import socket
 import struct
-import sys
 from collections.abc import Callable
 from typing import Final, Protocol
 
@@ -50,6 +49,7 @@ from gfwlab.live.nflog import (
     acknowledgement,
     attr,
     request,
+    u16_host,
 )
 
 NFNL_SUBSYS_IPSET: Final = 6
@@ -223,27 +223,17 @@ def _read_dump(buf: bytes, seq: int, out: dict[Member, int]) -> bool:
     return False
 
 
-_LITTLE: Final = sys.byteorder == "little"
-
-
-def _u16(buf: bytes, at: int) -> int:
-    """The host-order 16-bit number at ``buf[at]`` (an attribute's length or type)."""
-    if _LITTLE:
-        return buf[at] | buf[at + 1] << 8
-    return buf[at] << 8 | buf[at + 1]
-
-
 def _read_members(buf: bytes, at: int, end: int, out: dict[Member, int]) -> None:
     """The entries in the ``IPSET_ATTR_ADT`` attribute of a list reply's attributes
     ``buf[at:end]`` (the other attributes describe the set)."""
     while at + 4 <= end:
-        size = _u16(buf, at)
+        size = u16_host(buf, at)
         if size < 4:
             raise OSError(errno.EBADMSG, "an attribute without length")
-        if _u16(buf, at + 2) & _ATTR_TYPE == IPSET_ATTR_ADT:
+        if u16_host(buf, at + 2) & _ATTR_TYPE == IPSET_ATTR_ADT:
             entry_at, entries_end = at + 4, min(end, at + size)
             while entry_at + 4 <= entries_end:
-                entry_size = _u16(buf, entry_at)
+                entry_size = u16_host(buf, entry_at)
                 if entry_size < 4:
                     raise OSError(errno.EBADMSG, "an entry without length")
                 data_end = min(entries_end, entry_at + entry_size)
@@ -259,10 +249,10 @@ def _read_member(buf: bytes, at: int, end: int, out: dict[Member, int]) -> None:
     first = second = b""
     proto = port = timeout = -1
     while at + 4 <= end:
-        size = _u16(buf, at)
+        size = u16_host(buf, at)
         if size < 4:
             raise OSError(errno.EBADMSG, "an entry's attribute without length")
-        kind = _u16(buf, at + 2) & _ATTR_TYPE
+        kind = u16_host(buf, at + 2) & _ATTR_TYPE
         v = at + 4
         if kind == IPSET_ATTR_IP:  # nested: the address attribute inside
             first = buf[v + 4 : at + size]
