@@ -10,9 +10,13 @@ this measures the part of it that is the censor's Python: what ``gfwlab-censor``
 connection is the one the lab queues with the ``gfw`` profile on 2022-06-01 (every mechanism
 active): the client's SYN, which the kernel forwards and copies to the censor, then the
 request, the one packet of the connection that goes through the queue. Each is given to
-``LiveCensor`` (``live/daemon.py``) as the loop gives it: the copy through ``feed_copies``, the
-request through ``on_packet`` with a stand-in for the NFQUEUE packet, the events written to a
-real ``events.jsonl`` and flushed once per 16 connections (a pass of the loop).
+``LiveCensor`` (``live/daemon.py``) as the loop of a busy censor gives it: the SYN's NFLOG
+message (the bytes the kernel sends) read and parsed into the pending copies
+(``live/nflog.py`` ``SynCopies``; only the socket's read is left out), then the request through
+``on_packet`` with a stand-in for the NFQUEUE packet, marked as the lab's rules mark it (its SYN
+was copied and its SYN/ACK skipped: ``SYN_COPIED_MARK | SEEN_ORIGINAL_MARK``), so that its copy
+is taken and fed first; the events written to a real ``events.jsonl`` and flushed once per 16
+connections (a pass of the loop).
 
 Printed, in CPU µs per connection (``time.process_time``, best of ``--repeat``), each also as a
 multiple of the first, measured in the same run:
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+import struct
 import sys
 import tempfile
 import time
@@ -39,6 +44,18 @@ from collections.abc import Callable
 import gfwlab
 from gfwlab.engine import Censor
 from gfwlab.live.daemon import LiveCensor
+from gfwlab.live.nflog import (
+    NFGEN_HEADER,
+    NFNL_SUBSYS_ULOG,
+    NFULA_PAYLOAD,
+    NFULA_SEQ,
+    NFULNL_MSG_PACKET,
+    NLMSG_HEADER,
+    SynCopies,
+    attr,
+    parse_messages,
+)
+from gfwlab.live.topology import NFLOG_GROUP, SEEN_ORIGINAL_MARK, SYN_COPIED_MARK
 from gfwlab.packet.ip import ACK, PSH, SYN, build_tcp, parse
 from gfwlab.profiles import build_censor, load_profiles, parse_date
 
@@ -47,6 +64,8 @@ CLIENT, SERVER = socket.inet_aton("198.18.0.2"), socket.inet_aton("198.19.0.2")
 REQUEST = b"GET / HTTP/1.1\r\nHost: 198.19.0.2\r\nConnection: close\r\n\r\n"  # wrk's, as sent
 
 Connection = tuple[bytes, bytes]
+NFULA_PACKET_HDR = 1
+"""The attribute of a copy's hardware protocol and hook (``nfulnl_msg_packet_hdr``)."""
 
 
 class Queued:
@@ -56,13 +75,13 @@ class Queued:
 
     def __init__(self, payload: bytes) -> None:
         self.payload = payload
-        self.mark = 0
+        self.mark = SYN_COPIED_MARK | SEEN_ORIGINAL_MARK
 
     def get_payload(self) -> bytes:
         return self.payload
 
     def get_mark(self) -> int:
-        return 0  # the SYN copy is fed by hand, as the loop does once the queue is empty
+        return self.mark
 
     def set_mark(self, mark: int) -> None:
         self.mark = mark
@@ -72,6 +91,39 @@ class Queued:
 
     def drop(self) -> None:
         pass
+
+
+class Copies:
+    """The NFLOG socket: the messages the kernel sent, each read and parsed as
+    ``NflogReader.read`` does after its ``recv``."""
+
+    def __init__(self) -> None:
+        self.waiting: list[bytes] = []
+        self.lost = 0
+
+    def read(self) -> list[bytes]:
+        out = [payload for buf in self.waiting for _seq, payload in parse_messages(buf)[0]]
+        self.waiting.clear()
+        return out
+
+    def fileno(self) -> int:
+        return -1
+
+    def close(self) -> None:
+        pass
+
+
+def nflog_message(packet: bytes, seq: int) -> bytes:
+    """The NFULNL_MSG_PACKET message the kernel sends for a copied ``packet``: the packet's
+    hardware protocol, its number and its bytes."""
+    attrs = (
+        attr(NFULA_PACKET_HDR, struct.pack("!HBx", 0x0800, 3))
+        + attr(NFULA_SEQ, struct.pack("!I", seq))
+        + attr(NFULA_PAYLOAD, packet)
+    )
+    body = NFGEN_HEADER.pack(socket.AF_INET, 0, NFLOG_GROUP) + attrs
+    kind = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
+    return NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), kind, 0, 0, 0) + body
 
 
 class Links:
@@ -119,9 +171,13 @@ def engine_only(conns: list[Connection]) -> None:
 def adapter_path(conns: list[Connection]) -> None:
     with tempfile.TemporaryDirectory(prefix="gfwlab-bench-") as folder:
         live = LiveCensor(censor(), folder, Links(), 0)  # type: ignore[arg-type]
+        copies = Copies()
+        live.syn_copies = SynCopies(copies)
         queued = [Queued(data) for _syn, data in conns]
-        for i, (syn, _data) in enumerate(conns):
-            live.feed_copies([syn])
+        messages = [nflog_message(syn, i) for i, (syn, _data) in enumerate(conns)]
+        for i, message in enumerate(messages):
+            copies.waiting.append(message)  # the kernel copies the SYN
+            live.syn_copies.read()  # the loop reads the copies, then empties its queue
             live.on_packet(queued[i])
             if i % 16 == 15:
                 live.flush_events()

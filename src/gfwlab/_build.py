@@ -2,10 +2,10 @@
 
 The engine's per-packet path (the engine, the IP parser, the protocol dissectors, the domain
 sets and prefix sets, the mechanisms), the offline fast path's loop around it and the live
-censor's reading of its ipsets (``live/ipset.py``) are compiled to C with mypyc when gfwlab is
-installed (``setup.py``): the same typed sources, run as native code. Mechanisms written
-elsewhere still subclass :class:`~gfwlab.engine.mechanism.Mechanism` and run interpreted beside
-the compiled ones.
+censor's netlink readers (``live/ipset.py``, ``live/nflog.py``) are compiled to C with mypyc
+when gfwlab is installed (``setup.py``): the same typed sources, run as native code. Mechanisms
+written elsewhere still subclass :class:`~gfwlab.engine.mechanism.Mechanism` and run interpreted
+beside the compiled ones.
 
 Two things of the sources are not kept by the compiler and are read from the sources instead:
 annotations (mypyc keeps erased runtime types: a ``Literal`` becomes ``type``), which the
