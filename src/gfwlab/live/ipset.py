@@ -47,7 +47,9 @@ from gfwlab.live.nflog import (
     NLMSG_ERROR,
     NLMSG_HEADER,
     acknowledgement,
+    align,
     attr,
+    error_code,
     request,
     u16_host,
 )
@@ -213,13 +215,13 @@ def _read_dump(buf: bytes, seq: int, out: dict[Member, int]) -> bool:
             if kind == NLMSG_ERROR:
                 if size < NLMSG_HEADER.size + 4:
                     raise OSError(errno.EBADMSG, "an error message without its code")
-                code = -int(struct.unpack_from("=i", buf, off + NLMSG_HEADER.size)[0])
+                code = error_code(buf, off + NLMSG_HEADER.size)
                 if code:
                     raise OSError(code, _IPSET_ERRORS.get(code) or os.strerror(code))
                 return True
             if kind == _LIST_REPLY:
                 _read_members(buf, off + NLMSG_HEADER.size + NFGEN_HEADER.size, off + size, out)
-        off += (size + 3) & ~3
+        off += align(size)
     return False
 
 
@@ -238,8 +240,8 @@ def _read_members(buf: bytes, at: int, end: int, out: dict[Member, int]) -> None
                     raise OSError(errno.EBADMSG, "an entry without length")
                 data_end = min(entries_end, entry_at + entry_size)
                 _read_member(buf, entry_at + 4, data_end, out)
-                entry_at += (entry_size + 3) & ~3
-        at += (size + 3) & ~3
+                entry_at += align(entry_size)
+        at += align(size)
 
 
 def _read_member(buf: bytes, at: int, end: int, out: dict[Member, int]) -> None:
@@ -264,7 +266,7 @@ def _read_member(buf: bytes, at: int, end: int, out: dict[Member, int]) -> None:
             proto = buf[v]
         elif kind == IPSET_ATTR_TIMEOUT and size >= 8:
             timeout = buf[v] << 24 | buf[v + 1] << 16 | buf[v + 2] << 8 | buf[v + 3]
-        at += (size + 3) & ~3
+        at += align(size)
     if len(first) in (4, 16) and len(second) == len(first) and min(proto, port, timeout) >= 0:
         out[(first, proto, port, second)] = timeout
 

@@ -65,14 +65,22 @@ NLA_HEADER = struct.Struct("=HH")
 _PACKET_TYPE: Final = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
 
 
-def _align(n: int) -> int:
+def align(n: int) -> int:
+    """``n`` rounded up to netlink's four-byte alignment (of messages and attributes)."""
     return (n + 3) & ~3
+
+
+def error_code(buf: bytes, at: int) -> int:
+    """The error number of an ``NLMSG_ERROR`` message whose body starts at ``buf[at]`` (0: an
+    acknowledgement; the kernel sends it negated, a signed 32-bit number in host order)."""
+    code = u32_host(buf, at)
+    return (1 << 32) - code if code & 0x80000000 else -code
 
 
 def attr(kind: int, value: bytes) -> bytes:
     """One netlink attribute, padded to four bytes."""
     size = NLA_HEADER.size + len(value)
-    return NLA_HEADER.pack(size, kind) + value + b"\0" * (_align(size) - size)
+    return NLA_HEADER.pack(size, kind) + value + b"\0" * (align(size) - size)
 
 
 def request(
@@ -149,11 +157,10 @@ def parse_messages(buf: bytes) -> tuple[list[tuple[int | None, bytes]], list[int
         if size < 16 or off + size > n:
             return packets, errors, bad + 1  # the rest cannot be delimited
         start, end = off + 16, off + size
-        off += (size + 3) & ~3
+        off += align(size)
         if kind == NLMSG_ERROR:
             if end - start >= 4:
-                code = u32_host(buf, start)
-                errors.append((1 << 32) - code if code & 0x80000000 else -code)
+                errors.append(error_code(buf, start))
             else:
                 bad += 1
         elif kind == _PACKET_TYPE:
@@ -174,8 +181,8 @@ def acknowledgement(buf: bytes, seq: int) -> int | None:
         if size < NLMSG_HEADER.size:
             break
         if kind == NLMSG_ERROR and got == seq and size >= NLMSG_HEADER.size + 4:
-            return -int(struct.unpack_from("=i", buf, off + NLMSG_HEADER.size)[0])
-        off += _align(size)
+            return error_code(buf, off + NLMSG_HEADER.size)
+        off += align(size)
     return None
 
 
@@ -193,7 +200,7 @@ def _attrs(buf: bytes, start: int, end: int) -> tuple[int | None, bytes | None]:
             payload = buf[at + 4 : at + size]
         elif kind == NFULA_SEQ and size == 8:
             seq = buf[at + 4] << 24 | buf[at + 5] << 16 | buf[at + 6] << 8 | buf[at + 7]
-        at += (size + 3) & ~3
+        at += align(size)
     return seq, payload
 
 
@@ -281,13 +288,15 @@ def connection(raw: bytes) -> FlowKey | None:
     n = len(raw)
     if n < 20 or raw[0] >> 4 != 4:
         return _parsed_connection(raw)
-    l4 = (raw[0] & 15) * 4
-    end = min(raw[2] << 8 | raw[3], n)  # a total length past the end: what is there
-    proto = raw[9]
-    if l4 < 20 or l4 > n or (raw[2] << 8 | raw[3]) < l4 or raw[6] & 0x3F or raw[7]:
+    l4, total, proto = (raw[0] & 15) * 4, raw[2] << 8 | raw[3], raw[9]
+    if l4 < 20 or l4 > n or total < l4 or raw[6] & 0x3F or raw[7]:
         return None  # malformed, or a fragment
+    end = min(total, n)  # a total length past the end: what is there
     if proto == PROTO_TCP:
-        if end - l4 < 20 or (raw[l4 + 12] >> 4) * 4 < 20 or l4 + (raw[l4 + 12] >> 4) * 4 > end:
+        if end - l4 < 20:
+            return None
+        hlen = (raw[l4 + 12] >> 4) * 4
+        if hlen < 20 or l4 + hlen > end:
             return None
     elif proto != PROTO_UDP or end - l4 < 8:
         return None
