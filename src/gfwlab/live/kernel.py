@@ -213,13 +213,17 @@ class Kernel:
 
     def _switch_checked(self, tool: str, on: bool) -> None:
         """What :meth:`_switch` does for ``tool``, a rule at a time, each checked first."""
-        ipt = [tool, "-w", "-t", "mangle"]
-        present = self._ok([*ipt, "-C", QUEUE_CHAIN, *self.jump])
-        if on and not present:
-            self._run([*ipt, "-I", QUEUE_CHAIN, "1", *self.jump])
-        elif not on and present:
-            self._run([*ipt, "-D", QUEUE_CHAIN, *self.jump])
+        self._put(tool, QUEUE_CHAIN, self.jump, on)
         self._skip_state([tool])
+
+    def _put(self, tool: str, chain: str, rule: Sequence[str], on: bool) -> None:
+        """``rule`` first in ``chain`` (``on``) or nowhere in it, checked before it is changed."""
+        ipt = [tool, "-w", "-t", "mangle"]
+        present = self._ok([*ipt, "-C", chain, *rule])
+        if on and not present:
+            self._run([*ipt, "-I", chain, "1", *rule])
+        elif not on and present:
+            self._run([*ipt, "-D", chain, *rule])
 
     def set_skip(
         self,
@@ -278,12 +282,7 @@ class Kernel:
         if not self.skip:
             return
         for tool in tools:
-            ipt = [tool, "-w", "-t", "mangle"]
-            present = self._ok([*ipt, "-C", SKIP_CHAIN, *SEEN_JUMP])
-            if self.armed and not present:
-                self._run([*ipt, "-I", SKIP_CHAIN, "1", *SEEN_JUMP])
-            elif not self.armed and present:
-                self._run([*ipt, "-D", SKIP_CHAIN, *SEEN_JUMP])
+            self._put(tool, SKIP_CHAIN, SEEN_JUMP, self.armed)
 
     def adopt(self, now: float) -> None:
         """Take over what a previous censor process left in the kernel (a restart): the blocks
