@@ -47,6 +47,7 @@ import sys
 import tempfile
 import time
 
+from offline import spread
 from rich.console import Console
 from rich.table import Table
 
@@ -393,21 +394,13 @@ def show(
             if key in NO_RATIO or not plain:
                 ratios.append("")
                 continue
-            if m == "null engine" or len(runs) != len(plains):
+            if m == "null engine":
                 each = [r[key] / plain for r in runs]
             else:
                 each = [r[key] / p[key] for r, p in zip(runs, plains, strict=True) if p[key]]
-            ratios.append(_spread(each))
+            ratios.append(spread(each))
         table.add_row(key, f"{plain:,.2f}", *(f"{v:,.2f}" for v in values), *ratios)
     console.print(table)
-
-
-def _spread(values: list[float]) -> str:
-    """A ratio's median, with its range when there are several."""
-    mid = statistics.median(values)
-    if len(values) == 1:
-        return f"{mid:.2f}"
-    return f"{mid:.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 if __name__ == "__main__":

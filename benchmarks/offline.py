@@ -342,9 +342,16 @@ def seconds(runs: list[Timed], *, best: bool = False) -> float:
 def paired(num: list[Timed], den: list[Timed]) -> str:
     """The ratio of two commands' seconds, round by round: its median, and its range over the
     rounds when there are several."""
-    ratios = sorted(a.seconds / b.seconds for a, b in zip(num, den, strict=True) if b.seconds)
+    return spread([a.seconds / b.seconds for a, b in zip(num, den, strict=True) if b.seconds])
+
+
+def spread(ratios: list[float]) -> str:
+    """Ratios of several rounds as their median, with their range when there are several (also
+    ``bench_lab.py``'s)."""
     mid = statistics.median(ratios)
-    return f"{mid:.2f}" if len(ratios) == 1 else f"{mid:.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+    if len(ratios) == 1:
+        return f"{mid:.2f}"
+    return f"{mid:.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 def show(mix: str, info: dict[str, Any], rows: Rows, fixed: dict[str, float]) -> dict[str, Any]:
