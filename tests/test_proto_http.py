@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Callable
 from urllib.parse import unquote_to_bytes
 
 import pytest
@@ -380,3 +381,29 @@ def test_the_same_reading_as_a_plain_one(data: bytes) -> None:
     except MalformedPacket as exc:
         got = (exc.kind, exc.offset)
     assert got == expected
+
+
+def _outcome(read: Callable[[bytes], object], data: bytes) -> object:
+    try:
+        req = read(data)
+    except MalformedPacket as exc:
+        return (exc.kind, exc.offset)
+    if isinstance(req, HttpRequest):
+        fields = (req.method, req.target, req.path, req.host, req.texts, req.header_end)
+        return (*fields, req.anomalies)
+    return req
+
+
+@pytest.mark.parametrize("shift", range(-4, 3))
+@pytest.mark.parametrize(
+    "end", [b"\r\n\r\n", b"\n\n", b"\r\n\n", b"\n\r\n", b"\r\n", b"\r\nHost: b\r\n\r\n"]
+)
+def test_the_same_reading_at_the_limit(shift: int, end: bytes) -> None:
+    # The blank line, the request line's end and a line's CR around MAX_HEADER: the loops stop
+    # where the plain reading's bounded searches stop.
+    head = b"GET /x HTTP/1.1\r\nHost: a:80\r\nX-Pad: "
+    pad = b"p" * (MAX_HEADER - len(head) - len(end) + shift)
+    data = head + pad + end
+    assert _outcome(parse_request, data) == _outcome(_plain_reading, data)
+    line = b"GET /" + b"q" * (MAX_HEADER - 5 - len(end) + shift) + end
+    assert _outcome(parse_request, line) == _outcome(_plain_reading, line)
