@@ -15,10 +15,13 @@ import datetime as dt
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gfwlab.engine import Censor
+from gfwlab.engine.actions import EventFields
 from gfwlab.errors import ConfigError
-from gfwlab.mechanisms.fet import FetParams, exemptions, measure
+from gfwlab.mechanisms.fet import FetFields, FetParams, exemptions, measure
 from gfwlab.offline.synth import https_conversation, tcp_conversation
 from gfwlab.packet.ip import parse
 from gfwlab.profiles import Profile, build_censor
@@ -424,3 +427,39 @@ def test_static_blocking_of_the_whole_address_is_optional() -> None:
     plain = build_censor(profile("fet.probability=1.0", date=dt.date(2022, 9, 1)), 1)
     run(plain, tcp_conversation(C, S, 40000, 8388, payload))
     assert all(run(plain, https_conversation(C, S, 40002, "example.org", t0=150.0)).verdicts)
+
+
+_MAYBE_FLOAT = st.none() | st.floats(allow_nan=False)
+
+
+@given(
+    st.integers(0, 1 << 20),
+    st.floats(allow_nan=False),
+    st.none() | st.sampled_from(["http:GET", "tls:16 03 01"]),
+    st.lists(st.sampled_from(["ex1-popcount", "ex2-printable-prefix", "ex5-protocol"])),
+    _MAYBE_FLOAT,
+    _MAYBE_FLOAT,
+)
+def test_event_fields_written_out_as_the_inherited_reading(
+    n: int,
+    x: float,
+    protocol: str | None,
+    exempt: list[str],
+    draw: float | None,
+    probability: float | None,
+) -> None:
+    fields = FetFields(
+        length=n,
+        set_bits=n * 3,
+        popcount=x,
+        printable_prefix=n // 2,
+        printable_fraction=x / 3,
+        printable_run=n // 4,
+        protocol=protocol,
+        exempt=tuple(exempt),
+        draw=draw,
+        probability=probability,
+    )
+    mine, inherited = fields.as_dict(), EventFields.as_dict(fields)
+    assert mine == inherited
+    assert list(mine) == list(inherited)  # the same order in the JSON

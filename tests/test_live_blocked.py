@@ -14,12 +14,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gfwlab.errors import GfwlabError
+from gfwlab.errors import GfwlabError, MalformedPacket
 from gfwlab.live import blocked, daemon, kernel
 from gfwlab.live.blocked import HeldFlows, chain_rules, entry_timeout
 from gfwlab.live.daemon import LiveCensor
 from gfwlab.live.ipset import CommandEntries
-from gfwlab.packet.ip import ACK, PSH, SYN, addr_bytes, build_tcp, build_udp, parse, peek_tcp_flags
+from gfwlab.packet.ip import (
+    ACK,
+    PSH,
+    RST,
+    SYN,
+    addr_bytes,
+    build_tcp,
+    build_udp,
+    is_tcp_data,
+    parse,
+    peek_tcp_flags,
+)
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.profiles import build_censor
 from gfwlab.proto.quic import build_initial
@@ -259,3 +270,47 @@ def test_peek_tcp_flags_reads_what_parse_reads(flags: int, v6: bool, payload: by
 @given(raw=st.binary(max_size=80))
 def test_peek_tcp_flags_takes_any_bytes(raw: bytes) -> None:
     assert -1 <= peek_tcp_flags(raw) <= 0xFF
+
+
+def _parsed_tcp_data(raw: bytes) -> bool | None:
+    """Whether parse reads ``raw`` as TCP data without SYN or RST (None: it raises)."""
+    try:
+        pkt = parse(raw)
+    except MalformedPacket:
+        return None
+    return pkt.proto == 6 and not pkt.fragment and bool(pkt.payload) and not pkt.flags & (SYN | RST)
+
+
+@settings(max_examples=300, deadline=None)
+@given(flags=st.integers(0, 0xFF), v6=st.booleans(), payload=st.binary(max_size=40))
+def test_tcp_data_read_from_the_bytes_as_parse_reads_it(
+    flags: int, v6: bool, payload: bytes
+) -> None:
+    c, s = (C6, S6) if v6 else (C, S)
+    packet = build_tcp(c, s, 1234, 80, flags=flags, payload=payload)
+    assert is_tcp_data(packet) == (not v6 and bool(_parsed_tcp_data(packet)))
+    assert not is_tcp_data(build_udp(c, s, 1234, 53, payload))
+
+
+@settings(max_examples=2000)
+@given(
+    raw=st.one_of(
+        st.binary(max_size=80),
+        # a real segment with its header bytes (lengths, fragment bits, data offset) drawn
+        st.tuples(
+            st.integers(0, 0xFF), st.integers(0, 0xFFFF), st.integers(0, 0xFF), st.integers(0, 8)
+        ).map(
+            lambda t: (
+                bytes([0x40 | t[0] & 15, 0])
+                + t[1].to_bytes(2, "big")
+                + bytes([0, 0, t[2] & 0x7F, 0, 64, 6, 0, 0])
+                + C
+                + S
+                + build_tcp(C, S, 1, 80, flags=ACK, payload=b"x" * t[3])[20:]
+            )
+        ),
+    )
+)
+def test_tcp_data_only_where_parse_agrees_or_refuses(raw: bytes) -> None:
+    if is_tcp_data(raw):
+        assert _parsed_tcp_data(raw) in (True, None)

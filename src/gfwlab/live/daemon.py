@@ -65,6 +65,7 @@ from gfwlab.packet.ip import (
     SYN,
     Packet,
     build_tcp,
+    is_tcp_data,
     parse,
     peek_tcp_flags,
 )
@@ -254,6 +255,8 @@ class LiveCensor:
         block started. Nor is one fed where no TCB awaits it (:meth:`awaiting_syn_ack`), as
         when one was fed already, before a packet without a connection
         (:meth:`invalid_after_syn_ack`)."""
+        if mark & SEEN_ORIGINAL_MARK and is_tcp_data(payload):
+            return  # client data, read from its bytes: the usual packet here, nothing to feed
         try:
             pkt = parse(payload)
         except MalformedPacket:

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from mypy_extensions import mypyc_attr
 
@@ -174,6 +174,25 @@ class FetFields(EventFields):
         object.__setattr__(self, "exempt", exempt)
         object.__setattr__(self, "draw", draw)
         object.__setattr__(self, "probability", probability)
+
+    def as_dict(self) -> dict[str, Any]:
+        # Written out: every clean TCP connection's first data packet reports these, and the
+        # inherited as_dict reads each field by its name. The same dict (a test holds them equal).
+        out: dict[str, Any] = {
+            "length": self.length,
+            "set_bits": self.set_bits,
+            "popcount": self.popcount,
+            "printable_prefix": self.printable_prefix,
+            "printable_fraction": self.printable_fraction,
+            "printable_run": self.printable_run,
+            "protocol": self.protocol,
+            "exempt": list(self.exempt),
+        }
+        if self.draw is not None:
+            out["draw"] = self.draw
+        if self.probability is not None:
+            out["probability"] = self.probability
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)

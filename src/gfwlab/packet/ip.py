@@ -141,15 +141,16 @@ _TEXTS_MAX = 1 << 16
 def addr_text(addr: bytes) -> str:
     """Packed IPv4/IPv6 address to text.
 
-    Every event names its flow's two addresses. An IPv4 address is written out (four numbers:
-    ``inet_ntop`` formats through printf, several times the cost); an IPv6 one's text, zeros
-    compressed by ``inet_ntop``, is kept, as a capture's addresses repeat: up to
-    :data:`_TEXTS_MAX` texts, forgotten all at once when full."""
-    if len(addr) == 4:
-        return f"{addr[0]}.{addr[1]}.{addr[2]}.{addr[3]}"
+    Every event names its flow's two addresses, and a capture's or a lab's addresses repeat: up
+    to :data:`_TEXTS_MAX` texts are kept, forgotten all at once when full. A new IPv4 address is
+    written out (four numbers: ``inet_ntop`` formats through printf, several times the cost), a
+    new IPv6 one by ``inet_ntop`` (zeros compressed)."""
     text = _TEXTS.get(addr)
     if text is None:
-        text = socket.inet_ntop(socket.AF_INET6, addr)
+        if len(addr) == 4:
+            text = f"{addr[0]}.{addr[1]}.{addr[2]}.{addr[3]}"
+        else:
+            text = socket.inet_ntop(socket.AF_INET6, addr)
         if len(_TEXTS) >= _TEXTS_MAX:
             _TEXTS.clear()
         _TEXTS[addr] = text
@@ -277,6 +278,23 @@ def peek_tcp_flags(packet: bytes) -> int:
     else:
         return -1
     return packet[off + 13] if len(packet) > off + 13 else -1
+
+
+def is_tcp_data(packet: bytes) -> bool:
+    """Whether an IPv4 packet is an unfragmented TCP segment with data and neither SYN nor RST,
+    read straight from its bytes after the checks :func:`parse` makes on the header lengths and
+    the total length: where this says True, :func:`parse` either reads the same or raises.
+    False says nothing (IPv6 included): the caller parses. The live censor asks it of most
+    packets it is given (a connection's request, after the kernel let the handshake through)."""
+    n = len(packet)
+    if n < 40 or packet[0] >> 4 != 4 or packet[9] != PROTO_TCP or packet[6] & 0x3F or packet[7]:
+        return False
+    l4 = (packet[0] & 15) * 4
+    end = min(packet[2] << 8 | packet[3], n)  # parse trusts a total length past the end
+    if l4 < 20 or end - l4 < 20:
+        return False
+    hlen = (packet[l4 + 12] >> 4) * 4
+    return hlen >= 20 and l4 + hlen < end and not packet[l4 + 13] & (SYN | RST)
 
 
 def checksum(data: bytes) -> int:
