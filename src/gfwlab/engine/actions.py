@@ -23,6 +23,10 @@ ActionName = Literal["rst", "drop", "dns-inject", "probe", "null-route", "pass",
 
 
 _POWERS: Final = tuple(10**i for i in range(23))
+_SCALES: Final = tuple(10.0**i for i in range(23))  # each exact
+_MARGINS: Final = tuple(max(2.0 ** (k - 54), 2.0**-52) for k in range(53))
+"""``max(math.ulp(y) / 2, 2**-52)`` for ``|y|`` in ``[2**(k-1), 2**k)`` (``k``, the bit length of
+``int(|y|)``; ``|y|`` below 1 for 0), by ``k``: no call."""
 
 
 def rounded(x: float, digits: int) -> float:
@@ -42,17 +46,19 @@ def rounded(x: float, digits: int) -> float:
     ``tests/test_actions.py`` compares the two on arbitrary floats; ``digits`` is at most 22
     (``10.0**digits`` exact).
     """
-    scale = 10.0**digits
+    scale = _SCALES[digits]
     y = x * scale
     if not -4503599627370496.0 < y < 4503599627370496.0:  # 2**52 (and not NaN)
         return round(x, digits)
-    low = math.floor(y)
-    frac = y - low
-    margin = max(math.ulp(y) * 0.5, 2.220446049250313e-16)  # a power of two, at most 0.25
+    n = int(y)  # compiled, a machine integer: |y| < 2**52
+    margin = _MARGINS[(n if n >= 0 else -n).bit_length()]
+    if n > y:
+        n -= 1  # floor
+    frac = y - n
     if frac < 0.5 - margin:
-        n = low
+        pass
     elif frac > 0.5 + margin:
-        n = low + 1
+        n += 1
     else:  # near a half: exactly
         num, den = x.as_integer_ratio()
         n, rest = divmod(num * _POWERS[digits], den)

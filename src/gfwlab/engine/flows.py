@@ -269,7 +269,7 @@ class Flow:
 
 def flow_key(proto: int, a: bytes, ap: int, b: bytes, bp: int) -> FlowKey:
     """The direction-independent key of a 5-tuple."""
-    if (a, ap) <= (b, bp):
+    if a < b or (a == b and ap <= bp):  # (a, ap) <= (b, bp), without making the two pairs
         return (proto, a, ap, b, bp)
     return (proto, b, bp, a, ap)
 
