@@ -63,6 +63,8 @@ EX1, EX2, EX3, EX4, EX5 = (
     "ex4-printable-run",
     "ex5-protocol",
 )
+_EXEMPT_RULES = {ex: f"fet:exempt:{ex}" for ex in (EX1, EX2, EX3, EX4, EX5)}
+"""The rule of a pass by its first exemption, made once (one per clean connection)."""
 
 
 @mypyc_attr(native_class=False)
@@ -331,7 +333,7 @@ class Fet(Mechanism[FetParams]):
         held = exemptions(m, p)
         measured = m.fields(held)
         if held:
-            return Decision(action="pass", rule=f"fet:exempt:{held[0]}", fields=measured)
+            return Decision(action="pass", rule=_EXEMPT_RULES[held[0]], fields=measured)
         draw = self.rng(seen).random()
         fields = dataclasses.replace(measured, draw=rounded(draw, 6), probability=p.probability)
         if draw >= p.probability:
