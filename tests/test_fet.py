@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from gfwlab.engine import Censor
 from gfwlab.engine.actions import EventFields
 from gfwlab.errors import ConfigError
-from gfwlab.mechanisms.fet import FetFields, FetParams, exemptions, measure
+from gfwlab.mechanisms.fet import _SHORT, FetFields, FetParams, exemptions, measure
 from gfwlab.offline.synth import https_conversation, tcp_conversation
 from gfwlab.packet.ip import parse
 from gfwlab.profiles import Profile, build_censor
@@ -463,3 +463,25 @@ def test_event_fields_written_out_as_the_inherited_reading(
     mine, inherited = fields.as_dict(), EventFields.as_dict(fields)
     assert mine == inherited
     assert list(mine) == list(inherited)  # the same order in the JSON
+
+
+def _plainly_counted(payload: bytes) -> tuple[int, int, int, int]:
+    printable = [0x20 <= b <= 0x7E for b in payload]
+    runs = "".join("p" if p else " " for p in printable).split()
+    lead = printable.index(False) if False in printable else len(payload)
+    bits = sum(bin(b).count("1") for b in payload)
+    return bits, sum(printable), lead, max((len(r) for r in runs), default=0)
+
+
+@given(
+    st.one_of(
+        st.binary(min_size=1, max_size=_SHORT + 40),
+        st.text(max_size=_SHORT + 40).map(lambda t: t.encode() or b"x"),
+        st.integers(_SHORT - 2, _SHORT + 2).flatmap(lambda n: st.binary(min_size=n, max_size=n)),
+    )
+)
+def test_short_and_long_payloads_measured_alike(payload: bytes) -> None:
+    # Up to _SHORT bytes one loop counts; beyond, bytes methods: the same numbers either way.
+    m = measure(payload, FetParams())
+    got = (m.set_bits, m.printable, m.printable_prefix, m.printable_run)
+    assert got == _plainly_counted(payload)

@@ -90,7 +90,7 @@ class EventFields(Frozen):
         return out
 
 
-_LAYOUTS: dict[type, tuple[tuple[str, bool], ...]] = {}
+_LAYOUTS: Final[dict[type, tuple[tuple[str, bool], ...]]] = {}
 
 
 def _layout(cls: type) -> tuple[tuple[str, bool], ...]:
@@ -102,7 +102,7 @@ def _layout(cls: type) -> tuple[tuple[str, bool], ...]:
     return layout
 
 
-_SCALARS = frozenset({str, int, float, bool, type(None)})
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 
 
 def _plain(value: Any) -> Any:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop
 from gfwlab.engine.defrag import Defragmenter
@@ -40,7 +40,7 @@ from gfwlab.rules.profile import Profile
 
 __all__ = ["Censor", "Stats"]
 
-_ACCEPT = Accept()
+_ACCEPT: Final = Accept()
 Mechs = list[Mechanism[Any]]
 
 

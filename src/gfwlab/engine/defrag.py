@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 from gfwlab.engine.flows import FlowKey, flow_key
 from gfwlab.packet.ip import Packet, checksum
@@ -35,8 +35,8 @@ from gfwlab.packet.ip import Packet, checksum
 Overlap = Literal["first", "last", "khattak2013"]
 Key = tuple[bytes, bytes, int, int]
 
-MAX_DATAGRAM = 65535
-MAX_PENDING = 4096
+MAX_DATAGRAM: Final = 65535
+MAX_PENDING: Final = 4096
 """Incomplete datagrams held at once; the oldest is dropped beyond it."""
 
 

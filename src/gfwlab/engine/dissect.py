@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from gfwlab._frozen import Frozen
 from gfwlab.engine.actions import EventFields
@@ -110,7 +110,7 @@ def _dns_detail(parsed: Parsed) -> EventFields:
     return QueryFields(qname=getattr(parsed, "qname", ""))
 
 
-DISSECTORS: tuple[Dissector, ...] = (
+DISSECTORS: Final[tuple[Dissector, ...]] = (
     Dissector(
         name="tls",
         hook="on_client_hello",

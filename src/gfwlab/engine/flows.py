@@ -21,7 +21,7 @@ import math
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from gfwlab.engine.actions import Direction, FlowId
 from gfwlab.engine.stream import Stream
@@ -47,7 +47,7 @@ class FlowInput(enum.Enum):
     __hash__ = object.__hash__
 
 
-_TRANSITIONS: dict[tuple[FlowState, FlowInput], FlowState] = {
+_TRANSITIONS: Final[dict[tuple[FlowState, FlowInput], FlowState]] = {
     (FlowState.CLEAN, FlowInput.RECV_BLOCK): FlowState.BLOCKED,
     (FlowState.CLEAN, FlowInput.RECV_DONE): FlowState.BYPASSED,
     # A residual hit or a second mechanism may block a flow another mechanism already blocked:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 from abc import ABC
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Final, Generic, Literal, TypeVar
 
 from mypy_extensions import mypyc_attr
 
@@ -388,7 +388,7 @@ class Mechanism(ABC, Generic[P]):
         return None
 
 
-HOOKS: tuple[str, ...] = tuple(
+HOOKS: Final[tuple[str, ...]] = tuple(
     name for name in vars(Mechanism) if name.startswith("on_") and name != "on_probe_result"
 )
 """The packet hooks, in the order they are defined above (the one place their names are written)."""

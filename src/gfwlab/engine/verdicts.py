@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from gfwlab.engine.actions import (
     Accept,
@@ -33,7 +33,7 @@ from gfwlab.errors import MalformedPacket
 from gfwlab.packet.ip import addr_text, parse
 from gfwlab.rules.profile import TcbParams
 
-NO_PACKET = parse(bytes.fromhex("450000140000000040fd00000000000000000000"))
+NO_PACKET: Final = parse(bytes.fromhex("450000140000000040fd00000000000000000000"))
 """Stands in for a trigger packet where there is none (a probe result)."""
 
 
@@ -160,7 +160,7 @@ class ReassemblyFields(EventFields):
     """The first day small segments are reassembled (``tcb.small_segment_reassembly``)."""
 
 
-SMALL_SEGMENT_CITATION = (
+SMALL_SEGMENT_CITATION: Final = (
     "spec §14c, §14d; Hoang et al., GFWeb, USENIX Security 2024 (the GFW was upgraded to "
     "reassemble fragmented packets, within Feb 2022 - Sep 2023); Bock et al., Geneva, CCS 2019 "
     "(small in-order segments evaded in 2019)"
@@ -198,6 +198,8 @@ class Verdicts:
         self.residual = residual
         self.hold_trigger = hold_trigger
         self.stats = Stats()
+        self._keys: dict[str, dict[str, str]] = {}
+        """The counters' keys (``mechanism/action``) by mechanism and action, made once each."""
         self.timers: list[tuple[float, int, Inject | Probe]] = []
         self.probes: dict[int, tuple[Mechanism[Any], Flow, PlannedProbe, dict[str, Any]]] = {}
         self.timer_seq = 0
@@ -443,7 +445,12 @@ class Verdicts:
         )
 
     def _count(self, mechanism: str, action: str) -> None:
-        key = f"{mechanism}/{action}"
+        keys = self._keys.get(mechanism)
+        if keys is None:
+            keys = self._keys[mechanism] = {}
+        key = keys.get(action)
+        if key is None:
+            key = keys[action] = f"{mechanism}/{action}"
         self.stats.events[key] = self.stats.events.get(key, 0) + 1
         if action == "anomaly":
             self.stats.anomalies += 1

@@ -78,12 +78,12 @@ NLM_F_DUMP: Final = 0x300
 NLMSG_DONE: Final = 3
 _LIST_REPLY: Final = (NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_LIST
 _ATTR_TYPE: Final = 0x3FFF
-_PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
+_PROTOS: Final = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 Member = tuple[bytes, int, int, bytes]
 """An entry of a ``hash:ip,port,ip`` set: its first address (packed: 4 or 16 bytes), protocol
 number, port and second address (``198.18.0.2,tcp:40000,198.19.0.6``)."""
 
-_IPSET_ERRORS = {
+_IPSET_ERRORS: Final = {
     4097: "protocol error (an attribute the set's type needs is missing or malformed)",
     4103: "the entry is already there",
     4107: "the set has no timeout",

@@ -54,11 +54,11 @@ NLM_F_REQUEST: Final = 0x1
 NLM_F_ACK: Final = 0x4
 SO_RCVBUFFORCE: Final = 33
 
-NLMSG_HEADER = struct.Struct("=IHHII")
+NLMSG_HEADER: Final = struct.Struct("=IHHII")
 """Netlink message header: length, type, flags, sequence, port id (host byte order)."""
-NFGEN_HEADER = struct.Struct("!BBH")
+NFGEN_HEADER: Final = struct.Struct("!BBH")
 """nfnetlink header: family, version, resource id (the group, big-endian)."""
-NLA_HEADER = struct.Struct("=HH")
+NLA_HEADER: Final = struct.Struct("=HH")
 """Attribute header: length, type."""
 
 

@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from mypy_extensions import mypyc_attr
 
@@ -61,11 +61,12 @@ from gfwlab.rules import CommonParams, quantiles
 from gfwlab.rules.quantiles import Quantiles
 
 Injector = Literal["type1", "type2", "type3", "mixed", "clayton2006"]
-TYPES: tuple[Injector, ...] = ("type1", "type2", "type3")
+TYPES: Final[tuple[Injector, ...]] = ("type1", "type2", "type3")
 
-INJECTOR_MIX = (60.66, 38.69, 0.65)
+INJECTOR_MIX: Final = (60.66, 38.69, 0.65)
 """Per-trigger shares (%) of injector types I, II, III (S&P'25 artifact, 22,084 triggers)."""
 
+# Not Final: compiled, a Final tuple read by a function called at import is not set yet.
 _ALL_MS = (11.52, 11.86, 12.0, 12.04, 12.14, 13.41, 13.72, 14.46, 14.69, 14.75, 15.41, 16.18,
            16.58, 17.2, 18.0, 18.26, 20.44, 22.27, 29.86, 500.0, 5000.0, 30000.0)  # fmt: skip
 """The values shared by the delay tables (ms): the spec's all-types quantiles and the per-type
@@ -76,7 +77,7 @@ def _table(shares: tuple[float, ...]) -> Quantiles:
     return tuple(zip(shares, _ALL_MS, strict=True))
 
 
-RST_DELAY_MS: dict[str, Quantiles] = {
+RST_DELAY_MS: Final[dict[str, Quantiles]] = {
     "all": _table((0.0, 0.01, 0.05, 0.0643, 0.10, 0.1813, 0.20, 0.30, 0.3795, 0.40, 0.50, 0.60,
                    0.6399, 0.70, 0.80, 0.8113, 0.90, 0.9113, 0.95, 0.979, 0.99, 1.0)),
     "type1": _table((0.0, 0.0155, 0.0777, 0.10, 0.1404, 0.2326, 0.2578, 0.3928, 0.50, 0.518,
@@ -89,7 +90,7 @@ RST_DELAY_MS: dict[str, Quantiles] = {
 """Delay from the trigger to the first reset toward the client, ms, as (share, value) tables:
 ``all`` is spec §14j's all-types row; ``type1``/``type2`` are fitted (see the module docstring)."""
 
-TAIL_FROM_MS = 500.0
+TAIL_FROM_MS: Final = 500.0
 """Where the suspected-artefact tail begins (spec §14j: 2.1% of resets beyond 0.5 s)."""
 
 
@@ -150,7 +151,7 @@ class Fingerprint:
     ttl: tuple[int, int]
 
 
-FINGERPRINTS: dict[str, Fingerprint] = {
+FINGERPRINTS: Final[dict[str, Fingerprint]] = {
     "type1": Fingerprint(RST, (0,), False, False, (0, 0), (55, 118)),
     "type2": Fingerprint(RST | ACK, (0, 0, 0), True, True, (0x00A3, 0xFE5F), (39, 238)),
     "type3": Fingerprint(RST | ACK, (0,), False, False, (0x9916, 0x9933), (248, 248)),
@@ -176,7 +177,7 @@ class ResidualResetFields(EventFields):
         object.__setattr__(self, "injector", injector)
 
 
-TTL_RECEIVED: dict[str, Quantiles] = {
+TTL_RECEIVED: Final[dict[str, Quantiles]] = {
     "type1": ((0.0, 43.0), (0.01, 55.0), (0.5, 87.0), (0.99, 118.0), (1.0, 118.0)),
     "type2": ((0.0, 39.0), (0.01, 40.0), (0.5, 136.0), (0.99, 236.0), (1.0, 238.0)),
 }
@@ -201,7 +202,7 @@ def draw_delay(rng: Stream, params: ResetParams, kind: Injector) -> float:
     return quantiles.sample(table, rng, upto=upto) / 1000.0
 
 
-PINS_KEPT = 4096
+PINS_KEPT: Final = 4096
 """How many names' pinned injector types a :class:`PinnedInjectors` keeps."""
 
 

@@ -11,10 +11,12 @@ distribution.
 
 from __future__ import annotations
 
+from typing import Final
+
 from gfwlab.engine import draws
 from gfwlab.engine.stream import Stream
 
-_SSDP = (
+_SSDP: Final = (
     'M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: "ssdp:discover"\r\nMX: {mx}\r\n'
     "ST: ssdp:all\r\n\r\n",
     "NOTIFY * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nCACHE-CONTROL: max-age = 120\r\n"

@@ -8,9 +8,11 @@ out for ``4.tt`` (spec §14f). Each injector process walks its list and wraps ar
 
 from __future__ import annotations
 
+from typing import Final
+
 # Tables in the artifact's order, several addresses a line.
 # fmt: off
-POOL_V4: tuple[str, ...] = (
+POOL_V4: Final[tuple[str, ...]] = (
     "208.77.47.172", "173.252.88.133", "173.252.88.67", "108.160.170.45", "157.240.10.32",
     "174.36.196.242", "174.36.228.136", "174.37.154.236", "174.37.175.229", "174.37.54.20",
     "185.60.216.11", "185.60.216.50", "199.16.158.12", "199.16.158.182", "199.16.158.8",
@@ -130,7 +132,7 @@ POOL_V4: tuple[str, ...] = (
 )
 """IPv4 forged answers, in pool order (592)."""
 
-POOL_V6: tuple[str, ...] = (
+POOL_V6: Final[tuple[str, ...]] = (
     "2a03:2880:f130:83:face:b00c:0:25de", "2a03:2880:f12c:83:face:b00c:0:25de",
     "2a03:2880:f12c:183:face:b00c:0:25de", "2a03:2880:f127:83:face:b00c:0:25de",
     "2a03:2880:f126:83:face:b00c:0:25de", "2a03:2880:f129:83:face:b00c:0:25de",

@@ -47,7 +47,7 @@ import datetime as dt
 import functools
 import hashlib
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 from mypy_extensions import mypyc_attr
 
@@ -65,7 +65,7 @@ from gfwlab.rules import CommonParams, DomainSet
 
 Era = Literal["v1", "v2", "fixed"]
 
-QTYPE_AAAA = 28
+QTYPE_AAAA: Final = 28
 
 
 @mypyc_attr(native_class=False)
@@ -123,7 +123,7 @@ class DnsInjectorParams:
         object.__setattr__(self, "_v6", v6)
 
 
-DEFAULT_INJECTORS = (
+DEFAULT_INJECTORS: Final = (
     DnsInjectorParams(
         name="injector3", wallbleed=True, processes=3, pool_v4=POOL_V4, pool_v6=POOL_V6
     ),
@@ -171,7 +171,7 @@ class DnsInjectionParams(CommonParams):
         return "v2" if v2 <= day < fixed else "fixed"
 
 
-_FLAGS_TEXT: dict[int, str] = {}
+_FLAGS_TEXT: Final[dict[int, str]] = {}
 
 
 def _flags_text(flags: int) -> str:

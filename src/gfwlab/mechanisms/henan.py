@@ -22,6 +22,7 @@ sent one request per connection); the injection latency was not published (sent 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from mypy_extensions import mypyc_attr
 
@@ -34,7 +35,7 @@ from gfwlab.proto.http import parse_request
 from gfwlab.proto.tls import parse_client_hello
 from gfwlab.rules import CommonParams, DomainSet
 
-PAYLOAD = bytes((1, 2, 3, 4, 5, 6, 7, 8, 9, 0))
+PAYLOAD: Final = bytes((1, 2, 3, 4, 5, 6, 7, 8, 9, 0))
 """The payload of Henan's RST+ACK (S&P'25)."""
 
 

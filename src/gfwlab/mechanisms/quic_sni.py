@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from mypy_extensions import mypyc_attr
 
@@ -60,7 +60,7 @@ from gfwlab.proto.quic import QUIC_V1, CryptoReading, QuicInitial
 from gfwlab.rules import CommonParams, DomainSet, ResidualKey, quantiles
 from gfwlab.rules.quantiles import Quantiles
 
-BLOCK_LATENCY_MS: Quantiles = (
+BLOCK_LATENCY_MS: Final[Quantiles] = (
     (0.0, 58.64),
     (0.10, 79.6),
     (0.25, 89.6),

@@ -47,7 +47,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from math import log2
-from typing import Literal
+from typing import Final, Literal
 
 import numpy as np
 from mypy_extensions import mypyc_attr
@@ -60,27 +60,27 @@ from gfwlab.mechanisms import register_mechanism
 from gfwlab.rules import CommonParams, quantiles
 from gfwlab.rules.quantiles import Quantiles
 
-NR1_LENGTHS = tuple(n + d for n in (8, 12, 16, 22, 33, 41, 49) for d in (-1, 0, 1))
+NR1_LENGTHS: Final = tuple(n + d for n in (8, 12, 16, 22, 33, 41, 49) for d in (-1, 0, 1))
 """NR1 probe lengths: trios around 8, 12, 16, 22, 33, 41, 49 (IMC'20 §4)."""
-NR2_LENGTH = 221
-_MAX_S = 570 * 3600.0
-FIRST_REPLAY_S: Quantiles = (
+NR2_LENGTH: Final = 221
+_MAX_S: Final = 570 * 3600.0
+FIRST_REPLAY_S: Final[Quantiles] = (
     (0.0, 0.28), (0.01, 0.45), (0.05, 0.58), (0.10, 0.67), (0.20, 0.86), (0.30, 1.72),
     (0.40, 4.20), (0.50, 37.5), (0.60, 140.0), (0.70, 782.0), (0.80, 964.0), (0.90, 1157.0),
     (0.95, 1303.0), (0.99, 8443.0), (1.0, _MAX_S),
 )  # fmt: skip
 """Seconds from the trigger to a connection's first replay (spec §14j, IMC'20 artifact, 5,844
 first replays; min 0.28 s and max 570 h from the paper)."""
-LATER_REPLAY_S: Quantiles = (
+LATER_REPLAY_S: Final[Quantiles] = (
     (0.0, 0.28), (0.01, 1.4), (0.05, 10.5), (0.10, 23.1), (0.20, 92.0), (0.30, 335.0),
     (0.40, 858.0), (0.50, 1037.0), (0.60, 1218.0), (0.70, 1611.0), (0.80, 2570.0),
     (0.90, 6168.0), (0.95, 12308.0), (0.99, 87862.0), (1.0, _MAX_S),
 )  # fmt: skip
 """Seconds from the trigger to each later replay of the same connection (spec §14j, 14,184
 replays; the minimum is not published and is taken as the first replays' 0.28 s)."""
-REPLAYS_MEAN = 20_028 / 5_844
+REPLAYS_MEAN: Final = 20_028 / 5_844
 """Replays per replayed connection (spec §14j): 3.43."""
-REPLAYS = ("R1", "R2", "R3", "R4", "R5")
+REPLAYS: Final = ("R1", "R2", "R3", "R4", "R5")
 
 
 @mypyc_attr(native_class=False)

@@ -3,12 +3,14 @@ block could cover, kept up to date as the engine adds blocks."""
 
 from __future__ import annotations
 
+from typing import Final
+
 from gfwlab.engine.censor import Censor
 from gfwlab.engine.flows import Flow
 from gfwlab.engine.residual import Key, ResidualEntry, residual_key
 from gfwlab.rules.profile import ResidualKey
 
-_DROP_POLICIES = ("drop-c2s", "drop-s2c")
+_DROP_POLICIES: Final = ("drop-c2s", "drop-s2c")
 
 
 class DropWatch:

@@ -38,7 +38,7 @@ import bisect
 import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, assert_never
+from typing import Any, Final, assert_never
 
 import numpy as np
 from mypy_extensions import mypyc_attr
@@ -55,8 +55,8 @@ Writes = list[tuple[float, bytes]]
 Timed = list[tuple[float, int, bytes]]
 """Injections released by timers: (time, the timer's number, packet), in release order."""
 
-_BLOCK_CODES = {"none": 0, "c2s": 1, "s2c": 2, "both": 3}
-_CHUNK = 32 << 20
+_BLOCK_CODES: Final = {"none": 0, "c2s": 1, "s2c": 2, "both": 3}
+_CHUNK: Final = 32 << 20
 
 
 @mypyc_attr(native_class=False)  # an exception: a Python class even when compiled

@@ -11,30 +11,31 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Final
 
 from gfwlab.errors import MalformedPacket
 
-PROTO_TCP = 6
-PROTO_UDP = 17
+PROTO_TCP: Final = 6
+PROTO_UDP: Final = 17
 
 # TCP flag bits.
-FIN = 0x01
-SYN = 0x02
-RST = 0x04
-PSH = 0x08
-ACK = 0x10
-URG = 0x20
-ECE = 0x40
-CWR = 0x80
+FIN: Final = 0x01
+SYN: Final = 0x02
+RST: Final = 0x04
+PSH: Final = 0x08
+ACK: Final = 0x10
+URG: Final = 0x20
+ECE: Final = 0x40
+CWR: Final = 0x80
 
 # IPv6 extension headers that are skipped to reach the transport header.
-_IPV6_EXT = frozenset({0, 43, 60, 135, 139, 140})
-_IPV6_FRAGMENT = 44
+_IPV6_EXT: Final = frozenset({0, 43, 60, 135, 139, 140})
+_IPV6_FRAGMENT: Final = 44
 
-_V4 = struct.Struct("!BBHHHBBH4s4s")
-_V6 = struct.Struct("!IHBB")
-_TCP = struct.Struct("!HHIIBBHHH")
-_UDP = struct.Struct("!HHHH")
+_V4: Final = struct.Struct("!BBHHHBBH4s4s")
+_V6: Final = struct.Struct("!IHBB")
+_TCP: Final = struct.Struct("!HHIIBBHHH")
+_UDP: Final = struct.Struct("!HHHH")
 
 
 @dataclass
@@ -130,8 +131,8 @@ class Packet:
         return self.raw[self.l4 + 20 : self.l4 + self.tcp_hlen]
 
 
-_TEXTS: dict[bytes, str] = {}
-_TEXTS_MAX = 1 << 16
+_TEXTS: Final[dict[bytes, str]] = {}
+_TEXTS_MAX: Final = 1 << 16
 
 
 def addr_text(addr: bytes) -> str:

@@ -44,26 +44,27 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from gfwlab._frozen import Frozen
 from gfwlab.errors import MalformedPacket
 
-TYPE_A = 1
-TYPE_AAAA = 28
-CLASS_IN = 1
+TYPE_A: Final = 1
+TYPE_AAAA: Final = 28
+CLASS_IN: Final = 1
 
-HEADER_LEN = 12
-DEFAULT_MAX_NAME = 125
+HEADER_LEN: Final = 12
+DEFAULT_MAX_NAME: Final = 125
 """The injector's name buffer is 126 bytes including the C string's NUL (blackbox.c)."""
 
-_QR = 0x8000
-_RD = 0x0100
-_HEADER = struct.Struct("!HHHHHH")
-_RR_FIXED = struct.Struct("!HHIH")  # TYPE, CLASS, TTL, RDLENGTH after the name
-_QTYPE_QCLASS = struct.Struct("!HH")
-_POINTER_TO_QNAME = b"\xc0\x0c"
+_QR: Final = 0x8000
+_RD: Final = 0x0100
+_HEADER: Final = struct.Struct("!HHHHHH")
+_RR_FIXED: Final = struct.Struct("!HHIH")  # TYPE, CLASS, TTL, RDLENGTH after the name
+_QTYPE_QCLASS: Final = struct.Struct("!HH")
+_POINTER_TO_QNAME: Final = b"\xc0\x0c"
 # The shortest thing the injector copies before its answer: header, one length byte, QTYPE, QCLASS.
-_MIN_COPIED = HEADER_LEN + 1 + 4
+_MIN_COPIED: Final = HEADER_LEN + 1 + 4
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ class DnsQuery(Frozen):
         object.__setattr__(self, "overrun", overrun)
 
 
-OVERRUN_KINDS = frozenset(
+OVERRUN_KINDS: Final = frozenset(
     {"dns.no_question", "dns.label_overrun", "dns.compression_in_query", "dns.bad_label_type"}
 )
 """The malformed kinds that a buggy injector would still have read (past the datagram)."""

@@ -20,15 +20,16 @@ last cases is not documented (spec §12 unknowns).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 from urllib.parse import unquote_to_bytes
 
 from gfwlab._frozen import Frozen
 from gfwlab.errors import MalformedPacket
 
-MAX_HEADER = 16 * 1024
+MAX_HEADER: Final = 16 * 1024
 """Bytes of request line plus headers (blank line included) accepted before giving up."""
 
-_MAX_METHOD = 20  # the longest registered method, UPDATEREDIRECTREF, has 17 characters
+_MAX_METHOD: Final = 20  # the longest registered method, UPDATEREDIRECTREF, has 17 characters
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -78,40 +78,40 @@ from gfwlab.proto.tls import (
     parse_client_hello_body,
 )
 
-QUIC_V1 = 0x00000001
+QUIC_V1: Final = 0x00000001
 """RFC 9000."""
-QUIC_V2 = 0x6B3343CF
+QUIC_V2: Final = 0x6B3343CF
 """RFC 9369."""
-MAX_CID_LEN = 20
+MAX_CID_LEN: Final = 20
 """RFC 9000 §17.2: v1 (and v2) connection IDs are at most 20 bytes."""
-TAG_LEN = 16
-SAMPLE_LEN = 16
-EXT_QUIC_TRANSPORT_PARAMETERS = 0x0039
+TAG_LEN: Final = 16
+SAMPLE_LEN: Final = 16
+EXT_QUIC_TRANSPORT_PARAMETERS: Final = 0x0039
 """RFC 9001 §8.2."""
 
-FRAME_PADDING = 0x00
-FRAME_PING = 0x01
-FRAME_ACK = 0x02
-FRAME_ACK_ECN = 0x03
-FRAME_CRYPTO = 0x06
+FRAME_PADDING: Final = 0x00
+FRAME_PING: Final = 0x01
+FRAME_ACK: Final = 0x02
+FRAME_ACK_ECN: Final = 0x03
+FRAME_CRYPTO: Final = 0x06
 CryptoReading = Literal["skip-zeros", "scan", "two-byte-length"]
-CRYPTO_READINGS: tuple[CryptoReading, ...] = ("skip-zeros", "scan", "two-byte-length")
+CRYPTO_READINGS: Final[tuple[CryptoReading, ...]] = ("skip-zeros", "scan", "two-byte-length")
 """How the censor reads a CRYPTO frame whose Length is zero but which carries data (Table 3 row
 6, spec §14e): the candidate readings, the default first."""
-FRAME_CONNECTION_CLOSE = 0x1C
+FRAME_CONNECTION_CLOSE: Final = 0x1C
 
 # Per version: initial salt (RFC 9001 §5.2, RFC 9369 §3.3.1), key/iv/hp labels (RFC 9001 §5.1,
 # RFC 9369 §3.3.2) and the long-header type code of Initial (RFC 9000 §17.2, RFC 9369 §3.2).
-_SALT = {
+_SALT: Final = {
     QUIC_V1: bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a"),
     QUIC_V2: bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9"),
 }
-_LABELS = {
+_LABELS: Final = {
     QUIC_V1: (b"quic key", b"quic iv", b"quic hp"),
     QUIC_V2: (b"quicv2 key", b"quicv2 iv", b"quicv2 hp"),
 }
-_INITIAL_TYPE = {QUIC_V1: 0b00, QUIC_V2: 0b01}
-_FRAME_NAMES = {
+_INITIAL_TYPE: Final = {QUIC_V1: 0b00, QUIC_V2: 0b01}
+_FRAME_NAMES: Final = {
     FRAME_PADDING: "padding",
     FRAME_PING: "ping",
     FRAME_ACK: "ack",
@@ -170,8 +170,8 @@ class QuicInitial(Frozen):
 # --- key derivation ------------------------------------------------------------------------
 
 
-_IPAD = bytes(b ^ 0x36 for b in range(256))
-_OPAD = bytes(b ^ 0x5C for b in range(256))
+_IPAD: Final = bytes(b ^ 0x36 for b in range(256))
+_OPAD: Final = bytes(b ^ 0x5C for b in range(256))
 _Keyed = tuple["hashlib._Hash", "hashlib._Hash"]
 
 
@@ -198,7 +198,7 @@ def _expand_label(secret: _Keyed, label: bytes, length: int) -> bytes:
     return _hmac(secret, info + b"\x01")[:length]
 
 
-_SALT_KEYED = {version: _keyed(salt) for version, salt in _SALT.items()}
+_SALT_KEYED: Final = {version: _keyed(salt) for version, salt in _SALT.items()}
 
 
 @lru_cache(maxsize=4096)
@@ -220,7 +220,7 @@ def initial_keys(dcid: bytes, version: int = QUIC_V1) -> InitialKeys:
     )
 
 
-_ECB = modes.ECB()
+_ECB: Final = modes.ECB()
 
 
 def _mask(hp: bytes, sample: bytes) -> bytes:

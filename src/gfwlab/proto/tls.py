@@ -26,27 +26,28 @@ import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from gfwlab._frozen import Frozen
 from gfwlab.errors import MalformedPacket
 
-CONTENT_HANDSHAKE = 0x16
-HANDSHAKE_CLIENT_HELLO = 1
-RECORD_HEADER_LEN = 5
-HANDSHAKE_HEADER_LEN = 4
-MAX_RECORD = 1 << 14
+CONTENT_HANDSHAKE: Final = 0x16
+HANDSHAKE_CLIENT_HELLO: Final = 1
+RECORD_HEADER_LEN: Final = 5
+HANDSHAKE_HEADER_LEN: Final = 4
+MAX_RECORD: Final = 1 << 14
 """TLSPlaintext.length limit (RFC 8446 §5.1)."""
 
-EXT_SERVER_NAME = 0x0000
-EXT_ALPN = 0x0010
-EXT_ESNI = 0xFFCE
+EXT_SERVER_NAME: Final = 0x0000
+EXT_ALPN: Final = 0x0010
+EXT_ESNI: Final = 0xFFCE
 """encrypted_server_name (draft-ietf-tls-esni up to -06); its presence triggered the 2020 ESNI
 block (spec §4b)."""
-EXT_ECH = 0xFE0D
+EXT_ECH: Final = 0xFE0D
 """encrypted_client_hello (RFC 9849 / draft-13 onwards)."""
 
-_TRUNCATED = "tls.truncated_field"
-_TYPE_LENGTH = struct.Struct("!HH")  # an extension's type and length
+_TRUNCATED: Final = "tls.truncated_field"
+_TYPE_LENGTH: Final = struct.Struct("!HH")  # an extension's type and length
 
 
 @dataclass(frozen=True)
@@ -344,12 +345,12 @@ def _note(anomalies: list[str], kind: str) -> None:
 # --- building -----------------------------------------------------------------------------
 
 # Firefox/Chrome-like offer: TLS 1.3 suites, then ECDHE-GCM/ChaCha, then legacy RSA suites.
-_CIPHER_SUITES = (
+_CIPHER_SUITES: Final = (
     0x1301, 0x1302, 0x1303, 0xC02B, 0xC02F, 0xC02C, 0xC030, 0xCCA9, 0xCCA8,
     0xC013, 0xC014, 0x009C, 0x009D, 0x002F, 0x0035,
 )  # fmt: skip
-_GROUPS = (0x001D, 0x0017, 0x0018)  # x25519, secp256r1, secp384r1
-_SIG_ALGS = (0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601)
+_GROUPS: Final = (0x001D, 0x0017, 0x0018)  # x25519, secp256r1, secp384r1
+_SIG_ALGS: Final = (0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601)
 
 
 def _u8(n: int) -> bytes:

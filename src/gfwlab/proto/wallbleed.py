@@ -33,16 +33,16 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from gfwlab._frozen import Frozen
 
 Era = Literal["v1", "v2"]
-NAME_BUF = 126
+NAME_BUF: Final = 126
 """The injector's name buffer, NUL included (blackbox.c)."""
-ZEROED = 18
+ZEROED: Final = 18
 """Bytes of the buffer that are zero before the query is copied in (blackbox.c's harness)."""
-TYPE_AAAA = 28
+TYPE_AAAA: Final = 28
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
+from typing import Final
 
 import ahocorasick
 
@@ -194,13 +195,13 @@ class KeywordSet:
         return None
 
 
-_MARKS = frozenset("#=^*")
-_ASCII_SPACE = tuple(c for c in map(chr, range(128)) if c.isspace() and c != "\n")
-_HAS_SPACE = re.compile(r"\s").search
+_MARKS: Final = frozenset("#=^*")
+_ASCII_SPACE: Final = tuple(c for c in map(chr, range(128)) if c.isspace() and c != "\n")
+_HAS_SPACE: Final = re.compile(r"\s").search
 """Finds any character ``str.isspace`` accepts (``\\s`` on a str pattern is Unicode whitespace)."""
 
 
-MAX_RULE = 253
+MAX_RULE: Final = 253
 """The longest rule: a DNS name is at most 253 characters as text (RFC 1035 §2.3.4), so a longer
 rule can match nothing and is taken for a mistake (or a hostile list)."""
 
