@@ -55,11 +55,9 @@ def rounded(x: float, digits: int) -> float:
     if n > y:
         n -= 1  # floor
     frac = y - n
-    if frac < 0.5 - margin:
-        pass
-    elif frac > 0.5 + margin:
+    if frac > 0.5 + margin:
         n += 1
-    else:  # near a half: exactly
+    elif frac >= 0.5 - margin:  # near a half: exactly
         num, den = x.as_integer_ratio()
         n, rest = divmod(num * _POWERS[digits], den)
         if 2 * rest > den or (2 * rest == den and n & 1):

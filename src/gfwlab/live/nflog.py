@@ -29,7 +29,7 @@ from typing import Final, Protocol
 
 from gfwlab.engine.flows import FlowKey, flow_key
 from gfwlab.errors import MalformedPacket
-from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, parse
+from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, ipv4_transport, parse
 
 NETLINK_NETFILTER: Final = 12
 NFNL_SUBSYS_QUEUE: Final = 3
@@ -281,25 +281,16 @@ def connection(raw: bytes) -> FlowKey | None:
     """The connection of a TCP or UDP packet, the engine's key for it in both directions (None:
     neither): how :class:`SynCopies` pairs a SYN's copy with the connection's packets.
 
-    An IPv4 packet is read where it lies, with the checks :func:`~gfwlab.packet.ip.parse` makes
-    before it would return the same ports (the censor keys two packets of each connection it
-    copies the SYN of, and most are IPv4); any other goes through :func:`_parsed_connection`.
+    An IPv4 packet is read where it lies (:func:`~gfwlab.packet.ip.ipv4_transport`: the checks
+    :func:`~gfwlab.packet.ip.parse` makes before it would return the same ports; the censor keys
+    two packets of each connection it copies the SYN of, and most are IPv4); any other goes
+    through :func:`_parsed_connection`.
     ``tests/test_live_syncopy.py`` holds the two to the same answer on any bytes."""
-    n = len(raw)
-    if n < 20 or raw[0] >> 4 != 4:
+    if len(raw) < 20 or raw[0] >> 4 != 4:
         return _parsed_connection(raw)
-    l4, total, proto = (raw[0] & 15) * 4, raw[2] << 8 | raw[3], raw[9]
-    if l4 < 20 or l4 > n or total < l4 or raw[6] & 0x3F or raw[7]:
-        return None  # malformed, or a fragment
-    end = min(total, n)  # a total length past the end: what is there
-    if proto == PROTO_TCP:
-        if end - l4 < 20:
-            return None
-        hlen = (raw[l4 + 12] >> 4) * 4
-        if hlen < 20 or l4 + hlen > end:
-            return None
-    elif proto != PROTO_UDP or end - l4 < 8:
-        return None
+    proto, l4, _data, _end = ipv4_transport(raw)
+    if proto < 0:
+        return None  # malformed, a fragment, or neither TCP nor UDP
     sport, dport = raw[l4] << 8 | raw[l4 + 1], raw[l4 + 2] << 8 | raw[l4 + 3]
     return flow_key(proto, raw[12:16], sport, raw[16:20], dport)
 

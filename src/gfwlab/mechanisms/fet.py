@@ -255,7 +255,8 @@ class Measures:
 
 
 def measure(payload: bytes, params: FetParams) -> Measures:
-    """Measure a non-empty payload (C-speed: one big-int popcount, one translation)."""
+    """Measure a non-empty payload: a short one in one loop (:func:`_counted`), a longer one at
+    C speed (one big-int popcount, one translation)."""
     # A plain loop rather than all(zip(...)): compiled, it builds no generator.
     n = len(payload)
     protocol = None
@@ -275,28 +276,22 @@ def measure(payload: bytes, params: FetParams) -> Measures:
                 break
     if n <= _SHORT:
         set_bits, printable, lead, run = _counted(payload)
-        return Measures(
-            length=n,
-            set_bits=set_bits,
-            printable=printable,
-            printable_prefix=lead,
-            printable_run=run,
-            protocol=protocol,
-        )
-    # One translation marks each byte printable (1) or not (0); counting, finding and
-    # splitting on the marks are memchr-speed.
-    marks = payload.translate(_MARKS)
-    lead = marks.find(b"\x00")
-    if lead < 0:  # every byte printable
-        lead = run = n
     else:
-        run = 0
-        for part in marks.split(b"\x00"):
-            run = max(run, len(part))
+        # One translation marks each byte printable (1) or not (0); counting, finding and
+        # splitting on the marks are memchr-speed.
+        marks = payload.translate(_MARKS)
+        set_bits, printable = int.from_bytes(payload, "big").bit_count(), marks.count(1)
+        lead = marks.find(b"\x00")
+        if lead < 0:  # every byte printable
+            lead = run = n
+        else:
+            run = 0
+            for part in marks.split(b"\x00"):
+                run = max(run, len(part))
     return Measures(
         length=n,
-        set_bits=int.from_bytes(payload, "big").bit_count(),
-        printable=marks.count(1),
+        set_bits=set_bits,
+        printable=printable,
         printable_prefix=lead,
         printable_run=run,
         protocol=protocol,
@@ -318,7 +313,7 @@ def _counted(payload: bytes) -> tuple[int, int, int, int]:
     two ways to the same numbers)."""
     set_bits = printable = run = longest = 0
     lead = -1
-    table = _SET_BITS  # a local: a module name is a dictionary look-up each time
+    table = _SET_BITS  # read once, not once a byte
     for i in range(len(payload)):
         byte = payload[i]
         set_bits += table[byte]

@@ -284,21 +284,41 @@ def peek_tcp_flags(packet: bytes) -> int:
     return packet[off + 13] if len(packet) > off + 13 else -1
 
 
+def ipv4_transport(raw: bytes) -> tuple[int, int, int, int]:
+    """Where an unfragmented IPv4 TCP or UDP packet's parts lie, read straight from its bytes
+    after the checks :func:`parse` makes on the header lengths and the total length: its
+    protocol, its transport header's offset, its data's offset (past the TCP header, or the UDP
+    one) and its end (the total length, or the buffer's end if that comes first, as
+    :func:`parse` trusts it). Where :func:`parse` would raise, or the packet is not that, the
+    protocol is -1. For adapters that need a field or two of the packets they are given, most
+    of which are IPv4 (:func:`is_tcp_data`, ``live/nflog.py`` ``connection``)."""
+    n = len(raw)
+    if n < 20 or raw[0] >> 4 != 4 or raw[6] & 0x3F or raw[7]:
+        return -1, 0, 0, 0
+    l4, proto = (raw[0] & 15) * 4, raw[9]
+    end = min(raw[2] << 8 | raw[3], n)
+    if l4 < 20 or end < l4:
+        return -1, 0, 0, 0
+    if proto == PROTO_TCP:
+        if end - l4 < 20:
+            return -1, 0, 0, 0
+        data = l4 + (raw[l4 + 12] >> 4) * 4
+        if data < l4 + 20 or data > end:
+            return -1, 0, 0, 0
+        return proto, l4, data, end
+    if proto == PROTO_UDP and end - l4 >= 8:
+        return proto, l4, l4 + 8, end
+    return -1, 0, 0, 0
+
+
 def is_tcp_data(packet: bytes) -> bool:
-    """Whether an IPv4 packet is an unfragmented TCP segment with data and neither SYN nor RST,
-    read straight from its bytes after the checks :func:`parse` makes on the header lengths and
-    the total length: where this says True, :func:`parse` either reads the same or raises.
-    False says nothing (IPv6 included): the caller parses. The live censor asks it of most
-    packets it is given (a connection's request, after the kernel let the handshake through)."""
-    n = len(packet)
-    if n < 40 or packet[0] >> 4 != 4 or packet[9] != PROTO_TCP or packet[6] & 0x3F or packet[7]:
-        return False
-    l4 = (packet[0] & 15) * 4
-    end = min(packet[2] << 8 | packet[3], n)  # parse trusts a total length past the end
-    if l4 < 20 or end - l4 < 20:
-        return False
-    hlen = (packet[l4 + 12] >> 4) * 4
-    return hlen >= 20 and l4 + hlen < end and not packet[l4 + 13] & (SYN | RST)
+    """Whether an IPv4 packet is an unfragmented TCP segment with data and neither SYN nor RST
+    (:func:`ipv4_transport`): where this says True, :func:`parse` either reads the same or
+    raises. False says nothing (IPv6 included): the caller parses. The live censor asks it of
+    most packets it is given (a connection's request, after the kernel let the handshake
+    through)."""
+    proto, l4, data, end = ipv4_transport(packet)
+    return proto == PROTO_TCP and data < end and not packet[l4 + 13] & (SYN | RST)
 
 
 def checksum(data: bytes) -> int:
