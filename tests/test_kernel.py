@@ -121,24 +121,27 @@ def test_every_failed_kernel_write_is_counted_once() -> None:
     counts each write that failed once, whether a command or an entry failed: here every command
     fails (the namespace prefix is ``false``)."""
     k = kernel.Kernel(["false"])
-    k.armed = True  # the jump is taken to be in place: only the entry is written
+    k.armed = True  # the jump is taken to be in place: only the entries are written
     with pytest.raises(
         LabError,
         match=re.escape("ipset -exist add gfwlab-tuple-c2s4 198.18.0.2,tcp:443,198.19.0.5 "),
     ):
         k.add_residual("3-tuple", "drop-c2s", (6, b"\xc6\x12\0\2", b"\xc6\x13\0\5", 443), 0, 9, 0)
-    assert k.errors == 1
+    assert k.errors == 2  # the server's SYN hold, then the block (whose error is raised)
+    with pytest.raises(LabError, match=re.escape("ipset -exist add gfwlab-synoff4 198.19.0.5 ")):
+        k.add_residual("3-tuple", "rst", (6, b"\xc6\x12\0\2", b"\xc6\x13\0\5", 80), 0, 9, 0)
+    assert k.errors == 3
     with pytest.raises(
-        LabError, match=re.escape("ipset -exist add gfwlab-synoff4 0.0.0.0/1: exit 1")
+        LabError, match=re.escape("ipset -exist add gfwlab-synoff4 0.0.0.0/1 timeout 0: exit 1")
     ):
         k.pause_syns(True)
-    assert k.errors == 2 and k.syn_paused is None
+    assert k.errors == 4 and k.syn_paused is None
     with pytest.raises(LabError, match=re.escape("iptables -w -t mangle -N GFWLAB_SEEN: exit 1")):
         k.set_skip(True)
-    assert k.errors == 3
+    assert k.errors == 5
     with pytest.raises(LabError, match=re.escape("ipset list: exit 1")):
         k.command(["ipset", "list"])  # run for another (HeldFlows), which counts its own
-    assert k.errors == 3
+    assert k.errors == 5
 
 
 def _run_cbpf(program: str, packet: bytes) -> int:

@@ -24,8 +24,10 @@ from gfwlab.live import blocked
 from gfwlab.live.chains import (
     BYPASSED_CHAIN,
     QUEUE_CHAIN,
+    SEEN_CHAIN,
     SKIP_CHAIN,
     create_commands,
+    held_set,
     synoff_set,
 )
 from gfwlab.live.ipset import (
@@ -248,11 +250,22 @@ def test_a_failed_netlink_entry_is_counted(namespace: str) -> None:
     key = (6, bytes([198, 18, 0, 2]), bytes([198, 19, 0, 5]), 443)
     assert kernel.add_residual("3-tuple", "drop-c2s", key, 0.0, 30.0, 0.0)
     assert kernel.errors == 0 and "198.18.0.2,tcp:443,198.19.0.5" in listing("gfwlab-tuple-c2s4")
+    # The block's server: its SYNs are queued, the skips held off for it, as long as the block.
+    for name in (synoff_set(False), held_set(False)):
+        assert 28 <= listing(name)["198.19.0.5"] <= 30, listing(name)
+    # A reset block (no set of its own) holds its server's SYNs only.
+    assert not kernel.add_residual("server", "rst", (6, bytes([198, 19, 0, 6]), 80), 0.0, 9.0, 0.0)
+    assert 7 <= listing(synoff_set(False))["198.19.0.6"] <= 9
+    assert "198.19.0.6" not in listing(held_set(False))
+    kernel.pause_syns(True)  # recording: every address, until resumed
+    assert listing(synoff_set(False))["0.0.0.0/1"] == 0
+    kernel.pause_syns(False)
+    assert set(listing(synoff_set(False))) == {"198.19.0.5", "198.19.0.6"}
     subprocess.run(["ip", "netns", "exec", namespace, "ipset", "destroy", synoff_set(False)],
                    check=True)  # fmt: skip
     with pytest.raises(LabError, match=re.escape(f"ipset add {synoff_set(False)} 0.0.0.0/1")):
         kernel.pause_syns(True)
-    assert kernel.errors == 1 and kernel.syn_paused is None
+    assert kernel.errors == 1 and kernel.syn_paused is False  # as it was: tried again
     kernel.entries.close()
 
 
@@ -302,9 +315,9 @@ def rules(namespace: str, tool: str, chain: str) -> list[str]:
 @pytest.mark.live
 def test_the_jumps_to_the_sets_go_in_at_once_and_out_behind_the_loop(namespace: str) -> None:
     """While residual drop blocks are in force, bypassed packets cross the sets and the skips
-    are held off (``Kernel._arm``): two jumps, put in with one ``iptables-restore`` per family
-    while the censor's loop waits, taken out by a thread; rules not as the censor left them are
-    checked and put right one by one."""
+    are held off for the servers they are held on (``Kernel._arm``): three jumps, put in with
+    one ``iptables-restore`` per family while the censor's loop waits, taken out by a thread;
+    rules not as the censor left them are checked and put right one by one."""
     for tool in ("iptables", "ip6tables"):
         for chain in (QUEUE_CHAIN, SKIP_CHAIN, BYPASSED_CHAIN):
             subprocess.run(["ip", "netns", "exec", namespace, tool, "-w", "-t", "mangle", "-N",
@@ -313,7 +326,14 @@ def test_the_jumps_to_the_sets_go_in_at_once_and_out_behind_the_loop(namespace: 
     kernel.set_skip(True)
     skip = {tool: rules(namespace, tool, SKIP_CHAIN) for tool in ("iptables", "ip6tables")}
     jump = f"-A {QUEUE_CHAIN} {' '.join(kernel.jump)}"
-    held_off = f'-A {SKIP_CHAIN} -m comment --comment "gfwlab: residual blocks in force" -g '
+    held_off = {
+        tool: [
+            f"-A {SKIP_CHAIN} -m set --match-set {held_set(tool == 'ip6tables')} {way} -m comment "
+            f'--comment "gfwlab: residual drop blocks in force" -g {SEEN_CHAIN}'
+            for way in ("src", "dst")
+        ]
+        for tool in ("iptables", "ip6tables")
+    }
     for _ in range(2):
         started = time.perf_counter()
         kernel._arm(True)
@@ -321,7 +341,7 @@ def test_the_jumps_to_the_sets_go_in_at_once_and_out_behind_the_loop(namespace: 
         for tool in ("iptables", "ip6tables"):
             assert rules(namespace, tool, QUEUE_CHAIN) == [jump]
             now = rules(namespace, tool, SKIP_CHAIN)
-            assert now[0].startswith(held_off) and now[1:] == skip[tool], now
+            assert now[:2] == held_off[tool] and now[2:] == skip[tool], now
         kernel._arm(False)
         left = time.perf_counter()
         assert not kernel.armed

@@ -151,12 +151,35 @@ def syncopy_set(v6: bool) -> str:
 
 
 def synoff_set(v6: bool) -> str:
-    """The set that, while it holds every address (:data:`EVERY_ADDRESS`), stops the SYN copies
-    (:func:`syn_rules`): the censor fills it while a residual block may act on a new SYN."""
+    """The set of destinations whose clean first SYNs are queued instead of copied
+    (:func:`syn_rules`): each server a residual block is held on, for as long as the block
+    (a new connection's SYN to it may draw a residual reset, spec §3), and, while the censor
+    records, every address (:data:`EVERY_ADDRESS`, without a timeout)."""
     return f"gfwlab-synoff{'6' if v6 else '4'}"
 
 
+def held_set(v6: bool) -> str:
+    """The set of servers a residual drop block is held on (:data:`HOLD_RULES`): while one is,
+    the kernel forwards none of their packets the engine would otherwise not see."""
+    return f"gfwlab-held{'6' if v6 else '4'}"
+
+
 EVERY_ADDRESS = {False: ("0.0.0.0/1", "128.0.0.0/1"), True: ("::/1", "8000::/1")}
+
+
+def server_of(kind: ResidualKey, key: tuple[object, ...]) -> tuple[str, bool]:
+    """The server address of a residual key (``engine.residual.residual_key``: every kind holds
+    it), as a set element, and whether it is IPv6."""
+    if kind == "3-tuple":
+        server = key[2]
+    elif kind == "5-tuple":
+        server = key[3]
+    elif kind in ("server", "2-tuple"):
+        server = key[1]
+    else:
+        server = key[0]
+    s = _addr(server)
+    return str(s), s.version == 6
 
 
 def create_commands() -> str:
@@ -176,7 +199,9 @@ def create_commands() -> str:
         for v6 in (False, True)
     ]
     lines += [
-        f"create {synoff_set(v6)} hash:net family {'inet6' if v6 else 'inet'}\n"
+        f"create {name(v6)} {kind} family {'inet6' if v6 else 'inet'} "
+        f"timeout {IPSET_MAX_TIMEOUT // 2}\n"
+        for name, kind in ((synoff_set, "hash:net"), (held_set, "hash:ip"))
         for v6 in (False, True)
     ]
     return "".join(lines) + blocked.create_lines()
@@ -213,10 +238,22 @@ def bypassed_chain_rules(bypass_mark: int, v6: bool) -> list[list[str]]:
     return rules
 
 
-SEEN_JUMP = ["-m", "comment", "--comment", "gfwlab: residual blocks in force", "-g", SEEN_CHAIN]
-"""The rule (after ``-I GFWLAB_SKIP 1``) that holds the skips off while residual drop blocks are
-in force (:func:`skip_rules`); its comment tells it from the chain's own last rule, a bare jump
-to the same chain."""
+HOLD_COMMENT = "gfwlab: residual drop blocks in force"
+
+
+def hold_rules(v6: bool) -> list[list[str]]:
+    """The rules (after ``-I GFWLAB_SKIP 1``) that hold the skips off for the packets of servers
+    a residual drop block is held on (:func:`held_set`, either way: from or to the server), put
+    first while such blocks are in force (:func:`skip_rules`); their comment tells them from the
+    chain's own last rule, a bare jump to the same chain. Every residual key holds its server
+    (:func:`server_of`), so a block reaches no flow of another server, whose packets the kernel
+    goes on forwarding as before."""
+    return [
+        ["-m", "set", "--match-set", held_set(v6), flags,
+         "-m", "comment", "--comment", HOLD_COMMENT, "-g", SEEN_CHAIN]
+        for flags in ("dst", "src")
+    ]  # fmt: skip
+
 
 UdpReplies = tuple[frozenset[int], frozenset[int]]
 """Server ports whose answers skip the queue, and the client ports they must not go to."""
@@ -250,9 +287,10 @@ def skip_rules(
     - ``udp_replies``: a UDP datagram in a connection's reply direction from one of its first
       ports to a port outside its second (DNS answers: ``Censor.plan.ports``).
 
-    The chain ends with a jump to :data:`SEEN_CHAIN`; a jump to it put first while residual drop
-    blocks are in force (:meth:`Kernel.set_skip`) stops the rest: a block may drop such a packet,
-    and only the engine knows."""
+    The chain ends with a jump to :data:`SEEN_CHAIN`; jumps to it put first while residual drop
+    blocks are in force (:func:`hold_rules`, :meth:`Kernel.set_skip`) stop the rest for the
+    packets of the servers the blocks are held on: a block may drop such a packet, and only the
+    engine knows."""
     out: list[list[str]] = []
     if syn:
         out.append(_empty_segment(v6, "SYN", 1, SYN_CHAIN))
@@ -323,9 +361,11 @@ def syn_rules(v6: bool, group: int = NFLOG_GROUP) -> list[list[str]]:
 
     The copy leaves the verdict to the kernel, so it is only made where the engine has nothing
     to decide on a SYN: no active mechanism acts on one (``Needs.syn``; the censor does not
-    install the rule then), and no residual block is in force, since a residual reset is drawn
-    on a new connection's SYN (spec §3). While the censor holds residual blocks it fills
-    :func:`synoff_set` with every address and SYNs go to the queue again."""
+    install the rule then), and no residual block is held on the SYN's server, since a residual
+    reset is drawn on a new connection's SYN (spec §3). The censor puts the server of each
+    block it holds in :func:`synoff_set`, for as long as the block: SYNs to it go to the queue
+    again, those to any other server are still copied (every residual key holds its server,
+    :func:`server_of`). While it records, it puts every address there."""
     return [
         ["-m", "set", "--match-set", synoff_set(v6), "dst", "-j", "RETURN"],
         ["-j", "NFLOG", "--nflog-group", str(group), "--nflog-size", str(SYN_COPY_BYTES),

@@ -199,7 +199,6 @@ class LiveCensor:
         # that triggered it, as it does from an on-path censor that is nearer than the peer.
         self.carry_out(actions[1:], None)
         self.carry_out(actions[:1], nfpkt)
-        self.sync_syn_copies()  # a residual block may have started: SYNs wait for verdicts
 
     def copy_first(self, payload: bytes, now: float) -> None:
         """Feed the copy of the SYN of the connection of ``payload``, a packet the kernel queued
@@ -228,12 +227,12 @@ class LiveCensor:
                 self.carry_out(actions[1:], None)
 
     def sync_syn_copies(self) -> None:
-        """Pause the SYN copies while a residual block is held (a new connection's SYN may draw
-        a residual reset, spec §3) or while recording (a recording holds every packet), resume
-        them otherwise."""
+        """Pause the SYN copies while recording (a recording holds every packet), resume them
+        otherwise. A residual block pauses them only for its server, from :meth:`mirror` (a new
+        connection's SYN to it may draw a residual reset, spec §3; ``Kernel.add_residual``)."""
         if self.kernel is None or not self.syn_copyable:
             return
-        paused = self.recorder is not None or any(c.residual.entries for c in self.censors)
+        paused = self.recorder is not None
         if paused != self.kernel.syn_paused:
             try:
                 self.kernel.pause_syns(paused)
@@ -409,7 +408,6 @@ class LiveCensor:
             if self.kernel is not None:
                 self.mirror(now)
             self.carry_out(actions, None)
-            self.sync_syn_copies()
 
     def set_skips(
         self,
@@ -449,8 +447,10 @@ class LiveCensor:
         self.sync_syn_copies()
 
     def mirror(self, now: float) -> None:
-        """Write the drop blocks the engine started since the last call to the kernel's sets
-        (before the packet's verdict, so the flows they cover are shown to the engine again)."""
+        """Write the blocks the engine started since the last call to the kernel
+        (``Kernel.add_residual``: drop blocks to its sets, and every block's server to those
+        that hold the skips off for it), before the packet's verdict, so that the flows they
+        cover are shown to the engine again."""
         assert self.kernel is not None
         for journal in self.journals:
             for kind, key, entry in journal:
@@ -483,7 +483,6 @@ class LiveCensor:
         if self.kernel is not None:
             with contextlib.suppress(GfwlabError):
                 self.kernel.tick(now)
-            self.sync_syn_copies()  # residual blocks expire in the engine's timers
             due = self.kernel.next_check()
             if due is not None and (deadline is None or due < deadline):
                 deadline = due

@@ -39,6 +39,15 @@ still matches in that last fraction of a second is shown to the engine, which le
 A block that starts later (FET's static blocking, days after detection) is kept here and
 added when it starts.
 
+What the kernel forwards without the engine (``chains.skip_rules``: clean first SYNs, which it
+copies to the censor, handshake ACKs, SYN/ACKs, DNS answers) is held back only for the servers
+blocks are held on, since every residual key holds its server (``chains.server_of``): the
+server of each block, of any policy, goes in ``chains.synoff_set`` (its new connections' SYNs
+are queued: one may draw a residual reset), the server of each drop block in
+``chains.held_set`` (every packet to or from it that the skips would forward goes to the
+queue), each for as long as the block. A block on one site leaves every other site's
+connections as cheap as before.
+
 The sets live in the censor namespace and go with it (``lab down``); they outlive the censor
 process, so a restarted censor can read them back (:meth:`Kernel.residuals`).
 """
@@ -59,15 +68,17 @@ from gfwlab.live.chains import (
     IPSET_MAX_TIMEOUT,
     QUEUE_CHAIN,
     SEEN_CHAIN,
-    SEEN_JUMP,
     SKIP_CHAIN,
     SYN_CHAIN,
     UdpReplies,
     clean_syn_rule,
     element,
+    held_set,
+    hold_rules,
     jump_rule,
     kernel_sets,
     seen_rules,
+    server_of,
     set_name,
     skip_rules,
     syn_rules,
@@ -98,8 +109,8 @@ class Kernel:
         """Whether they skip clean connections' SYN/ACKs."""
         self.syn_paused: bool | None = None
         """Whether the SYN copies are paused (:meth:`pause_syns`); None: not known yet."""
-        self.pending: list[tuple[float, int, str, str, float]] = []
-        """Blocks that start later: (start, seq, set, element, until)."""
+        self.pending: list[tuple[float, int, str, str, float, str, bool]] = []
+        """Blocks that start later: (start, seq, set, element, until, server, IPv6)."""
         self._seq = 0
         self.added = 0
         """Entries written to the kernel."""
@@ -119,17 +130,27 @@ class Kernel:
         until: float,
         now: float,
     ) -> bool:
-        """Mirror one block (engine times); False if it has no kernel set (``rst``)."""
-        elem, v6 = element(kind, key)
+        """Mirror one block (engine times); False if it has no kernel set (``rst``).
+
+        Whatever its policy, its server's new connections' first SYNs are queued from now until
+        it ends (``chains.synoff_set``): the engine may draw a residual reset on one (spec §3)."""
+        server, v6 = server_of(kind, key)
+        failed: LabError | None = None
+        try:
+            with self._counted():
+                self.entries.add(synoff_set(v6), server, _timeout(until - now))
+        except LabError as exc:  # raised once the block itself is written
+            failed = exc
+        elem, _v6 = element(kind, key)
         name = set_name(kind, policy, v6)
-        if name is None:
-            return False
-        if start > now:
+        if name is not None and start > now:
             self._seq += 1
-            heapq.heappush(self.pending, (start, self._seq, name, elem, until))
-            return True
-        self._add(name, elem, until - now, now)
-        return True
+            heapq.heappush(self.pending, (start, self._seq, name, elem, until, server, v6))
+        elif name is not None:
+            self._add(name, elem, until - now, now, server, v6)
+        if failed is not None:
+            raise failed
+        return name is not None
 
     def next_due(self) -> float | None:
         """When the next block that starts later is due, or None."""
@@ -140,9 +161,9 @@ class Kernel:
         has expired; returns how many were added."""
         n = 0
         while self.pending and self.pending[0][0] <= now:
-            _start, _seq, name, elem, until = heapq.heappop(self.pending)
+            _start, _seq, name, elem, until, server, v6 = heapq.heappop(self.pending)
             if until > now:
-                self._add(name, elem, until - now, now)
+                self._add(name, elem, until - now, now, server, v6)
                 n += 1
         if self.armed and not self.pending and now >= self.in_force_until:
             self._arm(False)
@@ -155,18 +176,21 @@ class Kernel:
             times.append(self.in_force_until)
         return min(times) if times else None
 
-    def _add(self, name: str, elem: str, seconds: float, now: float) -> None:
-        timeout = min(max(1, math.ceil(seconds)), IPSET_MAX_TIMEOUT)
+    def _add(self, name: str, elem: str, seconds: float, now: float, server: str, v6: bool) -> None:
+        """Add a drop block's element to set ``name``, and its server to the servers whose
+        packets all go to the queue (``chains.held_set``), for ``seconds``."""
+        timeout = _timeout(seconds)
         if not self.armed:
             self._arm(True)
         with self._counted():
             self.entries.add(name, elem, timeout)
+            self.entries.add(held_set(v6), server, timeout)
         self.in_force_until = max(self.in_force_until, now + timeout + 1.0)
         self.added += 1
 
     def _arm(self, on: bool, wait: bool = False) -> None:
-        """Put the jumps to the sets' chain and to the seen chain in place (``on``) or take them
-        out; ``armed`` says so at once.
+        """Put the jump to the sets' chain and those to the seen chain (``chains.hold_rules``) in
+        place (``on``) or take them out; ``armed`` says so at once.
 
         From the censor's packet loop, which waits meanwhile: the jumps go in with one
         ``iptables-restore`` per family (about 2 ms each here: two inserts). Taking them out
@@ -195,17 +219,17 @@ class Kernel:
             self._switch(False)
 
     def _switch(self, on: bool) -> None:
-        """Insert or delete both jumps, for each family in one ``iptables-restore``, each jump
-        a rule of its own that only this class writes (the seen chain's is told from the skip
-        chain's own last rule by its comment); if that fails (the rules are not as this censor
+        """Insert or delete the jumps, for each family in one ``iptables-restore``, each jump a
+        rule of its own that only this class writes (the seen chain's are told from the skip
+        chain's own last rule by their comment); if that fails (the rules are not as this censor
         left them: a restart, a hand edit), each is checked and put right on its own."""
         verb = "-I" if on else "-D"
         where = " 1" if on else ""
         lines = [f"{verb} {QUEUE_CHAIN}{where} {_restore_line(self.jump)}"]
-        if self.skip:
-            lines.append(f"{verb} {SKIP_CHAIN}{where} {_restore_line(SEEN_JUMP)}")
-        restore = "*mangle\n" + "\n".join(lines) + "\nCOMMIT\n"
         for tool in ("iptables", "ip6tables"):
+            hold = hold_rules(tool == "ip6tables") if self.skip else []
+            rules = lines + [f"{verb} {SKIP_CHAIN}{where} {_restore_line(r)}" for r in hold]
+            restore = "*mangle\n" + "\n".join(rules) + "\nCOMMIT\n"
             try:
                 self.command([f"{tool}-restore", "-w", "--noflush"], restore)
             except LabError:
@@ -269,20 +293,23 @@ class Kernel:
         (``chains.syn_rules``); nothing to do if that is already so."""
         if paused == self.syn_paused:
             return
-        write = self.entries.add if paused else self.entries.delete
         with self._counted():
             for v6, nets in EVERY_ADDRESS.items():
                 for net in nets:
-                    write(synoff_set(v6), net)
+                    if paused:  # no timeout: until resumed (the set's servers have theirs)
+                        self.entries.add(synoff_set(v6), net, 0)
+                    else:
+                        self.entries.delete(synoff_set(v6), net)
         self.syn_paused = paused
 
     def _skip_state(self, tools: Sequence[str] = ("iptables", "ip6tables")) -> None:
-        """The jump to the seen chain first in the skip chain while blocks are in force, and
-        nowhere while none is (counters stay)."""
+        """The jumps to the seen chain first in the skip chain while blocks are in force
+        (``chains.hold_rules``), and nowhere while none is (counters stay)."""
         if not self.skip:
             return
         for tool in tools:
-            self._put(tool, SKIP_CHAIN, SEEN_JUMP, self.armed)
+            for rule in hold_rules(tool == "ip6tables"):
+                self._put(tool, SKIP_CHAIN, rule, self.armed)
 
     def adopt(self, now: float) -> None:
         """Take over what a previous censor process left in the kernel (a restart): the blocks
@@ -350,6 +377,11 @@ class Kernel:
             detail = (res.stderr.strip() or f"exit {res.returncode}").splitlines()[0]
             raise LabError(f"{' '.join(argv)}: {detail}")
         return res.stdout
+
+
+def _timeout(seconds: float) -> int:
+    """An ipset timeout that outlasts ``seconds``: whole seconds, at least one."""
+    return min(max(1, math.ceil(seconds)), IPSET_MAX_TIMEOUT)
 
 
 def _restore_line(args: Sequence[str]) -> str:
