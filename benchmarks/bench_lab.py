@@ -26,6 +26,12 @@ verdict (``floor/sitecustomize.py``: each queued packet parsed and accepted, a T
 at its first data, no mechanism, no event) and measures the same at no idle connections: what
 the queue, the kernel rules and the adapter cost alone, the most any faster engine can give.
 
+With ``--engines N`` the censor runs as N engines, one per queue (``lab up --engines``,
+``live/engines.py``), each judging the sites whose addresses end in its number's bits; with
+``--sites N`` wrk's connections are split between N site addresses (one wrk each, at once,
+their rates summed), so that several engines share the work. The censor's CPU is then that of
+all its engines.
+
 With ``--rounds N`` each phase runs N times, plain then censor in each round, seconds apart:
 the table shows medians, and each ratio is taken within each round and given as its median and
 range over the rounds (the null engine's, which runs in a lab of its own afterwards, against the
@@ -54,7 +60,7 @@ from rich.table import Table
 from gfwlab.lab import lifecycle
 from gfwlab.lab.netns import in_ns
 from gfwlab.lab.state import LabState
-from gfwlab.live.topology import CENSOR_NS, CLIENT_NS, SERVER_NS, SERVER_V4
+from gfwlab.live.topology import CENSOR_NS, CLIENT_NS, SERVER_EXTRA_V4, SERVER_NS, SERVER_V4
 from gfwlab.packet.ip import PSH, parse
 from gfwlab.packet.pcap import CaptureReader
 
@@ -94,28 +100,38 @@ def iperf(seconds: float) -> float:
         server.wait()
 
 
-def censor_pid() -> int:
+def censor_pids() -> list[int]:
+    """The censor process and its other engines (its children, ``lab up --engines``)."""
     st = LabState.load()
-    return int(next(p["pid"] for p in st.processes() if p["name"] == "censor"))
+    first = int(next(p["pid"] for p in st.processes() if p["name"] == "censor"))
+    try:
+        with open(f"/proc/{first}/task/{first}/children", encoding="ascii") as fh:
+            return [first, *(int(x) for x in fh.read().split())]
+    except OSError:
+        return [first]
 
 
 def censor_cpu() -> float:
-    """CPU seconds (user + system) the censor process has used so far."""
-    with open(f"/proc/{censor_pid()}/stat", encoding="ascii") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user + system) the censor's processes have used so far."""
+    total = 0
+    for pid in censor_pids():
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def censor_sleeps() -> int:
     """How many times the censor's threads have gone to sleep so far (voluntary context
     switches: each a wait for packets, so a wake-up later)."""
     total = 0
-    tasks = f"/proc/{censor_pid()}/task"
-    for task in os.listdir(tasks):
-        with open(f"{tasks}/{task}/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("voluntary_ctxt_switches:"):
-                    total += int(line.split()[1])
+    for pid in censor_pids():
+        tasks = f"/proc/{pid}/task"
+        for task in os.listdir(tasks):
+            with open(f"{tasks}/{task}/status", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
     return total
 
 
@@ -126,24 +142,38 @@ def machine_times() -> tuple[int, int]:
     return sum(ticks), ticks[3] + ticks[4]  # idle and iowait
 
 
-def wrk(seconds: float) -> float:
-    out = sh(
-        in_ns(
-            CLIENT_NS,
-            "wrk",
-            "-t2",
-            "-c32",
-            f"-d{int(seconds)}s",
-            "-H",
-            "Connection: close",
-            f"http://{SERVER_V4}/",
-        ),
-        timeout=seconds + 30,
-    )
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if match is None:
-        raise RuntimeError(f"wrk printed no rate: {out}")
-    return float(match.group(1))
+def wrk(seconds: float, sites: int = 1) -> float:
+    """New connections per second: wrk's 32 connections (two threads) against nginx, at one
+    site address or split between ``sites`` of them (one wrk each, run at once; the rates
+    summed), ``Connection: close``."""
+    addresses = [SERVER_V4, *SERVER_EXTRA_V4][:sites]
+    threads, conns = (2, 32) if sites == 1 else (1, max(1, 32 // sites))
+    procs = [
+        subprocess.Popen(
+            in_ns(
+                CLIENT_NS,
+                "wrk",
+                f"-t{threads}",
+                f"-c{conns}",
+                f"-d{int(seconds)}s",
+                "-H",
+                "Connection: close",
+                f"http://{address}/",
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for address in addresses
+    ]
+    total = 0.0
+    for proc in procs:
+        out, _ = proc.communicate(timeout=seconds + 30)
+        match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        if match is None:
+            raise RuntimeError(f"wrk printed no rate: {out}")
+        total += float(match.group(1))
+    return total
 
 
 IDLE_PORT = 9000
@@ -284,6 +314,16 @@ def main() -> int:
     parser.add_argument("--date", default="2022-06-01")
     parser.add_argument("--rounds", type=int, default=1, help="plain and censor, N times each")
     parser.add_argument(
+        "--engines", type=int, default=1, help="censor engines (lab up --engines), 1-16"
+    )
+    parser.add_argument(
+        "--sites",
+        type=int,
+        default=1,
+        help="site addresses wrk's connections are split between (1-8): with several engines, "
+        "each judges the sites of its share",
+    )
+    parser.add_argument(
         "--null-engine",
         action="store_true",
         help="also measure with the engine replaced by a constant verdict (no idle connections)",
@@ -292,9 +332,12 @@ def main() -> int:
     if args.rounds < 1:
         print("bench_lab: --rounds must be at least 1", file=sys.stderr)
         return 2
+    if args.engines not in (1, 2, 4, 8, 16) or not 1 <= args.sites <= 8:
+        print("bench_lab: --engines must be 1, 2, 4, 8 or 16, --sites 1 to 8", file=sys.stderr)
+        return 2
     console = Console() if sys.stdout.isatty() else Console(width=140)  # whole ratios in a file
     lifecycle.down()
-    lifecycle.up(lifecycle.UpOptions(date=args.date), log=lambda _m: None)
+    lifecycle.up(lifecycle.UpOptions(date=args.date, engines=args.engines), log=lambda _m: None)
     results: dict[tuple[int, str], list[dict[str, float]]] = {}
     loads = [0, args.idle] if args.idle else [0]
     try:
@@ -304,7 +347,7 @@ def main() -> int:
                     for mode in ("plain", "censor"):
                         run = measure(console, args, idle, mode, f" (round {n + 1})" * (n > 0))
                         results.setdefault((idle, mode), []).append(run)
-            show(console, results, idle, args.date)
+            show(console, results, idle, args.date, args.engines, args.sites)
         if args.null_engine:
             lifecycle.down()
             saved = {k: os.environ.get(k) for k in ("GFWLAB_FLOOR", "PYTHONPATH")}
@@ -322,7 +365,7 @@ def main() -> int:
                 measure(console, args, 0, "null engine", f" (round {n + 1})" * (n > 0))
                 for n in range(args.rounds)
             ]
-            show(console, results, 0, args.date)
+            show(console, results, 0, args.date, args.engines, args.sites)
     finally:
         lifecycle.down()
     return 0
@@ -339,7 +382,7 @@ def measure(
         delays = first_packet_delays(args.connections)
         bulk = iperf(args.seconds) / 1e9
         cpu0, sleeps0, (all0, idle0) = censor_cpu(), censor_sleeps(), machine_times()
-        rate = wrk(args.seconds)
+        rate = wrk(args.seconds, args.sites)
         all1, idle1 = machine_times()
         conns = max(1.0, rate * args.seconds)
         cpu = (censor_cpu() - cpu0) / conns
@@ -368,14 +411,22 @@ NO_RATIO = (
 
 
 def show(
-    console: Console, results: dict[tuple[int, str], list[dict[str, float]]], idle: int, date: str
+    console: Console,
+    results: dict[tuple[int, str], list[dict[str, float]]],
+    idle: int,
+    date: str,
+    engines: int = 1,
+    sites: int = 1,
 ) -> None:
     """The table of one load: medians over the rounds, and each ratio's median and range over
     the rounds (each round's own plain run; the null engine's against the plain median)."""
     load = os.getloadavg()[0]
     rounds = len(results[(idle, "plain")])
     table = Table(
-        title=f"gfwlab lab forwarding, gfw profile on {date}, {idle:,} idle connections "
+        title=f"gfwlab lab forwarding, gfw profile on {date}, {idle:,} idle connections"
+        + (f", {engines} engines" if engines > 1 else "")
+        + (f", wrk to {sites} sites" if sites > 1 else "")
+        + " "
         f"({os.cpu_count()} cores, load average {load:.1f}, {sys.version.split()[0]}"
         + (f"; medians of {rounds} rounds)" if rounds > 1 else ")")
     )

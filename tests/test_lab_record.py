@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from gfwlab.lab.lifecycle import UpOptions, lab_sets
 from gfwlab.lab.netns import in_ns
 from gfwlab.live.chains import jump_rule
@@ -19,9 +21,29 @@ from testenv import LAB_MARKS, SETS, UP, _verdicts, client, curl, gfwlab, leftov
 pytestmark = LAB_MARKS
 
 
-def test_recorded_session_analysed_offline_gives_the_live_verdicts(tmp_path: Path) -> None:
+ENGINES = pytest.mark.parametrize("engines", [1, 2])
+"""One engine, and two (``lab up --engines``, ``live/engines.py``): the lab's addresses are
+shared between them by their low bit, so each session below reaches both."""
+
+
+def engines_judged(engines: int) -> list[int]:
+    """The packets each engine of the lab has fed its engine so far."""
+    from gfwlab.lab.state import LabState  # noqa: PLC0415
+    from gfwlab.live.engines import engine_file  # noqa: PLC0415
+
+    out = []
+    for i in range(engines):
+        with open(engine_file(LabState.load().dir, "stats.json", i), encoding="utf-8") as fh:
+            out.append(json.load(fh)["engine_packets"])
+    return out
+
+
+@ENGINES
+def test_recorded_session_analysed_offline_gives_the_live_verdicts(
+    tmp_path: Path, engines: int
+) -> None:
     gfwlab("lab", "down")
-    up = gfwlab("lab", "up", *UP)
+    up = gfwlab("lab", "up", *UP, "--engines", str(engines))
     assert up.returncode == 0, up.stderr
     try:
         rec = tmp_path / "session.pcap"
@@ -44,9 +66,11 @@ def test_recorded_session_analysed_offline_gives_the_live_verdicts(tmp_path: Pat
         assert recorder.returncode == 0, err
         assert rec.stat().st_size > 24
         live = [json.loads(x) for x in gfwlab("lab", "events").stdout.splitlines()]
+        judged = engines_judged(engines)
     finally:
         gfwlab("lab", "down")
     assert leftovers() == []
+    assert all(judged), judged  # every engine had its share
     opts = UpOptions(sets=list(SETS))
     args = [
         "analyze",
@@ -128,13 +152,14 @@ SESSION_SETS = [
 ]
 
 
-def test_residual_blocks_reach_bypassed_flows_as_offline(tmp_path: Path) -> None:
+@ENGINES
+def test_residual_blocks_reach_bypassed_flows_as_offline(tmp_path: Path, engines: int) -> None:
     """Residual drop blocks (ESNI's, FET's and its static null route) reach connections the
     kernel bypassed before they started, QUIC's drop holds, and the analysis of the recording
     gives the live verdicts (spec §4b, §5, §6, §10b)."""
     extra = [x for s in SESSION_SETS for x in ("--set", s)]
     gfwlab("lab", "down")
-    up = gfwlab("lab", "up", *UP, *extra)
+    up = gfwlab("lab", "up", *UP, *extra, "--engines", str(engines))
     assert up.returncode == 0, up.stderr
     try:
         rec = tmp_path / "session.pcap"
@@ -167,6 +192,7 @@ def test_residual_blocks_reach_bypassed_flows_as_offline(tmp_path: Path) -> None
         assert recorder.returncode == 0, err
         live = [json.loads(x) for x in gfwlab("lab", "events").stdout.splitlines()]
         stats = json.loads(gfwlab("lab", "status", "--json").stdout)["stats"]
+        judged = engines_judged(engines)
         kernel = Kernel(in_ns(CENSOR_NS))
         held = {(name, elem) for name, elem, left in kernel.residuals() if 0 < left <= 180}
         check = ["iptables", "-w", "-t", "mangle", "-C", "GFWLAB", *jump_rule()]
@@ -179,6 +205,7 @@ def test_residual_blocks_reach_bypassed_flows_as_offline(tmp_path: Path) -> None
     finally:
         gfwlab("lab", "down")
     assert leftovers() == []
+    assert all(judged) and stats["engines"] == engines, (judged, stats)
     # Live: answered before the block, nothing after it; the QUIC request fails.
     assert seen["a1_first"] > 0 and seen["a1_second"] == -1, seen
     assert seen["a2_first"] > 0 and seen["a2_second"] == -1, seen

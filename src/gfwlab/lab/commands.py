@@ -65,6 +65,14 @@ def lab_up(
             help="Whether the client's TCP sends timestamps (Linux: yes; Geneva's rates: no).",
         ),
     ] = True,
+    engines: Annotated[
+        int,
+        typer.Option(
+            "--engines",
+            help="Censor engines, one per queue, each judging a share of the servers "
+            "(1, 2, 4, 8 or 16; docs/architecture.md).",
+        ),
+    ] = 1,
 ) -> None:
     """Make the lab: client, censor and server namespaces, real services, the censor inline."""
     from gfwlab.lab.lifecycle import UpOptions, up  # noqa: PLC0415
@@ -72,6 +80,8 @@ def lab_up(
     chain = profile or ["gfw"]
     if at is not None and date is not None:
         raise InputError("--at and --date: give one (--at sets the day too)")
+    if engines not in (1, 2, 4, 8, 16):
+        raise InputError(f"--engines: {engines} is not 1, 2, 4, 8 or 16")
     opts = UpOptions(
         profile=chain[0],
         more_profiles=chain[1:],
@@ -85,6 +95,7 @@ def lab_up(
         hops=hops,
         client_hops=client_hops,
         client_timestamps=client_timestamps,
+        engines=engines,
     )
     with err.status("making the lab…") as spinner:
         up(opts, log=lambda msg: spinner.update(f"making the lab: {msg}…"))

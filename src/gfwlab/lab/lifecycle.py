@@ -71,6 +71,8 @@ class UpOptions:
     """The client's network (``--network``)."""
     clock_offset_s: float = 0.0
     """Seconds the censor's clock runs ahead of the wall clock (set from ``at`` by lab up)."""
+    engines: int = 1
+    """Censor engines, one per queue (``live/engines.py``)."""
 
 
 def lab_sets(options: UpOptions) -> list[str]:
@@ -129,6 +131,7 @@ def _up_locked(options: UpOptions, profile: Profile, log: Any, ca: Any, services
             "network": options.network,
             "at": options.at,
             "clock_offset_s": options.clock_offset_s,
+            "engines": options.engines,
         }
         st.save()
         try:
@@ -238,6 +241,8 @@ def censor_argv(st: LabState, options: UpOptions) -> list[str]:
     if options.date:
         argv += ["--date", options.date]
     argv += ["--network", options.network, "--clock-offset", str(options.clock_offset_s)]
+    if options.engines > 1:
+        argv += ["--engines", str(options.engines)]
     if not options.fail_open:
         argv.append("--fail-closed")
     for item in lab_sets(options):

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gfwlab.live import blocked
+from gfwlab.live.engines import syn_copy_rules
 from gfwlab.live.topology import (
     BYPASS_MARK,
     CT_INVALID_MARK,
@@ -344,7 +345,7 @@ def _empty_segment(v6: bool, flags: str, nth: int, target: str) -> list[str]:
             "-j", target]  # fmt: skip
 
 
-def syn_rules(v6: bool, group: int = NFLOG_GROUP) -> list[list[str]]:
+def syn_rules(v6: bool, group: int = NFLOG_GROUP, engines: int = 1) -> list[list[str]]:
     """The rules (after ``-A GFWLAB_SYN``) of a clean connection's first SYN (:func:`skip_rules`).
 
     The SYN is copied to NFLOG ``group`` (``live/nflog.py``; headers only, one packet per
@@ -366,10 +367,10 @@ def syn_rules(v6: bool, group: int = NFLOG_GROUP) -> list[list[str]]:
     block it holds in :func:`synoff_set`, for as long as the block: SYNs to it go to the queue
     again, those to any other server are still copied (every residual key holds its server,
     :func:`server_of`). While it records, it puts every address there."""
+    nflog = ["--nflog-size", str(SYN_COPY_BYTES), "--nflog-threshold", "1"]
     return [
         ["-m", "set", "--match-set", synoff_set(v6), "dst", "-j", "RETURN"],
-        ["-j", "NFLOG", "--nflog-group", str(group), "--nflog-size", str(SYN_COPY_BYTES),
-         "--nflog-threshold", "1"],
+        *syn_copy_rules(engines, v6, group, nflog),
         ["-j", "CONNMARK", "--or-mark", f"0x{SYN_CLEAN_MARK:x}"],
         ["-j", "SET", "--add-set", syncopy_set(v6), "src,src,dst", "--exist"],
         ["-j", "ACCEPT"],

@@ -38,8 +38,10 @@ from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Inject, Probe, R
 from gfwlab.engine.flows import Flow, FlowKey, flow_key
 from gfwlab.engine.tcb import TcbState
 from gfwlab.errors import GfwlabError, MalformedPacket
+from gfwlab.live import engines
 from gfwlab.live.blocked import HeldFlows
 from gfwlab.live.chains import UdpReplies, udp_replies
+from gfwlab.live.engines import dead_children, engine_file, merge_parts, merged_stats
 from gfwlab.live.frames import FrameInjector
 from gfwlab.live.kernel import Kernel
 from gfwlab.live.loop import serve
@@ -95,8 +97,16 @@ class LiveCensor:
         injector: FrameInjector,
         seed: int = 0,
         kernel: Kernel | None = None,
+        engine: int = 0,
     ) -> None:
         self.censor = censor
+        self.engine = engine
+        """This engine's number (``live/engines.py``; 0: the first, or the only one)."""
+        self.engines = 1
+        """How many engines the censor runs as."""
+        self.children: list[int] = []
+        """The other engines' pids (in the first of several)."""
+        self.nflog_group = NFLOG_GROUP + engine
         self.kernel = kernel
         self.journals: list[list[Any]] = []
         if kernel is not None:
@@ -106,14 +116,17 @@ class LiveCensor:
                 self.journals.append(one[1].residual.journal)
         self.wake_fd, self._wake_w = os.pipe()
         os.set_blocking(self.wake_fd, False)
-        self.prober = Prober(self._wake, seed=seed)
+        # Each engine's prober draws its own addresses and ports (the first's as one censor's).
+        self.prober = Prober(self._wake, seed=seed if engine == 0 else hash((seed, engine)))
         self.state_dir = state_dir
         self.injector = injector
         self.mono0 = time.monotonic()
         self.wall0 = time.time()
-        self.events = open(os.path.join(state_dir, "events.jsonl"), "ab")  # noqa: SIM115
-        self.unflushed = False
-        """Events written since the last flush (:meth:`flush_events`)."""
+        self.events = os.open(
+            os.path.join(state_dir, "events.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
+        )
+        self.unflushed = bytearray()
+        """Event lines not yet written (:meth:`flush_events`)."""
         self.recorder: PcapWriter | None = None
         self.held: list[tuple[float, int, Any]] = []
         """Packets whose verdict waits for the forged packets they triggered."""
@@ -121,6 +134,8 @@ class LiveCensor:
         self.held_flows: dict[FlowKey, float] = {}
         """Connections with a held trigger, and until when: their later packets wait as long."""
         self.recorded = 0
+        self.recording_to = ""
+        """The path ``lab record`` gave (:meth:`start_recording`)."""
         self.stop = False
         self.fail_open = True
         """Whether the lab passes traffic the censor cannot take (``lab up --fail-open``, the
@@ -153,8 +168,13 @@ class LiveCensor:
         self.syns_late = 0
         """SYN copies on which the engine did more than pass them (a residual block that started
         while the copy was on its way): what it asked for besides the verdict was done late."""
-        self.blocks = BlockStore(state_dir)  # blocks outlive a crash (live/persist.py)
+        # Blocks outlive a crash (live/persist.py).
+        self.blocks = BlockStore(state_dir, os.path.basename(self.file("blocks.json")))
         self.anomaly_limit = TokenBucket()  # anomaly events only (live/ratelimit.py)
+
+    def file(self, name: str) -> str:
+        """The path of this engine's state file ``name`` (``live/engines.py``)."""
+        return engine_file(self.state_dir, name, self.engine)
 
     def wall(self, now: float) -> float:
         return self.wall0 + (now - self.mono0)
@@ -373,8 +393,7 @@ class LiveCensor:
                         event["residual_until"] = rounded(self.wall(event["residual_until"]), 6)
                     if isinstance(event.get("at"), float):  # a probe's planned time
                         event["at"] = rounded(self.wall(event["at"]), 6)
-                    self.events.write(json_line_bytes(event))
-                    self.unflushed = True
+                    self.unflushed += json_line_bytes(event)
                 case Probe():
                     self.prober.submit(action)
                 case Bypass():
@@ -386,8 +405,14 @@ class LiveCensor:
         """Write the events of the packets handled since the last call to ``events.jsonl``: once
         per pass of the loop, before it waits again (and before the stats that count them)."""
         if self.unflushed:
-            self.events.flush()
-            self.unflushed = False
+            # One write of whole lines, appended: the engines of a censor share the file.
+            data, written = memoryview(self.unflushed), 0
+            try:
+                while written < len(data):
+                    written += os.write(self.events, data[written:])
+            finally:
+                data.release()
+                del self.unflushed[:written]
 
     def _wake(self) -> None:
         os.write(self._wake_w, b"!")
@@ -424,7 +449,7 @@ class LiveCensor:
         self.syn_copyable = syn and syn_ack and self.kernel is not None
         if self.syn_copyable and self.syn_copies is None:
             try:
-                self.syn_copies = SynCopies(NflogReader(NFLOG_GROUP))
+                self.syn_copies = SynCopies(NflogReader(self.nflog_group))
             except OSError as exc:  # SYNs then wait in the queue, as before
                 print(f"gfwlab-censor: NFLOG: {exc}", file=sys.stderr, flush=True)
                 self.syn_copyable = False
@@ -439,6 +464,8 @@ class LiveCensor:
                 syn_ack=self.syn_ack_skippable,
                 syn=self.syn_copyable,
                 udp_replies=self.udp_replies,
+                engines=self.engines,
+                install=self.engine == 0,  # the first of several engines writes the rules
             )
         except GfwlabError as exc:  # the queue then takes everything, as before
             print(f"gfwlab-censor: {exc}", file=sys.stderr, flush=True)
@@ -502,10 +529,7 @@ class LiveCensor:
                 if cmd == "record":
                     if self.recorder is not None:
                         raise GfwlabError("already recording")
-                    self.recorder = PcapWriter(arg)
-                    self.recorded = 0
-                    self.skip_syn_ack = False  # no SYN marked clean while recording
-                    self.sync_syn_copies()  # nor forwarded by the kernel
+                    self.start_recording(arg)
                     reply = "ok"
                 elif cmd == "stop":
                     count = self.stop_recording()
@@ -516,6 +540,19 @@ class LiveCensor:
                 reply = f"error {exc}"
             conn.sendall(reply.encode() + b"\n")
 
+    def start_recording(self, path: str) -> None:
+        """Record to ``path`` (``lab record``); the first of several engines has each engine
+        record its own part, and merges them when it stops (:meth:`stop_recording`)."""
+        self.recording_to = path
+        if self.children:
+            for i in range(1, self.engines):
+                self.ask(i, f"record {self.part(i)}")
+            path = self.part(0)
+        self.recorder = PcapWriter(path)
+        self.recorded = 0
+        self.skip_syn_ack = False  # no SYN marked clean while recording
+        self.sync_syn_copies()  # nor forwarded by the kernel
+
     def stop_recording(self) -> int:
         if self.recorder is None:
             return 0
@@ -523,7 +560,32 @@ class LiveCensor:
         self.recorder = None
         self.skip_syn_ack = self.syn_ack_skippable
         self.sync_syn_copies()
-        return self.recorded
+        if not self.children:
+            return self.recorded
+        for i in range(1, self.engines):
+            with contextlib.suppress(GfwlabError):  # a dead engine's part is merged as it is
+                self.ask(i, "stop")
+        parts = [self.part(i) for i in range(self.engines)]
+        return merge_parts(parts, self.recording_to)
+
+    def part(self, engine: int) -> str:
+        """Where engine ``engine`` records its part of a recording (:meth:`start_recording`)."""
+        return engine_file(self.state_dir, "recording.pcap", engine)
+
+    def ask(self, engine: int, command: str) -> str:
+        """Send ``command`` to engine ``engine``'s control socket; its reply (GfwlabError if it
+        refused or did not answer)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5.0)
+            try:
+                sock.connect(engine_file(self.state_dir, "censor.sock", engine))
+                sock.sendall(command.encode() + b"\n")
+                reply = sock.recv(4096).decode().strip()
+            except OSError as exc:
+                raise GfwlabError(f"engine {engine} did not answer: {exc}") from None
+        if not reply.startswith("ok"):
+            raise GfwlabError(f"engine {engine}: {reply.removeprefix('error ')}")
+        return reply
 
     def write_stats(self) -> None:
         self.flush_events()  # the stats count no event that is not in the file
@@ -565,9 +627,13 @@ class LiveCensor:
             "mechanisms": sorted({m for c in censors for m in c.mechanisms}),
             "anomaly_events_suppressed": self.anomaly_limit.suppressed,
             "blocks_restored": self.blocks.restored,
+            "engines": self.engines,
         }
+        if self.children:
+            data = merged_stats(data, self.state_dir, self.engines)
+            data["engines_dead"] = dead_children(self.children)
         self.blocks.save(self.censor, time.monotonic(), time.time())
-        path = os.path.join(self.state_dir, "stats.json")
+        path = self.file("stats.json")
         with open(path + ".tmp", "w", encoding="utf-8") as fh:
             fh.write(json.dumps(data))  # not dump: it makes a reference cycle
         os.replace(path + ".tmp", path)
@@ -583,6 +649,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue", type=int, default=QUEUE_NUM)
     parser.add_argument("--network", default="national")
     parser.add_argument("--clock-offset", type=float, default=0.0, help="seconds (lab up --at)")
+    parser.add_argument(
+        "--engines", type=int, default=1, help="engines, one per queue (live/engines.py)"
+    )
     parser.add_argument(
         "--fail-closed",
         action="store_true",
@@ -606,19 +675,56 @@ def main(argv: list[str] | None = None) -> int:
     censor: Censor | Chain = build_censor(profiles[0], args.seed)
     if len(profiles) > 1:
         censor = Chain([(p.name, build_censor(p, args.seed)) for p in profiles])
-    kernel = Kernel()
-    with contextlib.suppress(GfwlabError):
-        kernel.adopt(time.monotonic())
     censors = censors_of(censor)
-    live = LiveCensor(censor, args.state_dir, FrameInjector(), args.seed, kernel)
+    why = engines.refusal(censors, args.engines)
+    if why is not None:
+        print(f"gfwlab-censor: {why}", file=sys.stderr)
+        return 2
+    gc.freeze()  # the profile's lists live as long as the censor: out of the collector's sight
+    engine, children, gate = engines.fork(args.engines)
+    if engine:
+        engines.wait_gate(gate)  # the first engine's rules are in place
+    code = 1
+    try:
+        code = _run(args, censor, engine, children, gate)
+    finally:
+        if children:
+            engines.stop_children(children)
+        elif engine:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)  # a forked engine leaves what the first set up at exit to it
+    return code
+
+
+def _run(
+    args: argparse.Namespace, censor: Censor | Chain, engine: int, children: list[int], gate: int
+) -> int:
+    """Run engine ``engine`` of ``args.engines`` (``live/engines.py``)."""
+    first = engine == 0
+    censors = censors_of(censor)
+    kernel = Kernel()
+    if first:
+        with contextlib.suppress(GfwlabError):
+            kernel.adopt(time.monotonic())
+    live = LiveCensor(censor, args.state_dir, FrameInjector(), args.seed, kernel, engine)
+    live.engines, live.children = args.engines, children
     live.fail_open = not args.fail_closed
+    if first and args.engines > 1:
+        try:
+            pinned = engines.pinned_ports(censors)
+            kernel.dispatch(args.engines, pinned, live.fail_open)
+        except GfwlabError as exc:
+            print(f"gfwlab-censor: the engines' queue rules: {exc}", file=sys.stderr)
+            return 2
     if isinstance(censor, Censor):  # censors in series each keep their own flows: not held
-        engine = censor.profile.engine
+        eng = censor.profile.engine
         held = HeldFlows(
-            censor.flows, kernel.command, engine.tcp_timeout_s, engine.udp_timeout_s, kernel.entries
+            censor.flows, kernel.command, eng.tcp_timeout_s, eng.udp_timeout_s, kernel.entries
         )
         try:
-            held.install()
+            if first:  # the first of several engines empties the sets and fills the chain
+                held.install()
             live.kernel_held = held
         except GfwlabError as exc:
             print(f"gfwlab-censor: blocked flows stay in the queue: {exc}", file=sys.stderr)
@@ -635,14 +741,18 @@ def main(argv: list[str] | None = None) -> int:
         udp_replies=udp_replies([c.plan.ports for c in censors]),
     )
     live.blocks.restore(censor, time.monotonic(), time.time())  # after a crash: restart-censor
-    gc.freeze()  # the profile's lists live as long as the censor: out of the collector's sight
+    gc.freeze()
 
     def stop(_signum: int, _frame: object) -> None:
         live.stop = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    serve(live, args.queue)
+    if first:
+        engines.open_gate(gate)
+        # Ready (its control socket made) once every engine is: lab up waits for that.
+        engines.wait_ready(args.state_dir, args.engines, lambda: live.stop)
+    serve(live, args.queue + engine)
     return 0
 
 

@@ -84,8 +84,9 @@ from gfwlab.live.chains import (
     syn_rules,
     synoff_set,
 )
+from gfwlab.live.engines import ENGINES_CHAIN, dispatch_rules
 from gfwlab.live.ipset import open_entries
-from gfwlab.live.topology import BYPASS_MARK
+from gfwlab.live.topology import BYPASS_MARK, QUEUE_NUM
 from gfwlab.rules.profile import ResidualKey
 
 
@@ -255,11 +256,20 @@ class Kernel:
         syn_ack: bool = False,
         syn: bool = False,
         udp_replies: UdpReplies | None = None,
+        engines: int = 1,
+        install: bool = True,
     ) -> None:
         """Let the kernel forward what no active mechanism needs (``chains.skip_rules``): the
         handshake ACK if ``on``, clean connections' SYN/ACKs if ``syn_ack``, their first SYNs
-        (copied to the censor, ``chains.syn_rules``) if ``syn``, the ``udp_replies``; except while
-        residual drop blocks are in force."""
+        (copied to the censor, ``chains.syn_rules``, to the group of each one's engine of
+        ``engines``) if ``syn``, the ``udp_replies``; except while residual drop blocks are in
+        force. Without ``install`` the rules are taken to be in place (the first engine of
+        several puts them there: ``live/engines.py``)."""
+        if not install:
+            self.skip = on or syn_ack or syn or udp_replies is not None
+            self.skip_syn_ack = syn_ack
+            self.syn_paused = None
+            return
         self._settle()
         for tool in ("iptables", "ip6tables"):
             ipt = [tool, "-w", "-t", "mangle"]
@@ -272,7 +282,7 @@ class Kernel:
             self._run([*ipt, "-F", SYN_CHAIN])
             for rule in seen_rules(v6, syn_ack=syn_ack, syn=syn):
                 self._run([*ipt, "-A", SEEN_CHAIN, *rule])
-            for rule in syn_rules(v6) if syn else []:
+            for rule in syn_rules(v6, engines=engines) if syn else []:
                 self._run([*ipt, "-A", SYN_CHAIN, *rule])
             for rule in skip_rules(
                 v6, handshake_ack=on, syn_ack=syn_ack, syn=syn, udp_replies=udp_replies
@@ -313,19 +323,60 @@ class Kernel:
 
     def adopt(self, now: float) -> None:
         """Take over what a previous censor process left in the kernel (a restart): the blocks
-        still in force keep the jump in place until they expire."""
+        still in force keep the jumps in place until they expire. Each engine of several puts
+        its own copy of the jumps in and takes it out (``live/engines.py``): copies left by the
+        engines of a censor that was killed are taken out here but one."""
         left = max((t for _, _, t in self.residuals()), default=0)
-        jumped = self._ok(["iptables", "-w", "-t", "mangle", "-C", QUEUE_CHAIN, *self.jump])
+        jumped = False
+        for tool in ("iptables", "ip6tables"):
+            rules = [(QUEUE_CHAIN, self.jump)]
+            rules += [(SKIP_CHAIN, r) for r in hold_rules(tool == "ip6tables")]
+            for chain, rule in rules:
+                ipt = [tool, "-w", "-t", "mangle"]
+                copies = 0
+                while copies < 64 and self._ok([*ipt, "-D", chain, *rule]):
+                    copies += 1
+                if copies:
+                    self._run([*ipt, "-I", chain, "1", *rule])
+                    jumped = True
         if left or jumped:
             self.armed = True
             self.in_force_until = now + left + 1.0
 
+    def dispatch(self, engines: int, pinned: frozenset[int], fail_open: bool) -> None:
+        """Hand the queued packets to ``engines`` engines' queues (``engines.dispatch_rules``):
+        the chain filled in one ``iptables-restore`` per family, and jumped to just before the
+        queue chain's own queue rule (which takes nothing then)."""
+        for tool in ("iptables", "ip6tables"):
+            ipt = [tool, "-w", "-t", "mangle"]
+            if not self._ok([*ipt, "-L", ENGINES_CHAIN, "-n"]):
+                self._run([*ipt, "-N", ENGINES_CHAIN])
+            rules = dispatch_rules(engines, tool == "ip6tables", QUEUE_NUM, pinned, fail_open)
+            lines = [f"-F {ENGINES_CHAIN}"]
+            lines += [f"-A {ENGINES_CHAIN} {_restore_line(r)}" for r in rules]
+            self._run(
+                [f"{tool}-restore", "-w", "--noflush"],
+                "*mangle\n" + "\n".join(lines) + "\nCOMMIT\n",
+            )
+            if not self._ok([*ipt, "-C", QUEUE_CHAIN, "-j", ENGINES_CHAIN]):
+                listed = self._run([*ipt, "-S", QUEUE_CHAIN])
+                last = sum(line.startswith("-A ") for line in listed.splitlines())
+                self._run([*ipt, "-I", QUEUE_CHAIN, str(max(1, last)), "-j", ENGINES_CHAIN])
+
     def flush(self) -> None:
-        """Forget every block (sets emptied, later ones dropped, the jump taken out)."""
+        """Forget every block (sets emptied, later ones dropped, the jumps taken out: every
+        engine's copy)."""
         self.pending.clear()
         for s in kernel_sets():
             self._run(["ipset", "flush", s.name])
         self._arm(False, wait=True)
+        for tool in ("iptables", "ip6tables"):
+            rules = [(QUEUE_CHAIN, self.jump)]
+            rules += [(SKIP_CHAIN, r) for r in hold_rules(tool == "ip6tables")]
+            for chain, rule in rules:
+                for _ in range(64):
+                    if not self._ok([tool, "-w", "-t", "mangle", "-D", chain, *rule]):
+                        break
         self.in_force_until = 0.0
 
     def residuals(self) -> list[tuple[str, str, int]]:
@@ -410,6 +461,7 @@ def queue_counters(argv: Sequence[str] = ()) -> dict[str, int]:
     for tool in ("iptables", "ip6tables"):
         for chain, key, target in (
             (QUEUE_CHAIN, "kernel_queued", "NFQUEUE"),
+            (ENGINES_CHAIN, "kernel_queued", "NFQUEUE"),  # several engines (live/engines.py)
             (SKIP_CHAIN, "kernel_skipped", "ACCEPT"),
             (SYN_CHAIN, "kernel_skipped", "ACCEPT"),
             (blocked.CHAIN, "kernel_dropped", "DROP"),

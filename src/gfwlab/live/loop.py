@@ -28,6 +28,7 @@ class Served(Protocol):
     syn_copies: SynCopies | None
     prober: Any
 
+    def file(self, name: str) -> str: ...
     def on_packet(self, nfpkt: Any) -> None: ...
     def timers(self) -> float | None: ...
     def flush_events(self) -> None: ...
@@ -45,14 +46,23 @@ def serve(live: Served, queue_num: int) -> None:
     from netfilterqueue import NetfilterQueue  # noqa: PLC0415 - only the live adapter needs it
 
     nfq = NetfilterQueue()
-    nfq.bind(queue_num, live.on_packet, max_len=8192)
+    # The engine of a censor being restarted may hold the queue for a moment yet.
+    deadline = time.monotonic() + 10.0
+    while True:
+        try:
+            nfq.bind(queue_num, live.on_packet, max_len=8192)
+            break
+        except OSError:
+            if time.monotonic() > deadline or live.stop:
+                raise
+            time.sleep(0.05)
     nfq_fd: int = nfq.get_fd()
     if live.fail_open:  # a full queue passes packets (counted as uninspected) instead of dropping
         try:
             queue_fail_open(nfq_fd, queue_num)
         except OSError as exc:
             print(f"gfwlab-censor: the queue's fail-open flag: {exc}", file=sys.stderr, flush=True)
-    sock_path = os.path.join(live.state_dir, "censor.sock")
+    sock_path = live.file("censor.sock")
     if os.path.exists(sock_path):
         os.unlink(sock_path)
     ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

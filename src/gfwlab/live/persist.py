@@ -115,8 +115,8 @@ def restore_snapshot(censor: Censor | Chain, data: dict[str, Any], now: float, w
 class BlockStore:
     """``blocks.json`` in the lab's state folder: saved when the blocks change, read at start."""
 
-    def __init__(self, state_dir: str) -> None:
-        self.path = os.path.join(state_dir, FILE)
+    def __init__(self, state_dir: str, name: str = FILE) -> None:
+        self.path = os.path.join(state_dir, name)
         self._last: object = None
         self.restored = 0
 
