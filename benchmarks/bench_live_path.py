@@ -34,6 +34,7 @@ it never asserts.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import struct
 import sys
@@ -182,7 +183,7 @@ def adapter_path(conns: list[Connection]) -> None:
             if i % 16 == 15:
                 live.flush_events()
         live.flush_events()
-        live.events.close()
+        os.close(live.events)
 
 
 def best(run: Callable[[list[Connection]], None], conns: list[Connection], repeat: int) -> float:

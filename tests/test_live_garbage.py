@@ -7,6 +7,7 @@ with ``json.dump``, whose encoder's closures refer to each other, twice a second
 from __future__ import annotations
 
 import gc
+import os
 import random
 import time
 from pathlib import Path
@@ -102,4 +103,4 @@ def test_the_live_censor_leaves_no_garbage_for_the_collector(tmp_path: Path) -> 
     finally:
         gc.enable()
         live.prober.close()
-        live.events.close()
+        os.close(live.events)
