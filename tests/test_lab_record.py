@@ -29,13 +29,10 @@ shared between them by their low bit, so each session below reaches both."""
 def engines_judged(engines: int) -> list[int]:
     """The packets each engine of the lab has fed its engine so far."""
     from gfwlab.lab.state import LabState  # noqa: PLC0415
-    from gfwlab.live.engines import engine_file  # noqa: PLC0415
 
-    out = []
-    for i in range(engines):
-        with open(engine_file(LabState.load().dir, "stats.json", i), encoding="utf-8") as fh:
-            out.append(json.load(fh)["engine_packets"])
-    return out
+    with open(LabState.load().file("stats.json"), encoding="utf-8") as fh:
+        stats = json.load(fh)
+    return stats.get("engine_packets_each", [stats["engine_packets"]])  # type: ignore[no-any-return]
 
 
 @ENGINES

@@ -59,6 +59,9 @@ ENGINES_CHAIN = "GFWLAB_ENGINES"
 """The censor namespace's mangle chain that hands each queued packet to its engine's queue."""
 _PR_SET_PDEATHSIG = 1
 _NOT_SUMMED = frozenset({"pid", "started", "updated", "engines"})
+EACH = ("queued_packets", "engine_packets")
+"""Counters the first engine's also gives engine by engine (``<name>_each``, None for an
+engine whose counters could not be read): how the work is shared out."""
 
 
 def engine_file(state_dir: str, name: str, engine: int) -> str:
@@ -225,23 +228,32 @@ def dead_children(children: list[int]) -> int:
 def merged_stats(own: dict[str, Any], state_dir: str, engines: int) -> dict[str, Any]:
     """The first engine's counters ``own`` with every other engine's added (their last written
     ``stats-i.json``, at most half a second old): numbers summed (in dictionaries of numbers
-    too, such as the events by kind), the rest the first's."""
+    too, such as the events by kind), the rest the first's; and the counters of :data:`EACH`
+    engine by engine."""
     out = dict(own)
+    each: dict[str, list[Any]] = {key: [own.get(key)] for key in EACH}
     for i in range(1, engines):
-        try:
-            with open(engine_file(state_dir, "stats.json", i), encoding="utf-8") as fh:
-                other = json.load(fh)
-        except (OSError, ValueError):
-            continue
-        if isinstance(other, dict):
-            for key, value in other.items():
-                if key not in _NOT_SUMMED:
-                    out[key] = _sum(out.get(key), value)
+        other: Any = None
+        path = engine_file(state_dir, "stats.json", i)
+        with contextlib.suppress(OSError, ValueError), open(path, encoding="utf-8") as fh:
+            other = json.load(fh)
+        if not isinstance(other, dict):
+            other = {}
+        for key, value in other.items():
+            if key not in _NOT_SUMMED:
+                out[key] = _sum(out.get(key), value)
+        for key, values in each.items():
+            values.append(other.get(key))
+    for key, values in each.items():
+        out[f"{key}_each"] = values
     return out
 
 
 def _sum(mine: object, other: object) -> Any:
-    """``mine`` and ``other`` added: numbers, and dictionaries key by key; else ``mine``."""
+    """``mine`` and ``other`` added: numbers, and dictionaries key by key; else ``mine`` (or
+    ``other`` if there is no ``mine``)."""
+    if mine is None:
+        return other
     if isinstance(mine, bool) or isinstance(other, bool):
         return mine
     if isinstance(mine, int | float) and isinstance(other, int | float):

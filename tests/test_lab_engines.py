@@ -1,0 +1,103 @@
+"""Live: the censor as several engines (``lab up --engines``, ``live/engines.py``).
+
+Each site address is judged by the engine its low bits name; a residual block acts on the
+flows of its server, in that engine, and no other; the engines live and die together (a
+``kill -9`` of the first takes the others, ``lab restart-censor`` brings them all back), and
+``lab down`` leaves nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+from gfwlab.lab.state import LabState
+from testenv import LAB_MARKS, UP, curl, gfwlab, leftovers
+
+pytestmark = LAB_MARKS
+
+ENGINES = 4
+SITES = ["198.19.0.4", "198.19.0.5", "198.19.0.6", "198.19.0.7"]
+"""One site per engine (their last bits: 0, 1, 2, 3)."""
+
+
+RESIDUAL = ["--set", "http_keyword.residual_s=20", "--set", "http_keyword.residual_probability=1.0"]
+"""A residual block that lasts the test and resets every new connection on its key."""
+
+
+def judged() -> list[int]:
+    """The packets each engine has fed its engine so far (as last written: half a second)."""
+    time.sleep(1.0)
+    with open(LabState.load().file("stats.json"), encoding="utf-8") as fh:
+        each: list[int] = json.load(fh)["engine_packets_each"]
+    return each
+
+
+def censor_pids() -> list[int]:
+    """The first engine's pid, and its children's (the other engines)."""
+    first = next(p["pid"] for p in LabState.load().processes() if p["name"] == "censor")
+    with open(f"/proc/{first}/task/{first}/children", encoding="ascii") as fh:
+        return [first, *(int(x) for x in fh.read().split())]
+
+
+def events() -> list[dict[str, object]]:
+    return [json.loads(x) for x in gfwlab("lab", "events").stdout.splitlines()]
+
+
+def test_engines_share_the_sites_and_live_and_die_together() -> None:
+    bad = gfwlab("lab", "up", "--engines", "3")
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0, bad.stderr
+    assert "--engines: 3 is not 1, 2, 4, 8 or 16" in bad.stderr
+    gfwlab("lab", "down")
+    up = gfwlab("lab", "up", *UP, *RESIDUAL, "--engines", str(ENGINES))
+    assert up.returncode == 0, up.stderr
+    try:
+        pids = censor_pids()
+        assert len(pids) == ENGINES
+        before = judged()
+        for site in SITES:
+            assert curl(f"http://{site}/").returncode == 0
+        after = judged()
+        # Each engine judged its own site's connection only.
+        assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
+
+        # A keyword request to one site is reset, and its residual block (3-tuple) hits
+        # that server's next connection; the engine next to it judges its site as before.
+        assert curl(f"http://{SITES[1]}/?q=falun").returncode != 0
+        assert curl(f"http://{SITES[1]}/").returncode != 0
+        assert curl(f"http://{SITES[2]}/").returncode == 0
+        acted = [
+            (e["flow"]["dst"], e["mechanism"], e["action"])  # type: ignore[index]
+            for e in events()
+            if e["action"] == "rst"
+        ]
+        assert acted and all(a == (SITES[1], "http_keyword", "rst") for a in acted), acted
+        lines = [x for x in gfwlab("lab", "events").stdout.splitlines() if x]
+        assert all(json.loads(x) for x in lines)  # whole lines, whichever engine wrote them
+
+        # A kill -9 of the first engine takes the others with it.
+        os.kill(pids[0], signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while any(os.path.exists(f"/proc/{pid}") for pid in pids[1:]):
+            assert time.monotonic() < deadline, "an engine outlived the first"
+            time.sleep(0.05)
+        status = json.loads(gfwlab("lab", "status", "--json").stdout)
+        assert status["state"] == "degraded", status
+        assert curl(f"http://{SITES[3]}/").returncode == 0  # fail-open: passes uninspected
+
+        restarted = gfwlab("lab", "restart-censor")
+        assert restarted.returncode == 0, restarted.stderr
+        assert len(censor_pids()) == ENGINES
+        before = judged()
+        for site in SITES:
+            # The residual block is back in force in its engine (its blocks-1.json).
+            assert (curl(f"http://{site}/").returncode == 0) == (site != SITES[1]), site
+        after = judged()
+        assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
+        stats = json.loads(gfwlab("lab", "status", "--json").stdout)["stats"]
+        assert stats["engines"] == ENGINES and stats["engines_dead"] == 0, stats
+        assert stats["engine_packets"] >= sum(after), (stats, after)
+    finally:
+        gfwlab("lab", "down")
+    assert leftovers() == []
