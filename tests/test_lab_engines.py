@@ -98,6 +98,13 @@ def test_engines_share_the_sites_and_live_and_die_together() -> None:
         stats = json.loads(gfwlab("lab", "status", "--json").stdout)["stats"]
         assert stats["engines"] == ENGINES and stats["engines_dead"] == 0, stats
         assert stats["engine_packets"] >= sum(after), (stats, after)
+
+        # Another engine dies: lab status says so (its share passes uninspected).
+        os.kill(censor_pids()[2], signal.SIGKILL)
+        time.sleep(1.0)
+        status = json.loads(gfwlab("lab", "status", "--json").stdout)
+        assert status["state"] == "degraded", status
+        assert any("1 of the censor's 4 engines exited" in n for n in status["notes"]), status
     finally:
         gfwlab("lab", "down")
     assert leftovers() == []

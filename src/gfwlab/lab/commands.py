@@ -168,6 +168,10 @@ def lab_status(
                 f"{st.get('kernel_dropped', 0)} packets of {st.get('kernel_blocked_flows', 0)} "
                 "blocked flows dropped for the engine"
             )
+        each = st.get("queued_packets_each")
+        if isinstance(each, list) and len(each) > 1:
+            shares = ", ".join("?" if n is None else str(n) for n in each)
+            console.print(f"engines: {len(each)}, packets queued to each: {shares}")
         if st.get("probes_waited"):
             console.print(
                 f"prober: {st['probes_waited']} probes started late, every prober thread busy "

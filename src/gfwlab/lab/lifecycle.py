@@ -401,6 +401,13 @@ def status() -> Status:
                 "the censor process is not running: forwarded traffic is dropped (fail-closed); "
                 "gfwlab lab restart-censor restarts it"
             )
+    dead = int(stats.get("engines_dead", 0) or 0)
+    if censor is not None and censor["alive"] and dead:
+        notes.append(
+            f"{dead} of the censor's {stats.get('engines')} engines exited: the traffic of their "
+            "share of the servers passes uninspected (fail-open) or is dropped (fail-closed); "
+            "gfwlab lab restart-censor restarts them all"
+        )
     for p in procs:
         if not p["alive"] and p["name"] != "censor":
             notes.append(f"{p['name']} is not running")
@@ -419,7 +426,7 @@ def status() -> Status:
             f"censor clock: wall clock {offset:+.0f} s (lab up --at {st.config.get('at')}); "
             f"it emulates {now:%Y-%m-%dT%H:%M:%SZ} now"
         )
-    degraded = st.status == "up" and censor is not None and not censor["alive"]
+    degraded = st.status == "up" and censor is not None and (not censor["alive"] or dead > 0)
     return Status(
         up=st.status == "up" and bool(namespaces),
         state="degraded" if degraded else st.status,  # the censor died (lab/restart.py)
