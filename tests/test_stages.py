@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # A stage that says it is ready, then waits; interrupted, it runs its teardown.
 STAGE = (
     "import sys, time\n"
-    "print('ready', flush=True)\n"
-    "try:\n"
+    "try:\n"  # ready inside the try: a Ctrl-C right after it still reaches the teardown
+    "    print('ready', flush=True)\n"
     "    time.sleep(60)\n"
     "except KeyboardInterrupt:\n"
     "    print('teardown', flush=True)\n"
