@@ -115,12 +115,9 @@ def dispatch_rules(
             ["-p", "udp", "-m", "multiport", "--ports", ports,
              "-j", "NFQUEUE", "--queue-num", str(queue), *bypass]
         ]  # fmt: skip
-    for i in range(engines):
-        mask = share(i, engines, v6)
-        target = ["-j", "NFQUEUE", "--queue-num", str(queue + i), *bypass]
-        out.append(["-i", CLIENT_LINK.b, "-d", mask, *target])
-        out.append(["-i", SERVER_LINK.a, "-s", mask, *target])
-    return out
+    return out + shared_out(
+        engines, v6, lambda i: ["-j", "NFQUEUE", "--queue-num", str(queue + i), *bypass]
+    )
 
 
 def syn_copy_rules(engines: int, v6: bool, group: int, nflog: list[str]) -> list[list[str]]:
@@ -129,12 +126,20 @@ def syn_copy_rules(engines: int, v6: bool, group: int, nflog: list[str]) -> list
     after the group)."""
     if engines == 1:
         return [["-j", "NFLOG", "--nflog-group", str(group), *nflog]]
+    return shared_out(
+        engines, v6, lambda i: ["-j", "NFLOG", "--nflog-group", str(group + i), *nflog]
+    )
+
+
+def shared_out(engines: int, v6: bool, target: Callable[[int], list[str]]) -> list[list[str]]:
+    """Two rules an engine, in engine order, that send the packets of its share to
+    ``target(its number)``: from the client side by destination, from the server side by
+    source (the outside address either way)."""
     out = []
     for i in range(engines):
         mask = share(i, engines, v6)
-        target = ["-j", "NFLOG", "--nflog-group", str(group + i), *nflog]
-        out.append(["-i", CLIENT_LINK.b, "-d", mask, *target])
-        out.append(["-i", SERVER_LINK.a, "-s", mask, *target])
+        out.append(["-i", CLIENT_LINK.b, "-d", mask, *target(i)])
+        out.append(["-i", SERVER_LINK.a, "-s", mask, *target(i)])
     return out
 
 
