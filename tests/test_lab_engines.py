@@ -1,6 +1,7 @@
 """Live: the censor as several engines (``lab up --engines``, ``live/engines.py``).
 
-Each site address is judged by the engine its low bits name; a residual block acts on the
+Each site address is judged by the engine its low bits name, a connection opened from outside
+by the first; a residual block acts on the
 flows of its server, in that engine, and no other; the engines live and die together (a
 ``kill -9`` of the first takes the others, ``lab restart-censor`` brings them all back), and
 ``lab down`` leaves nothing."""
@@ -10,9 +11,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+from gfwlab.lab.netns import in_ns
 from gfwlab.lab.state import LabState
+from gfwlab.live.topology import CLIENT_NS, CLIENT_V4
 from testenv import LAB_MARKS, UP, curl, gfwlab, leftovers
 
 pytestmark = LAB_MARKS
@@ -45,7 +51,7 @@ def events() -> list[dict[str, object]]:
     return [json.loads(x) for x in gfwlab("lab", "events").stdout.splitlines()]
 
 
-def test_engines_share_the_sites_and_live_and_die_together() -> None:
+def test_engines_share_the_sites_and_live_and_die_together(tmp_path: Path) -> None:
     bad = gfwlab("lab", "up", "--engines", "3")
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0, bad.stderr
     assert "--engines: 3 is not 1, 2, 4, 8 or 16" in bad.stderr
@@ -61,6 +67,29 @@ def test_engines_share_the_sites_and_live_and_die_together() -> None:
         after = judged()
         # Each engine judged its own site's connection only.
         assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
+
+        # A connection opened from outside (its server inside) is the first engine's, whatever
+        # its client's address: a block on that server must see every client.
+        listener = subprocess.Popen(
+            in_ns(CLIENT_NS, sys.executable, "-m", "http.server", "8080", "--bind", CLIENT_V4),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            before = judged()
+            url = f"http://{CLIENT_V4}:8080/"
+            for _ in range(50):  # until the listener is up
+                res = gfwlab("lab", "exec", "server", "--", "curl", "-sS", "--max-time", "5",
+                             "--interface", SITES[1], "-o", "/dev/null", url)  # fmt: skip
+                if res.returncode == 0:
+                    break
+                time.sleep(0.1)
+            assert res.returncode == 0, res.stderr
+            after = judged()
+        finally:
+            listener.kill()
+            listener.wait()
+        assert after[0] > before[0] and after[1:] == before[1:], (before, after)
 
         # A keyword request to one site is reset, and its residual block (3-tuple) hits
         # that server's next connection; the engine next to it judges its site as before.
@@ -105,6 +134,13 @@ def test_engines_share_the_sites_and_live_and_die_together() -> None:
         status = json.loads(gfwlab("lab", "status", "--json").stdout)
         assert status["state"] == "degraded", status
         assert any("1 of the censor's 4 engines exited" in n for n in status["notes"]), status
+        # A recording needs every engine: refused in one line, nothing left behind.
+        target = tmp_path / "rec.pcap"
+        rec = gfwlab("lab", "record", str(target), "--duration", "1")
+        assert rec.returncode == 2 and "engine 2 did not answer" in rec.stderr, rec.stderr
+        assert rec.stderr.strip().count("\n") == 0, rec.stderr
+        assert not target.exists()
+        assert not [n for n in os.listdir(LabState.load().dir) if n.startswith("recording")]
     finally:
         gfwlab("lab", "down")
     assert leftovers() == []

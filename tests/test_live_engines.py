@@ -50,9 +50,15 @@ def test_dispatch_rules_share_by_the_outside_address_and_pin_the_resolvers() -> 
     rules = engines.dispatch_rules(2, False, QUEUE_NUM, frozenset({53, 5353}), fail_open=True)
     assert rules[0] == ["-p", "udp", "-m", "multiport", "--ports", "53,5353", "-j", "NFQUEUE",
                         "--queue-num", str(QUEUE_NUM), "--queue-bypass"]  # fmt: skip
+    # Connections opened from outside (their server is inside) are the first engine's.
+    first = ["-j", "NFQUEUE", "--queue-num", "7", "--queue-bypass"]
+    assert rules[1:3] == [
+        ["-i", SERVER_LINK.a, "-m", "conntrack", "--ctdir", "ORIGINAL", *first],
+        ["-i", CLIENT_LINK.b, "-m", "conntrack", "--ctdir", "REPLY", *first],
+    ]
     # From the client side the outside address is the destination, from the server side the
     # source: both directions of a flow reach one engine.
-    assert rules[1:] == [
+    assert rules[3:] == [
         ["-i", CLIENT_LINK.b, "-d", "0.0.0.0/0.0.0.1", "-j", "NFQUEUE", "--queue-num", "7",
          "--queue-bypass"],
         ["-i", SERVER_LINK.a, "-s", "0.0.0.0/0.0.0.1", "-j", "NFQUEUE", "--queue-num", "7",
@@ -63,8 +69,8 @@ def test_dispatch_rules_share_by_the_outside_address_and_pin_the_resolvers() -> 
          "--queue-bypass"],
     ]  # fmt: skip
     closed = engines.dispatch_rules(4, True, QUEUE_NUM, frozenset(), fail_open=False)
-    assert len(closed) == 8 and not any("--queue-bypass" in r for r in closed)
-    assert closed[6][:4] == ["-i", CLIENT_LINK.b, "-d", "::3/::3"]
+    assert len(closed) == 10 and not any("--queue-bypass" in r for r in closed)
+    assert closed[8][:4] == ["-i", CLIENT_LINK.b, "-d", "::3/::3"]
 
 
 def test_each_syn_copy_goes_to_its_engines_group() -> None:
@@ -74,9 +80,11 @@ def test_each_syn_copy_goes_to_its_engines_group() -> None:
          "--nflog-threshold", "1"]
     ]  # fmt: skip
     four = [r for r in syn_rules(True, engines=4) if "NFLOG" in r]
-    assert len(four) == 8
-    assert four[5][:4] == ["-i", SERVER_LINK.a, "-s", "::2/::3"]
-    assert four[5][7] == str(NFLOG_GROUP + 2)
+    # A SYN from the server side opens a connection from outside: the first engine's.
+    assert four[0][:2] == ["-i", SERVER_LINK.a] and four[0][5] == str(NFLOG_GROUP)
+    assert len(four) == 5
+    assert four[3][:4] == ["-i", CLIENT_LINK.b, "-d", "::2/::3"]
+    assert four[3][7] == str(NFLOG_GROUP + 2)
     # The rest of the chain is the same: the pause first, the marks after the copies.
     assert [r for r in syn_rules(True, engines=4) if "NFLOG" not in r] == [
         r for r in syn_rules(True) if "NFLOG" not in r

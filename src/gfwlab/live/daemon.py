@@ -444,8 +444,18 @@ class LiveCensor(MissedSynAcks):
         record its own part, and merges them when it stops (:meth:`stop_recording`)."""
         self.recording_to = path
         if self.children:
-            for i in range(1, self.engines):
-                self.ask(i, f"record {self.part(i)}")
+            started: list[int] = []
+            try:
+                for i in range(1, self.engines):
+                    self.ask(i, f"record {self.part(i)}")
+                    started.append(i)
+            except GfwlabError:  # an engine is gone: none records, nothing is left behind
+                for i in started:
+                    with contextlib.suppress(GfwlabError):
+                        self.ask(i, "stop")
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.part(i))
+                raise
             path = self.part(0)
         self.recorder = PcapWriter(path)
         self.recorded = 0

@@ -15,16 +15,19 @@ them by a rule that needs no connection state (:func:`dispatch_rules`):
   detections) stays whole for the same reason. Both directions of a flow, its IP fragments and
   the packets conntrack finds INVALID (which have no connection to read) go by their
   addresses alone, so they reach the same engine;
+* a connection opened from outside (conntrack's original direction from the server side: its
+  server is inside, and a block on that server must see every outside client) goes to the
+  first engine, its first SYN's copy too;
 * a UDP datagram from or to a port of ``all`` scoped state (DNS injection's answer pools:
   ``Mechanism.shard_scope``, ``Censor.plan.udp_ports``) goes to the first engine, which so
   sees every one of them, in the kernel's order;
 * draws are keyed per flow (``engine.draws``), so an engine draws for a flow what one engine
   for everything would.
 
-What one engine for everything would do differently: a connection opened from outside towards
-the inside (whose server is the inside address) goes by its client's address, so a ``server``
-or ``server-ip`` block on an inside server reaches only its flows from clients in the same
-share; each engine's flow table holds ``engine.max_flows`` flows, so eviction under a flood
+What one engine for everything would do differently: the packets without a connection
+(INVALID, fragments) of a connection opened from outside go by their outside address, which is
+that connection's client, so they may reach another engine than the rest of it; each engine's
+flow table holds ``engine.max_flows`` flows, so eviction under a flood
 differs; and the order of two packets judged by different engines is not kept between them
 (nothing in one engine depends on the other's). A profile with ``all`` scoped state that no
 port bounds is refused (:func:`refusal`).
@@ -115,6 +118,11 @@ def dispatch_rules(
             ["-p", "udp", "-m", "multiport", "--ports", ports,
              "-j", "NFQUEUE", "--queue-num", str(queue), *bypass]
         ]  # fmt: skip
+    first = ["-j", "NFQUEUE", "--queue-num", str(queue), *bypass]
+    out += [
+        ["-i", SERVER_LINK.a, "-m", "conntrack", "--ctdir", "ORIGINAL", *first],
+        ["-i", CLIENT_LINK.b, "-m", "conntrack", "--ctdir", "REPLY", *first],
+    ]  # connections opened from outside: the first engine's
     return out + shared_out(
         engines, v6, lambda i: ["-j", "NFQUEUE", "--queue-num", str(queue + i), *bypass]
     )
@@ -126,9 +134,16 @@ def syn_copy_rules(engines: int, v6: bool, group: int, nflog: list[str]) -> list
     after the group)."""
     if engines == 1:
         return [["-j", "NFLOG", "--nflog-group", str(group), *nflog]]
-    return shared_out(
-        engines, v6, lambda i: ["-j", "NFLOG", "--nflog-group", str(group + i), *nflog]
-    )
+    # The chain takes a connection's first packet: one from the server side opens it from
+    # outside, and is the first engine's.
+    inbound = ["-i", SERVER_LINK.a, "-j", "NFLOG", "--nflog-group", str(group), *nflog]
+    return [inbound] + [
+        rule
+        for rule in shared_out(
+            engines, v6, lambda i: ["-j", "NFLOG", "--nflog-group", str(group + i), *nflog]
+        )
+        if rule[1] == CLIENT_LINK.b
+    ]
 
 
 def shared_out(engines: int, v6: bool, target: Callable[[int], list[str]]) -> list[list[str]]:
