@@ -16,12 +16,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from gfwlab.lab.netns import in_ns
 from gfwlab.lab.state import LabState
 from gfwlab.live.topology import CLIENT_NS, CLIENT_V4
 from testenv import LAB_MARKS, UP, curl, gfwlab, leftovers
 
-pytestmark = LAB_MARKS
+pytestmark = [*LAB_MARKS, pytest.mark.slow]  # about 20 s: the matrix stage (scripts/test)
 
 ENGINES = 4
 SITES = ["198.19.0.4", "198.19.0.5", "198.19.0.6", "198.19.0.7"]

@@ -21,9 +21,9 @@ from testenv import LAB_MARKS, SETS, UP, _verdicts, client, curl, gfwlab, leftov
 pytestmark = LAB_MARKS
 
 
-ENGINES = pytest.mark.parametrize("engines", [1, 2])
-"""One engine, and two (``lab up --engines``, ``live/engines.py``): the lab's addresses are
-shared between them by their low bit, so each session below reaches both."""
+ENGINES = pytest.mark.parametrize("engines", [1, pytest.param(2, marks=pytest.mark.slow)])
+"""One engine, and two (``lab up --engines``, ``live/engines.py``; the matrix stage): the lab's
+addresses are shared between them by their low bit, so each session below reaches both."""
 
 
 def engines_judged(engines: int) -> list[int]:
