@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from gfwlab.engine.residual import ResidualEntry
 from gfwlab.live import chains
 from gfwlab.live.daemon import LiveCensor, _bare_syn
 from gfwlab.live.topology import (
@@ -69,6 +70,28 @@ def test_a_teardown_insertion_after_a_skipped_synack_evades_as_with_it(
     assert request.verdict == "accept" or request in [h[2] for h in censor.held]
     assert censor.synacks_fed == (1 if rebuilt else 0)
     assert (not reset(censor)) is rebuilt  # reset by http_keyword only without the SYN/ACK
+
+
+@pytest.mark.parametrize("covered", [True, False])
+def test_a_drop_block_holds_the_rebuilt_synack_only_for_the_flows_it_covers(
+    tmp_path: Path, covered: bool
+) -> None:
+    """A drop block that starts after the kernel skipped a SYN/ACK: on the flow's own server the
+    engine would judge the rebuilt SYN/ACK now, and the real one passed before, so none is fed;
+    a block on another server holds nothing here (the kernel goes on skipping this server's
+    SYN/ACKs: ``chains.hold_rules``), and the teardown insertion is judged as with every packet
+    queued."""
+    censor, _ = live(tmp_path)
+    censor.on_packet(QueuedPacket(build_tcp(C, S, 40010, 80, seq=CISN, flags=SYN)))
+    other = addr_bytes("198.19.0.7")
+    censor.on_packet(QueuedPacket(build_tcp(C, other, 40011, 443, seq=CISN, flags=SYN)))
+    flows = censor.censor.flows.flows.values()
+    keyed = next(f for f in flows if f.server == (S if covered else other))
+    block = ResidualEntry("esni", "test", until=1e12, policy="drop-c2s", probability=1.0)
+    censor.censor.residual.add(keyed, "server-ip", block)
+    censor.on_packet(QueuedPacket(c2s(40010, RST | ACK, CISN + 1, bad_checksum=True),
+                                  SEEN_ORIGINAL_MARK))  # fmt: skip
+    assert censor.synacks_fed == (0 if covered else 1)
 
 
 def test_the_first_client_data_needs_no_rebuilt_synack(tmp_path: Path) -> None:

@@ -93,20 +93,30 @@ class MissedSynAcks:
 
     def _syn_ack_before(self, pkt: Packet, client: bool | None, now: float) -> None:
         """Feed the engine the SYN/ACK it missed before ``pkt`` where it needs one: a TCP packet
-        other than client data, no residual drop block in force, and the engine's TCB awaiting
-        the SYN/ACK. ``client``: whether the client sent ``pkt``, or None if the flow says."""
+        other than client data, the engine's TCB awaiting the SYN/ACK, and no residual drop
+        block in force on the flow (the engine would judge the rebuilt SYN/ACK now, and the real
+        one passed before the block started; the kernel holds the skips off only for the
+        blocks' servers, ``chains.hold_rules``, so other flows' SYN/ACKs still skip the queue
+        and need feeding). ``client``: whether the client sent ``pkt``, or None if the flow
+        says."""
         if pkt.proto != PROTO_TCP or (client and _client_data(pkt)):
             return  # checked first: client data is the usual first packet after the skip
-        if any(c.residual.drops for c in self.censors):
-            return
         flow = self.awaiting_syn_ack(pkt)
-        if flow is None:
+        if flow is None or self._dropped_now(flow, now):
             return
         if client is None:
             client = pkt.src == flow.client and pkt.sport == flow.cport
             if client and _client_data(pkt):
                 return
         self._feed_syn_ack(pkt, client, now)
+
+    def _dropped_now(self, flow: Flow, now: float) -> bool:
+        """Whether a residual drop block of a censor covers ``flow`` at ``now``."""
+        for censor in self.censors:
+            table = censor.residual
+            if table.drops and any(table.lookup(flow, p, now) for p in ("drop-c2s", "drop-s2c")):
+                return True
+        return False
 
     def awaiting_syn_ack(self, pkt: Packet) -> Flow | None:
         """The engine's flow of ``pkt`` if its TCB has seen the client's SYN and nothing that
