@@ -160,7 +160,7 @@ def synoff_set(v6: bool) -> str:
 
 
 def held_set(v6: bool) -> str:
-    """The set of servers a residual drop block is held on (:data:`HOLD_RULES`): while one is,
+    """The set of servers a residual drop block is held on (:func:`hold_rules`): while one is,
     the kernel forwards none of their packets the engine would otherwise not see."""
     return f"gfwlab-held{'6' if v6 else '4'}"
 

@@ -142,13 +142,14 @@ class Kernel:
                 self.entries.add(synoff_set(v6), server, _timeout(until - now))
         except LabError as exc:  # raised once the block itself is written
             failed = exc
-        elem, _v6 = element(kind, key)
         name = set_name(kind, policy, v6)
-        if name is not None and start > now:
-            self._seq += 1
-            heapq.heappush(self.pending, (start, self._seq, name, elem, until, server, v6))
-        elif name is not None:
-            self._add(name, elem, until - now, now, server, v6)
+        if name is not None:
+            elem, _v6 = element(kind, key)
+            if start > now:
+                self._seq += 1
+                heapq.heappush(self.pending, (start, self._seq, name, elem, until, server, v6))
+            else:
+                self._add(name, elem, until - now, now, server, v6)
         if failed is not None:
             raise failed
         return name is not None
@@ -226,10 +227,12 @@ class Kernel:
         left them: a restart, a hand edit), each is checked and put right on its own."""
         verb = "-I" if on else "-D"
         where = " 1" if on else ""
-        lines = [f"{verb} {QUEUE_CHAIN}{where} {_restore_line(self.jump)}"]
         for tool in ("iptables", "ip6tables"):
-            hold = hold_rules(tool == "ip6tables") if self.skip else []
-            rules = lines + [f"{verb} {SKIP_CHAIN}{where} {_restore_line(r)}" for r in hold]
+            rules = [
+                f"{verb} {chain}{where} {_restore_line(rule)}"
+                for chain, rule in self._jumps(tool)
+                if self.skip or chain == QUEUE_CHAIN  # the hold rules need the skip chain
+            ]
             restore = "*mangle\n" + "\n".join(rules) + "\nCOMMIT\n"
             try:
                 self.command([f"{tool}-restore", "-w", "--noflush"], restore)
@@ -329,15 +332,9 @@ class Kernel:
         left = max((t for _, _, t in self.residuals()), default=0)
         jumped = False
         for tool in ("iptables", "ip6tables"):
-            rules = [(QUEUE_CHAIN, self.jump)]
-            rules += [(SKIP_CHAIN, r) for r in hold_rules(tool == "ip6tables")]
-            for chain, rule in rules:
-                ipt = [tool, "-w", "-t", "mangle"]
-                copies = 0
-                while copies < 64 and self._ok([*ipt, "-D", chain, *rule]):
-                    copies += 1
-                if copies:
-                    self._run([*ipt, "-I", chain, "1", *rule])
+            for chain, rule in self._jumps(tool):
+                if self._delete_copies(tool, chain, rule):
+                    self._run([tool, "-w", "-t", "mangle", "-I", chain, "1", *rule])
                     jumped = True
         if left or jumped:
             self.armed = True
@@ -371,13 +368,22 @@ class Kernel:
             self._run(["ipset", "flush", s.name])
         self._arm(False, wait=True)
         for tool in ("iptables", "ip6tables"):
-            rules = [(QUEUE_CHAIN, self.jump)]
-            rules += [(SKIP_CHAIN, r) for r in hold_rules(tool == "ip6tables")]
-            for chain, rule in rules:
-                for _ in range(64):
-                    if not self._ok([tool, "-w", "-t", "mangle", "-D", chain, *rule]):
-                        break
+            for chain, rule in self._jumps(tool):
+                self._delete_copies(tool, chain, rule)
         self.in_force_until = 0.0
+
+    def _jumps(self, tool: str) -> list[tuple[str, list[str]]]:
+        """The rules :meth:`_arm` puts in while blocks are in force, each with its chain."""
+        rules = [(QUEUE_CHAIN, self.jump)]
+        return rules + [(SKIP_CHAIN, r) for r in hold_rules(tool == "ip6tables")]
+
+    def _delete_copies(self, tool: str, chain: str, rule: list[str]) -> int:
+        """Take every copy of ``rule`` out of ``chain`` (each engine of several puts in its
+        own); how many there were."""
+        copies = 0
+        while copies < 64 and self._ok([tool, "-w", "-t", "mangle", "-D", chain, *rule]):
+            copies += 1
+        return copies
 
     def residuals(self) -> list[tuple[str, str, int]]:
         """The entries now in force: (set, element, seconds left)."""
