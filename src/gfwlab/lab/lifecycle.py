@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from gfwlab.errors import LabError
 from gfwlab.lab import attached, netns
 from gfwlab.lab.state import LabState, locked, process_start_time, state_dir
 from gfwlab.live import kernel
+from gfwlab.live.loop import request
 from gfwlab.live.topology import (
     CENSOR_NS,
     CLIENT_NS,
@@ -475,14 +475,10 @@ def control(command: str, timeout: float = 10.0) -> str:
     path = os.path.join(state_dir(), "censor.sock")
     if not os.path.exists(path):
         raise LabError("the censor is not running (gfwlab lab status)")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-            sock.sendall(command.encode() + b"\n")
-            reply = sock.recv(4096).decode().strip()
-        except OSError as exc:
-            raise LabError(f"the censor did not answer: {exc}") from None
+    try:
+        reply = request(path, command, timeout)
+    except OSError as exc:
+        raise LabError(f"the censor did not answer: {exc}") from None
     if not reply.startswith("ok"):
         raise LabError(reply.removeprefix("error ").strip() or "the censor refused")
     return reply

@@ -43,7 +43,7 @@ from gfwlab.live.chains import UdpReplies, udp_replies
 from gfwlab.live.engines import dead_children, engine_file, merge_parts, merged_stats
 from gfwlab.live.frames import FrameInjector
 from gfwlab.live.kernel import Kernel
-from gfwlab.live.loop import serve
+from gfwlab.live.loop import request, serve
 from gfwlab.live.nflog import NflogReader, SynCopies, connection
 from gfwlab.live.persist import BlockStore, censors_of
 from gfwlab.live.prober import Prober
@@ -484,14 +484,10 @@ class LiveCensor(MissedSynAcks):
     def ask(self, engine: int, command: str) -> str:
         """Send ``command`` to engine ``engine``'s control socket; its reply (GfwlabError if it
         refused or did not answer)."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(5.0)
-            try:
-                sock.connect(engine_file(self.state_dir, "censor.sock", engine))
-                sock.sendall(command.encode() + b"\n")
-                reply = sock.recv(4096).decode().strip()
-            except OSError as exc:
-                raise GfwlabError(f"engine {engine} did not answer: {exc}") from None
+        try:
+            reply = request(engine_file(self.state_dir, "censor.sock", engine), command, 5.0)
+        except OSError as exc:
+            raise GfwlabError(f"engine {engine} did not answer: {exc}") from None
         if not reply.startswith("ok"):
             raise GfwlabError(f"engine {engine}: {reply.removeprefix('error ')}")
         return reply

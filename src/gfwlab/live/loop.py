@@ -39,6 +39,16 @@ class Served(Protocol):
     def stop_recording(self) -> int: ...
 
 
+def request(path: str, command: str, timeout: float) -> str:
+    """Send one command to the control socket at ``path`` (:func:`serve`) and return its reply
+    line (``ok ...`` or ``error ...``); OSError if it cannot be reached or does not answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(command.encode() + b"\n")
+        return sock.recv(4096).decode().strip()
+
+
 def serve(live: Served, queue_num: int) -> None:
     """Bind NFQUEUE ``queue_num`` and the control socket, and run ``live`` until it stops: wait
     for packets, SYN copies, probe results, commands and timers; write the events once per pass
