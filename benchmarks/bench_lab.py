@@ -60,6 +60,7 @@ from rich.table import Table
 from gfwlab.lab import lifecycle
 from gfwlab.lab.netns import in_ns
 from gfwlab.lab.state import LabState
+from gfwlab.live.engines import COUNTS
 from gfwlab.live.topology import CENSOR_NS, CLIENT_NS, SERVER_EXTRA_V4, SERVER_NS, SERVER_V4
 from gfwlab.packet.ip import PSH, parse
 from gfwlab.packet.pcap import CaptureReader
@@ -332,7 +333,7 @@ def main() -> int:
     if args.rounds < 1:
         print("bench_lab: --rounds must be at least 1", file=sys.stderr)
         return 2
-    if args.engines not in (1, 2, 4, 8, 16) or not 1 <= args.sites <= 8:
+    if args.engines not in COUNTS or not 1 <= args.sites <= 8:
         print("bench_lab: --engines must be 1, 2, 4, 8 or 16, --sites 1 to 8", file=sys.stderr)
         return 2
     console = Console() if sys.stdout.isatty() else Console(width=140)  # whole ratios in a file

@@ -80,8 +80,11 @@ def lab_up(
     chain = profile or ["gfw"]
     if at is not None and date is not None:
         raise InputError("--at and --date: give one (--at sets the day too)")
-    if engines not in (1, 2, 4, 8, 16):
-        raise InputError(f"--engines: {engines} is not 1, 2, 4, 8 or 16")
+    from gfwlab.live.engines import COUNTS  # noqa: PLC0415
+
+    if engines not in COUNTS:
+        some = ", ".join(map(str, COUNTS[:-1]))
+        raise InputError(f"--engines: {engines} is not {some} or {COUNTS[-1]}")
     opts = UpOptions(
         profile=chain[0],
         more_profiles=chain[1:],
