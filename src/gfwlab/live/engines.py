@@ -87,9 +87,8 @@ def pinned_ports(censors: Iterable[Censor]) -> frozenset[int]:
     """The UDP ports of ``all`` scoped state (their datagrams go to the first engine)."""
     out: set[int] = set()
     for censor in censors:
-        for name, mech in censor.mechanisms.items():
-            if type(mech).shard_scope == "all":
-                out |= censor.plan.udp_ports.get(name) or frozenset()
+        for _name, ports in censor.all_scoped():
+            out |= ports or frozenset()
     return frozenset(out)
 
 
@@ -100,8 +99,8 @@ def refusal(censors: Iterable[Censor], engines: int) -> str | None:
     if engines == 1:
         return None
     for censor in censors:
-        for name, mech in censor.mechanisms.items():
-            if type(mech).shard_scope == "all" and not censor.plan.udp_ports.get(name):
+        for name, ports in censor.all_scoped():
+            if not ports:
                 return f"{name} keeps state across every flow: it needs one engine (--engines 1)"
     return None
 

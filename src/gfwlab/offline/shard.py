@@ -120,8 +120,8 @@ def refusal(index: CaptureIndex, censor: Censor) -> str | None:
     can, if its flow table cannot fill, :func:`table_fills`)."""
     if not index.in_order:
         return "its timestamps go backwards"
-    for name, mech in censor.mechanisms.items():
-        if type(mech).shard_scope == "all" and censor.plan.udp_ports.get(name) is None:
+    for name, ports in censor.all_scoped():
+        if ports is None:
             return f"{name} keeps state across every flow"
     for i in np.flatnonzero(~index.flow).tolist():
         try:
@@ -173,9 +173,8 @@ class Servers:
 def life_servers(index: CaptureIndex, censor: Censor, lives: Lives) -> Servers:
     """The server of each keyed life of ``index``."""
     pinned_ports: set[int] = set()
-    for name, mech in censor.mechanisms.items():
-        if type(mech).shard_scope == "all":
-            pinned_ports |= censor.plan.udp_ports.get(name, frozenset())
+    for _name, ports in censor.all_scoped():
+        pinned_ports |= ports or frozenset()
     first = lives.first[lives.keyed]
     tcp = index.proto[first] == PROTO_TCP
     flags = index.flags[first].astype(np.int64)
