@@ -591,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         engines.wait_gate(gate)  # the first engine's rules are in place
     code = 1
     try:
-        code = _run(args, censor, engine, children, gate)
+        code = _run(args, censor, censors, engine, children, gate)
     finally:
         if children:
             engines.stop_children(children)
@@ -603,11 +603,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(
-    args: argparse.Namespace, censor: Censor | Chain, engine: int, children: list[int], gate: int
+    args: argparse.Namespace,
+    censor: Censor | Chain,
+    censors: list[Censor],
+    engine: int,
+    children: list[int],
+    gate: int,
 ) -> int:
-    """Run engine ``engine`` of ``args.engines`` (``live/engines.py``)."""
+    """Run engine ``engine`` of ``args.engines`` (``live/engines.py``) on ``censor`` (whose
+    censors are ``censors``)."""
     first = engine == 0
-    censors = censors_of(censor)
     kernel = Kernel()
     if first:
         with contextlib.suppress(GfwlabError):
@@ -646,7 +651,7 @@ def _run(
         udp_replies=udp_replies([c.plan.ports for c in censors]),
     )
     live.blocks.restore(censor, time.monotonic(), time.time())  # after a crash: restart-censor
-    gc.freeze()
+    gc.freeze()  # and what this engine made since
 
     def stop(_signum: int, _frame: object) -> None:
         live.stop = True
@@ -656,7 +661,9 @@ def _run(
     if first:
         engines.open_gate(gate)
         # Ready (its control socket made) once every engine is: lab up waits for that.
-        engines.wait_ready(args.state_dir, args.engines, lambda: live.stop)
+        ready = engines.wait_ready(args.state_dir, args.engines, lambda: live.stop)
+        if not ready and not live.stop:  # lab status counts the ones that exited
+            print("gfwlab-censor: not every engine started", file=sys.stderr, flush=True)
     serve(live, args.queue + engine)
     return 0
 
