@@ -21,7 +21,7 @@ import pytest
 from gfwlab.lab.netns import in_ns
 from gfwlab.lab.state import LabState
 from gfwlab.live.topology import CENSOR_NS, CLIENT_NS, CLIENT_V4
-from testenv import LAB_MARKS, UP, curl, gfwlab, leftovers
+from testenv import LAB_MARKS, UP, curl, engine_packets, gfwlab, leftovers
 
 pytestmark = [*LAB_MARKS, pytest.mark.slow]  # about 20 s: the matrix stage (scripts/test)
 
@@ -37,9 +37,7 @@ RESIDUAL = ["--set", "http_keyword.residual_s=20", "--set", "http_keyword.residu
 def judged() -> list[int]:
     """The packets each engine has fed its engine so far (as last written: half a second)."""
     time.sleep(1.0)
-    with open(LabState.load().file("stats.json"), encoding="utf-8") as fh:
-        each: list[int] = json.load(fh)["engine_packets_each"]
-    return each
+    return engine_packets()
 
 
 def queued_by_rule() -> dict[str, int]:

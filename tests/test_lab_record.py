@@ -16,7 +16,17 @@ from gfwlab.lab.netns import in_ns
 from gfwlab.live.chains import jump_rule
 from gfwlab.live.kernel import Kernel
 from gfwlab.live.topology import CENSOR_NS
-from testenv import LAB_MARKS, SETS, UP, _verdicts, client, curl, gfwlab, leftovers
+from testenv import (
+    LAB_MARKS,
+    SETS,
+    UP,
+    _verdicts,
+    client,
+    curl,
+    engine_packets,
+    gfwlab,
+    leftovers,
+)
 
 pytestmark = LAB_MARKS
 
@@ -24,15 +34,6 @@ pytestmark = LAB_MARKS
 ENGINES = pytest.mark.parametrize("engines", [1, pytest.param(2, marks=pytest.mark.slow)])
 """One engine, and two (``lab up --engines``, ``live/engines.py``; the matrix stage): the lab's
 addresses are shared between them by their low bit, so each session below reaches both."""
-
-
-def engines_judged(engines: int) -> list[int]:
-    """The packets each engine of the lab has fed its engine so far."""
-    from gfwlab.lab.state import LabState  # noqa: PLC0415
-
-    with open(LabState.load().file("stats.json"), encoding="utf-8") as fh:
-        stats = json.load(fh)
-    return stats.get("engine_packets_each", [stats["engine_packets"]])  # type: ignore[no-any-return]
 
 
 @ENGINES
@@ -63,7 +64,7 @@ def test_recorded_session_analysed_offline_gives_the_live_verdicts(
         assert recorder.returncode == 0, err
         assert rec.stat().st_size > 24
         live = [json.loads(x) for x in gfwlab("lab", "events").stdout.splitlines()]
-        judged = engines_judged(engines)
+        judged = engine_packets()
     finally:
         gfwlab("lab", "down")
     assert leftovers() == []
@@ -189,7 +190,7 @@ def test_residual_blocks_reach_bypassed_flows_as_offline(tmp_path: Path, engines
         assert recorder.returncode == 0, err
         live = [json.loads(x) for x in gfwlab("lab", "events").stdout.splitlines()]
         stats = json.loads(gfwlab("lab", "status", "--json").stdout)["stats"]
-        judged = engines_judged(engines)
+        judged = engine_packets()
         kernel = Kernel(in_ns(CENSOR_NS))
         held = {(name, elem) for name, elem, left in kernel.residuals() if 0 < left <= 180}
         check = ["iptables", "-w", "-t", "mangle", "-C", "GFWLAB", *jump_rule()]

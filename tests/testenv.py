@@ -135,6 +135,17 @@ def censor_stats() -> dict[str, Any]:
             return out
 
 
+def engine_packets() -> list[int]:
+    """The packets each engine of the lab's censor has fed its engine so far, as its counters
+    last said (``stats.json``, at most half a second old; one number for one engine)."""
+    from gfwlab.lab.state import LabState  # noqa: PLC0415  (nothing from gfwlab at load)
+
+    with open(LabState.load().file("stats.json"), encoding="utf-8") as fh:
+        stats = json.load(fh)
+    each: list[int] = stats.get("engine_packets_each", [stats["engine_packets"]])
+    return each
+
+
 def lab_for_module(*up: str) -> Iterator[None]:
     """The body of a module-scoped ``lab`` fixture: the lab brought up with ``up`` (after taking
     down any a crashed run left) for the module's tests, and taken down after them, also when
