@@ -89,16 +89,6 @@ class Censor:
 
     # ------------------------------------------------------------------ timers
 
-    def all_scoped(self) -> list[tuple[str, frozenset[int] | None]]:
-        """Each mechanism whose state spans every flow (``Mechanism.shard_scope`` ``all``), with
-        the UDP ports whose datagrams alone reach it (None: no port bounds it): what a split of
-        the flows must keep whole (``offline/shard.py``, ``live/engines.py``)."""
-        return [
-            (name, self.plan.udp_ports.get(name))
-            for name, mech in self.mechanisms.items()
-            if type(mech).shard_scope == "all"
-        ]
-
     def next_deadline(self) -> float | None:
         """The earliest time ``on_timer`` has work to do, or None."""
         timers = self.verdicts.timers

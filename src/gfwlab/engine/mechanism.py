@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import ABC
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Generic, Literal, TypeVar
 
@@ -397,3 +398,17 @@ HOOKS: Final[tuple[str, ...]] = tuple(
 def overridden_hooks(cls: type[Mechanism[Any]]) -> frozenset[str]:
     """The hooks ``cls`` overrides, so the engine calls only those."""
     return frozenset(h for h in HOOKS if getattr(cls, h) is not getattr(Mechanism, h))
+
+
+def all_scoped(
+    mechanisms: Mapping[str, Mechanism[Any]], udp_ports: Mapping[str, frozenset[int]]
+) -> list[tuple[str, frozenset[int] | None]]:
+    """Each of ``mechanisms`` whose state spans every flow (:attr:`Mechanism.shard_scope`
+    ``all``), with the UDP ports whose datagrams alone reach it (``udp_ports``: a censor's
+    ``plan.udp_ports``; None: no port bounds it): what a split of the flows must keep whole
+    (``offline/shard.py``, ``live/engines.py``)."""
+    return [
+        (name, udp_ports.get(name))
+        for name, mech in mechanisms.items()
+        if type(mech).shard_scope == "all"
+    ]

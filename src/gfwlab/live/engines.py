@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from gfwlab.engine import Censor
+from gfwlab.engine.mechanism import all_scoped
 from gfwlab.live.topology import CLIENT_LINK, SERVER_LINK
 from gfwlab.packet.pcap import CaptureReader, PcapWriter
 
@@ -87,7 +88,7 @@ def pinned_ports(censors: Iterable[Censor]) -> frozenset[int]:
     """The UDP ports of ``all`` scoped state (their datagrams go to the first engine)."""
     out: set[int] = set()
     for censor in censors:
-        for _name, ports in censor.all_scoped():
+        for _name, ports in all_scoped(censor.mechanisms, censor.plan.udp_ports):
             out |= ports or frozenset()
     return frozenset(out)
 
@@ -99,7 +100,7 @@ def refusal(censors: Iterable[Censor], engines: int) -> str | None:
     if engines == 1:
         return None
     for censor in censors:
-        for name, ports in censor.all_scoped():
+        for name, ports in all_scoped(censor.mechanisms, censor.plan.udp_ports):
             if not ports:
                 return f"{name} keeps state across every flow: it needs one engine (--engines 1)"
     return None

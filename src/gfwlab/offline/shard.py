@@ -49,6 +49,7 @@ import numpy.typing as npt
 from gfwlab.engine.actions import Event
 from gfwlab.engine.censor import Censor
 from gfwlab.engine.flows import Flow
+from gfwlab.engine.mechanism import all_scoped
 from gfwlab.engine.verdicts import Stats
 from gfwlab.errors import MalformedPacket
 from gfwlab.offline import fast
@@ -120,7 +121,7 @@ def refusal(index: CaptureIndex, censor: Censor) -> str | None:
     can, if its flow table cannot fill, :func:`table_fills`)."""
     if not index.in_order:
         return "its timestamps go backwards"
-    for name, ports in censor.all_scoped():
+    for name, ports in all_scoped(censor.mechanisms, censor.plan.udp_ports):
         if ports is None:
             return f"{name} keeps state across every flow"
     for i in np.flatnonzero(~index.flow).tolist():
@@ -173,7 +174,7 @@ class Servers:
 def life_servers(index: CaptureIndex, censor: Censor, lives: Lives) -> Servers:
     """The server of each keyed life of ``index``."""
     pinned_ports: set[int] = set()
-    for _name, ports in censor.all_scoped():
+    for _name, ports in all_scoped(censor.mechanisms, censor.plan.udp_ports):
         pinned_ports |= ports or frozenset()
     first = lives.first[lives.keyed]
     tcp = index.proto[first] == PROTO_TCP
