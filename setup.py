@@ -1,6 +1,8 @@
 """The compiled modules; everything else is in pyproject.toml.
 
 * gfwlab._native: the offline index's per-record loops, in C.
+* gfwlab.proto._initial: a QUIC client Initial's keys, header protection and AEAD, in C with
+  OpenSSL's libcrypto (Debian: libssl-dev to build).
 * The engine's per-packet path, compiled from its typed sources with mypyc (the list and why:
   src/gfwlab/_build.py), unless GFWLAB_PURE=1 is set at install time. A compiled build writes
   the digest of those sources beside them, so that a source changed later is run instead of
@@ -22,6 +24,13 @@ native = Extension(
     ["src/gfwlab/_native.c"],
     # Timestamps must be the capture reader's IEEE operations, never contracted.
     extra_compile_args=["-O2", "-ffp-contract=off"],
+)
+
+initial = Extension(
+    "gfwlab.proto._initial",
+    ["src/gfwlab/proto/_initial.c"],
+    extra_compile_args=["-O2"],
+    libraries=["crypto"],
 )
 
 
@@ -61,4 +70,4 @@ if not build["pure_requested"]():
         group_name="gfwlab",
     )
 
-setup(ext_modules=[native, *compiled], cmdclass={"build_ext": BuildExt})
+setup(ext_modules=[native, initial, *compiled], cmdclass={"build_ext": BuildExt})

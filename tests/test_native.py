@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -23,19 +24,24 @@ from gfwlab import _native
 from gfwlab.offline.index import CaptureIndex, Lives, _classify, _flow_keys
 from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, build_tcp, build_udp
 from gfwlab.packet.link import ip_offset
+from gfwlab.proto import _initial
 
-SRC = Path(__file__).resolve().parent.parent / "src" / "gfwlab" / "_native.c"
+SRC = Path(__file__).resolve().parent.parent / "src" / "gfwlab"
 
 
-def test_the_module_is_built_from_the_source_in_the_tree() -> None:
-    """A stale build would test old code: the compiled module must be newer than its source
+@pytest.mark.parametrize(
+    ("module", "source"), [(_native, "_native.c"), (_initial, "proto/_initial.c")]
+)
+def test_the_module_is_built_from_the_source_in_the_tree(module: ModuleType, source: str) -> None:
+    """A stale build would test old code: each C module must be newer than its source
     (rebuild with ``pip install -e .``, which scripts/setup runs). The build copies the module
     into the tree with its time in whole seconds."""
-    built = Path(_native.__file__ or "")
+    src = SRC / source
+    built = Path(module.__file__ or "")
     assert built.suffix == ".so", built
-    if SRC.exists() and built.is_relative_to(SRC.parent):
-        assert os.path.getmtime(built) >= int(os.path.getmtime(SRC)), (
-            f"{built.name} is older than {SRC.name}: run .venv/bin/pip install -e ."
+    if src.exists() and built.is_relative_to(SRC):
+        assert os.path.getmtime(built) >= int(os.path.getmtime(src)), (
+            f"{built.name} is older than {src.name}: run .venv/bin/pip install -e ."
         )
 
 
@@ -215,6 +221,7 @@ _GUARDED = r"""
 import ctypes, mmap, sys
 import numpy as np
 from gfwlab import _native
+from gfwlab.proto import _initial
 from gfwlab.offline.index import _classify
 page = mmap.PAGESIZE
 mem = mmap.mmap(-1, 2 * page)

@@ -9,12 +9,16 @@ from __future__ import annotations
 import os
 
 import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gfwlab.errors import MalformedPacket
 from gfwlab.packet.ip import PROTO_UDP, parse
 from gfwlab.packet.pcap import CaptureReader
+from gfwlab.proto._initial import open_initial
 from gfwlab.proto.quic import (
     QUIC_V1,
     QUIC_V2,
@@ -242,6 +246,82 @@ def test_we_read_aioquic_client_initials(sni: str) -> None:
     assert q is not None
     assert q.sni == sni
     assert q.client_hello is not None and q.client_hello.alpn == ("h3",)
+
+
+# --- differential: the compiled opener against `cryptography` -------------------------------
+
+
+def reference_open(
+    datagram: bytes, pn_at: int, end: int, dcid: bytes, version: int
+) -> tuple[int, int, int, bytes | None]:
+    """RFC 9001 §5 with the `cryptography` package: what proto/_initial.c must give."""
+    keys = initial_keys(dcid, version)
+    enc = Cipher(algorithms.AES(keys.hp), modes.ECB()).encryptor()
+    mask = enc.update(datagram[pn_at + 4 : pn_at + 20]) + enc.finalize()
+    first = datagram[0] ^ (mask[0] & 0x0F)
+    pn_len = (first & 0x03) + 1
+    pn = int.from_bytes(datagram[pn_at : pn_at + pn_len], "big") ^ int.from_bytes(
+        mask[1 : 1 + pn_len], "big"
+    )
+    header = bytes((first,)) + datagram[1:pn_at] + pn.to_bytes(pn_len, "big")
+    nonce = (int.from_bytes(keys.iv, "big") ^ pn).to_bytes(12, "big")
+    try:
+        payload = AESGCM(keys.key).decrypt(nonce, datagram[pn_at + pn_len : end], header)
+    except InvalidTag:
+        return first, pn, pn_len, None
+    return first, pn, pn_len, payload
+
+
+def opened(datagram: bytes, pn_at: int, end: int, dcid: bytes, version: int) -> object:
+    labels = {QUIC_V1: (b"quic key", b"quic iv", b"quic hp")}.get(
+        version, (b"quicv2 key", b"quicv2 iv", b"quicv2 hp")
+    )
+    salt = {
+        QUIC_V1: bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a"),
+        QUIC_V2: bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9"),
+    }[version]
+    return open_initial(datagram, pn_at, end, dcid, salt, *labels)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    dcid=st.binary(max_size=20),
+    version=st.sampled_from([QUIC_V1, QUIC_V2]),
+    pn_len=st.integers(1, 4),
+    pn=st.integers(0, 2**32 - 1),
+    pad_to=st.integers(60, 1500),
+    flip=st.one_of(st.none(), st.integers(0, 10_000)),
+)
+def test_compiled_opener_equals_the_reference(
+    dcid: bytes, version: int, pn_len: int, pn: int, pad_to: int, flip: int | None
+) -> None:
+    """Built by the `cryptography` path (protect_initial), opened by both; with one bit
+    flipped anywhere from the packet number on, both agree too (a failed tag, or not)."""
+    pn &= (1 << (8 * pn_len)) - 1
+    d = bytearray(build_initial(None, dcid=dcid, version=version, pn_len=pn_len, pn=pn,
+                                pad_to=pad_to))  # fmt: skip
+    pos = 5 + 1 + d[5]  # past the version and the dcid
+    pos += 1 + d[pos]  # the scid
+    for _ in ("token length", "length"):
+        got = pull_varint(bytes(d), pos, len(d))
+        assert got is not None
+        pos = got[1]
+    pn_at = pos  # no token
+    if flip is not None:
+        at = pn_at + flip % (len(d) - pn_at)
+        d[at] ^= 1 << (flip % 8)
+    want = reference_open(bytes(d), pn_at, len(d), dcid, version)
+    assert opened(bytes(d), pn_at, len(d), dcid, version) == want
+    if flip is None:
+        assert want[1:3] == (pn, pn_len) and want[3] is not None
+
+
+def test_compiled_opener_rejects_a_sample_out_of_bounds() -> None:
+    d = build_initial("google.com")
+    with pytest.raises(ValueError, match="sample"):
+        opened(d, len(d) - 10, len(d), b"", QUIC_V1)
+    with pytest.raises(ValueError, match="sample"):
+        opened(d, 30, len(d) + 1, b"", QUIC_V1)
 
 
 # --- what is not an Initial, and what is malformed -----------------------------------------
