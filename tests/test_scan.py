@@ -392,6 +392,7 @@ def test_walks_let_go_of_what_they_read(
     monkeypatch.setattr("gfwlab.packet.pcap.RELEASE", 1 << 20)
     monkeypatch.setattr("gfwlab.packet.pcapng.RELEASE", 1 << 20)
     monkeypatch.setattr("gfwlab.packet.scan.RELEASE", 1 << 20)
+    monkeypatch.setattr("gfwlab.packet.scan.HOLD", 1 << 20)
     frame = build_udp(V4A, V4B, 5353, 443, b"\x5a" * 1400)
     count = (32 << 20) // (len(frame) + 32)
     if kind.startswith("pcap-"):
