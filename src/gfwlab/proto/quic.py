@@ -164,6 +164,34 @@ class QuicInitial(Frozen):
     coalesced_rest: int
     """Bytes in the datagram after the first packet (coalesced packets or junk)."""
 
+    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
+    # compiled (gfwlab._build); this one is compiled with it (one per client Initial).
+    def __init__(
+        self,
+        version: int,
+        dcid: bytes,
+        scid: bytes,
+        token: bytes,
+        packet_number: int,
+        pn_length: int,
+        frames: tuple[str, ...],
+        crypto_offsets: tuple[int, ...],
+        client_hello: ClientHello | None,
+        anomalies: tuple[str, ...],
+        coalesced_rest: int,
+    ) -> None:
+        object.__setattr__(self, "version", version)
+        object.__setattr__(self, "dcid", dcid)
+        object.__setattr__(self, "scid", scid)
+        object.__setattr__(self, "token", token)
+        object.__setattr__(self, "packet_number", packet_number)
+        object.__setattr__(self, "pn_length", pn_length)
+        object.__setattr__(self, "frames", frames)
+        object.__setattr__(self, "crypto_offsets", crypto_offsets)
+        object.__setattr__(self, "client_hello", client_hello)
+        object.__setattr__(self, "anomalies", anomalies)
+        object.__setattr__(self, "coalesced_rest", coalesced_rest)
+
     @property
     def sni(self) -> str | None:
         """The ClientHello's SNI, or None."""
