@@ -37,7 +37,7 @@ from gfwlab.live.topology import CENSOR_NS, CLIENT_NS
 SETS = ["quic_sni.block_latency_ms=[]", "ss_probing.enabled=false"]
 SEND = r"""
 import json, socket, sys, time
-from gfwlab.proto.quic import build_initial
+from gfwlab.proto.quic_build import build_initial
 
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("198.18.0.2", 0))

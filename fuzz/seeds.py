@@ -23,7 +23,8 @@ from gfwlab.offline.synth import demo_traffic, generate
 from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, parse
 from gfwlab.packet.pcap import CaptureReader, PcapWriter
 from gfwlab.proto.dns import build_query
-from gfwlab.proto.quic import QUIC_V2, build_initial
+from gfwlab.proto.quic import QUIC_V2
+from gfwlab.proto.quic_build import build_initial
 from gfwlab.proto.tls import build_client_hello
 
 REPO = Path(__file__).resolve().parents[1]

@@ -33,7 +33,7 @@ from gfwlab.mechanisms import dns_injection, fet
 from gfwlab.offline.synth import generate
 from gfwlab.packet.ip import ACK, addr_bytes, build_tcp
 from gfwlab.proto.dns import build_query
-from gfwlab.proto.quic import build_initial
+from gfwlab.proto.quic_build import build_initial
 from gfwlab.proto.tls import build_client_hello
 from testenv import REAL_LIST_SETS, SHARED_BLOCKLISTS, SHARED_PCAPS, needs_shared, shared_pcaps
 

@@ -24,7 +24,7 @@ from gfwlab.offline.synth import (
 )
 from gfwlab.packet.ip import addr_bytes, build_udp, parse
 from gfwlab.profiles import build_censor, load_profile
-from gfwlab.proto.quic import build_initial
+from gfwlab.proto.quic_build import build_initial
 
 DAY = dt.date(2022, 6, 1)  # FET and Shadowsocks probing active; the draws of every kind matter
 SETS = [

@@ -15,7 +15,7 @@ from gfwlab.offline.synth import dns_exchange, http_get, https_conversation, tcp
 from gfwlab.packet.ip import addr_bytes, build_fragment, build_udp, checksum, fragment, parse
 from gfwlab.profiles import build_censor
 from gfwlab.proto.dns import build_query
-from gfwlab.proto.quic import build_initial
+from gfwlab.proto.quic_build import build_initial
 from helpers import profile, run
 
 C, S = "198.18.0.2", "198.19.0.2"

@@ -28,7 +28,7 @@ from gfwlab.packet.ip import ACK, SYN, addr_bytes, build_tcp, build_udp
 from gfwlab.packet.ip import parse as parse_ip
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.proto.dns import build_query
-from gfwlab.proto.quic import build_initial
+from gfwlab.proto.quic_build import build_initial
 from gfwlab.proto.tls import build_client_hello
 
 FUZZ = Path(__file__).resolve().parents[1] / "fuzz"

@@ -17,7 +17,7 @@ from collections import Counter
 import pytest
 
 from gfwlab.mechanisms.ss_probing import SsProbing, SsProbingParams, entropy
-from gfwlab.proto import quic
+from gfwlab.proto import quic_build
 from gfwlab.rules.schema import Prefixes
 
 
@@ -82,7 +82,9 @@ def test_quic_hmac_is_hmac_sha256() -> None:
     for _ in range(500):
         key = rng.randbytes(rng.randrange(65))
         msg = rng.randbytes(rng.randrange(200))
-        assert quic._hmac(quic._keyed(key), msg) == hmac.digest(key, msg, hashlib.sha256)
+        assert quic_build._hmac(quic_build._keyed(key), msg) == hmac.digest(
+            key, msg, hashlib.sha256
+        )
 
 
 def test_ss_candidate_test_gives_the_same_chance() -> None:

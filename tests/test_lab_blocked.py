@@ -20,7 +20,7 @@ pytestmark = LAB_MARKS
 
 SEND = r"""
 import json, socket, sys, time
-from gfwlab.proto.quic import build_initial
+from gfwlab.proto.quic_build import build_initial
 
 port, count, initial = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 gap = float(sys.argv[4]) if len(sys.argv) > 4 else 0.002

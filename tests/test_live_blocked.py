@@ -33,7 +33,7 @@ from gfwlab.packet.ip import (
 )
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.profiles import build_censor
-from gfwlab.proto.quic import build_initial
+from gfwlab.proto.quic_build import build_initial
 from gfwlab.proto.tls import build_client_hello
 from helpers import Links, QueuedPacket, profile
 

@@ -19,17 +19,12 @@ from gfwlab.errors import MalformedPacket
 from gfwlab.packet.ip import PROTO_UDP, parse
 from gfwlab.packet.pcap import CaptureReader
 from gfwlab.proto._initial import open_initial
-from gfwlab.proto.quic import (
-    QUIC_V1,
-    QUIC_V2,
-    QuicInitial,
+from gfwlab.proto.quic import QUIC_V1, QUIC_V2, QuicInitial, parse_initial, pull_varint, push_varint
+from gfwlab.proto.quic_build import (
     build_initial,
     crypto_frame,
     initial_keys,
-    parse_initial,
     protect_initial,
-    pull_varint,
-    push_varint,
     quic_client_hello,
     split_initials,
 )

@@ -12,14 +12,8 @@ from gfwlab.engine import Event
 from gfwlab.offline import analyze
 from gfwlab.packet.ip import addr_bytes, build_udp
 from gfwlab.profiles import build_censor
-from gfwlab.proto.quic import (
-    CRYPTO_READINGS,
-    QUIC_V2,
-    build_initial,
-    parse_initial,
-    protect_initial,
-    split_initials,
-)
+from gfwlab.proto.quic import CRYPTO_READINGS, QUIC_V2, parse_initial
+from gfwlab.proto.quic_build import build_initial, protect_initial, split_initials
 from gfwlab.proto.tls import parse_client_hello_body
 from helpers import binomial_interval, profile, run
 from testenv import SHARED_PCAPS, needs_shared

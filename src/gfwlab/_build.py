@@ -74,6 +74,7 @@ COMPILED = (
     "gfwlab.proto.dns",
     "gfwlab.proto.http",
     "gfwlab.proto.quic",
+    "gfwlab.proto.quic_build",
     "gfwlab.proto.tls",
     "gfwlab.proto.wallbleed",
     "gfwlab.rules.domains",

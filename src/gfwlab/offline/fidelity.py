@@ -39,7 +39,8 @@ from gfwlab.offline.synth import (
 from gfwlab.packet.ip import ACK, Packet, addr_bytes, build_udp, parse
 from gfwlab.profiles import build_censor, load_profile
 from gfwlab.proto.dns import build_query
-from gfwlab.proto.quic import QUIC_V2, build_initial
+from gfwlab.proto.quic import QUIC_V2
+from gfwlab.proto.quic_build import build_initial
 from gfwlab.rules import quantiles
 from gfwlab.rules.quantiles import Quantiles
 

@@ -7,8 +7,8 @@
  * sample) and open the payload (§5.3: AES-128-GCM). Through the `cryptography` package that
  * was 20-25 µs an Initial, most of it the Python layers around each cipher object and a
  * cipher lookup for each; here the digest and ciphers are fetched once and the whole is one
- * call of 2-3 µs. gfwlab.proto.quic keeps the `cryptography` implementation for building
- * Initials and as the reference the tests compare this with (tests/test_proto_quic.py).
+ * call of 2-3 µs. gfwlab.proto.quic_build keeps the `cryptography` implementation for
+ * building Initials and as the reference the tests compare this with (tests/test_proto_quic.py).
  *
  * Only the cryptography is here: gfwlab.proto.quic reads the header, checks every length
  * (the sample and the tag fit the packet) and makes the anomalies; this reads within the

@@ -41,7 +41,7 @@ from typing import Any
 from gfwlab.offline.synth import flood
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.proto.dns import build_query
-from gfwlab.proto.quic import build_initial
+from gfwlab.proto.quic_build import build_initial
 from gfwlab.proto.tls import build_client_hello
 
 LIST_FILES = {
