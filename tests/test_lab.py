@@ -22,7 +22,15 @@ import pytest
 
 from gfwlab.lab.netns import in_ns
 from gfwlab.live.chains import SEEN_CHAIN, SKIP_CHAIN
-from gfwlab.live.topology import CENSOR_NS
+from gfwlab.live.topology import (
+    CENSOR_NS,
+    CLIENT_GW_V4,
+    CLIENT_GW_V6,
+    SERVER_GW_V4,
+    SERVER_GW_V6,
+    SERVER_V4,
+    SERVER_V6,
+)
 from gfwlab.packet.ip import ACK, RST, parse
 from gfwlab.packet.pcap import CaptureReader
 from testenv import LAB_MARKS, UP, censor_stats, client, curl, gfwlab, leftovers
@@ -202,6 +210,26 @@ def test_dns_answers_skip_the_queue_and_blocked_names_are_still_answered(lab: No
     # The queries, and at most one ICMP error per blocked name: dig stops at the forged answer,
     # and the client's kernel may answer the real one's arrival at a closed port.
     assert len(names) <= queued <= len(names) + names.count("www.google.com"), queued
+
+
+def test_packets_to_the_censor_itself_skip_the_queue(lab: None) -> None:
+    """Only traffic that crosses the censor is the GFW's to judge: pings of the censor's own
+    addresses on both links, IPv4 and IPv6 (with the neighbour discovery they bring), reach no
+    queue; the same pings across the censor do."""
+    own = [("client", CLIENT_GW_V4), ("client", CLIENT_GW_V6), ("server", SERVER_GW_V4),
+           ("server", SERVER_GW_V6)]  # fmt: skip
+    across = [("client", SERVER_V4), ("client", SERVER_V6)]
+
+    def pings(targets: list[tuple[str, str]]) -> int:
+        before = censor_stats()["queued_packets"]
+        for role, addr in targets:
+            res = gfwlab("lab", "exec", role, "--", "ping", "-c", "3", "-i", "0.2", "-W", "2", addr)
+            assert res.returncode == 0, res.stdout + res.stderr
+        queued: int = censor_stats()["queued_packets"] - before
+        return queued
+
+    assert pings(own) == 0
+    assert pings(across) >= 2 * 3  # each echo request at least
 
 
 def test_http3_to_an_unblocked_name_works(lab: None) -> None:

@@ -187,6 +187,9 @@ def install_queue_rules(censor_ns: str, queue: int, *, fail_open: bool) -> None:
 
     The queue is read in mangle PREROUTING, not FORWARD: a packet whose TTL expires at the censor
     is dropped before FORWARD, and the real GFW sees TTL-limited insertion packets (spec §9 (b)).
+    Only packets that cross the censor are its to judge: those addressed to its namespace itself
+    (local, multicast or broadcast: IPv6 neighbour discovery and MLD on both links, the
+    prober's replies, a ping of the gateway) are delivered without the queue.
     """
     bypass = f"0x{BYPASS_MARK:x}/0x{BYPASS_MARK:x}"
     try:
@@ -197,8 +200,14 @@ def install_queue_rules(censor_ns: str, queue: int, *, fail_open: bool) -> None:
         ipt = in_ns(censor_ns, tool, "-w", "-t", "mangle")
         run([*ipt, "-N", chains.QUEUE_CHAIN])
         run([*ipt, "-N", chains.BYPASSED_CHAIN])
+        # One addrtype match a type: for IPv6 a list of types is read as all of them at once (a
+        # local multicast address), not as any of them.
+        kinds = (
+            ("LOCAL", "MULTICAST") if tool == "ip6tables" else ("LOCAL", "MULTICAST", "BROADCAST")
+        )
+        crossing = [x for kind in kinds for x in ("-m", "addrtype", "!", "--dst-type", kind)]
         for dev in (CLIENT_LINK.b, SERVER_LINK.a):
-            run([*ipt, "-A", "PREROUTING", "-i", dev, "-j", chains.QUEUE_CHAIN])
+            run([*ipt, "-A", "PREROUTING", "-i", dev, *crossing, "-j", chains.QUEUE_CHAIN])
         run([*ipt, "-A", chains.QUEUE_CHAIN, "-m", "connmark", "--mark", bypass, "-j", "ACCEPT"])
         # While a residual drop block is in force, the censor puts a jump to this chain first
         # (live/kernel.py): a bypassed packet a block may cover loses its connection's bypass
@@ -209,9 +218,9 @@ def install_queue_rules(censor_ns: str, queue: int, *, fail_open: bool) -> None:
             except LabError as exc:
                 raise LabError(f"the kernel refused the set match (xt_set): {exc}") from None
         if tool == "iptables":
-            # The prober's own connections are not traffic the censor inspects, and the kernel
-            # must not reset the connections the prober's userspace TCP makes.
-            run([*ipt, "-A", chains.QUEUE_CHAIN, "-d", f"{PROBER_NET}.0/24", "-j", "ACCEPT"])
+            # The prober's own connections are not traffic the censor inspects (its addresses
+            # are local: no queue, above), and the kernel must not reset the connections the
+            # prober's userspace TCP makes.
             rst = ["-p", "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP"]
             run(in_ns(censor_ns, tool, "-w", "-A", "OUTPUT", "-s", f"{PROBER_NET}.0/24", *rst))
         # Later packets of flows the engine blocked are dropped here (filled by the censor:
