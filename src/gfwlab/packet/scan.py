@@ -87,12 +87,13 @@ _STRETCH = 8 << 20
 """Bytes walked between two checks of the record count against the limit."""
 
 HOLD = 1 << 30
-"""Bytes from its start that a classic pcap's walk keeps mapped (:func:`_walk`). The index
-reads every record it walked right after the walk (``offline/index.py``), so a page released
-by the walk is mapped again at once: releasing as it went cost a quarter of a realistic
-capture's indexing (1.2 GB), for no lower peak. Past ``HOLD`` the walk releases as it goes, so
-that a walk that finds a capture too large to index whole holds no more than a window of a
-windowed analysis does."""
+"""Bytes from its start that a walk keeps mapped (a classic pcap's :func:`_walk` from where
+it starts, a pcapng's :class:`_Runs` from the file's start). The index reads every record it
+walked right after the walk (``offline/index.py``), so a page released by the walk is mapped
+again at once: releasing as it went cost a quarter of a realistic capture's indexing (1.2 GB,
+either format), for no lower peak. Past ``HOLD`` the walk releases as it goes, so that a walk
+that finds a capture too large to index whole holds no more than a window of a windowed
+analysis does."""
 
 
 def _walk(
@@ -204,15 +205,16 @@ def _pcapng_windows(reader: CaptureReader, first: int, per: int) -> Iterator[Win
 
 class _Runs:
     """A pcapng's packets from its runs (:func:`~gfwlab.packet.pcapng.runs`), taken a number
-    at a time; the pages behind the walk are released as it goes (see :func:`_walk`)."""
+    at a time; past the first :data:`HOLD` bytes, the pages behind the walk are released as it
+    goes (see :func:`_walk`)."""
 
     def __init__(self, reader: CaptureReader, runs: Iterator[pcapng.Run]) -> None:
         self.reader = reader
         self.runs = runs
         self.held: pcapng.Run | None = None
         self.at = 0
-        self.done = 0
-        """Where the pages were last released."""
+        self.done = HOLD
+        """Where the pages were last released (the walk starts at the file's start)."""
 
     def _fill(self) -> bool:
         """Whether a packet is held (the walk goes on to the next run if none is)."""
