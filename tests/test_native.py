@@ -221,7 +221,6 @@ _GUARDED = r"""
 import ctypes, mmap, sys
 import numpy as np
 from gfwlab import _native
-from gfwlab.proto import _initial
 from gfwlab.offline.index import _classify
 page = mmap.PAGESIZE
 mem = mmap.mmap(-1, 2 * page)

@@ -10,7 +10,6 @@ import os
 
 import pytest
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,8 +18,19 @@ from gfwlab.errors import MalformedPacket
 from gfwlab.packet.ip import PROTO_UDP, parse
 from gfwlab.packet.pcap import CaptureReader
 from gfwlab.proto._initial import open_initial
-from gfwlab.proto.quic import QUIC_V1, QUIC_V2, QuicInitial, parse_initial, pull_varint, push_varint
+from gfwlab.proto.quic import (
+    LABELS,
+    QUIC_V1,
+    QUIC_V2,
+    SALTS,
+    QuicInitial,
+    parse_initial,
+    pull_varint,
+    push_varint,
+)
 from gfwlab.proto.quic_build import (
+    _mask,
+    _nonce,
     build_initial,
     crypto_frame,
     initial_keys,
@@ -249,33 +259,27 @@ def test_we_read_aioquic_client_initials(sni: str) -> None:
 def reference_open(
     datagram: bytes, pn_at: int, end: int, dcid: bytes, version: int
 ) -> tuple[int, int, int, bytes | None]:
-    """RFC 9001 §5 with the `cryptography` package: what proto/_initial.c must give."""
+    """RFC 9001 §5 with the `cryptography` package (the builder's keys, mask and nonce): what
+    proto/_initial.c must give."""
     keys = initial_keys(dcid, version)
-    enc = Cipher(algorithms.AES(keys.hp), modes.ECB()).encryptor()
-    mask = enc.update(datagram[pn_at + 4 : pn_at + 20]) + enc.finalize()
+    mask = _mask(keys.hp, datagram[pn_at + 4 : pn_at + 20])
     first = datagram[0] ^ (mask[0] & 0x0F)
     pn_len = (first & 0x03) + 1
     pn = int.from_bytes(datagram[pn_at : pn_at + pn_len], "big") ^ int.from_bytes(
         mask[1 : 1 + pn_len], "big"
     )
     header = bytes((first,)) + datagram[1:pn_at] + pn.to_bytes(pn_len, "big")
-    nonce = (int.from_bytes(keys.iv, "big") ^ pn).to_bytes(12, "big")
     try:
-        payload = AESGCM(keys.key).decrypt(nonce, datagram[pn_at + pn_len : end], header)
+        payload = AESGCM(keys.key).decrypt(
+            _nonce(keys.iv, pn), datagram[pn_at + pn_len : end], header
+        )
     except InvalidTag:
         return first, pn, pn_len, None
     return first, pn, pn_len, payload
 
 
 def opened(datagram: bytes, pn_at: int, end: int, dcid: bytes, version: int) -> object:
-    labels = {QUIC_V1: (b"quic key", b"quic iv", b"quic hp")}.get(
-        version, (b"quicv2 key", b"quicv2 iv", b"quicv2 hp")
-    )
-    salt = {
-        QUIC_V1: bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a"),
-        QUIC_V2: bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9"),
-    }[version]
-    return open_initial(datagram, pn_at, end, dcid, salt, *labels)
+    return open_initial(datagram, pn_at, end, dcid, SALTS[version], *LABELS[version])
 
 
 @settings(max_examples=300, deadline=None)
