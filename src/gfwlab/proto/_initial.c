@@ -1,9 +1,9 @@
 /* gfwlab.proto._initial: a QUIC client Initial's protection removed, with OpenSSL's libcrypto.
  *
  * The censor decrypts the first datagram of every UDP flow that holds a client Initial (spec
- * §5: the GFW reads the SNI of QUIC Initials since 2024-04-07): derive the Initial keys from the destination connection ID (RFC 9001
- * §5.2: HKDF-Extract with the version's salt, then HKDF-Expand-Label four times, five
- * HMAC-SHA256 in all), take off the header protection (§5.4: AES-128-ECB on one 16-byte
+ * §5: the GFW reads the SNI of QUIC Initials since 2024-04-07): derive the Initial keys from
+ * the destination connection ID (RFC 9001 §5.2: HKDF-Extract with the version's salt, then
+ * HKDF-Expand-Label four times, five HMAC-SHA256 in all), take off the header protection (§5.4: AES-128-ECB on one 16-byte
  * sample) and open the payload (§5.3: AES-128-GCM). Through the `cryptography` package that
  * was 20-25 µs an Initial, most of it the Python layers around each cipher object and a
  * cipher lookup for each; here the digest and ciphers are fetched once and the whole is one
