@@ -251,6 +251,7 @@ def long_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cap
 
 
+@pytest.mark.slow  # its capture takes 7 s to make, and each run 3 s
 @pytest.mark.parametrize("group", [False, True], ids=["command", "process-group"])
 def test_interrupted_windowed_split_leaves_nothing_behind(
     tmp_path: Path, long_capture: Path, group: bool
