@@ -138,6 +138,34 @@ def test_lives_of_many_flows_share_no_life() -> None:
     assert (got.count == 2).all()
 
 
+def test_lives_are_the_rule_while_the_key_table_grows() -> None:
+    """Thousands of keys, each coming back at random after gaps around the timeouts, some
+    packets unkeyed: the key table is regrown several times (it starts with room for 2,048
+    keys) with lives open across each growth, and every life is still the rule's."""
+    n = 40_000
+    rng = np.random.default_rng(11)
+    which = rng.integers(0, 9_000, size=n)
+    src = np.zeros((n, 3), dtype=np.uint64)
+    dst = np.zeros((n, 3), dtype=np.uint64)
+    src[:, 0], dst[:, 0] = 7, 7
+    src[:, 2] = 40_000 + which  # each key's client port
+    dst[:, 2] = 443
+    flip = rng.random(n) < 0.5  # either direction
+    src[flip], dst[flip] = dst[flip].copy(), src[flip].copy()
+    keyed = rng.random(n) < 0.95
+    ts = np.cumsum(rng.exponential(0.001, size=n))
+    proto = np.where(which % 3 == 0, PROTO_UDP, PROTO_TCP).astype(np.uint8)
+    ends = [sorted((src[i].tolist(), dst[i].tolist())) for i in range(n)]
+    key = np.array([[int(proto[i]), *lo, *hi] for i, (lo, hi) in enumerate(ends)]).reshape(n, 7)
+    want = _reference_lives(key, keyed, ts, proto, 2.0, 0.5)
+    got = _lives(src, dst, keyed, ts, proto)
+    assert 5_000 < len(want) < n  # lives ended by a timeout and lives going on, many keys
+    assert got.count.tolist() == [len(life) for life in want]
+    assert got.order.tolist() == [i for life in want for i in life]
+    assert got.final_ts.tolist() == [ts[life[-1]] for life in want]
+    assert got.keyed.tolist() == [bool(keyed[life[0]]) for life in want]
+
+
 @given(
     packet=st.one_of(
         st.binary(max_size=100),

@@ -424,6 +424,34 @@ mix_row(const uint64_t *row)
     return h;
 }
 
+/* One flow key seen by lives(): the key, the timestamp of its last packet and that packet's
+ * life. Kept apart from the per-packet arrays, so that finding a packet's key reads this small
+ * dense table (a few MB for a capture's distinct keys) and not the previous packet's fields at
+ * a random place in arrays of the whole capture. */
+typedef struct {
+    uint64_t key[KEY];
+    double last;
+    int64_t life;
+} Seen;
+
+/* Grow the open-addressed slots (1 + an index into seen; 0: empty) to `slots` and place every
+ * seen key again. */
+static int64_t *
+regrow(int64_t *old, size_t slots, const Seen *seen, int64_t used)
+{
+    int64_t *table = PyMem_Calloc(slots, sizeof(int64_t));
+    if (table == NULL)
+        return NULL;
+    for (int64_t e = 0; e < used; e++) {
+        size_t at = (size_t)mix_row(seen[e].key) & (slots - 1);
+        while (table[at])
+            at = (at + 1) & (slots - 1);
+        table[at] = e + 1;
+    }
+    PyMem_Free(old);
+    return table;
+}
+
 /* lives(proto, src, dst, keyed, ts, tcp_timeout, udp_timeout, life_of, pos, first, count,
  *       final_ts, life_keyed) -> number of lives
  *
@@ -433,7 +461,8 @@ mix_row(const uint64_t *row)
  * be negative in a capture out of time order), and starts a new life otherwise; a packet
  * outside any flow is a life alone. Lives are numbered by their first packet's file order. Per
  * packet: its life and its position in it; per life (the first `lives` entries): its first
- * packet, its number of packets, its last packet's timestamp and whether it is keyed. */
+ * packet, its number of packets, its last packet's timestamp and whether it is keyed. The keys
+ * seen are held in a table sized by their number (doubled as it fills), not by the packets'. */
 static PyObject *
 lives(PyObject *self, PyObject *args)
 {
@@ -445,6 +474,7 @@ lives(PyObject *self, PyObject *args)
         return NULL;
     PyObject *result = NULL;
     int64_t *table = NULL;
+    Seen *seen = NULL;
     Py_ssize_t n = keyed.len;
     if (need("lives proto", &proto, 1, n) || need("lives src", &src, 24, n) ||
         need("lives dst", &dst, 24, n) || need("lives ts", &ts, 8, n) ||
@@ -452,12 +482,11 @@ lives(PyObject *self, PyObject *args)
         need("lives first", &first, 8, n) || need("lives count", &count, 8, n) ||
         need("lives final_ts", &final_ts, 8, n) || need("lives life_keyed", &life_keyed, 1, n))
         goto done;
-    size_t slots = 16;
-    while (slots < 2 * (size_t)n)
-        slots <<= 1;
-    /* Slot: 1 + the last packet seen of a key; 0: empty. */
+    size_t slots = 1 << 12, room = slots / 2; /* keys held: at most half the slots */
+    int64_t used = 0;
     table = PyMem_Calloc(slots, sizeof(int64_t));
-    if (table == NULL) {
+    seen = PyMem_Malloc(room * sizeof(Seen));
+    if (table == NULL || seen == NULL) {
         PyErr_NoMemory();
         goto done;
     }
@@ -470,29 +499,56 @@ lives(PyObject *self, PyObject *args)
     int64_t m = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t life = -1;
+        Seen *entry = NULL;
         if (kd[i]) {
-            uint64_t row[KEY], other[KEY];
+            uint64_t row[KEY];
             key_of(pr, s, d, i, row);
             size_t at = (size_t)mix_row(row) & (slots - 1);
             while (table[at]) {
-                key_of(pr, s, d, table[at] - 1, other);
-                if (memcmp(other, row, sizeof row) == 0)
+                if (memcmp(seen[table[at] - 1].key, row, sizeof row) == 0)
                     break;
                 at = (at + 1) & (slots - 1);
             }
             if (table[at]) {
-                int64_t prev = table[at] - 1;
+                entry = &seen[table[at] - 1];
                 double timeout = pr[i] == 6 ? tcp_timeout : udp_timeout;
-                if (t[i] - t[prev] < timeout)
-                    life = lo[prev];
+                if (t[i] - entry->last < timeout)
+                    life = entry->life;
             }
-            table[at] = (int64_t)i + 1;
+            else {
+                if ((size_t)used == room) {
+                    Seen *more = PyMem_Realloc(seen, 2 * room * sizeof(Seen));
+                    if (more == NULL) {
+                        PyErr_NoMemory();
+                        goto done;
+                    }
+                    seen = more;
+                    room *= 2;
+                    slots *= 2;
+                    int64_t *grown = regrow(table, slots, seen, used);
+                    if (grown == NULL) {
+                        PyErr_NoMemory();
+                        goto done;
+                    }
+                    table = grown;
+                    at = (size_t)mix_row(row) & (slots - 1);
+                    while (table[at])
+                        at = (at + 1) & (slots - 1);
+                }
+                entry = &seen[used];
+                memcpy(entry->key, row, sizeof row);
+                table[at] = ++used;
+            }
         }
         if (life < 0) {
             life = m++;
             fi[life] = i;
             co[life] = 0;
             lk[life] = kd[i] ? 1 : 0;
+        }
+        if (entry != NULL) {
+            entry->last = t[i];
+            entry->life = life;
         }
         lo[i] = life;
         ps[i] = co[life]++;
@@ -501,6 +557,7 @@ lives(PyObject *self, PyObject *args)
     result = PyLong_FromLongLong(m);
 done:
     PyMem_Free(table);
+    PyMem_Free(seen);
     PyBuffer_Release(&proto);
     PyBuffer_Release(&src);
     PyBuffer_Release(&dst);
