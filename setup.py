@@ -6,9 +6,11 @@
 * The engine's per-packet path, compiled from its typed sources with mypyc (the list and why:
   src/gfwlab/_build.py), unless GFWLAB_PURE=1 is set at install time. A compiled build writes
   the digest of those sources beside them, so that a source changed later is run instead of
-  the stale compiled module.
+  the stale compiled module, and the compiled classes' annotations as written (the compiler
+  keeps erased types; the profile loader checks values against the written ones).
 """
 
+import json
 import os
 import runpy
 from pathlib import Path
@@ -41,6 +43,7 @@ class BuildExt(build_ext):
         out = SRC / "gfwlab" if self.inplace else Path(self.build_lib) / "gfwlab"
         if self.inplace and not compiled:  # a pure build: no compiled module may shadow a source
             (out / build["DIGEST_FILE"]).unlink(missing_ok=True)
+            (out / build["ANNOTATIONS_FILE"]).unlink(missing_ok=True)
             for module in build["COMPILED"]:
                 stem = build["source"](out, module).with_suffix("")
                 for lib in stem.parent.glob(stem.name + ".*.so"):
@@ -51,6 +54,8 @@ class BuildExt(build_ext):
         if compiled:
             out.mkdir(parents=True, exist_ok=True)
             (out / build["DIGEST_FILE"]).write_text(build["digest"](SRC / "gfwlab") + "\n")
+            texts = build["annotation_texts"](SRC / "gfwlab")
+            (out / build["ANNOTATIONS_FILE"]).write_text(json.dumps(texts, indent=1) + "\n")
 
 
 compiled: list[Extension] = []

@@ -245,6 +245,31 @@ def test_compiled_parameter_classes_are_checked_against_their_source_annotations
     assert get_args(nested) == (dns_injection.DnsInjectorParams, ...)
 
 
+def test_recorded_annotations_are_the_sources() -> None:
+    """What a build records for type_hints (``_build.annotation_texts``) is, for every class of
+    every compiled module, the ``__annotations__`` its source gives it when run, and the
+    build's record is that."""
+    root = Path(gfwlab.__file__).parent
+    texts = _build.annotation_texts(root)
+    for module in _build.COMPILED:
+        copy = _build.source_copy(module)
+        found: dict[str, dict[str, str]] = {}
+        todo = [(v.__qualname__, v) for v in vars(copy).values() if isinstance(v, type)]
+        while todo:
+            name, klass = todo.pop()
+            if klass.__module__ != copy.__name__ or klass.__qualname__ != name:
+                continue  # imported, or an alias
+            if own := inspect.get_annotations(klass):
+                # A NamedTuple's are ForwardRefs of the same text; get_type_hints reads both.
+                found[name] = {k: getattr(v, "__forward_arg__", v) for k, v in own.items()}
+            todo.extend((f"{name}.{k}", v) for k, v in vars(klass).items() if isinstance(v, type))
+        assert texts.get(module, {}) == found, module
+    assert sum(map(len, texts.values())) > 50  # the parameter classes, events, packets
+    recorded = root / _build.ANNOTATIONS_FILE
+    if _build.compiled("gfwlab.mechanisms.fet"):
+        assert json.loads(recorded.read_text()) == texts
+
+
 def _written_inits() -> list[tuple[str, str]]:
     """(module, class) of each dataclass in a compiled module whose ``__init__`` is written out."""
     found = []

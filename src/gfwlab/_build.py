@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import importlib.machinery
 import importlib.util
+import json
 import os
 import sys
 import typing
@@ -85,6 +86,12 @@ COMPILED = (
 
 DIGEST_FILE = "_compiled.sha256"
 """Written beside the package's modules by a compiled build: the digest of its sources."""
+
+ANNOTATIONS_FILE = "_compiled_annotations.json"
+"""Written beside :data:`DIGEST_FILE` by a compiled build: each compiled class's own
+annotations as its source writes them (:func:`annotation_texts`), which :func:`type_hints`
+reads instead of running a copy of the module's source (tens of milliseconds for every command
+that loads a profile, most of it the copies' dataclasses being made)."""
 
 PURE_ENV = "GFWLAB_PURE"
 
@@ -195,14 +202,63 @@ def source_class(cls: type[Any]) -> type[Any]:
     return getattr(source_copy(cls.__module__), cls.__qualname__)  # type: ignore[no-any-return]
 
 
+def annotation_texts(root: Path) -> dict[str, dict[str, dict[str, str]]]:
+    """Per compiled module (of the package folder ``root``), per class (qualified name) with
+    annotations, the text of each of its own field annotations: what its ``__annotations__``
+    holds when the source runs (every module has ``from __future__ import annotations``)."""
+    import ast  # noqa: PLC0415 - only for a build and the tests
+
+    out: dict[str, dict[str, dict[str, str]]] = {}
+    for module in COMPILED:
+        classes: dict[str, dict[str, str]] = {}
+        todo = [("", node) for node in ast.parse(source(root, module).read_bytes()).body]
+        while todo:
+            prefix, node = todo.pop(0)
+            if not isinstance(node, ast.ClassDef):
+                continue
+            name = prefix + node.name
+            own = {
+                st.target.id: ast.unparse(st.annotation)
+                for st in node.body
+                if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name)
+            }
+            if own:
+                classes[name] = own
+            todo.extend((name + ".", inner) for inner in node.body)
+        if classes:
+            out[module] = classes
+    return out
+
+
+_recorded: dict[str, dict[str, dict[str, str]]] | None = None
+
+
+def _own_annotations(klass: type[Any]) -> dict[str, Any]:
+    """The annotations ``klass`` itself declares, as its source writes them."""
+    global _recorded  # noqa: PLW0603 - read once, when first needed
+    if not compiled(klass.__module__):
+        return klass.__dict__.get("__annotations__", {})  # type: ignore[no-any-return]  # noqa: RUF063 - own only
+    if _recorded is None:
+        try:
+            text = (Path(__file__).parent / ANNOTATIONS_FILE).read_text(encoding="utf-8")
+        except FileNotFoundError:  # a build from before the file: read the source copy
+            _recorded = {}
+        else:
+            _recorded = json.loads(text)
+    if not _recorded:
+        return source_class(klass).__dict__.get("__annotations__", {})  # type: ignore[no-any-return]  # noqa: RUF063
+    return _recorded.get(klass.__module__, {}).get(klass.__qualname__, {})
+
+
 def type_hints(cls: type[Any]) -> dict[str, Any]:
     """``typing.get_type_hints(cls)``, with the annotations of each compiled class of its MRO
     taken from the source (a compiled class keeps erased types: ``type`` for a ``Literal``,
-    ``tuple`` for ``tuple[str, ...]``). The source copy gives only the text, evaluated in the
-    compiled module, so that the hints name the classes in use, not the copy's."""
+    ``tuple`` for ``tuple[str, ...]``): as the build recorded them (:data:`ANNOTATIONS_FILE`),
+    or from a copy of the source. Only the text is taken, evaluated in the compiled module, so
+    that the hints name the classes in use."""
     hints: dict[str, Any] = {}
     for klass in reversed(cls.__mro__):
-        own = source_class(klass).__dict__.get("__annotations__", {})  # noqa: RUF063 - own only
+        own = _own_annotations(klass)
         if own:
             holder = SimpleNamespace(__annotations__=dict(own))
             module = vars(sys.modules[klass.__module__])
