@@ -412,3 +412,14 @@ def all_scoped(
         for name, mech in mechanisms.items()
         if type(mech).shard_scope == "all"
     ]
+
+
+def pinned_ports(
+    mechanisms: Mapping[str, Mechanism[Any]], udp_ports: Mapping[str, frozenset[int]]
+) -> frozenset[int]:
+    """The UDP ports of :func:`all_scoped`'s mechanisms, together: the datagrams a split keeps
+    with one engine or part (a mechanism no port bounds adds none; it forbids the split)."""
+    out: set[int] = set()
+    for _name, ports in all_scoped(mechanisms, udp_ports):
+        out |= ports or frozenset()
+    return frozenset(out)

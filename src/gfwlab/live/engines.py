@@ -54,6 +54,7 @@ from typing import Any
 
 from gfwlab.engine import Censor
 from gfwlab.engine.mechanism import all_scoped
+from gfwlab.engine.mechanism import pinned_ports as pinned
 from gfwlab.live.topology import CLIENT_LINK, SERVER_LINK
 from gfwlab.packet.pcap import CaptureReader, PcapWriter
 
@@ -86,11 +87,7 @@ def share(engine: int, engines: int, v6: bool) -> str:
 
 def pinned_ports(censors: Iterable[Censor]) -> frozenset[int]:
     """The UDP ports of ``all`` scoped state (their datagrams go to the first engine)."""
-    out: set[int] = set()
-    for censor in censors:
-        for _name, ports in all_scoped(censor.mechanisms, censor.plan.udp_ports):
-            out |= ports or frozenset()
-    return frozenset(out)
+    return frozenset().union(*(pinned(c.mechanisms, c.plan.udp_ports) for c in censors))
 
 
 def refusal(censors: Iterable[Censor], engines: int) -> str | None:

@@ -49,7 +49,7 @@ import numpy.typing as npt
 from gfwlab.engine.actions import Event
 from gfwlab.engine.censor import Censor
 from gfwlab.engine.flows import Flow
-from gfwlab.engine.mechanism import all_scoped
+from gfwlab.engine.mechanism import all_scoped, pinned_ports
 from gfwlab.engine.verdicts import Stats
 from gfwlab.errors import MalformedPacket
 from gfwlab.offline import fast
@@ -173,9 +173,7 @@ class Servers:
 
 def life_servers(index: CaptureIndex, censor: Censor, lives: Lives) -> Servers:
     """The server of each keyed life of ``index``."""
-    pinned_ports: set[int] = set()
-    for _name, ports in all_scoped(censor.mechanisms, censor.plan.udp_ports):
-        pinned_ports |= ports or frozenset()
+    pinned_udp = pinned_ports(censor.mechanisms, censor.plan.udp_ports)
     first = lives.first[lives.keyed]
     tcp = index.proto[first] == PROTO_TCP
     flags = index.flags[first].astype(np.int64)
@@ -193,7 +191,7 @@ def life_servers(index: CaptureIndex, censor: Censor, lives: Lives) -> Servers:
     words: U64 = server.astype(np.uint64)
     words[:, 2] >>= np.uint64(32)  # the version (the port's bits dropped)
     pinned = (index.proto[first] == PROTO_UDP) & np.isin(
-        server_port, np.fromiter(pinned_ports, np.int64)
+        server_port, np.fromiter(pinned_udp, np.int64)
     )
     # The engine sees the first packets of each flow: a life's load is its packets, up to 8.
     load = np.minimum(lives.count[lives.keyed], _DEPTH).astype(np.float64)
