@@ -268,6 +268,29 @@ def test_residual_lookup_window_and_policy() -> None:
     assert t.lookup(flow(sport=80), "drop-c2s", 15.0) is None
 
 
+@pytest.mark.parametrize("kind", ["3-tuple", "2-tuple", "server", "server-ip", "5-tuple"])
+def test_residual_servers_name_every_entrys_server_and_only_them(kind: str) -> None:
+    """lookup answers None at once for a flow whose server no entry names (most flows):
+    every kind of key names its server, and the set is made again when entries end."""
+    t = ResidualTable()
+    s2 = addr_bytes("198.19.0.9")
+    t.add(flow(), kind, entry(until=50.0))  # type: ignore[arg-type]
+    t.add(flow(server=s2), kind, entry(until=30.0))  # type: ignore[arg-type]
+    again = "5-tuple" if kind == "server-ip" else "server-ip"
+    t.add(flow(), again, entry(until=80.0))  # S again, on another key, longer
+    assert t.servers == {S, s2}
+    assert t.lookup(flow(server=s2), "rst", 10.0) is not None
+    assert t.lookup(flow(server=addr_bytes("198.19.0.10")), "rst", 10.0) is None
+    assert t.expire(30.0) == 1
+    assert t.servers == {S}  # s2's one entry ended
+    assert t.lookup(flow(server=s2), "rst", 31.0) is None
+    assert t.expire(50.0) == 1
+    assert t.servers == {S}  # S still has its other entry
+    assert t.lookup(flow(), "rst", 60.0) is not None
+    t.put(kind, residual_key(flow(server=s2), kind), entry(until=99.0), journal=False)  # type: ignore[arg-type]
+    assert t.servers == {S, s2} and t.lookup(flow(server=s2), "rst", 60.0) is not None
+
+
 def test_a_flows_stream_goes_on_across_calls_and_differs_by_key_and_salt() -> None:
     f = flow()
     first = [f.draws("1:tls_sni").random() for _ in range(3)]

@@ -10,6 +10,7 @@ they end.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from gfwlab.engine.flows import Flow
 from gfwlab.rules.profile import ResidualKey
@@ -46,6 +47,11 @@ class ResidualEntry:
         self.start = start
 
 
+SERVER_AT: Final = {"3-tuple": 2, "2-tuple": 1, "server": 1, "server-ip": 0, "5-tuple": 3}
+"""Where the server's address is in a key of each kind (:func:`residual_key`): every kind has
+it."""
+
+
 def residual_key(flow: Flow, kind: ResidualKey) -> Key:
     if kind == "3-tuple":
         return (flow.proto, flow.client, flow.server, flow.sport)
@@ -72,22 +78,37 @@ class ResidualTable:
         """If a list, every entry added or lengthened is appended to it as (key kind, key,
         entry): an inline adapter drains it to mirror drop blocks in the kernel (which then
         shows it the packets of flows it had let bypass it). None: nothing is kept."""
+        self.servers: set[object] = set()
+        """The server address of every entry held (and of some that ended since the last
+        :meth:`expire`): every key names its server, so a flow whose server is not here is
+        covered by nothing, which :meth:`lookup` knows after one set lookup (most flows)."""
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def add(self, flow: Flow, kind: ResidualKey, entry: ResidualEntry) -> None:
+        """Hold ``entry`` on ``flow``'s key of ``kind``, unless a longer one is held there."""
+        self.put(kind, residual_key(flow, kind), entry)
+
+    def put(
+        self, kind: ResidualKey, key: Key, entry: ResidualEntry, *, journal: bool = True
+    ) -> None:
+        """Hold ``entry`` on ``key`` (of ``kind``), unless a longer one is held there;
+        ``journal`` off: not in :attr:`journal` (an entry restored, not made)."""
         self.kinds.setdefault((entry.mechanism, kind, entry.policy), None)
         self.drops = self.drops or entry.policy != "rst"
-        key = (entry.mechanism, kind, entry.policy, residual_key(flow, kind))
-        old = self.entries.get(key)
+        self.servers.add(key[SERVER_AT[kind]])
+        full = (entry.mechanism, kind, entry.policy, key)
+        old = self.entries.get(full)
         if old is None or old.until < entry.until:
-            self.entries[key] = entry
-            if self.journal is not None:
-                self.journal.append((kind, key[3], entry))
+            self.entries[full] = entry
+            if journal and self.journal is not None:
+                self.journal.append((kind, key, entry))
 
     def lookup(self, flow: Flow, policy: str, now: float) -> ResidualEntry | None:
         """The live entry of ``policy`` that covers ``flow``, if any."""
+        if flow.server not in self.servers:
+            return None
         for mech, kind, pol in self.kinds:
             if pol != policy:
                 continue
@@ -101,4 +122,6 @@ class ResidualTable:
         for key in dead:
             del self.entries[key]
         self.drops = any(e.policy != "rst" for e in self.entries.values())
+        if dead:
+            self.servers = {key[3][SERVER_AT[key[1]]] for key in self.entries}
         return len(dead)

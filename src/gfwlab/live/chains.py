@@ -14,6 +14,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gfwlab.engine.residual import SERVER_AT
 from gfwlab.live import blocked
 from gfwlab.live.engines import syn_copy_rules
 from gfwlab.live.topology import (
@@ -171,15 +172,7 @@ EVERY_ADDRESS = {False: ("0.0.0.0/1", "128.0.0.0/1"), True: ("::/1", "8000::/1")
 def server_of(kind: ResidualKey, key: tuple[object, ...]) -> tuple[str, bool]:
     """The server address of a residual key (``engine.residual.residual_key``: every kind holds
     it), as a set element, and whether it is IPv6."""
-    if kind == "3-tuple":
-        server = key[2]
-    elif kind == "5-tuple":
-        server = key[3]
-    elif kind in ("server", "2-tuple"):
-        server = key[1]
-    else:
-        server = key[0]
-    s = _addr(server)
+    s = _addr(key[SERVER_AT[kind]])
     return str(s), s.version == 6
 
 

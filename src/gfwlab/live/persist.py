@@ -28,7 +28,7 @@ import os
 from typing import Any
 
 from gfwlab.engine import Censor
-from gfwlab.engine.residual import ResidualEntry
+from gfwlab.engine.residual import SERVER_AT, ResidualEntry
 from gfwlab.offline.chain import Chain
 
 FILE = "blocks.json"
@@ -93,9 +93,9 @@ def restore_snapshot(censor: Censor | Chain, data: dict[str, Any], now: float, w
         for item in table.get("residual", []):
             until = now + (float(item["until_wall"]) - wall)
             mech = str(item["mechanism"])
-            if until <= now or mech not in c.mechanisms:
-                continue
             kind, policy = item["kind"], str(item["policy"])
+            if until <= now or mech not in c.mechanisms or kind not in SERVER_AT:
+                continue
             key = tuple(_decode(k) for k in item["key"])
             entry = ResidualEntry(
                 mechanism=mech,
@@ -105,9 +105,7 @@ def restore_snapshot(censor: Censor | Chain, data: dict[str, Any], now: float, w
                 probability=float(item["probability"]),
                 start=now + (float(item["start_wall"]) - wall),
             )
-            res.kinds.setdefault((mech, kind, policy), None)
-            res.entries[(mech, kind, policy, key)] = entry
-            res.drops = res.drops or policy != "rst"
+            res.put(kind, key, entry, journal=False)
             restored += 1
     return restored
 
