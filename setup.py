@@ -3,6 +3,7 @@
 * gfwlab._native: the offline index's per-record loops, in C.
 * gfwlab.proto._initial: a QUIC client Initial's keys, header protection and AEAD, in C with
   OpenSSL's libcrypto (Debian: libssl-dev to build).
+* gfwlab.rules._names: the names of a list file of bare domains, held in its text, in C.
 * The engine's per-packet path, compiled from its typed sources with mypyc (the list and why:
   src/gfwlab/_build.py), unless GFWLAB_PURE=1 is set at install time. A compiled build writes
   the digest of those sources beside them, so that a source changed later is run instead of
@@ -34,6 +35,9 @@ initial = Extension(
     extra_compile_args=["-O2"],
     libraries=["crypto"],
 )
+
+
+names = Extension("gfwlab.rules._names", ["src/gfwlab/rules/_names.c"], extra_compile_args=["-O2"])
 
 
 class BuildExt(build_ext):
@@ -75,4 +79,4 @@ if not build["pure_requested"]():
         group_name="gfwlab",
     )
 
-setup(ext_modules=[native, initial, *compiled], cmdclass={"build_ext": BuildExt})
+setup(ext_modules=[native, initial, names, *compiled], cmdclass={"build_ext": BuildExt})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gfwlab.errors import ConfigError
+from gfwlab.rules._names import NameSet
 from gfwlab.rules.domains import DomainSet
+from testenv import SHARED_BLOCKLISTS, needs_shared
 
 
 def _both(tmp_path: Path, text: str) -> tuple[DomainSet, DomainSet]:
@@ -57,8 +60,8 @@ def test_large_list_lookup(tmp_path: Path) -> None:
     assert big.match("site31.com") is None
 
 
-PIECES = ["a", "b.", "x" * 126, "x" * 252, ".", "\n", "\r\n", "#", "=", "^", "*", " ", "\t", "Ü",
-          "-"]  # fmt: skip
+PIECES = ["a", "b.", "x" * 126, "x" * 252, ".", "\n", "\r\n", "\r", "#", "=", "^", "*", " ", "\t",
+          "Ü", "-", "\x00", "\x7f"]  # fmt: skip
 
 
 @settings(max_examples=400, deadline=None)
@@ -77,7 +80,7 @@ def test_bulk_load_is_rule_by_rule_on_any_text(pieces: list[str]) -> None:
     except ConfigError as exc:
         by_line = str(exc)
     try:
-        bulk: DomainSet | str = DomainSet._from_text(text.replace("\r\n", "\n"), "t")
+        bulk: DomainSet | str = DomainSet._from_bytes(text.encode("utf-8"), "t")
     except ConfigError as exc:
         bulk = str(exc)
     if isinstance(by_line, str) or isinstance(bulk, str):
@@ -86,3 +89,45 @@ def test_bulk_load_is_rule_by_rule_on_any_text(pieces: list[str]) -> None:
     assert (bulk.names(), len(bulk)) == (by_line.names(), len(by_line))
     for name in {line.strip().lower().strip("=^*.") for line in lines}:
         assert bulk.match(name) == by_line.match(name)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.text(alphabet="ab.-\x00", max_size=8), max_size=40),
+    st.lists(st.text(alphabet="ab.-\x00é", max_size=9), max_size=20),
+)
+def test_a_nameset_is_the_set_of_its_lines(lines: list[str], asked: list[str]) -> None:
+    """NameSet (C) against a Python set of the same lines: blank lines skipped, trailing dots
+    not part of a name, repeats counted as lines, each name once; any str asked is in both or
+    in neither; it pickles; a line of dots or a name too long is refused."""
+    text = "\n".join(lines).encode()
+    names = [line.rstrip(".") for line in lines if line]
+    if any(not name or len(name) > 6 for name in names):
+        with pytest.raises(ValueError, match="name at byte"):
+            NameSet(text, 6)
+        return
+    got = NameSet(text, 6)
+    want = set(names)
+    assert (len(got), got.lines, sorted(got)) == (len(want), len(names), sorted(want))
+    assert list(got) == list(dict.fromkeys(names))  # the text's order
+    for name in [*lines, *asked, *want, "", "a" * 300]:
+        assert (name in got) == (name in want), name
+    assert 1 not in got and b"a" not in got
+    again = pickle.loads(pickle.dumps(got))
+    assert (sorted(again), again.lines) == (sorted(got), got.lines)
+
+
+@needs_shared(SHARED_BLOCKLISTS / "gfw-2024-dns-blocklist.txt")
+def test_a_nameset_of_a_published_list_holds_its_names() -> None:
+    """The DNS list of 2024 (107,000 names), read the way a list file is: every line is in it,
+    and a name a letter longer or shorter, or with a dot changed, is in it as in a Python set
+    of the lines."""
+    path = SHARED_BLOCKLISTS / "gfw-2024-dns-blocklist.txt"
+    lines = [line for line in path.read_text().lower().split("\n") if line]
+    got = DomainSet.from_file(str(path))
+    assert isinstance(got._suffix, NameSet) and len(got) == len(lines) > 100_000
+    assert all(got.match(name) == name for name in lines)
+    want = set(lines)
+    for name in lines:
+        for other in (name + "x", "x" + name, name[:-1], name.replace(".", "-", 1)):
+            assert (other in got._suffix) == (other in want), other

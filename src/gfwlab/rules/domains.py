@@ -20,19 +20,23 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Final
 
 import ahocorasick
 
 from gfwlab.errors import ConfigError
+from gfwlab.rules._names import NameSet
 
 
 class DomainSet:
     """A set of domain rules; :meth:`match` returns the rule that matched, or None."""
 
     def __init__(self, rules: Iterable[str] = (), *, source: str = "<inline>") -> None:
-        self._suffix: set[str] = set()
+        suffix: set[str] = set()
+        self._suffix: Collection[str] = suffix
+        """End-anchored rules: a set, or for a list file of bare domains a NameSet over its
+        text (:mod:`gfwlab.rules._names`)."""
         self._exact: set[str] = set()
         self._prefixes: set[str] = set()
         self._prefix_lengths: tuple[int, ...] = ()
@@ -41,7 +45,6 @@ class DomainSet:
         self.size = 0
         substrings: list[str] = []
         lengths: set[int] = set()
-        suffix = self._suffix
         add_suffix = suffix.add
         has_space = _HAS_SPACE
         for line_no, raw in enumerate(rules, 1):
@@ -81,45 +84,48 @@ class DomainSet:
     def from_file(cls, path: str) -> DomainSet:
         """Load a list file (one rule per line, ``#`` comments allowed)."""
         try:
-            with open(path, encoding="utf-8", errors="strict") as fh:
-                text = fh.read()
+            with open(path, "rb") as fh:
+                raw = fh.read()
         except FileNotFoundError:
             raise ConfigError(path, None, "list file not found") from None
         except IsADirectoryError:
             raise ConfigError(path, None, "list path is a directory") from None
         except PermissionError:
             raise ConfigError(path, None, "list file is not readable") from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(path, None, f"not UTF-8 text (byte {exc.start})") from None
-        return cls._from_text(text, path)
+        return cls._from_bytes(raw, path)
 
     @classmethod
-    def _from_text(cls, text: str, source: str) -> DomainSet:
-        """A list file's text (read with universal newlines, as iterating the file splits it).
+    def _from_bytes(cls, raw: bytes, source: str) -> DomainSet:
+        """A list file's bytes.
 
-        A published blocklist is bare domains only: then the whole list goes into the suffix
-        set in a few passes over the text, without a Python step per rule's characters. Any
-        other rule (or a bad line, for its error message) takes the line-by-line path.
+        A published blocklist is bare ASCII domains only: then its names stay in its text, in a
+        :class:`~gfwlab.rules._names.NameSet` built in one pass in C, without a str object per
+        name (a 100,000-name list: 7 ms instead of 37-42). Any other rule, text that is not
+        ASCII, or a bad line (for its error message) takes the line-by-line path, on the text
+        decoded as UTF-8 with universal newlines (what iterating the file in text mode gives).
         """
-        lowered = text.lower()
-        if (
-            lowered.isascii()
-            and not any(c in lowered for c in _ASCII_SPACE)
-            and not (any(mark in lowered for mark in _MARKS) and _marked(lowered))
-        ):  # no whitespace but newlines, no marked rule: every line is a bare domain as it is
-            rules = lowered.split("\n")
-            if rules[-1] == "":  # the last line's newline
-                rules.pop()
-            if "" in rules:  # blank lines
-                rules = [line for line in rules if line]
-            dotted = ".\n" in lowered or lowered.endswith(".")
-            if dotted:
-                rules = [rule.rstrip(".") for rule in rules]
-            if not (dotted and "" in rules) and max(map(len, rules), default=0) <= MAX_RULE:
-                out = cls((), source=source)
-                out._suffix = set(rules)
-                out.size = len(rules)
-                return out
+        if raw.isascii():
+            lowered = raw.lower()
+            if b"\r" in lowered:
+                lowered = lowered.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if not any(c in lowered for c in _ASCII_SPACE) and not (
+                any(mark in lowered for mark in _MARK_BYTES) and _marked(lowered)
+            ):  # no whitespace but newlines, no marked rule: every line is a bare domain
+                try:
+                    names = NameSet(lowered, MAX_RULE)
+                except ValueError:
+                    pass  # a line of dots, or a rule too long: the line-by-line path says which
+                else:
+                    out = cls((), source=source)
+                    out._suffix = names
+                    out.size = names.lines
+                    return out
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(source, None, f"not UTF-8 text (byte {exc.start})") from None
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
         return cls(text.split("\n"), source=source)
 
     def __len__(self) -> int:
@@ -127,7 +133,7 @@ class DomainSet:
 
     def names(self) -> list[str]:
         """The plain names of the end-anchored and exact rules (for lab certificates)."""
-        return sorted(self._suffix | self._exact)
+        return sorted({*self._suffix, *self._exact})
 
     def match(self, name: str) -> str | None:
         """The rule matching ``name`` (already lower-case, no trailing dot), or None."""
@@ -196,7 +202,8 @@ class KeywordSet:
 
 
 _MARKS: Final = frozenset("#=^*")
-_ASCII_SPACE: Final = tuple(c for c in map(chr, range(128)) if c.isspace() and c != "\n")
+_MARK_BYTES: Final = tuple(mark.encode() for mark in sorted(_MARKS))
+_ASCII_SPACE: Final = tuple(bytes([c]) for c in range(128) if chr(c).isspace() and c != 10)
 _HAS_SPACE: Final = re.compile(r"\s").search
 """Finds any character ``str.isspace`` accepts (``\\s`` on a str pattern is Unicode whitespace)."""
 
@@ -206,12 +213,12 @@ MAX_RULE: Final = 253
 rule can match nothing and is taken for a mistake (or a hostile list)."""
 
 
-def _marked(lowered: str) -> bool:
+def _marked(lowered: bytes) -> bool:
     """Whether a line of ``lowered`` starts with a mark (``#=^*``). Asked only when a mark is in
     the text at all: one character is found fast, a newline and a mark slowly (a newline
     every few dozen characters)."""
-    joined = "\n" + lowered
-    return any("\n" + mark in joined for mark in _MARKS)
+    joined = b"\n" + lowered
+    return any(b"\n" + mark in joined for mark in _MARK_BYTES)
 
 
 def _clean(rule: str, source: str, line_no: int) -> str:
