@@ -112,30 +112,44 @@ nameset_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(s);
         return PyErr_NoMemory();
     }
+    /* Names are placed a batch at a time: their hashes first, asking for each one's slot (the
+     * table is read at random, a wait for memory each), then the places. */
+    enum { BATCH = 16 };
     Py_ssize_t at = 0;
     while (at < size) {
-        const uint8_t *nl = memchr(t + at, '\n', (size_t)(size - at));
-        Py_ssize_t end = nl ? nl - t : size, n = end - at;
-        if (n > 0) {
-            while (n > 0 && t[at + n - 1] == '.')
-                n--;
-            if (n == 0 || n > longest) {
-                Py_DECREF(s);
-                PyErr_Format(PyExc_ValueError, "%s name at byte %zd",
-                             n ? "too long a" : "an empty", at);
-                return NULL;
+        Py_ssize_t where[BATCH], len[BATCH];
+        uint64_t hash[BATCH];
+        int k = 0;
+        while (k < BATCH && at < size) {
+            const uint8_t *nl = memchr(t + at, '\n', (size_t)(size - at));
+            Py_ssize_t end = nl ? nl - t : size, n = end - at;
+            if (n > 0) {
+                while (n > 0 && t[at + n - 1] == '.')
+                    n--;
+                if (n == 0 || n > longest) {
+                    Py_DECREF(s);
+                    PyErr_Format(PyExc_ValueError, "%s name at byte %zd",
+                                 n ? "too long a" : "an empty", at);
+                    return NULL;
+                }
+                where[k] = at;
+                len[k] = n;
+                hash[k] = hash_of(t + at, n);
+                __builtin_prefetch(&s->slots[(size_t)hash[k] & s->mask]);
+                k++;
             }
-            uint64_t h = hash_of(t + at, n);
-            size_t slot = find(s, t, t + at, n, h);
+            at = end + 1;
+        }
+        for (int j = 0; j < k; j++) {
+            size_t slot = find(s, t, t + where[j], len[j], hash[j]);
             if (!s->slots[slot]) {
-                s->start[s->count] = (uint32_t)at;
-                s->length[s->count] = (uint8_t)n;
-                s->slots[slot] = (h >> 32 << 32) | (uint64_t)(s->count + 1);
+                s->start[s->count] = (uint32_t)where[j];
+                s->length[s->count] = (uint8_t)len[j];
+                s->slots[slot] = (hash[j] >> 32 << 32) | (uint64_t)(s->count + 1);
                 s->count++;
             }
             s->lines++;
         }
-        at = end + 1;
     }
     return (PyObject *)s;
 }
