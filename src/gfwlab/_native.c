@@ -434,19 +434,27 @@ typedef struct {
     int64_t life;
 } Seen;
 
-/* Grow the open-addressed slots (1 + an index into seen; 0: empty) to `slots` and place every
- * seen key again. */
-static int64_t *
-regrow(int64_t *old, size_t slots, const Seen *seen, int64_t used)
+/* A slot of lives()' table: 0 empty, else the top 32 bits of the key's hash above 1 + its index
+ * in `seen`, so that a probe of another key's slot is told apart without reading that key. */
+static inline uint64_t
+slot_of(uint64_t h, int64_t e)
 {
-    int64_t *table = PyMem_Calloc(slots, sizeof(int64_t));
+    return (h >> 32 << 32) | (uint64_t)(e + 1);
+}
+
+/* Grow the open-addressed slots to `slots` and place every seen key again. */
+static uint64_t *
+regrow(uint64_t *old, size_t slots, const Seen *seen, int64_t used)
+{
+    uint64_t *table = PyMem_Calloc(slots, sizeof(uint64_t));
     if (table == NULL)
         return NULL;
     for (int64_t e = 0; e < used; e++) {
-        size_t at = (size_t)mix_row(seen[e].key) & (slots - 1);
+        uint64_t h = mix_row(seen[e].key);
+        size_t at = (size_t)h & (slots - 1);
         while (table[at])
             at = (at + 1) & (slots - 1);
-        table[at] = e + 1;
+        table[at] = slot_of(h, e);
     }
     PyMem_Free(old);
     return table;
@@ -473,7 +481,7 @@ lives(PyObject *self, PyObject *args)
                           &life_keyed))
         return NULL;
     PyObject *result = NULL;
-    int64_t *table = NULL;
+    uint64_t *table = NULL;
     Seen *seen = NULL;
     Py_ssize_t n = keyed.len;
     if (need("lives proto", &proto, 1, n) || need("lives src", &src, 24, n) ||
@@ -482,9 +490,14 @@ lives(PyObject *self, PyObject *args)
         need("lives first", &first, 8, n) || need("lives count", &count, 8, n) ||
         need("lives final_ts", &final_ts, 8, n) || need("lives life_keyed", &life_keyed, 1, n))
         goto done;
-    size_t slots = 1 << 12, room = slots / 2; /* keys held: at most half the slots */
+    /* Keys held: at most half the slots. Room for as many keys as packets, up to 65,536 at
+     * first (5 MB); a capture with more grows the table. */
+    size_t slots = 16;
+    while (slots < 2 * (size_t)n && slots < ((size_t)1 << 17))
+        slots <<= 1;
+    size_t room = slots / 2;
     int64_t used = 0;
-    table = PyMem_Calloc(slots, sizeof(int64_t));
+    table = PyMem_Calloc(slots, sizeof(uint64_t));
     seen = PyMem_Malloc(room * sizeof(Seen));
     if (table == NULL || seen == NULL) {
         PyErr_NoMemory();
@@ -503,14 +516,16 @@ lives(PyObject *self, PyObject *args)
         if (kd[i]) {
             uint64_t row[KEY];
             key_of(pr, s, d, i, row);
-            size_t at = (size_t)mix_row(row) & (slots - 1);
+            uint64_t h = mix_row(row);
+            size_t at = (size_t)h & (slots - 1);
             while (table[at]) {
-                if (memcmp(seen[table[at] - 1].key, row, sizeof row) == 0)
+                if (table[at] >> 32 == h >> 32 &&
+                    memcmp(seen[(uint32_t)table[at] - 1].key, row, sizeof row) == 0)
                     break;
                 at = (at + 1) & (slots - 1);
             }
             if (table[at]) {
-                entry = &seen[table[at] - 1];
+                entry = &seen[(uint32_t)table[at] - 1];
                 double timeout = pr[i] == 6 ? tcp_timeout : udp_timeout;
                 if (t[i] - entry->last < timeout)
                     life = entry->life;
@@ -525,19 +540,19 @@ lives(PyObject *self, PyObject *args)
                     seen = more;
                     room *= 2;
                     slots *= 2;
-                    int64_t *grown = regrow(table, slots, seen, used);
+                    uint64_t *grown = regrow(table, slots, seen, used);
                     if (grown == NULL) {
                         PyErr_NoMemory();
                         goto done;
                     }
                     table = grown;
-                    at = (size_t)mix_row(row) & (slots - 1);
+                    at = (size_t)h & (slots - 1);
                     while (table[at])
                         at = (at + 1) & (slots - 1);
                 }
                 entry = &seen[used];
                 memcpy(entry->key, row, sizeof row);
-                table[at] = ++used;
+                table[at] = slot_of(h, used++);
             }
         }
         if (life < 0) {
