@@ -32,8 +32,8 @@ process (wall clock, process start included), and prints the peak memory of each
 
 Each analyze command is also timed on a one-flow capture, five times, taking turns: its fixed
 cost (process start, imports, loading the lists; the median and range), which is how long
-loading a list takes. The goals are those of
-issue 12; the benchmark reports the gap to them and never asserts.
+loading a list takes. The goals are those of issue 12; the benchmark reports the gap to them
+and never asserts.
 
 With ``--rounds N`` every command runs N times, one of each per round, one after the other:
 the table shows medians (``cat``: its best), and each ratio (to tshark, of the lists, of

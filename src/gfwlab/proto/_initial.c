@@ -3,12 +3,13 @@
  * The censor decrypts the first datagram of every UDP flow that holds a client Initial (spec
  * §5: the GFW reads the SNI of QUIC Initials since 2024-04-07): derive the Initial keys from
  * the destination connection ID (RFC 9001 §5.2: HKDF-Extract with the version's salt, then
- * HKDF-Expand-Label four times, five HMAC-SHA256 in all), take off the header protection (§5.4: AES-128-ECB on one 16-byte
- * sample) and open the payload (§5.3: AES-128-GCM). Through the `cryptography` package that
- * was 20-25 µs an Initial, most of it the Python layers around each cipher object and a
- * cipher lookup for each; here the digest and ciphers are fetched once and the whole is one
- * call of 2-3 µs. gfwlab.proto.quic_build keeps the `cryptography` implementation for
- * building Initials and as the reference the tests compare this with (tests/test_proto_quic.py).
+ * HKDF-Expand-Label four times, five HMAC-SHA256 in all), take off the header protection
+ * (§5.4: AES-128-ECB on one 16-byte sample) and open the payload (§5.3: AES-128-GCM). Through
+ * the `cryptography` package that was 20-25 µs an Initial, most of it the Python layers around
+ * each cipher object and a cipher lookup for each; here the digest and ciphers are fetched once
+ * and the whole is one call of 2-3 µs. gfwlab.proto.quic_build keeps the `cryptography`
+ * implementation for building Initials and as the reference the tests compare this with
+ * (tests/test_proto_quic.py).
  *
  * Only the cryptography is here: gfwlab.proto.quic reads the header, checks every length
  * (the sample and the tag fit the packet) and makes the anomalies; this reads within the
@@ -126,7 +127,8 @@ open_initial(PyObject *self, PyObject *args)
         goto done;
     }
     /* §5.4.3: mask = AES-ECB(hp, sample), the sample 4 bytes after the packet number's start */
-    if (!EVP_EncryptInit_ex2(hp_ctx, ecb, hp, NULL, NULL) || !EVP_CIPHER_CTX_set_padding(hp_ctx, 0) ||
+    if (!EVP_EncryptInit_ex2(hp_ctx, ecb, hp, NULL, NULL) ||
+        !EVP_CIPHER_CTX_set_padding(hp_ctx, 0) ||
         !EVP_EncryptUpdate(hp_ctx, mask, &outl, d + pn_at + 4, SAMPLE_LEN) || outl != SAMPLE_LEN) {
         result = crypto_error("header protection");
         goto done;
@@ -161,7 +163,8 @@ open_initial(PyObject *self, PyObject *args)
     int ok = EVP_DecryptInit_ex2(aead_ctx, gcm, key, nonce, NULL) &&
              EVP_DecryptUpdate(aead_ctx, NULL, &outl, aad, (int)body) &&
              EVP_DecryptUpdate(aead_ctx, out, &outl, d + body, (int)clen) &&
-             EVP_CIPHER_CTX_ctrl(aead_ctx, EVP_CTRL_GCM_SET_TAG, TAG_LEN, (void *)(d + end - TAG_LEN));
+             EVP_CIPHER_CTX_ctrl(aead_ctx, EVP_CTRL_GCM_SET_TAG, TAG_LEN,
+                                 (void *)(d + end - TAG_LEN));
     if (!ok) {
         Py_DECREF(payload);
         result = crypto_error("AES-GCM");
@@ -202,7 +205,8 @@ PyInit__initial(void)
     hp_ctx = EVP_CIPHER_CTX_new();
     aead_ctx = EVP_CIPHER_CTX_new();
     if (!sha256 || !ecb || !gcm || !md_ctx || !hp_ctx || !aead_ctx) {
-        PyErr_SetString(PyExc_ImportError, "libcrypto: SHA-256, AES-128-ECB or AES-128-GCM missing");
+        PyErr_SetString(PyExc_ImportError,
+                        "libcrypto: SHA-256, AES-128-ECB or AES-128-GCM missing");
         return NULL;
     }
     return PyModule_Create(&module);
