@@ -4,6 +4,8 @@
 * gfwlab.proto._initial: a QUIC client Initial's keys, header protection and AEAD, in C with
   OpenSSL's libcrypto (Debian: libssl-dev to build).
 * gfwlab.rules._names: the names of a list file of bare domains, held in its text, in C.
+* gfwlab.proto._scan: byte loops the censor runs on nearly every flow (a plain ClientHello's
+  fields, a run of zero bytes, a payload's byte entropy), in C.
 * The engine's per-packet path, compiled from its typed sources with mypyc (the list and why:
   src/gfwlab/_build.py), unless GFWLAB_PURE=1 is set at install time. A compiled build writes
   the digest of those sources beside them, so that a source changed later is run instead of
@@ -38,6 +40,14 @@ initial = Extension(
 
 
 names = Extension("gfwlab.rules._names", ["src/gfwlab/rules/_names.c"], extra_compile_args=["-O2"])
+
+scan = Extension(
+    "gfwlab.proto._scan",
+    ["src/gfwlab/proto/_scan.c"],
+    # The entropy must be the float the Python definition gives: no fused multiply-add.
+    extra_compile_args=["-O2", "-ffp-contract=off"],
+    libraries=["m"],
+)
 
 
 class BuildExt(build_ext):
@@ -79,4 +89,4 @@ if not build["pure_requested"]():
         group_name="gfwlab",
     )
 
-setup(ext_modules=[native, initial, names, *compiled], cmdclass={"build_ext": BuildExt})
+setup(ext_modules=[native, initial, names, scan, *compiled], cmdclass={"build_ext": BuildExt})

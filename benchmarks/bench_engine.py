@@ -42,9 +42,9 @@ from typing import Any
 
 from gfwlab import _build
 
-# The fast path runs from its source: compiled, it would refuse the recording wrapper (record).
-# Before anything imports it (gfwlab.offline does).
-_build.interpret(["gfwlab.offline.fast"])
+# The fast path and its drop watch run from their sources: compiled, they would refuse the
+# recording wrapper (record). Before anything imports them (gfwlab.offline does).
+_build.interpret(["gfwlab.offline.fast", "gfwlab.offline.dropwatch"])
 
 from offline import REAL_LISTS  # noqa: E402
 

@@ -24,7 +24,7 @@ from gfwlab import _native
 from gfwlab.offline.index import CaptureIndex, Lives, _classify, _flow_keys
 from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, build_tcp, build_udp
 from gfwlab.packet.link import ip_offset
-from gfwlab.proto import _initial
+from gfwlab.proto import _initial, _scan
 from gfwlab.rules import _names
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "gfwlab"
@@ -32,7 +32,12 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "gfwlab"
 
 @pytest.mark.parametrize(
     ("module", "source"),
-    [(_native, "_native.c"), (_initial, "proto/_initial.c"), (_names, "rules/_names.c")],
+    [
+        (_native, "_native.c"),
+        (_initial, "proto/_initial.c"),
+        (_names, "rules/_names.c"),
+        (_scan, "proto/_scan.c"),
+    ],
 )
 def test_the_module_is_built_from_the_source_in_the_tree(module: ModuleType, source: str) -> None:
     """A stale build would test old code: each C module must be newer than its source

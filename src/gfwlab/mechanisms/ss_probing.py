@@ -46,10 +46,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from math import log2
 from typing import Final, Literal
 
-import numpy as np
 from mypy_extensions import mypyc_attr
 
 from gfwlab.engine import draws
@@ -57,6 +55,7 @@ from gfwlab.engine.actions import EventFields, rounded
 from gfwlab.engine.mechanism import Decision, Mechanism, PlannedProbe, ProbeResult, Residual, Seen
 from gfwlab.engine.stream import Stream
 from gfwlab.mechanisms import register_mechanism
+from gfwlab.proto._scan import entropy as _entropy
 from gfwlab.rules import CommonParams, quantiles
 from gfwlab.rules.quantiles import Quantiles
 
@@ -145,20 +144,11 @@ class SsProbingParams(CommonParams):
 
 
 def entropy(data: bytes) -> float:
-    """Shannon entropy in bits per byte."""
-    if not data:
-        return 0.0
-    n = len(data)
-    # Counted in C (numpy's bincount: twice as fast as a Counter and a sort); the terms summed in
-    # byte-value order with math.log2, one after the other as sum() adds floats: the same float.
-    # A loop with each share divided once, not a list: a term per byte value present (~250).
-    counts: list[int] = np.bincount(np.frombuffer(data, np.uint8), minlength=256).tolist()
-    total = 0.0
-    for c in counts:
-        if c:
-            share = c / n
-            total += share * log2(share)
-    return -total
+    """Shannon entropy in bits per byte: ``-sum(c / n * log2(c / n))`` over the byte values
+    present, summed in byte-value order (tests/test_hot_path.py holds it to that float). In C
+    (``proto/_scan.c``): with a call to ``math.log2`` per byte value, compiled Python took 13 us
+    a first packet."""
+    return _entropy(data)
 
 
 def _looks_like_protocol(payload: bytes) -> bool:

@@ -53,7 +53,7 @@ version (short header, version negotiation, unknown version, Handshake/0-RTT/Ret
 be read (``quic.truncated``, ``quic.cid_too_long``, ``quic.decrypt_failed``); oddities past the
 decryption are ``anomalies``. A ClientHello that is not whole in the first frame gives
 ``client_hello=None``, not an error. A malformed ClientHello raises ``tls.*`` from
-:func:`gfwlab.proto.tls.parse_client_hello_body`.
+:func:`gfwlab.proto.tls.client_hello_in`.
 
 :func:`gfwlab.proto.quic_build.build_initial` makes correctly protected client Initials,
 including the Table 3 variants, for tests, probes and synthetic traffic.
@@ -67,11 +67,12 @@ from typing import Final, Literal
 from gfwlab._frozen import Frozen
 from gfwlab.errors import MalformedPacket
 from gfwlab.proto._initial import open_initial
+from gfwlab.proto._scan import zero_run
 from gfwlab.proto.tls import (
     HANDSHAKE_CLIENT_HELLO,
     HANDSHAKE_HEADER_LEN,
     ClientHello,
-    parse_client_hello_body,
+    client_hello_in,
 )
 
 QUIC_V1: Final = 0x00000001
@@ -327,7 +328,7 @@ def _walk_frames(
             anomalies.append("quic.unexpected_frame")
             break
         if ftype == FRAME_PADDING:
-            body = n - len(payload[body:n].lstrip(b"\x00"))  # past the run of zero bytes
+            body = zero_run(payload, body, n)  # past the run of zero bytes
             if not frames or frames[-1] != name:
                 frames.append(name)
             pos = body
@@ -437,4 +438,4 @@ def _censor_client_hello(
         # Initial packets.
         anomalies.append("quic.client_hello_split")
         return None
-    return parse_client_hello_body(payload[body_at : body_at + body_len], offset=body_at)
+    return client_hello_in(payload, body_at, body_at + body_len)

@@ -30,6 +30,7 @@ from typing import Final
 
 from gfwlab._frozen import Frozen
 from gfwlab.errors import MalformedPacket
+from gfwlab.proto._scan import client_hello as _plain_hello
 
 CONTENT_HANDSHAKE: Final = 0x16
 HANDSHAKE_CLIENT_HELLO: Final = 1
@@ -150,7 +151,7 @@ def parse_client_hello(data: bytes) -> ClientHello | None:
         ("tls.record_trailing_data",) if HANDSHAKE_HEADER_LEN + hs_length < record_length else ()
     )
     # The body is read in place (no copy); offsets in ``data`` are already the ones to report.
-    return _parse_body(data, body_start, body_start + hs_length, 0, record_length, extra)
+    return _read(data, body_start, body_start + hs_length, 0, record_length, extra)
 
 
 def join_records(data: bytes) -> bytes | None:
@@ -198,7 +199,37 @@ def parse_client_hello_body(body: bytes, *, offset: int = 0) -> ClientHello:
     ``offset`` is added to reported offsets (where ``body`` starts in the caller's buffer).
     ``record_length`` in the result is 0.
     """
-    return _parse_body(body, 0, len(body), offset, 0, ())
+    return _read(body, 0, len(body), offset, 0, ())
+
+
+def client_hello_in(data: bytes, start: int, end: int) -> ClientHello:
+    """:func:`parse_client_hello_body` of ``data[start:end]``, read where it is (no copy);
+    reported offsets are ``data``'s."""
+    return _read(data, start, end, 0, 0, ())
+
+
+def _read(
+    data: bytes, start: int, end: int, shift: int, record_length: int, extra: tuple[str, ...]
+) -> ClientHello:
+    """The hello body ``data[start:end]``: a plain one (no anomaly of its own, nothing that
+    overruns) read by the compiled scan (``proto/_scan.c``), anything else by :func:`_parse_body`
+    with its errors and anomalies. The two give the same hello (tests/test_scan.py)."""
+    got = _plain_hello(data, start, end)
+    if got is None:
+        return _parse_body(data, start, end, shift, record_length, extra)
+    version, suites, extensions, names, alpn, esni, ech = got
+    return ClientHello(
+        sni=names[0] if names else None,
+        sni_names=names,
+        alpn=alpn,
+        has_esni=esni,
+        has_ech=ech,
+        extensions=extensions,
+        legacy_version=version,
+        cipher_suites=suites,
+        anomalies=extra,
+        record_length=record_length,
+    )
 
 
 # The parser walks ``data[start:end]`` in place with plain integer positions, because it runs
