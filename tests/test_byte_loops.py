@@ -1,9 +1,9 @@
 """The compiled byte loops (gfwlab.proto._scan) against the Python they stand in for.
 
-A ClientHello is read by the compiled scan when it is plain and by the Python parser otherwise:
-on browser-like hellos, on every one of them cut short, with a byte changed or with bytes added,
-and on arbitrary bytes, the two give the same hello or the same error. The run of zero bytes a
-QUIC Initial's PADDING makes ends where stripping the zeros says it does.
+A ClientHello or a DNS query is read by the compiled scan when it is plain and by the Python
+parser otherwise: on well-formed messages, on every one of them cut short, with a byte changed or
+with bytes added, and on arbitrary bytes, the two give the same message or the same error. The
+run of zero bytes a QUIC Initial's PADDING makes ends where stripping the zeros says it does.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gfwlab.errors import MalformedPacket
-from gfwlab.proto import _scan
+from gfwlab.proto import _scan, dns
 from gfwlab.proto.quic_build import quic_client_hello
 from gfwlab.proto.tls import (
     EXT_ALPN,
@@ -194,3 +194,75 @@ def test_zero_run_ends_where_stripping_says(parts: list[bytes], pos: int, end: i
     end = min(end, len(data))
     pos = min(pos, end)
     assert _scan.zero_run(data, pos, end) == _zero_run_reference(data, pos, end)
+
+
+def _dns_python(data: bytes, limit: int) -> object:
+    try:
+        return dns._parse(data, limit)
+    except MalformedPacket as exc:
+        return (exc.kind, exc.offset, str(exc))
+
+
+def _dns_served(data: bytes, limit: int) -> object:
+    try:
+        return dns.parse_strict(data, name_limit=limit)
+    except MalformedPacket as exc:
+        return (exc.kind, exc.offset, str(exc))
+
+
+def _queries() -> list[bytes]:
+    names = ["example.com", "WWW.Example.COM", "a", "", "x" * 63 + ".y", "\xe9t\xe9.example"]
+    names += [".".join(["abcdefghij"] * 11), "a" * 60 + "." + "b" * 60 + ".cn"]
+    out = []
+    for i, name in enumerate(names):
+        for qtype in (1, 28, 255):
+            out.append(dns.build_query(name, qtype=qtype, id=i))
+    return out
+
+
+def test_the_scan_reads_plain_queries_itself() -> None:
+    for query in _queries():
+        for limit in (125, 253, 255):
+            plain = _scan.dns_query(query, limit)
+            expected = dns._parse(query, limit)
+            assert expected is not None
+            if plain is None:  # a name the limit cuts: left to the parser
+                assert "dns.name_truncated" in expected.anomalies, query
+            assert dns.parse_strict(query, name_limit=limit) == expected
+
+
+def test_every_cut_change_and_insertion_of_a_query() -> None:
+    rng = random.Random(9)
+    for query in _queries()[::2]:
+        n = len(query)
+        for limit in (1, 2, 11, 125):
+            for cut in range(n + 1):
+                assert _dns_served(query[:cut], limit) == _dns_python(query[:cut], limit)
+        for at in range(n):
+            for value in (0, 0x2E, 0x3F, 0x40, 0xC0, 0x80, ord("A"), rng.randrange(256)):
+                changed = query[:at] + bytes([value]) + query[at + 1 :]
+                assert _dns_served(changed, 125) == _dns_python(changed, 125), (at, value)
+            grown = query[:at] + bytes([rng.randrange(256)]) + query[at:]
+            assert _dns_served(grown, 125) == _dns_python(grown, 125), at
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.binary(min_size=12, max_size=12),
+    st.lists(st.binary(max_size=70), max_size=6),
+    st.binary(max_size=6),
+    st.integers(1, 300),
+)
+def test_arbitrary_questions(header: bytes, labels: list[bytes], tail: bytes, limit: int) -> None:
+    """Headers and labels drawn (dots, NULs and upper case among the bytes), with QDCOUNT 1
+    and QR clear half the time, and any name limit."""
+    if header[0] & 1:
+        header = header[:2] + bytes([header[2] & 0x7F, header[3]]) + b"\x00\x01" + header[6:]
+    data = header + b"".join(bytes([len(x) & 0xFF]) + x for x in labels) + b"\x00" + tail
+    assert _dns_served(data, limit) == _dns_python(data, limit)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=120), st.integers(1, 260))
+def test_arbitrary_datagrams(data: bytes, limit: int) -> None:
+    assert _dns_served(data, limit) == _dns_python(data, limit)

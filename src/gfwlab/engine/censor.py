@@ -8,7 +8,7 @@ mechanism: the registry is handed to it, and each mechanism says what it needs.
 
 Per packet: parse → flow lookup (create) → the fast path for BLOCKED/BYPASSED flows → residual
 blocks → new-flow hooks → the TCP view / UDP → dissectors (:mod:`.dissect`) → mechanism hooks →
-Decision → Actions (:mod:`.verdicts`). Every hook is called through one path (``_run_hooks``),
+Decision → Actions (:mod:`.verdicts`). Every hook is called through one path (``_call_with``),
 where malformed input becomes an ``anomaly`` event: nothing raised by parsing escapes ``feed``.
 """
 
@@ -22,7 +22,7 @@ from gfwlab.engine.actions import Accept, Action, Bypass, Drop
 from gfwlab.engine.defrag import Defragmenter
 from gfwlab.engine.dissect import Dissector, Plan
 from gfwlab.engine.flows import Flow, FlowState, FlowTable, flow_key, open_flow
-from gfwlab.engine.mechanism import Mechanism, Seen, overridden_hooks
+from gfwlab.engine.mechanism import Calls, Mechanism, Seen, bound_hooks
 from gfwlab.engine.residual import ResidualTable
 from gfwlab.engine.tcb import (
     Tcb,
@@ -41,7 +41,6 @@ from gfwlab.rules.profile import Profile
 __all__ = ["Censor", "Stats"]
 
 _ACCEPT: Final = Accept()
-Mechs = list[Mechanism[Any]]
 
 
 class Censor:
@@ -55,13 +54,12 @@ class Censor:
         self.flows = FlowTable(eng.tcp_timeout_s, eng.udp_timeout_s, eng.max_flows)
         self.residual = ResidualTable()
         self.mechanisms: dict[str, Mechanism[Any]] = {}
-        self.hooks: dict[str, list[Mechanism[Any]]] = {}
         for name, params in profile.active().items():
             cls = mechanisms[name]
             mech = cls(params, seed=seed, date=profile.date, epoch_offset=profile.epoch_offset_s)
             self.mechanisms[name] = mech
-            for hook in overridden_hooks(cls):
-                self.hooks.setdefault(hook, []).append(mech)
+        self._calls = bound_hooks(self.mechanisms.values())
+        self.hooks = {hook: [m for m, _ in calls] for hook, calls in self._calls.items()}
         self.verdicts = Verdicts(self.mechanisms, self.residual, hold_trigger=eng.hold_trigger)
         self.stats = self.verdicts.stats
         self._tcb_table = transition_table(profile.tcb)
@@ -300,15 +298,15 @@ class Censor:
 
     def _dissect(self, row: Dissector, seen: Seen, data: bytes, out: list[Action]) -> bool | None:
         """Parse ``data`` with ``row`` and feed its hook; None means "need more data"."""
-        mechs = [m for m in self.hooks[row.hook] if m.admits(seen.flow)]
+        calls = [c for c in self._calls[row.hook] if c[0].admits(seen.flow)]
         if row.carrier == "udp-port":
-            mechs = [m for m in mechs if seen.pkt.dport in (self._udp_ports.get(m.name) or ())]
-        if not mechs:
+            calls = [c for c in calls if seen.pkt.dport in (self._udp_ports.get(c[0].name) or ())]
+        if not calls:
             return False  # no mechanism looks at this flow: nothing to dissect
         try:
             parsed = row.parse(data, self._options)
         except MalformedPacket as exc:
-            inspecting = [m for m in mechs if m.inspects(seen)]
+            inspecting = [m for m, _ in calls if m.inspects(seen)]
             if inspecting and exc.kind not in row.silent:
                 named = inspecting[0].name if row.names_mechanism else None
                 self.verdicts.malformed(out, seen.flow, seen.now, exc, named)
@@ -321,19 +319,21 @@ class Censor:
                 self.verdicts.report(
                     out, seen.flow, seen.now, "engine", "anomaly", anomaly, None, fields
                 )
-        self._run_hooks(row.hook, seen, out, parsed, mechs=mechs)  # admitted above
+        self._call_with(calls, seen, out, parsed)  # admitted above
         return True
 
-    def _run_hooks(
-        self, hook: str, seen: Seen, out: list[Action], *args: object, mechs: Mechs | None = None
-    ) -> None:
-        """The one path every hook is called through: admitted mechanisms only (``mechs``: admitted
-        by the caller), and a MalformedPacket raised inside a mechanism becomes an anomaly event."""
-        for mech in self.hooks.get(hook, ()) if mechs is None else mechs:
-            if mechs is None and not mech.admits(seen.flow):
-                continue
+    def _run_hooks(self, hook: str, seen: Seen, out: list[Action], arg: object = None) -> None:
+        """Call ``hook`` of the mechanisms that admit the flow (see :meth:`_call_with`)."""
+        calls = self._calls.get(hook)
+        if calls:
+            self._call_with([c for c in calls if c[0].admits(seen.flow)], seen, out, arg)
+
+    def _call_with(self, calls: Calls, seen: Seen, out: list[Action], arg: object) -> None:
+        """The one path every hook is called through (admitted mechanisms only, ``arg`` after
+        ``seen`` unless None); a MalformedPacket raised in a mechanism becomes an anomaly event."""
+        for mech, call in calls:
             try:
-                decision = getattr(mech, hook)(seen, *args)
+                decision = call(seen) if arg is None else call(seen, arg)
             except MalformedPacket as exc:
                 self.verdicts.malformed(out, seen.flow, seen.now, exc, mech.name)
                 continue

@@ -48,6 +48,7 @@ from typing import Final
 
 from gfwlab._frozen import Frozen
 from gfwlab.errors import MalformedPacket
+from gfwlab.proto._scan import dns_query as _plain_query
 
 TYPE_A: Final = 1
 TYPE_AAAA: Final = 28
@@ -176,6 +177,26 @@ def parse_strict(data: bytes, *, name_limit: int = DEFAULT_MAX_NAME) -> DnsQuery
     """
     if name_limit < 1:
         raise ValueError("name_limit must be at least 1")
+    plain = _plain_query(data, name_limit)  # proto/_scan.c: most queries, read in C
+    if plain is not None:
+        ident, flags, qname, name_end, qtype, qclass = plain
+        return DnsQuery(
+            id=ident,
+            flags=flags,
+            rd=bool(flags & _RD),
+            opcode=(flags >> 11) & 0xF,
+            qname=qname,
+            qname_wire=bytes(data[HEADER_LEN:name_end]),
+            qtype=qtype,
+            qclass=qclass,
+            question_end=name_end + 4,
+        )
+    return _parse(data, name_limit)
+
+
+def _parse(data: bytes, name_limit: int) -> DnsQuery | None:
+    """:func:`parse_strict` in Python, for every query: the reference the compiled scan is held
+    to, and the reader of each query that is not plain."""
     if len(data) < HEADER_LEN:
         raise MalformedPacket("dns.short_header", len(data), f"{len(data)} bytes, need 12")
     ident, flags, qdcount, _an, _ns, _ar = _HEADER.unpack_from(data)
