@@ -149,14 +149,11 @@ def run(
     base = [0] * n_lives
     """The flow's packets before this index (a window of a capture analysed in windows)."""
     lower = _view(index.lower)
-    lookup = censor.residual.lookup
     fed_at: list[int] = []
     starts = _view(index.start)
     ends = _view(index.start + index.length)
     data = index.data
-    next_deadline = censor.next_deadline
     residual = censor.residual
-    feed = censor.feed
     plan = Plan()
     at = plan.at
     table = censor.flows.flows
@@ -253,7 +250,10 @@ def run(
         if held.state is not FlowState.CLEAN or (held.proto == PROTO_TCP and held.tcb is None):
             return False
         c2s = lower[i] == client_lower[life]
-        return not residual.drops or lookup(held, "drop-c2s" if c2s else "drop-s2c", now) is None
+        return (
+            not residual.drops
+            or residual.lookup(held, "drop-c2s" if c2s else "drop-s2c", now) is None
+        )
 
     def suspects(lives_hit: Iterable[int]) -> None:
         """Queue the next packet of each bypassed life in ``lives_hit`` after the current one."""
@@ -272,7 +272,7 @@ def run(
         if i >= n:
             break
         now = tsl[i]
-        deadline = next_deadline()
+        deadline = censor.next_deadline()
         if deadline is not None and deadline <= now:
             timers(now, last)
         if len(residual.entries) < watch.size:
@@ -297,7 +297,7 @@ def run(
             if (
                 not is_syn[i]
                 and held.state is FlowState.BYPASSED
-                and lookup(held, "drop-c2s" if c2s else "drop-s2c", now) is None
+                and residual.lookup(held, "drop-c2s" if c2s else "drop-s2c", now) is None
             ):
                 continue  # not blocked now: it stays bypassed, counted in bulk
         elif status[life] == 2:
@@ -322,7 +322,7 @@ def run(
         if part is not None:
             g = part.current = ids[i]
             verdicts.timer_seq = max(verdicts.timer_seq, (offset + g) << 20)
-        actions = feed(packet, now)
+        actions = censor.feed(packet, now)
         if len(actions) != 1 or type(actions[0]) is not Accept:
             _collect(actions, now, packet, at.setdefault(g, []) if keep else [], keep, report)
         # else accepted as it is: the censored capture copies it from the input
