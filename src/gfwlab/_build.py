@@ -1,9 +1,10 @@
 """Which modules are compiled, and whether the compiled ones are used.
 
 The engine's per-packet path (the engine, the IP parser, the protocol dissectors, the domain
-sets and prefix sets, the mechanisms), the offline fast path's loop around it and the live
-censor's netlink readers (``live/ipset.py``, ``live/nflog.py``) are compiled to C with mypyc
-when gfwlab is installed (``setup.py``): the same typed sources, run as native code. Mechanisms
+sets and prefix sets, the mechanisms), the offline fast path's loop around it (with the
+recording of its events and their JSON lines) and the live censor's netlink readers
+(``live/ipset.py``, ``live/nflog.py``) are compiled to C with mypyc when gfwlab is installed
+(``setup.py``): the same typed sources, run as native code. Mechanisms
 written elsewhere still subclass :class:`~gfwlab.engine.mechanism.Mechanism` and run interpreted
 beside the compiled ones.
 
@@ -40,6 +41,7 @@ from typing import Any
 
 COMPILED = (
     "gfwlab._frozen",
+    "gfwlab._json",
     "gfwlab.engine.actions",
     "gfwlab.engine.censor",
     "gfwlab.engine.defrag",
@@ -70,6 +72,7 @@ COMPILED = (
     "gfwlab.mechanisms.tls_sni",
     "gfwlab.mechanisms.unconditional_rst_443",
     "gfwlab.offline.dropwatch",
+    "gfwlab.offline.events",
     "gfwlab.offline.fast",
     "gfwlab.packet.ip",
     "gfwlab.proto.dns",

@@ -60,8 +60,8 @@ from gfwlab.offline.analyze import (
     collector_off,
     fill_summary,
     published,
-    record_event,
 )
+from gfwlab.offline.events import Recorder
 from gfwlab.offline.index import F64, I64, U64, Bools, CaptureIndex, Lives, address, build_index
 from gfwlab.packet.ip import ACK, PROTO_TCP, PROTO_UDP, SYN, parse
 from gfwlab.profiles import Profile, build_censor
@@ -348,8 +348,9 @@ def record_parts(
     write_event: Callable[[bytes], int] | None,
 ) -> None:
     """Record the parts' events in one engine's order (by the packet that caused each)."""
+    record = Recorder(rows, summary.anomaly_kinds, write_event, None, FlowVerdict)
     for _g, event in heapq.merge(*(r.events for r in results), key=lambda e: e[0]):
-        record_event(event, rows, summary, write_event, None)
+        record(event)
 
 
 def _by_timer(w: tuple[float, int, bytes]) -> tuple[float, int]:
