@@ -213,7 +213,7 @@ def _read(
 ) -> ClientHello:
     """The hello body ``data[start:end]``: a plain one (no anomaly of its own, nothing that
     overruns) read by the compiled scan (``proto/_scan.c``), anything else by :func:`_parse_body`
-    with its errors and anomalies. The two give the same hello (tests/test_scan.py)."""
+    with its errors and anomalies. The two give the same hello (tests/test_byte_loops.py)."""
     got = _plain_hello(data, start, end)
     if got is None:
         return _parse_body(data, start, end, shift, record_length, extra)
