@@ -2,9 +2,9 @@
 summary's rows of verdicts by flow.
 
 Compiled (:mod:`gfwlab._build`): every event of a capture passes here, tens of thousands of them
-where many flows are blocked, and the same steps run interpreted took several microseconds an
-event (a tenth of a run with the 2024 lists loaded). The summary's classes stay in
-:mod:`.analyze`, which hands its row class in.
+where many flows are blocked; run interpreted, the same steps took about 8% of a flow-heavy
+capture's analysis with the 2024 lists loaded (67,000 events, 0.65 s of `perf` samples). The
+summary's classes stay in :mod:`.analyze`, which hands its row class in.
 """
 
 from __future__ import annotations

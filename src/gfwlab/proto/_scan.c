@@ -52,6 +52,13 @@ seen_add(unsigned type)
     return 0;
 }
 
+/* A byte as bytes.lower() leaves it: ASCII letters lowered, every other byte as it is. */
+static inline char
+lower(uint8_t c)
+{
+    return (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+}
+
 /* A str from latin-1 bytes, ASCII letters lowered (bytes.lower() then .decode("latin-1")). */
 static PyObject *
 lowered(const uint8_t *p, Py_ssize_t n)
@@ -60,10 +67,8 @@ lowered(const uint8_t *p, Py_ssize_t n)
     char *buf = n <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)n);
     if (buf == NULL)
         return PyErr_NoMemory();
-    for (Py_ssize_t i = 0; i < n; i++) {
-        uint8_t c = p[i];
-        buf[i] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
-    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        buf[i] = lower(p[i]);
     PyObject *s = PyUnicode_DecodeLatin1(buf, n, NULL);
     if (buf != small)
         PyMem_Free(buf);
@@ -262,7 +267,7 @@ dns_query(PyObject *self, PyObject *args)
             uint8_t c = d[pos + i];
             if (c == '.' || c == 0)
                 goto plain_not;
-            name[name_len++] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+            name[name_len++] = lower(c);
         }
         pos += length;
     }
