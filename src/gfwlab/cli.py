@@ -21,6 +21,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from gfwlab import __version__
+from gfwlab._ctrlc import keep as keep_ctrl_c
 from gfwlab._json import json_text
 from gfwlab.errors import GfwlabError
 from gfwlab.evade.commands import evade_app
@@ -619,6 +620,7 @@ def main() -> None:
     # each spins a while: about 50 ms of CPU per command (measured on two cores). One thread,
     # unless the user set a number (the processes gfwlab starts inherit it).
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    keep_ctrl_c()
     try:
         code = app(standalone_mode=False)
         if isinstance(code, int) and code:

@@ -1,0 +1,78 @@
+"""A Ctrl-C that lands in a finalizer is not lost (``gfwlab._ctrlc``): Python drops a
+KeyboardInterrupt raised in ``__del__``, and a command would run on to its end and publish its
+outputs. Real signals, in a process of its own."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from gfwlab._ctrlc import keep
+    from gfwlab._outfile import OutputFile, commit_together
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the finalizer runs
+            for _ in range(10_000):
+                pass
+
+    if sys.argv[1] == "keep":
+        keep()
+    out = OutputFile(sys.argv[2])
+    out.write(b"result")
+    try:
+        Finalized()  # made and collected at once
+        deadline = time.monotonic() + float(sys.argv[3])
+        while time.monotonic() < deadline:  # the rest of the command's work
+            time.sleep(0.001)
+        commit_together([out])
+        print("finished")
+    except KeyboardInterrupt:
+        out.abort()
+        print("interrupted")
+    """
+)
+
+
+Run = subprocess.CompletedProcess[str]
+
+
+def _run(tmp_path: Path, mode: str, work_s: float) -> tuple[Run, float]:
+    script = tmp_path / "finalizer.py"
+    script.write_text(_SCRIPT)
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(script), mode, str(tmp_path / "out.txt"), str(work_s)],
+        check=False, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return proc, time.monotonic() - start
+
+
+def test_python_drops_a_ctrl_c_in_a_finalizer(tmp_path: Path) -> None:
+    """What ``keep`` is for: without it the interrupt is printed, dropped, and the work runs
+    on and publishes its output."""
+    proc, _took = _run(tmp_path, "plain", 0.5)
+    assert proc.stdout.strip() == "finished"
+    assert "KeyboardInterrupt" in proc.stderr and "Exception ignored in" in proc.stderr
+    assert (tmp_path / "out.txt").read_bytes() == b"result"
+
+
+@pytest.mark.parametrize("work_s", [0.5, 20.0])
+def test_a_dropped_ctrl_c_comes_again(tmp_path: Path, work_s: float) -> None:
+    """With ``keep`` it comes again, silently, at once: the work stops and publishes nothing.
+    (20 s of work: it does not wait for the work's end.)"""
+    proc, took = _run(tmp_path, "keep", work_s)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "interrupted"
+    assert proc.stderr == ""
+    assert not (tmp_path / "out.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["finalizer.py"]
+    assert took < 15
