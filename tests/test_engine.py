@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, given, settings
 
 from gfwlab._json import json_line, json_line_bytes
 from gfwlab.engine import Accept, Bypass, Drop, Inject, Report
+from gfwlab.engine.actions import FlowId
 from gfwlab.offline.synth import dns_exchange, http_conversation, https_conversation, merge
 from gfwlab.packet.ip import addr_bytes, build_tcp, build_udp
 from gfwlab.profiles import build_censor
@@ -139,6 +141,26 @@ def test_the_last_packets_flow_and_direction_are_those_the_engine_used() -> None
     assert censor.last is None
     censor.feed(build_tcp(s, c, 443, 40000, seq=100, ack=11, flags=0x10), 0.04)
     assert censor.last == (flow, False)
+
+
+def test_a_bypass_names_its_flow_when_asked() -> None:
+    """The engine makes ``Bypass`` with the flow itself: it reads as the flow's name, and
+    compares, hashes, shows and pickles as one made with the name."""
+    censor = build_censor(profile(), 1)
+    bypasses = []
+    for t, pkt in https_conversation(C, S, 40000, "example.org", t0=0.0):
+        bypasses += [a for a in censor.feed(pkt, t) if isinstance(a, Bypass)]
+    assert len(bypasses) == 1 and censor.last is not None
+    flow = censor.last[0]
+    lazy, named = bypasses[0], Bypass(flow=flow.id())
+    assert lazy.flow == flow.id() == named.flow
+    assert flow.id().src == C and flow.id().dport == 443
+    assert lazy == named and hash(lazy) == hash(named)
+    assert repr(lazy) == repr(named) == f"Bypass(flow={flow.id()!r})"
+    again = pickle.loads(pickle.dumps(lazy))
+    assert type(again) is Bypass and again == named
+    other = Bypass(flow=FlowId(proto="tcp", src=C, sport=40001, dst=S, dport=443))
+    assert lazy != other and lazy != flow.id()
 
 
 def test_fast_path_bypasses_a_decided_flow_once() -> None:

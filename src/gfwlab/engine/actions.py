@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from mypy_extensions import mypyc_attr
 
@@ -339,17 +339,44 @@ class Probe(Frozen):
         object.__setattr__(self, "mechanism", mechanism)
 
 
-@dataclass(frozen=True, kw_only=True)
+class Named(Protocol):
+    """What names a flow when asked (a :class:`~gfwlab.engine.flows.Flow`)."""
+
+    def id(self) -> FlowId: ...
+
+
+def _bypass(flow: FlowId) -> Bypass:
+    return Bypass(flow=flow)
+
+
 class Bypass(Frozen):
-    """The flow's verdict is final (it passes): later packets need not be shown to the engine."""
+    """The flow's verdict is final (it passes): later packets need not be shown to the engine.
 
-    flow: FlowId
-    """The flow to bypass."""
+    Made with the flow itself, it names it (:attr:`flow`) when first asked. The engine says it
+    for every flow it finishes, and naming one writes out its two addresses (a dictionary
+    lookup each, missed for most of a capture's clients): no adapter of gfwlab's reads the
+    name, so none pays for it. Compared, hashed, shown and pickled by the name."""
 
-    # Written out: a dataclass's generated __init__ runs interpreted even where the class is
-    # compiled (gfwlab._build); this one is compiled with it.
-    def __init__(self, *, flow: FlowId) -> None:
-        object.__setattr__(self, "flow", flow)
+    def __init__(self, *, flow: FlowId | Named) -> None:
+        self._of: Final = flow
+
+    @property
+    def flow(self) -> FlowId:
+        """The flow to bypass."""
+        of = self._of
+        return of if isinstance(of, FlowId) else of.id()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Bypass) and self.flow == other.flow
+
+    def __hash__(self) -> int:
+        return hash(self.flow)
+
+    def __repr__(self) -> str:
+        return f"Bypass(flow={self.flow!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_bypass, (self.flow,))
 
 
 @dataclass(frozen=True, kw_only=True)

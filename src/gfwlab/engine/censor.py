@@ -157,7 +157,7 @@ class Censor:
         if state is FlowState.BYPASSED and not self.residual.drops:
             st.bypassed_pkts += 1
             st.bypassed_bytes += len(packet)
-            return [_ACCEPT, Bypass(flow=flow.id())] if self.rebypass else [_ACCEPT]
+            return [_ACCEPT, Bypass(flow=flow)] if self.rebypass else [_ACCEPT]
         syn_ack = self._syn_ack and not c2s and pkt.flags & (SYN | ACK) == SYN | ACK
         if state is FlowState.BLOCKED:
             out = self._blocked_verdict(flow, c2s, now)
@@ -171,7 +171,7 @@ class Censor:
             st.bypassed_pkts += 1
             st.bypassed_bytes += len(packet)
             if self.rebypass:
-                out.append(Bypass(flow=flow.id()))
+                out.append(Bypass(flow=flow))
             return out
         tcp = pkt.proto == PROTO_TCP
         seen = Seen(pkt=pkt, flow=flow, now=now, c2s=c2s)
@@ -346,4 +346,4 @@ class Censor:
             return
         if flow.state is FlowState.CLEAN:
             flow.finish()
-            out.append(Bypass(flow=flow.id()))
+            out.append(Bypass(flow=flow))

@@ -131,7 +131,7 @@ def run(
     # Per-packet arrays are read through memoryviews: Python numbers on each read, without
     # lists of a million objects (about 40 bytes a packet each, and slower to read at random).
     tsl = _view(ts)
-    order = _view(lives.order)
+    order = _shared(lives.order)
     lstart: list[int] = lives.start.tolist()
     lcount: list[int] = lives.count.tolist()
     first: list[int] = lives.first.tolist()
@@ -180,9 +180,18 @@ def run(
             _timed(actions, seqs, out, keep, report)
             deadline = censor.next_deadline()
 
-    heap: list[tuple[int, int, int]] = []
     life_of = lives.life_of
     pos = lives.pos
+    # The queue of packets to feed: each entry a packet and the life it was queued for, as one
+    # integer (the packet in the high bits), so that the heap compares machine integers. An
+    # entry whose packet a cut has since moved to a new life is stale (the new life queues its
+    # own): ``life_of`` tells. ``cut`` changes ``life_of`` and ``pos`` in place, and these views
+    # share their memory.
+    heap: list[int] = []
+    shift = (2 * n + 1).bit_length()  # more than the lives there can be: one more per cut
+    mask = (1 << shift) - 1
+    life_at = _shared(life_of)
+    pos_at = _shared(pos)
     # Residual drop blocks: which bypassed flows a drop entry's key covers (see DropWatch).
     watch = DropWatch(censor)
     suspect = bytearray(n_lives)
@@ -235,7 +244,7 @@ def run(
         lo = lstart[life]
         j = bisect.bisect_right(syn_at, lo + k)
         if j < n_syn and syn_at[j] < lo + lcount[life]:
-            heapq.heappush(heap, (order[syn_at[j]], life, syn_at[j] - lo))
+            heapq.heappush(heap, order[syn_at[j]] << shift | life)
 
     nl = 0
     last = -1
@@ -263,10 +272,10 @@ def run(
                 lo, hi = lstart[hit], lstart[hit] + lcount[hit]
                 at = bisect.bisect_right(order, last, lo, hi)
                 if at < hi:
-                    heapq.heappush(heap, (order[at], hit, at - lo))
+                    heapq.heappush(heap, order[at] << shift | hit)
 
     while True:
-        i = heap[0][0] if heap else n
+        i = heap[0] >> shift if heap else n
         if nl < n_lives and first[nl] < i:
             i = first[nl]
         if i >= n:
@@ -278,10 +287,11 @@ def run(
         if len(residual.entries) < watch.size:
             watch.forget_expired()
         last = i
-        if heap and heap[0][0] == i:
-            _, life, k = heapq.heappop(heap)
-            if k >= lcount[life] or i == done:
+        if heap and heap[0] >> shift == i:
+            life = heapq.heappop(heap) & mask
+            if life_at[i] != life or i == done:
                 continue  # queued before its life was cut (the new life has it), or twice
+            k = pos_at[i]
         else:
             life, k = nl, 0
             nl += 1
@@ -290,7 +300,7 @@ def run(
             if not suspect[life]:
                 push_syn(life, k)
             elif k + 1 < lcount[life]:
-                heapq.heappush(heap, (order[lstart[life] + k + 1], life, k + 1))
+                heapq.heappush(heap, order[lstart[life] + k + 1] << shift | life)
             held = flows[life]
             assert held is not None
             c2s = lower[i] == client_lower[life]
@@ -309,7 +319,7 @@ def run(
             # change nothing but counters: counted in bulk.
             quiet_at.append(i)
             if k + 1 < lcount[life]:
-                heapq.heappush(heap, (order[lstart[life] + k + 1], life, k + 1))
+                heapq.heappush(heap, order[lstart[life] + k + 1] << shift | life)
             else:
                 flows[life] = None
                 life_by_flow.pop(id(held), None)
@@ -340,7 +350,7 @@ def run(
                     lo, hi = lstart[was], lstart[was] + lcount[was]
                     at_ = bisect.bisect_right(order, last, lo, hi)
                     if at_ < hi:
-                        heapq.heappush(heap, (order[at_], cut(was, at_, len(first)), 0))
+                        heapq.heappush(heap, order[at_] << shift | cut(was, at_, len(first)))
             evicted.clear()
         if flow is not None and is_syn[i] and table.get(_key(flow)) is not flow:
             # A new connection on a judged flow's 5-tuple: the engine made a new flow on this
@@ -375,7 +385,7 @@ def run(
         if state is FlowState.BLOCKED and later:
             # The block is not in effect yet (it starts later), or a hook looks at blocked flows:
             # their next packets still go to the engine.
-            heapq.heappush(heap, (nxt, life, k + 1))
+            heapq.heappush(heap, nxt << shift | life)
         elif state is FlowState.BLOCKED:
             if status[life] != 2:
                 if status[life] == 0:
@@ -391,7 +401,7 @@ def run(
                 if k + 1 < lcount[life] and watch.register(life, flow):
                     suspects((life,))
         elif status[life] == 0 and k + 1 < lcount[life]:
-            heapq.heappush(heap, (order[lstart[life] + k + 1], life, k + 1))
+            heapq.heappush(heap, order[lstart[life] + k + 1] << shift | life)
     if part is not None and len(part.ts):
         timers(float(part.ts[-1]), last)
     elif n:
@@ -479,6 +489,14 @@ def _key(flow: Flow) -> FlowKey:
     return flow_key(flow.proto, flow.client, flow.cport, flow.server, flow.sport)
 
 
+def _shared(array: I64) -> memoryview[int]:
+    """A view of ``array`` itself (native int64, contiguous), which sees its changes."""
+    if array.dtype != np.dtype(np.int64) or not array.flags.c_contiguous:
+        raise ValueError("not a contiguous array of native int64")
+    view: memoryview[int] = array.data.cast("B").cast("l")
+    return view
+
+
 def _view(array: np.ndarray) -> memoryview[Any]:
     """``array`` as a memoryview of native numbers (indexing gives Python ones)."""
     native = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
@@ -498,9 +516,10 @@ def _quiet(index: CaptureIndex, censor: Censor) -> Bools:
     - a UDP datagram from a port the engine watches to one it does not (a DNS answer): the
       engine neither dissects it nor finishes its flow on it (``Censor._udp``).
     """
-    ports = np.asarray(sorted(censor.plan.ports), dtype=np.uint64)
+    watched = np.zeros(1 << 16, dtype=np.bool_)  # by port: a lookup, where np.isin sorts
+    watched[np.asarray(sorted(censor.plan.ports), dtype=np.int64)] = True
     sport, dport = index.src[:, 2] & np.uint64(0xFFFF), index.dst[:, 2] & np.uint64(0xFFFF)
-    quiet: Bools = (index.proto == PROTO_UDP) & np.isin(sport, ports) & ~np.isin(dport, ports)
+    quiet: Bools = (index.proto == PROTO_UDP) & watched[sport] & ~watched[dport]
     if not censor.needs_handshake_ack:
         bare_ack = (index.proto == PROTO_TCP) & (index.flags & (SYN | FIN | RST) == 0)
         quiet |= bare_ack & (index.payload_len == 0)
