@@ -6,6 +6,7 @@
 * gfwlab.rules._names: the names of a list file of bare domains, held in its text, in C.
 * gfwlab.proto._scan: byte loops the censor runs on nearly every flow (a plain ClientHello's
   fields, a run of zero bytes, a payload's byte entropy), in C.
+* gfwlab._craft: the packets the censor forges (UDP and TCP, with their checksums), in C.
 * The engine's per-packet path, compiled from its typed sources with mypyc (the list and why:
   src/gfwlab/_build.py), unless GFWLAB_PURE=1 is set at install time. A compiled build writes
   the digest of those sources beside them, so that a source changed later is run instead of
@@ -49,6 +50,8 @@ scan = Extension(
     libraries=["m"],
 )
 
+craft = Extension("gfwlab._craft", ["src/gfwlab/_craft.c"], extra_compile_args=["-O2"])
+
 
 class BuildExt(build_ext):
     """build_ext that records which sources the compiled modules were made from."""
@@ -89,4 +92,4 @@ if not build["pure_requested"]():
         group_name="gfwlab",
     )
 
-setup(ext_modules=[native, initial, names, scan, *compiled], cmdclass={"build_ext": BuildExt})
+setup(ext_modules=[native, initial, names, scan, craft, *compiled], cmdclass={"build_ext": BuildExt})

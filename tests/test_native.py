@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gfwlab import _native
+from gfwlab import _craft, _native
 from gfwlab.offline.index import CaptureIndex, Lives, _classify, _flow_keys
 from gfwlab.packet.ip import PROTO_TCP, PROTO_UDP, build_tcp, build_udp
 from gfwlab.packet.link import ip_offset
@@ -37,6 +37,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "gfwlab"
         (_initial, "proto/_initial.c"),
         (_names, "rules/_names.c"),
         (_scan, "proto/_scan.c"),
+        (_craft, "_craft.c"),
     ],
 )
 def test_the_module_is_built_from_the_source_in_the_tree(module: ModuleType, source: str) -> None:

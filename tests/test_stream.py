@@ -122,3 +122,22 @@ def test_a_flows_identity_keys_its_stream_whole() -> None:
     assert all(o.random() != base for o in others)
     assert _flow(40000, salt=5).draws("1:fet").random() == base
     assert _flow(40000, salt=2**40).draws("1:fet").random() != base  # a salt of any size
+
+
+def test_bits_of_every_width_are_the_words_top_bits() -> None:
+    """``getrandbits(k)`` for every ``k`` up to 130, in turn across block boundaries: the top
+    ``k`` bits of the next word (beyond 64, the next words', the first the least significant),
+    ``random`` the top 53, as the definition reads the blocks."""
+    key = b"widths"
+    raw = b"".join(_block(key, i) for i in range(60))
+    words = iter([int.from_bytes(raw[j : j + 8], "little") for j in range(0, len(raw), 8)])
+    s = Stream(key)
+    for k in range(1, 131):
+        if k <= 64:
+            expected = next(words) >> (64 - k)
+        else:
+            n = (k + 63) // 64
+            whole = sum(next(words) << (64 * j) for j in range(n))
+            expected = whole >> (64 * n - k)
+        assert s.getrandbits(k) == expected, k
+        assert s.random() == (next(words) >> 11) / 2**53

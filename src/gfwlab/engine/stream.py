@@ -28,7 +28,10 @@ import struct
 from hashlib import blake2b
 from typing import Final
 
-_WORDS: Final = struct.Struct("<8Q")
+_HALVES: Final = struct.Struct("<16I")
+"""A block's eight little-endian 64-bit words, each as its low and its high 32 bits: compiled,
+numbers that fit a machine word, where a whole word (up to 2**64) is a Python object and each
+shift of it an allocation. The draws below are the words' bits, put together as needed."""
 _UNIT: Final = 1.0 / 9007199254740992.0  # 2**-53
 _BLOCK: Final = 64
 
@@ -40,27 +43,35 @@ class Stream:
         self.key = key
         self._counter = 0
         self._raw = b""
-        self._words: tuple[int, ...] = ()
+        self._halves: tuple[int, ...] = ()
         self._at = 8  # the next unread word of the current block (8: none left)
 
     def _refill(self) -> None:
         raw = blake2b(self.key + self._counter.to_bytes(8, "little"), digest_size=_BLOCK).digest()
         self._counter += 1
         self._raw = raw
-        self._words = _WORDS.unpack(raw)
+        self._halves = _HALVES.unpack(raw)
         self._at = 0
 
-    def word(self) -> int:
-        """The next 64-bit word."""
+    def _next(self) -> int:
+        """Take the next word; where its low half is in ``_halves`` (its high half follows)."""
         if self._at >= 8:
             self._refill()
         at = self._at
         self._at = at + 1
-        return self._words[at]
+        return 2 * at
+
+    def word(self) -> int:
+        """The next 64-bit word."""
+        i = self._next()
+        halves = self._halves
+        return halves[i] | halves[i + 1] << 32
 
     def random(self) -> float:
         """A float in [0, 1): the top 53 bits of the next word."""
-        return (self.word() >> 11) * _UNIT
+        i = self._next()
+        halves = self._halves
+        return (halves[i + 1] << 21 | halves[i] >> 11) * _UNIT
 
     def getrandbits(self, k: int) -> int:
         """An integer of ``k`` random bits: the top ``k`` bits of the next word, or for ``k`` over
@@ -69,6 +80,13 @@ class Stream:
             if k < 0:
                 raise ValueError("number of bits must be non-negative")
             return 0
+        if k <= 32:
+            i = self._next()  # first: it may refill the halves
+            return self._halves[i + 1] >> (32 - k)
+        if k <= 62:  # the result still fits a machine word
+            i = self._next()
+            halves = self._halves
+            return halves[i + 1] << (k - 32) | halves[i] >> (64 - k)
         if k <= 64:
             return self.word() >> (64 - k)
         bits = 0

@@ -4,6 +4,11 @@ Parsing is deliberately lenient where the GFW is lenient (spec §9): the TCP che
 checked, the TTL is kept but not judged, and any TCP header length that fits is accepted. What
 cannot be parsed at all raises :class:`~gfwlab.errors.MalformedPacket` with an ``ip.*``,
 ``tcp.*`` or ``udp.*`` kind; the engine turns it into an anomaly event.
+
+Building: :func:`build_udp` and :func:`build_tcp` have the packet made in C
+(``gfwlab/_craft.c``, a forged answer or reset for nearly every event) and build it here,
+with the same bytes, only where that declines (an unusual address or a field out of range,
+whose error comes from here).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from gfwlab import _craft
 from gfwlab.errors import MalformedPacket
 
 PROTO_TCP: Final = 6
@@ -383,16 +389,43 @@ def build_tcp(
     seq &= 0xFFFFFFFF
     ack &= 0xFFFFFFFF
     byte12 = (off << 4) | ((flags >> 8) & 1)
-    length = hlen + len(payload)
+    flags &= 0xFF
+    made = _craft.tcp(src, dst, sport, dport, seq, ack, byte12, flags, window, options, payload,
+                      ttl, ip_id & 0xFFFF, df, bad_checksum)  # fmt: skip
+    if made is not None:
+        return made
+    return _tcp(src, dst, sport, dport, seq, ack, byte12, flags, window, options, payload, ttl,
+                ip_id, df, bad_checksum)  # fmt: skip
+
+
+def _tcp(
+    src: bytes,
+    dst: bytes,
+    sport: int,
+    dport: int,
+    seq: int,
+    ack: int,
+    byte12: int,
+    flags: int,
+    window: int,
+    options: bytes,
+    payload: bytes,
+    ttl: int,
+    ip_id: int,
+    df: bool,
+    bad_checksum: bool,
+) -> bytes:
+    """:func:`build_tcp`'s packet, built here (``_craft.tcp`` takes the same arguments)."""
+    length = 20 + len(options) + len(payload)
     addrs = _words(src + dst)
     total = addrs + PROTO_TCP + length + sport + dport + seq + ack + (byte12 << 8)
-    total += (flags & 0xFF) + window + _words(payload)
+    total += flags + window + _words(payload)
     if options:
         total += _words(options)
     csum = _folded(total, True)  # the protocol number is never zero
     if bad_checksum:
         csum ^= 0xBEEF
-    hdr = _TCP.pack(sport, dport, seq, ack, byte12, flags & 0xFF, window, csum, 0)
+    hdr = _TCP.pack(sport, dport, seq, ack, byte12, flags, window, csum, 0)
     return _ip_header(src, dst, PROTO_TCP, length, ttl, ip_id, df, addrs) + hdr + options + payload
 
 
@@ -408,6 +441,16 @@ def build_udp(
     df: bool = False,
 ) -> bytes:
     """Build an IP packet carrying a UDP datagram, with correct checksums."""
+    made = _craft.udp(src, dst, sport, dport, payload, ttl, ip_id & 0xFFFF, df)
+    if made is not None:
+        return made
+    return _udp(src, dst, sport, dport, payload, ttl, ip_id, df)
+
+
+def _udp(
+    src: bytes, dst: bytes, sport: int, dport: int, payload: bytes, ttl: int, ip_id: int, df: bool
+) -> bytes:
+    """:func:`build_udp`'s packet, built here (``_craft.udp`` takes the same arguments)."""
     length = 8 + len(payload)
     addrs = _words(src + dst)
     total = addrs + PROTO_UDP + length + sport + dport + length + _words(payload)
