@@ -63,11 +63,26 @@ put32(uint8_t *p, uint32_t v)
     put16(p + 2, v & 0xFFFF);
 }
 
-/* The IP header of a `body`-byte body before it in `out`; returns its length. */
-static Py_ssize_t
-ip_header(uint8_t *out, const uint8_t *src, const uint8_t *dst, Py_ssize_t alen, int proto,
-          Py_ssize_t body, unsigned ttl, unsigned ip_id, int df, uint64_t addrs)
+/* The words of the two addresses (`alen` bytes each): their share of every checksum. */
+static uint64_t
+addr_words(PyObject *src, PyObject *dst, Py_ssize_t alen)
 {
+    return words((const uint8_t *)PyBytes_AS_STRING(src), alen)
+           + words((const uint8_t *)PyBytes_AS_STRING(dst), alen);
+}
+
+/* A new packet: the IP header of a `body`-byte body, and room for the body, which the caller
+ * writes at *body_at. `addrs` is addr_words(src, dst). */
+static PyObject *
+ip_packet(PyObject *src, PyObject *dst, Py_ssize_t alen, int proto, Py_ssize_t body,
+          unsigned ttl, unsigned ip_id, int df, uint64_t addrs, uint8_t **body_at)
+{
+    Py_ssize_t hlen = alen == 4 ? 20 : 40;
+    PyObject *packet = PyBytes_FromStringAndSize(NULL, hlen + body);
+    if (packet == NULL)
+        return NULL;
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(packet);
+    *body_at = out + hlen;
     if (alen == 4) {
         unsigned frag = df ? 0x4000 : 0;
         uint64_t total = 0x4500 + 20 + (uint64_t)body + ip_id + frag + (ttl << 8) + proto + addrs;
@@ -79,17 +94,18 @@ ip_header(uint8_t *out, const uint8_t *src, const uint8_t *dst, Py_ssize_t alen,
         out[8] = (uint8_t)ttl;
         out[9] = (uint8_t)proto;
         put16(out + 10, folded(total));
-        memcpy(out + 12, src, 4);
-        memcpy(out + 16, dst, 4);
-        return 20;
+        memcpy(out + 12, PyBytes_AS_STRING(src), 4);
+        memcpy(out + 16, PyBytes_AS_STRING(dst), 4);
     }
-    put32(out, 6u << 28);
-    put16(out + 4, (unsigned)body);
-    out[6] = (uint8_t)proto;
-    out[7] = (uint8_t)ttl;
-    memcpy(out + 8, src, 16);
-    memcpy(out + 24, dst, 16);
-    return 40;
+    else {
+        put32(out, 6u << 28);
+        put16(out + 4, (unsigned)body);
+        out[6] = (uint8_t)proto;
+        out[7] = (uint8_t)ttl;
+        memcpy(out + 8, PyBytes_AS_STRING(src), 16);
+        memcpy(out + 24, PyBytes_AS_STRING(dst), 16);
+    }
+    return packet;
 }
 
 /* Whether the addresses make a header build_udp and build_tcp would make the same way, and
@@ -118,22 +134,18 @@ udp(PyObject *self, PyObject *args)
     if (!plain(alen, PyBytes_GET_SIZE(dst), length) || sport < 0 || sport > 0xFFFF || dport < 0
         || dport > 0xFFFF || ttl < 0 || ttl > 0xFF || ip_id < 0 || ip_id > 0xFFFF)
         Py_RETURN_NONE;
-    const uint8_t *s = (const uint8_t *)PyBytes_AS_STRING(src);
-    const uint8_t *d = (const uint8_t *)PyBytes_AS_STRING(dst);
     const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(payload);
-    uint64_t addrs = words(s, alen) + words(d, alen);
+    uint64_t addrs = addr_words(src, dst, alen);
     uint64_t total = addrs + PROTO_UDP + (uint64_t)length + (uint64_t)sport + (uint64_t)dport
                      + (uint64_t)length + words(p, n);
     unsigned csum = folded(total);
     if (csum == 0)
         csum = 0xFFFF; /* zero means "no checksum" in UDP */
-    Py_ssize_t hlen = alen == 4 ? 20 : 40;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, hlen + length);
+    uint8_t *o;
+    PyObject *out = ip_packet(src, dst, alen, PROTO_UDP, length, (unsigned)ttl, (unsigned)ip_id,
+                              df, addrs, &o);
     if (out == NULL)
         return NULL;
-    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
-    ip_header(o, s, d, alen, PROTO_UDP, length, (unsigned)ttl, (unsigned)ip_id, df, addrs);
-    o += hlen;
     put16(o, (unsigned)sport);
     put16(o + 2, (unsigned)dport);
     put16(o + 4, (unsigned)length);
@@ -162,24 +174,20 @@ tcp(PyObject *self, PyObject *args)
         || ack > 0xFFFFFFFFLL || byte12 < 0 || byte12 > 0xFF || flags < 0 || flags > 0xFF
         || window < 0 || window > 0xFFFF || ttl < 0 || ttl > 0xFF || ip_id < 0 || ip_id > 0xFFFF)
         Py_RETURN_NONE;
-    const uint8_t *s = (const uint8_t *)PyBytes_AS_STRING(src);
-    const uint8_t *d = (const uint8_t *)PyBytes_AS_STRING(dst);
     const uint8_t *opt = (const uint8_t *)PyBytes_AS_STRING(options);
     const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(payload);
-    uint64_t addrs = words(s, alen) + words(d, alen);
+    uint64_t addrs = addr_words(src, dst, alen);
     uint64_t total = addrs + PROTO_TCP + (uint64_t)length + (uint64_t)sport + (uint64_t)dport
                      + (uint64_t)seq + (uint64_t)ack + ((uint64_t)byte12 << 8) + (uint64_t)flags
                      + (uint64_t)window + words(p, n) + words(opt, nopt);
     unsigned csum = folded(total);
     if (bad)
         csum ^= 0xBEEF;
-    Py_ssize_t iplen = alen == 4 ? 20 : 40;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, iplen + length);
+    uint8_t *o;
+    PyObject *out = ip_packet(src, dst, alen, PROTO_TCP, length, (unsigned)ttl, (unsigned)ip_id,
+                              df, addrs, &o);
     if (out == NULL)
         return NULL;
-    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
-    ip_header(o, s, d, alen, PROTO_TCP, length, (unsigned)ttl, (unsigned)ip_id, df, addrs);
-    o += iplen;
     put16(o, (unsigned)sport);
     put16(o + 2, (unsigned)dport);
     put32(o + 4, (uint32_t)seq);
