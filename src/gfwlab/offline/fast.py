@@ -131,7 +131,7 @@ def run(
     # Per-packet arrays are read through memoryviews: Python numbers on each read, without
     # lists of a million objects (about 40 bytes a packet each, and slower to read at random).
     tsl = _view(ts)
-    order = _shared(lives.order)
+    order: memoryview[int] = _view(lives.order)  # typed: its items are machine integers
     lstart: list[int] = lives.start.tolist()
     lcount: list[int] = lives.count.tolist()
     first: list[int] = lives.first.tolist()
