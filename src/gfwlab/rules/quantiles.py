@@ -12,7 +12,6 @@ linearly. :func:`cdf` is the same curve read the other way, for the fidelity sta
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import math
 from typing import Protocol
@@ -50,8 +49,16 @@ def _between(v0: float, v1: float, f: float) -> float:
 
 def value_at(table: Quantiles, u: float) -> float:
     """The value at cumulative share ``u`` (0 <= u <= 1): the inverse CDF."""
-    shares = [s for s, _ in table]
-    i = min(max(1, bisect.bisect_left(shares, u)), len(table) - 1)
+    # bisect.bisect_left over the shares, on the table itself: a list of the shares made for
+    # each draw cost more than the rest of the draw (a reset draws two or three).
+    lo, hi = 0, len(table)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if table[mid][0] < u:
+            lo = mid + 1
+        else:
+            hi = mid
+    i = min(max(1, lo), len(table) - 1)
     (s0, v0), (s1, v1) = table[i - 1], table[i]
     return _between(v0, v1, (u - s0) / (s1 - s0))
 
@@ -67,8 +74,14 @@ def cdf(table: Quantiles, x: float) -> float:
         return 0.0
     if x >= table[-1][1]:
         return 1.0
-    values = [v for _, v in table]
-    i = bisect.bisect_right(values, x)
+    lo, hi = 0, len(table)  # bisect.bisect_right over the values, as in value_at
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if x < table[mid][1]:
+            hi = mid
+        else:
+            lo = mid + 1
+    i = lo
     (s0, v0), (s1, v1) = table[i - 1], table[i]
     if v1 == v0:
         return s1
