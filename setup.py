@@ -70,7 +70,7 @@ class BuildExt(build_ext):
         super().run()
         if compiled:
             out.mkdir(parents=True, exist_ok=True)
-            (out / build["DIGEST_FILE"]).write_text(build["digest"](SRC / "gfwlab") + "\n")
+            (out / build["DIGEST_FILE"]).write_text(build["record"](SRC / "gfwlab"))
             texts = build["annotation_texts"](SRC / "gfwlab")
             (out / build["ANNOTATIONS_FILE"]).write_text(json.dumps(texts, indent=1) + "\n")
 

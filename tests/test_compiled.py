@@ -142,6 +142,36 @@ def test_changed_sources_run_interpreted(
     assert capsys.readouterr().err == ""
 
 
+def test_untouched_sources_are_not_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _package(tmp_path)
+    monkeypatch.delenv(_build.PURE_ENV, raising=False)
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    (tmp_path / _build.DIGEST_FILE).write_text(_build.record(tmp_path))
+    hashed: list[Path] = []
+    digest = _build.digest
+
+    def counted(root: Path) -> str:
+        hashed.append(root)
+        return digest(root)
+
+    monkeypatch.setattr(_build, "digest", counted)
+    assert _build.choose(tmp_path) == "compiled" and hashed == []
+
+    # Touched (a checkout, a copy), the same bytes: hashed, and still the build's.
+    tcb = _build.source(tmp_path, "gfwlab.engine.tcb")
+    st = tcb.stat()
+    os.utime(tcb, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert _build.choose(tmp_path) == "compiled" and hashed == [tmp_path]
+
+    # Changed: hashed, and the digest tells.
+    tcb.write_text(tcb.read_text() + "# changed\n")
+    assert _build.choose(tmp_path) == "interpreted (stale)"
+    assert "older than its sources" in capsys.readouterr().err
+    assert len(hashed) == 2
+
+
 # The dissectors and the IP parser, compiled and as a copy run from their source in this same
 # process (gfwlab._build.source_copy), on arbitrary bytes and on cuts and flips of real
 # messages: the same result, or the same malformed kind at the same offset. This is where a
@@ -307,6 +337,8 @@ def test_written_out_inits_are_their_dataclass_inits(module: str, name: str) -> 
     # too; each must take and set exactly the fields, with their defaults (a default factory's
     # default is None), as the generated one would.
     cls = getattr(_build.source_copy(module), name)
+    # With init=False, so that the dataclass machinery makes none at import (an exec each).
+    assert cls.__dataclass_params__.init is False
     fields = [f for f in dataclasses.fields(cls) if f.init]
     expected = []
     for f in fields:
