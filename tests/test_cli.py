@@ -54,6 +54,56 @@ def gfwlab(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[s
     )
 
 
+def test_the_collector_is_paused_while_loading_and_on_for_the_command(tmp_path: Path) -> None:
+    # The entry point of `gfwlab` and `python -m gfwlab`, in a process of its own: what the
+    # collector was doing as the command line's modules loaded, and as a command ran.
+    code = """
+import gc, sys
+seen = []
+class Watch:
+    def find_spec(self, name, path, target=None):
+        if name == "gfwlab.cli":
+            seen.append(("loading", gc.isenabled()))
+def calls(frame, event, arg):
+    if event == "call" and frame.f_code.co_name == "version":
+        seen.append(("command", gc.isenabled()))
+sys.meta_path.insert(0, Watch())
+sys.argv = ["gfwlab", "version"]
+from gfwlab import __main__ as entry
+sys.setprofile(calls)
+try:
+    entry.main()
+except SystemExit:
+    pass
+sys.setprofile(None)
+print(seen, file=sys.stderr)
+"""
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert res.returncode == 0, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last == "[('loading', False), ('command', True)]", res.stderr
+
+
+def test_command_signatures_are_not_strings() -> None:
+    # typer reads every command's signature at each start: string annotations (the
+    # ``from __future__`` import) cost it a compile and an eval each (gfwlab.cli).
+    from gfwlab import cli  # noqa: PLC0415
+
+    def callbacks(app: object) -> list[object]:
+        out = [c.callback for c in app.registered_commands]  # type: ignore[attr-defined]
+        for group in app.registered_groups:  # type: ignore[attr-defined]
+            out += callbacks(group.typer_instance)
+        return out
+
+    found = callbacks(cli.app)
+    assert len(found) > 20
+    quoted = [f"{f.__qualname__}: {k}" for f in found for k, a in f.__annotations__.items()
+              if isinstance(a, str)]  # fmt: skip
+    assert quoted == []
+
+
 def write_capture(path: Path, packets: list[tuple[float, bytes]]) -> Path:
     with PcapWriter(str(path)) as w:
         for t, p in packets:

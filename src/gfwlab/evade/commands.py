@@ -4,7 +4,7 @@ Errors are one line on stderr and exit 2 (:class:`UsageError` and every GfwlabEr
 bad strategy naming its column).
 """
 
-from __future__ import annotations
+# Annotations evaluated as written, not strings: gfwlab.cli says why.
 
 import datetime as dt
 import json

@@ -1,6 +1,6 @@
 """``gfwlab probe``, ``gfwlab grade`` and ``gfwlab lists`` (registered in :mod:`gfwlab.cli`)."""
 
-from __future__ import annotations
+# Annotations evaluated as written, not strings: gfwlab.cli says why.
 
 import json
 import os

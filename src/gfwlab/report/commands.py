@@ -1,6 +1,6 @@
 """The ``gfwlab report`` command (registered on the main command in :mod:`gfwlab.cli`)."""
 
-from __future__ import annotations
+# Annotations evaluated as written, not strings: gfwlab.cli says why.
 
 from typing import Annotated
 
