@@ -116,7 +116,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class FlowId(Frozen):
     """A flow as events name it: ``src`` is the client (the side that opened the flow)."""
 
@@ -152,7 +152,7 @@ class FlowId(Frozen):
         }
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class Event(Frozen):
     """One censor decision or observation, in the DESIGN.md event contract."""
 
@@ -226,7 +226,7 @@ class Event(Frozen):
         return out
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class Accept(Frozen):
     """Forward the packet."""
 
@@ -241,7 +241,7 @@ class Accept(Frozen):
         object.__setattr__(self, "hold_until", hold_until)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class Drop(Frozen):
     """Silently discard the packet."""
 
@@ -254,7 +254,7 @@ class Drop(Frozen):
         object.__setattr__(self, "mechanism", mechanism)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class Inject(Frozen):
     """Send a forged IP packet."""
 
@@ -278,7 +278,7 @@ class Inject(Frozen):
         object.__setattr__(self, "mechanism", mechanism)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class Probe(Frozen):
     """Connect to a suspected server as the GFW's active prober does and send ``payload``.
 
@@ -379,7 +379,7 @@ class Bypass(Frozen):
         return (_bypass, (self.flow,))
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class Report(Frozen):
     """Record an event."""
 

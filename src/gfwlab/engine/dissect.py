@@ -74,7 +74,7 @@ class Dissector(Frozen):
         return self.starts is None or (bool(data) and data[0] in self.starts)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class QueryFields(EventFields):
     """An oddity of a DNS query."""
 

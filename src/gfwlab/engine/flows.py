@@ -62,7 +62,7 @@ Block = Literal["none", "c2s", "s2c", "both"]
 FlowKey = tuple[int, bytes, int, bytes, int]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, init=False)
 class Flow:
     """One flow as the censor remembers it."""
 

@@ -75,7 +75,7 @@ class Needs(Frozen):
     engine a copy."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class Forged(Frozen):
     """A forged packet a mechanism wants sent ``delay`` seconds after the trigger."""
 
@@ -91,7 +91,7 @@ class Forged(Frozen):
         object.__setattr__(self, "toward", toward)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class PlannedProbe(Frozen):
     """A probe a mechanism wants sent ``delay`` seconds from now (see actions.Probe)."""
 
@@ -129,7 +129,7 @@ class PlannedProbe(Frozen):
         object.__setattr__(self, "origin", origin)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class Residual(Frozen):
     """A residual block a decision starts: later flows on ``key`` are hit until it ends."""
 
@@ -160,7 +160,7 @@ class Residual(Frozen):
         object.__setattr__(self, "probability", probability)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class Decision(Frozen):
     """A mechanism's verdict on one trigger."""
 
@@ -210,7 +210,7 @@ class Decision(Frozen):
         object.__setattr__(self, "fields", fields)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class ProbeResult(Frozen):
     """What a suspected server did with one probe."""
 
@@ -246,7 +246,7 @@ class ProbeResult(Frozen):
         object.__setattr__(self, "context", {} if context is None else context)
 
 
-@dataclass
+@dataclass(init=False)
 class Seen:
     """The packet a hook is looking at, with its flow and time."""
 

@@ -18,7 +18,7 @@ from gfwlab.rules.profile import ResidualKey
 Key = tuple[object, ...]
 
 
-@dataclass
+@dataclass(init=False)
 class ResidualEntry:
     mechanism: str
     rule: str

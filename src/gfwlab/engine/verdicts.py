@@ -37,7 +37,7 @@ NO_PACKET: Final = parse(bytes.fromhex("450000140000000040fd00000000000000000000
 """Stands in for a trigger packet where there is none (a probe result)."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class ResidualFields(EventFields):
     """A new connection met a residual block."""
 
@@ -62,7 +62,7 @@ class ResidualFields(EventFields):
         object.__setattr__(self, "probability", probability)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class ProbePlannedFields(EventFields):
     """An active probe was planned."""
 
@@ -99,7 +99,7 @@ class ProbePlannedFields(EventFields):
         object.__setattr__(self, "ttl", ttl)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class ProbeResultFields(EventFields):
     """What a probed server did."""
 
@@ -121,7 +121,7 @@ class ProbeResultFields(EventFields):
         object.__setattr__(self, "response_len", response_len)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class AnomalyFields(EventFields):
     """Traffic the censor could not parse (it passes)."""
 

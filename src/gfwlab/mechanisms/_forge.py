@@ -161,7 +161,7 @@ FINGERPRINTS: Final[dict[str, Fingerprint]] = {
 """The S&P'25 fingerprint table (types I-III) and the PET'06 pattern, as data."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class ResidualResetFields(EventFields):
     """A new connection reset because a residual block is on its key."""
 

@@ -192,7 +192,7 @@ def _share(name: str, injector: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class ForgedAnswer(EventFields):
     """One forged answer."""
 
@@ -214,7 +214,7 @@ class ForgedAnswer(EventFields):
         object.__setattr__(self, "leaked", leaked)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class InjectFields(EventFields):
     """A query answered with forged responses."""
 

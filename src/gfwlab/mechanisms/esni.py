@@ -41,7 +41,7 @@ class EsniParams(CommonParams):
     """(source IP, destination IP, destination port)."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class EsniFields(EventFields):
     """A ClientHello dropped for its encrypted_server_name extension."""
 

@@ -123,7 +123,7 @@ class FetParams(CommonParams):
         object.__setattr__(self, "_http", http)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class FetFields(EventFields):
     """A first data packet to a targeted server, measured as Algorithm 1 measures it."""
 
@@ -195,7 +195,7 @@ class FetFields(EventFields):
         return out
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class Measures:
     """What Algorithm 1 measures of a first data packet."""
 

@@ -53,7 +53,7 @@ class HenanParams(CommonParams):
     """The RST+ACK's IP-ID."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class HenanResetFields(EventFields):
     """A connection reset by Henan's firewall."""
 

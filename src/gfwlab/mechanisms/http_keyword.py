@@ -73,7 +73,7 @@ class HttpKeywordParams(ResetParams):
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class HttpSparedFields(EventFields):
     """A matching request that the probability draw let through."""
 
@@ -92,7 +92,7 @@ class HttpSparedFields(EventFields):
         object.__setattr__(self, "probability", probability)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class HttpResetFields(EventFields):
     """A request reset for a keyword or host."""
 

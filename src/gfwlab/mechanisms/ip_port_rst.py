@@ -60,7 +60,7 @@ class IpPortRstParams(CommonParams):
     """Milliseconds from trigger to the first reset (U)."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class IpPortResetFields(EventFields):
     """A connection to a listed address and port reset on its handshake."""
 

@@ -132,7 +132,7 @@ def port_rule_admits(rule: PortRule, sport: int, dport: int) -> bool:
     return True
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class QuicFields(EventFields):
     """A QUIC Initial whose SNI is listed."""
 

@@ -157,7 +157,7 @@ def _looks_like_protocol(payload: bytes) -> bool:
     return payload.startswith((b"GET ", b"PUT ", b"POST ", b"HEAD "))
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class CandidateFields(EventFields):
     """A first data packet judged as a possible Shadowsocks connection."""
 
@@ -190,7 +190,7 @@ class CandidateFields(EventFields):
         object.__setattr__(self, "probes", probes)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class ReactionFields(EventFields):
     """What the server did with a probe, and what followed."""
 

@@ -91,7 +91,7 @@ class TlsInTlsParams(CommonParams):
     """How long a blocked address stays blocked."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class TlsInTlsFields(EventFields):
     """A flow whose first flights look like a TLS handshake inside a tunnel (hypothesis)."""
 

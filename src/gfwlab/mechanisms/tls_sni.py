@@ -68,7 +68,7 @@ class TlsSniParams(ResetParams):
                 ) from None
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class SniResetFields(EventFields):
     """A connection reset for its SNI."""
 

@@ -59,7 +59,7 @@ class UnconditionalRst443Params(CommonParams):
     """Milliseconds from trigger to the first forged packet (U)."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class HandshakeResetFields(EventFields):
     """A connection reset on its handshake, with no payload read."""
 

@@ -44,7 +44,7 @@ _TCP: Final = struct.Struct("!HHIIBBHHH")
 _UDP: Final = struct.Struct("!HHHH")
 
 
-@dataclass
+@dataclass(init=False)
 class Packet:
     """One parsed IP packet. Addresses are kept as packed bytes (4 or 16) for speed."""
 

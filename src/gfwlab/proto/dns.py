@@ -68,7 +68,7 @@ _POINTER_TO_QNAME: Final = b"\xc0\x0c"
 _MIN_COPIED: Final = HEADER_LEN + 1 + 4
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class DnsQuery(Frozen):
     """One DNS query, read the way the injector reads it."""
 

@@ -32,7 +32,7 @@ MAX_HEADER: Final = 16 * 1024
 _MAX_METHOD: Final = 20  # the longest registered method, UPDATEREDIRECTREF, has 17 characters
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class HttpRequest(Frozen):
     """The first request of a client stream, as far as the keyword filter cares."""
 

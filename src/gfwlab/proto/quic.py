@@ -118,7 +118,7 @@ _FRAME_NAMES: Final = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class QuicInitial(Frozen):
     """What the censor reads from the first packet of a client Initial datagram."""
 

@@ -51,7 +51,7 @@ _TRUNCATED: Final = "tls.truncated_field"
 _TYPE_LENGTH: Final = struct.Struct("!HH")  # an extension's type and length
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ClientHello(Frozen):
     """What the censor extracts from a ClientHello."""
 
