@@ -41,7 +41,6 @@ or weeks) is a separate mechanism: use ``null_route``.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -240,8 +239,11 @@ class Measures:
     def printable_fraction(self) -> float:
         return self.printable / self.length
 
-    def fields(self, exempt: list[str]) -> FetFields:
-        """These measures as event fields, with the exemptions that held."""
+    def fields(
+        self, exempt: list[str], draw: float | None = None, probability: float | None = None
+    ) -> FetFields:
+        """These measures as event fields, with the exemptions that held (and, with none, the
+        draw against the blocking probability)."""
         return FetFields(
             length=self.length,
             set_bits=self.set_bits,
@@ -251,6 +253,8 @@ class Measures:
             printable_run=self.printable_run,
             protocol=self.protocol,
             exempt=tuple(exempt),
+            draw=draw,
+            probability=probability,
         )
 
 
@@ -365,11 +369,10 @@ class Fet(Mechanism[FetParams]):
             return None
         m = measure(payload, p)
         held = exemptions(m, p)
-        measured = m.fields(held)
         if held:
-            return Decision(action="pass", rule=_EXEMPT_RULES[held[0]], fields=measured)
+            return Decision(action="pass", rule=_EXEMPT_RULES[held[0]], fields=m.fields(held))
         draw = self.rng(seen).random()
-        fields = dataclasses.replace(measured, draw=rounded(draw, 6), probability=p.probability)
+        fields = m.fields(held, rounded(draw, 6), p.probability)
         if draw >= p.probability:
             return Decision(action="pass", rule="fet:no-exemption", fields=fields)
         return Decision(

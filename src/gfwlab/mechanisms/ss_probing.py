@@ -44,7 +44,6 @@ the GFW probed Shadowsocks servers, not every HTTPS server.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -242,16 +241,17 @@ class SsProbing(Mechanism[SsProbingParams]):
             return None
         rng = self.rng(seen)
         draw = rng.random()
-        seen_as = CandidateFields(
+        hit = draw < chance
+        probes = self._first_stage(rng, payload) if hit else ()
+        fields = CandidateFields(
             length=len(payload),
             entropy=rounded(h, 3),
             chance=rounded(chance, 4),
             draw=rounded(draw, 6),
+            probes=tuple(pr.kind for pr in probes) if hit else None,
         )
-        if draw >= chance:
-            return Decision(action="pass", rule="ss:candidate", fields=seen_as)
-        probes = self._first_stage(rng, payload)
-        fields = dataclasses.replace(seen_as, probes=tuple(pr.kind for pr in probes))
+        if not hit:
+            return Decision(action="pass", rule="ss:candidate", fields=fields)
         return Decision(action="probe", rule="ss:candidate", probes=probes, fields=fields)
 
     def _first_stage(self, rng: Stream, payload: bytes) -> tuple[PlannedProbe, ...]:
