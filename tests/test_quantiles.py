@@ -33,9 +33,12 @@ def _segment_right(table: Quantiles, x: float) -> int:
 @st.composite
 def tables(draw: st.DrawFn) -> Quantiles:
     inner = sorted(set(draw(st.lists(st.floats(0.0, 1.0, exclude_min=True, exclude_max=True)))))
-    values = sorted(
-        draw(st.lists(st.floats(-1e6, 1e6), min_size=len(inner) + 2, max_size=len(inner) + 2))
-    )
+    # Values as measured tables hold them (milliseconds, TTLs): zero, or at least 1e-6 across.
+    # Near the smallest floats the curve's ratios overflow, in the bisect and in the reference
+    # alike; that is not what these tests are about.
+    value = st.one_of(st.just(0.0), st.floats(1e-6, 1e6), st.floats(-1e6, -1e-6))
+    n = len(inner) + 2
+    values = sorted(draw(st.lists(value, min_size=n, max_size=n)))
     # Repeated values (flat stretches) on purpose, as measured tables have them.
     if draw(st.booleans()) and len(values) > 2:
         values[1] = values[0]
