@@ -104,6 +104,26 @@ def test_command_signatures_are_not_strings() -> None:
     assert quoted == []
 
 
+def test_analyze_json_loads_no_rich(demo_pcap: Path) -> None:
+    # Nothing drawn, nothing of rich loaded (its consoles are made on first use): a start
+    # costs about 35 ms less. With a table to draw, rich is there.
+    code = """
+import contextlib, io, sys
+sys.argv = ["gfwlab", "analyze", sys.argv[1], *sys.argv[2:]]
+from gfwlab.__main__ import main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+    main()
+print(sorted({m.split(".")[0] for m in sys.modules if m.startswith("rich")}), file=sys.stderr)
+"""
+    for args, loaded in ((["--json"], "[]"), ([], "['rich']")):
+        res = subprocess.run(
+            [sys.executable, "-c", code, str(demo_pcap), *args],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        assert res.stderr.strip().splitlines()[-1] == loaded, res.stderr
+
+
 def write_capture(path: Path, packets: list[tuple[float, bytes]]) -> Path:
     with PcapWriter(str(path)) as w:
         for t, p in packets:

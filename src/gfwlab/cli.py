@@ -19,8 +19,6 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from gfwlab import __version__
 from gfwlab._ctrlc import keep as keep_ctrl_c
@@ -167,21 +165,7 @@ def analyze(
         os.makedirs(results_dir, exist_ok=True)
         events = events or os.path.join(results_dir, "events.jsonl")
         out = out or os.path.join(results_dir, "censored.pcap")
-    show_bar = err.is_terminal and not as_json
-    with Progress(
-        TextColumn("[bold]analysing[/]"),
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=not show_bar,
-    ) as bar:
-        task = bar.add_task("analyse", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    with _bytes_bar(not as_json and err.is_terminal) as progress:
         if shards > 1:
             summary = _analyze_split(
                 capture, (profile or ["gfw"])[0], profs[0], sets, seed, events, out, shards,
@@ -226,6 +210,37 @@ def analyze(
         )
 
 
+@contextmanager
+def _bytes_bar(show: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar over a capture's bytes: the callback that moves it, or None when it is not
+    shown (``--json``, not a terminal), and then rich's bars are not even loaded."""
+    if not show:
+        yield None
+        return
+    from rich.progress import (  # noqa: PLC0415
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("[bold]analysing[/]"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("analyse", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield progress
+
+
 def _analyze_split(
     capture: str,
     name: str,
@@ -238,7 +253,7 @@ def _analyze_split(
     scheduler: str | None,
     workers: int,
     source: str,
-    progress: Callable[[int, int], None],
+    progress: Callable[[int, int], None] | None,
 ) -> "Summary":
     """One capture split into ``shards`` parts on a Dask cluster (see gfwlab.offline.shard)."""
     from gfwlab.offline.scale import ProfileSpec, starting  # noqa: PLC0415
@@ -266,6 +281,8 @@ def _analyze_many(
     as_json: bool,
 ) -> None:
     """Several captures (or a cluster): one Dask task per capture (see gfwlab.offline.scale)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
+
     from gfwlab.offline.scale import ProfileSpec, analyze_many  # noqa: PLC0415
     from gfwlab.profiles import parse_date  # noqa: PLC0415
 
@@ -309,6 +326,8 @@ _DATE_NOTES = {
 
 
 def _print_summary(summary: Any) -> None:
+    from rich.table import Table  # noqa: PLC0415
+
     table = Table(
         title=f"What the GFW did ({summary.profile}, {summary.date or 'any date'}"
         f"{_DATE_NOTES.get(summary.date_source, '')}, seed {summary.seed})",
@@ -403,6 +422,8 @@ def synth(
     """Write a deterministic synthetic capture: DNS, HTTP, TLS, QUIC, random TCP and bulk."""
     from pathlib import Path  # noqa: PLC0415
 
+    from rich.progress import BarColumn, Progress, TextColumn  # noqa: PLC0415
+
     from gfwlab.offline.synth import FLOODS, MIXES, generate, load_names  # noqa: PLC0415
 
     if (flows is None) == (packets is None):
@@ -449,6 +470,8 @@ def mechanisms(
     ] = None,
 ) -> None:
     """The profile's mechanisms: active dates, whether they run on --date, and their sources."""
+    from rich.table import Table  # noqa: PLC0415
+
     prof = profile_from(profile, date, sets, network=network)
     if timeline is not None:
         from gfwlab.profiles.timeline import write  # noqa: PLC0415 - matplotlib is slow to load
@@ -516,6 +539,8 @@ def _demo_folder(directory: str | None) -> Iterator[str]:
 
 
 def _demo_live(directory: str | None, seed: int) -> None:
+    from rich.table import Table  # noqa: PLC0415
+
     from gfwlab.demo import run_live, save_results  # noqa: PLC0415
     from gfwlab.results.folder import now  # noqa: PLC0415
 
@@ -560,6 +585,8 @@ def _demo_live(directory: str | None, seed: int) -> None:
 
 def _print_demo_probe(path: str) -> None:
     """The demo probe's verdicts, one row per site (OONI's terms, then gfwlab's attribution)."""
+    from rich.table import Table  # noqa: PLC0415
+
     table = Table(title="gfwlab probe through the lab (OONI terms)", title_justify="left")
     for col in ("site", "blocking", "mechanism", "graded against the censor"):
         table.add_column(col, overflow="fold")

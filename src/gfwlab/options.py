@@ -9,17 +9,51 @@ same thing everywhere.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
-from rich.console import Console
 
 from gfwlab.errors import GfwlabError
 
-console = Console()
-if not console.is_terminal:
-    console = Console(width=160)  # piped output: do not squeeze tables into 80 columns
-err = Console(stderr=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class LazyConsole:
+    """A rich ``Console`` made on first use, standing in for it: importing rich costs about
+    35 ms of a command's start, which a command that prints no table, colour or bar
+    (``analyze --json``) need not pay. The commands import rich's tables and bars where they
+    draw them, for the same reason."""
+
+    def __init__(self, *, wide: bool = False, **options: Any) -> None:
+        """``wide``: on a pipe, 160 columns instead of rich's 80 (do not squeeze tables)."""
+        self._wide = wide
+        self._options = options
+        self._console: Console | None = None
+
+    def real(self) -> Console:
+        """The console itself, made now if it was not yet."""
+        if self._console is None:
+            from rich.console import Console  # noqa: PLC0415  # on first use (the class says why)
+
+            made = Console(**self._options)
+            if self._wide and not made.is_terminal:
+                made = Console(width=160, **self._options)
+            self._console = made
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real(), name)
+
+    def __enter__(self) -> Console:
+        return self.real().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.real().__exit__(*exc)
+
+
+console = cast("Console", LazyConsole(wide=True))
+err = cast("Console", LazyConsole(stderr=True))
 
 ProfileOpt = Annotated[
     str, typer.Option("--profile", "-p", help="Built-in profile name or TOML file.")

@@ -8,20 +8,19 @@ bad strategy naming its column).
 
 import datetime as dt
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from gfwlab.errors import GfwlabError
-from gfwlab.options import DateOpt, ProfileOpt, ResultsOpt, SeedOpt, SetOpt
+from gfwlab.options import DateOpt, LazyConsole, ProfileOpt, ResultsOpt, SeedOpt, SetOpt
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 # No emoji codes: a strategy's ":flags:" must print as written.
-console = Console(emoji=False)
-if not console.is_terminal:
-    console = Console(width=160, emoji=False)
-err = Console(stderr=True, emoji=False)
+console = cast("Console", LazyConsole(wide=True, emoji=False))
+err = cast("Console", LazyConsole(stderr=True, emoji=False))
 
 
 class UsageError(GfwlabError):
@@ -277,6 +276,8 @@ def evade_library(
         out.commit()
     if results_dir is not None:
         _save_library(results_dir, rows, trials, seed, offline, started)
+    from rich.table import Table  # noqa: PLC0415
+
     table = Table("date", "family", "published", "successes", "interval", "")
     for r in rows:
         lo, hi = r.entry.bounds(trials)

@@ -9,7 +9,6 @@ import time
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from gfwlab.options import (
     AtOpt,
@@ -138,6 +137,8 @@ def lab_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Namespaces, services and the censor's counters per mechanism."""
+    from rich.table import Table  # noqa: PLC0415
+
     from gfwlab.lab.lifecycle import status  # noqa: PLC0415
 
     s = status()

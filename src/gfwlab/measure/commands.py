@@ -5,13 +5,14 @@
 import json
 import os
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from gfwlab.options import DateOpt, InputError, SeedOpt, SetOpt, console, err
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 MAX_CONCURRENCY = 512
 
@@ -30,7 +31,15 @@ def _load_list(path: str) -> Any:
     return got
 
 
-def _bar(label: str, total: int, disable: bool) -> Progress:
+def _bar(label: str, total: int, disable: bool) -> "Progress":
+    from rich.progress import (  # noqa: PLC0415
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     return Progress(
         TextColumn(f"[bold]{label}[/]"),
         BarColumn(),
@@ -253,6 +262,8 @@ def _fmt(v: object) -> str:
 
 
 def _show(ms: list[dict[str, Any]], graded: Any, as_json: bool, out: str | None) -> None:
+    from rich.table import Table  # noqa: PLC0415
+
     if as_json:
         print(
             json.dumps(
@@ -324,6 +335,8 @@ def grade(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Score any tool's Web Connectivity verdicts against the censor's events of a session."""
+    from rich.table import Table  # noqa: PLC0415
+
     from gfwlab.measure import grade as grading  # noqa: PLC0415
 
     try:

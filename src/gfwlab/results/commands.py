@@ -7,7 +7,6 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from gfwlab.options import console, err
 
@@ -114,6 +113,8 @@ def overview(con: Any, info: Any, as_json: bool) -> None:
 
 def show(cols: list[str], data: list[tuple[Any, ...]], *, as_json: bool, title: str) -> None:
     """A rich table, or one JSON object per row."""
+    from rich.table import Table  # noqa: PLC0415
+
     if as_json:
         for r in data:
             print(json.dumps(dict(zip(cols, r, strict=True)), default=_plain, ensure_ascii=False))

@@ -13,8 +13,6 @@ import time
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from gfwlab import __version__
 from gfwlab._outfile import OutputFile
@@ -44,6 +42,8 @@ def tools_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """The recipes, and which tools are installed (a missing one fails under CI)."""
+    from rich.table import Table  # noqa: PLC0415
+
     from gfwlab.tools.recipes import RECIPES  # noqa: PLC0415
 
     rows: list[dict[str, Any]] = [
@@ -134,6 +134,14 @@ def tools_run(
     ] = None,
 ) -> None:
     """The matrix: each tool x each date, N trials per cell, each through the lab's censor."""
+    from rich.progress import (  # noqa: PLC0415
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     from gfwlab.tools.matrix import BUILTIN, parse_when  # noqa: PLC0415
     from gfwlab.tools.recipe import RecipeError  # noqa: PLC0415
     from gfwlab.tools.recipes import RECIPES, Byo, split_command  # noqa: PLC0415
@@ -236,6 +244,8 @@ def _now() -> str:
 
 
 def _table(cells: list[Any], whens: list[Any]) -> None:
+    from rich.table import Table  # noqa: PLC0415
+
     table = Table(title="What the GFW does to each tool (lab, gfw profile)", title_justify="left")
     table.add_column("tool", no_wrap=True)
     for w in whens:
