@@ -137,14 +137,14 @@ def lab_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Namespaces, services and the censor's counters per mechanism."""
-    from rich.table import Table  # noqa: PLC0415
-
     from gfwlab.lab.lifecycle import status  # noqa: PLC0415
 
     s = status()
     if as_json:
         print(json.dumps(s.__dict__, indent=2))
         return
+    from rich.table import Table  # noqa: PLC0415
+
     console.print(
         f"lab: [bold]{'up' if s.up else 'down'}[/] (state {s.state}); namespaces: "
         + (", ".join(s.namespaces) or "none")

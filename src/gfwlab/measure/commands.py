@@ -262,8 +262,6 @@ def _fmt(v: object) -> str:
 
 
 def _show(ms: list[dict[str, Any]], graded: Any, as_json: bool, out: str | None) -> None:
-    from rich.table import Table  # noqa: PLC0415
-
     if as_json:
         print(
             json.dumps(
@@ -276,6 +274,8 @@ def _show(ms: list[dict[str, Any]], graded: Any, as_json: bool, out: str | None)
             )
         )
         return
+    from rich.table import Table  # noqa: PLC0415
+
     table = Table(title="Web Connectivity verdicts", title_justify="left")
     for col in (
         "input",
@@ -335,8 +335,6 @@ def grade(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Score any tool's Web Connectivity verdicts against the censor's events of a session."""
-    from rich.table import Table  # noqa: PLC0415
-
     from gfwlab.measure import grade as grading  # noqa: PLC0415
 
     try:
@@ -348,6 +346,8 @@ def grade(
     if as_json:
         print(json.dumps(g.as_dict(), indent=2))
         return
+    from rich.table import Table  # noqa: PLC0415
+
     table = Table(title="Per site", title_justify="left")
     for col in ("input", "verdict", "expected", "mechanism", "expected mechanism", "right"):
         table.add_column(col, overflow="fold")

@@ -113,12 +113,12 @@ def overview(con: Any, info: Any, as_json: bool) -> None:
 
 def show(cols: list[str], data: list[tuple[Any, ...]], *, as_json: bool, title: str) -> None:
     """A rich table, or one JSON object per row."""
-    from rich.table import Table  # noqa: PLC0415
-
     if as_json:
         for r in data:
             print(json.dumps(dict(zip(cols, r, strict=True)), default=_plain, ensure_ascii=False))
         return
+    from rich.table import Table  # noqa: PLC0415
+
     table = Table(title=title, title_justify="left")
     for c in cols:
         table.add_column(c, overflow="fold")

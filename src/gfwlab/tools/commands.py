@@ -42,8 +42,6 @@ def tools_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """The recipes, and which tools are installed (a missing one fails under CI)."""
-    from rich.table import Table  # noqa: PLC0415
-
     from gfwlab.tools.recipes import RECIPES  # noqa: PLC0415
 
     rows: list[dict[str, Any]] = [
@@ -60,6 +58,8 @@ def tools_list(
     if as_json:
         print(json.dumps(rows, indent=2))
     else:
+        from rich.table import Table  # noqa: PLC0415
+
         table = Table(title="gfwlab tools: recipes", title_justify="left")
         for col in ("tool", "what", "wire", "installed"):
             table.add_column(col, overflow="fold")
