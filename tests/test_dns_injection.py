@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import itertools
 
 import dns.message
@@ -16,6 +17,7 @@ from gfwlab.engine.actions import Accept
 from gfwlab.engine.stream import Stream
 from gfwlab.mechanisms._memory import plausible_memory
 from gfwlab.mechanisms._wallbleed_pools import POOL_V4
+from gfwlab.mechanisms.dns_injection import _share
 from gfwlab.offline.synth import dns_exchange
 from gfwlab.packet.ip import addr_bytes, build_udp
 from gfwlab.profiles import build_censor
@@ -81,6 +83,14 @@ def test_injector_coverage_is_a_stable_per_name_draw() -> None:
         for i in range(5)
     ]
     assert len(set(answers)) == 1
+
+
+@given(name=st.text(max_size=60), injector=st.sampled_from(["alpha", "beta", "gamma"]))
+def test_a_names_share_is_its_hash_over_two_to_the_64(name: str, injector: str) -> None:
+    """The share's definition: the name's 64-bit BLAKE2b under the injector, divided by 2**64
+    (the compiled arithmetic gives that float exactly)."""
+    digest = hashlib.blake2b(f"{injector}\0{name}".encode(), digest_size=8).digest()
+    assert _share(name, injector) == int.from_bytes(digest, "big") / 2**64
 
 
 def test_flags_follow_the_rd_bit() -> None:
