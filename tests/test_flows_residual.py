@@ -4,6 +4,7 @@ ids, keys, idle expiry, and residual entries' keys, windows and expiry (spec §1
 from __future__ import annotations
 
 import ipaddress
+import math
 import random
 import zlib
 
@@ -33,7 +34,9 @@ from gfwlab.packet.ip import (
     build_udp,
     parse,
 )
+from gfwlab.profiles import build_censor
 from gfwlab.rules import Prefixes, TcbParams
+from helpers import profile
 
 C, S = addr_bytes("198.18.0.2"), addr_bytes("198.19.0.2")
 C6 = addr_bytes("2001:db8::2")
@@ -171,9 +174,10 @@ def test_flow_key_is_direction_independent() -> None:
 def test_flow_table_expires_idle_flows_at_their_timeout() -> None:
     table = FlowTable(tcp_timeout=60.0, udp_timeout=30.0)
     assert (len(table), table.expired) == (0, 0)
-    tcp, udp = flow(PROTO_TCP, last_seen=10.0), flow(PROTO_UDP, last_seen=10.0)
-    table.flows[flow_key(PROTO_TCP, C, 1, S, 2)] = tcp
-    table.flows[flow_key(PROTO_UDP, C, 1, S, 2)] = udp
+    tcp = flow(PROTO_TCP, cport=1, sport=2, last_seen=10.0)
+    udp = flow(PROTO_UDP, cport=1, sport=2, last_seen=10.0)
+    table.add(flow_key(PROTO_TCP, C, 1, S, 2), tcp)
+    table.add(flow_key(PROTO_UDP, C, 1, S, 2), udp)
     assert (table.timeout(tcp), table.timeout(udp)) == (60.0, 30.0)
     assert table.expire(39.9) == 0
     assert table.expire(40.0) == 1  # idle for exactly the UDP timeout
@@ -184,25 +188,63 @@ def test_flow_table_expires_idle_flows_at_their_timeout() -> None:
 
 
 @pytest.mark.parametrize("in_order", [True, False])
-def test_flow_table_sweep_forgets_what_reading_every_flow_forgets(in_order: bool) -> None:
-    """The sweep stops at the first flow too young to be idle when flows were added in the order
-    they were first seen; out of order it reads them all. Either way it forgets exactly the
-    flows idle past their timeout, in the table's order."""
-    rng = random.Random(5)
-    table = FlowTable(tcp_timeout=60.0, udp_timeout=30.0)
+@pytest.mark.parametrize("seed", range(6))
+def test_flow_table_sweep_forgets_what_reading_every_flow_forgets(
+    in_order: bool, seed: int
+) -> None:
+    """In time order a sweep reads only the flows that may be due (each once it is old enough
+    to be idle, then again when its timeout could end); out of order it reads them all. Either
+    way it forgets exactly the flows idle past their timeout, also as flows go on (last_seen
+    moving forward), are evicted by a full table, or are replaced by a new flow on their key."""
+    rng = random.Random(seed)
+    table = FlowTable(tcp_timeout=60.0, udp_timeout=30.0, max_flows=rng.choice([50, 300, 10_000]))
+    table.evicted_log = evicted = []
     made = sorted(rng.uniform(0.0, 200.0) for _ in range(400))
     if not in_order:
         rng.shuffle(made)
+    now = 0.0
+    sweeps = iter(sorted(rng.uniform(0.0, 400.0) for _ in range(40)))
+    at = next(sweeps)
     for i, t in enumerate(made):
+        while in_order and at <= t:  # sweeps between the adds, as the engine's timer runs them
+            now = at
+            idle = [k for k, f in table.flows.items() if now - f.last_seen >= table.timeout(f)]
+            assert table.expire(now) == len(idle)
+            assert not set(idle) & set(table.flows)
+            for f in table.flows.values():  # traffic goes on: last_seen only moves forward
+                if rng.random() < 0.3:
+                    f.last_seen = max(f.last_seen, rng.uniform(f.last_seen, now))
+            at = next(sweeps, math.inf)
         proto = PROTO_TCP if i % 3 else PROTO_UDP
-        f = flow(proto, last_seen=t + rng.choice([0.0, rng.uniform(0.0, 50.0)]))
-        f.first_seen = t
-        table.add(flow_key(proto, C, 1000 + i, S, 2), f)
-    for now in (50.0, 80.0, 100.0, 130.0, 160.0, 161.5, 200.0, 260.0, 310.0):
+        port = 1000 + (i if rng.random() < 0.9 else rng.randrange(i + 1))  # some keys again
+        key = flow_key(proto, C, port, S, 2)
+        f = flow(proto, cport=port, sport=2, first_seen=t)
+        f.last_seen = t + rng.choice([0.0, rng.uniform(0.0, 50.0)])
+        if key in table.flows:  # a new connection on a key replaces its flow (Censor._flow)
+            gone = table.flows[key]
+            table.remove(key)
+            assert not gone.held
+        table.add(key, f)
+        assert f.held
+    for now in (max(now, x) for x in (50.0, 80.0, 100.0, 130.0, 160.0, 161.5, 200.0, 260.0, 310.0)):
         idle = [k for k, f in table.flows.items() if now - f.last_seen >= table.timeout(f)]
         assert table.expire(now) == len(idle)
         assert not set(idle) & set(table.flows)
+    table.expire(10_000.0)
     assert not table.flows
+    assert not any(f.held for f in evicted)
+
+
+def test_a_packet_earlier_than_the_last_makes_the_sweep_read_every_flow() -> None:
+    """A flow's last_seen moves back only when time does: the censor then has its table read
+    every flow at each sweep, and a flow whose last packet came earlier still goes on time."""
+    censor = build_censor(profile(), 1)
+    table = censor.flows
+    censor.feed(build_udp(C, S, 5000, 9999, b"x"), 100.0)
+    assert table._in_order
+    censor.feed(build_udp(C, S, 5000, 9999, b"y"), 50.0)  # out of order: last_seen 100 -> 50
+    assert not table._in_order
+    assert table.expire(50.0 + table.udp_timeout) == 1
 
 
 # ------------------------------------------------------------------ residual

@@ -137,6 +137,7 @@ class Censor:
         st.packets += 1
         st.bytes += len(packet)
         self.last = None
+        self.flows.clock(now)
         if self._next_sweep is None:
             self._next_sweep = now + self.profile.engine.sweep_s
         try:
@@ -198,13 +199,12 @@ class Censor:
         key = flow_key(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
         flow = self.flows.flows.get(key)
         if flow is not None and flow.opened_anew_by(pkt, bypassed=self._reopen_bypassed):
-            del self.flows.flows[key]
+            self.flows.remove(key)
             flow = None
         if flow is not None and now - flow.last_seen >= self.flows.timeout(flow):
             # Idle past its timeout: forgotten now, not at the next sweep, so that a datagram
             # exactly udp_timeout_s after the last one starts a new flow (QUIC, spec §5).
-            del self.flows.flows[key]
-            self.flows.expired += 1
+            self.flows.remove(key, idle=True)
             flow = None
         new = flow is None
         if flow is None:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import heapq
 import math
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -156,6 +157,9 @@ class Flow:
         self.ident = ident
         self.probes = probes
         self.rngs = rngs
+        self.held = False
+        """Whether a FlowTable holds this flow (set and cleared by the table and the censor: a
+        sweep passes over the flows that left it without looking them up)."""
 
     def step(self, what: FlowInput) -> None:
         try:
@@ -281,6 +285,16 @@ class FlowTable:
     than ``max_flows``, the oldest is evicted first (a SYN flood of spoofed sources cycles
     through the table instead of growing it). Which flow goes depends only on the order flows
     were made, so every adapter (and the offline fast path) evicts the same ones.
+
+    A sweep (:meth:`expire`) forgets exactly the flows idle for their timeout or longer. While
+    time only moves forward (flows made in the order of their ``first_seen``, no packet earlier
+    than one before it: a capture in time order, the live clock), it reads only the flows that
+    may be due: each flow once when it is old enough to be idle (``_young``, in the order flows
+    were made), then, if it was still active, again at the second its timeout could end
+    (``_due``). Reading every flow old enough at every sweep took 3% of a flow-heavy capture's
+    analysis, and with 300,000 active flows 100 ms a sweep (now 3.5 ms on average; 43 ms for
+    the sweep that reads them all again once their timeout could end). Otherwise every flow is
+    read.
     """
 
     def __init__(self, tcp_timeout: float, udp_timeout: float, max_flows: int = 1_500_000) -> None:
@@ -295,23 +309,62 @@ class FlowTable:
         self._newest = -math.inf
         """The latest ``first_seen`` of the flows added so far."""
         self._in_order = True
-        """Whether flows were added in the order of their ``first_seen`` (a capture in time
-        order, the live clock): then :meth:`expire` stops at the first flow too young to be
-        idle, for the flows after it are younger still."""
+        """Whether time has only moved forward (:meth:`unordered`): flows added in the order of
+        their ``first_seen``, and no flow's ``last_seen`` moved back."""
+        self._young: deque[Flow] = deque()
+        """The flows added, in that order, not yet read by a sweep: each is read once it is old
+        enough to be idle. One that has left the table since (no longer ``held``) is passed
+        over."""
+        self._due: dict[int, list[Flow]] = {}
+        """Flows a sweep found still active, by the whole second (of ``last_seen`` plus the
+        timeout, as it was then) before which they cannot be idle."""
+        self._seconds: list[int] = []
+        """The keys of ``_due``, a heap."""
+        self._clock = -math.inf
+        """The time of the latest packet (:meth:`clock`)."""
 
     def add(self, key: FlowKey, flow: Flow) -> None:
         """Hold a new flow, evicting the oldest if the table is full."""
         flows = self.flows
         while len(flows) >= self.max_flows:
             _key, old = flows.popitem(last=False)
+            old.held = False
             self.evicted += 1
             if self.evicted_log is not None:
                 self.evicted_log.append(old)
+            if self._young and self._young[0] is old:  # a flood: kept as short as the table
+                self._young.popleft()
         if flow.first_seen < self._newest:
-            self._in_order = False
+            self.unordered()
         else:
             self._newest = flow.first_seen
         flows[key] = flow
+        flow.held = True
+        if self._in_order:
+            self._young.append(flow)
+
+    def remove(self, key: FlowKey, *, idle: bool = False) -> None:
+        """Forget the flow held under ``key``; ``idle``: it is idle past its timeout (counted as
+        expired)."""
+        self.flows.pop(key).held = False
+        if idle:
+            self.expired += 1
+
+    def clock(self, now: float) -> None:
+        """A packet came at ``now`` (the censor tells each): one earlier than the one before is
+        time moving back, and a flow's ``last_seen`` may move back with it (:meth:`unordered`)."""
+        if now < self._clock:
+            self.unordered()
+        self._clock = now
+
+    def unordered(self) -> None:
+        """Time moved back (a flow first seen before one added earlier, a packet earlier than one
+        before it): from now on every sweep reads every flow."""
+        if self._in_order:
+            self._in_order = False
+            self._young.clear()
+            self._due.clear()
+            self._seconds.clear()
 
     def __len__(self) -> int:
         return len(self.flows)
@@ -321,20 +374,70 @@ class FlowTable:
 
     def expire(self, now: float) -> int:
         """Forget flows idle for longer than their timeout; returns how many."""
+        if not self._in_order:
+            return self._expire_all(now)
         tcp, udp = self.tcp_timeout, self.udp_timeout  # self.timeout(f), without a call a flow
-        # A flow first seen less than the shorter timeout ago has been idle less than its own.
-        # The table is in the order flows were made: with their first_seen in that order too,
-        # the flows after the first such one are younger still, and the sweep ends there
-        # instead of reading every flow (most of the table, every sweep_s).
-        shortest = min(tcp, udp) if self._in_order else -math.inf
-        dead = []
-        for k, f in self.flows.items():
-            if now - f.first_seen < shortest:
-                break
-            if now - f.last_seen >= (tcp if f.proto == PROTO_TCP else udp):
-                dead.append(k)
+        dead = 0
+        # A flow first seen less than the shorter timeout ago has been idle less than its own:
+        # the young flows after the first such one are younger still.
+        shortest = min(tcp, udp)
+        young = self._young
+        while young and now - young[0].first_seen >= shortest:
+            f = young.popleft()
+            if not f.held:
+                continue  # evicted, expired, or replaced by a new flow on its key
+            timeout = tcp if f.proto == PROTO_TCP else udp
+            if now - f.last_seen >= timeout:
+                dead += self._forget(f)
+            else:
+                self._later(f, f.last_seen + timeout)
+        # A flow idle now had last_seen + timeout <= now (give or take a rounding) when it was
+        # put off, for last_seen only grows: its second is at most this one, plus one.
+        last = math.floor(now) + 1
+        seconds, due = self._seconds, self._due
+        again: list[Flow] = []
+        while seconds and seconds[0] <= last:
+            for f in due.pop(heapq.heappop(seconds)):
+                if not f.held:
+                    continue
+                if now - f.last_seen >= (tcp if f.proto == PROTO_TCP else udp):
+                    dead += self._forget(f)
+                else:
+                    again.append(f)
+        for f in again:  # after the loop: it may fall in a second read above
+            self._later(f, f.last_seen + (tcp if f.proto == PROTO_TCP else udp))
+        self.expired += dead
+        return dead
+
+    def _forget(self, flow: Flow) -> int:
+        """Forget ``flow`` if the table holds it under its key (1), else nothing (0)."""
+        key = flow_key(flow.proto, flow.client, flow.cport, flow.server, flow.sport)
+        if self.flows.get(key) is not flow:
+            return 0
+        del self.flows[key]
+        flow.held = False
+        return 1
+
+    def _later(self, flow: Flow, at: float) -> None:
+        """Read ``flow`` again at the first sweep at most a second before ``at``."""
+        second = math.floor(at)
+        bucket = self._due.get(second)
+        if bucket is None:
+            self._due[second] = [flow]
+            heapq.heappush(self._seconds, second)
+        else:
+            bucket.append(flow)
+
+    def _expire_all(self, now: float) -> int:
+        """:meth:`expire` reading every flow."""
+        tcp, udp = self.tcp_timeout, self.udp_timeout
+        dead = [
+            k
+            for k, f in self.flows.items()
+            if now - f.last_seen >= (tcp if f.proto == PROTO_TCP else udp)
+        ]
         for key in dead:
-            del self.flows[key]
+            self.flows.pop(key).held = False
         self.expired += len(dead)
         return len(dead)
 
