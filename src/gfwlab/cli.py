@@ -22,6 +22,7 @@ import typer
 
 from gfwlab import __version__
 from gfwlab._ctrlc import keep as keep_ctrl_c
+from gfwlab._ctrlc import settled as ctrl_c_settled
 from gfwlab._json import json_text
 from gfwlab.errors import GfwlabError
 from gfwlab.evade.commands import evade_app
@@ -683,6 +684,8 @@ def main() -> None:
             show()
             sys.exit(code)
         raise
+    finally:
+        ctrl_c_settled()
 
 
 if __name__ == "__main__":
