@@ -1,7 +1,8 @@
 """Untrusted input: profiles, list files, --set values, strategy strings and host names are data.
 
 - No code in gfwlab can hand a string to a shell: the source has no ``shell=True``, no
-  ``os.system``/``os.popen``/``os.exec*``/``os.spawn*``, no ``eval``/``exec``/``compile``, no
+  ``os.system``/``os.popen``/``os.exec*``/``os.spawn*``, no ``eval``/``exec``/``compile`` (but
+  ``exec("")``, which runs nothing), no
   ``pickle``/``marshal`` loads, and every ``subprocess`` call takes an argument list (an AST scan
   of every module, so code merged later is covered: test lists, probes, tools).
 - A profile is TOML, read with ``tomllib``: it cannot run code, and loading it opens the profile
@@ -48,6 +49,19 @@ def _dotted(node: ast.expr) -> tuple[str, ...]:
     return tuple(reversed(parts))
 
 
+def _runs_nothing(call: ast.Call) -> bool:
+    """``exec("")``: code from text that is the empty string, written out (``gfwlab._ctrlc``
+    runs it for what running code from text does to CPython's interrupt state, not to run
+    anything)."""
+    return (
+        _dotted(call.func) == ("exec",)
+        and not call.keywords
+        and len(call.args) == 1
+        and isinstance(call.args[0], ast.Constant)
+        and call.args[0].value == ""
+    )
+
+
 def shell_uses(path: Path) -> list[str]:
     """Every place in ``path`` where a string could reach a shell or be run as code."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -64,7 +78,7 @@ def shell_uses(path: Path) -> list[str]:
                 found.append(f"{where}: shell={ast.unparse(kw.value)}")
         if name[-2:] in SHELL_CALLS:
             found.append(f"{where}: {'.'.join(name)}")
-        if len(name) == 1 and name[0] in BUILTINS:
+        if len(name) == 1 and name[0] in BUILTINS and not _runs_nothing(node):
             found.append(f"{where}: {name[0]}()")
         if name[-1:] and name[-1] in SUBPROCESS and "subprocess" in name[:-1] and node.args:
             first = node.args[0]
@@ -89,14 +103,17 @@ def test_the_scan_finds_what_it_looks_for(tmp_path: Path) -> None:
         "subprocess.check_output(f'dig {name}')\n"
         "os.system('ls')\n"
         "eval(text)\n"
-        "pickle.loads(blob)\n",
+        "pickle.loads(blob)\n"
+        'exec("")\n'  # runs nothing: not a hit
+        'exec(" ")\n'
+        "exec(text)\n",
         encoding="utf-8",
     )
     try:
         hits = shell_uses(bad)
     finally:
         bad.unlink()
-    assert len(hits) == 6, hits
+    assert len(hits) == 8, hits
 
 
 def _profile(tmp: Path, body: str, name: str = "p.toml") -> Path:
