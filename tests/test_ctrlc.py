@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -110,3 +111,27 @@ def test_a_caught_ctrl_c_does_not_become_a_death_by_sigint(tmp_path: Path, settl
         assert proc.returncode == 7, proc.stderr
     else:  # this interpreter's behaviour, which the fix is for (-SIGINT) or a later one's (7)
         assert proc.returncode in (-signal.SIGINT, 7), proc.stderr
+
+
+def test_an_interrupted_h3_get_exits_130(tmp_path: Path) -> None:
+    """``python -m gfwlab.lab.h3``, the lab's HTTP/3 client, has an entry point of its own: a
+    Ctrl-C during its handshake ends it with 130 and no traceback, never by SIGINT (it clears the
+    mark too). A loopback UDP port that takes the client's Initials and never answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.settimeout(30)
+        port = server.getsockname()[1]
+        argv = [sys.executable, "-m", "gfwlab.lab.h3", "get", f"https://h3.test:{port}/",
+                "--connect-ip", "127.0.0.1", "--insecure", "--timeout", "60"]  # fmt: skip
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            initial, _addr = server.recvfrom(65535)  # it is waiting for the handshake now
+            assert initial[0] & 0xC0 == 0xC0  # a QUIC long header
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert out == ""

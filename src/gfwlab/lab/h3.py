@@ -60,6 +60,7 @@ from aioquic.tls import load_pem_private_key, load_pem_x509_certificates, pull_c
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from gfwlab._ctrlc import settled
 from gfwlab.lab.ca import system_bundle
 from gfwlab.lab.services import WILDCARDS, expand_wildcards
 
@@ -595,6 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return EXIT_FAIL
         return _get_main(args)
     except KeyboardInterrupt:
+        settled()  # exit with EXIT_INTERRUPTED, not by SIGINT (see gfwlab._ctrlc)
         return EXIT_INTERRUPTED
 
 
