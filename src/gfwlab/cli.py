@@ -42,6 +42,7 @@ from gfwlab.options import (
     err,
     profile_from,
     profiles_from,
+    progress_bar,
 )
 from gfwlab.report.commands import report
 from gfwlab.results.commands import results
@@ -218,22 +219,7 @@ def _bytes_bar(show: bool) -> Iterator[Callable[[int, int], None] | None]:
     if not show:
         yield None
         return
-    from rich.progress import (  # noqa: PLC0415
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(
-        TextColumn("[bold]analysing[/]"),
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
+    with progress_bar("analysing", "bytes") as bar:
         task = bar.add_task("analyse", total=None)
 
         def progress(done: int, total: int) -> None:
@@ -282,8 +268,6 @@ def _analyze_many(
     as_json: bool,
 ) -> None:
     """Several captures (or a cluster): one Dask task per capture (see gfwlab.offline.scale)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
-
     from gfwlab.offline.scale import ProfileSpec, analyze_many  # noqa: PLC0415
     from gfwlab.profiles import parse_date  # noqa: PLC0415
 
@@ -292,13 +276,9 @@ def _analyze_many(
     loaded = profile_from(profile, date, sets, today=False)  # bad options fail here, first
     spec = ProfileSpec(profile, parse_date(date) if date else None, tuple(sets or ()))
     spec.keep(loaded)  # before the local cluster's workers are forked
-    with Progress(
-        TextColumn("[bold]analysing[/]"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} captures"),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
+    with progress_bar(
+        "analysing",
+        "{task.completed}/{task.total} captures",
         disable=not err.is_terminal or as_json,
     ) as bar:
         task = bar.add_task("analyse", total=len(captures))
@@ -423,8 +403,6 @@ def synth(
     """Write a deterministic synthetic capture: DNS, HTTP, TLS, QUIC, random TCP and bulk."""
     from pathlib import Path  # noqa: PLC0415
 
-    from rich.progress import BarColumn, Progress, TextColumn  # noqa: PLC0415
-
     from gfwlab.offline.synth import FLOODS, MIXES, generate, load_names  # noqa: PLC0415
 
     if (flows is None) == (packets is None):
@@ -437,13 +415,8 @@ def synth(
         names = load_names(Path(lists) if lists else None)
     except OSError as exc:
         raise InputError(f"{lists}: cannot read the name lists ({exc.strerror or exc})") from None
-    with Progress(
-        TextColumn("[bold]writing[/]"),
-        BarColumn(),
-        TextColumn("{task.completed} packets"),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
+    with progress_bar(
+        "writing", "{task.completed} packets", clock="none", disable=not err.is_terminal
     ) as bar:
         task = bar.add_task("synth", total=packets)
         info = generate(

@@ -9,7 +9,7 @@ same thing everywhere.
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import typer
 
@@ -17,6 +17,7 @@ from gfwlab.errors import GfwlabError
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.progress import Progress
 
 
 class LazyConsole:
@@ -54,6 +55,44 @@ class LazyConsole:
 
 console = cast("Console", LazyConsole(wide=True))
 err = cast("Console", LazyConsole(stderr=True))
+
+
+def progress_bar(
+    label: str,
+    counter: str,
+    *,
+    clock: Literal["left", "elapsed", "none"] = "left",
+    disable: bool = False,
+) -> Progress:
+    """The commands' progress bar, on stderr, gone when done: ``label`` in bold (it may name a
+    task's field, as ``{task.description}``), the bar, then ``counter``: ``"bytes"`` (done and
+    total, in bytes), ``"of"`` (done/total) or a template of rich's (``"{task.completed}
+    packets"``), then the time ``left`` or ``elapsed``. rich's bars are imported here, when one
+    is drawn."""
+    from rich.progress import (  # noqa: PLC0415
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns: list[str | ProgressColumn] = [TextColumn(f"[bold]{label}[/]"), BarColumn()]
+    if counter == "bytes":
+        columns.append(DownloadColumn())
+    elif counter == "of":
+        columns.append(MofNCompleteColumn())
+    else:
+        columns.append(TextColumn(counter))
+    if clock == "left":
+        columns.append(TimeRemainingColumn())
+    elif clock == "elapsed":
+        columns.append(TimeElapsedColumn())
+    return Progress(*columns, console=err, transient=True, disable=disable)
+
 
 ProfileOpt = Annotated[
     str, typer.Option("--profile", "-p", help="Built-in profile name or TOML file.")

@@ -5,14 +5,11 @@
 import json
 import os
 import sys
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
-from gfwlab.options import DateOpt, InputError, SeedOpt, SetOpt, console, err
-
-if TYPE_CHECKING:
-    from rich.progress import Progress
+from gfwlab.options import DateOpt, InputError, SeedOpt, SetOpt, console, err, progress_bar
 
 MAX_CONCURRENCY = 512
 
@@ -29,26 +26,6 @@ def _load_list(path: str) -> Any:
     if not got.entries:
         raise InputError(f"{path}: no usable URL in the test list")
     return got
-
-
-def _bar(label: str, total: int, disable: bool) -> "Progress":
-    from rich.progress import (  # noqa: PLC0415
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn(f"[bold]{label}[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=disable,
-    )
 
 
 def probe(
@@ -146,7 +123,7 @@ def probe(
             "up (gfwlab lab down, or leave them out)"
         )
     try:
-        with _bar("probing", len(got.entries), as_json or not err.is_terminal) as bar:
+        with progress_bar("probing", "of", disable=as_json or not err.is_terminal) as bar:
             task = bar.add_task("probe", total=len(got.entries))
             run = session.probe_lab(
                 got.entries,
@@ -185,7 +162,7 @@ def _probe_system(
     setup = probing.system_setup(control_netns, control_resolver if control_netns else None)
     setup.h3 = h3
     started = time.time()
-    with _bar("probing", len(got.entries), as_json or not err.is_terminal) as bar:
+    with progress_bar("probing", "of", disable=as_json or not err.is_terminal) as bar:
         task = bar.add_task("probe", total=len(got.entries))
         results = probing.run(
             setup,
@@ -224,7 +201,7 @@ def _dns_scan(got: Any, lab: bool, control_resolver: str | None, as_json: bool) 
         from gfwlab.live.topology import CLIENT_NS, SERVER_V4  # noqa: PLC0415
 
         addresses = sites.install(hosts)
-        with _bar("scanning", len(hosts), as_json or not err.is_terminal) as bar:
+        with progress_bar("scanning", "of", disable=as_json or not err.is_terminal) as bar:
             task = bar.add_task("scan", total=len(hosts))
             res = in_netns(
                 CLIENT_NS,

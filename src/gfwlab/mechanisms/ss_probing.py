@@ -220,23 +220,25 @@ class SsProbing(Mechanism[SsProbingParams]):
 
     def chance(self, payload: bytes) -> tuple[float, float]:
         """(probability that this first packet draws probes, its entropy)."""
-        p = self.params
-        n = len(payload)
         h = entropy(payload)
-        if not self.candidate(payload):
-            return 0.0, h
+        return (self._chance(len(payload), h) if self.candidate(payload) else 0.0), h
+
+    def _chance(self, n: int, h: float) -> float:
+        """The probability for a candidate of ``n`` bytes and entropy ``h``."""
+        p = self.params
         # Linear in entropy through (entropy_low, 1/ratio) and (entropy_high, 1), clamped to [0, 1].
         span = max(p.entropy_high - p.entropy_low, 1e-9)
         low = 1.0 / p.entropy_ratio
         weight = min(1.0, max(0.0, low + (h - p.entropy_low) / span * (1.0 - low)))
         if n > p.typical_max:
             weight *= p.long_weight
-        return p.probability * weight, h
+        return p.probability * weight
 
     def on_first_data(self, seen: Seen, payload: bytes) -> Decision | None:
         if not self.candidate(payload):
             return None  # chance 0, whatever the entropy
-        chance, h = self.chance(payload)
+        h = entropy(payload)
+        chance = self._chance(len(payload), h)
         if chance <= 0.0:
             return None
         rng = self.rng(seen)

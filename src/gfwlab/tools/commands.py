@@ -16,7 +16,7 @@ import typer
 
 from gfwlab import __version__
 from gfwlab._outfile import OutputFile
-from gfwlab.options import InputError, ProfileOpt, SeedOpt, SetOpt, console, err
+from gfwlab.options import InputError, ProfileOpt, SeedOpt, SetOpt, console, err, progress_bar
 
 tools_app = typer.Typer(
     no_args_is_help=True,
@@ -134,14 +134,6 @@ def tools_run(
     ] = None,
 ) -> None:
     """The matrix: each tool x each date, N trials per cell, each through the lab's censor."""
-    from rich.progress import (  # noqa: PLC0415
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
     from gfwlab.tools.matrix import BUILTIN, parse_when  # noqa: PLC0415
     from gfwlab.tools.recipe import RecipeError  # noqa: PLC0415
     from gfwlab.tools.recipes import RECIPES, Byo, split_command  # noqa: PLC0415
@@ -184,14 +176,8 @@ def tools_run(
         wait_residuals,
     )  # fmt: skip
     total = sum(plan.trials_of(r.name) for r in recipes) * len(whens)
-    with Progress(
-        TextColumn("[bold]{task.description}[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
+    with progress_bar(
+        "{task.description}", "of", clock="elapsed", disable=not err.is_terminal
     ) as bar:
         task = bar.add_task("tools", total=total)
         try:
