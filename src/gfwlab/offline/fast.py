@@ -46,6 +46,7 @@ from mypy_extensions import mypyc_attr
 from gfwlab.engine.actions import Accept, Action, Bypass, Drop, Event, Inject, Probe, Report
 from gfwlab.engine.censor import Censor
 from gfwlab.engine.flows import Flow, FlowKey, FlowState, flow_key
+from gfwlab.engine.residual import ResidualTable
 from gfwlab.offline.dropwatch import DropWatch
 from gfwlab.offline.index import F64, I64, Bools, CaptureIndex, Lives
 from gfwlab.packet.ip import ACK, FIN, PROTO_TCP, PROTO_UDP, RST, SYN
@@ -202,6 +203,7 @@ def run(
     full = n_lives + len(censor.flows) > censor.flows.max_flows
     evicted = censor.flows.evicted_log = [] if full else None
     life_by_flow: dict[int, int] = {}
+    """The life of each flow the engine holds, by ``id``: kept only where it may evict."""
 
     # The nested functions below use no function that run() itself names (``len``, the module's
     # helpers): mypyc would then keep them in the closure's environment, which they refer to, and
@@ -255,17 +257,6 @@ def run(
     fed = 0
     sees_blocked = bool(censor.hooks.get("on_syn_ack"))  # it runs on blocked flows too
 
-    def quiet_now(held: Flow, life: int, i: int) -> bool:
-        """Whether packet ``i`` (see :func:`_quiet`) of the clean flow ``held`` would change
-        nothing now: a TCP segment needs a TCB to be fed to, and no residual drop may cover it."""
-        if held.state is not FlowState.CLEAN or (held.proto == PROTO_TCP and held.tcb is None):
-            return False
-        c2s = lower[i] == client_lower[life]
-        return (
-            not residual.drops
-            or residual.lookup(held, "drop-c2s" if c2s else "drop-s2c", now) is None
-        )
-
     def suspects(lives_hit: Iterable[int]) -> None:
         """Queue the next packet of each bypassed life in ``lives_hit`` after the current one."""
         for hit in lives_hit:
@@ -276,6 +267,9 @@ def run(
                 if at < hi:
                     heapq.heappush(heap, order[at] << shift | hit)
 
+    # The loop's own heap operations through local names: a module's attribute is looked up by
+    # name at each use, compiled too.
+    push, pop = heapq.heappush, heapq.heappop
     while True:
         i = heap[0] >> shift if heap else n
         if nl < n_lives and first[nl] < i:
@@ -290,7 +284,7 @@ def run(
             watch.forget_expired()
         last = i
         if heap and heap[0] >> shift == i:
-            life = heapq.heappop(heap) & mask
+            life = pop(heap) & mask
             if life_at[i] != life or i == done:
                 continue  # queued before its life was cut (the new life has it), or twice
             k = pos_at[i]
@@ -302,7 +296,7 @@ def run(
             if not suspect[life]:
                 push_syn(life, k)
             elif k + 1 < lcount[life]:
-                heapq.heappush(heap, order[lstart[life] + k + 1] << shift | life)
+                push(heap, order[lstart[life] + k + 1] << shift | life)
             held = flows[life]
             assert held is not None
             c2s = lower[i] == client_lower[life]
@@ -316,15 +310,20 @@ def run(
             if not is_syn[i]:
                 continue  # blocked since it was queued: its verdict is cached
             push_syn(life, k)
-        elif is_quiet[i] and (held := flows[life]) is not None and quiet_now(held, life, i):
+        elif (
+            is_quiet[i]
+            and (held := flows[life]) is not None
+            and _quiet_now(held, lower[i] == client_lower[life], residual, now)
+        ):
             # Past its life's first packet (flows[life] is set by the first one fed), it would
             # change nothing but counters: counted in bulk.
             quiet_at.append(i)
             if k + 1 < lcount[life]:
-                heapq.heappush(heap, order[lstart[life] + k + 1] << shift | life)
+                push(heap, order[lstart[life] + k + 1] << shift | life)
             else:
                 flows[life] = None
-                life_by_flow.pop(id(held), None)
+                if full:
+                    life_by_flow.pop(id(held), None)
             continue
         flow = flows[life]
         if flow is not None:
@@ -353,12 +352,13 @@ def run(
                     lo, hi = lstart[was], lstart[was] + lcount[was]
                     at_ = bisect.bisect_right(order, last, lo, hi)
                     if at_ < hi:
-                        heapq.heappush(heap, order[at_] << shift | cut(was, at_, len(first)))
+                        push(heap, order[at_] << shift | cut(was, at_, len(first)))
             evicted.clear()
         if flow is not None and is_syn[i] and table.get(_key(flow)) is not flow:
             # A new connection on a judged flow's 5-tuple: the engine made a new flow on this
             # SYN, whose life is the rest of this one, from this packet.
-            life_by_flow.pop(id(flow), None)
+            if full:
+                life_by_flow.pop(id(flow), None)
             flows[life] = None
             life, k, flow = cut(life, lstart[life] + k, len(first)), 0, None
         if not keyed[life]:
@@ -382,7 +382,8 @@ def run(
         state = flow.state
         if k + 1 >= lcount[life]:  # its last packet: nothing more will need the flow
             flows[life] = None
-            life_by_flow.pop(id(flow), None)
+            if full:
+                life_by_flow.pop(id(flow), None)
         nxt = order[lstart[life] + k + 1] if k + 1 < lcount[life] else n
         if (
             state is FlowState.BLOCKED
@@ -391,7 +392,7 @@ def run(
         ):
             # The block is not in effect yet (it starts later), or a hook looks at blocked flows:
             # their next packets still go to the engine.
-            heapq.heappush(heap, nxt << shift | life)
+            push(heap, nxt << shift | life)
         elif state is FlowState.BLOCKED:
             if status[life] != 2:
                 if status[life] == 0:
@@ -407,7 +408,7 @@ def run(
                 if k + 1 < lcount[life] and watch.register(life, flow):
                     suspects((life,))
         elif status[life] == 0 and nxt < n:
-            heapq.heappush(heap, nxt << shift | life)
+            push(heap, nxt << shift | life)
     if part is not None and len(part.ts):
         timers(float(part.ts[-1]), last)
     elif n:
@@ -425,6 +426,17 @@ def run(
     if part is not None:
         plan.dropped = part.ids[plan.dropped]
     return plan
+
+
+def _quiet_now(held: Flow, c2s: bool, residual: ResidualTable, now: float) -> bool:
+    """Whether a quiet packet (see :func:`_quiet`) of the flow ``held``, in the direction
+    ``c2s``, would change nothing now: the flow is clean, a TCP segment has a TCB to be fed to,
+    and no residual drop covers it."""
+    if held.state is not FlowState.CLEAN or (held.proto == PROTO_TCP and held.tcb is None):
+        return False
+    return (
+        not residual.drops or residual.lookup(held, "drop-c2s" if c2s else "drop-s2c", now) is None
+    )
 
 
 def _collect(
@@ -513,7 +525,7 @@ def _view(array: np.ndarray) -> memoryview[Any]:
 
 def _quiet(index: CaptureIndex, censor: Censor) -> Bools:
     """The packets that change nothing but counters when a clean flow's packet past its first
-    one (the caller checks the flow: :func:`run`'s ``quiet_now``), as the live adapter lets
+    one (the caller checks the flow: :func:`_quiet_now`), as the live adapter lets
     the kernel forward them (``live/chains.py`` ``skip_rules``):
 
     - a TCP segment without SYN, FIN or RST and without payload: it is the TCB's "other
