@@ -304,6 +304,7 @@ class Mechanism(ABC, Generic[P]):
         """Seconds from the engine's ``now`` to the emulated UTC moment (the profile's
         ``epoch_offset_s``): the engine is handed the offset, it never reads a clock."""
         self._key = f"{seed}:{self.name}"
+        self._direction: str = params.direction  # read for every hook call: kept natively
         self.setup()
 
     def setup(self) -> None:
@@ -326,7 +327,7 @@ class Mechanism(ABC, Generic[P]):
 
     def admits(self, flow: Flow) -> bool:
         """Whether this mechanism looks at ``flow`` at all (its ``direction`` parameter)."""
-        d = self.params.direction
+        d = self._direction
         return d in ("both", flow.direction)
 
     def inspects(self, seen: Seen) -> bool:

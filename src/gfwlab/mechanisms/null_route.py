@@ -59,16 +59,27 @@ class NullRouteParams(CommonParams):
         object.__setattr__(self, "_nets", tuple(nets))
 
     def match(self, server: bytes, port: int) -> str | None:
-        if (server, port) in self._ports:
-            return f"{ipaddress.ip_address(server)}:{port}"
-        if server in self._hosts:
-            return str(ipaddress.ip_address(server))
-        if self._nets:
-            ip = ipaddress.ip_address(server)
-            for net in self._nets:
-                if ip.version == net.version and ip in net:
-                    return str(net)
-        return None
+        return _match(self._ports, self._hosts, self._nets, server, port)
+
+
+def _match(
+    ports: frozenset[tuple[bytes, int]],
+    hosts: frozenset[bytes],
+    nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+    server: bytes,
+    port: int,
+) -> str | None:
+    """The target a server and port fall under, as an event names it; None if none."""
+    if (server, port) in ports:
+        return f"{ipaddress.ip_address(server)}:{port}"
+    if server in hosts:
+        return str(ipaddress.ip_address(server))
+    if nets:
+        ip = ipaddress.ip_address(server)
+        for net in nets:
+            if ip.version == net.version and ip in net:
+                return str(net)
+    return None
 
 
 def _split(target: str) -> tuple[str, int | None]:
@@ -94,13 +105,22 @@ class NullRoute(Mechanism[NullRouteParams]):
     )
     params_cls = NullRouteParams
 
+    def setup(self) -> None:
+        # The targets as compiled code reads them for every new flow: the parameters class is a
+        # Python class, whose fields it would look up by name.
+        p = self.params
+        self._ports, self._hosts, self._nets = p._ports, p._hosts, p._nets
+        self._any = bool(p.targets)
+
     def needs(self) -> Needs:
         # Nothing listed: it never acts, and a SYN need not wait for it.
-        return Needs(syn=bool(self.params.targets))
+        return Needs(syn=self._any)
 
     def on_new_flow(self, seen: Seen) -> Decision | None:
+        if not self._any:
+            return None
         flow = seen.flow
-        rule = self.params.match(flow.server, flow.sport)
+        rule = _match(self._ports, self._hosts, self._nets, flow.server, flow.sport)
         if rule is None:
             return None
         return Decision(action="null-route", rule=rule, block="s2c", drop=not seen.c2s)

@@ -209,14 +209,20 @@ class SsProbing(Mechanism[SsProbingParams]):
     citation = "spec §7a; Alice et al., How China Detects and Blocks Shadowsocks, IMC 2020"
     params_cls = SsProbingParams
 
+    def setup(self) -> None:
+        # Read for every first data packet: kept natively, not looked up in the parameters.
+        p = self.params
+        self._lengths = (p.min_length, p.max_length)
+        self._skip_protocols = p.skip_protocols
+
     def candidate(self, payload: bytes) -> bool:
         """Whether this first packet's length and look let it draw probes at all (cheap: the
         entropy is measured only for candidates)."""
-        p = self.params
         n = len(payload)
-        if n < p.min_length or n > p.max_length:
+        lo, hi = self._lengths
+        if n < lo or n > hi:
             return False
-        return not (p.skip_protocols and _looks_like_protocol(payload))
+        return not (self._skip_protocols and _looks_like_protocol(payload))
 
     def chance(self, payload: bytes) -> tuple[float, float]:
         """(probability that this first packet draws probes, its entropy)."""
