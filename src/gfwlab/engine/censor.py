@@ -51,6 +51,7 @@ class Censor:
     ) -> None:
         self.profile, self.seed = profile, seed
         eng = profile.engine
+        self._tcb, self._turnaround, self._inside = profile.tcb, profile.tcb.turnaround, eng.inside
         self.flows = FlowTable(eng.tcp_timeout_s, eng.udp_timeout_s, eng.max_flows)
         self.residual = ResidualTable()
         self.mechanisms: dict[str, Mechanism[Any]] = {}
@@ -216,8 +217,8 @@ class Censor:
 
     def _new_flow(self, pkt: Packet, now: float) -> Flow:
         self.stats.flows += 1
-        turnaround, inside = self.profile.tcb.turnaround, self.profile.engine.inside
-        return open_flow(pkt, now, turnaround=turnaround, udp_ports=self._port_set, inside=inside)
+        t, inside = self._turnaround, self._inside  # the profile's, kept natively (per flow)
+        return open_flow(pkt, now, turnaround=t, udp_ports=self._port_set, inside=inside)
 
     def _fragment_verdict(self, pkt: Packet, now: float) -> list[Action]:
         """A fragment that completes nothing gets its flow's verdict if that flow is blocked."""
@@ -240,7 +241,7 @@ class Censor:
         if not self._inspect_tcp:
             self._finish(flow, out)
             return
-        params = self.profile.tcb
+        params = self._tcb
         if params.check_checksum and not tcp_checksum_ok(pkt):
             return
         if (tcb := flow.tcb) is None:
@@ -278,8 +279,7 @@ class Censor:
         row = next((d for d in self._stream_rows if d.offered(data)), None)
         if row is not None and self._dissect(row, seen, data, out) is None and not tcb.full:
             return  # need more data
-        if seen.flow.state is FlowState.CLEAN:
-            self._finish(seen.flow, out)
+        self._finish(seen.flow, out)  # (if it is still clean)
 
     def _udp(self, seen: Seen, out: list[Action]) -> None:
         flow, pkt = seen.flow, seen.pkt
