@@ -276,11 +276,7 @@ def _analyze_many(
     loaded = profile_from(profile, date, sets, today=False)  # bad options fail here, first
     spec = ProfileSpec(profile, parse_date(date) if date else None, tuple(sets or ()))
     spec.keep(loaded)  # before the local cluster's workers are forked
-    with progress_bar(
-        "analysing",
-        "{task.completed}/{task.total} captures",
-        disable=not err.is_terminal or as_json,
-    ) as bar:
+    with progress_bar("analysing", "{task.completed}/{task.total} captures", quiet=as_json) as bar:
         task = bar.add_task("analyse", total=len(captures))
         summaries = analyze_many(
             captures,
@@ -415,9 +411,7 @@ def synth(
         names = load_names(Path(lists) if lists else None)
     except OSError as exc:
         raise InputError(f"{lists}: cannot read the name lists ({exc.strerror or exc})") from None
-    with progress_bar(
-        "writing", "{task.completed} packets", clock="none", disable=not err.is_terminal
-    ) as bar:
+    with progress_bar("writing", "{task.completed} packets", clock="none") as bar:
         task = bar.add_task("synth", total=packets)
         info = generate(
             out,

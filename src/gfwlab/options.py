@@ -62,13 +62,13 @@ def progress_bar(
     counter: str,
     *,
     clock: Literal["left", "elapsed", "none"] = "left",
-    disable: bool = False,
+    quiet: bool = False,
 ) -> Progress:
     """The commands' progress bar, on stderr, gone when done: ``label`` in bold (it may name a
     task's field, as ``{task.description}``), the bar, then ``counter``: ``"bytes"`` (done and
     total, in bytes), ``"of"`` (done/total) or a template of rich's (``"{task.completed}
-    packets"``), then the time ``left`` or ``elapsed``. rich's bars are imported here, when one
-    is drawn."""
+    packets"``), then the time ``left`` or ``elapsed``. Not shown where stderr is no terminal,
+    nor when ``quiet`` (``--json``). rich's bars are imported here, when one is drawn."""
     from rich.progress import (  # noqa: PLC0415
         BarColumn,
         DownloadColumn,
@@ -91,7 +91,7 @@ def progress_bar(
         columns.append(TimeRemainingColumn())
     elif clock == "elapsed":
         columns.append(TimeElapsedColumn())
-    return Progress(*columns, console=err, transient=True, disable=disable)
+    return Progress(*columns, console=err, transient=True, disable=quiet or not err.is_terminal)
 
 
 ProfileOpt = Annotated[

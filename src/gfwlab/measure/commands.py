@@ -123,7 +123,7 @@ def probe(
             "up (gfwlab lab down, or leave them out)"
         )
     try:
-        with progress_bar("probing", "of", disable=as_json or not err.is_terminal) as bar:
+        with progress_bar("probing", "of", quiet=as_json) as bar:
             task = bar.add_task("probe", total=len(got.entries))
             run = session.probe_lab(
                 got.entries,
@@ -162,7 +162,7 @@ def _probe_system(
     setup = probing.system_setup(control_netns, control_resolver if control_netns else None)
     setup.h3 = h3
     started = time.time()
-    with progress_bar("probing", "of", disable=as_json or not err.is_terminal) as bar:
+    with progress_bar("probing", "of", quiet=as_json) as bar:
         task = bar.add_task("probe", total=len(got.entries))
         results = probing.run(
             setup,
@@ -201,7 +201,7 @@ def _dns_scan(got: Any, lab: bool, control_resolver: str | None, as_json: bool) 
         from gfwlab.live.topology import CLIENT_NS, SERVER_V4  # noqa: PLC0415
 
         addresses = sites.install(hosts)
-        with progress_bar("scanning", "of", disable=as_json or not err.is_terminal) as bar:
+        with progress_bar("scanning", "of", quiet=as_json) as bar:
             task = bar.add_task("scan", total=len(hosts))
             res = in_netns(
                 CLIENT_NS,

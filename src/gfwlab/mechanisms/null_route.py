@@ -58,9 +58,6 @@ class NullRouteParams(CommonParams):
         object.__setattr__(self, "_hosts", frozenset(hosts))
         object.__setattr__(self, "_nets", tuple(nets))
 
-    def match(self, server: bytes, port: int) -> str | None:
-        return _match(self._ports, self._hosts, self._nets, server, port)
-
 
 def _match(
     ports: frozenset[tuple[bytes, int]],

@@ -176,9 +176,7 @@ def tools_run(
         wait_residuals,
     )  # fmt: skip
     total = sum(plan.trials_of(r.name) for r in recipes) * len(whens)
-    with progress_bar(
-        "{task.description}", "of", clock="elapsed", disable=not err.is_terminal
-    ) as bar:
+    with progress_bar("{task.description}", "of", clock="elapsed") as bar:
         task = bar.add_task("tools", total=total)
         try:
             cells, lines = run(
