@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import random
 import struct
+from dataclasses import dataclass
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gfwlab.engine.actions import rounded
+from gfwlab.engine.actions import EventFields, rounded
+from gfwlab.engine.actions import _plain_annotation as plain_annotation
 
 
 def _same(a: float, b: float) -> bool:
@@ -41,3 +43,36 @@ def test_rounded_is_round_on_capture_times_and_draws() -> None:
         for x in (ts, ns, ts + 180.0, ns + 180.0, rng.random(), -rng.random(), half, -half):
             assert _same(rounded(x, 6), round(x, 6))
             assert _same(rounded(x, 3), round(x, 3))
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Inner(EventFields):
+    n: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Outer(EventFields):
+    name: str
+    share: float | None = None
+    when: str | None
+    inner: _Inner
+    inners: tuple[_Inner, ...] = ()
+    kinds: tuple[str, ...] | None = None
+
+
+def test_event_fields_put_plain_values_as_they_are_and_convert_the_rest() -> None:
+    """Fields annotated str/int/float/bool (or None) go in as they are; tuples become lists and
+    nested fields dicts; a None field whose default is None is left out, any other stays."""
+    got = _Outer(name="x", when=None, inner=_Inner(n=1), inners=(_Inner(n=2),)).as_dict()
+    assert got == {"name": "x", "when": None, "inner": {"n": 1}, "inners": [{"n": 2}]}
+    assert list(got) == ["name", "when", "inner", "inners"]
+    full = _Outer(name="y", share=0.5, when="now", inner=_Inner(n=3), kinds=("a",)).as_dict()
+    assert full["share"] == 0.5 and full["kinds"] == ["a"] and type(full["kinds"]) is list
+
+
+def test_plain_annotations_are_the_json_scalars_alone() -> None:
+    for text in ("str", "int", "float", "bool", "str | None", "None | int", "int | float"):
+        assert plain_annotation(text), text
+    for text in ("None", "tuple[int, ...]", "list[str] | None", "Literal['a']", "_Inner", "Any"):
+        assert not plain_annotation(text), text
+    assert plain_annotation(str) and not plain_annotation(list)

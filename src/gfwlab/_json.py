@@ -9,11 +9,14 @@ key that is not a string) the standard library writes, in the same shape.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 _LINE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# Bound once: compiled, a module's attribute is looked up by name at each use (every event).
+_DUMPS: Final = orjson.dumps
+_APPEND_NEWLINE: Final = orjson.OPT_APPEND_NEWLINE
 
 
 def json_line(obj: Any) -> str:
@@ -25,7 +28,7 @@ def json_line_bytes(obj: Any) -> bytes:
     """:func:`json_line` as UTF-8 bytes, for a file opened in binary mode (no decoding and
     encoding again on the way: the live censor writes one per clean connection)."""
     try:
-        return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+        return _DUMPS(obj, option=_APPEND_NEWLINE)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         return (_LINE(obj) + "\n").encode()
 

@@ -22,8 +22,17 @@ Direction = Literal["inside-out", "outside-in"]
 ActionName = Literal["rst", "drop", "dns-inject", "probe", "null-route", "pass", "anomaly"]
 
 
-_POWERS: Final = tuple(10**i for i in range(23))
 _SCALES: Final = tuple(10.0**i for i in range(23))  # each exact
+
+
+def _halves(a: float) -> tuple[float, float]:
+    """``a`` as the sum of two floats of at most 26 significant bits each (Veltkamp)."""
+    c = 134217729.0 * a
+    hi = c - (c - a)
+    return hi, a - hi
+
+
+_SCALE_HALVES: Final = tuple(_halves(s) for s in _SCALES)
 _MARGINS: Final = tuple(max(2.0 ** (k - 54), 2.0**-52) for k in range(53))
 """``max(math.ulp(y) / 2, 2**-52)`` for ``|y|`` in ``[2**(k-1), 2**k)`` (``k``, the bit length of
 ``int(|y|)``; ``|y|`` below 1 for 0), by ``k``: no call."""
@@ -38,13 +47,12 @@ def rounded(x: float, digits: int) -> float:
     the exact product, and its distance above ``floor(y)`` is exact for ``|y|`` of 1 or more
     (and below 1 wrong by less than 2**-53): ``margin``, half an ulp of ``y`` and at least
     2**-52, bounds both. If ``y`` lies more than ``margin`` from a half, the exact product rounds
-    to the integer
-    ``n`` that ``y`` rounds to; nearer a half, ``n`` is the exact product (``x`` as a ratio of
-    integers) rounded half to even, as ``round`` rounds. ``n / 10**digits`` (one correctly
-    rounded division of exact operands) is then the float nearest to the decimal ``round``
-    reads back. At 2**52 and beyond, or not finite, ``round`` itself answers.
-    ``tests/test_actions.py`` compares the two on arbitrary floats; ``digits`` is at most 22
-    (``10.0**digits`` exact).
+    to the integer ``n`` that ``y`` rounds to; nearer a half, ``n`` is the exact product (``y``
+    and its rounding error, both exact) rounded half to even, as ``round`` rounds.
+    ``n / 10**digits`` (one correctly rounded division of exact operands) is then the float
+    nearest to the decimal ``round`` reads back. At 2**52 and beyond, or not finite, ``round``
+    itself answers. ``tests/test_actions.py`` compares the two on arbitrary floats; ``digits``
+    is at most 22 (``10.0**digits`` exact).
     """
     scale = _SCALES[digits]
     y = x * scale
@@ -57,10 +65,19 @@ def rounded(x: float, digits: int) -> float:
     frac = y - n
     if frac > 0.5 + margin:
         n += 1
-    elif frac >= 0.5 - margin:  # near a half: exactly
-        num, den = x.as_integer_ratio()
-        n, rest = divmod(num * _POWERS[digits], den)
-        if 2 * rest > den or (2 * rest == den and n & 1):
+    elif frac >= 0.5 - margin:  # near a half: decided on the exact product
+        # x * scale is exactly y + err (Dekker's product of Veltkamp halves, each product and
+        # sum exact: here |y| >= 1/4, so no part is subnormal). d, y's distance above
+        # n + 1/2, is exact (the two are within a factor of two). A quarter of a capture's
+        # times (whole microseconds, 2**-22 s apart near 2**31) come here; the integers of
+        # as_integer_ratio and divmod took ten times as long.
+        c = 134217729.0 * x  # 2**27 + 1
+        xh = c - (c - x)
+        xl = x - xh
+        sh, sl = _SCALE_HALVES[digits]
+        err = ((xh * sh - y) + xh * sl + xl * sh) + xl * sl
+        d = y - (n + 0.5)
+        if d > -err or (d == -err and n & 1):  # above the half, or on it and n odd: to even
             n += 1
     if n == 0:
         return math.copysign(0.0, x)
@@ -80,24 +97,41 @@ class EventFields(Frozen):
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for name, optional in _layout(type(self)):
+        for name, optional, plain in _layout(type(self)):
             value = getattr(self, name)
             if value is None and optional:
                 continue
-            out[name] = _plain(value)
+            out[name] = value if plain else _plain(value)
         return out
 
 
-_LAYOUTS: Final[dict[type, tuple[tuple[str, bool], ...]]] = {}
+_LAYOUTS: Final[dict[type, tuple[tuple[str, bool, bool], ...]]] = {}
+
+_PLAIN_TYPES: Final = frozenset({"str", "int", "float", "bool"})
+"""Annotations (as written: the module's annotations are strings) of the fields whose values
+are JSON's own, put in an event as they are."""
 
 
-def _layout(cls: type) -> tuple[tuple[str, bool], ...]:
+def _layout(cls: type) -> tuple[tuple[str, bool, bool], ...]:
     """An EventFields class's fields in declared order, each with whether it is left out while
-    None (``dataclasses.fields`` builds its answer anew on every call: too slow per event)."""
+    None and whether its annotation says its value is plain (a ``str``, ``int``, ``float`` or
+    ``bool``, or None: :func:`_plain` is then not asked; the types are checked, and compiled,
+    enforced). ``dataclasses.fields`` builds its answer anew on every call: too slow per
+    event."""
     layout = _LAYOUTS.get(cls)
     if layout is None:
-        layout = _LAYOUTS[cls] = tuple((f.name, f.default is None) for f in dataclasses.fields(cls))
+        layout = _LAYOUTS[cls] = tuple(
+            (f.name, f.default is None, _plain_annotation(f.type)) for f in dataclasses.fields(cls)
+        )
     return layout
+
+
+def _plain_annotation(annotation: object) -> bool:
+    if not isinstance(annotation, str):
+        return annotation in (str, int, float, bool)
+    kinds = {part.strip() for part in annotation.split("|")}
+    kinds.discard("None")
+    return bool(kinds) and kinds <= _PLAIN_TYPES
 
 
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})

@@ -130,11 +130,11 @@ class ResetParams(CommonParams):
 
     def delay_table(self, kind: Injector) -> Quantiles:
         """The delay table of injector ``kind``."""
-        return {
-            "type1": self.delay_ms_type1,
-            "type2": self.delay_ms_type2,
-            "type3": self.delay_ms_type3,
-        }.get(kind, self.delay_ms_other)
+        if kind == "type1":
+            return self.delay_ms_type1
+        if kind == "type2":
+            return self.delay_ms_type2
+        return self.delay_ms_type3 if kind == "type3" else self.delay_ms_other
 
 
 @dataclass(frozen=True)

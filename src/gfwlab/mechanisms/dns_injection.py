@@ -44,7 +44,6 @@ Unverified, so parameters (spec §12.2): per-injector IP TTL, IP-ID and DF, inje
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -172,6 +171,7 @@ class DnsInjectionParams(CommonParams):
 
 
 _TWO_TO_MINUS_64: Final = 2.0**-64
+_blake2b: Final = hashlib.blake2b
 
 _FLAGS_TEXT: Final[dict[int, str]] = {}
 
@@ -186,15 +186,25 @@ def _flags_text(flags: int) -> str:
     return text
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def _share(name: str, injector: str) -> float:
-    """Where ``name`` falls in ``injector``'s coverage, in [0, 1): fixed per name, as an
-    injector covers a fixed part of the names (a pure function, so its answers are kept)."""
-    digest = hashlib.blake2b(f"{injector}\0{name}".encode(), digest_size=8).digest()
-    # x / 2**64, the same float: both round x to the nearest double once (a power of two scales
-    # exactly), but compiled, the division of two integers is a long division (1.5k
-    # instructions) where this is a conversion and a multiplication.
-    return int.from_bytes(digest, "big") * _TWO_TO_MINUS_64
+    """Where ``name`` falls in ``injector``'s coverage, in [0, 1): the name's 64-bit BLAKE2b
+    under the injector over 2**64, fixed per name, as an injector covers a fixed part of the
+    names."""
+    return _share_of((injector + "\0").encode(), name)
+
+
+def _share_of(prefix: bytes, name: str) -> float:
+    """:func:`_share` with the injector's part of the hashed text given as bytes (an
+    :class:`_Injector` keeps it): the hook asks for every blocked query and injector, and
+    nearly every name is new (kept answers saved less than keeping them cost)."""
+    d = _blake2b(prefix + name.encode(), digest_size=8).digest()
+    # x / 2**64 as one float: x's halves give hi * 2**32 exactly, and adding lo rounds the
+    # 64-bit sum once to the nearest double, as converting x does (a power of two then scales
+    # exactly). Compiled, each half is machine arithmetic on the digest's bytes, where
+    # int.from_bytes is a method call and x an object of three digits.
+    hi = d[0] << 24 | d[1] << 16 | d[2] << 8 | d[3]
+    lo = d[4] << 24 | d[5] << 16 | d[6] << 8 | d[7]
+    return (hi * 4294967296.0 + lo) * _TWO_TO_MINUS_64
 
 
 @dataclass(frozen=True, kw_only=True, init=False)
@@ -247,6 +257,8 @@ class _Injector:
     def __init__(self, index: int, p: DnsInjectorParams) -> None:
         self.index = index
         self.name = p.name
+        self.share_prefix = (p.name + "\0").encode()
+        """The injector's part of the text hashed for a name's share (:func:`_share_of`)."""
         self.coverage = p.coverage
         self.flags = p.flags
         self.ip_ttl_lo, self.ip_ttl_hi = p.ip_ttl
@@ -325,7 +337,7 @@ class DnsInjection(Mechanism[DnsInjectionParams]):
                 rule, name = strict_rule, query.qname
             if rule is None:
                 continue
-            if inj.coverage < 1.0 and _share(name, inj.name) >= inj.coverage:
+            if inj.coverage < 1.0 and _share_of(inj.share_prefix, name) >= inj.coverage:
                 continue
             rtype = reading.qtype if reading is not None else query.qtype
             rng = rng or self.rng(seen)
