@@ -25,7 +25,7 @@ from gfwlab.offline.synth import (
 )
 from gfwlab.packet.pcap import PcapWriter
 from gfwlab.proto.tls import build_client_hello
-from testenv import MAY_SKIP, SHARED_PCAPS, needs_shared, shared_pcaps
+from testenv import SHARED_PCAPS, needs_shared, shared_pcaps
 
 PCAPS = SHARED_PCAPS
 SPOOFED_DNS = PCAPS / "gfw-quic-sni-artifact--dns_attacker_client_anon.pcap"
@@ -625,37 +625,42 @@ HUGE = """
 import atexit, sys
 def huge():
     import numpy as np
+    core = np._core if hasattr(np, "_core") else np.core  # NumPy 2, NumPy 1.26
+    asks = core.multiarray._set_madvise_hugepage(True)  # returns the setting it replaces
+    core.multiarray._set_madvise_hugepage(asks)
     a = np.ones(64 << 20, dtype=np.uint8)  # 64 MB: NumPy would ask for huge pages
     with open("/proc/self/smaps_rollup") as f:
         kb = next(int(l.split()[1]) for l in f if l.startswith("AnonHugePages:"))
-    print("huge", kb, int(a[-1]), file=sys.stderr)
+    print("huge", int(asks), kb, int(a[-1]), file=sys.stderr)
 atexit.register(huge)
 sys.argv = ["gfwlab", *sys.argv[1:]]
 {body}
 """
 
 
-def anon_huge_kb(body: str, *args: str, **env: str) -> int:
-    """The kilobytes of anonymous huge pages a Python process that ran ``body`` (with ``args``)
-    holds at its exit, after filling a 64 MB NumPy array there."""
+def huge_pages(body: str, *args: str, **env: str) -> tuple[bool, int]:
+    """Whether NumPy asks for huge pages in a Python process that ran ``body`` (with ``args``),
+    and the kilobytes of anonymous huge pages it holds at its exit after filling a 64 MB NumPy
+    array there."""
     base = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
     res = subprocess.run([sys.executable, "-c", HUGE.format(body=body), *args],
                          capture_output=True, text=True, env=base | env, timeout=120,
                          check=False)  # fmt: skip
     last = [line.split() for line in res.stderr.splitlines() if line.startswith("huge ")][-1]
-    return int(last[1])
+    return bool(int(last[1])), int(last[2])
 
 
 def test_numpy_arrays_get_no_huge_pages_unless_asked(demo_pcap: Path) -> None:
     """A command loads NumPy with its transparent huge pages off (zeroing fresh ones stalled
-    analyses on a virtual machine: cli.main says what was measured); a user's own setting wins.
-    Where the kernel gives huge pages only to memory that asks for them (``madvise``), NumPy's
-    arrays then get none."""
-    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    if not mode.exists() or "[madvise]" not in mode.read_text():
-        pytest.skip(f"{MAY_SKIP} transparent huge pages are not in madvise mode: nothing to tell")
+    analyses on a virtual machine: cli.main says what was measured); NumPy by itself asks for
+    them, and a user's own setting wins. Where the kernel gives huge pages only to memory that
+    asks for them (``madvise``), a command's arrays then get none."""
     run = "from gfwlab.cli import main\nmain()"
     analyze = ("analyze", str(demo_pcap), "--json")
-    assert anon_huge_kb(run, *analyze) == 0
-    assert anon_huge_kb("pass") >= 2048  # what NumPy does by itself
-    assert anon_huge_kb(run, *analyze, NUMPY_MADVISE_HUGEPAGE="1") >= 2048
+    asks, kb = huge_pages(run, *analyze)
+    assert not asks
+    assert huge_pages("pass")[0]  # what NumPy does by itself
+    assert huge_pages(run, *analyze, NUMPY_MADVISE_HUGEPAGE="1")[0]
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if mode.exists() and "[madvise]" in mode.read_text():
+        assert kb == 0
