@@ -91,6 +91,9 @@ class Timed:
     rss_mib: float
     cpu: float
     """User + system CPU seconds: on a shared, loaded machine steadier than wall clock."""
+    sys_s: float
+    """System CPU seconds: where a virtual machine's first use of memory shows (page faults
+    that moved a run's system time by 0.1-0.5 s from run to run on the development machine)."""
     code: int
     stdout: str
     stderr: str
@@ -121,8 +124,8 @@ def timed(
             sink.close()
         out.seek(0)
         err.seek(0)
-        return Timed(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, code,
-                     out.read().decode(), err.read().decode())  # fmt: skip
+        return Timed(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime,
+                     usage.ru_stime, code, out.read().decode(), err.read().decode())  # fmt: skip
 
 
 INTERPRETED = "gfwlab analyze, interpreted engine"
@@ -211,6 +214,19 @@ def one_flow(directory: Path) -> Path:
     return path
 
 
+def huge_pages() -> str:
+    """The kernel's transparent huge page mode (``madvise``, ``always``, ``never``) and whether
+    the commands' NumPy asks for them (``gfwlab`` turns that off unless
+    ``NUMPY_MADVISE_HUGEPAGE`` is set): zeroing fresh huge pages moved whole runs here."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+        mode = text[text.index("[") + 1 : text.index("]")]
+    except (OSError, ValueError):
+        mode = "unknown"
+    numpy = os.environ.get("NUMPY_MADVISE_HUGEPAGE", "0 (gfwlab's default)")
+    return f"kernel {mode}; NUMPY_MADVISE_HUGEPAGE {numpy}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--packets", type=int, default=1_300_000)
@@ -253,11 +269,13 @@ def main(argv: list[str] | None = None) -> int:
             samples[name].append(run.seconds)
     fixed = {name: statistics.median(runs) for name, runs in samples.items()}
     report: dict[str, Any] = {
+        "huge_pages": huge_pages(),
         "fixed_cost_s": fixed,
         "fixed_cost_runs_s": samples,
         "mixes": {},
         "rounds": args.rounds,
     }
+    console.print(f"huge pages: {report['huge_pages']}")
     for mix in args.mix or ["realistic", "flow-heavy"]:
         cap, info = ensure_capture(directory, mix, args.packets, args.seed)
         jobs: list[Job] = [Job("cat > /dev/null", ["cat", str(cap)], os.devnull)]
@@ -380,23 +398,25 @@ def show(
         f"({info['packets_per_flow']} per flow), {info['bytes_ip'] / 2**30:.2f} GiB"
         + (f"; medians of {rounds} rounds" if rounds > 1 else "")
     )
-    for col in ("tool", "seconds", "CPU s", "packets/s", "× cat", "tshark ×", "to engine",
-                "peak MiB", "ok"):  # fmt: skip
+    for col in ("tool", "seconds", "CPU s", "sys s", "packets/s", "× cat", "tshark ×",
+                "to engine", "peak MiB", "ok"):  # fmt: skip
         table.add_column(col, justify="left" if col == "tool" else "right")
     out: dict[str, Any] = {"packets": n, "flows": info["flows_started"], "rows": {}}
     for name, runs, fed in rows:
         secs = cat if name.startswith("cat") else seconds(runs)
         cpu = statistics.median(t.cpu for t in runs)
+        sys_s = statistics.median(t.sys_s for t in runs)
         rss = max(t.rss_mib for t in runs)
         pps = n / secs if secs else 0.0
         codes = sorted({t.code for t in runs if t.code})
         table.add_row(
-            name, f"{secs:.2f}", f"{cpu:.2f}", f"{pps:,.0f}", f"{secs / cat:.1f}",
+            name, f"{secs:.2f}", f"{cpu:.2f}", f"{sys_s:.2f}", f"{pps:,.0f}", f"{secs / cat:.1f}",
             f"{tshark / secs:.1f}" if tshark else "-",
             f"{fed:,} ({fed / n:.1%})" if fed is not None else "-",
             f"{rss:.0f}", "yes" if not codes else "exit " + ",".join(map(str, codes)),
         )  # fmt: skip
         out["rows"][name] = {"seconds": round(secs, 3), "cpu_s": round(cpu, 3),
+                             "sys_s": round(sys_s, 3),
                              "pps": round(pps), "engine_packets": fed,
                              "peak_rss_mib": round(rss),
                              "rounds_s": [round(t.seconds, 3) for t in runs]}  # fmt: skip
