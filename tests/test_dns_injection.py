@@ -90,7 +90,7 @@ def test_a_names_share_is_its_hash_over_two_to_the_64(name: str, injector: str) 
     """The share's definition: the name's 64-bit BLAKE2b under the injector, divided by 2**64
     (the compiled arithmetic gives that float exactly)."""
     digest = hashlib.blake2b(f"{injector}\0{name}".encode(), digest_size=8).digest()
-    assert _share(name, injector) == int.from_bytes(digest, "big") / 2**64
+    assert _share(f"{injector}\0".encode(), name) == int.from_bytes(digest, "big") / 2**64
 
 
 def test_flags_follow_the_rd_bit() -> None:

@@ -220,9 +220,9 @@ def _prerouting_packets(dev: str) -> tuple[int, int]:
         in_ns(CENSOR_NS, "iptables", "-w", "-t", "mangle", "-L", "PREROUTING", "-v", "-x", "-n"),
         capture_output=True, text=True, timeout=10, check=True,
     ).stdout.splitlines()[2:]  # fmt: skip
-    rows = [line.split() for line in out if len(line.split()) > 5 and line.split()[5] == dev]
-    by_mark = [int(r[0]) for r in rows if "connmark" in r]
-    by_type = [int(r[0]) for r in rows if "ADDRTYPE" in r or "addrtype" in " ".join(r)]
+    rows = [(int(r[0]), " ".join(r[9:]).lower()) for r in map(str.split, out) if r[5:6] == [dev]]
+    by_mark = [packets for packets, matches in rows if "connmark" in matches]
+    by_type = [packets for packets, matches in rows if "addrtype" in matches]
     assert len(by_mark) == 1 and len(by_type) == 1, out
     return by_mark[0], by_type[0]
 

@@ -186,17 +186,12 @@ def _flags_text(flags: int) -> str:
     return text
 
 
-def _share(name: str, injector: str) -> float:
-    """Where ``name`` falls in ``injector``'s coverage, in [0, 1): the name's 64-bit BLAKE2b
-    under the injector over 2**64, fixed per name, as an injector covers a fixed part of the
-    names."""
-    return _share_of((injector + "\0").encode(), name)
-
-
-def _share_of(prefix: bytes, name: str) -> float:
-    """:func:`_share` with the injector's part of the hashed text given as bytes (an
-    :class:`_Injector` keeps it): the hook asks for every blocked query and injector, and
-    nearly every name is new (kept answers saved less than keeping them cost)."""
+def _share(prefix: bytes, name: str) -> float:
+    """Where ``name`` falls in an injector's coverage, in [0, 1): the 64-bit BLAKE2b of the
+    injector's name, a zero byte and ``name`` (``prefix``: the first two, as bytes, which an
+    :class:`_Injector` keeps), over 2**64. Fixed per name, as an injector covers a fixed part of
+    the names. The hook asks for every blocked query and injector, and nearly every name is
+    new: answers kept saved less than keeping them cost."""
     d = _blake2b(prefix + name.encode(), digest_size=8).digest()
     # x / 2**64 as one float: x's halves give hi * 2**32 exactly, and adding lo rounds the
     # 64-bit sum once to the nearest double, as converting x does (a power of two then scales
@@ -258,7 +253,7 @@ class _Injector:
         self.index = index
         self.name = p.name
         self.share_prefix = (p.name + "\0").encode()
-        """The injector's part of the text hashed for a name's share (:func:`_share_of`)."""
+        """The injector's part of the text hashed for a name's share (:func:`_share`)."""
         self.coverage = p.coverage
         self.flags = p.flags
         self.ip_ttl_lo, self.ip_ttl_hi = p.ip_ttl
@@ -337,7 +332,7 @@ class DnsInjection(Mechanism[DnsInjectionParams]):
                 rule, name = strict_rule, query.qname
             if rule is None:
                 continue
-            if inj.coverage < 1.0 and _share_of(inj.share_prefix, name) >= inj.coverage:
+            if inj.coverage < 1.0 and _share(inj.share_prefix, name) >= inj.coverage:
                 continue
             rtype = reading.qtype if reading is not None else query.qtype
             rng = rng or self.rng(seen)
