@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import random
+from pathlib import Path
 
 import pytest
 
-from gfwlab.engine import Censor, Probe
+from gfwlab.engine import Censor, Event, Probe
+from gfwlab.engine.flows import Flow
 from gfwlab.mechanisms.ss_probing import (
     FIRST_REPLAY_S,
     LATER_REPLAY_S,
@@ -15,12 +18,14 @@ from gfwlab.mechanisms.ss_probing import (
     entropy,
     mutate,
 )
+from gfwlab.offline.analyze import analyze
 from gfwlab.offline.stats import ks_distance
 from gfwlab.offline.synth import tcp_conversation
 from gfwlab.packet.ip import addr_bytes, build_tcp
+from gfwlab.packet.pcap import PcapWriter
 from gfwlab.profiles import build_censor
 from gfwlab.rules import quantiles
-from helpers import binomial_interval, profile, run
+from helpers import Run, binomial_interval, profile, run
 
 C, S = "198.18.0.2", "198.19.0.2"
 ALWAYS = "ss_probing.probability=1.0"
@@ -161,6 +166,58 @@ def test_offline_reports_when_probes_would_be_sent() -> None:
     assert planned and all(10.0 <= p["at"] <= 10.0 + 570 * 3.6 + 1 for p in planned)
     sent = [a for a in censor.flush() if isinstance(a, Probe)]
     assert sent == []  # run() already released them: the Probe actions came from the timers
+
+
+def test_a_censor_told_of_no_results_holds_no_probe() -> None:
+    # An analysis of a capture reports no probe's result: its censor plans, reports and releases
+    # the same probes, and keeps none (each would keep its flow alive for a result).
+    sets = (ALWAYS, "ss_probing.delay_scale=0.001")
+    told, untold = (
+        build_censor(profile(*sets), 6),
+        build_censor(profile(*sets), 6, probe_results=False),
+    )
+    runs = []
+    for censor in (told, untold):
+        r = Run()
+        for i in range(40):
+            conv = tcp_conversation(C, S, 20000 + i, 8388, first_packet(400, i), t0=3.0 * i)
+            run(censor, conv, r)
+        runs.append(r)
+    assert [e.as_dict() for e in runs[0].events] == [e.as_dict() for e in runs[1].events]
+    assert probes_of(runs[0]) and len(told.verdicts.probes) == len(probes_of(runs[0]))
+    assert untold.verdicts.probes == {}
+    # A result the untold censor is given anyway is an unknown probe's: ignored.
+    assert untold.on_probe_result(probes_of(runs[1])[0]["probe_id"], "data", 500.0, 32) == []
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_an_analysis_keeps_no_probed_flow_alive(tmp_path: Path, exact: bool) -> None:
+    # 600 probed connections, one every 2 s. The flow table forgets each 120 s after its last
+    # packet, so about 60 flows are alive in it at a time; the fast path keeps the flows of its
+    # window (here 1,000 records, about 110 connections) until the window is done. Held for
+    # their probes' results, all 600 were alive at the end.
+    cap = tmp_path / "probed.pcap"
+    with PcapWriter(str(cap)) as writer:
+        packets = [
+            p
+            for i in range(600)
+            for p in tcp_conversation(C, S, 20000 + i, 8388, first_packet(400, i), t0=2.0 * i)
+        ]
+        for ts, pkt in sorted(packets, key=lambda p: p[0]):
+            writer.write(1.7e9 + ts, pkt)
+    alive: list[int] = []
+    seen = [0]
+
+    def count(event: Event) -> None:
+        seen[0] += 1
+        if seen[0] % 200 == 0:
+            alive.append(sum(1 for o in gc.get_objects() if type(o) is Flow))
+
+    summary = analyze(
+        str(cap), profile(ALWAYS), seed=1, on_event=count, exact=exact, max_index=1000, no_gain=2.0
+    )
+    assert summary.events.get("ss_probing/probe", 0) > 600 and len(alive) >= 5
+    assert max(alive) <= 250, alive
 
 
 def _probe_actions(censor: Censor, payload: bytes) -> list[Probe]:

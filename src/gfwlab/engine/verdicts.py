@@ -197,6 +197,12 @@ class Verdicts:
         self.mechanisms = mechanisms
         self.residual = residual
         self.hold_trigger = hold_trigger
+        self.probe_results = True
+        """Whether the adapter reports what each probe met (``Censor.on_probe_result``). If not
+        (an analysis of a capture: no prober, no server; ``build_censor(...,
+        probe_results=False)``), a planned probe is not held for a result that cannot come:
+        each held probe keeps its flow alive, about a kilobyte a probe, after the flow table has
+        forgotten the flow. The probes are planned, reported and released the same."""
         self.stats = Stats()
         self._keys: dict[str, dict[str, str]] = {}
         """The counters' keys (``mechanism/action``) by mechanism and action, made once each."""
@@ -328,8 +334,9 @@ class Verdicts:
             linger=planned.linger,
             mechanism=mech.name,
         )
-        context: dict[str, Any] = {"rule": rule, "origin": planned.origin}
-        self.probes[probe.probe_id] = (mech, flow, planned, context)
+        if self.probe_results:
+            context: dict[str, Any] = {"rule": rule, "origin": planned.origin}
+            self.probes[probe.probe_id] = (mech, flow, planned, context)
         self.later(probe)
         extra = ProbePlannedFields(
             probe=planned.kind,

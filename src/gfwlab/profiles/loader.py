@@ -44,9 +44,14 @@ _TOP = {
 }
 
 
-def build_censor(profile: Profile, seed: int = 0) -> Censor:
-    """A censor for ``profile``, with the built-in mechanisms (the registry) handed to it."""
-    return Censor(profile, seed, mechanisms=registry())
+def build_censor(profile: Profile, seed: int = 0, *, probe_results: bool = True) -> Censor:
+    """A censor for ``profile``, with the built-in mechanisms (the registry) handed to it.
+    ``probe_results`` off: the adapter will not report what probes met
+    (``Censor.on_probe_result``; an analysis of a capture), so the censor holds no probe for a
+    result (:attr:`~gfwlab.engine.verdicts.Verdicts.probe_results`)."""
+    censor = Censor(profile, seed, mechanisms=registry())
+    censor.verdicts.probe_results = probe_results
+    return censor
 
 
 def builtin_path(name: str) -> str:
