@@ -197,12 +197,13 @@ class Verdicts:
         self.mechanisms = mechanisms
         self.residual = residual
         self.hold_trigger = hold_trigger
-        self.probe_results = True
-        """Whether the adapter reports what each probe met (``Censor.on_probe_result``). If not
-        (an analysis of a capture: no prober, no server; ``build_censor(...,
-        probe_results=False)``), a planned probe is not held for a result that cannot come:
-        each held probe keeps its flow alive, about a kilobyte a probe, after the flow table has
-        forgotten the flow. The probes are planned, reported and released the same."""
+        self.runs_probes = True
+        """Whether the adapter sends the probes (the Probe actions ``Censor.on_timer`` releases
+        when each is due) and reports what each met (``Censor.on_probe_result``). If not (an
+        analysis of a capture: no prober, no server; ``build_censor(..., runs_probes=False)``),
+        the probes are planned and reported as events the same, but none is held: not as a timer
+        for an action nobody sends, nor for a result that cannot come (each such probe kept its
+        flow alive, about a kilobyte, after the flow table had forgotten the flow)."""
         self.stats = Stats()
         self._keys: dict[str, dict[str, str]] = {}
         """The counters' keys (``mechanism/action``) by mechanism and action, made once each."""
@@ -321,27 +322,28 @@ class Verdicts:
         rule: str,
         out: list[Action],
     ) -> None:
-        probe = Probe(
-            probe_id=flow.probe_id(),
-            kind=planned.kind,
-            server=addr_text(flow.server),
-            port=flow.sport,
-            payload=planned.payload,
-            at=now + planned.delay,
-            ttl=planned.ttl,
-            sport=planned.sport,
-            tsval_hz=planned.tsval_hz,
-            linger=planned.linger,
-            mechanism=mech.name,
-        )
-        if self.probe_results:
+        probe_id, at = flow.probe_id(), now + planned.delay
+        if self.runs_probes:
+            probe = Probe(
+                probe_id=probe_id,
+                kind=planned.kind,
+                server=addr_text(flow.server),
+                port=flow.sport,
+                payload=planned.payload,
+                at=at,
+                ttl=planned.ttl,
+                sport=planned.sport,
+                tsval_hz=planned.tsval_hz,
+                linger=planned.linger,
+                mechanism=mech.name,
+            )
             context: dict[str, Any] = {"rule": rule, "origin": planned.origin}
-            self.probes[probe.probe_id] = (mech, flow, planned, context)
-        self.later(probe)
+            self.probes[probe_id] = (mech, flow, planned, context)
+            self.later(probe)
         extra = ProbePlannedFields(
             probe=planned.kind,
-            probe_id=probe.probe_id,
-            at=rounded(probe.at, 6),
+            probe_id=probe_id,
+            at=rounded(at, 6),
             length=len(planned.payload),
             prober_sport=planned.sport,
             ttl=planned.ttl,

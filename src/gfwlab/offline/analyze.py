@@ -376,7 +376,7 @@ def _run_fast(
     """The fast path over the capture's index, given whole or a window at a time (``windows``:
     each index with whether it is the last). ``give_up``: raise _NoGain after a first window
     (not the last) of which at least this share of the packets reached the engine."""
-    censor = build_censor(profile, seed, probe_results=False)
+    censor = build_censor(profile, seed, runs_probes=False)
     summary = Summary.of(capture, profile, seed)
     rows: dict[tuple[Any, ...], FlowVerdict] = {}
     write_event = events_out.fh.write if events_out is not None else None
@@ -414,9 +414,9 @@ def _run(
 ) -> Summary:
     profiles = profile if isinstance(profile, list) else [profile]
     profile = profiles[0]
-    censor: Censor | Chain = build_censor(profile, seed, probe_results=False)
+    censor: Censor | Chain = build_censor(profile, seed, runs_probes=False)
     if len(profiles) > 1:
-        censor = Chain([(p.name, build_censor(p, seed, probe_results=False)) for p in profiles])
+        censor = Chain([(p.name, build_censor(p, seed, runs_probes=False)) for p in profiles])
     summary = Summary(
         capture=reader.path,
         profile="+".join(p.name for p in profiles),

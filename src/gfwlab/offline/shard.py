@@ -285,7 +285,7 @@ class PartTask:
     def censor(self) -> Censor:
         """The part's censor, built from its profile where it runs."""
         prof = self.profile if isinstance(self.profile, Profile) else self.profile()
-        return build_censor(prof, self.seed, probe_results=False)
+        return build_censor(prof, self.seed, runs_probes=False)
 
     def __call__(self, data: PartData) -> PartResult | str:
         """Analyse the part; or why the capture cannot be split after all."""

@@ -287,7 +287,7 @@ def analyze_windows(
 
     While the parts analyse a window, this process indexes and splits the next one; while they
     analyse that one, it writes what the first gave."""
-    censor = build_censor(profile, seed, probe_results=False)
+    censor = build_censor(profile, seed, runs_probes=False)
     carry = Carry(parts)
     summary = Summary.of(windowed.reader.path, profile, seed)
     keep = out_path is not None

@@ -44,13 +44,13 @@ _TOP = {
 }
 
 
-def build_censor(profile: Profile, seed: int = 0, *, probe_results: bool = True) -> Censor:
+def build_censor(profile: Profile, seed: int = 0, *, runs_probes: bool = True) -> Censor:
     """A censor for ``profile``, with the built-in mechanisms (the registry) handed to it.
-    ``probe_results`` off: the adapter will not report what probes met
-    (``Censor.on_probe_result``; an analysis of a capture), so the censor holds no probe for a
-    result (:attr:`~gfwlab.engine.verdicts.Verdicts.probe_results`)."""
+    ``runs_probes`` off: the adapter sends no probe and reports no probe's result (an analysis
+    of a capture), so the censor plans and reports its probes but holds none
+    (:attr:`~gfwlab.engine.verdicts.Verdicts.runs_probes`)."""
     censor = Censor(profile, seed, mechanisms=registry())
-    censor.verdicts.probe_results = probe_results
+    censor.verdicts.runs_probes = runs_probes
     return censor
 
 
