@@ -35,8 +35,11 @@ stage() {  # stage NAME LIMIT COMMAND...
   while :; do
     rc=0
     wait "$current" || rc=$?
-    # A trapped signal ends the wait early; wait again until the stage itself has ended.
+    # A trapped signal ends the wait early (its status then 128 + the signal's number): wait
+    # again until the stage itself has ended, then take the stage's own status (bash keeps it).
     if ! kill -0 "$current" 2>/dev/null; then
+      rc=0
+      wait "$current" || rc=$?
       break
     fi
   done
