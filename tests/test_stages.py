@@ -9,6 +9,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,3 +106,46 @@ def test_ctrl_c_between_two_stages_runs_no_later_stage(tmp_path: Path) -> None:
     assert proc.returncode == 130, out
     assert "interrupted: no later stage runs" in out
     assert not (tmp_path / "second").exists()
+
+
+def test_an_interrupted_gfwlab_command_is_given_time_to_tear_down(tmp_path: Path) -> None:
+    # The tests run gfwlab commands through testenv.gfwlab. Interrupted with them (Ctrl-C, or a
+    # stage's SIGINT to its process group), such a command must get to take down what it made:
+    # subprocess.run gave it a quarter of a second, then SIGKILL, and a lab stayed up. A stand-in
+    # for `python -m gfwlab` takes 1.5 s over its teardown here.
+    fake = tmp_path / "fake.py"
+    fake.write_text(
+        "import pathlib, sys, time\n"
+        f"here = pathlib.Path({str(tmp_path)!r})\n"
+        "try:\n"
+        "    (here / 'started').touch()\n"
+        "    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n"
+        "    time.sleep(1.5)\n"
+        "    (here / 'torn-down').touch()\n"
+        "    sys.exit(130)\n"
+    )
+    launcher = tmp_path / "python"
+    launcher.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(fake))}\n")
+    launcher.chmod(0o755)
+    driver = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        "import testenv\n"
+        f"sys.executable = {str(launcher)!r}\n"
+        "try:\n"
+        "    testenv.gfwlab('lab', 'up')\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(3)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", driver], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 3
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert (tmp_path / "torn-down").exists()

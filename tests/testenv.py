@@ -110,15 +110,34 @@ SETS = [
 UP = ["--date", "2024-06-01", "--seed", "3", *[x for s in SETS for x in ("--set", s)]]
 
 
+TEARDOWN_S = 120
+"""How long a gfwlab command interrupted with the tests is given to take down what it made."""
+
+
 def gfwlab(*args: str, timeout: float = 120, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    """Run a gfwlab command; its output captured. Interrupted (Ctrl-C, or a stage's time limit:
+    SIGINT to the process group, so to the command too), the command is given time to take
+    down what it made (a lab) before the interrupt goes on: ``subprocess.run`` gave it a
+    quarter of a second and then SIGKILL, which left the lab of a ``gfwlab tools run`` up."""
+    with subprocess.Popen(
         [sys.executable, "-m", "gfwlab", *args],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-        check=False,
         **kw,
-    )  # type: ignore[call-overload]
+    ) as proc:  # type: ignore[call-overload]
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except KeyboardInterrupt:
+            try:
+                proc.communicate(timeout=TEARDOWN_S)  # read on: a full pipe would stall it
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def censor_stats() -> dict[str, Any]:
