@@ -32,17 +32,13 @@ stage() {  # stage NAME LIMIT COMMAND...
   printf '=== stage %s:' "$name"; printf ' %q' "$@"; echo
   timeout --signal=INT --kill-after=120 "$limit" "$@" &
   current=$!
-  while :; do
-    rc=0
-    wait "$current" || rc=$?
-    # A trapped signal ends the wait early (its status then 128 + the signal's number): wait
-    # again until the stage itself has ended, then take the stage's own status (bash keeps it).
-    if ! kill -0 "$current" 2>/dev/null; then
-      rc=0
-      wait "$current" || rc=$?
-      break
-    fi
+  # A trapped signal ends a wait early (its status then 128 + the signal's number): wait again
+  # until the stage itself has ended, then take the stage's own status (bash keeps it).
+  while kill -0 "$current" 2>/dev/null; do
+    wait "$current" || true
   done
+  rc=0
+  wait "$current" || rc=$?
   current=0
   if [ "$rc" -eq 124 ]; then echo "stage limit: interrupted after $limit s" >&2; fi
   took=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')

@@ -8,7 +8,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from gfwlab.engine import Accept, Bypass, Censor, Drop, Event, Inject, Report
+from gfwlab.engine import Accept, Bypass, Censor, Drop, Event, Inject, Probe, Report
 from gfwlab.evade.simulate import binomial_counts  # noqa: F401 - the tests' one
 from gfwlab.offline.synth import http_get
 from gfwlab.packet.ip import ACK, PSH, SYN, Packet, addr_bytes, build_tcp, build_udp, parse
@@ -51,6 +51,8 @@ class Run:
     injected: list[Inject] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     bypassed: int = 0
+    probes: list[Probe] = field(default_factory=list)
+    """The Probe actions released (the probes the adapter is to send)."""
 
     def acted(self, action: str | None = None, mechanism: str | None = None) -> list[Event]:
         return [
@@ -76,6 +78,8 @@ def run(censor: Censor, packets: list[tuple[float, bytes]], result: Run | None =
                 out.events.append(a.event)
             elif isinstance(a, Bypass):
                 out.bypassed += 1
+            elif isinstance(a, Probe):
+                out.probes.append(a)
 
     for ts, pkt in packets:
         deadline = censor.next_deadline()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gfwlab.engine import Censor, Event, Probe, Report
+from gfwlab.engine import Censor, Event, Probe
 from gfwlab.engine.flows import Flow
 from gfwlab.mechanisms.ss_probing import (
     FIRST_REPLAY_S,
@@ -168,34 +168,25 @@ def test_offline_reports_when_probes_would_be_sent() -> None:
     assert sent == []  # run() already released them: the Probe actions came from the timers
 
 
-def _drive(censor: Censor) -> tuple[list[dict], list[Probe]]:
-    """40 probed connections through ``censor``: its events and the Probe actions it released."""
-    actions = []
-    for i in range(40):
-        for ts, pkt in tcp_conversation(C, S, 20000 + i, 8388, first_packet(400, i), t0=3.0 * i):
-            while (deadline := censor.next_deadline()) is not None and deadline <= ts:
-                actions += censor.on_timer(deadline)
-            actions += censor.feed(pkt, ts)
-    actions += censor.flush()
-    events = [a.event.as_dict() for a in actions if isinstance(a, Report)]
-    return events, [a for a in actions if isinstance(a, Probe)]
-
-
 def test_a_censor_that_runs_no_probes_holds_none() -> None:
     # An analysis of a capture sends no probe and reports no result: its censor plans and
     # reports the same probes, as events, and holds none: no timer for a Probe action that
     # nobody sends, no entry (with its flow) for a result that cannot come.
     sets = (ALWAYS, "ss_probing.delay_scale=0.001")
+    packets = [
+        p
+        for i in range(40)
+        for p in tcp_conversation(C, S, 20000 + i, 8388, first_packet(400, i), t0=3.0 * i)
+    ]
     runs = build_censor(profile(*sets), 6)
     runs_none = build_censor(profile(*sets), 6, runs_probes=False)
-    events, sent = _drive(runs)
-    events_none, sent_none = _drive(runs_none)
-    planned = [e for e in events if e["action"] == "probe" and "probe_id" in e]
-    assert events_none == events and len(planned) >= 40
-    assert len(sent) == len(planned) == len(runs.verdicts.probes)
-    assert sent_none == [] and runs_none.verdicts.probes == {}
+    r, r_none = run(runs, packets), run(runs_none, packets)
+    planned = probes_of(r)
+    assert [e.as_dict() for e in r_none.events] == [e.as_dict() for e in r.events]
+    assert len(planned) >= 40 and len(r.probes) == len(planned) == len(runs.verdicts.probes)
+    assert r_none.probes == [] and runs_none.verdicts.probes == {}
     # A result it is given anyway is an unknown probe's: ignored.
-    assert runs_none.on_probe_result(sent[0].probe_id, "data", 500.0, 32) == []
+    assert runs_none.on_probe_result(r.probes[0].probe_id, "data", 500.0, 32) == []
 
 
 @pytest.mark.parametrize("exact", [False, True])
